@@ -1,0 +1,413 @@
+//! The configuration file (phase: startup). One TOML file, every field
+//! optional with a default that runs: `config/quota-proxy.toml` documents
+//! each one. Values are checked once here, so the rest of the proxy never
+//! handles a malformed setting; errors name the field to fix.
+
+mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use types::{
+    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, Limits, Method, StoreErrorPolicy, StoreKind,
+    TimeZone, UpstreamUrl, WeekStart,
+};
+
+/// Where the binary looks for its config when neither `--config` nor
+/// `QUOTA_PROXY_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "config/quota-proxy.toml";
+
+/// Why a config could not be used. Each message names the file or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a field has the wrong type or name.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line and the field.
+        message: String,
+    },
+    /// A field parsed but its value cannot be used.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The dotted path of the field, e.g. `identity.default_plan`.
+        field: String,
+        /// What is wrong and what would be accepted.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// The service every request is forwarded to: `http://host:port`.
+    pub upstream: UpstreamUrl,
+    /// Largest request body read on an inspected route; larger → 413.
+    pub max_body_bytes: u64,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Where usage is counted.
+    pub store: StoreConfig,
+    /// How days, weeks and months are cut.
+    pub periods: PeriodsConfig,
+    /// How the user and plan of a request are found.
+    pub identity: IdentityConfig,
+    /// Plans by name, with their limits (0 = unlimited).
+    pub plans: BTreeMap<String, Limits>,
+    /// The routes to inspect; every other request is forwarded untouched.
+    pub routes: Vec<RouteConfig>,
+    /// How the upstream reports saved images.
+    pub usage: UsageConfig,
+    /// Denial messages per period.
+    pub messages: Messages,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: UpstreamUrl::default(),
+            max_body_bytes: 10 * 1024 * 1024,
+            timeouts: Timeouts::default(),
+            store: StoreConfig::default(),
+            periods: PeriodsConfig::default(),
+            identity: IdentityConfig::default(),
+            plans: BTreeMap::new(),
+            routes: Vec::new(),
+            usage: UsageConfig::default(),
+            messages: Messages::default(),
+        }
+    }
+}
+
+/// Upstream timeouts. None of them bounds a whole response: image generation
+/// streams for minutes, and only silence is cut.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time to open a TCP connection to the upstream (→ 502 when exceeded).
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Time from sending the request to receiving the response head (→ 504).
+    #[serde(with = "humantime_serde")]
+    pub response_head: Duration,
+    /// Longest silence between two chunks of a response body; the response
+    /// is cut when exceeded.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            response_head: Duration::from_secs(300),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where usage is counted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` (one instance, nothing to install) or `redis` (shared).
+    pub kind: StoreKind,
+    /// Redis URL, `redis://` or `rediss://`; used when `kind = "redis"`.
+    pub url: String,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// What a flagged request gets when the store cannot answer.
+    pub on_store_error: StoreErrorPolicy,
+    /// How long a reservation lives without being settled.
+    #[serde(with = "humantime_serde")]
+    pub reservation_ttl: Duration,
+    /// Longest wait for one store call before it counts as a store error.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Most users the memory store keeps at once; a new user past it is a
+    /// store error (see `on_store_error`). Expired periods are dropped first.
+    pub memory_max_users: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            key_prefix: "quota:".to_owned(),
+            on_store_error: StoreErrorPolicy::Allow,
+            reservation_ttl: Duration::from_secs(180),
+            command_timeout: Duration::from_millis(500),
+            memory_max_users: 1_000_000,
+        }
+    }
+}
+
+/// How periods are cut.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeriodsConfig {
+    /// IANA time zone name, e.g. `Asia/Tehran`.
+    pub timezone: TimeZone,
+    /// First day of the week, e.g. `monday` or `saturday`.
+    pub week_start: WeekStart,
+}
+
+impl Default for PeriodsConfig {
+    fn default() -> Self {
+        Self {
+            timezone: TimeZone(chrono_tz::Asia::Tehran),
+            week_start: WeekStart(chrono::Weekday::Mon),
+        }
+    }
+}
+
+/// How a request's user and plan are found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Header holding the user id, set by a trusted front.
+    pub user_header: String,
+    /// Header holding the plan name.
+    pub plan_header: String,
+    /// Plan for a user whose plan is missing or unknown; unlimited when unset.
+    pub default_plan: Option<String>,
+    /// What happens to a flagged request with no user id.
+    pub anonymous: AnonymousPolicy,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            user_header: "X-User-Id".to_owned(),
+            plan_header: "X-Subscription-Type".to_owned(),
+            default_plan: None,
+            anonymous: AnonymousPolicy::Forward,
+        }
+    }
+}
+
+/// One route to inspect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// HTTP method, e.g. `POST`.
+    pub method: Method,
+    /// Path pattern; `{name}` matches one segment, e.g. `/chat/session/{id}/send/`.
+    pub path: String,
+    /// Name of the field that asks for an image.
+    #[serde(default = "default_flag")]
+    pub flag: String,
+    /// How the backend reads the flag's value.
+    #[serde(default)]
+    pub flag_rules: FlagRules,
+    /// Status of a denial: 403 for Django's web views, 429 for its API.
+    #[serde(default = "default_deny_status")]
+    pub deny_status: u16,
+    /// A message for every period's denial on this route, overriding
+    /// `[messages]`; `{limit}` and `{period}` are filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn default_flag() -> String {
+    "generate_image".to_owned()
+}
+
+fn default_deny_status() -> u16 {
+    429
+}
+
+/// How the upstream reports that it saved images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Response header carrying the count; removed before the client sees
+    /// it. Empty string = not read.
+    pub report_header: String,
+    /// Top-level field of a JSON response carrying a count, a boolean or an
+    /// array. Empty string = not read.
+    pub report_json_field: String,
+    /// Largest JSON response parsed for the field; larger ones stream on
+    /// unread.
+    pub max_json_bytes: u64,
+    /// `requests`: +1 per response that saved images; `images`: + the count.
+    pub count: CountMode,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            report_header: "X-Images-Saved".to_owned(),
+            report_json_field: "images_saved".to_owned(),
+            max_json_bytes: 1024 * 1024,
+            count: CountMode::Requests,
+        }
+    }
+}
+
+/// Denial message templates; `{limit}` is replaced by the period's limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Messages {
+    /// When the daily limit is reached.
+    pub daily: String,
+    /// When the weekly limit is reached.
+    pub weekly: String,
+    /// When the monthly limit is reached.
+    pub monthly: String,
+}
+
+impl Default for Messages {
+    fn default() -> Self {
+        Self {
+            daily: "شما به حد مجاز تولید تصویر روزانه ({limit} عدد) رسیده‌اید".to_owned(),
+            weekly: "شما به حد مجاز تولید تصویر هفتگی ({limit} عدد) رسیده‌اید".to_owned(),
+            monthly: "شما به حد مجاز تولید تصویر ماهانه ({limit} عدد) رسیده‌اید".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a config from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML, defaults filled in (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks what types alone cannot: references between fields and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
+        }
+        for (field, d) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.response_head", self.timeouts.response_head),
+            ("timeouts.idle", self.timeouts.idle),
+            ("store.reservation_ttl", self.store.reservation_ttl),
+            ("store.command_timeout", self.store.command_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(field, "must be longer than 0s"));
+            }
+        }
+        if self.store.kind == StoreKind::Redis {
+            let url = &self.store.url;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "store.url",
+                    format!("expected redis:// or rediss://, got {url:?}"),
+                ));
+            }
+        }
+        if self.store.memory_max_users == 0 {
+            return Err(ConfigError::invalid("store.memory_max_users", "must be above 0"));
+        }
+        if let Some(plan) = &self.identity.default_plan
+            && !self.plans.contains_key(plan)
+        {
+            return Err(ConfigError::invalid(
+                "identity.default_plan",
+                format!(
+                    "plan {plan:?} is not in [plans] (known: {})",
+                    self.plan_names()
+                ),
+            ));
+        }
+        for (field, header) in [
+            ("identity.user_header", &self.identity.user_header),
+            ("identity.plan_header", &self.identity.plan_header),
+        ] {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{header:?} is not a valid header name"),
+                ));
+            }
+        }
+        if !self.usage.report_header.is_empty()
+            && http::HeaderName::from_bytes(self.usage.report_header.as_bytes()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "usage.report_header",
+                format!("{:?} is not a valid header name", self.usage.report_header),
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !(400..=599).contains(&route.deny_status) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].deny_status"),
+                    format!("expected a 4xx or 5xx status, got {}", route.deny_status),
+                ));
+            }
+            if route.flag.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].flag"),
+                    "must not be empty",
+                ));
+            }
+        }
+        crate::routes::RouteTable::new(&self.routes)?;
+        Ok(())
+    }
+
+    fn plan_names(&self) -> String {
+        if self.plans.is_empty() {
+            return "none".to_owned();
+        }
+        self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! Value types of the config file that need more than a plain string or
+//! number: each parses from what a person writes and says what it accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The upstream's base URL: `http://host:port`, no path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UpstreamUrl {
+    /// The authority (`host:port`) requests are sent to.
+    pub authority: http::uri::Authority,
+}
+
+impl Default for UpstreamUrl {
+    fn default() -> Self {
+        Self {
+            authority: http::uri::Authority::from_static("127.0.0.1:8000"),
+        }
+    }
+}
+
+impl TryFrom<String> for UpstreamUrl {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("upstream: {s:?} is not a URL ({e}); expected http://host:port"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "upstream: {s:?}: https upstreams are not supported; run quota-proxy next to the \
+                     app and use http://host:port"
+                ));
+            }
+            _ => return Err(format!("upstream: {s:?}: expected http://host:port")),
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "upstream: {s:?}: a path prefix is not supported; give only http://host:port"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream: {s:?}: missing host; expected http://host:port"))?;
+        Ok(Self { authority })
+    }
+}
+
+impl From<UpstreamUrl> for String {
+    fn from(u: UpstreamUrl) -> String {
+        format!("http://{}", u.authority)
+    }
+}
+
+/// Which store counts usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process's memory: one instance, nothing else to run.
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis,
+}
+
+/// What a flagged request gets when the store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreErrorPolicy {
+    /// Forward it uncounted (fail open), and log it.
+    Allow,
+    /// Answer 503 with a JSON error (fail closed).
+    Deny,
+}
+
+/// What a flagged request without a user id gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousPolicy {
+    /// Forward it uncounted; the upstream decides (Django redirects to login).
+    Forward,
+    /// Answer 401 with a JSON error.
+    Deny,
+}
+
+/// What one report of saved images adds to usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountMode {
+    /// +1 per response that saved at least one image (the Django app's rule).
+    Requests,
+    /// + the number of images reported.
+    Images,
+}
+
+/// Limits of one plan; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Images per calendar day.
+    pub daily: u64,
+    /// Images per calendar week.
+    pub weekly: u64,
+    /// Images per calendar month.
+    pub monthly: u64,
+}
+
+impl Limits {
+    /// The limit of one period (0 = unlimited).
+    pub fn of(&self, period: crate::periods::Period) -> u64 {
+        match period {
+            crate::periods::Period::Daily => self.daily,
+            crate::periods::Period::Weekly => self.weekly,
+            crate::periods::Period::Monthly => self.monthly,
+        }
+    }
+
+    /// True when no period is limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.daily == 0 && self.weekly == 0 && self.monthly == 0
+    }
+}
+
+/// An IANA time zone name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TryFrom<String> for TimeZone {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        chrono_tz::Tz::from_str(&s)
+            .map(TimeZone)
+            .map_err(|_| format!("{s:?} is not an IANA time zone name (e.g. \"Asia/Tehran\")"))
+    }
+}
+
+impl From<TimeZone> for String {
+    fn from(tz: TimeZone) -> String {
+        tz.0.name().to_owned()
+    }
+}
+
+/// The first day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WeekStart(pub chrono::Weekday);
+
+impl TryFrom<String> for WeekStart {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        use chrono::Weekday::*;
+        let day = match s.to_ascii_lowercase().as_str() {
+            "monday" => Mon,
+            "tuesday" => Tue,
+            "wednesday" => Wed,
+            "thursday" => Thu,
+            "friday" => Fri,
+            "saturday" => Sat,
+            "sunday" => Sun,
+            _ => return Err(format!("{s:?} is not a weekday (e.g. \"monday\", \"saturday\")")),
+        };
+        Ok(WeekStart(day))
+    }
+}
+
+impl From<WeekStart> for String {
+    fn from(w: WeekStart) -> String {
+        use chrono::Weekday::*;
+        match w.0 {
+            Mon => "monday",
+            Tue => "tuesday",
+            Wed => "wednesday",
+            Thu => "thursday",
+            Fri => "friday",
+            Sat => "saturday",
+            Sun => "sunday",
+        }
+        .to_owned()
+    }
+}
+
+/// An HTTP method name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Method(pub http::Method);
+
+impl TryFrom<String> for Method {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        http::Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+            .map(Method)
+            .map_err(|_| format!("{s:?} is not an HTTP method"))
+    }
+}
+
+impl From<Method> for String {
+    fn from(m: Method) -> String {
+        m.0.as_str().to_owned()
+    }
+}
+
+/// How the backend reads one flag value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FlagRule {
+    /// `"drf"` or `"python"`.
+    Named(FlagRuleName),
+    /// Exactly these strings mean true (case-sensitive), e.g. `["true"]`.
+    Exact(Vec<String>),
+}
+
+/// The named flag rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlagRuleName {
+    /// Django REST framework's `BooleanField`: true, "true", "True", "1",
+    /// "yes", "y", "t", "on", 1 …
+    Drf,
+    /// Python truthiness of the parsed value: "false" is true, "" is false.
+    Python,
+}
+
+impl FlagRule {
+    /// REST framework's `BooleanField`.
+    pub const DRF: FlagRule = FlagRule::Named(FlagRuleName::Drf);
+    /// Python truthiness.
+    pub const PYTHON: FlagRule = FlagRule::Named(FlagRuleName::Python);
+}
+
+/// How a route's backend reads the flag, per body kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FlagRulesRepr", into = "FlagRulesTable")]
+pub struct FlagRules {
+    /// For `multipart/form-data`, urlencoded bodies and the query string.
+    pub form: FlagRule,
+    /// For JSON bodies.
+    pub json: FlagRule,
+}
+
+impl Default for FlagRules {
+    fn default() -> Self {
+        Self {
+            form: FlagRule::DRF,
+            json: FlagRule::DRF,
+        }
+    }
+}
+
+impl FlagRules {
+    /// The Django chat app's `send_message`: multipart `== 'true'`, JSON by
+    /// Python truthiness.
+    pub fn django_send_message() -> Self {
+        Self {
+            form: FlagRule::Exact(vec!["true".to_owned()]),
+            json: FlagRule::PYTHON,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FlagRulesRepr {
+    Preset(String),
+    Table(FlagRulesTable),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagRulesTable {
+    #[serde(default = "drf")]
+    form: FlagRule,
+    #[serde(default = "drf")]
+    json: FlagRule,
+}
+
+fn drf() -> FlagRule {
+    FlagRule::DRF
+}
+
+impl TryFrom<FlagRulesRepr> for FlagRules {
+    type Error = String;
+
+    fn try_from(repr: FlagRulesRepr) -> Result<Self, String> {
+        match repr {
+            FlagRulesRepr::Table(t) => Ok(FlagRules {
+                form: t.form,
+                json: t.json,
+            }),
+            FlagRulesRepr::Preset(name) => match name.as_str() {
+                "drf" => Ok(FlagRules::default()),
+                "python" => Ok(FlagRules {
+                    form: FlagRule::PYTHON,
+                    json: FlagRule::PYTHON,
+                }),
+                "django-send-message" => Ok(FlagRules::django_send_message()),
+                _ => Err(format!(
+                    "unknown flag_rules preset {name:?}; expected \"drf\", \"python\", \
+                     \"django-send-message\" or a table {{ form = …, json = … }}"
+                )),
+            },
+        }
+    }
+}
+
+impl From<FlagRules> for FlagRulesTable {
+    fn from(r: FlagRules) -> Self {
+        FlagRulesTable {
+            form: r.form,
+            json: r.json,
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis => "redis",
+        })
+    }
+}

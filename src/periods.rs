@@ -1,0 +1,254 @@
+//! Calendar periods (phase: admit). The day, week and month an instant falls
+//! in, in the configured IANA time zone.
+//!
+//! A period's label (`2026-11-28`, `2026-W2026-11-23`, `2026-11`) is part of
+//! every counter's key, so nothing is ever reset: a new day simply counts in a
+//! new key, and November of another year is another month. This is what the
+//! Django app got wrong by comparing only the month number.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// One of the three limited periods, in the order denials are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// A calendar day, from local midnight.
+    Daily,
+    /// A calendar week, from local midnight of the configured first day.
+    Weekly,
+    /// A calendar month, from local midnight of its first day.
+    Monthly,
+}
+
+impl Period {
+    /// All periods, in the order limits are checked and denials reported.
+    pub const ALL: [Period; 3] = [Period::Daily, Period::Weekly, Period::Monthly];
+
+    /// The lowercase name used in config, keys, headers and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Daily => "daily",
+            Period::Weekly => "weekly",
+            Period::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The concrete period an instant falls in: which one, where it starts and
+/// ends, and the label that names it in store keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodWindow {
+    /// Which period this is.
+    pub period: Period,
+    /// The first instant of the period.
+    pub start: DateTime<Utc>,
+    /// The first instant of the next period.
+    pub end: DateTime<Utc>,
+    /// A stable label, unique per period kind: `d2026-11-28`, `w2026-11-23`
+    /// (the local date the week starts), `m2026-11`.
+    pub label: String,
+}
+
+impl PeriodWindow {
+    /// Whole seconds from `now` until the period ends, at least 1.
+    pub fn seconds_left(&self, now: DateTime<Utc>) -> u64 {
+        let ms = (self.end - now).num_milliseconds().max(0) as u64;
+        ms.div_ceil(1000).max(1)
+    }
+
+    /// The length of the period in whole seconds (a day is not always 86 400 s
+    /// where the zone has daylight saving).
+    pub fn length_seconds(&self) -> u64 {
+        (self.end - self.start).num_seconds().max(0) as u64
+    }
+}
+
+/// The day, week and month of one instant, in [`Period::ALL`] order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodWindows(pub [PeriodWindow; 3]);
+
+impl PeriodWindows {
+    /// The window of one period.
+    pub fn get(&self, period: Period) -> &PeriodWindow {
+        &self.0[period as usize]
+    }
+
+    /// All three windows, daily first.
+    pub fn iter(&self) -> impl Iterator<Item = &PeriodWindow> {
+        self.0.iter()
+    }
+}
+
+/// Computes period windows in one time zone with one first day of the week.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calendar {
+    tz: Tz,
+    week_start: Weekday,
+}
+
+impl Calendar {
+    /// A calendar in `tz` whose weeks start on `week_start`.
+    pub fn new(tz: Tz, week_start: Weekday) -> Self {
+        Self { tz, week_start }
+    }
+
+    /// The time zone periods are computed in.
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The day, week and month that `now` falls in.
+    pub fn windows(&self, now: DateTime<Utc>) -> PeriodWindows {
+        PeriodWindows(Period::ALL.map(|p| self.window(p, now)))
+    }
+
+    /// The window of `period` that `now` falls in.
+    pub fn window(&self, period: Period, now: DateTime<Utc>) -> PeriodWindow {
+        let today = now.with_timezone(&self.tz).date_naive();
+        let (first, next, label) = match period {
+            Period::Daily => (
+                today,
+                today + Days::new(1),
+                format!("d{}", today.format("%Y-%m-%d")),
+            ),
+            Period::Weekly => {
+                let back = (7 + today.weekday().num_days_from_monday()
+                    - self.week_start.num_days_from_monday())
+                    % 7;
+                let first = today - Days::new(u64::from(back));
+                (
+                    first,
+                    first + Days::new(7),
+                    format!("w{}", first.format("%Y-%m-%d")),
+                )
+            }
+            Period::Monthly => {
+                let first = today.with_day(1).unwrap_or(today);
+                (
+                    first,
+                    first + Months::new(1),
+                    format!("m{}", first.format("%Y-%m")),
+                )
+            }
+        };
+        PeriodWindow {
+            period,
+            start: self.local_midnight(first),
+            end: self.local_midnight(next),
+            label,
+        }
+    }
+
+    /// The first instant of `date` in the zone. Where midnight does not exist
+    /// (a daylight-saving jump at 00:00, as Tehran had until 2022) the day
+    /// starts at the first instant that does.
+    fn local_midnight(&self, date: NaiveDate) -> DateTime<Utc> {
+        let mut at = date.and_time(chrono::NaiveTime::MIN);
+        for _ in 0..4 {
+            match self.tz.from_local_datetime(&at) {
+                LocalResult::Single(t) => return t.with_timezone(&Utc),
+                LocalResult::Ambiguous(earliest, _) => return earliest.with_timezone(&Utc),
+                LocalResult::None => at += chrono::Duration::minutes(30),
+            }
+        }
+        // No zone skips more than two hours; fall back to reading it as UTC.
+        Utc.from_utc_datetime(&date.and_time(chrono::NaiveTime::MIN))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tehran(monday: bool) -> Calendar {
+        let start = if monday { Weekday::Mon } else { Weekday::Sat };
+        Calendar::new(chrono_tz::Asia::Tehran, start)
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test instant")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn day_starts_at_tehran_midnight() {
+        // 20:29 UTC is 23:59 in Tehran (+03:30); 20:30 UTC is the next day.
+        let cal = tehran(true);
+        let before = cal.window(Period::Daily, utc("2026-11-28T20:29:59Z"));
+        let after = cal.window(Period::Daily, utc("2026-11-28T20:30:00Z"));
+        assert_eq!(before.label, "d2026-11-28");
+        assert_eq!(after.label, "d2026-11-29");
+        assert_eq!(after.start, utc("2026-11-28T20:30:00Z"));
+        assert_eq!(after.end, utc("2026-11-29T20:30:00Z"));
+        assert_eq!(before.end, after.start);
+    }
+
+    #[test]
+    fn monday_week_start() {
+        // 2026-11-28 is a Saturday; its Monday week began 2026-11-23.
+        let cal = tehran(true);
+        let w = cal.window(Period::Weekly, utc("2026-11-28T10:00:00Z"));
+        assert_eq!(w.label, "w2026-11-23");
+        assert_eq!(w.start, utc("2026-11-22T20:30:00Z"));
+        assert_eq!(w.end, utc("2026-11-29T20:30:00Z"));
+        // Sunday 23:59 local is still that week; Monday 00:00 is the next.
+        let sunday_late = cal.window(Period::Weekly, utc("2026-11-29T20:29:59Z"));
+        let monday = cal.window(Period::Weekly, utc("2026-11-29T20:30:00Z"));
+        assert_eq!(sunday_late.label, "w2026-11-23");
+        assert_eq!(monday.label, "w2026-11-30");
+    }
+
+    #[test]
+    fn saturday_week_start() {
+        let cal = tehran(false);
+        // Friday 23:59 local belongs to the week that began the Saturday before.
+        let friday = cal.window(Period::Weekly, utc("2026-11-27T20:29:59Z"));
+        let saturday = cal.window(Period::Weekly, utc("2026-11-27T20:30:00Z"));
+        assert_eq!(friday.label, "w2026-11-21");
+        assert_eq!(saturday.label, "w2026-11-28");
+        assert_eq!(saturday.length_seconds(), 7 * 86_400);
+    }
+
+    #[test]
+    fn month_and_year_change() {
+        let cal = tehran(true);
+        let dec = cal.window(Period::Monthly, utc("2026-12-31T20:29:59Z"));
+        let jan = cal.window(Period::Monthly, utc("2026-12-31T20:30:00Z"));
+        assert_eq!(dec.label, "m2026-12");
+        assert_eq!(jan.label, "m2027-01");
+        assert_eq!(dec.end, jan.start);
+        // The same month number in another year is another period.
+        let next_dec = cal.window(Period::Monthly, utc("2027-12-10T00:00:00Z"));
+        assert_ne!(next_dec.label, dec.label);
+    }
+
+    #[test]
+    fn seconds_left_rounds_up_and_is_positive() {
+        let cal = tehran(true);
+        let now = utc("2026-11-28T20:29:59.500Z");
+        let d = cal.window(Period::Daily, now);
+        assert_eq!(d.seconds_left(now), 1);
+        assert_eq!(d.seconds_left(d.end), 1);
+    }
+
+    #[test]
+    fn historical_dst_day_is_23_hours() {
+        // Tehran moved clocks forward at 00:00 on 2021-03-22 (to +04:30), so
+        // that day began at 01:00 local and lasted 23 hours.
+        let cal = tehran(true);
+        let d = cal.window(Period::Daily, utc("2021-03-22T12:00:00Z"));
+        assert_eq!(d.start, utc("2021-03-21T20:30:00Z"));
+        assert_eq!(d.length_seconds(), 23 * 3600);
+    }
+}
