@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod flag;
 pub mod periods;
 pub mod routes;
