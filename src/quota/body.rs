@@ -1,0 +1,152 @@
+//! The bodies the quota middleware hands on. Both are enums over the
+//! original body and a buffered one, so a request on a route that is not
+//! inspected streams through with no copy and no allocation.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The request body given to the inner service: the client's own stream,
+    /// or the bytes the middleware read to inspect them (byte-identical).
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestBodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestBodyProj]
+    enum RequestBodyKind<B> {
+        // Not inspected: the client's body, streamed.
+        Streaming { #[pin] body: B },
+        // Inspected: the body as read, re-sent with its exact length.
+        Buffered { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps a body that streams through untouched.
+    pub fn streaming(body: B) -> Self {
+        Self {
+            kind: RequestBodyKind::Streaming { body },
+        }
+    }
+
+    /// A body made of bytes already read.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Self {
+            kind: RequestBodyKind::Buffered {
+                body: Full::new(bytes),
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Buffered { body } => body.poll_frame(cx).map_err(never),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestBodyKind::Streaming { body } => body.is_end_stream(),
+            RequestBodyKind::Buffered { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestBodyKind::Streaming { body } => body.size_hint(),
+            RequestBodyKind::Buffered { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response body the middleware returns: the inner service's, or one
+    /// the middleware made (a denial, an error, or a JSON body it read to
+    /// find a usage report).
+    pub struct QuotaBody<B> {
+        #[pin]
+        kind: QuotaBodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = QuotaBodyProj]
+    enum QuotaBodyKind<B> {
+        // The inner service's body, streamed.
+        Inner { #[pin] body: B },
+        // A body the middleware holds in full.
+        Local { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> QuotaBody<B> {
+    /// Wraps the inner service's body.
+    pub fn inner(body: B) -> Self {
+        Self {
+            kind: QuotaBodyKind::Inner { body },
+        }
+    }
+
+    /// A body of `bytes`.
+    pub fn local(bytes: Bytes) -> Self {
+        Self::full(Full::new(bytes))
+    }
+
+    /// A body the middleware made in full.
+    pub fn full(body: Full<Bytes>) -> Self {
+        Self {
+            kind: QuotaBodyKind::Local { body },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for QuotaBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            QuotaBodyProj::Inner { body } => body.poll_frame(cx),
+            QuotaBodyProj::Local { body } => body.poll_frame(cx).map_err(never),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            QuotaBodyKind::Inner { body } => body.is_end_stream(),
+            QuotaBodyKind::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            QuotaBodyKind::Inner { body } => body.size_hint(),
+            QuotaBodyKind::Local { body } => body.size_hint(),
+        }
+    }
+}
+
+fn never<E>(e: Infallible) -> E {
+    match e {}
+}

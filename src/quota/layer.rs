@@ -1,0 +1,146 @@
+//! [`QuotaLayer`]: what the middleware needs, built once from the config and
+//! shared (behind an `Arc`) by every clone of the service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::service::Quota;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{AnonymousPolicy, Config, ConfigError, Messages, StoreErrorPolicy};
+use crate::identity::{HeaderIdentity, IdentitySource, PlanTable};
+use crate::periods::Calendar;
+use crate::report::ReportReader;
+use crate::routes::RouteTable;
+use crate::store::QuotaStore;
+
+/// A [`tower::Layer`] that enforces image-generation quotas on the configured
+/// routes of the service it wraps.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use quota_proxy::{config::Config, quota::QuotaLayer, store::MemoryStore};
+///
+/// let config = Config::load("config/quota-proxy.toml".as_ref())?;
+/// let store = Arc::new(MemoryStore::new(config.store.memory_max_users));
+/// let layer = QuotaLayer::builder(&config)?.store(store).build();
+/// // tower::ServiceBuilder::new().layer(layer).service(your_service)
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct QuotaLayer {
+    shared: Arc<Shared>,
+}
+
+/// Everything a request's inspection reads; one per config.
+pub(crate) struct Shared {
+    pub(crate) routes: RouteTable,
+    pub(crate) identity: Arc<dyn IdentitySource>,
+    pub(crate) store: Arc<dyn QuotaStore>,
+    pub(crate) calendar: Calendar,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) reports: ReportReader,
+    pub(crate) messages: Messages,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) max_json_bytes: u64,
+    pub(crate) reservation_ttl: Duration,
+    pub(crate) on_store_error: StoreErrorPolicy,
+    pub(crate) anonymous: AnonymousPolicy,
+}
+
+impl QuotaLayer {
+    /// Starts building a layer from a validated config. The store must be
+    /// given; identity defaults to the config's header source and the clock
+    /// to the system clock.
+    pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
+        let routes = RouteTable::new(&config.routes)?;
+        let header_name = |field: &str, name: &str| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::invalid(field, format!("{name:?} is not a header name")))
+        };
+        let identity = HeaderIdentity::new(
+            header_name("identity.user_header", &config.identity.user_header)?,
+            header_name("identity.plan_header", &config.identity.plan_header)?,
+            PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
+        );
+        Ok(QuotaLayerBuilder {
+            config: config.clone(),
+            routes,
+            identity: Arc::new(identity),
+            store: None,
+            clock: Arc::new(SystemClock),
+        })
+    }
+}
+
+impl<S> Layer<S> for QuotaLayer {
+    type Service = Quota<S>;
+
+    fn layer(&self, inner: S) -> Quota<S> {
+        Quota::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+impl std::fmt::Debug for QuotaLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaLayer")
+            .field("calendar", &self.shared.calendar)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`QuotaLayer`]; see [`QuotaLayer::builder`].
+pub struct QuotaLayerBuilder {
+    config: Config,
+    routes: RouteTable,
+    identity: Arc<dyn IdentitySource>,
+    store: Option<Arc<dyn QuotaStore>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl QuotaLayerBuilder {
+    /// The store usage is counted in (required).
+    pub fn store(mut self, store: Arc<dyn QuotaStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where identities come from, instead of the config's headers.
+    pub fn identity(mut self, identity: Arc<dyn IdentitySource>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// Where "now" comes from; tests pass a [`crate::clock::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The layer. Without a store, a memory store sized by the config is
+    /// used.
+    pub fn build(self) -> QuotaLayer {
+        let config = self.config;
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(crate::store::MemoryStore::new(config.store.memory_max_users))
+        });
+        QuotaLayer {
+            shared: Arc::new(Shared {
+                routes: self.routes,
+                identity: self.identity,
+                store,
+                calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0),
+                clock: self.clock,
+                reports: ReportReader::new(&config.usage),
+                messages: config.messages,
+                max_body_bytes: config.max_body_bytes,
+                max_json_bytes: config.usage.max_json_bytes,
+                reservation_ttl: config.store.reservation_ttl,
+                on_store_error: config.store.on_store_error,
+                anonymous: config.identity.anonymous,
+            }),
+        }
+    }
+}

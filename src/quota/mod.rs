@@ -1,0 +1,19 @@
+//! The quota middleware: [`QuotaLayer`] wraps any HTTP service and enforces
+//! image-generation quotas on the configured routes.
+//!
+//! Shaped like a tower-http middleware: the layer ([`QuotaLayer`]), the
+//! service ([`Quota`]), its future ([`ResponseFuture`]), and the bodies it
+//! hands on ([`RequestBody`] to the inner service, [`QuotaBody`] to the
+//! caller). The phases of an inspected request live in [`service`]'s
+//! `inspect`: read body → flag → identify → reserve → forward → report →
+//! settle.
+
+mod body;
+mod denial;
+mod layer;
+mod ratelimit;
+mod service;
+
+pub use self::body::{QuotaBody, RequestBody};
+pub use self::layer::QuotaLayer;
+pub use self::service::{Quota, ResponseFuture};

@@ -1,0 +1,105 @@
+//! The IETF `RateLimit-Policy` and `RateLimit` headers
+//! (draft-ietf-httpapi-ratelimit-headers, draft-11 syntax), one list item per
+//! limited period: `RateLimit-Policy: "daily";q=3;w=86400` and
+//! `RateLimit: "daily";r=2;t=5400`.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Limits;
+use crate::periods::{Period, PeriodWindows};
+use crate::store::PeriodCounts;
+
+/// `RateLimit-Policy`.
+pub(crate) static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Adds both headers for every period with a limit; nothing when all are
+/// unlimited.
+pub(crate) fn insert(
+    headers: &mut HeaderMap,
+    limits: &Limits,
+    counts: &PeriodCounts,
+    windows: &PeriodWindows,
+    now: DateTime<Utc>,
+) {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for period in Period::ALL {
+        let limit = limits.of(period);
+        if limit == 0 {
+            continue;
+        }
+        let window = windows.get(period);
+        let sep = if policy.is_empty() { "" } else { ", " };
+        let _ = write!(
+            policy,
+            "{sep}\"{period}\";q={limit};w={}",
+            window.length_seconds()
+        );
+        let _ = write!(
+            state,
+            "{sep}\"{period}\";r={};t={}",
+            limit.saturating_sub(counts.get(period)),
+            window.seconds_left(now)
+        );
+    }
+    if policy.is_empty() {
+        return;
+    }
+    // Both strings are ASCII built above, so they are valid header values.
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+        headers.insert(POLICY.clone(), p);
+        headers.insert(RATELIMIT.clone(), s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::periods::Calendar;
+
+    #[test]
+    fn lists_limited_periods_only() {
+        let cal = Calendar::new(chrono_tz::Asia::Tehran, chrono::Weekday::Mon);
+        // 18:00 local in Tehran: 6 hours (21600 s) left in the day.
+        let now = DateTime::parse_from_rfc3339("2026-11-28T14:30:00Z")
+            .expect("instant")
+            .with_timezone(&Utc);
+        let windows = cal.windows(now);
+        let limits = Limits {
+            daily: 3,
+            weekly: 0,
+            monthly: 30,
+        };
+        let mut h = HeaderMap::new();
+        insert(&mut h, &limits, &PeriodCounts([1, 1, 5]), &windows, now);
+        assert_eq!(
+            h[&POLICY],
+            "\"daily\";q=3;w=86400, \"monthly\";q=30;w=2592000"
+        );
+        let monthly_left = windows.get(Period::Monthly).seconds_left(now);
+        assert_eq!(
+            h[&RATELIMIT],
+            format!("\"daily\";r=2;t=21600, \"monthly\";r=25;t={monthly_left}").as_str()
+        );
+    }
+
+    #[test]
+    fn unlimited_adds_nothing() {
+        let cal = Calendar::new(chrono_tz::Asia::Tehran, chrono::Weekday::Mon);
+        let now = Utc::now();
+        let mut h = HeaderMap::new();
+        insert(
+            &mut h,
+            &Limits::default(),
+            &PeriodCounts::default(),
+            &cal.windows(now),
+            now,
+        );
+        assert!(h.is_empty());
+    }
+}

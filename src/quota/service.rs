@@ -1,0 +1,547 @@
+//! [`Quota`]: the service the layer makes, and the life of an inspected
+//! request.
+//!
+//! A request on a route that is not inspected is handed to the inner service
+//! as it is: no body read, no store call, no allocation beyond the inner
+//! service's own. An inspected request goes through `inspect`:
+//!
+//! 1. **read** the body, up to `max_body_bytes` (413 beyond);
+//! 2. **flag**: does it ask for an image ([`crate::flag::detect`])? A body
+//!    that cannot be parsed counts as asking, so it is never let through
+//!    unchecked;
+//! 3. **identify** the user and their limits (flagged requests only);
+//! 4. **reserve** one unit in the store, atomically against all three
+//!    limits, or answer the denial;
+//! 5. **forward** the exact bytes to the inner service, in a task of its own
+//!    so a client that disconnects cannot cancel the accounting;
+//! 6. **report**: read the saved-images header or JSON field of the answer;
+//! 7. **settle** the reservation into usage, or release it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tower::Service;
+
+use super::body::{QuotaBody, RequestBody};
+use super::denial::Denial;
+use super::layer::Shared;
+use super::ratelimit;
+use crate::config::{AnonymousPolicy, StoreErrorPolicy};
+use crate::error::json_error;
+use crate::flag::{self, FlagVerdict};
+use crate::identity::Identity;
+use crate::routes::{Route, RouteMatch};
+use crate::store::{Admission, PeriodCounts, ReserveRequest, Reservation};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Seconds a client is asked to wait when the store cannot answer.
+const STORE_ERROR_RETRY_AFTER: u32 = 5;
+
+/// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
+pub struct Quota<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Quota<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S: Clone> Clone for Quota<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Quota<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quota")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Quota<S>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<QuotaBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S::Error, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let Some(matched) = self
+            .shared
+            .routes
+            .find(request.method(), request.uri().path())
+        else {
+            let (parts, body) = request.into_parts();
+            let future = self
+                .inner
+                .call(Request::from_parts(parts, RequestBody::streaming(body)));
+            return ResponseFuture {
+                kind: Kind::Passthrough {
+                    future,
+                    shared: Arc::clone(&self.shared),
+                },
+            };
+        };
+        // The ready service goes into the task; this one keeps a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        ResponseFuture {
+            kind: Kind::Inspected {
+                future: Box::pin(inspect(shared, inner, matched, request)),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Quota`].
+    pub struct ResponseFuture<F, E, B> {
+        #[pin]
+        kind: Kind<F, E, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, E, B> {
+        Passthrough { #[pin] future: F, shared: Arc<Shared> },
+        Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
+    }
+}
+
+impl<F, E, B> Future for ResponseFuture<F, E, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<QuotaBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { future, shared } => {
+                let response = std::task::ready!(future.poll(cx))?;
+                let (mut parts, body) = response.into_parts();
+                if shared.reports.take_header(&mut parts.headers).is_some() {
+                    tracing::warn!(
+                        "a route that is not inspected reported saved images; not counted \
+                         (add it to [[routes]] to enforce and count it)"
+                    );
+                }
+                Poll::Ready(Ok(Response::from_parts(parts, QuotaBody::inner(body))))
+            }
+            KindProj::Inspected { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What an admitted request carries to its settlement.
+enum Ticket {
+    /// Flagged, and one unit is held for it.
+    Reserved {
+        reservation: Reservation,
+        identity: Identity,
+        counts: PeriodCounts,
+    },
+    /// Flagged but forwarded without a reservation: anonymous under
+    /// `anonymous = "forward"`, or the store failed under `allow`.
+    Unreserved {
+        identity: Option<Identity>,
+        reason: &'static str,
+    },
+    /// Not flagged. If the answer reports saved images anyway, they are
+    /// counted against the user these headers identify.
+    Unflagged { headers: HeaderMap },
+}
+
+impl Ticket {
+    fn decision(&self) -> &'static str {
+        match self {
+            Ticket::Reserved { .. } => "allowed",
+            Ticket::Unreserved { reason, .. } => reason,
+            Ticket::Unflagged { .. } => "unflagged",
+        }
+    }
+}
+
+async fn inspect<S, ReqB, ResB>(
+    shared: Arc<Shared>,
+    inner: S,
+    matched: RouteMatch,
+    request: Request<ReqB>,
+) -> Result<Response<QuotaBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let route = matched.route;
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(&parts.headers, body, shared.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(answer) => return Ok(local(answer)),
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let verdict = flag::detect(
+        content_type,
+        bytes.clone(),
+        parts.uri.query(),
+        &route.flag,
+        &route.flag_rules,
+    )
+    .await;
+    let ticket = match verdict {
+        FlagVerdict::NotFlagged => Ticket::Unflagged {
+            headers: parts.headers.clone(),
+        },
+        FlagVerdict::Flagged(_) | FlagVerdict::Unreadable(_) => {
+            if let FlagVerdict::Unreadable(reason) = &verdict {
+                tracing::debug!(route = %route.name, %reason, "unreadable body counts as flagged");
+            }
+            match admit(&shared, &route, &parts.headers).await {
+                Ok(ticket) => ticket,
+                Err(answer) => return Ok(local(answer)),
+            }
+        }
+    };
+    let request = Request::from_parts(parts, RequestBody::buffered(bytes));
+    forward(shared, inner, route, request, ticket).await
+}
+
+/// Reads an inspected request's body, refusing more than `max` bytes.
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    max: u64,
+) -> Result<Bytes, Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than the {max}-byte limit"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body could not be read");
+            Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            ))
+        }
+    }
+}
+
+/// Identifies the user of a flagged request and reserves one unit, or
+/// returns the answer to send instead (denial, 401, 503).
+async fn admit(
+    shared: &Shared,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Ticket, Response<Full<Bytes>>> {
+    let identity = match shared.identity.identify(headers).await {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            return match shared.anonymous {
+                AnonymousPolicy::Forward => Ok(Ticket::Unreserved {
+                    identity: None,
+                    reason: "anonymous",
+                }),
+                AnonymousPolicy::Deny => {
+                    tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
+                    Err(json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "authentication is required to generate images",
+                    ))
+                }
+            };
+        }
+        Err(e) => {
+            tracing::warn!(route = %route.name, error = %e, "cannot identify the user");
+            return Err(unavailable("the user cannot be identified right now"));
+        }
+    };
+    let now = shared.clock.now();
+    let request = ReserveRequest {
+        user: identity.user_id.clone(),
+        limits: identity.limits,
+        windows: shared.calendar.windows(now),
+        now,
+        ttl: shared.reservation_ttl,
+    };
+    match shared.store.reserve(&request).await {
+        Ok(Admission::Reserved {
+            reservation,
+            counts,
+        }) => Ok(Ticket::Reserved {
+            reservation,
+            identity,
+            counts,
+        }),
+        Ok(Admission::Exceeded { period, counts }) => {
+            let limit = identity.limits.of(period);
+            tracing::info!(
+                route = %route.name, user = %identity.user_id, decision = "denied",
+                %period, limit, "image quota exceeded"
+            );
+            let mut answer = Denial {
+                route,
+                messages: &shared.messages,
+                period,
+                limit,
+                retry_after: request.windows.get(period).seconds_left(now),
+            }
+            .into_response();
+            ratelimit::insert(
+                answer.headers_mut(),
+                &identity.limits,
+                &counts,
+                &request.windows,
+                now,
+            );
+            Err(answer)
+        }
+        Err(e) => match shared.on_store_error {
+            StoreErrorPolicy::Allow => {
+                tracing::warn!(
+                    route = %route.name, user = %identity.user_id, error = %e,
+                    decision = "store_error_allowed", "quota store failed; forwarding unchecked"
+                );
+                Ok(Ticket::Unreserved {
+                    identity: Some(identity),
+                    reason: "store_error_allowed",
+                })
+            }
+            StoreErrorPolicy::Deny => {
+                tracing::error!(
+                    route = %route.name, user = %identity.user_id, error = %e,
+                    decision = "store_error_denied", "quota store failed; denying"
+                );
+                Err(unavailable(
+                    "image quota cannot be checked right now; try again shortly",
+                ))
+            }
+        },
+    }
+}
+
+/// Sends the request on in a task of its own and waits for the accounted
+/// answer. The task outlives a client that goes away, so the upstream's
+/// answer is still read and the reservation still settled.
+async fn forward<S, ReqB, ResB>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    route: Arc<Route>,
+    request: Request<RequestBody<ReqB>>,
+    ticket: Ticket,
+) -> Result<Response<QuotaBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let future = inner.call(request);
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = match future.await {
+            Ok(response) => Ok(account(&shared, &route, response, ticket, started).await),
+            Err(e) => {
+                settle(&shared, &route, ticket, 0, None, started).await;
+                Err(e)
+            }
+        };
+        // The client may be gone; the accounting above is done either way.
+        let _ = answer_tx.send(result);
+    });
+    match answer_rx.await {
+        Ok(result) => result,
+        Err(_) => Ok(local(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request failed inside the proxy",
+        ))),
+    }
+}
+
+/// Reads the upstream's report from a response and settles the ticket.
+async fn account<B>(
+    shared: &Shared,
+    route: &Route,
+    response: Response<B>,
+    ticket: Ticket,
+    started: std::time::Instant,
+) -> Response<QuotaBody<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    let mut images = shared.reports.take_header(&mut parts.headers);
+    let body = if images.is_none() && shared.reports.wants_json_body(&parts.headers) {
+        let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                images = shared.reports.read_json(&bytes);
+                QuotaBody::local(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "upstream JSON response failed");
+                settle(shared, route, ticket, 0, Some(StatusCode::BAD_GATEWAY), started).await;
+                return local(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream response failed",
+                ));
+            }
+        }
+    } else {
+        QuotaBody::inner(body)
+    };
+    if let Ticket::Reserved {
+        reservation,
+        identity,
+        counts,
+    } = &ticket
+    {
+        ratelimit::insert(
+            &mut parts.headers,
+            &identity.limits,
+            counts,
+            &reservation.windows,
+            shared.clock.now(),
+        );
+    }
+    let amount = shared.reports.amount(images.unwrap_or(0));
+    settle(shared, route, ticket, amount, Some(parts.status), started).await;
+    Response::from_parts(parts, body)
+}
+
+/// Turns a ticket into usage (`amount`, 0 = release) and logs the request.
+async fn settle(
+    shared: &Shared,
+    route: &Route,
+    ticket: Ticket,
+    amount: u64,
+    status: Option<StatusCode>,
+    started: std::time::Instant,
+) {
+    let now = shared.clock.now();
+    let decision = ticket.decision();
+    let (user, reservation) = match ticket {
+        Ticket::Reserved {
+            reservation,
+            identity,
+            ..
+        } => (Some(identity.user_id), Some(reservation)),
+        Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
+        Ticket::Unflagged { headers } if amount > 0 => {
+            match shared.identity.identify(&headers).await {
+                Ok(identity) => (identity.map(|i| i.user_id), None),
+                Err(e) => {
+                    tracing::error!(route = %route.name, amount, error = %e,
+                        "saved images reported but the user cannot be identified; not counted");
+                    (None, None)
+                }
+            }
+        }
+        Ticket::Unflagged { .. } => (None, None),
+    };
+    let reservation = match (reservation, &user) {
+        (Some(reservation), _) => Some(reservation),
+        // Usage without a reservation (unflagged, or forwarded on a store
+        // error) is recorded as a settle of a reservation never made.
+        (None, Some(user)) if amount > 0 => Some(Reservation {
+            id: Reservation::new_id(),
+            user: user.clone(),
+            windows: shared.calendar.windows(now),
+            expires_at: now,
+        }),
+        (None, None) if amount > 0 => {
+            tracing::warn!(route = %route.name, amount, "saved images reported for an anonymous request; not counted");
+            None
+        }
+        _ => None,
+    };
+    let user = user.as_deref().unwrap_or("-");
+    if let Some(reservation) = reservation
+        && let Err(e) = shared.store.settle(&reservation, amount, now).await
+    {
+        tracing::error!(
+            route = %route.name, user, amount, reservation = %reservation.id, error = %e,
+            "usage could not be recorded"
+        );
+    }
+    tracing::info!(
+        route = %route.name,
+        user,
+        decision,
+        status = status.map(|s| s.as_u16()),
+        images = amount,
+        latency_ms = started.elapsed().as_millis() as u64,
+        "inspected request"
+    );
+}
+
+fn unavailable(message: &str) -> Response<Full<Bytes>> {
+    let mut answer = json_error(StatusCode::SERVICE_UNAVAILABLE, message);
+    answer.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STORE_ERROR_RETRY_AFTER),
+    );
+    answer
+}
+
+fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
+    response.map(QuotaBody::full)
+}
