@@ -1,14 +1,40 @@
-//! quota-proxy: enforces per-user image-generation quotas in front of an HTTP
-//! service (a Django app), as a [`tower::Layer`] and as a reverse proxy.
-//! PLACEHOLDER crate docs — rewritten once the data path is wired.
+//! quota-proxy enforces per-user image-generation quotas (per calendar day,
+//! week and month) in front of an HTTP service: a Django app, in the case it
+//! was built for. It is a [`tower::Layer`] ([`quota::QuotaLayer`]) that can
+//! sit in front of any HTTP service, and a binary that puts it in front of a
+//! streaming reverse proxy ([`proxy::ProxyService`]).
+//!
+//! # The life of a request
+//!
+//! | phase | what happens | where |
+//! |---|---|---|
+//! | route | method + path against the configured routes; no match → forwarded untouched, no store call | [`routes`] |
+//! | flag | the body (JSON, form, multipart) and query: does it ask for an image? | [`flag`] |
+//! | identity | who is asking, on which plan, with which limits | [`identity`] |
+//! | reserve | day, week and month of *now* in the configured zone; check all three limits and hold one unit, atomically | [`periods`], [`store`] |
+//! | upstream | the exact bytes are forwarded; responses stream back | [`proxy`] |
+//! | report | the answer says how many images were saved (header or JSON field) | [`report`] |
+//! | settle | the held unit becomes usage, or is released | [`store`] |
+//!
+//! A denied request never reaches the upstream: it gets the route's status
+//! (403 or 429), `{"error": "<message>"}` and `Retry-After`.
+//!
+//! The binary's wiring is in [`app`]; its accept loop in [`server`].
 
+pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod flag;
 pub mod identity;
 pub mod periods;
+pub mod proxy;
 pub mod quota;
 pub mod report;
 pub mod routes;
+pub mod server;
 pub mod store;
+pub mod telemetry;
+
+pub use quota::QuotaLayer;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use types::{
-    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, Limits, Method, StoreErrorPolicy, StoreKind,
-    TimeZone, UpstreamUrl, WeekStart,
+    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, Limits, Method,
+    StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
 };
 
 /// Where the binary looks for its config when neither `--config` nor
@@ -351,7 +351,10 @@ impl Config {
             }
         }
         if self.store.memory_max_users == 0 {
-            return Err(ConfigError::invalid("store.memory_max_users", "must be above 0"));
+            return Err(ConfigError::invalid(
+                "store.memory_max_users",
+                "must be above 0",
+            ));
         }
         if let Some(plan) = &self.identity.default_plan
             && !self.plans.contains_key(plan)

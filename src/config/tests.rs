@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 #[test]
@@ -7,4 +9,125 @@ fn empty_file_is_the_defaults() {
     assert_eq!(String::from(c.upstream), "http://127.0.0.1:8000");
     assert_eq!(c.store.kind, StoreKind::Memory);
     assert_eq!(c.periods.timezone.0, chrono_tz::Asia::Tehran);
+}
+
+#[test]
+fn shipped_config_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+    let c = Config::load(&path).expect("config/quota-proxy.toml loads");
+    assert_eq!(c.plans["free"].daily, 3);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].deny_status, 403);
+    assert_eq!(c.routes[1].deny_status, 429);
+    assert_eq!(c.routes[1].flag, "generate_image");
+    assert_eq!(c.timeouts.response_head, Duration::from_secs(300));
+}
+
+#[test]
+fn issue_shape_loads() {
+    let text = r#"
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8000"
+max_body_bytes = 10485760
+
+[timeouts]
+connect = "2s"
+response_head = "300s"
+idle = "120s"
+
+[store]
+kind = "memory"
+url = "redis://127.0.0.1:6379/0"
+key_prefix = "quota:"
+on_store_error = "allow"
+reservation_ttl = "180s"
+
+[periods]
+timezone = "Asia/Tehran"
+week_start = "monday"
+
+[identity]
+user_header = "X-User-Id"
+plan_header = "X-Subscription-Type"
+default_plan = "free"
+anonymous = "forward"
+
+[plans]
+free = { daily = 3, weekly = 10, monthly = 30 }
+pro = { daily = 50, weekly = 0, monthly = 1000 }
+
+[[routes]]
+method = "POST"
+path = "/chat/session/{session_id}/send/"
+flag = "generate_image"
+deny_status = 403
+
+[[routes]]
+method = "POST"
+path = "/api/chatbot/sessions/{id}/validate_message/"
+deny_status = 429
+
+[usage]
+report_header = "X-Images-Saved"
+report_json_field = "images_saved"
+count = "requests"
+
+[messages]
+daily = "شما به حد مجاز تولید تصویر روزانه ({limit} عدد) رسیده‌اید"
+weekly = "شما به حد مجاز تولید تصویر هفتگی ({limit} عدد) رسیده‌اید"
+monthly = "شما به حد مجاز تولید تصویر ماهانه ({limit} عدد) رسیده‌اید"
+"#;
+    let c = Config::from_toml(text).expect("the issue's config shape loads");
+    assert_eq!(c.store.reservation_ttl, Duration::from_secs(180));
+    // What check-config prints loads back to the same thing.
+    let again = Config::from_toml(&c.to_toml()).expect("round trip");
+    assert_eq!(again.to_toml(), c.to_toml());
+}
+
+fn error_of(text: &str) -> String {
+    Config::from_toml(text).expect_err("must fail").to_string()
+}
+
+#[test]
+fn errors_name_the_field() {
+    assert!(error_of("[store]\nkind = \"mongo\"").contains("kind"));
+    assert!(error_of("[periods]\ntimezone = \"Mars/Base\"").contains("timezone"));
+    assert!(error_of("[periods]\nweek_start = \"someday\"").contains("week_start"));
+    assert!(error_of("upstream = \"https://x:1\"").contains("upstream"));
+    assert!(error_of("lisen = \"127.0.0.1:1\"").contains("lisen"));
+    assert!(error_of("[identity]\ndefault_plan = \"gold\"").starts_with("identity.default_plan"));
+    assert!(error_of("[store]\nkind = \"redis\"\nurl = \"http://x\"").starts_with("store.url"),);
+    assert!(
+        error_of("[[routes]]\nmethod = \"POST\"\npath = \"/x\"\ndeny_status = 200")
+            .starts_with("routes[0].deny_status")
+    );
+    assert!(error_of("[timeouts]\nidle = \"0s\"").starts_with("timeouts.idle"));
+    assert!(error_of("[plans]\nfree = { daly = 3 }").contains("daly"));
+}
+
+#[test]
+fn flag_rules_forms() {
+    let c = Config::from_toml(
+        r#"
+        [[routes]]
+        method = "post"
+        path = "/a/"
+        flag_rules = "django-send-message"
+        [[routes]]
+        method = "POST"
+        path = "/b/"
+        flag_rules = { form = ["true", "on"], json = "python" }
+        "#,
+    )
+    .expect("flag rules");
+    assert_eq!(c.routes[0].flag_rules, FlagRules::django_send_message());
+    assert_eq!(
+        c.routes[1].flag_rules.form,
+        FlagRule::Exact(vec!["true".into(), "on".into()])
+    );
+    assert_eq!(c.routes[1].flag_rules.json, FlagRule::PYTHON);
+    assert!(
+        error_of("[[routes]]\nmethod = \"POST\"\npath = \"/x\"\nflag_rules = \"nope\"")
+            .contains("flag_rules")
+    );
 }

@@ -26,9 +26,9 @@ impl TryFrom<String> for UpstreamUrl {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        let uri: http::Uri = s
-            .parse()
-            .map_err(|e| format!("upstream: {s:?} is not a URL ({e}); expected http://host:port"))?;
+        let uri: http::Uri = s.parse().map_err(|e| {
+            format!("upstream: {s:?} is not a URL ({e}); expected http://host:port")
+        })?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {
@@ -165,7 +165,11 @@ impl TryFrom<String> for WeekStart {
             "friday" => Fri,
             "saturday" => Sat,
             "sunday" => Sun,
-            _ => return Err(format!("{s:?} is not a weekday (e.g. \"monday\", \"saturday\")")),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a weekday (e.g. \"monday\", \"saturday\")"
+                ));
+            }
         };
         Ok(WeekStart(day))
     }

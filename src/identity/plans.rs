@@ -63,7 +63,10 @@ mod tests {
         );
         let with_default = PlanTable::new(plans.clone(), Some("free".to_owned()));
         assert_eq!(with_default.resolve(Some("pro")).1.daily, 50);
-        assert_eq!(with_default.resolve(Some("gold")).0.as_deref(), Some("free"));
+        assert_eq!(
+            with_default.resolve(Some("gold")).0.as_deref(),
+            Some("free")
+        );
         assert_eq!(with_default.resolve(None).1.daily, 3);
         let without = PlanTable::new(plans, None);
         assert!(without.resolve(Some("gold")).1.is_unlimited());

@@ -124,7 +124,9 @@ impl QuotaLayerBuilder {
     pub fn build(self) -> QuotaLayer {
         let config = self.config;
         let store = self.store.unwrap_or_else(|| {
-            Arc::new(crate::store::MemoryStore::new(config.store.memory_max_users))
+            Arc::new(crate::store::MemoryStore::new(
+                config.store.memory_max_users,
+            ))
         });
         QuotaLayer {
             shared: Arc::new(Shared {

@@ -51,7 +51,10 @@ pub(crate) fn insert(
         return;
     }
     // Both strings are ASCII built above, so they are valid header values.
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
         headers.insert(POLICY.clone(), p);
         headers.insert(RATELIMIT.clone(), s);
     }

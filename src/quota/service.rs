@@ -39,7 +39,7 @@ use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::Identity;
 use crate::routes::{Route, RouteMatch};
-use crate::store::{Admission, PeriodCounts, ReserveRequest, Reservation};
+use crate::store::{Admission, PeriodCounts, Reservation, ReserveRequest};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -438,7 +438,15 @@ where
             }
             Err(e) => {
                 tracing::warn!(route = %route.name, error = %e, "upstream JSON response failed");
-                settle(shared, route, ticket, 0, Some(StatusCode::BAD_GATEWAY), started).await;
+                settle(
+                    shared,
+                    route,
+                    ticket,
+                    0,
+                    Some(StatusCode::BAD_GATEWAY),
+                    started,
+                )
+                .await;
                 return local(json_error(
                     StatusCode::BAD_GATEWAY,
                     "the upstream response failed",
