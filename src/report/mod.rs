@@ -1,10 +1,14 @@
-//! Reading the upstream's report of saved images (phase: account).
+//! Reading the upstream's report of saved images (phase: report).
 //!
 //! The upstream says how many images a response saved, in a response header
 //! (`X-Images-Saved: 2`, removed before the client sees it) or in a top-level
 //! field of a JSON response (`"images_saved": true | 2 | [..]`). Streamed
 //! responses are never buffered to find it: only a JSON response that
 //! declares a `Content-Length` within `usage.max_json_bytes` is read.
+
+mod marker;
+
+pub use self::marker::{MAX_PAYLOAD, MarkerScanner};
 
 use http::{HeaderMap, HeaderName, header};
 
