@@ -259,6 +259,25 @@ pub struct UsageConfig {
     pub max_json_bytes: u64,
     /// `requests`: +1 per response that saved images; `images`: + the count.
     pub count: CountMode,
+    /// Markers around an in-band report at the end of a streamed body, e.g.
+    /// `[IMAGES_SAVED]{"count": 1}[IMAGES_SAVED_END]`. Unset = not scanned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_marker: Option<ReportMarker>,
+    /// Remove in-band markers from what the client receives.
+    pub strip_marker: bool,
+    /// Server-Sent Events event type whose data is a report, e.g.
+    /// `images_saved`. Empty = not read.
+    pub report_sse_event: String,
+}
+
+/// The start and end markers of an in-band report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportMarker {
+    /// Text that opens a report, e.g. `[IMAGES_SAVED]`.
+    pub start: String,
+    /// Text that closes it, e.g. `[IMAGES_SAVED_END]`.
+    pub end: String,
 }
 
 impl Default for UsageConfig {
@@ -268,6 +287,9 @@ impl Default for UsageConfig {
             report_json_field: "images_saved".to_owned(),
             max_json_bytes: 1024 * 1024,
             count: CountMode::Requests,
+            report_marker: None,
+            strip_marker: true,
+            report_sse_event: String::new(),
         }
     }
 }
@@ -384,6 +406,14 @@ impl Config {
             return Err(ConfigError::invalid(
                 "usage.report_header",
                 format!("{:?} is not a valid header name", self.usage.report_header),
+            ));
+        }
+        if let Some(marker) = &self.usage.report_marker
+            && (marker.start.is_empty() || marker.end.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "usage.report_marker",
+                "start and end must both be non-empty",
             ));
         }
         for (i, route) in self.routes.iter().enumerate() {

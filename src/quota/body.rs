@@ -11,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use super::usage_body::UsageBody;
+
 pin_project! {
     /// The request body given to the inner service: the client's own stream,
     /// or the bytes the middleware read to inspect them (byte-identical).
@@ -94,6 +96,8 @@ pin_project! {
         Inner { #[pin] body: B },
         // A body the middleware holds in full.
         Local { #[pin] body: Full<Bytes> },
+        // The inner service's body, read for usage reports as it streams.
+        Watched { #[pin] body: UsageBody<B> },
     }
 }
 
@@ -110,6 +114,13 @@ impl<B> QuotaBody<B> {
         Self::full(Full::new(bytes))
     }
 
+    /// The inner service's body under watch for usage reports.
+    pub(crate) fn watched(body: UsageBody<B>) -> Self {
+        Self {
+            kind: QuotaBodyKind::Watched { body },
+        }
+    }
+
     /// A body the middleware made in full.
     pub fn full(body: Full<Bytes>) -> Self {
         Self {
@@ -118,7 +129,10 @@ impl<B> QuotaBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for QuotaBody<B> {
+impl<B> Body for QuotaBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -129,6 +143,7 @@ impl<B: Body<Data = Bytes>> Body for QuotaBody<B> {
         match self.project().kind.project() {
             QuotaBodyProj::Inner { body } => body.poll_frame(cx),
             QuotaBodyProj::Local { body } => body.poll_frame(cx).map_err(never),
+            QuotaBodyProj::Watched { body } => body.poll_frame(cx),
         }
     }
 
@@ -136,6 +151,7 @@ impl<B: Body<Data = Bytes>> Body for QuotaBody<B> {
         match &self.kind {
             QuotaBodyKind::Inner { body } => body.is_end_stream(),
             QuotaBodyKind::Local { body } => body.is_end_stream(),
+            QuotaBodyKind::Watched { body } => body.is_end_stream(),
         }
     }
 
@@ -143,6 +159,7 @@ impl<B: Body<Data = Bytes>> Body for QuotaBody<B> {
         match &self.kind {
             QuotaBodyKind::Inner { body } => body.size_hint(),
             QuotaBodyKind::Local { body } => body.size_hint(),
+            QuotaBodyKind::Watched { body } => body.size_hint(),
         }
     }
 }

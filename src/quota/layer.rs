@@ -46,6 +46,7 @@ pub(crate) struct Shared {
     pub(crate) max_body_bytes: u64,
     pub(crate) max_json_bytes: u64,
     pub(crate) reservation_ttl: Duration,
+    pub(crate) idle_timeout: Duration,
     pub(crate) on_store_error: StoreErrorPolicy,
     pub(crate) anonymous: AnonymousPolicy,
 }
@@ -140,6 +141,7 @@ impl QuotaLayerBuilder {
                 max_body_bytes: config.max_body_bytes,
                 max_json_bytes: config.usage.max_json_bytes,
                 reservation_ttl: config.store.reservation_ttl,
+                idle_timeout: config.timeouts.idle,
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,
             }),

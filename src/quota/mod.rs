@@ -13,7 +13,10 @@ mod denial;
 mod layer;
 mod ratelimit;
 mod service;
+mod settle;
+mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
 pub use self::layer::QuotaLayer;
 pub use self::service::{Quota, ResponseFuture};
+pub use self::usage_body::UsageBody;

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -34,12 +35,13 @@ use super::body::{QuotaBody, RequestBody};
 use super::denial::Denial;
 use super::layer::Shared;
 use super::ratelimit;
+use super::settle::{Settlement, Ticket};
+use super::usage_body::UsageBody;
 use crate::config::{AnonymousPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
-use crate::identity::Identity;
 use crate::routes::{Route, RouteMatch};
-use crate::store::{Admission, PeriodCounts, Reservation, ReserveRequest};
+use crate::store::{Admission, ReserveRequest};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -163,35 +165,6 @@ where
     }
 }
 
-/// What an admitted request carries to its settlement.
-enum Ticket {
-    /// Flagged, and one unit is held for it.
-    Reserved {
-        reservation: Reservation,
-        identity: Identity,
-        counts: PeriodCounts,
-    },
-    /// Flagged but forwarded without a reservation: anonymous under
-    /// `anonymous = "forward"`, or the store failed under `allow`.
-    Unreserved {
-        identity: Option<Identity>,
-        reason: &'static str,
-    },
-    /// Not flagged. If the answer reports saved images anyway, they are
-    /// counted against the user these headers identify.
-    Unflagged { headers: HeaderMap },
-}
-
-impl Ticket {
-    fn decision(&self) -> &'static str {
-        match self {
-            Ticket::Reserved { .. } => "allowed",
-            Ticket::Unreserved { reason, .. } => reason,
-            Ticket::Unflagged { .. } => "unflagged",
-        }
-    }
-}
-
 async fn inspect<S, ReqB, ResB>(
     shared: Arc<Shared>,
     inner: S,
@@ -293,7 +266,7 @@ async fn admit(
             return match shared.anonymous {
                 AnonymousPolicy::Forward => Ok(Ticket::Unreserved {
                     identity: None,
-                    reason: "anonymous",
+                    decision: "anonymous",
                 }),
                 AnonymousPolicy::Deny => {
                     tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
@@ -357,7 +330,7 @@ async fn admit(
                 );
                 Ok(Ticket::Unreserved {
                     identity: Some(identity),
-                    reason: "store_error_allowed",
+                    decision: "store_error_allowed",
                 })
             }
             StoreErrorPolicy::Deny => {
@@ -394,15 +367,21 @@ where
     let (answer_tx, answer_rx) = oneshot::channel();
     let future = inner.call(request);
     tokio::spawn(async move {
-        let started = std::time::Instant::now();
+        let settlement = Settlement {
+            shared,
+            route,
+            ticket,
+            status: None,
+            started: Instant::now(),
+        };
         let result = match future.await {
-            Ok(response) => Ok(account(&shared, &route, response, ticket, started).await),
+            Ok(response) => Ok(account(settlement, response).await),
             Err(e) => {
-                settle(&shared, &route, ticket, 0, None, started).await;
+                settlement.settle(None).await;
                 Err(e)
             }
         };
-        // The client may be gone; the accounting above is done either way.
+        // The client may be gone; the accounting is done or under way.
         let _ = answer_tx.send(result);
     });
     match answer_rx.await {
@@ -414,53 +393,22 @@ where
     }
 }
 
-/// Reads the upstream's report from a response and settles the ticket.
-async fn account<B>(
-    shared: &Shared,
-    route: &Route,
-    response: Response<B>,
-    ticket: Ticket,
-    started: std::time::Instant,
-) -> Response<QuotaBody<B>>
+/// Reads the upstream's report from a response and settles, now (header,
+/// small JSON body, or nothing that could report) or when the streamed body
+/// ends (in-band markers, SSE events, trailers).
+async fn account<B>(mut settlement: Settlement, response: Response<B>) -> Response<QuotaBody<B>>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let shared = Arc::clone(&settlement.shared);
     let (mut parts, body) = response.into_parts();
-    let mut images = shared.reports.take_header(&mut parts.headers);
-    let body = if images.is_none() && shared.reports.wants_json_body(&parts.headers) {
-        let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                images = shared.reports.read_json(&bytes);
-                QuotaBody::local(bytes)
-            }
-            Err(e) => {
-                tracing::warn!(route = %route.name, error = %e, "upstream JSON response failed");
-                settle(
-                    shared,
-                    route,
-                    ticket,
-                    0,
-                    Some(StatusCode::BAD_GATEWAY),
-                    started,
-                )
-                .await;
-                return local(json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream response failed",
-                ));
-            }
-        }
-    } else {
-        QuotaBody::inner(body)
-    };
+    settlement.status = Some(parts.status);
     if let Ticket::Reserved {
         reservation,
         identity,
         counts,
-    } = &ticket
+    } = &settlement.ticket
     {
         ratelimit::insert(
             &mut parts.headers,
@@ -470,75 +418,44 @@ where
             shared.clock.now(),
         );
     }
-    let amount = shared.reports.amount(images.unwrap_or(0));
-    settle(shared, route, ticket, amount, Some(parts.status), started).await;
-    Response::from_parts(parts, body)
-}
-
-/// Turns a ticket into usage (`amount`, 0 = release) and logs the request.
-async fn settle(
-    shared: &Shared,
-    route: &Route,
-    ticket: Ticket,
-    amount: u64,
-    status: Option<StatusCode>,
-    started: std::time::Instant,
-) {
-    let now = shared.clock.now();
-    let decision = ticket.decision();
-    let (user, reservation) = match ticket {
-        Ticket::Reserved {
-            reservation,
-            identity,
-            ..
-        } => (Some(identity.user_id), Some(reservation)),
-        Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
-        Ticket::Unflagged { headers } if amount > 0 => {
-            match shared.identity.identify(&headers).await {
-                Ok(identity) => (identity.map(|i| i.user_id), None),
-                Err(e) => {
-                    tracing::error!(route = %route.name, amount, error = %e,
-                        "saved images reported but the user cannot be identified; not counted");
-                    (None, None)
-                }
-            }
-        }
-        Ticket::Unflagged { .. } => (None, None),
-    };
-    let reservation = match (reservation, &user) {
-        (Some(reservation), _) => Some(reservation),
-        // Usage without a reservation (unflagged, or forwarded on a store
-        // error) is recorded as a settle of a reservation never made.
-        (None, Some(user)) if amount > 0 => Some(Reservation {
-            id: Reservation::new_id(),
-            user: user.clone(),
-            windows: shared.calendar.windows(now),
-            expires_at: now,
-        }),
-        (None, None) if amount > 0 => {
-            tracing::warn!(route = %route.name, amount, "saved images reported for an anonymous request; not counted");
-            None
-        }
-        _ => None,
-    };
-    let user = user.as_deref().unwrap_or("-");
-    if let Some(reservation) = reservation
-        && let Err(e) = shared.store.settle(&reservation, amount, now).await
-    {
-        tracing::error!(
-            route = %route.name, user, amount, reservation = %reservation.id, error = %e,
-            "usage could not be recorded"
-        );
+    if let Some(images) = shared.reports.take_header(&mut parts.headers) {
+        settlement.settle(Some(images)).await;
+        return Response::from_parts(parts, QuotaBody::inner(body));
     }
-    tracing::info!(
-        route = %route.name,
-        user,
-        decision,
-        status = status.map(|s| s.as_u16()),
-        images = amount,
-        latency_ms = started.elapsed().as_millis() as u64,
-        "inspected request"
-    );
+    if shared.reports.wants_json_body(&parts.headers) {
+        let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
+        return match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                settlement.settle(shared.reports.read_json(&bytes)).await;
+                Response::from_parts(parts, QuotaBody::local(bytes))
+            }
+            Err(e) => {
+                tracing::warn!(route = %settlement.route.name, error = %e,
+                    "upstream JSON response failed");
+                settlement.status = Some(StatusCode::BAD_GATEWAY);
+                settlement.settle(None).await;
+                local(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream response failed",
+                ))
+            }
+        };
+    }
+    match shared.reports.stream_report(&parts.headers) {
+        Some(report) => {
+            if shared.reports.strips_markers() {
+                // Cutting a marker changes the length.
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            let body = UsageBody::new(body, report, settlement);
+            Response::from_parts(parts, QuotaBody::watched(body))
+        }
+        None => {
+            settlement.settle(None).await;
+            Response::from_parts(parts, QuotaBody::inner(body))
+        }
+    }
 }
 
 fn unavailable(message: &str) -> Response<Full<Bytes>> {

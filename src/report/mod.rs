@@ -7,12 +7,15 @@
 //! declares a `Content-Length` within `usage.max_json_bytes` is read.
 
 mod marker;
+mod sse;
 
 pub use self::marker::{MAX_PAYLOAD, MarkerScanner};
+pub use self::sse::{MAX_LINE, SseScanner};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, header};
 
-use crate::config::{CountMode, UsageConfig};
+use crate::config::{CountMode, ReportMarker, UsageConfig};
 
 /// Finds saved-image reports in upstream responses.
 #[derive(Debug, Clone)]
@@ -21,6 +24,9 @@ pub struct ReportReader {
     json_field: Option<String>,
     max_json_bytes: u64,
     count: CountMode,
+    marker: Option<ReportMarker>,
+    strip_marker: bool,
+    sse_event: Option<String>,
 }
 
 impl ReportReader {
@@ -32,7 +38,41 @@ impl ReportReader {
             json_field: Some(config.report_json_field.clone()).filter(|f| !f.is_empty()),
             max_json_bytes: config.max_json_bytes,
             count: config.count,
+            marker: config.report_marker.clone(),
+            strip_marker: config.strip_marker,
+            sse_event: Some(config.report_sse_event.clone()).filter(|e| !e.is_empty()),
         }
+    }
+
+    /// True when in-band markers are cut from what the client receives.
+    pub fn strips_markers(&self) -> bool {
+        self.marker.is_some() && self.strip_marker
+    }
+
+    /// A watcher for reports inside the body of a response with these
+    /// headers (markers, SSE events, trailers), or `None` when nothing in its
+    /// body could report.
+    pub fn stream_report(&self, headers: &HeaderMap) -> Option<StreamReport> {
+        let is_event_stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let report = StreamReport {
+            marker: self
+                .marker
+                .as_ref()
+                .map(|m| MarkerScanner::new(&m.start, &m.end, self.strip_marker)),
+            sse: self
+                .sse_event
+                .as_deref()
+                .filter(|_| is_event_stream)
+                .map(SseScanner::new),
+            trailer: self.header.clone(),
+            trailer_images: None,
+        };
+        let can_report =
+            report.marker.is_some() || report.sse.is_some() || report.trailer.is_some();
+        can_report.then_some(report)
     }
 
     /// Removes the report header from `headers` and returns the number of
@@ -84,6 +124,59 @@ impl ReportReader {
             CountMode::Requests => images.min(1),
             CountMode::Images => images,
         }
+    }
+}
+
+/// Watches one streamed response body for in-band reports, frame by frame.
+#[derive(Debug)]
+pub struct StreamReport {
+    marker: Option<MarkerScanner>,
+    sse: Option<SseScanner>,
+    trailer: Option<HeaderName>,
+    trailer_images: Option<u64>,
+}
+
+impl StreamReport {
+    /// Reads a data chunk; returns what to send on (markers cut out when
+    /// stripping).
+    pub fn data(&mut self, chunk: Bytes) -> Bytes {
+        if let Some(sse) = &mut self.sse {
+            sse.feed(&chunk);
+        }
+        match &mut self.marker {
+            Some(marker) => marker.feed(chunk),
+            None => chunk,
+        }
+    }
+
+    /// Reads, and removes, a report carried in the trailers.
+    pub fn trailers(&mut self, trailers: &mut HeaderMap) {
+        let Some(name) = &self.trailer else { return };
+        for value in trailers.get_all(name) {
+            let n = parse_header_count(value.as_bytes());
+            self.trailer_images = Some(self.trailer_images.map_or(n, |m| m.max(n)));
+        }
+        trailers.remove(name);
+    }
+
+    /// Ends the stream; returns bytes still held back by the marker scanner.
+    pub fn finish(&mut self) -> Bytes {
+        self.marker
+            .as_mut()
+            .map(MarkerScanner::finish)
+            .unwrap_or_default()
+    }
+
+    /// Images reported so far by any in-band source, or `None`.
+    pub fn images(&self) -> Option<u64> {
+        [
+            self.marker.as_ref().and_then(MarkerScanner::images),
+            self.sse.as_ref().and_then(SseScanner::images),
+            self.trailer_images,
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a + b)
     }
 }
 

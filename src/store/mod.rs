@@ -92,6 +92,7 @@ impl PeriodCounts {
 }
 
 /// The store's answer to a [`ReserveRequest`].
+#[allow(clippy::large_enum_variant)] // made once per flagged request
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// Every limit had room; one unit is now held.

@@ -1,0 +1,165 @@
+//! Settlement (phase: settle): what an inspected request carries from admit
+//! to the end of its response, and how it becomes usage.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::StatusCode;
+
+use super::layer::Shared;
+use crate::identity::Identity;
+use crate::routes::Route;
+use crate::store::{PeriodCounts, Reservation};
+
+/// What an inspected request carries to its settlement.
+// One per inspected request, moved a handful of times: boxing the large
+// variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Ticket {
+    /// Flagged, and one unit is held for it.
+    Reserved {
+        reservation: Reservation,
+        identity: Identity,
+        counts: PeriodCounts,
+    },
+    /// Flagged but forwarded without a reservation: anonymous under
+    /// `anonymous = "forward"`, or the store failed under `allow`.
+    Unreserved {
+        identity: Option<Identity>,
+        decision: &'static str,
+    },
+    /// Not flagged. If the answer reports saved images anyway, they are
+    /// counted against the user these headers identify.
+    Unflagged { headers: http::HeaderMap },
+}
+
+impl Ticket {
+    fn decision(&self) -> &'static str {
+        match self {
+            Ticket::Reserved { .. } => "allowed",
+            Ticket::Unreserved { decision, .. } => decision,
+            Ticket::Unflagged { .. } => "unflagged",
+        }
+    }
+}
+
+/// A ticket on its way to the store, with what the log line needs.
+pub(crate) struct Settlement {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) route: Arc<Route>,
+    pub(crate) ticket: Ticket,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) started: Instant,
+}
+
+impl Settlement {
+    /// The reservation held, if any.
+    pub(crate) fn reservation(&self) -> Option<&Reservation> {
+        match &self.ticket {
+            Ticket::Reserved { reservation, .. } => Some(reservation),
+            _ => None,
+        }
+    }
+
+    /// Turns the ticket into usage for `images` reported images (`None` or
+    /// 0 releases it) and writes the request's log line.
+    pub(crate) async fn settle(self, images: Option<u64>) {
+        let Settlement {
+            shared,
+            route,
+            ticket,
+            status,
+            started,
+        } = self;
+        let amount = shared.reports.amount(images.unwrap_or(0));
+        let now = shared.clock.now();
+        let decision = ticket.decision();
+        let (user, reservation) = match ticket {
+            Ticket::Reserved {
+                reservation,
+                identity,
+                ..
+            } => (Some(identity.user_id), Some(reservation)),
+            Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
+            Ticket::Unflagged { headers } if amount > 0 => {
+                match shared.identity.identify(&headers).await {
+                    Ok(identity) => (identity.map(|i| i.user_id), None),
+                    Err(e) => {
+                        tracing::error!(route = %route.name, amount, error = %e,
+                            "saved images reported but the user cannot be identified; not counted");
+                        (None, None)
+                    }
+                }
+            }
+            Ticket::Unflagged { .. } => (None, None),
+        };
+        let reservation = match (reservation, &user) {
+            (Some(reservation), _) => Some(reservation),
+            // Usage without a reservation (unflagged, or forwarded on a
+            // store error) is a settle of a reservation never made: the
+            // store counts it once.
+            (None, Some(user)) if amount > 0 => Some(Reservation {
+                id: Reservation::new_id(),
+                user: user.clone(),
+                windows: shared.calendar.windows(now),
+                expires_at: now,
+            }),
+            (None, None) if amount > 0 => {
+                tracing::warn!(route = %route.name, amount,
+                    "saved images reported for an anonymous request; not counted");
+                None
+            }
+            _ => None,
+        };
+        let user = user.as_deref().unwrap_or("-");
+        if let Some(reservation) = reservation
+            && let Err(e) = shared.store.settle(&reservation, amount, now).await
+        {
+            tracing::error!(
+                route = %route.name, user, amount, reservation = %reservation.id, error = %e,
+                "usage could not be recorded"
+            );
+        }
+        tracing::info!(
+            route = %route.name,
+            user,
+            decision,
+            status = status.map(|s| s.as_u16()),
+            images = amount,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "inspected request"
+        );
+    }
+}
+
+/// Keeps a reservation alive while its response streams, so a generation
+/// that runs longer than `store.reservation_ttl` still holds its unit and a
+/// parallel request cannot slip past the limit. Stops when dropped.
+pub(crate) struct KeepAlive(tokio::task::AbortHandle);
+
+impl KeepAlive {
+    pub(crate) fn start(shared: &Arc<Shared>, reservation: &Reservation) -> Self {
+        let shared = Arc::clone(shared);
+        let reservation = reservation.clone();
+        let ttl = shared.reservation_ttl;
+        let task = tokio::spawn(async move {
+            let every = (ttl / 3).max(std::time::Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let now = shared.clock.now();
+                let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+                if let Err(e) = shared.store.extend(&reservation, until, now).await {
+                    tracing::warn!(user = %reservation.user, error = %e,
+                        "could not extend a streaming request's reservation");
+                }
+            }
+        });
+        KeepAlive(task.abort_handle())
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

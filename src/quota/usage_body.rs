@@ -1,0 +1,189 @@
+//! [`UsageBody`]: a response body that reads in-band usage reports as it
+//! streams and settles the request's reservation when the stream ends.
+//!
+//! Nothing is buffered: each frame goes on as soon as it arrives (minus a
+//! stripped marker). If the client goes away mid-stream, the body is dropped
+//! before its end; the rest of the upstream's answer is then read in the
+//! background (bounded by the idle timeout between chunks) so the report at
+//! its very end is still seen and counted.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use super::settle::{KeepAlive, Settlement};
+use crate::report::StreamReport;
+
+/// A streamed response body under watch for usage reports.
+pub struct UsageBody<B> {
+    body: Option<Pin<Box<B>>>,
+    watch: Option<Watch>,
+    /// Trailers that arrived while held-back bytes still had to go first.
+    pending_trailers: Option<http::HeaderMap>,
+    idle: Duration,
+    /// Made where `B`'s bounds are known, so `Drop` needs none.
+    drain: fn(Pin<Box<B>>, Watch, Duration),
+}
+
+/// What is settled when the body ends.
+pub(crate) struct Watch {
+    report: StreamReport,
+    settlement: Settlement,
+    _keep_alive: Option<KeepAlive>,
+}
+
+impl<B> UsageBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    pub(crate) fn new(body: B, report: StreamReport, settlement: Settlement) -> Self {
+        let keep_alive = settlement
+            .reservation()
+            .map(|r| KeepAlive::start(&settlement.shared, r));
+        let idle = settlement.shared.idle_timeout;
+        Self {
+            body: Some(Box::pin(body)),
+            watch: Some(Watch {
+                report,
+                settlement,
+                _keep_alive: keep_alive,
+            }),
+            pending_trailers: None,
+            idle,
+            drain: drain_in_background::<B>,
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            let images = watch.report.images();
+            tokio::spawn(watch.settlement.settle(images));
+        }
+    }
+}
+
+impl<B> Body for UsageBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        if let Some(trailers) = this.pending_trailers.take() {
+            this.settle();
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        loop {
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    this.body = None;
+                    this.settle();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    this.body = None;
+                    let rest = this
+                        .watch
+                        .as_mut()
+                        .map(|w| w.report.finish())
+                        .unwrap_or_default();
+                    this.settle();
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            };
+            let Some(watch) = this.watch.as_mut() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            match frame.into_data() {
+                Ok(chunk) => {
+                    let out = watch.report.data(chunk);
+                    if out.is_empty() {
+                        // All of it is held back (a possible marker).
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                Err(frame) => {
+                    let Ok(mut trailers) = frame.into_trailers() else {
+                        continue;
+                    };
+                    watch.report.trailers(&mut trailers);
+                    let rest = watch.report.finish();
+                    if rest.is_empty() {
+                        this.settle();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    this.pending_trailers = Some(trailers);
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_none() && self.pending_trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A stripped marker changes the length: no exact hint is given (the
+        // upstream's Content-Length is kept only when nothing is stripped).
+        SizeHint::default()
+    }
+}
+
+impl<B> Drop for UsageBody<B> {
+    fn drop(&mut self) {
+        let (Some(body), Some(watch)) = (self.body.take(), self.watch.take()) else {
+            return;
+        };
+        // The client left before the end: read the rest of the upstream's
+        // answer anyway, to see its report, then settle.
+        (self.drain)(body, watch, self.idle);
+    }
+}
+
+/// Reads the rest of a body whose client left, then settles.
+fn drain_in_background<B>(body: Pin<Box<B>>, watch: Watch, idle: Duration)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(drain(body, watch, idle));
+    }
+}
+
+async fn drain<B>(mut body: Pin<Box<B>>, mut watch: Watch, idle: Duration)
+where
+    B: Body<Data = Bytes>,
+{
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+        match frame.into_data() {
+            Ok(chunk) => {
+                watch.report.data(chunk);
+            }
+            Err(frame) => {
+                if let Ok(mut trailers) = frame.into_trailers() {
+                    watch.report.trailers(&mut trailers);
+                }
+            }
+        }
+    }
+    let images = watch.report.images();
+    watch.settlement.settle(images).await;
+}
