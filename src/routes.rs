@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use crate::config::{ConfigError, FlagRules, RouteConfig};
+use crate::quota::ProbeSpec;
 
 /// One inspected route, ready to use.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct Route {
     pub deny_status: StatusCode,
     /// Per-route message template overriding `[messages]`.
     pub message: Option<String>,
+    /// Asks the upstream whether a request will generate images whatever
+    /// its flag says.
+    pub probe: Option<ProbeSpec>,
 }
 
 /// A matched route with the values of its path parameters.
@@ -58,12 +62,19 @@ impl RouteTable {
                     format!("{} is not an HTTP status", config.deny_status),
                 )
             })?;
+            let probe = config
+                .probe
+                .as_ref()
+                .map(|p| ProbeSpec::new(p, &config.path))
+                .transpose()
+                .map_err(|reason| ConfigError::invalid(format!("routes[{i}].probe"), reason))?;
             let route = Arc::new(Route {
                 name: format!("{} {}", config.method.0, config.path),
                 flag: config.flag.clone(),
                 flag_rules: config.flag_rules.clone(),
                 deny_status,
                 message: config.message.clone(),
+                probe,
             });
             by_method
                 .entry(config.method.0.clone())

@@ -234,6 +234,51 @@ pub struct RouteConfig {
     /// `[messages]`; `{limit}` and `{period}` are filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// An upstream endpoint that says whether a request on this route will
+    /// generate images whatever its flag says (e.g. image-editing sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeConfig>,
+}
+
+/// A probe: `GET path` on the upstream, with the client's credentials,
+/// answering JSON whose `json_field` is true for requests that will generate
+/// images even without the flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Path on the upstream; `{name}` is the route's path parameter of that
+    /// name, e.g. `/chat/session/{session_id}/image-generation-access/`.
+    pub path: String,
+    /// Top-level JSON field that is `true` for image-generating requests.
+    #[serde(default = "default_probe_field")]
+    pub json_field: String,
+    /// How long an answer is reused for the same path and user.
+    #[serde(default = "default_probe_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Request headers passed on to the probe (the client's credentials).
+    #[serde(default = "default_probe_headers")]
+    pub forward_headers: Vec<String>,
+    /// Longest wait for the probe's answer; a probe that fails or times out
+    /// counts the request as asking for an image (it is checked, and
+    /// released if no image is saved).
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_probe_field() -> String {
+    "has_access".to_owned()
+}
+
+fn default_probe_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_probe_headers() -> Vec<String> {
+    vec!["cookie".to_owned(), "authorization".to_owned()]
 }
 
 fn default_flag() -> String {
@@ -304,6 +349,9 @@ pub struct Messages {
     pub weekly: String,
     /// When the monthly limit is reached.
     pub monthly: String,
+    /// Add `period`, `limit` and `retry_after` to the denial body beside
+    /// `error`; `false` makes the body exactly `{"error": "<message>"}`.
+    pub details: bool,
 }
 
 impl Default for Messages {
@@ -312,6 +360,7 @@ impl Default for Messages {
             daily: "شما به حد مجاز تولید تصویر روزانه ({limit} عدد) رسیده‌اید".to_owned(),
             weekly: "شما به حد مجاز تولید تصویر هفتگی ({limit} عدد) رسیده‌اید".to_owned(),
             monthly: "شما به حد مجاز تولید تصویر ماهانه ({limit} عدد) رسیده‌اید".to_owned(),
+            details: true,
         }
     }
 }

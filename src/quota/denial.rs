@@ -36,12 +36,16 @@ impl Denial<'_> {
 
     /// The response.
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": self.message(),
-            "period": self.period.as_str(),
-            "limit": self.limit,
-            "retry_after": self.retry_after,
-        });
+        let body = if self.messages.details {
+            serde_json::json!({
+                "error": self.message(),
+                "period": self.period.as_str(),
+                "limit": self.limit,
+                "retry_after": self.retry_after,
+            })
+        } else {
+            serde_json::json!({ "error": self.message() })
+        };
         let mut response = json_response(self.route.deny_status, &body);
         response
             .headers_mut()
@@ -64,6 +68,7 @@ mod tests {
             flag_rules: FlagRules::default(),
             deny_status: StatusCode::FORBIDDEN,
             message: message.map(str::to_owned),
+            probe: None,
         }
     }
 
@@ -89,6 +94,26 @@ mod tests {
             response.headers()[header::CONTENT_TYPE],
             "application/json; charset=utf-8"
         );
+    }
+
+    #[tokio::test]
+    async fn body_is_exactly_the_error_without_details() {
+        use http_body_util::BodyExt;
+        let messages = Messages {
+            details: false,
+            ..Messages::default()
+        };
+        let route = route(Some("no more images"));
+        let denial = Denial {
+            route: &route,
+            messages: &messages,
+            period: Period::Monthly,
+            limit: 30,
+            retry_after: 5,
+        };
+        let body = denial.into_response().into_body().collect().await;
+        let bytes = body.expect("full body").to_bytes();
+        assert_eq!(&bytes[..], br#"{"error":"no more images"}"#);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
+use super::probe::ProbeCache;
 use super::service::Quota;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AnonymousPolicy, Config, ConfigError, Messages, StoreErrorPolicy};
@@ -47,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) max_json_bytes: u64,
     pub(crate) reservation_ttl: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) probe_cache: ProbeCache,
     pub(crate) on_store_error: StoreErrorPolicy,
     pub(crate) anonymous: AnonymousPolicy,
 }
@@ -142,6 +144,7 @@ impl QuotaLayerBuilder {
                 max_json_bytes: config.usage.max_json_bytes,
                 reservation_ttl: config.store.reservation_ttl,
                 idle_timeout: config.timeouts.idle,
+                probe_cache: ProbeCache::default(),
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,
             }),

@@ -11,12 +11,14 @@
 mod body;
 mod denial;
 mod layer;
+mod probe;
 mod ratelimit;
 mod service;
 mod settle;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
-pub use self::layer::QuotaLayer;
+pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
+pub use self::probe::ProbeSpec;
 pub use self::service::{Quota, ResponseFuture};
 pub use self::usage_body::UsageBody;

@@ -34,12 +34,14 @@ use tower::Service;
 use super::body::{QuotaBody, RequestBody};
 use super::denial::Denial;
 use super::layer::Shared;
+use super::probe::{ProbeAnswer, ProbeCache};
 use super::ratelimit;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
 use crate::config::{AnonymousPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
+use crate::identity::{Identity, IdentityError};
 use crate::routes::{Route, RouteMatch};
 use crate::store::{Admission, ReserveRequest};
 
@@ -82,7 +84,7 @@ impl<S, ReqB, ResB> Service<Request<ReqB>> for Quota<S>
 where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     ReqB: Body<Data = Bytes> + Send + 'static,
     ReqB::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -172,9 +174,9 @@ async fn inspect<S, ReqB, ResB>(
     request: Request<ReqB>,
 ) -> Result<Response<QuotaBody<ResB>>, S::Error>
 where
-    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     ReqB: Body<Data = Bytes> + Send + 'static,
     ReqB::Error: Into<BoxError>,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -198,19 +200,54 @@ where
         &route.flag_rules,
     )
     .await;
-    let ticket = match verdict {
-        FlagVerdict::NotFlagged => Ticket::Unflagged {
-            headers: parts.headers.clone(),
-        },
-        FlagVerdict::Flagged(_) | FlagVerdict::Unreadable(_) => {
-            if let FlagVerdict::Unreadable(reason) = &verdict {
-                tracing::debug!(route = %route.name, %reason, "unreadable body counts as flagged");
-            }
-            match admit(&shared, &route, &parts.headers).await {
-                Ok(ticket) => ticket,
-                Err(answer) => return Ok(local(answer)),
-            }
+    let mut flagged = match &verdict {
+        FlagVerdict::NotFlagged => false,
+        FlagVerdict::Flagged(_) => true,
+        FlagVerdict::Unreadable(reason) => {
+            tracing::debug!(route = %route.name, %reason, "unreadable body counts as flagged");
+            true
         }
+    };
+    // The "session" a forced-image answer is remembered for: the probe's
+    // path, or the request's own path on a route without a probe.
+    let session = match &route.probe {
+        Some(probe) => probe.path(&matched.params),
+        None => parts.uri.path().to_owned(),
+    };
+    if !flagged && shared.probe_cache.get(&session) == Some(true) {
+        flagged = true;
+    }
+    let identity = if flagged || route.probe.is_some() {
+        Some(shared.identity.identify(&parts.headers).await)
+    } else {
+        None
+    };
+    if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
+        let key = ProbeCache::key(&session, &who.user_id);
+        flagged = match shared.probe_cache.get(&key) {
+            Some(forced) => forced,
+            None => match probe.ask(inner.clone(), &session, &parts.headers).await {
+                ProbeAnswer::Forced => {
+                    shared.probe_cache.put(key, true, probe.cache_ttl());
+                    true
+                }
+                ProbeAnswer::NotForced => {
+                    shared.probe_cache.put(key, false, probe.cache_ttl());
+                    false
+                }
+                ProbeAnswer::Failed => true,
+            },
+        };
+    }
+    let ticket = match identity {
+        Some(identity) if flagged => match admit(&shared, &route, identity).await {
+            Ok(ticket) => ticket,
+            Err(answer) => return Ok(local(answer)),
+        },
+        _ => Ticket::Unflagged {
+            headers: parts.headers.clone(),
+            session,
+        },
     };
     let request = Request::from_parts(parts, RequestBody::buffered(bytes));
     forward(shared, inner, route, request, ticket).await
@@ -253,14 +290,14 @@ where
     }
 }
 
-/// Identifies the user of a flagged request and reserves one unit, or
-/// returns the answer to send instead (denial, 401, 503).
+/// Reserves one unit for the user of a flagged request, or returns the
+/// answer to send instead (denial, 401, 503).
 async fn admit(
     shared: &Shared,
     route: &Route,
-    headers: &HeaderMap,
+    identity: Result<Option<Identity>, IdentityError>,
 ) -> Result<Ticket, Response<Full<Bytes>>> {
-    let identity = match shared.identity.identify(headers).await {
+    let identity = match identity {
         Ok(Some(identity)) => identity,
         Ok(None) => {
             return match shared.anonymous {

@@ -29,8 +29,12 @@ pub(crate) enum Ticket {
         decision: &'static str,
     },
     /// Not flagged. If the answer reports saved images anyway, they are
-    /// counted against the user these headers identify.
-    Unflagged { headers: http::HeaderMap },
+    /// counted against the user these headers identify, and `session` (the
+    /// probe path, or the request path) is remembered as image-generating.
+    Unflagged {
+        headers: http::HeaderMap,
+        session: String,
+    },
 }
 
 impl Ticket {
@@ -42,6 +46,10 @@ impl Ticket {
         }
     }
 }
+
+/// How long a session that saved images without a flag is treated as
+/// image-generating, on a route without a probe.
+const LEARNED_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A ticket on its way to the store, with what the log line needs.
 pub(crate) struct Settlement {
@@ -81,7 +89,14 @@ impl Settlement {
                 ..
             } => (Some(identity.user_id), Some(reservation)),
             Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
-            Ticket::Unflagged { headers } if amount > 0 => {
+            Ticket::Unflagged { headers, session } if amount > 0 => {
+                let ttl = route
+                    .probe
+                    .as_ref()
+                    .map_or(LEARNED_SESSION_TTL, |p| p.cache_ttl());
+                tracing::info!(route = %route.name, session = %session,
+                    "saved images reported for an unflagged request; counting it, and its session from now on");
+                shared.probe_cache.put(session, true, ttl);
                 match shared.identity.identify(&headers).await {
                     Ok(identity) => (identity.map(|i| i.user_id), None),
                     Err(e) => {
