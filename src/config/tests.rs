@@ -131,3 +131,16 @@ fn flag_rules_forms() {
             .contains("flag_rules")
     );
 }
+
+#[test]
+fn django_preset_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");
+    let c = Config::load(&path).expect("config/django-mobixai.toml loads");
+    assert_eq!(c.routes[0].flag_rules, FlagRules::django_send_message());
+    assert!(c.routes[0].probe.is_some());
+    assert!(!c.messages.details);
+    assert_eq!(
+        c.usage.report_marker.as_ref().map(|m| m.start.as_str()),
+        Some("[IMAGES_SAVED]")
+    );
+}
