@@ -1,63 +1,538 @@
-//! PLACEHOLDER — the store helper replaces this file.
-/// The in-memory store.
+//! The in-memory quota store (phases: admit and settle): one process, nothing
+//! to install, and everything is lost on restart.
+//!
+//! Users are spread over [`SHARDS`] independently locked maps, so requests of
+//! different users rarely wait for each other. No lock is held across an
+//! `.await` (every method body is synchronous), so `std::sync::Mutex` is
+//! enough.
+//!
+//! Memory is bounded without a background task:
+//! - a counter lives until `max(period end, last write) + COUNTER_GRACE`,
+//!   exactly like the Redis store's `PEXPIRE`, so a settle that arrives just
+//!   after midnight still lands in yesterday's counter and can be read;
+//! - reservations live until their deadline;
+//! - settled ids are remembered for [`SETTLED_MEMORY`], at most
+//!   [`SETTLED_MAX`] per user (the oldest are forgotten first);
+//! - expired state of a user is dropped whenever that user is touched, each
+//!   shard is swept every [`SWEEP_INTERVAL`] of caller time, and a user with
+//!   nothing left is removed;
+//! - a new user past `max_users` first triggers a sweep of every shard (at
+//!   most once per [`SWEEP_INTERVAL`], so a full store cannot be made to
+//!   sweep on every request), then gets [`StoreError::Full`].
+//!
+//! Every decision uses the `now` passed in; the system clock is never read.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{
+    Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
+};
+use crate::periods::{Period, PeriodWindow, PeriodWindows};
+
+/// How many independently locked maps users are spread over.
+const SHARDS: usize = 32;
+
+/// How long a counter outlives its period (and its last write), so usage
+/// reported just after a period ended still counts in that period. Shared
+/// with the Redis store so both behave the same.
+pub(super) const COUNTER_GRACE: TimeDelta = TimeDelta::hours(1);
+
+/// How long a settled reservation id is remembered, so a retried settle
+/// counts once. A day covers any retry the proxy makes (they follow within
+/// seconds) with a wide margin. Shared with the Redis store.
+pub(super) const SETTLED_MEMORY: TimeDelta = TimeDelta::hours(24);
+
+/// Most settled ids remembered per user; past it the oldest are forgotten
+/// first, so one busy user cannot grow without bound. Shared with the Redis
+/// store.
+pub(super) const SETTLED_MAX: usize = 4096;
+
+/// How often (in caller time) a shard drops expired state of users nobody
+/// touched, and the shortest gap between two sweeps of the whole store when
+/// it is full.
+const SWEEP_INTERVAL: TimeDelta = TimeDelta::minutes(1);
+
+/// The in-memory store: sharded, bounded, for a single proxy instance.
 #[derive(Debug)]
-pub struct MemoryStore;
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// Users held across all shards; a slot is taken before a user is
+    /// inserted, so the bound holds under concurrency.
+    users: AtomicUsize,
+    max_users: usize,
+    /// When the whole store was last swept because it was full.
+    last_full_sweep: Mutex<Option<DateTime<Utc>>>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    users: HashMap<String, UserState>,
+    next_sweep: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+struct UserState {
+    /// Settled usage per period label; few entries (three current periods,
+    /// maybe the previous ones within their grace), so a scan beats a map.
+    counters: Vec<Counter>,
+    /// Live reservation id → deadline.
+    reservations: HashMap<String, DateTime<Utc>>,
+    /// Settled ids, for idempotency, and the same ids oldest first.
+    settled: HashSet<String>,
+    settled_order: VecDeque<(DateTime<Utc>, String)>,
+}
+
+#[derive(Debug)]
+struct Counter {
+    label: String,
+    value: u64,
+    expires_at: DateTime<Utc>,
+}
+
 impl MemoryStore {
-    /// placeholder
-    pub fn new(_max_users: usize) -> Self {
-        MemoryStore
+    /// An empty store that holds at most `max_users` users at once.
+    pub fn new(max_users: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            users: AtomicUsize::new(0),
+            max_users,
+            last_full_sweep: Mutex::new(None),
+        }
+    }
+
+    fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
+        // The hasher is randomly keyed per store, so a client choosing user
+        // ids cannot pile every user onto one shard.
+        let index = (self.hasher.hash_one(user) % SHARDS as u64) as usize;
+        lock(&self.shards[index])
+    }
+
+    /// Runs `f` on the state of `user` at `now`, after dropping what expired.
+    ///
+    /// A user not held yet is created only when `create` is set (taking one of
+    /// the `max_users` slots); otherwise `f` sees an empty state that is
+    /// thrown away. A user left with nothing is removed.
+    fn with_user<T>(
+        &self,
+        user: &str,
+        now: DateTime<Utc>,
+        create: bool,
+        f: impl FnOnce(&mut UserState) -> T,
+    ) -> Result<T, StoreError> {
+        let mut shard = self.shard(user);
+        self.sweep_if_due(&mut shard, now);
+        if let Some(state) = shard.users.get_mut(user) {
+            state.expire(now);
+            let answer = f(state);
+            if state.is_empty() {
+                shard.users.remove(user);
+                self.users.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Ok(answer);
+        }
+        if !create {
+            return Ok(f(&mut UserState::default()));
+        }
+        if !self.take_slot() {
+            // Sweeping locks every shard in turn, so this one must be
+            // released first; another call may insert the user meanwhile.
+            drop(shard);
+            self.sweep_all_if_allowed(now);
+            shard = self.shard(user);
+            if shard.users.contains_key(user) {
+                drop(shard);
+                return self.with_user(user, now, create, f);
+            }
+            if !self.take_slot() {
+                return Err(StoreError::Full(self.max_users));
+            }
+        }
+        let mut state = UserState::default();
+        let answer = f(&mut state);
+        if state.is_empty() {
+            self.users.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            shard.users.insert(user.to_owned(), state);
+        }
+        Ok(answer)
+    }
+
+    fn take_slot(&self) -> bool {
+        self.users
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_users).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn sweep_if_due(&self, shard: &mut Shard, now: DateTime<Utc>) {
+        // A caller clock that jumped backwards sweeps too, rather than
+        // waiting for its old `next_sweep` to come round again.
+        let due = shard
+            .next_sweep
+            .is_none_or(|next| now >= next || next - now > SWEEP_INTERVAL);
+        if due {
+            self.sweep(shard, now);
+        }
+    }
+
+    fn sweep(&self, shard: &mut Shard, now: DateTime<Utc>) {
+        let before = shard.users.len();
+        shard.users.retain(|_, state| {
+            state.expire(now);
+            !state.is_empty()
+        });
+        self.users
+            .fetch_sub(before - shard.users.len(), Ordering::Relaxed);
+        shard.next_sweep = Some(now + SWEEP_INTERVAL);
+    }
+
+    fn sweep_all_if_allowed(&self, now: DateTime<Utc>) {
+        {
+            let mut last = lock(&self.last_full_sweep);
+            if last.is_some_and(|at| now >= at && now - at < SWEEP_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        for shard in self.shards.iter() {
+            self.sweep(&mut lock(shard), now);
+        }
+    }
+
+    /// How many users the store holds now.
+    #[cfg(test)]
+    fn user_count(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
     }
 }
-#[async_trait::async_trait]
-impl super::QuotaStore for MemoryStore {
-    async fn reserve(
-        &self,
-        r: &super::ReserveRequest,
-    ) -> Result<super::Admission, super::StoreError> {
-        Ok(super::Admission::Reserved {
-            reservation: super::Reservation {
-                id: super::Reservation::new_id(),
-                user: r.user.clone(),
-                windows: r.windows.clone(),
-                expires_at: r.now,
-            },
-            counts: super::PeriodCounts::default(),
+
+impl UserState {
+    fn expire(&mut self, now: DateTime<Utc>) {
+        self.counters.retain(|c| c.expires_at > now);
+        self.reservations.retain(|_, deadline| *deadline > now);
+        while let Some((at, _)) = self.settled_order.front() {
+            if *at + SETTLED_MEMORY > now {
+                break;
+            }
+            if let Some((_, id)) = self.settled_order.pop_front() {
+                self.settled.remove(&id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.reservations.is_empty() && self.settled.is_empty()
+    }
+
+    fn used(&self, window: &PeriodWindow) -> u64 {
+        self.counters
+            .iter()
+            .find(|c| c.label == window.label)
+            .map_or(0, |c| c.value)
+    }
+
+    /// The counter of `window`, created at 0 if missing, with its expiry
+    /// pushed to `max(window end, now) + COUNTER_GRACE`.
+    fn counter(&mut self, window: &PeriodWindow, now: DateTime<Utc>) -> &mut Counter {
+        let expires_at = window.end.max(now) + COUNTER_GRACE;
+        let index = match self.counters.iter().position(|c| c.label == window.label) {
+            Some(index) => index,
+            None => {
+                self.counters.push(Counter {
+                    label: window.label.clone(),
+                    value: 0,
+                    expires_at,
+                });
+                self.counters.len() - 1
+            }
+        };
+        let counter = &mut self.counters[index];
+        counter.expires_at = counter.expires_at.max(expires_at);
+        counter
+    }
+
+    fn remember_settled(&mut self, id: &str, now: DateTime<Utc>) {
+        self.settled.insert(id.to_owned());
+        self.settled_order.push_back((now, id.to_owned()));
+        while self.settled_order.len() > SETTLED_MAX {
+            if let Some((_, old)) = self.settled_order.pop_front() {
+                self.settled.remove(&old);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding a lock, and a half-updated counter is
+    // better than a store that refuses every later call.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `now + ttl`, or the latest representable instant if that overflows.
+/// Shared with the Redis store.
+pub(super) fn deadline(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[async_trait]
+impl QuotaStore for MemoryStore {
+    async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
+        let now = request.now;
+        let expires_at = deadline(now, request.ttl);
+        self.with_user(&request.user, now, true, |state| {
+            let live = state.reservations.len() as u64;
+            let counts = PeriodCounts(
+                request
+                    .windows
+                    .0
+                    .each_ref()
+                    .map(|w| state.used(w).saturating_add(live)),
+            );
+            if let Some(period) = Period::ALL.into_iter().find(|&p| {
+                let limit = request.limits.of(p);
+                limit > 0 && counts.get(p) >= limit
+            }) {
+                return Admission::Exceeded { period, counts };
+            }
+            let id = Reservation::new_id();
+            state.reservations.insert(id.clone(), expires_at);
+            Admission::Reserved {
+                reservation: Reservation {
+                    id,
+                    user: request.user.clone(),
+                    windows: request.windows.clone(),
+                    expires_at,
+                },
+                counts: PeriodCounts(counts.0.map(|c| c.saturating_add(1))),
+            }
         })
     }
+
     async fn settle(
         &self,
-        _: &super::Reservation,
-        _: u64,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), super::StoreError> {
-        Ok(())
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.with_user(&reservation.user, now, true, |state| {
+            if state.settled.contains(&reservation.id) {
+                return;
+            }
+            state.reservations.remove(&reservation.id);
+            if amount > 0 {
+                for window in reservation.windows.iter() {
+                    let counter = state.counter(window, now);
+                    counter.value = counter.value.saturating_add(amount);
+                }
+            }
+            state.remember_settled(&reservation.id, now);
+        })
     }
+
     async fn extend(
         &self,
-        _: &super::Reservation,
-        _: chrono::DateTime<chrono::Utc>,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), super::StoreError> {
-        Ok(())
+        reservation: &Reservation,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.with_user(&reservation.user, now, false, |state| {
+            if let Some(deadline) = state.reservations.get_mut(&reservation.id) {
+                *deadline = until;
+            }
+        })
     }
+
     async fn usage(
         &self,
-        _: &str,
-        _: &crate::periods::PeriodWindows,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<[super::PeriodUsage; 3], super::StoreError> {
-        Ok(Default::default())
+        user: &str,
+        windows: &PeriodWindows,
+        now: DateTime<Utc>,
+    ) -> Result<[PeriodUsage; 3], StoreError> {
+        self.with_user(user, now, false, |state| {
+            let reserved = state.reservations.len() as u64;
+            windows.0.each_ref().map(|w| PeriodUsage {
+                used: state.used(w),
+                reserved,
+            })
+        })
     }
+
     async fn adjust(
         &self,
-        _: &str,
-        _: &crate::periods::PeriodWindow,
-        _: i64,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<u64, super::StoreError> {
-        Ok(0)
+        user: &str,
+        window: &PeriodWindow,
+        delta: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.with_user(user, now, true, |state| {
+            let counter = state.counter(window, now);
+            counter.value = counter.value.saturating_add_signed(delta);
+            counter.value
+        })
     }
-    async fn ping(&self) -> Result<(), super::StoreError> {
+
+    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Weekday;
+
+    use super::*;
+    use crate::config::Limits;
+    use crate::periods::Calendar;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test instant")
+            .with_timezone(&Utc)
+    }
+
+    fn windows(now: DateTime<Utc>) -> PeriodWindows {
+        Calendar::new(chrono_tz::UTC, Weekday::Mon).windows(now)
+    }
+
+    fn request(user: &str, now: DateTime<Utc>) -> ReserveRequest {
+        ReserveRequest {
+            user: user.to_owned(),
+            limits: Limits::default(),
+            windows: windows(now),
+            now,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    async fn reserve(store: &MemoryStore, user: &str, now: DateTime<Utc>) -> Reservation {
+        match store.reserve(&request(user, now)).await.expect("reserve") {
+            Admission::Reserved { reservation, .. } => reservation,
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_with_nothing_left_is_removed() {
+        let store = MemoryStore::new(10);
+        let now = at("2031-05-14T10:00:00Z");
+        let r = reserve(&store, "a", now).await;
+        assert_eq!(store.user_count(), 1);
+        // Expired reservation, nothing settled: touching the user drops it.
+        let later = now + TimeDelta::seconds(61);
+        store
+            .usage("a", &windows(later), later)
+            .await
+            .expect("usage");
+        assert_eq!(store.user_count(), 0);
+
+        store.settle(&r, 1, later).await.expect("settle");
+        assert_eq!(store.user_count(), 1);
+        // Past the month's end + grace and the settle memory, nothing is left.
+        let next_year = at("2032-05-14T10:00:00Z");
+        store
+            .usage("a", &windows(next_year), next_year)
+            .await
+            .expect("usage");
+        assert_eq!(store.user_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn counters_of_ended_periods_are_dropped_on_access() {
+        let store = MemoryStore::new(10);
+        let now = at("2031-05-14T10:00:00Z");
+        let w = windows(now);
+        store
+            .adjust("a", w.get(Period::Daily), 5, now)
+            .await
+            .expect("adjust");
+        store
+            .adjust("a", w.get(Period::Monthly), 5, now)
+            .await
+            .expect("adjust");
+        let next_day = at("2031-05-15T01:00:00Z");
+        store
+            .usage("a", &windows(next_day), next_day)
+            .await
+            .expect("usage");
+        let shard = store.shard("a");
+        let labels: Vec<_> = shard.users["a"]
+            .counters
+            .iter()
+            .map(|c| c.label.as_str())
+            .collect();
+        assert_eq!(labels, ["m2031-05"]);
+    }
+
+    #[tokio::test]
+    async fn idle_users_are_swept_by_calls_of_others() {
+        let store = MemoryStore::new(100);
+        let now = at("2031-05-14T10:00:00Z");
+        for i in 0..40 {
+            reserve(&store, &format!("user{i}"), now).await;
+        }
+        assert_eq!(store.user_count(), 40);
+        // Every shard is touched by some later call once its sweep is due.
+        let later = now + TimeDelta::minutes(5);
+        for i in 0..2000 {
+            let user = format!("other{i}");
+            store
+                .usage(&user, &windows(later), later)
+                .await
+                .expect("usage");
+        }
+        assert_eq!(store.user_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_store_sweeps_at_most_once_per_interval() {
+        let store = MemoryStore::new(2);
+        let now = at("2031-05-14T10:00:00Z");
+        let short = |user: &str, now| ReserveRequest {
+            ttl: Duration::from_secs(10),
+            ..request(user, now)
+        };
+        for user in ["a", "b"] {
+            store.reserve(&short(user, now)).await.expect("reserve");
+        }
+        let full = store.reserve(&request("c", now)).await;
+        assert!(matches!(full, Err(StoreError::Full(2))), "{full:?}");
+        // a's and b's reservations have expired, but the store was swept a
+        // moment ago: a flood of new users must not sweep on every call.
+        let soon = now + TimeDelta::seconds(20);
+        let full = store.reserve(&request("c", soon)).await;
+        assert!(matches!(full, Err(StoreError::Full(2))), "{full:?}");
+        let later = now + SWEEP_INTERVAL;
+        reserve(&store, "c", later).await;
+        assert_eq!(store.user_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn settled_ids_are_bounded_per_user() {
+        let store = MemoryStore::new(10);
+        let now = at("2031-05-14T10:00:00Z");
+        let first = reserve(&store, "a", now).await;
+        store.settle(&first, 0, now).await.expect("settle");
+        for _ in 0..SETTLED_MAX {
+            let r = reserve(&store, "a", now).await;
+            store.settle(&r, 0, now).await.expect("settle");
+        }
+        let shard = store.shard("a");
+        let state = &shard.users["a"];
+        assert_eq!(state.settled.len(), SETTLED_MAX);
+        assert!(!state.settled.contains(&first.id));
     }
 }

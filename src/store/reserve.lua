@@ -1,0 +1,39 @@
+-- Checks one user's day, week and month limits, counting the reservations
+-- still in flight, and reserves one unit when every limited period has room.
+-- One call, so the check and the reservation are atomic.
+--
+-- KEYS[1..3]  settled usage of the current day, week, month (STRING)
+-- KEYS[4]     live reservations (ZSET id -> deadline, ms)
+-- ARGV[1]     now (ms since the epoch, from the caller's clock)
+-- ARGV[2]     the new reservation's id
+-- ARGV[3]     its deadline (ms)
+-- ARGV[4]     how long KEYS[4] outlives its newest deadline (ms)
+-- ARGV[5..7]  limits of the day, week, month (0 = unlimited)
+--
+-- Returns {1, 0, day, week, month} when reserved, the counts including this
+-- reservation; or {0, p, day, week, month} when p (1 = day, 2 = week,
+-- 3 = month) is the first period whose limit is reached, reserving nothing.
+
+local now = tonumber(ARGV[1])
+
+-- A deadline equal to now has passed: the same rule as the memory store.
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local live = redis.call('ZCARD', KEYS[4])
+
+local counts = {}
+for i = 1, 3 do
+  counts[i] = tonumber(redis.call('GET', KEYS[i]) or '0') + live
+end
+
+for i = 1, 3 do
+  local limit = tonumber(ARGV[4 + i])
+  if limit > 0 and counts[i] >= limit then
+    return {0, i, counts[1], counts[2], counts[3]}
+  end
+end
+
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+local newest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[4], tonumber(newest[2]) - now + tonumber(ARGV[4]))
+
+return {1, 0, counts[1] + 1, counts[2] + 1, counts[3] + 1}

@@ -1,0 +1,7 @@
+//! Shared helpers of the integration tests: real servers on loopback, never
+//! mocks. Each test binary uses only some of them.
+// Test helpers are `pub` for every test binary, and each binary uses only some.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod proxy;
+pub mod redis;
