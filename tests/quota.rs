@@ -324,10 +324,7 @@ on_both_stores! {
         let saturday = at("2031-05-16T20:30:00Z");
         let monday = at("2031-05-18T20:30:00Z");
         for (week_start, free_again_at) in [("monday", monday), ("saturday", saturday)] {
-            let config = format!("{CONFIG}
-[periods]
-week_start = "{week_start}"
-");
+            let config = format!("{CONFIG}\n[periods]\nweek_start = \"{week_start}\"\n");
             let proxy = Proxy::start(&config, &authority, &store, friday).await;
             let client = TestClient::new(proxy.addr);
             let user = format!("week-{week_start}");
