@@ -7,5 +7,7 @@ pub mod config;
 pub mod error;
 pub mod flag;
 pub mod periods;
+pub mod proxy;
 pub mod routes;
+pub mod server;
 pub mod store;
