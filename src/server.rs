@@ -1,11 +1,147 @@
-//! PLACEHOLDER until the proxy branch lands.
-#![allow(missing_docs)]
-pub async fn serve<S>(
-    _l: tokio::net::TcpListener,
-    _s: S,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-    _g: std::time::Duration,
-) -> std::io::Result<()> {
-    shutdown.await;
+//! The accept loop (phase: accept, before classify): serves
+//! HTTP/1.1 and cleartext HTTP/2 (h2c, prior knowledge) on one listener,
+//! tags each request with the peer address ([`ClientAddr`]), and shuts down
+//! gracefully. Binary and tests run the same [`serve`], with their own
+//! listener and shutdown signal.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::util::MapRequest;
+
+use crate::proxy::BoxError;
+
+/// Longest time a client may take to send a request head, and longest time
+/// an HTTP/1.1 keep-alive connection may sit idle between requests. Stops
+/// slowloris clients from holding connections open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the loop pauses after an accept error that is not about one
+/// connection (EMFILE, ENFILE, ENOMEM): retrying at once would spin the
+/// CPU while nothing can be accepted anyway.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The TCP peer of a request, put in its extensions by [`serve`]. The proxy
+/// appends it to `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves `service` on `listener` until `shutdown` completes, then stops
+/// accepting (the listener is closed, so new connections are refused),
+/// lets in-flight requests finish for up to `grace`, aborts what is left
+/// and returns.
+///
+/// Idle keep-alive connections are closed at shutdown; HTTP/2 clients get a
+/// GOAWAY. Accept errors are logged and never end the loop. The `Result`
+/// is for future listener set-up; the loop itself does not fail.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            // Reap finished connections so the set does not grow forever.
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = finished
+                    && err.is_panic()
+                {
+                    tracing::error!(error = %err, "a connection task panicked");
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) if is_per_connection(&err) => {
+                    tracing::debug!(error = %err, "accept failed for one connection");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, backoff = ?ACCEPT_ERROR_BACKOFF, "accept failed; pausing");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
+        let service = MapRequest::new(service.clone(), move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
+            request
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        ?grace,
+        "shutting down: no longer accepting"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(open = connections.len(), "grace period over; aborting open connections");
+        }
+    }
+    connections.shutdown().await;
     Ok(())
+}
+
+/// Errors that concern one incoming connection only (it was reset before
+/// it was accepted): the next accept can follow at once.
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }

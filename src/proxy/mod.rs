@@ -1,31 +1,22 @@
-//! PLACEHOLDER until the proxy branch lands.
-#![allow(missing_docs)]
-use std::convert::Infallible;
-use std::task::{Context, Poll};
+//! The reverse proxy (phase: forward): [`ProxyService`] sends each request
+//! once to the upstream over a pooled HTTP/1.1 connection and streams the
+//! response back in a [`ProxyBody`], cut only when the upstream goes
+//! silent. It is the innermost service; the quota layer wraps it, and
+//! [`crate::server::serve`] runs the stack.
+//!
+//! - `service.rs`: the tower service, its timeouts and error answers;
+//! - `headers.rs`: hop-by-hop removal and `X-Forwarded-*` (pure functions);
+//! - `body.rs`: the response body and its idle timeout;
+//! - `error.rs`: failures classified by source and mapped to 400/501/502/504.
+//!
+//! Upgrades (WebSocket) are not proxied yet: `Upgrade` is stripped like the
+//! other hop-by-hop headers.
 
-use bytes::Bytes;
-use http_body_util::Full;
+mod body;
+mod error;
+mod headers;
+mod service;
 
-#[derive(Clone, Debug)]
-pub struct ProxyService;
-
-impl ProxyService {
-    pub fn new(_a: http::uri::Authority, _t: &crate::config::Timeouts) -> Self {
-        ProxyService
-    }
-}
-
-impl<B> tower::Service<http::Request<B>> for ProxyService {
-    type Response = http::Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: http::Request<B>) -> Self::Future {
-        std::future::ready(Ok(crate::error::json_error(
-            http::StatusCode::BAD_GATEWAY,
-            "placeholder",
-        )))
-    }
-}
+pub use body::{BodyError, ProxyBody};
+pub use error::BoxError;
+pub use service::{POOL_IDLE_TIMEOUT, ProxyService, ResponseFuture};

@@ -1,0 +1,176 @@
+//! Why forwarding failed before a response head arrived, classified by
+//! source (client, upstream), and the answer the client gets instead
+//! (phase: forward). The proxy never returns an error to hyper: each cause
+//! here becomes a JSON response.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy;
+
+use crate::error::json_error;
+
+/// A boxed error that crosses task boundaries: what hyper and tower accept
+/// from bodies and services.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A forwarding failure that ends in a response made by the proxy.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwardError {
+    /// The request target is not a path: `CONNECT host:port` or
+    /// `OPTIONS *`. A reverse proxy only forwards paths to its upstream.
+    #[error("request target {0:?} is not a path")]
+    UnsupportedTarget(String),
+    /// The client's request body failed while it was being sent upstream
+    /// (the client disconnected or sent a malformed chunk).
+    #[error("the client's request body failed while forwarding it")]
+    ClientBody(#[source] legacy::Error),
+    /// No TCP connection to the upstream (refused, unreachable, or
+    /// `timeouts.connect` exceeded).
+    #[error("cannot connect to upstream {upstream}")]
+    Connect {
+        /// The upstream.
+        upstream: Authority,
+        /// hyper-util's error, with the I/O error as its source.
+        #[source]
+        source: legacy::Error,
+    },
+    /// The upstream accepted the request but sent no response head within
+    /// `timeouts.response_head`.
+    #[error("upstream {upstream} sent no response head within {timeout:?}")]
+    HeadTimeout {
+        /// The upstream.
+        upstream: Authority,
+        /// `timeouts.response_head`.
+        timeout: Duration,
+    },
+    /// The connection failed after it was opened and before a response head
+    /// arrived (closed without answering, reset, malformed response).
+    #[error("upstream {upstream} failed before responding")]
+    Transport {
+        /// The upstream.
+        upstream: Authority,
+        /// hyper-util's error, with hyper's as its source.
+        #[source]
+        source: legacy::Error,
+    },
+}
+
+impl ForwardError {
+    /// Classifies an error of the pooled client.
+    pub(crate) fn from_client(upstream: &Authority, source: legacy::Error) -> Self {
+        if source.is_connect() {
+            return Self::Connect {
+                upstream: upstream.clone(),
+                source,
+            };
+        }
+        // hyper reports a failing request body as a "user" error: the
+        // client's side broke, not the upstream's.
+        let client_side = source
+            .source()
+            .and_then(|cause| cause.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_user);
+        if client_side {
+            Self::ClientBody(source)
+        } else {
+            Self::Transport {
+                upstream: upstream.clone(),
+                source,
+            }
+        }
+    }
+
+    /// The status the client gets.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedTarget(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::Connect { .. } | Self::Transport { .. } => StatusCode::BAD_GATEWAY,
+            Self::HeadTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// What the client reads in `{"error": …}`: the kind of failure, never
+    /// the upstream's address.
+    fn client_message(&self) -> &'static str {
+        match self {
+            Self::UnsupportedTarget(_) => "request target not supported: only paths are proxied",
+            Self::ClientBody(_) => "request body could not be read",
+            Self::Connect { .. } => "upstream unreachable",
+            Self::HeadTimeout { .. } => "upstream timed out",
+            Self::Transport { .. } => "upstream failed before responding",
+        }
+    }
+
+    /// The JSON response for this failure.
+    pub(crate) fn to_response(&self) -> Response<Full<Bytes>> {
+        json_error(self.status(), self.client_message())
+    }
+
+    /// Whether the upstream (not the client) is at fault: logged at warn.
+    pub(crate) fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::HeadTimeout { .. } | Self::Transport { .. }
+        )
+    }
+}
+
+/// The error and all its sources on one line, for logs:
+/// `a: b: c`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain(&err), "outer: inner");
+    }
+
+    #[tokio::test]
+    async fn timeout_is_504_with_json_body() {
+        let err = ForwardError::HeadTimeout {
+            upstream: Authority::from_static("127.0.0.1:8000"),
+            timeout: Duration::from_millis(200),
+        };
+        assert!(err.is_upstream());
+        let response = err.to_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("full body")
+            .to_bytes();
+        assert_eq!(body, r#"{"error":"upstream timed out"}"#);
+    }
+
+    #[test]
+    fn unsupported_target_is_501_and_the_clients_fault() {
+        let err = ForwardError::UnsupportedTarget("*".to_owned());
+        assert_eq!(err.status(), StatusCode::NOT_IMPLEMENTED);
+        assert!(!err.is_upstream());
+    }
+}

@@ -1,0 +1,216 @@
+//! Header rules of the forward phase, as pure functions over a
+//! [`HeaderMap`]: hop-by-hop removal (RFC 9110 §7.6.1) in both directions,
+//! and the `X-Forwarded-*` headers the upstream reads to learn who the
+//! client is.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`: the chain of client addresses.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the client used.
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`: the host the client asked for.
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers that are removed whether or not `Connection` names
+/// them. `Proxy-Connection` and `Keep-Alive` are not standard but are still
+/// sent by old clients and must not reach the other hop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes the hop-by-hop headers of a response: every header named in
+/// `Connection`, then the fixed list (RFC 9110 §7.6.1). hyper re-frames the
+/// body for the next hop, so a stale `Transfer-Encoding` must not survive.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Removes the hop-by-hop headers of a request, like [`strip_hop_by_hop`],
+/// but keeps `TE: trailers`: it tells the upstream that trailers reach the
+/// client (gRPC-style servers refuse to answer without it). The client's
+/// other transfer codings are the proxy's business, not the upstream's.
+pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    let accepts_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        // A coding may carry a weight: `trailers;q=1` is still trailers.
+        .filter_map(|coding| coding.split(';').next())
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers);
+    if accepts_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends `peer` to `X-Forwarded-For`, merging every line the client sent
+/// into one (`a, b, peer`): some frameworks read only the first line, and a
+/// second line could be mistaken for a trusted hop.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    // A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`.
+    let peer = peer.to_canonical().to_string();
+    let mut merged: Vec<u8> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        merged.extend_from_slice(value);
+        merged.extend_from_slice(b", ");
+    }
+    merged.extend_from_slice(peer.as_bytes());
+    match HeaderValue::from_bytes(&merged) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        // Unreachable in practice: the parts were valid header values and
+        // the separator is ASCII. Keep the client's value rather than drop it.
+        Err(_) => tracing::debug!("cannot merge X-Forwarded-For; left as the client sent it"),
+    }
+}
+
+/// Sets `X-Forwarded-Proto: http` and `X-Forwarded-Host: <host>` unless the
+/// client sent them: when a front proxy (TLS terminator, load balancer) set
+/// them, its values are the true ones and are kept.
+pub(crate) fn set_forwarded_defaults(headers: &mut HeaderMap, original_host: Option<&HeaderValue>) {
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers
+            .entry(X_FORWARDED_HOST)
+            .or_insert_with(|| host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn strips_fixed_list_and_names_in_connection() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic eA=="),
+            ("content-type", "text/plain"),
+            ("trailer", "x-checksum"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["content-type", "trailer"]);
+    }
+
+    #[test]
+    fn ignores_invalid_tokens_in_connection() {
+        let mut headers = map(&[("connection", "close, , bad header"), ("x-keep", "1")]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-keep"]);
+    }
+
+    #[test]
+    fn request_keeps_te_trailers_only() {
+        let mut headers = map(&[("te", "gzip, Trailers;q=1"), ("connection", "TE")]);
+        strip_request_hop_by_hop(&mut headers);
+        assert_eq!(
+            headers.get_all(header::TE).iter().collect::<Vec<_>>(),
+            ["trailers"]
+        );
+        assert!(headers.get(header::CONNECTION).is_none());
+
+        let mut headers = map(&[("te", "deflate")]);
+        strip_request_hop_by_hop(&mut headers);
+        assert!(headers.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn forwarded_for_is_one_merged_line() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", " 198.51.100.2, 192.0.2.3 "),
+            ("x-forwarded-for", ""),
+        ]);
+        append_forwarded_for(&mut headers, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        let values: Vec<_> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+        assert_eq!(values, ["203.0.113.1, 198.51.100.2, 192.0.2.3, 10.0.0.7"]);
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_peer_and_unmaps_ipv4() {
+        let mut headers = HeaderMap::new();
+        let mapped = Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped();
+        append_forwarded_for(&mut headers, IpAddr::V6(mapped));
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.9");
+
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(headers[&X_FORWARDED_FOR], "::1");
+    }
+
+    #[test]
+    fn forwarded_defaults_keep_a_front_proxys_values() {
+        let host = HeaderValue::from_static("app.example");
+        let mut headers = HeaderMap::new();
+        set_forwarded_defaults(&mut headers, Some(&host));
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "app.example");
+
+        let mut headers = map(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "front.example"),
+        ]);
+        set_forwarded_defaults(&mut headers, Some(&host));
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_FORWARDED_HOST], "front.example");
+
+        let mut headers = HeaderMap::new();
+        set_forwarded_defaults(&mut headers, None);
+        assert!(headers.get(&X_FORWARDED_HOST).is_none());
+    }
+}
