@@ -23,17 +23,16 @@ pub(super) fn judge(input: &[u8], flag: &str, rule: &FlagRule) -> bool {
     for end in memchr::memchr_iter(b'&', input).chain(std::iter::once(input.len())) {
         let pair = &input[start..end];
         start = end + 1;
-        let raw_name = match memchr::memchr(b'=', pair) {
-            Some(eq) => &pair[..eq],
-            None => pair,
+        let (raw_name, raw_value) = match memchr::memchr(b'=', pair) {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &[][..]),
         };
         if pair.is_empty() || decode_name(raw_name) != flag {
             continue;
         }
-        let raw_len = pair.len() - raw_name.len();
         // Decoding shrinks a value at most threefold (`%XX` → one byte), so a
         // raw value over three caps decodes to more than one: no need to.
-        verdict = if raw_len > cap.saturating_mul(3) {
+        verdict = if raw_value.len() > cap.saturating_mul(3) {
             truth::is_true(rule, FlagValue::LongText)
         } else {
             let value = form_urlencoded::parse(pair)
@@ -46,11 +45,9 @@ pub(super) fn judge(input: &[u8], flag: &str, rule: &FlagRule) -> bool {
     verdict
 }
 
-/// Decodes a pair's name (`+` and `%XX`), borrowing when it has neither.
+/// Decodes a pair's name (`+` and `%XX`); it borrows when there is nothing
+/// to decode.
 fn decode_name(raw: &[u8]) -> Cow<'_, str> {
-    if memchr::memchr2(b'%', b'+', raw).is_none() {
-        return String::from_utf8_lossy(raw);
-    }
     // `raw` holds no `&` or `=`, so it parses as one pair whose name is `raw`
     // decoded: the crate's own decoding, without a copy of its code here.
     form_urlencoded::parse(raw)
