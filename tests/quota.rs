@@ -86,7 +86,7 @@ macro_rules! on_both_stores {
 on_both_stores! {
     daily_limit_allows_three_then_denies(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         for i in 1..=3 {
             let answer = client.generate(SEND, "alice", "free").await;
@@ -135,7 +135,7 @@ on_both_stores! {
 
     weekly_and_monthly_limits(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         for (user, plan, message) in [
             ("wu", "weekly2", "شما به حد مجاز تولید تصویر هفتگی (2 عدد) رسیده‌اید"),
@@ -153,7 +153,7 @@ on_both_stores! {
 
     zero_means_unlimited_and_unknown_plans_get_the_default(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         for _ in 0..12 {
             assert_eq!(client.generate(SEND, "u", "unlimited").await.status, StatusCode::OK);
@@ -169,7 +169,7 @@ on_both_stores! {
 
     fifty_parallel_requests_with_three_left_let_three_through(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..50 {
@@ -192,7 +192,7 @@ on_both_stores! {
 
     unflagged_and_uninspected_requests_make_no_store_call(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let headers = [("x-user-id", "alice"), ("content-type", "application/json")];
         for _ in 0..5 {
@@ -222,7 +222,7 @@ on_both_stores! {
         })
         .await;
         let config = format!("{CONFIG}\n[usage]\ncount = \"images\"\n");
-        let proxy = Proxy::start(&config, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let header = client.generate(SEND, "h", "unlimited").await;
         assert!(header.headers.get("x-images-saved").is_none());
@@ -235,7 +235,7 @@ on_both_stores! {
 
     saved_images_of_an_unflagged_request_are_counted(store) {
         let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let answer = client
             .send(
@@ -257,7 +257,7 @@ on_both_stores! {
             }
         })
         .await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let failed = client.generate("/chat/session/1/send/", "e", "free").await;
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -275,7 +275,7 @@ on_both_stores! {
             Reply::ok().header("x-images-saved", "1").delay_head(Duration::from_millis(300)),
         )
         .await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let gone = tokio::time::timeout(
             Duration::from_millis(50),
@@ -290,7 +290,7 @@ on_both_stores! {
 
     periods_roll_over_at_local_midnight_and_year_end(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         // 23:59 in Tehran: the day's three, then a denial.
         proxy.clock.set(at("2031-05-14T20:29:00Z"));
@@ -318,7 +318,7 @@ on_both_stores! {
 
     weeks_start_on_the_configured_day(store) {
         let upstream = saving_upstream().await;
-        let authority = upstream.authority().to_string();
+        let authority = upstream.authority();
         // Friday 2031-05-16, 23:00 in Tehran.
         let friday = at("2031-05-16T19:30:00Z");
         let saturday = at("2031-05-16T20:30:00Z");
@@ -346,7 +346,7 @@ on_both_stores! {
 
     oversized_and_malformed_bodies(store) {
         let upstream = saving_upstream().await;
-        let proxy = Proxy::start(CONFIG, &upstream.authority().to_string(), &store, at(NOW)).await;
+        let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
         let big = format!(r#"{{"generate_image": true, "pad": "{}"}}"#, "x".repeat(5000));
         let answer = client
@@ -358,7 +358,7 @@ on_both_stores! {
 
         // Unparseable JSON is checked as if flagged: forwarded (byte for
         // byte) while the user has quota, released when nothing is saved…
-        let broken = r#"{"generate_image": true,,"#;
+        let broken = r#"{"generate_image":true,,"#;
         let headers = [("x-user-id", "m"), ("x-subscription-type", "free"), ("content-type", "application/json")];
         let answer = client.send(Method::POST, SEND, &headers, broken).await;
         assert_eq!(answer.status, StatusCode::OK);
@@ -379,13 +379,7 @@ on_both_stores! {
 async fn oversized_chunked_body_is_refused_without_content_length() {
     use http_body_util::{BodyExt, StreamBody};
     let upstream = saving_upstream().await;
-    let proxy = Proxy::start(
-        CONFIG,
-        &upstream.authority().to_string(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
     let chunks = (0..10).map(|_| {
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(vec![
             b'x';
@@ -401,7 +395,12 @@ async fn oversized_chunked_body_is_refused_without_content_length() {
         .expect("request");
     let response = client.request(request).await.expect("answer");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("error"));
     assert_eq!(upstream.count(), 0);
 }
@@ -409,20 +408,20 @@ async fn oversized_chunked_body_is_refused_without_content_length() {
 #[tokio::test]
 async fn inspected_bodies_are_forwarded_byte_for_byte() {
     let upstream = saving_upstream().await;
-    let proxy = Proxy::start(
-        CONFIG,
-        &upstream.authority().to_string(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let mut multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nhi\r\n--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
     multipart.extend((0..=255u8).cycle().take(1500));
     multipart.extend_from_slice(b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n--XyZ--\r\n");
     let bodies: [(&str, Vec<u8>); 3] = [
-        ("application/json", b"{ \"generate_image\" :true ,\n\"message\":\"\\u00e9\" }".to_vec()),
-        ("application/x-www-form-urlencoded", b"message=a%20b&generate_image=on&x=1".to_vec()),
+        (
+            "application/json",
+            b"{ \"generate_image\" :true ,\n\"message\":\"\\u00e9\" }".to_vec(),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"message=a%20b&generate_image=on&x=1".to_vec(),
+        ),
         ("multipart/form-data; boundary=XyZ", multipart),
     ];
     for (i, (content_type, body)) in bodies.into_iter().enumerate() {
@@ -430,14 +429,21 @@ async fn inspected_bodies_are_forwarded_byte_for_byte() {
             .send(
                 Method::POST,
                 &format!("/chat/session/{i}/send/?a=1&b=%20"),
-                &[("x-user-id", "bytes"), ("x-subscription-type", "unlimited"), ("content-type", content_type)],
+                &[
+                    ("x-user-id", "bytes"),
+                    ("x-subscription-type", "unlimited"),
+                    ("content-type", content_type),
+                ],
                 body.clone(),
             )
             .await;
         assert_eq!(answer.status, StatusCode::OK);
         let seen = upstream.last_request();
         assert_eq!(&seen.body[..], &body[..], "{content_type}");
-        assert_eq!(seen.header("content-length"), Some(body.len().to_string().as_str()));
+        assert_eq!(
+            seen.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
         assert_eq!(seen.uri.query(), Some("a=1&b=%20"));
     }
     // All three asked for an image: each reserved and settled one.
@@ -447,18 +453,22 @@ async fn inspected_bodies_are_forwarded_byte_for_byte() {
 #[tokio::test]
 async fn anonymous_requests_follow_the_policy() {
     let upstream = saving_upstream().await;
-    let authority = upstream.authority().to_string();
+    let authority = upstream.authority();
     let body = r#"{"generate_image": true}"#;
     let json = [("content-type", "application/json")];
 
     let forward = Proxy::start(CONFIG, &authority, &StoreChoice::Memory, at(NOW)).await;
-    let answer = TestClient::new(forward.addr).send(Method::POST, SEND, &json, body).await;
+    let answer = TestClient::new(forward.addr)
+        .send(Method::POST, SEND, &json, body)
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(upstream.count(), 1);
 
     let config = CONFIG.replace("[identity]\n", "[identity]\nanonymous = \"deny\"\n");
     let deny = Proxy::start(&config, &authority, &StoreChoice::Memory, at(NOW)).await;
-    let answer = TestClient::new(deny.addr).send(Method::POST, SEND, &json, body).await;
+    let answer = TestClient::new(deny.addr)
+        .send(Method::POST, SEND, &json, body)
+        .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert!(answer.json()["error"].is_string());
     assert_eq!(upstream.count(), 1);
@@ -467,7 +477,7 @@ async fn anonymous_requests_follow_the_policy() {
 #[tokio::test]
 async fn redis_down_follows_on_store_error() {
     let upstream = saving_upstream().await;
-    let authority = upstream.authority().to_string();
+    let authority = upstream.authority();
     let mut server = RedisServer::start();
     let store = StoreChoice::Redis(server.url());
     let allow = Proxy::start(CONFIG, &authority, &store, at(NOW)).await;
@@ -475,7 +485,9 @@ async fn redis_down_follows_on_store_error() {
     let deny = Proxy::start(&config, &authority, &store, at(NOW)).await;
     server.kill();
 
-    let answer = TestClient::new(allow.addr).generate(SEND, "a", "free").await;
+    let answer = TestClient::new(allow.addr)
+        .generate(SEND, "a", "free")
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "allow: forwarded unchecked");
     assert_eq!(upstream.count(), 1);
 

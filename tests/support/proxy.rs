@@ -47,7 +47,7 @@ impl Proxy {
     /// `upstream`) at the instant `now`.
     pub async fn start(
         config_toml: &str,
-        upstream: &str,
+        upstream: &http::uri::Authority,
         store: &StoreChoice,
         now: DateTime<Utc>,
     ) -> Proxy {
