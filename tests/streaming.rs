@@ -1,0 +1,465 @@
+//! The Django chat app's shape, end to end: replies stream as `text/plain`
+//! for as long as generation takes, images are saved at the very end and
+//! reported in-band (`[IMAGES_SAVED]…[IMAGES_SAVED_END]`), image-editing
+//! sessions generate images whatever the flag says, and the preset config
+//! `config/django-mobixai.toml` is used unchanged.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use support::proxy::{Proxy, StoreChoice, TestClient};
+use support::upstream::{RecordedRequest, Reply, TestUpstream};
+
+/// A Wednesday, 13:30 in Tehran.
+const NOW: &str = "2031-05-14T10:00:00Z";
+const GENERIC: &str =
+    "شما به حد مجاز تولید تصویر رسیده‌اید. برای تولید تصویرهای بیشتر، اشتراک خود را ارتقاء دهید.";
+/// The chatbot of session 5 is of type `image_editing`.
+const IMAGE_EDITING_SESSION: &str = "5";
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("test instant")
+        .with_timezone(&Utc)
+}
+
+fn preset() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
+    std::fs::read_to_string(path).expect("preset config")
+}
+
+/// The app's `send_message` flag rule, written out independently of the
+/// proxy: multipart `== 'true'`, otherwise JSON with Python truthiness.
+fn app_flag(request: &RecordedRequest) -> bool {
+    let content_type = request.header("content-type").unwrap_or("");
+    if content_type.starts_with("multipart/form-data") {
+        let body = String::from_utf8_lossy(&request.body);
+        let marker = "name=\"generate_image\"\r\n\r\n";
+        return body
+            .rmatch_indices(marker)
+            .next()
+            .is_some_and(|(i, _)| body[i + marker.len()..].starts_with("true\r\n"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    match json.get("generate_image") {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    }
+}
+
+/// An upstream that behaves like the app; counts probe calls and images.
+struct App {
+    upstream: TestUpstream,
+    probes: Arc<AtomicUsize>,
+    images: Arc<AtomicUsize>,
+}
+
+async fn app(chunk_delay: Duration) -> App {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let images = Arc::new(AtomicUsize::new(0));
+    let (p, n) = (Arc::clone(&probes), Arc::clone(&images));
+    let upstream = TestUpstream::start(move |request: RecordedRequest| {
+        let (probes, images) = (Arc::clone(&p), Arc::clone(&n));
+        async move {
+            let path = request.uri.path().to_owned();
+            let session = path.split('/').nth(3).unwrap_or("").to_owned();
+            if path.ends_with("/image-generation-access/") {
+                probes.fetch_add(1, Ordering::SeqCst);
+                let access = session == IMAGE_EDITING_SESSION;
+                return Reply::ok().json(serde_json::json!({ "has_access": access }));
+            }
+            if request.header("x-user-id").is_none() {
+                return Reply::status(302).header("location", "/accounts/login/");
+            }
+            let generate = app_flag(&request) || session == IMAGE_EDITING_SESSION;
+            if generate {
+                images.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut chunks: Vec<(Bytes, Duration)> = vec![
+                (
+                    Bytes::from_static(b"[USER_MESSAGE]{\"id\": 1}[USER_MESSAGE_END]"),
+                    Duration::ZERO,
+                ),
+                (Bytes::from_static(b"Here is "), chunk_delay),
+                (Bytes::from_static(b"your reply."), chunk_delay),
+            ];
+            if generate {
+                // The marker arrives split across two chunks.
+                chunks.push((Bytes::from_static(b"[IMAGES_SA"), chunk_delay));
+                chunks.push((
+                    Bytes::from_static(b"VED]{\"count\": 1}[IMAGES_SAVED_END]"),
+                    chunk_delay,
+                ));
+            }
+            chunks.push((
+                Bytes::from_static(b"[TITLE_UPDATE]{\"title\": \"t\"}[TITLE_UPDATE_END]"),
+                Duration::ZERO,
+            ));
+            Reply::ok()
+                .header("content-type", "text/plain; charset=utf-8")
+                .header("x-accel-buffering", "no")
+                .stream(chunks)
+        }
+    })
+    .await;
+    App {
+        upstream,
+        probes,
+        images,
+    }
+}
+
+fn multipart(generate: &str) -> (String, Vec<u8>) {
+    let body = format!(
+        "--b0undary\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nhello\r\n\
+         --b0undary\r\nContent-Disposition: form-data; name=\"use_web_search\"\r\n\r\nfalse\r\n\
+         --b0undary\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\n{generate}\r\n\
+         --b0undary\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n\
+         Content-Type: image/png\r\n\r\n\x7fPNG\r\n\x1a\n\r\n--b0undary--\r\n"
+    );
+    (
+        "multipart/form-data; boundary=b0undary".to_owned(),
+        body.into_bytes(),
+    )
+}
+
+async fn send(
+    client: &TestClient,
+    session: &str,
+    user: &str,
+    generate: &str,
+) -> support::proxy::Answer {
+    let (content_type, body) = multipart(generate);
+    client
+        .send(
+            Method::POST,
+            &format!("/chat/session/{session}/send/"),
+            &[
+                ("x-user-id", user),
+                ("x-subscription-type", "free"),
+                ("content-type", &content_type),
+            ],
+            body,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn preset_enforces_three_a_day_against_the_app() {
+    let app = app(Duration::from_millis(5)).await;
+    let proxy = Proxy::start(
+        &preset(),
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = TestClient::new(proxy.addr);
+    for i in 0..3 {
+        let answer = send(&client, "1", "alice", "true").await;
+        assert_eq!(answer.status, StatusCode::OK, "reply {i}");
+        let text = answer.text();
+        assert!(text.starts_with("[USER_MESSAGE]"), "{text}");
+        assert!(text.ends_with("[TITLE_UPDATE_END]"), "{text}");
+        assert!(!text.contains("IMAGES_SAVED"), "marker stripped: {text}");
+        assert_eq!(answer.headers["x-accel-buffering"], "no");
+        proxy.wait_settled("alice", i + 1).await;
+    }
+    let denied = send(&client, "1", "alice", "true").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        &denied.body[..],
+        format!("{{\"error\":\"{GENERIC}\"}}").as_bytes()
+    );
+    assert_eq!(app.images.load(Ordering::SeqCst), 3);
+
+    // "True" is not "true" for the multipart form: not flagged, not counted.
+    let answer = send(&client, "1", "alice", "True").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(app.images.load(Ordering::SeqCst), 3);
+
+    // An image-editing session generates images without the flag: counted,
+    // and denied once the day's three are used.
+    let answer = send(&client, IMAGE_EDITING_SESSION, "bob", "false").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    proxy.wait_settled("bob", 1).await;
+    for _ in 0..2 {
+        send(&client, IMAGE_EDITING_SESSION, "bob", "false").await;
+    }
+    proxy.wait_settled("bob", 3).await;
+    let denied = send(&client, IMAGE_EDITING_SESSION, "bob", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    // The probe was asked once per session and user, then cached.
+    assert_eq!(
+        app.probes.load(Ordering::SeqCst),
+        2,
+        "sessions 1 and 5 for alice/bob"
+    );
+
+    // Unauthenticated: Django's redirect to login passes through untouched.
+    let answer = client
+        .send(
+            Method::POST,
+            "/chat/session/1/send/",
+            &[("content-type", "application/json")],
+            r#"{"generate_image": true}"#,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FOUND);
+    assert_eq!(answer.headers["location"], "/accounts/login/");
+}
+
+#[tokio::test]
+async fn json_bodies_follow_python_truthiness() {
+    let app = app(Duration::ZERO).await;
+    let proxy = Proxy::start(
+        &preset(),
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = TestClient::new(proxy.addr);
+    let cases = [
+        (r#"{"generate_image": "false"}"#, 1),
+        (r#"{"generate_image": "True"}"#, 1),
+        (r#"{"generate_image": 1}"#, 1),
+        (r#"{"generate_image": false}"#, 0),
+        (r#"{"generate_image": ""}"#, 0),
+        (r#"{"message": "no flag"}"#, 0),
+    ];
+    for (i, (body, counted)) in cases.into_iter().enumerate() {
+        let user = format!("json{i}");
+        let headers = [
+            ("x-user-id", user.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let answer = client
+            .send(Method::POST, "/chat/session/1/send/", &headers, body)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{body}");
+        let usage = proxy.wait_settled(&user, counted).await;
+        assert_eq!(usage[0].used, counted, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn first_byte_arrives_before_the_stream_ends() {
+    let upstream = TestUpstream::always(Reply::ok().stream([
+        ("first", Duration::ZERO),
+        ("second", Duration::from_millis(800)),
+    ]))
+    .await;
+    let proxy = Proxy::start(
+        &preset(),
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let (content_type, body) = multipart("true");
+    let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
+        .header("x-user-id", "s")
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .expect("request");
+    let started = Instant::now();
+    let mut body = client.request(request).await.expect("answer").into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    let first_at = started.elapsed();
+    assert_eq!(first.into_data().expect("data"), "first");
+    while body.frame().await.is_some() {}
+    let end_at = started.elapsed();
+    assert!(end_at >= Duration::from_millis(800));
+    assert!(
+        first_at + Duration::from_millis(400) < end_at,
+        "first byte at {first_at:?}, end at {end_at:?}"
+    );
+}
+
+#[tokio::test]
+async fn marker_kept_when_not_stripped() {
+    let app = app(Duration::ZERO).await;
+    let config = preset().replace("strip_marker = true", "strip_marker = false");
+    let proxy = Proxy::start(
+        &config,
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = TestClient::new(proxy.addr);
+    let answer = send(&client, "1", "k", "true").await;
+    assert!(
+        answer
+            .text()
+            .contains("[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
+    );
+    assert_eq!(proxy.wait_settled("k", 1).await[0].used, 1);
+}
+
+#[tokio::test]
+async fn settles_when_the_client_leaves_mid_stream() {
+    let app = app(Duration::from_millis(150)).await;
+    let proxy = Proxy::start(
+        &preset(),
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let (content_type, body) = multipart("true");
+    let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
+        .header("x-user-id", "leaver")
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .expect("request");
+    let mut body = client.request(request).await.expect("answer").into_body();
+    let _ = body.frame().await;
+    // The reservation is held while the reply streams.
+    assert_eq!(proxy.usage("leaver").await[0].reserved, 1);
+    drop(body);
+    drop(client);
+    // The proxy reads the rest of the reply, sees the marker, and counts it.
+    let usage = proxy.wait_settled("leaver", 1).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
+}
+
+#[tokio::test]
+async fn reservation_lives_as_long_as_its_stream() {
+    // Replies take 3 s; reservations live 1 s unless kept alive.
+    let app = app(Duration::from_millis(750)).await;
+    let config = preset()
+        .replace("reservation_ttl = \"180s\"", "reservation_ttl = \"1s\"")
+        .replace("free = { daily = 3,", "free = { daily = 1,");
+    let proxy = Proxy::start(
+        &config,
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    // The proxy's clock follows real time from NOW.
+    let clock = proxy.clock.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            clock.advance(chrono::Duration::milliseconds(20));
+        }
+    });
+    let client = TestClient::new(proxy.addr);
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { send(&client, "1", "one", "true").await })
+    };
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Past the TTL, the first reply still streams: its unit is still held.
+    let second = send(&client, "2", "one", "true").await;
+    assert_eq!(second.status, StatusCode::FORBIDDEN);
+    assert_eq!(slow.await.expect("task").status, StatusCode::OK);
+    assert_eq!(proxy.wait_settled("one", 1).await[0].used, 1);
+    ticker.abort();
+}
+
+#[tokio::test]
+async fn a_session_that_saved_images_unflagged_is_flagged_from_then_on() {
+    // No probe: only the report teaches the proxy about the session.
+    let app = app(Duration::ZERO).await;
+    let config = preset().replace(
+        "probe = { path = \"/chat/session/{session_id}/image-generation-access/\", json_field = \"has_access\", cache_ttl = \"10m\" }\n",
+        "",
+    );
+    assert!(!config.contains("probe ="));
+    let proxy = Proxy::start(
+        &config,
+        &app.upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let client = TestClient::new(proxy.addr);
+    // The first unflagged message saves an image: counted from its report.
+    send(&client, IMAGE_EDITING_SESSION, "ed", "false").await;
+    proxy.wait_settled("ed", 1).await;
+    send(&client, IMAGE_EDITING_SESSION, "ed", "false").await;
+    proxy.wait_settled("ed", 2).await;
+    // Now the session is known: the third is reserved up front, and the
+    // fourth is denied before reaching the app.
+    send(&client, IMAGE_EDITING_SESSION, "ed", "false").await;
+    proxy.wait_settled("ed", 3).await;
+    let denied = send(&client, IMAGE_EDITING_SESSION, "ed", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.images.load(Ordering::SeqCst), 3);
+    assert_eq!(app.probes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn sse_and_trailer_reports_are_counted() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        if request.uri.path().contains("/sse/") {
+            Reply::ok()
+                .header("content-type", "text/event-stream")
+                .stream([
+                    ("event: token\ndata: hi\n\n", Duration::ZERO),
+                    (
+                        "event: images_saved\ndata: 1\n\n",
+                        Duration::from_millis(10),
+                    ),
+                ])
+        } else {
+            Reply::ok()
+                .stream([("streamed", Duration::ZERO)])
+                .trailer("x-images-saved", "1")
+        }
+    })
+    .await;
+    let config = r#"
+[usage]
+report_sse_event = "images_saved"
+[[routes]]
+method = "POST"
+path = "/{kind}/{id}/"
+"#;
+    let proxy = Proxy::start(config, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let json = |user: &'static str| {
+        [
+            ("x-user-id", user),
+            ("content-type", "application/json"),
+            ("te", "trailers"),
+        ]
+    };
+    let answer = client
+        .send(
+            Method::POST,
+            "/sse/1/",
+            &json("sse"),
+            r#"{"generate_image": true}"#,
+        )
+        .await;
+    assert!(answer.text().contains("event: images_saved"));
+    assert_eq!(proxy.wait_settled("sse", 1).await[0].used, 1);
+    let answer = client
+        .send(
+            Method::POST,
+            "/trailer/1/",
+            &json("tr"),
+            r#"{"generate_image": true}"#,
+        )
+        .await;
+    assert_eq!(answer.text(), "streamed");
+    assert_eq!(proxy.wait_settled("tr", 1).await[0].used, 1);
+}
