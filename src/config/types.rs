@@ -88,6 +88,36 @@ pub enum AnonymousPolicy {
     Deny,
 }
 
+/// Where a request's identity comes from (`identity.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// Headers set by a trusted front (`identity.user_header`,
+    /// `identity.plan_header`); clients must not be able to reach the proxy
+    /// without that front.
+    Header,
+    /// Ask the Django app who the caller is, forwarding the caller's
+    /// credential headers (`[identity.forward_auth]`).
+    #[serde(alias = "forward-auth")]
+    ForwardAuth,
+    /// Verify a JSON Web Token from `Authorization: Bearer …` or a cookie
+    /// (`[identity.jwt]`).
+    Jwt,
+}
+
+/// What a flagged request gets when its identity cannot be established
+/// (`identity.on_identity_error`): the identity source is down, slow or
+/// answered nonsense. An anonymous caller is not an error; see
+/// [`AnonymousPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityErrorPolicy {
+    /// Forward it uncounted (fail open), and log it.
+    Allow,
+    /// Answer 503 with a JSON error (fail closed).
+    Deny,
+}
+
 /// What one report of saved images adds to usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

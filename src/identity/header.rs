@@ -52,6 +52,10 @@ impl IdentitySource for HeaderIdentity {
     async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, IdentityError> {
         Ok(self.read(headers))
     }
+
+    fn trusts_client_headers(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
