@@ -9,8 +9,10 @@ use tower::Layer;
 use super::probe::ProbeCache;
 use super::service::Quota;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AnonymousPolicy, Config, ConfigError, Messages, StoreErrorPolicy};
-use crate::identity::{HeaderIdentity, IdentitySource, PlanTable};
+use crate::config::{
+    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, StoreErrorPolicy,
+};
+use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
 use crate::report::ReportReader;
 use crate::routes::RouteTable;
@@ -39,6 +41,11 @@ pub struct QuotaLayer {
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) identity: Arc<dyn IdentitySource>,
+    /// The client's identity headers, removed from every request and set
+    /// from the verified identity, when the identity source does not trust
+    /// them (forward-auth, JWT).
+    pub(crate) identity_headers: Option<IdentityHeaders>,
+    pub(crate) on_identity_error: IdentityErrorPolicy,
     pub(crate) store: Arc<dyn QuotaStore>,
     pub(crate) calendar: Calendar,
     pub(crate) clock: Arc<dyn Clock>,
@@ -55,23 +62,15 @@ pub(crate) struct Shared {
 
 impl QuotaLayer {
     /// Starts building a layer from a validated config. The store must be
-    /// given; identity defaults to the config's header source and the clock
+    /// given; identity defaults to the config's source (`identity.kind`) and the clock
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
-        let header_name = |field: &str, name: &str| {
-            http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::invalid(field, format!("{name:?} is not a header name")))
-        };
-        let identity = HeaderIdentity::new(
-            header_name("identity.user_header", &config.identity.user_header)?,
-            header_name("identity.plan_header", &config.identity.plan_header)?,
-            PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
-        );
+        let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
             config: config.clone(),
             routes,
-            identity: Arc::new(identity),
+            identity,
             store: None,
             clock: Arc::new(SystemClock),
         })
@@ -134,7 +133,11 @@ impl QuotaLayerBuilder {
         QuotaLayer {
             shared: Arc::new(Shared {
                 routes: self.routes,
+                identity_headers: (!self.identity.trusts_client_headers())
+                    .then(|| IdentityHeaders::from_config(&config.identity))
+                    .and_then(Result::ok),
                 identity: self.identity,
+                on_identity_error: config.identity.on_identity_error,
                 store,
                 calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0),
                 clock: self.clock,

@@ -38,10 +38,10 @@ use super::probe::{ProbeAnswer, ProbeCache};
 use super::ratelimit;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
-use crate::config::{AnonymousPolicy, StoreErrorPolicy};
+use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, set_identity_headers, strip_client_headers};
 use crate::routes::{Route, RouteMatch};
 use crate::store::{Admission, ReserveRequest};
 
@@ -98,7 +98,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        if let Some(names) = &self.shared.identity_headers {
+            // Nothing downstream may believe an identity the client chose.
+            strip_client_headers(request.headers_mut(), names);
+        }
         let Some(matched) = self
             .shared
             .routes
@@ -183,7 +187,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let route = matched.route;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let bytes = match read_body(&parts.headers, body, shared.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(answer) => return Ok(local(answer)),
@@ -238,6 +242,11 @@ where
                 ProbeAnswer::Failed => true,
             },
         };
+    }
+    if let (Some(names), Some(Ok(Some(who)))) = (&shared.identity_headers, &identity)
+        && set_identity_headers(&mut parts.headers, who, names).is_err()
+    {
+        tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
     }
     let ticket = match identity {
         Some(identity) if flagged => match admit(&shared, &route, identity).await {
@@ -315,8 +324,23 @@ async fn admit(
             };
         }
         Err(e) => {
-            tracing::warn!(route = %route.name, error = %e, "cannot identify the user");
-            return Err(unavailable("the user cannot be identified right now"));
+            return match shared.on_identity_error {
+                IdentityErrorPolicy::Allow => {
+                    tracing::warn!(route = %route.name, error = %e,
+                        decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
+                    Ok(Ticket::Unreserved {
+                        identity: None,
+                        decision: "identity_error_allowed",
+                    })
+                }
+                IdentityErrorPolicy::Deny => {
+                    tracing::warn!(route = %route.name, error = %e,
+                        decision = "identity_error_denied", "cannot identify the user; denying");
+                    Err(unavailable(
+                        "the user cannot be identified right now; try again shortly",
+                    ))
+                }
+            };
         }
     };
     let now = shared.clock.now();
