@@ -56,7 +56,27 @@ fn app_flag(request: &RecordedRequest) -> bool {
     }
 }
 
-/// An upstream that behaves like the app; counts probe calls and images.
+/// The README's identity view: the user is the `sessionid` cookie, on the
+/// free plan (3 a day), except users named `one…`, who may make 1 a day.
+fn identity_view(request: &RecordedRequest) -> Option<Reply> {
+    if request.uri.path() != "/api/quota/identity/" {
+        return None;
+    }
+    let user = request
+        .header("cookie")
+        .and_then(|c| c.strip_prefix("sessionid="));
+    Some(match user {
+        Some(user) => Reply::ok().json(serde_json::json!({
+            "user_id": user,
+            "plan": "free",
+            "limits": {"daily": if user.starts_with("one") { 1 } else { 3 }, "weekly": 10, "monthly": 30},
+        })),
+        None => Reply::status(401).json(serde_json::json!({"detail": "not authenticated"})),
+    })
+}
+
+/// An upstream that behaves like the app (including the identity view of
+/// the README); counts probe calls and images.
 struct App {
     upstream: TestUpstream,
     probes: Arc<AtomicUsize>,
@@ -77,8 +97,24 @@ async fn app(chunk_delay: Duration) -> App {
                 let access = session == IMAGE_EDITING_SESSION;
                 return Reply::ok().json(serde_json::json!({ "has_access": access }));
             }
-            if request.header("x-user-id").is_none() {
+            // Django's session middleware: the user is the `sessionid`.
+            let user = request
+                .header("cookie")
+                .and_then(|c| c.strip_prefix("sessionid="))
+                .map(str::to_owned);
+            if let Some(reply) = identity_view(&request) {
+                return reply;
+            }
+            let Some(user) = user else {
                 return Reply::status(302).header("location", "/accounts/login/");
+            };
+            if path.ends_with("/send/") && request.header("x-user-id") != Some(user.as_str()) {
+                // The proxy sets the verified user on flagged requests and
+                // never passes on the client's own claim.
+                assert!(
+                    request.header("x-user-id").is_none(),
+                    "unverified x-user-id reached the app"
+                );
             }
             let generate = app_flag(&request) || session == IMAGE_EDITING_SESSION;
             if generate {
@@ -139,13 +175,15 @@ async fn send(
     generate: &str,
 ) -> support::proxy::Answer {
     let (content_type, body) = multipart(generate);
+    let cookie = format!("sessionid={user}");
     client
         .send(
             Method::POST,
             &format!("/chat/session/{session}/send/"),
             &[
-                ("x-user-id", user),
-                ("x-subscription-type", "free"),
+                ("cookie", &cookie),
+                // A claim the proxy must not believe.
+                ("x-user-id", "someone-else"),
                 ("content-type", &content_type),
             ],
             body,
@@ -239,8 +277,9 @@ async fn json_bodies_follow_python_truthiness() {
     ];
     for (i, (body, counted)) in cases.into_iter().enumerate() {
         let user = format!("json{i}");
+        let cookie = format!("sessionid={user}");
         let headers = [
-            ("x-user-id", user.as_str()),
+            ("cookie", cookie.as_str()),
             ("content-type", "application/json"),
         ];
         let answer = client
@@ -254,10 +293,14 @@ async fn json_bodies_follow_python_truthiness() {
 
 #[tokio::test]
 async fn first_byte_arrives_before_the_stream_ends() {
-    let upstream = TestUpstream::always(Reply::ok().stream([
-        ("first", Duration::ZERO),
-        ("second", Duration::from_millis(800)),
-    ]))
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        identity_view(&request).unwrap_or_else(|| {
+            Reply::ok().stream([
+                ("first", Duration::ZERO),
+                ("second", Duration::from_millis(800)),
+            ])
+        })
+    })
     .await;
     let proxy = Proxy::start(
         &preset(),
@@ -270,7 +313,7 @@ async fn first_byte_arrives_before_the_stream_ends() {
         .build_http::<http_body_util::Full<Bytes>>();
     let (content_type, body) = multipart("true");
     let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
-        .header("x-user-id", "s")
+        .header("cookie", "sessionid=s")
         .header("content-type", content_type)
         .body(http_body_util::Full::new(Bytes::from(body)))
         .expect("request");
@@ -323,7 +366,7 @@ async fn settles_when_the_client_leaves_mid_stream() {
         .build_http::<http_body_util::Full<Bytes>>();
     let (content_type, body) = multipart("true");
     let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
-        .header("x-user-id", "leaver")
+        .header("cookie", "sessionid=leaver")
         .header("content-type", content_type)
         .body(http_body_util::Full::new(Bytes::from(body)))
         .expect("request");
@@ -342,9 +385,7 @@ async fn settles_when_the_client_leaves_mid_stream() {
 async fn reservation_lives_as_long_as_its_stream() {
     // Replies take 3 s; reservations live 1 s unless kept alive.
     let app = app(Duration::from_millis(750)).await;
-    let config = preset()
-        .replace("reservation_ttl = \"180s\"", "reservation_ttl = \"1s\"")
-        .replace("free = { daily = 3,", "free = { daily = 1,");
+    let config = preset().replace("reservation_ttl = \"180s\"", "reservation_ttl = \"1s\"");
     let proxy = Proxy::start(
         &config,
         &app.upstream.authority(),
