@@ -1,14 +1,15 @@
 //! Benchmarks of flag detection (phase: classify): `detect` on JSON,
 //! urlencoded and multipart bodies of 1 KB, 100 KB and 10 MB, the flag last
 //! so every byte before it is read. The multipart body is one file part
-//! (binary-looking, with CRLFs) followed by the flag field.
+//! (binary-looking, with CRLFs) followed by the flag field; it is also
+//! judged by `detect_stream` in 64 KiB chunks, as an upload is.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quota_proxy::config::FlagRules;
-use quota_proxy::flag::{FlagSource, FlagVerdict, detect};
+use quota_proxy::flag::{FlagSource, FlagVerdict, detect, detect_stream};
 
 const FLAG: &str = "generate_image";
 const BOUNDARY: &str = "----bench-boundary-7MA4YWxkTrZu0gW";
@@ -121,5 +122,39 @@ fn bench_detect(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_detect);
+/// `detect_stream` on the multipart bodies, cut in 64 KiB chunks.
+fn bench_detect_stream(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let rules = FlagRules::default();
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let content_type = Some(content_type.as_str());
+    let chunks = |body: &Bytes| -> Vec<Bytes> {
+        body.chunks(64 * 1024).map(|c| body.slice_ref(c)).collect()
+    };
+    let mut group = c.benchmark_group("detect_stream/multipart");
+    for (label, size) in SIZES {
+        let body = multipart_body(size);
+        let judge = |body: &Bytes| {
+            let stream = futures_util::stream::iter(chunks(body));
+            detect_stream(black_box(content_type), stream, None, FLAG, &rules)
+        };
+        assert_eq!(
+            runtime.block_on(judge(&body)),
+            FlagVerdict::Flagged(FlagSource::Multipart),
+            "{label}"
+        );
+        if size >= 1_000_000 {
+            group.sample_size(10);
+        }
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
+            b.iter(|| runtime.block_on(judge(body)));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_detect, bench_detect_stream);
 criterion_main!(benches);

@@ -69,6 +69,15 @@ pub struct Config {
     pub upstream: UpstreamUrl,
     /// Largest request body read on an inspected route; larger → 413.
     pub max_body_bytes: u64,
+    /// Bytes of an inspected `multipart/form-data` body kept in memory while
+    /// it waits for the decision; the rest goes to a temporary file (nginx's
+    /// `client_body_buffer_size`).
+    pub body_buffer_bytes: u64,
+    /// Directory of those temporary files; the system's temporary directory
+    /// when unset. The files are unlinked as they are made, so nothing is
+    /// left behind, even after a crash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Where usage is counted.
@@ -93,6 +102,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: UpstreamUrl::default(),
             max_body_bytes: 10 * 1024 * 1024,
+            body_buffer_bytes: 1024 * 1024,
+            spool_dir: None,
             timeouts: Timeouts::default(),
             store: StoreConfig::default(),
             periods: PeriodsConfig::default(),
@@ -635,6 +646,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
+        }
+        if let Some(dir) = &self.spool_dir
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::invalid(
+                "spool_dir",
+                format!("{} is not a directory", dir.display()),
+            ));
         }
         for (field, d) in [
             ("timeouts.connect", self.timeouts.connect),

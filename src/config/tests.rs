@@ -144,3 +144,24 @@ fn django_preset_loads() {
         Some("[IMAGES_SAVED]")
     );
 }
+
+#[test]
+fn body_spool_fields() {
+    let c = Config::from_toml("").expect("defaults");
+    assert_eq!(c.body_buffer_bytes, 1024 * 1024);
+    assert_eq!(c.spool_dir, None);
+    let dir = std::env::temp_dir();
+    let c = Config::from_toml(&format!(
+        "body_buffer_bytes = 0\nspool_dir = {:?}",
+        dir.display().to_string()
+    ))
+    .expect("spool fields");
+    assert_eq!(c.body_buffer_bytes, 0);
+    assert_eq!(c.spool_dir.as_deref(), Some(dir.as_path()));
+    assert!(Config::from_toml(&c.to_toml()).is_ok(), "round trip");
+    let missing = error_of("spool_dir = \"/nonexistent/quota-proxy-spool\"");
+    assert!(
+        missing.starts_with("spool_dir: /nonexistent/quota-proxy-spool is not a directory"),
+        "{missing}"
+    );
+}

@@ -1,7 +1,10 @@
 //! Flag detection (phase: classify): does an inspected request ask for an
 //! image? [`detect`] reads the flag field from the buffered body and the
 //! query string the way the Django backend reads it, so the proxy counts the
-//! requests the backend will act on.
+//! requests the backend will act on. [`detect_stream`] gives the same
+//! verdict for a body that arrives as a stream of chunks: a
+//! `multipart/form-data` body is then parsed as it comes, its file parts
+//! skipped and never held ([`is_multipart`] says which bodies those are).
 //!
 //! # The body, by content type
 //!
@@ -55,7 +58,10 @@ mod truth;
 #[cfg(test)]
 mod tests;
 
-use bytes::Bytes;
+use std::future::ready;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, stream};
 
 use crate::config::FlagRules;
 
@@ -96,18 +102,96 @@ pub async fn detect(
     flag: &str,
     rules: &FlagRules,
 ) -> FlagVerdict {
-    if !body.is_empty() {
-        match body_says(content_type, body, flag, rules).await {
-            Ok(Some(source)) => return FlagVerdict::Flagged(source),
-            Ok(None) => {}
-            Err(reason) => return FlagVerdict::Unreadable(reason),
+    let said = if body.is_empty() {
+        None
+    } else {
+        Some(body_says(content_type, body, flag, rules).await)
+    };
+    conclude(said, query, flag, rules)
+}
+
+/// [`detect`] for a body given as a stream of chunks: the same verdict for
+/// the same bytes, however they are cut.
+///
+/// A `multipart/form-data` body is parsed as the chunks arrive: file parts
+/// are skipped without being kept, and the verdict comes once the closing
+/// boundary is read (the last flag field wins, so no earlier part decides).
+/// The stream is dropped as soon as the verdict is known (at the closing
+/// boundary, or once the body proves unreadable); a caller that feeds it
+/// from a channel sees the receiver go. Bodies of other kinds must be parsed
+/// whole and are collected first: pass those only when already bounded.
+pub async fn detect_stream<S>(
+    content_type: Option<&str>,
+    body: S,
+    query: Option<&str>,
+    flag: &str,
+    rules: &FlagRules,
+) -> FlagVerdict
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
+    // As in `detect`, a body with no byte is not read at all.
+    let mut body = Box::pin(body.filter(|chunk| ready(!chunk.is_empty())));
+    let said = match body.next().await {
+        None => None,
+        Some(first) => {
+            let body = stream::once(ready(first)).chain(body);
+            Some(stream_says(content_type, body, flag, rules).await)
         }
+    };
+    conclude(said, query, flag, rules)
+}
+
+/// Whether `content_type` is `multipart/form-data`, the one kind of body
+/// [`detect_stream`] reads without holding it (whatever its parameters; a
+/// missing boundary or a foreign charset is judged unreadable there).
+pub fn is_multipart(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.parse::<mime::Mime>().ok())
+        .is_some_and(|m| m.type_() == mime::MULTIPART && m.subtype() == mime::FORM_DATA)
+}
+
+/// The verdict from what a non-empty body said (`None`: the body was empty)
+/// and the query string.
+fn conclude(
+    body: Option<Result<Option<FlagSource>, String>>,
+    query: Option<&str>,
+    flag: &str,
+    rules: &FlagRules,
+) -> FlagVerdict {
+    match body {
+        Some(Ok(Some(source))) => return FlagVerdict::Flagged(source),
+        Some(Err(reason)) => return FlagVerdict::Unreadable(reason),
+        Some(Ok(None)) | None => {}
     }
     if query.is_some_and(|q| form::judge(q.as_bytes(), flag, &rules.form)) {
         FlagVerdict::Flagged(FlagSource::Query)
     } else {
         FlagVerdict::NotFlagged
     }
+}
+
+/// [`body_says`] for a non-empty body given as a stream.
+async fn stream_says<S>(
+    content_type: Option<&str>,
+    body: S,
+    flag: &str,
+    rules: &FlagRules,
+) -> Result<Option<FlagSource>, String>
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
+    if let BodyKind::Multipart { boundary } = BodyKind::of(content_type)? {
+        let flagged = multipart::judge(body, &boundary, flag, &rules.form).await?;
+        return Ok(flagged.then_some(FlagSource::Multipart));
+    }
+    let whole = body
+        .fold(BytesMut::new(), |mut whole, chunk| {
+            whole.extend_from_slice(&chunk);
+            ready(whole)
+        })
+        .await;
+    body_says(content_type, whole.freeze(), flag, rules).await
 }
 
 /// The body's source if it says true, `None` if it does not, `Err` with the
@@ -123,7 +207,7 @@ async fn body_says(
         BodyKind::Form => (FlagSource::Form, form::judge(&body, flag, &rules.form)),
         BodyKind::Multipart { boundary } => (
             FlagSource::Multipart,
-            multipart::judge(body, &boundary, flag, &rules.form).await?,
+            multipart::judge(stream::once(ready(body)), &boundary, flag, &rules.form).await?,
         ),
     };
     Ok(flagged.then_some(source))

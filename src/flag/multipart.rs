@@ -13,28 +13,37 @@
 //!   (its name might be the flag), and a flag field sent with
 //!   `Content-Transfer-Encoding: base64` (Django decodes it).
 //!
-//! multer copies the stream it is given into its own buffer; fields are then
-//! zero-copy slices of that buffer. The body goes in as one chunk, so that
-//! copy is one `memcpy` and every await below completes at once.
+//! multer copies each chunk it is given into its own buffer; fields are
+//! then zero-copy slices of that buffer. What it keeps is bounded by the
+//! chunks it has been handed but not yet parsed, plus an unfinished part
+//! header or preamble: field data, read or skipped, is cut off the buffer
+//! as it is parsed. A body given whole ([`super::detect`]) is one chunk, so
+//! the copy is one `memcpy` and every await below completes at once; a body
+//! given as a stream ([`super::detect_stream`]) holds only the chunks in
+//! flight, however large its files.
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use super::truth::{self, FlagValue};
 use crate::config::FlagRule;
 
 /// Whether the last plain field named `flag` in the multipart `body` is
-/// true under `rule`. `Err` holds why the body cannot be read.
-pub(super) async fn judge(
-    body: Bytes,
+/// true under `rule`. `Err` holds why the body cannot be read. The body is
+/// dropped as soon as the answer is known.
+pub(super) async fn judge<S>(
+    body: S,
     boundary: &str,
     flag: &str,
     rule: &FlagRule,
-) -> Result<bool, String> {
+) -> Result<bool, String>
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
     let cap = truth::value_cap(rule);
-    let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(body) });
-    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut parts = multer::Multipart::new(body.map(Ok::<_, Infallible>), boundary);
     let mut verdict = false;
     while let Some(mut part) = parts.next_field().await.map_err(unreadable)? {
         if part.file_name().is_some_and(|name| !name.is_empty()) {

@@ -1,9 +1,16 @@
 //! Table-driven tests of [`detect`]: every case goes through content-type
-//! dispatch, the body reader, the query and the value rule together.
+//! dispatch, the body reader, the query and the value rule together. Every
+//! case is also run through [`detect_stream`], its body cut in chunks of
+//! several sizes, which must give the very same verdict.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::Stream;
 
-use super::{FlagSource, FlagVerdict, detect};
+use super::{FlagSource, FlagVerdict, detect, detect_stream};
 use crate::config::{FlagRule, FlagRules};
 
 const FLAG: &str = "generate_image";
@@ -47,20 +54,63 @@ fn exact_true() -> FlagRules {
     }
 }
 
+/// The verdict of [`detect`], after checking that [`detect_stream`] gives
+/// the same one for the body in chunks of 1, 7 and 4096 bytes and whole.
 async fn run(
     content_type: Option<&str>,
     body: impl AsRef<[u8]>,
     query: Option<&str>,
     rules: &FlagRules,
 ) -> FlagVerdict {
-    detect(
-        content_type,
-        Bytes::copy_from_slice(body.as_ref()),
-        query,
-        FLAG,
-        rules,
-    )
-    .await
+    let body = Bytes::copy_from_slice(body.as_ref());
+    let verdict = detect(content_type, body.clone(), query, FLAG, rules).await;
+    for size in [1, 7, 4096, usize::MAX] {
+        let streamed = Trickle::new(&body, size);
+        assert_eq!(
+            detect_stream(content_type, streamed, query, FLAG, rules).await,
+            verdict,
+            "detect_stream in {size}-byte chunks of {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    verdict
+}
+
+/// A body as a socket gives it: `size`-byte chunks (and an empty one first),
+/// each after a `Pending`, so a parser sees every cut.
+struct Trickle {
+    chunks: VecDeque<Bytes>,
+    waited: bool,
+}
+
+impl Trickle {
+    fn new(body: &Bytes, size: usize) -> Self {
+        let mut chunks = VecDeque::from([Bytes::new()]);
+        let mut start = 0;
+        while start < body.len() {
+            let end = body.len().min(start.saturating_add(size));
+            chunks.push_back(body.slice(start..end));
+            start = end;
+        }
+        Self {
+            chunks,
+            waited: false,
+        }
+    }
+}
+
+impl Stream for Trickle {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.waited = false;
+        Poll::Ready(self.chunks.pop_front())
+    }
 }
 
 /// One part of a test multipart body.
@@ -633,5 +683,13 @@ fn detect_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
     let rules = drf();
     let future = detect(MULTIPART, Bytes::new(), None, FLAG, &rules);
+    assert_send(&future);
+    let future = detect_stream(
+        MULTIPART,
+        Trickle::new(&Bytes::new(), 1),
+        None,
+        FLAG,
+        &rules,
+    );
     assert_send(&future);
 }

@@ -1,6 +1,6 @@
 //! The bodies the quota middleware hands on. Both are enums over the
-//! original body and a buffered one, so a request on a route that is not
-//! inspected streams through with no copy and no allocation.
+//! original body and ones the middleware holds, so a request on a route that
+//! is not inspected streams through with no copy and no allocation.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -11,11 +11,16 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use super::spool::SpooledBody;
 use super::usage_body::UsageBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// The request body given to the inner service: the client's own stream,
-    /// or the bytes the middleware read to inspect them (byte-identical).
+    /// or the bytes the middleware read to inspect them (byte-identical),
+    /// from memory or from the spool an upload waited in. Its error is the
+    /// client's, or the spool's failure to read its temporary file back.
     pub struct RequestBody<B> {
         #[pin]
         kind: RequestBodyKind<B>,
@@ -29,6 +34,9 @@ pin_project! {
         Streaming { #[pin] body: B },
         // Inspected: the body as read, re-sent with its exact length.
         Buffered { #[pin] body: Full<Bytes> },
+        // Inspected upload: replayed from memory and a temporary file, with
+        // its exact length.
+        Spooled { #[pin] body: SpooledBody },
     }
 }
 
@@ -48,19 +56,31 @@ impl<B> RequestBody<B> {
             },
         }
     }
+
+    /// A body replayed from the spool it waited in.
+    pub(crate) fn spooled(body: SpooledBody) -> Self {
+        Self {
+            kind: RequestBodyKind::Spooled { body },
+        }
+    }
 }
 
-impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx).map_err(Into::into),
             RequestBodyProj::Buffered { body } => body.poll_frame(cx).map_err(never),
+            RequestBodyProj::Spooled { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -68,6 +88,7 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
         match &self.kind {
             RequestBodyKind::Streaming { body } => body.is_end_stream(),
             RequestBodyKind::Buffered { body } => body.is_end_stream(),
+            RequestBodyKind::Spooled { body } => body.is_end_stream(),
         }
     }
 
@@ -75,6 +96,7 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
         match &self.kind {
             RequestBodyKind::Streaming { body } => body.size_hint(),
             RequestBodyKind::Buffered { body } => body.size_hint(),
+            RequestBodyKind::Spooled { body } => body.size_hint(),
         }
     }
 }

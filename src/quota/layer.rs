@@ -8,6 +8,7 @@ use tower::Layer;
 
 use super::probe::ProbeCache;
 use super::service::Quota;
+use super::spool::SpoolSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
     AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, StoreErrorPolicy,
@@ -52,6 +53,7 @@ pub(crate) struct Shared {
     pub(crate) reports: ReportReader,
     pub(crate) messages: Messages,
     pub(crate) max_body_bytes: u64,
+    pub(crate) spool: SpoolSettings,
     pub(crate) max_json_bytes: u64,
     pub(crate) reservation_ttl: Duration,
     pub(crate) idle_timeout: Duration,
@@ -144,6 +146,10 @@ impl QuotaLayerBuilder {
                 reports: ReportReader::new(&config.usage),
                 messages: config.messages,
                 max_body_bytes: config.max_body_bytes,
+                spool: SpoolSettings {
+                    memory_limit: usize::try_from(config.body_buffer_bytes).unwrap_or(usize::MAX),
+                    dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
+                },
                 max_json_bytes: config.usage.max_json_bytes,
                 reservation_ttl: config.store.reservation_ttl,
                 idle_timeout: config.timeouts.idle,

@@ -6,7 +6,9 @@
 //! hands on ([`RequestBody`] to the inner service, [`QuotaBody`] to the
 //! caller). The phases of an inspected request live in [`service`]'s
 //! `inspect`: read body → flag → identify → reserve → forward → report →
-//! settle.
+//! settle. An upload (`multipart/form-data`) is read and flagged as it
+//! streams and waits for the decision in a spool (`spool.rs`): memory up to
+//! `body_buffer_bytes`, then a temporary file.
 
 mod body;
 mod denial;
@@ -15,6 +17,7 @@ mod probe;
 mod ratelimit;
 mod service;
 mod settle;
+mod spool;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};

@@ -5,7 +5,9 @@
 //! as it is: no body read, no store call, no allocation beyond the inner
 //! service's own. An inspected request goes through `inspect`:
 //!
-//! 1. **read** the body, up to `max_body_bytes` (413 beyond);
+//! 1. **read** the body, up to `max_body_bytes` (413 beyond): into memory,
+//!    or for an upload (`multipart/form-data`) into a spool, memory then a
+//!    temporary file, while it is flagged as it streams;
 //! 2. **flag**: does it ask for an image ([`crate::flag::detect`])? A body
 //!    that cannot be parsed counts as asking, so it is never let through
 //!    unchecked;
@@ -24,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
@@ -37,6 +39,7 @@ use super::layer::Shared;
 use super::probe::{ProbeAnswer, ProbeCache};
 use super::ratelimit;
 use super::settle::{Settlement, Ticket};
+use super::spool::{self, ReadError};
 use super::usage_body::UsageBody;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
@@ -188,22 +191,10 @@ where
 {
     let route = matched.route;
     let (mut parts, body) = request.into_parts();
-    let bytes = match read_body(&parts.headers, body, shared.max_body_bytes).await {
-        Ok(bytes) => bytes,
+    let (body, verdict) = match read_body(&shared, &route, &parts, body).await {
+        Ok(read) => read,
         Err(answer) => return Ok(local(answer)),
     };
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let verdict = flag::detect(
-        content_type,
-        bytes.clone(),
-        parts.uri.query(),
-        &route.flag,
-        &route.flag_rules,
-    )
-    .await;
     let mut flagged = match &verdict {
         FlagVerdict::NotFlagged => false,
         FlagVerdict::Flagged(_) => true,
@@ -258,45 +249,78 @@ where
             session,
         },
     };
-    let request = Request::from_parts(parts, RequestBody::buffered(bytes));
+    let request = Request::from_parts(parts, body);
     forward(shared, inner, route, request, ticket).await
 }
 
-/// Reads an inspected request's body, refusing more than `max` bytes.
+/// Reads an inspected request's body, refusing more than `max_body_bytes`,
+/// and judges its flag. An upload (`multipart/form-data`) is judged as it
+/// streams and waits in a spool ([`spool::read`]); any other body is read
+/// into memory, as it is parsed whole.
 async fn read_body<B>(
-    headers: &HeaderMap,
+    shared: &Shared,
+    route: &Route,
+    parts: &request::Parts,
     body: B,
-    max: u64,
-) -> Result<Bytes, Response<Full<Bytes>>>
+) -> Result<(RequestBody<B>, FlagVerdict), Response<Full<Bytes>>>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let too_large = || {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body is larger than the {max}-byte limit"),
-        )
-    };
-    let declared = headers
+    let max = shared.max_body_bytes;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let query = parts.uri.query();
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(too_large());
-    }
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => {
-            tracing::debug!(error = %e, "request body could not be read");
-            Err(json_error(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            ))
+    let read = if declared.is_some_and(|len| len > max) {
+        Err(ReadError::TooLarge(max))
+    } else if flag::is_multipart(content_type) {
+        spool::read(body, max, &shared.spool, |feed| {
+            flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules)
+        })
+        .await
+        .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
+    } else {
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let verdict = flag::detect(
+                    content_type,
+                    bytes.clone(),
+                    query,
+                    &route.flag,
+                    &route.flag_rules,
+                )
+                .await;
+                Ok((RequestBody::buffered(bytes), verdict))
+            }
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(ReadError::TooLarge(max))
+            }
+            Err(e) => Err(ReadError::Client(e)),
         }
-    }
+    };
+    read.map_err(|e| match e {
+        ReadError::TooLarge(_) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+        ReadError::Client(source) => {
+            tracing::debug!(error = %source, "request body could not be read");
+            json_error(StatusCode::BAD_REQUEST, "the request body could not be read")
+        }
+        ReadError::Spool(source) => {
+            tracing::error!(route = %route.name, error = %source, "request body could not be spooled");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request body could not be stored",
+            )
+        }
+    })
 }
 
 /// Reserves one unit for the user of a flagged request, or returns the
