@@ -21,6 +21,7 @@
 //!
 //! The binary's wiring is in [`app`]; its accept loop in [`server`].
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod flag;
 pub mod identity;
+pub mod metrics;
 pub mod periods;
 pub mod proxy;
 pub mod quota;
