@@ -118,8 +118,7 @@ fn operations_sections() {
             .starts_with("admin.listen")
     );
     assert!(
-        error_of("[admin]\ntoken_env = \"T\"\ntoken_file = \"/t\"")
-            .starts_with("admin.token_env")
+        error_of("[admin]\ntoken_env = \"T\"\ntoken_file = \"/t\"").starts_with("admin.token_env")
     );
     assert!(error_of("[log]\nfilter = \"quota_proxy=loud\"").starts_with("log.filter"));
     assert!(error_of("[log]\nformat = \"xml\"").contains("format"));
