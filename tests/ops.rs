@@ -218,6 +218,7 @@ async fn probes_metrics_and_request_logs() {
         .find_log(|l| l["decision"] == "denied")
         .expect("denial line");
     assert_eq!(denial["period"], "daily");
+    assert_eq!(denial["status"], 429);
     assert_eq!(denial["user"], "7");
     // Never a cookie, a token or a body.
     let logs = binary.logs().join("\n");

@@ -347,7 +347,7 @@ async fn admit(
             let limit = identity.limits.of(period);
             tracing::info!(
                 route = %route.name, user = %identity.user_id, decision = "denied",
-                %period, limit, "image quota exceeded"
+                %period, limit, status = route.deny_status.as_u16(), "image quota exceeded"
             );
             let mut answer = Denial {
                 route,
