@@ -60,7 +60,7 @@ pub(crate) struct Settlement {
     pub(crate) status: Option<StatusCode>,
     pub(crate) started: Instant,
     /// Counts this settlement as pending until it is dropped.
-    pub(crate) pending: TaskTrackerToken,
+    pending: TaskTrackerToken,
 }
 
 impl Settlement {
