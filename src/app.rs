@@ -1,20 +1,41 @@
-//! Wiring (phase: startup): the store, the quota layer and the forwarding
-//! service, served on a listener until a shutdown signal.
+//! Wiring (phases: startup and shutdown): the store, the quota layer and the
+//! forwarding service on the proxy listener, the admin API on its own
+//! listener, reloads, and the drain.
+//!
+//! Shutdown ([`Control::Shutdown`], SIGTERM or SIGINT in the binary):
+//! 1. readiness turns 503 at once (the admin listener keeps answering);
+//! 2. the proxy listener closes: new connections are refused;
+//! 3. requests in flight run on for up to `shutdown_grace`, then are cut;
+//! 4. settlements still pending (streamed responses settle in tasks of their
+//!    own) are waited for until `shutdown_grace` has passed since the
+//!    signal, and at least [`SETTLE_FLUSH_MIN`];
+//! 5. the admin listener stops and [`run`] returns `Ok`.
+//!
+//! A second shutdown signal cuts steps 3 and 4 short.
+
+mod state;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tower::Layer;
 
+pub use self::state::{AppState, Current, NotReady, ReloadError, Reloaded};
+use crate::admin::{AdminToken, TokenError};
 use crate::config::{Config, StoreKind};
+use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
 use crate::store::{MemoryStore, QuotaStore, RedisStore, StoreError};
 
-/// How long in-flight requests may run on after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Least time given to pending settlements after the drain, even when the
+/// grace is used up: a store call takes at most `store.command_timeout`.
+pub const SETTLE_FLUSH_MIN: Duration = Duration::from_secs(5);
 
 /// Why the proxy could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +46,59 @@ pub enum AppError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The admin token cannot be read.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A listener could not be bound.
+    #[error("{field}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// `listen` or `admin.listen`.
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// What the running process is told from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Drain and stop (SIGTERM, SIGINT); a second one stops at once.
+    Shutdown,
+    /// Re-read the config file (SIGHUP).
+    Reload,
+}
+
+/// The proxy's and the admin API's listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Where clients connect (`listen`).
+    pub proxy: TcpListener,
+    /// The admin API (`admin.listen`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin.listen`.
+    pub async fn bind(config: &Config) -> Result<Self, AppError> {
+        let bind = |field, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind {
+                    field,
+                    addr,
+                    source,
+                })
+        };
+        Ok(Self {
+            proxy: bind("listen", config.listen).await?,
+            admin: bind("admin.listen", config.admin.listen).await?,
+        })
+    }
 }
 
 /// Opens the store the config names.
@@ -46,7 +117,8 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn QuotaStore>, StoreErr
 }
 
 /// Serves `layer` in front of the proxy to `config.upstream` on `listener`
-/// until `shutdown` completes, then lets in-flight requests finish.
+/// until `shutdown` completes, then lets in-flight requests finish for up
+/// to `config.shutdown_grace`.
 pub async fn serve(
     config: &Config,
     layer: QuotaLayer,
@@ -54,19 +126,206 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
-    let service = layer.layer(proxy);
-    crate::server::serve(listener, service, shutdown, SHUTDOWN_GRACE).await?;
+    let service = layer.layer(UpstreamMetrics::new(proxy));
+    crate::server::serve(listener, service, shutdown, config.shutdown_grace).await?;
     Ok(())
 }
 
-/// Opens the store, builds the layer and serves until `shutdown`: what the
-/// binary runs, and what integration tests run on `127.0.0.1:0`.
+/// Runs the proxy and the admin API on `listeners` until told to shut down
+/// through `control` (or until every sender of `control` is gone), then
+/// drains (see the module docs). What the binary runs; `config_path` is
+/// where reloads read from.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    config_path: PathBuf,
+    listeners: Listeners,
+    control: mpsc::Receiver<Control>,
 ) -> Result<(), AppError> {
-    let store = open_store(&config).await?;
-    let layer = QuotaLayer::builder(&config)?.store(store).build();
-    serve(&config, layer, listener, shutdown).await
+    let metrics = match crate::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "/metrics is unavailable");
+            None
+        }
+    };
+    let token = AdminToken::from_config(&config.admin)?;
+    let store = TimedStore::wrap(open_store(&config).await?);
+    let layer = QuotaLayer::builder(&config)?
+        .store(Arc::clone(&store))
+        .build();
+    tracing::info!(
+        listen = %listeners.proxy.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        upstream = %String::from(config.upstream.clone()),
+        store = %config.store.kind,
+        routes = config.routes.len(),
+        usage_api = if token.is_some() { "on" } else { "off" },
+        "quota-proxy serving"
+    );
+    let state = Arc::new(AppState::new(
+        config_path,
+        Current {
+            config: config.clone(),
+            store,
+            token,
+        },
+        layer.clone(),
+        metrics.clone(),
+    ));
+
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let admin = tokio::spawn(crate::admin::serve(
+        Arc::clone(&state),
+        listeners.admin,
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let upkeep = metrics.map(|handle| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                handle.run_upkeep();
+            }
+        })
+    });
+    let (drain, drain_begun) = oneshot::channel::<()>();
+    let (cut, cut_short) = oneshot::channel::<()>();
+    let controller = tokio::spawn(obey(Arc::clone(&state), control, drain, cut));
+
+    let grace = config.shutdown_grace;
+    let drained = async {
+        serve(&config, layer.clone(), listeners.proxy, async {
+            let _ = drain_begun.await;
+        })
+        .await?;
+        flush(&state, &layer, grace).await;
+        Ok::<_, AppError>(())
+    };
+    let result = tokio::select! {
+        result = drained => result,
+        Ok(()) = cut_short => {
+            tracing::warn!(
+                pending = layer.settlements().len(),
+                "second shutdown signal: stopping without waiting"
+            );
+            Ok(())
+        }
+    };
+    controller.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    let _ = admin_stop.send(());
+    match admin.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin listener failed"),
+        Err(e) if e.is_panic() => tracing::error!(error = %e, "admin listener panicked"),
+        _ => {}
+    }
+    if result.is_ok() {
+        tracing::info!("quota-proxy stopped");
+    }
+    result
+}
+
+/// Follows `control`: reloads, and the first and second shutdown.
+async fn obey(
+    state: Arc<AppState>,
+    mut control: mpsc::Receiver<Control>,
+    drain: oneshot::Sender<()>,
+    cut: oneshot::Sender<()>,
+) {
+    let begin = |drain: oneshot::Sender<()>| {
+        state.start_drain();
+        tracing::info!("shutdown: draining (readiness now fails)");
+        let _ = drain.send(());
+    };
+    let mut drain = Some(drain);
+    loop {
+        match control.recv().await {
+            Some(Control::Reload) => {
+                // The outcome is logged by the reload itself.
+                let _ = state.reload().await;
+            }
+            Some(Control::Shutdown) => match drain.take() {
+                Some(drain) => begin(drain),
+                None => {
+                    let _ = cut.send(());
+                    return;
+                }
+            },
+            // Nobody left to give orders: drain (once) and stop following.
+            None => {
+                if let Some(drain) = drain.take() {
+                    begin(drain);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for pending settlements until `grace` has passed since the drain
+/// began, and at least [`SETTLE_FLUSH_MIN`].
+async fn flush(state: &AppState, layer: &QuotaLayer, grace: Duration) {
+    let settlements = layer.settlements();
+    settlements.close();
+    let elapsed = state
+        .drain_started()
+        .map_or(Duration::ZERO, |t| t.elapsed());
+    let budget = grace.saturating_sub(elapsed).max(SETTLE_FLUSH_MIN);
+    let pending = settlements.len();
+    if pending > 0 {
+        tracing::info!(pending, ?budget, "waiting for pending settlements");
+    }
+    match tokio::time::timeout(budget, settlements.wait()).await {
+        Ok(()) => tracing::info!("all settlements recorded"),
+        Err(_) => tracing::warn!(
+            left = settlements.len(),
+            "settlements still pending at the end of the grace are lost; \
+             their reservations expire by themselves"
+        ),
+    }
+}
+
+/// Sends [`Control::Shutdown`] on SIGTERM and SIGINT and [`Control::Reload`]
+/// on SIGHUP. Call inside the runtime; the handlers are in place when it
+/// returns.
+#[cfg(unix)]
+pub fn signals() -> std::io::Result<mpsc::Receiver<Control>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let (name, control) = tokio::select! {
+                Some(()) = terminate.recv() => ("SIGTERM", Control::Shutdown),
+                Some(()) = interrupt.recv() => ("SIGINT", Control::Shutdown),
+                Some(()) = hangup.recv() => ("SIGHUP", Control::Reload),
+                else => return,
+            };
+            tracing::info!(signal = name, "signal received");
+            if tx.send(control).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Sends [`Control::Shutdown`] on Ctrl-C (no SIGHUP reload on this platform;
+/// use `POST /v1/reload`).
+#[cfg(not(unix))]
+pub fn signals() -> std::io::Result<mpsc::Receiver<Control>> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(Control::Shutdown).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }

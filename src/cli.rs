@@ -1,10 +1,15 @@
-//! The command line (clap derive): `serve` (the default) and `check-config`.
+//! The command line (clap derive): `serve` (the default), `check-config`,
+//! and `usage show|reset|adjust`, which work on the config's store directly.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::admin::{PeriodChoice, UsageError, UsageOps, UserUsage};
+use crate::config::{Config, DEFAULT_CONFIG_PATH, StoreKind};
+use crate::store::StoreError;
 
 /// Enforces image-generation quotas in front of a Django app.
 #[derive(Debug, Parser)]
@@ -28,9 +33,127 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy (the default).
+    /// Run the proxy and its admin listener (the default). SIGTERM or SIGINT
+    /// drains and stops; SIGHUP re-reads the config file.
     Serve,
     /// Validate the config file, print it with every default filled in, and
     /// exit non-zero naming the field on an error.
     CheckConfig,
+    /// Show, reset or adjust a user's usage, in the config's store directly.
+    ///
+    /// Meant for a Redis store, which every replica shares. A memory store
+    /// lives inside the running proxy's process, out of this command's
+    /// reach: use the admin API (`/v1/users/{id}/usage`) there.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+/// `quota-proxy usage …`: each prints the user's usage afterwards, as JSON.
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Print a user's usage, reservations in flight and limits per period.
+    Show {
+        /// The user id.
+        user: String,
+        /// The plan whose limits to show; the default plan when omitted.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Set a user's usage in the current period(s) to 0.
+    Reset {
+        /// The user id.
+        user: String,
+        /// Which period's usage to reset.
+        #[arg(long, value_enum)]
+        period: PeriodChoice,
+        /// The plan whose limits to show; the default plan when omitted.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Add to a user's usage; a negative delta refunds (never below 0).
+    Adjust {
+        /// The user id.
+        user: String,
+        /// What to add, e.g. -1 to refund a failed image.
+        #[arg(long, allow_negative_numbers = true)]
+        delta: i64,
+        /// Which period's usage to change; `all` counts an image as it was
+        /// counted: in the day, week and month.
+        #[arg(long, value_enum, default_value_t = PeriodChoice::All)]
+        period: PeriodChoice,
+        /// The plan whose limits to show; the default plan when omitted.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+}
+
+/// Why a `usage` subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageCliError {
+    /// The config's store is the memory store of another process.
+    #[error(
+        "store.kind is \"memory\": usage is counted inside the running proxy's process, and this \
+         command would only see an empty store of its own. `quota-proxy usage` is for a Redis \
+         store (store.kind = \"redis\"); with a memory store use the running proxy's admin API, \
+         e.g. curl -H \"Authorization: Bearer $TOKEN\" http://{0}/v1/users/USER/usage"
+    )]
+    MemoryStore(SocketAddr),
+    /// The store cannot be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The operation failed.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+}
+
+impl UsageCommand {
+    /// Runs the command on `config`'s store; answers the user's usage after
+    /// it.
+    pub async fn run(self, config: &Config) -> Result<UserUsage, UsageCliError> {
+        if config.store.kind == StoreKind::Memory {
+            return Err(UsageCliError::MemoryStore(config.admin.listen));
+        }
+        let store = crate::app::open_store(config).await?;
+        let ops = UsageOps::new(store, config);
+        let now = Utc::now();
+        Ok(match self {
+            UsageCommand::Show { user, plan } => ops.show(&user, plan.as_deref(), now).await?,
+            UsageCommand::Reset { user, period, plan } => {
+                ops.reset(&user, plan.as_deref(), period, now).await?
+            }
+            UsageCommand::Adjust {
+                user,
+                delta,
+                period,
+                plan,
+            } => {
+                ops.adjust(&user, plan.as_deref(), period, delta, now)
+                    .await?
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn negative_deltas_parse() {
+        let cli = Cli::try_parse_from(["quota-proxy", "usage", "adjust", "42", "--delta", "-1"])
+            .expect("parses");
+        match cli.command {
+            Some(Command::Usage(UsageCommand::Adjust { delta, period, .. })) => {
+                assert_eq!((delta, period), (-1, PeriodChoice::All));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -19,8 +19,12 @@
 //! A denied request never reaches the upstream: it gets the route's status
 //! (403 or 429), `{"error": "<message>"}` and `Retry-After`.
 //!
-//! The binary's wiring is in [`app`]; its accept loop in [`server`].
+//! The binary's wiring is in [`app`]; its accept loop in [`server`]. For
+//! operations, the admin listener (probes, usage API, reload) is [`admin`],
+//! the Prometheus metrics [`metrics`], the logs [`telemetry`]; the drain and
+//! reload are described in [`app`] and in `docs/operations.md`.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -28,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod flag;
 pub mod identity;
+pub mod metrics;
 pub mod periods;
 pub mod proxy;
 pub mod quota;

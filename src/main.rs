@@ -1,11 +1,21 @@
-//! The `quota-proxy` binary: command line → config → logs → serve.
+//! The `quota-proxy` binary: command line → config → logs → serve (or a
+//! one-shot subcommand).
+//!
+//! Exit codes: 0 after a clean shutdown or a successful subcommand, 2 when
+//! the config does not load, 1 on any other failure.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use quota_proxy::cli::{Cli, Command};
+use quota_proxy::app::{self, AppError, Listeners};
+use quota_proxy::cli::{Cli, Command, UsageCommand};
 use quota_proxy::config::Config;
-use quota_proxy::telemetry::{self, LogFormat};
+use quota_proxy::telemetry;
+
+/// How long the runtime waits for stray blocking work once `run` returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,12 +31,13 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config),
+        Command::Usage(command) => usage(config, command),
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    telemetry::init(LogFormat::Pretty);
+fn serve(config: Config, path: PathBuf) -> ExitCode {
+    telemetry::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -35,16 +46,12 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(
-            listen = %config.listen,
-            upstream = %String::from(config.upstream.clone()),
-            store = %config.store.kind,
-            routes = config.routes.len(),
-            "quota-proxy serving"
-        );
-        quota_proxy::app::run(config, listener, shutdown_signal()).await
+        // Handlers first: a signal during startup is then not fatal.
+        let control = app::signals().map_err(AppError::Io)?;
+        let listeners = Listeners::bind(&config).await?;
+        app::run(config, path, listeners, control).await
     });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -55,25 +62,31 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+fn usage(config: Config, command: UsageCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("quota-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    match runtime.block_on(command.run(&config)) {
+        Ok(usage) => match serde_json::to_string_pretty(&usage) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("quota-proxy: cannot print the usage: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("quota-proxy: {e}");
+            ExitCode::FAILURE
+        }
     }
-    tracing::info!("shutdown signal received; draining");
 }

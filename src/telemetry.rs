@@ -1,25 +1,73 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
-//! Cookies, tokens and bodies are never logged by this crate.
+//! Logging (phase: every phase): `tracing` to stderr, as readable lines or
+//! one JSON object per line (`[log] format`), filtered by `[log] filter`
+//! unless `RUST_LOG` is set.
+//!
+//! What is logged: one line per inspected request (route, user, decision,
+//! period when denied, upstream status, images, latency), startup, reloads
+//! and shutdown. Never cookies, tokens, `Authorization` headers or bodies:
+//! no code in this crate puts a header value or a body in a log field.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogConfig;
+
 /// Log line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Pretty,
-    /// One JSON object per line, for log collectors.
+    /// One JSON object per line, fields at the top level, for log collectors.
     Json,
 }
 
-/// Installs the global subscriber; later calls do nothing.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Parses a `RUST_LOG`-style filter, or says why it cannot be used.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(filter).map_err(|e| {
+        format!("{filter:?} is not a log filter ({e}); e.g. \"info\" or \"quota_proxy=debug,info\"")
+    })
+}
+
+/// Installs the global subscriber for `config`; later calls do nothing.
+///
+/// `RUST_LOG`, when set and not empty, replaces `config.filter`; a
+/// `RUST_LOG` that does not parse is reported on stderr and ignored.
+pub fn init(config: &LogConfig) {
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = match from_env.as_deref().map(parse_filter) {
+        Some(Ok(filter)) => filter,
+        Some(Err(reason)) => {
+            eprintln!("quota-proxy: RUST_LOG ignored: {reason}");
+            configured(&config.filter)
+        }
+        None => configured(&config.filter),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match format {
+    let _ = match config.format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The configured filter (validated with the config), or `info`.
+fn configured(filter: &str) -> EnvFilter {
+    parse_filter(filter).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_or_say_why() {
+        assert!(parse_filter("info").is_ok());
+        assert!(parse_filter("quota_proxy=debug,hyper=warn").is_ok());
+        let err = parse_filter("quota_proxy=loud").expect_err("bad level");
+        assert!(err.contains("quota_proxy=loud"), "{err}");
+    }
 }

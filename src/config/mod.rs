@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
     IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
@@ -78,6 +79,10 @@ pub struct Config {
     /// left behind, even after a crash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,
+    /// How long in-flight requests may run on after SIGTERM or SIGINT before
+    /// they are cut; pending settlements are then flushed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Where usage is counted.
@@ -94,6 +99,10 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Denial messages per period.
     pub messages: Messages,
+    /// The admin listener: probes, metrics, usage API, reload.
+    pub admin: AdminConfig,
+    /// Log format and filter.
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -104,6 +113,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             body_buffer_bytes: 1024 * 1024,
             spool_dir: None,
+            shutdown_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             store: StoreConfig::default(),
             periods: PeriodsConfig::default(),
@@ -112,6 +122,55 @@ impl Default for Config {
             routes: Vec::new(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, and the usage API
+/// under `/v1/` when a token is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; never the proxy's own `listen`.
+    pub listen: SocketAddr,
+    /// Environment variable holding the bearer token of the `/v1/` API.
+    /// Neither this nor `token_file` set = the `/v1/` API is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// File holding the bearer token (e.g. a mounted Kubernetes Secret);
+    /// surrounding whitespace is ignored. Re-read on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token_env: None,
+            token_file: None,
+        }
+    }
+}
+
+/// Logs: one line per inspected request, and the proxy's own events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` (for people) or `json` (one object per line, for collectors).
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter, e.g. `info` or `quota_proxy=debug,info`;
+    /// `RUST_LOG` overrides it when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".to_owned(),
         }
     }
 }
@@ -739,6 +798,45 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
+        self.validate_operations()?;
+        Ok(())
+    }
+
+    /// Checks `shutdown_grace`, `[admin]` and `[log]`.
+    fn validate_operations(&self) -> Result<(), ConfigError> {
+        if self.shutdown_grace.is_zero() {
+            return Err(ConfigError::invalid(
+                "shutdown_grace",
+                "must be longer than 0s",
+            ));
+        }
+        // Port 0 asks the system for a free port: two of them never collide.
+        if self.admin.listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                format!(
+                    "{} is also the proxy's listen address; give the admin listener its own port",
+                    self.admin.listen
+                ),
+            ));
+        }
+        match (&self.admin.token_env, &self.admin.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "admin.token_env",
+                    "set admin.token_env or admin.token_file, not both",
+                ));
+            }
+            (Some(name), None) if name.is_empty() || name.contains('=') => {
+                return Err(ConfigError::invalid(
+                    "admin.token_env",
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+            _ => {}
+        }
+        crate::telemetry::parse_filter(&self.log.filter)
+            .map_err(|reason| ConfigError::invalid("log.filter", reason))?;
         Ok(())
     }
 

@@ -106,6 +106,28 @@ fn errors_name_the_field() {
 }
 
 #[test]
+fn operations_sections() {
+    let c = Config::from_toml("").expect("defaults");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.log.format, LogFormat::Pretty);
+    assert_eq!(c.log.filter, "info");
+    assert!(error_of("shutdown_grace = \"0s\"").starts_with("shutdown_grace"));
+    assert!(
+        error_of("listen = \"127.0.0.1:9090\"\n[admin]\nlisten = \"127.0.0.1:9090\"")
+            .starts_with("admin.listen")
+    );
+    assert!(
+        error_of("[admin]\ntoken_env = \"T\"\ntoken_file = \"/t\"").starts_with("admin.token_env")
+    );
+    assert!(error_of("[log]\nfilter = \"quota_proxy=loud\"").starts_with("log.filter"));
+    assert!(error_of("[log]\nformat = \"xml\"").contains("format"));
+    // Port 0 twice is two free ports, not a clash.
+    Config::from_toml("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"")
+        .expect("port 0 twice");
+}
+
+#[test]
 fn flag_rules_forms() {
     let c = Config::from_toml(
         r#"

@@ -1,9 +1,13 @@
 //! [`QuotaLayer`]: what the middleware needs, built once from the config and
-//! shared (behind an `Arc`) by every clone of the service.
+//! shared (behind an `Arc`) by every clone of the service. A reload swaps it
+//! atomically ([`QuotaLayer::reload`]): each request reads it once, when it
+//! arrives, and keeps that version to its end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio_util::task::TaskTracker;
 use tower::Layer;
 
 use super::probe::ProbeCache;
@@ -35,7 +39,7 @@ use crate::store::QuotaStore;
 /// ```
 #[derive(Clone)]
 pub struct QuotaLayer {
-    shared: Arc<Shared>,
+    shared: Arc<ArcSwap<Shared>>,
 }
 
 /// Everything a request's inspection reads; one per config.
@@ -60,6 +64,9 @@ pub(crate) struct Shared {
     pub(crate) probe_cache: ProbeCache,
     pub(crate) on_store_error: StoreErrorPolicy,
     pub(crate) anonymous: AnonymousPolicy,
+    /// Admitted requests whose usage is not recorded yet; shutdown waits for
+    /// it. Kept across reloads.
+    pub(crate) settlements: TaskTracker,
 }
 
 impl QuotaLayer {
@@ -75,7 +82,29 @@ impl QuotaLayer {
             identity,
             store: None,
             clock: Arc::new(SystemClock),
+            settlements: TaskTracker::new(),
         })
+    }
+}
+
+impl QuotaLayer {
+    /// Swaps in the state `next` builds (routes, plans, identity, messages,
+    /// store, …) for every service this layer made. Requests already under
+    /// way finish with the state they started with. The clock and the
+    /// settlement tracker belong to the process and carry over.
+    pub fn reload(&self, next: QuotaLayerBuilder) {
+        let current = self.shared.load();
+        let next = next
+            .clock(Arc::clone(&current.clock))
+            .settlements(current.settlements.clone())
+            .build();
+        self.shared.store(next.shared.load_full());
+    }
+
+    /// Tracks admitted requests until their usage is recorded (or released):
+    /// its `len()` is what is pending; close it and `wait()` at shutdown.
+    pub fn settlements(&self) -> TaskTracker {
+        self.shared.load().settlements.clone()
     }
 }
 
@@ -90,7 +119,7 @@ impl<S> Layer<S> for QuotaLayer {
 impl std::fmt::Debug for QuotaLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaLayer")
-            .field("calendar", &self.shared.calendar)
+            .field("calendar", &self.shared.load().calendar)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +131,7 @@ pub struct QuotaLayerBuilder {
     identity: Arc<dyn IdentitySource>,
     store: Option<Arc<dyn QuotaStore>>,
     clock: Arc<dyn Clock>,
+    settlements: TaskTracker,
 }
 
 impl QuotaLayerBuilder {
@@ -123,6 +153,11 @@ impl QuotaLayerBuilder {
         self
     }
 
+    fn settlements(mut self, settlements: TaskTracker) -> Self {
+        self.settlements = settlements;
+        self
+    }
+
     /// The layer. Without a store, a memory store sized by the config is
     /// used.
     pub fn build(self) -> QuotaLayer {
@@ -133,7 +168,7 @@ impl QuotaLayerBuilder {
             ))
         });
         QuotaLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ArcSwap::from_pointee(Shared {
                 routes: self.routes,
                 identity_headers: (!self.identity.trusts_client_headers())
                     .then(|| IdentityHeaders::from_config(&config.identity))
@@ -156,7 +191,8 @@ impl QuotaLayerBuilder {
                 probe_cache: ProbeCache::default(),
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,
-            }),
+                settlements: self.settlements,
+            })),
         }
     }
 }

@@ -23,8 +23,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body::Body;
@@ -57,11 +57,11 @@ const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
 pub struct Quota<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<ArcSwap<Shared>>,
 }
 
 impl<S> Quota<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<ArcSwap<Shared>>) -> Self {
         Self { inner, shared }
     }
 }
@@ -102,30 +102,25 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        if let Some(names) = &self.shared.identity_headers {
+        // The config this request lives by, even if a reload swaps it.
+        let shared = self.shared.load_full();
+        if let Some(names) = &shared.identity_headers {
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
-        let Some(matched) = self
-            .shared
-            .routes
-            .find(request.method(), request.uri().path())
-        else {
+        let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
+            crate::metrics::passthrough();
             let (parts, body) = request.into_parts();
             let future = self
                 .inner
                 .call(Request::from_parts(parts, RequestBody::streaming(body)));
             return ResponseFuture {
-                kind: Kind::Passthrough {
-                    future,
-                    shared: Arc::clone(&self.shared),
-                },
+                kind: Kind::Passthrough { future, shared },
             };
         };
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
         ResponseFuture {
             kind: Kind::Inspected {
                 future: Box::pin(inspect(shared, inner, matched, request)),
@@ -244,10 +239,13 @@ where
             Ok(ticket) => ticket,
             Err(answer) => return Ok(local(answer)),
         },
-        _ => Ticket::Unflagged {
-            headers: parts.headers.clone(),
-            session,
-        },
+        _ => {
+            crate::metrics::request(&route.name, "unflagged");
+            Ticket::Unflagged {
+                headers: parts.headers.clone(),
+                session,
+            }
+        }
     };
     let request = Request::from_parts(parts, body);
     forward(shared, inner, route, request, ticket).await
@@ -334,11 +332,15 @@ async fn admit(
         Ok(Some(identity)) => identity,
         Ok(None) => {
             return match shared.anonymous {
-                AnonymousPolicy::Forward => Ok(Ticket::Unreserved {
-                    identity: None,
-                    decision: "anonymous",
-                }),
+                AnonymousPolicy::Forward => {
+                    crate::metrics::request(&route.name, "anonymous");
+                    Ok(Ticket::Unreserved {
+                        identity: None,
+                        decision: "anonymous",
+                    })
+                }
                 AnonymousPolicy::Deny => {
+                    crate::metrics::request(&route.name, "anonymous_denied");
                     tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
                     Err(json_error(
                         StatusCode::UNAUTHORIZED,
@@ -348,6 +350,7 @@ async fn admit(
             };
         }
         Err(e) => {
+            crate::metrics::request(&route.name, "identity_error");
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     tracing::warn!(route = %route.name, error = %e,
@@ -379,16 +382,20 @@ async fn admit(
         Ok(Admission::Reserved {
             reservation,
             counts,
-        }) => Ok(Ticket::Reserved {
-            reservation,
-            identity,
-            counts,
-        }),
+        }) => {
+            crate::metrics::request(&route.name, "allowed");
+            Ok(Ticket::Reserved {
+                reservation,
+                identity,
+                counts,
+            })
+        }
         Ok(Admission::Exceeded { period, counts }) => {
+            crate::metrics::denied(&route.name, period);
             let limit = identity.limits.of(period);
             tracing::info!(
                 route = %route.name, user = %identity.user_id, decision = "denied",
-                %period, limit, "image quota exceeded"
+                %period, limit, status = route.deny_status.as_u16(), "image quota exceeded"
             );
             let mut answer = Denial {
                 route,
@@ -409,6 +416,7 @@ async fn admit(
         }
         Err(e) => match shared.on_store_error {
             StoreErrorPolicy::Allow => {
+                crate::metrics::fail_open(&route.name);
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id, error = %e,
                     decision = "store_error_allowed", "quota store failed; forwarding unchecked"
@@ -419,6 +427,7 @@ async fn admit(
                 })
             }
             StoreErrorPolicy::Deny => {
+                crate::metrics::request(&route.name, "store_error_denied");
                 tracing::error!(
                     route = %route.name, user = %identity.user_id, error = %e,
                     decision = "store_error_denied", "quota store failed; denying"
@@ -451,14 +460,9 @@ where
 {
     let (answer_tx, answer_rx) = oneshot::channel();
     let future = inner.call(request);
+    // Made before the task, so shutdown sees it pending from the start.
+    let settlement = Settlement::new(shared, route, ticket);
     tokio::spawn(async move {
-        let settlement = Settlement {
-            shared,
-            route,
-            ticket,
-            status: None,
-            started: Instant::now(),
-        };
         let result = match future.await {
             Ok(response) => Ok(account(settlement, response).await),
             Err(e) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::StatusCode;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::layer::Shared;
 use crate::identity::Identity;
@@ -58,9 +59,25 @@ pub(crate) struct Settlement {
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
     pub(crate) started: Instant,
+    /// Counts this settlement as pending until it is dropped.
+    pending: TaskTrackerToken,
 }
 
 impl Settlement {
+    /// A settlement for `ticket`, counted as pending from now until it is
+    /// settled or dropped.
+    pub(crate) fn new(shared: Arc<Shared>, route: Arc<Route>, ticket: Ticket) -> Self {
+        let pending = shared.settlements.token();
+        Settlement {
+            shared,
+            route,
+            ticket,
+            status: None,
+            started: Instant::now(),
+            pending,
+        }
+    }
+
     /// The reservation held, if any.
     pub(crate) fn reservation(&self) -> Option<&Reservation> {
         match &self.ticket {
@@ -78,6 +95,7 @@ impl Settlement {
             ticket,
             status,
             started,
+            pending,
         } = self;
         let amount = shared.reports.amount(images.unwrap_or(0));
         let now = shared.clock.now();
@@ -134,7 +152,10 @@ impl Settlement {
                 route = %route.name, user, amount, reservation = %reservation.id, error = %e,
                 "usage could not be recorded"
             );
+            crate::metrics::settlement_dropped("store_error");
         }
+        // Recorded (or given up on): no longer pending.
+        drop(pending);
         tracing::info!(
             route = %route.name,
             user,

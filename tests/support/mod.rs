@@ -3,6 +3,7 @@
 // Test helpers are `pub` for every test binary, and each binary uses only some.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binary;
 pub mod proxy;
 pub mod redis;
 pub mod upstream;

@@ -1,0 +1,51 @@
+//! The admin listener (phase: operations), on its own address
+//! (`admin.listen`), never the proxy's port:
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when the store answers; 503 when it does not, and from the first moment of a drain |
+//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
+//! | `GET /v1/users/{id}/usage?plan=` | a user's usage, reservations and limits per period ([`UserUsage`]) |
+//! | `DELETE /v1/users/{id}/usage?period=daily\|weekly\|monthly\|all` | reset |
+//! | `POST /v1/users/{id}/usage` `{"period": "daily", "delta": -1}` | adjust (e.g. refund a failed image) |
+//! | `POST /v1/reload` | re-read the config file (like SIGHUP); 400 with the reason when it does not load |
+//!
+//! `/v1/` needs `Authorization: Bearer <token>`, the token read from
+//! `admin.token_env` or `admin.token_file` ([`AdminToken`]). With neither
+//! set, `/v1/` is off and answers 403 saying how to turn it on.
+
+mod api;
+mod token;
+mod usage;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use self::token::{AdminToken, TokenError};
+pub use self::usage::{PeriodChoice, PeriodReport, Periods, UsageError, UsageOps, UserUsage};
+use crate::app::AppState;
+
+/// How long admin requests may run on once the admin listener stops (after
+/// the proxy has drained).
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let service = tower::service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(api::handle(state, request).await) }
+    });
+    crate::server::serve(listener, service, shutdown, ADMIN_GRACE)
+        .instrument(tracing::info_span!("admin"))
+        .await
+}

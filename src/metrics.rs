@@ -1,0 +1,347 @@
+//! Prometheus metrics (phase: every phase), served at `GET /metrics` on the
+//! admin listener.
+//!
+//! Code counts through the [`metrics`] facade, so any module can add a
+//! metric without plumbing: `metrics::counter!(NAME, "label" => value)`.
+//! The binary installs a Prometheus recorder ([`install`]) that only renders
+//! the text format; it opens no listener of its own. Without a recorder
+//! (the library embedded elsewhere, or the in-process tests) every call is
+//! a no-op.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `quota_proxy_requests_total` | counter | `route`, `decision` | requests by what the proxy decided (see [`request`]) |
+//! | `quota_proxy_denials_total` | counter | `route`, `period` | denials by the period whose limit was reached |
+//! | `quota_proxy_fail_open_total` | counter | `route` | flagged requests forwarded uncounted because the store failed (`on_store_error = "allow"`) |
+//! | `quota_proxy_store_call_duration_seconds` | histogram | `op`, `outcome` | store calls (`reserve`, `settle`, `extend`, `usage`, `adjust`, `ping`), `ok` or `error` |
+//! | `quota_proxy_upstream_duration_seconds` | histogram | | time from forwarding a request to the upstream's response head |
+//! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`2xx` … `5xx`; the proxy's own 502/504 count as `5xx`) |
+//! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
+//! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded (`store_error`) |
+//! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
+//! | `quota_proxy_build_info` | gauge | `version` | always 1 |
+//!
+//! A settle retry queue reports its depth with
+//! [`settlements_pending`]`("retry_queue", n)` and what it gives up on with
+//! [`settlement_dropped`]`("queue_full")`; an identity source with a cache
+//! calls [`identity_cache`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use http::{Request, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::periods::{Period, PeriodWindow, PeriodWindows};
+use crate::store::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
+
+/// Requests by route and decision.
+pub const REQUESTS: &str = "quota_proxy_requests_total";
+/// Denials by route and period.
+pub const DENIALS: &str = "quota_proxy_denials_total";
+/// Flagged requests forwarded uncounted after a store error.
+pub const FAIL_OPEN: &str = "quota_proxy_fail_open_total";
+/// Store call latency.
+pub const STORE_CALL_SECONDS: &str = "quota_proxy_store_call_duration_seconds";
+/// Upstream latency to the response head.
+pub const UPSTREAM_SECONDS: &str = "quota_proxy_upstream_duration_seconds";
+/// Upstream answers by status class.
+pub const UPSTREAM_RESPONSES: &str = "quota_proxy_upstream_responses_total";
+/// Settlements not recorded yet, by stage.
+pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
+/// Settlements given up on, by reason.
+pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
+/// Config reloads by result.
+pub const RELOADS: &str = "quota_proxy_config_reloads_total";
+/// Identity cache lookups by result (`hit`, `miss`).
+pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
+/// The running version.
+pub const BUILD_INFO: &str = "quota_proxy_build_info";
+
+/// Bucket bounds of store calls, in seconds: sub-millisecond to the
+/// command timeout's range.
+const STORE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Bucket bounds of upstream latency, in seconds: up to the 300 s response
+/// head timeout image generation may need.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Why `/metrics` cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "cannot install the Prometheus recorder: {0} (another metrics recorder may be installed in this process)"
+)]
+pub struct MetricsError(String);
+
+/// Installs the process-wide Prometheus recorder once and returns the
+/// handle that renders it; later calls return the same handle.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    static INSTALLED: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(STORE_CALL_SECONDS.to_owned()), STORE_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(UPSTREAM_SECONDS.to_owned()),
+                        UPSTREAM_BUCKETS,
+                    )
+                })
+                .and_then(PrometheusBuilder::install_recorder)
+                .map_err(|e| MetricsError(e.to_string()))?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Requests by route and decision.");
+    describe_counter!(DENIALS, "Denied requests by route and exceeded period.");
+    describe_counter!(
+        FAIL_OPEN,
+        "Flagged requests forwarded uncounted because the store failed."
+    );
+    describe_histogram!(
+        STORE_CALL_SECONDS,
+        Unit::Seconds,
+        "Quota store call latency."
+    );
+    describe_histogram!(
+        UPSTREAM_SECONDS,
+        Unit::Seconds,
+        "Time from forwarding a request to the upstream's response head."
+    );
+    describe_counter!(UPSTREAM_RESPONSES, "Upstream responses by status class.");
+    describe_gauge!(
+        SETTLEMENTS_PENDING,
+        "Admitted requests whose usage is not recorded yet."
+    );
+    describe_counter!(SETTLEMENTS_DROPPED, "Usage that could not be recorded.");
+    describe_counter!(RELOADS, "Config reloads by result.");
+    describe_counter!(IDENTITY_CACHE, "Identity cache lookups by result.");
+    describe_gauge!(BUILD_INFO, "The running version; always 1.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Counts one request with what was decided for it:
+///
+/// | decision | meaning |
+/// |---|---|
+/// | `passthrough` | not on an inspected route (`route` is `-`) |
+/// | `unflagged` | inspected, asks for no image |
+/// | `allowed` | flagged, one unit reserved |
+/// | `denied` | flagged, a limit is reached |
+/// | `anonymous` | flagged without a user, forwarded (`anonymous = "forward"`) |
+/// | `anonymous_denied` | flagged without a user, 401 |
+/// | `identity_error` | the identity source failed, 503 |
+/// | `store_error_allowed` | the store failed, forwarded uncounted (fail open) |
+/// | `store_error_denied` | the store failed, 503 |
+pub fn request(route: &str, decision: &'static str) {
+    metrics::counter!(REQUESTS, "route" => route.to_owned(), "decision" => decision).increment(1);
+}
+
+/// Counts a request on a route that is not inspected.
+pub fn passthrough() {
+    metrics::counter!(REQUESTS, "route" => "-", "decision" => "passthrough").increment(1);
+}
+
+/// Counts a denial, as a request and by period.
+pub fn denied(route: &str, period: Period) {
+    request(route, "denied");
+    metrics::counter!(DENIALS, "route" => route.to_owned(), "period" => period.as_str())
+        .increment(1);
+}
+
+/// Counts a flagged request forwarded uncounted after a store error.
+pub fn fail_open(route: &str) {
+    request(route, "store_error_allowed");
+    metrics::counter!(FAIL_OPEN, "route" => route.to_owned()).increment(1);
+}
+
+/// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).
+pub fn settlements_pending(stage: &'static str, pending: usize) {
+    metrics::gauge!(SETTLEMENTS_PENDING, "stage" => stage).set(pending as f64);
+}
+
+/// Counts usage that could not be recorded, by `reason`.
+pub fn settlement_dropped(reason: &'static str) {
+    metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(1);
+}
+
+/// Counts a config reload, `ok` or `error`.
+pub fn reload(ok: bool) {
+    metrics::counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Counts an identity cache lookup.
+pub fn identity_cache(hit: bool) {
+    metrics::counter!(IDENTITY_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+/// A [`QuotaStore`] that times every call of the store it wraps.
+pub struct TimedStore {
+    inner: Arc<dyn QuotaStore>,
+}
+
+impl TimedStore {
+    /// Wraps `inner`.
+    pub fn wrap(inner: Arc<dyn QuotaStore>) -> Arc<dyn QuotaStore> {
+        Arc::new(Self { inner })
+    }
+}
+
+async fn timed<T>(
+    op: &'static str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = call.await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(STORE_CALL_SECONDS, "op" => op, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+#[async_trait]
+impl QuotaStore for TimedStore {
+    async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
+        timed("reserve", self.inner.reserve(request)).await
+    }
+
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        timed("settle", self.inner.settle(reservation, amount, now)).await
+    }
+
+    async fn extend(
+        &self,
+        reservation: &Reservation,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        timed("extend", self.inner.extend(reservation, until, now)).await
+    }
+
+    async fn usage(
+        &self,
+        user: &str,
+        windows: &PeriodWindows,
+        now: DateTime<Utc>,
+    ) -> Result<[PeriodUsage; 3], StoreError> {
+        timed("usage", self.inner.usage(user, windows, now)).await
+    }
+
+    async fn adjust(
+        &self,
+        user: &str,
+        window: &PeriodWindow,
+        delta: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        timed("adjust", self.inner.adjust(user, window, delta, now)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        timed("ping", self.inner.ping()).await
+    }
+}
+
+/// Times the service it wraps (the forwarding service) to the response
+/// head, and counts its answers by status class.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics<S> {
+    inner: S,
+}
+
+impl<S> UpstreamMetrics<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for UpstreamMetrics<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = UpstreamFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        UpstreamFuture {
+            inner: self.inner.call(request),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`UpstreamMetrics`].
+    pub struct UpstreamFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+    }
+}
+
+impl<F, B, E> Future for UpstreamFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let class = match &result {
+            Ok(response) => status_class(response.status()),
+            Err(_) => "error",
+        };
+        metrics::histogram!(UPSTREAM_SECONDS).record(this.started.elapsed().as_secs_f64());
+        metrics::counter!(UPSTREAM_RESPONSES, "class" => class).increment(1);
+        Poll::Ready(result)
+    }
+}
+
+fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(http::StatusCode::OK), "2xx");
+        assert_eq!(status_class(http::StatusCode::FOUND), "3xx");
+        assert_eq!(status_class(http::StatusCode::TOO_MANY_REQUESTS), "4xx");
+        assert_eq!(status_class(http::StatusCode::BAD_GATEWAY), "5xx");
+    }
+}

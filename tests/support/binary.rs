@@ -1,0 +1,250 @@
+//! The real `quota-proxy` binary as a child process: a temporary config
+//! with both listeners on `127.0.0.1:0` and JSON logs, the bound addresses
+//! read from its "quota-proxy serving" log line, every log line kept for
+//! the test to read, signals sent with `kill`, and the child killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long the binary may take to start serving.
+const START_WITHIN: Duration = Duration::from_secs(15);
+
+/// The path of the binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_quota-proxy");
+
+/// A running `quota-proxy serve`.
+pub struct Binary {
+    child: Option<Child>,
+    /// The proxy listener's address.
+    pub proxy: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    config_path: PathBuf,
+    _dir: TempDir,
+}
+
+/// `config_toml` with both listeners on port 0 and JSON logs.
+pub fn prepare(config_toml: &str) -> String {
+    let mut value: toml::Table = toml::from_str(config_toml).expect("test config is TOML");
+    value.insert("listen".into(), "127.0.0.1:0".into());
+    let admin = value
+        .entry("admin")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    admin
+        .as_table_mut()
+        .expect("[admin] is a table")
+        .insert("listen".into(), "127.0.0.1:0".into());
+    let log = value
+        .entry("log")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    log.as_table_mut()
+        .expect("[log] is a table")
+        .insert("format".into(), "json".into());
+    toml::to_string(&value).expect("config renders")
+}
+
+impl Binary {
+    /// Starts `quota-proxy serve` with `config_toml` (see [`prepare`]) and
+    /// the extra environment `env`; returns once it logged its addresses.
+    pub async fn start(config_toml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("quota-proxy.toml");
+        std::fs::write(&config_path, prepare(config_toml)).expect("write config");
+        let mut command = Command::new(BINARY);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .env_remove("QUOTA_PROXY_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn quota-proxy");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let mut binary = Self {
+            child: Some(child),
+            proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            config_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_WITHIN;
+        loop {
+            if let Some(line) = binary.find_log(|l| l["message"] == "quota-proxy serving") {
+                let addr = |field: &str| {
+                    line[field]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("serving line has no {field}: {line}"))
+                };
+                binary.proxy = addr("listen");
+                binary.admin = addr("admin");
+                return binary;
+            }
+            if let Some(status) = binary.try_status() {
+                panic!(
+                    "quota-proxy exited with {status} before serving:\n{}",
+                    binary.logs().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quota-proxy did not start within {START_WITHIN:?}:\n{}",
+                binary.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The config file it reads (rewrite it, then reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Replaces the config file with `config_toml` (see [`prepare`]).
+    pub fn write_config(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, prepare(config_toml)).expect("write config");
+    }
+
+    /// Replaces the config file with exactly `text`.
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// `http://<admin address>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    /// Log lines parsed as JSON (every line is one in JSON format).
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The first JSON log line for which `matches` is true.
+    pub fn find_log(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        self.json_logs().into_iter().find(|l| matches(l))
+    }
+
+    /// How many JSON log lines match.
+    pub fn count_logs(&self, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
+        self.json_logs().iter().filter(|l| matches(l)).count()
+    }
+
+    /// Waits (bounded by `within`) until `n` JSON log lines match.
+    pub async fn wait_for_logs(
+        &self,
+        n: usize,
+        within: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while self.count_logs(&matches) < n {
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for {n} matching log lines:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
+    /// Waits (bounded by `within`) for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quota-proxy still running {within:?} after being told to stop:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion with `args` (and `--config config` when
+/// given), bounded by a timeout.
+pub fn run_cli(config: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = Command::new(BINARY);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("QUOTA_PROXY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quota-proxy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("quota-proxy {args:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
