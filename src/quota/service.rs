@@ -370,7 +370,7 @@ async fn admit(
                     decision: "store_error_allowed",
                 })
             }
-            StoreErrorPolicy::Deny => {
+            StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
                 tracing::error!(
                     route = %route.name, user = %identity.user_id, error = %e,
                     decision = "store_error_denied", "quota store failed; denying"
