@@ -25,7 +25,7 @@ const PREFIX: &str = "quota:";
 const NOW: &str = "2031-05-14T10:00:00Z";
 /// Generous for a debug build on a busy 2-core machine, still far below
 /// anything a test waits for.
-const TIMEOUT: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_millis(500);
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(NOW)

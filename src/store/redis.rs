@@ -28,6 +28,20 @@
 //! count in that period. Expired reservations and forgotten settled ids are
 //! pruned inside the scripts; `done` keeps at most 4096 ids per user.
 //!
+//! # Memory
+//!
+//! Measured on Redis 7.0 (jemalloc, 64-bit; `tests/redis_scale.rs`,
+//! `memory_per_active_user_is_measured`): a user who made 3 images today
+//! costs **about 820 bytes** (`INFO used_memory` delta over 2 000 such
+//! users, key and expiry overhead included). `MEMORY USAGE` per key: each
+//! counter 72 B, `done` with 3 ids 232 B, `res` with one reservation in
+//! flight 136 B (absent when none is). `done` grows with the user's settles
+//! of the last 24 h: about 52 B per id up to 128 ids (a listpack; 50 ids
+//! measured 2.6 KB), about 140 B per id beyond (a skiplist; 200 ids measured
+//! 27.8 KB), bounded by the 4096-id cap (about 570 KB for a user settling
+//! that often). So 100 000 users active on one day need roughly 80 MB, plus
+//! what heavy users add through `done`.
+//!
 //! # Time
 //!
 //! `now` comes from the caller's clock and is passed to every script; TTLs are

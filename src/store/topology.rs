@@ -4,9 +4,10 @@
 //!
 //! Every topology uses *multiplexed* connections: many requests in flight on
 //! one socket per server, answers matched in order. Each store call is one
-//! small `EVALSHA`, so one pipelined socket per server keeps up with the
-//! proxy (the Redis suite measures it) and a pool would only add sockets
-//! and a checkout per call.
+//! small `EVALSHA`, and Redis runs scripts one at a time anyway, so one
+//! pipelined socket per server is enough: measured with 64 concurrent
+//! callers (debug build, 2 shared cores), one connection did 8 600–11 400
+//! reserves/s and a round-robin pool of four 4 300–9 100/s.
 //!
 //! - **Single server** (`redis://` or `rediss://`): the `redis` crate's
 //!   `ConnectionManager`, which reconnects by itself.
