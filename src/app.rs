@@ -27,11 +27,14 @@ use tower::Layer;
 
 pub use self::state::{AppState, Current, NotReady, ReloadError, Reloaded};
 use crate::admin::{AdminToken, TokenError};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreConfig, StoreErrorPolicy, StoreKind};
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
-use crate::store::{MemoryStore, QuotaStore, RedisStore, StoreError};
+use crate::store::{
+    BreakerSettings, MemoryStore, OutagePolicy, QuotaStore, RedisOptions, RedisStore,
+    ResilientSettings, ResilientStore, StoreError, Topology,
+};
 
 /// Least time given to pending settlements after the drain, even when the
 /// grace is used up: a store call takes at most `store.command_timeout`.
@@ -101,19 +104,104 @@ impl Listeners {
     }
 }
 
-/// Opens the store the config names.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn QuotaStore>, StoreError> {
-    Ok(match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(config.store.memory_max_users)),
-        StoreKind::Redis => Arc::new(
-            RedisStore::connect(
-                &config.store.url,
-                &config.store.key_prefix,
-                config.store.command_timeout,
-            )
-            .await?,
-        ),
+/// The store the config names, and the handle a shutdown flushes.
+#[derive(Clone)]
+pub struct OpenStore {
+    /// What the quota layer calls.
+    pub store: Arc<dyn QuotaStore>,
+    /// The Redis store's outage handling (settle queue, breaker, local
+    /// counts), for [`OpenStore::flush`] and metrics; `None` for memory.
+    pub resilient: Option<Arc<ResilientStore>>,
+}
+
+impl std::fmt::Debug for OpenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenStore")
+            .field("resilient", &self.resilient)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenStore {
+    /// Sends queued settles to Redis until `deadline`; returns how many
+    /// were not known to have landed (0 for the memory store).
+    pub async fn flush(&self, deadline: tokio::time::Instant) -> usize {
+        match &self.resilient {
+            Some(resilient) => resilient.flush(deadline).await,
+            None => 0,
+        }
+    }
+}
+
+/// Opens the store the config names. A Redis store comes wrapped in a
+/// [`ResilientStore`]: settles survive an outage, a breaker stops calls to a
+/// failing Redis, and `on_store_error = "local"` counts locally meanwhile.
+pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
+    let store = &config.store;
+    if store.kind == StoreKind::Memory {
+        return Ok(OpenStore {
+            store: Arc::new(MemoryStore::new(store.memory_max_users)),
+            resilient: None,
+        });
+    }
+    let root_cert = match &store.tls_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "store.tls_ca_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let redis = RedisStore::open(&RedisOptions {
+        topology: topology(store),
+        key_prefix: store.key_prefix.clone(),
+        command_timeout: store.command_timeout,
+        root_cert,
     })
+    .await?;
+    let resilient = Arc::new(ResilientStore::new(
+        Arc::new(redis),
+        ResilientSettings {
+            breaker: BreakerSettings {
+                failures: store.breaker.failures,
+                open_for: store.breaker.open_for,
+            },
+            settle_queue: store.settle_queue,
+            outage: match store.on_store_error {
+                StoreErrorPolicy::Local => OutagePolicy::Local,
+                StoreErrorPolicy::Allow | StoreErrorPolicy::Deny => OutagePolicy::Fail,
+            },
+            local_max_users: store.local_max_users,
+        },
+    ));
+    Ok(OpenStore {
+        store: resilient.clone(),
+        resilient: Some(resilient),
+    })
+}
+
+/// The Redis topology `[store]` describes (validated by
+/// [`Config::validate`]): `sentinel`, else `cluster`, else `url`.
+pub fn topology(store: &StoreConfig) -> Topology {
+    if let Some(sentinel) = &store.sentinel {
+        Topology::Sentinel {
+            master: sentinel.master.clone(),
+            nodes: sentinel.nodes.clone(),
+            db: sentinel.db,
+            username: sentinel.username.clone(),
+            password: sentinel.password.clone(),
+            tls: sentinel.tls,
+        }
+    } else if !store.cluster.is_empty() {
+        Topology::Cluster {
+            nodes: store.cluster.clone(),
+        }
+    } else {
+        Topology::Single {
+            url: store.url.clone(),
+        }
+    }
 }
 
 /// Serves `layer` in front of the proxy to `config.upstream` on `listener`
@@ -149,7 +237,8 @@ pub async fn run(
         }
     };
     let token = AdminToken::from_config(&config.admin)?;
-    let store = TimedStore::wrap(open_store(&config).await?);
+    let opened = open_store(&config).await?;
+    let store = TimedStore::wrap(opened.store.clone());
     let layer = QuotaLayer::builder(&config)?
         .store(Arc::clone(&store))
         .build();
@@ -181,11 +270,20 @@ pub async fn run(
             let _ = admin_stopped.await;
         },
     ));
+    let resilient = opened.resilient.clone();
     let upkeep = metrics.map(|handle| {
         tokio::spawn(async move {
+            let mut dropped_seen = 0;
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 handle.run_upkeep();
+                // The Redis store's retry queue, exported as it stands.
+                if let Some(resilient) = &resilient {
+                    crate::metrics::settlements_pending("retry_queue", resilient.pending_settles());
+                    let dropped = resilient.dropped_settles();
+                    crate::metrics::settlements_dropped("retry_queue", dropped - dropped_seen);
+                    dropped_seen = dropped;
+                }
             }
         })
     });
@@ -200,6 +298,16 @@ pub async fn run(
         })
         .await?;
         flush(&state, &layer, grace).await;
+        // Requests and their settlements are done: usage Redis could not
+        // take yet gets one last chance before the process exits.
+        let deadline = tokio::time::Instant::now() + config.store.flush_timeout;
+        let unsent = opened.flush(deadline).await;
+        if unsent > 0 {
+            tracing::error!(
+                unsent,
+                "stopped with settles Redis did not take (logged above)"
+            );
+        }
         Ok::<_, AppError>(())
     };
     let result = tokio::select! {

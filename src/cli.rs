@@ -113,7 +113,7 @@ impl UsageCommand {
         if config.store.kind == StoreKind::Memory {
             return Err(UsageCliError::MemoryStore(config.admin.listen));
         }
-        let store = crate::app::open_store(config).await?;
+        let store = crate::app::open_store(config).await?.store;
         let ops = UsageOps::new(store, config);
         let now = Utc::now();
         Ok(match self {

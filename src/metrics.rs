@@ -17,14 +17,14 @@
 //! | `quota_proxy_upstream_duration_seconds` | histogram | | time from forwarding a request to the upstream's response head |
 //! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`2xx` … `5xx`; the proxy's own 502/504 count as `5xx`) |
 //! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
-//! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded (`store_error`) |
+//! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
-//! A settle retry queue reports its depth with
-//! [`settlements_pending`]`("retry_queue", n)` and what it gives up on with
-//! [`settlement_dropped`]`("queue_full")`; an identity source with a cache
-//! calls [`identity_cache`].
+//! The Redis store's settle retry queue is read every 5 s: its depth as
+//! [`settlements_pending`]`("retry_queue", n)` and what it gave up on as
+//! [`settlements_dropped`]`("retry_queue", n)`. The forward-auth identity
+//! cache calls [`identity_cache`] on every lookup.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -174,9 +174,9 @@ pub fn settlements_pending(stage: &'static str, pending: usize) {
     metrics::gauge!(SETTLEMENTS_PENDING, "stage" => stage).set(pending as f64);
 }
 
-/// Counts usage that could not be recorded, by `reason`.
-pub fn settlement_dropped(reason: &'static str) {
-    metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(1);
+/// Counts `count` settlements whose usage could not be recorded, by `reason`.
+pub fn settlements_dropped(reason: &'static str, count: u64) {
+    metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(count);
 }
 
 /// Counts a config reload, `ok` or `error`.

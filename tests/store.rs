@@ -1,7 +1,10 @@
 //! The quota stores' contract (phases: admit and settle), one suite run
-//! against the memory store and against a real Redis: every Redis test starts
-//! its own `redis-server` on a free loopback port. Time is always passed in,
-//! years from today, so no test sleeps across a period boundary.
+//! against the memory store and against a real Redis in every topology: one
+//! server (each test starts its own `redis-server` on a free loopback port),
+//! a 3-master Redis Cluster and a master with a replica behind Sentinel (one
+//! set-up each, shared by the suite's tests, each test under its own key
+//! prefix). Time is always passed in, years from today, so no test sleeps
+//! across a period boundary.
 
 mod support;
 
@@ -12,10 +15,10 @@ use chrono::{DateTime, TimeDelta, Utc, Weekday};
 use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, Period, PeriodWindows};
 use quota_proxy::store::{
-    Admission, MemoryStore, PeriodCounts, PeriodUsage, QuotaStore, RedisStore, Reservation,
-    ReserveRequest, StoreError,
+    Admission, MemoryStore, PeriodCounts, PeriodUsage, QuotaStore, RedisOptions, RedisStore,
+    Reservation, ReserveRequest, StoreError, Topology,
 };
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 
 /// How long reservations live unless a test says otherwise.
 const TTL: Duration = Duration::from_secs(60);
@@ -60,16 +63,16 @@ fn exceeded(period: Period, counts: [u64; 3]) -> Admission {
     }
 }
 
-/// A store under test, and the server behind it kept alive as long as it.
+/// A store under test, and the servers behind it kept alive as long as it.
 struct Subject {
     store: Arc<dyn QuotaStore>,
-    _server: Option<RedisServer>,
+    _servers: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 async fn memory() -> Subject {
     Subject {
         store: Arc::new(MemoryStore::new(1_000)),
-        _server: None,
+        _servers: None,
     }
 }
 
@@ -80,7 +83,44 @@ async fn redis() -> Subject {
         .expect("connect to the test redis-server");
     Subject {
         store: Arc::new(store),
-        _server: Some(server),
+        _servers: Some(Arc::new(server)),
+    }
+}
+
+/// A store on a shared set-up, its keys under a prefix of its own.
+async fn shared(
+    servers: &Arc<dyn std::any::Any + Send + Sync>,
+    topology: Topology,
+    test: &str,
+) -> Subject {
+    let store = RedisStore::open(&RedisOptions {
+        topology,
+        key_prefix: format!("{test}:"),
+        command_timeout: COMMAND_TIMEOUT,
+        root_cert: None,
+    })
+    .await
+    .expect("connect to the test set-up");
+    Subject {
+        store: Arc::new(store),
+        _servers: Some(Arc::clone(servers)),
+    }
+}
+
+fn cluster_topology(cluster: &RedisCluster) -> Topology {
+    Topology::Cluster {
+        nodes: cluster.urls(),
+    }
+}
+
+fn sentinel_topology(set_up: &RedisSentinel) -> Topology {
+    Topology::Sentinel {
+        master: SENTINEL_MASTER.to_owned(),
+        nodes: vec![set_up.sentinel_url()],
+        db: 0,
+        username: None,
+        password: None,
+        tls: false,
     }
 }
 
@@ -155,6 +195,31 @@ macro_rules! contract {
                 async fn $test() {
                     super::$test(super::redis().await).await;
                 }
+            )*
+        }
+
+        /// The whole suite on one 3-master cluster, test after test: a
+        /// cluster takes seconds to form, a test milliseconds.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_cluster_passes_the_contract() {
+            let cluster = RedisCluster::start(3);
+            let topology = cluster_topology(&cluster);
+            let servers: Arc<dyn std::any::Any + Send + Sync> = Arc::new(cluster);
+            $(
+                eprintln!("cluster: {}", stringify!($test));
+                $test(shared(&servers, topology.clone(), stringify!($test)).await).await;
+            )*
+        }
+
+        /// The whole suite on one Sentinel set-up, test after test.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_sentinel_passes_the_contract() {
+            let set_up = RedisSentinel::start();
+            let topology = sentinel_topology(&set_up);
+            let servers: Arc<dyn std::any::Any + Send + Sync> = Arc::new(set_up);
+            $(
+                eprintln!("sentinel: {}", stringify!($test));
+                $test(shared(&servers, topology.clone(), stringify!($test)).await).await;
             )*
         }
     };

@@ -195,7 +195,7 @@ impl AppState {
             Arc::clone(&current.store)
         } else if next.store.kind == StoreKind::Redis {
             store_reconnected = true;
-            crate::metrics::TimedStore::wrap(crate::app::open_store(&next).await?)
+            crate::metrics::TimedStore::wrap(crate::app::open_store(&next).await?.store)
         } else {
             // A new memory store would start from zero: keep the counts.
             restart_required.push("store");

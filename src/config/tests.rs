@@ -187,3 +187,90 @@ fn body_spool_fields() {
         "{missing}"
     );
 }
+
+#[test]
+fn store_defaults_hold_redis_fast() {
+    let c = Config::from_toml("").expect("defaults");
+    assert_eq!(c.store.command_timeout, Duration::from_millis(50));
+    assert_eq!(c.store.breaker.failures, 5);
+    assert_eq!(c.store.breaker.open_for, Duration::from_secs(2));
+    assert_eq!(c.store.settle_queue, 100_000);
+    assert_eq!(c.store.flush_timeout, Duration::from_secs(5));
+    assert!(c.store.cluster.is_empty() && c.store.sentinel.is_none());
+}
+
+#[test]
+fn store_topologies_load() {
+    let c = Config::from_toml(
+        r#"[store]
+kind = "redis"
+cluster = ["redis://10.0.0.1:6379", "rediss://10.0.0.2:6379"]
+on_store_error = "local"
+breaker = { failures = 3, open_for = "500ms" }"#,
+    )
+    .expect("cluster");
+    assert_eq!(c.store.cluster.len(), 2);
+    assert_eq!(c.store.on_store_error, StoreErrorPolicy::Local);
+    assert_eq!(c.store.breaker.open_for, Duration::from_millis(500));
+    let c = Config::from_toml(
+        r#"[store]
+kind = "redis"
+sentinel = { master = "quota", nodes = ["redis://s1:26379"], password = "pw", db = 2 }"#,
+    )
+    .expect("sentinel");
+    let sentinel = c.store.sentinel.expect("sentinel set");
+    assert_eq!((sentinel.master.as_str(), sentinel.db), ("quota", 2));
+    // What check-config prints loads again.
+    let again = Config::from_toml(
+        &Config::from_toml("[store]\nkind = \"redis\"\ncluster = [\"redis://a:1\"]")
+            .expect("cluster")
+            .to_toml(),
+    )
+    .expect("round trip");
+    assert_eq!(again.store.cluster, ["redis://a:1"]);
+}
+
+#[test]
+fn store_errors_name_the_field() {
+    let error_of = |text: &str| {
+        Config::from_toml(text)
+            .expect_err("invalid store config")
+            .to_string()
+    };
+    let redis = "[store]\nkind = \"redis\"\n";
+    assert!(
+        error_of(&format!("{redis}cluster = [\"redis://a:1\", \"a:2\"]"))
+            .starts_with("store.cluster[1]: expected redis://")
+    );
+    assert!(
+        error_of(&format!(
+            "{redis}cluster = [\"redis://a:1\"]\nsentinel = {{ master = \"m\", nodes = [\"redis://s:1\"] }}"
+        ))
+        .starts_with("store.sentinel:")
+    );
+    assert!(
+        error_of(&format!(
+            "{redis}sentinel = {{ master = \"\", nodes = [\"redis://s:1\"] }}"
+        ))
+        .starts_with("store.sentinel.master:")
+    );
+    assert!(
+        error_of(&format!(
+            "{redis}sentinel = {{ master = \"m\", nodes = [] }}"
+        ))
+        .starts_with("store.sentinel.nodes:")
+    );
+    assert!(
+        error_of(&format!(
+            "{redis}sentinel = {{ master = \"m\", nodes = [\"s:1\"] }}"
+        ))
+        .starts_with("store.sentinel.nodes[0]:")
+    );
+    assert!(error_of("[store]\nbreaker = { failures = 0 }").starts_with("store.breaker.failures:"));
+    assert!(
+        error_of("[store]\nbreaker = { open_for = \"0s\" }").starts_with("store.breaker.open_for:")
+    );
+    assert!(error_of("[store]\nsettle_queue = 0").starts_with("store.settle_queue:"));
+    assert!(error_of("[store]\nlocal_max_users = 0").starts_with("store.local_max_users:"));
+    assert!(error_of("[store]\nbreaker = { fails = 2 }").contains("fails"));
+}

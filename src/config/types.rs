@@ -76,6 +76,11 @@ pub enum StoreErrorPolicy {
     Allow,
     /// Answer 503 with a JSON error (fail closed).
     Deny,
+    /// Enforce the same limits from this replica's memory for the length of
+    /// the outage, and hand what it counted to Redis when Redis is back
+    /// (see `store::ResilientStore`). A request the local count cannot take
+    /// either (its memory is full) is denied.
+    Local,
 }
 
 /// What a flagged request without a user id gets.

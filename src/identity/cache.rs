@@ -169,6 +169,8 @@ impl IdentityCache {
     /// The cached answer for `key` at `now`, or the flight to join or lead.
     pub(crate) fn lookup(self: &Arc<Self>, key: CredentialKey, now: Instant) -> Lookup {
         let mut state = self.lock();
+        let hit = matches!(state.entries.get(&key), Some(entry) if entry.expires > now);
+        crate::metrics::identity_cache(hit);
         match state.entries.get(&key) {
             Some(entry) if entry.expires > now => return Lookup::Hit(entry.identity.clone()),
             Some(_) => {

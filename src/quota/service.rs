@@ -426,7 +426,9 @@ async fn admit(
                     decision: "store_error_allowed",
                 })
             }
-            StoreErrorPolicy::Deny => {
+            // Under `local`, an error reaches here only when the local
+            // count cannot answer either (its memory is full).
+            StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
                 crate::metrics::request(&route.name, "store_error_denied");
                 tracing::error!(
                     route = %route.name, user = %identity.user_id, error = %e,

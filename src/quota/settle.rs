@@ -152,7 +152,7 @@ impl Settlement {
                 route = %route.name, user, amount, reservation = %reservation.id, error = %e,
                 "usage could not be recorded"
             );
-            crate::metrics::settlement_dropped("store_error");
+            crate::metrics::settlements_dropped("store_error", 1);
         }
         // Recorded (or given up on): no longer pending.
         drop(pending);

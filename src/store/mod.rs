@@ -13,16 +13,22 @@
 //! Every method takes `now` from the caller's [`crate::clock::Clock`], so the
 //! stores never read the system time themselves.
 
+mod breaker;
 mod memory;
 mod redis;
+mod resilient;
+mod topology;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use self::breaker::BreakerSettings;
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore};
+pub use self::resilient::{OutagePolicy, ResilientSettings, ResilientStore};
+pub use self::topology::Topology;
 use crate::config::Limits;
 use crate::periods::{Period, PeriodWindow, PeriodWindows};
 
