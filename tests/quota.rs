@@ -497,3 +497,35 @@ async fn redis_down_follows_on_store_error() {
     assert!(answer.json()["error"].is_string());
     assert_eq!(upstream.count(), 1, "deny: not forwarded");
 }
+
+/// Two proxies (two replicas) sharing one Redis: 200 parallel flagged
+/// requests for a user with 5 left let exactly 5 through, whichever replica
+/// they hit.
+#[tokio::test]
+async fn two_replicas_on_one_redis_let_exactly_the_limit_through() {
+    let upstream = saving_upstream().await;
+    let server = RedisServer::start();
+    let store = StoreChoice::Redis(server.url());
+    let config = format!("{CONFIG}\n[plans.five]\ndaily = 5\n");
+    let a = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
+    let b = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
+    let clients = [TestClient::new(a.addr), TestClient::new(b.addr)];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = clients[i % 2].clone();
+        tasks.spawn(async move { client.generate(SEND, "shared", "five").await.status });
+    }
+    let mut allowed = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.expect("task") {
+            StatusCode::OK => allowed += 1,
+            StatusCode::FORBIDDEN => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(allowed, 5);
+    assert_eq!(upstream.count(), 5);
+    let usage = a.wait_settled("shared", 5).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (5, 0));
+    assert_eq!(b.usage("shared").await[0].used, 5);
+}
