@@ -9,12 +9,15 @@
 //! | phase | what happens | where |
 //! |---|---|---|
 //! | route | method + path against the configured routes; no match → forwarded untouched, no store call | [`routes`] |
-//! | flag | the body (JSON, form, multipart) and query: does it ask for an image? | [`flag`] |
-//! | identity | who is asking, on which plan, with which limits | [`identity`] |
+//! | flag | the body (JSON, form, multipart — streamed and spooled) and query: does it ask for an image? An unreadable body counts as asking | [`flag`], [`quota`] |
+//! | probe | does this session generate images whatever the flag says? (cached) | [`quota::ProbeSpec`] |
+//! | identity | who is asking, on which plan, with which limits (trusted headers, Django forward-auth, JWT) | [`identity`] |
 //! | reserve | day, week and month of *now* in the configured zone; check all three limits and hold one unit, atomically | [`periods`], [`store`] |
 //! | upstream | the exact bytes are forwarded; responses stream back | [`proxy`] |
-//! | report | the answer says how many images were saved (header or JSON field) | [`report`] |
-//! | settle | the held unit becomes usage, or is released | [`store`] |
+//! | report | the answer says how many images were saved: header, JSON field, in-band marker at the end of a stream, SSE event, trailer | [`report`] |
+//! | settle | the held unit becomes usage, or is released — at the head, or when the stream ends (kept alive meanwhile) | [`quota`], [`store`] |
+//!
+//! The phases are called in this order by `inspect` in `src/quota/service.rs`.
 //!
 //! A denied request never reaches the upstream: it gets the route's status
 //! (403 or 429), `{"error": "<message>"}` and `Retry-After`.
@@ -22,7 +25,7 @@
 //! The binary's wiring is in [`app`]; its accept loop in [`server`]. For
 //! operations, the admin listener (probes, usage API, reload) is [`admin`],
 //! the Prometheus metrics [`metrics`], the logs [`telemetry`]; the drain and
-//! reload are described in [`app`] and in `docs/operations.md`.
+//! reload are described in [`app`] and in the README's Operations section.
 
 pub mod admin;
 pub mod app;

@@ -4,7 +4,7 @@
 //! Shaped like a tower-http middleware: the layer ([`QuotaLayer`]), the
 //! service ([`Quota`]), its future ([`ResponseFuture`]), and the bodies it
 //! hands on ([`RequestBody`] to the inner service, [`QuotaBody`] to the
-//! caller). The phases of an inspected request live in [`service`]'s
+//! caller). The phases of an inspected request live in `service.rs`'s
 //! `inspect`: read body → flag → identify → reserve → forward → report →
 //! settle. An upload (`multipart/form-data`) is read and flagged as it
 //! streams and waits for the decision in a spool (`spool.rs`): memory up to
