@@ -10,8 +10,10 @@
 //! streams and waits for the decision in a spool (`spool.rs`): memory up to
 //! `body_buffer_bytes`, then a temporary file.
 
+mod admit;
 mod body;
 mod denial;
+mod forward;
 mod layer;
 mod probe;
 mod ratelimit;

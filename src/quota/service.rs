@@ -11,13 +11,16 @@
 //! 2. **flag**: does it ask for an image ([`crate::flag::detect`])? A body
 //!    that cannot be parsed counts as asking, so it is never let through
 //!    unchecked;
-//! 3. **identify** the user and their limits (flagged requests only);
+//!    A route's probe may force it (an image-editing session, `probe.rs`);
+//! 3. **identify** the user and their limits (flagged requests, and probes);
 //! 4. **reserve** one unit in the store, atomically against all three
-//!    limits, or answer the denial;
+//!    limits, or answer the denial (`admit.rs`);
 //! 5. **forward** the exact bytes to the inner service, in a task of its own
-//!    so a client that disconnects cannot cancel the accounting;
-//! 6. **report**: read the saved-images header or JSON field of the answer;
-//! 7. **settle** the reservation into usage, or release it.
+//!    so a client that disconnects cannot cancel the accounting
+//!    (`forward.rs`);
+//! 6. **report**: the saved-images header, JSON field, or in-band report of
+//!    a streamed body (`usage_body.rs`);
+//! 7. **settle** the reservation into usage, or release it (`settle.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,33 +29,26 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header, request};
+use http::{Request, Response, StatusCode, header, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
 use tower::Service;
 
+use super::admit::admit;
 use super::body::{QuotaBody, RequestBody};
-use super::denial::Denial;
+use super::forward::forward;
 use super::layer::Shared;
 use super::probe::{ProbeAnswer, ProbeCache};
-use super::ratelimit;
-use super::settle::{Settlement, Ticket};
+use super::settle::Ticket;
 use super::spool::{self, ReadError};
-use super::usage_body::UsageBody;
-use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
-use crate::identity::{Identity, IdentityError, set_identity_headers, strip_client_headers};
+use crate::identity::{set_identity_headers, strip_client_headers};
 use crate::routes::{Route, RouteMatch};
-use crate::store::{Admission, ReserveRequest};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Seconds a client is asked to wait when the store cannot answer.
-const STORE_ERROR_RETRY_AFTER: u32 = 5;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
 pub struct Quota<S> {
@@ -321,243 +317,6 @@ where
     })
 }
 
-/// Reserves one unit for the user of a flagged request, or returns the
-/// answer to send instead (denial, 401, 503).
-async fn admit(
-    shared: &Shared,
-    route: &Route,
-    identity: Result<Option<Identity>, IdentityError>,
-) -> Result<Ticket, Response<Full<Bytes>>> {
-    let identity = match identity {
-        Ok(Some(identity)) => identity,
-        Ok(None) => {
-            return match shared.anonymous {
-                AnonymousPolicy::Forward => {
-                    crate::metrics::request(&route.name, "anonymous");
-                    Ok(Ticket::Unreserved {
-                        identity: None,
-                        decision: "anonymous",
-                    })
-                }
-                AnonymousPolicy::Deny => {
-                    crate::metrics::request(&route.name, "anonymous_denied");
-                    tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
-                    Err(json_error(
-                        StatusCode::UNAUTHORIZED,
-                        "authentication is required to generate images",
-                    ))
-                }
-            };
-        }
-        Err(e) => {
-            crate::metrics::request(&route.name, "identity_error");
-            return match shared.on_identity_error {
-                IdentityErrorPolicy::Allow => {
-                    tracing::warn!(route = %route.name, error = %e,
-                        decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
-                    Ok(Ticket::Unreserved {
-                        identity: None,
-                        decision: "identity_error_allowed",
-                    })
-                }
-                IdentityErrorPolicy::Deny => {
-                    tracing::warn!(route = %route.name, error = %e,
-                        decision = "identity_error_denied", "cannot identify the user; denying");
-                    Err(unavailable(
-                        "the user cannot be identified right now; try again shortly",
-                    ))
-                }
-            };
-        }
-    };
-    let now = shared.clock.now();
-    let request = ReserveRequest {
-        user: identity.user_id.clone(),
-        limits: identity.limits,
-        windows: shared.calendar.windows(now),
-        now,
-        ttl: shared.reservation_ttl,
-    };
-    match shared.store.reserve(&request).await {
-        Ok(Admission::Reserved {
-            reservation,
-            counts,
-        }) => {
-            crate::metrics::request(&route.name, "allowed");
-            Ok(Ticket::Reserved {
-                reservation,
-                identity,
-                counts,
-            })
-        }
-        Ok(Admission::Exceeded { period, counts }) => {
-            crate::metrics::denied(&route.name, period);
-            let limit = identity.limits.of(period);
-            tracing::info!(
-                route = %route.name, user = %identity.user_id, decision = "denied",
-                %period, limit, status = route.deny_status.as_u16(), "image quota exceeded"
-            );
-            let mut answer = Denial {
-                route,
-                messages: &shared.messages,
-                period,
-                limit,
-                retry_after: request.windows.get(period).seconds_left(now),
-            }
-            .into_response();
-            ratelimit::insert(
-                answer.headers_mut(),
-                &identity.limits,
-                &counts,
-                &request.windows,
-                now,
-            );
-            Err(answer)
-        }
-        Err(e) => match shared.on_store_error {
-            StoreErrorPolicy::Allow => {
-                crate::metrics::fail_open(&route.name);
-                tracing::warn!(
-                    route = %route.name, user = %identity.user_id, error = %e,
-                    decision = "store_error_allowed", "quota store failed; forwarding unchecked"
-                );
-                Ok(Ticket::Unreserved {
-                    identity: Some(identity),
-                    decision: "store_error_allowed",
-                })
-            }
-            // Under `local`, an error reaches here only when the local
-            // count cannot answer either (its memory is full).
-            StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
-                crate::metrics::request(&route.name, "store_error_denied");
-                tracing::error!(
-                    route = %route.name, user = %identity.user_id, error = %e,
-                    decision = "store_error_denied", "quota store failed; denying"
-                );
-                Err(unavailable(
-                    "image quota cannot be checked right now; try again shortly",
-                ))
-            }
-        },
-    }
-}
-
-/// Sends the request on in a task of its own and waits for the accounted
-/// answer. The task outlives a client that goes away, so the upstream's
-/// answer is still read and the reservation still settled.
-async fn forward<S, ReqB, ResB>(
-    shared: Arc<Shared>,
-    mut inner: S,
-    route: Arc<Route>,
-    request: Request<RequestBody<ReqB>>,
-    ticket: Ticket,
-) -> Result<Response<QuotaBody<ResB>>, S::Error>
-where
-    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqB: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    let (answer_tx, answer_rx) = oneshot::channel();
-    let future = inner.call(request);
-    // Made before the task, so shutdown sees it pending from the start.
-    let settlement = Settlement::new(shared, route, ticket);
-    tokio::spawn(async move {
-        let result = match future.await {
-            Ok(response) => Ok(account(settlement, response).await),
-            Err(e) => {
-                settlement.settle(None).await;
-                Err(e)
-            }
-        };
-        // The client may be gone; the accounting is done or under way.
-        let _ = answer_tx.send(result);
-    });
-    match answer_rx.await {
-        Ok(result) => result,
-        Err(_) => Ok(local(json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the request failed inside the proxy",
-        ))),
-    }
-}
-
-/// Reads the upstream's report from a response and settles, now (header,
-/// small JSON body, or nothing that could report) or when the streamed body
-/// ends (in-band markers, SSE events, trailers).
-async fn account<B>(mut settlement: Settlement, response: Response<B>) -> Response<QuotaBody<B>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let shared = Arc::clone(&settlement.shared);
-    let (mut parts, body) = response.into_parts();
-    settlement.status = Some(parts.status);
-    if let Ticket::Reserved {
-        reservation,
-        identity,
-        counts,
-    } = &settlement.ticket
-    {
-        ratelimit::insert(
-            &mut parts.headers,
-            &identity.limits,
-            counts,
-            &reservation.windows,
-            shared.clock.now(),
-        );
-    }
-    if let Some(images) = shared.reports.take_header(&mut parts.headers) {
-        settlement.settle(Some(images)).await;
-        return Response::from_parts(parts, QuotaBody::inner(body));
-    }
-    if shared.reports.wants_json_body(&parts.headers) {
-        let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
-        return match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                settlement.settle(shared.reports.read_json(&bytes)).await;
-                Response::from_parts(parts, QuotaBody::local(bytes))
-            }
-            Err(e) => {
-                tracing::warn!(route = %settlement.route.name, error = %e,
-                    "upstream JSON response failed");
-                settlement.status = Some(StatusCode::BAD_GATEWAY);
-                settlement.settle(None).await;
-                local(json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream response failed",
-                ))
-            }
-        };
-    }
-    match shared.reports.stream_report(&parts.headers) {
-        Some(report) => {
-            if shared.reports.strips_markers() {
-                // Cutting a marker changes the length.
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            let body = UsageBody::new(body, report, settlement);
-            Response::from_parts(parts, QuotaBody::watched(body))
-        }
-        None => {
-            settlement.settle(None).await;
-            Response::from_parts(parts, QuotaBody::inner(body))
-        }
-    }
-}
-
-fn unavailable(message: &str) -> Response<Full<Bytes>> {
-    let mut answer = json_error(StatusCode::SERVICE_UNAVAILABLE, message);
-    answer.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(STORE_ERROR_RETRY_AFTER),
-    );
-    answer
-}
-
-fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
+pub(super) fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
     response.map(QuotaBody::full)
 }

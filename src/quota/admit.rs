@@ -1,0 +1,150 @@
+//! Admission (phase: reserve): a flagged request's user reserves one unit
+//! in the store, or gets the answer to send instead — the denial, 401 for
+//! an anonymous caller under `anonymous = "deny"`, 503 when the identity
+//! source or the store cannot answer and the policy says deny.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use super::denial::Denial;
+use super::layer::Shared;
+use super::ratelimit;
+use super::settle::Ticket;
+use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
+use crate::error::json_error;
+use crate::identity::{Identity, IdentityError};
+use crate::routes::Route;
+use crate::store::{Admission, ReserveRequest};
+
+/// Seconds a client is asked to wait when the store cannot answer.
+const STORE_ERROR_RETRY_AFTER: u32 = 5;
+/// Reserves one unit for the user of a flagged request, or returns the
+/// answer to send instead (denial, 401, 503).
+pub(super) async fn admit(
+    shared: &Shared,
+    route: &Route,
+    identity: Result<Option<Identity>, IdentityError>,
+) -> Result<Ticket, Response<Full<Bytes>>> {
+    let identity = match identity {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            return match shared.anonymous {
+                AnonymousPolicy::Forward => {
+                    crate::metrics::request(&route.name, "anonymous");
+                    Ok(Ticket::Unreserved {
+                        identity: None,
+                        decision: "anonymous",
+                    })
+                }
+                AnonymousPolicy::Deny => {
+                    crate::metrics::request(&route.name, "anonymous_denied");
+                    tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
+                    Err(json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "authentication is required to generate images",
+                    ))
+                }
+            };
+        }
+        Err(e) => {
+            crate::metrics::request(&route.name, "identity_error");
+            return match shared.on_identity_error {
+                IdentityErrorPolicy::Allow => {
+                    tracing::warn!(route = %route.name, error = %e,
+                        decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
+                    Ok(Ticket::Unreserved {
+                        identity: None,
+                        decision: "identity_error_allowed",
+                    })
+                }
+                IdentityErrorPolicy::Deny => {
+                    tracing::warn!(route = %route.name, error = %e,
+                        decision = "identity_error_denied", "cannot identify the user; denying");
+                    Err(unavailable(
+                        "the user cannot be identified right now; try again shortly",
+                    ))
+                }
+            };
+        }
+    };
+    let now = shared.clock.now();
+    let request = ReserveRequest {
+        user: identity.user_id.clone(),
+        limits: identity.limits,
+        windows: shared.calendar.windows(now),
+        now,
+        ttl: shared.reservation_ttl,
+    };
+    match shared.store.reserve(&request).await {
+        Ok(Admission::Reserved {
+            reservation,
+            counts,
+        }) => {
+            crate::metrics::request(&route.name, "allowed");
+            Ok(Ticket::Reserved {
+                reservation,
+                identity,
+                counts,
+            })
+        }
+        Ok(Admission::Exceeded { period, counts }) => {
+            crate::metrics::denied(&route.name, period);
+            let limit = identity.limits.of(period);
+            tracing::info!(
+                route = %route.name, user = %identity.user_id, decision = "denied",
+                %period, limit, status = route.deny_status.as_u16(), "image quota exceeded"
+            );
+            let mut answer = Denial {
+                route,
+                messages: &shared.messages,
+                period,
+                limit,
+                retry_after: request.windows.get(period).seconds_left(now),
+            }
+            .into_response();
+            ratelimit::insert(
+                answer.headers_mut(),
+                &identity.limits,
+                &counts,
+                &request.windows,
+                now,
+            );
+            Err(answer)
+        }
+        Err(e) => match shared.on_store_error {
+            StoreErrorPolicy::Allow => {
+                crate::metrics::fail_open(&route.name);
+                tracing::warn!(
+                    route = %route.name, user = %identity.user_id, error = %e,
+                    decision = "store_error_allowed", "quota store failed; forwarding unchecked"
+                );
+                Ok(Ticket::Unreserved {
+                    identity: Some(identity),
+                    decision: "store_error_allowed",
+                })
+            }
+            // Under `local`, an error reaches here only when the local
+            // count cannot answer either (its memory is full).
+            StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
+                crate::metrics::request(&route.name, "store_error_denied");
+                tracing::error!(
+                    route = %route.name, user = %identity.user_id, error = %e,
+                    decision = "store_error_denied", "quota store failed; denying"
+                );
+                Err(unavailable(
+                    "image quota cannot be checked right now; try again shortly",
+                ))
+            }
+        },
+    }
+}
+
+fn unavailable(message: &str) -> Response<Full<Bytes>> {
+    let mut answer = json_error(StatusCode::SERVICE_UNAVAILABLE, message);
+    answer.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STORE_ERROR_RETRY_AFTER),
+    );
+    answer
+}
