@@ -84,7 +84,10 @@ fn bench_layer(c: &mut Criterion) {
     assert_eq!(status, StatusCode::OK, "the first request is allowed");
     let (status, body) = runtime.block_on(send(request(send_path, "over", "one")));
     assert_eq!(status, StatusCode::FORBIDDEN, "the second is denied");
-    assert!(String::from_utf8_lossy(&body).contains("روزانه"), "Persian daily message");
+    assert!(
+        String::from_utf8_lossy(&body).contains("روزانه"),
+        "Persian daily message"
+    );
 
     let mut group = c.benchmark_group("layer");
     group.bench_function("denied", |b| {
@@ -102,7 +105,6 @@ fn bench_layer(c: &mut Criterion) {
         b.iter(|| runtime.block_on(send(request("/static/app.js", "u1", "huge"))));
     });
     group.finish();
-
 }
 
 criterion_group!(benches, bench_layer);

@@ -19,7 +19,9 @@
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
 //! (tokio worker threads of quota-proxy and nginx `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
-//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_REDIS=1`.
+//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_REDIS=1`; for quicker iterations
+//! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and
+//! `LOAD_SECTIONS` (`matrix,ttfb,memory`).
 
 mod support;
 
@@ -71,6 +73,8 @@ struct Options {
     upstream_threads: usize,
     skip_nginx: bool,
     skip_redis: bool,
+    shapes: Vec<Shape>,
+    sections: Vec<String>,
 }
 
 impl Options {
@@ -79,9 +83,8 @@ impl Options {
         let secs = |name: &str, default: f64| {
             Duration::from_secs_f64(var(name).and_then(|v| v.parse().ok()).unwrap_or(default))
         };
-        let number = |name: &str, default: usize| {
-            var(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-        };
+        let number =
+            |name: &str, default: usize| var(name).and_then(|v| v.parse().ok()).unwrap_or(default);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Options {
             measure: secs("LOAD_SECS", 2.0),
@@ -95,7 +98,25 @@ impl Options {
             upstream_threads: number("LOAD_UPSTREAM_THREADS", 1),
             skip_nginx: var("LOAD_SKIP_NGINX").is_some(),
             skip_redis: var("LOAD_SKIP_REDIS").is_some(),
+            shapes: match var("LOAD_SHAPES") {
+                Some(keys) => Shape::ALL
+                    .into_iter()
+                    .filter(|s| keys.split(',').any(|k| k.trim() == s.key()))
+                    .collect(),
+                None => Shape::ALL.to_vec(),
+            },
+            sections: var("LOAD_SECTIONS")
+                .unwrap_or_else(|| "matrix,ttfb,memory".to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect(),
         }
+    }
+}
+
+impl Options {
+    fn section(&self, name: &str) -> bool {
+        self.sections.iter().any(|s| s == name)
     }
 }
 
@@ -150,9 +171,13 @@ fn run() -> io::Result<bool> {
         }
     };
     let start_proxy = |name: &str, store: &StoreSpec| {
-        ProxyProcess::start(binary, dir.path(), name, Some(options.proxy_threads), |port| {
-            scenarios::proxy_config(port, upstream.addr(), store)
-        })
+        ProxyProcess::start(
+            binary,
+            dir.path(),
+            name,
+            Some(options.proxy_threads),
+            |port| scenarios::proxy_config(port, upstream.addr(), store),
+        )
     };
     let memory = start_proxy("qp-memory", &StoreSpec::Memory)?;
     let on_redis = match &redis {
@@ -164,7 +189,7 @@ fn run() -> io::Result<bool> {
         target: Target::Direct,
         addr: upstream.addr(),
         cpu: Box::new(|| f64::NAN),
-        redis_commands: None,
+        redis_calls: None,
     }];
     if let Some(nginx) = &nginx {
         let pids = nginx.pids();
@@ -176,7 +201,7 @@ fn run() -> io::Result<bool> {
                     .map(|&pid| procs::cpu_seconds(pid).unwrap_or(f64::NAN))
                     .sum()
             }),
-            redis_commands: None,
+            redis_calls: None,
         });
     }
     let memory_pid = memory.pid();
@@ -184,7 +209,7 @@ fn run() -> io::Result<bool> {
         target: Target::Memory,
         addr: memory.addr(),
         cpu: Box::new(move || procs::cpu_seconds(memory_pid).unwrap_or(f64::NAN)),
-        redis_commands: None,
+        redis_calls: None,
     });
     if let (Some(proxy), Some(redis)) = (&on_redis, &redis) {
         let (pid, port) = (proxy.pid(), redis.port());
@@ -192,15 +217,19 @@ fn run() -> io::Result<bool> {
             target: Target::Redis,
             addr: proxy.addr(),
             cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
-            redis_commands: Some(Box::new(move || {
-                procs::redis_commands(port).unwrap_or(u64::MAX)
+            redis_calls: Some(Box::new(move || {
+                procs::redis_calls(port).unwrap_or_default()
             })),
         });
     }
 
     let matrix = Matrix {
         conns: options.conns.clone(),
-        shapes: Shape::ALL.to_vec(),
+        shapes: if options.section("matrix") {
+            options.shapes.clone()
+        } else {
+            Vec::new()
+        },
         warm_up: Limits {
             max_requests: options.max_requests,
             max_time: options.warm_up,
@@ -242,147 +271,157 @@ fn run() -> io::Result<bool> {
     );
 
     // Time to first byte of a streamed answer, at one connection.
-    println!("## Streaming: time to first body byte, 1 connection\n");
-    println!(
-        "The upstream sends its first chunk at once and the rest {TTFB_GAP_MS} ms later; \
-         the proxies run the request as a flagged, inspected stream.\n"
-    );
-    println!("| server | TTFB p50 | TTFB p99 | whole answer p50 | requests |");
-    println!("|---|---:|---:|---:|---:|");
     let mut ttfb = Vec::new();
-    for subject in &subjects {
-        let workload = scenarios::ttfb_workload(subject.target, TTFB_GAP_MS);
-        let limits = Limits {
-            max_requests: 400,
-            max_time: Duration::from_secs(4),
-        };
-        let stats = runtime.block_on(async {
-            let conns = loadgen::connect(subject.addr, 1).await?;
-            let (conns, _) = loadgen::drive(
-                conns,
-                &workload,
-                Limits {
-                    max_requests: 20,
-                    max_time: Duration::from_secs(1),
-                },
-            )
-            .await;
-            Ok::<_, io::Error>(loadgen::drive(conns, &workload, limits).await.1)
-        })?;
+    if options.section("ttfb") {
+        println!("## Streaming: time to first body byte, 1 connection\n");
         println!(
-            "| {} | {} | {} | {} | {}{} |",
-            subject.target.name(),
-            show(stats.ttfb_at(0.5)),
-            show(stats.ttfb_at(0.99)),
-            show(stats.latency_at(0.5)),
-            stats.requests,
-            if stats.clean() { "" } else { " (problems)" }
+            "The upstream sends its first chunk at once and the rest {TTFB_GAP_MS} ms later; \
+         the proxies run the request as a flagged, inspected stream.\n"
         );
-        ttfb.push((subject.target, stats));
+        println!("| server | TTFB p50 | TTFB p99 | whole answer p50 | requests |");
+        println!("|---|---:|---:|---:|---:|");
+        for subject in &subjects {
+            let workload = scenarios::ttfb_workload(subject.target, TTFB_GAP_MS);
+            let limits = Limits {
+                max_requests: 400,
+                max_time: Duration::from_secs(4),
+            };
+            let stats = runtime.block_on(async {
+                let conns = loadgen::connect(subject.addr, 1).await?;
+                let (conns, _) = loadgen::drive(
+                    conns,
+                    &workload,
+                    Limits {
+                        max_requests: 20,
+                        max_time: Duration::from_secs(1),
+                    },
+                )
+                .await;
+                Ok::<_, io::Error>(loadgen::drive(conns, &workload, limits).await.1)
+            })?;
+            println!(
+                "| {} | {} | {} | {} | {}{} |",
+                subject.target.name(),
+                show(stats.ttfb_at(0.5)),
+                show(stats.ttfb_at(0.99)),
+                show(stats.latency_at(0.5)),
+                stats.requests,
+                if stats.clean() { "" } else { " (problems)" }
+            );
+            ttfb.push((subject.target, stats));
+        }
+        println!();
     }
-    println!();
 
     // Idle keep-alive connections, on a fresh proxy.
-    println!("## Memory\n");
-    let idle = {
-        let fresh = start_proxy("qp-idle", &StoreSpec::Memory)?;
-        let warm = |shape: Shape| {
-            let workload = scenarios::workload(shape, Target::Memory);
-            runtime.block_on(async {
-                let conns = loadgen::connect(fresh.addr(), 64).await?;
-                Ok::<_, io::Error>(
-                    loadgen::drive(
-                        conns,
-                        &workload,
-                        Limits {
-                            max_requests: 20_000,
-                            max_time: Duration::from_secs(2),
-                        },
+    let mut uploads: Vec<(UploadKind, UploadMemory)> = Vec::new();
+    let mut idle_peak = None;
+    if options.section("memory") {
+        println!("## Memory\n");
+        let idle = {
+            let fresh = start_proxy("qp-idle", &StoreSpec::Memory)?;
+            let warm = |shape: Shape| {
+                let workload = scenarios::workload(shape, Target::Memory);
+                runtime.block_on(async {
+                    let conns = loadgen::connect(fresh.addr(), 64).await?;
+                    Ok::<_, io::Error>(
+                        loadgen::drive(
+                            conns,
+                            &workload,
+                            Limits {
+                                max_requests: 20_000,
+                                max_time: Duration::from_secs(2),
+                            },
+                        )
+                        .await
+                        .1,
                     )
-                    .await
-                    .1,
-                )
-            })
-        };
-        warm(Shape::PassThrough)?;
-        warm(Shape::Allowed)?;
-        let before = procs::memory_bytes(fresh.pid(), "VmRSS")?;
-        let request = scenarios::requests(Shape::PassThrough).remove(0);
-        let held = runtime.block_on(runner::idle_connections(
-            fresh.addr(),
-            options.idle_conns,
-            &request,
-        ))?;
-        std::thread::sleep(Duration::from_millis(500));
-        let rss = procs::memory_bytes(fresh.pid(), "VmRSS")?;
-        let hwm = procs::memory_bytes(fresh.pid(), "VmHWM")?;
-        let nginx_rss = nginx.as_ref().map(|n| {
-            // Its workers hold the same idle connections too.
+                })
+            };
+            warm(Shape::PassThrough)?;
+            warm(Shape::Allowed)?;
+            let before = procs::memory_bytes(fresh.pid(), "VmRSS")?;
+            let request = scenarios::requests(Shape::PassThrough).remove(0);
             let held = runtime.block_on(runner::idle_connections(
-                n.addr(),
+                fresh.addr(),
                 options.idle_conns,
                 &request,
-            ));
+            ))?;
             std::thread::sleep(Duration::from_millis(500));
-            let sum: u64 = n
-                .pids()
-                .iter()
-                .map(|&pid| procs::memory_bytes(pid, "VmRSS").unwrap_or(0))
-                .sum();
+            let rss = procs::memory_bytes(fresh.pid(), "VmRSS")?;
+            let hwm = procs::memory_bytes(fresh.pid(), "VmHWM")?;
+            let nginx_rss = nginx.as_ref().map(|n| {
+                // Its workers hold the same idle connections too.
+                let held = runtime.block_on(runner::idle_connections(
+                    n.addr(),
+                    options.idle_conns,
+                    &request,
+                ));
+                std::thread::sleep(Duration::from_millis(500));
+                let sum: u64 = n
+                    .pids()
+                    .iter()
+                    .map(|&pid| procs::memory_bytes(pid, "VmRSS").unwrap_or(0))
+                    .sum();
+                drop(held);
+                sum
+            });
             drop(held);
-            sum
-        });
-        drop(held);
-        (before, rss, hwm, nginx_rss)
-    };
-    println!(
-        "{} idle keep-alive connections on a fresh qp-memory (after a 64-connection warm-up): \
+            (before, rss, hwm, nginx_rss)
+        };
+        println!(
+            "{} idle keep-alive connections on a fresh qp-memory (after a 64-connection pass-through warm-up): \
          RSS {} before, {} while holding them; peak (VmHWM) {}. nginx, all processes summed, \
          holding the same: {}.\n",
-        options.idle_conns,
-        mb(idle.0),
-        mb(idle.1),
-        mb(idle.2),
-        idle.3.map(mb).unwrap_or_else(|| "-".to_owned())
-    );
-
-    // One 10 MB upload, each on a fresh proxy.
-    println!("| 10 MB upload | peak RSS before | after | growth ÷ body |");
-    println!("|---|---:|---:|---:|");
-    let mut uploads: Vec<(UploadKind, UploadMemory)> = Vec::new();
-    for kind in [UploadKind::PassThrough, UploadKind::Json, UploadKind::Multipart] {
-        let fresh = start_proxy("qp-upload", &StoreSpec::Memory)?;
-        // A few requests first, so the runtime and pools exist.
-        let workload = scenarios::workload(Shape::Allowed, Target::Memory);
-        runtime.block_on(async {
-            let conns = loadgen::connect(fresh.addr(), 4).await?;
-            loadgen::drive(
-                conns,
-                &workload,
-                Limits {
-                    max_requests: 2000,
-                    max_time: Duration::from_secs(2),
-                },
-            )
-            .await;
-            Ok::<_, io::Error>(())
-        })?;
-        let upload = scenarios::upload(UPLOAD_BYTES, kind);
-        let memory = runner::upload_memory(&runtime, fresh.pid(), fresh.addr(), &upload)?;
-        println!(
-            "| {} | {} | {} | {:.2} |",
-            kind.name(),
-            mb(memory.before),
-            mb(memory.after),
-            memory.copies()
+            options.idle_conns,
+            mb(idle.0),
+            mb(idle.1),
+            mb(idle.2),
+            idle.3.map(mb).unwrap_or_else(|| "-".to_owned())
         );
-        uploads.push((kind, memory));
+
+        // One 10 MB upload, each on a fresh proxy.
+        println!("| 10 MB upload | peak RSS before | after | growth ÷ body |");
+        println!("|---|---:|---:|---:|");
+        idle_peak = Some(idle.2);
+        for kind in [
+            UploadKind::PassThrough,
+            UploadKind::Json,
+            UploadKind::Multipart,
+        ] {
+            let fresh = start_proxy("qp-upload", &StoreSpec::Memory)?;
+            // A few requests first, so the runtime and pools exist.
+            let workload = scenarios::workload(Shape::Allowed, Target::Memory);
+            runtime.block_on(async {
+                let conns = loadgen::connect(fresh.addr(), 4).await?;
+                loadgen::drive(
+                    conns,
+                    &workload,
+                    Limits {
+                        max_requests: 2000,
+                        max_time: Duration::from_secs(2),
+                    },
+                )
+                .await;
+                Ok::<_, io::Error>(())
+            })?;
+            let upload = scenarios::upload(UPLOAD_BYTES, kind);
+            let memory = runner::upload_memory(&runtime, fresh.pid(), fresh.addr(), &upload)?;
+            println!(
+                "| {} | {} | {} | {:.2} |",
+                kind.name(),
+                mb(memory.before),
+                mb(memory.after),
+                memory.copies()
+            );
+            uploads.push((kind, memory));
+        }
+        println!();
     }
-    println!();
     println!("load after: {}\n", loadavg());
 
     println!("## Targets\n");
-    let verdicts = targets(&rows, &ttfb, idle.2, &uploads);
+    let verdicts = targets(&rows, &ttfb, idle_peak, &uploads);
     for (ok, text) in &verdicts {
         println!("- {} {text}", if *ok { "HOLDS:" } else { "MISSED:" });
     }
@@ -404,14 +443,13 @@ fn find<'a>(rows: &'a [Row], shape: Shape, target: Target, conns: usize) -> Opti
 fn targets(
     rows: &[Row],
     ttfb: &[(Target, loadgen::RunStats)],
-    idle_peak: u64,
+    idle_peak: Option<u64>,
     uploads: &[(UploadKind, UploadMemory)],
 ) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     let rps = |shape, target, conns| find(rows, shape, target, conns).map(|r| r.stats.rps());
-    let p = |shape, target, conns, q| {
-        find(rows, shape, target, conns).map(|r| r.stats.latency_at(q))
-    };
+    let p =
+        |shape, target, conns, q| find(rows, shape, target, conns).map(|r| r.stats.latency_at(q));
     if let (Some(qp), Some(nginx)) = (
         rps(Shape::PassThrough, Target::Memory, 64),
         rps(Shape::PassThrough, Target::Nginx, 64),
@@ -460,10 +498,9 @@ fn targets(
         (Shape::PassThrough, Target::Memory, 100.0),
         (Shape::Allowed, Target::Redis, 300.0),
     ] {
-        if let (Some(qp), Some(direct)) = (
-            p(shape, target, 1, 0.5),
-            p(shape, Target::Direct, 1, 0.5),
-        ) {
+        if let (Some(qp), Some(direct)) =
+            (p(shape, target, 1, 0.5), p(shape, Target::Direct, 1, 0.5))
+        {
             let added = (qp.as_secs_f64() - direct.as_secs_f64()) * 1e6;
             out.push((
                 added <= budget_us,
@@ -477,19 +514,20 @@ fn targets(
             ));
         }
     }
-    let redis_rows = |shape| {
+    let redis_rows = |shape, all: bool| {
         rows.iter()
             .filter(move |r| r.shape == shape && r.target == Target::Redis)
             .filter_map(|r| r.redis_per_request)
+            .map(|(commands, trips)| if all { commands } else { trips })
             .fold(0.0f64, f64::max)
     };
     if rows.iter().any(|r| r.target == Target::Redis) {
-        let pass = redis_rows(Shape::PassThrough);
+        let pass = redis_rows(Shape::PassThrough, true);
         out.push((
             pass == 0.0,
             format!("Redis commands per pass-through request: {pass:.3} (must be 0)"),
         ));
-        let flagged = redis_rows(Shape::Allowed);
+        let flagged = redis_rows(Shape::Allowed, false);
         out.push((
             flagged <= 2.0 + 1e-9,
             format!(
@@ -497,13 +535,15 @@ fn targets(
             ),
         ));
     }
-    out.push((
-        idle_peak <= 40 * 1024 * 1024,
-        format!(
-            "peak RSS with 1,000 idle keep-alive connections: {} (≤ 40 MB)",
-            mb(idle_peak)
-        ),
-    ));
+    if let Some(idle_peak) = idle_peak {
+        out.push((
+            idle_peak <= 40 * 1024 * 1024,
+            format!(
+                "peak RSS with 1,000 idle keep-alive connections: {} (≤ 40 MB)",
+                mb(idle_peak)
+            ),
+        ));
+    }
     for (kind, memory) in uploads {
         if *kind != UploadKind::PassThrough {
             out.push((

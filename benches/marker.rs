@@ -47,7 +47,11 @@ fn bench_scanner(c: &mut Criterion) {
             } else {
                 STREAM_BYTES
             };
-            assert_eq!(sent + check.finish().len(), expected, "{label} strip={strip}");
+            assert_eq!(
+                sent + check.finish().len(),
+                expected,
+                "{label} strip={strip}"
+            );
 
             let id = BenchmarkId::new(if strip { "strip" } else { "keep" }, label);
             group.bench_with_input(id, &stream, |b, stream| {

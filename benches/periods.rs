@@ -13,7 +13,11 @@ fn bench_windows(c: &mut Criterion) {
     for (name, tz, week_start) in [
         ("tehran-monday", chrono_tz::Asia::Tehran, Weekday::Mon),
         ("utc-saturday", chrono_tz::UTC, Weekday::Sat),
-        ("new-york-sunday", chrono_tz::America::New_York, Weekday::Sun),
+        (
+            "new-york-sunday",
+            chrono_tz::America::New_York,
+            Weekday::Sun,
+        ),
     ] {
         let calendar = Calendar::new(tz, week_start);
         group.bench_function(format!("windows/{name}"), |b| {
@@ -23,7 +27,11 @@ fn bench_windows(c: &mut Criterion) {
     let calendar = Calendar::new(chrono_tz::Asia::Tehran, Weekday::Mon);
     let windows = calendar.windows(now);
     group.bench_function("seconds_left/daily", |b| {
-        b.iter(|| windows.get(black_box(Period::Daily)).seconds_left(black_box(now)));
+        b.iter(|| {
+            windows
+                .get(black_box(Period::Daily))
+                .seconds_left(black_box(now))
+        });
     });
     group.finish();
 }

@@ -35,13 +35,13 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
             target: Target::Direct,
             addr: upstream.addr(),
             cpu: Box::new(|| 0.0),
-            redis_commands: None,
+            redis_calls: None,
         },
         Subject {
             target: Target::Memory,
             addr: proxy.addr(),
             cpu: Box::new(move || procs::cpu_seconds(pid).expect("/proc/<pid>/stat")),
-            redis_commands: None,
+            redis_calls: None,
         },
     ];
     let matrix = Matrix {
@@ -78,7 +78,10 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         assert!(row.cpu_per_10k.is_finite());
     }
     let table = runner::render_rows(&rows);
-    assert!(table.contains("| 4 | flagged, denied | qp-memory |"), "{table}");
+    assert!(
+        table.contains("| 4 | flagged, denied | qp-memory |"),
+        "{table}"
+    );
 
     // Idle connections and an upload, small.
     let request = scenarios::requests(Shape::PassThrough).remove(0);
@@ -87,7 +90,11 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         .expect("idle connections");
     assert_eq!(held.len(), 20);
     assert!(procs::memory_bytes(pid, "VmRSS").expect("VmRSS") > 0);
-    for kind in [UploadKind::Json, UploadKind::Multipart, UploadKind::PassThrough] {
+    for kind in [
+        UploadKind::Json,
+        UploadKind::Multipart,
+        UploadKind::PassThrough,
+    ] {
         let upload = scenarios::upload(100_000, kind);
         let memory = runner::upload_memory(&runtime, pid, proxy.addr(), &upload)
             .unwrap_or_else(|e| panic!("{}: {e}\nproxy log: {}", kind.name(), proxy.log_tail()));
@@ -148,10 +155,22 @@ fn redis_command_count_reads_commandstats() {
     }
     let dir = tempfile::tempdir().expect("temporary directory");
     let redis = procs::RedisProcess::start(dir.path()).expect("redis-server starts");
-    let before = redis.commands().expect("INFO commandstats");
+    let before = redis.calls().expect("INFO commandstats");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port())).expect("connect");
     std::io::Write::write_all(&mut stream, b"PING\r\nPING\r\n").expect("write");
     let mut answer = [0u8; 14];
     std::io::Read::read_exact(&mut stream, &mut answer).expect("two PONGs");
-    assert_eq!(redis.commands().expect("INFO commandstats"), before + 2);
+    let script = b"*3\r\n$4\r\nEVAL\r\n$54\r\nredis.call('set','k','1') return redis.call('get','k')\r\n$1\r\n0\r\n";
+    std::io::Write::write_all(&mut stream, script).expect("write");
+    let mut answer = [0u8; 7];
+    std::io::Read::read_exact(&mut stream, &mut answer).expect("$1 1");
+    let calls = redis.calls().expect("INFO commandstats").since(before);
+    // Two PINGs and one EVAL are round trips; SET and GET ran inside it.
+    assert_eq!(
+        calls,
+        procs::RedisCalls {
+            commands: 5,
+            round_trips: 3
+        }
+    );
 }

@@ -359,7 +359,13 @@ pub async fn drive(conns: Vec<Conn>, workload: &Workload, limits: Limits) -> (Ve
     for conn in conns {
         let workload = workload.clone();
         let next = Arc::clone(&next);
-        tasks.spawn(run_connection(conn, workload, next, limits.max_requests, deadline));
+        tasks.spawn(run_connection(
+            conn,
+            workload,
+            next,
+            limits.max_requests,
+            deadline,
+        ));
     }
     let mut total = RunStats::new();
     let mut back = Vec::new();

@@ -76,7 +76,12 @@ pub fn memory_bytes(pid: u32, field: &str) -> io::Result<u64> {
         .lines()
         .find_map(|line| {
             let value = line.strip_prefix(field)?.strip_prefix(':')?;
-            let kb = value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+            let kb = value
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
             Some(kb * 1024)
         })
         .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
@@ -251,9 +256,9 @@ impl RedisProcess {
         self.child.id()
     }
 
-    /// Commands executed so far; see [`redis_commands`].
-    pub fn commands(&self) -> io::Result<u64> {
-        redis_commands(self.port)
+    /// What it has executed so far; see [`redis_calls`].
+    pub fn calls(&self) -> io::Result<RedisCalls> {
+        redis_calls(self.port)
     }
 }
 
@@ -263,39 +268,96 @@ impl Drop for RedisProcess {
     }
 }
 
-/// Commands the Redis on `port` has executed so far, from
-/// `INFO commandstats`, the `INFO` calls themselves left out.
-pub fn redis_commands(port: u16) -> io::Result<u64> {
-    {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(b"INFO commandstats\r\n")?;
-        // A bulk string: `$<len>\r\n<text>\r\n`.
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if let Some((len, body)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
-                && len.parse::<usize>().is_ok_and(|len| body.len() >= len)
-            {
-                break;
-            }
+/// What a Redis has executed so far, from `INFO commandstats` (the `INFO`
+/// calls themselves left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisCalls {
+    /// Every command, including those a Lua script runs inside Redis.
+    pub commands: u64,
+    /// Commands a client sends itself, each one round trip (without
+    /// pipelining): `EVALSHA`, `EVAL`, `FCALL`, `SCRIPT`, `PING`, `HELLO`,
+    /// `CLIENT`, `SELECT`, `AUTH`, `MULTI`, `EXEC`. The quota store sends
+    /// nothing else; a store that sent data commands itself (`GET`) would
+    /// show them under `commands` only.
+    pub round_trips: u64,
+}
+
+impl RedisCalls {
+    /// The growth from `before` to `self`.
+    pub fn since(self, before: RedisCalls) -> RedisCalls {
+        RedisCalls {
+            commands: self.commands.saturating_sub(before.commands),
+            round_trips: self.round_trips.saturating_sub(before.round_trips),
         }
-        let text = String::from_utf8_lossy(&answer);
-        Ok(text
-            .lines()
-            .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
-            .filter_map(|line| {
-                let calls = line.split_once("calls=")?.1;
-                calls.split(',').next()?.parse::<u64>().ok()
-            })
-            .sum())
     }
+}
+
+/// Commands only a client sends (never a script).
+const CLIENT_COMMANDS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "script",
+    "ping",
+    "hello",
+    "client",
+    "select",
+    "auth",
+    "multi",
+    "exec",
+];
+
+/// What the Redis on `port` has executed so far.
+pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"INFO commandstats\r\n")?;
+    // A bulk string: `$<len>\r\n<text>\r\n`.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((len, body)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+            && len.parse::<usize>().is_ok_and(|len| body.len() >= len)
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let mut calls = RedisCalls::default();
+    for line in text.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let Some(n) = stats
+            .split_once("calls=")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if name == "info" {
+            continue;
+        }
+        calls.commands += n;
+        // `client|setinfo` and the like: the container command counts.
+        let base = name.split('|').next().unwrap_or(name);
+        if CLIENT_COMMANDS.contains(&base) {
+            calls.round_trips += n;
+        }
+    }
+    Ok(calls)
 }
 
 /// nginx as a reverse proxy to the same upstream: a keep-alive pool,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 use super::loadgen::{self, Conn, Limits, RunStats};
-use super::procs;
+use super::procs::{self, RedisCalls};
 use super::scenarios::{self, DENIED_USERS, Shape, Target};
 
 /// One server under load: where it listens, and how to read its CPU time
@@ -22,8 +22,8 @@ pub struct Subject {
     pub addr: SocketAddr,
     /// Its CPU seconds so far (all its processes).
     pub cpu: Box<dyn Fn() -> f64>,
-    /// The Redis commands run so far, when it uses Redis.
-    pub redis_commands: Option<Box<dyn Fn() -> u64>>,
+    /// What its Redis has run so far, when it uses Redis.
+    pub redis_calls: Option<Box<dyn Fn() -> RedisCalls>>,
 }
 
 /// What the matrix runs.
@@ -51,8 +51,9 @@ pub struct Row {
     pub stats: RunStats,
     /// Server CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
-    /// Redis commands per request (quota-proxy on Redis only).
-    pub redis_per_request: Option<f64>,
+    /// Redis commands per request, all of them (those inside Lua scripts
+    /// too), and round trips per request (quota-proxy on Redis only).
+    pub redis_per_request: Option<(f64, f64)>,
 }
 
 /// Runs `matrix` over `subjects`, interleaving them so machine noise hits
@@ -113,14 +114,14 @@ fn run_one(
         let open = loadgen::connect(subject.addr, conns).await?;
         let (open, _) = loadgen::drive(open, &workload, matrix.warm_up).await;
         let cpu_before = (subject.cpu)();
-        let redis_before = subject.redis_commands.as_ref().map(|f| f());
+        let redis_before = subject.redis_calls.as_ref().map(|f| f());
         let (open, stats) = loadgen::drive(open, &workload, matrix.measure).await;
         let cpu = (subject.cpu)() - cpu_before;
         let redis = subject
-            .redis_commands
+            .redis_calls
             .as_ref()
             .zip(redis_before)
-            .map(|(f, before)| f().saturating_sub(before));
+            .map(|(f, before)| f().since(before));
         drop(open);
         Ok::<_, io::Error>((stats, cpu, redis))
     })?;
@@ -130,7 +131,12 @@ fn run_one(
         target: subject.target,
         conns,
         cpu_per_10k: per_request(cpu) * 10_000.0,
-        redis_per_request: redis.map(|r| per_request(r as f64)),
+        redis_per_request: redis.map(|r| {
+            (
+                per_request(r.commands as f64),
+                per_request(r.round_trips as f64),
+            )
+        }),
         stats,
     })
 }
@@ -143,7 +149,9 @@ pub async fn idle_connections(addr: SocketAddr, n: usize, request: &[u8]) -> io:
         let mut conn = Conn::open(addr).await?;
         let status = conn.once(request).await?;
         if status != 200 {
-            return Err(io::Error::other(format!("idle connection set-up got {status}")));
+            return Err(io::Error::other(format!(
+                "idle connection set-up got {status}"
+            )));
         }
         conns.push(conn);
     }
@@ -212,19 +220,23 @@ pub fn render_rows(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| conns | scenario | server | req/s | p50 | p99 | p99.9 | CPU s/10k req | Redis cmds/req | req/s ÷ nginx | p99 ÷ nginx | errors |"
+        "| conns | scenario | server | req/s | p50 | p99 | p99.9 | CPU s/10k req | Redis round trips/req (cmds incl. in scripts) | req/s ÷ nginx | p99 ÷ nginx | errors |"
     );
-    let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for row in rows {
-        let nginx = rows.iter().find(|n| {
-            n.target == Target::Nginx && n.shape == row.shape && n.conns == row.conns
-        });
+        let nginx = rows
+            .iter()
+            .find(|n| n.target == Target::Nginx && n.shape == row.shape && n.conns == row.conns);
         let (rps_ratio, p99_ratio) = match nginx {
             Some(n) if row.target.enforces() => (
                 format!("{:.2}×", row.stats.rps() / n.stats.rps()),
                 format!(
                     "{:.2}×",
-                    row.stats.latency_at(0.99).as_secs_f64() / n.stats.latency_at(0.99).as_secs_f64()
+                    row.stats.latency_at(0.99).as_secs_f64()
+                        / n.stats.latency_at(0.99).as_secs_f64()
                 ),
             ),
             _ => ("".to_owned(), "".to_owned()),
@@ -242,7 +254,7 @@ pub fn render_rows(rows: &[Row]) -> String {
             show(row.stats.latency_at(0.999)),
             row.cpu_per_10k,
             row.redis_per_request
-                .map(|r| format!("{r:.2}"))
+                .map(|(all, trips)| format!("{trips:.2} ({all:.1})"))
                 .unwrap_or_default(),
             rps_ratio,
             p99_ratio,

@@ -76,6 +76,17 @@ impl Shape {
         Shape::Streamed,
     ];
 
+    /// The short name `LOAD_SHAPES` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Shape::PassThrough => "pass",
+            Shape::Unflagged => "unflagged",
+            Shape::Allowed => "allowed",
+            Shape::Denied => "denied",
+            Shape::Streamed => "streamed",
+        }
+    }
+
     /// The name in tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -111,7 +122,8 @@ fn post(path: &str, user: &str, plan: &str, saved: Option<u32>, body: &str) -> B
     ))
 }
 
-const FLAGGED: &str = r#"{"message": "draw a cat sitting on a persian rug", "generate_image": true}"#;
+const FLAGGED: &str =
+    r#"{"message": "draw a cat sitting on a persian rug", "generate_image": true}"#;
 const UNFLAGGED: &str = r#"{"message": "tell me about persian rugs", "generate_image": false}"#;
 
 /// The requests of `shape`, in the order connections take them.

@@ -109,9 +109,8 @@ async fn accept_loop(listener: TcpListener, mut stopped: oneshot::Receiver<()>) 
     }
 }
 
-type StreamedBody = StreamBody<
-    futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>,
->;
+type StreamedBody =
+    StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
 
 async fn answer(
     request: Request<Incoming>,
