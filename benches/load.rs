@@ -434,7 +434,7 @@ fn run() -> io::Result<bool> {
     Ok(rows.iter().all(|row| row.stats.clean()))
 }
 
-fn find<'a>(rows: &'a [Row], shape: Shape, target: Target, conns: usize) -> Option<&'a Row> {
+fn find(rows: &[Row], shape: Shape, target: Target, conns: usize) -> Option<&Row> {
     rows.iter()
         .find(|r| r.shape == shape && r.target == target && r.conns == conns)
 }

@@ -27,25 +27,22 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     telemetry::init(LogFormat::Pretty);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("quota-proxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(
-            listen = %config.listen,
-            upstream = %String::from(config.upstream.clone()),
-            store = %config.store.kind,
-            routes = config.routes.len(),
-            "quota-proxy serving"
-        );
-        quota_proxy::app::run(config, listener, shutdown_signal()).await
-    });
-    match result {
+    // One server thread per core, as tokio sizes its pool; the variable
+    // tokio reads for that sets it here too.
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tracing::info!(
+        listen = %config.listen,
+        upstream = %String::from(config.upstream.clone()),
+        store = %config.store.kind,
+        routes = config.routes.len(),
+        threads,
+        "quota-proxy serving"
+    );
+    match quota_proxy::app::run_threads(config, threads, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "quota-proxy stopped");
