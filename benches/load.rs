@@ -212,13 +212,16 @@ fn run() -> io::Result<bool> {
         redis_calls: None,
     });
     if let (Some(proxy), Some(redis)) = (&on_redis, &redis) {
-        let (pid, port) = (proxy.pid(), redis.port());
+        let (pid, port, redis_pid) = (proxy.pid(), redis.port(), redis.pid());
         subjects.push(Subject {
             target: Target::Redis,
             addr: proxy.addr(),
             cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
             redis_calls: Some(Box::new(move || {
-                procs::redis_calls(port).unwrap_or_default()
+                (
+                    procs::redis_calls(port).unwrap_or_default(),
+                    procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
+                )
             })),
         });
     }
@@ -339,7 +342,6 @@ fn run() -> io::Result<bool> {
                 })
             };
             warm(Shape::PassThrough)?;
-            warm(Shape::Allowed)?;
             let before = procs::memory_bytes(fresh.pid(), "VmRSS")?;
             let request = scenarios::requests(Shape::PassThrough).remove(0);
             let held = runtime.block_on(runner::idle_connections(
@@ -518,7 +520,7 @@ fn targets(
         rows.iter()
             .filter(move |r| r.shape == shape && r.target == Target::Redis)
             .filter_map(|r| r.redis_per_request)
-            .map(|(commands, trips)| if all { commands } else { trips })
+            .map(|(commands, trips, _)| if all { commands } else { trips })
             .fold(0.0f64, f64::max)
     };
     if rows.iter().any(|r| r.target == Target::Redis) {

@@ -22,8 +22,9 @@ pub struct Subject {
     pub addr: SocketAddr,
     /// Its CPU seconds so far (all its processes).
     pub cpu: Box<dyn Fn() -> f64>,
-    /// What its Redis has run so far, when it uses Redis.
-    pub redis_calls: Option<Box<dyn Fn() -> RedisCalls>>,
+    /// What its Redis has run so far, and Redis's CPU seconds, when it
+    /// uses Redis.
+    pub redis_calls: Option<Box<dyn Fn() -> (RedisCalls, f64)>>,
 }
 
 /// What the matrix runs.
@@ -51,9 +52,10 @@ pub struct Row {
     pub stats: RunStats,
     /// Server CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
-    /// Redis commands per request, all of them (those inside Lua scripts
-    /// too), and round trips per request (quota-proxy on Redis only).
-    pub redis_per_request: Option<(f64, f64)>,
+    /// Per request: Redis commands, all of them (those inside Lua scripts
+    /// too), round trips, and Redis CPU seconds per 10k requests
+    /// (quota-proxy on Redis only).
+    pub redis_per_request: Option<(f64, f64, f64)>,
 }
 
 /// Runs `matrix` over `subjects`, interleaving them so machine noise hits
@@ -121,7 +123,10 @@ fn run_one(
             .redis_calls
             .as_ref()
             .zip(redis_before)
-            .map(|(f, before)| f().since(before));
+            .map(|(f, (calls, cpu))| {
+                let (now, cpu_now) = f();
+                (now.since(calls), cpu_now - cpu)
+            });
         drop(open);
         Ok::<_, io::Error>((stats, cpu, redis))
     })?;
@@ -131,10 +136,11 @@ fn run_one(
         target: subject.target,
         conns,
         cpu_per_10k: per_request(cpu) * 10_000.0,
-        redis_per_request: redis.map(|r| {
+        redis_per_request: redis.map(|(calls, cpu)| {
             (
-                per_request(r.commands as f64),
-                per_request(r.round_trips as f64),
+                per_request(calls.commands as f64),
+                per_request(calls.round_trips as f64),
+                per_request(cpu) * 10_000.0,
             )
         }),
         stats,
@@ -220,7 +226,7 @@ pub fn render_rows(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| conns | scenario | server | req/s | p50 | p99 | p99.9 | CPU s/10k req | Redis round trips/req (cmds incl. in scripts) | req/s ÷ nginx | p99 ÷ nginx | errors |"
+        "| conns | scenario | server | req/s | p50 | p99 | p99.9 | CPU s/10k req | Redis: round trips/req, cmds/req, CPU s/10k req | req/s ÷ nginx | p99 ÷ nginx | errors |"
     );
     let _ = writeln!(
         out,
@@ -254,7 +260,7 @@ pub fn render_rows(rows: &[Row]) -> String {
             show(row.stats.latency_at(0.999)),
             row.cpu_per_10k,
             row.redis_per_request
-                .map(|(all, trips)| format!("{trips:.2} ({all:.1})"))
+                .map(|(all, trips, cpu)| format!("{trips:.2}, {all:.1}, {cpu:.2}"))
                 .unwrap_or_default(),
             rps_ratio,
             p99_ratio,
