@@ -15,7 +15,8 @@
 //! `tests/load_smoke.rs` runs the same machinery briefly instead.
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
-//! `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
+//! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
+//! median run), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
 //! (tokio worker threads of quota-proxy and nginx `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
 struct Options {
     measure: Duration,
     warm_up: Duration,
+    rounds: usize,
     max_requests: u64,
     conns: Vec<usize>,
     idle_conns: usize,
@@ -89,6 +91,7 @@ impl Options {
         Options {
             measure: secs("LOAD_SECS", 2.0),
             warm_up: secs("LOAD_WARMUP_SECS", 0.5),
+            rounds: number("LOAD_ROUNDS", 3),
             max_requests: number("LOAD_MAX_REQUESTS", 1_000_000) as u64,
             conns: var("LOAD_CONNS")
                 .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
@@ -241,13 +244,16 @@ fn run() -> io::Result<bool> {
             max_requests: options.max_requests,
             max_time: options.measure,
         },
+        rounds: options.rounds,
     };
     println!(
-        "load before: {}; each run: {:?} warm-up, then up to {} requests or {:?}\n",
+        "load before: {}; each run: {:?} warm-up, then up to {} requests or {:?}; \
+         {} rounds, each cell shows its median run by req/s\n",
         loadavg(),
         options.warm_up,
         options.max_requests,
-        options.measure
+        options.measure,
+        options.rounds
     );
     let rows = runner::run_matrix(&runtime, &subjects, &matrix, |row| {
         eprintln!(

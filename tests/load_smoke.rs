@@ -55,6 +55,7 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
             max_requests: 20,
             max_time: Duration::from_secs(10),
         },
+        rounds: 2,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -38,6 +38,8 @@ pub struct Matrix {
     pub warm_up: Limits,
     /// Each measured run.
     pub measure: Limits,
+    /// How often the whole matrix runs; each cell reports its median run.
+    pub rounds: usize,
 }
 
 /// One measured run.
@@ -58,31 +60,60 @@ pub struct Row {
     pub redis_per_request: Option<(f64, f64, f64)>,
 }
 
-/// Runs `matrix` over `subjects`, interleaving them so machine noise hits
-/// each alike. Denied users' quota is used up by a warm-up before the first
-/// denied run of each enforcing subject. `progress` sees each row.
+/// Runs `matrix` over `subjects`, interleaving them (each cell runs every
+/// subject back to back, and the whole matrix runs `rounds` times) so that
+/// noise from the rest of the machine hits each alike; each cell then
+/// reports its median run by requests/s, whose latency and CPU figures come
+/// from that same run. Denied users' quota is used up by a warm-up before
+/// the first denied run of each enforcing subject. `progress` sees each
+/// run.
 pub fn run_matrix(
     runtime: &Runtime,
     subjects: &[Subject],
     matrix: &Matrix,
     mut progress: impl FnMut(&Row),
 ) -> io::Result<Vec<Row>> {
-    let mut rows = Vec::new();
+    let mut runs: Vec<Vec<Row>> = Vec::new();
     let mut used_up = vec![false; subjects.len()];
-    for &conns in &matrix.conns {
-        for &shape in &matrix.shapes {
-            for (i, subject) in subjects.iter().enumerate() {
-                if shape == Shape::Denied && subject.target.enforces() && !used_up[i] {
-                    use_up_denied_users(runtime, subject.addr)?;
-                    used_up[i] = true;
+    for _ in 0..matrix.rounds.max(1) {
+        let mut cell = 0;
+        for &conns in &matrix.conns {
+            for &shape in &matrix.shapes {
+                for (i, subject) in subjects.iter().enumerate() {
+                    if shape == Shape::Denied && subject.target.enforces() && !used_up[i] {
+                        use_up_denied_users(runtime, subject.addr)?;
+                        used_up[i] = true;
+                    }
+                    let row = run_one(runtime, subject, shape, conns, matrix)?;
+                    progress(&row);
+                    if runs.len() <= cell {
+                        runs.push(Vec::new());
+                    }
+                    runs[cell].push(row);
+                    cell += 1;
                 }
-                let row = run_one(runtime, subject, shape, conns, matrix)?;
-                progress(&row);
-                rows.push(row);
             }
         }
     }
-    Ok(rows)
+    Ok(runs
+        .into_iter()
+        .filter_map(|mut cell| {
+            cell.sort_by(|a, b| a.stats.rps().total_cmp(&b.stats.rps()));
+            let mid = cell.len() / 2;
+            let problems: u64 = cell
+                .iter()
+                .map(|r| r.stats.errors + r.stats.unexpected)
+                .sum();
+            let first_problem = cell.iter().find_map(|r| r.stats.first_problem.clone());
+            let mut median = cell.into_iter().nth(mid)?;
+            // A problem in any round shows in the cell.
+            if problems > 0 && median.stats.clean() {
+                median.stats.unexpected = problems;
+                median.stats.first_problem = first_problem;
+            }
+            Some(median)
+        })
+        .collect())
 }
 
 fn use_up_denied_users(runtime: &Runtime, addr: SocketAddr) -> io::Result<()> {
