@@ -87,15 +87,22 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// current-thread runtime with its own listener on `config.listen`
 /// (`SO_REUSEPORT`: the kernel spreads new connections over them) and its
 /// own upstream connection pool; the store and the layer are shared. Blocks
-/// until `shutdown` completes (it runs on a runtime of its own, with
-/// signals enabled) and every thread has drained.
+/// until `shutdown` completes and every thread has drained.
 ///
-/// A Redis store's connection is driven by the first thread's runtime.
+/// `shutdown` runs on the calling thread's own runtime (signals enabled),
+/// which also drives a Redis store's connection, and keeps driving it until
+/// the last server thread has drained: requests finishing during the grace
+/// period can still settle.
 pub fn run_threads(
     config: Config,
     threads: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = main.block_on(open_store(&config))?;
+    let layer = QuotaLayer::builder(&config)?.store(store).build();
     let runtimes = (0..threads.max(1))
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
@@ -103,8 +110,6 @@ pub fn run_threads(
                 .build()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let store = runtimes[0].block_on(open_store(&config))?;
-    let layer = QuotaLayer::builder(&config)?.store(store).build();
     // Bound here, each with its runtime's reactor, so a taken port fails
     // before any thread starts; port 0 is resolved once, for all of them.
     let mut listen = config.listen;
@@ -115,6 +120,14 @@ pub fn run_threads(
         listen = listener.local_addr()?;
         listeners.push(listener);
     }
+    tracing::info!(
+        %listen,
+        upstream = %String::from(config.upstream.clone()),
+        store = %config.store.kind,
+        routes = config.routes.len(),
+        threads = runtimes.len(),
+        "quota-proxy serving"
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = Arc::new(config);
     let workers = runtimes
@@ -133,24 +146,28 @@ pub fn run_threads(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(shutdown);
-    let _ = stop.send(true);
-    let mut result = Ok(());
-    for worker in workers {
-        match worker.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = result.and(Err(e)),
-            Err(_) => {
-                result = result.and(Err(AppError::Io(std::io::Error::other(
-                    "a server thread panicked",
-                ))))
+    main.block_on(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            workers.into_iter().map(|w| w.join()).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut result = Ok(());
+        for worker in joined {
+            match worker {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => {
+                    result = result.and(Err(AppError::Io(std::io::Error::other(
+                        "a server thread panicked",
+                    ))))
+                }
             }
         }
-    }
-    result
+        result
+    })
 }
 
 /// A listener on `addr` that other sockets may bind too (`SO_REUSEPORT`).
@@ -165,4 +182,38 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_serve_on_one_port_and_stop_on_shutdown() {
+        let config = Config::from_toml(
+            r#"
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9"
+"#,
+        )
+        .expect("config");
+        let started = std::time::Instant::now();
+        let result = run_threads(config, 3, async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert!(result.is_ok(), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_taken_port_fails_before_serving() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let config = Config::from_toml(&format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ))
+        .expect("config");
+        let result = run_threads(config, 2, std::future::pending());
+        assert!(matches!(result, Err(AppError::Io(_))), "{result:?}");
+    }
 }

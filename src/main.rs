@@ -34,14 +34,6 @@ fn serve(config: Config) -> ExitCode {
         .and_then(|n| n.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tracing::info!(
-        listen = %config.listen,
-        upstream = %String::from(config.upstream.clone()),
-        store = %config.store.kind,
-        routes = config.routes.len(),
-        threads,
-        "quota-proxy serving"
-    );
     match quota_proxy::app::run_threads(config, threads, shutdown_signal()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
