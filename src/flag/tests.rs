@@ -693,3 +693,26 @@ fn detect_future_is_send() {
     );
     assert_send(&future);
 }
+
+#[tokio::test]
+async fn multipart_fed_in_slices_finds_a_flag_on_any_slice_boundary() {
+    // multer gets the body 64 KiB at a time: a file part bigger than that,
+    // and the flag field shifted across a slice boundary byte by byte.
+    for pad in [0, 1, 7, 30, 64, 65, 200] {
+        let file = vec![b'x'; 3 * 64 * 1024 - 100 + pad];
+        let body = multipart(&[
+            Part::File("image", "cat.png", &file),
+            Part::Field(FLAG, b"true"),
+        ]);
+        assert_eq!(
+            run(MULTIPART, &body, None, &drf()).await,
+            yes(M),
+            "pad {pad}"
+        );
+        let body = multipart(&[
+            Part::File("image", "cat.png", &file),
+            Part::Field(FLAG, b"false"),
+        ]);
+        assert_eq!(run(MULTIPART, &body, None, &drf()).await, NO, "pad {pad}");
+    }
+}

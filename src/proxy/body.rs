@@ -106,13 +106,18 @@ pin_project! {
     /// consumer is waiting for a frame: a client that reads slowly
     /// (backpressure) is not mistaken for a silent upstream, and a slow but
     /// steady stream is never cut, however long it lasts.
+    ///
+    /// The timer is armed only when the body has no frame ready: a small
+    /// answer that arrives whole with its head (most of them) never reads
+    /// the clock, allocates a timer or touches the timer wheel.
     #[derive(Debug)]
     pub(crate) struct IdleTimeout<B> {
         #[pin]
         body: B,
         idle: Duration,
-        // Boxed so that the body stays `Unpin` when `B` is.
-        timer: Pin<Box<Sleep>>,
+        // Made on the first wait; boxed so that the body stays `Unpin` when
+        // `B` is.
+        timer: Option<Pin<Box<Sleep>>>,
         // Whether `timer` measures the current wait; reset by each frame.
         waiting: bool,
         // After an idle error the body is over, whatever `B` would say.
@@ -125,7 +130,7 @@ impl<B> IdleTimeout<B> {
         Self {
             body,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             waiting: false,
             timed_out: false,
         }
@@ -148,15 +153,21 @@ where
         if *this.timed_out {
             return Poll::Ready(None);
         }
-        if !*this.waiting {
-            this.timer.as_mut().reset(Instant::now() + *this.idle);
-            *this.waiting = true;
-        }
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting = false;
             return Poll::Ready(frame.map(|r| r.map_err(|e| BodyError::Upstream(e.into()))));
         }
-        ready!(this.timer.as_mut().poll(cx));
+        // Nothing yet: this wait starts now, unless it started earlier.
+        let timer = match this.timer {
+            Some(timer) if *this.waiting => timer,
+            Some(timer) => {
+                timer.as_mut().reset(Instant::now() + *this.idle);
+                timer
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep(*this.idle))),
+        };
+        *this.waiting = true;
+        ready!(timer.as_mut().poll(cx));
         *this.timed_out = true;
         tracing::warn!(idle = ?this.idle, "upstream response body went silent; cutting it");
         Poll::Ready(Some(Err(BodyError::Idle(*this.idle))))

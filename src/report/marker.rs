@@ -16,9 +16,14 @@ use memchr::memmem;
 pub const MAX_PAYLOAD: usize = 1024;
 
 /// Scans a stream for `start … end` markers carrying a count.
+///
+/// A chunk with no possible marker in it (the usual case: the marker comes
+/// once, at the very end) is passed on without a copy, as a slice of itself.
 #[derive(Debug)]
 pub struct MarkerScanner {
     start: Box<[u8]>,
+    /// Searches for `start`, built once.
+    start_finder: memmem::Finder<'static>,
     end: Box<[u8]>,
     strip: bool,
     state: State,
@@ -41,6 +46,7 @@ impl MarkerScanner {
     pub fn new(start: &str, end: &str, strip: bool) -> Self {
         Self {
             start: start.as_bytes().into(),
+            start_finder: memmem::Finder::new(start.as_bytes()).into_owned(),
             end: end.as_bytes().into(),
             strip,
             state: State::Scanning,
@@ -61,6 +67,21 @@ impl MarkerScanner {
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
         if self.start.is_empty() {
             return chunk;
+        }
+        // Nothing held back and no marker starting in this chunk: it goes on
+        // as it is, but for a possible start of a marker at its very end.
+        if matches!(self.state, State::Scanning)
+            && self.tail.is_empty()
+            && self.start_finder.find(&chunk).is_none()
+        {
+            let keep = partial_prefix(&chunk, &self.start);
+            let cut = chunk.len() - keep;
+            self.tail.extend_from_slice(&chunk[cut..]);
+            return if self.strip {
+                chunk.slice(..cut)
+            } else {
+                chunk
+            };
         }
         let mut out = BytesMut::new();
         self.scan(&chunk, &mut out);

@@ -1,0 +1,40 @@
+//! Benchmarks of period computation (phase: admit): the day, week and month
+//! of an instant, computed once per flagged request before it reserves.
+
+use std::hint::black_box;
+
+use chrono::{DateTime, Utc, Weekday};
+use criterion::{Criterion, criterion_group, criterion_main};
+use quota_proxy::periods::{Calendar, Period};
+
+fn bench_windows(c: &mut Criterion) {
+    let now: DateTime<Utc> = "2031-05-14T10:00:00Z".parse().expect("an instant");
+    let mut group = c.benchmark_group("periods");
+    for (name, tz, week_start) in [
+        ("tehran-monday", chrono_tz::Asia::Tehran, Weekday::Mon),
+        ("utc-saturday", chrono_tz::UTC, Weekday::Sat),
+        (
+            "new-york-sunday",
+            chrono_tz::America::New_York,
+            Weekday::Sun,
+        ),
+    ] {
+        let calendar = Calendar::new(tz, week_start);
+        group.bench_function(format!("windows/{name}"), |b| {
+            b.iter(|| calendar.windows(black_box(now)));
+        });
+    }
+    let calendar = Calendar::new(chrono_tz::Asia::Tehran, Weekday::Mon);
+    let windows = calendar.windows(now);
+    group.bench_function("seconds_left/daily", |b| {
+        b.iter(|| {
+            windows
+                .get(black_box(Period::Daily))
+                .seconds_left(black_box(now))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_windows);
+criterion_main!(benches);

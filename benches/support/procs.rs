@@ -1,0 +1,510 @@
+//! The processes a load run measures, each started on a free loopback port
+//! in a temporary directory and killed when its handle is dropped:
+//! quota-proxy (the real binary with a generated config), `redis-server`
+//! (no persistence) and nginx. Also what `/proc` says about a process: CPU
+//! seconds and resident memory.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started process may take to accept connections.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// An executable on `PATH`, or in the sbin directories (nginx lives in
+/// `/usr/sbin`, which a non-root `PATH` often lacks).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = |i: usize| -> io::Result<f64> {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other("unreadable /proc stat field"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(14)? + ticks(15)?) / hz)
+}
+
+/// The parent pid of a process, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The children of `pid`, found by scanning `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| parent_of(child) == Some(pid))
+        .collect()
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+pub fn memory_bytes(pid: u32, field: &str) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(field)?.strip_prefix(':')?;
+            let kb = value
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            Some(kb * 1024)
+        })
+        .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
+}
+
+fn wait_until_listening(addr: SocketAddr, child: &mut Child, log: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "exited with {status} before listening: {}",
+                tail(log)
+            )));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "not listening on {addr} after {READY_WITHIN:?}: {}",
+                tail(log)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a log file, for error messages.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().rev().take(8).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// quota-proxy, the release (or, under `cargo test`, debug) binary, run
+/// with a config written for it.
+pub struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Starts `binary` with the config `make_config(port)` returns for a
+    /// free port, in `dir`, logging at `warn` to `dir/<name>.log`. `threads`
+    /// sets the runtime's worker threads (`TOKIO_WORKER_THREADS`), `None`
+    /// leaves tokio's default (one per core).
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        threads: Option<usize>,
+        make_config: impl Fn(u16) -> String,
+    ) -> io::Result<ProxyProcess> {
+        let mut last = io::Error::other("not started");
+        // A port picked free may be taken before the proxy binds it: retry.
+        for _ in 0..3 {
+            let port = free_port()?;
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(&config, make_config(port))?;
+            let log = dir.join(format!("{name}.log"));
+            let mut command = Command::new(binary);
+            command
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?);
+            match threads {
+                Some(n) => command.env("TOKIO_WORKER_THREADS", n.to_string()),
+                None => command.env_remove("TOKIO_WORKER_THREADS"),
+            };
+            let mut child = command.spawn().map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot run {}: {e}", binary.display()))
+            })?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match wait_until_listening(addr, &mut child, &log) {
+                Ok(()) => return Ok(ProxyProcess { child, addr, log }),
+                Err(e) => {
+                    kill(&mut child);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid()).unwrap_or(f64::NAN)
+    }
+
+    /// The last lines it logged.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A private `redis-server`: free loopback port, empty directory, no
+/// persistence (`--save "" --appendonly no`).
+pub struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` from `PATH` with its files in `dir`.
+    pub fn start(dir: &Path) -> io::Result<RedisProcess> {
+        let binary = find_program("redis-server")
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "redis-server not found"))?;
+        let mut last = io::Error::other("not started");
+        for _ in 0..3 {
+            let port = free_port()?;
+            let log = dir.join("redis.log");
+            let mut child = Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match wait_until_listening(addr, &mut child, &log) {
+                Ok(()) => return Ok(RedisProcess { child, port }),
+                Err(e) => {
+                    kill(&mut child);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it has executed so far; see [`redis_calls`].
+    pub fn calls(&self) -> io::Result<RedisCalls> {
+        redis_calls(self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// What a Redis has executed so far, from `INFO commandstats` (the `INFO`
+/// calls themselves left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisCalls {
+    /// Every command, including those a Lua script runs inside Redis.
+    pub commands: u64,
+    /// Commands a client sends itself, each one round trip (without
+    /// pipelining): `EVALSHA`, `EVAL`, `FCALL`, `SCRIPT`, `PING`, `HELLO`,
+    /// `CLIENT`, `SELECT`, `AUTH`, `MULTI`, `EXEC`. The quota store sends
+    /// nothing else; a store that sent data commands itself (`GET`) would
+    /// show them under `commands` only.
+    pub round_trips: u64,
+}
+
+impl RedisCalls {
+    /// The growth from `before` to `self`.
+    pub fn since(self, before: RedisCalls) -> RedisCalls {
+        RedisCalls {
+            commands: self.commands.saturating_sub(before.commands),
+            round_trips: self.round_trips.saturating_sub(before.round_trips),
+        }
+    }
+}
+
+/// Commands only a client sends (never a script).
+const CLIENT_COMMANDS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "script",
+    "ping",
+    "hello",
+    "client",
+    "select",
+    "auth",
+    "multi",
+    "exec",
+];
+
+/// What the Redis on `port` has executed so far.
+pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"INFO commandstats\r\n")?;
+    // A bulk string: `$<len>\r\n<text>\r\n`.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((len, body)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+            && len.parse::<usize>().is_ok_and(|len| body.len() >= len)
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let mut calls = RedisCalls::default();
+    for line in text.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        let Some(n) = stats
+            .split_once("calls=")
+            .and_then(|(_, rest)| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if name == "info" {
+            continue;
+        }
+        calls.commands += n;
+        // `client|setinfo` and the like: the container command counts.
+        let base = name.split('|').next().unwrap_or(name);
+        if CLIENT_COMMANDS.contains(&base) {
+            calls.round_trips += n;
+        }
+    }
+    Ok(calls)
+}
+
+/// nginx as a reverse proxy to the same upstream: a keep-alive pool,
+/// HTTP/1.1 to the upstream with `Connection: ""`, no access log,
+/// `worker_processes` as given.
+pub struct NginxProcess {
+    master: Child,
+    workers: Vec<u32>,
+    addr: SocketAddr,
+}
+
+impl NginxProcess {
+    /// Starts `binary` with its config, logs and temp files in `dir`.
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        upstream: SocketAddr,
+        workers: usize,
+    ) -> io::Result<NginxProcess> {
+        let mut last = io::Error::other("not started");
+        for _ in 0..3 {
+            let port = free_port()?;
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_config(dir, port, upstream, workers))?;
+            let log = dir.join("nginx-error.log");
+            let mut master = Command::new(binary)
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match wait_until_listening(addr, &mut master, &log) {
+                Ok(()) => {
+                    let deadline = Instant::now() + READY_WITHIN;
+                    let mut found = children_of(master.id());
+                    while found.len() < workers && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                        found = children_of(master.id());
+                    }
+                    return Ok(NginxProcess {
+                        master,
+                        workers: found,
+                        addr,
+                    });
+                }
+                Err(e) => {
+                    let workers = children_of(master.id());
+                    kill(&mut master);
+                    kill_pids(&workers);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Master and worker pids.
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.master.id())
+            .chain(self.workers.iter().copied())
+            .collect()
+    }
+
+    /// CPU seconds of the master and its workers.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .map(|pid| cpu_seconds(pid).unwrap_or(f64::NAN))
+            .sum()
+    }
+}
+
+impl Drop for NginxProcess {
+    fn drop(&mut self) {
+        // SIGKILL of the master would orphan the workers: kill both.
+        kill(&mut self.master);
+        kill_pids(&self.workers);
+    }
+}
+
+fn kill_pids(pids: &[u32]) {
+    for &pid in pids {
+        // SAFETY: kill(2) on a pid this bench started; no memory involved.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> String {
+    let dir = dir.display();
+    // As root, nginx's workers would switch to `nobody`, who cannot write
+    // to the private temporary directory.
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;"
+    } else {
+        ""
+    };
+    format!(
+        r#"{user}
+worker_processes {workers};
+daemon off;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    error_log {dir}/nginx-error.log warn;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_max_body_size 32m;
+    upstream app {{
+        server {upstream};
+        keepalive 512;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location /stream/ {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#
+    )
+}

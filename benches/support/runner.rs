@@ -1,0 +1,309 @@
+//! Runs the matrix (connections × request shapes × targets), the idle
+//! connection test and the upload test, and renders the results as
+//! Markdown tables.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use super::loadgen::{self, Conn, Limits, RunStats};
+use super::procs::{self, RedisCalls};
+use super::scenarios::{self, DENIED_USERS, Shape, Target};
+
+/// One server under load: where it listens, and how to read its CPU time
+/// and (for quota-proxy on Redis) the Redis commands run so far.
+pub struct Subject {
+    /// What it is.
+    pub target: Target,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its CPU seconds so far (all its processes).
+    pub cpu: Box<dyn Fn() -> f64>,
+    /// What its Redis has run so far, and Redis's CPU seconds, when it
+    /// uses Redis.
+    pub redis_calls: Option<Box<dyn Fn() -> (RedisCalls, f64)>>,
+}
+
+/// What the matrix runs.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    /// Connection counts, one pass each.
+    pub conns: Vec<usize>,
+    /// Request shapes.
+    pub shapes: Vec<Shape>,
+    /// Warm-up before each measured run (not recorded).
+    pub warm_up: Limits,
+    /// Each measured run.
+    pub measure: Limits,
+    /// How often the whole matrix runs; each cell reports its median run.
+    pub rounds: usize,
+}
+
+/// One measured run.
+pub struct Row {
+    /// The request shape.
+    pub shape: Shape,
+    /// The server.
+    pub target: Target,
+    /// Connections.
+    pub conns: usize,
+    /// What the load generator saw.
+    pub stats: RunStats,
+    /// Server CPU seconds per 10 000 requests.
+    pub cpu_per_10k: f64,
+    /// Per request: Redis commands, all of them (those inside Lua scripts
+    /// too), round trips, and Redis CPU seconds per 10k requests
+    /// (quota-proxy on Redis only).
+    pub redis_per_request: Option<(f64, f64, f64)>,
+}
+
+/// Runs `matrix` over `subjects`, interleaving them (each cell runs every
+/// subject back to back, and the whole matrix runs `rounds` times) so that
+/// noise from the rest of the machine hits each alike; each cell then
+/// reports its median run by requests/s, whose latency and CPU figures come
+/// from that same run. Denied users' quota is used up by a warm-up before
+/// the first denied run of each enforcing subject. `progress` sees each
+/// run.
+pub fn run_matrix(
+    runtime: &Runtime,
+    subjects: &[Subject],
+    matrix: &Matrix,
+    mut progress: impl FnMut(&Row),
+) -> io::Result<Vec<Row>> {
+    let mut runs: Vec<Vec<Row>> = Vec::new();
+    let mut used_up = vec![false; subjects.len()];
+    for _ in 0..matrix.rounds.max(1) {
+        let mut cell = 0;
+        for &conns in &matrix.conns {
+            for &shape in &matrix.shapes {
+                for (i, subject) in subjects.iter().enumerate() {
+                    if shape == Shape::Denied && subject.target.enforces() && !used_up[i] {
+                        use_up_denied_users(runtime, subject.addr)?;
+                        used_up[i] = true;
+                    }
+                    let row = run_one(runtime, subject, shape, conns, matrix)?;
+                    progress(&row);
+                    if runs.len() <= cell {
+                        runs.push(Vec::new());
+                    }
+                    runs[cell].push(row);
+                    cell += 1;
+                }
+            }
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .filter_map(|mut cell| {
+            cell.sort_by(|a, b| a.stats.rps().total_cmp(&b.stats.rps()));
+            let mid = cell.len() / 2;
+            let problems: u64 = cell
+                .iter()
+                .map(|r| r.stats.errors + r.stats.unexpected)
+                .sum();
+            let first_problem = cell.iter().find_map(|r| r.stats.first_problem.clone());
+            let mut median = cell.into_iter().nth(mid)?;
+            // A problem in any round shows in the cell.
+            if problems > 0 && median.stats.clean() {
+                median.stats.unexpected = problems;
+                median.stats.first_problem = first_problem;
+            }
+            Some(median)
+        })
+        .collect())
+}
+
+fn use_up_denied_users(runtime: &Runtime, addr: SocketAddr) -> io::Result<()> {
+    let workload = scenarios::denied_warm_up();
+    let limits = Limits {
+        max_requests: DENIED_USERS as u64,
+        max_time: Duration::from_secs(60),
+    };
+    let stats = runtime.block_on(async {
+        let conns = loadgen::connect(addr, 1).await?;
+        Ok::<_, io::Error>(loadgen::drive(conns, &workload, limits).await.1)
+    })?;
+    if !stats.clean() || stats.requests != DENIED_USERS as u64 {
+        return Err(io::Error::other(format!(
+            "using up the denied users' quota failed: {} answers, {:?}",
+            stats.requests, stats.first_problem
+        )));
+    }
+    Ok(())
+}
+
+fn run_one(
+    runtime: &Runtime,
+    subject: &Subject,
+    shape: Shape,
+    conns: usize,
+    matrix: &Matrix,
+) -> io::Result<Row> {
+    let workload = scenarios::workload(shape, subject.target);
+    let (stats, cpu, redis) = runtime.block_on(async {
+        let open = loadgen::connect(subject.addr, conns).await?;
+        let (open, _) = loadgen::drive(open, &workload, matrix.warm_up).await;
+        let cpu_before = (subject.cpu)();
+        let redis_before = subject.redis_calls.as_ref().map(|f| f());
+        let (open, stats) = loadgen::drive(open, &workload, matrix.measure).await;
+        let cpu = (subject.cpu)() - cpu_before;
+        let redis = subject
+            .redis_calls
+            .as_ref()
+            .zip(redis_before)
+            .map(|(f, (calls, cpu))| {
+                let (now, cpu_now) = f();
+                (now.since(calls), cpu_now - cpu)
+            });
+        drop(open);
+        Ok::<_, io::Error>((stats, cpu, redis))
+    })?;
+    let per_request = |x: f64| x / (stats.requests.max(1) as f64);
+    Ok(Row {
+        shape,
+        target: subject.target,
+        conns,
+        cpu_per_10k: per_request(cpu) * 10_000.0,
+        redis_per_request: redis.map(|(calls, cpu)| {
+            (
+                per_request(calls.commands as f64),
+                per_request(calls.round_trips as f64),
+                per_request(cpu) * 10_000.0,
+            )
+        }),
+        stats,
+    })
+}
+
+/// Opens `n` connections to `addr` and sends one request on each, leaving
+/// them open and idle (keep-alive).
+pub async fn idle_connections(addr: SocketAddr, n: usize, request: &[u8]) -> io::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = Conn::open(addr).await?;
+        let status = conn.once(request).await?;
+        if status != 200 {
+            return Err(io::Error::other(format!(
+                "idle connection set-up got {status}"
+            )));
+        }
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// What one upload did to a proxy's peak memory.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadMemory {
+    /// Bytes of the request body.
+    pub body: u64,
+    /// `VmHWM` before, in bytes.
+    pub before: u64,
+    /// `VmHWM` after, in bytes.
+    pub after: u64,
+}
+
+impl UploadMemory {
+    /// How many bodies' worth the peak grew by.
+    pub fn copies(&self) -> f64 {
+        self.after.saturating_sub(self.before) as f64 / self.body as f64
+    }
+}
+
+/// Sends `upload` (a whole request) once to the proxy `pid` at `addr` and
+/// reports its peak memory before and after.
+pub fn upload_memory(
+    runtime: &Runtime,
+    pid: u32,
+    addr: SocketAddr,
+    upload: &[u8],
+) -> io::Result<UploadMemory> {
+    let body = upload
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(upload.len(), |head| upload.len() - head - 4) as u64;
+    let before = procs::memory_bytes(pid, "VmHWM")?;
+    let status = runtime.block_on(async {
+        let mut conn = Conn::open(addr).await?;
+        conn.once(upload).await
+    })?;
+    if status != 200 {
+        return Err(io::Error::other(format!("upload answered {status}")));
+    }
+    let after = procs::memory_bytes(pid, "VmHWM")?;
+    Ok(UploadMemory {
+        body,
+        before,
+        after,
+    })
+}
+
+/// A duration for tables: µs below 10 ms, else ms.
+pub fn show(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 10_000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.1} ms", us / 1000.0)
+    }
+}
+
+/// The matrix as a Markdown table, quota-proxy rows with their ratio to
+/// nginx's run of the same shape and connections.
+pub fn render_rows(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| conns | scenario | server | req/s | p50 | p99 | p99.9 | CPU s/10k req | Redis: round trips/req, cmds/req, CPU s/10k req | req/s ÷ nginx | p99 ÷ nginx | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in rows {
+        let nginx = rows
+            .iter()
+            .find(|n| n.target == Target::Nginx && n.shape == row.shape && n.conns == row.conns);
+        let (rps_ratio, p99_ratio) = match nginx {
+            Some(n) if row.target.enforces() => (
+                format!("{:.2}×", row.stats.rps() / n.stats.rps()),
+                format!(
+                    "{:.2}×",
+                    row.stats.latency_at(0.99).as_secs_f64()
+                        / n.stats.latency_at(0.99).as_secs_f64()
+                ),
+            ),
+            _ => ("".to_owned(), "".to_owned()),
+        };
+        let problems = row.stats.errors + row.stats.unexpected;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            row.conns,
+            row.shape.name(),
+            row.target.name(),
+            row.stats.rps(),
+            show(row.stats.latency_at(0.5)),
+            show(row.stats.latency_at(0.99)),
+            show(row.stats.latency_at(0.999)),
+            row.cpu_per_10k,
+            row.redis_per_request
+                .map(|(all, trips, cpu)| format!("{trips:.2}, {all:.1}, {cpu:.2}"))
+                .unwrap_or_default(),
+            rps_ratio,
+            p99_ratio,
+            if problems == 0 {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{problems} ({})",
+                    row.stats.first_problem.as_deref().unwrap_or("?")
+                )
+            },
+        );
+    }
+    out
+}
