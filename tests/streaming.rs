@@ -191,6 +191,20 @@ async fn send(
         .await
 }
 
+/// Sends a flagged message from `user` and returns the reply's body as it
+/// streams, to read frame by frame (or drop half-way).
+async fn open_stream(proxy: &Proxy, user: &str) -> hyper::body::Incoming {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let (content_type, body) = multipart("true");
+    let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
+        .header("cookie", format!("sessionid={user}"))
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .expect("request");
+    client.request(request).await.expect("answer").into_body()
+}
+
 #[tokio::test]
 async fn preset_enforces_three_a_day_against_the_app() {
     let app = app(Duration::from_millis(5)).await;
@@ -309,16 +323,8 @@ async fn first_byte_arrives_before_the_stream_ends() {
         at(NOW),
     )
     .await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let (content_type, body) = multipart("true");
-    let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
-        .header("cookie", "sessionid=s")
-        .header("content-type", content_type)
-        .body(http_body_util::Full::new(Bytes::from(body)))
-        .expect("request");
     let started = Instant::now();
-    let mut body = client.request(request).await.expect("answer").into_body();
+    let mut body = open_stream(&proxy, "s").await;
     let first = body.frame().await.expect("a frame").expect("data");
     let first_at = started.elapsed();
     assert_eq!(first.into_data().expect("data"), "first");
@@ -362,20 +368,11 @@ async fn settles_when_the_client_leaves_mid_stream() {
         at(NOW),
     )
     .await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let (content_type, body) = multipart("true");
-    let request = http::Request::post(format!("http://{}/chat/session/1/send/", proxy.addr))
-        .header("cookie", "sessionid=leaver")
-        .header("content-type", content_type)
-        .body(http_body_util::Full::new(Bytes::from(body)))
-        .expect("request");
-    let mut body = client.request(request).await.expect("answer").into_body();
+    let mut body = open_stream(&proxy, "leaver").await;
     let _ = body.frame().await;
     // The reservation is held while the reply streams.
     assert_eq!(proxy.usage("leaver").await[0].reserved, 1);
     drop(body);
-    drop(client);
     // The proxy reads the rest of the reply, sees the marker, and counts it.
     let usage = proxy.wait_settled("leaver", 1).await;
     assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
