@@ -11,7 +11,7 @@ mod support;
 use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 use identity_server::{IdentityServer, Plan};
-use support::proxy::{Proxy, StoreChoice, TestClient};
+use support::proxy::{Proxy, TestClient};
 use support::upstream::{Reply, TestUpstream};
 
 const NOW: &str = "2031-05-14T10:00:00Z";
@@ -55,13 +55,7 @@ async fn forward_auth_replaces_spoofed_identity_headers() {
         "[identity]\nkind = \"forward_auth\"\n[identity.forward_auth]\nurl = \"{}/api/quota/identity/\"\n{ROUTES}",
         identity.base()
     );
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&config, &upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let mut headers = SPOOF.to_vec();
     headers.push(("cookie", "sessionid=s3cret"));
@@ -112,13 +106,7 @@ async fn jwt_replaces_spoofed_identity_headers() {
         "[identity]\nkind = \"jwt\"\n[identity.jwt]\nsecret_file = \"{}\"\n{ROUTES}",
         secret_file.display()
     );
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&config, &upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let exp = Utc::now().timestamp() + 300;
     let token = encode(

@@ -379,7 +379,7 @@ on_both_stores! {
 async fn oversized_chunked_body_is_refused_without_content_length() {
     use http_body_util::{BodyExt, StreamBody};
     let upstream = saving_upstream().await;
-    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let proxy = Proxy::memory(CONFIG, &upstream, at(NOW)).await;
     let chunks = (0..10).map(|_| {
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(vec![
             b'x';
@@ -408,7 +408,7 @@ async fn oversized_chunked_body_is_refused_without_content_length() {
 #[tokio::test]
 async fn inspected_bodies_are_forwarded_byte_for_byte() {
     let upstream = saving_upstream().await;
-    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let proxy = Proxy::memory(CONFIG, &upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let mut multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nhi\r\n--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
     multipart.extend((0..=255u8).cycle().take(1500));

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use support::proxy::{Proxy, StoreChoice, TestClient};
+use support::proxy::{Proxy, TestClient};
 use support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 /// A Wednesday, 13:30 in Tehran.
@@ -208,13 +208,7 @@ async fn open_stream(proxy: &Proxy, user: &str) -> hyper::body::Incoming {
 #[tokio::test]
 async fn preset_enforces_three_a_day_against_the_app() {
     let app = app(Duration::from_millis(5)).await;
-    let proxy = Proxy::start(
-        &preset(),
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     for i in 0..3 {
         let answer = send(&client, "1", "alice", "true").await;
@@ -273,13 +267,7 @@ async fn preset_enforces_three_a_day_against_the_app() {
 #[tokio::test]
 async fn json_bodies_follow_python_truthiness() {
     let app = app(Duration::ZERO).await;
-    let proxy = Proxy::start(
-        &preset(),
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let cases = [
         (r#"{"generate_image": "false"}"#, 1),
@@ -316,13 +304,7 @@ async fn first_byte_arrives_before_the_stream_ends() {
         })
     })
     .await;
-    let proxy = Proxy::start(
-        &preset(),
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&preset(), &upstream, at(NOW)).await;
     let started = Instant::now();
     let mut body = open_stream(&proxy, "s").await;
     let first = body.frame().await.expect("a frame").expect("data");
@@ -341,13 +323,7 @@ async fn first_byte_arrives_before_the_stream_ends() {
 async fn marker_kept_when_not_stripped() {
     let app = app(Duration::ZERO).await;
     let config = preset().replace("strip_marker = true", "strip_marker = false");
-    let proxy = Proxy::start(
-        &config,
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let answer = send(&client, "1", "k", "true").await;
     assert!(
@@ -361,13 +337,7 @@ async fn marker_kept_when_not_stripped() {
 #[tokio::test]
 async fn settles_when_the_client_leaves_mid_stream() {
     let app = app(Duration::from_millis(150)).await;
-    let proxy = Proxy::start(
-        &preset(),
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
     let mut body = open_stream(&proxy, "leaver").await;
     let _ = body.frame().await;
     // The reservation is held while the reply streams.
@@ -383,13 +353,7 @@ async fn reservation_lives_as_long_as_its_stream() {
     // Replies take 3 s; reservations live 1 s unless kept alive.
     let app = app(Duration::from_millis(750)).await;
     let config = preset().replace("reservation_ttl = \"180s\"", "reservation_ttl = \"1s\"");
-    let proxy = Proxy::start(
-        &config,
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
     // The proxy's clock follows real time from NOW.
     let clock = proxy.clock.clone();
     let ticker = tokio::spawn(async move {
@@ -421,13 +385,7 @@ async fn a_session_that_saved_images_unflagged_is_flagged_from_then_on() {
         "",
     );
     assert!(!config.contains("probe ="));
-    let proxy = Proxy::start(
-        &config,
-        &app.upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     // The first unflagged message saves an image: counted from its report.
     send(&client, IMAGE_EDITING_SESSION, "ed", "false").await;
@@ -471,7 +429,7 @@ report_sse_event = "images_saved"
 method = "POST"
 path = "/{kind}/{id}/"
 "#;
-    let proxy = Proxy::start(config, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let proxy = Proxy::memory(config, &upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let json = |user: &'static str| {
         [

@@ -369,13 +369,7 @@ async fn flagged_upload_is_forwarded_exactly_and_counted() {
     let _shared = EXCLUSIVE.read().await;
     let (_dir, spool) = spool_dir();
     let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
-    let proxy = Proxy::start(
-        &config(&spool),
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        now(),
-    )
-    .await;
+    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let upload = Upload::chat("true");
 
     // The client waits mid-upload until the proxy spools to a file.
@@ -392,13 +386,7 @@ async fn unflagged_upload_is_forwarded_exactly_and_not_counted() {
     let _shared = EXCLUSIVE.read().await;
     let (_dir, spool) = spool_dir();
     let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "0")).await;
-    let proxy = Proxy::start(
-        &config(&spool),
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        now(),
-    )
-    .await;
+    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let upload = Upload::chat("false");
 
     let answer = send(proxy.addr, "bob", &upload, None).await;
@@ -431,13 +419,7 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
     };
 
     let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "0")).await;
-    let proxy = Proxy::start(
-        &config(&spool),
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        now(),
-    )
-    .await;
+    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let true_then_false = upload("true", "false");
     let answer = send(proxy.addr, "carol", &true_then_false, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -445,13 +427,7 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
     assert_eq!(proxy.store.calls(), 0, "the last field says false");
 
     let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
-    let proxy = Proxy::start(
-        &config(&spool),
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        now(),
-    )
-    .await;
+    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let false_then_true = upload("false", "true");
     let answer = send(proxy.addr, "carol", &false_then_true, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -470,7 +446,7 @@ async fn upload_over_max_body_bytes_is_refused_and_its_file_removed() {
     let (_dir, spool) = spool_dir();
     let upstream = TestUpstream::always(Reply::ok()).await;
     let config = config_with(&spool, 200_000, 64 * 1024);
-    let proxy = Proxy::start(&config, &upstream.authority(), &StoreChoice::Memory, now()).await;
+    let proxy = Proxy::memory(&config, &upstream, now()).await;
     let upload = Upload(vec![
         Part::Field("generate_image", "true"),
         Part::File {

@@ -91,6 +91,21 @@ impl Proxy {
         }
     }
 
+    /// Starts a proxy on the memory store in front of `upstream`.
+    pub async fn memory(
+        config_toml: &str,
+        upstream: &super::upstream::TestUpstream,
+        now: DateTime<Utc>,
+    ) -> Proxy {
+        Self::start(
+            config_toml,
+            &upstream.authority(),
+            &StoreChoice::Memory,
+            now,
+        )
+        .await
+    }
+
     /// The calendar of the proxy's config.
     pub fn calendar(&self) -> Calendar {
         Calendar::new(
