@@ -14,6 +14,7 @@
 //! A second shutdown signal cuts steps 3 and 4 short.
 
 mod state;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,9 +24,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tower::Layer;
 
 pub use self::state::{AppState, Current, NotReady, ReloadError, Reloaded};
+pub use self::workers::{Workers, thread_count};
 use crate::admin::{AdminToken, TokenError};
 use crate::config::{Config, StoreConfig, StoreErrorPolicy, StoreKind};
 use crate::metrics::{TimedStore, UpstreamMetrics};
@@ -39,6 +42,10 @@ use crate::store::{
 /// Least time given to pending settlements after the drain, even when the
 /// grace is used up: a store call takes at most `store.command_timeout`.
 pub const SETTLE_FLUSH_MIN: Duration = Duration::from_secs(5);
+
+/// Longest wait for the serving threads to stop once everything they ran is
+/// done or given up.
+const WORKERS_STOP: Duration = Duration::from_secs(2);
 
 /// Why the proxy could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +213,8 @@ pub fn topology(store: &StoreConfig) -> Topology {
 
 /// Serves `layer` in front of the proxy to `config.upstream` on `listener`
 /// until `shutdown` completes, then lets in-flight requests finish for up
-/// to `config.shutdown_grace`.
+/// to `config.shutdown_grace`. Runs on the caller's runtime; [`run`] runs it
+/// on each of its serving threads ([`Workers`]).
 pub async fn serve(
     config: &Config,
     layer: QuotaLayer,
@@ -221,7 +229,10 @@ pub async fn serve(
 
 /// Runs the proxy and the admin API on `listeners` until told to shut down
 /// through `control` (or until every sender of `control` is gone), then
-/// drains (see the module docs). What the binary runs; `config_path` is
+/// drains (see the module docs). The proxy listener is served by
+/// `config.threads` threads of their own ([`Workers`]); the admin API, the
+/// control and the store's connections run on the caller's runtime (the
+/// binary gives it one thread). What the binary runs; `config_path` is
 /// where reloads read from.
 pub async fn run(
     config: Config,
@@ -287,16 +298,14 @@ pub async fn run(
             }
         })
     });
-    let (drain, drain_begun) = oneshot::channel::<()>();
+    let drain = CancellationToken::new();
     let (cut, cut_short) = oneshot::channel::<()>();
-    let controller = tokio::spawn(obey(Arc::clone(&state), control, drain, cut));
+    let controller = tokio::spawn(obey(Arc::clone(&state), control, drain.clone(), cut));
 
     let grace = config.shutdown_grace;
+    let mut workers = Workers::start(&config, &layer, listeners.proxy, &drain)?;
     let drained = async {
-        serve(&config, layer.clone(), listeners.proxy, async {
-            let _ = drain_begun.await;
-        })
-        .await?;
+        workers.served().await?;
         flush(&state, &layer, grace).await;
         // Requests and their settlements are done: usage Redis could not
         // take yet gets one last chance before the process exits.
@@ -320,6 +329,9 @@ pub async fn run(
             Ok(())
         }
     };
+    // After an error too: no thread may serve on.
+    drain.cancel();
+    workers.release(WORKERS_STOP).await;
     controller.abort();
     if let Some(upkeep) = upkeep {
         upkeep.abort();
@@ -340,13 +352,13 @@ pub async fn run(
 async fn obey(
     state: Arc<AppState>,
     mut control: mpsc::Receiver<Control>,
-    drain: oneshot::Sender<()>,
+    drain: CancellationToken,
     cut: oneshot::Sender<()>,
 ) {
-    let begin = |drain: oneshot::Sender<()>| {
+    let begin = |drain: CancellationToken| {
         state.start_drain();
         tracing::info!("shutdown: draining (readiness now fails)");
-        let _ = drain.send(());
+        drain.cancel();
     };
     let mut drain = Some(drain);
     loop {

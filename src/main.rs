@@ -38,12 +38,10 @@ fn main() -> ExitCode {
 
 fn serve(config: Config, path: PathBuf) -> ExitCode {
     telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("quota-proxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // The control runtime: signals, admin API, store connections. Requests
+    // are served on threads of their own (`app::Workers`).
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         // Handlers first: a signal during startup is then not fatal.
@@ -62,16 +60,18 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
     }
 }
 
-fn usage(config: Config, command: UsageCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// A one-thread runtime, or `None` after saying why there is none.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("quota-proxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .inspect_err(|e| eprintln!("quota-proxy: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+fn usage(config: Config, command: UsageCommand) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(command.run(&config)) {
         Ok(usage) => match serde_json::to_string_pretty(&usage) {

@@ -452,11 +452,20 @@ async fn sigterm_drains_in_flight_requests_and_records_their_usage() {
         }
     })
     .await;
+    // More serving threads than this machine may have cores: requests in
+    // flight on every thread are waited for, and their settlements too.
     let extra = format!(
-        "shutdown_grace = \"8s\"\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{MARKER}",
+        "shutdown_grace = \"8s\"\nthreads = 3\n[store]\nkind = \"redis\"\nurl = \"{}\"\n{MARKER}",
         redis.url()
     );
     let mut binary = Binary::start(&config(&upstream, &extra), &[]).await;
+    let mut serving: Vec<_> = binary
+        .thread_names()
+        .into_iter()
+        .filter(|name| name.starts_with("quota-proxy-"))
+        .collect();
+    serving.sort();
+    assert_eq!(serving, ["quota-proxy-0", "quota-proxy-1", "quota-proxy-2"]);
     let proxy = TestClient::new(binary.proxy);
     let users: [&'static str; 3] = ["u1", "u2", "u3"];
     let clients: Vec<_> = users

@@ -6,7 +6,7 @@
 //! and a Redis store whose connection settings changed. A file that does
 //! not load, a token that cannot be read or a store that cannot be reached
 //! keeps the running config. What cannot change while running (listeners,
-//! upstream, timeouts, log, grace, a memory store's settings) is kept and
+//! threads, upstream, timeouts, log, grace, a memory store's settings) is kept and
 //! reported as needing a restart; listeners and store connections that did
 //! not change are never touched.
 
@@ -184,6 +184,7 @@ impl AppState {
                 "shutdown_grace",
                 running.shutdown_grace != next.shutdown_grace,
             ),
+            ("threads", running.threads != next.threads),
             ("log", differs(&running.log, &next.log)),
         ] {
             if changed {

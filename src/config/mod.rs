@@ -83,6 +83,10 @@ pub struct Config {
     /// they are cut; pending settlements are then flushed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Threads serving the proxy listener, each with its own event loop and
+    /// upstream connection pool; 0 = one per CPU the process may use
+    /// (cgroup CPU limits included).
+    pub threads: usize,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Where usage is counted.
@@ -114,6 +118,7 @@ impl Default for Config {
             body_buffer_bytes: 1024 * 1024,
             spool_dir: None,
             shutdown_grace: Duration::from_secs(30),
+            threads: 0,
             timeouts: Timeouts::default(),
             store: StoreConfig::default(),
             periods: PeriodsConfig::default(),

@@ -131,6 +131,16 @@ impl Binary {
         std::fs::write(&self.config_path, text).expect("write config");
     }
 
+    /// The names of the process's threads (Linux: `/proc/<pid>/task`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("running").id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
     /// `http://<admin address>`.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
