@@ -18,7 +18,7 @@
 //! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
 //! median run), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
-//! (tokio worker threads of quota-proxy and nginx `worker_processes`;
+//! (quota-proxy's serving `threads` and nginx's `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
 //! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_REDIS=1`; for quicker iterations
 //! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and

@@ -132,8 +132,8 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `binary` with the config `make_config(port)` returns for a
     /// free port, in `dir`, logging at `warn` to `dir/<name>.log`. `threads`
-    /// sets the runtime's worker threads (`TOKIO_WORKER_THREADS`), `None`
-    /// leaves tokio's default (one per core).
+    /// sets its serving threads (the config's `threads`), `None` leaves the
+    /// default (one per core).
     pub fn start(
         binary: &Path,
         dir: &Path,
@@ -146,7 +146,12 @@ impl ProxyProcess {
         for _ in 0..3 {
             let port = free_port()?;
             let config = dir.join(format!("{name}.toml"));
-            std::fs::write(&config, make_config(port))?;
+            let text = match threads {
+                // Top-level keys go before the first table.
+                Some(n) => format!("threads = {n}\n{}", make_config(port)),
+                None => make_config(port),
+            };
+            std::fs::write(&config, text)?;
             let log = dir.join(format!("{name}.log"));
             let mut command = Command::new(binary);
             command
@@ -156,10 +161,6 @@ impl ProxyProcess {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log)?);
-            match threads {
-                Some(n) => command.env("TOKIO_WORKER_THREADS", n.to_string()),
-                None => command.env_remove("TOKIO_WORKER_THREADS"),
-            };
             let mut child = command.spawn().map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot run {}: {e}", binary.display()))
             })?;
