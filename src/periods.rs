@@ -1,7 +1,7 @@
 //! Calendar periods (phase: admit). The day, week and month an instant falls
 //! in, in the configured IANA time zone.
 //!
-//! A period's label (`2026-11-28`, `2026-W2026-11-23`, `2026-11`) is part of
+//! A period's label (`d2026-11-28`, `w2026-11-23`, `m2026-11`) is part of
 //! every counter's key, so nothing is ever reset: a new day simply counts in a
 //! new key, and November of another year is another month. This is what the
 //! Django app got wrong by comparing only the month number.
@@ -44,9 +44,31 @@ impl fmt::Display for Period {
     }
 }
 
+/// The name of one concrete period in store keys: `d2026-11-28` (a day),
+/// `w2026-11-23` (a week, by the local date it starts), `m2026-11` (a month).
+/// Stable across releases: counters in Redis are found by it. A plain value
+/// (no allocation); [`fmt::Display`] renders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeriodLabel {
+    period: Period,
+    /// The local date the period starts.
+    first: NaiveDate,
+}
+
+impl fmt::Display for PeriodLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (year, month, day) = (self.first.year(), self.first.month(), self.first.day());
+        match self.period {
+            Period::Daily => write!(f, "d{year:04}-{month:02}-{day:02}"),
+            Period::Weekly => write!(f, "w{year:04}-{month:02}-{day:02}"),
+            Period::Monthly => write!(f, "m{year:04}-{month:02}"),
+        }
+    }
+}
+
 /// The concrete period an instant falls in: which one, where it starts and
 /// ends, and the label that names it in store keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeriodWindow {
     /// Which period this is.
     pub period: Period,
@@ -56,7 +78,7 @@ pub struct PeriodWindow {
     pub end: DateTime<Utc>,
     /// A stable label, unique per period kind: `d2026-11-28`, `w2026-11-23`
     /// (the local date the week starts), `m2026-11`.
-    pub label: String,
+    pub label: PeriodLabel,
 }
 
 impl PeriodWindow {
@@ -115,37 +137,25 @@ impl Calendar {
     /// The window of `period` that `now` falls in.
     pub fn window(&self, period: Period, now: DateTime<Utc>) -> PeriodWindow {
         let today = now.with_timezone(&self.tz).date_naive();
-        let (first, next, label) = match period {
-            Period::Daily => (
-                today,
-                today + Days::new(1),
-                format!("d{}", today.format("%Y-%m-%d")),
-            ),
+        let (first, next) = match period {
+            Period::Daily => (today, today + Days::new(1)),
             Period::Weekly => {
                 let back = (7 + today.weekday().num_days_from_monday()
                     - self.week_start.num_days_from_monday())
                     % 7;
                 let first = today - Days::new(u64::from(back));
-                (
-                    first,
-                    first + Days::new(7),
-                    format!("w{}", first.format("%Y-%m-%d")),
-                )
+                (first, first + Days::new(7))
             }
             Period::Monthly => {
                 let first = today.with_day(1).unwrap_or(today);
-                (
-                    first,
-                    first + Months::new(1),
-                    format!("m{}", first.format("%Y-%m")),
-                )
+                (first, first + Months::new(1))
             }
         };
         PeriodWindow {
             period,
             start: self.local_midnight(first),
             end: self.local_midnight(next),
-            label,
+            label: PeriodLabel { period, first },
         }
     }
 
@@ -187,8 +197,8 @@ mod tests {
         let cal = tehran(true);
         let before = cal.window(Period::Daily, utc("2026-11-28T20:29:59Z"));
         let after = cal.window(Period::Daily, utc("2026-11-28T20:30:00Z"));
-        assert_eq!(before.label, "d2026-11-28");
-        assert_eq!(after.label, "d2026-11-29");
+        assert_eq!(before.label.to_string(), "d2026-11-28");
+        assert_eq!(after.label.to_string(), "d2026-11-29");
         assert_eq!(after.start, utc("2026-11-28T20:30:00Z"));
         assert_eq!(after.end, utc("2026-11-29T20:30:00Z"));
         assert_eq!(before.end, after.start);
@@ -199,14 +209,14 @@ mod tests {
         // 2026-11-28 is a Saturday; its Monday week began 2026-11-23.
         let cal = tehran(true);
         let w = cal.window(Period::Weekly, utc("2026-11-28T10:00:00Z"));
-        assert_eq!(w.label, "w2026-11-23");
+        assert_eq!(w.label.to_string(), "w2026-11-23");
         assert_eq!(w.start, utc("2026-11-22T20:30:00Z"));
         assert_eq!(w.end, utc("2026-11-29T20:30:00Z"));
         // Sunday 23:59 local is still that week; Monday 00:00 is the next.
         let sunday_late = cal.window(Period::Weekly, utc("2026-11-29T20:29:59Z"));
         let monday = cal.window(Period::Weekly, utc("2026-11-29T20:30:00Z"));
-        assert_eq!(sunday_late.label, "w2026-11-23");
-        assert_eq!(monday.label, "w2026-11-30");
+        assert_eq!(sunday_late.label.to_string(), "w2026-11-23");
+        assert_eq!(monday.label.to_string(), "w2026-11-30");
     }
 
     #[test]
@@ -215,8 +225,8 @@ mod tests {
         // Friday 23:59 local belongs to the week that began the Saturday before.
         let friday = cal.window(Period::Weekly, utc("2026-11-27T20:29:59Z"));
         let saturday = cal.window(Period::Weekly, utc("2026-11-27T20:30:00Z"));
-        assert_eq!(friday.label, "w2026-11-21");
-        assert_eq!(saturday.label, "w2026-11-28");
+        assert_eq!(friday.label.to_string(), "w2026-11-21");
+        assert_eq!(saturday.label.to_string(), "w2026-11-28");
         assert_eq!(saturday.length_seconds(), 7 * 86_400);
     }
 
@@ -225,8 +235,8 @@ mod tests {
         let cal = tehran(true);
         let dec = cal.window(Period::Monthly, utc("2026-12-31T20:29:59Z"));
         let jan = cal.window(Period::Monthly, utc("2026-12-31T20:30:00Z"));
-        assert_eq!(dec.label, "m2026-12");
-        assert_eq!(jan.label, "m2027-01");
+        assert_eq!(dec.label.to_string(), "m2026-12");
+        assert_eq!(jan.label.to_string(), "m2027-01");
         assert_eq!(dec.end, jan.start);
         // The same month number in another year is another period.
         let next_dec = cal.window(Period::Monthly, utc("2027-12-10T00:00:00Z"));

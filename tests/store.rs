@@ -684,15 +684,26 @@ async fn redis_counters_expire_at_period_end_plus_grace() {
         TimeDelta::hours(24),
     );
 
-    // Written after its period ended (a late settle), a counter keeps only
-    // the grace.
-    let late = at("2031-05-15T00:10:00Z");
-    let unflagged = Reservation {
+    // A counter's expiry is fixed when it is made: a later settle leaves it.
+    let later = now + TimeDelta::hours(2);
+    let again = Reservation {
         id: Reservation::new_id(),
         ..r.clone()
     };
+    store.settle(&again, 1, later).await.expect("settle");
+    assert_ttl(day, pttl(&mut raw, day).await, expected[0].1);
+
+    // Made after its period ended (a late settle), a counter keeps only the
+    // grace.
+    let late = at("2031-05-15T00:10:00Z");
+    let late_day = "quota:{43}:d2031-05-14";
+    let unflagged = Reservation {
+        id: Reservation::new_id(),
+        user: "43".to_owned(),
+        ..r.clone()
+    };
     store.settle(&unflagged, 1, late).await.expect("settle");
-    assert_ttl(day, pttl(&mut raw, day).await, grace);
+    assert_ttl(late_day, pttl(&mut raw, late_day).await, grace);
 
     // adjust sets the TTL from the `now` it is given, too.
     let tomorrow = now + TimeDelta::days(1);

@@ -35,7 +35,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::{
     Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
 };
-use crate::periods::{Period, PeriodWindow, PeriodWindows};
+use crate::periods::{Period, PeriodLabel, PeriodWindow, PeriodWindows};
 
 /// How many independently locked maps users are spread over.
 const SHARDS: usize = 32;
@@ -93,7 +93,7 @@ struct UserState {
 
 #[derive(Debug)]
 struct Counter {
-    label: String,
+    label: PeriodLabel,
     value: u64,
     expires_at: DateTime<Utc>,
 }
@@ -250,7 +250,7 @@ impl UserState {
             Some(index) => index,
             None => {
                 self.counters.push(Counter {
-                    label: window.label.clone(),
+                    label: window.label,
                     value: 0,
                     expires_at,
                 });
@@ -472,7 +472,7 @@ mod tests {
         let labels: Vec<_> = shard.users["a"]
             .counters
             .iter()
-            .map(|c| c.label.as_str())
+            .map(|c| c.label.to_string())
             .collect();
         assert_eq!(labels, ["m2031-05"]);
     }

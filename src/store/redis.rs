@@ -273,12 +273,12 @@ impl RedisStore {
         })
     }
 
-    fn key(&self, user: &str, name: &str) -> String {
+    fn key(&self, user: &str, name: impl std::fmt::Display) -> String {
         format!("{}{{{user}}}:{name}", self.prefix)
     }
 
     fn counter_keys(&self, user: &str, windows: &PeriodWindows) -> [String; 3] {
-        windows.0.each_ref().map(|w| self.key(user, &w.label))
+        windows.0.each_ref().map(|w| self.key(user, w.label))
     }
 
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
@@ -468,7 +468,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut call = Call::new(&self.scripts.adjust);
-        call.key(self.key(user, &window.label))
+        call.key(self.key(user, window.label))
             .arg(delta)
             .arg(counter_ttl_ms(window, now));
         count(self.run(&call).await?)

@@ -20,9 +20,10 @@ local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local live = redis.call('ZCARD', KEYS[4])
 
+local used = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local counts = {}
 for i = 1, 3 do
-  counts[i] = tonumber(redis.call('GET', KEYS[i]) or '0') + live
+  counts[i] = tonumber(used[i] or '0') + live
 end
 
 for i = 1, 3 do
@@ -33,7 +34,14 @@ for i = 1, 3 do
 end
 
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-local newest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[4], tonumber(newest[2]) - now + tonumber(ARGV[4]))
+-- The set outlives its newest deadline: this one, unless a reservation that
+-- was extended (extend.lua) ends later; GT keeps the later expiry. A set
+-- that was empty has none yet (GT would treat it as never expiring).
+local ttl = tonumber(ARGV[3]) - now + tonumber(ARGV[4])
+if live == 0 then
+  redis.call('PEXPIRE', KEYS[4], ttl)
+else
+  redis.call('PEXPIRE', KEYS[4], ttl, 'GT')
+end
 
 return {1, 0, counts[1] + 1, counts[2] + 1, counts[3] + 1}

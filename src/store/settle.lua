@@ -25,19 +25,29 @@ end
 
 redis.call('ZREM', KEYS[4], id)
 
-if tonumber(ARGV[3]) > 0 then
+local amount = tonumber(ARGV[3])
+if amount > 0 then
   for i = 1, 3 do
-    redis.call('INCRBY', KEYS[i], ARGV[3])
-    redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
+    -- A counter's expiry (its period's end plus a grace) is fixed: set it
+    -- when the counter is made, not on every settle.
+    if redis.call('INCRBY', KEYS[i], amount) == amount then
+      redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
+    end
   end
 end
 
 redis.call('ZADD', KEYS[5], now, id)
-local excess = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[8])
+local settled = redis.call('ZCARD', KEYS[5])
+local excess = settled - tonumber(ARGV[8])
 if excess > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, excess - 1)
 end
-local newest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[5], tonumber(newest[2]) - now + remember)
+-- Remembered for `remember` after the newest id, this one; GT keeps a
+-- later expiry set by a replica whose clock runs ahead. A new set has none.
+if settled == 1 then
+  redis.call('PEXPIRE', KEYS[5], remember)
+else
+  redis.call('PEXPIRE', KEYS[5], remember, 'GT')
+end
 
 return 1
