@@ -166,7 +166,9 @@ pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
         command_timeout: store.command_timeout,
         root_cert,
     })
-    .await?;
+    .await?
+    // The serving threads (`Workers`) each get a connection of their own.
+    .per_thread_connections();
     let resilient = Arc::new(ResilientStore::new(
         Arc::new(redis),
         ResilientSettings {

@@ -955,3 +955,88 @@ async fn redis_each_call_is_one_round_trip() {
     .await;
     assert_eq!(sent, ["evalsha"], "denied reserve");
 }
+
+/// Connected clients of `raw`'s server (`CLIENT LIST`), `raw` included.
+async fn clients(raw: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(raw)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().count()
+}
+
+#[tokio::test]
+async fn redis_per_thread_connections_are_opened_per_serving_thread_and_closed_with_the_store() {
+    let server = RedisServer::start();
+    let (store, mut raw) = redis_pair(&server).await;
+    let store = std::sync::Arc::new(store.per_thread_connections());
+    // The store's shared connection and `raw`.
+    assert_eq!(clients(&mut raw).await, 2);
+
+    // Two serving threads, each a current-thread runtime like the binary's,
+    // reserving until their own connection carries the calls, then waiting
+    // (their runtime, and so their connection, ends with them).
+    let done = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let release = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let serving: Vec<_> = (0..2)
+        .map(|thread| {
+            let store = std::sync::Arc::clone(&store);
+            let (done, release) = (done.clone(), release.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    for _ in 0..50 {
+                        let user = format!("t{thread}");
+                        let admission = store
+                            .reserve(&request(&user, limits(0, 0, 0), at(NOW), TTL))
+                            .await
+                            .expect("reserve");
+                        assert!(matches!(admission, Admission::Reserved { .. }));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    done.wait();
+                    release.wait();
+                });
+            })
+        })
+        .collect();
+    // Waited for off this runtime: it drives the shared connection.
+    let wait = |barrier: std::sync::Arc<std::sync::Barrier>| {
+        tokio::task::spawn_blocking(move || {
+            barrier.wait();
+        })
+    };
+    wait(done).await.expect("done");
+    // One more connection per serving thread; all 100 reserves counted.
+    assert_eq!(clients(&mut raw).await, 4);
+    wait(release).await.expect("release");
+    for thread in serving {
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("serving thread");
+    }
+    for user in ["t0", "t1"] {
+        let usage = store
+            .usage(user, &windows(at(NOW)), at(NOW))
+            .await
+            .expect("usage");
+        assert_eq!(usage[0].reserved, 50, "{user}");
+    }
+
+    // The threads ended, and their connections with their runtimes;
+    // dropping the store closes its shared connection.
+    drop(store);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while clients(&mut raw).await > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

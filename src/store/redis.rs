@@ -16,7 +16,7 @@
 //! users' keys equal, since labels never contain `}`. With the prefix
 //! `quota:` and user `42`:
 //!
-//! | key                      | type   | holds                                   | TTL, set on every write          |
+//! | key                      | type   | holds                                   | TTL                              |
 //! |--------------------------|--------|-----------------------------------------|----------------------------------|
 //! | `quota:{42}:d2026-11-28` | STRING | settled usage of that day               | `max(period end - now, 0)` + 1 h |
 //! | `quota:{42}:w2026-11-23` | STRING | settled usage of the week starting then | `max(period end - now, 0)` + 1 h |
@@ -24,6 +24,8 @@
 //! | `quota:{42}:res`         | ZSET   | live reservation id → deadline (ms)     | newest deadline - now + 1 min    |
 //! | `quota:{42}:done`        | ZSET   | settled id → settle time (ms)           | newest settle time - now + 24 h  |
 //!
+//! A counter's TTL is set when it is made (by a settle or an adjust; an
+//! adjust sets it again); the sets' TTLs move forward only (`PEXPIRE … GT`).
 //! The hour of grace lets usage reported just after a period ended still
 //! count in that period. Expired reservations and forgotten settled ids are
 //! pruned inside the scripts; `done` keeps at most 4096 ids per user.
@@ -78,6 +80,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
+use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology};
 use super::{
     Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
@@ -170,6 +173,9 @@ impl<'a> Call<'a> {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
+    /// Each serving thread's own connection, when [`Self::per_thread_connections`].
+    threads: std::sync::Arc<ThreadConnections>,
+    per_thread: bool,
     prefix: String,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
@@ -267,10 +273,36 @@ impl RedisStore {
         };
         Ok(Self {
             connection,
+            threads: std::sync::Arc::new(ThreadConnections::new(
+                options.topology.clone(),
+                options.root_cert.clone(),
+                timeout,
+            )),
+            per_thread: false,
             prefix: options.key_prefix.clone(),
             command_timeout: timeout,
             scripts: std::sync::Arc::new(scripts),
         })
+    }
+
+    /// Gives each thread that runs a current-thread tokio runtime a
+    /// connection of its own, opened in the background on its first call
+    /// (until then it shares the first). What the binary does: it serves on
+    /// one such runtime per core, and a shared connection would cost two
+    /// cross-thread wake-ups per call (`threads.rs`).
+    pub fn per_thread_connections(mut self) -> Self {
+        self.per_thread = true;
+        self
+    }
+
+    /// The connection for a call from this thread.
+    fn connection(&self) -> Connection {
+        if self.per_thread
+            && let Some(own) = self.threads.get()
+        {
+            return own;
+        }
+        self.connection.clone()
     }
 
     fn key(&self, user: &str, name: impl std::fmt::Display) -> String {
@@ -284,7 +316,7 @@ impl RedisStore {
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
     /// the script.
     async fn run<T: FromRedisValue>(&self, call: &Call<'_>) -> Result<T, StoreError> {
-        let connection = &self.connection;
+        let connection = self.connection();
         self.bounded(async {
             match connection
                 .query(&call.command("EVALSHA", &call.script.hash))
