@@ -15,7 +15,7 @@
 //! | reserve | day, week and month of *now* in the configured zone; check all three limits and hold one unit, atomically | [`periods`], [`store`] |
 //! | upstream | the exact bytes are forwarded; responses stream back | [`proxy`] |
 //! | report | the answer says how many images were saved: header, JSON field, in-band marker at the end of a stream, SSE event, trailer | [`report`] |
-//! | settle | the held unit becomes usage, or is released — at the head, or when the stream ends (kept alive meanwhile) | [`quota`], [`store`] |
+//! | settle | the held unit becomes usage, or is released — just after the answer is handed on, or when the stream ends (kept alive meanwhile) | [`quota`], [`store`] |
 //!
 //! The phases are called in this order by `inspect` in `src/quota/service.rs`.
 //!

@@ -16,7 +16,7 @@ use quota_proxy::telemetry;
 
 /// See Cargo.toml: the allocator measured fastest for this workload.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// How long the runtime waits for stray blocking work once `run` returned.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);

@@ -6,6 +6,7 @@
 //! new key, and November of another year is another month. This is what the
 //! Django app got wrong by comparing only the month number.
 
+use std::cell::Cell;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc, Weekday};
@@ -96,7 +97,7 @@ impl PeriodWindow {
 }
 
 /// The day, week and month of one instant, in [`Period::ALL`] order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeriodWindows(pub [PeriodWindow; 3]);
 
 impl PeriodWindows {
@@ -130,8 +131,23 @@ impl Calendar {
     }
 
     /// The day, week and month that `now` falls in.
+    ///
+    /// Each thread remembers the last answer: while `now` stays in the same
+    /// day (weeks and months start at a day's start, so they stay too) it is
+    /// returned again without time-zone arithmetic.
     pub fn windows(&self, now: DateTime<Utc>) -> PeriodWindows {
-        PeriodWindows(Period::ALL.map(|p| self.window(p, now)))
+        thread_local! {
+            static LAST: Cell<Option<(Calendar, PeriodWindows)>> = const { Cell::new(None) };
+        }
+        if let Some((calendar, windows)) = LAST.get() {
+            let day = windows.get(Period::Daily);
+            if calendar == *self && day.start <= now && now < day.end {
+                return windows;
+            }
+        }
+        let windows = PeriodWindows(Period::ALL.map(|p| self.window(p, now)));
+        LAST.set(Some((*self, windows)));
+        windows
     }
 
     /// The window of `period` that `now` falls in.
@@ -202,6 +218,24 @@ mod tests {
         assert_eq!(after.start, utc("2026-11-28T20:30:00Z"));
         assert_eq!(after.end, utc("2026-11-29T20:30:00Z"));
         assert_eq!(before.end, after.start);
+    }
+
+    #[test]
+    fn remembered_windows_follow_the_instant_and_the_calendar() {
+        let monday = tehran(true);
+        let saturday = tehran(false);
+        let fresh = |cal: Calendar, now| PeriodWindows(Period::ALL.map(|p| cal.window(p, now)));
+        // Same thread, so each call may reuse the one before it.
+        for now in [
+            "2026-11-28T20:29:59Z",
+            "2026-11-28T20:30:00Z",
+            "2026-11-28T20:29:59Z",
+            "2026-11-30T20:30:00Z",
+        ] {
+            for cal in [monday, saturday, monday] {
+                assert_eq!(cal.windows(utc(now)), fresh(cal, utc(now)), "{now}");
+            }
+        }
     }
 
     #[test]

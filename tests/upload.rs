@@ -546,3 +546,73 @@ async fn inspecting_a_50_mb_upload_holds_bounded_memory() {
     assert_eq!(proxy.wait_settled("erin", 1).await[0].used, 1);
     wait_open_in(&spool, 0).await;
 }
+
+/// Sends a JSON body of `len` bytes asking for an image, with its
+/// `Content-Length`, in 64 KiB chunks made as they go (the client holds no
+/// more than one).
+async fn send_json(addr: SocketAddr, user: &str, len: usize) -> Answer {
+    const HEAD: &[u8] = b"{\"message\": \"";
+    const TAIL: &[u8] = b"\", \"generate_image\": true}";
+    let filler = len - HEAD.len() - TAIL.len();
+    // (what comes next: 0 head, 1 filler, 2 tail, 3 nothing; filler left)
+    let chunks = stream::unfold((0u8, filler), |(next, left)| async move {
+        let (chunk, state) = match next {
+            0 => (Bytes::from_static(HEAD), (1, left)),
+            1 if left > 0 => {
+                let n = left.min(CHUNK);
+                (Bytes::from(vec![b'x'; n]), (1, left - n))
+            }
+            1 => (Bytes::from_static(TAIL), (3, 0)),
+            _ => return None,
+        };
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), state))
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{SEND}"))
+        .header("x-user-id", user)
+        .header("x-subscription-type", "free")
+        .header("content-type", "application/json")
+        .header("content-length", len)
+        .body(StreamBody::new(Box::pin(chunks)))
+        .expect("request");
+    let response = client.request(request).await.expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("answer body").to_bytes(),
+    }
+}
+
+/// A 10 MB JSON body must be parsed whole, so it is held once: copied
+/// piece by piece into one buffer as it arrives, never as the pieces plus a
+/// copy of them (which peaked at two bodies).
+#[tokio::test]
+async fn inspecting_a_10_mb_json_body_holds_it_once() {
+    let _alone = EXCLUSIVE.write().await;
+    let (_dir, spool) = spool_dir();
+    let upstream = hashing_upstream().await;
+    let authority = upstream.to_string().parse().expect("authority");
+    let proxy = Proxy::start(&config(&spool), &authority, &StoreChoice::Memory, now()).await;
+    let len = 10 * MIB;
+
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let answer = send_json(proxy.addr, "jo", len).await;
+    let peak = PEAK.load(Ordering::Relaxed) - before;
+
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        answer.text().starts_with(&format!("{len} ")),
+        "the upstream got all of it: {}",
+        answer.text()
+    );
+    println!("peak heap growth while inspecting a {len} byte JSON body: {peak} bytes");
+    assert!(
+        peak < len + 2 * MIB,
+        "peak heap growth {peak} bytes for a {len} byte body"
+    );
+    assert_eq!(proxy.wait_settled("jo", 1).await[0].used, 1);
+}

@@ -1,6 +1,12 @@
 //! Forwarding and accounting (phases: upstream, report, settle): the
 //! request goes on in a task of its own, and its answer is read for a usage
-//! report and settled — at once, or when its streamed body ends.
+//! report and settled — just after the answer is handed to the client, or
+//! when its streamed body ends.
+//!
+//! The client does not wait for the settle: until it lands the reservation
+//! is still live and counts against the limits, so a next request cannot
+//! slip past them, and the settle's store round trip stays off the
+//! response's latency.
 
 use std::sync::Arc;
 
@@ -45,15 +51,18 @@ where
     // Made before the task, so shutdown sees it pending from the start.
     let settlement = Settlement::new(shared, route, ticket);
     tokio::spawn(async move {
-        let result = match future.await {
-            Ok(response) => Ok(account(settlement, response).await),
-            Err(e) => {
-                settlement.settle(None).await;
-                Err(e)
+        let (result, settle) = match future.await {
+            Ok(response) => {
+                let (response, settle) = account(settlement, response).await;
+                (Ok(response), settle)
             }
+            Err(e) => (Err(e), Some((settlement, None))),
         };
-        // The client may be gone; the accounting is done or under way.
+        // The client may be gone; the accounting goes on either way.
         let _ = answer_tx.send(result);
+        if let Some((settlement, images)) = settle {
+            settlement.settle(images).await;
+        }
     });
     match answer_rx.await {
         Ok(result) => result,
@@ -64,10 +73,18 @@ where
     }
 }
 
-/// Reads the upstream's report from a response and settles, now (header,
-/// small JSON body, or nothing that could report) or when the streamed body
-/// ends (in-band markers, SSE events, trailers).
-async fn account<B>(mut settlement: Settlement, response: Response<B>) -> Response<QuotaBody<B>>
+/// What is left to settle once the answer is out: the settlement and the
+/// images reported. `None` when a streamed body settles at its end.
+type SettleNext = Option<(Settlement, Option<u64>)>;
+
+/// Reads the upstream's report from a response: from its head (header), its
+/// small JSON body, or nothing that could report — settled by the caller
+/// once the answer is out — or when the streamed body ends (in-band
+/// markers, SSE events, trailers).
+async fn account<B>(
+    mut settlement: Settlement,
+    response: Response<B>,
+) -> (Response<QuotaBody<B>>, SettleNext)
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -90,26 +107,27 @@ where
         );
     }
     if let Some(images) = shared.reports.take_header(&mut parts.headers) {
-        settlement.settle(Some(images)).await;
-        return Response::from_parts(parts, QuotaBody::inner(body));
+        let response = Response::from_parts(parts, QuotaBody::inner(body));
+        return (response, Some((settlement, Some(images))));
     }
     if shared.reports.wants_json_body(&parts.headers) {
         let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
         return match Limited::new(body, limit).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                settlement.settle(shared.reports.read_json(&bytes)).await;
-                Response::from_parts(parts, QuotaBody::local(bytes))
+                let images = shared.reports.read_json(&bytes);
+                let response = Response::from_parts(parts, QuotaBody::local(bytes));
+                (response, Some((settlement, images)))
             }
             Err(e) => {
                 tracing::warn!(route = %settlement.route.name, error = %e,
                     "upstream JSON response failed");
                 settlement.status = Some(StatusCode::BAD_GATEWAY);
-                settlement.settle(None).await;
-                local(json_error(
+                let response = local(json_error(
                     StatusCode::BAD_GATEWAY,
                     "the upstream response failed",
-                ))
+                ));
+                (response, Some((settlement, None)))
             }
         };
     }
@@ -120,11 +138,11 @@ where
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
             let body = UsageBody::new(body, report, settlement);
-            Response::from_parts(parts, QuotaBody::watched(body))
+            (Response::from_parts(parts, QuotaBody::watched(body)), None)
         }
-        None => {
-            settlement.settle(None).await;
-            Response::from_parts(parts, QuotaBody::inner(body))
-        }
+        None => (
+            Response::from_parts(parts, QuotaBody::inner(body)),
+            Some((settlement, None)),
+        ),
     }
 }

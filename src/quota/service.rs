@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, header, request};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -251,6 +251,46 @@ where
 /// and judges its flag. An upload (`multipart/form-data`) is judged as it
 /// streams and waits in a spool ([`spool::read`]); any other body is read
 /// into memory, as it is parsed whole.
+/// Reads a whole body of at most `max` bytes into one buffer: a body that
+/// comes in one piece is kept as it is, a longer one is copied piece by
+/// piece into a buffer sized by its `Content-Length` (`declared`), each piece
+/// dropped once copied, so the body is held about once, never as pieces plus
+/// a copy of them.
+async fn read_whole<B>(body: B, max: u64, declared: Option<u64>) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|e| ReadError::Client(e.into()))?.into_data() else {
+            continue; // trailers: not part of the bytes forwarded
+        };
+        total += data.len() as u64;
+        if total > max {
+            return Err(ReadError::TooLarge(max));
+        }
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let capacity = declared.unwrap_or(total).max(total);
+                let mut buffer = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+                buffer.extend_from_slice(&earlier);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
+    }
+    Ok(match (joined, first) {
+        (Some(joined), _) => joined.freeze(),
+        (None, first) => first.unwrap_or_default(),
+    })
+}
+
 async fn read_body<B>(
     shared: &Shared,
     route: &Route,
@@ -281,10 +321,8 @@ where
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
-        let limit = usize::try_from(max).unwrap_or(usize::MAX);
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
+        match read_whole(body, max, declared).await {
+            Ok(bytes) => {
                 let verdict = flag::detect(
                     content_type,
                     bytes.clone(),
@@ -295,10 +333,7 @@ where
                 .await;
                 Ok((RequestBody::buffered(bytes), verdict))
             }
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(ReadError::TooLarge(max))
-            }
-            Err(e) => Err(ReadError::Client(e)),
+            Err(e) => Err(e),
         }
     };
     read.map_err(|e| match e {

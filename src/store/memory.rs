@@ -314,7 +314,7 @@ impl QuotaStore for MemoryStore {
                 reservation: Reservation {
                     id,
                     user: request.user.clone(),
-                    windows: request.windows.clone(),
+                    windows: request.windows,
                     expires_at,
                 },
                 counts: PeriodCounts(counts.0.map(|c| c.saturating_add(1))),

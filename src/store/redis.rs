@@ -403,7 +403,7 @@ impl QuotaStore for RedisStore {
                 reservation: Reservation {
                     id,
                     user: user.clone(),
-                    windows: request.windows.clone(),
+                    windows: request.windows,
                     expires_at,
                 },
                 counts,
