@@ -192,31 +192,76 @@ pub fn identity_cache(hit: bool) {
 /// A [`QuotaStore`] that times every call of the store it wraps.
 pub struct TimedStore {
     inner: Arc<dyn QuotaStore>,
+    /// Per store operation, the histograms of its `ok` and `error` calls,
+    /// looked up once (a lookup hashes the name and labels every time).
+    timers: [[metrics::Histogram; 2]; StoreOp::COUNT],
 }
 
-impl TimedStore {
-    /// Wraps `inner`.
-    pub fn wrap(inner: Arc<dyn QuotaStore>) -> Arc<dyn QuotaStore> {
-        Arc::new(Self { inner })
+/// The store operations [`TimedStore`] times, in `timers` order.
+#[derive(Clone, Copy)]
+enum StoreOp {
+    Reserve,
+    Settle,
+    Extend,
+    Usage,
+    Adjust,
+    Ping,
+}
+
+impl StoreOp {
+    const COUNT: usize = 6;
+    const ALL: [StoreOp; Self::COUNT] = [
+        StoreOp::Reserve,
+        StoreOp::Settle,
+        StoreOp::Extend,
+        StoreOp::Usage,
+        StoreOp::Adjust,
+        StoreOp::Ping,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            StoreOp::Reserve => "reserve",
+            StoreOp::Settle => "settle",
+            StoreOp::Extend => "extend",
+            StoreOp::Usage => "usage",
+            StoreOp::Adjust => "adjust",
+            StoreOp::Ping => "ping",
+        }
     }
 }
 
-async fn timed<T>(
-    op: &'static str,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let result = call.await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::histogram!(STORE_CALL_SECONDS, "op" => op, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
-    result
+impl TimedStore {
+    /// Wraps `inner`, timing into the recorder installed now (the binary
+    /// installs it before it opens the store).
+    pub fn wrap(inner: Arc<dyn QuotaStore>) -> Arc<dyn QuotaStore> {
+        let timers = StoreOp::ALL.map(|op| {
+            ["ok", "error"].map(|outcome| {
+                metrics::histogram!(STORE_CALL_SECONDS, "op" => op.label(), "outcome" => outcome)
+            })
+        });
+        Arc::new(Self { inner, timers })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: StoreOp,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let [ok, error] = &self.timers[op as usize];
+        let timer = if result.is_ok() { ok } else { error };
+        timer.record(started.elapsed().as_secs_f64());
+        result
+    }
 }
 
 #[async_trait]
 impl QuotaStore for TimedStore {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
-        timed("reserve", self.inner.reserve(request)).await
+        self.timed(StoreOp::Reserve, self.inner.reserve(request))
+            .await
     }
 
     async fn settle(
@@ -225,7 +270,8 @@ impl QuotaStore for TimedStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        timed("settle", self.inner.settle(reservation, amount, now)).await
+        self.timed(StoreOp::Settle, self.inner.settle(reservation, amount, now))
+            .await
     }
 
     async fn extend(
@@ -234,7 +280,8 @@ impl QuotaStore for TimedStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        timed("extend", self.inner.extend(reservation, until, now)).await
+        self.timed(StoreOp::Extend, self.inner.extend(reservation, until, now))
+            .await
     }
 
     async fn usage(
@@ -243,7 +290,8 @@ impl QuotaStore for TimedStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
-        timed("usage", self.inner.usage(user, windows, now)).await
+        self.timed(StoreOp::Usage, self.inner.usage(user, windows, now))
+            .await
     }
 
     async fn adjust(
@@ -253,11 +301,12 @@ impl QuotaStore for TimedStore {
         delta: i64,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        timed("adjust", self.inner.adjust(user, window, delta, now)).await
+        self.timed(StoreOp::Adjust, self.inner.adjust(user, window, delta, now))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        timed("ping", self.inner.ping()).await
+        self.timed(StoreOp::Ping, self.inner.ping()).await
     }
 }
 
