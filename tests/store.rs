@@ -966,6 +966,29 @@ async fn clients(raw: &mut redis::aio::MultiplexedConnection) -> usize {
     list.lines().count()
 }
 
+/// Runs `work` on a thread of its own with a current-thread runtime, as
+/// the binary's serving threads do.
+fn on_serving_thread(
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work);
+    })
+}
+
+/// Waits for `thread` off the calling runtime, which may be driving a
+/// connection the thread uses.
+async fn join(thread: std::thread::JoinHandle<()>) {
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("serving thread");
+}
+
 #[tokio::test]
 async fn redis_per_thread_connections_are_opened_per_serving_thread_and_closed_with_the_store() {
     let server = RedisServer::start();
@@ -983,24 +1006,18 @@ async fn redis_per_thread_connections_are_opened_per_serving_thread_and_closed_w
         .map(|thread| {
             let store = std::sync::Arc::clone(&store);
             let (done, release) = (done.clone(), release.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(async {
-                    for _ in 0..50 {
-                        let user = format!("t{thread}");
-                        let admission = store
-                            .reserve(&request(&user, limits(0, 0, 0), at(NOW), TTL))
-                            .await
-                            .expect("reserve");
-                        assert!(matches!(admission, Admission::Reserved { .. }));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    done.wait();
-                    release.wait();
-                });
+            on_serving_thread(async move {
+                for _ in 0..50 {
+                    let user = format!("t{thread}");
+                    let admission = store
+                        .reserve(&request(&user, limits(0, 0, 0), at(NOW), TTL))
+                        .await
+                        .expect("reserve");
+                    assert!(matches!(admission, Admission::Reserved { .. }));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                done.wait();
+                release.wait();
             })
         })
         .collect();
@@ -1015,10 +1032,7 @@ async fn redis_per_thread_connections_are_opened_per_serving_thread_and_closed_w
     assert_eq!(clients(&mut raw).await, 4);
     wait(release).await.expect("release");
     for thread in serving {
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join")
-            .expect("serving thread");
+        join(thread).await;
     }
     for user in ["t0", "t1"] {
         let usage = store
@@ -1039,4 +1053,51 @@ async fn redis_per_thread_connections_are_opened_per_serving_thread_and_closed_w
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn redis_per_thread_connections_recover_after_a_restart() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), PREFIX, COMMAND_TIMEOUT)
+        .await
+        .expect("connect");
+    let store = std::sync::Arc::new(store.per_thread_connections());
+    let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+    let (restarted, restarted_rx) = std::sync::mpsc::channel::<()>();
+    let serving = {
+        let store = std::sync::Arc::clone(&store);
+        on_serving_thread(async move {
+            let asked = request("r", limits(0, 0, 0), at(NOW), TTL);
+            let reserve = || store.reserve(&asked);
+            // Until this thread's own connection is open and carries calls.
+            for _ in 0..20 {
+                reserve().await.expect("reserve before the restart");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ready_tx.send(()).expect("ready");
+            restarted_rx.recv().expect("restarted");
+            // Its connection was cut; it must reconnect by itself.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match reserve().await {
+                    Ok(admission) => {
+                        assert!(matches!(admission, Admission::Reserved { .. }));
+                        return;
+                    }
+                    Err(e) => assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no reservation within 5 s of the restart: {e}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::task::spawn_blocking(move || ready.recv())
+        .await
+        .expect("wait")
+        .expect("ready");
+    server.restart();
+    restarted.send(()).expect("restarted");
+    join(serving).await;
 }
