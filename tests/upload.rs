@@ -331,18 +331,28 @@ fn body(
 
 /// Sends the upload as a chunked body (no `Content-Length`) from `user`.
 async fn send(addr: SocketAddr, user: &str, upload: &Upload, pause: Option<PathBuf>) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::builder()
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let request = post(addr, user, &content_type).body(StreamBody::new(body(upload, pause)));
+    answer(request.expect("request")).await
+}
+
+/// A `POST` to the inspected route from `user` on the free plan.
+fn post(addr: SocketAddr, user: &str, content_type: &str) -> http::request::Builder {
+    Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}{SEND}"))
         .header("x-user-id", user)
         .header("x-subscription-type", "free")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(StreamBody::new(body(upload, pause)))
-        .expect("request");
+        .header("content-type", content_type)
+}
+
+/// Sends `request` to the proxy and reads the whole answer.
+async fn answer<B>(request: Request<B>) -> Answer
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http();
     let response = client.request(request).await.expect("proxy answers");
     let (parts, body) = response.into_parts();
     Answer {
@@ -567,23 +577,10 @@ async fn send_json(addr: SocketAddr, user: &str, len: usize) -> Answer {
         };
         Some((Ok::<_, Infallible>(Frame::data(chunk)), state))
     });
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{addr}{SEND}"))
-        .header("x-user-id", user)
-        .header("x-subscription-type", "free")
-        .header("content-type", "application/json")
+    let request = post(addr, user, "application/json")
         .header("content-length", len)
-        .body(StreamBody::new(Box::pin(chunks)))
-        .expect("request");
-    let response = client.request(request).await.expect("proxy answers");
-    let (parts, body) = response.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("answer body").to_bytes(),
-    }
+        .body(StreamBody::new(Box::pin(chunks)));
+    answer(request.expect("request")).await
 }
 
 /// A 10 MB JSON body must be parsed whole, so it is held once: copied
