@@ -151,9 +151,10 @@ pub fn request(route: &str, decision: &'static str) {
     metrics::counter!(REQUESTS, "route" => route.to_owned(), "decision" => decision).increment(1);
 }
 
-/// Counts a request on a route that is not inspected.
-pub fn passthrough() {
-    metrics::counter!(REQUESTS, "route" => "-", "decision" => "passthrough").increment(1);
+/// The counter of requests on a route that is not inspected, to be kept and
+/// incremented per request (the quota layer holds it).
+pub fn passthrough_counter() -> metrics::Counter {
+    metrics::counter!(REQUESTS, "route" => "-", "decision" => "passthrough")
 }
 
 /// Counts a denial, as a request and by period.
@@ -312,15 +313,43 @@ impl QuotaStore for TimedStore {
 
 /// Times the service it wraps (the forwarding service) to the response
 /// head, and counts its answers by status class.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamMetrics<S> {
     inner: S,
+    handles: Arc<UpstreamHandles>,
+}
+
+/// The upstream series, looked up once (a lookup hashes the name and labels
+/// every time): the head-time histogram and one counter per class, in
+/// [`CLASSES`] order.
+struct UpstreamHandles {
+    seconds: metrics::Histogram,
+    responses: [metrics::Counter; CLASSES.len()],
+}
+
+/// The `class` label values of upstream answers; `error` = no answer.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+impl<S: std::fmt::Debug> std::fmt::Debug for UpstreamMetrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> UpstreamMetrics<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, counting into the recorder installed now (the binary
+    /// installs it before it starts serving).
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        let handles = UpstreamHandles {
+            seconds: metrics::histogram!(UPSTREAM_SECONDS),
+            responses: CLASSES.map(|class| metrics::counter!(UPSTREAM_RESPONSES, "class" => class)),
+        };
+        Self {
+            inner,
+            handles: Arc::new(handles),
+        }
     }
 }
 
@@ -340,6 +369,7 @@ where
         UpstreamFuture {
             inner: self.inner.call(request),
             started: Instant::now(),
+            handles: Arc::clone(&self.handles),
         }
     }
 }
@@ -350,6 +380,7 @@ pin_project! {
         #[pin]
         inner: F,
         started: Instant,
+        handles: Arc<UpstreamHandles>,
     }
 }
 
@@ -364,21 +395,24 @@ where
         let result = ready!(this.inner.poll(cx));
         let class = match &result {
             Ok(response) => status_class(response.status()),
-            Err(_) => "error",
+            Err(_) => CLASSES.len() - 1,
         };
-        metrics::histogram!(UPSTREAM_SECONDS).record(this.started.elapsed().as_secs_f64());
-        metrics::counter!(UPSTREAM_RESPONSES, "class" => class).increment(1);
+        this.handles
+            .seconds
+            .record(this.started.elapsed().as_secs_f64());
+        this.handles.responses[class].increment(1);
         Poll::Ready(result)
     }
 }
 
-fn status_class(status: http::StatusCode) -> &'static str {
+/// The index in [`CLASSES`] of `status`'s class.
+fn status_class(status: http::StatusCode) -> usize {
     match status.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     }
 }
 
@@ -388,9 +422,10 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert_eq!(status_class(http::StatusCode::OK), "2xx");
-        assert_eq!(status_class(http::StatusCode::FOUND), "3xx");
-        assert_eq!(status_class(http::StatusCode::TOO_MANY_REQUESTS), "4xx");
-        assert_eq!(status_class(http::StatusCode::BAD_GATEWAY), "5xx");
+        let class = |status| CLASSES[status_class(status)];
+        assert_eq!(class(http::StatusCode::OK), "2xx");
+        assert_eq!(class(http::StatusCode::FOUND), "3xx");
+        assert_eq!(class(http::StatusCode::TOO_MANY_REQUESTS), "4xx");
+        assert_eq!(class(http::StatusCode::BAD_GATEWAY), "5xx");
     }
 }

@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     /// Admitted requests whose usage is not recorded yet; shutdown waits for
     /// it. Kept across reloads.
     pub(crate) settlements: TaskTracker,
+    /// Counts requests on no inspected route; looked up once, in the
+    /// metrics recorder installed when the layer is built.
+    pub(crate) passthrough: metrics::Counter,
 }
 
 impl QuotaLayer {
@@ -192,6 +195,7 @@ impl QuotaLayerBuilder {
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,
                 settlements: self.settlements,
+                passthrough: crate::metrics::passthrough_counter(),
             })),
         }
     }

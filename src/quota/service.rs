@@ -105,7 +105,7 @@ where
             strip_client_headers(request.headers_mut(), names);
         }
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
-            crate::metrics::passthrough();
+            shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
             let future = self
                 .inner
