@@ -513,6 +513,23 @@ async fn hashing_upstream() -> SocketAddr {
     addr
 }
 
+/// A proxy on the memory store, spooling to `spool`, in front of
+/// [`hashing_upstream`].
+async fn hashing_proxy(spool: &Path) -> Proxy {
+    let upstream = hashing_upstream().await;
+    let authority = upstream.to_string().parse().expect("authority");
+    Proxy::start(&config(spool), &authority, &StoreChoice::Memory, now()).await
+}
+
+/// Runs `work` and returns its output with the peak growth of the process's
+/// live heap bytes meanwhile.
+async fn peak_growth<T>(work: impl std::future::Future<Output = T>) -> (T, usize) {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let output = work.await;
+    (output, PEAK.load(Ordering::Relaxed) - before)
+}
+
 /// Peak live heap bytes of the whole process, above what was live before,
 /// while a 50 MB upload is inspected, spooled and forwarded. Measured: about
 /// 3 MiB (1 MiB spool memory part, hyper's read buffers on three
@@ -522,16 +539,11 @@ async fn hashing_upstream() -> SocketAddr {
 async fn inspecting_a_50_mb_upload_holds_bounded_memory() {
     let _alone = EXCLUSIVE.write().await;
     let (_dir, spool) = spool_dir();
-    let upstream = hashing_upstream().await;
-    let authority = upstream.to_string().parse().expect("authority");
-    let proxy = Proxy::start(&config(&spool), &authority, &StoreChoice::Memory, now()).await;
+    let proxy = hashing_proxy(&spool).await;
     let upload = Upload::chat("true");
     let sent = upload.digest();
 
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let answer = send(proxy.addr, "erin", &upload, Some(spool.clone())).await;
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let (answer, peak) = peak_growth(send(proxy.addr, "erin", &upload, Some(spool.clone()))).await;
 
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(
@@ -590,15 +602,10 @@ async fn send_json(addr: SocketAddr, user: &str, len: usize) -> Answer {
 async fn inspecting_a_10_mb_json_body_holds_it_once() {
     let _alone = EXCLUSIVE.write().await;
     let (_dir, spool) = spool_dir();
-    let upstream = hashing_upstream().await;
-    let authority = upstream.to_string().parse().expect("authority");
-    let proxy = Proxy::start(&config(&spool), &authority, &StoreChoice::Memory, now()).await;
+    let proxy = hashing_proxy(&spool).await;
     let len = 10 * MIB;
 
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let answer = send_json(proxy.addr, "jo", len).await;
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let (answer, peak) = peak_growth(send_json(proxy.addr, "jo", len)).await;
 
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert!(

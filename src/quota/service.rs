@@ -321,20 +321,19 @@ where
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
-        match read_whole(body, max, declared).await {
-            Ok(bytes) => {
-                let verdict = flag::detect(
-                    content_type,
-                    bytes.clone(),
-                    query,
-                    &route.flag,
-                    &route.flag_rules,
-                )
-                .await;
-                Ok((RequestBody::buffered(bytes), verdict))
-            }
-            Err(e) => Err(e),
+        async {
+            let bytes = read_whole(body, max, declared).await?;
+            let verdict = flag::detect(
+                content_type,
+                bytes.clone(),
+                query,
+                &route.flag,
+                &route.flag_rules,
+            )
+            .await;
+            Ok((RequestBody::buffered(bytes), verdict))
         }
+        .await
     };
     read.map_err(|e| match e {
         ReadError::TooLarge(_) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
