@@ -20,9 +20,10 @@
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
 //! (quota-proxy's serving `threads` and nginx's `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
-//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_REDIS=1`; for quicker iterations
+//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_FLOOR=1`, `LOAD_SKIP_REDIS=1`; for quicker iterations
 //! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and
-//! `LOAD_SECTIONS` (`matrix,ttfb,memory`).
+//! `LOAD_SECTIONS` (`matrix,ttfb,memory`); `LOAD_PROXY_BIN` measures another
+//! quota-proxy binary (a copy built from another commit) with this bench.
 
 mod support;
 
@@ -32,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use support::loadgen::{self, Limits};
-use support::procs::{self, NginxProcess, ProxyProcess, RedisProcess};
+use support::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
 use support::runner::{self, Matrix, Row, Subject, UploadMemory, show};
 use support::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
 use support::upstream::Upstream;
@@ -44,7 +45,20 @@ const UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 const TTFB_GAP_MS: u64 = 5;
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|arg| arg == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, command, listen, upstream, threads] = args.as_slice()
+        && command == "floor"
+    {
+        // The bench re-run as its hyper floor (`support/floor.rs`).
+        return match run_floor(listen, upstream, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hyper floor failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if !args.iter().any(|arg| arg == "--bench") {
         println!(
             "load bench: not run under `cargo test` (run it with `cargo bench --bench load`); \
              tests/load_smoke.rs covers its machinery"
@@ -64,6 +78,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_floor(listen: &str, upstream: &str, threads: &str) -> io::Result<()> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    let upstream = upstream.parse().map_err(io::Error::other)?;
+    let threads = threads.parse().map_err(io::Error::other)?;
+    support::floor::run(listener, upstream, threads)
+}
+
 struct Options {
     measure: Duration,
     warm_up: Duration,
@@ -74,6 +95,7 @@ struct Options {
     proxy_threads: usize,
     upstream_threads: usize,
     skip_nginx: bool,
+    skip_floor: bool,
     skip_redis: bool,
     shapes: Vec<Shape>,
     sections: Vec<String>,
@@ -100,6 +122,7 @@ impl Options {
             proxy_threads: number("LOAD_PROXY_THREADS", cores),
             upstream_threads: number("LOAD_UPSTREAM_THREADS", 1),
             skip_nginx: var("LOAD_SKIP_NGINX").is_some(),
+            skip_floor: var("LOAD_SKIP_FLOOR").is_some(),
             skip_redis: var("LOAD_SKIP_REDIS").is_some(),
             shapes: match var("LOAD_SHAPES") {
                 Some(keys) => Shape::ALL
@@ -126,7 +149,11 @@ impl Options {
 fn run() -> io::Result<bool> {
     let options = Options::from_env();
     raise_open_files_limit();
-    let binary = Path::new(env!("CARGO_BIN_EXE_quota-proxy"));
+    let built = std::env::var_os("LOAD_PROXY_BIN").filter(|v| !v.is_empty());
+    let binary = built
+        .as_deref()
+        .map_or(Path::new(env!("CARGO_BIN_EXE_quota-proxy")), Path::new);
+    println!("quota-proxy binary: {}", binary.display());
     let dir = tempfile::tempdir()?;
     // The load generator's runtime: one thread, so it takes at most one of
     // the cores the servers need.
@@ -173,6 +200,17 @@ fn run() -> io::Result<bool> {
             None
         }
     };
+    let floor = if options.skip_floor {
+        None
+    } else {
+        let bench = std::env::current_exe()?;
+        Some(FloorProcess::start(
+            &bench,
+            dir.path(),
+            upstream.addr(),
+            options.proxy_threads,
+        )?)
+    };
     let start_proxy = |name: &str, store: &StoreSpec| {
         ProxyProcess::start(
             binary,
@@ -204,6 +242,15 @@ fn run() -> io::Result<bool> {
                     .map(|&pid| procs::cpu_seconds(pid).unwrap_or(f64::NAN))
                     .sum()
             }),
+            redis_calls: None,
+        });
+    }
+    if let Some(floor) = &floor {
+        let pid = floor.pid();
+        subjects.push(Subject {
+            target: Target::Floor,
+            addr: floor.addr(),
+            cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
             redis_calls: None,
         });
     }
@@ -433,13 +480,37 @@ fn run() -> io::Result<bool> {
     for (ok, text) in &verdicts {
         println!("- {} {text}", if *ok { "HOLDS:" } else { "MISSED:" });
     }
+    if let Some(text) = floor_context(&rows) {
+        println!("\n{text}");
+    }
     drop(subjects);
     drop(on_redis);
     drop(memory);
     drop(nginx);
+    drop(floor);
     drop(redis);
     drop(upstream);
     Ok(rows.iter().all(|row| row.stats.clean()))
+}
+
+/// Pass-through at 64 connections against the hyper floor: how far nginx
+/// is from the least any hyper proxy does, and quota-proxy from that.
+fn floor_context(rows: &[Row]) -> Option<String> {
+    let row = |target| find(rows, Shape::PassThrough, target, 64);
+    let (nginx, floor, qp) = (
+        row(Target::Nginx)?,
+        row(Target::Floor)?,
+        row(Target::Memory)?,
+    );
+    Some(format!(
+        "Pass-through against the hyper floor (64 conns): floor ÷ nginx {:.2}× req/s, \
+         qp-memory ÷ floor {:.2}× req/s; CPU s/10k req: nginx {:.2}, floor {:.2}, qp-memory {:.2}.",
+        floor.stats.rps() / nginx.stats.rps(),
+        qp.stats.rps() / floor.stats.rps(),
+        nginx.cpu_per_10k,
+        floor.cpu_per_10k,
+        qp.cpu_per_10k
+    ))
 }
 
 fn find(rows: &[Row], shape: Shape, target: Target, conns: usize) -> Option<&Row> {

@@ -3,7 +3,8 @@
 //! on the memory store, so `cargo test` catches a bench that no longer
 //! runs. It measures nothing; it checks that every answer is the expected
 //! one (statuses, a denial after the quota is used up, the in-band marker
-//! stripped) and that `/proc` figures can be read.
+//! stripped, the hyper floor forwarding every shape) and that `/proc`
+//! figures can be read.
 
 #[path = "../benches/support/mod.rs"]
 mod load;
@@ -30,10 +31,21 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
     )
     .expect("the quota-proxy binary starts");
     let pid = proxy.pid();
+    // The hyper floor, in this process (the bench runs it in its own).
+    let floor = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the floor");
+    let floor_addr = floor.local_addr().expect("floor address");
+    let upstream_addr = upstream.addr();
+    std::thread::spawn(move || load::floor::run(floor, upstream_addr, 1));
     let subjects = [
         Subject {
             target: Target::Direct,
             addr: upstream.addr(),
+            cpu: Box::new(|| 0.0),
+            redis_calls: None,
+        },
+        Subject {
+            target: Target::Floor,
+            addr: floor_addr,
             cpu: Box::new(|| 0.0),
             redis_calls: None,
         },
@@ -62,7 +74,7 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         .build()
         .expect("runtime");
     let rows = runner::run_matrix(&runtime, &subjects, &matrix, |_| {}).expect("the matrix runs");
-    assert_eq!(rows.len(), 2 * Shape::ALL.len() * 2);
+    assert_eq!(rows.len(), subjects.len() * Shape::ALL.len() * 2);
     for row in &rows {
         assert!(
             row.stats.clean() && row.stats.requests == 20,

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use quota_proxy::config::Timeouts;
-use quota_proxy::proxy::{BoxError, ProxyService};
+use quota_proxy::proxy::{BoxError, POOL_IDLE_TIMEOUT, ProxyService};
 use quota_proxy::server;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -541,6 +541,71 @@ async fn request_is_sent_once_when_upstream_hangs_up() {
         .filter(|r| r.uri.path() == "/hang/")
         .count();
     assert_eq!(hangs, 1);
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let upstream = TestUpstream::always(Reply::ok().body("hello")).await;
+    let proxy = Proxy::start(upstream.authority(), timeouts()).await;
+    // Each on a client connection of its own: the upstream side is pooled,
+    // not tied to a client.
+    for _ in 0..5 {
+        assert_eq!(
+            body_bytes(send(proxy.addr, get("/x/")).await).await,
+            "hello"
+        );
+    }
+    let mut sender = h1(proxy.addr).await;
+    for _ in 0..5 {
+        let response = within("head", sender.send_request(get("/y/")))
+            .await
+            .expect("response");
+        assert_eq!(body_bytes(response).await, "hello");
+    }
+    assert_eq!(upstream.count(), 10);
+    assert_eq!(upstream.connections(), 1, "one idle connection, reused");
+}
+
+#[tokio::test]
+async fn a_response_dropped_before_its_end_closes_its_upstream_connection() {
+    let upstream = TestUpstream::start(|request| async move {
+        if request.uri.path() == "/slow/" {
+            Reply::ok().stream([("first", ms(0)), ("late", ms(5000))])
+        } else {
+            Reply::ok().body("whole")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(upstream.authority(), timeouts()).await;
+    let mut response = send(proxy.addr, get("/slow/")).await;
+    let first = within("first chunk", response.body_mut().frame())
+        .await
+        .expect("a frame")
+        .expect("data");
+    assert_eq!(first.into_data().expect("data"), "first");
+    drop(response);
+    upstream.wait_for_bodies_dropped(1).await;
+    // Half a response is still on that connection: never reused.
+    assert_eq!(
+        body_bytes(send(proxy.addr, get("/x/")).await).await,
+        "whole"
+    );
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_upstream_connection_older_than_the_pool_timeout_is_not_reused() {
+    let upstream = TestUpstream::always(Reply::ok().body("hello")).await;
+    let proxy = Proxy::start(upstream.authority(), timeouts()).await;
+    body_bytes(send(proxy.addr, get("/x/")).await).await;
+    body_bytes(send(proxy.addr, get("/x/")).await).await;
+    assert_eq!(upstream.connections(), 1);
+    // The upstream may be closing it by now (gunicorn: 2 s): a new one.
+    tokio::time::pause();
+    tokio::time::advance(POOL_IDLE_TIMEOUT + ms(1)).await;
+    tokio::time::resume();
+    body_bytes(send(proxy.addr, get("/x/")).await).await;
+    assert_eq!(upstream.connections(), 2);
 }
 
 #[tokio::test]

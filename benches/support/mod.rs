@@ -4,6 +4,7 @@
 // Each includer uses only part of it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod floor;
 pub mod loadgen;
 pub mod procs;
 pub mod runner;

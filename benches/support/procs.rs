@@ -121,6 +121,63 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The hyper floor (`floor.rs`) in a process of its own: `binary` (the
+/// bench itself) re-run as `binary floor LISTEN UPSTREAM THREADS`.
+pub struct FloorProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl FloorProcess {
+    /// Starts the floor on a free port in front of `upstream`, logging to
+    /// `dir/hyper-floor.log`.
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        upstream: SocketAddr,
+        threads: usize,
+    ) -> io::Result<FloorProcess> {
+        let mut last = io::Error::other("not started");
+        for _ in 0..3 {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            let log = dir.join("hyper-floor.log");
+            let mut child = Command::new(binary)
+                .arg("floor")
+                .arg(addr.to_string())
+                .arg(upstream.to_string())
+                .arg(threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()?;
+            match wait_until_listening(addr, &mut child, &log) {
+                Ok(()) => return Ok(FloorProcess { child, addr }),
+                Err(e) => {
+                    kill(&mut child);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
 /// quota-proxy, the release (or, under `cargo test`, debug) binary, run
 /// with a config written for it.
 pub struct ProxyProcess {

@@ -25,6 +25,8 @@ pub enum Target {
     Direct,
     /// nginx in front of the upstream.
     Nginx,
+    /// The least a hyper proxy does (`floor.rs`) in front of the upstream.
+    Floor,
     /// quota-proxy with the memory store.
     Memory,
     /// quota-proxy with the Redis store.
@@ -37,6 +39,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Nginx => "nginx",
+            Target::Floor => "hyper-floor",
             Target::Memory => "qp-memory",
             Target::Redis => "qp-redis",
         }

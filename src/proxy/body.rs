@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::pool::Lease;
 use crate::proxy::BoxError;
 
 /// Why a response body stopped before its end. The client connection is
@@ -32,10 +33,28 @@ pub enum BodyError {
 pin_project! {
     /// The body of every response [`ProxyService`](crate::proxy::ProxyService)
     /// returns: `Data = Bytes`, `Error = BodyError`. Trailers pass through.
+    ///
+    /// An upstream body holds its connection's lease: read to its end, the
+    /// connection goes back to the pool (also when it is dropped after its
+    /// last frame, as hyper does); dropped early or failed, the connection
+    /// is closed.
     #[derive(Debug)]
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
+        lease: Option<Lease>,
+    }
+
+    impl PinnedDrop for ProxyBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(lease) = this.lease.take()
+                && let KindProj::Upstream { body } = this.kind.project()
+                && body.finished()
+            {
+                lease.release();
+            }
+        }
     }
 }
 
@@ -49,12 +68,14 @@ pin_project! {
 }
 
 impl ProxyBody {
-    /// The upstream's body, cut when it goes silent for longer than `idle`.
-    pub(crate) fn upstream(body: Incoming, idle: Duration) -> Self {
+    /// The upstream's body, cut when it goes silent for longer than `idle`;
+    /// `lease` is its connection's.
+    pub(crate) fn upstream(body: Incoming, idle: Duration, lease: Lease) -> Self {
         Self {
             kind: Kind::Upstream {
                 body: IdleTimeout::new(body, idle),
             },
+            lease: Some(lease),
         }
     }
 }
@@ -65,6 +86,7 @@ impl From<Full<Bytes>> for ProxyBody {
     fn from(body: Full<Bytes>) -> Self {
         Self {
             kind: Kind::Local { body },
+            lease: None,
         }
     }
 }
@@ -77,8 +99,22 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.project().kind.project() {
-            KindProj::Upstream { body } => body.poll_frame(cx),
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Upstream { body } => {
+                let frame = ready!(body.poll_frame(cx));
+                match &frame {
+                    None => {
+                        if let Some(lease) = this.lease.take() {
+                            lease.release();
+                        }
+                    }
+                    // A failed body's connection is not reused.
+                    Some(Err(_)) => drop(this.lease.take()),
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(frame)
+            }
             KindProj::Local { body } => body
                 .poll_frame(cx)
                 .map_err(|never: std::convert::Infallible| match never {}),
@@ -134,6 +170,13 @@ impl<B> IdleTimeout<B> {
             waiting: false,
             timed_out: false,
         }
+    }
+}
+
+impl<B: Body> IdleTimeout<B> {
+    /// Whether the wrapped body reached its own end (not cut by the timer).
+    fn finished(&self) -> bool {
+        !self.timed_out && self.body.is_end_stream()
     }
 }
 

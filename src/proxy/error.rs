@@ -3,14 +3,12 @@
 //! (phase: forward). The proxy never returns an error to hyper: each cause
 //! here becomes a JSON response.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::client::legacy;
 
 use crate::error::json_error;
 
@@ -28,16 +26,16 @@ pub(crate) enum ForwardError {
     /// The client's request body failed while it was being sent upstream
     /// (the client disconnected or sent a malformed chunk).
     #[error("the client's request body failed while forwarding it")]
-    ClientBody(#[source] legacy::Error),
+    ClientBody(#[source] hyper::Error),
     /// No TCP connection to the upstream (refused, unreachable, or
     /// `timeouts.connect` exceeded).
     #[error("cannot connect to upstream {upstream}")]
     Connect {
         /// The upstream.
         upstream: Authority,
-        /// hyper-util's error, with the I/O error as its source.
+        /// The I/O error.
         #[source]
-        source: legacy::Error,
+        source: std::io::Error,
     },
     /// The upstream accepted the request but sent no response head within
     /// `timeouts.response_head`.
@@ -54,28 +52,26 @@ pub(crate) enum ForwardError {
     Transport {
         /// The upstream.
         upstream: Authority,
-        /// hyper-util's error, with hyper's as its source.
+        /// hyper's error.
         #[source]
-        source: legacy::Error,
+        source: hyper::Error,
     },
 }
 
 impl ForwardError {
-    /// Classifies an error of the pooled client.
-    pub(crate) fn from_client(upstream: &Authority, source: legacy::Error) -> Self {
-        if source.is_connect() {
-            return Self::Connect {
-                upstream: upstream.clone(),
-                source,
-            };
+    /// A connection to `upstream` that could not be opened.
+    pub(crate) fn connect(upstream: &Authority, source: std::io::Error) -> Self {
+        Self::Connect {
+            upstream: upstream.clone(),
+            source,
         }
+    }
+
+    /// Classifies an error of an upstream connection.
+    pub(crate) fn from_hyper(upstream: &Authority, source: hyper::Error) -> Self {
         // hyper reports a failing request body as a "user" error: the
         // client's side broke, not the upstream's.
-        let client_side = source
-            .source()
-            .and_then(|cause| cause.downcast_ref::<hyper::Error>())
-            .is_some_and(hyper::Error::is_user);
-        if client_side {
+        if source.is_user() {
             Self::ClientBody(source)
         } else {
             Self::Transport {

@@ -5,6 +5,7 @@
 //! [`crate::server::serve`] runs the stack.
 //!
 //! - `service.rs`: the tower service, its timeouts and error answers;
+//! - `pool.rs`: the idle upstream connections, lent one request at a time;
 //! - `headers.rs`: hop-by-hop removal and `X-Forwarded-*` (pure functions);
 //! - `body.rs`: the response body and its idle timeout;
 //! - `error.rs`: failures classified by source and mapped to 400/501/502/504.
@@ -15,8 +16,10 @@
 mod body;
 mod error;
 mod headers;
+mod pool;
 mod service;
 
 pub use body::{BodyError, ProxyBody};
 pub use error::BoxError;
-pub use service::{POOL_IDLE_TIMEOUT, ProxyService, ResponseFuture};
+pub use pool::POOL_IDLE_TIMEOUT;
+pub use service::{ProxyService, ResponseFuture};

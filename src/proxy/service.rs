@@ -1,6 +1,7 @@
 //! The forwarding service (phase: forward): rewrites a request for the
-//! upstream, sends it once on a pooled connection and streams the answer
-//! back. Failures before a response head become JSON answers (502, 504).
+//! upstream, sends it once on a pooled connection (`pool.rs`) and streams
+//! the answer back. Failures before a response head become JSON answers
+//! (502, 504).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,30 +12,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Timeouts;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{BoxError, ForwardError, chain};
 use crate::proxy::headers;
+use crate::proxy::pool::Pool;
 use crate::server::ClientAddr;
 
-/// How long an idle upstream connection stays in the pool. It must be
-/// shorter than the upstream's keep-alive timeout (gunicorn's default is
-/// 2 s, uvicorn's 5 s): then the proxy always closes an idle connection
-/// first and never sends a request on one the upstream is closing, a race
-/// that would end in a 502 the proxy may not retry.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// The request body as the pooled client takes it: any body, boxed once.
-type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The request body as the upstream connection takes it: any body, boxed
+/// once.
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The future of [`ProxyService::call`](tower::Service::call). It never
 /// fails: every error is a response.
@@ -46,14 +39,17 @@ pub type ResponseFuture =
 ///
 /// It accepts any request body (`Service<Request<B>>` for every suitable
 /// `B`), so layers in front of it may wrap or replace the body. Clones share
-/// one connection pool.
+/// one connection pool; the binary makes one service, so one pool, per
+/// serving thread. An idle connection is reused for at most
+/// [`POOL_IDLE_TIMEOUT`](crate::proxy::POOL_IDLE_TIMEOUT).
 ///
 /// What it does to a request:
-/// - the URI becomes `http://{upstream}{path?query}` and the version
-///   HTTP/1.1, whatever the client spoke;
+/// - the target becomes the `path?query` alone (origin form) and the
+///   version HTTP/1.1, whatever the client spoke;
 /// - `Host` is kept as the client sent it (Django's `ALLOWED_HOSTS` and its
 ///   absolute URLs expect the public host); an HTTP/2 request, which has no
-///   `Host`, gets one from its `:authority`;
+///   `Host`, gets one from its `:authority`, and a request with neither
+///   (HTTP/1.0) the upstream's;
 /// - hop-by-hop headers are removed in both directions (`TE: trailers`
 ///   survives), the peer in [`ClientAddr`] is appended to
 ///   `X-Forwarded-For`, and `X-Forwarded-Proto`/`X-Forwarded-Host` are set
@@ -75,7 +71,7 @@ pub struct ProxyService {
 
 #[derive(Debug)]
 struct Inner {
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Arc<Pool>,
     upstream: Authority,
     response_head: Duration,
     idle: Duration,
@@ -85,19 +81,9 @@ impl ProxyService {
     /// A service forwarding to `upstream` (`host:port`, plain HTTP) with
     /// the given timeouts. No connection is opened until the first request.
     pub fn new(upstream: Authority, timeouts: &Timeouts) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // hyper-util re-sends a request whose pooled connection closed
-            // before it was written; off, so nothing is ever sent twice.
-            .retry_canceled_requests(false)
-            .build(connector);
         Self {
             inner: Arc::new(Inner {
-                client,
+                pool: Arc::new(Pool::new(upstream.clone(), timeouts.connect)),
                 upstream,
                 response_head: timeouts.response_head,
                 idle: timeouts.idle,
@@ -133,11 +119,13 @@ impl Inner {
         B::Error: Into<BoxError>,
     {
         let method = request.method().clone();
-        // The path only: a query string may carry tokens.
-        let path = request.uri().path().to_owned();
+        // Shares the request's bytes: nothing is copied unless it is logged.
+        let uri = request.uri().clone();
         match self.try_forward(request).await {
             Ok(response) => response,
             Err(err) => {
+                // The path only: a query string may carry tokens.
+                let path = uri.path();
                 if err.is_upstream() {
                     tracing::warn!(%method, %path, status = err.status().as_u16(), error = %chain(&err), "forwarding failed");
                 } else {
@@ -154,12 +142,11 @@ impl Inner {
         B::Error: Into<BoxError>,
     {
         let request = self.upstream_request(request)?;
-        let response =
-            match tokio::time::timeout(self.response_head, self.client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => return Err(ForwardError::from_client(&self.upstream, err)),
-                // Dropping the request future closes its connection: it never
-                // goes back to the pool with a response still pending.
+        let (response, lease) =
+            match tokio::time::timeout(self.response_head, self.pool.send(request)).await {
+                Ok(sent) => sent?,
+                // Dropping the exchange closes its connection: it never goes
+                // back to the pool with a response still pending.
                 Err(_elapsed) => {
                     return Err(ForwardError::HeadTimeout {
                         upstream: self.upstream.clone(),
@@ -171,7 +158,7 @@ impl Inner {
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.idle),
+            ProxyBody::upstream(body, self.idle, lease),
         ))
     }
 
@@ -197,19 +184,17 @@ impl Inner {
             headers::append_forwarded_for(&mut parts.headers, peer.ip());
         }
         headers::set_forwarded_defaults(&mut parts.headers, original_host.as_ref());
-        if let Some(host) = original_host {
-            // Only fills in a missing Host (HTTP/2); an HTTP/1.1 client's
-            // Host is kept. With neither (HTTP/1.0), hyper-util sets the
-            // upstream's authority.
-            parts.headers.entry(header::HOST).or_insert(host);
+        // Only fills in a missing Host: an HTTP/1.1 client's is kept, an
+        // HTTP/2 request gets its :authority, and with neither (HTTP/1.0)
+        // the upstream's authority, as HTTP/1.1 requires a Host.
+        if let header::Entry::Vacant(entry) = parts.headers.entry(header::HOST) {
+            let host = original_host.or_else(|| HeaderValue::from_str(self.upstream.as_str()).ok());
+            if let Some(host) = host {
+                entry.insert(host);
+            }
         }
 
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(self.upstream.clone());
-        uri.path_and_query = Some(path_and_query);
-        parts.uri = Uri::from_parts(uri)
-            .map_err(|_| ForwardError::UnsupportedTarget(parts.uri.to_string()))?;
+        parts.uri = Uri::from(path_and_query);
         parts.version = Version::HTTP_11;
 
         let body = body.map_err(Into::into).boxed_unsync();
@@ -278,7 +263,7 @@ mod tests {
             .extensions_mut()
             .insert(ClientAddr(SocketAddr::from(([192, 0, 2, 4], 5555))));
         let forwarded = rewrite(request);
-        assert_eq!(forwarded.uri(), "http://127.0.0.1:8000/chat/send/?a=1&b=2");
+        assert_eq!(forwarded.uri(), "/chat/send/?a=1&b=2");
         assert_eq!(forwarded.version(), Version::HTTP_11);
         let h = forwarded.headers();
         assert_eq!(h["host"], "app.example");
@@ -296,7 +281,7 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .expect("request");
         let forwarded = rewrite(request);
-        assert_eq!(forwarded.uri(), "http://127.0.0.1:8000/x");
+        assert_eq!(forwarded.uri(), "/x");
         assert_eq!(forwarded.version(), Version::HTTP_11);
         assert_eq!(forwarded.headers()["host"], "app.example:8443");
         assert_eq!(forwarded.headers()["x-forwarded-host"], "app.example:8443");

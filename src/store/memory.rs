@@ -515,9 +515,13 @@ mod tests {
         let soon = now + TimeDelta::seconds(20);
         let full = store.reserve(&request("c", soon)).await;
         assert!(matches!(full, Err(StoreError::Full(2))), "{full:?}");
+        // Past the interval c gets in (`reserve` fails the test otherwise):
+        // through a full sweep, or through its own shard's sweep when a or b
+        // shares that shard (the hasher is keyed at random), which frees a
+        // slot without a full sweep.
         let later = now + SWEEP_INTERVAL;
         reserve(&store, "c", later).await;
-        assert_eq!(store.user_count(), 1);
+        assert!(store.user_count() <= 2);
     }
 
     #[tokio::test]

@@ -180,6 +180,7 @@ impl Reply {
 /// What the upstream has seen so far.
 #[derive(Debug, Default)]
 struct Stats {
+    connections: usize,
     requests: Vec<RecordedRequest>,
     bodies_completed: usize,
     bodies_dropped: usize,
@@ -258,6 +259,11 @@ impl TestUpstream {
             .expect("the upstream received a request")
     }
 
+    /// How many connections were accepted.
+    pub fn connections(&self) -> usize {
+        self.stats.borrow().connections
+    }
+
     /// How many requests were received.
     pub fn count(&self) -> usize {
         self.stats.borrow().requests.len()
@@ -323,6 +329,7 @@ async fn accept_loop(listener: TcpListener, handler: Handler, stats: Arc<watch::
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        stats.send_modify(|s| s.connections += 1);
         let handler = Arc::clone(&handler);
         let stats = Arc::clone(&stats);
         let service = hyper::service::service_fn(move |request| {
