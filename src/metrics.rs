@@ -134,40 +134,103 @@ fn describe() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Counts one request with what was decided for it:
-///
-/// | decision | meaning |
-/// |---|---|
-/// | `passthrough` | not on an inspected route (`route` is `-`) |
-/// | `unflagged` | inspected, asks for no image |
-/// | `allowed` | flagged, one unit reserved |
-/// | `denied` | flagged, a limit is reached |
-/// | `anonymous` | flagged without a user, forwarded (`anonymous = "forward"`) |
-/// | `anonymous_denied` | flagged without a user, 401 |
-/// | `identity_error` | the identity source failed, 503 |
-/// | `store_error_allowed` | the store failed, forwarded uncounted (fail open) |
-/// | `store_error_denied` | the store failed, 503 |
-pub fn request(route: &str, decision: &'static str) {
-    metrics::counter!(REQUESTS, "route" => route.to_owned(), "decision" => decision).increment(1);
+/// What was decided for a request on an inspected route: the `decision`
+/// label of the request counter. (Requests on other routes count as
+/// `passthrough`, route `-`: [`passthrough_counter`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Inspected, asks for no image.
+    Unflagged,
+    /// Flagged, one unit reserved.
+    Allowed,
+    /// Flagged, a limit is reached.
+    Denied,
+    /// Flagged without a user, forwarded (`anonymous = "forward"`).
+    Anonymous,
+    /// Flagged without a user, 401.
+    AnonymousDenied,
+    /// The identity source failed, 503.
+    IdentityError,
+    /// The store failed, forwarded uncounted (fail open).
+    StoreErrorAllowed,
+    /// The store failed, 503.
+    StoreErrorDenied,
+}
+
+impl Decision {
+    const ALL: [Decision; 8] = [
+        Decision::Unflagged,
+        Decision::Allowed,
+        Decision::Denied,
+        Decision::Anonymous,
+        Decision::AnonymousDenied,
+        Decision::IdentityError,
+        Decision::StoreErrorAllowed,
+        Decision::StoreErrorDenied,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Unflagged => "unflagged",
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Anonymous => "anonymous",
+            Decision::AnonymousDenied => "anonymous_denied",
+            Decision::IdentityError => "identity_error",
+            Decision::StoreErrorAllowed => "store_error_allowed",
+            Decision::StoreErrorDenied => "store_error_denied",
+        }
+    }
+}
+
+/// One route's counters: requests by [`Decision`], denials by period and
+/// fail-opens. Looked up once, when the route table is built, so counting
+/// takes no registry lookup (no label hashing, no lock, no allocation).
+/// Every series exists from then on, at 0 until counted.
+#[derive(Debug, Clone)]
+pub struct RouteCounters {
+    requests: [metrics::Counter; Decision::ALL.len()],
+    denials: [metrics::Counter; Period::ALL.len()],
+    fail_open: metrics::Counter,
+}
+
+impl RouteCounters {
+    /// The counters of `route` in the recorder installed now.
+    pub fn new(route: &str) -> Self {
+        Self {
+            requests: Decision::ALL.map(|decision| {
+                metrics::counter!(REQUESTS, "route" => route.to_owned(), "decision" => decision.as_str())
+            }),
+            denials: Period::ALL.map(|period| {
+                metrics::counter!(DENIALS, "route" => route.to_owned(), "period" => period.as_str())
+            }),
+            fail_open: metrics::counter!(FAIL_OPEN, "route" => route.to_owned()),
+        }
+    }
+
+    /// Counts one request with what was decided for it.
+    pub fn request(&self, decision: Decision) {
+        self.requests[decision as usize].increment(1);
+    }
+
+    /// Counts a denial, as a request and by period.
+    pub fn denied(&self, period: Period) {
+        self.request(Decision::Denied);
+        self.denials[period as usize].increment(1);
+    }
+
+    /// Counts a flagged request forwarded uncounted after a store error.
+    pub fn fail_open(&self) {
+        self.request(Decision::StoreErrorAllowed);
+        self.fail_open.increment(1);
+    }
 }
 
 /// The counter of requests on a route that is not inspected, to be kept and
 /// incremented per request (the quota layer holds it).
 pub fn passthrough_counter() -> metrics::Counter {
     metrics::counter!(REQUESTS, "route" => "-", "decision" => "passthrough")
-}
-
-/// Counts a denial, as a request and by period.
-pub fn denied(route: &str, period: Period) {
-    request(route, "denied");
-    metrics::counter!(DENIALS, "route" => route.to_owned(), "period" => period.as_str())
-        .increment(1);
-}
-
-/// Counts a flagged request forwarded uncounted after a store error.
-pub fn fail_open(route: &str) {
-    request(route, "store_error_allowed");
-    metrics::counter!(FAIL_OPEN, "route" => route.to_owned()).increment(1);
 }
 
 /// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use crate::config::{ConfigError, FlagRules, RouteConfig};
+use crate::metrics::RouteCounters;
 use crate::quota::ProbeSpec;
 
 /// One inspected route, ready to use.
@@ -26,6 +27,8 @@ pub struct Route {
     /// Asks the upstream whether a request will generate images whatever
     /// its flag says.
     pub probe: Option<ProbeSpec>,
+    /// Its request, denial and fail-open counters.
+    pub counters: RouteCounters,
 }
 
 /// A matched route with the values of its path parameters.
@@ -68,8 +71,10 @@ impl RouteTable {
                 .map(|p| ProbeSpec::new(p, &config.path))
                 .transpose()
                 .map_err(|reason| ConfigError::invalid(format!("routes[{i}].probe"), reason))?;
+            let name = format!("{} {}", config.method.0, config.path);
             let route = Arc::new(Route {
-                name: format!("{} {}", config.method.0, config.path),
+                counters: RouteCounters::new(&name),
+                name,
                 flag: config.flag.clone(),
                 flag_rules: config.flag_rules.clone(),
                 deny_status,

@@ -79,7 +79,10 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), ForwardError> {
         let mut sender = match self.checkout() {
             Some(sender) => sender,
-            None => self.connect().await?,
+            // Boxed: opening a connection is the rare case, and its state
+            // (resolver, timer, handshake) would otherwise size, and be
+            // moved with, every request's future.
+            None => Box::pin(self.connect()).await?,
         };
         let response = sender
             .send_request(request)

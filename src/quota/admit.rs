@@ -14,6 +14,7 @@ use super::settle::Ticket;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::identity::{Identity, IdentityError};
+use crate::metrics::Decision;
 use crate::routes::Route;
 use crate::store::{Admission, ReserveRequest};
 
@@ -31,14 +32,14 @@ pub(super) async fn admit(
         Ok(None) => {
             return match shared.anonymous {
                 AnonymousPolicy::Forward => {
-                    crate::metrics::request(&route.name, "anonymous");
+                    route.counters.request(Decision::Anonymous);
                     Ok(Ticket::Unreserved {
                         identity: None,
                         decision: "anonymous",
                     })
                 }
                 AnonymousPolicy::Deny => {
-                    crate::metrics::request(&route.name, "anonymous_denied");
+                    route.counters.request(Decision::AnonymousDenied);
                     tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
                     Err(json_error(
                         StatusCode::UNAUTHORIZED,
@@ -48,7 +49,7 @@ pub(super) async fn admit(
             };
         }
         Err(e) => {
-            crate::metrics::request(&route.name, "identity_error");
+            route.counters.request(Decision::IdentityError);
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     tracing::warn!(route = %route.name, error = %e,
@@ -81,7 +82,7 @@ pub(super) async fn admit(
             reservation,
             counts,
         }) => {
-            crate::metrics::request(&route.name, "allowed");
+            route.counters.request(Decision::Allowed);
             Ok(Ticket::Reserved {
                 reservation,
                 identity,
@@ -89,7 +90,7 @@ pub(super) async fn admit(
             })
         }
         Ok(Admission::Exceeded { period, counts }) => {
-            crate::metrics::denied(&route.name, period);
+            route.counters.denied(period);
             let limit = identity.limits.of(period);
             tracing::info!(
                 route = %route.name, user = %identity.user_id, decision = "denied",
@@ -114,7 +115,7 @@ pub(super) async fn admit(
         }
         Err(e) => match shared.on_store_error {
             StoreErrorPolicy::Allow => {
-                crate::metrics::fail_open(&route.name);
+                route.counters.fail_open();
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id, error = %e,
                     decision = "store_error_allowed", "quota store failed; forwarding unchecked"
@@ -127,7 +128,7 @@ pub(super) async fn admit(
             // Under `local`, an error reaches here only when the local
             // count cannot answer either (its memory is full).
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
-                crate::metrics::request(&route.name, "store_error_denied");
+                route.counters.request(Decision::StoreErrorDenied);
                 tracing::error!(
                     route = %route.name, user = %identity.user_id, error = %e,
                     decision = "store_error_denied", "quota store failed; denying"

@@ -69,6 +69,7 @@ mod tests {
             deny_status: StatusCode::FORBIDDEN,
             message: message.map(str::to_owned),
             probe: None,
+            counters: crate::metrics::RouteCounters::new("POST /x"),
         }
     }
 

@@ -1,14 +1,18 @@
 //! Forwarding and accounting (phases: upstream, report, settle): the
-//! request goes on in a task of its own, and its answer is read for a usage
-//! report and settled — just after the answer is handed to the client, or
-//! when its streamed body ends.
+//! request goes on, and its answer is read for a usage report and settled —
+//! as the answer is handed to the client, or when its streamed body ends.
+//! The accounting moves to a task of its own whenever the client's side
+//! stops waiting for it.
 //!
-//! The client does not wait for the settle: until it lands the reservation
-//! is still live and counts against the limits, so a next request cannot
-//! slip past them, and the settle's store round trip stays off the
-//! response's latency.
+//! The client does not wait for a settle that waits on the store (Redis):
+//! until it lands the reservation is still live and counts against the
+//! limits, so a next request cannot slip past them, and the settle's round
+//! trip stays off the response's latency.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -28,9 +32,12 @@ use crate::routes::Route;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Sends the request on in a task of its own and waits for the accounted
-/// answer. The task outlives a client that goes away, so the upstream's
-/// answer is still read and the reservation still settled.
+/// Sends the request on and waits for the accounted answer. The
+/// accounting (the upstream's answer, its report, the settle) runs in this
+/// request's own future and goes on in a task of its own ([`Accounting`])
+/// when that future ends first: the client went away, or the answer is out
+/// and the settle waits for the store. A store that answers at once (the
+/// memory store) settles in place and needs no task.
 pub(super) async fn forward<S, ReqB, ResB>(
     shared: Arc<Shared>,
     mut inner: S,
@@ -46,11 +53,11 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let (answer_tx, answer_rx) = oneshot::channel();
+    let (answer_tx, mut answer_rx) = oneshot::channel();
     let future = inner.call(request);
-    // Made before the task, so shutdown sees it pending from the start.
+    // Made before the accounting starts, so shutdown sees it pending.
     let settlement = Settlement::new(shared, route, ticket);
-    tokio::spawn(async move {
+    let mut accounting = Accounting::new(async move {
         let (result, settle) = match future.await {
             Ok(response) => {
                 let (response, settle) = account(settlement, response).await;
@@ -64,12 +71,58 @@ where
             settlement.settle(images).await;
         }
     });
-    match answer_rx.await {
-        Ok(result) => result,
-        Err(_) => Ok(local(json_error(
+    let answer = std::future::poll_fn(|cx| {
+        let done = accounting.poll_step(cx);
+        match answer_rx.try_recv() {
+            Ok(result) => Poll::Ready(Some(result)),
+            Err(oneshot::error::TryRecvError::Empty) if !done => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    })
+    .await;
+    // Whatever is left (a settle waiting for Redis) goes on in a task.
+    drop(accounting);
+    match answer {
+        Some(result) => result,
+        None => Ok(local(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the request failed inside the proxy",
         ))),
+    }
+}
+
+/// The accounting of one request, driven by the request's future while it
+/// lives and handed to a task of its own when it is dropped unfinished, so
+/// a client that goes away cannot cancel it.
+struct Accounting(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Accounting {
+    fn new(work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+
+    /// Polls the work once; true once it is finished.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(work) = &mut self.0
+            && work.as_mut().poll(cx).is_ready()
+        {
+            self.0 = None;
+        }
+        self.0.is_none()
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        let Some(work) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(work);
+            }
+            // Only when the runtime itself is going away; its tasks are
+            // dropped too.
+            Err(_) => tracing::warn!("runtime gone: a request's accounting is dropped"),
+        }
     }
 }
 

@@ -15,9 +15,9 @@
 //! 3. **identify** the user and their limits (flagged requests, and probes);
 //! 4. **reserve** one unit in the store, atomically against all three
 //!    limits, or answer the denial (`admit.rs`);
-//! 5. **forward** the exact bytes to the inner service, in a task of its own
-//!    so a client that disconnects cannot cancel the accounting
-//!    (`forward.rs`);
+//! 5. **forward** the exact bytes to the inner service; the call and its
+//!    accounting move to a task of their own if the client disconnects, so
+//!    a disconnect cannot cancel the accounting (`forward.rs`);
 //! 6. **report**: the saved-images header, JSON field, or in-band report of
 //!    a streamed body (`usage_body.rs`);
 //! 7. **settle** the reservation into usage, or release it (`settle.rs`).
@@ -45,6 +45,7 @@ use super::spool::{self, ReadError};
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
+use crate::metrics::Decision;
 use crate::routes::{Route, RouteMatch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -236,7 +237,7 @@ where
             Err(answer) => return Ok(local(answer)),
         },
         _ => {
-            crate::metrics::request(&route.name, "unflagged");
+            route.counters.request(Decision::Unflagged);
             Ticket::Unflagged {
                 headers: parts.headers.clone(),
                 session,
