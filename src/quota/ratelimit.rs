@@ -26,8 +26,9 @@ pub(crate) fn insert(
     windows: &PeriodWindows,
     now: DateTime<Utc>,
 ) {
-    let mut policy = String::new();
-    let mut state = String::new();
+    // Three periods at most: each string fits without growing.
+    let mut policy = String::with_capacity(128);
+    let mut state = String::with_capacity(128);
     for period in Period::ALL {
         let limit = limits.of(period);
         if limit == 0 {
@@ -50,11 +51,9 @@ pub(crate) fn insert(
     if policy.is_empty() {
         return;
     }
-    // Both strings are ASCII built above, so they are valid header values.
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
-    ) {
+    // Both strings are ASCII built above, so they are valid header values;
+    // they become the values without a copy.
+    if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
         headers.insert(POLICY.clone(), p);
         headers.insert(RATELIMIT.clone(), s);
     }

@@ -213,7 +213,7 @@ where
         let key = ProbeCache::key(&session, &who.user_id);
         flagged = match shared.probe_cache.get(&key) {
             Some(forced) => forced,
-            None => match probe.ask(inner.clone(), &session, &parts.headers).await {
+            None => match Box::pin(probe.ask(inner.clone(), &session, &parts.headers)).await {
                 ProbeAnswer::Forced => {
                     shared.probe_cache.put(key, true, probe.cache_ttl());
                     true
@@ -316,9 +316,12 @@ where
     let read = if declared.is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
     } else if flag::is_multipart(content_type) {
-        spool::read(body, max, &shared.spool, |feed| {
+        // Boxed, as is the probe below: uploads are the rare case, and their
+        // state would otherwise size (and be moved with) every inspected
+        // request's future.
+        Box::pin(spool::read(body, max, &shared.spool, |feed| {
             flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules)
-        })
+        }))
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
