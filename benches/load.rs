@@ -4,14 +4,15 @@
 //! own), quota-proxy as a separate process (the binary cargo built for this
 //! bench, with a generated config) on the memory store and on the Redis
 //! store (a `redis-server` it starts with `--save "" --appendonly no`),
-//! and nginx in front of the same upstream when it is installed; drives
+//! nginx in front of the same upstream when it is installed, and the hyper
+//! floor (`support/floor.rs`: this binary re-run as `load floor …`); drives
 //! each with a bounded number of keep-alive HTTP/1.1 requests over 1, 64
 //! and 256 connections; prints requests/s, latency percentiles, server CPU
 //! per 10k requests, Redis commands per request, ratios to nginx, then the
 //! streaming, idle-connection and upload tests, and checks the targets of
 //! BENCHMARKS.md. Everything it starts is stopped when it ends.
 //!
-//! Under `cargo test` (no `--bench` argument) it does nothing:
+//! Under `cargo test` (no `--bench` argument, no `floor`) it does nothing:
 //! `tests/load_smoke.rs` runs the same machinery briefly instead.
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
@@ -20,7 +21,9 @@
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
 //! (quota-proxy's serving `threads` and nginx's `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
-//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_FLOOR=1`, `LOAD_SKIP_REDIS=1`; for quicker iterations
+//! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_FLOOR=1`, `LOAD_SKIP_REDIS=1`,
+//! `LOAD_REDIS_CPUS` (`1`: redis-server on those CPUs only; run the bench
+//! itself under `taskset -c 0` to keep everything else off them); for quicker iterations
 //! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and
 //! `LOAD_SECTIONS` (`matrix,ttfb,memory`); `LOAD_PROXY_BIN` measures another
 //! quota-proxy binary (a copy built from another commit) with this bench.
@@ -97,6 +100,7 @@ struct Options {
     skip_nginx: bool,
     skip_floor: bool,
     skip_redis: bool,
+    redis_cpus: Option<Vec<usize>>,
     shapes: Vec<Shape>,
     sections: Vec<String>,
 }
@@ -124,6 +128,8 @@ impl Options {
             skip_nginx: var("LOAD_SKIP_NGINX").is_some(),
             skip_floor: var("LOAD_SKIP_FLOOR").is_some(),
             skip_redis: var("LOAD_SKIP_REDIS").is_some(),
+            redis_cpus: var("LOAD_REDIS_CPUS")
+                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect()),
             shapes: match var("LOAD_SHAPES") {
                 Some(keys) => Shape::ALL
                     .into_iter()
@@ -177,7 +183,13 @@ fn run() -> io::Result<bool> {
         None
     } else {
         match RedisProcess::start(dir.path()) {
-            Ok(redis) => Some(redis),
+            Ok(redis) => {
+                if let Some(cpus) = &options.redis_cpus {
+                    redis.pin_to(cpus)?;
+                    println!("redis-server pinned to CPUs {cpus:?} (LOAD_REDIS_CPUS)\n");
+                }
+                Some(redis)
+            }
             Err(e) => {
                 println!("Redis: skipped ({e}); install redis-server to measure the Redis store\n");
                 None

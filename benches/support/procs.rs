@@ -299,6 +299,35 @@ impl RedisProcess {
         Err(last)
     }
 
+    /// Moves redis-server (all its threads) onto the CPUs `cpus` lists,
+    /// so it stops competing with the proxies for theirs.
+    pub fn pin_to(&self, cpus: &[usize]) -> io::Result<()> {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", self.pid()))?;
+        for thread in threads {
+            let tid: libc::pid_t = thread?
+                .file_name()
+                .to_string_lossy()
+                .parse()
+                .map_err(io::Error::other)?;
+            // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes
+            // inside it for CPU numbers below CPU_SETSIZE, which is checked.
+            let result = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for &cpu in cpus {
+                    if cpu >= libc::CPU_SETSIZE as usize {
+                        return Err(io::Error::other(format!("no CPU {cpu}")));
+                    }
+                    libc::CPU_SET(cpu, &mut set);
+                }
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
