@@ -121,6 +121,30 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Starts the server `spawn(port)` runs on a port picked free and waits
+/// until it listens there. A port picked free may be taken before the
+/// server binds it, so a failed start is retried (three tries); the last
+/// error is returned, with the tail of `log`.
+fn start_on_free_port(
+    log: &Path,
+    mut spawn: impl FnMut(u16) -> io::Result<Child>,
+) -> io::Result<(Child, SocketAddr)> {
+    let mut last = io::Error::other("not started");
+    for _ in 0..3 {
+        let port = free_port()?;
+        let mut child = spawn(port)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        match wait_until_listening(addr, &mut child, log) {
+            Ok(()) => return Ok((child, addr)),
+            Err(e) => {
+                kill(&mut child);
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
 /// The hyper floor (`floor.rs`) in a process of its own: `binary` (the
 /// bench itself) re-run as `binary floor LISTEN UPSTREAM THREADS`.
 pub struct FloorProcess {
@@ -137,28 +161,19 @@ impl FloorProcess {
         upstream: SocketAddr,
         threads: usize,
     ) -> io::Result<FloorProcess> {
-        let mut last = io::Error::other("not started");
-        for _ in 0..3 {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            let log = dir.join("hyper-floor.log");
-            let mut child = Command::new(binary)
+        let log = dir.join("hyper-floor.log");
+        let (child, addr) = start_on_free_port(&log, |port| {
+            Command::new(binary)
                 .arg("floor")
-                .arg(addr.to_string())
+                .arg(SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string())
                 .arg(upstream.to_string())
                 .arg(threads.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log)?)
-                .spawn()?;
-            match wait_until_listening(addr, &mut child, &log) {
-                Ok(()) => return Ok(FloorProcess { child, addr }),
-                Err(e) => {
-                    kill(&mut child);
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+                .spawn()
+        })?;
+        Ok(FloorProcess { child, addr })
     }
 
     /// Where it listens.
@@ -198,39 +213,28 @@ impl ProxyProcess {
         threads: Option<usize>,
         make_config: impl Fn(u16) -> String,
     ) -> io::Result<ProxyProcess> {
-        let mut last = io::Error::other("not started");
-        // A port picked free may be taken before the proxy binds it: retry.
-        for _ in 0..3 {
-            let port = free_port()?;
-            let config = dir.join(format!("{name}.toml"));
+        let config = dir.join(format!("{name}.toml"));
+        let log = dir.join(format!("{name}.log"));
+        let (child, addr) = start_on_free_port(&log, |port| {
             let text = match threads {
                 // Top-level keys go before the first table.
                 Some(n) => format!("threads = {n}\n{}", make_config(port)),
                 None => make_config(port),
             };
             std::fs::write(&config, text)?;
-            let log = dir.join(format!("{name}.log"));
-            let mut command = Command::new(binary);
-            command
+            Command::new(binary)
                 .arg("--config")
                 .arg(&config)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?);
-            let mut child = command.spawn().map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot run {}: {e}", binary.display()))
-            })?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            match wait_until_listening(addr, &mut child, &log) {
-                Ok(()) => return Ok(ProxyProcess { child, addr, log }),
-                Err(e) => {
-                    kill(&mut child);
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot run {}: {e}", binary.display()))
+                })
+        })?;
+        Ok(ProxyProcess { child, addr, log })
     }
 
     /// Where it listens.
@@ -272,11 +276,9 @@ impl RedisProcess {
     pub fn start(dir: &Path) -> io::Result<RedisProcess> {
         let binary = find_program("redis-server")
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "redis-server not found"))?;
-        let mut last = io::Error::other("not started");
-        for _ in 0..3 {
-            let port = free_port()?;
-            let log = dir.join("redis.log");
-            let mut child = Command::new(&binary)
+        let log = dir.join("redis.log");
+        let (child, addr) = start_on_free_port(&log, |port| {
+            Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
@@ -286,17 +288,12 @@ impl RedisProcess {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .spawn()?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            match wait_until_listening(addr, &mut child, &log) {
-                Ok(()) => return Ok(RedisProcess { child, port }),
-                Err(e) => {
-                    kill(&mut child);
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+                .spawn()
+        })?;
+        Ok(RedisProcess {
+            child,
+            port: addr.port(),
+        })
     }
 
     /// Moves redis-server (all its threads) onto the CPUs `cpus` lists,
