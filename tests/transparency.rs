@@ -609,6 +609,35 @@ async fn an_idle_upstream_connection_older_than_the_pool_timeout_is_not_reused()
 }
 
 #[tokio::test]
+async fn an_expired_idle_connection_is_closed_when_another_is_handed_back() {
+    let upstream = TestUpstream::start(|request| async move {
+        if request.uri.path() == "/slow/" {
+            Reply::ok().body("slow").delay_head(ms(300))
+        } else {
+            Reply::ok().body("fast")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(upstream.authority(), timeouts()).await;
+    // Two connections: the fast one idles 300 ms longer than the slow one.
+    let slow = tokio::spawn(async move { body_bytes(send(proxy.addr, get("/slow/")).await).await });
+    upstream.wait_for_requests(1).await;
+    body_bytes(send(proxy.addr, get("/fast/")).await).await;
+    assert_eq!(
+        within("slow answer", slow).await.expect("slow task"),
+        "slow"
+    );
+    assert_eq!(upstream.connections(), 2);
+    // The fast one is now past the timeout, the slow one 150 ms short of it.
+    tokio::time::pause();
+    tokio::time::advance(POOL_IDLE_TIMEOUT - ms(150)).await;
+    tokio::time::resume();
+    body_bytes(send(proxy.addr, get("/fast/")).await).await;
+    assert_eq!(upstream.connections(), 2, "the fresh one was reused");
+    upstream.wait_for_connections_closed(1).await;
+}
+
+#[tokio::test]
 async fn trailers_are_forwarded() {
     let upstream = TestUpstream::always(
         Reply::ok()

@@ -7,7 +7,9 @@
 //! next request takes the one idle the shortest time. A response dropped
 //! before its end, a failed exchange or a response-head timeout closes it
 //! instead, so nothing half-read is ever reused. An idle connection older
-//! than [`POOL_IDLE_TIMEOUT`] is closed rather than used.
+//! than [`POOL_IDLE_TIMEOUT`] is closed rather than used, and closed as soon
+//! as another request hands a connection back; with no traffic at all it
+//! stays open until the upstream closes it (its keep-alive timeout).
 //!
 //! This is what hyper-util's pooled client did here before, minus what a
 //! one-upstream proxy does not need: no pool key to hash, no task spawned
@@ -40,8 +42,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 pub(crate) struct Pool {
     upstream: Authority,
     connect_timeout: Duration,
-    /// Last in, first out: the most recently used is the least likely to
-    /// be closed by the upstream.
+    /// Oldest first; taken from the end (last in, first out: the most
+    /// recently used is the least likely to be closed by the upstream).
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -151,14 +153,18 @@ impl Lease {
         if self.sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self
             .pool
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Oldest first: close those idle too long to be used again.
+        let expired = idle.partition_point(|i| now.duration_since(i.since) >= POOL_IDLE_TIMEOUT);
+        idle.drain(..expired);
         idle.push(Idle {
             sender: self.sender,
-            since: Instant::now(),
+            since: now,
         });
     }
 }

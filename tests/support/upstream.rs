@@ -181,6 +181,7 @@ impl Reply {
 #[derive(Debug, Default)]
 struct Stats {
     connections: usize,
+    connections_closed: usize,
     requests: Vec<RecordedRequest>,
     bodies_completed: usize,
     bodies_dropped: usize,
@@ -264,6 +265,13 @@ impl TestUpstream {
         self.stats.borrow().connections
     }
 
+    /// Waits until `n` connections were closed (by either side); panics
+    /// after [`WAIT_LIMIT`].
+    pub async fn wait_for_connections_closed(&self, n: usize) {
+        self.wait_until("connections closed", n, |s| s.connections_closed)
+            .await;
+    }
+
     /// How many requests were received.
     pub fn count(&self) -> usize {
         self.stats.borrow().requests.len()
@@ -330,6 +338,7 @@ async fn accept_loop(listener: TcpListener, handler: Handler, stats: Arc<watch::
             continue;
         };
         stats.send_modify(|s| s.connections += 1);
+        let closed = Arc::clone(&stats);
         let handler = Arc::clone(&handler);
         let stats = Arc::clone(&stats);
         let service = hyper::service::service_fn(move |request| {
@@ -340,6 +349,7 @@ async fn accept_loop(listener: TcpListener, handler: Handler, stats: Arc<watch::
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            closed.send_modify(|s| s.connections_closed += 1);
         });
         // Reap finished connections without waiting.
         while connections.try_join_next().is_some() {}
