@@ -258,33 +258,19 @@ fn run() -> io::Result<bool> {
         });
     }
     if let Some(floor) = &floor {
-        let pid = floor.pid();
-        subjects.push(Subject {
-            target: Target::Floor,
-            addr: floor.addr(),
-            cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
-            redis_calls: None,
-        });
+        subjects.push(one_process(Target::Floor, floor.addr(), floor.pid()));
     }
-    let memory_pid = memory.pid();
-    subjects.push(Subject {
-        target: Target::Memory,
-        addr: memory.addr(),
-        cpu: Box::new(move || procs::cpu_seconds(memory_pid).unwrap_or(f64::NAN)),
-        redis_calls: None,
-    });
+    subjects.push(one_process(Target::Memory, memory.addr(), memory.pid()));
     if let (Some(proxy), Some(redis)) = (&on_redis, &redis) {
-        let (pid, port, redis_pid) = (proxy.pid(), redis.port(), redis.pid());
+        let (port, redis_pid) = (redis.port(), redis.pid());
         subjects.push(Subject {
-            target: Target::Redis,
-            addr: proxy.addr(),
-            cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
             redis_calls: Some(Box::new(move || {
                 (
                     procs::redis_calls(port).unwrap_or_default(),
                     procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
                 )
             })),
+            ..one_process(Target::Redis, proxy.addr(), proxy.pid())
         });
     }
 
@@ -503,6 +489,16 @@ fn run() -> io::Result<bool> {
     drop(redis);
     drop(upstream);
     Ok(rows.iter().all(|row| row.stats.clean()))
+}
+
+/// A server that is one process, its CPU read from `/proc/<pid>`.
+fn one_process(target: Target, addr: std::net::SocketAddr, pid: u32) -> Subject {
+    Subject {
+        target,
+        addr,
+        cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
+        redis_calls: None,
+    }
 }
 
 /// Pass-through at 64 connections against the hyper floor: how far nginx

@@ -51,6 +51,14 @@ fn ms(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Moves tokio's clock (which the pool's idle timer reads) forward by
+/// `by` at once; the sockets stay on real time.
+async fn let_idle_time_pass(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 /// The proxy under test, served by `server::serve` on `127.0.0.1:0`.
 struct Proxy {
     addr: SocketAddr,
@@ -601,9 +609,7 @@ async fn an_idle_upstream_connection_older_than_the_pool_timeout_is_not_reused()
     body_bytes(send(proxy.addr, get("/x/")).await).await;
     assert_eq!(upstream.connections(), 1);
     // The upstream may be closing it by now (gunicorn: 2 s): a new one.
-    tokio::time::pause();
-    tokio::time::advance(POOL_IDLE_TIMEOUT + ms(1)).await;
-    tokio::time::resume();
+    let_idle_time_pass(POOL_IDLE_TIMEOUT + ms(1)).await;
     body_bytes(send(proxy.addr, get("/x/")).await).await;
     assert_eq!(upstream.connections(), 2);
 }
@@ -629,9 +635,7 @@ async fn an_expired_idle_connection_is_closed_when_another_is_handed_back() {
     );
     assert_eq!(upstream.connections(), 2);
     // The fast one is now past the timeout, the slow one 150 ms short of it.
-    tokio::time::pause();
-    tokio::time::advance(POOL_IDLE_TIMEOUT - ms(150)).await;
-    tokio::time::resume();
+    let_idle_time_pass(POOL_IDLE_TIMEOUT - ms(150)).await;
     body_bytes(send(proxy.addr, get("/fast/")).await).await;
     assert_eq!(upstream.connections(), 2, "the fresh one was reused");
     upstream.wait_for_connections_closed(1).await;
