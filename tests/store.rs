@@ -750,6 +750,63 @@ async fn redis_reservation_set_expires_after_its_newest_deadline() {
     assert!(!exists);
 }
 
+#[tokio::test]
+async fn redis_remembers_the_newest_4096_settled_ids_of_the_last_24_hours() {
+    let server = RedisServer::start();
+    let (store, mut raw) = redis_pair(&server).await;
+    let now = at(NOW);
+    let done = "quota:{42}:done";
+    // A full set: one id settled 25 hours ago, then 4096 within the day,
+    // the oldest of them first.
+    let mut fill = redis::cmd("ZADD");
+    fill.arg(done)
+        .arg((now - TimeDelta::hours(25)).timestamp_millis())
+        .arg("yesterday");
+    for i in 0..4096_i64 {
+        let settled = now - TimeDelta::hours(20) + TimeDelta::seconds(i);
+        fill.arg(settled.timestamp_millis()).arg(format!("id{i}"));
+    }
+    fill.exec_async(&mut raw).await.expect("ZADD");
+
+    let r = Reservation {
+        id: Reservation::new_id(),
+        user: "42".to_owned(),
+        windows: windows(now),
+        expires_at: now + TimeDelta::minutes(1),
+    };
+    store.settle(&r, 1, now).await.expect("settle");
+
+    let remembered: Vec<String> = redis::cmd("ZRANGE")
+        .arg(done)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(remembered.len(), 4096, "at most 4096 ids");
+    assert_eq!(remembered[0], "id1", "the day's oldest id is forgotten");
+    assert_eq!(remembered[4095], r.id, "the new id is remembered");
+    assert!(!remembered.contains(&"yesterday".to_owned()));
+    // A repeated settle of a remembered id counts nothing; of a forgotten
+    // one, once more.
+    let again = |id: &str| Reservation {
+        id: id.to_owned(),
+        ..r.clone()
+    };
+    store
+        .settle(&again("id4095"), 1, now)
+        .await
+        .expect("settle");
+    assert_eq!(used_today(&store, "42", now).await, 1);
+    store.settle(&again("id0"), 1, now).await.expect("settle");
+    assert_eq!(used_today(&store, "42", now).await, 2);
+}
+
+async fn used_today(store: &RedisStore, user: &str, now: DateTime<Utc>) -> u64 {
+    let [day, _, _] = store.usage(user, &windows(now), now).await.expect("usage");
+    day.used
+}
+
 async fn script_flush(raw: &mut redis::aio::MultiplexedConnection) {
     redis::cmd("SCRIPT")
         .arg("FLUSH")

@@ -25,7 +25,9 @@
 //! | `quota:{42}:done`        | ZSET   | settled id → settle time (ms)           | newest settle time - now + 24 h  |
 //!
 //! A counter's TTL is set when it is made (by a settle or an adjust; an
-//! adjust sets it again); the sets' TTLs move forward only (`PEXPIRE … GT`).
+//! adjust sets it again); the reservation set's TTL moves forward only
+//! (`PEXPIRE … GT`: an extended reservation may end after a newer one); the
+//! settled set's is set again by each settle.
 //! The hour of grace lets usage reported just after a period ended still
 //! count in that period. Expired reservations and forgotten settled ids are
 //! pruned inside the scripts; `done` keeps at most 4096 ids per user.
@@ -77,7 +79,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs, Value};
+use std::io::Write as _;
+
+use redis::{
+    Arg, ErrorKind, FromRedisValue, RedisError, RedisWrite as _, ServerErrorKind, ToRedisArgs,
+    Value,
+};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::threads::ThreadConnections;
@@ -112,60 +119,81 @@ pub struct RedisOptions {
     pub root_cert: Option<Vec<u8>>,
 }
 
-/// One Lua script: its text and the SHA1 Redis knows it by.
+/// One Lua script: its text, the SHA1 Redis knows it by and how many of its
+/// arguments are keys.
 struct LuaScript {
     code: &'static str,
     hash: String,
+    keys: usize,
 }
 
 impl LuaScript {
-    fn new(code: &'static str) -> Self {
+    fn new(code: &'static str, keys: usize) -> Self {
         Self {
             code,
             hash: redis::Script::new(code).get_hash().to_owned(),
+            keys,
         }
     }
 }
 
-/// The keys and arguments of one script call.
+/// One script call, written straight into the command it sends:
+/// `EVALSHA sha numkeys key… arg…`, keys first.
 struct Call<'a> {
     script: &'a LuaScript,
-    keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    command: redis::Cmd,
+    keys: usize,
 }
 
 impl<'a> Call<'a> {
     fn new(script: &'a LuaScript) -> Self {
+        let mut command = redis::Cmd::with_capacity(16, 320);
+        command.arg("EVALSHA").arg(&script.hash).arg(script.keys);
         Self {
             script,
-            keys: Vec::with_capacity(5),
-            args: Vec::with_capacity(10),
+            command,
+            keys: 0,
         }
     }
 
-    fn key(&mut self, key: String) -> &mut Self {
-        self.keys.push(key);
-        self
-    }
-
-    fn keys(&mut self, keys: [String; 3]) -> &mut Self {
-        self.keys.extend(keys);
+    /// Appends the key `{prefix}{{user}}:{name}`, formatted into the
+    /// command itself.
+    fn key(&mut self, prefix: &str, user: &str, name: impl std::fmt::Display) -> &mut Self {
+        debug_assert_eq!(
+            self.command.args_iter().len(),
+            3 + self.keys,
+            "keys go before arguments"
+        );
+        let mut key = self.command.writer_for_next_arg();
+        // Writing into the command's buffer (a Vec) cannot fail.
+        let _ = write!(key, "{prefix}{{{user}}}:{name}");
+        drop(key);
+        self.keys += 1;
         self
     }
 
     fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        arg.write_redis_args(&mut self.args);
+        self.command.arg(arg);
         self
     }
 
-    /// `EVALSHA sha …` or `EVAL code …`.
-    fn command(&self, verb: &str, script: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd(verb);
-        cmd.arg(script)
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        cmd
+    /// The command to send: `EVALSHA`.
+    fn evalsha(&self) -> &redis::Cmd {
+        debug_assert_eq!(self.keys, self.script.keys, "a key is missing");
+        &self.command
+    }
+
+    /// The same call as `EVAL` with the script's text, for a node that
+    /// forgot the script.
+    fn eval(&self) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(self.script.code);
+        for arg in self.command.args_iter().skip(2) {
+            if let Arg::Simple(bytes) = arg {
+                eval.arg(bytes);
+            }
+        }
+        eval
     }
 }
 
@@ -234,11 +262,11 @@ impl RedisStore {
             _ => timeout.saturating_mul(3),
         };
         let scripts = Scripts {
-            reserve: LuaScript::new(RESERVE),
-            settle: LuaScript::new(SETTLE),
-            extend: LuaScript::new(EXTEND),
-            usage: LuaScript::new(USAGE),
-            adjust: LuaScript::new(ADJUST),
+            reserve: LuaScript::new(RESERVE, 4),
+            settle: LuaScript::new(SETTLE, 5),
+            extend: LuaScript::new(EXTEND, 1),
+            usage: LuaScript::new(USAGE, 4),
+            adjust: LuaScript::new(ADJUST, 1),
         };
         let connecting = async {
             let connection =
@@ -305,12 +333,19 @@ impl RedisStore {
         self.connection.clone()
     }
 
-    fn key(&self, user: &str, name: impl std::fmt::Display) -> String {
-        format!("{}{{{user}}}:{name}", self.prefix)
-    }
-
-    fn counter_keys(&self, user: &str, windows: &PeriodWindows) -> [String; 3] {
-        windows.0.each_ref().map(|w| self.key(user, w.label))
+    /// A call of `script` with the user's day, week and month counters of
+    /// `windows` as its first keys.
+    fn counters_call<'a>(
+        &self,
+        script: &'a LuaScript,
+        user: &str,
+        windows: &PeriodWindows,
+    ) -> Call<'a> {
+        let mut call = Call::new(script);
+        for window in windows.iter() {
+            call.key(&self.prefix, user, window.label);
+        }
+        call
     }
 
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
@@ -318,18 +353,13 @@ impl RedisStore {
     async fn run<T: FromRedisValue>(&self, call: &Call<'_>) -> Result<T, StoreError> {
         let connection = self.connection();
         self.bounded(async {
-            match connection
-                .query(&call.command("EVALSHA", &call.script.hash))
-                .await
-            {
+            match connection.query(call.evalsha()).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     tracing::info!(
                         "redis had lost the quota scripts (restart, failover or SCRIPT FLUSH); \
                          sending the script itself"
                     );
-                    connection
-                        .query(&call.command("EVAL", call.script.code))
-                        .await
+                    connection.query(&call.eval()).await
                 }
                 answer => answer,
             }
@@ -381,13 +411,12 @@ impl QuotaStore for RedisStore {
         let user = &request.user;
         let id = Reservation::new_id();
         let expires_at = deadline(request.now, request.ttl);
-        let mut call = Call::new(&self.scripts.reserve);
-        call.keys(self.counter_keys(user, &request.windows))
-            .key(self.key(user, "res"))
+        let mut call = self.counters_call(&self.scripts.reserve, user, &request.windows);
+        call.key(&self.prefix, user, "res")
             .arg(ms(request.now))
             .arg(&id)
             .arg(ms(expires_at))
-            .arg(RESERVATIONS_MARGIN.num_milliseconds());
+            .arg(ms(expires_at) - ms(request.now) + RESERVATIONS_MARGIN.num_milliseconds());
         for period in Period::ALL {
             call.arg(request.limits.of(period));
         }
@@ -425,10 +454,9 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let user = &reservation.user;
-        let mut call = Call::new(&self.scripts.settle);
-        call.keys(self.counter_keys(user, &reservation.windows))
-            .key(self.key(user, "res"))
-            .key(self.key(user, "done"))
+        let mut call = self.counters_call(&self.scripts.settle, user, &reservation.windows);
+        call.key(&self.prefix, user, "res")
+            .key(&self.prefix, user, "done")
             .arg(ms(now))
             .arg(&reservation.id)
             // Redis integers are signed 64-bit.
@@ -436,7 +464,11 @@ impl QuotaStore for RedisStore {
         for window in reservation.windows.iter() {
             call.arg(counter_ttl_ms(window, now));
         }
-        call.arg(SETTLED_MEMORY.num_milliseconds()).arg(SETTLED_MAX);
+        let remember = SETTLED_MEMORY.num_milliseconds();
+        call.arg(remember)
+            .arg(ms(now) - remember)
+            // The rank of the newest id to forget: -(most remembered) - 1.
+            .arg(-(SETTLED_MAX as i64) - 1);
         // 1 when counted, 0 for a repeated settle: both are success.
         let _: i64 = self.run(&call).await?;
         Ok(())
@@ -449,7 +481,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut call = Call::new(&self.scripts.extend);
-        call.key(self.key(&reservation.user, "res"))
+        call.key(&self.prefix, &reservation.user, "res")
             .arg(ms(now))
             .arg(&reservation.id)
             .arg(ms(until))
@@ -465,10 +497,8 @@ impl QuotaStore for RedisStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
-        let mut call = Call::new(&self.scripts.usage);
-        call.keys(self.counter_keys(user, windows))
-            .key(self.key(user, "res"))
-            .arg(ms(now));
+        let mut call = self.counters_call(&self.scripts.usage, user, windows);
+        call.key(&self.prefix, user, "res").arg(ms(now));
         let answer: Vec<i64> = self.run(&call).await?;
         let &[day, week, month, live] = answer.as_slice() else {
             return Err(StoreError::Protocol(format!(
@@ -500,7 +530,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut call = Call::new(&self.scripts.adjust);
-        call.key(self.key(user, window.label))
+        call.key(&self.prefix, user, window.label)
             .arg(delta)
             .arg(counter_ttl_ms(window, now));
         count(self.run(&call).await?)

@@ -7,17 +7,20 @@
 -- ARGV[1]     now (ms since the epoch, from the caller's clock)
 -- ARGV[2]     the new reservation's id
 -- ARGV[3]     its deadline (ms)
--- ARGV[4]     how long KEYS[4] outlives its newest deadline (ms)
+-- ARGV[4]     TTL of KEYS[4] if this deadline is its newest: the deadline
+--             - now + a margin (ms)
 -- ARGV[5..7]  limits of the day, week, month (0 = unlimited)
+--
+-- Numbers the caller can compute arrive computed and go to commands as the
+-- strings they came as: Redis formats every Lua number passed to a command
+-- with printf (see settle.lua).
 --
 -- Returns {1, 0, day, week, month} when reserved, the counts including this
 -- reservation; or {0, p, day, week, month} when p (1 = day, 2 = week,
 -- 3 = month) is the first period whose limit is reached, reserving nothing.
 
-local now = tonumber(ARGV[1])
-
 -- A deadline equal to now has passed: the same rule as the memory store.
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
 local live = redis.call('ZCARD', KEYS[4])
 
 local used = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
@@ -37,11 +40,10 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 -- The set outlives its newest deadline: this one, unless a reservation that
 -- was extended (extend.lua) ends later; GT keeps the later expiry. A set
 -- that was empty has none yet (GT would treat it as never expiring).
-local ttl = tonumber(ARGV[3]) - now + tonumber(ARGV[4])
 if live == 0 then
-  redis.call('PEXPIRE', KEYS[4], ttl)
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
 else
-  redis.call('PEXPIRE', KEYS[4], ttl, 'GT')
+  redis.call('PEXPIRE', KEYS[4], ARGV[4], 'GT')
 end
 
 return {1, 0, counts[1] + 1, counts[2] + 1, counts[3] + 1}

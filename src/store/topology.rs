@@ -232,9 +232,18 @@ pub(super) struct SentinelMaster {
 
 impl SentinelMaster {
     async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
-        if let Some(current) = self.current() {
-            return Ok(current);
+        match self.current() {
+            Some(current) => Ok(current),
+            // Boxed: asking Sentinel and connecting is a future of several
+            // KB, which every call's future would otherwise carry (and copy)
+            // for the rare call that needs it.
+            None => Box::pin(self.reconnect()).await,
         }
+    }
+
+    /// Asks the Sentinels for the master and connects to it, unless a
+    /// concurrent call did so while this one waited for the lock.
+    async fn reconnect(&self) -> RedisResult<(u64, MultiplexedConnection)> {
         let mut client = self.client.lock().await;
         if let Some(current) = self.current() {
             return Ok(current);
