@@ -3,6 +3,7 @@
 //! and the `X-Forwarded-*` headers the upstream reads to learn who the
 //! client is.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -67,9 +68,7 @@ pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
 /// into one (`a, b, peer`): some frameworks read only the first line, and a
 /// second line could be mistaken for a trusted hop.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    // A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`.
-    let peer = peer.to_canonical().to_string();
-    let mut merged: Vec<u8> = Vec::new();
+    let mut merged: Vec<u8> = Vec::with_capacity(64);
     for value in headers.get_all(&X_FORWARDED_FOR) {
         let value = value.as_bytes().trim_ascii();
         if value.is_empty() {
@@ -78,14 +77,37 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
         merged.extend_from_slice(value);
         merged.extend_from_slice(b", ");
     }
-    merged.extend_from_slice(peer.as_bytes());
-    match HeaderValue::from_bytes(&merged) {
+    write_address(&mut merged, peer);
+    // The buffer becomes the value without a copy.
+    match HeaderValue::try_from(merged) {
         Ok(value) => {
             headers.insert(X_FORWARDED_FOR, value);
         }
         // Unreachable in practice: the parts were valid header values and
         // the separator is ASCII. Keep the client's value rather than drop it.
         Err(_) => tracing::debug!("cannot merge X-Forwarded-For; left as the client sent it"),
+    }
+}
+
+/// Appends `peer` as text. A dual-stack listener reports IPv4 clients as
+/// `::ffff:a.b.c.d`; they are written as `a.b.c.d`. IPv4 is written with
+/// `itoa`: `Ipv4Addr`'s `Display` cost about 1,500 instructions per request
+/// (callgrind), as much as a tenth of a whole pass-through request.
+fn write_address(out: &mut Vec<u8>, peer: IpAddr) {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        v6 => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -191,6 +213,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(headers[&X_FORWARDED_FOR], "::1");
+
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, IpAddr::V4(Ipv4Addr::new(255, 0, 100, 1)));
+        assert_eq!(headers[&X_FORWARDED_FOR], "255.0.100.1");
     }
 
     #[test]

@@ -3,8 +3,6 @@
 //! limited period: `RateLimit-Policy: "daily";q=3;w=86400` and
 //! `RateLimit: "daily";r=2;t=5400`.
 
-use std::fmt::Write;
-
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -35,17 +33,24 @@ pub(crate) fn insert(
             continue;
         }
         let window = windows.get(period);
-        let sep = if policy.is_empty() { "" } else { ", " };
-        let _ = write!(
-            policy,
-            "{sep}\"{period}\";q={limit};w={}",
-            window.length_seconds()
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        item(
+            &mut policy,
+            period,
+            ["q", "w"],
+            [limit, window.length_seconds()],
         );
-        let _ = write!(
-            state,
-            "{sep}\"{period}\";r={};t={}",
-            limit.saturating_sub(counts.get(period)),
-            window.seconds_left(now)
+        item(
+            &mut state,
+            period,
+            ["r", "t"],
+            [
+                limit.saturating_sub(counts.get(period)),
+                window.seconds_left(now),
+            ],
         );
     }
     if policy.is_empty() {
@@ -56,6 +61,22 @@ pub(crate) fn insert(
     if let (Ok(p), Ok(s)) = (HeaderValue::try_from(policy), HeaderValue::try_from(state)) {
         headers.insert(POLICY.clone(), p);
         headers.insert(RATELIMIT.clone(), s);
+    }
+}
+
+/// Appends one list item, `"daily";q=3;w=86400`. Built by hand with `itoa`:
+/// `write!` cost more than the rest of the quota check (callgrind: a tenth
+/// of a flagged request's instructions).
+fn item(out: &mut String, period: Period, keys: [&str; 2], values: [u64; 2]) {
+    out.push('"');
+    out.push_str(period.as_str());
+    out.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (key, value) in keys.into_iter().zip(values) {
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        out.push_str(digits.format(value));
     }
 }
 
