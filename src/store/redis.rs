@@ -156,17 +156,19 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Appends the key `{prefix}{{user}}:{name}`, formatted into the
-    /// command itself.
-    fn key(&mut self, prefix: &str, user: &str, name: impl std::fmt::Display) -> &mut Self {
+    /// Appends the key `{prefix}{{user}}:{name}`, written into the command
+    /// itself.
+    fn key(&mut self, prefix: &str, user: &str, name: &str) -> &mut Self {
         debug_assert_eq!(
             self.command.args_iter().len(),
             3 + self.keys,
             "keys go before arguments"
         );
         let mut key = self.command.writer_for_next_arg();
-        // Writing into the command's buffer (a Vec) cannot fail.
-        let _ = write!(key, "{prefix}{{{user}}}:{name}");
+        for part in [prefix, "{", user, "}:", name] {
+            // Writing into the command's buffer (a Vec) cannot fail.
+            let _ = key.write_all(part.as_bytes());
+        }
         drop(key);
         self.keys += 1;
         self
@@ -343,7 +345,7 @@ impl RedisStore {
     ) -> Call<'a> {
         let mut call = Call::new(script);
         for window in windows.iter() {
-            call.key(&self.prefix, user, window.label);
+            call.key(&self.prefix, user, window.label.text().as_str());
         }
         call
     }
@@ -530,7 +532,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut call = Call::new(&self.scripts.adjust);
-        call.key(&self.prefix, user, window.label)
+        call.key(&self.prefix, user, window.label.text().as_str())
             .arg(delta)
             .arg(counter_ttl_ms(window, now));
         count(self.run(&call).await?)
