@@ -75,12 +75,11 @@
 //! own reload sends `SCRIPT LOAD` to *every* node of a cluster, which fails
 //! while any one node is down, even for keys on a healthy node.)
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use std::io::Write as _;
-
 use redis::{
     Arg, ErrorKind, FromRedisValue, RedisError, RedisWrite as _, ServerErrorKind, ToRedisArgs,
     Value,
