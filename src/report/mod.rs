@@ -79,14 +79,17 @@ impl ReportReader {
     /// images it reports, if it was there.
     pub fn take_header(&self, headers: &mut HeaderMap) -> Option<u64> {
         let name = self.header.as_ref()?;
-        let mut images = None;
+        // One lookup: every response of every route passes here.
+        let header::Entry::Occupied(found) = headers.entry(name) else {
+            return None;
+        };
         // Every copy is removed; if an upstream sends several, the largest
         // wins so usage is never under-counted.
-        for value in headers.get_all(name) {
-            let n = parse_header_count(value.as_bytes());
-            images = Some(images.map_or(n, |m: u64| m.max(n)));
-        }
-        headers.remove(name);
+        let images = found
+            .iter()
+            .map(|value| parse_header_count(value.as_bytes()))
+            .max();
+        drop(found.remove_entry_mult());
         images
     }
 
