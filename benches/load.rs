@@ -524,27 +524,51 @@ fn floor_context(rows: &[Row]) -> Option<String> {
     ))
 }
 
-/// Flagged-and-allowed on the memory store at 64 connections against the
-/// hyper floor: what the flagged request's shape alone costs (a POST with a
-/// body, an answer with a report), and the most qp-memory's flagged ÷
-/// pass-through could be if its quota work cost nothing.
+/// Flagged-and-allowed at 64 connections against the hyper floor: what
+/// the flagged request's shape alone costs (a POST with a body, an answer
+/// with a report), and the most each store's flagged ÷ pass-through could
+/// be if quota-proxy's own quota work cost nothing.
 ///
 /// Every process shares the machine's cores, so a request's cost in machine
 /// time is cores ÷ req/s. The floor's two rows give what the shape adds;
-/// added to qp-memory's pass-through cost, that is the cheapest a flagged
-/// request through it could be. The cores cancel out of the ratio.
+/// added to quota-proxy's pass-through cost, that is the cheapest a flagged
+/// request through it could be (the cores cancel out of the ratio). On
+/// Redis, redis-server's own CPU per allowed request is added too; that
+/// bound needs the cores, so it is left out when the bench's redis-server
+/// is pinned apart (`LOAD_REDIS_CPUS`).
 fn flagged_ceiling(rows: &[Row]) -> Option<String> {
-    let rps = |shape, target| find(rows, shape, target, 64).map(|row| row.stats.rps());
+    let row = |shape, target| find(rows, shape, target, 64);
+    let rps = |shape, target| row(shape, target).map(|row| row.stats.rps());
     let floor_pass = rps(Shape::PassThrough, Target::Floor)?;
     let floor_flagged = rps(Shape::Allowed, Target::Floor)?;
     let qp_pass = rps(Shape::PassThrough, Target::Memory)?;
     let ceiling = 1.0 / (1.0 + qp_pass * (1.0 / floor_flagged - 1.0 / floor_pass));
-    Some(format!(
+    let mut text = format!(
         "Flagged, allowed against the hyper floor (64 conns): the floor forwards it at {:.2}× \
          its own pass-through req/s; with quota work that cost nothing, qp-memory's flagged ÷ \
-         pass-through could reach {ceiling:.2}× at most.",
+         pass-through could reach {ceiling:.2}× at most",
         floor_flagged / floor_pass,
-    ))
+    );
+    let redis_cpu = row(Shape::Allowed, Target::Redis)
+        .and_then(|row| row.redis_per_request)
+        .map(|(_, _, cpu_per_10k)| cpu_per_10k / 10_000.0);
+    if let (Some(redis_pass), Some(redis_cpu), None) = (
+        rps(Shape::PassThrough, Target::Redis),
+        redis_cpu,
+        std::env::var_os("LOAD_REDIS_CPUS"),
+    ) {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+        let pass = cores / redis_pass;
+        let shape = cores * (1.0 / floor_flagged - 1.0 / floor_pass);
+        let redis_ceiling = pass / (pass + shape + redis_cpu);
+        text.push_str(&format!(
+            ", and qp-redis's, with redis-server's own {:.0} µs of CPU per allowed request \
+             on the same cores, {redis_ceiling:.2}× at most",
+            redis_cpu * 1e6
+        ));
+    }
+    text.push('.');
+    Some(text)
 }
 
 fn find(rows: &[Row], shape: Shape, target: Target, conns: usize) -> Option<&Row> {
