@@ -29,13 +29,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// [`Doomed::fixed`]'s bit for `Connection`, `HOP_BY_HOP[0]`.
+const CONNECTION_BIT: u8 = 1 << 0;
+/// [`Doomed::fixed`]'s bit for `TE`, `HOP_BY_HOP[3]`.
+const TE_BIT: u8 = 1 << 3;
+
 /// Removes the hop-by-hop headers of a response: every header named in
 /// `Connection`, then the fixed list (RFC 9110 §7.6.1). hyper re-frames the
 /// body for the next hop, so a stale `Transfer-Encoding` must not survive.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in hop_by_hop_present(headers) {
-        headers.remove(name);
-    }
+    Doomed::find(headers).remove_from(headers);
 }
 
 /// Removes the hop-by-hop headers of a request, like [`strip_hop_by_hop`],
@@ -43,8 +46,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client (gRPC-style servers refuse to answer without it). The client's
 /// other transfer codings are the proxy's business, not the upstream's.
 pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
-    let doomed = hop_by_hop_present(headers);
-    let accepts_trailers = doomed.contains(&header::TE)
+    let doomed = Doomed::find(headers);
+    let accepts_trailers = doomed.fixed & TE_BIT != 0
         && headers
             .get_all(header::TE)
             .iter()
@@ -53,39 +56,73 @@ pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
             // A coding may carry a weight: `trailers;q=1` is still trailers.
             .filter_map(|coding| coding.split(';').next())
             .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
-    for name in doomed {
-        headers.remove(name);
-    }
+    doomed.remove_from(headers);
     if accepts_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
-/// The hop-by-hop headers `headers` holds: those of the fixed list it has,
-/// then every name its `Connection` lines list. Found by one pass over the
-/// names, without hashing: most messages carry none or only `Connection`,
-/// and removing the eight fixed names one by one cost nearly a tenth
-/// of a pass-through request (callgrind). Empty, it has not allocated.
-fn hop_by_hop_present(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if doomed.contains(&header::CONNECTION) {
-        let named = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
-        for name in named {
-            if !doomed.contains(&name) {
-                doomed.push(name);
+/// The hop-by-hop headers one message holds, found by one pass over its
+/// names without hashing: most messages carry none, or only `Connection`
+/// listing `keep-alive` or `close` (gunicorn and nginx answer with one).
+/// Removing the eight fixed names one by one cost nearly a tenth of a
+/// pass-through request, and making a `HeaderName` of each `Connection`
+/// token (an allocation for any name outside the standard list) most of
+/// the rest (callgrind).
+struct Doomed {
+    /// Bit `i` set: the message holds `HOP_BY_HOP[i]`.
+    fixed: u8,
+    /// The other headers its `Connection` lines name that it holds; empty
+    /// (not allocated) for the common tokens.
+    named: Vec<HeaderName>,
+}
+
+impl Doomed {
+    fn find(headers: &HeaderMap) -> Self {
+        let mut fixed = 0;
+        for name in headers.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+                fixed |= 1 << i;
             }
         }
+        let mut named = Vec::new();
+        if fixed & CONNECTION_BIT != 0 {
+            let tokens = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .map(str::trim);
+            for token in tokens {
+                // A fixed name is found above, and `close` names no header
+                // unless one by that name is there; an invalid token is no
+                // header's name, so `contains_key` says no.
+                let is_fixed = HOP_BY_HOP
+                    .iter()
+                    .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
+                if is_fixed || !headers.contains_key(token) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && !named.contains(&name)
+                {
+                    named.push(name);
+                }
+            }
+        }
+        Self { fixed, named }
     }
-    doomed
+
+    fn remove_from(self, headers: &mut HeaderMap) {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.fixed & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+        for name in self.named {
+            headers.remove(name);
+        }
+    }
 }
 
 /// Appends `peer` to `X-Forwarded-For`, merging every line the client sent
@@ -208,6 +245,22 @@ mod tests {
         let mut headers = map(&[("connection", "close, , bad header"), ("x-keep", "1")]);
         strip_hop_by_hop(&mut headers);
         assert_eq!(names(&headers), ["x-keep"]);
+    }
+
+    #[test]
+    fn connection_tokens_match_names_in_any_case_and_only_if_present() {
+        let mut headers = map(&[
+            ("connection", "Keep-Alive, close, X-Gone, x-absent"),
+            ("keep-alive", "timeout=5"),
+            ("x-gone", "1"),
+            ("close-by", "kept"),
+            ("x-keep", "1"),
+        ]);
+        let doomed = Doomed::find(&headers);
+        // Only a present name outside the fixed list is kept aside.
+        assert_eq!(doomed.named, [HeaderName::from_static("x-gone")]);
+        doomed.remove_from(&mut headers);
+        assert_eq!(names(&headers), ["close-by", "x-keep"]);
     }
 
     #[test]
