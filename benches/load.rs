@@ -8,7 +8,8 @@
 //! floor (`support/floor.rs`: this binary re-run as `load floor …`); drives
 //! each with a bounded number of keep-alive HTTP/1.1 requests over 1, 64
 //! and 256 connections; prints requests/s, latency percentiles, server CPU
-//! per 10k requests, Redis commands per request, ratios to nginx, then the
+//! per 10k requests, Redis commands per request, ratios to nginx (taken
+//! round by round, see `runner::paired`), then the
 //! streaming, idle-connection and upload tests, and checks the targets of
 //! BENCHMARKS.md. Everything it starts is stopped when it ends.
 //!
@@ -17,7 +18,7 @@
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
 //! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
-//! median run), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
+//! median run and each ratio the median of the rounds' ratios), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
 //! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
 //! (quota-proxy's serving `threads` and nginx's `worker_processes`;
 //! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
@@ -514,10 +515,10 @@ fn floor_context(rows: &[Row]) -> Option<String> {
         row(Target::Memory)?,
     );
     Some(format!(
-        "Pass-through against the hyper floor (64 conns): floor ÷ nginx {:.2}× req/s, \
-         qp-memory ÷ floor {:.2}× req/s; CPU s/10k req: nginx {:.2}, floor {:.2}, qp-memory {:.2}.",
-        floor.stats.rps() / nginx.stats.rps(),
-        qp.stats.rps() / floor.stats.rps(),
+        "Pass-through against the hyper floor (64 conns): floor ÷ nginx {} req/s, \
+         qp-memory ÷ floor {} req/s; CPU s/10k req: nginx {:.2}, floor {:.2}, qp-memory {:.2}.",
+        runner::paired(floor, nginx)?,
+        runner::paired(qp, floor)?,
         nginx.cpu_per_10k,
         floor.cpu_per_10k,
         qp.cpu_per_10k
@@ -535,37 +536,45 @@ fn floor_context(rows: &[Row]) -> Option<String> {
 /// request through it could be (the cores cancel out of the ratio). On
 /// Redis, redis-server's own CPU per allowed request is added too; that
 /// bound needs the cores, so it is left out when the bench's redis-server
-/// is pinned apart (`LOAD_REDIS_CPUS`).
+/// is pinned apart (`LOAD_REDIS_CPUS`). Each bound is computed round by
+/// round from that round's runs, and summarised like a paired ratio.
 fn flagged_ceiling(rows: &[Row]) -> Option<String> {
     let row = |shape, target| find(rows, shape, target, 64);
-    let rps = |shape, target| row(shape, target).map(|row| row.stats.rps());
-    let floor_pass = rps(Shape::PassThrough, Target::Floor)?;
-    let floor_flagged = rps(Shape::Allowed, Target::Floor)?;
-    let qp_pass = rps(Shape::PassThrough, Target::Memory)?;
-    let ceiling = 1.0 / (1.0 + qp_pass * (1.0 / floor_flagged - 1.0 / floor_pass));
+    let floor_pass = row(Shape::PassThrough, Target::Floor)?;
+    let floor_flagged = row(Shape::Allowed, Target::Floor)?;
+    let qp_pass = row(Shape::PassThrough, Target::Memory)?;
+    // Round by round: [floor pass, floor flagged, qp pass(, qp-redis pass)].
+    let ceiling = runner::by_round(&[floor_pass, floor_flagged, qp_pass], |rps| {
+        1.0 / (1.0 + rps[2] * (1.0 / rps[1] - 1.0 / rps[0]))
+    })?;
     let mut text = format!(
-        "Flagged, allowed against the hyper floor (64 conns): the floor forwards it at {:.2}× \
+        "Flagged, allowed against the hyper floor (64 conns): the floor forwards it at {} \
          its own pass-through req/s; with quota work that cost nothing, qp-memory's flagged ÷ \
-         pass-through could reach {ceiling:.2}× at most",
-        floor_flagged / floor_pass,
+         pass-through could reach {} at most",
+        runner::paired(floor_flagged, floor_pass)?,
+        ceiling,
     );
     let redis_cpu = row(Shape::Allowed, Target::Redis)
         .and_then(|row| row.redis_per_request)
         .map(|(_, _, cpu_per_10k)| cpu_per_10k / 10_000.0);
     if let (Some(redis_pass), Some(redis_cpu), None) = (
-        rps(Shape::PassThrough, Target::Redis),
+        row(Shape::PassThrough, Target::Redis),
         redis_cpu,
         std::env::var_os("LOAD_REDIS_CPUS"),
     ) {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-        let pass = cores / redis_pass;
-        let shape = cores * (1.0 / floor_flagged - 1.0 / floor_pass);
-        let redis_ceiling = pass / (pass + shape + redis_cpu);
-        text.push_str(&format!(
-            ", and qp-redis's, with redis-server's own {:.0} µs of CPU per allowed request \
-             on the same cores, {redis_ceiling:.2}× at most",
-            redis_cpu * 1e6
-        ));
+        let redis_ceiling = runner::by_round(&[floor_pass, floor_flagged, redis_pass], |rps| {
+            let pass = cores / rps[2];
+            let shape = cores * (1.0 / rps[1] - 1.0 / rps[0]);
+            pass / (pass + shape + redis_cpu)
+        });
+        if let Some(redis_ceiling) = redis_ceiling {
+            text.push_str(&format!(
+                ", and qp-redis's, with redis-server's own {:.0} µs of CPU per allowed request \
+                 on the same cores, {redis_ceiling} at most",
+                redis_cpu * 1e6
+            ));
+        }
     }
     text.push('.');
     Some(text)
@@ -584,21 +593,16 @@ fn targets(
     uploads: &[(UploadKind, UploadMemory)],
 ) -> Vec<(bool, String)> {
     let mut out = Vec::new();
-    let rps = |shape, target, conns| find(rows, shape, target, conns).map(|r| r.stats.rps());
     let p =
         |shape, target, conns, q| find(rows, shape, target, conns).map(|r| r.stats.latency_at(q));
-    if let (Some(qp), Some(nginx)) = (
-        rps(Shape::PassThrough, Target::Memory, 64),
-        rps(Shape::PassThrough, Target::Nginx, 64),
-    ) {
+    let pass = |target| find(rows, Shape::PassThrough, target, 64);
+    if let Some(ratio) = pass(Target::Memory)
+        .zip(pass(Target::Nginx))
+        .and_then(|(qp, nginx)| runner::paired(qp, nginx))
+    {
         out.push((
-            qp >= nginx,
-            format!(
-                "pass-through throughput ≥ 1.0× nginx (64 conns): {:.0} vs {:.0} req/s = {:.2}×",
-                qp,
-                nginx,
-                qp / nginx
-            ),
+            ratio.median >= 1.0,
+            format!("pass-through throughput ≥ 1.0× nginx (64 conns): {ratio}"),
         ));
     }
     if let (Some(qp), Some(nginx)) = (
@@ -615,18 +619,16 @@ fn targets(
         ));
     }
     for (target, floor) in [(Target::Redis, 0.6), (Target::Memory, 0.9)] {
-        if let (Some(flagged), Some(pass)) = (
-            rps(Shape::Allowed, target, 64),
-            rps(Shape::PassThrough, target, 64),
-        ) {
+        let row = |shape| find(rows, shape, target, 64);
+        if let Some(ratio) = row(Shape::Allowed)
+            .zip(row(Shape::PassThrough))
+            .and_then(|(flagged, pass)| runner::paired(flagged, pass))
+        {
             out.push((
-                flagged >= floor * pass,
+                ratio.median >= floor,
                 format!(
-                    "flagged-and-allowed ≥ {floor}× pass-through, {} (64 conns): {:.0} vs {:.0} req/s = {:.2}×",
+                    "flagged-and-allowed ≥ {floor}× pass-through, {} (64 conns): {ratio}",
                     target.name(),
-                    flagged,
-                    pass,
-                    flagged / pass
                 ),
             ));
         }

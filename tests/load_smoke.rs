@@ -73,7 +73,11 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = runner::run_matrix(&runtime, &subjects, &matrix, |_| {}).expect("the matrix runs");
+    let mut runs = Vec::new();
+    let rows = runner::run_matrix(&runtime, &subjects, &matrix, |run| {
+        runs.push((run.shape, run.target, run.conns, run.stats.rps()))
+    })
+    .expect("the matrix runs");
     assert_eq!(rows.len(), subjects.len() * Shape::ALL.len() * 2);
     for row in &rows {
         assert!(
@@ -89,7 +93,24 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
             proxy.log_tail()
         );
         assert!(row.cpu_per_10k.is_finite());
+        // Every round's figure is kept in round order, the median row's
+        // own among them.
+        let in_order: Vec<f64> = runs
+            .iter()
+            .filter(|run| (run.0, run.1, run.2) == (row.shape, row.target, row.conns))
+            .map(|run| run.3)
+            .collect();
+        assert_eq!(row.rps_by_round, in_order);
+        assert!(row.rps_by_round.contains(&row.stats.rps()));
     }
+    // Ratios pair each round with the same round: with two rounds, the
+    // mean of the two rounds' ratios (not the ratio of the medians).
+    let (a, b) = (&rows[0], &rows[1]);
+    let ratio = runner::paired(a, b).expect("both ran the same rounds");
+    let by_hand = [0, 1].map(|i| a.rps_by_round[i] / b.rps_by_round[i]);
+    assert!((ratio.median - (by_hand[0] + by_hand[1]) / 2.0).abs() < 1e-9);
+    assert_eq!(ratio.low, by_hand[0].min(by_hand[1]));
+    assert_eq!(ratio.high, by_hand[0].max(by_hand[1]));
     let table = runner::render_rows(&rows);
     assert!(
         table.contains("| 4 | flagged, denied | qp-memory |"),

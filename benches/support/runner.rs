@@ -52,6 +52,10 @@ pub struct Row {
     pub conns: usize,
     /// What the load generator saw.
     pub stats: RunStats,
+    /// Requests/s of this cell's run in each round, in round order (the
+    /// median row's own run among them): paired with another subject's
+    /// runs of the same round by [`paired`].
+    pub rps_by_round: Vec<f64>,
     /// Server CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
     /// Per request: Redis commands, all of them (those inside Lua scripts
@@ -64,7 +68,7 @@ pub struct Row {
 /// subject back to back, and the whole matrix runs `rounds` times) so that
 /// noise from the rest of the machine hits each alike; each cell then
 /// reports its median run by requests/s, whose latency and CPU figures come
-/// from that same run. Denied users' quota is used up by a warm-up before
+/// from that same run, with every round's requests/s beside it. Denied users' quota is used up by a warm-up before
 /// the first denied run of each enforcing subject. `progress` sees each
 /// run.
 pub fn run_matrix(
@@ -98,6 +102,7 @@ pub fn run_matrix(
     Ok(runs
         .into_iter()
         .filter_map(|mut cell| {
+            let rps_by_round: Vec<f64> = cell.iter().map(|r| r.stats.rps()).collect();
             cell.sort_by(|a, b| a.stats.rps().total_cmp(&b.stats.rps()));
             let mid = cell.len() / 2;
             let problems: u64 = cell
@@ -106,6 +111,7 @@ pub fn run_matrix(
                 .sum();
             let first_problem = cell.iter().find_map(|r| r.stats.first_problem.clone());
             let mut median = cell.into_iter().nth(mid)?;
+            median.rps_by_round = rps_by_round;
             // A problem in any round shows in the cell.
             if problems > 0 && median.stats.clean() {
                 median.stats.unexpected = problems;
@@ -167,6 +173,7 @@ fn run_one(
         target: subject.target,
         conns,
         cpu_per_10k: per_request(cpu) * 10_000.0,
+        rps_by_round: Vec::new(),
         redis_per_request: redis.map(|(calls, cpu)| {
             (
                 per_request(calls.commands as f64),
@@ -175,6 +182,59 @@ fn run_one(
             )
         }),
         stats,
+    })
+}
+
+/// A ratio of requests/s taken round by round: each round's run of one
+/// cell against the same round's run of another, measured seconds apart
+/// rather than minutes, so that the machine's drift between rounds does
+/// not pass for a difference between servers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    /// The median of the rounds' ratios: the figure a target is judged by.
+    pub median: f64,
+    /// The lowest round's ratio.
+    pub low: f64,
+    /// The highest round's ratio.
+    pub high: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2}× (rounds {:.2}–{:.2}×)",
+            self.median, self.low, self.high
+        )
+    }
+}
+
+/// `a`'s requests/s over `b`'s, round by round; `None` unless both ran the
+/// same rounds.
+pub fn paired(a: &Row, b: &Row) -> Option<Ratio> {
+    by_round(&[a, b], |rps| rps[0] / rps[1])
+}
+
+/// `f` of the rows' requests/s in each round (`rps[i]` is `rows[i]`'s),
+/// summarised over the rounds; `None` unless every row ran the same rounds.
+pub fn by_round(rows: &[&Row], f: impl Fn(&[f64]) -> f64) -> Option<Ratio> {
+    let rounds = rows.first()?.rps_by_round.len();
+    if rounds == 0 || rows.iter().any(|r| r.rps_by_round.len() != rounds) {
+        return None;
+    }
+    let mut values: Vec<f64> = (0..rounds)
+        .map(|i| f(&rows.iter().map(|r| r.rps_by_round[i]).collect::<Vec<_>>()))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    // Even counts take the mean of the middle two.
+    let median = match values.len() % 2 {
+        1 => values[values.len() / 2],
+        _ => (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0,
+    };
+    Some(Ratio {
+        median,
+        low: values[0],
+        high: values[values.len() - 1],
     })
 }
 
@@ -252,7 +312,8 @@ pub fn show(d: Duration) -> String {
 }
 
 /// The matrix as a Markdown table, quota-proxy rows with their ratio to
-/// nginx's run of the same shape and connections.
+/// nginx's run of the same shape and connections (req/s: the median of the
+/// rounds' ratios, see [`paired`]; p99: of the median rows).
 pub fn render_rows(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -269,7 +330,9 @@ pub fn render_rows(rows: &[Row]) -> String {
             .find(|n| n.target == Target::Nginx && n.shape == row.shape && n.conns == row.conns);
         let (rps_ratio, p99_ratio) = match nginx {
             Some(n) if row.target.enforces() => (
-                format!("{:.2}×", row.stats.rps() / n.stats.rps()),
+                paired(row, n)
+                    .map(|r| format!("{:.2}×", r.median))
+                    .unwrap_or_default(),
                 format!(
                     "{:.2}×",
                     row.stats.latency_at(0.99).as_secs_f64()
