@@ -75,7 +75,13 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         .expect("runtime");
     let mut runs = Vec::new();
     let rows = runner::run_matrix(&runtime, &subjects, &matrix, |run| {
-        runs.push((run.shape, run.target, run.conns, run.stats.rps()))
+        runs.push((
+            run.shape,
+            run.target,
+            run.conns,
+            run.stats.rps(),
+            run.stats.latency_at(0.99),
+        ))
     })
     .expect("the matrix runs");
     assert_eq!(rows.len(), subjects.len() * Shape::ALL.len() * 2);
@@ -95,19 +101,20 @@ fn load_bench_machinery_runs_a_few_hundred_requests() {
         assert!(row.cpu_per_10k.is_finite());
         // Every round's figure is kept in round order, the median row's
         // own among them.
-        let in_order: Vec<f64> = runs
+        let in_order: Vec<(f64, Duration)> = runs
             .iter()
             .filter(|run| (run.0, run.1, run.2) == (row.shape, row.target, row.conns))
-            .map(|run| run.3)
+            .map(|run| (run.3, run.4))
             .collect();
-        assert_eq!(row.rps_by_round, in_order);
-        assert!(row.rps_by_round.contains(&row.stats.rps()));
+        let kept: Vec<(f64, Duration)> = row.rounds.iter().map(|r| (r.rps, r.p99)).collect();
+        assert_eq!(kept, in_order);
+        assert!(in_order.contains(&(row.stats.rps(), row.stats.latency_at(0.99))));
     }
     // Ratios pair each round with the same round: with two rounds, the
     // mean of the two rounds' ratios (not the ratio of the medians).
     let (a, b) = (&rows[0], &rows[1]);
     let ratio = runner::paired(a, b).expect("both ran the same rounds");
-    let by_hand = [0, 1].map(|i| a.rps_by_round[i] / b.rps_by_round[i]);
+    let by_hand = [0, 1].map(|i| a.rounds[i].rps / b.rounds[i].rps);
     assert!((ratio.median - (by_hand[0] + by_hand[1]) / 2.0).abs() < 1e-9);
     assert_eq!(ratio.low, by_hand[0].min(by_hand[1]));
     assert_eq!(ratio.high, by_hand[0].max(by_hand[1]));

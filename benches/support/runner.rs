@@ -52,10 +52,10 @@ pub struct Row {
     pub conns: usize,
     /// What the load generator saw.
     pub stats: RunStats,
-    /// Requests/s of this cell's run in each round, in round order (the
-    /// median row's own run among them): paired with another subject's
-    /// runs of the same round by [`paired`].
-    pub rps_by_round: Vec<f64>,
+    /// This cell's run in each round, in round order (the median row's own
+    /// run among them): paired with another subject's runs of the same
+    /// round by [`paired`] and [`paired_p99`].
+    pub rounds: Vec<RoundFigures>,
     /// Server CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
     /// Per request: Redis commands, all of them (those inside Lua scripts
@@ -64,13 +64,22 @@ pub struct Row {
     pub redis_per_request: Option<(f64, f64, f64)>,
 }
 
+/// What one round's run of a cell gives the ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundFigures {
+    /// Answers per second.
+    pub rps: f64,
+    /// The 99th percentile latency.
+    pub p99: Duration,
+}
+
 /// Runs `matrix` over `subjects`, interleaving them (each cell runs every
 /// subject back to back, and the whole matrix runs `rounds` times) so that
 /// noise from the rest of the machine hits each alike; each cell then
 /// reports its median run by requests/s, whose latency and CPU figures come
-/// from that same run, with every round's requests/s beside it. Denied users' quota is used up by a warm-up before
-/// the first denied run of each enforcing subject. `progress` sees each
-/// run.
+/// from that same run, with every round's requests/s and p99 beside it.
+/// Denied users' quota is used up by a warm-up before the first denied run
+/// of each enforcing subject. `progress` sees each run.
 pub fn run_matrix(
     runtime: &Runtime,
     subjects: &[Subject],
@@ -102,7 +111,13 @@ pub fn run_matrix(
     Ok(runs
         .into_iter()
         .filter_map(|mut cell| {
-            let rps_by_round: Vec<f64> = cell.iter().map(|r| r.stats.rps()).collect();
+            let rounds: Vec<RoundFigures> = cell
+                .iter()
+                .map(|r| RoundFigures {
+                    rps: r.stats.rps(),
+                    p99: r.stats.latency_at(0.99),
+                })
+                .collect();
             cell.sort_by(|a, b| a.stats.rps().total_cmp(&b.stats.rps()));
             let mid = cell.len() / 2;
             let problems: u64 = cell
@@ -111,7 +126,7 @@ pub fn run_matrix(
                 .sum();
             let first_problem = cell.iter().find_map(|r| r.stats.first_problem.clone());
             let mut median = cell.into_iter().nth(mid)?;
-            median.rps_by_round = rps_by_round;
+            median.rounds = rounds;
             // A problem in any round shows in the cell.
             if problems > 0 && median.stats.clean() {
                 median.stats.unexpected = problems;
@@ -173,7 +188,7 @@ fn run_one(
         target: subject.target,
         conns,
         cpu_per_10k: per_request(cpu) * 10_000.0,
-        rps_by_round: Vec::new(),
+        rounds: Vec::new(),
         redis_per_request: redis.map(|(calls, cpu)| {
             (
                 per_request(calls.commands as f64),
@@ -185,10 +200,10 @@ fn run_one(
     })
 }
 
-/// A ratio of requests/s taken round by round: each round's run of one
-/// cell against the same round's run of another, measured seconds apart
-/// rather than minutes, so that the machine's drift between rounds does
-/// not pass for a difference between servers.
+/// A ratio taken round by round: each round's run of one cell against the
+/// same round's run of another, measured seconds apart rather than
+/// minutes, so that the machine's drift between rounds does not pass for a
+/// difference between servers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ratio {
     /// The median of the rounds' ratios: the figure a target is judged by.
@@ -215,15 +230,30 @@ pub fn paired(a: &Row, b: &Row) -> Option<Ratio> {
     by_round(&[a, b], |rps| rps[0] / rps[1])
 }
 
+/// `a`'s p99 latency over `b`'s, round by round, like [`paired`]: a tail
+/// figure of one 2-second run moves most with the machine.
+pub fn paired_p99(a: &Row, b: &Row) -> Option<Ratio> {
+    summarise(&[a, b], |round| {
+        round[0].p99.as_secs_f64() / round[1].p99.as_secs_f64()
+    })
+}
+
 /// `f` of the rows' requests/s in each round (`rps[i]` is `rows[i]`'s),
 /// summarised over the rounds; `None` unless every row ran the same rounds.
 pub fn by_round(rows: &[&Row], f: impl Fn(&[f64]) -> f64) -> Option<Ratio> {
-    let rounds = rows.first()?.rps_by_round.len();
-    if rounds == 0 || rows.iter().any(|r| r.rps_by_round.len() != rounds) {
+    summarise(rows, |round| {
+        f(&round.iter().map(|figures| figures.rps).collect::<Vec<_>>())
+    })
+}
+
+/// `f` of the rows' figures in each round, summarised over the rounds.
+fn summarise(rows: &[&Row], f: impl Fn(&[RoundFigures]) -> f64) -> Option<Ratio> {
+    let rounds = rows.first()?.rounds.len();
+    if rounds == 0 || rows.iter().any(|r| r.rounds.len() != rounds) {
         return None;
     }
     let mut values: Vec<f64> = (0..rounds)
-        .map(|i| f(&rows.iter().map(|r| r.rps_by_round[i]).collect::<Vec<_>>()))
+        .map(|i| f(&rows.iter().map(|r| r.rounds[i]).collect::<Vec<_>>()))
         .collect();
     values.sort_by(f64::total_cmp);
     // Even counts take the mean of the middle two.
@@ -312,8 +342,8 @@ pub fn show(d: Duration) -> String {
 }
 
 /// The matrix as a Markdown table, quota-proxy rows with their ratio to
-/// nginx's run of the same shape and connections (req/s: the median of the
-/// rounds' ratios, see [`paired`]; p99: of the median rows).
+/// nginx's run of the same shape and connections (each the median of the
+/// rounds' ratios, see [`paired`] and [`paired_p99`]).
 pub fn render_rows(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -333,11 +363,9 @@ pub fn render_rows(rows: &[Row]) -> String {
                 paired(row, n)
                     .map(|r| format!("{:.2}×", r.median))
                     .unwrap_or_default(),
-                format!(
-                    "{:.2}×",
-                    row.stats.latency_at(0.99).as_secs_f64()
-                        / n.stats.latency_at(0.99).as_secs_f64()
-                ),
+                paired_p99(row, n)
+                    .map(|r| format!("{:.2}×", r.median))
+                    .unwrap_or_default(),
             ),
             _ => ("".to_owned(), "".to_owned()),
         };
