@@ -34,6 +34,7 @@ use crate::config::{Config, StoreConfig, StoreErrorPolicy, StoreKind};
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
+use crate::server::AcceptBalance;
 use crate::store::{
     BreakerSettings, MemoryStore, OutagePolicy, QuotaStore, RedisOptions, RedisStore,
     ResilientSettings, ResilientStore, StoreError, Topology,
@@ -216,16 +217,19 @@ pub fn topology(store: &StoreConfig) -> Topology {
 /// Serves `layer` in front of the proxy to `config.upstream` on `listener`
 /// until `shutdown` completes, then lets in-flight requests finish for up
 /// to `config.shutdown_grace`. Runs on the caller's runtime; [`run`] runs it
-/// on each of its serving threads ([`Workers`]).
+/// on each of its serving threads ([`Workers`]), each with its share of
+/// the listener's connections (`balance`; [`AcceptBalance::alone`] for a
+/// listener only this call serves).
 pub async fn serve(
     config: &Config,
     layer: QuotaLayer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
+    balance: AcceptBalance,
 ) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
     let service = layer.layer(UpstreamMetrics::new(proxy));
-    crate::server::serve(listener, service, shutdown, config.shutdown_grace).await?;
+    crate::server::serve(listener, service, shutdown, config.shutdown_grace, balance).await?;
     Ok(())
 }
 

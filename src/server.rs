@@ -1,8 +1,13 @@
 //! The accept loop (phase: accept, before classify): serves
 //! HTTP/1.1 and cleartext HTTP/2 (h2c, prior knowledge) on one listener,
-//! tags each request with the peer address ([`ClientAddr`]), and shuts down
-//! gracefully. Binary and tests run the same [`serve`], with their own
-//! listener and shutdown signal.
+//! tags each request with the peer address ([`ClientAddr`]), keeps the
+//! serving threads' shares of connections even ([`AcceptBalance`]), and
+//! shuts down gracefully. Binary and tests run the same [`serve`], with
+//! their own listener and shutdown signal.
+
+mod balance;
+
+pub use balance::{AcceptBalance, BALANCE_WAIT};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,11 +53,16 @@ pub struct ClientAddr(pub SocketAddr);
 /// Idle keep-alive connections are closed at shutdown; HTTP/2 clients get a
 /// GOAWAY. Accept errors are logged and never end the loop. The `Result`
 /// is for future listener set-up; the loop itself does not fail.
+///
+/// `balance` is this loop's share when several threads serve the same
+/// listener ([`AcceptBalance::shares`]): it accepts in turn with them.
+/// A listener served by one loop passes [`AcceptBalance::alone`].
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
+    balance: AcceptBalance,
 ) -> io::Result<()>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -73,6 +83,8 @@ where
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
+    // Dropped when the loop ends, `balance` then stops counting.
+    balance.set_open(0);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -84,9 +96,13 @@ where
                 {
                     tracing::error!(error = %err, "a connection task panicked");
                 }
+                balance.set_open(connections.len());
                 continue;
             }
-            accepted = listener.accept() => match accepted {
+            accepted = async {
+                balance.turn().await;
+                listener.accept().await
+            } => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) if is_per_connection(&err) => {
                     tracing::debug!(error = %err, "accept failed for one connection");
@@ -117,6 +133,7 @@ where
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         });
+        balance.set_open(connections.len());
     }
 
     drop(listener);

@@ -79,7 +79,13 @@ impl Proxy {
         let shutdown = async move {
             let _ = rx.await;
         };
-        let task = tokio::spawn(server::serve(listener, service, shutdown, grace));
+        let task = tokio::spawn(server::serve(
+            listener,
+            service,
+            shutdown,
+            grace,
+            server::AcceptBalance::alone(),
+        ));
         Self {
             addr,
             shutdown: Some(tx),
@@ -757,4 +763,113 @@ async fn grace_period_bounds_the_shutdown() {
         result.is_err(),
         "expected an aborted connection, got {result:?}"
     );
+}
+
+/// Two threads serving one listener, as the binary's serving threads do,
+/// answering with the name of the thread that served: a burst of
+/// keep-alive connections is split evenly between them. Left to the
+/// kernel, the first thread awake takes most or all of a burst.
+#[test]
+fn serving_threads_share_a_burst_of_connections_evenly() {
+    const CONNECTIONS: usize = 40;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("local address");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let threads: Vec<_> = server::AcceptBalance::shares(2)
+        .into_iter()
+        .enumerate()
+        .map(|(index, balance)| {
+            let listener = listener.try_clone().expect("clone");
+            let stop = stop.clone();
+            let ready_tx = ready_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("t{index}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("listener");
+                        let service = tower::service_fn(|_: Request<Incoming>| async {
+                            let name = std::thread::current().name().unwrap_or("?").to_owned();
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                        });
+                        let grace = Duration::from_secs(1);
+                        let serving = tokio::spawn(server::serve(
+                            listener,
+                            service,
+                            stop.cancelled_owned(),
+                            grace,
+                            balance,
+                        ));
+                        // The loop has run up to its first accept.
+                        tokio::task::yield_now().await;
+                        ready_tx.send(()).expect("test waits");
+                        serving.await.expect("no panic").expect("serve");
+                    });
+                })
+                .expect("thread")
+        })
+        .collect();
+    for _ in &threads {
+        ready.recv().expect("a serving thread started");
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let served_by = runtime.block_on(async {
+        // All connect at once, then each asks which thread serves it; all
+        // stay open until every answer is in.
+        let connecting = (0..CONNECTIONS).map(|_| TcpStream::connect(addr));
+        let mut conns = futures_util::future::try_join_all(connecting)
+            .await
+            .expect("connect");
+        let mut served_by = Vec::new();
+        for conn in &mut conns {
+            served_by.push(ask_thread_name(conn).await);
+        }
+        served_by
+    });
+    stop.cancel();
+    for thread in threads {
+        thread.join().expect("serving thread");
+    }
+    let on_first = served_by.iter().filter(|name| *name == "t0").count();
+    let on_second = served_by.iter().filter(|name| *name == "t1").count();
+    assert_eq!(on_first + on_second, CONNECTIONS, "{served_by:?}");
+    assert!(
+        on_first.abs_diff(on_second) <= 2,
+        "connections per thread: {on_first} and {on_second}"
+    );
+}
+
+/// Sends one keep-alive request on `conn` and returns the answer's body.
+async fn ask_thread_name(conn: &mut TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed early");
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if body.len() >= length {
+                return body[..length].to_owned();
+            }
+        }
+    }
 }

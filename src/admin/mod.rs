@@ -45,7 +45,13 @@ pub async fn serve(
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(api::handle(state, request).await) }
     });
-    crate::server::serve(listener, service, shutdown, ADMIN_GRACE)
-        .instrument(tracing::info_span!("admin"))
-        .await
+    crate::server::serve(
+        listener,
+        service,
+        shutdown,
+        ADMIN_GRACE,
+        crate::server::AcceptBalance::alone(),
+    )
+    .instrument(tracing::info_span!("admin"))
+    .await
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use crate::config::Config;
 use crate::quota::QuotaLayer;
+use crate::server::AcceptBalance;
 
 /// The serving threads of one process.
 #[derive(Debug)]
@@ -62,12 +63,13 @@ impl Workers {
             served: Vec::with_capacity(count),
             release: CancellationToken::new(),
         };
-        for index in 0..count {
+        for (index, balance) in AcceptBalance::shares(count).into_iter().enumerate() {
             let (served_tx, served) = oneshot::channel();
             let worker = Worker {
                 config: config.clone(),
                 layer: layer.clone(),
                 listener: listener.try_clone()?,
+                balance,
                 drain: drain.clone(),
                 release: workers.release.clone(),
             };
@@ -117,6 +119,8 @@ struct Worker {
     config: Config,
     layer: QuotaLayer,
     listener: StdListener,
+    /// Its share of the listener's connections.
+    balance: AcceptBalance,
     drain: CancellationToken,
     release: CancellationToken,
 }
@@ -139,6 +143,7 @@ impl Worker {
             config,
             layer,
             listener,
+            balance,
             drain,
             release,
         } = self;
@@ -146,7 +151,8 @@ impl Worker {
             let serving = async {
                 let result = match TcpListener::from_std(listener) {
                     Ok(listener) => {
-                        super::serve(&config, layer, listener, drain.cancelled_owned()).await
+                        super::serve(&config, layer, listener, drain.cancelled_owned(), balance)
+                            .await
                     }
                     Err(e) => Err(AppError::Io(e)),
                 };

@@ -75,9 +75,15 @@ impl Proxy {
         let (tx, rx) = oneshot::channel::<()>();
         let served = config.clone();
         let task = tokio::spawn(async move {
-            quota_proxy::app::serve(&served, layer, listener, async {
-                let _ = rx.await;
-            })
+            quota_proxy::app::serve(
+                &served,
+                layer,
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                quota_proxy::server::AcceptBalance::alone(),
+            )
             .await
             .expect("proxy serves");
         });
