@@ -10,7 +10,7 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `quota_proxy_requests_total` | counter | `route`, `decision` | requests by what the proxy decided (see [`request`]) |
+//! | `quota_proxy_requests_total` | counter | `route`, `decision` | requests by what the proxy decided (see [`RouteCounters::request`]) |
 //! | `quota_proxy_denials_total` | counter | `route`, `period` | denials by the period whose limit was reached |
 //! | `quota_proxy_fail_open_total` | counter | `route` | flagged requests forwarded uncounted because the store failed (`on_store_error = "allow"`) |
 //! | `quota_proxy_store_call_duration_seconds` | histogram | `op`, `outcome` | store calls (`reserve`, `settle`, `extend`, `usage`, `adjust`, `ping`), `ok` or `error` |

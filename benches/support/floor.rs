@@ -3,7 +3,10 @@
 //!
 //! The bench runs it as a process of its own (`load floor LISTEN UPSTREAM
 //! THREADS`, the bench binary re-run): one current-thread runtime per
-//! thread accepting from one socket, hyper's HTTP/1.1 server, and for each
+//! thread accepting from one socket, in turn with the others as
+//! quota-proxy's threads do (`server::AcceptBalance`: without it one
+//! thread often took every connection of a run, which is the accept loop's
+//! flaw, not hyper's), hyper's HTTP/1.1 server, and for each
 //! client connection one upstream connection of hyper's HTTP/1.1 client,
 //! opened on its first request. Each request is forwarded as it came (no
 //! header rewriting, no routes, no metrics, no timeouts, the system
@@ -13,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
@@ -22,6 +26,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use quota_proxy::server::AcceptBalance;
 use tokio::net::{TcpListener, TcpStream};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -34,10 +39,13 @@ pub fn run(
     threads: usize,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let handles: Vec<_> = (0..threads.max(1))
-        .map(|_| {
+    let handles: Vec<_> = AcceptBalance::shares(threads.max(1))
+        .into_iter()
+        .map(|balance| {
             let listener = listener.try_clone()?;
-            Ok(std::thread::spawn(move || serve(listener, upstream)))
+            Ok(std::thread::spawn(move || {
+                serve(listener, upstream, balance)
+            }))
         })
         .collect::<std::io::Result<_>>()?;
     for handle in handles {
@@ -48,21 +56,32 @@ pub fn run(
     Ok(())
 }
 
-fn serve(listener: std::net::TcpListener, upstream: SocketAddr) -> std::io::Result<()> {
+fn serve(
+    listener: std::net::TcpListener,
+    upstream: SocketAddr,
+    balance: AcceptBalance,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let balance = Arc::new(balance);
+    let open = Arc::new(AtomicUsize::new(0));
+    balance.set_open(0);
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         loop {
+            balance.turn().await;
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
+            balance.set_open(open.fetch_add(1, Ordering::Relaxed) + 1);
             let slot: Arc<Mutex<Option<SendRequest<Incoming>>>> = Arc::default();
             let service = service_fn(move |request| forward(Arc::clone(&slot), upstream, request));
+            let (balance, open) = (Arc::clone(&balance), Arc::clone(&open));
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                balance.set_open(open.fetch_sub(1, Ordering::Relaxed) - 1);
             });
         }
     })

@@ -1,6 +1,7 @@
 //! The threads that serve the proxy listener (phases: accept to settle):
 //! one current-thread tokio runtime per thread, each accepting from the same
-//! listening socket, with its own upstream connection pool.
+//! listening socket in turn with the others ([`AcceptBalance`]: connections
+//! spread evenly), with its own upstream connection pool.
 //!
 //! A request stays on the thread that accepted its connection, from the
 //! first byte read to the settlement: its server connection, its pooled

@@ -69,8 +69,9 @@ impl AcceptBalance {
     }
 
     /// Records that this share's thread serves, holding `open`
-    /// connections, and wakes the threads waiting for their turn.
-    pub(crate) fn set_open(&self, open: usize) {
+    /// connections, and wakes the threads waiting for their turn. An accept
+    /// loop calls it when it starts and whenever its count changes.
+    pub fn set_open(&self, open: usize) {
         self.set(open);
     }
 
@@ -90,8 +91,9 @@ impl AcceptBalance {
     }
 
     /// Returns when it is this thread's turn to accept: no serving thread
-    /// holds fewer connections, or [`BALANCE_WAIT`] has passed.
-    pub(crate) async fn turn(&self) {
+    /// holds fewer connections, or [`BALANCE_WAIT`] has passed. An accept
+    /// loop awaits it before each accept.
+    pub async fn turn(&self) {
         let mut deadline = None;
         loop {
             // Made before the check, so a change in between still wakes it.
