@@ -126,6 +126,14 @@ mod tests {
 
     use super::*;
 
+    /// Two threads' shares, holding `a` and `b` connections.
+    fn pair(a: usize, b: usize) -> [AcceptBalance; 2] {
+        let shares: [AcceptBalance; 2] = AcceptBalance::shares(2).try_into().expect("two");
+        shares[0].set_open(a);
+        shares[1].set_open(b);
+        shares
+    }
+
     /// Whether `turn` is still waiting after everything ready has run.
     async fn waits(turn: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
         std::future::poll_fn(|cx| Poll::Ready(turn.as_mut().poll(cx).is_pending())).await
@@ -133,9 +141,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_thread_holding_more_waits_until_the_other_catches_up() {
-        let [a, b]: [AcceptBalance; 2] = AcceptBalance::shares(2).try_into().expect("two");
-        a.set_open(1);
-        b.set_open(0);
+        let [a, b] = pair(1, 0);
         let mut turn = pin!(a.turn());
         assert!(waits(&mut turn).await, "a holds more than b: it waits");
         b.set_open(1);
@@ -146,9 +152,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_thread_holds_the_others_back_only_so_long() {
-        let [a, b]: [AcceptBalance; 2] = AcceptBalance::shares(2).try_into().expect("two");
-        a.set_open(3);
-        b.set_open(0);
+        // b holds on to its share without accepting: stalled.
+        let [a, _b] = pair(3, 0);
         let mut turn = pin!(a.turn());
         assert!(waits(&mut turn).await);
         tokio::time::advance(BALANCE_WAIT - Duration::from_millis(1)).await;
