@@ -59,15 +59,6 @@ impl AcceptBalance {
         Self::shares(1).remove(0)
     }
 
-    /// How many connections this share's thread holds; `None` while it is
-    /// not serving.
-    pub fn open(&self) -> Option<usize> {
-        match self.open[self.index].load(Ordering::Relaxed) {
-            ABSENT => None,
-            open => Some(open),
-        }
-    }
-
     /// Records that this share's thread serves, holding `open`
     /// connections, and wakes the threads waiting for their turn. An accept
     /// loop calls it when it starts and whenever its count changes.
@@ -169,7 +160,7 @@ mod tests {
         // b never started; c served, then its loop ended.
         c.set_open(0);
         drop(c);
-        assert_eq!(b.open(), None);
+        assert_eq!(b.open[b.index].load(Ordering::Relaxed), ABSENT);
         let mut turn = pin!(a.turn());
         assert!(!waits(&mut turn).await);
         assert!(!AcceptBalance::alone().ahead());
