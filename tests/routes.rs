@@ -328,6 +328,36 @@ async fn a_probe_saying_no_lets_an_unflagged_request_through() {
     assert_eq!(django.views(), views + 1);
 }
 
+/// A session that saved images for an unflagged request is remembered under
+/// its canonical path: another spelling of it is the same session.
+#[tokio::test]
+async fn a_learned_session_is_learned_in_every_spelling() {
+    // No probe; an image-editing session saves an image on every message.
+    let django = Django::start(ProbeReply::Access(false), true).await;
+    let proxy = Proxy::memory(CONFIG, &django.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    for used in 1..=3 {
+        let answer = client.send(Method::POST, SEND, &headers(), UNFLAGGED).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(proxy.wait_settled(USER, used).await[0].used, used);
+    }
+    let views = django.views();
+    let answer = client
+        .send(
+            Method::POST,
+            "/chat/session/0017/s%65nd/",
+            &headers(),
+            UNFLAGGED,
+        )
+        .await;
+    assert_denied(
+        &answer,
+        &django,
+        views,
+        "another spelling of a learned session",
+    );
+}
+
 #[tokio::test]
 async fn integer_user_ids_are_one_user_in_any_spelling() {
     let django = Django::start(ProbeReply::Access(false), false).await;
