@@ -110,17 +110,23 @@ mod tests {
 
     #[test]
     fn decodes_like_gunicorn_then_django() {
-        // Each expected value printed by CPython 3.11 running gunicorn's
-        // `unquote_to_bytes(...).decode("latin-1")` then Django's
-        // `repercent_broken_unicode(...).decode()`.
+        // The first nine expected values are `request.path_info` as a real
+        // gunicorn 27.0.1 + Django 5.2.19 reported it for that target; the
+        // others are CPython 3.11 running gunicorn's `unquote_to_bytes` and
+        // Django's `repercent_broken_unicode` (gunicorn 27 answers 400 to a
+        // raw non-ASCII byte in the request line; older ones decode it so).
         let cases = [
+            ("/a%FFb%C3%A9%e9%zz%4", "/a%FFbé%E9%zz%4"),
+            ("/%C3%28x/", "/%C3(x/"),
+            ("/%F0%9F%98%80/", "/😀/"),
+            ("/chat/session/17/send/%0A", "/chat/session/17/send/\n"),
             ("/chat/session/17/s%65nd/", "/chat/session/17/send/"),
             ("/%63hat/session/17/send/", "/chat/session/17/send/"),
             ("/chat/session/17%2Fsend/", "/chat/session/17/send/"),
-            ("/chat/session/17%2fsend/", "/chat/session/17/send/"),
-            ("/é/%C3%A9/%E9/%e9%zz%4", "/Ã©/é/%E9/%E9%zz%4"),
             ("/a;b//./..//", "/a;b//./..//"),
             ("/%2565/", "/%65/"),
+            ("/chat/session/17%2fsend/", "/chat/session/17/send/"),
+            ("/é/%C3%A9/%E9/%e9%zz%4", "/Ã©/é/%E9/%E9%zz%4"),
             ("/%00%0A", "/\u{0}\n"),
             ("/%", "/%"),
             ("", "/"),
