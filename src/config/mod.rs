@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
-    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
+    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, UserIdFormat,
+    WeekStart,
 };
 
 /// Where the binary looks for its config when neither `--config` nor
@@ -99,6 +100,10 @@ pub struct Config {
     pub plans: BTreeMap<String, Limits>,
     /// The routes to inspect; every other request is forwarded untouched.
     pub routes: Vec<RouteConfig>,
+    /// Request headers removed from every request because they move the
+    /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
+    /// case and with `-` and `_` alike; see `docs/routes.md`.
+    pub strip_routing_headers: Vec<String>,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -125,6 +130,9 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             plans: BTreeMap::new(),
             routes: Vec::new(),
+            strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
+                .map(str::to_owned)
+                .to_vec(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
             admin: AdminConfig::default(),
@@ -351,6 +359,9 @@ pub struct IdentityConfig {
     pub default_plan: Option<String>,
     /// What happens to a flagged request with no user id.
     pub anonymous: AnonymousPolicy,
+    /// What a user id is: `string` (the default), `integer` (`0017` and
+    /// `17` are one user) or `uuid`; an id not in the format is anonymous.
+    pub user_id_format: UserIdFormat,
     /// Where identities come from: `header` (the default), `forward_auth` or
     /// `jwt`. With `forward_auth` and `jwt`, clients' own `user_header` and
     /// `plan_header` are removed and set from the verified identity.
@@ -372,6 +383,7 @@ impl Default for IdentityConfig {
             plan_header: "X-Subscription-Type".to_owned(),
             default_plan: None,
             anonymous: AnonymousPolicy::Forward,
+            user_id_format: UserIdFormat::String,
             kind: IdentityKind::Header,
             on_identity_error: IdentityErrorPolicy::Deny,
             forward_auth: ForwardAuthConfig::default(),
@@ -605,7 +617,9 @@ impl JwtConfig {
 pub struct RouteConfig {
     /// HTTP method, e.g. `POST`.
     pub method: Method,
-    /// Path pattern; `{name}` matches one segment, e.g. `/chat/session/{id}/send/`.
+    /// Path pattern in Django's `path()` syntax, as in `urls.py`
+    /// (`chat/session/<int:session_id>/send/`; a leading `/` is optional),
+    /// or `{name}` for one segment; see `docs/routes.md`.
     pub path: String,
     /// Name of the field that asks for an image.
     #[serde(default = "default_flag")]
@@ -632,8 +646,9 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
-    /// Path on the upstream; `{name}` is the route's path parameter of that
-    /// name, e.g. `/chat/session/{session_id}/image-generation-access/`.
+    /// Path on the upstream; `<int:name>` or `{name}` is the route's path
+    /// parameter of that name, in its canonical form, e.g.
+    /// `/chat/session/<int:session_id>/image-generation-access/`.
     pub path: String,
     /// Top-level JSON field that is `true` for image-generating requests.
     #[serde(default = "default_probe_field")]
@@ -940,6 +955,8 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
+        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         Ok(())
     }
