@@ -73,13 +73,19 @@ struct Seen {
     after: Duration,
 }
 
-/// Sends `head` and `body`, then reads until the proxy closes the
+/// Sends `head` and `body` (in two pieces, 50 ms apart, so that the proxy
+/// sees more than one chunk), then reads until the proxy closes the
 /// connection or `within` passes.
 async fn stall(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> Seen {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("send head");
-    stream.write_all(body).await.expect("send some body");
+    let (first, second) = body.split_at(body.len() / 2);
+    stream.write_all(first).await.expect("send some body");
+    if !second.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(second).await.expect("send some more");
+    }
     read_until_closed(&mut stream, started, within).await
 }
 
@@ -124,6 +130,11 @@ fn post_head(path: &str, content_type: &str, length: u64) -> String {
 async fn declared_huge_bodies_that_stall_take_no_memory_and_are_closed() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    // Warm up (threads, arenas, pools) before the baseline is taken.
+    for _ in 0..4 {
+        let head = "GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+        stall(binary.proxy, head, b"", Duration::from_secs(5)).await;
+    }
     let (size_before, rss_before) = (binary.memory("VmSize"), binary.memory("VmRSS"));
 
     let mut clients = JoinSet::new();
@@ -140,7 +151,11 @@ async fn declared_huge_bodies_that_stall_take_no_memory_and_are_closed() {
     let mut answered = 0;
     while let Some(seen) = clients.join_next().await {
         let seen = seen.expect("client task");
-        assert!(seen.closed, "connection still open after {:?}: {seen:?}", seen.after);
+        assert!(
+            seen.closed,
+            "connection still open after {:?}: {seen:?}",
+            seen.after
+        );
         assert_eq!(seen.status, Some(408), "{seen:?}");
         assert!(seen.after >= CLIENT_BODY, "cut too early: {seen:?}");
         answered += 1;
@@ -227,7 +242,10 @@ async fn bodies_that_stall_are_cut_after_the_deadline_on_every_path() {
 async fn a_small_budget_under_200_uploads_answers_503_and_never_aborts() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let extra = "body_budget_bytes = 4194304\nmax_body_bytes = 1048576\nbody_buffer_bytes = 65536";
-    let mut binary = Binary::start(&config(upstream.addr(), extra), &[]).await;
+    // A deadline longer than the 2 s each upload holds its budget.
+    let config =
+        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"10s\"");
+    let mut binary = Binary::start(&config, &[]).await;
     const HALF: usize = 128 * 1024;
 
     let mut clients = JoinSet::new();
@@ -261,7 +279,11 @@ async fn a_small_budget_under_200_uploads_answers_503_and_never_aborts() {
                         if let Some((head, body)) = text.split_once("\r\n\r\n") {
                             let length = head
                                 .lines()
-                                .find_map(|l| l.to_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                                .find_map(|l| {
+                                    l.to_lowercase()
+                                        .strip_prefix("content-length: ")
+                                        .map(str::to_owned)
+                                })
                                 .and_then(|v| v.trim().parse::<usize>().ok());
                             if length.is_some_and(|len| body.len() >= len) {
                                 break;
@@ -295,7 +317,12 @@ async fn a_small_budget_under_200_uploads_answers_503_and_never_aborts() {
         }
     }
     eprintln!("200 uploads: {ok} passed, {busy} answered 503");
-    assert!(failed.is_empty(), "{} aborted: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} aborted: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(busy > 0, "the budget refused nothing ({ok} passed)");
     assert!(ok > 0, "the budget let nothing through");
     assert!(binary.try_status().is_none(), "the proxy died");
@@ -352,7 +379,9 @@ async fn one_at_a_time_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             if complete {
                 count.fetch_add(1, Ordering::SeqCst);
                 let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
                     .await;
             }
         }
