@@ -7,6 +7,9 @@
 //! length and send another, stall mid-body, and see exactly when the proxy
 //! closes the connection.
 
+#[path = "support/identity_server.rs"]
+#[allow(dead_code)]
+mod identity_server;
 mod support;
 
 use std::net::SocketAddr;
@@ -18,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use identity_server::IdentityServer;
 use support::binary::Binary;
 use support::upstream::{Reply, TestUpstream};
 
@@ -426,4 +430,108 @@ async fn a_slow_passthrough_body_does_not_hold_a_one_worker_upstream() {
     let slow = slow.await.expect("slow client");
     assert_eq!(slow.status, Some(200), "{slow:?}");
     assert_eq!(served.load(Ordering::SeqCst), 4);
+}
+
+/// One keep-alive connection sending `count` flagged requests, each with
+/// its own session cookie `s-<first + i>`; returns how many got 200.
+async fn distinct_sessions(addr: SocketAddr, first: usize, count: usize) -> usize {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let body = r#"{"message": "a cat", "generate_image": true}"#;
+    let mut ok = 0;
+    let mut buf = vec![0u8; 4096];
+    for n in first..first + count {
+        let request = format!(
+            "POST /chat/1/send/ HTTP/1.1\r\nhost: test\r\ncookie: sessionid=s-{n}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut received = Vec::new();
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            assert!(n > 0, "the proxy closed a keep-alive connection");
+            received.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&received).to_lowercase();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if rest.len() >= length {
+                    ok += usize::from(head.starts_with("http/1.1 200"));
+                    break;
+                }
+            }
+        }
+    }
+    ok
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+async fn metrics(binary: &Binary) -> String {
+    let head = "GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+    let mut stream = TcpStream::connect(binary.admin).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text))
+        .await
+        .expect("metrics within 5 s")
+        .expect("read");
+    text
+}
+
+/// Measures: 10,000 requests with distinct session cookies (each one an
+/// identity call and a cached anonymous answer) leave the identity cache
+/// within its `cache_max_bytes` (read from its gauge, and its growth in
+/// resident memory), while the proxy answers every request.
+#[tokio::test]
+async fn the_identity_cache_stays_bounded_under_10000_distinct_sessions() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let identity = IdentityServer::start().await;
+    const MAX_BYTES: f64 = 65536.0;
+    let extra = format!(
+        "[identity.forward_auth]\nurl = \"{}/api/quota/identity/\"\n\
+         negative_cache_ttl = \"600s\"\ncache_max_bytes = {MAX_BYTES}",
+        identity.base()
+    );
+    let config = config(upstream.addr(), "").replace(
+        "default_plan = \"free\"",
+        "default_plan = \"free\"\nkind = \"forward_auth\"",
+    ) + &extra;
+    let binary = Binary::start(&config, &[]).await;
+    let rss_before = binary.memory("VmRSS");
+    let mut clients = JoinSet::new();
+    for worker in 0..20 {
+        clients.spawn(distinct_sessions(binary.proxy, worker * 500, 500));
+    }
+    let mut ok = 0;
+    while let Some(joined) = clients.join_next().await {
+        ok += joined.expect("client task");
+    }
+    assert_eq!(ok, 10_000);
+    assert!(
+        identity.calls() >= 10_000,
+        "{} identity calls",
+        identity.calls()
+    );
+    let held = gauge(&metrics(&binary).await, "quota_proxy_identity_cache_bytes");
+    let rss_grown = binary.memory("VmRSS").saturating_sub(rss_before) >> 20;
+    eprintln!("identity cache: {held} bytes after 10,000 sessions; VmRSS +{rss_grown} MiB");
+    assert!(
+        held > 0.0 && held <= MAX_BYTES,
+        "identity cache holds {held} bytes"
+    );
+    assert!(rss_grown < 100, "resident memory grew {rss_grown} MiB");
 }

@@ -1064,6 +1064,12 @@ impl Config {
                 "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
             ));
         }
+        if fa.cache_max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "identity.forward_auth.cache_max_bytes",
+                "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
+            ));
+        }
         Ok(())
     }
 
