@@ -535,3 +535,65 @@ async fn the_identity_cache_stays_bounded_under_10000_distinct_sessions() {
     );
     assert!(rss_grown < 100, "resident memory grew {rss_grown} MiB");
 }
+
+/// Sends one keep-alive `GET /healthz` on `stream` and returns the status,
+/// or `None` when the connection closes first.
+async fn get_on(stream: &mut TcpStream) -> Option<u16> {
+    let head = "GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer or a close within 5 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        received.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&received).to_lowercase();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if rest.len() >= length {
+                return head.split(' ').nth(1).and_then(|s| s.parse().ok());
+            }
+        }
+    }
+}
+
+/// Measures: with `max_connections_per_ip = 2` (and two serving threads,
+/// which share the count), a third connection from the same address is
+/// closed unanswered while two are open, and accepted again once one of
+/// them closes.
+#[tokio::test]
+async fn connections_past_max_connections_per_ip_are_closed() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let extra = "max_connections_per_ip = 2\nthreads = 2";
+    let binary = Binary::start(&config(upstream.addr(), extra), &[]).await;
+    let mut first = TcpStream::connect(binary.proxy).await.expect("connect");
+    let mut second = TcpStream::connect(binary.proxy).await.expect("connect");
+    assert_eq!(get_on(&mut first).await, Some(200));
+    assert_eq!(get_on(&mut second).await, Some(200));
+    let mut third = TcpStream::connect(binary.proxy).await.expect("connect");
+    assert_eq!(
+        get_on(&mut third).await,
+        None,
+        "a third connection was served"
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = TcpStream::connect(binary.proxy).await.expect("connect");
+        if get_on(&mut again).await == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_on(&mut second).await, Some(200));
+}
