@@ -396,7 +396,8 @@ async fn one_at_a_time_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 /// Measures: under `request_buffering = "all"`, a client trickling a
 /// pass-through body (never silent long enough to be cut) does not hold
 /// the one-worker upstream: other requests are answered meanwhile, and the
-/// slow body reaches the upstream whole once it has all arrived.
+/// slow body reaches the upstream whole once it has all arrived. A body
+/// that stalls while buffered gets 408 and never reaches the upstream.
 #[tokio::test]
 async fn a_slow_passthrough_body_does_not_hold_a_one_worker_upstream() {
     let (upstream, served) = one_at_a_time_upstream().await;
@@ -406,7 +407,8 @@ async fn a_slow_passthrough_body_does_not_hold_a_one_worker_upstream() {
     let slow = tokio::spawn(async move {
         let started = Instant::now();
         let mut stream = TcpStream::connect(slow_addr).await.expect("connect");
-        let head = post_head("/upload/", "application/octet-stream", 12);
+        let head = post_head("/upload/", "application/octet-stream", 12)
+            .replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n");
         stream.write_all(head.as_bytes()).await.expect("head");
         for _ in 0..12 {
             stream.write_all(b"x").await.expect("a byte");
@@ -429,6 +431,13 @@ async fn a_slow_passthrough_body_does_not_hold_a_one_worker_upstream() {
     }
     let slow = slow.await.expect("slow client");
     assert_eq!(slow.status, Some(200), "{slow:?}");
+    assert_eq!(served.load(Ordering::SeqCst), 4);
+    // A body that stalls while it is buffered is cut like any other, and
+    // never reaches the upstream.
+    let head = post_head("/upload/", "application/octet-stream", 1000);
+    let seen = stall(binary.proxy, &head, &[b'-'; 100], CLIENT_BODY + SLACK).await;
+    assert!(seen.closed && seen.status == Some(408), "{seen:?}");
+    assert!(seen.after >= CLIENT_BODY, "cut too early: {seen:?}");
     assert_eq!(served.load(Ordering::SeqCst), 4);
 }
 
