@@ -17,6 +17,7 @@ mod breaker;
 mod memory;
 mod redis;
 mod resilient;
+mod switch;
 mod threads;
 mod topology;
 
