@@ -489,3 +489,118 @@ async fn hundred_flagged_requests_across_kill_restart_and_failover_count_once() 
     assert_nothing_failed_open(&metrics(&binary).await, 50.0);
     assert_eq!(upstream.requests().len(), 100);
 }
+
+// Starting without Redis.
+
+/// An upstream that saves an image on `/gen/` and serves a page elsewhere.
+async fn app_upstream() -> TestUpstream {
+    TestUpstream::start(|request: RecordedRequest| async move {
+        if request.uri.path() == "/gen/" {
+            Reply::ok().header("x-images-saved", "1").body("an image")
+        } else {
+            Reply::ok().body("a page")
+        }
+    })
+    .await
+}
+
+async fn admin_get(binary: &Binary, path: &str) -> support::proxy::Answer {
+    TestClient::new(binary.admin)
+        .send(Method::GET, path, &[], "")
+        .await
+}
+
+async fn page(binary: &Binary) -> StatusCode {
+    TestClient::new(binary.proxy)
+        .send(Method::GET, "/chat/", &[("x-user-id", "alice")], "")
+        .await
+        .status
+}
+
+/// The one value of a series without labels.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+/// Polls `/healthz` until `store.up` is `up` (bounded).
+async fn wait_store_up(binary: &Binary, up: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = admin_get(binary, "/healthz").await;
+        assert_eq!(health.status, StatusCode::OK, "liveness never fails");
+        if health.json()["store"]["up"] == up {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz store.up is not {up}: {}",
+            health.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn starts_and_serves_without_redis_under_allow_then_counts_once_it_answers() {
+    let upstream = app_upstream().await;
+    let mut server = RedisServer::start_persistent();
+    let url = server.url();
+    server.kill();
+    let binary = Binary::start(
+        &binary_config(
+            &upstream,
+            &format!("url = \"{url}\"\nbreaker = {{ failures = 5, open_for = \"200ms\" }}"),
+        ),
+        &[],
+    )
+    .await;
+    // Ready to serve its app; the store's outage is visible elsewhere.
+    let ready = admin_get(&binary, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    let health = admin_get(&binary, "/healthz").await.json();
+    assert_eq!(health["store"]["up"], false, "{health}");
+    let reason = health["store"]["last_error"].as_str().expect("last_error");
+    assert!(reason.contains("redis"), "{reason}");
+    assert_eq!(gauge(&metrics(&binary).await, "quota_proxy_store_up"), 0.0);
+
+    assert_eq!(page(&binary).await, StatusCode::OK, "pass-through");
+    assert_eq!(flagged(&binary, "alice").await, StatusCode::OK, "allow");
+    let m = metrics(&binary).await;
+    assert_eq!(metric_sum(&m, "quota_proxy_fail_open_total"), 1.0, "{m}");
+
+    server.restart();
+    wait_store_up(&binary, true).await;
+    let m = metrics(&binary).await;
+    assert_eq!(gauge(&m, "quota_proxy_store_up"), 1.0);
+    assert_eq!(gauge(&m, "quota_proxy_store_breaker_open"), 0.0);
+    for _ in 0..3 {
+        assert_eq!(flagged(&binary, "alice").await, StatusCode::OK);
+    }
+    // The three counted, and the image of the one let through, whose
+    // settle waited in the queue for Redis.
+    wait_usage(single(&server), "alice", 4).await;
+    let m = metrics(&binary).await;
+    assert_eq!(metric_sum(&m, "quota_proxy_fail_open_total"), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn starts_without_redis_under_deny_refusing_flagged_requests_only() {
+    let upstream = app_upstream().await;
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let config = binary_config(&upstream, &format!("url = \"{url}\""))
+        .replace("on_store_error = \"allow\"", "on_store_error = \"deny\"");
+    let binary = Binary::start(&config, &[]).await;
+    assert_eq!(admin_get(&binary, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(page(&binary).await, StatusCode::OK, "pass-through");
+    assert_eq!(
+        flagged(&binary, "alice").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(upstream.requests().len(), 1, "only the page reached it");
+}
