@@ -18,6 +18,7 @@ mod health;
 mod memory;
 mod redis;
 mod resilient;
+mod script;
 mod switch;
 mod threads;
 mod topology;

@@ -84,17 +84,14 @@
 //! own reload sends `SCRIPT LOAD` to *every* node of a cluster, which fails
 //! while any one node is down, even for keys on a healthy node.)
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::{
-    Arg, ErrorKind, FromRedisValue, RedisError, RedisWrite as _, ServerErrorKind, ToRedisArgs,
-    Value,
-};
+use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
+use super::script::{Call, LuaScript};
 use super::switch::{self, Switches};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
@@ -126,86 +123,6 @@ pub struct RedisOptions {
     /// PEM certificate(s) trusted for `rediss://` instead of the system's
     /// roots (a private CA).
     pub root_cert: Option<Vec<u8>>,
-}
-
-/// One Lua script: its text, the SHA1 Redis knows it by and how many of its
-/// arguments are keys.
-struct LuaScript {
-    code: &'static str,
-    hash: String,
-    keys: usize,
-}
-
-impl LuaScript {
-    fn new(code: &'static str, keys: usize) -> Self {
-        Self {
-            code,
-            hash: redis::Script::new(code).get_hash().to_owned(),
-            keys,
-        }
-    }
-}
-
-/// One script call, written straight into the command it sends:
-/// `EVALSHA sha numkeys key… arg…`, keys first.
-struct Call<'a> {
-    script: &'a LuaScript,
-    command: redis::Cmd,
-    keys: usize,
-}
-
-impl<'a> Call<'a> {
-    fn new(script: &'a LuaScript) -> Self {
-        let mut command = redis::Cmd::with_capacity(16, 320);
-        command.arg("EVALSHA").arg(&script.hash).arg(script.keys);
-        Self {
-            script,
-            command,
-            keys: 0,
-        }
-    }
-
-    /// Appends the key `{prefix}{{user}}:{name}`, written into the command
-    /// itself.
-    fn key(&mut self, prefix: &str, user: &str, name: &str) -> &mut Self {
-        debug_assert_eq!(
-            self.command.args_iter().len(),
-            3 + self.keys,
-            "keys go before arguments"
-        );
-        let mut key = self.command.writer_for_next_arg();
-        for part in [prefix, "{", user, "}:", name] {
-            // Writing into the command's buffer (a Vec) cannot fail.
-            let _ = key.write_all(part.as_bytes());
-        }
-        drop(key);
-        self.keys += 1;
-        self
-    }
-
-    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        self.command.arg(arg);
-        self
-    }
-
-    /// The command to send: `EVALSHA`.
-    fn evalsha(&self) -> &redis::Cmd {
-        debug_assert_eq!(self.keys, self.script.keys, "a key is missing");
-        &self.command
-    }
-
-    /// The same call as `EVAL` with the script's text, for a node that
-    /// forgot the script.
-    fn eval(&self) -> redis::Cmd {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(self.script.code);
-        for arg in self.command.args_iter().skip(2) {
-            if let Arg::Simple(bytes) = arg {
-                eval.arg(bytes);
-            }
-        }
-        eval
-    }
 }
 
 /// The shared quota store in Redis.

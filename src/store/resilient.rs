@@ -931,6 +931,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn health_follows_the_last_call_without_calling() {
+        let redis = Switchable::new();
+        let store = ResilientStore::new(redis.clone(), settings(OutagePolicy::Fail, 100));
+        assert!(store.health().up);
+        redis.set_down(true);
+        store.ping().await.expect_err("down");
+        let health = store.health();
+        assert!(!health.up && !health.breaker_open, "{health:?}");
+        assert!(
+            health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("switched off")),
+            "{health:?}"
+        );
+        store.ping().await.expect_err("down");
+        assert!(store.health().breaker_open, "two failures open it");
+        redis.set_down(false);
+        store.ping().await.expect("up again");
+        let health = store.health();
+        assert!(health.up && !health.breaker_open && health.last_error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fail_policy_returns_the_error() {
         let redis = Switchable::new();
         let store = ResilientStore::new(redis.clone(), settings(OutagePolicy::Fail, 100));

@@ -448,6 +448,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_lost_connection_is_worth_a_second_attempt() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::NotConnected,
+        ] {
+            assert!(connection_gone(&io(kind)), "{kind:?}");
+        }
+        // The call may still be running: never sent twice.
+        assert!(!connection_gone(&io(std::io::ErrorKind::TimedOut)));
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(connection_gone(&readonly));
+        let noscript = RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "gone"));
+        assert!(!connection_gone(&noscript));
+        let refused_by_script = RedisError::from((ErrorKind::Client, "a script error"));
+        assert!(!connection_gone(&refused_by_script));
+    }
+
+    #[test]
     fn passwords_are_not_shown() {
         assert_eq!(
             redacted("redis://:hunter2@cache:6379/0"),
