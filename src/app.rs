@@ -2,6 +2,11 @@
 //! forwarding service on the proxy listener, the admin API on its own
 //! listener, reloads, and the drain.
 //!
+//! Startup never waits for Redis ([`Opening::Eventually`]): with Redis down
+//! the proxy serves, flagged requests follow `store.on_store_error` until
+//! Redis answers, and the store is pinged every 5 s so its health
+//! (`/healthz`, `quota_proxy_store_up`) stays current.
+//!
 //! Shutdown ([`Control::Shutdown`], SIGTERM or SIGINT in the binary):
 //! 1. readiness turns 503 at once (the admin listener keeps answering);
 //! 2. the proxy listener closes: new connections are refused;

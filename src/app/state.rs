@@ -11,13 +11,15 @@
 //! and a Redis store whose connection settings (or `local`-ness of
 //! `on_store_error`) changed. A file that does not load, a token that
 //! cannot be read or a new store that cannot be reached keeps the running
-//! config. A store swapped out is *retired*, not dropped: its settle queue
-//! keeps draining to its Redis, and the shutdown flushes it with the one
-//! in force, so after any number of reloads every queued settle is flushed
-//! and measured (`quota_proxy_settlements_pending{stage="retry_queue"}`). What cannot change while running (listeners,
-//! threads, upstream, timeouts, log, grace, a memory store's settings) is kept and
-//! reported as needing a restart; listeners and store connections that did
-//! not change are never touched.
+//! config. What cannot change while running (listeners, threads, upstream,
+//! timeouts, log, grace, a memory store's settings) is kept and reported as
+//! needing a restart; listeners and store connections that did not change
+//! are never touched.
+//!
+//! A store swapped out is *retired*, not dropped: its settle queue keeps
+//! draining to its Redis, and the shutdown flushes it with the one in force,
+//! so after any number of reloads every queued settle is flushed and
+//! measured (`quota_proxy_settlements_pending{stage="retry_queue"}`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -19,7 +19,6 @@ mod memory;
 mod redis;
 mod resilient;
 mod script;
-mod switch;
 mod threads;
 mod topology;
 

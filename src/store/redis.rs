@@ -92,7 +92,6 @@ use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::script::{Call, LuaScript};
-use super::switch::{self, Switches};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
 use super::{
@@ -139,9 +138,6 @@ pub struct RedisStore {
     shown: std::sync::Arc<str>,
     /// Longest wait of [`RedisStore::prepare`].
     budget: Duration,
-    /// Behind Sentinel: the `+switch-master` subscriber, stopped with the
-    /// last clone of the store.
-    _watch: Option<std::sync::Arc<switch::Watch>>,
 }
 
 struct Scripts {
@@ -204,33 +200,15 @@ impl RedisStore {
     pub fn lazy(options: &RedisOptions) -> Result<Self, StoreError> {
         let shown = options.topology.describe();
         let timeout = options.command_timeout;
-        let switches = std::sync::Arc::new(Switches::default());
-        let connection = Connection::lazy(
-            &options.topology,
-            options.root_cert.as_deref(),
-            timeout,
-            &switches,
-        )
-        .map_err(|e| StoreError::Unavailable(format!("cannot use redis at {shown}: {e}")))?;
-        let watch = match &options.topology {
-            Topology::Sentinel { master, nodes, .. } => switch::watch(
-                master,
-                nodes,
-                options.root_cert.as_deref(),
-                std::sync::Arc::clone(&switches),
-            )
-            .map(std::sync::Arc::new),
-            _ => None,
-        };
+        let connection = Connection::lazy(&options.topology, options.root_cert.as_deref(), timeout)
+            .map_err(|e| StoreError::Unavailable(format!("cannot use redis at {shown}: {e}")))?;
         Ok(Self {
             connection,
             threads: std::sync::Arc::new(ThreadConnections::new(
                 options.topology.clone(),
                 options.root_cert.clone(),
                 timeout,
-                switches,
             )),
-            _watch: watch,
             per_thread: false,
             prefix: options.key_prefix.clone(),
             command_timeout: timeout,

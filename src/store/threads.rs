@@ -23,7 +23,6 @@ use thread_local::ThreadLocal;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::Instant;
 
-use super::switch::Switches;
 use super::topology::{Connection, Topology};
 
 /// Wait before a thread tries again to open its connection after a failure.
@@ -46,7 +45,6 @@ pub(super) struct ThreadConnections {
     topology: Topology,
     root_cert: Option<Vec<u8>>,
     timeout: Duration,
-    switches: Arc<Switches>,
     /// Per thread, with the thread it belongs to: `ThreadLocal` hands a
     /// slot of a thread that ended to a new one, whose runtime (and so
     /// whose connection's driver) is not the old one's.
@@ -54,19 +52,12 @@ pub(super) struct ThreadConnections {
 }
 
 impl ThreadConnections {
-    /// Connections like the shared one: same topology, roots, timeout and
-    /// Sentinel switches.
-    pub(super) fn new(
-        topology: Topology,
-        root_cert: Option<Vec<u8>>,
-        timeout: Duration,
-        switches: Arc<Switches>,
-    ) -> Self {
+    /// Connections like the shared one: same topology, roots and timeout.
+    pub(super) fn new(topology: Topology, root_cert: Option<Vec<u8>>, timeout: Duration) -> Self {
         Self {
             topology,
             root_cert,
             timeout,
-            switches,
             slots: ThreadLocal::new(),
         }
     }
@@ -92,12 +83,7 @@ impl ThreadConnections {
         tokio::spawn(async move {
             let opened = tokio::time::timeout(
                 this.timeout.saturating_mul(3),
-                Connection::open(
-                    &this.topology,
-                    this.root_cert.as_deref(),
-                    this.timeout,
-                    &this.switches,
-                ),
+                Connection::open(&this.topology, this.root_cert.as_deref(), this.timeout),
             )
             .await;
             let next = match opened {

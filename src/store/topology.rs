@@ -33,8 +33,6 @@ use redis::{
     RedisResult, ServerErrorKind, TlsCertificates, TlsMode,
 };
 
-use super::switch::Switches;
-
 /// How often a failed connection attempt is retried before the call waiting
 /// for it fails: once, so an outage answers quickly, and each later call
 /// starts a fresh attempt anyway.
@@ -112,9 +110,8 @@ impl Connection {
         topology: &Topology,
         root_cert: Option<&[u8]>,
         timeout: Duration,
-        switches: &Arc<Switches>,
     ) -> RedisResult<Self> {
-        let connection = Self::lazy(topology, root_cert, timeout, switches)?;
+        let connection = Self::lazy(topology, root_cert, timeout)?;
         connection.connect().await?;
         Ok(connection)
     }
@@ -122,13 +119,11 @@ impl Connection {
     /// The connection without connecting yet: the first call connects (and
     /// each later call tries again while that fails), so a store can be
     /// made while Redis is down. Fails only on settings that can never
-    /// work (a URL that does not parse). Behind Sentinel, a connection is
-    /// not used again once `switches` counts a switch after it was made.
+    /// work (a URL that does not parse).
     pub(super) fn lazy(
         topology: &Topology,
         root_cert: Option<&[u8]>,
         timeout: Duration,
-        switches: &Arc<Switches>,
     ) -> RedisResult<Self> {
         let certificates = || TlsCertificates {
             client_tls: None,
@@ -227,7 +222,6 @@ impl Connection {
                     }),
                     current: Mutex::new(None),
                     generations: AtomicU64::new(0),
-                    switches: Arc::clone(switches),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(timeout))
                         .set_response_timeout(Some(timeout)),
@@ -319,9 +313,6 @@ pub(super) struct SentinelMaster {
     /// Numbers connections, so a late failure of an older connection does
     /// not drop a newer one.
     generations: AtomicU64,
-    /// Master switches Sentinel announced ([`super::switch`]): a
-    /// connection made before the latest one is not used again.
-    switches: Arc<Switches>,
     config: AsyncConnectionConfig,
 }
 
@@ -329,8 +320,6 @@ pub(super) struct SentinelMaster {
 #[derive(Clone)]
 struct Current {
     generation: u64,
-    /// [`Switches::seen`] before Sentinel was asked.
-    switches: u64,
     connection: MultiplexedConnection,
 }
 
@@ -352,7 +341,6 @@ impl SentinelMaster {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let switches = self.switches.seen();
         let master = match lookup.sentinel.async_get_client().await {
             Ok(master) => {
                 lookup.last = Some(master.clone());
@@ -377,19 +365,16 @@ impl SentinelMaster {
         let generation = self.generations.fetch_add(1, Ordering::AcqRel);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Current {
             generation,
-            switches,
             connection: connection.clone(),
         });
         Ok((generation, connection))
     }
 
-    /// The connection to use, unless there is none or Sentinel announced a
-    /// switch since it was made.
+    /// The connection to use, if there is one.
     fn current(&self) -> Option<(u64, MultiplexedConnection)> {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         current
             .as_ref()
-            .filter(|c| c.switches == self.switches.seen())
             .map(|c| (c.generation, c.connection.clone()))
     }
 
