@@ -189,6 +189,12 @@ pub struct AdminConfig {
     /// surrounding whitespace is ignored. Re-read on reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// `/readyz` also fails while the store does not answer. Off by
+    /// default: readiness means "this pod can serve its app", and a sidecar
+    /// taken out of its Service takes the whole app down with it. Makes
+    /// sense only with `store.on_store_error = "deny"` and a Service that
+    /// carries nothing but flagged routes.
+    pub ready_requires_store: bool,
 }
 
 impl Default for AdminConfig {
@@ -197,6 +203,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token_env: None,
             token_file: None,
+            ready_requires_store: false,
         }
     }
 }

@@ -63,6 +63,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerSettings};
+use super::health::{Reachability, StoreHealth};
 use super::memory::user_key;
 use super::{
     Admission, MemoryStore, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
@@ -124,6 +125,7 @@ impl std::fmt::Debug for ResilientStore {
 struct Shared {
     inner: Arc<dyn QuotaStore>,
     breaker: Breaker,
+    reachability: Reachability,
     queue: SettleQueue,
     local: Option<Local>,
 }
@@ -135,6 +137,7 @@ impl ResilientStore {
         let shared = Arc::new(Shared {
             inner,
             breaker: Breaker::new(settings.breaker),
+            reachability: Reachability::new(),
             queue: SettleQueue::new(settings.settle_queue),
             local: (settings.outage == OutagePolicy::Local)
                 .then(|| Local::new(settings.local_max_users)),
@@ -158,6 +161,26 @@ impl ResilientStore {
     /// True while reserves are answered from this replica's memory.
     pub fn is_local(&self) -> bool {
         self.shared.local.as_ref().is_some_and(Local::is_active)
+    }
+
+    /// Whether Redis answered the last call, the breaker, the local count
+    /// and the settle queue, read without calling Redis.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            kind: "redis",
+            up: self.shared.reachability.is_up(),
+            breaker_open: self.shared.breaker.is_open(),
+            local: self.is_local(),
+            pending_settles: self.pending_settles(),
+            dropped_settles: self.dropped_settles(),
+            last_error: self.shared.reachability.last_error(),
+        }
+    }
+
+    /// Records that Redis could not be reached outside a call of this store
+    /// (at startup, before the first call).
+    pub fn unreachable(&self, error: &StoreError) {
+        self.shared.reachability.failed(error);
     }
 
     /// Tries to send every queued settle to Redis before `deadline` (for a
@@ -219,10 +242,12 @@ impl ResilientStore {
         match answer {
             Err(e) if is_outage(e) => {
                 self.shared.breaker.failed();
+                self.shared.reachability.failed(e);
                 false
             }
             _ => {
                 self.shared.breaker.succeeded();
+                self.shared.reachability.answered();
                 if self.pending_settles() > 0 {
                     self.shared.queue.retry_now.notify_one();
                 }
@@ -514,6 +539,7 @@ async fn retry(shared: Arc<Shared>) {
             None => {
                 backoff = RETRY_MIN;
                 shared.breaker.succeeded();
+                shared.reachability.answered();
                 if queue.pending.load(Ordering::Acquire) == 0 {
                     tracing::info!("every queued settle reached redis");
                 } else {
@@ -909,6 +935,30 @@ mod tests {
         assert!(!store.is_local(), "redis answered: the outage is over");
         store.settle(&r, 1, now()).await.expect("settle");
         assert!(reserved(&store, "alice", 5).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_follows_the_last_call_without_calling() {
+        let redis = Switchable::new();
+        let store = ResilientStore::new(redis.clone(), settings(OutagePolicy::Fail, 100));
+        assert!(store.health().up);
+        redis.set_down(true);
+        store.ping().await.expect_err("down");
+        let health = store.health();
+        assert!(!health.up && !health.breaker_open, "{health:?}");
+        assert!(
+            health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("switched off")),
+            "{health:?}"
+        );
+        store.ping().await.expect_err("down");
+        assert!(store.health().breaker_open, "two failures open it");
+        redis.set_down(false);
+        store.ping().await.expect("up again");
+        let health = store.health();
+        assert!(health.up && !health.breaker_open && health.last_error.is_none());
     }
 
     #[tokio::test(start_paused = true)]
