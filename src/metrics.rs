@@ -19,6 +19,7 @@
 //! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
 //! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
+//! | `quota_proxy_unknown_plan_total` | counter | | identities whose plan name is not in `[plans]` (the default plan applied; each name logged once) |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
 //! The Redis store's settle retry queue is read every 5 s: its depth as
@@ -61,6 +62,8 @@ pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
 /// Identity cache lookups by result (`hit`, `miss`).
 pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
+/// Plan names not in `[plans]` (the default plan applied).
+pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
 /// The running version.
 pub const BUILD_INFO: &str = "quota_proxy_build_info";
 
@@ -130,6 +133,10 @@ fn describe() {
     describe_counter!(SETTLEMENTS_DROPPED, "Usage that could not be recorded.");
     describe_counter!(RELOADS, "Config reloads by result.");
     describe_counter!(IDENTITY_CACHE, "Identity cache lookups by result.");
+    describe_counter!(
+        UNKNOWN_PLAN,
+        "Identities whose plan is not in [plans]; the default plan applied."
+    );
     describe_gauge!(BUILD_INFO, "The running version; always 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -246,6 +253,11 @@ pub fn settlements_dropped(reason: &'static str, count: u64) {
 /// Counts a config reload, `ok` or `error`.
 pub fn reload(ok: bool) {
     metrics::counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Counts an identity whose plan name is not in `[plans]`.
+pub fn unknown_plan() {
+    metrics::counter!(UNKNOWN_PLAN).increment(1);
 }
 
 /// Counts an identity cache lookup.

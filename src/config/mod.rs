@@ -4,6 +4,7 @@
 //! handles a malformed setting; errors name the field to fix.
 
 mod types;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,8 +16,10 @@ use serde::{Deserialize, Serialize};
 pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
-    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
+    IdentityKind, Limits, Method, PlanCase, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl,
+    WeekStart,
 };
+pub use validate::{STANDARD_METHODS, mask_url};
 
 /// Where the binary looks for its config when neither `--config` nor
 /// `QUOTA_PROXY_CONFIG` says otherwise.
@@ -99,6 +102,11 @@ pub struct Config {
     pub plans: BTreeMap<String, Limits>,
     /// The routes to inspect; every other request is forwarded untouched.
     pub routes: Vec<RouteConfig>,
+    /// Methods beyond the standard ones (GET, HEAD, POST, PUT, DELETE,
+    /// CONNECT, OPTIONS, TRACE, PATCH) that a route may name, e.g.
+    /// `["PROPFIND"]`; any other method in `[[routes]]` is a config error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extension_methods: Vec<String>,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -125,6 +133,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             plans: BTreeMap::new(),
             routes: Vec::new(),
+            extension_methods: Vec::new(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
             admin: AdminConfig::default(),
@@ -169,6 +178,9 @@ pub struct LogConfig {
     /// `RUST_LOG`-style filter, e.g. `info` or `quota_proxy=debug,info`;
     /// `RUST_LOG` overrides it when set.
     pub filter: String,
+    /// Keep a client's `X-Request-Id` (when it is a sane token) instead of
+    /// generating one. Only behind a front that sets it itself.
+    pub trust_request_id: bool,
 }
 
 impl Default for LogConfig {
@@ -176,6 +188,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
+            trust_request_id: false,
         }
     }
 }
@@ -216,6 +229,15 @@ pub struct StoreConfig {
     /// Redis URL of one server, `redis://` or `rediss://` (TLS); used when
     /// `kind = "redis"` and neither `cluster` nor `sentinel` is set.
     pub url: String,
+    /// Environment variable holding the whole Redis URL (e.g. from a
+    /// Kubernetes Secret); replaces `url` when set. Shown masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// File holding the Redis password (e.g. a mounted Secret), added to
+    /// `url`, every `cluster` node, or the Sentinel master; re-read on
+    /// reload. Shown masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Redis Cluster: `redis://host:port` (or `rediss://`) of some nodes;
     /// any one reachable node reveals the rest.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -260,6 +282,8 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Memory,
             url: "redis://127.0.0.1:6379/0".to_owned(),
+            url_env: None,
+            password_file: None,
             cluster: Vec::new(),
             sentinel: None,
             tls_ca_file: None,
@@ -349,6 +373,11 @@ pub struct IdentityConfig {
     pub plan_header: String,
     /// Plan for a user whose plan is missing or unknown; unlimited when unset.
     pub default_plan: Option<String>,
+    /// How plan names are matched against `[plans]`: `sensitive` (the
+    /// default) or `insensitive` (`Pro` is `pro`). An unknown plan gets
+    /// `default_plan`, is logged once per name and counted
+    /// (`quota_proxy_unknown_plan_total`).
+    pub plan_case: PlanCase,
     /// What happens to a flagged request with no user id.
     pub anonymous: AnonymousPolicy,
     /// Where identities come from: `header` (the default), `forward_auth` or
@@ -371,6 +400,7 @@ impl Default for IdentityConfig {
             user_header: "X-User-Id".to_owned(),
             plan_header: "X-Subscription-Type".to_owned(),
             default_plan: None,
+            plan_case: PlanCase::Sensitive,
             anonymous: AnonymousPolicy::Forward,
             kind: IdentityKind::Header,
             on_identity_error: IdentityErrorPolicy::Deny,
@@ -761,7 +791,7 @@ impl StoreConfig {
             } else {
                 Err(ConfigError::invalid(
                     field,
-                    format!("expected redis:// or rediss://, got {url:?}"),
+                    format!("expected redis:// or rediss://, got {:?}", mask_url(url)),
                 ))
             }
         }
@@ -799,19 +829,23 @@ impl StoreConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, then resolves what
+    /// it names outside itself: secrets, a writable spool directory
+    /// ([`Config::resolve_environment`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.resolve_environment()?;
+        Ok(config)
     }
 
     /// Parses and validates a config from TOML text.
@@ -824,9 +858,13 @@ impl Config {
         Ok(config)
     }
 
-    /// The config as TOML, defaults filled in (what `check-config` prints).
+    /// The config as TOML, defaults filled in and secrets masked (what
+    /// `check-config` prints).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        toml::Value::try_from(self)
+            .map(validate::masked)
+            .and_then(|value| toml::to_string_pretty(&value))
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     /// Checks what types alone cannot: references between fields and ranges.
@@ -941,6 +979,7 @@ impl Config {
         }
         crate::routes::RouteTable::new(&self.routes)?;
         self.validate_operations()?;
+        self.validate_rules()?;
         Ok(())
     }
 
