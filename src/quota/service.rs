@@ -40,6 +40,7 @@ use super::body::{QuotaBody, RequestBody};
 use super::forward::forward;
 use super::layer::Shared;
 use super::probe::{ProbeAnswer, ProbeCache};
+use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
 use crate::error::json_error;
@@ -101,6 +102,7 @@ where
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         // The config this request lives by, even if a reload swaps it.
         let shared = self.shared.load_full();
+        let request_id = request_id::ensure(request.headers_mut(), shared.trust_request_id);
         if let Some(names) = &shared.identity_headers {
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
@@ -108,11 +110,18 @@ where
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
+            // A cheap copy (shared bytes): the report warning names the path.
+            let uri = parts.uri.clone();
             let future = self
                 .inner
                 .call(Request::from_parts(parts, RequestBody::streaming(body)));
             return ResponseFuture {
-                kind: Kind::Passthrough { future, shared },
+                kind: Kind::Passthrough {
+                    future,
+                    shared,
+                    uri,
+                },
+                request_id,
             };
         };
         // The ready service goes into the task; this one keeps a fresh clone.
@@ -122,22 +131,25 @@ where
             kind: Kind::Inspected {
                 future: Box::pin(inspect(shared, inner, matched, request)),
             },
+            request_id,
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`Quota`].
+    /// The response future of [`Quota`]. Every answer carries the
+    /// request's `X-Request-Id`.
     pub struct ResponseFuture<F, E, B> {
         #[pin]
         kind: Kind<F, E, B>,
+        request_id: http::HeaderValue,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<F, E, B> {
-        Passthrough { #[pin] future: F, shared: Arc<Shared> },
+        Passthrough { #[pin] future: F, shared: Arc<Shared>, uri: http::Uri },
         Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
     }
 }
@@ -149,20 +161,32 @@ where
     type Output = Result<Response<QuotaBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future, shared } => {
+        let this = self.project();
+        let mut response = match this.kind.project() {
+            KindProj::Passthrough {
+                future,
+                shared,
+                uri,
+            } => {
                 let response = std::task::ready!(future.poll(cx))?;
                 let (mut parts, body) = response.into_parts();
-                if shared.reports.take_header(&mut parts.headers).is_some() {
+                if let Some(images @ 1..) = shared.reports.take_header(&mut parts.headers) {
                     tracing::warn!(
+                        path = uri.path(),
+                        images,
+                        request_id = request_id::as_str(this.request_id),
                         "a route that is not inspected reported saved images; not counted \
                          (add it to [[routes]] to enforce and count it)"
                     );
                 }
-                Poll::Ready(Ok(Response::from_parts(parts, QuotaBody::inner(body))))
+                Response::from_parts(parts, QuotaBody::inner(body))
             }
-            KindProj::Inspected { future } => future.as_mut().poll(cx),
-        }
+            KindProj::Inspected { future } => std::task::ready!(future.as_mut().poll(cx))?,
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), this.request_id.clone());
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -232,7 +256,7 @@ where
         tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
     }
     let ticket = match identity {
-        Some(identity) if flagged => match admit(&shared, &route, identity).await {
+        Some(identity) if flagged => match admit(&shared, &route, identity, &parts.headers).await {
             Ok(ticket) => ticket,
             Err(answer) => return Ok(local(answer)),
         },
