@@ -872,14 +872,8 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
         }
-        if let Some(dir) = &self.spool_dir
-            && !dir.is_dir()
-        {
-            return Err(ConfigError::invalid(
-                "spool_dir",
-                format!("{} is not a directory", dir.display()),
-            ));
-        }
+        // spool_dir is checked (a writable directory) with the machine, in
+        // `resolve_environment`.
         for (field, d) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.response_head", self.timeouts.response_head),

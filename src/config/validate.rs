@@ -143,15 +143,14 @@ impl Config {
         if self.store.kind == StoreKind::Redis {
             self.resolve_redis_secrets()?;
         }
-        if !self.routes.is_empty() {
-            let (field, dir) = match &self.spool_dir {
-                Some(dir) => ("spool_dir", dir.clone()),
-                None => (
-                    "spool_dir (unset: the system's temporary directory)",
-                    std::env::temp_dir(),
-                ),
-            };
-            writable(field, &dir)?;
+        match &self.spool_dir {
+            Some(dir) => writable("spool_dir", dir)?,
+            // Only inspected routes spool.
+            None if !self.routes.is_empty() => writable(
+                "spool_dir (unset: the system's temporary directory)",
+                &std::env::temp_dir(),
+            )?,
+            None => {}
         }
         Ok(())
     }
