@@ -70,6 +70,9 @@ fn bundle() -> Vec<Value> {
         map.insert("kind".into(), "ConfigMap".into());
         let mut metadata = serde_norway::Mapping::new();
         metadata.insert("name".into(), generator["name"].clone());
+        if let Some(labels) = generator["options"].get("labels") {
+            metadata.insert("labels".into(), labels.clone());
+        }
         map.insert("metadata".into(), Value::Mapping(metadata));
         map.insert("data".into(), Value::Mapping(data));
         all.push(Value::Mapping(map));
