@@ -13,9 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod support;
+
+use http::{Method, StatusCode};
 use quota_proxy::app::SETTLE_FLUSH_MIN;
 use quota_proxy::config::{Config, IdentityKind};
 use serde_norway::Value;
+use support::binary::Binary;
+use support::proxy::TestClient;
+use support::redis::RedisServer;
+use support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -727,4 +734,123 @@ fn systemd_unit_reloads_with_sighup_and_waits_for_the_drain() {
         text.contains(&format!("/run/credentials/quota-proxy.service/{name}")),
         "the unit's comment shows token_file pointing at the credential"
     );
+}
+
+/// The shipped config, run by the real binary against a stand-in for the
+/// app: Redis with a password read from a file, forward-auth identity, the
+/// spool on a directory of its own (the emptyDir). A 50 MB upload goes
+/// through whole and counts; the limit then holds.
+#[tokio::test]
+async fn shipped_config_serves_a_50_mb_upload_through_forward_auth() {
+    let redis = RedisServer::start();
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "requirepass", "pod-secret"]),
+        "OK"
+    );
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&received);
+    let app = TestUpstream::start(move |request: RecordedRequest| {
+        let seen = std::sync::Arc::clone(&seen);
+        async move {
+            let path = request.uri.path().to_owned();
+            if path == "/api/quota/identity/" {
+                return match request.header("cookie") {
+                    Some(c) if c.contains("sessionid=s1") => {
+                        Reply::ok().json(serde_json::json!({"user_id": "42", "plan": "free"}))
+                    }
+                    _ => Reply::status(401).json(serde_json::json!({"detail": "no"})),
+                };
+            }
+            if path.ends_with("/image-generation-access/") {
+                return Reply::ok().json(serde_json::json!({"has_access": false}));
+            }
+            seen.lock().expect("lock").push(request.body.len());
+            Reply::ok().header("content-type", "text/plain").stream([
+                ("here is your image ", Duration::ZERO),
+                (
+                    "[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]",
+                    Duration::ZERO,
+                ),
+            ])
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("spool");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pod-secret\n").expect("password");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "t0ken\n").expect("token");
+
+    let mut config: toml::Table = toml::from_str(&shipped_text(&bundle())).expect("toml");
+    let path = |p: &Path| toml::Value::from(p.display().to_string());
+    config.insert(
+        "upstream".into(),
+        format!("http://{}", app.authority()).into(),
+    );
+    config.insert("spool_dir".into(), path(&spool));
+    let store = config["store"].as_table().cloned().expect("[store]");
+    let mut store = store;
+    store.insert("url".into(), redis.url().into());
+    store.insert("password_file".into(), path(&password));
+    config.insert("store".into(), store.into());
+    let mut admin = config["admin"].as_table().cloned().expect("[admin]");
+    admin.insert("token_file".into(), path(&token));
+    config.insert("admin".into(), admin.into());
+    let binary = Binary::start(&toml::to_string(&config).expect("render"), &[]).await;
+    let proxy = TestClient::new(binary.proxy);
+
+    const BOUNDARY: &str = "XyZ";
+    let form = |file: usize| {
+        let mut body = Vec::with_capacity(file + 512);
+        for (name, value) in [("message", "a cat"), ("generate_image", "true")] {
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; \
+                 filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.resize(body.len() + file, b'x');
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        body
+    };
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let headers = [
+        ("cookie", "sessionid=s1"),
+        ("content-type", content_type.as_str()),
+    ];
+    let send = "/chat/session/7/send/";
+
+    let upload = form(50_000_000);
+    let length = upload.len();
+    let answer = proxy.send(Method::POST, send, &headers, upload).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.text(), "here is your image ", "the marker is cut");
+    assert_eq!(received.lock().expect("lock").as_slice(), [length]);
+    // free: 3 a day. The upload counted, in Redis behind its password.
+    for _ in 0..2 {
+        let small = proxy.send(Method::POST, send, &headers, form(10)).await;
+        assert_eq!(small.status, StatusCode::OK);
+    }
+    let denied = proxy.send(Method::POST, send, &headers, form(10)).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(received.lock().expect("lock").len(), 3);
+    // A client naming its own user changes nothing: forward-auth decides.
+    let spoofed = [
+        ("cookie", "sessionid=s1"),
+        ("x-user-id", "someone-else"),
+        ("content-type", content_type.as_str()),
+    ];
+    let again = proxy.send(Method::POST, send, &spoofed, form(10)).await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN);
+    assert!(!binary.logs().join("\n").contains("pod-secret"));
 }
