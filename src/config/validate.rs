@@ -326,4 +326,50 @@ mod tests {
         assert!(with_password("store.url", "redis://:old@cache/0", "new").is_err());
         assert_eq!(mask_url("redis://cache:6379/0"), "redis://cache:6379/0");
     }
+
+    /// A config from `store` with `password_file` pointing at a file
+    /// holding `pw`, resolved.
+    fn resolved(store: &str, pw: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, format!("{pw}\n")).expect("write");
+        let mut config = Config::from_toml(&format!(
+            "[store]\nkind = \"redis\"\npassword_file = {:?}\n{store}",
+            file.display().to_string()
+        ))?;
+        config.resolve_environment()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn password_file_reaches_every_topology_and_is_masked() {
+        let c = resolved("cluster = [\"redis://a:1\", \"redis://b:2\"]", "pw").expect("cluster");
+        assert_eq!(c.store.cluster, ["redis://:pw@a:1", "redis://:pw@b:2"]);
+        let c = resolved(
+            "sentinel = { master = \"m\", nodes = [\"redis://s:26379\"] }",
+            "pw",
+        )
+        .expect("sentinel");
+        let sentinel = c.store.sentinel.as_ref().expect("sentinel");
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+        assert_eq!(
+            sentinel.nodes,
+            ["redis://s:26379"],
+            "the Sentinels' own stay"
+        );
+        let shown = c.to_toml();
+        assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(!shown.contains("= \"pw\""), "{shown}");
+        let both = resolved(
+            "sentinel = { master = \"m\", nodes = [\"redis://s:1\"], password = \"x\" }",
+            "pw",
+        );
+        assert!(
+            both.expect_err("two passwords")
+                .to_string()
+                .starts_with("store.password_file")
+        );
+        let empty = resolved("", "  ").expect_err("empty");
+        assert!(empty.to_string().contains("is empty"), "{empty}");
+    }
 }
