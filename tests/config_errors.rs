@@ -97,6 +97,14 @@ fn local_fallback_needs_redis() {
 }
 
 #[test]
+fn routes_need_a_report_source_to_count_from() {
+    refused_everywhere(
+        &format!("[usage]\nreport_header = \"\"\nreport_json_field = \"\"\n{ROUTE}"),
+        "usage: no report source",
+    );
+}
+
+#[test]
 fn secret_sources_must_resolve() {
     // An unset variable: check-config exited 0 and serve 1 before.
     refused_everywhere(

@@ -7,7 +7,8 @@
 //!
 //! - [`Config::validate_rules`] (pure, part of `validate`): route methods
 //!   are standard or listed in `extension_methods`; `on_store_error =
-//!   "local"` has a Redis store to fall back from; plan names do not collide
+//!   "local"` has a Redis store to fall back from; inspected routes have a
+//!   usage report source to count from; plan names do not collide
 //!   under `identity.plan_case = "insensitive"`; one Redis secret source.
 //! - [`Config::resolve_environment`] (I/O, part of `Config::load`): every
 //!   secret source resolves (`admin.token_env` names a set variable,
@@ -60,6 +61,19 @@ impl Config {
                 "store.on_store_error",
                 "\"local\" counts locally while Redis is down, but store.kind is \"memory\", \
                  which never fails over; set store.kind = \"redis\", or use \"allow\" or \"deny\"",
+            ));
+        }
+        let usage = &self.usage;
+        if !self.routes.is_empty()
+            && usage.report_header.is_empty()
+            && usage.report_json_field.is_empty()
+            && usage.report_marker.is_none()
+            && usage.report_sse_event.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "usage",
+                "no report source is set (report_header, report_json_field, report_marker, \
+                 report_sse_event), so no image could ever be counted; set at least one",
             ));
         }
         if self.identity.plan_case == PlanCase::Insensitive {
