@@ -17,7 +17,7 @@ pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
     IdentityKind, Limits, Method, PlanCase, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl,
-    WeekStart,
+    UserIdFormat, WeekStart,
 };
 pub use validate::{STANDARD_METHODS, mask_url};
 
@@ -107,6 +107,10 @@ pub struct Config {
     /// `["PROPFIND"]`; any other method in `[[routes]]` is a config error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extension_methods: Vec<String>,
+    /// Request headers removed from every request because they move the
+    /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
+    /// case and with `-` and `_` alike; see `docs/routes.md`.
+    pub strip_routing_headers: Vec<String>,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -134,6 +138,9 @@ impl Default for Config {
             plans: BTreeMap::new(),
             routes: Vec::new(),
             extension_methods: Vec::new(),
+            strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
+                .map(str::to_owned)
+                .to_vec(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
             admin: AdminConfig::default(),
@@ -380,6 +387,9 @@ pub struct IdentityConfig {
     pub plan_case: PlanCase,
     /// What happens to a flagged request with no user id.
     pub anonymous: AnonymousPolicy,
+    /// What a user id is: `string` (the default), `integer` (`0017` and
+    /// `17` are one user) or `uuid`; an id not in the format is anonymous.
+    pub user_id_format: UserIdFormat,
     /// Where identities come from: `header` (the default), `forward_auth` or
     /// `jwt`. With `forward_auth` and `jwt`, clients' own `user_header` and
     /// `plan_header` are removed and set from the verified identity.
@@ -402,6 +412,7 @@ impl Default for IdentityConfig {
             default_plan: None,
             plan_case: PlanCase::Sensitive,
             anonymous: AnonymousPolicy::Forward,
+            user_id_format: UserIdFormat::String,
             kind: IdentityKind::Header,
             on_identity_error: IdentityErrorPolicy::Deny,
             forward_auth: ForwardAuthConfig::default(),
@@ -635,7 +646,9 @@ impl JwtConfig {
 pub struct RouteConfig {
     /// HTTP method, e.g. `POST`.
     pub method: Method,
-    /// Path pattern; `{name}` matches one segment, e.g. `/chat/session/{id}/send/`.
+    /// Path pattern in Django's `path()` syntax, as in `urls.py`
+    /// (`chat/session/<int:session_id>/send/`; a leading `/` is optional),
+    /// or `{name}` for one segment; see `docs/routes.md`.
     pub path: String,
     /// Name of the field that asks for an image.
     #[serde(default = "default_flag")]
@@ -662,8 +675,9 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
-    /// Path on the upstream; `{name}` is the route's path parameter of that
-    /// name, e.g. `/chat/session/{session_id}/image-generation-access/`.
+    /// Path on the upstream; `<int:name>` or `{name}` is the route's path
+    /// parameter of that name, in its canonical form, e.g.
+    /// `/chat/session/<int:session_id>/image-generation-access/`.
     pub path: String,
     /// Top-level JSON field that is `true` for image-generating requests.
     #[serde(default = "default_probe_field")]
@@ -972,6 +986,8 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
+        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         self.validate_rules()?;
         Ok(())

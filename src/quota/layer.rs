@@ -20,7 +20,7 @@ use crate::config::{
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
 use crate::report::ReportReader;
-use crate::routes::RouteTable;
+use crate::routes::{RouteTable, RoutingHeaders};
 use crate::store::QuotaStore;
 
 /// A [`tower::Layer`] that enforces image-generation quotas on the configured
@@ -45,6 +45,8 @@ pub struct QuotaLayer {
 /// Everything a request's inspection reads; one per config.
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
+    /// Headers removed from every request (`strip_routing_headers`).
+    pub(crate) routing_headers: RoutingHeaders,
     pub(crate) identity: Arc<dyn IdentitySource>,
     /// The client's identity headers, removed from every request and set
     /// from the verified identity, when the identity source does not trust
@@ -80,10 +82,13 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
+        let routing_headers = RoutingHeaders::new(&config.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
             config: config.clone(),
             routes,
+            routing_headers,
             identity,
             store: None,
             clock: Arc::new(SystemClock),
@@ -133,6 +138,7 @@ impl std::fmt::Debug for QuotaLayer {
 pub struct QuotaLayerBuilder {
     config: Config,
     routes: RouteTable,
+    routing_headers: RoutingHeaders,
     identity: Arc<dyn IdentitySource>,
     store: Option<Arc<dyn QuotaStore>>,
     clock: Arc<dyn Clock>,
@@ -175,10 +181,14 @@ impl QuotaLayerBuilder {
         QuotaLayer {
             shared: Arc::new(ArcSwap::from_pointee(Shared {
                 routes: self.routes,
+                routing_headers: self.routing_headers,
                 identity_headers: (!self.identity.trusts_client_headers())
                     .then(|| IdentityHeaders::from_config(&config.identity))
                     .and_then(Result::ok),
-                identity: self.identity,
+                identity: crate::identity::canonical_ids(
+                    self.identity,
+                    config.identity.user_id_format,
+                ),
                 on_identity_error: config.identity.on_identity_error,
                 store,
                 calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0),

@@ -107,6 +107,9 @@ where
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
+        // Nor a path prefix it chose (`SCRIPT_NAME`…): Django must route
+        // the path the route is found from.
+        shared.routing_headers.strip(request.headers_mut());
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
@@ -205,7 +208,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let route = matched.route;
+    let route = Arc::clone(&matched.route);
     let (mut parts, body) = request.into_parts();
     let (body, verdict) = match read_body(&shared, &route, &parts, body).await {
         Ok(read) => read,
@@ -220,19 +223,30 @@ where
         }
     };
     // The "session" a forced-image answer is remembered for: the probe's
-    // path, or the request's own path on a route without a probe.
+    // path, or the request's own path on a route without a probe, both
+    // written with canonical parameters.
     let session = match &route.probe {
         Some(probe) => probe.path(&matched.params),
-        None => parts.uri.path().to_owned(),
+        None => matched.canonical_path(),
     };
-    if !flagged && shared.probe_cache.get(&session) == Some(true) {
-        flagged = true;
-    }
-    let identity = if flagged || route.probe.is_some() {
+    // Some user saved images here unflagged (`settle.rs`): look at who asks.
+    let learned = !flagged
+        && route.probe.is_none()
+        && shared.probe_cache.get(&ProbeCache::key(&session, "")) == Some(true);
+    let identity = if flagged || learned || route.probe.is_some() {
         Some(shared.identity.identify(&parts.headers).await)
     } else {
         None
     };
+    if !flagged
+        && learned
+        && let Some(Ok(Some(who))) = &identity
+    {
+        flagged = shared
+            .probe_cache
+            .get(&ProbeCache::key(&session, &who.user_id))
+            == Some(true);
+    }
     if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
         let key = ProbeCache::key(&session, &who.user_id);
         flagged = match shared.probe_cache.get(&key) {

@@ -11,10 +11,14 @@
 //!
 //! Every key of one user carries the user id as a hash tag, so all of them
 //! sit in one cluster slot and a script may touch them together; every key a
-//! script touches is passed in `KEYS`. User ids are used verbatim: a `}` in
-//! one only moves which slot that user's keys share, and cannot make two
-//! users' keys equal, since labels never contain `}`. With the prefix
-//! `quota:` and user `42`:
+//! script touches is passed in `KEYS`. User ids are used verbatim: a `}` or
+//! `{` in one only moves which slot that user's keys share, and cannot make
+//! two users' keys equal, since labels never contain `}`. One exception: an
+//! id starting with `}` (or `\x01`) is written after a `\x01` (`{\x01}x}`),
+//! since `{}x}` is an empty tag, for which Redis hashes each whole key and
+//! one user's keys would land in different slots (`tests/store.rs`,
+//! `odd_user_ids_keep_their_keys_together`, on the 3-master cluster). With
+//! the prefix `quota:` and user `42`:
 //!
 //! | key                      | type   | holds                                   | TTL                              |
 //! |--------------------------|--------|-----------------------------------------|----------------------------------|
@@ -163,8 +167,18 @@ impl<'a> Call<'a> {
             3 + self.keys,
             "keys go before arguments"
         );
+        // A hash tag must not be empty: for `{}` Redis hashes the whole key,
+        // so an id starting with `}` would scatter its keys over slots and
+        // every script would fail with CROSSSLOT. Such an id (and, to keep
+        // the mapping one-to-one, one starting with \x01) is written after
+        // a \x01, which makes the tag non-empty.
+        let escape = if user.starts_with(['}', '\u{1}']) {
+            "\u{1}"
+        } else {
+            ""
+        };
         let mut key = self.command.writer_for_next_arg();
-        for part in [prefix, "{", user, "}:", name] {
+        for part in [prefix, "{", escape, user, "}:", name] {
             // Writing into the command's buffer (a Vec) cannot fail.
             let _ = key.write_all(part.as_bytes());
         }
