@@ -34,7 +34,7 @@ use crate::config::{Config, StoreConfig, StoreErrorPolicy, StoreKind};
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
-use crate::server::AcceptBalance;
+use crate::server::{AcceptBalance, PerIpLimit};
 use crate::store::{
     BreakerSettings, MemoryStore, OutagePolicy, QuotaStore, RedisOptions, RedisStore,
     ResilientSettings, ResilientStore, StoreError, Topology,
@@ -227,9 +227,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     balance: AcceptBalance,
 ) -> Result<(), AppError> {
+    let per_ip = config.max_connections_per_ip.map(PerIpLimit::new);
+    serve_limited(config, layer, listener, shutdown, balance, per_ip).await
+}
+
+/// [`serve`] with the per-address connection counts `per_ip`, shared with
+/// the other threads serving the same listener.
+pub async fn serve_limited(
+    config: &Config,
+    layer: QuotaLayer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    balance: AcceptBalance,
+    per_ip: Option<PerIpLimit>,
+) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
     let service = layer.layer(UpstreamMetrics::new(proxy));
-    crate::server::serve(listener, service, shutdown, config.shutdown_grace, balance).await?;
+    let grace = config.shutdown_grace;
+    crate::server::serve_limited(listener, service, shutdown, grace, balance, per_ip).await?;
     Ok(())
 }
 

@@ -277,6 +277,7 @@ fn shipped_config_is_the_chat_apps_preset_with_an_identity_clients_cannot_choose
     for key in [
         "upstream",
         "max_body_bytes",
+        "request_buffering",
         "timeouts",
         "periods",
         "identity",

@@ -82,6 +82,19 @@ pub struct Config {
     /// left behind, even after a crash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,
+    /// Most bytes of request bodies the proxy holds at once, in memory and
+    /// in spool files together (inspected bodies, and every body under
+    /// `request_buffering = "all"`); a request that finds no room within a
+    /// short wait gets 503 with `Retry-After`. See docs/limits.md.
+    pub body_budget_bytes: u64,
+    /// Which request bodies are received whole before the upstream is
+    /// called: `inspected` (only those the proxy must judge), `all` (every
+    /// body: slow clients cannot hold the upstream's workers) or `off`.
+    pub request_buffering: RequestBuffering,
+    /// Most connections open at once from one client address; a connection
+    /// past it is closed as soon as it is accepted. Unset = no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<std::num::NonZeroU32>,
     /// How long in-flight requests may run on after SIGTERM or SIGINT before
     /// they are cut; pending settlements are then flushed.
     #[serde(with = "humantime_serde")]
@@ -129,6 +142,9 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             body_buffer_bytes: 1024 * 1024,
             spool_dir: None,
+            body_budget_bytes: 256 * 1024 * 1024,
+            request_buffering: RequestBuffering::Inspected,
+            max_connections_per_ip: None,
             shutdown_grace: Duration::from_secs(30),
             threads: 0,
             timeouts: Timeouts::default(),
@@ -147,6 +163,23 @@ impl Default for Config {
             log: LogConfig::default(),
         }
     }
+}
+
+/// Which request bodies are received whole before the upstream is called
+/// (`request_buffering`), like nginx's `proxy_request_buffering`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestBuffering {
+    /// Only bodies of inspected routes, which must be read whole to be
+    /// judged; every other body streams to the upstream as it arrives.
+    Inspected,
+    /// Every body: received completely (memory, then a spool file) before
+    /// the upstream is called, within `body_budget_bytes` and
+    /// `max_body_bytes`, so a slow client never holds an upstream worker.
+    All,
+    /// Nothing beyond what inspection needs: the same as `inspected`, since
+    /// an inspected body is always read whole.
+    Off,
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, and the usage API
@@ -215,6 +248,10 @@ pub struct Timeouts {
     /// is cut when exceeded.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// Longest silence of a client while the proxy reads, spools or
+    /// forwards its request body; exceeded → 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub client_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -223,6 +260,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             response_head: Duration::from_secs(300),
             idle: Duration::from_secs(120),
+            client_body: Duration::from_secs(30),
         }
     }
 }
@@ -442,8 +480,11 @@ pub struct ForwardAuthConfig {
     /// How long an anonymous answer (401, 403, redirect) is reused.
     #[serde(with = "humantime_serde")]
     pub negative_cache_ttl: Duration,
-    /// Most answers kept; the oldest is dropped to make room.
+    /// Most answers kept; the least recently used is dropped to make room.
     pub cache_max_entries: usize,
+    /// Most bytes the cached answers take (keys, identities and
+    /// bookkeeping); the least recently used is dropped to make room.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for ForwardAuthConfig {
@@ -455,6 +496,7 @@ impl Default for ForwardAuthConfig {
             cache_ttl: Duration::from_secs(30),
             negative_cache_ttl: Duration::from_secs(5),
             cache_max_entries: 100_000,
+            cache_max_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -886,12 +928,23 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
         }
+        if self.body_budget_bytes < self.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "body_budget_bytes",
+                format!(
+                    "{} is below max_body_bytes ({}): a body of the largest allowed size \
+                     could never be held",
+                    self.body_budget_bytes, self.max_body_bytes
+                ),
+            ));
+        }
         // spool_dir is checked (a writable directory) with the machine, in
         // `resolve_environment`.
         for (field, d) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.response_head", self.timeouts.response_head),
             ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.client_body", self.timeouts.client_body),
             ("store.reservation_ttl", self.store.reservation_ttl),
             ("store.command_timeout", self.store.command_timeout),
         ] {
@@ -1057,6 +1110,12 @@ impl Config {
         if fa.cache_max_entries == 0 {
             return Err(ConfigError::invalid(
                 "identity.forward_auth.cache_max_entries",
+                "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
+            ));
+        }
+        if fa.cache_max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "identity.forward_auth.cache_max_bytes",
                 "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
             ));
         }

@@ -159,11 +159,16 @@ impl Config {
         }
         match &self.spool_dir {
             Some(dir) => writable("spool_dir", dir)?,
-            // Only inspected routes spool.
-            None if !self.routes.is_empty() => writable(
-                "spool_dir (unset: the system's temporary directory)",
-                &std::env::temp_dir(),
-            )?,
+            // Inspected routes spool, and every body under
+            // `request_buffering = "all"`.
+            None if !self.routes.is_empty()
+                || self.request_buffering == super::RequestBuffering::All =>
+            {
+                writable(
+                    "spool_dir (unset: the system's temporary directory)",
+                    &std::env::temp_dir(),
+                )?
+            }
             None => {}
         }
         Ok(())

@@ -112,11 +112,10 @@ impl ForwardAuthIdentity {
                 timeout: fa.timeout,
                 client,
                 plans: PlanTable::from_config(config),
-                cache: Arc::new(IdentityCache::new(
-                    fa.cache_ttl,
-                    fa.negative_cache_ttl,
-                    fa.cache_max_entries,
-                )),
+                cache: Arc::new(
+                    IdentityCache::new(fa.cache_ttl, fa.negative_cache_ttl, fa.cache_max_entries)
+                        .with_max_bytes(fa.cache_max_bytes),
+                ),
             }),
         })
     }

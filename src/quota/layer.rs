@@ -10,12 +10,14 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
 
+use super::budget::BodyBudget;
 use super::probe::ProbeCache;
 use super::service::Quota;
 use super::spool::SpoolSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
-    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, StoreErrorPolicy,
+    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, RequestBuffering,
+    StoreErrorPolicy,
 };
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
@@ -60,6 +62,13 @@ pub(crate) struct Shared {
     pub(crate) messages: Messages,
     pub(crate) max_body_bytes: u64,
     pub(crate) spool: SpoolSettings,
+    /// Bytes of request bodies held, process-wide (`body_budget_bytes`);
+    /// kept across reloads that do not change its size.
+    pub(crate) budget: BodyBudget,
+    /// Longest silence of a client sending its body (`timeouts.client_body`).
+    pub(crate) client_body: Duration,
+    /// Which bodies are received whole before the upstream is called.
+    pub(crate) request_buffering: RequestBuffering,
     pub(crate) max_json_bytes: u64,
     pub(crate) reservation_ttl: Duration,
     pub(crate) idle_timeout: Duration,
@@ -93,6 +102,7 @@ impl QuotaLayer {
             store: None,
             clock: Arc::new(SystemClock),
             settlements: TaskTracker::new(),
+            budget: None,
         })
     }
 }
@@ -104,9 +114,12 @@ impl QuotaLayer {
     /// settlement tracker belong to the process and carry over.
     pub fn reload(&self, next: QuotaLayerBuilder) {
         let current = self.shared.load();
+        let budget = (current.budget.capacity() == next.config.body_budget_bytes)
+            .then(|| current.budget.clone());
         let next = next
             .clock(Arc::clone(&current.clock))
             .settlements(current.settlements.clone())
+            .budget(budget)
             .build();
         self.shared.store(next.shared.load_full());
     }
@@ -143,6 +156,7 @@ pub struct QuotaLayerBuilder {
     store: Option<Arc<dyn QuotaStore>>,
     clock: Arc<dyn Clock>,
     settlements: TaskTracker,
+    budget: Option<BodyBudget>,
 }
 
 impl QuotaLayerBuilder {
@@ -166,6 +180,11 @@ impl QuotaLayerBuilder {
 
     fn settlements(mut self, settlements: TaskTracker) -> Self {
         self.settlements = settlements;
+        self
+    }
+
+    fn budget(mut self, budget: Option<BodyBudget>) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -200,6 +219,11 @@ impl QuotaLayerBuilder {
                     memory_limit: usize::try_from(config.body_buffer_bytes).unwrap_or(usize::MAX),
                     dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
                 },
+                budget: self
+                    .budget
+                    .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes)),
+                client_body: config.timeouts.client_body,
+                request_buffering: config.request_buffering,
                 max_json_bytes: config.usage.max_json_bytes,
                 reservation_ttl: config.store.reservation_ttl,
                 idle_timeout: config.timeouts.idle,

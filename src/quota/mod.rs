@@ -12,6 +12,8 @@
 
 mod admit;
 mod body;
+mod budget;
+mod deadline;
 mod denial;
 mod forward;
 mod layer;
@@ -25,6 +27,7 @@ mod standing;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
+pub use self::deadline::{ClientBody, ClientBodyTimeout};
 pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
 pub use self::probe::ProbeSpec;
 pub use self::service::{Quota, ResponseFuture};

@@ -63,6 +63,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerSettings};
+use super::memory::user_key;
 use super::{
     Admission, MemoryStore, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
 };
@@ -532,7 +533,11 @@ async fn retry(shared: Arc<Shared>) {
     }
 }
 
-/// Limits enforced from this replica's memory during an outage.
+/// Limits enforced from this replica's memory during an outage. Bounded:
+/// at most `local_max_users` baselines (all forgotten at once when full)
+/// and as many users counted, each keyed by at most
+/// [`MAX_KEY_BYTES`](super::memory::MAX_KEY_BYTES) bytes (longer ids by
+/// their digest, as in the memory store).
 struct Local {
     max_users: usize,
     /// Used + reserved per period in Redis's last answer about each user.
@@ -588,16 +593,17 @@ impl Local {
             starts: request.windows.0.each_ref().map(|w| w.start),
             counts,
         };
+        let key = user_key(&request.user);
         let mut baselines = self
             .baselines
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if baselines.len() >= self.max_users && !baselines.contains_key(&request.user) {
+        if baselines.len() >= self.max_users && !baselines.contains_key(&*key) {
             // Bounded without bookkeeping: forgetting everyone only makes
             // the next outage start those users from zero.
             baselines.clear();
         }
-        baselines.insert(request.user.clone(), baseline);
+        baselines.insert(key.into_owned(), baseline);
     }
 
     async fn reserve(
@@ -610,16 +616,17 @@ impl Local {
             tracing::warn!(error = %cause,
                 "redis unavailable; enforcing limits from this replica's memory until it answers");
         }
-        if !state.seeded.contains(&request.user) {
+        let key = user_key(&request.user);
+        if !state.seeded.contains(&*key) {
             if state.seeded.len() >= self.max_users {
                 return Err(StoreError::Full(self.max_users));
             }
-            state.seeded.insert(request.user.clone());
+            state.seeded.insert(key.clone().into_owned());
             let baseline = self
                 .baselines
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&request.user);
+                .remove(&*key);
             if let Some(baseline) = baseline {
                 for (i, window) in request.windows.0.iter().enumerate() {
                     let count = baseline.counts[i];
@@ -912,5 +919,35 @@ mod tests {
         let err = store.reserve(&request("alice", 5)).await.expect_err("down");
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(!store.is_local());
+    }
+
+    #[tokio::test]
+    async fn local_counts_keep_long_user_ids_as_digests() {
+        let local = Local::new(4);
+        let long = "y".repeat(10_000);
+        let request = request(&long, 5);
+        let admission = Admission::Exceeded {
+            period: crate::periods::Period::Daily,
+            counts: super::super::PeriodCounts([5, 5, 5]),
+        };
+        local.remember(&request, &admission);
+        let cause = StoreError::Unavailable("down".to_owned());
+        local.reserve(&request, &cause).await.expect("answered");
+        {
+            let baselines = local.baselines.lock().expect("baselines");
+            assert!(
+                baselines
+                    .keys()
+                    .all(|k| k.len() <= super::super::memory::MAX_KEY_BYTES)
+            );
+        }
+        let state = local.state.lock().await;
+        assert!(
+            state
+                .seeded
+                .iter()
+                .all(|k| k.len() <= super::super::memory::MAX_KEY_BYTES)
+        );
+        assert_eq!(state.seeded.len(), 1);
     }
 }
