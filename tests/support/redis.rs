@@ -434,7 +434,9 @@ fn serves(port: u16, pid: u32) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    if stream.write_all(b"INFO server\r\n").is_err() {
+    // Redis answers INFO while it still loads its AOF, and refuses every
+    // other command then (LOADING): it serves once `loading:0`.
+    if stream.write_all(b"INFO server persistence\r\n").is_err() {
         return false;
     }
     let needle = format!("process_id:{pid}\r\n");
@@ -445,8 +447,15 @@ fn serves(port: u16, pid: u32) -> bool {
             Ok(0) | Err(_) => return false,
             Ok(n) => answer.extend_from_slice(&chunk[..n]),
         }
-        if String::from_utf8_lossy(&answer).contains(&needle) {
-            return true;
+        let text = String::from_utf8_lossy(&answer);
+        if text.contains(&needle) {
+            // A Sentinel has no persistence section.
+            if text.contains("redis_mode:sentinel") {
+                return true;
+            }
+            if text.contains("loading:") {
+                return text.contains("loading:0\r\n");
+            }
         }
     }
     false
