@@ -52,7 +52,9 @@ fn app_flag(request: &RecordedRequest) -> bool {
         None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
         Some(serde_json::Value::String(s)) => !s.is_empty(),
         Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(_) => true,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(serde_json::Value::Bool(true)) => true,
     }
 }
 
@@ -264,33 +266,105 @@ async fn preset_enforces_three_a_day_against_the_app() {
     assert_eq!(answer.headers["location"], "/accounts/login/");
 }
 
+/// How many chat messages (not probes, not identity calls) reached the app.
+fn messages(app: &App) -> usize {
+    app.upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path().ends_with("/send/"))
+        .count()
+}
+
+/// Sends `body` as JSON from `user` to the ordinary session 1.
+async fn send_json(client: &TestClient, user: &str, body: &str) -> support::proxy::Answer {
+    let cookie = format!("sessionid={user}");
+    let headers = [
+        ("cookie", cookie.as_str()),
+        ("content-type", "application/json"),
+    ];
+    client
+        .send(
+            Method::POST,
+            "/chat/session/1/send/",
+            &headers,
+            body.to_owned(),
+        )
+        .await
+}
+
+/// The preset's JSON rule is Python's truthiness (`if generate_image:`),
+/// judged on users already at their limit: a value Python finds true is
+/// denied on that very request and never reaches the app; a false one is
+/// forwarded though the user has nothing left, with no reservation.
 #[tokio::test]
-async fn json_bodies_follow_python_truthiness() {
+async fn json_bodies_follow_python_truthiness_at_the_limit() {
     let app = app(Duration::ZERO).await;
     let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let cases = [
-        (r#"{"generate_image": "false"}"#, 1),
-        (r#"{"generate_image": "True"}"#, 1),
-        (r#"{"generate_image": 1}"#, 1),
-        (r#"{"generate_image": false}"#, 0),
-        (r#"{"generate_image": ""}"#, 0),
-        (r#"{"message": "no flag"}"#, 0),
+        // `"false"` is a non-empty string: true in Python (not in DRF).
+        (r#"{"generate_image": "false"}"#, true),
+        (r#"{"generate_image": "0"}"#, true),
+        (r#"{"generate_image": "True"}"#, true),
+        (r#"{"generate_image": true}"#, true),
+        (r#"{"generate_image": 1}"#, true),
+        (r#"{"generate_image": 2}"#, true),
+        (r#"{"generate_image": -0.5}"#, true),
+        (r#"{"generate_image": [0]}"#, true),
+        (r#"{"generate_image": {"a": 0}}"#, true),
+        (r#"{"generate_image": false, "generate_image": true}"#, true),
+        (r#"{"generate_image": false}"#, false),
+        (r#"{"generate_image": ""}"#, false),
+        (r#"{"generate_image": 0}"#, false),
+        (r#"{"generate_image": 0.0}"#, false),
+        (r#"{"generate_image": null}"#, false),
+        (r#"{"generate_image": []}"#, false),
+        (r#"{"generate_image": {}}"#, false),
+        (
+            r#"{"generate_image": true, "generate_image": false}"#,
+            false,
+        ),
+        (r#"{"message": "no flag"}"#, false),
     ];
-    for (i, (body, counted)) in cases.into_iter().enumerate() {
+    for (i, (body, truthy)) in cases.into_iter().enumerate() {
         let user = format!("json{i}");
-        let cookie = format!("sessionid={user}");
-        let headers = [
-            ("cookie", cookie.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let answer = client
-            .send(Method::POST, "/chat/session/1/send/", &headers, body)
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{body}");
-        let usage = proxy.wait_settled(&user, counted).await;
-        assert_eq!(usage[0].used, counted, "{body}");
+        proxy.fill(&user, 3).await;
+        let (sent, calls) = (messages(&app), proxy.store.calls());
+        let answer = send_json(&client, &user, body).await;
+        if truthy {
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{body}: denied");
+            assert_eq!(messages(&app), sent, "{body}: not forwarded");
+        } else {
+            assert_eq!(answer.status, StatusCode::OK, "{body}: forwarded");
+            assert_eq!(messages(&app), sent + 1, "{body}: forwarded");
+            assert_eq!(proxy.store.calls(), calls, "{body}: no reservation");
+        }
+        assert_eq!(proxy.wait_settled(&user, 3).await[0].used, 3, "{body}");
     }
+}
+
+/// A user already at the limit opens an image-editing session: the very
+/// first message, unflagged, is denied because the probe says the session
+/// always generates; the same user's unflagged message to an ordinary
+/// session goes through. (Without the probe's answer, the first message
+/// would be forwarded and only counted afterwards, from its report.)
+#[tokio::test]
+async fn first_image_editing_message_of_a_user_at_the_limit_is_denied() {
+    let app = app(Duration::ZERO).await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    proxy.fill("ivy", 3).await;
+
+    let denied = send(&client, IMAGE_EDITING_SESSION, "ivy", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(app.probes.load(Ordering::SeqCst), 1, "the probe was asked");
+    assert_eq!(messages(&app), 0, "the message never reached the app");
+    assert_eq!(app.images.load(Ordering::SeqCst), 0);
+
+    let ordinary = send(&client, "1", "ivy", "false").await;
+    assert_eq!(ordinary.status, StatusCode::OK, "{}", ordinary.text());
+    assert_eq!(app.images.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.wait_settled("ivy", 3).await[0].used, 3);
 }
 
 #[tokio::test]
