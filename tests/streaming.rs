@@ -23,6 +23,8 @@ const GENERIC: &str =
     "شما به حد مجاز تولید تصویر رسیده‌اید. برای تولید تصویرهای بیشتر، اشتراک خود را ارتقاء دهید.";
 /// The chatbot of session 5 is of type `image_editing`.
 const IMAGE_EDITING_SESSION: &str = "5";
+/// The app's access view fails (500) for session 9.
+const BROKEN_PROBE_SESSION: &str = "9";
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -96,6 +98,9 @@ async fn app(chunk_delay: Duration) -> App {
             let session = path.split('/').nth(3).unwrap_or("").to_owned();
             if path.ends_with("/image-generation-access/") {
                 probes.fetch_add(1, Ordering::SeqCst);
+                if session == BROKEN_PROBE_SESSION {
+                    return Reply::status(500).body("access view broken");
+                }
                 let access = session == IMAGE_EDITING_SESSION;
                 return Reply::ok().json(serde_json::json!({ "has_access": access }));
             }
@@ -365,6 +370,28 @@ async fn first_image_editing_message_of_a_user_at_the_limit_is_denied() {
     assert_eq!(ordinary.status, StatusCode::OK, "{}", ordinary.text());
     assert_eq!(app.images.load(Ordering::SeqCst), 0);
     assert_eq!(proxy.wait_settled("ivy", 3).await[0].used, 3);
+}
+
+/// A probe that cannot answer (500) counts as "this session generates":
+/// a user at the limit is denied, unflagged message and all, and a user
+/// with room is reserved, forwarded, and released when nothing is saved.
+#[tokio::test]
+async fn a_failing_probe_counts_as_forced_at_the_limit() {
+    let app = app(Duration::ZERO).await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    proxy.fill("pat", 3).await;
+    let denied = send(&client, BROKEN_PROBE_SESSION, "pat", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(messages(&app), 0, "denied before the app");
+
+    let calls = proxy.store.calls();
+    let answer = send(&client, BROKEN_PROBE_SESSION, "sam", "false").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(messages(&app), 1);
+    let usage = proxy.wait_settled("sam", 0).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (0, 0));
+    assert_eq!(proxy.store.calls(), calls + 2, "one reserve, one release");
 }
 
 #[tokio::test]
