@@ -758,3 +758,24 @@ async fn the_client_is_not_delayed_by_a_slow_settle() {
     let usage = proxy.wait_settled("patient", 1).await;
     assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
 }
+
+/// A JSON report in a body typed with a `+json` suffix
+/// (`application/vnd.api+json`, as some renderers answer) is read like
+/// `application/json`.
+#[tokio::test]
+async fn a_json_report_in_a_plus_json_body_is_counted() {
+    let upstream = TestUpstream::always(
+        Reply::ok()
+            .header("content-type", "application/vnd.api+json; charset=utf-8")
+            .body(r#"{"images_saved": 1}"#),
+    )
+    .await;
+    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let answer = TestClient::new(proxy.addr)
+        .generate(API, "suffix", "free")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), r#"{"images_saved": 1}"#, "body intact");
+    let usage = proxy.wait_settled("suffix", 1).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
+}
