@@ -435,6 +435,42 @@ async fn marker_kept_when_not_stripped() {
     assert_eq!(proxy.wait_settled("k", 1).await[0].used, 1);
 }
 
+/// A reply sent whole, with its `Content-Length`, whose end is the marker:
+/// the marker is cut and the reply re-framed, so the client gets exactly
+/// the rest (a stale length would cut the connection short), and counted.
+#[tokio::test]
+async fn a_marker_in_a_reply_with_a_length_is_cut_and_reframed() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        identity_view(&request).unwrap_or_else(|| {
+            Reply::ok()
+                .header("content-type", "text/plain; charset=utf-8")
+                .body("Here is your reply.[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
+        })
+    })
+    .await;
+    let proxy = Proxy::memory(&preset(), &upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let answer = send(&client, "1", "whole", "true").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "Here is your reply.");
+    assert_eq!(proxy.wait_settled("whole", 1).await[0].used, 1);
+}
+
+/// With the report header turned off (`report_header = ""`), the in-band
+/// marker alone reports: still read and counted.
+#[tokio::test]
+async fn the_marker_alone_reports_when_the_header_is_off() {
+    let app = app(Duration::ZERO).await;
+    let config = preset().replace("[usage]\n", "[usage]\nreport_header = \"\"\n");
+    assert!(config.contains("report_header = \"\""));
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let answer = send(&client, "1", "marker", "true").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.text().contains("IMAGES_SAVED"), "{}", answer.text());
+    assert_eq!(proxy.wait_settled("marker", 1).await[0].used, 1);
+}
+
 #[tokio::test]
 async fn settles_when_the_client_leaves_mid_stream() {
     let app = app(Duration::from_millis(150)).await;
