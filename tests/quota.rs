@@ -529,3 +529,253 @@ async fn two_replicas_on_one_redis_let_exactly_the_limit_through() {
     assert_eq!((usage[0].used, usage[0].reserved), (5, 0));
     assert_eq!(b.usage("shared").await[0].used, 5);
 }
+
+/// `CONFIG` with identities from Django's identity view
+/// (`/api/quota/identity/` on the upstream) and `on_identity_error = policy`.
+fn forward_auth_config(policy: &str) -> String {
+    CONFIG.replace(
+        "[identity]\n",
+        &format!("[identity]\nkind = \"forward_auth\"\non_identity_error = \"{policy}\"\n"),
+    )
+}
+
+/// An upstream whose identity view fails (500) and whose other views save
+/// an image for every request and say so.
+async fn identity_failing_upstream() -> TestUpstream {
+    TestUpstream::start(|request: RecordedRequest| async move {
+        if request.uri.path() == "/api/quota/identity/" {
+            Reply::status(500).body("identity view broken")
+        } else {
+            Reply::ok().header("x-images-saved", "1").body("generated")
+        }
+    })
+    .await
+}
+
+/// A flagged message from a logged-in user (a session cookie).
+async fn cookie_generate(proxy: &Proxy) -> support::proxy::Answer {
+    TestClient::new(proxy.addr)
+        .send(
+            Method::POST,
+            SEND,
+            &[
+                ("cookie", "sessionid=abc"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"generate_image": true}"#,
+        )
+        .await
+}
+
+fn sends(upstream: &TestUpstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path() == SEND)
+        .count()
+}
+
+#[tokio::test]
+async fn identity_error_denied_is_503_and_never_forwarded() {
+    let upstream = identity_failing_upstream().await;
+    let config = forward_auth_config("deny");
+    let proxy = Proxy::start(
+        &config,
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let answer = cookie_generate(&proxy).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert!(answer.headers.contains_key("retry-after"));
+    assert!(answer.json()["error"].is_string());
+    assert_eq!(upstream.count(), 1, "only the identity view was asked");
+    assert_eq!(sends(&upstream), 0);
+    assert_eq!(proxy.store.calls(), 0);
+}
+
+#[tokio::test]
+async fn identity_error_allowed_is_forwarded_uncounted() {
+    let upstream = identity_failing_upstream().await;
+    let config = forward_auth_config("allow");
+    let proxy = Proxy::start(
+        &config,
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    for _ in 0..4 {
+        let answer = cookie_generate(&proxy).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.text(), "generated");
+    }
+    assert_eq!(sends(&upstream), 4, "forwarded past the daily 3");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header("x-user-id"), None, "no identity is made up");
+    // No reserve, and the saved image is not counted against anyone.
+    assert_eq!(proxy.store.calls(), 0);
+}
+
+/// A request on a route that is not inspected streams its body: the
+/// upstream sees the first bytes while the client still holds the last.
+/// A proxy that read the body first would never forward the first part.
+#[tokio::test]
+async fn a_passthrough_body_is_streamed_not_read() {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::convert::Infallible;
+    use tokio::sync::{mpsc, oneshot};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let authority = listener
+        .local_addr()
+        .expect("addr")
+        .to_string()
+        .parse()
+        .expect("authority");
+    let (first_tx, first_rx) = oneshot::channel::<Bytes>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("the proxy connects");
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let first_tx = first_tx.lock().expect("lock").take();
+                async move {
+                    let mut body = request.into_body();
+                    let mut total = 0;
+                    let mut first_tx = first_tx;
+                    while let Some(frame) = body.frame().await {
+                        if let Ok(data) = frame?.into_data() {
+                            total += data.len();
+                            if let Some(tx) = first_tx.take() {
+                                let _ = tx.send(data);
+                            }
+                        }
+                    }
+                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from(total.to_string()),
+                    )))
+                }
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let proxy = Proxy::start(CONFIG, &authority, &StoreChoice::Memory, at(NOW)).await;
+
+    let (chunks, mut rx) = mpsc::channel::<Bytes>(1);
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok::<_, Infallible>(Frame::data(c))))
+    });
+    let request = http::Request::post(format!("http://{}/uploads/", proxy.addr))
+        .header("x-user-id", "streamer")
+        .header("content-type", "application/json")
+        .body(StreamBody::new(body))
+        .expect("request");
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let answer = tokio::spawn(async move {
+        let response = client.request(request).await.expect("proxy answers");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    });
+    chunks
+        .send(Bytes::from_static(
+            b"{\"generate_image\": true, \"message\": \"",
+        ))
+        .await
+        .expect("send the first part");
+    let first = tokio::time::timeout(Duration::from_secs(10), first_rx)
+        .await
+        .expect("the upstream saw the first bytes before the client sent the last")
+        .expect("first bytes");
+    assert!(first.starts_with(b"{\"generate_image\""));
+    chunks
+        .send(Bytes::from_static(b"the rest\"}"))
+        .await
+        .expect("send the rest");
+    drop(chunks);
+    let total = answer.await.expect("client task");
+    assert_eq!(&total[..], b"47", "the whole body arrived");
+    assert_eq!(proxy.store.calls(), 0, "no store call on a passthrough");
+}
+
+/// The client gets its whole answer while the settle still waits on a
+/// Redis that does not answer (SIGSTOP); the settle lands once Redis goes
+/// on. A proxy that settled before answering would hold the client until
+/// the store answered (`command_timeout` is 30 s here).
+#[tokio::test]
+async fn the_client_is_not_delayed_by_a_slow_settle() {
+    let server = RedisServer::start();
+    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let upstream = {
+        let (arrived, go) = (arrived.clone(), go.clone());
+        TestUpstream::start(move |_| {
+            let (arrived, go) = (arrived.clone(), go.clone());
+            async move {
+                arrived.notify_one();
+                go.notified().await;
+                Reply::ok().header("x-images-saved", "1").body("generated")
+            }
+        })
+        .await
+    };
+    let config = CONFIG.replace("command_timeout = \"500ms\"", "command_timeout = \"30s\"");
+    let store = StoreChoice::Redis(server.url());
+    let proxy = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let answer = tokio::spawn(async move { client.generate(SEND, "patient", "free").await });
+    // Reserved (Redis answered), and the request is at the upstream.
+    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
+        .await
+        .expect("the request reached the upstream");
+    server.pause();
+    go.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer).await;
+    // Redis may go on whatever happened.
+    server.resume();
+    let answer = answer
+        .expect("the client got its answer while Redis was paused")
+        .expect("client task");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "generated");
+    let usage = proxy.wait_settled("patient", 1).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
+}
+
+/// A JSON report in a body typed with a `+json` suffix
+/// (`application/vnd.api+json`, as some renderers answer) is read like
+/// `application/json`.
+#[tokio::test]
+async fn a_json_report_in_a_plus_json_body_is_counted() {
+    let upstream = TestUpstream::always(
+        Reply::ok()
+            .header("content-type", "application/vnd.api+json; charset=utf-8")
+            .body(r#"{"images_saved": 1}"#),
+    )
+    .await;
+    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
+    let answer = TestClient::new(proxy.addr)
+        .generate(API, "suffix", "free")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), r#"{"images_saved": 1}"#, "body intact");
+    let usage = proxy.wait_settled("suffix", 1).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
+}

@@ -480,21 +480,53 @@ async fn churn(store: &ResilientStore, user: &str, rounds: usize) -> (u64, u64) 
     (issued, refused)
 }
 
+/// Waits until the replica has every write the master took (`WAIT`), so a
+/// failover from here on loses none of them.
+fn wait_replicated(set_up: &RedisSentinel) {
+    let acked = set_up.master().cli(&["WAIT", "1", "5000"]);
+    assert_eq!(acked, "1", "the replica acknowledged the master's writes");
+}
+
+/// A forced failover while settles go on. Two users keep the two
+/// expectations apart:
+///
+/// - `alice` settles only while nothing moves: before the failover (and
+///   the replica has them all, `WAIT`), and after it, once the old master
+///   is demoted. The design promises exactly-once for these: **equality**.
+/// - `bob` settles all through the switch. `SENTINEL FAILOVER` does not
+///   pause writers, and Redis replicates asynchronously: a settle the old
+///   master acknowledged after the replica's promotion, before Sentinel
+///   demotes it, is lost when it resyncs from the new master. The store
+///   cannot see that loss (Redis said OK), so the bound is one-sided:
+///   **never counted twice** (`counted <= issued`), and at most the
+///   settles issued during the switch are lost (printed, to watch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_the_store_follows_the_new_master() {
     let set_up = Arc::new(RedisSentinel::start());
-    let store = resilient(sentinel_topology(&set_up), OutagePolicy::Fail).await;
+    let store = Arc::new(resilient(sentinel_topology(&set_up), OutagePolicy::Fail).await);
     let (before, _) = churn(&store, "alice", 20).await;
     assert_eq!(before, 20);
+    wait_replicated(&set_up);
     let old = set_up.master_port();
+    let during = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { churn(&store, "bob", 30).await })
+    };
     let failing_over = {
         let set_up = Arc::clone(&set_up);
-        tokio::task::spawn_blocking(move || set_up.failover())
+        tokio::task::spawn_blocking(move || {
+            set_up.failover();
+            // Sentinel demotes the old master a moment after the promotion.
+            wait_for(
+                "the old master is a replica",
+                Duration::from_secs(20),
+                || support::redis::cli(old, &["ROLE"]).starts_with("slave"),
+            );
+        })
     };
-    // Requests go on while Sentinel switches masters.
-    let (during, _) = churn(&store, "alice", 30).await;
     failing_over.await.expect("failover");
     assert_ne!(set_up.master_port(), old);
+    let (during, _) = during.await.expect("bob's churn");
     // After the switch every request is served by the new master.
     let mut after = 0;
     for _ in 0..100 {
@@ -505,13 +537,17 @@ async fn sentinel_failover_the_store_follows_the_new_master() {
     }
     assert_eq!(after, 20, "the store follows the new master");
     assert_eq!(store.flush(flush_deadline()).await, 0);
-    let counted = used(&store, "alice").await;
-    let issued = before + during + after;
-    // Writes the old master took between the promotion and its demotion
-    // are lost by Redis's asynchronous replication: never more than issued.
+    assert_eq!(store.dropped_settles(), 0);
+    assert_eq!(
+        used(&*store, "alice").await,
+        before + after,
+        "settles made while no failover runs land exactly once"
+    );
+    let bob = used(&*store, "bob").await;
+    println!("bob: {during} settles issued during the failover, {bob} counted");
     assert!(
-        counted <= issued && counted + 5 >= issued,
-        "counted {counted}, issued {issued}"
+        bob <= during,
+        "never counted twice: counted {bob}, issued {during}"
     );
 }
 
@@ -555,7 +591,18 @@ async fn sentinel_master_killed_mid_run_settles_land_once_on_the_new_master() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(counted, Some(issued), "every settle counted once");
+    // Settles that failed with the master are queued and land once on the
+    // new master: never more than issued. One may be lost: Redis
+    // replicates asynchronously, so the settle the master acknowledged in
+    // the event-loop turn it was killed in may not have reached the
+    // replica. Only one can be, as `churn` has one call in flight at a
+    // time.
+    let counted = counted.expect("the new master answers");
+    assert!(
+        counted <= issued && counted + 1 >= issued,
+        "counted {counted}, issued {issued}: at most the last acknowledged settle is lost"
+    );
+    assert_eq!(store.dropped_settles(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,8 @@ const GENERIC: &str =
     "شما به حد مجاز تولید تصویر رسیده‌اید. برای تولید تصویرهای بیشتر، اشتراک خود را ارتقاء دهید.";
 /// The chatbot of session 5 is of type `image_editing`.
 const IMAGE_EDITING_SESSION: &str = "5";
+/// The app's access view fails (500) for session 9.
+const BROKEN_PROBE_SESSION: &str = "9";
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -52,7 +54,9 @@ fn app_flag(request: &RecordedRequest) -> bool {
         None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
         Some(serde_json::Value::String(s)) => !s.is_empty(),
         Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(_) => true,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(serde_json::Value::Bool(true)) => true,
     }
 }
 
@@ -94,6 +98,9 @@ async fn app(chunk_delay: Duration) -> App {
             let session = path.split('/').nth(3).unwrap_or("").to_owned();
             if path.ends_with("/image-generation-access/") {
                 probes.fetch_add(1, Ordering::SeqCst);
+                if session == BROKEN_PROBE_SESSION {
+                    return Reply::status(500).body("access view broken");
+                }
                 let access = session == IMAGE_EDITING_SESSION;
                 return Reply::ok().json(serde_json::json!({ "has_access": access }));
             }
@@ -264,33 +271,127 @@ async fn preset_enforces_three_a_day_against_the_app() {
     assert_eq!(answer.headers["location"], "/accounts/login/");
 }
 
+/// How many chat messages (not probes, not identity calls) reached the app.
+fn messages(app: &App) -> usize {
+    app.upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path().ends_with("/send/"))
+        .count()
+}
+
+/// Sends `body` as JSON from `user` to the ordinary session 1.
+async fn send_json(client: &TestClient, user: &str, body: &str) -> support::proxy::Answer {
+    let cookie = format!("sessionid={user}");
+    let headers = [
+        ("cookie", cookie.as_str()),
+        ("content-type", "application/json"),
+    ];
+    client
+        .send(
+            Method::POST,
+            "/chat/session/1/send/",
+            &headers,
+            body.to_owned(),
+        )
+        .await
+}
+
+/// The preset's JSON rule is Python's truthiness (`if generate_image:`),
+/// judged on users already at their limit: a value Python finds true is
+/// denied on that very request and never reaches the app; a false one is
+/// forwarded though the user has nothing left, with no reservation.
 #[tokio::test]
-async fn json_bodies_follow_python_truthiness() {
+async fn json_bodies_follow_python_truthiness_at_the_limit() {
     let app = app(Duration::ZERO).await;
     let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     let cases = [
-        (r#"{"generate_image": "false"}"#, 1),
-        (r#"{"generate_image": "True"}"#, 1),
-        (r#"{"generate_image": 1}"#, 1),
-        (r#"{"generate_image": false}"#, 0),
-        (r#"{"generate_image": ""}"#, 0),
-        (r#"{"message": "no flag"}"#, 0),
+        // `"false"` is a non-empty string: true in Python (not in DRF).
+        (r#"{"generate_image": "false"}"#, true),
+        (r#"{"generate_image": "0"}"#, true),
+        (r#"{"generate_image": "True"}"#, true),
+        (r#"{"generate_image": true}"#, true),
+        (r#"{"generate_image": 1}"#, true),
+        (r#"{"generate_image": 2}"#, true),
+        (r#"{"generate_image": -0.5}"#, true),
+        (r#"{"generate_image": [0]}"#, true),
+        (r#"{"generate_image": {"a": 0}}"#, true),
+        (r#"{"generate_image": false, "generate_image": true}"#, true),
+        (r#"{"generate_image": false}"#, false),
+        (r#"{"generate_image": ""}"#, false),
+        (r#"{"generate_image": 0}"#, false),
+        (r#"{"generate_image": 0.0}"#, false),
+        (r#"{"generate_image": null}"#, false),
+        (r#"{"generate_image": []}"#, false),
+        (r#"{"generate_image": {}}"#, false),
+        (
+            r#"{"generate_image": true, "generate_image": false}"#,
+            false,
+        ),
+        (r#"{"message": "no flag"}"#, false),
     ];
-    for (i, (body, counted)) in cases.into_iter().enumerate() {
+    for (i, (body, truthy)) in cases.into_iter().enumerate() {
         let user = format!("json{i}");
-        let cookie = format!("sessionid={user}");
-        let headers = [
-            ("cookie", cookie.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let answer = client
-            .send(Method::POST, "/chat/session/1/send/", &headers, body)
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{body}");
-        let usage = proxy.wait_settled(&user, counted).await;
-        assert_eq!(usage[0].used, counted, "{body}");
+        proxy.fill(&user, 3).await;
+        let (sent, calls) = (messages(&app), proxy.store.calls());
+        let answer = send_json(&client, &user, body).await;
+        if truthy {
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{body}: denied");
+            assert_eq!(messages(&app), sent, "{body}: not forwarded");
+        } else {
+            assert_eq!(answer.status, StatusCode::OK, "{body}: forwarded");
+            assert_eq!(messages(&app), sent + 1, "{body}: forwarded");
+            assert_eq!(proxy.store.calls(), calls, "{body}: no reservation");
+        }
+        assert_eq!(proxy.wait_settled(&user, 3).await[0].used, 3, "{body}");
     }
+}
+
+/// A user already at the limit opens an image-editing session: the very
+/// first message, unflagged, is denied because the probe says the session
+/// always generates; the same user's unflagged message to an ordinary
+/// session goes through. (Without the probe's answer, the first message
+/// would be forwarded and only counted afterwards, from its report.)
+#[tokio::test]
+async fn first_image_editing_message_of_a_user_at_the_limit_is_denied() {
+    let app = app(Duration::ZERO).await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    proxy.fill("ivy", 3).await;
+
+    let denied = send(&client, IMAGE_EDITING_SESSION, "ivy", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(app.probes.load(Ordering::SeqCst), 1, "the probe was asked");
+    assert_eq!(messages(&app), 0, "the message never reached the app");
+    assert_eq!(app.images.load(Ordering::SeqCst), 0);
+
+    let ordinary = send(&client, "1", "ivy", "false").await;
+    assert_eq!(ordinary.status, StatusCode::OK, "{}", ordinary.text());
+    assert_eq!(app.images.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.wait_settled("ivy", 3).await[0].used, 3);
+}
+
+/// A probe that cannot answer (500) counts as "this session generates":
+/// a user at the limit is denied, unflagged message and all, and a user
+/// with room is reserved, forwarded, and released when nothing is saved.
+#[tokio::test]
+async fn a_failing_probe_counts_as_forced_at_the_limit() {
+    let app = app(Duration::ZERO).await;
+    let proxy = Proxy::memory(&preset(), &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    proxy.fill("pat", 3).await;
+    let denied = send(&client, BROKEN_PROBE_SESSION, "pat", "false").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(messages(&app), 0, "denied before the app");
+
+    let calls = proxy.store.calls();
+    let answer = send(&client, BROKEN_PROBE_SESSION, "sam", "false").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(messages(&app), 1);
+    let usage = proxy.wait_settled("sam", 0).await;
+    assert_eq!((usage[0].used, usage[0].reserved), (0, 0));
+    assert_eq!(proxy.store.calls(), calls + 2, "one reserve, one release");
 }
 
 #[tokio::test]
@@ -332,6 +433,42 @@ async fn marker_kept_when_not_stripped() {
             .contains("[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
     );
     assert_eq!(proxy.wait_settled("k", 1).await[0].used, 1);
+}
+
+/// A reply sent whole, with its `Content-Length`, whose end is the marker:
+/// the marker is cut and the reply re-framed, so the client gets exactly
+/// the rest (a stale length would cut the connection short), and counted.
+#[tokio::test]
+async fn a_marker_in_a_reply_with_a_length_is_cut_and_reframed() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        identity_view(&request).unwrap_or_else(|| {
+            Reply::ok()
+                .header("content-type", "text/plain; charset=utf-8")
+                .body("Here is your reply.[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
+        })
+    })
+    .await;
+    let proxy = Proxy::memory(&preset(), &upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let answer = send(&client, "1", "whole", "true").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "Here is your reply.");
+    assert_eq!(proxy.wait_settled("whole", 1).await[0].used, 1);
+}
+
+/// With the report header turned off (`report_header = ""`), the in-band
+/// marker alone reports: still read and counted.
+#[tokio::test]
+async fn the_marker_alone_reports_when_the_header_is_off() {
+    let app = app(Duration::ZERO).await;
+    let config = preset().replace("[usage]\n", "[usage]\nreport_header = \"\"\n");
+    assert!(config.contains("report_header = \"\""));
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    let answer = send(&client, "1", "marker", "true").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(!answer.text().contains("IMAGES_SAVED"), "{}", answer.text());
+    assert_eq!(proxy.wait_settled("marker", 1).await[0].used, 1);
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::proxy::{Answer, Proxy, StoreChoice};
-use support::upstream::{Reply, TestUpstream};
+use support::upstream::{RecordedRequest, Reply, TestUpstream};
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
 
@@ -362,6 +362,28 @@ where
     }
 }
 
+/// The upload's `generate_image` as Django's `request.POST` would read it:
+/// the last plain field of that name (a later field overrides an earlier
+/// one, whatever lies between).
+fn last_flag(body: &[u8]) -> Option<&[u8]> {
+    let head = b"form-data; name=\"generate_image\"\r\n\r\n";
+    let at = memchr::memmem::rfind(body, head)? + head.len();
+    let value = &body[at..];
+    let end = memchr::memmem::find(value, b"\r\n--")?;
+    Some(&value[..end])
+}
+
+/// An upstream like the chat view: it saves an image, and says so in
+/// `X-Images-Saved`, only when the upload's own last flag field is `true`
+/// (the app's `== 'true'`), never because the proxy counted it.
+async fn flag_reading_upstream() -> TestUpstream {
+    TestUpstream::start(|request: RecordedRequest| async move {
+        let saved = last_flag(&request.body) == Some(b"true");
+        Reply::ok().header("x-images-saved", if saved { "1" } else { "0" })
+    })
+    .await
+}
+
 /// The request the upstream saw was exactly `upload`, framed by length.
 fn assert_forwarded(upstream: &TestUpstream, upload: &Upload) {
     let seen = upstream.last_request();
@@ -378,7 +400,7 @@ fn assert_forwarded(upstream: &TestUpstream, upload: &Upload) {
 async fn flagged_upload_is_forwarded_exactly_and_counted() {
     let _shared = EXCLUSIVE.read().await;
     let (_dir, spool) = spool_dir();
-    let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
+    let upstream = flag_reading_upstream().await;
     let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let upload = Upload::chat("true");
 
@@ -395,7 +417,7 @@ async fn flagged_upload_is_forwarded_exactly_and_counted() {
 async fn unflagged_upload_is_forwarded_exactly_and_not_counted() {
     let _shared = EXCLUSIVE.read().await;
     let (_dir, spool) = spool_dir();
-    let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "0")).await;
+    let upstream = flag_reading_upstream().await;
     let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let upload = Upload::chat("false");
 
@@ -428,7 +450,7 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
         ])
     };
 
-    let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "0")).await;
+    let upstream = flag_reading_upstream().await;
     let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let true_then_false = upload("true", "false");
     let answer = send(proxy.addr, "carol", &true_then_false, None).await;
@@ -436,8 +458,6 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
     assert_forwarded(&upstream, &true_then_false);
     assert_eq!(proxy.store.calls(), 0, "the last field says false");
 
-    let upstream = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
-    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     let false_then_true = upload("false", "true");
     let answer = send(proxy.addr, "carol", &false_then_true, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -447,6 +467,50 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
         1,
         "the last field says true"
     );
+    wait_open_in(&spool, 0).await;
+}
+
+/// A user already at the limit sends an upload whose flag field says
+/// `false` first and `true` last, after 6 MB of files (so the body is
+/// spooled to a file before the verdict): denied on that very request, never
+/// forwarded, and the spool file is gone. The same upload with the fields
+/// the other way round is forwarded without a store call.
+#[tokio::test]
+async fn a_late_flag_after_a_spooled_file_is_denied_at_the_limit() {
+    let _shared = EXCLUSIVE.read().await;
+    let (_dir, spool) = spool_dir();
+    let file = |seed| Part::File {
+        len: 3_000_000,
+        seed,
+    };
+    let upload = |first, last| {
+        Upload(vec![
+            Part::Field("message", "a cat"),
+            Part::Field("generate_image", first),
+            file(7),
+            file(8),
+            Part::Field("generate_image", last),
+        ])
+    };
+    let upstream = flag_reading_upstream().await;
+    let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
+    proxy.fill("full", 3).await;
+    let calls = proxy.store.calls();
+
+    // The client waits mid-upload until the proxy spools to a file.
+    let late_true = upload("false", "true");
+    let denied = send(proxy.addr, "full", &late_true, Some(spool.clone())).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    assert_eq!(upstream.count(), 0, "denied before the upstream");
+    assert_eq!(proxy.store.calls(), calls + 1, "one reserve, refused");
+    wait_open_in(&spool, 0).await;
+
+    let late_false = upload("true", "false");
+    let answer = send(proxy.addr, "full", &late_false, None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_forwarded(&upstream, &late_false);
+    assert_eq!(proxy.store.calls(), calls + 1, "no store call");
+    assert_eq!(proxy.wait_settled("full", 3).await[0].used, 3);
     wait_open_in(&spool, 0).await;
 }
 
@@ -477,7 +541,10 @@ async fn upload_over_max_body_bytes_is_refused_and_its_file_removed() {
 }
 
 /// An upstream that hashes each request body as it streams in and answers
-/// with its digest (`len hash`), holding no more than a frame.
+/// with its digest (`len hash`), holding no more than a frame. It reports
+/// one saved image whatever it got: the memory tests that use it send only
+/// flagged bodies, and measure memory, not the flag decision (the tests
+/// above do that, with [`flag_reading_upstream`]).
 async fn hashing_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

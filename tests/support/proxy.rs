@@ -25,6 +25,9 @@ use quota_proxy::store::{
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+/// How long [`Proxy::wait_settled`] waits before failing the test.
+pub const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running proxy.
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -129,19 +132,40 @@ impl Proxy {
             .expect("usage")
     }
 
-    /// Waits (bounded) until `user`'s daily usage is `used` with nothing
-    /// reserved; settlement can finish just after the client got its answer.
+    /// Waits until `user`'s daily usage is `used` with nothing reserved
+    /// (settlement can finish just after the client got its answer); fails
+    /// the test after [`SETTLE_WITHIN`] with what the store still holds.
     pub async fn wait_settled(&self, user: &str, used: u64) -> [PeriodUsage; 3] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + SETTLE_WITHIN;
         loop {
             let usage = self.usage(user).await;
-            if (usage[0].used == used && usage[0].reserved == 0)
-                || std::time::Instant::now() > deadline
-            {
+            if usage[0].used == used && usage[0].reserved == 0 {
                 return usage;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{user}: waited {SETTLE_WITHIN:?} for {used} used and 0 reserved today, \
+                 the store still holds {} used and {} reserved",
+                usage[0].used,
+                usage[0].reserved
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Puts `user` at `used` images today (and this week and month), as if
+    /// earlier requests had used them: the next flagged request of a user
+    /// at the limit must be denied on that very request.
+    pub async fn fill(&self, user: &str, used: u64) {
+        let now = quota_proxy::clock::Clock::now(&self.clock);
+        let windows = self.calendar().windows(now);
+        for window in windows.iter() {
+            self.store
+                .adjust(user, window, i64::try_from(used).expect("small count"), now)
+                .await
+                .expect("adjust usage");
+        }
+        assert_eq!(self.usage(user).await[0].used, used, "{user} filled");
     }
 
     /// Stops the proxy and waits for it.

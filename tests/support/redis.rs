@@ -215,13 +215,23 @@ impl Drop for RedisServer {
 
 /// Runs `redis-cli -p port args…` (a 5 s bound on every step) and returns
 /// its output, trimmed.
+///
+/// Panics when `redis-cli` is missing: an empty answer must not pass for
+/// Redis's.
 pub fn cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("timeout")
         .args(["5", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("redis-cli runs");
+        .expect("`timeout` (coreutils) runs");
+    // `timeout` exits 127 when it cannot run the command.
+    assert_ne!(
+        output.status.code(),
+        Some(127),
+        "cannot run `redis-cli`; the Redis tests need it on PATH: install it with \
+         `apt-get install redis-tools` (or redis-server)"
+    );
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
