@@ -8,9 +8,9 @@
 //!
 //! Months follow the configured [`CalendarSystem`]: the Gregorian month
 //! (`m2026-12`) or the Persian, Solar Hijri, month (`p1405-09`, Azar 1405;
-//! see [`persian`]). Each has its own tag, so a Persian and a Gregorian month
-//! never share a counter, even in one store. Days and weeks are the same in
-//! both.
+//! computed by ICU4X in `periods/persian.rs`). Each has its own tag, so a
+//! Persian and a Gregorian month never share a counter, even in one store.
+//! Days and weeks are the same in both.
 
 use std::cell::Cell;
 use std::fmt;
