@@ -7,21 +7,34 @@ use std::hint::black_box;
 
 use chrono::{DateTime, Utc, Weekday};
 use criterion::{Criterion, criterion_group, criterion_main};
-use quota_proxy::periods::{Calendar, Period};
+use quota_proxy::periods::{Calendar, CalendarSystem, Period};
 
 fn bench_windows(c: &mut Criterion) {
     let now: DateTime<Utc> = "2031-05-14T10:00:00Z".parse().expect("an instant");
     let mut group = c.benchmark_group("periods");
-    for (name, tz, week_start) in [
-        ("tehran-monday", chrono_tz::Asia::Tehran, Weekday::Mon),
-        ("utc-saturday", chrono_tz::UTC, Weekday::Sat),
+    let (gregorian, persian) = (CalendarSystem::Gregorian, CalendarSystem::Persian);
+    for (name, tz, week_start, months) in [
+        (
+            "tehran-monday",
+            chrono_tz::Asia::Tehran,
+            Weekday::Mon,
+            gregorian,
+        ),
+        (
+            "tehran-saturday-persian",
+            chrono_tz::Asia::Tehran,
+            Weekday::Sat,
+            persian,
+        ),
+        ("utc-saturday", chrono_tz::UTC, Weekday::Sat, gregorian),
         (
             "new-york-sunday",
             chrono_tz::America::New_York,
             Weekday::Sun,
+            gregorian,
         ),
     ] {
-        let calendar = Calendar::new(tz, week_start);
+        let calendar = Calendar::new(tz, week_start).with_months(months);
         group.bench_function(format!("computed/{name}"), |b| {
             b.iter(|| Period::ALL.map(|p| calendar.window(p, black_box(now))));
         });

@@ -5,6 +5,12 @@
 //! every counter's key, so nothing is ever reset: a new day simply counts in a
 //! new key, and November of another year is another month. This is what the
 //! Django app got wrong by comparing only the month number.
+//!
+//! Months follow the configured [`CalendarSystem`]: the Gregorian month
+//! (`m2026-12`) or the Persian, Solar Hijri, month (`p1405-09`, Azar 1405;
+//! computed by ICU4X in `periods/persian.rs`). Each has its own tag, so a
+//! Persian and a Gregorian month never share a counter, even in one store.
+//! Days and weeks are the same in both.
 
 use std::cell::Cell;
 use std::fmt;
@@ -13,6 +19,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, Days, LocalResult, Months, NaiveDate, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
+
+mod persian;
 
 /// One of the three limited periods, in the order denials are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,55 +54,105 @@ impl fmt::Display for Period {
     }
 }
 
+/// Which calendar months are cut in (`periods.calendar`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalendarSystem {
+    /// Gregorian months, January to December: labels `m2026-12`.
+    #[default]
+    Gregorian,
+    /// Persian (Solar Hijri) months, Farvardin to Esfand, as in Iran:
+    /// labels `p1405-09` (Azar 1405).
+    Persian,
+}
+
+impl CalendarSystem {
+    /// The lowercase name used in config and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalendarSystem::Gregorian => "gregorian",
+            CalendarSystem::Persian => "persian",
+        }
+    }
+}
+
 /// The name of one concrete period in store keys: `d2026-11-28` (a day),
-/// `w2026-11-23` (a week, by the local date it starts), `m2026-11` (a month).
-/// Stable across releases: counters in Redis are found by it. A plain value
-/// (no allocation); [`fmt::Display`] renders it.
+/// `w2026-11-23` (a week, by the local date it starts), `m2026-11` (a
+/// Gregorian month) or `p1405-09` (a Persian month: year and month in the
+/// Persian calendar). Stable across releases: counters in Redis are found by
+/// it. A plain value (no allocation); [`fmt::Display`] renders it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeriodLabel {
-    period: Period,
-    /// The local date the period starts.
-    first: NaiveDate,
+    /// `d`, `w`, `m` or `p`: the period, and for a month its calendar.
+    tag: u8,
+    /// Year, month and day of the period's first day in the tag's calendar
+    /// (the day is not written for months).
+    year: i32,
+    month: u32,
+    day: u32,
 }
 
 impl PeriodLabel {
-    /// The label's text, on the stack. Store keys are built from it on
-    /// every call, where `write!` with padding cost about 1,000
-    /// instructions per key (callgrind).
-    pub fn text(&self) -> LabelText {
-        let (year, month, day) = (self.first.year(), self.first.month(), self.first.day());
-        let mut text = LabelText {
-            bytes: [0; LABEL_MAX],
-            len: 0,
-        };
-        let tag = match self.period {
+    /// The label of a day, week or Gregorian month starting on `first`.
+    fn gregorian(period: Period, first: NaiveDate) -> Self {
+        let tag = match period {
             Period::Daily => b'd',
             Period::Weekly => b'w',
             Period::Monthly => b'm',
         };
-        let year = match u32::try_from(year) {
+        Self {
+            tag,
+            year: first.year(),
+            month: first.month(),
+            day: first.day(),
+        }
+    }
+
+    /// The label of Persian month `month` of `year`.
+    fn persian_month(year: i32, month: u8) -> Self {
+        Self {
+            tag: b'p',
+            year,
+            month: u32::from(month),
+            day: 1,
+        }
+    }
+
+    /// The label's text, on the stack. Store keys are built from it on
+    /// every call, where `write!` with padding cost about 1,000
+    /// instructions per key (callgrind).
+    pub fn text(&self) -> LabelText {
+        let mut text = LabelText {
+            bytes: [0; LABEL_MAX],
+            len: 0,
+        };
+        let year = match u32::try_from(self.year) {
             Ok(year) if year <= 9_999 => year,
             _ => return self.text_slowly(text),
         };
-        text.push(&[tag]);
+        text.push(&[self.tag]);
         text.push_digits(year, 4);
         text.push(b"-");
-        text.push_digits(month, 2);
-        if self.period != Period::Monthly {
+        text.push_digits(self.month, 2);
+        if !self.is_month() {
             text.push(b"-");
-            text.push_digits(day, 2);
+            text.push_digits(self.day, 2);
         }
         text
     }
 
+    fn is_month(&self) -> bool {
+        matches!(self.tag, b'm' | b'p')
+    }
+
     /// The same text through `fmt`, for years without four digits.
     fn text_slowly(&self, mut text: LabelText) -> LabelText {
-        let (year, month, day) = (self.first.year(), self.first.month(), self.first.day());
+        let (tag, year, month, day) = (char::from(self.tag), self.year, self.month, self.day);
         // At most 14 bytes (`d-262143-12-31`): it fits.
-        let _ = match self.period {
-            Period::Daily => write!(text, "d{year:04}-{month:02}-{day:02}"),
-            Period::Weekly => write!(text, "w{year:04}-{month:02}-{day:02}"),
-            Period::Monthly => write!(text, "m{year:04}-{month:02}"),
+        let _ = if self.is_month() {
+            write!(text, "{tag}{year:04}-{month:02}")
+        } else {
+            write!(text, "{tag}{year:04}-{month:02}-{day:02}")
         };
         text
     }
@@ -161,7 +219,8 @@ pub struct PeriodWindow {
     /// The first instant of the next period.
     pub end: DateTime<Utc>,
     /// A stable label, unique per period kind: `d2026-11-28`, `w2026-11-23`
-    /// (the local date the week starts), `m2026-11`.
+    /// (the local date the week starts), `m2026-11` or `p1405-09` (a
+    /// Persian month).
     pub label: PeriodLabel,
 }
 
@@ -195,17 +254,34 @@ impl PeriodWindows {
     }
 }
 
-/// Computes period windows in one time zone with one first day of the week.
+/// Computes period windows in one time zone with one first day of the week
+/// and one calendar for months.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Calendar {
     tz: Tz,
     week_start: Weekday,
+    months: CalendarSystem,
 }
 
 impl Calendar {
-    /// A calendar in `tz` whose weeks start on `week_start`.
+    /// A calendar in `tz` whose weeks start on `week_start`, with Gregorian
+    /// months.
     pub fn new(tz: Tz, week_start: Weekday) -> Self {
-        Self { tz, week_start }
+        Self {
+            tz,
+            week_start,
+            months: CalendarSystem::Gregorian,
+        }
+    }
+
+    /// The same calendar with months cut in `months`.
+    pub fn with_months(self, months: CalendarSystem) -> Self {
+        Self { months, ..self }
+    }
+
+    /// The calendar months are cut in.
+    pub fn months(&self) -> CalendarSystem {
+        self.months
     }
 
     /// The time zone periods are computed in.
@@ -246,6 +322,18 @@ impl Calendar {
                 (first, first + Days::new(7))
             }
             Period::Monthly => {
+                if self.months == CalendarSystem::Persian
+                    && let Some(month) = persian::month_of(today)
+                {
+                    return PeriodWindow {
+                        period,
+                        start: self.local_midnight(month.first),
+                        end: self.local_midnight(month.next),
+                        label: PeriodLabel::persian_month(month.year, month.month),
+                    };
+                }
+                // Gregorian; also a Persian calendar's fallback outside the
+                // years -9999 to 9999, which no clock shows.
                 let first = today.with_day(1).unwrap_or(today);
                 (first, first + Months::new(1))
             }
@@ -254,7 +342,7 @@ impl Calendar {
             period,
             start: self.local_midnight(first),
             end: self.local_midnight(next),
-            label: PeriodLabel { period, first },
+            label: PeriodLabel::gregorian(period, first),
         }
     }
 
@@ -293,7 +381,7 @@ mod tests {
             (Period::Daily, first(-262_143, 1, 1), "d-262143-01-01"),
         ];
         for (period, first, text) in cases {
-            let label = PeriodLabel { period, first };
+            let label = PeriodLabel::gregorian(period, first);
             assert_eq!(label.text().as_str(), text);
             assert_eq!(label.to_string(), text);
         }
@@ -327,6 +415,7 @@ mod tests {
     fn remembered_windows_follow_the_instant_and_the_calendar() {
         let monday = tehran(true);
         let saturday = tehran(false);
+        let persian = saturday.with_months(CalendarSystem::Persian);
         let fresh = |cal: Calendar, now| PeriodWindows(Period::ALL.map(|p| cal.window(p, now)));
         // Same thread, so each call may reuse the one before it.
         for now in [
@@ -335,7 +424,7 @@ mod tests {
             "2026-11-28T20:29:59Z",
             "2026-11-30T20:30:00Z",
         ] {
-            for cal in [monday, saturday, monday] {
+            for cal in [monday, saturday, persian, saturday, monday] {
                 assert_eq!(cal.windows(utc(now)), fresh(cal, utc(now)), "{now}");
             }
         }
@@ -378,6 +467,112 @@ mod tests {
         // The same month number in another year is another period.
         let next_dec = cal.window(Period::Monthly, utc("2027-12-10T00:00:00Z"));
         assert_ne!(next_dec.label, dec.label);
+    }
+
+    fn persian() -> Calendar {
+        tehran(false).with_months(CalendarSystem::Persian)
+    }
+
+    /// (label, start, end) of the Persian month at `now`, in Tehran.
+    fn persian_month(now: &str) -> (String, DateTime<Utc>, DateTime<Utc>) {
+        let w = persian().window(Period::Monthly, utc(now));
+        (w.label.to_string(), w.start, w.end)
+    }
+
+    #[test]
+    fn persian_month_turns_at_tehran_midnight_of_nowruz() {
+        // Leap 1403: Esfand has 30 days; Nowruz 1404 is 2025-03-21, whose
+        // midnight in Tehran (+03:30) is 20:30 UTC the day before.
+        let esfand_1403 = (
+            "p1403-12".to_owned(),
+            utc("2025-02-18T20:30:00Z"),
+            utc("2025-03-20T20:30:00Z"),
+        );
+        assert_eq!(persian_month("2025-03-20T20:29:59Z"), esfand_1403);
+        let farvardin = persian_month("2025-03-20T20:30:00Z");
+        assert_eq!(farvardin.0, "p1404-01");
+        assert_eq!(
+            (farvardin.1, farvardin.2),
+            (esfand_1403.2, utc("2025-04-20T20:30:00Z"))
+        );
+        assert_eq!(esfand_1403.2 - esfand_1403.1, chrono::Duration::days(30));
+        // Common 1402: Esfand has 29 days; Nowruz 1403 is 2024-03-20.
+        let esfand_1402 = persian_month("2024-03-19T20:29:59Z");
+        assert_eq!(esfand_1402.0, "p1402-12");
+        assert_eq!(esfand_1402.2 - esfand_1402.1, chrono::Duration::days(29));
+        assert_eq!(esfand_1402.2, utc("2024-03-19T20:30:00Z"));
+        assert_eq!(persian_month("2024-03-19T20:30:00Z").0, "p1403-01");
+    }
+
+    #[test]
+    fn persian_dey_spans_the_gregorian_new_year() {
+        // Dey 1403 is 2024-12-21 to 2025-01-19: one month across 1 January.
+        let dey = persian_month("2024-12-31T20:29:59Z");
+        assert_eq!(dey, persian_month("2024-12-31T20:30:00Z"));
+        assert_eq!(dey.0, "p1403-10");
+        assert_eq!(
+            (dey.1, dey.2),
+            (utc("2024-12-20T20:30:00Z"), utc("2025-01-19T20:30:00Z"))
+        );
+        // The Gregorian calendar turns there instead.
+        let gregorian = tehran(false);
+        let jan = gregorian.window(Period::Monthly, utc("2024-12-31T20:30:00Z"));
+        assert_eq!(jan.label.to_string(), "m2025-01");
+    }
+
+    #[test]
+    fn persian_changes_only_the_month() {
+        let now = utc("2026-12-03T10:00:00Z");
+        let (p, g) = (persian().windows(now), tehran(false).windows(now));
+        assert_eq!(p.get(Period::Daily), g.get(Period::Daily));
+        assert_eq!(p.get(Period::Weekly), g.get(Period::Weekly));
+        assert_eq!(p.get(Period::Monthly).label.to_string(), "p1405-09");
+        assert_eq!(g.get(Period::Monthly).label.to_string(), "m2026-12");
+    }
+
+    #[test]
+    fn persian_and_gregorian_month_labels_never_collide() {
+        // Persian year 1405 is Gregorian 2026/27: the numbers overlap in
+        // other years (Gregorian 1405 exists), so only the tag keeps them
+        // apart.
+        let gregorian = PeriodLabel::gregorian(
+            Period::Monthly,
+            NaiveDate::from_ymd_opt(1405, 9, 1).expect("date"),
+        );
+        let persian = PeriodLabel::persian_month(1405, 9);
+        assert_eq!(gregorian.to_string(), "m1405-09");
+        assert_eq!(persian.to_string(), "p1405-09");
+        assert_ne!(gregorian, persian);
+    }
+
+    /// Every instant, hour by hour over eight years (and at each month's
+    /// edges), is in exactly one Persian month: windows are contiguous, each
+    /// starts at Tehran midnight of its day 1, and the remembered windows
+    /// agree.
+    #[test]
+    fn persian_months_tile_time() {
+        let cal = persian();
+        let mut now = utc("2020-01-01T00:00:00Z");
+        let mut current = cal.window(Period::Monthly, now);
+        let mut months = 0;
+        while now < utc("2028-01-01T00:00:00Z") {
+            let w = cal.window(Period::Monthly, now);
+            assert!(w.start <= now && now < w.end, "{now}: {w:?}");
+            assert_eq!(cal.windows(now).get(Period::Monthly), &w, "{now}");
+            if w != current {
+                assert_eq!(w.start, current.end, "contiguous at {now}");
+                let before = cal.window(Period::Monthly, w.start - chrono::Duration::seconds(1));
+                assert_eq!(before, current, "the instant before {now}");
+                let local = w.start.with_timezone(&cal.timezone());
+                assert_eq!(local.time(), chrono::NaiveTime::MIN, "{now}");
+                let day_one = persian::month_of(local.date_naive()).expect("month");
+                assert_eq!(day_one.first, local.date_naive(), "{now}");
+                current = w;
+                months += 1;
+            }
+            now += chrono::Duration::minutes(59);
+        }
+        assert_eq!(months, 8 * 12);
     }
 
     #[test]

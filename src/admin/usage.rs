@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Limits};
-use crate::periods::{Calendar, Period, PeriodWindows};
+use crate::periods::{Calendar, CalendarSystem, Period, PeriodWindows};
 use crate::store::{PeriodUsage, QuotaStore, StoreError};
 
 /// Longest user id accepted, in bytes.
@@ -91,6 +91,8 @@ pub struct UserUsage {
     pub plan: Option<String>,
     /// The time zone periods are cut in.
     pub timezone: String,
+    /// The calendar months are cut in: `gregorian` or `persian`.
+    pub calendar: CalendarSystem,
     /// Per period, in daily, weekly, monthly order.
     pub periods: Periods,
 }
@@ -109,6 +111,9 @@ pub struct Periods {
 /// Usage in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodReport {
+    /// The period's name, as in its store key: `d2026-12-03`, `w2026-11-28`,
+    /// `m2026-12` or, with the Persian calendar, `p1405-09` (Azar 1405).
+    pub label: String,
     /// Settled usage.
     pub used: u64,
     /// Units held by requests in flight.
@@ -135,7 +140,8 @@ pub struct UsageOps<'a> {
 impl<'a> UsageOps<'a> {
     /// Operations on `store` as `config` sees it.
     pub fn new(store: Arc<dyn QuotaStore>, config: &'a Config) -> Self {
-        let calendar = Calendar::new(config.periods.timezone.0, config.periods.week_start.0);
+        let calendar = Calendar::new(config.periods.timezone.0, config.periods.week_start.0)
+            .with_months(config.periods.calendar);
         Self {
             store,
             config,
@@ -239,6 +245,7 @@ impl<'a> UsageOps<'a> {
             let window = windows.get(period);
             let limit = Some(limits.of(period)).filter(|&l| l > 0);
             PeriodReport {
+                label: window.label.to_string(),
                 used,
                 reserved,
                 limit,
@@ -251,6 +258,7 @@ impl<'a> UsageOps<'a> {
             user: user.to_owned(),
             plan,
             timezone: tz.name().to_owned(),
+            calendar: self.calendar.months(),
             periods: Periods {
                 daily: period(Period::Daily),
                 weekly: period(Period::Weekly),
@@ -328,6 +336,44 @@ mod tests {
             (after.periods.daily.used, after.periods.weekly.used),
             (1, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn persian_calendar_names_the_persian_month() {
+        let config = Config::from_toml(
+            r#"
+            [periods]
+            timezone = "Asia/Tehran"
+            week_start = "saturday"
+            calendar = "persian"
+            [identity]
+            default_plan = "free"
+            [plans]
+            free = { daily = 3, weekly = 10, monthly = 30 }
+            "#,
+        )
+        .expect("config");
+        let ops = UsageOps::new(Arc::new(MemoryStore::new(10)), &config);
+        // 2026-12-03 13:30 in Tehran is 12 Azar 1405.
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 3, 10, 0, 0)
+            .single()
+            .expect("instant");
+        let shown = ops
+            .adjust("7", None, PeriodChoice::Monthly, 4, now)
+            .await
+            .expect("adjust");
+        assert_eq!(shown.calendar, CalendarSystem::Persian);
+        let month = &shown.periods.monthly;
+        assert_eq!(month.label, "p1405-09");
+        assert_eq!(month.start, "2026-11-22T00:00:00+03:30");
+        assert_eq!(month.end, "2026-12-22T00:00:00+03:30");
+        assert_eq!((month.used, month.remaining), (4, Some(26)));
+        assert_eq!(shown.periods.daily.label, "d2026-12-03");
+        assert_eq!(shown.periods.weekly.label, "w2026-11-28");
+        let json = serde_json::to_value(&shown).expect("json");
+        assert_eq!(json["calendar"], "persian");
+        assert_eq!(json["periods"]["monthly"]["label"], "p1405-09");
     }
 
     #[tokio::test]

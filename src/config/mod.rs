@@ -404,6 +404,10 @@ pub struct PeriodsConfig {
     pub timezone: TimeZone,
     /// First day of the week, e.g. `monday` or `saturday`.
     pub week_start: WeekStart,
+    /// Calendar months are cut in: `gregorian` (the default) or `persian`
+    /// (Solar Hijri months, Farvardin … Esfand). Days and weeks are the same
+    /// in both.
+    pub calendar: crate::periods::CalendarSystem,
 }
 
 impl Default for PeriodsConfig {
@@ -411,6 +415,7 @@ impl Default for PeriodsConfig {
         Self {
             timezone: TimeZone(chrono_tz::Asia::Tehran),
             week_start: WeekStart(chrono::Weekday::Mon),
+            calendar: crate::periods::CalendarSystem::Gregorian,
         }
     }
 }

@@ -210,7 +210,8 @@ impl QuotaLayerBuilder {
                 ),
                 on_identity_error: config.identity.on_identity_error,
                 store,
-                calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0),
+                calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0)
+                    .with_months(config.periods.calendar),
                 clock: self.clock,
                 reports: ReportReader::new(&config.usage),
                 messages: config.messages,

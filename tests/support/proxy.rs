@@ -121,6 +121,7 @@ impl Proxy {
             self.config.periods.timezone.0,
             self.config.periods.week_start.0,
         )
+        .with_months(self.config.periods.calendar)
     }
 
     /// The user's usage in the periods of the clock's current instant.
