@@ -147,7 +147,9 @@ pub async fn check_config(config: &Config, online: bool) -> Result<(), CheckErro
         .map_err(CheckError::Bind)?;
     drop(listeners);
     if config.store.kind == StoreKind::Redis {
-        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer).await?.store;
+        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer)
+            .await?
+            .store;
         tokio::time::timeout(ONLINE_PING_TIMEOUT, store.ping())
             .await
             .map_err(|_| CheckError::StoreTimeout(ONLINE_PING_TIMEOUT))??;
