@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::telemetry::LogFormat;
 pub use types::{
-    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
+    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
     IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
 };
 
