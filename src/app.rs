@@ -2,6 +2,11 @@
 //! forwarding service on the proxy listener, the admin API on its own
 //! listener, reloads, and the drain.
 //!
+//! Startup never waits for Redis ([`Opening::Eventually`]): with Redis down
+//! the proxy serves, flagged requests follow `store.on_store_error` until
+//! Redis answers, and the store is pinged every 5 s so its health
+//! (`/healthz`, `quota_proxy_store_up`) stays current.
+//!
 //! Shutdown ([`Control::Shutdown`], SIGTERM or SIGINT in the binary):
 //! 1. readiness turns 503 at once (the admin listener keeps answering);
 //! 2. the proxy listener closes: new connections are refused;
@@ -34,15 +39,18 @@ use crate::config::{Config, StoreConfig, StoreErrorPolicy, StoreKind};
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
-use crate::server::AcceptBalance;
+use crate::server::{AcceptBalance, PerIpLimit};
 use crate::store::{
     BreakerSettings, MemoryStore, OutagePolicy, QuotaStore, RedisOptions, RedisStore,
-    ResilientSettings, ResilientStore, StoreError, Topology,
+    ResilientSettings, ResilientStore, StoreError, StoreHealth, Topology,
 };
 
 /// Least time given to pending settlements after the drain, even when the
 /// grace is used up: a store call takes at most `store.command_timeout`.
 pub const SETTLE_FLUSH_MIN: Duration = Duration::from_secs(5);
+
+/// How often the store is pinged and the metrics' upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest wait for the serving threads to stop once everything they ran is
 /// done or given up.
@@ -139,12 +147,35 @@ impl OpenStore {
             None => 0,
         }
     }
+
+    /// The store's health, without calling it.
+    pub fn health(&self) -> StoreHealth {
+        match &self.resilient {
+            Some(resilient) => resilient.health(),
+            None => StoreHealth::memory(),
+        }
+    }
+}
+
+/// Whether [`open_store`] waits for Redis to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Redis must answer now, else the store is refused (a reload keeps
+    /// its running store; the usage subcommands need an answer).
+    MustAnswer,
+    /// Serve anyway: the store connects once Redis answers, and until then
+    /// `on_store_error` applies to flagged requests (what `serve` does, so
+    /// a pod whose Redis is restarting does not crash-loop).
+    Eventually,
 }
 
 /// Opens the store the config names. A Redis store comes wrapped in a
 /// [`ResilientStore`]: settles survive an outage, a breaker stops calls to a
 /// failing Redis, and `on_store_error = "local"` counts locally meanwhile.
-pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
+/// Fails on settings that cannot work (an unreadable `tls_ca_file`, a URL
+/// that does not parse), and under [`Opening::MustAnswer`] when Redis does
+/// not answer.
+pub async fn open_store(config: &Config, opening: Opening) -> Result<OpenStore, StoreError> {
     let store = &config.store;
     if store.kind == StoreKind::Memory {
         return Ok(OpenStore {
@@ -161,15 +192,24 @@ pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
         })?),
         None => None,
     };
-    let redis = RedisStore::open(&RedisOptions {
+    let redis = RedisStore::lazy(&RedisOptions {
         topology: topology(store),
         key_prefix: store.key_prefix.clone(),
         command_timeout: store.command_timeout,
         root_cert,
-    })
-    .await?
+    })?
     // The serving threads (`Workers`) each get a connection of their own.
     .per_thread_connections();
+    let unreachable = match (redis.prepare().await, opening) {
+        (Ok(()), _) => None,
+        (Err(e), Opening::MustAnswer) => return Err(e),
+        (Err(e), Opening::Eventually) => {
+            tracing::error!(error = %e, on_store_error = ?store.on_store_error,
+                "redis does not answer; serving anyway: flagged requests follow \
+                 store.on_store_error until it does");
+            Some(e)
+        }
+    };
     let resilient = Arc::new(ResilientStore::new(
         Arc::new(redis),
         ResilientSettings {
@@ -185,6 +225,9 @@ pub async fn open_store(config: &Config) -> Result<OpenStore, StoreError> {
             local_max_users: store.local_max_users,
         },
     ));
+    if let Some(e) = unreachable {
+        resilient.unreachable(&e);
+    }
     Ok(OpenStore {
         store: resilient.clone(),
         resilient: Some(resilient),
@@ -227,9 +270,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     balance: AcceptBalance,
 ) -> Result<(), AppError> {
+    let per_ip = config.max_connections_per_ip.map(PerIpLimit::new);
+    serve_limited(config, layer, listener, shutdown, balance, per_ip).await
+}
+
+/// [`serve`] with the per-address connection counts `per_ip`, shared with
+/// the other threads serving the same listener.
+pub async fn serve_limited(
+    config: &Config,
+    layer: QuotaLayer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    balance: AcceptBalance,
+    per_ip: Option<PerIpLimit>,
+) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
     let service = layer.layer(UpstreamMetrics::new(proxy));
-    crate::server::serve(listener, service, shutdown, config.shutdown_grace, balance).await?;
+    let grace = config.shutdown_grace;
+    crate::server::serve_limited(listener, service, shutdown, grace, balance, per_ip).await?;
     Ok(())
 }
 
@@ -254,7 +312,7 @@ pub async fn run(
         }
     };
     let token = AdminToken::from_config(&config.admin)?;
-    let opened = open_store(&config).await?;
+    let opened = open_store(&config, Opening::Eventually).await?;
     let store = TimedStore::wrap(opened.store.clone());
     let layer = QuotaLayer::builder(&config)?
         .store(Arc::clone(&store))
@@ -273,6 +331,7 @@ pub async fn run(
         Current {
             config: config.clone(),
             store,
+            resilient: opened.resilient.clone(),
             token,
         },
         layer.clone(),
@@ -287,23 +346,30 @@ pub async fn run(
             let _ = admin_stopped.await;
         },
     ));
-    let resilient = opened.resilient.clone();
-    let upkeep = metrics.map(|handle| {
+    let upkeep = {
+        let state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut dropped_seen = 0;
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                handle.run_upkeep();
-                // The Redis store's retry queue, exported as it stands.
-                if let Some(resilient) = &resilient {
-                    crate::metrics::settlements_pending("retry_queue", resilient.pending_settles());
-                    let dropped = resilient.dropped_settles();
-                    crate::metrics::settlements_dropped("retry_queue", dropped - dropped_seen);
+                tokio::time::sleep(UPKEEP_EVERY).await;
+                // Keeps the store's health current while no request calls
+                // it, and notices a Redis that came back.
+                state.check_store().await;
+                if let Some(handle) = &metrics {
+                    handle.run_upkeep();
+                    // The Redis stores' retry queues (the one in force and
+                    // any a reload retired), exported as they stand.
+                    crate::metrics::settlements_pending("retry_queue", state.pending_settles());
+                    let dropped = state.dropped_settles();
+                    crate::metrics::settlements_dropped(
+                        "retry_queue",
+                        dropped.saturating_sub(dropped_seen),
+                    );
                     dropped_seen = dropped;
                 }
             }
         })
-    });
+    };
     let drain = CancellationToken::new();
     let (cut, cut_short) = oneshot::channel::<()>();
     let controller = tokio::spawn(obey(Arc::clone(&state), control, drain.clone(), cut));
@@ -315,8 +381,10 @@ pub async fn run(
         flush(&state, &layer, grace).await;
         // Requests and their settlements are done: usage Redis could not
         // take yet gets one last chance before the process exits.
-        let deadline = tokio::time::Instant::now() + config.store.flush_timeout;
-        let unsent = opened.flush(deadline).await;
+        // The store in force after any reloads, and any it replaced.
+        let flush_timeout = state.current().config.store.flush_timeout;
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        let unsent = state.flush_stores(deadline).await;
         if unsent > 0 {
             tracing::error!(
                 unsent,
@@ -339,9 +407,7 @@ pub async fn run(
     drain.cancel();
     workers.release(WORKERS_STOP).await;
     controller.abort();
-    if let Some(upkeep) = upkeep {
-        upkeep.abort();
-    }
+    upkeep.abort();
     let _ = admin_stop.send(());
     match admin.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin listener failed"),

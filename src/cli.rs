@@ -113,7 +113,9 @@ impl UsageCommand {
         if config.store.kind == StoreKind::Memory {
             return Err(UsageCliError::MemoryStore(config.admin.listen));
         }
-        let store = crate::app::open_store(config).await?.store;
+        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer)
+            .await?
+            .store;
         let ops = UsageOps::new(store, config);
         let now = Utc::now();
         Ok(match self {

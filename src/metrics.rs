@@ -18,6 +18,8 @@
 //! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`2xx` … `5xx`; the proxy's own 502/504 count as `5xx`) |
 //! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
 //! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
+//! | `quota_proxy_store_up` | gauge | | 1 while the store answered its last call (the memory store: always), 0 while Redis does not answer |
+//! | `quota_proxy_store_breaker_open` | gauge | | 1 while the circuit breaker in front of Redis is open (calls fail at once, `on_store_error` applies) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
@@ -57,6 +59,10 @@ pub const UPSTREAM_RESPONSES: &str = "quota_proxy_upstream_responses_total";
 pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
 /// Settlements given up on, by reason.
 pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
+/// 1 while the store answers.
+pub const STORE_UP: &str = "quota_proxy_store_up";
+/// 1 while the breaker in front of Redis is open.
+pub const STORE_BREAKER_OPEN: &str = "quota_proxy_store_breaker_open";
 /// Config reloads by result.
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
 /// Identity cache lookups by result (`hit`, `miss`).
@@ -128,6 +134,14 @@ fn describe() {
         "Admitted requests whose usage is not recorded yet."
     );
     describe_counter!(SETTLEMENTS_DROPPED, "Usage that could not be recorded.");
+    describe_gauge!(
+        STORE_UP,
+        "1 while the quota store answers, 0 while it does not."
+    );
+    describe_gauge!(
+        STORE_BREAKER_OPEN,
+        "1 while the circuit breaker in front of Redis is open."
+    );
     describe_counter!(RELOADS, "Config reloads by result.");
     describe_counter!(IDENTITY_CACHE, "Identity cache lookups by result.");
     describe_gauge!(BUILD_INFO, "The running version; always 1.");
@@ -241,6 +255,12 @@ pub fn settlements_pending(stage: &'static str, pending: usize) {
 /// Counts `count` settlements whose usage could not be recorded, by `reason`.
 pub fn settlements_dropped(reason: &'static str, count: u64) {
     metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(count);
+}
+
+/// Sets the store gauges from `health` (read when `/metrics` is rendered).
+pub fn store_health(health: &crate::store::StoreHealth) {
+    metrics::gauge!(STORE_UP).set(if health.up { 1.0 } else { 0.0 });
+    metrics::gauge!(STORE_BREAKER_OPEN).set(if health.breaker_open { 1.0 } else { 0.0 });
 }
 
 /// Counts a config reload, `ok` or `error`.

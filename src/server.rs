@@ -1,13 +1,16 @@
 //! The accept loop (phase: accept, before classify): serves
 //! HTTP/1.1 and cleartext HTTP/2 (h2c, prior knowledge) on one listener,
 //! tags each request with the peer address ([`ClientAddr`]), keeps the
-//! serving threads' shares of connections even ([`AcceptBalance`]), and
-//! shuts down gracefully. Binary and tests run the same [`serve`], with
+//! serving threads' shares of connections even ([`AcceptBalance`]),
+//! optionally caps the connections open from one client address
+//! ([`PerIpLimit`], `max_connections_per_ip`), and shuts down gracefully. Binary and tests run the same [`serve`], with
 //! their own listener and shutdown signal.
 
 mod balance;
+mod per_ip;
 
 pub use balance::{AcceptBalance, BALANCE_WAIT};
+pub use per_ip::PerIpLimit;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -73,6 +76,29 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve_limited(listener, service, shutdown, grace, balance, None).await
+}
+
+/// [`serve`], closing at once each connection from a client address that
+/// already holds as many as `per_ip` allows (shared by every loop given
+/// the same [`PerIpLimit`]).
+pub async fn serve_limited<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    balance: AcceptBalance,
+    per_ip: Option<PerIpLimit>,
+) -> io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -117,6 +143,18 @@ where
                 }
             },
         };
+        let slot = match &per_ip {
+            Some(limit) => match limit.open(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "max_connections_per_ip reached; closing the connection");
+                    metrics::counter!("quota_proxy_connections_refused_per_ip_total").increment(1);
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
@@ -132,6 +170,8 @@ where
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
+            // The address's slot is free again once the connection ends.
+            drop(slot);
         });
         balance.set_open(connections.len());
     }

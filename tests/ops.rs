@@ -123,7 +123,9 @@ async fn probes_metrics_and_request_logs() {
 
     let health = get(&binary, "/healthz").await;
     assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.json(), json!({"status": "ok"}));
+    assert_eq!(health.json()["status"], "ok");
+    assert_eq!(health.json()["store"]["kind"], "memory");
+    assert_eq!(health.json()["store"]["up"], true);
     let ready = get(&binary, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
     assert_eq!(ready.json(), json!({"status": "ready"}));
@@ -398,7 +400,7 @@ async fn usage_api_shows_adjusts_and_resets_behind_a_token() {
 }
 
 #[tokio::test]
-async fn readiness_follows_the_store() {
+async fn readiness_ignores_the_store_unless_asked() {
     let mut redis = RedisServer::start();
     let upstream = saving_upstream().await;
     let extra = format!(
@@ -406,19 +408,26 @@ async fn readiness_follows_the_store() {
         redis.url()
     );
     let binary = Binary::start(&config(&upstream, &extra), &[]).await;
+    let required = format!("{extra}\n[admin]\nready_requires_store = true");
+    let strict = Binary::start(&config(&upstream, &required), &[]).await;
     wait_ready_status(&binary, StatusCode::OK).await;
+    wait_ready_status(&strict, StatusCode::OK).await;
     redis.kill();
-    let down = wait_ready_status(&binary, StatusCode::SERVICE_UNAVAILABLE).await;
+    // Only the pod that asked for it leaves its Service.
+    let down = wait_ready_status(&strict, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(
         down.json()["reason"]
             .as_str()
             .expect("reason")
             .contains("store")
     );
-    // Still alive: only readiness fails.
-    assert_eq!(get(&binary, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(&binary, "/readyz").await.status, StatusCode::OK);
+    // Still alive, and saying why the store is not.
+    let health = get(&strict, "/healthz").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json()["store"]["up"], false, "{}", health.text());
     redis.restart();
-    wait_ready_status(&binary, StatusCode::OK).await;
+    wait_ready_status(&strict, StatusCode::OK).await;
 }
 
 /// The marker config the streamed test responses report with.

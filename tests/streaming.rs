@@ -381,7 +381,7 @@ async fn a_session_that_saved_images_unflagged_is_flagged_from_then_on() {
     // No probe: only the report teaches the proxy about the session.
     let app = app(Duration::ZERO).await;
     let config = preset().replace(
-        "probe = { path = \"/chat/session/{session_id}/image-generation-access/\", json_field = \"has_access\", cache_ttl = \"10m\" }\n",
+        "probe = { path = \"/chat/session/<int:session_id>/image-generation-access/\", json_field = \"has_access\", cache_ttl = \"10m\" }\n",
         "",
     );
     assert!(!config.contains("probe ="));

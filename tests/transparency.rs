@@ -44,6 +44,7 @@ fn timeouts() -> Timeouts {
         connect: Duration::from_secs(1),
         response_head: Duration::from_secs(5),
         idle: Duration::from_secs(5),
+        client_body: Duration::from_secs(5),
     }
 }
 

@@ -51,7 +51,12 @@ where
         "/healthz" | "/readyz" | "/metrics" if request.method() != Method::GET => {
             method_not_allowed("GET")
         }
-        "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        // Liveness: 200 while the process serves, whatever the store's
+        // state, which is shown for people and dashboards.
+        "/healthz" => json_response(
+            StatusCode::OK,
+            &json!({ "status": "ok", "store": state.store_health() }),
+        ),
         "/readyz" => match state.readiness().await {
             Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ready" })),
             Err(e) => json_response(

@@ -3,8 +3,8 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 when the store answers; 503 when it does not, and from the first moment of a drain |
+//! | `GET /healthz` | 200 while the process serves, with the store's health (`store`: `up`, `breaker_open`, `local`, `pending_settles`, `dropped_settles`, `last_error`; [`crate::store::StoreHealth`]) |
+//! | `GET /readyz` | 200 while the pod can serve its app; 503 from the first moment of a drain, and while the store does not answer only when `admin.ready_requires_store = true` |
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
 //! | `GET /v1/users/{id}/usage?plan=` | a user's usage, reservations and limits per period ([`UserUsage`]) |
 //! | `DELETE /v1/users/{id}/usage?period=daily\|weekly\|monthly\|all` | reset |

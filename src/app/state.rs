@@ -1,18 +1,29 @@
 //! The running process's state (phases: startup, reload, shutdown): the
-//! config in force with its store and admin token, readiness, and reload.
+//! config in force with its store and admin token, readiness, the store's
+//! health, and reload.
+//!
+//! Readiness means "this pod can serve its app": it fails while draining,
+//! and depends on the store only when `admin.ready_requires_store` is set.
+//! The store's state is shown by `/healthz` and two gauges instead.
 //!
 //! A reload re-reads the config file and swaps in what changed: plans,
 //! routes, messages, identity and usage settings, periods, the admin token,
-//! and a Redis store whose connection settings changed. A file that does
-//! not load, a token that cannot be read or a store that cannot be reached
-//! keeps the running config. What cannot change while running (listeners,
-//! threads, upstream, timeouts, log, grace, a memory store's settings) is kept and
-//! reported as needing a restart; listeners and store connections that did
-//! not change are never touched.
+//! and a Redis store whose connection settings (or `local`-ness of
+//! `on_store_error`) changed. A file that does not load, a token that
+//! cannot be read or a new store that cannot be reached keeps the running
+//! config. What cannot change while running (listeners, threads, upstream,
+//! timeouts, log, grace, a memory store's settings) is kept and reported as
+//! needing a restart; listeners and store connections that did not change
+//! are never touched.
+//!
+//! A store swapped out is *retired*, not dropped: its settle queue keeps
+//! draining to its Redis, and the shutdown flushes it with the one in force,
+//! so after any number of reloads every queued settle is flushed and
+//! measured (`quota_proxy_settlements_pending{stage="retry_queue"}`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,10 +31,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::Opening;
 use crate::admin::{AdminToken, TokenError};
-use crate::config::{Config, ConfigError, StoreKind};
+use crate::config::{Config, ConfigError, StoreErrorPolicy, StoreKind};
 use crate::quota::QuotaLayer;
-use crate::store::{QuotaStore, StoreError};
+use crate::store::{QuotaStore, ResilientStore, StoreError, StoreHealth};
 
 /// Longest wait for the store's answer to a readiness check.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +46,9 @@ pub struct Current {
     pub config: Config,
     /// The store usage is counted in (timed for metrics).
     pub store: Arc<dyn QuotaStore>,
+    /// The same store's outage handling (settle queue, breaker, health);
+    /// `None` for the memory store.
+    pub resilient: Option<Arc<ResilientStore>>,
     /// The admin API token; `None` = the `/v1/` API is off.
     pub token: Option<AdminToken>,
 }
@@ -87,6 +102,31 @@ pub struct AppState {
     drain_started: OnceLock<Instant>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Stores swapped out by reloads, still draining their settle queues.
+    retired: Mutex<Retired>,
+}
+
+/// Stores a reload swapped out, kept until nothing uses them and their
+/// queue is empty.
+#[derive(Default)]
+struct Retired {
+    stores: Vec<Arc<ResilientStore>>,
+    /// Settles dropped by retired stores already let go.
+    dropped: u64,
+}
+
+impl Retired {
+    /// Lets go of the stores nobody else holds whose queue is empty.
+    fn prune(&mut self) {
+        let dropped = &mut self.dropped;
+        self.stores.retain(|store| {
+            let done = Arc::strong_count(store) == 1 && store.pending_settles() == 0;
+            if done {
+                *dropped += store.dropped_settles();
+            }
+            !done
+        });
+    }
 }
 
 impl AppState {
@@ -105,6 +145,7 @@ impl AppState {
             metrics,
             drain_started: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
+            retired: Mutex::new(Retired::default()),
         }
     }
 
@@ -124,16 +165,93 @@ impl AppState {
         self.drain_started.get().copied()
     }
 
-    /// Ready: not draining, and the store answers.
+    /// Ready: not draining, and, only when `admin.ready_requires_store` is
+    /// set, the store answers a ping.
     pub async fn readiness(&self) -> Result<(), NotReady> {
         if self.drain_started().is_some() {
             return Err(NotReady::Draining);
         }
-        let store = Arc::clone(&self.current().store);
+        let current = self.current();
+        if !current.config.admin.ready_requires_store {
+            return Ok(());
+        }
+        let store = Arc::clone(&current.store);
         match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(NotReady::Timeout(READINESS_TIMEOUT)),
         }
+    }
+
+    /// The health of the store in force, without calling it.
+    pub fn store_health(&self) -> StoreHealth {
+        match &self.current().resilient {
+            Some(resilient) => resilient.health(),
+            None => StoreHealth::memory(),
+        }
+    }
+
+    /// Pings the store in force (bounded), so its health stays current
+    /// while no request calls it, and a Redis that came back closes the
+    /// breaker and drains the settle queue without waiting for traffic.
+    pub async fn check_store(&self) {
+        let current = self.current();
+        if current.resilient.is_some() {
+            let store = Arc::clone(&current.store);
+            // The outcome is recorded by the store itself.
+            let _ = tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await;
+        }
+    }
+
+    /// Settles queued for Redis, in the store in force and in retired ones.
+    pub fn pending_settles(&self) -> usize {
+        let mut retired = self.retired();
+        retired.prune();
+        let current = self.current();
+        current
+            .resilient
+            .iter()
+            .chain(retired.stores.iter())
+            .map(|s| s.pending_settles())
+            .sum()
+    }
+
+    /// Settles given up on since start, by every store this process used.
+    pub fn dropped_settles(&self) -> u64 {
+        let retired = self.retired();
+        let current = self.current();
+        retired.dropped
+            + current
+                .resilient
+                .iter()
+                .chain(retired.stores.iter())
+                .map(|s| s.dropped_settles())
+                .sum::<u64>()
+    }
+
+    /// Sends the settles queued in the store in force and in every retired
+    /// one to their Redis until `deadline`; returns how many were not known
+    /// to have landed.
+    pub async fn flush_stores(&self, deadline: Instant) -> usize {
+        let stores: Vec<Arc<ResilientStore>> = {
+            let retired = self.retired();
+            self.current()
+                .resilient
+                .iter()
+                .chain(retired.stores.iter())
+                .cloned()
+                .collect()
+        };
+        let flushes = stores.iter().map(|store| store.flush(deadline));
+        futures_util::future::join_all(flushes)
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, Retired> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The Prometheus text exposition, or `None` when no recorder of ours
@@ -141,6 +259,7 @@ impl AppState {
     pub fn render_metrics(&self) -> Option<String> {
         let handle = self.metrics.as_ref()?;
         crate::metrics::settlements_pending("in_flight", self.layer.settlements().len());
+        crate::metrics::store_health(&self.store_health());
         Some(handle.render())
     }
 
@@ -192,21 +311,34 @@ impl AppState {
             }
         }
         let mut store_reconnected = false;
-        let store = if connection(running) == connection(&next) {
-            Arc::clone(&current.store)
+        let kept = (Arc::clone(&current.store), current.resilient.clone());
+        let (store, resilient) = if connection(running) == connection(&next) {
+            kept
         } else if next.store.kind == StoreKind::Redis {
             store_reconnected = true;
-            crate::metrics::TimedStore::wrap(crate::app::open_store(&next).await?.store)
+            let opened = crate::app::open_store(&next, Opening::MustAnswer).await?;
+            (
+                crate::metrics::TimedStore::wrap(opened.store),
+                opened.resilient,
+            )
         } else {
             // A new memory store would start from zero: keep the counts.
             restart_required.push("store");
-            Arc::clone(&current.store)
+            kept
         };
         let builder = crate::quota::QuotaLayer::builder(&next)?.store(Arc::clone(&store));
         self.layer.reload(builder);
+        if store_reconnected {
+            let mut retired = self.retired();
+            retired.prune();
+            // Still draining its queue to the old Redis; flushed at
+            // shutdown with the new one.
+            retired.stores.extend(current.resilient.clone());
+        }
         self.current.store(Arc::new(Current {
             config: next,
             store,
+            resilient,
             token,
         }));
         Ok(Reloaded {
@@ -226,7 +358,10 @@ fn differs<T: Serialize>(a: &T, b: &T) -> bool {
 fn connection(config: &Config) -> Option<toml::Value> {
     let mut value = toml::Value::try_from(&config.store).ok()?;
     if let Some(table) = value.as_table_mut() {
-        table.remove("on_store_error");
+        // `allow` and `deny` are read per request; `local` is built into
+        // the store (its memory count), so only that difference counts.
+        let local = config.store.on_store_error == StoreErrorPolicy::Local;
+        table.insert("on_store_error".to_owned(), toml::Value::Boolean(local));
         table.remove("reservation_ttl");
     }
     Some(value)
@@ -243,6 +378,9 @@ mod tests {
         b.store.reservation_ttl = Duration::from_secs(1);
         b.store.on_store_error = crate::config::StoreErrorPolicy::Deny;
         assert_eq!(connection(&a), connection(&b));
+        b.store.on_store_error = crate::config::StoreErrorPolicy::Local;
+        assert_ne!(connection(&a), connection(&b), "local is built in");
+        b.store.on_store_error = crate::config::StoreErrorPolicy::Deny;
         b.store.key_prefix = "other:".to_owned();
         assert_ne!(connection(&a), connection(&b));
         assert!(differs(&a.listen, &"127.0.0.1:1".parse().expect("addr")));

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use crate::config::Config;
 use crate::quota::QuotaLayer;
-use crate::server::AcceptBalance;
+use crate::server::{AcceptBalance, PerIpLimit};
 
 /// The serving threads of one process.
 #[derive(Debug)]
@@ -64,6 +64,8 @@ impl Workers {
             served: Vec::with_capacity(count),
             release: CancellationToken::new(),
         };
+        // One count per address for the whole process, not per thread.
+        let per_ip = config.max_connections_per_ip.map(PerIpLimit::new);
         for (index, balance) in AcceptBalance::shares(count).into_iter().enumerate() {
             let (served_tx, served) = oneshot::channel();
             let worker = Worker {
@@ -71,6 +73,7 @@ impl Workers {
                 layer: layer.clone(),
                 listener: listener.try_clone()?,
                 balance,
+                per_ip: per_ip.clone(),
                 drain: drain.clone(),
                 release: workers.release.clone(),
             };
@@ -122,6 +125,8 @@ struct Worker {
     listener: StdListener,
     /// Its share of the listener's connections.
     balance: AcceptBalance,
+    /// Connections per client address, shared by every thread.
+    per_ip: Option<PerIpLimit>,
     drain: CancellationToken,
     release: CancellationToken,
 }
@@ -145,6 +150,7 @@ impl Worker {
             layer,
             listener,
             balance,
+            per_ip,
             drain,
             release,
         } = self;
@@ -152,7 +158,8 @@ impl Worker {
             let serving = async {
                 let result = match TcpListener::from_std(listener) {
                     Ok(listener) => {
-                        super::serve(&config, layer, listener, drain.cancelled_owned(), balance)
+                        let shutdown = drain.cancelled_owned();
+                        super::serve_limited(&config, layer, listener, shutdown, balance, per_ip)
                             .await
                     }
                     Err(e) => Err(AppError::Io(e)),

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
-    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, WeekStart,
+    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, UserIdFormat,
+    WeekStart,
 };
 
 /// Where the binary looks for its config when neither `--config` nor
@@ -79,6 +80,19 @@ pub struct Config {
     /// left behind, even after a crash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,
+    /// Most bytes of request bodies the proxy holds at once, in memory and
+    /// in spool files together (inspected bodies, and every body under
+    /// `request_buffering = "all"`); a request that finds no room within a
+    /// short wait gets 503 with `Retry-After`. See docs/limits.md.
+    pub body_budget_bytes: u64,
+    /// Which request bodies are received whole before the upstream is
+    /// called: `inspected` (only those the proxy must judge), `all` (every
+    /// body: slow clients cannot hold the upstream's workers) or `off`.
+    pub request_buffering: RequestBuffering,
+    /// Most connections open at once from one client address; a connection
+    /// past it is closed as soon as it is accepted. Unset = no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<std::num::NonZeroU32>,
     /// How long in-flight requests may run on after SIGTERM or SIGINT before
     /// they are cut; pending settlements are then flushed.
     #[serde(with = "humantime_serde")]
@@ -99,6 +113,10 @@ pub struct Config {
     pub plans: BTreeMap<String, Limits>,
     /// The routes to inspect; every other request is forwarded untouched.
     pub routes: Vec<RouteConfig>,
+    /// Request headers removed from every request because they move the
+    /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
+    /// case and with `-` and `_` alike; see `docs/routes.md`.
+    pub strip_routing_headers: Vec<String>,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -117,6 +135,9 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             body_buffer_bytes: 1024 * 1024,
             spool_dir: None,
+            body_budget_bytes: 256 * 1024 * 1024,
+            request_buffering: RequestBuffering::Inspected,
+            max_connections_per_ip: None,
             shutdown_grace: Duration::from_secs(30),
             threads: 0,
             timeouts: Timeouts::default(),
@@ -125,12 +146,32 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             plans: BTreeMap::new(),
             routes: Vec::new(),
+            strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
+                .map(str::to_owned)
+                .to_vec(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
+}
+
+/// Which request bodies are received whole before the upstream is called
+/// (`request_buffering`), like nginx's `proxy_request_buffering`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestBuffering {
+    /// Only bodies of inspected routes, which must be read whole to be
+    /// judged; every other body streams to the upstream as it arrives.
+    Inspected,
+    /// Every body: received completely (memory, then a spool file) before
+    /// the upstream is called, within `body_budget_bytes` and
+    /// `max_body_bytes`, so a slow client never holds an upstream worker.
+    All,
+    /// Nothing beyond what inspection needs: the same as `inspected`, since
+    /// an inspected body is always read whole.
+    Off,
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, and the usage API
@@ -148,6 +189,12 @@ pub struct AdminConfig {
     /// surrounding whitespace is ignored. Re-read on reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// `/readyz` also fails while the store does not answer. Off by
+    /// default: readiness means "this pod can serve its app", and a sidecar
+    /// taken out of its Service takes the whole app down with it. Makes
+    /// sense only with `store.on_store_error = "deny"` and a Service that
+    /// carries nothing but flagged routes.
+    pub ready_requires_store: bool,
 }
 
 impl Default for AdminConfig {
@@ -156,6 +203,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token_env: None,
             token_file: None,
+            ready_requires_store: false,
         }
     }
 }
@@ -195,6 +243,10 @@ pub struct Timeouts {
     /// is cut when exceeded.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// Longest silence of a client while the proxy reads, spools or
+    /// forwards its request body; exceeded → 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub client_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -203,6 +255,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             response_head: Duration::from_secs(300),
             idle: Duration::from_secs(120),
+            client_body: Duration::from_secs(30),
         }
     }
 }
@@ -351,6 +404,9 @@ pub struct IdentityConfig {
     pub default_plan: Option<String>,
     /// What happens to a flagged request with no user id.
     pub anonymous: AnonymousPolicy,
+    /// What a user id is: `string` (the default), `integer` (`0017` and
+    /// `17` are one user) or `uuid`; an id not in the format is anonymous.
+    pub user_id_format: UserIdFormat,
     /// Where identities come from: `header` (the default), `forward_auth` or
     /// `jwt`. With `forward_auth` and `jwt`, clients' own `user_header` and
     /// `plan_header` are removed and set from the verified identity.
@@ -372,6 +428,7 @@ impl Default for IdentityConfig {
             plan_header: "X-Subscription-Type".to_owned(),
             default_plan: None,
             anonymous: AnonymousPolicy::Forward,
+            user_id_format: UserIdFormat::String,
             kind: IdentityKind::Header,
             on_identity_error: IdentityErrorPolicy::Deny,
             forward_auth: ForwardAuthConfig::default(),
@@ -401,8 +458,11 @@ pub struct ForwardAuthConfig {
     /// How long an anonymous answer (401, 403, redirect) is reused.
     #[serde(with = "humantime_serde")]
     pub negative_cache_ttl: Duration,
-    /// Most answers kept; the oldest is dropped to make room.
+    /// Most answers kept; the least recently used is dropped to make room.
     pub cache_max_entries: usize,
+    /// Most bytes the cached answers take (keys, identities and
+    /// bookkeeping); the least recently used is dropped to make room.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for ForwardAuthConfig {
@@ -414,6 +474,7 @@ impl Default for ForwardAuthConfig {
             cache_ttl: Duration::from_secs(30),
             negative_cache_ttl: Duration::from_secs(5),
             cache_max_entries: 100_000,
+            cache_max_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -605,7 +666,9 @@ impl JwtConfig {
 pub struct RouteConfig {
     /// HTTP method, e.g. `POST`.
     pub method: Method,
-    /// Path pattern; `{name}` matches one segment, e.g. `/chat/session/{id}/send/`.
+    /// Path pattern in Django's `path()` syntax, as in `urls.py`
+    /// (`chat/session/<int:session_id>/send/`; a leading `/` is optional),
+    /// or `{name}` for one segment; see `docs/routes.md`.
     pub path: String,
     /// Name of the field that asks for an image.
     #[serde(default = "default_flag")]
@@ -632,8 +695,9 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
-    /// Path on the upstream; `{name}` is the route's path parameter of that
-    /// name, e.g. `/chat/session/{session_id}/image-generation-access/`.
+    /// Path on the upstream; `<int:name>` or `{name}` is the route's path
+    /// parameter of that name, in its canonical form, e.g.
+    /// `/chat/session/<int:session_id>/image-generation-access/`.
     pub path: String,
     /// Top-level JSON field that is `true` for image-generating requests.
     #[serde(default = "default_probe_field")]
@@ -834,6 +898,16 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
         }
+        if self.body_budget_bytes < self.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "body_budget_bytes",
+                format!(
+                    "{} is below max_body_bytes ({}): a body of the largest allowed size \
+                     could never be held",
+                    self.body_budget_bytes, self.max_body_bytes
+                ),
+            ));
+        }
         if let Some(dir) = &self.spool_dir
             && !dir.is_dir()
         {
@@ -846,6 +920,7 @@ impl Config {
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.response_head", self.timeouts.response_head),
             ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.client_body", self.timeouts.client_body),
             ("store.reservation_ttl", self.store.reservation_ttl),
             ("store.command_timeout", self.store.command_timeout),
         ] {
@@ -940,6 +1015,8 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
+        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         Ok(())
     }
@@ -1008,6 +1085,12 @@ impl Config {
         if fa.cache_max_entries == 0 {
             return Err(ConfigError::invalid(
                 "identity.forward_auth.cache_max_entries",
+                "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
+            ));
+        }
+        if fa.cache_max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "identity.forward_auth.cache_max_bytes",
                 "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
             ));
         }

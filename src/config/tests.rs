@@ -310,3 +310,36 @@ fn store_errors_name_the_field() {
     assert!(error_of("[store]\nlocal_max_users = 0").starts_with("store.local_max_users:"));
     assert!(error_of("[store]\nbreaker = { fails = 2 }").contains("fails"));
 }
+
+#[test]
+fn body_limits_parse_and_name_the_field_to_fix() {
+    let c = Config::from_toml("").expect("defaults");
+    assert_eq!(c.timeouts.client_body, Duration::from_secs(30));
+    assert_eq!(c.body_budget_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.request_buffering, RequestBuffering::Inspected);
+    assert_eq!(c.max_connections_per_ip, None);
+    let c = Config::from_toml(
+        "request_buffering = \"all\"\nmax_connections_per_ip = 8\n[timeouts]\nclient_body = \"5s\"",
+    )
+    .expect("valid");
+    assert_eq!(c.request_buffering, RequestBuffering::All);
+    assert_eq!(c.max_connections_per_ip.map(|n| n.get()), Some(8));
+    assert_eq!(c.timeouts.client_body, Duration::from_secs(5));
+    let small = Config::from_toml("max_body_bytes = 1000\nbody_budget_bytes = 999")
+        .expect_err("budget below one body");
+    assert!(
+        small.to_string().starts_with("body_budget_bytes:"),
+        "{small}"
+    );
+    let zero = Config::from_toml("[timeouts]\nclient_body = \"0s\"").expect_err("zero");
+    assert!(
+        zero.to_string().starts_with("timeouts.client_body:"),
+        "{zero}"
+    );
+    assert!(Config::from_toml("max_connections_per_ip = 0").is_err());
+    assert!(Config::from_toml("request_buffering = \"some\"").is_err());
+    let preset =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");
+    let preset = Config::load(&preset).expect("the Django preset loads");
+    assert_eq!(preset.request_buffering, RequestBuffering::All);
+}

@@ -93,6 +93,23 @@ pub enum AnonymousPolicy {
     Deny,
 }
 
+/// What a user id is (`identity.user_id_format`): ids are kept, counted
+/// and sent in their canonical form, and an id not in the format is
+/// anonymous.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserIdFormat {
+    /// Any non-empty text, as it is (the default).
+    #[default]
+    String,
+    /// An integer as Python's `int()` reads it: `0017`, `+17` and `1_7`
+    /// are user `17`.
+    Integer,
+    /// A UUID in any of the forms Python's `uuid.UUID()` reads, kept in
+    /// lower-case hyphenated form.
+    Uuid,
+}
+
 /// Where a request's identity comes from (`identity.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,9 +14,15 @@
 //! the positive one, and errors must not be cached: a few dozen lines of
 //! `HashMap` under a `std::sync::Mutex` that is never held across an await.
 //!
-//! Bounding: when full, the oldest inserted entry goes first (an insertion
-//! queue of `(key, generation)`, stale items skipped lazily), so a flood of
-//! new credentials costs O(1) per insertion.
+//! Bounding: by entries (`cache_max_entries`) and by bytes
+//! (`cache_max_bytes`: keys, identities and the bookkeeping of each entry,
+//! [`entry_cost`]). When full, the least recently used entry goes first: a
+//! queue of `(key, generation)` in order of last use (insertion or hit),
+//! stale items skipped lazily, so a flood of new credentials costs O(1)
+//! per insertion and cannot push out the users who keep coming back. Keys
+//! are digests, so a client's long cookie costs 32 bytes here; the
+//! identities come from the backend. The bytes held are exported as
+//! `quota_proxy_identity_cache_bytes`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,13 +70,16 @@ pub(crate) struct IdentityCache {
     ttl: Duration,
     negative_ttl: Duration,
     max_entries: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<CredentialKey, Entry>,
-    /// Insertion order, for evicting the oldest; an item whose generation no
-    /// longer matches its entry is stale and skipped.
+    /// The sum of the entries' [`entry_cost`].
+    bytes: usize,
+    /// Order of last use, for evicting the least recently used; an item
+    /// whose generation no longer matches its entry is stale and skipped.
     order: VecDeque<(CredentialKey, u64)>,
     in_flight: HashMap<CredentialKey, watch::Receiver<Option<Outcome>>>,
     next_generation: u64,
@@ -81,6 +90,20 @@ struct Entry {
     identity: Option<Identity>,
     expires: Instant,
     generation: u64,
+    cost: usize,
+}
+
+/// What one cached answer takes: its key (in the map and the queue), the
+/// entry, a queue item, the identity's strings, and the map's own slot.
+fn entry_cost(identity: Option<&Identity>) -> usize {
+    let strings = identity.map_or(0, |i| {
+        i.user_id.capacity() + i.plan.as_ref().map_or(0, String::capacity)
+    });
+    2 * std::mem::size_of::<CredentialKey>()
+        + std::mem::size_of::<Entry>()
+        + std::mem::size_of::<(CredentialKey, u64)>()
+        + 16
+        + strings
 }
 
 /// What a lookup found.
@@ -157,7 +180,15 @@ impl IdentityCache {
             ttl,
             negative_ttl,
             max_entries: max_entries.max(1),
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// The same cache, holding answers of at most `max_bytes` together
+    /// ([`entry_cost`]; at least one answer is always kept).
+    pub(crate) fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -171,12 +202,20 @@ impl IdentityCache {
         let mut state = self.lock();
         let hit = matches!(state.entries.get(&key), Some(entry) if entry.expires > now);
         crate::metrics::identity_cache(hit);
-        match state.entries.get(&key) {
-            Some(entry) if entry.expires > now => return Lookup::Hit(entry.identity.clone()),
-            Some(_) => {
-                state.entries.remove(&key);
-            }
-            None => {}
+        if hit {
+            // Used now: it moves to the back of the eviction queue.
+            let generation = state.next_generation;
+            state.next_generation += 1;
+            let identity = state.entries.get_mut(&key).map(|entry| {
+                entry.generation = generation;
+                entry.identity.clone()
+            });
+            state.order.push_back((key, generation));
+            self.compact(&mut state);
+            return Lookup::Hit(identity.flatten());
+        }
+        if let Some(stale) = state.entries.remove(&key) {
+            state.bytes -= stale.cost;
         }
         if let Some(receiver) = state.in_flight.get(&key) {
             return Lookup::Join(Waiter(receiver.clone()));
@@ -208,27 +247,31 @@ impl IdentityCache {
         if ttl.is_zero() {
             return;
         }
-        // Drop expired entries at the front, then the oldest while full.
+        let cost = entry_cost(identity.as_ref());
+        if let Some(old) = state.entries.remove(&key) {
+            state.bytes -= old.cost;
+        }
+        // Drop expired entries at the front, then the least recently used
+        // while full (in entries or in bytes).
         while let Some(&(old, generation)) = state.order.front() {
+            let full = state.entries.len() >= self.max_entries
+                || state.bytes.saturating_add(cost) > self.max_bytes;
             let live = state
                 .entries
                 .get(&old)
                 .filter(|e| e.generation == generation);
             match live {
                 None => {}
-                Some(entry) if entry.expires <= now || state.entries.len() >= self.max_entries => {
+                Some(entry) if entry.expires <= now || full => {
+                    let cost = entry.cost;
                     state.entries.remove(&old);
+                    state.bytes -= cost;
                 }
                 Some(_) => break,
             }
             state.order.pop_front();
         }
-        // Stale items pile up only when keys are re-inserted before their old
-        // item reaches the front; compact before the queue outgrows the map.
-        if state.order.len() > 2 * self.max_entries {
-            let State { entries, order, .. } = &mut *state;
-            order.retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
-        }
+        self.compact(state);
         let generation = state.next_generation;
         state.next_generation += 1;
         state.entries.insert(
@@ -237,9 +280,27 @@ impl IdentityCache {
                 identity,
                 expires: now + ttl,
                 generation,
+                cost,
             },
         );
+        state.bytes += cost;
         state.order.push_back((key, generation));
+        metrics::gauge!("quota_proxy_identity_cache_bytes").set(state.bytes as f64);
+    }
+
+    /// Stale queue items pile up when keys are used again before their old
+    /// item reaches the front; drop them before the queue outgrows the map.
+    fn compact(&self, state: &mut State) {
+        if state.order.len() > 2 * state.entries.len().max(16) {
+            let State { entries, order, .. } = state;
+            order.retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    /// Bytes the answers take ([`entry_cost`]).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// How many answers are held (expired ones included until dropped).
@@ -393,5 +454,50 @@ mod tests {
         let cache = Arc::new(IdentityCache::new(Duration::ZERO, Duration::ZERO, 10));
         lead(&cache, key(1), user("1"));
         assert_eq!(cache.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_answer_outlives_newer_unused_ones() {
+        let cache = Arc::new(IdentityCache::new(
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            3,
+        ));
+        for n in 1..=3 {
+            lead(&cache, key(n), user(&n.to_string()));
+        }
+        // 1 is used again: 2 is now the least recently used.
+        assert!(matches!(
+            cache.lookup(key(1), Instant::now()),
+            Lookup::Hit(Some(_))
+        ));
+        lead(&cache, key(4), user("4"));
+        assert!(matches!(
+            cache.lookup(key(1), Instant::now()),
+            Lookup::Hit(Some(_))
+        ));
+        assert!(matches!(
+            cache.lookup(key(2), Instant::now()),
+            Lookup::Lead(..)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_stay_under_the_bound_whatever_the_keys() {
+        let one = entry_cost(user(&"u".repeat(100)).as_ref());
+        let cache = Arc::new(
+            IdentityCache::new(Duration::from_secs(30), Duration::from_secs(5), 1_000_000)
+                .with_max_bytes(10 * one as u64),
+        );
+        for n in 0..10_000u32 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&n.to_le_bytes());
+            lead(&cache, CredentialKey(digest), user(&"u".repeat(100)));
+            assert!(cache.bytes() <= 10 * one, "{} after {n}", cache.bytes());
+            // Hits in between leave no unbounded queue behind.
+            let _ = cache.lookup(CredentialKey(digest), Instant::now());
+        }
+        assert_eq!(cache.len(), 10);
+        assert!(cache.lock().order.len() <= 2 * 16 + 1);
     }
 }

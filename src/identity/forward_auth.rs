@@ -112,11 +112,10 @@ impl ForwardAuthIdentity {
                 timeout: fa.timeout,
                 client,
                 plans: PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
-                cache: Arc::new(IdentityCache::new(
-                    fa.cache_ttl,
-                    fa.negative_cache_ttl,
-                    fa.cache_max_entries,
-                )),
+                cache: Arc::new(
+                    IdentityCache::new(fa.cache_ttl, fa.negative_cache_ttl, fa.cache_max_entries)
+                        .with_max_bytes(fa.cache_max_bytes),
+                ),
             }),
         })
     }

@@ -20,6 +20,7 @@
 
 mod cache;
 mod claims;
+mod format;
 mod forward_auth;
 mod header;
 mod jwt;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use self::format::{canonical_ids, canonical_user_id};
 pub use self::forward_auth::ForwardAuthIdentity;
 pub use self::header::HeaderIdentity;
 pub use self::jwt::JwtIdentity;

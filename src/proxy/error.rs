@@ -27,6 +27,10 @@ pub(crate) enum ForwardError {
     /// (the client disconnected or sent a malformed chunk).
     #[error("the client's request body failed while forwarding it")]
     ClientBody(#[source] hyper::Error),
+    /// The client went silent mid-body for longer than
+    /// `timeouts.client_body` while it was being sent upstream.
+    #[error("the client's request body went silent while forwarding it")]
+    ClientBodyTimeout(#[source] hyper::Error),
     /// No TCP connection to the upstream (refused, unreachable, or
     /// `timeouts.connect` exceeded).
     #[error("cannot connect to upstream {upstream}")]
@@ -71,7 +75,9 @@ impl ForwardError {
     pub(crate) fn from_hyper(upstream: &Authority, source: hyper::Error) -> Self {
         // hyper reports a failing request body as a "user" error: the
         // client's side broke, not the upstream's.
-        if source.is_user() {
+        if source.is_user() && crate::quota::ClientBodyTimeout::is_cause_of(&source) {
+            Self::ClientBodyTimeout(source)
+        } else if source.is_user() {
             Self::ClientBody(source)
         } else {
             Self::Transport {
@@ -86,6 +92,7 @@ impl ForwardError {
         match self {
             Self::UnsupportedTarget(_) => StatusCode::NOT_IMPLEMENTED,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Connect { .. } | Self::Transport { .. } => StatusCode::BAD_GATEWAY,
             Self::HeadTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -97,15 +104,24 @@ impl ForwardError {
         match self {
             Self::UnsupportedTarget(_) => "request target not supported: only paths are proxied",
             Self::ClientBody(_) => "request body could not be read",
+            Self::ClientBodyTimeout(_) => "the request body did not arrive in time",
             Self::Connect { .. } => "upstream unreachable",
             Self::HeadTimeout { .. } => "upstream timed out",
             Self::Transport { .. } => "upstream failed before responding",
         }
     }
 
-    /// The JSON response for this failure.
+    /// The JSON response for this failure. A body cut for its silence
+    /// closes the connection: the rest of it is never read.
     pub(crate) fn to_response(&self) -> Response<Full<Bytes>> {
-        json_error(self.status(), self.client_message())
+        let mut response = json_error(self.status(), self.client_message());
+        if matches!(self, Self::ClientBodyTimeout(_)) {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 
     /// Whether the upstream (not the client) is at fault: logged at warn.

@@ -11,16 +11,20 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use super::deadline::ClientBody;
 use super::spool::SpooledBody;
 use super::usage_body::UsageBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
-    /// The request body given to the inner service: the client's own stream,
-    /// or the bytes the middleware read to inspect them (byte-identical),
-    /// from memory or from the spool an upload waited in. Its error is the
-    /// client's, or the spool's failure to read its temporary file back.
+    /// The request body given to the inner service: the client's own stream
+    /// (under the client-body deadline, `timeouts.client_body`), or the
+    /// bytes the middleware read to inspect or buffer them
+    /// (byte-identical), from memory or from the spool an upload waited in.
+    /// Its error is the client's (a [`crate::quota::ClientBodyTimeout`]
+    /// when it went silent), or the spool's failure to read its temporary
+    /// file back.
     pub struct RequestBody<B> {
         #[pin]
         kind: RequestBodyKind<B>,
@@ -30,8 +34,8 @@ pin_project! {
 pin_project! {
     #[project = RequestBodyProj]
     enum RequestBodyKind<B> {
-        // Not inspected: the client's body, streamed.
-        Streaming { #[pin] body: B },
+        // Not inspected: the client's body, streamed under its deadline.
+        Streaming { #[pin] body: ClientBody<B> },
         // Inspected: the body as read, re-sent with its exact length.
         Buffered { #[pin] body: Full<Bytes> },
         // Inspected upload: replayed from memory and a temporary file, with
@@ -42,10 +46,14 @@ pin_project! {
 }
 
 impl<B> RequestBody<B> {
-    /// Wraps a body that streams through untouched.
-    pub fn streaming(body: B) -> Self {
+    /// Wraps a body that streams through untouched, ended with a
+    /// [`crate::quota::ClientBodyTimeout`] when the client goes silent for
+    /// longer than `deadline`.
+    pub fn streaming(body: B, deadline: std::time::Duration) -> Self {
         Self {
-            kind: RequestBodyKind::Streaming { body },
+            kind: RequestBodyKind::Streaming {
+                body: ClientBody::new(body, deadline),
+            },
         }
     }
 
@@ -81,7 +89,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            RequestBodyProj::Streaming { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
             RequestBodyProj::Buffered { body } => body.poll_frame(cx).map_err(never),
             RequestBodyProj::Spooled { body } => body.as_mut().poll_frame(cx).map_err(Into::into),
         }
@@ -214,7 +222,8 @@ mod tests {
             "QuotaBody<ProxyBody> is {} bytes, ProxyBody {proxy_body}",
             std::mem::size_of::<QuotaBody<ProxyBody>>()
         );
-        let incoming = std::mem::size_of::<hyper::body::Incoming>();
+        // The client-body deadline takes 16 bytes (`deadline.rs`).
+        let incoming = std::mem::size_of::<hyper::body::Incoming>() + 16;
         assert!(
             std::mem::size_of::<RequestBody<hyper::body::Incoming>>() <= incoming + 8,
             "RequestBody<Incoming> is {} bytes, Incoming {incoming}",

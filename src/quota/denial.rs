@@ -64,6 +64,7 @@ mod tests {
     fn route(message: Option<&str>) -> Route {
         Route {
             name: "POST /x".to_owned(),
+            pattern: crate::routes::PathPattern::parse("/x").expect("pattern"),
             flag: "generate_image".to_owned(),
             flag_rules: FlagRules::default(),
             deny_status: StatusCode::FORBIDDEN,

@@ -10,17 +10,19 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
 
+use super::budget::BodyBudget;
 use super::probe::ProbeCache;
 use super::service::Quota;
 use super::spool::SpoolSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
-    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, StoreErrorPolicy,
+    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, RequestBuffering,
+    StoreErrorPolicy,
 };
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
 use crate::report::ReportReader;
-use crate::routes::RouteTable;
+use crate::routes::{RouteTable, RoutingHeaders};
 use crate::store::QuotaStore;
 
 /// A [`tower::Layer`] that enforces image-generation quotas on the configured
@@ -45,6 +47,8 @@ pub struct QuotaLayer {
 /// Everything a request's inspection reads; one per config.
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
+    /// Headers removed from every request (`strip_routing_headers`).
+    pub(crate) routing_headers: RoutingHeaders,
     pub(crate) identity: Arc<dyn IdentitySource>,
     /// The client's identity headers, removed from every request and set
     /// from the verified identity, when the identity source does not trust
@@ -58,6 +62,13 @@ pub(crate) struct Shared {
     pub(crate) messages: Messages,
     pub(crate) max_body_bytes: u64,
     pub(crate) spool: SpoolSettings,
+    /// Bytes of request bodies held, process-wide (`body_budget_bytes`);
+    /// kept across reloads that do not change its size.
+    pub(crate) budget: BodyBudget,
+    /// Longest silence of a client sending its body (`timeouts.client_body`).
+    pub(crate) client_body: Duration,
+    /// Which bodies are received whole before the upstream is called.
+    pub(crate) request_buffering: RequestBuffering,
     pub(crate) max_json_bytes: u64,
     pub(crate) reservation_ttl: Duration,
     pub(crate) idle_timeout: Duration,
@@ -78,14 +89,18 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
+        let routing_headers = RoutingHeaders::new(&config.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
             config: config.clone(),
             routes,
+            routing_headers,
             identity,
             store: None,
             clock: Arc::new(SystemClock),
             settlements: TaskTracker::new(),
+            budget: None,
         })
     }
 }
@@ -97,9 +112,12 @@ impl QuotaLayer {
     /// settlement tracker belong to the process and carry over.
     pub fn reload(&self, next: QuotaLayerBuilder) {
         let current = self.shared.load();
+        let budget = (current.budget.capacity() == next.config.body_budget_bytes)
+            .then(|| current.budget.clone());
         let next = next
             .clock(Arc::clone(&current.clock))
             .settlements(current.settlements.clone())
+            .budget(budget)
             .build();
         self.shared.store(next.shared.load_full());
     }
@@ -131,10 +149,12 @@ impl std::fmt::Debug for QuotaLayer {
 pub struct QuotaLayerBuilder {
     config: Config,
     routes: RouteTable,
+    routing_headers: RoutingHeaders,
     identity: Arc<dyn IdentitySource>,
     store: Option<Arc<dyn QuotaStore>>,
     clock: Arc<dyn Clock>,
     settlements: TaskTracker,
+    budget: Option<BodyBudget>,
 }
 
 impl QuotaLayerBuilder {
@@ -161,6 +181,11 @@ impl QuotaLayerBuilder {
         self
     }
 
+    fn budget(mut self, budget: Option<BodyBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// The layer. Without a store, a memory store sized by the config is
     /// used.
     pub fn build(self) -> QuotaLayer {
@@ -173,10 +198,14 @@ impl QuotaLayerBuilder {
         QuotaLayer {
             shared: Arc::new(ArcSwap::from_pointee(Shared {
                 routes: self.routes,
+                routing_headers: self.routing_headers,
                 identity_headers: (!self.identity.trusts_client_headers())
                     .then(|| IdentityHeaders::from_config(&config.identity))
                     .and_then(Result::ok),
-                identity: self.identity,
+                identity: crate::identity::canonical_ids(
+                    self.identity,
+                    config.identity.user_id_format,
+                ),
                 on_identity_error: config.identity.on_identity_error,
                 store,
                 calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0),
@@ -188,6 +217,11 @@ impl QuotaLayerBuilder {
                     memory_limit: usize::try_from(config.body_buffer_bytes).unwrap_or(usize::MAX),
                     dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
                 },
+                budget: self
+                    .budget
+                    .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes)),
+                client_body: config.timeouts.client_body,
+                request_buffering: config.request_buffering,
                 max_json_bytes: config.usage.max_json_bytes,
                 reservation_ttl: config.store.reservation_ttl,
                 idle_timeout: config.timeouts.idle,

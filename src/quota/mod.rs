@@ -12,6 +12,8 @@
 
 mod admit;
 mod body;
+mod budget;
+mod deadline;
 mod denial;
 mod forward;
 mod layer;
@@ -23,6 +25,7 @@ mod spool;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
+pub use self::deadline::{ClientBody, ClientBodyTimeout};
 pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
 pub use self::probe::ProbeSpec;
 pub use self::service::{Quota, ResponseFuture};

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
-use http::{Request, Response, StatusCode, header, request};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
@@ -38,11 +38,14 @@ use tower::Service;
 
 use super::admit::admit;
 use super::body::{QuotaBody, RequestBody};
+use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
+use super::deadline::ClientBody;
 use super::forward::forward;
 use super::layer::Shared;
 use super::probe::{ProbeAnswer, ProbeCache};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
+use crate::config::RequestBuffering;
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
@@ -106,12 +109,25 @@ where
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
+        // Nor a path prefix it chose (`SCRIPT_NAME`…): Django must route
+        // the path the route is found from.
+        shared.routing_headers.strip(request.headers_mut());
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
-            let future = self
-                .inner
-                .call(Request::from_parts(parts, RequestBody::streaming(body)));
+            if shared.request_buffering == RequestBuffering::All && !body.is_end_stream() {
+                // Received whole before the upstream is called (boxed: the
+                // spool's state would otherwise size every pass-through).
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                return ResponseFuture {
+                    kind: Kind::Inspected {
+                        future: Box::pin(buffered_passthrough(shared, inner, parts, body)),
+                    },
+                };
+            }
+            let body = RequestBody::streaming(body, shared.client_body);
+            let future = self.inner.call(Request::from_parts(parts, body));
             return ResponseFuture {
                 kind: Kind::Passthrough { future, shared },
             };
@@ -153,18 +169,66 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { future, shared } => {
                 let response = std::task::ready!(future.poll(cx))?;
-                let (mut parts, body) = response.into_parts();
-                if shared.reports.take_header(&mut parts.headers).is_some() {
-                    tracing::warn!(
-                        "a route that is not inspected reported saved images; not counted \
-                         (add it to [[routes]] to enforce and count it)"
-                    );
-                }
-                Poll::Ready(Ok(Response::from_parts(parts, QuotaBody::inner(body))))
+                Poll::Ready(Ok(passthrough_response(shared, response)))
             }
             KindProj::Inspected { future } => future.as_mut().poll(cx),
         }
     }
+}
+
+/// The upstream's answer to a request on no inspected route: handed on,
+/// with a usage report header removed (it is not counted there).
+fn passthrough_response<B>(shared: &Shared, response: Response<B>) -> Response<QuotaBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    if shared.reports.take_header(&mut parts.headers).is_some() {
+        tracing::warn!(
+            "a route that is not inspected reported saved images; not counted \
+             (add it to [[routes]] to enforce and count it)"
+        );
+    }
+    Response::from_parts(parts, QuotaBody::inner(body))
+}
+
+/// A request on no inspected route under `request_buffering = "all"`: its
+/// body is received whole (memory, then the spool; within `max_body_bytes`,
+/// the body budget and the client-body deadline) before the upstream is
+/// called, so a slow client never holds an upstream worker.
+async fn buffered_passthrough<S, ReqB, ResB>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    parts: request::Parts,
+    body: ReqB,
+) -> Result<Response<QuotaBody<ResB>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    ReqB: Body<Data = Bytes> + Send + 'static,
+    ReqB::Error: Into<BoxError>,
+{
+    let max = shared.max_body_bytes;
+    let read = if declared_length(&parts).is_some_and(|len| len > max) {
+        Err(ReadError::TooLarge(max))
+    } else {
+        let body = ClientBody::new(body, shared.client_body);
+        spool::read(
+            body,
+            max,
+            &shared.spool,
+            &shared.budget,
+            |feed| async move {
+                // Nothing to judge: the feed is dropped and only the spool reads.
+                drop(feed);
+            },
+        )
+        .await
+    };
+    let body = match read {
+        Ok((body, ())) => body,
+        Err(e) => return Ok(local(read_error_answer(e, "(not inspected)"))),
+    };
+    let response = inner
+        .call(Request::from_parts(parts, RequestBody::spooled(body)))
+        .await?;
+    Ok(passthrough_response(&shared, response))
 }
 
 async fn inspect<S, ReqB, ResB>(
@@ -182,11 +246,18 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let route = matched.route;
+    let route = Arc::clone(&matched.route);
     let (mut parts, body) = request.into_parts();
     let (body, verdict) = match read_body(&shared, &route, &parts, body).await {
         Ok(read) => read,
         Err(answer) => return Ok(local(answer)),
+    };
+    // The "session" a forced-image answer is remembered for: the probe's
+    // path, or the request's own path on a route without a probe, both
+    // written with canonical parameters.
+    let session = match &route.probe {
+        Some(probe) => probe.path(&matched.params),
+        None => matched.canonical_path(),
     };
     let mut flagged = match &verdict {
         FlagVerdict::NotFlagged => false,
@@ -204,26 +275,30 @@ where
             route.counters.request(Decision::Unflagged);
             let ticket = Ticket::Unflagged {
                 headers: parts.headers.clone(),
-                session: parts.uri.path().to_owned(),
+                session,
             };
             let request = Request::from_parts(parts, body);
             return forward(shared, inner, route, request, ticket).await;
         }
     };
-    // The "session" a forced-image answer is remembered for: the probe's
-    // path, or the request's own path on a route without a probe.
-    let session = match &route.probe {
-        Some(probe) => probe.path(&matched.params),
-        None => parts.uri.path().to_owned(),
-    };
-    if !flagged && shared.probe_cache.get(&session) == Some(true) {
-        flagged = true;
-    }
-    let identity = if flagged || route.probe.is_some() {
+    // Some user saved images here unflagged (`settle.rs`): look at who asks.
+    let learned = !flagged
+        && route.probe.is_none()
+        && shared.probe_cache.get(&ProbeCache::key(&session, "")) == Some(true);
+    let identity = if flagged || learned || route.probe.is_some() {
         Some(shared.identity.identify(&parts.headers).await)
     } else {
         None
     };
+    if !flagged
+        && learned
+        && let Some(Ok(Some(who))) = &identity
+    {
+        flagged = shared
+            .probe_cache
+            .get(&ProbeCache::key(&session, &who.user_id))
+            == Some(true);
+    }
     if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
         let key = ProbeCache::key(&session, &who.user_id);
         flagged = match shared.probe_cache.get(&key) {
@@ -263,50 +338,105 @@ where
     forward(shared, inner, route, request, ticket).await
 }
 
-/// Reads an inspected request's body, refusing more than `max_body_bytes`,
-/// and judges its flag. An upload (`multipart/form-data`) is judged as it
-/// streams and waits in a spool ([`spool::read`]); any other body is read
-/// into memory, as it is parsed whole.
-/// Reads a whole body of at most `max` bytes into one buffer: a body that
-/// comes in one piece is kept as it is, a longer one is copied piece by
-/// piece into a buffer sized by its `Content-Length` (`declared`), each piece
-/// dropped once copied, so the body is held about once, never as pieces plus
-/// a copy of them.
-async fn read_whole<B>(body: B, max: u64, declared: Option<u64>) -> Result<Bytes, ReadError>
+/// Reads a whole body of at most `max` bytes into one buffer, its bytes
+/// taken from `budget` as they come: a body that comes in one piece is kept
+/// as it is; a longer one is copied piece by piece into one buffer, each
+/// piece dropped once copied, so the body is held about once, never as
+/// pieces plus a copy of them.
+///
+/// The buffer grows as bytes arrive, doubling, never past `declared` (the
+/// `Content-Length`) or `max`: an honest length gets a buffer of exactly
+/// its size, a false one gets no more than twice what was really sent.
+async fn read_whole<B>(
+    body: B,
+    max: u64,
+    declared: Option<u64>,
+    budget: &BodyBudget,
+) -> Result<Bytes, ReadError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
+    let mut held = budget.hold();
     let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut joined: Option<Vec<u8>> = None;
     let mut total: u64 = 0;
+    let ceiling = usize::try_from(declared.unwrap_or(max).min(max)).unwrap_or(usize::MAX);
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(|e| ReadError::Client(e.into()))?.into_data() else {
+        let Ok(data) = frame.map_err(|e| ReadError::client(e.into()))?.into_data() else {
             continue; // trailers: not part of the bytes forwarded
         };
-        total += data.len() as u64;
+        total = total.saturating_add(data.len() as u64);
         if total > max {
             return Err(ReadError::TooLarge(max));
         }
         match (&mut joined, first.take()) {
-            (Some(joined), _) => joined.extend_from_slice(&data),
-            (None, None) => first = Some(data),
+            (Some(buffer), _) => {
+                grow(buffer, data.len(), ceiling, &mut held).await?;
+                buffer.extend_from_slice(&data);
+            }
+            (None, None) => {
+                held.grow(data.len()).await?;
+                first = Some(data);
+            }
             (None, Some(earlier)) => {
-                let capacity = declared.unwrap_or(total).max(total);
-                let mut buffer = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+                let mut buffer = Vec::new();
+                grow(&mut buffer, earlier.len() + data.len(), ceiling, &mut held).await?;
                 buffer.extend_from_slice(&earlier);
                 buffer.extend_from_slice(&data);
+                held.release(earlier.len());
                 joined = Some(buffer);
             }
         }
     }
     Ok(match (joined, first) {
-        (Some(joined), _) => joined.freeze(),
-        (None, first) => first.unwrap_or_default(),
+        (Some(buffer), _) => Bytes::from_owner(HeldBytes {
+            bytes: buffer,
+            _held: held,
+        }),
+        (None, Some(first)) => Bytes::from_owner(HeldBytes {
+            bytes: first,
+            _held: held,
+        }),
+        (None, None) => Bytes::new(),
     })
 }
 
+/// Makes room in `buffer` for `more` bytes: doubling its capacity, never
+/// past `ceiling` unless the bytes need it, the growth taken from `held`.
+async fn grow(
+    buffer: &mut Vec<u8>,
+    more: usize,
+    ceiling: usize,
+    held: &mut Held,
+) -> Result<(), ReadError> {
+    let needed = buffer.len().saturating_add(more);
+    if needed <= buffer.capacity() {
+        return Ok(());
+    }
+    let target = needed
+        .max(buffer.capacity().saturating_mul(2))
+        .min(ceiling.max(needed));
+    held.grow(target - buffer.capacity()).await?;
+    buffer.reserve_exact(target - buffer.len());
+    Ok(())
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(parts: &request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads an inspected request's body, refusing more than `max_body_bytes`,
+/// and judges its flag. An upload (`multipart/form-data`) is judged as it
+/// streams and waits in a spool ([`spool::read`]); any other body is read
+/// into memory, as it is parsed whole. Either way, under the client-body
+/// deadline and within the body budget.
 async fn read_body<B>(
     shared: &Shared,
     route: &Route,
@@ -329,25 +459,26 @@ where
     let several = types.next().is_some();
     let content_type = content_type.as_deref();
     let query = parts.uri.query();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(parts);
+    let body = ClientBody::new(body, shared.client_body);
     let read = if declared.is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
     } else if flag::is_multipart(content_type, &route.flag_rules) {
         // Boxed, as is the probe below: uploads are the rare case, and their
         // state would otherwise size (and be moved with) every inspected
         // request's future.
-        Box::pin(spool::read(body, max, &shared.spool, |feed| {
-            flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules)
-        }))
+        Box::pin(spool::read(
+            body,
+            max,
+            &shared.spool,
+            &shared.budget,
+            |feed| flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules),
+        ))
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
         async {
-            let bytes = read_whole(body, max, declared).await?;
+            let bytes = read_whole(body, max, declared, &shared.budget).await?;
             let verdict = flag::detect(
                 content_type,
                 bytes.clone(),
@@ -367,22 +498,111 @@ where
         ),
         verdict => (body, verdict),
     });
-    read.map_err(|e| match e {
-        ReadError::TooLarge(_) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+    read.map_err(|e| read_error_answer(e, &route.name))
+}
+
+/// The answer to a body that could not be read. A body left unread (too
+/// slow, no room for it) closes its connection: the rest of it is never
+/// read, so the connection cannot carry another request.
+fn read_error_answer(error: ReadError, route: &str) -> Response<Full<Bytes>> {
+    let closing = |mut answer: Response<Full<Bytes>>| {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        answer
+    };
+    match error {
+        ReadError::TooLarge(_) => json_error(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string()),
         ReadError::Client(source) => {
             tracing::debug!(error = %source, "request body could not be read");
-            json_error(StatusCode::BAD_REQUEST, "the request body could not be read")
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
+        ReadError::Timeout(timeout) => {
+            tracing::info!(%route, error = %timeout, "request body too slow; closing the connection");
+            metrics::counter!("quota_proxy_client_body_timeouts_total").increment(1);
+            closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ))
+        }
+        ReadError::Busy(full) => {
+            tracing::warn!(%route, error = %full, "no room for a request body; answering 503");
+            let mut answer = closing(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the proxy is busy receiving other requests; try again shortly",
+            ));
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(BUDGET_RETRY_AFTER));
+            answer
         }
         ReadError::Spool(source) => {
-            tracing::error!(route = %route.name, error = %source, "request body could not be spooled");
+            tracing::error!(%route, error = %source, "request body could not be spooled");
             json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the request body could not be stored",
             )
         }
-    })
+    }
 }
 
 pub(super) fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
     response.map(QuotaBody::full)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn frames(chunks: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = Infallible> {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_false_content_length_sizes_nothing() {
+        let budget = BodyBudget::new(1 << 30);
+        let body = frames(&[&[1; 100], &[2; 100], &[3; 100]]);
+        let bytes = read_whole(body, 1 << 30, Some(50_000_000), &budget)
+            .await
+            .expect("read");
+        assert_eq!(bytes.len(), 300);
+        // What is held is what arrived, doubled at most: never 50 MB.
+        let held = (1 << 30) - budget.available();
+        assert!((300..=600).contains(&held), "{held}");
+        drop(bytes);
+        assert_eq!(budget.available(), 1 << 30);
+    }
+
+    #[tokio::test]
+    async fn an_honest_content_length_gets_a_buffer_of_its_size() {
+        let budget = BodyBudget::new(1 << 30);
+        let chunks: Vec<&'static [u8]> = vec![&[7; 1000]; 9];
+        let bytes = read_whole(frames(&chunks), 1 << 30, Some(9000), &budget)
+            .await
+            .expect("read");
+        assert_eq!(bytes.len(), 9000);
+        assert_eq!((1 << 30) - budget.available(), 9000);
+    }
+
+    #[tokio::test]
+    async fn one_piece_is_kept_as_it_is() {
+        let budget = BodyBudget::new(1000);
+        let bytes = read_whole(frames(&[b"hello"]), 1000, None, &budget)
+            .await
+            .expect("read");
+        assert_eq!(bytes, "hello");
+        assert_eq!(budget.available(), 995);
+    }
 }

@@ -8,6 +8,7 @@ use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::layer::Shared;
+use super::probe::ProbeCache;
 use crate::identity::Identity;
 use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
@@ -114,9 +115,17 @@ impl Settlement {
                     .map_or(LEARNED_SESSION_TTL, |p| p.cache_ttl());
                 tracing::info!(route = %route.name, session = %session,
                     "saved images reported for an unflagged request; counting it, and its session from now on");
-                shared.probe_cache.put(session, true, ttl);
                 match shared.identity.identify(&headers).await {
-                    Ok(identity) => (identity.map(|i| i.user_id), None),
+                    Ok(identity) => {
+                        if let Some(who) = &identity {
+                            // The user's own key, and a hint that someone
+                            // here is learned (read before identifying).
+                            let cache = &shared.probe_cache;
+                            cache.put(ProbeCache::key(&session, &who.user_id), true, ttl);
+                            cache.put(ProbeCache::key(&session, ""), true, ttl);
+                        }
+                        (identity.map(|i| i.user_id), None)
+                    }
                     Err(e) => {
                         tracing::error!(route = %route.name, amount, error = %e,
                             "saved images reported but the user cannot be identified; not counted");

@@ -23,6 +23,12 @@
 //! memory part (at most `body_buffer_bytes`), the chunks queued for the
 //! parser and multer's buffer (a few chunks, plus an unfinished part header
 //! or preamble), and one write buffer of [`WRITE_BUFFER`] bytes.
+//!
+//! The memory part (as it grows) and the bytes in the file are taken from
+//! the process's body budget ([`super::budget`]) as they come, and given
+//! back when the [`SpooledBody`] is dropped. The same spool receives whole
+//! pass-through bodies under `request_buffering = "all"`, with a judge that
+//! reads nothing.
 
 use std::future::Future;
 use std::io;
@@ -37,6 +43,9 @@ use http_body_util::BodyExt;
 use tokio::fs::File;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::sync::mpsc;
+
+use super::budget::{BodyBudget, BudgetFull, Held};
+use super::deadline::ClientBodyTimeout;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,9 +76,25 @@ pub(crate) enum ReadError {
     /// The client's body failed (reset, malformed chunk).
     #[error("the request body could not be read")]
     Client(#[source] BoxError),
+    /// The client went silent for longer than `timeouts.client_body`.
+    #[error(transparent)]
+    Timeout(ClientBodyTimeout),
+    /// The body budget had no room for it (`body_budget_bytes`).
+    #[error(transparent)]
+    Busy(#[from] BudgetFull),
     /// The temporary file could not be made or written.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+impl ReadError {
+    /// A failure of the client's body: its silence, or anything else.
+    pub(crate) fn client(error: BoxError) -> Self {
+        match error.downcast::<ClientBodyTimeout>() {
+            Ok(timeout) => Self::Timeout(*timeout),
+            Err(error) => Self::Client(error),
+        }
+    }
 }
 
 /// A failure of the temporary file.
@@ -89,9 +114,10 @@ pub(crate) enum SpoolError {
     Truncated(u64),
 }
 
-/// Reads `body` (at most `max` bytes) into a spool while `judge` parses the
-/// same chunks from the [`Feed`] it is given; returns the body to forward
-/// and `judge`'s output, once both have seen the whole body.
+/// Reads `body` (at most `max` bytes) into a spool, its bytes taken from
+/// `budget`, while `judge` parses the same chunks from the [`Feed`] it is
+/// given; returns the body to forward and `judge`'s output, once both have
+/// seen the whole body.
 ///
 /// `judge` may stop early (its verdict known): the reading goes on, spooling
 /// only. Trailers are not kept, as in the buffered path.
@@ -99,6 +125,7 @@ pub(crate) async fn read<B, F, Fut>(
     body: B,
     max: u64,
     settings: &SpoolSettings,
+    budget: &BodyBudget,
     judge: F,
 ) -> Result<(SpooledBody, Fut::Output), ReadError>
 where
@@ -111,7 +138,7 @@ where
     let judged = judge(Feed { rx });
     let spooled = async move {
         let mut parser = Some(tx);
-        let mut spool = Spool::new(settings);
+        let mut spool = Spool::new(settings, budget.hold());
         let mut body = pin!(body);
         let mut total: u64 = 0;
         loop {
@@ -121,7 +148,7 @@ where
             let Some(frame) = next else {
                 break;
             };
-            let frame = frame.map_err(ReadError::Client)?;
+            let frame = frame.map_err(ReadError::client)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -168,32 +195,38 @@ struct Spool<'a> {
     memory: Vec<u8>,
     file: Option<BufWriter<File>>,
     file_len: u64,
+    /// The memory part's capacity plus the file's length, from the budget.
+    held: Held,
 }
 
 impl<'a> Spool<'a> {
-    fn new(settings: &'a SpoolSettings) -> Self {
+    fn new(settings: &'a SpoolSettings, held: Held) -> Self {
         Self {
             settings,
             memory: Vec::new(),
             file: None,
             file_len: 0,
+            held,
         }
     }
 
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
         let limit = self.settings.memory_limit;
         let needed = self.memory.len().saturating_add(chunk.len());
         if self.file.is_none() && needed <= limit {
             if needed > self.memory.capacity() {
                 // Doubling, but never past the limit: the limit is the
                 // memory the spool may take, not half of it.
-                let target = needed.max(self.memory.capacity().saturating_mul(2));
-                self.memory
-                    .reserve_exact(target.min(limit) - self.memory.len());
+                let target = needed
+                    .max(self.memory.capacity().saturating_mul(2))
+                    .min(limit);
+                self.held.grow(target - self.memory.capacity()).await?;
+                self.memory.reserve_exact(target - self.memory.len());
             }
             self.memory.extend_from_slice(chunk);
             return Ok(());
         }
+        self.held.grow(chunk.len()).await?;
         let file = match &mut self.file {
             Some(file) => file,
             None => self.file.insert(self.create().await?),
@@ -241,6 +274,7 @@ impl<'a> Spool<'a> {
             file,
             file_left: self.file_len,
             chunk: BytesMut::new(),
+            _held: self.held,
         })
     }
 }
@@ -254,6 +288,8 @@ pub(crate) struct SpooledBody {
     file: Option<File>,
     file_left: u64,
     chunk: BytesMut,
+    /// The budget the spool took, given back with the body.
+    _held: Held,
 }
 
 impl SpooledBody {
@@ -335,6 +371,10 @@ mod tests {
         }
     }
 
+    fn unbounded() -> BodyBudget {
+        BodyBudget::new(u64::MAX)
+    }
+
     /// `len` bytes that differ from chunk to chunk.
     fn pattern(len: usize) -> Bytes {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
@@ -351,9 +391,13 @@ mod tests {
 
     /// Spools `bytes` and returns the body and what the judge counted.
     async fn spool(bytes: &Bytes, size: usize, limit: usize) -> (SpooledBody, usize) {
-        read(frames(bytes, size), u64::MAX, &settings(limit), |feed| {
-            feed.fold(0, |n, chunk| async move { n + chunk.len() })
-        })
+        read(
+            frames(bytes, size),
+            u64::MAX,
+            &settings(limit),
+            &unbounded(),
+            |feed| feed.fold(0, |n, chunk| async move { n + chunk.len() }),
+        )
         .await
         .expect("spooled")
     }
@@ -424,6 +468,7 @@ mod tests {
             frames(&bytes, 1000),
             u64::MAX,
             &settings(0),
+            &unbounded(),
             |mut feed| async move { feed.next().await.map(|c| c.len()) },
         )
         .await
@@ -435,14 +480,22 @@ mod tests {
     #[tokio::test]
     async fn longer_than_max_is_too_large() {
         let bytes = pattern(10_000);
-        let result = read(frames(&bytes, 1000), 9_999, &settings(0), |feed| {
-            feed.count()
-        })
+        let result = read(
+            frames(&bytes, 1000),
+            9_999,
+            &settings(0),
+            &unbounded(),
+            |feed| feed.count(),
+        )
         .await;
         assert!(matches!(result, Err(ReadError::TooLarge(9_999))));
-        let exact = read(frames(&bytes, 1000), 10_000, &settings(0), |feed| {
-            feed.count()
-        })
+        let exact = read(
+            frames(&bytes, 1000),
+            10_000,
+            &settings(0),
+            &unbounded(),
+            |feed| feed.count(),
+        )
         .await;
         assert_eq!(exact.expect("at the limit").1, 10);
     }
@@ -454,12 +507,48 @@ mod tests {
             dir: PathBuf::from("/nonexistent/quota-proxy-spool"),
         };
         let body = Full::new(pattern(100));
-        let result = read(body, u64::MAX, &settings, |feed| feed.count()).await;
+        let result = read(body, u64::MAX, &settings, &unbounded(), |feed| feed.count()).await;
         let err = result.expect_err("no file can be made");
         assert!(
             err.to_string()
                 .starts_with("cannot create a temporary file in /nonexistent/quota-proxy-spool"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_held_until_the_body_is_dropped() {
+        let budget = BodyBudget::new(10_000_000);
+        let bytes = pattern(300_000);
+        let (body, _) = read(
+            frames(&bytes, 1000),
+            u64::MAX,
+            &settings(100_000),
+            &budget,
+            |feed| feed.count(),
+        )
+        .await
+        .expect("spooled");
+        // The memory part (its capacity: at most the limit) and the file.
+        let held = 10_000_000 - budget.available();
+        assert!((300_000..=300_000 + 100_000).contains(&held), "{held}");
+        drop(body);
+        assert_eq!(budget.available(), 10_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_past_the_budget_is_busy_and_gives_its_bytes_back() {
+        let budget = BodyBudget::new(50_000);
+        let bytes = pattern(100_000);
+        let result = read(
+            frames(&bytes, 1000),
+            u64::MAX,
+            &settings(10_000),
+            &budget,
+            |feed| feed.count(),
+        )
+        .await;
+        assert!(matches!(result, Err(ReadError::Busy(_))), "{result:?}");
+        assert_eq!(budget.available(), 50_000);
     }
 }

@@ -18,7 +18,15 @@
 //!   nothing left is removed;
 //! - a new user past `max_users` first triggers a sweep of every shard (at
 //!   most once per [`SWEEP_INTERVAL`], so a full store cannot be made to
-//!   sweep on every request), then gets [`StoreError::Full`].
+//!   sweep on every request) that also evicts every user whose periods
+//!   have all ended (no live reservation, no counter of a period still
+//!   running: only settled ids and counters in their grace), and only then
+//!   gets [`StoreError::Full`], counted in
+//!   `quota_proxy_memory_store_full_total` (the quota layer logs it and
+//!   applies `on_store_error`: 503 under `deny`, forwarded uncounted under
+//!   `allow`);
+//! - user ids longer than [`MAX_KEY_BYTES`] are kept under their SHA-256
+//!   digest, so a key costs at most that many bytes.
 //!
 //! Every decision uses the `now` passed in; the system clock is never read.
 
@@ -42,6 +50,26 @@ use crate::periods::{Period, PeriodLabel, PeriodWindow, PeriodWindows};
 /// call, where std's SipHash was 2% of a flagged request's CPU.
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 type HashSet<T> = std::collections::HashSet<T, RandomState>;
+
+/// Longest user id kept as it is; a longer one is kept as `sha256:<hex>`.
+pub(super) const MAX_KEY_BYTES: usize = 128;
+
+/// The key `user` is kept under: itself, or its digest when longer than
+/// [`MAX_KEY_BYTES`] (ids come from a trusted identity, but a header front
+/// may pass along whatever a client sent).
+pub(super) fn user_key(user: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if user.len() <= MAX_KEY_BYTES {
+        return std::borrow::Cow::Borrowed(user);
+    }
+    let digest = sha2::Sha256::digest(user.as_bytes());
+    let mut key = String::with_capacity(7 + 64);
+    key.push_str("sha256:");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    std::borrow::Cow::Owned(key)
+}
 
 /// How many independently locked maps users are spread over.
 const SHARDS: usize = 32;
@@ -100,6 +128,8 @@ struct UserState {
 #[derive(Debug)]
 struct Counter {
     label: PeriodLabel,
+    /// When the period ends (its counter lives on for `COUNTER_GRACE`).
+    period_end: DateTime<Utc>,
     value: u64,
     expires_at: DateTime<Utc>,
 }
@@ -135,6 +165,7 @@ impl MemoryStore {
         create: bool,
         f: impl FnOnce(&mut UserState) -> T,
     ) -> Result<T, StoreError> {
+        let user = &*user_key(user);
         let mut shard = self.shard(user);
         self.sweep_if_due(&mut shard, now);
         if let Some(state) = shard.users.get_mut(user) {
@@ -160,6 +191,7 @@ impl MemoryStore {
                 return self.with_user(user, now, create, f);
             }
             if !self.take_slot() {
+                metrics::counter!("quota_proxy_memory_store_full_total").increment(1);
                 return Err(StoreError::Full(self.max_users));
             }
         }
@@ -211,8 +243,22 @@ impl MemoryStore {
             }
             *last = Some(now);
         }
+        let mut evicted = 0;
         for shard in self.shards.iter() {
-            self.sweep(&mut lock(shard), now);
+            let mut shard = lock(shard);
+            self.sweep(&mut shard, now);
+            // Under pressure: users whose periods have all ended go too.
+            let before = shard.users.len();
+            shard.users.retain(|_, state| !state.all_ended(now));
+            evicted += before - shard.users.len();
+            self.users
+                .fetch_sub(before - shard.users.len(), Ordering::Relaxed);
+        }
+        if evicted > 0 {
+            tracing::info!(
+                evicted,
+                "memory store full: evicted users whose periods have all ended"
+            );
         }
     }
 
@@ -237,6 +283,14 @@ impl UserState {
         }
     }
 
+    /// Whether nothing of this user counts any more: no live reservation,
+    /// no counter of a period still running (what is left is settled ids
+    /// and counters in their grace).
+    fn all_ended(&self, now: DateTime<Utc>) -> bool {
+        self.reservations.values().all(|deadline| *deadline <= now)
+            && self.counters.iter().all(|c| c.period_end <= now)
+    }
+
     fn is_empty(&self) -> bool {
         self.counters.is_empty() && self.reservations.is_empty() && self.settled.is_empty()
     }
@@ -257,6 +311,7 @@ impl UserState {
             None => {
                 self.counters.push(Counter {
                     label: window.label,
+                    period_end: window.end,
                     value: 0,
                     expires_at,
                 });
@@ -544,5 +599,45 @@ mod tests {
         let state = &shard.users["a"];
         assert_eq!(state.settled.len(), SETTLED_MAX);
         assert!(!state.settled.contains(&first.id));
+    }
+
+    #[tokio::test]
+    async fn a_full_store_evicts_users_whose_periods_ended_before_refusing() {
+        let store = MemoryStore::new(2);
+        let day = at("2031-05-14T10:00:00Z");
+        // a was released (no image): only its settled id is left, for 24 h.
+        let a = reserve(&store, "a", day).await;
+        store.settle(&a, 0, day).await.expect("settle");
+        // b saved an image: its counters run to the end of the month.
+        let b = reserve(&store, "b", day).await;
+        store.settle(&b, 1, day).await.expect("settle");
+        assert_eq!(store.user_count(), 2);
+        let soon = day + TimeDelta::minutes(2);
+        reserve(&store, "c", soon).await;
+        assert_eq!(store.user_count(), 2);
+        let usage = store.usage("b", &windows(soon), soon).await.expect("usage");
+        assert_eq!(usage[0].used, 1, "b still counts");
+        // b and c (its reservation live) both count: a new user is refused.
+        let later = soon + TimeDelta::seconds(30);
+        let full = store.reserve(&request("d", later)).await;
+        assert!(matches!(full, Err(StoreError::Full(2))), "{full:?}");
+    }
+
+    #[tokio::test]
+    async fn long_user_ids_are_kept_as_digests() {
+        let store = MemoryStore::new(10);
+        let now = at("2031-05-14T10:00:00Z");
+        let long = "x".repeat(10_000);
+        let r = reserve(&store, &long, now).await;
+        store.settle(&r, 1, now).await.expect("settle");
+        let usage = store.usage(&long, &windows(now), now).await.expect("usage");
+        assert_eq!(usage[0].used, 1);
+        let key = user_key(&long);
+        assert!(
+            key.len() <= MAX_KEY_BYTES && key.starts_with("sha256:"),
+            "{key}"
+        );
+        assert!(store.shard(&key).users.contains_key(&*key));
+        assert_eq!(user_key("42"), "42");
     }
 }

@@ -14,9 +14,11 @@
 //! stores never read the system time themselves.
 
 mod breaker;
+mod health;
 mod memory;
 mod redis;
 mod resilient;
+mod script;
 mod threads;
 mod topology;
 
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use self::breaker::BreakerSettings;
+pub use self::health::StoreHealth;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore};
 pub use self::resilient::{OutagePolicy, ResilientSettings, ResilientStore};

@@ -11,10 +11,14 @@
 //!
 //! Every key of one user carries the user id as a hash tag, so all of them
 //! sit in one cluster slot and a script may touch them together; every key a
-//! script touches is passed in `KEYS`. User ids are used verbatim: a `}` in
-//! one only moves which slot that user's keys share, and cannot make two
-//! users' keys equal, since labels never contain `}`. With the prefix
-//! `quota:` and user `42`:
+//! script touches is passed in `KEYS`. User ids are used verbatim: a `}` or
+//! `{` in one only moves which slot that user's keys share, and cannot make
+//! two users' keys equal, since labels never contain `}`. One exception: an
+//! id starting with `}` (or `\x01`) is written after a `\x01` (`{\x01}x}`),
+//! since `{}x}` is an empty tag, for which Redis hashes each whole key and
+//! one user's keys would land in different slots (`tests/store.rs`,
+//! `odd_user_ids_keep_their_keys_together`, on the 3-master cluster). With
+//! the prefix `quota:` and user `42`:
 //!
 //! | key                      | type   | holds                                   | TTL                              |
 //! |--------------------------|--------|-----------------------------------------|----------------------------------|
@@ -55,13 +59,22 @@
 //!
 //! # Failures
 //!
-//! Every call is bounded by `command_timeout` ([`StoreError::Timeout`]); a
-//! refused or dropped connection is [`StoreError::Unavailable`] at once, and
-//! the connection reconnects by itself on a later call (see
-//! [`super::topology`]). [`RedisStore::open`] fails fast when Redis cannot
-//! be reached at startup, naming the address, so the binary can exit or
-//! retry rather than start with a store that will fail every request. What
-//! the proxy does while Redis is away (retrying settles, the circuit
+//! Every call is bounded by `command_timeout` ([`StoreError::Timeout`]).
+//! A call whose connection turns out to be gone (closed or reset by Redis,
+//! `CLIENT KILL`, a restart, a failover that demoted the node) is sent once
+//! more on a fresh connection within that same bound, so the first call on
+//! each stale connection does not fail; only a second failure, a refused
+//! connection on both attempts, or a timeout is [`StoreError::Unavailable`]
+//! or [`StoreError::Timeout`] and follows `on_store_error`. That repeat is
+//! safe because every script sent twice is idempotent: `reserve.lua` finds
+//! its id already reserved, `settle.lua` counts an id once, `extend.lua`
+//! sets a deadline, `usage.lua` reads. `adjust.lua` has no id and is never
+//! sent twice. (A timeout is not repeated: the call may still be running.)
+//!
+//! [`RedisStore::lazy`] makes the store without reaching Redis, so the
+//! proxy starts while Redis is down; [`RedisStore::open`] also connects and
+//! loads the scripts, and fails fast naming the address when it cannot.
+//! What the proxy does while Redis is away (retrying settles, the circuit
 //! breaker, the `local` policy) lives in [`super::ResilientStore`].
 //!
 //! # Scripts
@@ -75,19 +88,16 @@
 //! own reload sends `SCRIPT LOAD` to *every* node of a cluster, which fails
 //! while any one node is down, even for keys on a healthy node.)
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::{
-    Arg, ErrorKind, FromRedisValue, RedisError, RedisWrite as _, ServerErrorKind, ToRedisArgs,
-    Value,
-};
+use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
+use super::script::{Call, LuaScript};
 use super::threads::ThreadConnections;
-use super::topology::{Connection, Topology};
+use super::topology::{Connection, Topology, connection_gone};
 use super::{
     Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
 };
@@ -118,86 +128,6 @@ pub struct RedisOptions {
     pub root_cert: Option<Vec<u8>>,
 }
 
-/// One Lua script: its text, the SHA1 Redis knows it by and how many of its
-/// arguments are keys.
-struct LuaScript {
-    code: &'static str,
-    hash: String,
-    keys: usize,
-}
-
-impl LuaScript {
-    fn new(code: &'static str, keys: usize) -> Self {
-        Self {
-            code,
-            hash: redis::Script::new(code).get_hash().to_owned(),
-            keys,
-        }
-    }
-}
-
-/// One script call, written straight into the command it sends:
-/// `EVALSHA sha numkeys key… arg…`, keys first.
-struct Call<'a> {
-    script: &'a LuaScript,
-    command: redis::Cmd,
-    keys: usize,
-}
-
-impl<'a> Call<'a> {
-    fn new(script: &'a LuaScript) -> Self {
-        let mut command = redis::Cmd::with_capacity(16, 320);
-        command.arg("EVALSHA").arg(&script.hash).arg(script.keys);
-        Self {
-            script,
-            command,
-            keys: 0,
-        }
-    }
-
-    /// Appends the key `{prefix}{{user}}:{name}`, written into the command
-    /// itself.
-    fn key(&mut self, prefix: &str, user: &str, name: &str) -> &mut Self {
-        debug_assert_eq!(
-            self.command.args_iter().len(),
-            3 + self.keys,
-            "keys go before arguments"
-        );
-        let mut key = self.command.writer_for_next_arg();
-        for part in [prefix, "{", user, "}:", name] {
-            // Writing into the command's buffer (a Vec) cannot fail.
-            let _ = key.write_all(part.as_bytes());
-        }
-        drop(key);
-        self.keys += 1;
-        self
-    }
-
-    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        self.command.arg(arg);
-        self
-    }
-
-    /// The command to send: `EVALSHA`.
-    fn evalsha(&self) -> &redis::Cmd {
-        debug_assert_eq!(self.keys, self.script.keys, "a key is missing");
-        &self.command
-    }
-
-    /// The same call as `EVAL` with the script's text, for a node that
-    /// forgot the script.
-    fn eval(&self) -> redis::Cmd {
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(self.script.code);
-        for arg in self.command.args_iter().skip(2) {
-            if let Arg::Simple(bytes) = arg {
-                eval.arg(bytes);
-            }
-        }
-        eval
-    }
-}
-
 /// The shared quota store in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -208,6 +138,10 @@ pub struct RedisStore {
     prefix: String,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
+    /// Where Redis is, for messages (no password).
+    shown: std::sync::Arc<str>,
+    /// Longest wait of [`RedisStore::prepare`].
+    budget: Duration,
 }
 
 struct Scripts {
@@ -248,7 +182,8 @@ impl RedisStore {
     }
 
     /// Connects in any topology, checks that Redis answers and loads the
-    /// scripts (on every node of a cluster).
+    /// scripts (on every node of a cluster): [`RedisStore::lazy`] then
+    /// [`RedisStore::prepare`].
     ///
     /// Fails with [`StoreError::Unavailable`] naming the address (never the
     /// password) when Redis cannot be reached: after a refused connection at
@@ -256,50 +191,21 @@ impl RedisStore {
     /// Sentinel, which takes a lookup first). Every later call is bounded by
     /// `command_timeout`.
     pub async fn open(options: &RedisOptions) -> Result<Self, StoreError> {
+        let store = Self::lazy(options)?;
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// The store without talking to Redis yet: the first call connects, and
+    /// every call after a failed one tries again, so the proxy can start and
+    /// serve while Redis is down. Fails only on settings that can never
+    /// work (a URL that does not parse). Scripts are loaded by
+    /// [`RedisStore::prepare`], or by the first call that needs each one.
+    pub fn lazy(options: &RedisOptions) -> Result<Self, StoreError> {
         let shown = options.topology.describe();
         let timeout = options.command_timeout;
-        let budget = match options.topology {
-            Topology::Sentinel { .. } => timeout.saturating_mul(10),
-            _ => timeout.saturating_mul(3),
-        };
-        let scripts = Scripts {
-            reserve: LuaScript::new(RESERVE, 4),
-            settle: LuaScript::new(SETTLE, 5),
-            extend: LuaScript::new(EXTEND, 1),
-            usage: LuaScript::new(USAGE, 4),
-            adjust: LuaScript::new(ADJUST, 1),
-        };
-        let connecting = async {
-            let connection =
-                Connection::open(&options.topology, options.root_cert.as_deref(), timeout).await?;
-            // Loading every script now means the first reserve is one
-            // EVALSHA, and a script Redis rejects fails at startup.
-            for script in [
-                &scripts.reserve,
-                &scripts.settle,
-                &scripts.extend,
-                &scripts.usage,
-                &scripts.adjust,
-            ] {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(script.code);
-                connection.query::<Value>(&load).await?;
-            }
-            Ok::<_, RedisError>(connection)
-        };
-        let connection = match tokio::time::timeout(budget, connecting).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot use redis at {shown}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "redis at {shown} did not answer within {budget:?}"
-                )));
-            }
-        };
+        let connection = Connection::lazy(&options.topology, options.root_cert.as_deref(), timeout)
+            .map_err(|e| StoreError::Unavailable(format!("cannot use redis at {shown}: {e}")))?;
         Ok(Self {
             connection,
             threads: std::sync::Arc::new(ThreadConnections::new(
@@ -310,8 +216,53 @@ impl RedisStore {
             per_thread: false,
             prefix: options.key_prefix.clone(),
             command_timeout: timeout,
-            scripts: std::sync::Arc::new(scripts),
+            scripts: std::sync::Arc::new(Scripts {
+                reserve: LuaScript::new(RESERVE, 4),
+                settle: LuaScript::new(SETTLE, 5),
+                extend: LuaScript::new(EXTEND, 1),
+                usage: LuaScript::new(USAGE, 4),
+                adjust: LuaScript::new(ADJUST, 1),
+            }),
+            shown: std::sync::Arc::from(shown),
+            budget: match options.topology {
+                Topology::Sentinel { .. } => timeout.saturating_mul(10),
+                _ => timeout.saturating_mul(3),
+            },
         })
+    }
+
+    /// Connects now and loads every script (on every node of a cluster), so
+    /// the first reserve is one `EVALSHA` and a script Redis rejects shows
+    /// at once. Fails as [`RedisStore::open`] does; the store stays usable
+    /// either way.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let shown = &self.shown;
+        let budget = self.budget;
+        let scripts = &self.scripts;
+        let connecting = async {
+            self.connection.connect().await?;
+            for script in [
+                &scripts.reserve,
+                &scripts.settle,
+                &scripts.extend,
+                &scripts.usage,
+                &scripts.adjust,
+            ] {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(script.code);
+                self.connection.query::<Value>(&load).await?;
+            }
+            Ok::<_, RedisError>(())
+        };
+        match tokio::time::timeout(budget, connecting).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "cannot use redis at {shown}: {e}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis at {shown} did not answer within {budget:?}"
+            ))),
+        }
     }
 
     /// Gives each thread that runs a current-thread tokio runtime a
@@ -350,10 +301,12 @@ impl RedisStore {
     }
 
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
-    /// the script.
-    async fn run<T: FromRedisValue>(&self, call: &Call<'_>) -> Result<T, StoreError> {
-        let connection = self.connection();
-        self.bounded(async {
+    /// the script. A call whose connection turns out to be gone is sent once
+    /// more on a fresh one ([`Self::once_more`]); only `again = false`
+    /// calls (an adjustment, which has no id to make a repeat harmless)
+    /// fail at once.
+    async fn run<T: FromRedisValue>(&self, call: &Call<'_>, again: Again) -> Result<T, StoreError> {
+        self.once_more(again, |connection| async move {
             match connection.query(call.evalsha()).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     tracing::info!(
@@ -361,6 +314,39 @@ impl RedisStore {
                          sending the script itself"
                     );
                     connection.query(&call.eval()).await
+                }
+                answer => answer,
+            }
+        })
+        .await
+    }
+
+    /// Sends a call (`send`, given the connection to use) and, when it fails
+    /// because its connection is gone ([`connection_gone`]: reset, closed,
+    /// never re-established after a restart, demoted by a failover), sends
+    /// it once more: the first failure made the connection reconnect (a
+    /// single server's manager starts at once; Sentinel is asked again; the
+    /// cluster client refreshes), so the second goes out on a fresh one.
+    /// Both attempts together take at most `command_timeout`; only a second
+    /// failure, or a timeout, is the caller's error and so follows
+    /// `on_store_error`.
+    ///
+    /// Sending twice is safe only because every script it is used for is
+    /// idempotent: a reserve carries its id and a repeat finds it reserved
+    /// (`reserve.lua`), a settle counts its id once (`settle.lua`), an
+    /// extend sets a deadline, usage and ping only read.
+    async fn once_more<T, F, Fut>(&self, again: Again, send: F) -> Result<T, StoreError>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let connection = self.connection();
+        self.bounded(async {
+            match send(connection.clone()).await {
+                Err(e) if again == Again::IfConnectionGone && connection_gone(&e) => {
+                    tracing::info!(error = %e,
+                        "redis connection lost; sending the call once more on a fresh one");
+                    send(connection).await
                 }
                 answer => answer,
             }
@@ -389,6 +375,15 @@ impl RedisStore {
             StoreError::Unavailable(e.to_string())
         }
     }
+}
+
+/// Whether a call may be sent a second time after its connection was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Once more on a fresh connection: the call is idempotent.
+    IfConnectionGone,
+    /// Never: a repeat could count twice.
+    Never,
 }
 
 fn ms(at: DateTime<Utc>) -> i64 {
@@ -421,7 +416,7 @@ impl QuotaStore for RedisStore {
         for period in Period::ALL {
             call.arg(request.limits.of(period));
         }
-        let answer: Vec<i64> = self.run(&call).await?;
+        let answer: Vec<i64> = self.run(&call, Again::IfConnectionGone).await?;
         let &[status, period, day, week, month] = answer.as_slice() else {
             return Err(StoreError::Protocol(format!(
                 "reserve script answered {answer:?}"
@@ -471,7 +466,7 @@ impl QuotaStore for RedisStore {
             // The rank of the newest id to forget: -(most remembered) - 1.
             .arg(-(SETTLED_MAX as i64) - 1);
         // 1 when counted, 0 for a repeated settle: both are success.
-        let _: i64 = self.run(&call).await?;
+        let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
         Ok(())
     }
 
@@ -488,7 +483,7 @@ impl QuotaStore for RedisStore {
             .arg(ms(until))
             .arg(RESERVATIONS_MARGIN.num_milliseconds());
         // 0 means the reservation was gone, which is not an error.
-        let _: i64 = self.run(&call).await?;
+        let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
         Ok(())
     }
 
@@ -500,7 +495,7 @@ impl QuotaStore for RedisStore {
     ) -> Result<[PeriodUsage; 3], StoreError> {
         let mut call = self.counters_call(&self.scripts.usage, user, windows);
         call.key(&self.prefix, user, "res").arg(ms(now));
-        let answer: Vec<i64> = self.run(&call).await?;
+        let answer: Vec<i64> = self.run(&call, Again::IfConnectionGone).await?;
         let &[day, week, month, live] = answer.as_slice() else {
             return Err(StoreError::Protocol(format!(
                 "usage script answered {answer:?}"
@@ -534,15 +529,21 @@ impl QuotaStore for RedisStore {
         call.key(&self.prefix, user, window.label.text().as_str())
             .arg(delta)
             .arg(counter_ttl_ms(window, now));
-        count(self.run(&call).await?)
+        // Never sent twice: an adjustment has no id, so a repeat of one that
+        // reached Redis would count twice. The caller (the admin API) gets
+        // the error and can read the usage before trying again.
+        count(self.run(&call, Again::Never).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         // A cluster sends it to every master and answers once all did.
-        let ping = redis::cmd("PING");
-        self.bounded(self.connection.query::<Value>(&ping))
-            .await
-            .map(drop)
+        let ping = &redis::cmd("PING");
+        let shared = &self.connection;
+        self.once_more(Again::IfConnectionGone, |_| async move {
+            shared.query::<Value>(ping).await
+        })
+        .await
+        .map(drop)
     }
 }
 

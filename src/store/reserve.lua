@@ -15,6 +15,9 @@
 -- strings they came as: Redis formats every Lua number passed to a command
 -- with printf (see settle.lua).
 --
+-- Idempotent by id: a reserve sent again with the same id reserves nothing
+-- more and answers as the first one did (reserved).
+--
 -- Returns {1, 0, day, week, month} when reserved, the counts including this
 -- reservation; or {0, p, day, week, month} when p (1 = day, 2 = week,
 -- 3 = month) is the first period whose limit is reached, reserving nothing.
@@ -27,6 +30,13 @@ local used = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local counts = {}
 for i = 1, 3 do
   counts[i] = tonumber(used[i] or '0') + live
+end
+
+-- A repeat of this very reserve (its first answer was lost with its
+-- connection, see RedisStore::once_more) finds its id live: it is already
+-- counted in `live`, so it answers "reserved" and holds nothing more.
+if redis.call('ZSCORE', KEYS[4], ARGV[2]) then
+  return {1, 0, counts[1], counts[2], counts[3]}
 end
 
 for i = 1, 3 do

@@ -63,6 +63,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerSettings};
+use super::health::{Reachability, StoreHealth};
+use super::memory::user_key;
 use super::{
     Admission, MemoryStore, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
 };
@@ -123,6 +125,7 @@ impl std::fmt::Debug for ResilientStore {
 struct Shared {
     inner: Arc<dyn QuotaStore>,
     breaker: Breaker,
+    reachability: Reachability,
     queue: SettleQueue,
     local: Option<Local>,
 }
@@ -134,6 +137,7 @@ impl ResilientStore {
         let shared = Arc::new(Shared {
             inner,
             breaker: Breaker::new(settings.breaker),
+            reachability: Reachability::new(),
             queue: SettleQueue::new(settings.settle_queue),
             local: (settings.outage == OutagePolicy::Local)
                 .then(|| Local::new(settings.local_max_users)),
@@ -157,6 +161,26 @@ impl ResilientStore {
     /// True while reserves are answered from this replica's memory.
     pub fn is_local(&self) -> bool {
         self.shared.local.as_ref().is_some_and(Local::is_active)
+    }
+
+    /// Whether Redis answered the last call, the breaker, the local count
+    /// and the settle queue, read without calling Redis.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            kind: "redis",
+            up: self.shared.reachability.is_up(),
+            breaker_open: self.shared.breaker.is_open(),
+            local: self.is_local(),
+            pending_settles: self.pending_settles(),
+            dropped_settles: self.dropped_settles(),
+            last_error: self.shared.reachability.last_error(),
+        }
+    }
+
+    /// Records that Redis could not be reached outside a call of this store
+    /// (at startup, before the first call).
+    pub fn unreachable(&self, error: &StoreError) {
+        self.shared.reachability.failed(error);
     }
 
     /// Tries to send every queued settle to Redis before `deadline` (for a
@@ -218,10 +242,12 @@ impl ResilientStore {
         match answer {
             Err(e) if is_outage(e) => {
                 self.shared.breaker.failed();
+                self.shared.reachability.failed(e);
                 false
             }
             _ => {
                 self.shared.breaker.succeeded();
+                self.shared.reachability.answered();
                 if self.pending_settles() > 0 {
                     self.shared.queue.retry_now.notify_one();
                 }
@@ -513,6 +539,7 @@ async fn retry(shared: Arc<Shared>) {
             None => {
                 backoff = RETRY_MIN;
                 shared.breaker.succeeded();
+                shared.reachability.answered();
                 if queue.pending.load(Ordering::Acquire) == 0 {
                     tracing::info!("every queued settle reached redis");
                 } else {
@@ -532,7 +559,11 @@ async fn retry(shared: Arc<Shared>) {
     }
 }
 
-/// Limits enforced from this replica's memory during an outage.
+/// Limits enforced from this replica's memory during an outage. Bounded:
+/// at most `local_max_users` baselines (all forgotten at once when full)
+/// and as many users counted, each keyed by at most
+/// [`MAX_KEY_BYTES`](super::memory::MAX_KEY_BYTES) bytes (longer ids by
+/// their digest, as in the memory store).
 struct Local {
     max_users: usize,
     /// Used + reserved per period in Redis's last answer about each user.
@@ -588,16 +619,17 @@ impl Local {
             starts: request.windows.0.each_ref().map(|w| w.start),
             counts,
         };
+        let key = user_key(&request.user);
         let mut baselines = self
             .baselines
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if baselines.len() >= self.max_users && !baselines.contains_key(&request.user) {
+        if baselines.len() >= self.max_users && !baselines.contains_key(&*key) {
             // Bounded without bookkeeping: forgetting everyone only makes
             // the next outage start those users from zero.
             baselines.clear();
         }
-        baselines.insert(request.user.clone(), baseline);
+        baselines.insert(key.into_owned(), baseline);
     }
 
     async fn reserve(
@@ -610,16 +642,17 @@ impl Local {
             tracing::warn!(error = %cause,
                 "redis unavailable; enforcing limits from this replica's memory until it answers");
         }
-        if !state.seeded.contains(&request.user) {
+        let key = user_key(&request.user);
+        if !state.seeded.contains(&*key) {
             if state.seeded.len() >= self.max_users {
                 return Err(StoreError::Full(self.max_users));
             }
-            state.seeded.insert(request.user.clone());
+            state.seeded.insert(key.clone().into_owned());
             let baseline = self
                 .baselines
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&request.user);
+                .remove(&*key);
             if let Some(baseline) = baseline {
                 for (i, window) in request.windows.0.iter().enumerate() {
                     let count = baseline.counts[i];
@@ -905,6 +938,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn health_follows_the_last_call_without_calling() {
+        let redis = Switchable::new();
+        let store = ResilientStore::new(redis.clone(), settings(OutagePolicy::Fail, 100));
+        assert!(store.health().up);
+        redis.set_down(true);
+        store.ping().await.expect_err("down");
+        let health = store.health();
+        assert!(!health.up && !health.breaker_open, "{health:?}");
+        assert!(
+            health
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("switched off")),
+            "{health:?}"
+        );
+        store.ping().await.expect_err("down");
+        assert!(store.health().breaker_open, "two failures open it");
+        redis.set_down(false);
+        store.ping().await.expect("up again");
+        let health = store.health();
+        assert!(health.up && !health.breaker_open && health.last_error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fail_policy_returns_the_error() {
         let redis = Switchable::new();
         let store = ResilientStore::new(redis.clone(), settings(OutagePolicy::Fail, 100));
@@ -912,5 +969,35 @@ mod tests {
         let err = store.reserve(&request("alice", 5)).await.expect_err("down");
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(!store.is_local());
+    }
+
+    #[tokio::test]
+    async fn local_counts_keep_long_user_ids_as_digests() {
+        let local = Local::new(4);
+        let long = "y".repeat(10_000);
+        let request = request(&long, 5);
+        let admission = Admission::Exceeded {
+            period: crate::periods::Period::Daily,
+            counts: super::super::PeriodCounts([5, 5, 5]),
+        };
+        local.remember(&request, &admission);
+        let cause = StoreError::Unavailable("down".to_owned());
+        local.reserve(&request, &cause).await.expect("answered");
+        {
+            let baselines = local.baselines.lock().expect("baselines");
+            assert!(
+                baselines
+                    .keys()
+                    .all(|k| k.len() <= super::super::memory::MAX_KEY_BYTES)
+            );
+        }
+        let state = local.state.lock().await;
+        assert!(
+            state
+                .seeded
+                .iter()
+                .all(|k| k.len() <= super::super::memory::MAX_KEY_BYTES)
+        );
+        assert_eq!(state.seeded.len(), 1);
     }
 }

@@ -20,11 +20,12 @@
 //!   the next call asks Sentinel again, so the store follows a failover by
 //!   itself.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -96,16 +97,30 @@ impl Topology {
 #[derive(Clone)]
 pub(super) enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<LazyCluster>),
     Sentinel(Arc<SentinelMaster>),
 }
 
 impl Connection {
-    /// Connects; each connection attempt waits at most `timeout`. Answers
-    /// are bounded by the caller ([`super::RedisStore`] bounds every call by
-    /// the same `timeout`). `root_cert` (PEM) replaces the system's trusted roots for
-    /// `rediss://`.
+    /// Connects now; each connection attempt waits at most `timeout`.
+    /// Answers are bounded by the caller ([`super::RedisStore`] bounds every
+    /// call by the same `timeout`). `root_cert` (PEM) replaces the system's
+    /// trusted roots for `rediss://`.
     pub(super) async fn open(
+        topology: &Topology,
+        root_cert: Option<&[u8]>,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let connection = Self::lazy(topology, root_cert, timeout)?;
+        connection.connect().await?;
+        Ok(connection)
+    }
+
+    /// The connection without connecting yet: the first call connects (and
+    /// each later call tries again while that fails), so a store can be
+    /// made while Redis is down. Fails only on settings that can never
+    /// work (a URL that does not parse).
+    pub(super) fn lazy(
         topology: &Topology,
         root_cert: Option<&[u8]>,
         timeout: Duration,
@@ -131,7 +146,7 @@ impl Connection {
                     .set_number_of_retries(CONNECT_RETRIES)
                     .set_min_delay(CONNECT_RETRY_DELAY)
                     .set_max_delay(CONNECT_RETRY_DELAY);
-                let manager = ConnectionManager::new_with_config(client, config).await?;
+                let manager = ConnectionManager::new_lazy_with_config(client, config)?;
                 Ok(Connection::Single(manager))
             }
             Topology::Cluster { nodes } => {
@@ -144,8 +159,10 @@ impl Connection {
                 if root_cert.is_some() {
                     builder = builder.certs(certificates());
                 }
-                let client = builder.build()?;
-                Ok(Connection::Cluster(client.get_async_connection().await?))
+                Ok(Connection::Cluster(Arc::new(LazyCluster {
+                    client: builder.build()?,
+                    connection: tokio::sync::OnceCell::new(),
+                })))
             }
             Topology::Sentinel {
                 master,
@@ -198,19 +215,38 @@ impl Connection {
                         builder = builder.set_client_to_sentinel_certificates(certificates());
                     }
                 }
-                let sentinel = SentinelMaster {
-                    client: tokio::sync::Mutex::new(builder.build()?),
+                Ok(Connection::Sentinel(Arc::new(SentinelMaster {
+                    lookup: tokio::sync::Mutex::new(Lookup {
+                        sentinel: builder.build()?,
+                        last: None,
+                    }),
                     current: Mutex::new(None),
+                    generations: AtomicU64::new(0),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(timeout))
                         .set_response_timeout(Some(timeout)),
-                };
-                // Resolving now makes a wrong master name or unreachable
-                // Sentinels fail at startup.
-                sentinel.connection().await?;
-                Ok(Connection::Sentinel(Arc::new(sentinel)))
+                })))
             }
         }
+    }
+
+    /// Connects now if not connected yet, so a wrong address, a wrong
+    /// password or unreachable Sentinels show at once.
+    pub(super) async fn connect(&self) -> RedisResult<()> {
+        match self {
+            Connection::Single(manager) => {
+                redis::cmd("PING")
+                    .query_async::<redis::Value>(&mut manager.clone())
+                    .await?;
+            }
+            Connection::Cluster(cluster) => {
+                cluster.connection().await?;
+            }
+            Connection::Sentinel(sentinel) => {
+                sentinel.connection().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends `cmd` to the node that owns its first key (any node for a
@@ -218,21 +254,73 @@ impl Connection {
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Connection::Single(manager) => cmd.query_async(&mut manager.clone()).await,
-            Connection::Cluster(cluster) => cmd.query_async(&mut cluster.clone()).await,
+            Connection::Cluster(cluster) => {
+                cmd.query_async(&mut cluster.connection().await?.clone())
+                    .await
+            }
             Connection::Sentinel(sentinel) => sentinel.query(cmd).await,
         }
     }
+}
+
+/// A cluster client whose connections are opened by the first call that
+/// needs them; a failed attempt leaves it empty for the next call to try.
+pub(super) struct LazyCluster {
+    client: ClusterClient,
+    connection: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl LazyCluster {
+    async fn connection(&self) -> RedisResult<&ClusterConnection> {
+        self.connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+    }
+}
+
+/// True when `e` means the connection the call went out on is gone (the
+/// server closed or reset it, it was never re-established after a restart,
+/// or the node was demoted by a failover), so the same call sent again on
+/// a fresh connection may succeed. A timeout is not: the call may still be
+/// running on a server that is alive but slow.
+pub(super) fn connection_gone(e: &RedisError) -> bool {
+    !e.is_timeout()
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+            )
+            // A write refused inside a script carries READONLY in its message.
+            || e.to_string().contains("READONLY"))
+}
+
+/// The Sentinels, and the master they named last.
+pub(super) struct Lookup {
+    sentinel: SentinelClient,
+    last: Option<redis::Client>,
 }
 
 /// The current master behind Sentinel and the connection to it.
 pub(super) struct SentinelMaster {
     /// Asks the Sentinels; locked while asking, so one failover makes one
     /// lookup, not one per waiting call.
-    client: tokio::sync::Mutex<SentinelClient>,
-    /// The connection to the master last named, with a generation number so
-    /// a late failure of an older connection does not drop a newer one.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    lookup: tokio::sync::Mutex<Lookup>,
+    /// The connection to the master last named.
+    current: Mutex<Option<Current>>,
+    /// Numbers connections, so a late failure of an older connection does
+    /// not drop a newer one.
+    generations: AtomicU64,
     config: AsyncConnectionConfig,
+}
+
+/// A connection to the master Sentinel named.
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    connection: MultiplexedConnection,
 }
 
 impl SentinelMaster {
@@ -249,25 +337,45 @@ impl SentinelMaster {
     /// Asks the Sentinels for the master and connects to it, unless a
     /// concurrent call did so while this one waited for the lock.
     async fn reconnect(&self) -> RedisResult<(u64, MultiplexedConnection)> {
-        let mut client = self.client.lock().await;
+        let mut lookup = self.lookup.lock().await;
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let master = client.async_get_client().await?;
+        let master = match lookup.sentinel.async_get_client().await {
+            Ok(master) => {
+                lookup.last = Some(master.clone());
+                master
+            }
+            // Sentinel names no master while its own link to the master is
+            // being re-established (it flags it down meanwhile): the last
+            // master it named is the best guess. If that node was demoted,
+            // its writes answer READONLY and the next call asks again.
+            Err(e) => match &lookup.last {
+                Some(last) => {
+                    tracing::warn!(error = %e,
+                        "Sentinel names no usable master now; trying the last one it named");
+                    last.clone()
+                }
+                None => return Err(e),
+            },
+        };
         let connection = master
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let generation = current.as_ref().map_or(0, |(g, _)| g + 1);
-        *current = Some((generation, connection.clone()));
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Current {
+            generation,
+            connection: connection.clone(),
+        });
         Ok((generation, connection))
     }
 
+    /// The connection to use, if there is one.
     fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .map(|c| (c.generation, c.connection.clone()))
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
@@ -277,9 +385,7 @@ impl SentinelMaster {
             && master_lost(e)
         {
             let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                // Keep the generation counting: a later connection gets a
-                // new number even though this slot is empty now.
+            if current.as_ref().is_some_and(|c| c.generation == generation) {
                 *current = None;
                 drop(current);
                 tracing::warn!(error = %e, "redis master lost; asking Sentinel again");
@@ -325,6 +431,32 @@ fn redacted_list(urls: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_lost_connection_is_worth_a_second_attempt() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::NotConnected,
+        ] {
+            assert!(connection_gone(&io(kind)), "{kind:?}");
+        }
+        // The call may still be running: never sent twice.
+        assert!(!connection_gone(&io(std::io::ErrorKind::TimedOut)));
+        let readonly = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(connection_gone(&readonly));
+        let noscript = RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "gone"));
+        assert!(!connection_gone(&noscript));
+        let refused_by_script = RedisError::from((ErrorKind::Client, "a script error"));
+        assert!(!connection_gone(&refused_by_script));
+    }
 
     #[test]
     fn passwords_are_not_shown() {

@@ -131,6 +131,28 @@ impl Binary {
         std::fs::write(&self.config_path, text).expect("write config");
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (Linux), e.g. `VmSize` or
+    /// `VmRSS`, in bytes.
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"));
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read {line}"));
+        kb * 1024
+    }
+
     /// The names of the process's threads (Linux: `/proc/<pid>/task`).
     pub fn thread_names(&self) -> Vec<String> {
         let pid = self.child.as_ref().expect("running").id();

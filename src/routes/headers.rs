@@ -1,0 +1,135 @@
+//! Request headers that change which view Django runs (phase: classify,
+//! before anything reads the request).
+//!
+//! gunicorn takes a `SCRIPT_NAME` request header from a trusted peer (its
+//! `forwarded_allow_ips`, `127.0.0.1` by default: the proxy's own address)
+//! and cuts that prefix from the path before Django sees it
+//! (`gunicorn/http/wsgi.py` `create`; `forwarder_headers` defaults to
+//! `SCRIPT_NAME,PATH_INFO` in `gunicorn/config.py`). So
+//! `POST /x/chat/session/17/send/` with `SCRIPT_NAME: /x` runs the send
+//! view while the proxy saw another path. Other servers and middlewares do
+//! the same with `X-Script-Name`, `X-Forwarded-Prefix` (werkzeug's
+//! `ProxyFix`), `X-Original-URL` / `X-Rewrite-URL` (IIS rewrite) and the
+//! like.
+//!
+//! WSGI servers name a header `HTTP_` + its name upper-cased with `-` made
+//! `_` (`wsgi.py`: `'HTTP_' + hdr_name.replace('-', '_')`), so
+//! `X_Forwarded_Prefix` and `X-Forwarded-Prefix` reach the app under one
+//! key. gunicorn 22+ drops names with `_` by default (`header_map = "drop"`)
+//! but maps them with `header_map = "dangerous"`, older versions always,
+//! and `SCRIPT_NAME` itself is let through as a forwarder header. So each
+//! configured name is removed in every spelling: any case, `-` and `_`
+//! alike.
+//!
+//! The list is `strip_routing_headers`; removed from every request,
+//! inspected or not, before the route is looked up.
+
+use http::HeaderMap;
+use http::header::HeaderName;
+
+/// The default `strip_routing_headers`.
+pub const DEFAULT_ROUTING_HEADERS: [&str; 8] = [
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "X-Script-Name",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Path",
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Rewrite-URL",
+];
+
+/// Header names removed from every request, matched in any case with `-`
+/// and `_` alike.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingHeaders {
+    /// Lower case, `_` written as `-`.
+    names: Vec<Box<[u8]>>,
+}
+
+impl RoutingHeaders {
+    /// The list `names`; an entry that is not a header name is an error
+    /// naming it.
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        let names = names
+            .iter()
+            .map(|name| {
+                let name = name.as_ref();
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(|_| fold(name.as_bytes()).collect())
+                    .map_err(|_| format!("{name:?} is not a header name"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { names })
+    }
+
+    /// Removes every header `headers` holds under one of the names, in any
+    /// spelling. One pass over the names when there is none (the usual
+    /// case); no allocation.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.names.is_empty() {
+            return;
+        }
+        while let Some(found) = headers.keys().find(|key| self.covers(key)).cloned() {
+            headers.remove(found);
+        }
+    }
+
+    fn covers(&self, key: &HeaderName) -> bool {
+        let key = key.as_str().as_bytes();
+        self.names
+            .iter()
+            .any(|name| name.len() == key.len() && fold(key).eq(name.iter().copied()))
+    }
+}
+
+/// `-` and `_` as one, lower case.
+fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    name.iter().map(|&b| match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_is_removed_and_nothing_else() {
+        let strip = RoutingHeaders::new(&DEFAULT_ROUTING_HEADERS).expect("names");
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("script_name", "/x"),
+            ("Script-Name", "/x"),
+            ("x_forwarded_prefix", "/x"),
+            ("X-Forwarded_Prefix", "/y"),
+            ("x-original-url", "/chat/session/17/send/"),
+            ("x_rewrite_url", "/a"),
+            ("path_info", "/a"),
+            ("cookie", "sessionid=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        strip.strip(&mut h);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["cookie", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn bad_names_and_empty_lists() {
+        let err = RoutingHeaders::new(&["x y"]).expect_err("space");
+        assert!(err.contains("\"x y\""), "{err}");
+        let mut h = HeaderMap::new();
+        h.insert("script_name", "/x".parse().expect("value"));
+        RoutingHeaders::new::<&str>(&[])
+            .expect("empty")
+            .strip(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

@@ -1,0 +1,98 @@
+//! One Lua script call to Redis (phases: admit and settle): the script's
+//! text and SHA1, and the `EVALSHA` command written in one buffer, keys
+//! first, with the `EVAL` fallback for a node that forgot the script. Used
+//! by [`super::RedisStore`].
+
+use std::io::Write as _;
+
+use redis::{Arg, RedisWrite as _, ToRedisArgs};
+
+/// One Lua script: its text, the SHA1 Redis knows it by and how many of its
+/// arguments are keys.
+pub(super) struct LuaScript {
+    pub(super) code: &'static str,
+    hash: String,
+    keys: usize,
+}
+
+impl LuaScript {
+    pub(super) fn new(code: &'static str, keys: usize) -> Self {
+        Self {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+            keys,
+        }
+    }
+}
+
+/// One script call, written straight into the command it sends:
+/// `EVALSHA sha numkeys key… arg…`, keys first.
+pub(super) struct Call<'a> {
+    script: &'a LuaScript,
+    command: redis::Cmd,
+    keys: usize,
+}
+
+impl<'a> Call<'a> {
+    pub(super) fn new(script: &'a LuaScript) -> Self {
+        let mut command = redis::Cmd::with_capacity(16, 320);
+        command.arg("EVALSHA").arg(&script.hash).arg(script.keys);
+        Self {
+            script,
+            command,
+            keys: 0,
+        }
+    }
+
+    /// Appends the key `{prefix}{{user}}:{name}`, written into the command
+    /// itself.
+    pub(super) fn key(&mut self, prefix: &str, user: &str, name: &str) -> &mut Self {
+        debug_assert_eq!(
+            self.command.args_iter().len(),
+            3 + self.keys,
+            "keys go before arguments"
+        );
+        // A hash tag must not be empty: for `{}` Redis hashes the whole key,
+        // so an id starting with `}` would scatter its keys over slots and
+        // every script would fail with CROSSSLOT. Such an id (and, to keep
+        // the mapping one-to-one, one starting with \x01) is written after
+        // a \x01, which makes the tag non-empty.
+        let escape = if user.starts_with(['}', '\u{1}']) {
+            "\u{1}"
+        } else {
+            ""
+        };
+        let mut key = self.command.writer_for_next_arg();
+        for part in [prefix, "{", escape, user, "}:", name] {
+            // Writing into the command's buffer (a Vec) cannot fail.
+            let _ = key.write_all(part.as_bytes());
+        }
+        drop(key);
+        self.keys += 1;
+        self
+    }
+
+    pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.command.arg(arg);
+        self
+    }
+
+    /// The command to send: `EVALSHA`.
+    pub(super) fn evalsha(&self) -> &redis::Cmd {
+        debug_assert_eq!(self.keys, self.script.keys, "a key is missing");
+        &self.command
+    }
+
+    /// The same call as `EVAL` with the script's text, for a node that
+    /// forgot the script.
+    pub(super) fn eval(&self) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(self.script.code);
+        for arg in self.command.args_iter().skip(2) {
+            if let Arg::Simple(bytes) = arg {
+                eval.arg(bytes);
+            }
+        }
+        eval
+    }
+}
