@@ -1,8 +1,15 @@
 //! The command line (clap derive): `serve` (the default), `check-config`,
 //! and `usage show|reset|adjust`, which work on the config's store directly.
+//!
+//! Exit codes, the same wherever a problem is found: 0 success or a clean
+//! shutdown; [`EXIT_CONFIG`] (2) the config cannot work (it does not load,
+//! names a secret that does not resolve, a key that cannot be read, a spool
+//! directory that cannot be written); 1 anything else (a port in use, Redis
+//! not answering `check-config --online`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
@@ -36,9 +43,16 @@ pub enum Command {
     /// Run the proxy and its admin listener (the default). SIGTERM or SIGINT
     /// drains and stops; SIGHUP re-reads the config file.
     Serve,
-    /// Validate the config file, print it with every default filled in, and
-    /// exit non-zero naming the field on an error.
-    CheckConfig,
+    /// Validate the config file, print it with every default filled in and
+    /// secrets masked, and exit 2 naming the field on an error. Secret files
+    /// and variables are resolved and the spool directory written to, as
+    /// `serve` would.
+    CheckConfig {
+        /// Also bind both listeners (then let go of them) and ping the
+        /// store; exit 1 when one of them fails.
+        #[arg(long)]
+        online: bool,
+    },
     /// Show, reset or adjust a user's usage, in the config's store directly.
     ///
     /// Meant for a Redis store, which every replica shares. A memory store
@@ -85,6 +99,62 @@ pub enum UsageCommand {
         #[arg(long)]
         plan: Option<String>,
     },
+}
+
+/// The exit code of every config error, wherever it is found.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Longest wait for the store's answer in `check-config --online`.
+const ONLINE_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why `check-config` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The config cannot work (exit 2).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// `--online`: a listener cannot be bound (exit 1).
+    #[error("{0}")]
+    Bind(crate::app::AppError),
+    /// `--online`: the store does not answer (exit 1).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// `--online`: the store did not answer in time (exit 1).
+    #[error("store: no answer to PING within {0:?}")]
+    StoreTimeout(Duration),
+}
+
+impl CheckError {
+    /// The process exit code: [`EXIT_CONFIG`] for a config error, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CheckError::Config(_) => EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// `check-config`: builds everything `serve` builds from the config (the
+/// identity source with its keys, the routes); with `online`, also binds
+/// the listeners and pings the store.
+pub async fn check_config(config: &Config, online: bool) -> Result<(), CheckError> {
+    crate::quota::QuotaLayer::builder(config)?;
+    if !online {
+        return Ok(());
+    }
+    let listeners = crate::app::Listeners::bind(config)
+        .await
+        .map_err(CheckError::Bind)?;
+    drop(listeners);
+    if config.store.kind == StoreKind::Redis {
+        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer)
+            .await?
+            .store;
+        tokio::time::timeout(ONLINE_PING_TIMEOUT, store.ping())
+            .await
+            .map_err(|_| CheckError::StoreTimeout(ONLINE_PING_TIMEOUT))??;
+    }
+    Ok(())
 }
 
 /// Why a `usage` subcommand failed.

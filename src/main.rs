@@ -1,8 +1,9 @@
 //! The `quota-proxy` binary: command line → config → logs → serve (or a
 //! one-shot subcommand).
 //!
-//! Exit codes: 0 after a clean shutdown or a successful subcommand, 2 when
-//! the config does not load, 1 on any other failure.
+//! Exit codes: 0 after a clean shutdown or a successful subcommand, 2
+//! ([`EXIT_CONFIG`]) when the config cannot work, wherever that is found (on
+//! load, or while `serve` builds from it), 1 on any other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use quota_proxy::app::{self, AppError, Listeners};
-use quota_proxy::cli::{Cli, Command, UsageCommand};
+use quota_proxy::cli::{Cli, Command, EXIT_CONFIG, UsageCommand};
 use quota_proxy::config::Config;
 use quota_proxy::telemetry;
 
@@ -27,14 +28,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("quota-proxy: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig { online } => check_config(&config, online),
         Command::Serve => serve(config, cli.config),
         Command::Usage(command) => usage(config, command),
     }
@@ -59,7 +57,26 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "quota-proxy stopped");
             eprintln!("quota-proxy: {e}");
-            ExitCode::FAILURE
+            match e {
+                AppError::Config(_) | AppError::Token(_) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn check_config(config: &Config, online: bool) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(quota_proxy::cli::check_config(config, online)) {
+        Ok(()) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quota-proxy: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

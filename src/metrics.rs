@@ -21,6 +21,7 @@
 //! | `quota_proxy_store_up` | gauge | | 1 while the store answered its last call (the memory store: always), 0 while Redis does not answer |
 //! | `quota_proxy_store_breaker_open` | gauge | | 1 while the circuit breaker in front of Redis is open (calls fail at once, `on_store_error` applies) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
+//! | `quota_proxy_unknown_plan_total` | counter | | identities whose plan name is not in `[plans]` (the default plan applied; each name logged once) |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
 //! The Redis store's settle retry queue is read every 5 s: its depth as
@@ -67,6 +68,8 @@ pub const STORE_BREAKER_OPEN: &str = "quota_proxy_store_breaker_open";
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
 /// Identity cache lookups by result (`hit`, `miss`).
 pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
+/// Plan names not in `[plans]` (the default plan applied).
+pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
 /// The running version.
 pub const BUILD_INFO: &str = "quota_proxy_build_info";
 
@@ -144,6 +147,10 @@ fn describe() {
     );
     describe_counter!(RELOADS, "Config reloads by result.");
     describe_counter!(IDENTITY_CACHE, "Identity cache lookups by result.");
+    describe_counter!(
+        UNKNOWN_PLAN,
+        "Identities whose plan is not in [plans]; the default plan applied."
+    );
     describe_gauge!(BUILD_INFO, "The running version; always 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -266,6 +273,11 @@ pub fn store_health(health: &crate::store::StoreHealth) {
 /// Counts a config reload, `ok` or `error`.
 pub fn reload(ok: bool) {
     metrics::counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Counts an identity whose plan name is not in `[plans]`.
+pub fn unknown_plan() {
+    metrics::counter!(UNKNOWN_PLAN).increment(1);
 }
 
 /// Counts an identity cache lookup.

@@ -468,13 +468,24 @@ async fn sigterm_drains_in_flight_requests_and_records_their_usage() {
         redis.url()
     );
     let mut binary = Binary::start(&config(&upstream, &extra), &[]).await;
-    let mut serving: Vec<_> = binary
-        .thread_names()
-        .into_iter()
-        .filter(|name| name.starts_with("quota-proxy-"))
-        .collect();
-    serving.sort();
-    assert_eq!(serving, ["quota-proxy-0", "quota-proxy-1", "quota-proxy-2"]);
+    // The serving threads start just after the "serving" line: wait for
+    // them (bounded) rather than race them on a loaded machine.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let mut serving: Vec<_> = binary
+            .thread_names()
+            .into_iter()
+            .filter(|name| name.starts_with("quota-proxy-"))
+            .collect();
+        serving.sort();
+        if serving == ["quota-proxy-0", "quota-proxy-1", "quota-proxy-2"]
+            || Instant::now() > deadline
+        {
+            assert_eq!(serving, ["quota-proxy-0", "quota-proxy-1", "quota-proxy-2"]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let proxy = TestClient::new(binary.proxy);
     let users: [&'static str; 3] = ["u1", "u2", "u3"];
     let clients: Vec<_> = users

@@ -4,6 +4,7 @@
 //! handles a malformed setting; errors name the field to fix.
 
 mod types;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +16,10 @@ use serde::{Deserialize, Serialize};
 pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
-    IdentityKind, Limits, Method, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl, UserIdFormat,
-    WeekStart,
+    IdentityKind, Limits, Method, PlanCase, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl,
+    UserIdFormat, WeekStart,
 };
+pub use validate::{STANDARD_METHODS, mask_url};
 
 /// Where the binary looks for its config when neither `--config` nor
 /// `QUOTA_PROXY_CONFIG` says otherwise.
@@ -113,6 +115,11 @@ pub struct Config {
     pub plans: BTreeMap<String, Limits>,
     /// The routes to inspect; every other request is forwarded untouched.
     pub routes: Vec<RouteConfig>,
+    /// Methods beyond the standard ones (GET, HEAD, POST, PUT, DELETE,
+    /// CONNECT, OPTIONS, TRACE, PATCH) that a route may name, e.g.
+    /// `["PROPFIND"]`; any other method in `[[routes]]` is a config error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extension_methods: Vec<String>,
     /// Request headers removed from every request because they move the
     /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
     /// case and with `-` and `_` alike; see `docs/routes.md`.
@@ -146,6 +153,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             plans: BTreeMap::new(),
             routes: Vec::new(),
+            extension_methods: Vec::new(),
             strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
                 .map(str::to_owned)
                 .to_vec(),
@@ -217,6 +225,9 @@ pub struct LogConfig {
     /// `RUST_LOG`-style filter, e.g. `info` or `quota_proxy=debug,info`;
     /// `RUST_LOG` overrides it when set.
     pub filter: String,
+    /// Keep a client's `X-Request-Id` (when it is a sane token) instead of
+    /// generating one. Only behind a front that sets it itself.
+    pub trust_request_id: bool,
 }
 
 impl Default for LogConfig {
@@ -224,6 +235,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             filter: "info".to_owned(),
+            trust_request_id: false,
         }
     }
 }
@@ -269,6 +281,15 @@ pub struct StoreConfig {
     /// Redis URL of one server, `redis://` or `rediss://` (TLS); used when
     /// `kind = "redis"` and neither `cluster` nor `sentinel` is set.
     pub url: String,
+    /// Environment variable holding the whole Redis URL (e.g. from a
+    /// Kubernetes Secret); replaces `url` when set. Shown masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// File holding the Redis password (e.g. a mounted Secret), added to
+    /// `url`, every `cluster` node, or the Sentinel master; re-read on
+    /// reload. Shown masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Redis Cluster: `redis://host:port` (or `rediss://`) of some nodes;
     /// any one reachable node reveals the rest.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -313,6 +334,8 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Memory,
             url: "redis://127.0.0.1:6379/0".to_owned(),
+            url_env: None,
+            password_file: None,
             cluster: Vec::new(),
             sentinel: None,
             tls_ca_file: None,
@@ -402,6 +425,11 @@ pub struct IdentityConfig {
     pub plan_header: String,
     /// Plan for a user whose plan is missing or unknown; unlimited when unset.
     pub default_plan: Option<String>,
+    /// How plan names are matched against `[plans]`: `sensitive` (the
+    /// default) or `insensitive` (`Pro` is `pro`). An unknown plan gets
+    /// `default_plan`, is logged once per name and counted
+    /// (`quota_proxy_unknown_plan_total`).
+    pub plan_case: PlanCase,
     /// What happens to a flagged request with no user id.
     pub anonymous: AnonymousPolicy,
     /// What a user id is: `string` (the default), `integer` (`0017` and
@@ -427,6 +455,7 @@ impl Default for IdentityConfig {
             user_header: "X-User-Id".to_owned(),
             plan_header: "X-Subscription-Type".to_owned(),
             default_plan: None,
+            plan_case: PlanCase::Sensitive,
             anonymous: AnonymousPolicy::Forward,
             user_id_format: UserIdFormat::String,
             kind: IdentityKind::Header,
@@ -825,7 +854,7 @@ impl StoreConfig {
             } else {
                 Err(ConfigError::invalid(
                     field,
-                    format!("expected redis:// or rediss://, got {url:?}"),
+                    format!("expected redis:// or rediss://, got {:?}", mask_url(url)),
                 ))
             }
         }
@@ -863,19 +892,23 @@ impl StoreConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, then resolves what
+    /// it names outside itself: secrets, a writable spool directory
+    /// ([`Config::resolve_environment`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.resolve_environment()?;
+        Ok(config)
     }
 
     /// Parses and validates a config from TOML text.
@@ -888,9 +921,13 @@ impl Config {
         Ok(config)
     }
 
-    /// The config as TOML, defaults filled in (what `check-config` prints).
+    /// The config as TOML, defaults filled in and secrets masked (what
+    /// `check-config` prints).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        toml::Value::try_from(self)
+            .map(validate::masked)
+            .and_then(|value| toml::to_string_pretty(&value))
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
     /// Checks what types alone cannot: references between fields and ranges.
@@ -908,14 +945,8 @@ impl Config {
                 ),
             ));
         }
-        if let Some(dir) = &self.spool_dir
-            && !dir.is_dir()
-        {
-            return Err(ConfigError::invalid(
-                "spool_dir",
-                format!("{} is not a directory", dir.display()),
-            ));
-        }
+        // spool_dir is checked (a writable directory) with the machine, in
+        // `resolve_environment`.
         for (field, d) in [
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.response_head", self.timeouts.response_head),
@@ -1018,6 +1049,7 @@ impl Config {
         crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
             .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
+        self.validate_rules()?;
         Ok(())
     }
 

@@ -217,7 +217,12 @@ fn body_spool_fields() {
     assert_eq!(c.body_buffer_bytes, 0);
     assert_eq!(c.spool_dir.as_deref(), Some(dir.as_path()));
     assert!(Config::from_toml(&c.to_toml()).is_ok(), "round trip");
-    let missing = error_of("spool_dir = \"/nonexistent/quota-proxy-spool\"");
+    let mut config = Config::from_toml("spool_dir = \"/nonexistent/quota-proxy-spool\"")
+        .expect("checked with the machine, not here");
+    let missing = config
+        .resolve_environment()
+        .expect_err("must fail")
+        .to_string();
     assert!(
         missing.starts_with("spool_dir: /nonexistent/quota-proxy-spool is not a directory"),
         "{missing}"

@@ -390,3 +390,14 @@ impl fmt::Display for StoreKind {
         })
     }
 }
+
+/// How a plan name is matched against `[plans]` (`identity.plan_case`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanCase {
+    /// Exactly: `Pro` is not `pro`.
+    #[default]
+    Sensitive,
+    /// Ignoring ASCII and Unicode case: `Pro` is `pro`.
+    Insensitive,
+}

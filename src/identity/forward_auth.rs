@@ -111,7 +111,7 @@ impl ForwardAuthIdentity {
                 forward_headers,
                 timeout: fa.timeout,
                 client,
-                plans: PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
+                plans: PlanTable::from_config(config),
                 cache: Arc::new(
                     IdentityCache::new(fa.cache_ttl, fa.negative_cache_ttl, fa.cache_max_entries)
                         .with_max_bytes(fa.cache_max_bytes),

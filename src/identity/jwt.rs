@@ -86,7 +86,7 @@ impl JwtIdentity {
                 weekly: jwt.weekly_claim.clone(),
                 monthly: jwt.monthly_claim.clone(),
             },
-            plans: PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
+            plans: PlanTable::from_config(config),
         })
     }
 

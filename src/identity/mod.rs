@@ -84,7 +84,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn IdentitySource>, ConfigErr
             Arc::new(HeaderIdentity::new(
                 names.user,
                 names.plan,
-                PlanTable::new(config.plans.clone(), config.identity.default_plan.clone()),
+                PlanTable::from_config(config),
             ))
         }
         IdentityKind::ForwardAuth => Arc::new(ForwardAuthIdentity::from_config(config)?),

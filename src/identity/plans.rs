@@ -1,15 +1,28 @@
-//! The plan table: plan names to limits, with the default for users whose
-//! plan is missing or unknown.
+//! The plan table (phase: identify): plan names to limits, with the
+//! default for users whose plan is missing or unknown.
+//!
+//! Names match exactly, or ignoring case under `identity.plan_case =
+//! "insensitive"`. A plan name that is not in the table gets the default
+//! plan, is counted (`quota_proxy_unknown_plan_total`) and logged once per
+//! name, up to [`UNKNOWN_NAMES_LOGGED`] names (the names come from the
+//! identity source, so their number is bounded here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use crate::config::Limits;
+use crate::config::{Config, Limits, PlanCase};
+
+/// Most distinct unknown plan names logged; later ones are only counted.
+const UNKNOWN_NAMES_LOGGED: usize = 1000;
 
 /// Plans by name and the fallback plan.
 #[derive(Debug, Clone, Default)]
 pub struct PlanTable {
     plans: BTreeMap<String, Limits>,
     default_plan: Option<String>,
+    case: PlanCase,
+    /// Unknown names already logged, shared by the clones of one table.
+    logged: Arc<Mutex<HashSet<String>>>,
 }
 
 impl PlanTable {
@@ -20,13 +33,34 @@ impl PlanTable {
         Self {
             plans,
             default_plan,
+            case: PlanCase::Sensitive,
+            logged: Arc::default(),
+        }
+    }
+
+    /// The table of `config`: `[plans]`, `identity.default_plan` and
+    /// `identity.plan_case`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            case: config.identity.plan_case,
+            ..Self::new(config.plans.clone(), config.identity.default_plan.clone())
         }
     }
 
     /// The plan name and limits for a user who claims `plan`.
     pub fn resolve(&self, plan: Option<&str>) -> (Option<String>, Limits) {
-        if let Some((name, limits)) = plan.and_then(|p| self.plans.get_key_value(p)) {
-            return (Some(name.clone()), *limits);
+        if let Some(claimed) = plan {
+            let found = match self.case {
+                PlanCase::Sensitive => self.plans.get_key_value(claimed),
+                PlanCase::Insensitive => self
+                    .plans
+                    .iter()
+                    .find(|(name, _)| name.to_lowercase() == claimed.to_lowercase()),
+            };
+            if let Some((name, limits)) = found {
+                return (Some(name.clone()), *limits);
+            }
+            self.unknown(claimed);
         }
         match &self.default_plan {
             Some(name) => (
@@ -34,6 +68,23 @@ impl PlanTable {
                 self.plans.get(name).copied().unwrap_or_default(),
             ),
             None => (None, Limits::default()),
+        }
+    }
+
+    /// Counts an unknown plan name, and logs it the first time it is seen.
+    fn unknown(&self, name: &str) {
+        crate::metrics::unknown_plan();
+        let first = match self.logged.lock() {
+            Ok(mut logged) if logged.len() < UNKNOWN_NAMES_LOGGED => logged.insert(name.to_owned()),
+            _ => false,
+        };
+        if first {
+            tracing::warn!(
+                plan = name,
+                default_plan = self.default_plan.as_deref().unwrap_or("-"),
+                "unknown plan name; the default plan applies (logged once per name; see \
+                 identity.plan_case and [plans])"
+            );
         }
     }
 }
@@ -71,5 +122,36 @@ mod tests {
         let without = PlanTable::new(plans, None);
         assert!(without.resolve(Some("gold")).1.is_unlimited());
         assert_eq!(without.resolve(None).0, None);
+    }
+
+    #[test]
+    fn plan_case_insensitive_matches_any_case() {
+        let mut config = Config::default();
+        config.plans.insert(
+            "pro".to_owned(),
+            Limits {
+                daily: 50,
+                ..Limits::default()
+            },
+        );
+        let sensitive = PlanTable::from_config(&config);
+        assert_eq!(sensitive.resolve(Some("Pro")).0, None);
+        config.identity.plan_case = PlanCase::Insensitive;
+        let insensitive = PlanTable::from_config(&config);
+        assert_eq!(insensitive.resolve(Some("Pro")).0.as_deref(), Some("pro"));
+        assert_eq!(insensitive.resolve(Some("PRO")).1.daily, 50);
+    }
+
+    #[test]
+    fn unknown_names_are_remembered_once_and_bounded() {
+        let table = PlanTable::new(BTreeMap::new(), None);
+        table.resolve(Some("gold"));
+        table.resolve(Some("gold"));
+        for i in 0..UNKNOWN_NAMES_LOGGED + 10 {
+            table.resolve(Some(&format!("plan{i}")));
+        }
+        let logged = table.logged.lock().expect("lock");
+        assert_eq!(logged.len(), UNKNOWN_NAMES_LOGGED);
+        assert!(logged.contains("gold"));
     }
 }

@@ -4,13 +4,15 @@
 //! source or the store cannot answer and the policy says deny.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::denial::Denial;
 use super::layer::Shared;
 use super::ratelimit;
+use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
+use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
 use crate::identity::{Identity, IdentityError};
@@ -21,12 +23,15 @@ use crate::store::{Admission, ReserveRequest};
 /// Seconds a client is asked to wait when the store cannot answer.
 const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Reserves one unit for the user of a flagged request, or returns the
-/// answer to send instead (denial, 401, 503).
+/// answer to send instead (denial, 401, 503). `headers` are the request's,
+/// for its `X-Request-Id` in the log lines.
 pub(super) async fn admit(
     shared: &Shared,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
+    headers: &HeaderMap,
 ) -> Result<Ticket, Response<Full<Bytes>>> {
+    let request_id = headers.get(&X_REQUEST_ID).map_or("-", request_id::as_str);
     let identity = match identity {
         Ok(Some(identity)) => identity,
         Ok(None) => {
@@ -40,7 +45,8 @@ pub(super) async fn admit(
                 }
                 AnonymousPolicy::Deny => {
                     route.counters.request(Decision::AnonymousDenied);
-                    tracing::info!(route = %route.name, decision = "anonymous_denied", "flagged request without a user");
+                    tracing::info!(route = %route.name, decision = "anonymous_denied", request_id,
+                        "flagged request without a user");
                     Err(json_error(
                         StatusCode::UNAUTHORIZED,
                         "authentication is required to generate images",
@@ -52,7 +58,7 @@ pub(super) async fn admit(
             route.counters.request(Decision::IdentityError);
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
-                    tracing::warn!(route = %route.name, error = %e,
+                    tracing::warn!(route = %route.name, error = %e, request_id,
                         decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
                     Ok(Ticket::Unreserved {
                         identity: None,
@@ -60,7 +66,7 @@ pub(super) async fn admit(
                     })
                 }
                 IdentityErrorPolicy::Deny => {
-                    tracing::warn!(route = %route.name, error = %e,
+                    tracing::warn!(route = %route.name, error = %e, request_id,
                         decision = "identity_error_denied", "cannot identify the user; denying");
                     Err(unavailable(
                         "the user cannot be identified right now; try again shortly",
@@ -92,9 +98,14 @@ pub(super) async fn admit(
         Ok(Admission::Exceeded { period, counts }) => {
             route.counters.denied(period);
             let limit = identity.limits.of(period);
+            let standing = Standing::new(&identity.limits, &counts, Some(period));
             tracing::info!(
-                route = %route.name, user = %identity.user_id, decision = "denied",
-                %period, limit, status = route.deny_status.as_u16(), "image quota exceeded"
+                route = %route.name, user = %identity.user_id,
+                plan = identity.plan.as_deref().unwrap_or("-"), decision = "denied",
+                period = standing.period, limit,
+                remaining_daily = standing.daily, remaining_weekly = standing.weekly,
+                remaining_monthly = standing.monthly,
+                status = route.deny_status.as_u16(), request_id, "image quota exceeded"
             );
             let mut answer = Denial {
                 route,
@@ -117,7 +128,8 @@ pub(super) async fn admit(
             StoreErrorPolicy::Allow => {
                 route.counters.fail_open();
                 tracing::warn!(
-                    route = %route.name, user = %identity.user_id, error = %e,
+                    route = %route.name, user = %identity.user_id,
+                    plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
                     decision = "store_error_allowed", "quota store failed; forwarding unchecked"
                 );
                 Ok(Ticket::Unreserved {
@@ -130,7 +142,8 @@ pub(super) async fn admit(
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
                 route.counters.request(Decision::StoreErrorDenied);
                 tracing::error!(
-                    route = %route.name, user = %identity.user_id, error = %e,
+                    route = %route.name, user = %identity.user_id,
+                    plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
                     decision = "store_error_denied", "quota store failed; denying"
                 );
                 Err(unavailable(

@@ -54,9 +54,13 @@ where
     ResB::Error: Into<BoxError>,
 {
     let (answer_tx, mut answer_rx) = oneshot::channel();
+    let request_id = request
+        .headers()
+        .get(&super::request_id::X_REQUEST_ID)
+        .cloned();
     let future = inner.call(request);
     // Made before the accounting starts, so shutdown sees it pending.
-    let settlement = Settlement::new(shared, route, ticket);
+    let settlement = Settlement::new(shared, route, ticket, request_id);
     let mut accounting = Accounting::new(async move {
         let (result, settle) = match future.await {
             Ok(response) => {

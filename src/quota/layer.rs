@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) probe_cache: ProbeCache,
     pub(crate) on_store_error: StoreErrorPolicy,
     pub(crate) anonymous: AnonymousPolicy,
+    /// Keep the client's `X-Request-Id` (`log.trust_request_id`).
+    pub(crate) trust_request_id: bool,
     /// Admitted requests whose usage is not recorded yet; shutdown waits for
     /// it. Kept across reloads.
     pub(crate) settlements: TaskTracker,
@@ -228,6 +230,7 @@ impl QuotaLayerBuilder {
                 probe_cache: ProbeCache::default(),
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,
+                trust_request_id: config.log.trust_request_id,
                 settlements: self.settlements,
                 passthrough: crate::metrics::passthrough_counter(),
             })),

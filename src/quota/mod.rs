@@ -19,9 +19,11 @@ mod forward;
 mod layer;
 mod probe;
 mod ratelimit;
+mod request_id;
 mod service;
 mod settle;
 mod spool;
+mod standing;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};

@@ -43,6 +43,7 @@ use super::deadline::ClientBody;
 use super::forward::forward;
 use super::layer::Shared;
 use super::probe::{ProbeAnswer, ProbeCache};
+use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
 use crate::config::RequestBuffering;
@@ -105,6 +106,7 @@ where
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         // The config this request lives by, even if a reload swaps it.
         let shared = self.shared.load_full();
+        let request_id = request_id::ensure(request.headers_mut(), shared.trust_request_id);
         if let Some(names) = &shared.identity_headers {
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
@@ -124,12 +126,20 @@ where
                     kind: Kind::Inspected {
                         future: Box::pin(buffered_passthrough(shared, inner, parts, body)),
                     },
+                    request_id,
                 };
             }
+            // A cheap copy (shared bytes): the report warning names the path.
+            let uri = parts.uri.clone();
             let body = RequestBody::streaming(body, shared.client_body);
             let future = self.inner.call(Request::from_parts(parts, body));
             return ResponseFuture {
-                kind: Kind::Passthrough { future, shared },
+                kind: Kind::Passthrough {
+                    future,
+                    shared,
+                    uri,
+                },
+                request_id,
             };
         };
         // The ready service goes into the task; this one keeps a fresh clone.
@@ -139,22 +149,25 @@ where
             kind: Kind::Inspected {
                 future: Box::pin(inspect(shared, inner, matched, request)),
             },
+            request_id,
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`Quota`].
+    /// The response future of [`Quota`]. Every answer carries the
+    /// request's `X-Request-Id`.
     pub struct ResponseFuture<F, E, B> {
         #[pin]
         kind: Kind<F, E, B>,
+        request_id: http::HeaderValue,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<F, E, B> {
-        Passthrough { #[pin] future: F, shared: Arc<Shared> },
+        Passthrough { #[pin] future: F, shared: Arc<Shared>, uri: http::Uri },
         Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
     }
 }
@@ -166,22 +179,40 @@ where
     type Output = Result<Response<QuotaBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future, shared } => {
+        let this = self.project();
+        let mut response = match this.kind.project() {
+            KindProj::Passthrough {
+                future,
+                shared,
+                uri,
+            } => {
                 let response = std::task::ready!(future.poll(cx))?;
-                Poll::Ready(Ok(passthrough_response(shared, response)))
+                passthrough_response(shared, response, uri.path(), this.request_id)
             }
-            KindProj::Inspected { future } => future.as_mut().poll(cx),
-        }
+            KindProj::Inspected { future } => std::task::ready!(future.as_mut().poll(cx))?,
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), this.request_id.clone());
+        Poll::Ready(Ok(response))
     }
 }
 
 /// The upstream's answer to a request on no inspected route: handed on,
 /// with a usage report header removed (it is not counted there).
-fn passthrough_response<B>(shared: &Shared, response: Response<B>) -> Response<QuotaBody<B>> {
+fn passthrough_response<B>(
+    shared: &Shared,
+    response: Response<B>,
+    path: &str,
+    id: &http::HeaderValue,
+) -> Response<QuotaBody<B>> {
     let (mut parts, body) = response.into_parts();
-    if shared.reports.take_header(&mut parts.headers).is_some() {
+    // A report of 0 saved nothing: not worth a warning.
+    if let Some(images @ 1..) = shared.reports.take_header(&mut parts.headers) {
         tracing::warn!(
+            path,
+            images,
+            request_id = request_id::as_str(id),
             "a route that is not inspected reported saved images; not counted \
              (add it to [[routes]] to enforce and count it)"
         );
@@ -204,6 +235,13 @@ where
     ReqB: Body<Data = Bytes> + Send + 'static,
     ReqB::Error: Into<BoxError>,
 {
+    // For the report warning, as the parts move on with the request.
+    let path = parts.uri.path().to_owned();
+    let id = parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .cloned()
+        .unwrap_or(http::HeaderValue::from_static("-"));
     let max = shared.max_body_bytes;
     let read = if declared_length(&parts).is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
@@ -228,7 +266,7 @@ where
     let response = inner
         .call(Request::from_parts(parts, RequestBody::spooled(body)))
         .await?;
-    Ok(passthrough_response(&shared, response))
+    Ok(passthrough_response(&shared, response, &path, &id))
 }
 
 async fn inspect<S, ReqB, ResB>(
@@ -322,7 +360,7 @@ where
         tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
     }
     let ticket = match identity {
-        Some(identity) if flagged => match admit(&shared, &route, identity).await {
+        Some(identity) if flagged => match admit(&shared, &route, identity, &parts.headers).await {
             Ok(ticket) => ticket,
             Err(answer) => return Ok(local(answer)),
         },

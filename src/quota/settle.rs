@@ -9,6 +9,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::layer::Shared;
 use super::probe::ProbeCache;
+use super::request_id;
+use super::standing::Standing;
 use crate::identity::Identity;
 use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
@@ -60,6 +62,8 @@ pub(crate) struct Settlement {
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
     pub(crate) started: Instant,
+    /// The request's `X-Request-Id`, for the log line.
+    request_id: Option<http::HeaderValue>,
     /// Counts this settlement as pending until it is dropped.
     pending: TaskTrackerToken,
 }
@@ -67,7 +71,12 @@ pub(crate) struct Settlement {
 impl Settlement {
     /// A settlement for `ticket`, counted as pending from now until it is
     /// settled or dropped.
-    pub(crate) fn new(shared: Arc<Shared>, route: Arc<Route>, ticket: Ticket) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        route: Arc<Route>,
+        ticket: Ticket,
+        request_id: Option<http::HeaderValue>,
+    ) -> Self {
         let pending = shared.settlements.token();
         Settlement {
             shared,
@@ -75,6 +84,7 @@ impl Settlement {
             ticket,
             status: None,
             started: Instant::now(),
+            request_id,
             pending,
         }
     }
@@ -96,11 +106,25 @@ impl Settlement {
             ticket,
             status,
             started,
+            request_id,
             pending,
         } = self;
         let amount = shared.reports.amount(images.unwrap_or(0));
         let now = shared.clock.now();
         let decision = ticket.decision();
+        let (plan, standing) = match &ticket {
+            Ticket::Reserved {
+                identity, counts, ..
+            } => (
+                identity.plan.clone(),
+                Standing::new(&identity.limits, counts, None),
+            ),
+            Ticket::Unreserved {
+                identity: Some(identity),
+                ..
+            } => (identity.plan.clone(), Standing::UNKNOWN),
+            _ => (None, Standing::UNKNOWN),
+        };
         let (user, reservation) = match ticket {
             Ticket::Reserved {
                 reservation,
@@ -168,7 +192,13 @@ impl Settlement {
         tracing::info!(
             route = %route.name,
             user,
+            plan = plan.as_deref().unwrap_or("-"),
             decision,
+            period = standing.period,
+            remaining_daily = standing.daily,
+            remaining_weekly = standing.weekly,
+            remaining_monthly = standing.monthly,
+            request_id = request_id.as_ref().map_or("-", request_id::as_str),
             status = status.map(|s| s.as_u16()),
             images = amount,
             latency_ms = started.elapsed().as_millis() as u64,

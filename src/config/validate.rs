@@ -1,0 +1,394 @@
+//! Config checks that need more than one field, or the machine the config
+//! runs on (phase: startup, and every reload).
+//!
+//! Two passes, both turning an impossible config into a [`ConfigError`]
+//! naming the field, so every one of them exits with the same code (2) and
+//! a reload that meets one answers 400:
+//!
+//! - [`Config::validate_rules`] (pure, part of `validate`): route methods
+//!   are standard or listed in `extension_methods`; `on_store_error =
+//!   "local"` has a Redis store to fall back from; inspected routes have a
+//!   usage report source to count from; plan names do not collide
+//!   under `identity.plan_case = "insensitive"`; one Redis secret source.
+//! - [`Config::resolve_environment`] (I/O, part of `Config::load`): every
+//!   secret source resolves (`admin.token_env` names a set variable,
+//!   `admin.token_file` and `store.password_file` can be read,
+//!   `store.url_env` holds a Redis URL) and the spool directory is
+//!   writable. The Redis secrets are then written into the store's URLs,
+//!   where the connection code reads them; [`masked`] hides them again
+//!   wherever the config is shown.
+
+use std::path::Path;
+
+use super::{Config, ConfigError, PlanCase, StoreErrorPolicy, StoreKind};
+
+/// The methods of RFC 9110 §9 and PATCH (RFC 5789): a route with any other
+/// method must be listed in `extension_methods`.
+pub const STANDARD_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl Config {
+    /// The cross-field rules that need no I/O (see the module docs).
+    pub(super) fn validate_rules(&self) -> Result<(), ConfigError> {
+        for (i, name) in self.extension_methods.iter().enumerate() {
+            if http::Method::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("extension_methods[{i}]"),
+                    format!("{name:?} is not an HTTP method token"),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let method = route.method.0.as_str();
+            if !STANDARD_METHODS.contains(&method)
+                && !self.extension_methods.iter().any(|m| m == method)
+            {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].method"),
+                    format!(
+                        "{method:?} is not a standard HTTP method ({}); if the app really serves \
+                         it, list it in extension_methods",
+                        STANDARD_METHODS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.store.on_store_error == StoreErrorPolicy::Local
+            && self.store.kind != StoreKind::Redis
+        {
+            return Err(ConfigError::invalid(
+                "store.on_store_error",
+                "\"local\" counts locally while Redis is down, but store.kind is \"memory\", \
+                 which never fails over; set store.kind = \"redis\", or use \"allow\" or \"deny\"",
+            ));
+        }
+        let usage = &self.usage;
+        if !self.routes.is_empty()
+            && usage.report_header.is_empty()
+            && usage.report_json_field.is_empty()
+            && usage.report_marker.is_none()
+            && usage.report_sse_event.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "usage",
+                "no report source is set (report_header, report_json_field, report_marker, \
+                 report_sse_event), so no image could ever be counted; set at least one",
+            ));
+        }
+        if self.identity.plan_case == PlanCase::Insensitive {
+            let mut names: Vec<&String> = self.plans.keys().collect();
+            names.sort_by_key(|n| n.to_lowercase());
+            if let Some(pair) = names
+                .windows(2)
+                .find(|w| w[0].to_lowercase() == w[1].to_lowercase())
+            {
+                return Err(ConfigError::invalid(
+                    "plans",
+                    format!(
+                        "{:?} and {:?} are the same plan under identity.plan_case = \
+                         \"insensitive\"; keep one",
+                        pair[0], pair[1]
+                    ),
+                ));
+            }
+        }
+        let store = &self.store;
+        if let Some(name) = &store.url_env {
+            env_name("store.url_env", name)?;
+            if !store.cluster.is_empty() || store.sentinel.is_some() {
+                return Err(ConfigError::invalid(
+                    "store.url_env",
+                    "names the URL of one server; with store.cluster or store.sentinel use \
+                     store.password_file for the password",
+                ));
+            }
+        }
+        if store.password_file.is_some()
+            && let Some(sentinel) = &store.sentinel
+            && sentinel.password.is_some()
+        {
+            return Err(ConfigError::invalid(
+                "store.password_file",
+                "store.sentinel.password is set too; keep the password in the file only",
+            ));
+        }
+        if let Some(name) = &self.admin.token_env {
+            env_name("admin.token_env", name)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves what the config names outside itself (see the module docs):
+    /// secrets, and a writable spool directory. Run by `Config::load`, so
+    /// `check-config`, `serve` and reloads all refuse the same files.
+    pub fn resolve_environment(&mut self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.admin.token_env {
+            match std::env::var(name) {
+                Ok(value) if !value.trim().is_empty() => {}
+                Ok(_) => {
+                    return Err(ConfigError::invalid(
+                        "admin.token_env",
+                        format!(
+                            "environment variable {name} is empty; set it to the admin API token"
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(ConfigError::invalid(
+                        "admin.token_env",
+                        format!(
+                            "environment variable {name} is not set; set it to the admin API token, or \
+                     remove admin.token_env to turn the usage API off"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(path) = &self.admin.token_file {
+            let token = read_secret("admin.token_file", path)?;
+            if token.is_empty() {
+                return Err(ConfigError::invalid(
+                    "admin.token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+        }
+        if self.store.kind == StoreKind::Redis {
+            self.resolve_redis_secrets()?;
+        }
+        match &self.spool_dir {
+            Some(dir) => writable("spool_dir", dir)?,
+            // Inspected routes spool, and every body under
+            // `request_buffering = "all"`.
+            None if !self.routes.is_empty()
+                || self.request_buffering == super::RequestBuffering::All =>
+            {
+                writable(
+                    "spool_dir (unset: the system's temporary directory)",
+                    &std::env::temp_dir(),
+                )?
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn resolve_redis_secrets(&mut self) -> Result<(), ConfigError> {
+        let store = &mut self.store;
+        if let Some(name) = &store.url_env {
+            let url = std::env::var(name).map_err(|_| {
+                ConfigError::invalid(
+                    "store.url_env",
+                    format!(
+                        "environment variable {name} is not set; set it to the Redis URL \
+                         (e.g. from a Kubernetes Secret), or remove store.url_env"
+                    ),
+                )
+            })?;
+            let url = url.trim();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "store.url_env",
+                    format!(
+                        "environment variable {name}: expected redis:// or rediss://, got {:?}",
+                        mask_url(url)
+                    ),
+                ));
+            }
+            store.url = url.to_owned();
+        }
+        let Some(path) = &store.password_file else {
+            return Ok(());
+        };
+        let password = read_secret("store.password_file", path)?;
+        if password.is_empty() {
+            return Err(ConfigError::invalid(
+                "store.password_file",
+                format!("{} is empty", path.display()),
+            ));
+        }
+        if let Some(sentinel) = &mut store.sentinel {
+            sentinel.password = Some(password);
+        } else if store.cluster.is_empty() {
+            store.url = with_password("store.url", &store.url, &password)?;
+        } else {
+            for (i, node) in store.cluster.iter_mut().enumerate() {
+                *node = with_password(&format!("store.cluster[{i}]"), node, &password)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a name no environment variable can have.
+fn env_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not an environment variable name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A secret file's content without surrounding whitespace.
+fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Makes (and at once drops) an unlinked file in `dir`, as the spool does.
+fn writable(field: &str, dir: &Path) -> Result<(), ConfigError> {
+    if !dir.is_dir() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    tempfile::tempfile_in(dir).map(drop).map_err(|e| {
+        ConfigError::invalid(
+            field,
+            format!(
+                "cannot write a temporary file in {} ({e}); uploads on inspected routes would \
+                 fail with 500. Mount a writable directory there (an emptyDir in Kubernetes)",
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// `url` with `password` (percent-encoded) as its password; an error when
+/// it carries one already.
+fn with_password(field: &str, url: &str, password: &str) -> Result<String, ConfigError> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        ConfigError::invalid(
+            field,
+            "expected redis:// or rediss:// to add the password to",
+        )
+    })?;
+    let (user, host) = match rest.rfind('@') {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    if user.contains(':') {
+        return Err(ConfigError::invalid(
+            field,
+            "carries a password already, and store.password_file sets one; keep one of them",
+        ));
+    }
+    let encoded =
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    Ok(format!("{scheme}://{user}:{encoded}@{host}"))
+}
+
+/// `url` with its password replaced by `***` (the user name stays).
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or("");
+    format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+}
+
+/// The rendered config with every secret replaced by `***`: Redis URL
+/// passwords (`store.url`, `store.cluster`, `store.sentinel.nodes`) and
+/// `store.sentinel.password`.
+pub(super) fn masked(mut value: toml::Value) -> toml::Value {
+    let Some(store) = value.get_mut("store").and_then(toml::Value::as_table_mut) else {
+        return value;
+    };
+    let mask = |v: &mut toml::Value| {
+        if let Some(url) = v.as_str() {
+            *v = toml::Value::String(mask_url(url));
+        }
+    };
+    if let Some(url) = store.get_mut("url") {
+        mask(url);
+    }
+    if let Some(nodes) = store.get_mut("cluster").and_then(toml::Value::as_array_mut) {
+        nodes.iter_mut().for_each(mask);
+    }
+    if let Some(sentinel) = store
+        .get_mut("sentinel")
+        .and_then(toml::Value::as_table_mut)
+    {
+        if let Some(nodes) = sentinel
+            .get_mut("nodes")
+            .and_then(toml::Value::as_array_mut)
+        {
+            nodes.iter_mut().for_each(mask);
+        }
+        if let Some(password) = sentinel.get_mut("password") {
+            *password = toml::Value::String("***".to_owned());
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_added_encoded_and_masked() {
+        let url = with_password("store.url", "redis://cache:6379/0", "p@ss/w:rd").expect("ok");
+        assert_eq!(url, "redis://:p%40ss%2Fw%3Ard@cache:6379/0");
+        assert_eq!(mask_url(&url), "redis://:***@cache:6379/0");
+        let user = with_password("store.url", "rediss://app@cache/1", "x").expect("ok");
+        assert_eq!(user, "rediss://app:x@cache/1");
+        assert_eq!(mask_url(&user), "rediss://app:***@cache/1");
+        assert!(with_password("store.url", "redis://:old@cache/0", "new").is_err());
+        assert_eq!(mask_url("redis://cache:6379/0"), "redis://cache:6379/0");
+    }
+
+    /// A config from `store` with `password_file` pointing at a file
+    /// holding `pw`, resolved.
+    fn resolved(store: &str, pw: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, format!("{pw}\n")).expect("write");
+        let mut config = Config::from_toml(&format!(
+            "[store]\nkind = \"redis\"\npassword_file = {:?}\n{store}",
+            file.display().to_string()
+        ))?;
+        config.resolve_environment()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn password_file_reaches_every_topology_and_is_masked() {
+        let c = resolved("cluster = [\"redis://a:1\", \"redis://b:2\"]", "pw").expect("cluster");
+        assert_eq!(c.store.cluster, ["redis://:pw@a:1", "redis://:pw@b:2"]);
+        let c = resolved(
+            "sentinel = { master = \"m\", nodes = [\"redis://s:26379\"] }",
+            "pw",
+        )
+        .expect("sentinel");
+        let sentinel = c.store.sentinel.as_ref().expect("sentinel");
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+        assert_eq!(
+            sentinel.nodes,
+            ["redis://s:26379"],
+            "the Sentinels' own stay"
+        );
+        let shown = c.to_toml();
+        assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(!shown.contains("= \"pw\""), "{shown}");
+        let both = resolved(
+            "sentinel = { master = \"m\", nodes = [\"redis://s:1\"], password = \"x\" }",
+            "pw",
+        );
+        assert!(
+            both.expect_err("two passwords")
+                .to_string()
+                .starts_with("store.password_file")
+        );
+        let empty = resolved("", "  ").expect_err("empty");
+        assert!(empty.to_string().contains("is empty"), "{empty}");
+    }
+}
