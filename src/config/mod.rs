@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::telemetry::LogFormat;
 pub use types::{
-    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, IdentityErrorPolicy,
+    AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
     IdentityKind, Limits, Method, PlanCase, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl,
     UserIdFormat, WeekStart,
 };

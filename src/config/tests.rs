@@ -138,18 +138,54 @@ fn flag_rules_forms() {
         [[routes]]
         method = "POST"
         path = "/b/"
-        flag_rules = { form = ["true", "on"], json = "python" }
+        flag_rules = { form = ["true", "on"], json = "python", ignore_case = true }
+        [[routes]]
+        method = "POST"
+        path = "/c/"
+        flag_rules = "django-form"
+        [[routes]]
+        method = "POST"
+        path = "/d/"
+        flag_rules = { query = true }
+        [[routes]]
+        method = "POST"
+        path = "/e/"
         "#,
     )
     .expect("flag rules");
-    assert_eq!(c.routes[0].flag_rules, FlagRules::django_send_message());
+    // What each preset means is pinned by the value tables in
+    // `flag::tests`; here only which one each spelling picks.
+    assert_eq!(c.routes[0].flag_rules, FlagRules::DjangoSendMessage);
+    assert_eq!(c.routes[2].flag_rules, FlagRules::DjangoForm);
     assert_eq!(
-        c.routes[1].flag_rules.form,
-        FlagRule::Exact(vec!["true".into(), "on".into()])
+        c.routes[4].flag_rules,
+        FlagRules::Drf,
+        "the default is the drf preset"
     );
-    assert_eq!(c.routes[1].flag_rules.json, FlagRule::PYTHON);
+    let FlagRules::Table(b) = &c.routes[1].flag_rules else {
+        panic!("a table: {:?}", c.routes[1].flag_rules);
+    };
+    assert_eq!(b.form, FlagRule::Exact(vec!["true".into(), "on".into()]));
+    assert_eq!(b.json, FlagRule::PYTHON);
+    assert!(b.ignore_case);
+    assert!(!b.query, "the query string is not read unless asked");
+    let FlagRules::Table(d) = &c.routes[3].flag_rules else {
+        panic!("a table: {:?}", c.routes[3].flag_rules);
+    };
+    assert!(d.query && !d.ignore_case);
+    assert_eq!((&d.form, &d.json), (&FlagRule::DRF, &FlagRule::DRF));
+    // What check-config prints loads back to the same rules.
+    let again = Config::from_toml(&c.to_toml()).expect("round trip");
+    for (a, b) in again.routes.iter().zip(&c.routes) {
+        assert_eq!(a.flag_rules, b.flag_rules);
+    }
+    let unknown = error_of("[[routes]]\nmethod = \"POST\"\npath = \"/x\"\nflag_rules = \"nope\"");
     assert!(
-        error_of("[[routes]]\nmethod = \"POST\"\npath = \"/x\"\nflag_rules = \"nope\"")
+        unknown.contains("flag_rules") && unknown.contains("django-form"),
+        "{unknown}"
+    );
+    assert!(
+        error_of("[[routes]]\nmethod = \"POST\"\npath = \"/x\"\nflag_rules = { quer = true }")
             .contains("flag_rules")
     );
 }
@@ -158,7 +194,7 @@ fn flag_rules_forms() {
 fn django_preset_loads() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");
     let c = Config::load(&path).expect("config/django-mobixai.toml loads");
-    assert_eq!(c.routes[0].flag_rules, FlagRules::django_send_message());
+    assert_eq!(c.routes[0].flag_rules, FlagRules::DjangoSendMessage);
     assert!(c.routes[0].probe.is_some());
     assert!(!c.messages.details);
     assert_eq!(

@@ -264,13 +264,14 @@ impl From<Method> for String {
     }
 }
 
-/// How the backend reads one flag value.
+/// How the backend reads one flag value (table form of `flag_rules`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FlagRule {
     /// `"drf"` or `"python"`.
     Named(FlagRuleName),
-    /// Exactly these strings mean true (case-sensitive), e.g. `["true"]`.
+    /// Exactly these strings mean true, e.g. `["true"]` (case-sensitive
+    /// unless the table says `ignore_case = true`).
     Exact(Vec<String>),
 }
 
@@ -278,8 +279,8 @@ pub enum FlagRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlagRuleName {
-    /// Django REST framework's `BooleanField`: true, "true", "True", "1",
-    /// "yes", "y", "t", "on", 1 …
+    /// Django REST framework's `BooleanField` (3.15+): case-insensitive
+    /// `true`, `t`, `yes`, `y`, `on`, `1`, and JSON `true`, `1`, `1.0`.
     Drf,
     /// Python truthiness of the parsed value: "false" is true, "" is false.
     Python,
@@ -292,50 +293,52 @@ impl FlagRule {
     pub const PYTHON: FlagRule = FlagRule::Named(FlagRuleName::Python);
 }
 
-/// How a route's backend reads the flag, per body kind.
+/// How a route's backend reads the flag: a preset that reproduces one
+/// backend stack exactly, or a table for anything else
+/// (`docs/flag-rules.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FlagRulesRepr", into = "FlagRulesRepr")]
+pub enum FlagRules {
+    /// `"drf"`: REST framework 3.15+ parsers (JSON, form, multipart; 415
+    /// for other types) and `BooleanField`.
+    #[default]
+    Drf,
+    /// `"django-send-message"`: the chat app's view: multipart by Django's
+    /// parser and `== 'true'`, every other body by `json.loads` and Python
+    /// truthiness.
+    DjangoSendMessage,
+    /// `"django-form"`: a plain Django view: `application/json` by
+    /// `json.loads` and truthiness, form bodies by `request.POST` and
+    /// `.lower() in ('true', '1', 'on')`.
+    DjangoForm,
+    /// `{ form = …, json = …, ignore_case = …, query = … }`.
+    Table(FlagTable),
+}
+
+/// The table form of `flag_rules`, for a backend no preset reproduces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "FlagRulesRepr", into = "FlagRulesTable")]
-pub struct FlagRules {
+#[serde(deny_unknown_fields)]
+pub struct FlagTable {
     /// For `multipart/form-data`, urlencoded bodies and the query string.
+    #[serde(default = "drf")]
     pub form: FlagRule,
-    /// For JSON bodies.
+    /// For JSON bodies (every type but the two form types).
+    #[serde(default = "drf")]
     pub json: FlagRule,
-}
-
-impl Default for FlagRules {
-    fn default() -> Self {
-        Self {
-            form: FlagRule::DRF,
-            json: FlagRule::DRF,
-        }
-    }
-}
-
-impl FlagRules {
-    /// The Django chat app's `send_message`: multipart `== 'true'`, JSON by
-    /// Python truthiness.
-    pub fn django_send_message() -> Self {
-        Self {
-            form: FlagRule::Exact(vec!["true".to_owned()]),
-            json: FlagRule::PYTHON,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FlagRulesRepr {
-    Preset(String),
-    Table(FlagRulesTable),
+    /// Compare the strings of an `Exact` list lowercased.
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// Also read the query string (after the body). Off by default: no
+    /// Django or DRF view reads a POST's query string unless written to.
+    #[serde(default)]
+    pub query: bool,
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlagRulesTable {
-    #[serde(default = "drf")]
-    form: FlagRule,
-    #[serde(default = "drf")]
-    json: FlagRule,
+#[serde(untagged)]
+enum FlagRulesRepr {
+    Preset(String),
+    Table(FlagTable),
 }
 
 fn drf() -> FlagRule {
@@ -347,31 +350,34 @@ impl TryFrom<FlagRulesRepr> for FlagRules {
 
     fn try_from(repr: FlagRulesRepr) -> Result<Self, String> {
         match repr {
-            FlagRulesRepr::Table(t) => Ok(FlagRules {
-                form: t.form,
-                json: t.json,
-            }),
+            FlagRulesRepr::Table(t) => Ok(FlagRules::Table(t)),
             FlagRulesRepr::Preset(name) => match name.as_str() {
-                "drf" => Ok(FlagRules::default()),
-                "python" => Ok(FlagRules {
+                "drf" => Ok(FlagRules::Drf),
+                "django-send-message" => Ok(FlagRules::DjangoSendMessage),
+                "django-form" => Ok(FlagRules::DjangoForm),
+                "python" => Ok(FlagRules::Table(FlagTable {
                     form: FlagRule::PYTHON,
                     json: FlagRule::PYTHON,
-                }),
-                "django-send-message" => Ok(FlagRules::django_send_message()),
+                    ignore_case: false,
+                    query: false,
+                })),
                 _ => Err(format!(
-                    "unknown flag_rules preset {name:?}; expected \"drf\", \"python\", \
-                     \"django-send-message\" or a table {{ form = …, json = … }}"
+                    "unknown flag_rules preset {name:?}; expected \"drf\", \"django-send-message\", \
+                     \"django-form\", \"python\" or a table {{ form = …, json = …, ignore_case = …, \
+                     query = … }}"
                 )),
             },
         }
     }
 }
 
-impl From<FlagRules> for FlagRulesTable {
+impl From<FlagRules> for FlagRulesRepr {
     fn from(r: FlagRules) -> Self {
-        FlagRulesTable {
-            form: r.form,
-            json: r.json,
+        match r {
+            FlagRules::Drf => FlagRulesRepr::Preset("drf".to_owned()),
+            FlagRules::DjangoSendMessage => FlagRulesRepr::Preset("django-send-message".to_owned()),
+            FlagRules::DjangoForm => FlagRulesRepr::Preset("django-form".to_owned()),
+            FlagRules::Table(t) => FlagRulesRepr::Table(t),
         }
     }
 }

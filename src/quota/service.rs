@@ -8,10 +8,11 @@
 //! 1. **read** the body, up to `max_body_bytes` (413 beyond): into memory,
 //!    or for an upload (`multipart/form-data`) into a spool, memory then a
 //!    temporary file, while it is flagged as it streams;
-//! 2. **flag**: does it ask for an image ([`crate::flag::detect`])? A body
-//!    that cannot be parsed counts as asking, so it is never let through
-//!    unchecked;
-//!    A route's probe may force it (an image-editing session, `probe.rs`);
+//! 2. **flag**: does it ask for an image ([`crate::flag::detect`]), as the
+//!    backend will decide? A body the proxy cannot be sure about counts as
+//!    asking; a body the backend refuses while parsing (`Rejected`) is
+//!    forwarded unreserved and unprobed, as it cannot generate. A route's
+//!    probe may force the rest (an image-editing session, `probe.rs`);
 //! 3. **identify** the user and their limits (flagged requests, and probes);
 //! 4. **reserve** one unit in the store, atomically against all three
 //!    limits, or answer the denial (`admit.rs`);
@@ -289,6 +290,13 @@ where
         Ok(read) => read,
         Err(answer) => return Ok(local(answer)),
     };
+    // The "session" a forced-image answer is remembered for: the probe's
+    // path, or the request's own path on a route without a probe, both
+    // written with canonical parameters.
+    let session = match &route.probe {
+        Some(probe) => probe.path(&matched.params),
+        None => matched.canonical_path(),
+    };
     let mut flagged = match &verdict {
         FlagVerdict::NotFlagged => false,
         FlagVerdict::Flagged(_) => true,
@@ -296,13 +304,20 @@ where
             tracing::debug!(route = %route.name, %reason, "unreadable body counts as flagged");
             true
         }
-    };
-    // The "session" a forced-image answer is remembered for: the probe's
-    // path, or the request's own path on a route without a probe, both
-    // written with canonical parameters.
-    let session = match &route.probe {
-        Some(probe) => probe.path(&matched.params),
-        None => matched.canonical_path(),
+        // The backend refuses this body while parsing it, before any view
+        // code runs that could generate (the send view parses the body
+        // before it looks at the session), so no probe can force it either:
+        // forwarded unreserved, and the user sees the backend's own error.
+        FlagVerdict::Rejected(reason) => {
+            tracing::debug!(route = %route.name, %reason, "the backend rejects this body");
+            route.counters.request(Decision::Unflagged);
+            let ticket = Ticket::Unflagged {
+                headers: parts.headers.clone(),
+                session,
+            };
+            let request = Request::from_parts(parts, body);
+            return forward(shared, inner, route, request, ticket).await;
+        }
     };
     // Some user saved images here unflagged (`settle.rs`): look at who asks.
     let learned = !flagged
@@ -471,16 +486,22 @@ where
     B::Error: Into<BoxError>,
 {
     let max = shared.max_body_bytes;
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    // As the WSGI server gives it: header bytes read as Latin-1. With
+    // several `Content-Type` lines servers differ (gunicorn keeps the last),
+    // so such a request counts (`several`).
+    let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+    let content_type = types.next().map(|v| match v.to_str() {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => v.as_bytes().iter().map(|&b| char::from(b)).collect(),
+    });
+    let several = types.next().is_some();
+    let content_type = content_type.as_deref();
     let query = parts.uri.query();
     let declared = declared_length(parts);
     let body = ClientBody::new(body, shared.client_body);
     let read = if declared.is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
-    } else if flag::is_multipart(content_type) {
+    } else if flag::is_multipart(content_type, &route.flag_rules) {
         // Boxed, as is the probe below: uploads are the rare case, and their
         // state would otherwise size (and be moved with) every inspected
         // request's future.
@@ -508,6 +529,13 @@ where
         }
         .await
     };
+    let read = read.map(|(body, verdict)| match verdict {
+        verdict if several && !matches!(verdict, FlagVerdict::Flagged(_)) => (
+            body,
+            FlagVerdict::Unreadable("several Content-Type headers".to_owned()),
+        ),
+        verdict => (body, verdict),
+    });
     read.map_err(|e| read_error_answer(e, &route.name))
 }
 
