@@ -313,35 +313,6 @@ async fn long_values_are_judged_without_being_kept() {
     check_json_values(&FlagRules::Drf, JSON, &[(&json, R)]).await;
 }
 
-/// Cross-check against a real Django: with `QP_ORACLE_CASES` naming a file
-/// of JSON lines `{"preset": "drf"|"send"|"form", "ct": …, "body": hex}`,
-/// writes one verdict letter per line to `QP_ORACLE_CASES.rust`, to compare
-/// with what Django answers for the same lines.
-#[tokio::test]
-#[ignore = "a tool: needs QP_ORACLE_CASES"]
-async fn oracle_verdicts() {
-    let Ok(path) = std::env::var("QP_ORACLE_CASES") else {
-        return;
-    };
-    let text = std::fs::read_to_string(&path).expect("cases file");
-    let mut out = String::new();
-    for line in text.lines() {
-        let case: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        let rules = match case["preset"].as_str() {
-            Some("drf") => FlagRules::Drf,
-            Some("send") => FlagRules::DjangoSendMessage,
-            _ => FlagRules::DjangoForm,
-        };
-        let hex = case["body"].as_str().unwrap_or("");
-        let body: Vec<u8> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect();
-        let verdict = detect(case["ct"].as_str(), Bytes::from(body), None, FLAG, &rules).await;
-        out.push_str(&format!("{:?}\n", outcome(&verdict)));
-    }
-    std::fs::write(format!("{path}.rust"), out).expect("write verdicts");
-}
-
 #[test]
 fn detect_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
