@@ -100,6 +100,14 @@ fn preset_text() -> String {
 fn preset_config(django: &Django, view: View) -> String {
     let mut table: toml::Table = toml::from_str(&preset_text()).expect("the preset is TOML");
     table.insert("upstream".into(), django.url().into());
+    // The store counts on the real clock: keep the run far from midnight
+    // (and so from the start of a day, week or month), where the usage of
+    // the user at the limit would reset mid-run.
+    let periods = table
+        .entry("periods")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let periods = periods.as_table_mut().expect("[periods] is a table");
+    periods.insert("timezone".into(), noon_zone().into());
     let (path, rules) = match view {
         View::Send => return toml::to_string(&table).expect("config renders"),
         View::Drf => ("api/drf/session", "drf"),
@@ -119,6 +127,19 @@ fn preset_config(django: &Django, view: View) -> String {
     route.remove("probe");
     routes.truncate(1);
     toml::to_string(&table).expect("config renders")
+}
+
+/// A fixed-offset time zone (`Etc/GMT±N`) where it is now about noon.
+fn noon_zone() -> String {
+    use chrono::Timelike;
+    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
+    // UTC+offset is noon; Etc/GMT names count the other way round.
+    let offset = (12 - hour).clamp(-11, 12);
+    if offset >= 0 {
+        format!("Etc/GMT-{offset}")
+    } else {
+        format!("Etc/GMT+{}", -offset)
+    }
 }
 
 /// What one side did with one request.
