@@ -263,7 +263,7 @@ impl Differential {
     }
 
     fn fill_up(&mut self, view: View) {
-        let ordinary = Case::ordinary(view);
+        let ordinary = Case::ordinary(view).concrete(0);
         for n in 0..4 {
             let proxy = self.proxy(view).proxy;
             let (bytes, half) = ordinary.render(proxy, &format!("u{AT_LIMIT}"), 0);
@@ -309,10 +309,58 @@ impl Differential {
         Seen::new(&response, self.saved.by_user(AT_LIMIT) > before)
     }
 
+    /// Sends `case` over HTTP/2 (h2c) through its view's proxy as the user
+    /// at the limit.
+    async fn proxied_h2(&mut self, id: usize, case: &Case) -> Seen {
+        let proxy = self.proxy(case.view).proxy;
+        let before = self.saved.by_user(AT_LIMIT);
+        let mut headers = case.headers.clone();
+        headers.push(("cookie".into(), format!("sessionid=u{AT_LIMIT}")));
+        headers.push(("x-harness-case".into(), id.to_string()));
+        let response = raw_http::send_h2(
+            proxy,
+            &case.method,
+            &case.target,
+            &headers,
+            case.body.clone(),
+            ANSWER_WITHIN,
+        )
+        .await;
+        Seen::new(&response, self.saved.by_user(AT_LIMIT) > before)
+    }
+
     /// Both sides of `case`, and the verdict.
     fn judge(&mut self, id: usize, case: &Case) -> Outcome {
+        let case = &case.concrete(id);
         let direct = self.direct(id, case);
         let proxied = self.proxied(id, case);
+        Outcome::new(id, case.clone(), direct, proxied)
+    }
+
+    /// `case` straight to Django over HTTP/1.1 and through the proxy over
+    /// HTTP/2; its class gains `h2+`.
+    async fn judge_h2(&mut self, id: usize, case: &Case) -> Outcome {
+        let case = &case.concrete(id);
+        let direct = self.direct(id, case);
+        let proxied = self.proxied_h2(id, case).await;
+        let mut case = case.clone();
+        case.class = format!("h2+{}", case.class);
+        Outcome::new(id, case, direct, proxied)
+    }
+}
+
+/// One judged case.
+#[derive(Debug, Clone)]
+struct Outcome {
+    id: usize,
+    case: Case,
+    direct: Seen,
+    proxied: Seen,
+    verdict: Verdict,
+}
+
+impl Outcome {
+    fn new(id: usize, case: Case, direct: Seen, proxied: Seen) -> Self {
         let verdict = if proxied.generated {
             Verdict::Bypass
         } else if proxied.quota_denied() && !direct.generated {
@@ -326,22 +374,12 @@ impl Differential {
         };
         Outcome {
             id,
-            case: case.clone(),
+            case,
             direct,
             proxied,
             verdict,
         }
     }
-}
-
-/// One judged case.
-#[derive(Debug, Clone)]
-struct Outcome {
-    id: usize,
-    case: Case,
-    direct: Seen,
-    proxied: Seen,
-    verdict: Verdict,
 }
 
 impl std::fmt::Display for Outcome {
@@ -416,11 +454,16 @@ async fn corpus_of(view: View) {
         .into_iter()
         .filter(|c| c.view == view)
         .collect();
-    let outcomes: Vec<Outcome> = cases
+    let mut outcomes: Vec<Outcome> = cases
         .iter()
         .enumerate()
         .map(|(id, case)| harness.judge(id + 1, case))
         .collect();
+    for (id, case) in cases.iter().enumerate() {
+        if case.h2_worthy() {
+            outcomes.push(harness.judge_h2(id + 1, case).await);
+        }
+    }
     let (summary, failed) = report(&format!("{view:?} corpus"), &outcomes);
     assert!(!failed, "{summary}");
     println!("{summary}");
@@ -460,4 +503,13 @@ async fn random_mutations_find_no_bypass() {
 #[tokio::test]
 async fn a_free_user_who_tries_every_trick_gets_at_most_three_images() {
     tricks::run().await;
+}
+
+#[test]
+fn session_tokens_expand() {
+    let text = "/s/{S}/{E0:9}/{S%}/+{E}/{ORIGIN}/{X}";
+    assert_eq!(
+        corpus::expand(text, 117, 500_017),
+        "/s/117/000500017/%31%31%37/+500017/{ORIGIN}/{X}"
+    );
 }

@@ -91,7 +91,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             ("script_name", "/x"),
             ("X-Script-Name", "/x"),
             ("X-Forwarded-Prefix", "/x"),
-            ("X-Original-URL", "/chat/session/17/send/"),
+            ("X-Original-URL", "/chat/session/{S}/send/"),
         ])
         .prop_map(|(n, v)| Mutation::AddHeader(n, v)),
         prop::sample::select(vec![
@@ -239,8 +239,8 @@ pub async fn run() {
     let next_id = Cell::new(100_000usize);
     let strategy = (0..cases.len(), prop::collection::vec(mutation(), 1..4));
     let result = runner.run(&strategy, |(index, mutations)| {
-        let case = apply(&cases[index], &mutations);
         next_id.set(next_id.get() + 1);
+        let case = apply(&cases[index].concrete(next_id.get()), &mutations);
         let outcome = harness.borrow_mut().judge(next_id.get(), &case);
         match outcome.verdict {
             Verdict::Bypass | Verdict::FalseDenial => Err(TestCaseError::fail(format!(

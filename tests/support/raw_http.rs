@@ -203,3 +203,76 @@ fn parse(buf: &[u8]) -> RawResponse {
         error: None,
     }
 }
+
+/// Sends one HTTP/2 request (h2c with prior knowledge) to `addr` and reads
+/// its response within `deadline`. Header names are lower-cased (HTTP/2
+/// requires it); the request target must be a valid URI path.
+pub async fn send_h2(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+    deadline: Duration,
+) -> RawResponse {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(connection);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(name.to_ascii_lowercase(), value);
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| format!("not a valid HTTP/2 request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("h2 request: {e}"))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("h2 body: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok::<_, String>(RawResponse {
+            status,
+            headers,
+            body,
+            error: None,
+        })
+    };
+    let failed = |error: String| RawResponse {
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+        error: Some(error),
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => failed(e),
+        Err(_) => failed(format!("no complete HTTP/2 response within {deadline:?}")),
+    }
+}

@@ -22,7 +22,7 @@ pub(super) fn form_bodies(cases: &mut Vec<Case>) {
                 "form/value",
                 format!("generate_image={value}"),
                 view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(case.content_type(types[0]).body(body.as_bytes()));
         }
@@ -44,7 +44,7 @@ pub(super) fn form_bodies(cases: &mut Vec<Case>) {
         ];
         for (class, body) in bodies {
             for ct in &types[..2] {
-                let case = Case::new(class, format!("{ct:?} {body}"), view, view.path("17"));
+                let case = Case::new(class, format!("{ct:?} {body}"), view, view.path("{S}"));
                 cases.push(case.content_type(ct).body(body.as_bytes()));
             }
         }
@@ -53,7 +53,7 @@ pub(super) fn form_bodies(cases: &mut Vec<Case>) {
                 "form/content-type",
                 format!("{ct:?} generate_image=true"),
                 view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(with_type(case, ct).body(b"generate_image=true"));
         }
@@ -61,7 +61,7 @@ pub(super) fn form_bodies(cases: &mut Vec<Case>) {
             "form/charset",
             "charset=utf-16 on an ASCII body",
             view,
-            view.path("17"),
+            view.path("{S}"),
         );
         cases.push(
             case.content_type("application/x-www-form-urlencoded; charset=utf-16")
@@ -120,7 +120,7 @@ pub(super) fn framing(cases: &mut Vec<Case>) {
                 ),
             ];
             for (class, name, framing, extra) in variants {
-                let mut case = Case::new(class, format!("{name} {what}"), view, view.path("17"))
+                let mut case = Case::new(class, format!("{name} {what}"), view, view.path("{S}"))
                     .json(&body)
                     .framing(framing);
                 for (h, v) in extra {
@@ -133,7 +133,7 @@ pub(super) fn framing(cases: &mut Vec<Case>) {
                 "framing/content-encoding",
                 format!("gzip body {what}"),
                 view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(
                 case.json(&body)

@@ -212,14 +212,14 @@ pub(super) fn json_bodies(cases: &mut Vec<Case>) {
                     "json/value",
                     format!("{ct:?} generate_image={value}"),
                     *view,
-                    view.path("17"),
+                    view.path("{S}"),
                 );
                 cases.push(with_type(case, ct).body(body.as_bytes()));
             }
         }
         for (class, name, body) in odd_json() {
             for ct in types.iter().take(2) {
-                let case = Case::new(class, format!("{ct:?} {name}"), *view, view.path("17"));
+                let case = Case::new(class, format!("{ct:?} {name}"), *view, view.path("{S}"));
                 cases.push(with_type(case, ct).body(&body));
             }
         }
@@ -238,14 +238,14 @@ pub(super) fn json_bodies(cases: &mut Vec<Case>) {
                 "json/charset",
                 format!("{ct:?} UTF-16LE body"),
                 *view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(case.content_type(ct).body(&utf16));
             let case = Case::new(
                 "json/charset",
                 format!("{ct:?} UTF-8 body"),
                 *view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(case.content_type(ct).body(true_body.as_bytes()));
         }

@@ -35,6 +35,50 @@ impl View {
     }
 }
 
+/// Ordinary sessions of case `n` are `ORDINARY_FROM + n`.
+pub const ORDINARY_FROM: u64 = 100;
+/// Sessions from this id on are `image_editing` (as in
+/// `tests/django/harness/views.py`): case `n`'s is `IMAGE_EDITING_FROM + n`.
+pub const IMAGE_EDITING_FROM: u64 = 500_000;
+
+/// Expands session tokens in `text`: `{S}` is the ordinary session, `{E}`
+/// the image_editing one; `{S%}` its digits percent-encoded; `{S0:N}` it
+/// zero-padded to N digits. Other braces (`{ORIGIN}`) stay.
+pub fn expand(text: &str, ordinary: u64, editing: u64) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let token = &after[..close];
+        let number = match token.chars().next() {
+            Some('S') => Some(ordinary),
+            Some('E') => Some(editing),
+            _ => None,
+        };
+        let spec = token.get(1..).unwrap_or("");
+        let expanded = number.and_then(|n| match spec {
+            "" => Some(n.to_string()),
+            "%" => Some(n.to_string().bytes().map(|b| format!("%{b:02X}")).collect()),
+            _ => {
+                let width: usize = spec.strip_prefix("0:")?.parse().ok()?;
+                Some(format!("{n:0>width$}"))
+            }
+        });
+        match expanded {
+            Some(text) => out.push_str(&text),
+            None => out.push_str(&rest[open..=open + 1 + close]),
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// How the body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -90,7 +134,7 @@ impl Case {
     /// An ordinary flagged request on `view`: the plain path, JSON
     /// `"generate_image": true`.
     pub fn ordinary(view: View) -> Self {
-        Case::new("ordinary", "flag true", view, view.path("17")).json(&json_flag(Some("true")))
+        Case::new("ordinary", "flag true", view, view.path("{S}")).json(&json_flag(Some("true")))
     }
 
     /// Adds a header.
@@ -119,6 +163,34 @@ impl Case {
     pub fn framing(mut self, framing: Framing) -> Self {
         self.framing = framing;
         self
+    }
+
+    /// The case with its session tokens expanded (see [`expand`]) for case
+    /// number `n`: every case gets sessions of its own, so what the proxy
+    /// remembers about a session (probe answers, sessions that saved images
+    /// unflagged) cannot carry over from one case to the next.
+    pub fn concrete(&self, n: usize) -> Case {
+        let n = n as u64;
+        let (ordinary, editing) = (ORDINARY_FROM + n, IMAGE_EDITING_FROM + n);
+        let mut out = self.clone();
+        out.target = expand(&self.target, ordinary, editing);
+        for (_, value) in &mut out.headers {
+            *value = expand(value, ordinary, editing);
+        }
+        out
+    }
+
+    /// Whether the case is worth sending over HTTP/2 too: its trick is in
+    /// the path, the session id or a header (bodies and framing are the same
+    /// once the proxy has them), and its target is an origin-form path.
+    pub fn h2_worthy(&self) -> bool {
+        let trick = ["path/", "id/", "header/"]
+            .iter()
+            .any(|p| self.class.starts_with(p));
+        trick
+            && self.method == "POST"
+            && self.framing == Framing::Length
+            && self.target.starts_with('/')
     }
 
     /// The request's bytes for a client at `addr` with session cookie

@@ -22,7 +22,7 @@ pub(super) fn multipart_bodies(cases: &mut Vec<Case>) {
                 "multipart/value",
                 format!("generate_image={value:?}"),
                 view,
-                view.path("17"),
+                view.path("{S}"),
             );
             cases.push(case.content_type(&ct).body(&body));
         }
@@ -243,7 +243,7 @@ pub(super) fn multipart_bodies(cases: &mut Vec<Case>) {
         ];
         for (class, name, content_type, body) in variants {
             cases.push(
-                Case::new(class, name, view, view.path("17"))
+                Case::new(class, name, view, view.path("{S}"))
                     .content_type(&content_type)
                     .body(&body),
             );

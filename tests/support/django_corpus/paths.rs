@@ -46,21 +46,18 @@ const SEND_PATHS: &[(&str, &str)] = &[
     ("path/backslash", "/chat/session/{id}\\send/"),
 ];
 
-/// Spellings of the session id (the number itself is added).
-fn session_ids(n: u32) -> Vec<(&'static str, String)> {
-    let digits = n.to_string();
+/// Spellings of session `token` (`S`: an ordinary session, `E`: an
+/// image_editing one; see [`super::expand`]).
+fn session_ids(token: char) -> Vec<(&'static str, String)> {
     vec![
-        ("id/plain", digits.clone()),
-        ("id/zero-padded", format!("00{digits}")),
-        ("id/zero-padded", format!("{digits:0>24}")),
+        ("id/plain", format!("{{{token}}}")),
+        ("id/zero-padded", format!("00{{{token}}}")),
+        ("id/zero-padded", format!("{{{token}0:24}}")),
         // The send line fits gunicorn's 4094-byte request line, the probe's
         // longer path does not (414).
-        ("id/zero-padded-4050", format!("{digits:0>4050}")),
-        (
-            "id/percent-encoded",
-            digits.bytes().map(|b| format!("%{b:02X}")).collect(),
-        ),
-        ("id/sign", format!("+{digits}")),
+        ("id/zero-padded-4050", format!("{{{token}0:4050}}")),
+        ("id/percent-encoded", format!("{{{token}%}}")),
+        ("id/sign", format!("+{{{token}}}")),
         // Arabic-Indic digits; Django's `<int>` takes [0-9] only.
         ("id/unicode-digits", "%D9%A1%D9%A7".to_owned()),
     ]
@@ -70,23 +67,23 @@ pub(super) fn paths(cases: &mut Vec<Case>) {
     let bodies = [("flag true", Some("true")), ("no flag", None)];
     for (class, pattern) in SEND_PATHS {
         for (what, flag) in bodies {
-            let target = pattern.replace("{id}", "17");
+            let target = pattern.replace("{id}", "{S}");
             cases.push(
                 Case::new(class, format!("{target} {what}"), View::Send, target)
                     .json(&json_flag(flag)),
             );
         }
         // image_editing: generates whatever the flag (the probe says so).
-        let target = pattern.replace("{id}", "1017");
+        let target = pattern.replace("{id}", "{E}");
         cases.push(
             Case::new(class, format!("{target} image_editing"), View::Send, target)
                 .json(&json_flag(None)),
         );
     }
-    for (session, flag) in [(17, Some("true")), (17, None), (1017, None)] {
+    for (session, flag) in [('S', Some("true")), ('S', None), ('E', None)] {
         for (class, id) in session_ids(session) {
             let target = View::Send.path(&id);
-            let name = format!("session {session} as {:.40} flag {flag:?}", id);
+            let name = format!("session as {id:.40} flag {flag:?}");
             cases.push(Case::new(class, name, View::Send, target).json(&json_flag(flag)));
         }
     }
@@ -95,22 +92,28 @@ pub(super) fn paths(cases: &mut Vec<Case>) {
         let first = prefix.as_bytes()[1];
         let encoded = format!("/%{first:02x}{}", &prefix[2..]);
         let patterns = [
-            ("path/plain", format!("{prefix}/17/send/")),
-            ("path/percent-encoded", format!("{prefix}/17/s%65nd/")),
-            ("path/percent-encoded", format!("{encoded}/17/send/")),
-            ("path/percent-encoded-slash", format!("{prefix}/17%2Fsend/")),
-            ("path/double-slash", format!("/{prefix}/17/send/")),
-            ("path/dot-segment", format!("/x/..{prefix}/17/send/")),
-            ("path/semicolon", format!("{prefix}/17/send/;x")),
-            ("path/absolute-form", format!("{{ORIGIN}}{prefix}/17/send/")),
-            ("path/no-trailing-slash", format!("{prefix}/17/send")),
+            ("path/plain", format!("{prefix}/{{S}}/send/")),
+            ("path/percent-encoded", format!("{prefix}/{{S}}/s%65nd/")),
+            ("path/percent-encoded", format!("{encoded}/{{S}}/send/")),
+            (
+                "path/percent-encoded-slash",
+                format!("{prefix}/{{S}}%2Fsend/"),
+            ),
+            ("path/double-slash", format!("/{prefix}/{{S}}/send/")),
+            ("path/dot-segment", format!("/x/..{prefix}/{{S}}/send/")),
+            ("path/semicolon", format!("{prefix}/{{S}}/send/;x")),
+            (
+                "path/absolute-form",
+                format!("{{ORIGIN}}{prefix}/{{S}}/send/"),
+            ),
+            ("path/no-trailing-slash", format!("{prefix}/{{S}}/send")),
         ];
         for (class, target) in patterns {
             let body = json_flag(Some("true"));
             cases.push(Case::new(class, format!("{target} flag true"), view, target).json(&body));
         }
-        for (class, id) in session_ids(17) {
-            let name = format!("session 17 as {id:.40} flag true");
+        for (class, id) in session_ids('S') {
+            let name = format!("session as {id:.40} flag true");
             cases.push(Case::new(class, name, view, view.path(&id)).json(&json_flag(Some("true"))));
         }
     }
@@ -128,23 +131,23 @@ pub(super) fn headers(cases: &mut Vec<Case>) {
         (
             "header/x-original-url",
             "X-Original-URL",
-            "/chat/session/17/send/",
+            "/chat/session/{S}/send/",
         ),
         (
             "header/x-rewrite-url",
             "X-Rewrite-URL",
-            "/chat/session/17/send/",
+            "/chat/session/{S}/send/",
         ),
-        ("header/path-info", "PATH_INFO", "/chat/session/17/send/"),
+        ("header/path-info", "PATH_INFO", "/chat/session/{S}/send/"),
     ];
     for (class, name, value) in variants {
         for (session, flag, prefixed) in [
-            (17, Some("true"), true),
-            (17, Some("true"), false),
-            (1017, None, true),
-            (17, None, true),
+            ("{S}", Some("true"), true),
+            ("{S}", Some("true"), false),
+            ("{E}", None, true),
+            ("{S}", None, true),
         ] {
-            let path = View::Send.path(&session.to_string());
+            let path = View::Send.path(session);
             let target = if prefixed { format!("/x{path}") } else { path };
             let label = format!("{name}: {value} {target} flag {flag:?}");
             let case = Case::new(class, label, View::Send, target).header(name, value);
@@ -156,7 +159,7 @@ pub(super) fn headers(cases: &mut Vec<Case>) {
         "header/script-name",
         "SCRIPT_NAME: /y on /chat/...",
         View::Send,
-        View::Send.path("17"),
+        View::Send.path("{S}"),
     );
     cases.push(
         case.header("SCRIPT_NAME", "/y")
@@ -171,7 +174,7 @@ pub(super) fn methods(cases: &mut Vec<Case>) {
                 "method",
                 format!("{method} flag true"),
                 view,
-                view.path("17"),
+                view.path("{S}"),
             );
             case.method = method.to_owned();
             cases.push(case.json(&json_flag(Some("true"))));
