@@ -226,6 +226,10 @@ struct Differential {
     next_user: u64,
 }
 
+/// Case numbers of the HTTP/2 pass start here (fresh sessions, and saved
+/// images told apart from the HTTP/1.1 pass's).
+const H2_CASES: usize = 1_000_000;
+
 /// The user at the limit on every proxy.
 const AT_LIMIT: &str = "900001";
 
@@ -297,7 +301,7 @@ impl Differential {
         case.headers.retain(|(name, _)| !stripped(name));
         let (bytes, half) = case.render(self.django.addr, &format!("u{user}"), id);
         let response = raw_http::send(self.django.addr, &bytes, half, ANSWER_WITHIN);
-        Seen::new(&response, self.saved.by_user(&user) > 0)
+        Seen::new(&response, self.saved.for_case(&user, id) > 0)
     }
 
     /// Sends `case` through its view's proxy as the user at the limit.
@@ -306,7 +310,11 @@ impl Differential {
         let before = self.saved.by_user(AT_LIMIT);
         let (bytes, half) = case.render(proxy, &format!("u{AT_LIMIT}"), id);
         let response = raw_http::send(proxy, &bytes, half, ANSWER_WITHIN);
-        Seen::new(&response, self.saved.by_user(AT_LIMIT) > before)
+        let generated = self.saved.by_user(AT_LIMIT) > before;
+        Seen::new(
+            &response,
+            generated || self.saved.for_case(AT_LIMIT, id) > 0,
+        )
     }
 
     /// Sends `case` over HTTP/2 (h2c) through its view's proxy as the user
@@ -326,7 +334,11 @@ impl Differential {
             ANSWER_WITHIN,
         )
         .await;
-        Seen::new(&response, self.saved.by_user(AT_LIMIT) > before)
+        let generated = self.saved.by_user(AT_LIMIT) > before;
+        Seen::new(
+            &response,
+            generated || self.saved.for_case(AT_LIMIT, id) > 0,
+        )
     }
 
     /// Both sides of `case`, and the verdict.
@@ -461,7 +473,7 @@ async fn corpus_of(view: View) {
         .collect();
     for (id, case) in cases.iter().enumerate() {
         if case.h2_worthy() {
-            outcomes.push(harness.judge_h2(id + 1, case).await);
+            outcomes.push(harness.judge_h2(H2_CASES + id + 1, case).await);
         }
     }
     let (summary, failed) = report(&format!("{view:?} corpus"), &outcomes);

@@ -249,6 +249,7 @@ impl Django {
             path: self.saved_file.clone(),
             offset: 0,
             by_user: HashMap::new(),
+            by_case: HashMap::new(),
             total: 0,
         }
     }
@@ -282,6 +283,7 @@ pub struct SavedImages {
     path: PathBuf,
     offset: u64,
     by_user: HashMap<String, usize>,
+    by_case: HashMap<(String, String), usize>,
     total: usize,
 }
 
@@ -299,7 +301,9 @@ impl SavedImages {
             let value: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("saved line {line:?}: {e}"));
             let user = value["user"].as_str().unwrap_or("").to_owned();
-            *self.by_user.entry(user).or_default() += 1;
+            let case = value["case"].as_str().unwrap_or("").to_owned();
+            *self.by_user.entry(user.clone()).or_default() += 1;
+            *self.by_case.entry((user, case)).or_default() += 1;
             self.total += 1;
         }
         self.offset += whole as u64;
@@ -309,6 +313,13 @@ impl SavedImages {
     pub fn by_user(&mut self, user: &str) -> usize {
         self.refresh();
         self.by_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// Images saved for `user` by requests tagged `X-Harness-Case: case`.
+    pub fn for_case(&mut self, user: &str, case: usize) -> usize {
+        self.refresh();
+        let key = (user.to_owned(), case.to_string());
+        self.by_case.get(&key).copied().unwrap_or(0)
     }
 
     /// Images saved for anyone so far.

@@ -4,7 +4,7 @@ the backend does, and record every image they "save".
 - `send_message`: the production chat app's view (preset
   `flag_rules = "django-send-message"`): multipart bodies by Django's
   MultiPartParser and `== 'true'`; every other body by `json.loads` and
-  Python truthiness; sessions with id >= 500000 are `image_editing` and
+  Python truthiness; sessions with id >= 1000000000 are `image_editing` and
   generate whatever the flag says. Streams text/plain, echoes the user's
   message (as the chat app does) and ends with the in-band report.
 - `DrfSend`: a REST framework view, `BooleanField` (preset `"drf"`).
@@ -27,7 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 # Sessions with this id or above are of type image_editing.
-IMAGE_EDITING_FROM = 500_000
+IMAGE_EDITING_FROM = 1_000_000_000
 
 PLANS = {
     "free": {"daily": 3, "weekly": 10, "monthly": 30},

@@ -39,7 +39,7 @@ impl View {
 pub const ORDINARY_FROM: u64 = 100;
 /// Sessions from this id on are `image_editing` (as in
 /// `tests/django/harness/views.py`): case `n`'s is `IMAGE_EDITING_FROM + n`.
-pub const IMAGE_EDITING_FROM: u64 = 500_000;
+pub const IMAGE_EDITING_FROM: u64 = 1_000_000_000;
 
 /// Expands session tokens in `text`: `{S}` is the ordinary session, `{E}`
 /// the image_editing one; `{S%}` its digits percent-encoded; `{S0:N}` it
