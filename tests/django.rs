@@ -96,12 +96,12 @@ fn preset_text() -> String {
     std::fs::read_to_string(path).expect("read config/django-mobixai.toml")
 }
 
-/// The shipped preset with Django as upstream; for the DRF and form views,
+/// The shipped preset with `upstream` (Django); for the DRF and form views,
 /// its route moved to that view's path with that view's `flag_rules` (and
 /// no probe: those views have none).
-fn preset_config(django: &Django, view: View) -> String {
+fn preset_config(upstream: &str, view: View) -> String {
     let mut table: toml::Table = toml::from_str(&preset_text()).expect("the preset is TOML");
-    table.insert("upstream".into(), django.url().into());
+    table.insert("upstream".into(), upstream.into());
     // The store counts on the real clock: keep the run far from midnight
     // (and so from the start of a day, week or month), where the usage of
     // the user at the limit would reset mid-run.
@@ -242,7 +242,7 @@ impl Differential {
         let saved = django.saved();
         let mut proxies = Vec::new();
         for view in views {
-            let binary = Binary::start(&preset_config(&django, *view), &[]).await;
+            let binary = Binary::start(&preset_config(&django.url(), *view), &[]).await;
             proxies.push((*view, binary));
         }
         let mut harness = Differential {
@@ -524,4 +524,19 @@ fn session_tokens_expand() {
         corpus::expand(text, 117, 500_017),
         "/s/117/000500017/%31%31%37/+500017/{ORIGIN}/{X}"
     );
+}
+
+#[test]
+fn the_send_and_drf_presets_check() {
+    for view in [View::Send, View::Drf] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("quota-proxy.toml");
+        std::fs::write(&path, preset_config("http://127.0.0.1:9", view)).expect("write config");
+        let out = support::binary::run_cli(Some(&path), &["check-config"]);
+        assert!(
+            out.status.success(),
+            "{view:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

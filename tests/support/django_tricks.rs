@@ -18,7 +18,7 @@ pub async fn run() {
     const USER: &str = "700001";
     let django = Django::start();
     let mut saved = django.saved();
-    let proxy = Binary::start(&preset_config(&django, View::Send), &[]).await;
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
     let cookie = format!("sessionid=u{USER}");
     let mut images: Vec<String> = Vec::new();
 
