@@ -3,7 +3,8 @@
 //! free user (3 images a day) sends fake reports in their message (the chat
 //! app echoes it before its own report), every request of the send view's
 //! corpus, and those with a path, id or header trick again over HTTP/2
-//! (h2c). The images are counted where Django saved them.
+//! (h2c). A second free user sends 12 flagged requests at once. The images
+//! are counted where Django saved them: at most 3 for each.
 // Included by tests/django.rs only (`#[path]`).
 #![allow(dead_code, unreachable_pub)]
 
@@ -87,14 +88,35 @@ pub async fn run() {
         }
     }
 
+    // Another free user: a burst of flagged requests all at once, racing
+    // each other through the check.
+    let burst: Vec<_> = (0..12)
+        .map(|n| {
+            let case = Case::ordinary(View::Send).concrete(40_000 + n);
+            let (bytes, half) = case.render(proxy.proxy, &format!("u{BURST_USER}"), n);
+            let addr = proxy.proxy;
+            std::thread::spawn(move || raw_http::send(addr, &bytes, half, ANSWER_WITHIN).status)
+        })
+        .collect();
+    let statuses: Vec<u16> = burst
+        .into_iter()
+        .map(|t| t.join().expect("a burst thread"))
+        .collect();
+    let burst_images = saved.by_user(BURST_USER);
+
     let total = saved.by_user(USER);
     println!("a free user trying every trick got {total} images saved by Django:");
     for image in &images {
         println!("  {image}");
     }
+    println!("a burst of 12 at once got {burst_images} images (statuses {statuses:?})");
     assert!(
-        total <= 3,
-        "a free user (3 a day) got {total} images saved by Django (3 allowed):\n{}",
+        total <= 3 && burst_images <= 3,
+        "a free user (3 a day) got {total} images saved by Django (3 allowed):\n{}\n\
+         a burst of 12 flagged requests at once got {burst_images} (statuses {statuses:?})",
         images.join("\n")
     );
 }
+
+/// The free user who sends a burst of requests at once.
+const BURST_USER: &str = "700002";
