@@ -441,6 +441,14 @@ fn report(title: &str, outcomes: &[Outcome]) -> (String, bool) {
             let _ = writeln!(out, "{o}");
         }
     }
+    let allowed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.verdict == Verdict::FailClosed)
+        .map(|o| format!("#{} [{}] {}", o.id, o.case.class, o.case.name))
+        .collect();
+    if !allowed.is_empty() {
+        let _ = writeln!(out, "allowed fail-closed denials: {}", allowed.join("; "));
+    }
     let harness_errors: Vec<&Outcome> = outcomes
         .iter()
         .filter(|o| o.direct.status == 0 || o.direct.status == 504)
