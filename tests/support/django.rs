@@ -78,6 +78,12 @@ fn build_venv() -> Result<PathBuf, String> {
         return Ok(bin);
     }
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    // A venv directory without the mark is not one of ours (or predates
+    // it): build a fresh one in its place.
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("remove the incomplete venv {}: {e}", venv.display()))?;
+    }
     let building = tempfile::Builder::new()
         .prefix("django-venv-building-")
         .tempdir_in(&root)
