@@ -77,10 +77,13 @@ fn build_venv() -> Result<PathBuf, String> {
     if venv.join(COMPLETE).exists() {
         return Ok(bin);
     }
+    // From here on another test process may finish the same venv first;
+    // a complete one is never removed, and the rename below then fails and
+    // uses it.
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
     // A venv directory without the mark is not one of ours (or predates
     // it): build a fresh one in its place.
-    if venv.exists() {
+    if venv.exists() && !venv.join(COMPLETE).exists() {
         std::fs::remove_dir_all(&venv)
             .map_err(|e| format!("remove the incomplete venv {}: {e}", venv.display()))?;
     }
