@@ -91,7 +91,7 @@ fn build_venv() -> Result<PathBuf, String> {
         .prefix("django-venv-building-")
         .tempdir_in(&root)
         .map_err(|e| format!("temporary venv directory in {}: {e}", root.display()))?;
-    let run = |command: &mut Command, what: &str| -> Result<(), String> {
+    let run = |command: &mut Command, what: &str, hint: &str| -> Result<(), String> {
         let out = command
             .stdin(Stdio::null())
             .output()
@@ -100,7 +100,7 @@ fn build_venv() -> Result<PathBuf, String> {
             return Ok(());
         }
         Err(format!(
-            "{what} failed ({}); {INSTALL_HINT}\n{}{}",
+            "{what} failed ({}); {hint}\n{}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -111,6 +111,7 @@ fn build_venv() -> Result<PathBuf, String> {
             .args(["-m", "venv"])
             .arg(building.path()),
         &format!("`{python} -m venv`"),
+        INSTALL_HINT,
     )?;
     run(
         Command::new(building.path().join("bin/python"))
@@ -125,6 +126,8 @@ fn build_venv() -> Result<PathBuf, String> {
             ])
             .arg(&requirements),
         "pip install -r tests/django/requirements.txt",
+        "pip must reach PyPI (or a mirror set with PIP_INDEX_URL) to install the pinned \
+         Django, djangorestframework and gunicorn",
     )?;
     // The scripts' shebangs name the temporary path, so the venv is only
     // ever used as `bin/python -m …` (Python finds its venv from where the
