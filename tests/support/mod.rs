@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod binary;
+pub mod django;
 pub mod proxy;
+pub mod raw_http;
 pub mod redis;
 pub mod upstream;

@@ -1,0 +1,29 @@
+"""Settings of the harness project: no database, no auth app, no CSRF (the
+views under test are the flag parsers, not Django's own protections)."""
+
+SECRET_KEY = "harness-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "harness.urls"
+WSGI_APPLICATION = "harness.wsgi.application"
+INSTALLED_APPS = ["rest_framework"]
+MIDDLEWARE = [
+    "harness.middleware.HarnessMiddleware",
+    # APPEND_SLASH, as in a default project: a POST without the slash is a
+    # redirect (no view runs).
+    "django.middleware.common.CommonMiddleware",
+]
+DATABASES = {}
+USE_TZ = True
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {"django": {"handlers": ["stderr"], "level": "ERROR"}},
+}
