@@ -36,12 +36,23 @@ use support::binary::Binary;
 use support::django::{Django, SavedImages};
 use support::raw_http::{self, RawResponse};
 
-/// ALLOWED FAIL-CLOSED CASES, for the lead to reconcile with
-/// `docs/flag-rules.md`: classes of request where the proxy may count a
-/// request as asking for an image (and so deny a user at the limit) although
-/// this Django would not generate one, because the proxy cannot be sure what
-/// the backend will do. Every other false denial fails the test.
+/// Allowed fail-closed classes, the harness's side of the table in
+/// `docs/flag-rules.md` (and `docs/routes.md`): classes of request where the
+/// proxy may count a request as asking for an image (and so deny a user at
+/// the limit) although this Django would not generate one, because the proxy
+/// cannot be sure what the backend will do. Every other false denial fails
+/// the test; a bypass fails it whatever its class.
 const FAIL_CLOSED: &[(&str, &str)] = &[
+    (
+        "charset/not-utf8",
+        "a charset other than UTF-8 on a body the backend decodes with it: Python knows codecs \
+         (UTF-16, UTF-7, Latin-1…) the proxy does not read (docs/flag-rules.md)",
+    ),
+    (
+        "rfc2231/parameter",
+        "an RFC 2231 `boundary*=` or `charset*=` parameter: Django decodes it through a charset \
+         lookup, or raises (docs/flag-rules.md)",
+    ),
     (
         "framing/chunked",
         "a chunked request body: gunicorn + Django hand the view an empty body (Django reads \

@@ -55,6 +55,16 @@ impl Mutation {
             Mutation::FlipContentTypeCase(_) => "mutation/content-type-case",
             Mutation::FlagValue(_) => "mutation/flag-value",
             Mutation::AddHeader(..) => "mutation/routing-header",
+            // A charset other than UTF-8 and RFC 2231 parameters are
+            // documented fail-closed classes (docs/flag-rules.md).
+            Mutation::ContentTypeParam(param) if param.contains("boundary*=") => {
+                "rfc2231/parameter"
+            }
+            Mutation::ContentTypeParam(param)
+                if param.contains("charset=") && !param.to_ascii_lowercase().contains("utf-8") =>
+            {
+                "charset/not-utf8"
+            }
             Mutation::ContentTypeParam(_) => "mutation/content-type-param",
             Mutation::Chunked(_) => "framing/chunked",
             Mutation::PrependBom => "mutation/bom",

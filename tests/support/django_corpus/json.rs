@@ -235,14 +235,14 @@ pub(super) fn json_bodies(cases: &mut Vec<Case>) {
             "application/json; charset=bogus",
         ] {
             let case = Case::new(
-                "json/charset",
+                "charset/not-utf8",
                 format!("{ct:?} UTF-16LE body"),
                 *view,
                 view.path("{S}"),
             );
             cases.push(case.content_type(ct).body(&utf16));
             let case = Case::new(
-                "json/charset",
+                "charset/not-utf8",
                 format!("{ct:?} UTF-8 body"),
                 *view,
                 view.path("{S}"),

@@ -79,7 +79,7 @@ pub(super) fn multipart_bodies(cases: &mut Vec<Case>) {
                 plain.clone(),
             ),
             (
-                "multipart/content-type",
+                "charset/not-utf8",
                 "charset parameter",
                 format!("multipart/form-data; charset=utf-16; boundary={B}"),
                 plain.clone(),
