@@ -418,10 +418,14 @@ impl RedisSentinel {
     /// takes writes.
     pub fn failover(&self) {
         let before = self.master_port();
-        let answer = self
-            .sentinel
-            .cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
-        assert_eq!(answer, "OK", "SENTINEL FAILOVER");
+        // Sentinel answers NOGOODSLAVE until its last INFO from the replica
+        // is fresh (it refreshes every few seconds, later on a loaded
+        // machine): ask again until it takes the order.
+        wait_for("SENTINEL FAILOVER answered OK", SETTLED_WITHIN, || {
+            self.sentinel
+                .cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER])
+                == "OK"
+        });
         wait_for("failover", SETTLED_WITHIN, || {
             let port = self.master_port();
             port != before && cli(port, &["ROLE"]).starts_with("master")
