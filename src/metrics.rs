@@ -18,6 +18,7 @@
 //! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`2xx` … `5xx`; the proxy's own 502/504 count as `5xx`) |
 //! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
 //! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
+//! | `quota_proxy_malformed_reports_total` | counter | `route` | upstream reports whose count was negative, fractional, above `usage.max_images_per_response` or not a number (charged as 1 image if the response succeeded) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
@@ -57,6 +58,8 @@ pub const UPSTREAM_RESPONSES: &str = "quota_proxy_upstream_responses_total";
 pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
 /// Settlements given up on, by reason.
 pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
+/// Malformed usage reports by route.
+pub const MALFORMED_REPORTS: &str = "quota_proxy_malformed_reports_total";
 /// Config reloads by result.
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
 /// Identity cache lookups by result (`hit`, `miss`).
@@ -236,6 +239,11 @@ pub fn passthrough_counter() -> metrics::Counter {
 /// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).
 pub fn settlements_pending(stage: &'static str, pending: usize) {
     metrics::gauge!(SETTLEMENTS_PENDING, "stage" => stage).set(pending as f64);
+}
+
+/// Counts one malformed usage report on `route`.
+pub fn malformed_report(route: &str) {
+    metrics::counter!(MALFORMED_REPORTS, "route" => route.to_owned()).increment(1);
 }
 
 /// Counts `count` settlements whose usage could not be recorded, by `reason`.

@@ -105,6 +105,10 @@ where
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
+        if let Some(name) = shared.reports.token_header() {
+            // Only the proxy gives the upstream a report token (forward.rs).
+            request.headers_mut().remove(name);
+        }
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
