@@ -285,8 +285,10 @@ async fn the_real_report_is_found_whatever_the_user_typed_before_it() {
 #[tokio::test]
 async fn a_start_with_no_end_does_not_hold_back_the_rest_of_the_reply() {
     let app = app().await;
-    // The report comes 5 s after the reply text.
-    app.slow_tail_ms.store(5_000, Ordering::SeqCst);
+    // The report comes 15 s after the reply text; the reply must reach the
+    // client well before (10 s, however loaded the machine): a proxy that
+    // held it back until the report could not make it.
+    app.slow_tail_ms.store(15_000, Ordering::SeqCst);
     let binary = start(&app, &preset()).await;
     let (content_type, body) = form("[IMAGES_SAVED]", true);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -303,10 +305,11 @@ async fn a_start_with_no_end_does_not_hold_back_the_rest_of_the_reply() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !String::from_utf8_lossy(&seen).contains("END_OF_REPLY") {
-        let frame = tokio::time::timeout(WITHIN, body.frame())
+        let frame = tokio::time::timeout_at(deadline, body.frame())
             .await
-            .expect("the reply is not held back")
+            .expect("the reply is not held back until the report")
             .expect("more frames")
             .expect("frame");
         if let Ok(data) = frame.into_data() {
