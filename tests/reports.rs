@@ -177,6 +177,7 @@ async fn send(binary: &Binary, session: &str, user: &str, typed: &str, generate:
                 ("cookie", &cookie),
                 ("content-type", &content_type),
                 (TOKEN_HEADER, FORGED_TOKEN),
+                ("x_quota_report_token", FORGED_TOKEN),
             ],
             body,
         )
@@ -371,7 +372,11 @@ async fn the_client_never_chooses_the_report_token() {
         .send(
             Method::GET,
             "/chat/",
-            &[(TOKEN_HEADER, FORGED_TOKEN), ("cookie", "sessionid=p")],
+            &[
+                (TOKEN_HEADER, FORGED_TOKEN),
+                ("x_quota_report_token", FORGED_TOKEN),
+                ("cookie", "sessionid=p"),
+            ],
             "",
         )
         .await;
@@ -381,6 +386,10 @@ async fn the_client_never_chooses_the_report_token() {
     assert!(
         page.header(TOKEN_HEADER).is_none(),
         "client token passed through"
+    );
+    assert!(
+        page.header("x_quota_report_token").is_none(),
+        "Django reads X_Quota_Report_Token as the token too"
     );
     // Inspected: a fresh token of the proxy's own each time; a marker with
     // the client's token is text.

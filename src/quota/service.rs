@@ -105,10 +105,8 @@ where
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
-        if let Some(name) = shared.reports.token_header() {
-            // Only the proxy gives the upstream a report token (forward.rs).
-            request.headers_mut().remove(name);
-        }
+        // Only the proxy gives the upstream a report token (forward.rs).
+        shared.reports.strip_client_token(request.headers_mut());
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();

@@ -70,6 +70,29 @@ impl ReportReader {
         self.token_header.as_ref()
     }
 
+    /// Removes the client's own report token header from `headers`, in
+    /// every spelling the backend would read as it: WSGI servers turn both
+    /// `-` and `_` into `_` (`HTTP_X_QUOTA_REPORT_TOKEN`), so
+    /// `X_Quota_Report_Token` would reach Django as the token.
+    pub fn strip_client_token(&self, headers: &mut HeaderMap) {
+        let Some(name) = &self.token_header else {
+            return;
+        };
+        headers.remove(name);
+        let wsgi_same = |key: &HeaderName| {
+            let (a, b) = (key.as_str().as_bytes(), name.as_str().as_bytes());
+            a.len() == b.len()
+                && a.contains(&b'_')
+                && a.iter()
+                    .zip(b)
+                    .all(|(&x, &y)| x == y || (x == b'_' && y == b'-'))
+        };
+        // No allocation unless such a header is there (almost never).
+        while let Some(key) = headers.keys().find(|k| wsgi_same(k)).cloned() {
+            headers.remove(&key);
+        }
+    }
+
     /// Largest count one response may report.
     pub fn max_images(&self) -> u64 {
         self.max_images
@@ -244,6 +267,28 @@ mod tests {
         assert!(h.get("x-images-saved").is_none());
         assert!(h.get("x-other").is_some());
         assert_eq!(r.take_header(&mut h), None);
+    }
+
+    #[test]
+    fn the_client_token_goes_in_every_spelling() {
+        let r = reader(CountMode::Requests);
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-quota-report-token",
+            "x_quota_report_token",
+            "x-quota_report-token",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("mine"),
+            );
+        }
+        h.insert("x-quota-report-tokens", HeaderValue::from_static("kept"));
+        h.insert("x_other", HeaderValue::from_static("kept"));
+        r.strip_client_token(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(h.contains_key("x-quota-report-tokens") && h.contains_key("x_other"));
     }
 
     #[test]
