@@ -1,6 +1,6 @@
 //! Benchmarks of the in-band report scanner (phase: report): a 1 MB
 //! streamed body fed to [`MarkerScanner`] in 1 KB and 16 KB chunks, with one
-//! `[IMAGES_SAVED]1[IMAGES_SAVED_END]` marker at its very end, with and
+//! `[IMAGES_SAVED]{"count": 1, "token": "…"}[IMAGES_SAVED_END]` report at its very end, with and
 //! without stripping. The text is full of `[` so the scanner keeps meeting
 //! possible marker starts, as it would in markdown with links.
 
@@ -8,16 +8,27 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quota_proxy::report::MarkerScanner;
+use quota_proxy::report::{MarkerScanner, ReportRules, ReportToken, UsageReport};
 
 const START: &str = "[IMAGES_SAVED]";
 const END: &str = "[IMAGES_SAVED_END]";
 const STREAM_BYTES: usize = 1 << 20;
 
+fn rules() -> ReportRules {
+    ReportRules::with_token(ReportToken::from(1), 16)
+}
+
+fn marker() -> String {
+    format!(
+        r#"{START}{{"count": 1, "token": "{}"}}{END}"#,
+        ReportToken::from(1).as_str()
+    )
+}
+
 /// 1 MB of markdown-like text ending in one marker, cut into `chunk`-byte
 /// chunks (the marker may straddle two of them).
 fn chunks(chunk: usize) -> Vec<Bytes> {
-    let marker = format!("{START}1{END}");
+    let marker = marker();
     let line = "Here is [a link](https://example.com/x) and [IMAGES] text.\n";
     let mut text: String = line
         .chars()
@@ -39,11 +50,11 @@ fn bench_scanner(c: &mut Criterion) {
         let stream = chunks(size);
         for strip in [false, true] {
             // A benchmark of a scanner that misses the marker measures nothing.
-            let mut check = MarkerScanner::new(START, END, strip);
+            let mut check = MarkerScanner::new(START, END, strip, rules());
             let sent: usize = stream.iter().map(|c| check.feed(c.clone()).len()).sum();
-            assert_eq!(check.images(), Some(1), "{label}");
+            assert_eq!(check.report(), Some(UsageReport::images(1)), "{label}");
             let expected = if strip {
-                STREAM_BYTES - (START.len() + 1 + END.len())
+                STREAM_BYTES - marker().len()
             } else {
                 STREAM_BYTES
             };
@@ -56,12 +67,12 @@ fn bench_scanner(c: &mut Criterion) {
             let id = BenchmarkId::new(if strip { "strip" } else { "keep" }, label);
             group.bench_with_input(id, &stream, |b, stream| {
                 b.iter(|| {
-                    let mut scanner = MarkerScanner::new(START, END, strip);
+                    let mut scanner = MarkerScanner::new(START, END, strip, rules());
                     for chunk in stream {
                         black_box(scanner.feed(chunk.clone()));
                     }
                     black_box(scanner.finish());
-                    scanner.images()
+                    scanner.report()
                 });
             });
         }

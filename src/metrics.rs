@@ -20,6 +20,7 @@
 //! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
 //! | `quota_proxy_store_up` | gauge | | 1 while the store answered its last call (the memory store: always), 0 while Redis does not answer |
 //! | `quota_proxy_store_breaker_open` | gauge | | 1 while the circuit breaker in front of Redis is open (calls fail at once, `on_store_error` applies) |
+//! | `quota_proxy_malformed_reports_total` | counter | `route` | upstream reports whose count was negative, fractional, above `usage.max_images_per_response` or not a number (charged as 1 image if the response succeeded) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
 //! | `quota_proxy_unknown_plan_total` | counter | | identities whose plan name is not in `[plans]` (the default plan applied; each name logged once) |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
@@ -64,6 +65,8 @@ pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
 pub const STORE_UP: &str = "quota_proxy_store_up";
 /// 1 while the breaker in front of Redis is open.
 pub const STORE_BREAKER_OPEN: &str = "quota_proxy_store_breaker_open";
+/// Malformed usage reports by route.
+pub const MALFORMED_REPORTS: &str = "quota_proxy_malformed_reports_total";
 /// Config reloads by result.
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
 /// Identity cache lookups by result (`hit`, `miss`).
@@ -257,6 +260,11 @@ pub fn passthrough_counter() -> metrics::Counter {
 /// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).
 pub fn settlements_pending(stage: &'static str, pending: usize) {
     metrics::gauge!(SETTLEMENTS_PENDING, "stage" => stage).set(pending as f64);
+}
+
+/// Counts one malformed usage report on `route`.
+pub fn malformed_report(route: &str) {
+    metrics::counter!(MALFORMED_REPORTS, "route" => route.to_owned()).increment(1);
 }
 
 /// Counts `count` settlements whose usage could not be recorded, by `reason`.

@@ -438,12 +438,16 @@ report_marker = { start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }
 
 /// A slow generation whose report comes last, in-band: its settlement runs
 /// in a task of its own after the body ends. `last` is the delay before
-/// the final chunk.
-fn slow_generation(last: Duration) -> Reply {
+/// the final chunk. The report carries the request's token.
+fn slow_generation(request: &RecordedRequest, last: Duration) -> Reply {
+    let token = request.header("x-quota-report-token").unwrap_or("");
     Reply::ok().stream([
-        ("generating", Duration::from_millis(200)),
-        (" still generating", Duration::from_millis(400)),
-        (r#" done[IMAGES_SAVED]{"count": 1}[IMAGES_SAVED_END]"#, last),
+        ("generating".to_owned(), Duration::from_millis(200)),
+        (" still generating".to_owned(), Duration::from_millis(400)),
+        (
+            format!(r#" done[IMAGES_SAVED]{{"count": 1, "token": "{token}"}}[IMAGES_SAVED_END]"#),
+            last,
+        ),
     ])
 }
 
@@ -455,9 +459,9 @@ async fn sigterm_drains_in_flight_requests_and_records_their_usage() {
     // requests take, and must still record it before exiting.
     let upstream = TestUpstream::start(|request: RecordedRequest| async move {
         if request.header("x-user-id") == Some("gone") {
-            slow_generation(Duration::from_millis(1500))
+            slow_generation(&request, Duration::from_millis(1500))
         } else {
-            slow_generation(Duration::from_millis(400))
+            slow_generation(&request, Duration::from_millis(400))
         }
     })
     .await;

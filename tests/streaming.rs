@@ -136,12 +136,14 @@ async fn app(chunk_delay: Duration) -> App {
                 (Bytes::from_static(b"your reply."), chunk_delay),
             ];
             if generate {
-                // The marker arrives split across two chunks.
-                chunks.push((Bytes::from_static(b"[IMAGES_SA"), chunk_delay));
-                chunks.push((
-                    Bytes::from_static(b"VED]{\"count\": 1}[IMAGES_SAVED_END]"),
-                    chunk_delay,
+                // The report carries the request's token, and arrives split
+                // across two chunks.
+                let token = request.header("x-quota-report-token").unwrap_or("");
+                let report = Bytes::from(format!(
+                    "[IMAGES_SAVED]{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]"
                 ));
+                chunks.push((report.slice(..10), chunk_delay));
+                chunks.push((report.slice(10..), chunk_delay));
             }
             chunks.push((
                 Bytes::from_static(b"[TITLE_UPDATE]{\"title\": \"t\"}[TITLE_UPDATE_END]"),
@@ -430,7 +432,7 @@ async fn marker_kept_when_not_stripped() {
     assert!(
         answer
             .text()
-            .contains("[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
+            .contains("[IMAGES_SAVED]{\"count\": 1, \"token\": \"")
     );
     assert_eq!(proxy.wait_settled("k", 1).await[0].used, 1);
 }
@@ -543,14 +545,14 @@ async fn a_session_that_saved_images_unflagged_is_flagged_from_then_on() {
 async fn sse_and_trailer_reports_are_counted() {
     let upstream = TestUpstream::start(|request: RecordedRequest| async move {
         if request.uri.path().contains("/sse/") {
+            let token = request.header("x-quota-report-token").unwrap_or("");
+            let report =
+                format!("event: images_saved\ndata: {{\"count\": 1, \"token\": \"{token}\"}}\n\n");
             Reply::ok()
                 .header("content-type", "text/event-stream")
                 .stream([
-                    ("event: token\ndata: hi\n\n", Duration::ZERO),
-                    (
-                        "event: images_saved\ndata: 1\n\n",
-                        Duration::from_millis(10),
-                    ),
+                    ("event: token\ndata: hi\n\n".to_owned(), Duration::ZERO),
+                    (report, Duration::from_millis(10)),
                 ])
         } else {
             Reply::ok()

@@ -4,7 +4,8 @@
 //!
 //! - `/stream/…`: `200`, `text/plain`, chunked: a first chunk at once,
 //!   then (after `?gap_ms=N` milliseconds, if given) four 1 KB chunks and a
-//!   last one holding the in-band report `[IMAGES_SAVED]1[IMAGES_SAVED_END]`;
+//!   last one holding the in-band report
+//!   `[IMAGES_SAVED]{"count": 1, "token": "<X-Quota-Report-Token>"}[IMAGES_SAVED_END]`;
 //! - anything else: `200` with a 20-byte body, and `X-Images-Saved: N` when
 //!   the request carries `X-Bench-Saved: N` (the bench's way to ask).
 //!
@@ -29,8 +30,9 @@ use tokio::sync::oneshot;
 /// The small answer of every route but `/stream/`.
 pub const SMALL_BODY: &[u8] = b"hello from upstream\n";
 
-/// The in-band report at the end of every streamed answer.
-pub const MARKER: &str = "[IMAGES_SAVED]1[IMAGES_SAVED_END]";
+/// The start of the in-band report at the end of every streamed answer
+/// (the report carries the request's token, as the app's does).
+pub const MARKER: &str = "[IMAGES_SAVED]";
 
 /// A running upstream; stopped (its runtime and every connection dropped)
 /// when this is dropped.
@@ -116,6 +118,12 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response<Either<Full<Bytes>, StreamedBody>>, Infallible> {
     let saved = request.headers().get("x-bench-saved").cloned();
+    let token = request
+        .headers()
+        .get("x-quota-report-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let streamed = request.uri().path().starts_with("/stream/");
     let gap = request
         .uri()
@@ -128,7 +136,7 @@ async fn answer(
     while let Some(Ok(_)) = body.frame().await {}
 
     if streamed {
-        let mut response = Response::new(Either::Right(stream_body(gap)));
+        let mut response = Response::new(Either::Right(stream_body(gap, token)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -147,7 +155,7 @@ async fn answer(
 }
 
 /// A first chunk, an optional pause, 4 KB of text, and the report.
-fn stream_body(gap: Option<Duration>) -> StreamedBody {
+fn stream_body(gap: Option<Duration>, token: String) -> StreamedBody {
     use futures_util::StreamExt;
     let text = Bytes::from("streamed reply text, as a chat model writes it. ".repeat(32));
     let first = futures_util::stream::once(async {
@@ -163,7 +171,7 @@ fn stream_body(gap: Option<Duration>) -> StreamedBody {
         (0..4)
             .map(move |_| Ok(Frame::data(text.slice(..1024))))
             .chain(std::iter::once(Ok(Frame::data(Bytes::from(format!(
-                "\n{MARKER}\n"
+                "\n{MARKER}{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]\n"
             )))))),
     );
     StreamBody::new(first.chain(pause).chain(rest).boxed())

@@ -797,6 +797,17 @@ pub struct UsageConfig {
     /// Server-Sent Events event type whose data is a report, e.g.
     /// `images_saved`. Empty = not read.
     pub report_sse_event: String,
+    /// Request header carrying a fresh random token to the upstream on
+    /// every inspected request (a client's own is removed from every
+    /// request). Empty = no token sent.
+    pub report_token_header: String,
+    /// In-band reports (markers, SSE events) count only when their JSON
+    /// carries the request's token: the app echoes what users type.
+    pub require_report_token: bool,
+    /// Largest count one response may report; a larger, negative,
+    /// fractional or non-numeric count is a malformed report (counted as 1
+    /// when the response otherwise succeeded).
+    pub max_images_per_response: u64,
 }
 
 /// The start and end markers of an in-band report.
@@ -819,6 +830,9 @@ impl Default for UsageConfig {
             report_marker: None,
             strip_marker: true,
             report_sse_event: String::new(),
+            report_token_header: "X-Quota-Report-Token".to_owned(),
+            require_report_token: true,
+            max_images_per_response: 16,
         }
     }
 }
@@ -1036,6 +1050,7 @@ impl Config {
                 "start and end must both be non-empty",
             ));
         }
+        self.validate_report_token()?;
         for (i, route) in self.routes.iter().enumerate() {
             if !(400..=599).contains(&route.deny_status) {
                 return Err(ConfigError::invalid(
@@ -1055,6 +1070,34 @@ impl Config {
             .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         self.validate_rules()?;
+        Ok(())
+    }
+
+    /// Checks the report token and count bound of `[usage]`.
+    fn validate_report_token(&self) -> Result<(), ConfigError> {
+        let usage = &self.usage;
+        if !usage.report_token_header.is_empty()
+            && http::HeaderName::from_bytes(usage.report_token_header.as_bytes()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "usage.report_token_header",
+                format!("{:?} is not a valid header name", usage.report_token_header),
+            ));
+        }
+        let in_band = usage.report_marker.is_some() || !usage.report_sse_event.is_empty();
+        if in_band && usage.require_report_token && usage.report_token_header.is_empty() {
+            return Err(ConfigError::invalid(
+                "usage.report_token_header",
+                "must be set while usage.require_report_token is true (or set that to false, \
+                 and any user who can make the app echo text can report images)",
+            ));
+        }
+        if usage.max_images_per_response == 0 {
+            return Err(ConfigError::invalid(
+                "usage.max_images_per_response",
+                "must be above 0",
+            ));
+        }
         Ok(())
     }
 

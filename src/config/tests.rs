@@ -348,3 +348,30 @@ fn body_limits_parse_and_name_the_field_to_fix() {
     let preset = Config::load(&preset).expect("the Django preset loads");
     assert_eq!(preset.request_buffering, RequestBuffering::All);
 }
+
+#[test]
+fn report_token_fields() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");
+    let c = Config::load(&path).expect("config/django-mobixai.toml loads");
+    assert!(c.usage.require_report_token);
+    assert_eq!(c.usage.report_token_header, "X-Quota-Report-Token");
+    assert_eq!(c.usage.max_images_per_response, 16);
+    let marker = "[usage]\nreport_marker = { start = \"[A]\", end = \"[B]\" }\n";
+    assert!(
+        error_of(&format!("{marker}report_token_header = \"\""))
+            .starts_with("usage.report_token_header")
+    );
+    assert!(
+        Config::from_toml(&format!(
+            "{marker}report_token_header = \"\"\nrequire_report_token = false"
+        ))
+        .is_ok()
+    );
+    assert!(
+        error_of("[usage]\nreport_token_header = \"a b\"").starts_with("usage.report_token_header")
+    );
+    assert!(
+        error_of("[usage]\nmax_images_per_response = 0")
+            .starts_with("usage.max_images_per_response")
+    );
+}

@@ -4,6 +4,11 @@
 //! The accounting moves to a task of its own whenever the client's side
 //! stops waiting for it.
 //!
+//! Every request forwarded here carries a fresh [`ReportToken`] to the
+//! upstream in `usage.report_token_header` (the client's own header of
+//! that name was removed on arrival, `service.rs`); only in-band reports
+//! that carry it back count.
+//!
 //! The client does not wait for a settle that waits on the store (Redis):
 //! until it lands the reservation is still live and counts against the
 //! limits, so a next request cannot slip past them, and the settle's round
@@ -28,6 +33,7 @@ use super::service::local;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
 use crate::error::json_error;
+use crate::report::{ReportToken, UsageReport};
 use crate::routes::Route;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,7 +48,7 @@ pub(super) async fn forward<S, ReqB, ResB>(
     shared: Arc<Shared>,
     mut inner: S,
     route: Arc<Route>,
-    request: Request<RequestBody<ReqB>>,
+    mut request: Request<RequestBody<ReqB>>,
     ticket: Ticket,
 ) -> Result<Response<QuotaBody<ResB>>, S::Error>
 where
@@ -58,13 +64,20 @@ where
         .headers()
         .get(&super::request_id::X_REQUEST_ID)
         .cloned();
+    let token = shared.reports.token_header().map(|name| {
+        let token = ReportToken::generate();
+        request
+            .headers_mut()
+            .insert(name.clone(), token.header_value());
+        token
+    });
     let future = inner.call(request);
     // Made before the accounting starts, so shutdown sees it pending.
     let settlement = Settlement::new(shared, route, ticket, request_id);
     let mut accounting = Accounting::new(async move {
         let (result, settle) = match future.await {
             Ok(response) => {
-                let (response, settle) = account(settlement, response).await;
+                let (response, settle) = account(settlement, response, token).await;
                 (Ok(response), settle)
             }
             Err(e) => (Err(e), Some((settlement, None))),
@@ -132,7 +145,7 @@ impl Drop for Accounting {
 
 /// What is left to settle once the answer is out: the settlement and the
 /// images reported. `None` when a streamed body settles at its end.
-type SettleNext = Option<(Settlement, Option<u64>)>;
+type SettleNext = Option<(Settlement, Option<UsageReport>)>;
 
 /// Reads the upstream's report from a response: from its head (header), its
 /// small JSON body, or nothing that could report — settled by the caller
@@ -141,6 +154,7 @@ type SettleNext = Option<(Settlement, Option<u64>)>;
 async fn account<B>(
     mut settlement: Settlement,
     response: Response<B>,
+    token: Option<ReportToken>,
 ) -> (Response<QuotaBody<B>>, SettleNext)
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -188,7 +202,7 @@ where
             }
         };
     }
-    match shared.reports.stream_report(&parts.headers) {
+    match shared.reports.stream_report(&parts.headers, token) {
         Some(report) => {
             if shared.reports.strips_markers() {
                 // Cutting a marker changes the length.

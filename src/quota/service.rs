@@ -114,6 +114,8 @@ where
         // Nor a path prefix it chose (`SCRIPT_NAME`…): Django must route
         // the path the route is found from.
         shared.routing_headers.strip(request.headers_mut());
+        // Only the proxy gives the upstream a report token (forward.rs).
+        shared.reports.strip_client_token(request.headers_mut());
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
@@ -208,10 +210,12 @@ fn passthrough_response<B>(
 ) -> Response<QuotaBody<B>> {
     let (mut parts, body) = response.into_parts();
     // A report of 0 saved nothing: not worth a warning.
-    if let Some(images @ 1..) = shared.reports.take_header(&mut parts.headers) {
+    let report = shared.reports.take_header(&mut parts.headers);
+    if let Some(report) = report.filter(|r| r.images > 0 || r.malformed) {
         tracing::warn!(
             path,
-            images,
+            images = report.images,
+            malformed = report.malformed,
             request_id = request_id::as_str(id),
             "a route that is not inspected reported saved images; not counted \
              (add it to [[routes]] to enforce and count it)"

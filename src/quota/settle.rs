@@ -12,6 +12,7 @@ use super::probe::ProbeCache;
 use super::request_id;
 use super::standing::Standing;
 use crate::identity::Identity;
+use crate::report::UsageReport;
 use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
 
@@ -97,9 +98,11 @@ impl Settlement {
         }
     }
 
-    /// Turns the ticket into usage for `images` reported images (`None` or
-    /// 0 releases it) and writes the request's log line.
-    pub(crate) async fn settle(self, images: Option<u64>) {
+    /// Turns the ticket into usage for what the upstream reported (`None`
+    /// or 0 images releases it) and writes the request's log line. A
+    /// malformed report is charged as one image when the response otherwise
+    /// succeeded (fail closed), logged and counted.
+    pub(crate) async fn settle(self, report: Option<UsageReport>) {
         let Settlement {
             shared,
             route,
@@ -109,7 +112,15 @@ impl Settlement {
             request_id,
             pending,
         } = self;
-        let amount = shared.reports.amount(images.unwrap_or(0));
+        let succeeded = status.is_some_and(|s| s.is_success());
+        if report.is_some_and(|r| r.malformed) {
+            tracing::warn!(route = %route.name, succeeded,
+                "malformed saved-images report from the upstream; charging 1 image if nothing else was reported and the response succeeded");
+            crate::metrics::malformed_report(&route.name);
+        }
+        let amount = shared
+            .reports
+            .amount(report.map_or(0, |r| r.charged(succeeded)));
         let now = shared.clock.now();
         let decision = ticket.decision();
         let (plan, standing) = match &ticket {

@@ -60,8 +60,8 @@ where
 
     fn settle(&mut self) {
         if let Some(watch) = self.watch.take() {
-            let images = watch.report.images();
-            tokio::spawn(watch.settlement.settle(images));
+            let report = watch.report.report();
+            tokio::spawn(watch.settlement.settle(report));
         }
     }
 }
@@ -184,6 +184,6 @@ where
             }
         }
     }
-    let images = watch.report.images();
-    watch.settlement.settle(images).await;
+    let report = watch.report.report();
+    watch.settlement.settle(report).await;
 }

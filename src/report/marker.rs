@@ -2,102 +2,121 @@
 //!
 //! The Django app saves images at the very end of a streamed `text/plain`
 //! reply, long after the response head is gone, so it reports them inside
-//! the stream: `[IMAGES_SAVED]{"count": 1}[IMAGES_SAVED_END]`. A
-//! [`MarkerScanner`] finds such markers as chunks pass, without buffering the
-//! stream: it holds back at most `start.len() - 1` bytes (a possible start of
-//! a marker split across chunks) plus the marker's payload, which is bounded
-//! by [`MAX_PAYLOAD`]. It can strip the markers from what the client sees.
+//! the stream: `[IMAGES_SAVED]{"count": 1, "token": "<token>"}[IMAGES_SAVED_END]`.
+//! The same stream echoes what the user typed, so a marker counts only when
+//! its payload is the backend's report ([`super::in_band`]: the request's
+//! token); any other marker-like text is plain text, passed on byte for
+//! byte, never counted and never cut.
+//!
+//! A [`MarkerScanner`] finds reports as chunks pass, without buffering the
+//! stream. It holds back only a candidate: a possible start split across
+//! chunks (under `start.len()` bytes), or a start whose end may still come,
+//! for at most [`MAX_PAYLOAD`] bytes of payload. A candidate that turns out
+//! not to be a report (no end within the bound, or a payload without the
+//! token) is text, and scanning resumes one byte after its start: a fake
+//! start cannot hide a real report that follows it, whatever its length.
+//! Held back at most: `start + MAX_PAYLOAD + end` bytes
+//! ([`MarkerScanner::max_held`]).
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
-/// Longest payload between the start and end markers; a longer one is not a
-/// report and passes through as ordinary text.
-pub const MAX_PAYLOAD: usize = 1024;
+use super::count::{ReportRules, UsageReport, in_band};
 
-/// Scans a stream for `start … end` markers carrying a count.
+/// Longest payload between the start and end markers; a longer one is not a
+/// report and passes through as ordinary text. The backend's report
+/// (`{"count": 1, "token": "<32 hex digits>"}`) is about 50 bytes.
+pub const MAX_PAYLOAD: usize = 256;
+
+/// Scans a stream for `start … end` reports carrying the request's token.
 ///
-/// A chunk with no possible marker in it (the usual case: the marker comes
+/// A chunk with no possible marker in it (the usual case: the report comes
 /// once, at the very end) is passed on without a copy, as a slice of itself.
 #[derive(Debug)]
 pub struct MarkerScanner {
     start: Box<[u8]>,
     /// Searches for `start`, built once.
     start_finder: memmem::Finder<'static>,
-    end: Box<[u8]>,
+    end_finder: memmem::Finder<'static>,
+    end_len: usize,
     strip: bool,
-    state: State,
-    /// Bytes at the end of what was seen that may begin a start marker; held
-    /// back from the output when stripping.
-    tail: Vec<u8>,
-    images: Option<u64>,
-}
-
-#[derive(Debug)]
-enum State {
-    Scanning,
-    /// Inside a marker: the payload read so far (and maybe part of `end`).
-    InMarker(Vec<u8>),
+    rules: ReportRules,
+    /// Bytes seen but not yet decided on (and, when stripping, not yet sent
+    /// on): a possible start of a marker, or a candidate marker.
+    held: Vec<u8>,
+    report: Option<UsageReport>,
+    /// Bytes of reports cut from the output.
+    stripped: u64,
 }
 
 impl MarkerScanner {
-    /// A scanner for markers `start`…`end`; with `strip`, markers are cut
-    /// from the output.
-    pub fn new(start: &str, end: &str, strip: bool) -> Self {
+    /// A scanner for reports `start`…`end` under `rules`; with `strip`,
+    /// reports are cut from the output.
+    pub fn new(start: &str, end: &str, strip: bool, rules: ReportRules) -> Self {
         Self {
             start: start.as_bytes().into(),
             start_finder: memmem::Finder::new(start.as_bytes()).into_owned(),
-            end: end.as_bytes().into(),
+            end_finder: memmem::Finder::new(end.as_bytes()).into_owned(),
+            end_len: end.len(),
             strip,
-            state: State::Scanning,
-            tail: Vec::new(),
-            images: None,
+            rules,
+            held: Vec::new(),
+            report: None,
+            stripped: 0,
         }
     }
 
-    /// Images reported by the markers seen so far (summed), or `None` when
-    /// no marker has been seen.
-    pub fn images(&self) -> Option<u64> {
-        self.images
+    /// What the reports seen so far said (summed, within the bound), or
+    /// `None` when no report has been seen.
+    pub fn report(&self) -> Option<UsageReport> {
+        self.report
+    }
+
+    /// Bytes of reports cut from the output so far (0 without stripping).
+    pub fn stripped_bytes(&self) -> u64 {
+        self.stripped
+    }
+
+    /// Bytes held back now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The most bytes ever held back between two chunks.
+    pub fn max_held(&self) -> usize {
+        self.start.len() + MAX_PAYLOAD + self.end_len
     }
 
     /// Feeds one chunk; returns what to send on. Without stripping that is
-    /// the chunk itself; with stripping it is the chunk minus markers, and
-    /// may be empty while a possible marker is held back.
+    /// the chunk itself; with stripping it is the chunk minus reports, and
+    /// may be empty while a candidate is held back.
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
-        if self.start.is_empty() {
+        if self.start.is_empty() || self.end_len == 0 {
             return chunk;
         }
         // Nothing held back and no marker starting in this chunk: it goes on
         // as it is, but for a possible start of a marker at its very end.
-        if matches!(self.state, State::Scanning)
-            && self.tail.is_empty()
-            && self.start_finder.find(&chunk).is_none()
-        {
+        if self.held.is_empty() && self.start_finder.find(&chunk).is_none() {
             let keep = partial_prefix(&chunk, &self.start);
             let cut = chunk.len() - keep;
-            self.tail.extend_from_slice(&chunk[cut..]);
+            self.held.extend_from_slice(&chunk[cut..]);
             return if self.strip {
                 chunk.slice(..cut)
             } else {
                 chunk
             };
         }
+        self.held.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
-        self.scan(&chunk, &mut out);
+        self.scan(&mut out, false);
         if self.strip { out.freeze() } else { chunk }
     }
 
-    /// Called at the end of the stream: what is still held back (an
-    /// unfinished marker is not a report and is sent as it was).
+    /// Called at the end of the stream: what is still held back (a marker
+    /// left unfinished is text, and is sent as it was).
     pub fn finish(&mut self) -> Bytes {
         let mut out = BytesMut::new();
-        if let State::InMarker(payload) = std::mem::replace(&mut self.state, State::Scanning) {
-            out.extend_from_slice(&self.start);
-            out.extend_from_slice(&payload);
-        }
-        out.extend_from_slice(&self.tail);
-        self.tail.clear();
+        self.scan(&mut out, true);
         if self.strip {
             out.freeze()
         } else {
@@ -105,147 +124,131 @@ impl MarkerScanner {
         }
     }
 
-    fn scan(&mut self, mut data: &[u8], out: &mut BytesMut) {
+    /// Decides on as much of `held` as can be decided, moving what is text
+    /// to `out` and cutting reports; at the end of the stream (`eof`)
+    /// everything is decided.
+    fn scan(&mut self, out: &mut BytesMut, eof: bool) {
+        let window = MAX_PAYLOAD + self.end_len;
+        // `held[..sent]` is decided (sent on or cut); `from` is where the
+        // next candidate is looked for.
+        let (mut sent, mut from) = (0, 0);
         loop {
-            match &mut self.state {
-                State::Scanning => {
-                    if !self.tail.is_empty() {
-                        // Does a marker start inside the held-back tail?
-                        let mut window = std::mem::take(&mut self.tail);
-                        let joined = window.len();
-                        let take = data.len().min(self.start.len());
-                        window.extend_from_slice(&data[..take]);
-                        match memmem::find(&window, &self.start).filter(|&p| p < joined) {
-                            Some(p) => {
-                                out.extend_from_slice(&window[..p]);
-                                data = &data[p + self.start.len() - joined..];
-                                self.state = State::InMarker(Vec::new());
-                                continue;
+            let Some(at) = self.start_finder.find(&self.held[from..]).map(|i| from + i) else {
+                let tail = &self.held[from..];
+                let keep = if eof {
+                    0
+                } else {
+                    partial_prefix(tail, &self.start)
+                };
+                let cut = self.held.len() - keep;
+                self.emit(out, sent, cut);
+                sent = cut;
+                break;
+            };
+            let payload_at = at + self.start.len();
+            let limit = self.held.len().min(payload_at + window);
+            match self.end_finder.find(&self.held[payload_at..limit]) {
+                Some(len) => {
+                    let payload = &self.held[payload_at..payload_at + len];
+                    match in_band(payload, &self.rules) {
+                        Some(report) => {
+                            let max = self.rules.max_images;
+                            self.report = Some(self.report.unwrap_or_default().plus(report, max));
+                            self.emit(out, sent, at);
+                            let after = payload_at + len + self.end_len;
+                            if self.strip {
+                                self.stripped = self.stripped.saturating_add((after - at) as u64);
                             }
-                            None if take == data.len() && window.len() < self.start.len() => {
-                                // Still too short to decide: keep holding it.
-                                self.tail = window;
-                                self.shrink_tail(out);
-                                return;
-                            }
-                            None => out.extend_from_slice(&window[..joined]),
+                            sent = after;
+                            from = after;
                         }
-                    }
-                    match memmem::find(data, &self.start) {
-                        Some(i) => {
-                            out.extend_from_slice(&data[..i]);
-                            data = &data[i + self.start.len()..];
-                            self.state = State::InMarker(Vec::new());
-                        }
-                        None => {
-                            let keep = partial_prefix(data, &self.start);
-                            out.extend_from_slice(&data[..data.len() - keep]);
-                            self.tail.extend_from_slice(&data[data.len() - keep..]);
-                            return;
-                        }
+                        // Not the backend's: its start is text, and a real
+                        // report may begin anywhere after it.
+                        None => from = at + 1,
                     }
                 }
-                State::InMarker(payload) => {
-                    let before = payload.len();
-                    payload.extend_from_slice(data);
-                    // The end marker may straddle the previous chunk.
-                    let from = before.saturating_sub(self.end.len() - 1);
-                    match memmem::find(&payload[from..], &self.end) {
-                        Some(j) => {
-                            let j = from + j;
-                            if j <= MAX_PAYLOAD {
-                                let count = parse_count(&payload[..j]);
-                                self.images = Some(self.images.unwrap_or(0) + count);
-                            } else {
-                                out.extend_from_slice(&self.start);
-                                out.extend_from_slice(&payload[..j + self.end.len()]);
-                            }
-                            let consumed = j + self.end.len() - before;
-                            data = &data[consumed..];
-                            self.state = State::Scanning;
-                        }
-                        None if payload.len() > MAX_PAYLOAD + self.end.len() => {
-                            // Too long to be a report: give the bytes back.
-                            let payload = std::mem::take(payload);
-                            self.state = State::Scanning;
-                            out.extend_from_slice(&self.start);
-                            out.extend_from_slice(&payload);
-                            return;
-                        }
-                        None => return,
-                    }
+                // The end may still come: hold on from the candidate.
+                None if !eof && limit - payload_at < window => {
+                    self.emit(out, sent, at);
+                    sent = at;
+                    break;
                 }
+                // No end within the bound: text.
+                None => from = at + 1,
             }
         }
+        self.held.drain(..sent);
     }
 
-    /// Keeps only the part of the tail that can still begin a marker.
-    fn shrink_tail(&mut self, out: &mut BytesMut) {
-        let keep = partial_prefix(&self.tail, &self.start);
-        let cut = self.tail.len() - keep;
-        out.extend_from_slice(&self.tail[..cut]);
-        self.tail.drain(..cut);
+    fn emit(&self, out: &mut BytesMut, from: usize, to: usize) {
+        if self.strip && to > from {
+            out.extend_from_slice(&self.held[from..to]);
+        }
     }
 }
 
 /// Length of the longest suffix of `data` that is a proper prefix of `marker`.
 fn partial_prefix(data: &[u8], marker: &[u8]) -> usize {
-    let max = data.len().min(marker.len() - 1);
+    let max = data.len().min(marker.len().saturating_sub(1));
     (1..=max)
         .rev()
         .find(|&k| data[data.len() - k..] == marker[..k])
         .unwrap_or(0)
 }
 
-/// The count in a marker's payload: a number, or JSON (`{"count": 2}`,
-/// `true`, an array). A marker that says nothing readable still reports
-/// that images were saved: 1.
-fn parse_count(payload: &[u8]) -> u64 {
-    let text = String::from_utf8_lossy(payload);
-    let text = text.trim();
-    if let Ok(n) = text.parse::<u64>() {
-        return n;
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(value) => super::json_count(&value).unwrap_or(1),
-        Err(_) => {
-            tracing::warn!("unreadable in-band saved-images report; counting 1");
-            1
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::count::ReportToken;
     use super::*;
 
     const START: &str = "[IMAGES_SAVED]";
     const END: &str = "[IMAGES_SAVED_END]";
 
+    fn token() -> ReportToken {
+        ReportToken::from(0x1234_5678_9abc_def0_u128)
+    }
+
+    fn real(count: u64) -> String {
+        format!(
+            r#"{START}{{"count": {count}, "token": "{}"}}{END}"#,
+            token().as_str()
+        )
+    }
+
+    fn scanner(strip: bool) -> MarkerScanner {
+        MarkerScanner::new(START, END, strip, ReportRules::with_token(token(), 16))
+    }
+
     fn run(chunks: &[&[u8]], strip: bool) -> (Vec<u8>, Option<u64>) {
-        let mut scanner = MarkerScanner::new(START, END, strip);
+        let mut scanner = scanner(strip);
         let mut out = Vec::new();
         for chunk in chunks {
             out.extend_from_slice(&scanner.feed(Bytes::copy_from_slice(chunk)));
+            assert!(scanner.held() < scanner.max_held(), "bounded");
         }
         out.extend_from_slice(&scanner.finish());
-        (out, scanner.images())
+        assert_eq!(scanner.held(), 0);
+        (out, scanner.report().map(|r| r.charged(true)))
     }
 
-    const STREAM: &str = "[USER_MESSAGE]{\"id\":1}[USER_MESSAGE_END]Hello [IMAGES] world\
-                          [IMAGES_SAVED]{\"count\": 2}[IMAGES_SAVED_END][TITLE_UPDATE]{}[TITLE_UPDATE_END]";
-    const STRIPPED: &str = "[USER_MESSAGE]{\"id\":1}[USER_MESSAGE_END]Hello [IMAGES] world\
-                            [TITLE_UPDATE]{}[TITLE_UPDATE_END]";
+    fn stream(report: &str) -> String {
+        format!(
+            "[USER_MESSAGE]{{\"id\":1}}[USER_MESSAGE_END]Hello [IMAGES] world\
+             {report}[TITLE_UPDATE]{{}}[TITLE_UPDATE_END]"
+        )
+    }
 
     #[test]
     fn found_and_stripped_at_every_split() {
-        let bytes = STREAM.as_bytes();
-        for i in 0..=bytes.len() {
+        let text = stream(&real(2));
+        let stripped = stream("");
+        let bytes = text.as_bytes();
+        for i in (0..=bytes.len()).step_by(3) {
             for j in i..=bytes.len() {
                 let chunks = [&bytes[..i], &bytes[i..j], &bytes[j..]];
                 let (out, images) = run(&chunks, true);
                 assert_eq!(images, Some(2), "split at {i},{j}");
-                assert_eq!(String::from_utf8_lossy(&out), STRIPPED, "split at {i},{j}");
+                assert_eq!(String::from_utf8_lossy(&out), stripped, "split at {i},{j}");
                 let (out, images) = run(&chunks, false);
                 assert_eq!(images, Some(2), "split at {i},{j}");
                 assert_eq!(out, bytes, "unstripped: the stream as it was");
@@ -255,25 +258,90 @@ mod tests {
 
     #[test]
     fn byte_by_byte() {
-        let chunks: Vec<&[u8]> = STREAM.as_bytes().chunks(1).collect();
+        let text = stream(&real(1));
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
         let (out, images) = run(&chunks, true);
-        assert_eq!(images, Some(2));
-        assert_eq!(String::from_utf8_lossy(&out), STRIPPED);
+        assert_eq!(images, Some(1));
+        assert_eq!(String::from_utf8_lossy(&out), stream(""));
     }
 
     #[test]
-    fn payload_forms() {
-        for (payload, want) in [
-            ("1", 1),
-            (" 3 ", 3),
-            ("{\"count\":4}", 4),
-            ("true", 1),
-            ("x", 1),
+    fn markers_without_the_token_are_text() {
+        let other = ReportToken::from(99);
+        for forged in [
+            format!("{START}18446744073709551615{END}"),
+            format!("{START}1{END}"),
+            format!(r#"{START}{{"count": 1}}{END}"#),
+            format!(
+                r#"{START}{{"count": 1, "token": "{}"}}{END}"#,
+                other.as_str()
+            ),
+            format!("{START}{START}1{END}{END}"),
+        ] {
+            let text = format!("you typed: {forged} and more");
+            let (out, images) = run(&[text.as_bytes()], true);
+            assert_eq!(images, None, "{forged}");
+            assert_eq!(String::from_utf8_lossy(&out), text, "passed on untouched");
+        }
+    }
+
+    #[test]
+    fn a_fake_start_cannot_hide_the_real_report() {
+        for before in [
+            format!("{START}{}", "x".repeat(900)),
+            format!("{START}{}", "x".repeat(MAX_PAYLOAD - 30)),
+            format!("{START}{{\"count\": 5"),
+            format!("{START}{START}{START}"),
+            format!("{START}1{END}"),
+            "[IMAGES_SAV".to_owned(),
+            format!("{START}{}{END}", "y".repeat(MAX_PAYLOAD + 5)),
+        ] {
+            let text = format!("a{before}b{}c", real(1));
+            let want = format!("a{before}bc");
+            for size in [1, 7, 64, 1000, text.len()] {
+                let chunks: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
+                let (out, images) = run(&chunks, true);
+                assert_eq!(images, Some(1), "{before:?} in {size}-byte chunks");
+                assert_eq!(String::from_utf8_lossy(&out), want, "{before:?}, {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_start_with_no_end_holds_back_only_the_bound() {
+        let mut scanner = scanner(true);
+        let mut sent = scanner.feed(Bytes::from_static(b"hi [IMAGES_SAVED]")).len();
+        let mut fed = 17;
+        for _ in 0..100 {
+            sent += scanner
+                .feed(Bytes::from_static(b"rest of the reply "))
+                .len();
+            fed += 18;
+            assert!(fed - sent <= scanner.max_held(), "held {}", fed - sent);
+        }
+        assert!(fed - sent < 40, "the reply flows on past the bound");
+        sent += scanner.finish().len();
+        assert_eq!(sent, fed);
+        assert_eq!(scanner.report(), None);
+    }
+
+    #[test]
+    fn malformed_counts_from_the_backend_are_one() {
+        let t = token();
+        for payload in [
+            format!(
+                r#"{{"count": 18446744073709551615, "token": "{}"}}"#,
+                t.as_str()
+            ),
+            format!(r#"{{"count": -1, "token": "{}"}}"#, t.as_str()),
+            format!(r#"{{"count": 1.5, "token": "{}"}}"#, t.as_str()),
+            format!(r#"{{"count": "lots", "token": "{}"}}"#, t.as_str()),
+            format!(r#"{{"token": "{}"}}"#, t.as_str()),
         ] {
             let text = format!("a{START}{payload}{END}b");
             let (out, images) = run(&[text.as_bytes()], true);
-            assert_eq!(images, Some(want), "{payload}");
-            assert_eq!(out, b"ab");
+            assert_eq!(images, Some(1), "{payload}");
+            assert_eq!(out, b"ab", "a report, stripped");
         }
     }
 
@@ -286,21 +354,8 @@ mod tests {
     }
 
     #[test]
-    fn unfinished_or_oversized_marker_is_text() {
-        let unfinished = format!("a{START}{{\"count\": 1}}");
-        let (out, images) = run(&[unfinished.as_bytes()], true);
-        assert_eq!(images, None);
-        assert_eq!(String::from_utf8_lossy(&out), unfinished);
-
-        let long = format!("a{START}{}{END}b", "x".repeat(MAX_PAYLOAD + 10));
-        let (out, images) = run(&[long.as_bytes()], true);
-        assert_eq!(images, None);
-        assert_eq!(String::from_utf8_lossy(&out), long);
-    }
-
-    #[test]
     fn held_back_bytes_are_bounded() {
-        let mut scanner = MarkerScanner::new(START, END, true);
+        let mut scanner = scanner(true);
         let chunk = b"0123456789abcdef[IMAGES_SA";
         let (mut fed, mut sent) = (0, 0);
         for _ in 0..1000 {
@@ -311,10 +366,13 @@ mod tests {
     }
 
     #[test]
-    fn two_markers_sum() {
-        let text = format!("{START}1{END}mid{START}2{END}");
+    fn two_reports_sum_within_the_bound() {
+        let text = format!("{}mid{}", real(1), real(2));
         let (out, images) = run(&[text.as_bytes()], true);
         assert_eq!(images, Some(3));
         assert_eq!(out, b"mid");
+        let text = real(16).repeat(3);
+        let (_, images) = run(&[text.as_bytes()], true);
+        assert_eq!(images, Some(16), "never above max_images_per_response");
     }
 }

@@ -1,14 +1,22 @@
 //! Reading the upstream's report of saved images (phase: report).
 //!
 //! The upstream says how many images a response saved, in a response header
-//! (`X-Images-Saved: 2`, removed before the client sees it) or in a top-level
-//! field of a JSON response (`"images_saved": true | 2 | [..]`). Streamed
-//! responses are never buffered to find it: only a JSON response that
-//! declares a `Content-Length` within `usage.max_json_bytes` is read.
+//! (`X-Images-Saved: 2`, removed before the client sees it), in a top-level
+//! field of a JSON response (`"images_saved": true | 2 | [..]`), or in-band
+//! in a streamed body: a marker (`marker.rs`) or an SSE event (`sse.rs`),
+//! which count only with the request's [`ReportToken`] (`count.rs`: the app
+//! echoes what users type). Every count is bounded by
+//! `usage.max_images_per_response`. Streamed responses are never buffered
+//! to find a report: only a JSON response that declares a `Content-Length`
+//! within `usage.max_json_bytes` is read.
 
+mod count;
 mod marker;
+#[cfg(test)]
+mod props;
 mod sse;
 
+pub use self::count::{ReportRules, ReportToken, UsageReport, header_count, in_band, json_count};
 pub use self::marker::{MAX_PAYLOAD, MarkerScanner};
 pub use self::sse::{MAX_LINE, SseScanner};
 
@@ -27,20 +35,27 @@ pub struct ReportReader {
     marker: Option<ReportMarker>,
     strip_marker: bool,
     sse_event: Option<String>,
+    token_header: Option<HeaderName>,
+    require_token: bool,
+    max_images: u64,
 }
 
 impl ReportReader {
     /// A reader for the `[usage]` section. The config validator has checked
-    /// the header name.
+    /// the header names.
     pub fn new(config: &UsageConfig) -> Self {
+        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).ok();
         Self {
-            header: HeaderName::from_bytes(config.report_header.as_bytes()).ok(),
+            header: header(&config.report_header),
             json_field: Some(config.report_json_field.clone()).filter(|f| !f.is_empty()),
             max_json_bytes: config.max_json_bytes,
             count: config.count,
             marker: config.report_marker.clone(),
             strip_marker: config.strip_marker,
             sse_event: Some(config.report_sse_event.clone()).filter(|e| !e.is_empty()),
+            token_header: header(&config.report_token_header),
+            require_token: config.require_report_token,
+            max_images: config.max_images_per_response.max(1),
         }
     }
 
@@ -49,35 +64,79 @@ impl ReportReader {
         self.marker.is_some() && self.strip_marker
     }
 
+    /// The request header that carries the report token to the upstream;
+    /// a client's own is removed from every request.
+    pub fn token_header(&self) -> Option<&HeaderName> {
+        self.token_header.as_ref()
+    }
+
+    /// Removes the client's own report token header from `headers`, in
+    /// every spelling the backend would read as it: WSGI servers turn both
+    /// `-` and `_` into `_` (`HTTP_X_QUOTA_REPORT_TOKEN`), so
+    /// `X_Quota_Report_Token` would reach Django as the token.
+    pub fn strip_client_token(&self, headers: &mut HeaderMap) {
+        let Some(name) = &self.token_header else {
+            return;
+        };
+        headers.remove(name);
+        let wsgi_same = |key: &HeaderName| {
+            let (a, b) = (key.as_str().as_bytes(), name.as_str().as_bytes());
+            a.len() == b.len()
+                && a.contains(&b'_')
+                && a.iter()
+                    .zip(b)
+                    .all(|(&x, &y)| x == y || (x == b'_' && y == b'-'))
+        };
+        // No allocation unless such a header is there (almost never).
+        while let Some(key) = headers.keys().find(|k| wsgi_same(k)).cloned() {
+            headers.remove(&key);
+        }
+    }
+
+    /// Largest count one response may report.
+    pub fn max_images(&self) -> u64 {
+        self.max_images
+    }
+
     /// A watcher for reports inside the body of a response with these
     /// headers (markers, SSE events, trailers), or `None` when nothing in its
-    /// body could report.
-    pub fn stream_report(&self, headers: &HeaderMap) -> Option<StreamReport> {
+    /// body could report. `token` is the one sent with the request.
+    pub fn stream_report(
+        &self,
+        headers: &HeaderMap,
+        token: Option<ReportToken>,
+    ) -> Option<StreamReport> {
         let is_event_stream = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let rules = ReportRules {
+            token,
+            require_token: self.require_token,
+            max_images: self.max_images,
+        };
         let report = StreamReport {
             marker: self
                 .marker
                 .as_ref()
-                .map(|m| MarkerScanner::new(&m.start, &m.end, self.strip_marker)),
+                .map(|m| MarkerScanner::new(&m.start, &m.end, self.strip_marker, rules.clone())),
             sse: self
                 .sse_event
                 .as_deref()
                 .filter(|_| is_event_stream)
-                .map(SseScanner::new),
+                .map(|event| SseScanner::new(event, rules)),
             trailer: self.header.clone(),
-            trailer_images: None,
+            trailer_report: None,
+            max_images: self.max_images,
         };
         let can_report =
             report.marker.is_some() || report.sse.is_some() || report.trailer.is_some();
         can_report.then_some(report)
     }
 
-    /// Removes the report header from `headers` and returns the number of
-    /// images it reports, if it was there.
-    pub fn take_header(&self, headers: &mut HeaderMap) -> Option<u64> {
+    /// Removes the report header from `headers` and returns what it
+    /// reports, if it was there.
+    pub fn take_header(&self, headers: &mut HeaderMap) -> Option<UsageReport> {
         let name = self.header.as_ref()?;
         // One lookup: every response of every route passes here.
         let header::Entry::Occupied(found) = headers.entry(name) else {
@@ -85,12 +144,12 @@ impl ReportReader {
         };
         // Every copy is removed; if an upstream sends several, the largest
         // wins so usage is never under-counted.
-        let images = found
+        let report = found
             .iter()
-            .map(|value| parse_header_count(value.as_bytes()))
-            .max();
+            .map(|value| header_count(value.as_bytes(), self.max_images))
+            .reduce(UsageReport::or_max);
         drop(found.remove_entry_mult());
-        images
+        report
     }
 
     /// True when a response with these headers is a JSON body small enough
@@ -114,18 +173,18 @@ impl ReportReader {
         is_json && small
     }
 
-    /// The number of images a JSON body reports in the configured field.
-    pub fn read_json(&self, body: &[u8]) -> Option<u64> {
+    /// What a JSON body reports in the configured field.
+    pub fn read_json(&self, body: &[u8]) -> Option<UsageReport> {
         let field = self.json_field.as_deref()?;
         let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        json_count(value.get(field)?)
+        json_count(value.get(field)?, self.max_images)
     }
 
     /// The usage to charge for a response that saved `images` images.
     pub fn amount(&self, images: u64) -> u64 {
         match self.count {
             CountMode::Requests => images.min(1),
-            CountMode::Images => images,
+            CountMode::Images => images.min(self.max_images),
         }
     }
 }
@@ -136,11 +195,12 @@ pub struct StreamReport {
     marker: Option<MarkerScanner>,
     sse: Option<SseScanner>,
     trailer: Option<HeaderName>,
-    trailer_images: Option<u64>,
+    trailer_report: Option<UsageReport>,
+    max_images: u64,
 }
 
 impl StreamReport {
-    /// Reads a data chunk; returns what to send on (markers cut out when
+    /// Reads a data chunk; returns what to send on (reports cut out when
     /// stripping).
     pub fn data(&mut self, chunk: Bytes) -> Bytes {
         if let Some(sse) = &mut self.sse {
@@ -156,8 +216,8 @@ impl StreamReport {
     pub fn trailers(&mut self, trailers: &mut HeaderMap) {
         let Some(name) = &self.trailer else { return };
         for value in trailers.get_all(name) {
-            let n = parse_header_count(value.as_bytes());
-            self.trailer_images = Some(self.trailer_images.map_or(n, |m| m.max(n)));
+            let n = header_count(value.as_bytes(), self.max_images);
+            self.trailer_report = Some(self.trailer_report.map_or(n, |m| m.or_max(n)));
         }
         trailers.remove(name);
     }
@@ -170,49 +230,17 @@ impl StreamReport {
             .unwrap_or_default()
     }
 
-    /// Images reported so far by any in-band source, or `None`.
-    pub fn images(&self) -> Option<u64> {
+    /// What the in-band sources reported so far (summed, within the
+    /// bound), or `None`.
+    pub fn report(&self) -> Option<UsageReport> {
         [
-            self.marker.as_ref().and_then(MarkerScanner::images),
-            self.sse.as_ref().and_then(SseScanner::images),
-            self.trailer_images,
+            self.marker.as_ref().and_then(MarkerScanner::report),
+            self.sse.as_ref().and_then(SseScanner::report),
+            self.trailer_report,
         ]
         .into_iter()
         .flatten()
-        .reduce(|a, b| a + b)
-    }
-}
-
-/// A header value as a count: a number, or `true`/`false`. Anything else
-/// still says that images were saved, so it counts as one (logged).
-fn parse_header_count(value: &[u8]) -> u64 {
-    let text = String::from_utf8_lossy(value);
-    let text = text.trim();
-    if let Ok(n) = text.parse::<u64>() {
-        return n;
-    }
-    match text.to_ascii_lowercase().as_str() {
-        "true" => 1,
-        "false" => 0,
-        _ => {
-            tracing::warn!(value = %text, "unreadable saved-images report header; counting 1");
-            1
-        }
-    }
-}
-
-/// A JSON report value as a count: a boolean, a non-negative number, or an
-/// array (its length). `null` and other kinds report nothing.
-pub fn json_count(value: &serde_json::Value) -> Option<u64> {
-    use serde_json::Value;
-    match value {
-        Value::Bool(b) => Some(u64::from(*b)),
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::Array(items) => Some(items.len() as u64),
-        Value::Object(map) => map.get("count").and_then(json_count),
-        _ => None,
+        .reduce(|a, b| a.plus(b, self.max_images))
     }
 }
 
@@ -235,26 +263,61 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-images-saved", HeaderValue::from_static("2"));
         h.insert("x-other", HeaderValue::from_static("kept"));
-        assert_eq!(r.take_header(&mut h), Some(2));
+        assert_eq!(r.take_header(&mut h), Some(UsageReport::images(2)));
         assert!(h.get("x-images-saved").is_none());
         assert!(h.get("x-other").is_some());
         assert_eq!(r.take_header(&mut h), None);
     }
 
     #[test]
-    fn header_forms() {
-        for (value, want) in [("0", 0), ("3", 3), ("true", 1), ("False", 0), ("yes", 1)] {
-            assert_eq!(parse_header_count(value.as_bytes()), want, "{value}");
+    fn the_client_token_goes_in_every_spelling() {
+        let r = reader(CountMode::Requests);
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-quota-report-token",
+            "x_quota_report_token",
+            "x-quota_report-token",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("mine"),
+            );
         }
+        h.insert("x-quota-report-tokens", HeaderValue::from_static("kept"));
+        h.insert("x_other", HeaderValue::from_static("kept"));
+        r.strip_client_token(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(h.contains_key("x-quota-report-tokens") && h.contains_key("x_other"));
+    }
+
+    #[test]
+    fn several_headers_the_largest_wins() {
+        let r = reader(CountMode::Images);
+        let mut h = HeaderMap::new();
+        h.append("x-images-saved", HeaderValue::from_static("1"));
+        h.append("x-images-saved", HeaderValue::from_static("3"));
+        assert_eq!(r.take_header(&mut h), Some(UsageReport::images(3)));
+        h.append(
+            "x-images-saved",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        let report = r.take_header(&mut h).expect("a report");
+        assert!(report.malformed && report.charged(true) == 1, "{report:?}");
     }
 
     #[test]
     fn json_field_forms() {
         let r = reader(CountMode::Images);
-        assert_eq!(r.read_json(br#"{"images_saved": true}"#), Some(1));
-        assert_eq!(r.read_json(br#"{"images_saved": false}"#), Some(0));
-        assert_eq!(r.read_json(br#"{"images_saved": 4}"#), Some(4));
-        assert_eq!(r.read_json(br#"{"images_saved": ["a", "b"]}"#), Some(2));
+        let n = |n| Some(UsageReport::images(n));
+        assert_eq!(r.read_json(br#"{"images_saved": true}"#), n(1));
+        assert_eq!(r.read_json(br#"{"images_saved": false}"#), n(0));
+        assert_eq!(r.read_json(br#"{"images_saved": 4}"#), n(4));
+        assert_eq!(r.read_json(br#"{"images_saved": ["a", "b"]}"#), n(2));
+        assert_eq!(
+            r.read_json(br#"{"images_saved": 18446744073709551615}"#),
+            Some(UsageReport::MALFORMED)
+        );
         assert_eq!(r.read_json(br#"{"images_saved": null}"#), None);
         assert_eq!(r.read_json(br#"{"other": 1}"#), None);
         assert_eq!(r.read_json(b"not json"), None);
@@ -265,6 +328,7 @@ mod tests {
         assert_eq!(reader(CountMode::Requests).amount(4), 1);
         assert_eq!(reader(CountMode::Requests).amount(0), 0);
         assert_eq!(reader(CountMode::Images).amount(4), 4);
+        assert_eq!(reader(CountMode::Images).amount(u64::MAX), 16);
     }
 
     #[test]

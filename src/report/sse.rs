@@ -1,7 +1,11 @@
 //! Usage reports as Server-Sent Events (phase: report): an event of the
-//! configured type (`event: images_saved`) whose data holds the count. The
-//! stream passes through unchanged; the scanner only reads it, one line at a
-//! time, holding at most [`MAX_LINE`] bytes.
+//! configured type (`event: images_saved`) whose data is the backend's
+//! report, `{"count": 1, "token": "<token>"}` ([`super::in_band`]: without
+//! the request's token it is not a report). The stream passes through
+//! unchanged; the scanner only reads it, one line at a time, holding at most
+//! [`MAX_LINE`] bytes of line and of event data.
+
+use super::count::{ReportRules, UsageReport, in_band};
 
 /// Longest line kept while scanning; longer lines (big data payloads of
 /// other events) are skipped, not buffered.
@@ -16,12 +20,13 @@ pub struct SseScanner {
     after_cr: bool,
     event_type: Vec<u8>,
     data: Vec<u8>,
-    images: Option<u64>,
+    rules: ReportRules,
+    report: Option<UsageReport>,
 }
 
 impl SseScanner {
-    /// A scanner for events of type `event`.
-    pub fn new(event: &str) -> Self {
+    /// A scanner for events of type `event` read under `rules`.
+    pub fn new(event: &str, rules: ReportRules) -> Self {
         Self {
             event: event.as_bytes().into(),
             line: Vec::new(),
@@ -29,13 +34,21 @@ impl SseScanner {
             after_cr: false,
             event_type: Vec::new(),
             data: Vec::new(),
-            images: None,
+            rules,
+            report: None,
         }
     }
 
-    /// Images reported by the events seen so far (summed), or `None`.
-    pub fn images(&self) -> Option<u64> {
-        self.images
+    /// What the report events seen so far said (summed, within the bound),
+    /// or `None`.
+    pub fn report(&self) -> Option<UsageReport> {
+        self.report
+    }
+
+    /// Bytes held now (a line and an event's data, each under
+    /// [`MAX_LINE`]).
+    pub fn held(&self) -> usize {
+        self.line.len() + self.data.len() + self.event_type.len()
     }
 
     /// Reads one chunk of the stream.
@@ -77,7 +90,10 @@ impl SseScanner {
             None => (&line[..], &b""[..]),
         };
         match field {
-            b"event" => self.event_type = value.to_vec(),
+            b"event" => {
+                self.event_type.clear();
+                self.event_type.extend_from_slice(value);
+            }
             b"data" if self.data.len() + value.len() < MAX_LINE => {
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
@@ -94,57 +110,102 @@ impl SseScanner {
         if event_type[..] != self.event[..] {
             return;
         }
-        let text = String::from_utf8_lossy(&data);
-        let text = text.trim();
-        let count = text.parse::<u64>().ok().or_else(|| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|v| super::json_count(&v))
-        });
-        self.images = Some(self.images.unwrap_or(0) + count.unwrap_or(1));
+        if let Some(report) = in_band(&data, &self.rules) {
+            let max = self.rules.max_images;
+            self.report = Some(self.report.unwrap_or_default().plus(report, max));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::count::ReportToken;
     use super::*;
 
+    fn token() -> ReportToken {
+        ReportToken::from(42)
+    }
+
+    fn data(count: &str) -> String {
+        format!(r#"{{"count": {count}, "token": "{}"}}"#, token().as_str())
+    }
+
+    fn scanner() -> SseScanner {
+        SseScanner::new("images_saved", ReportRules::with_token(token(), 16))
+    }
+
     fn scan(chunks: &[&[u8]]) -> Option<u64> {
-        let mut s = SseScanner::new("images_saved");
+        let mut s = scanner();
         for c in chunks {
             s.feed(c);
         }
-        s.images()
+        s.report().map(|r| r.charged(true))
     }
 
     #[test]
     fn finds_the_event_at_any_split() {
-        let stream: &[u8] =
-            b"event: token\ndata: hel\n\ndata: lo\n\nevent: images_saved\ndata: {\"count\": 2}\n\n";
+        let stream = format!(
+            "event: token\ndata: hel\n\ndata: lo\n\nevent: images_saved\ndata: {}\n\n",
+            data("2")
+        );
+        let stream = stream.as_bytes();
         for i in 0..=stream.len() {
             assert_eq!(scan(&[&stream[..i], &stream[i..]]), Some(2), "split at {i}");
         }
     }
 
     #[test]
-    fn crlf_and_bare_count() {
-        assert_eq!(scan(&[b"event:images_saved\r\ndata:1\r\n\r\n"]), Some(1));
+    fn crlf() {
+        let stream = format!("event:images_saved\r\ndata:{}\r\n\r\n", data("1"));
+        assert_eq!(scan(&[stream.as_bytes()]), Some(1));
+    }
+
+    #[test]
+    fn events_without_the_token_do_not_count() {
+        assert_eq!(scan(&[b"event: images_saved\ndata: 1\n\n"]), None);
+        assert_eq!(
+            scan(&[b"event: images_saved\ndata: {\"count\": 1}\n\n"]),
+            None
+        );
+        let other = format!(
+            "event: images_saved\ndata: {{\"count\": 1, \"token\": \"{}\"}}\n\n",
+            ReportToken::from(43).as_str()
+        );
+        assert_eq!(scan(&[other.as_bytes()]), None);
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let huge = format!(
+            "event: images_saved\ndata: {}\n\n",
+            data("18446744073709551615")
+        );
+        assert_eq!(scan(&[huge.as_bytes()]), Some(1), "malformed: one image");
+        let many = format!("event: images_saved\ndata: {}\n\n", data("16")).repeat(3);
+        assert_eq!(scan(&[many.as_bytes()]), Some(16));
     }
 
     #[test]
     fn other_events_and_undispatched_ones_do_not_count() {
-        assert_eq!(scan(&[b"event: other\ndata: 5\n\n"]), None);
-        assert_eq!(scan(&[b"event: images_saved\ndata: 5\n"]), None);
+        let five = data("5");
+        assert_eq!(
+            scan(&[format!("event: other\ndata: {five}\n\n").as_bytes()]),
+            None
+        );
+        assert_eq!(
+            scan(&[format!("event: images_saved\ndata: {five}\n").as_bytes()]),
+            None
+        );
         assert_eq!(scan(&[b"data: images_saved\n\n"]), None);
     }
 
     #[test]
     fn long_lines_are_skipped() {
-        let mut s = SseScanner::new("images_saved");
+        let mut s = scanner();
         s.feed(b"data: ");
         s.feed(&vec![b'x'; 100_000]);
-        assert!(s.line.len() <= MAX_LINE);
-        s.feed(b"\n\nevent: images_saved\ndata: 3\n\n");
-        assert_eq!(s.images(), Some(3));
+        assert!(s.held() <= 2 * MAX_LINE);
+        s.feed(format!("\n\nevent: images_saved\ndata: {}\n\n", data("3")).as_bytes());
+        assert_eq!(s.report(), Some(UsageReport::images(3)));
     }
 }

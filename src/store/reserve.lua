@@ -26,10 +26,14 @@
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
 local live = redis.call('ZCARD', KEYS[4])
 
+-- Lua numbers are doubles: counts are capped at 2^53 - 1, where they are
+-- still exact and still convert to Redis integers (a saturated counter
+-- near 2^63 would not).
+local MAX = 9007199254740991
 local used = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local counts = {}
 for i = 1, 3 do
-  counts[i] = tonumber(used[i] or '0') + live
+  counts[i] = math.min(tonumber(used[i] or '0') + live, MAX - 1)
 end
 
 -- A repeat of this very reserve (its first answer was lost with its

@@ -18,6 +18,9 @@
 -- formats a Lua number passed to a command with printf, which (with parsing
 -- numbers back) was about 9% of redis-server's CPU samples under load.
 --
+-- Counters saturate at the largest integer Redis holds instead of failing
+-- the settle (INCRBY refuses to overflow): usage that large blocks anyway.
+--
 -- Returns 1 when counted, 0 when the id was settled already.
 
 local id = ARGV[2]
@@ -35,7 +38,10 @@ if amount > 0 then
   for i = 1, 3 do
     -- A counter's expiry (its period's end plus a grace) is fixed: set it
     -- when the counter is made, not on every settle.
-    if redis.call('INCRBY', KEYS[i], ARGV[3]) == amount then
+    local added = redis.pcall('INCRBY', KEYS[i], ARGV[3])
+    if type(added) == 'table' and added.err then
+      redis.call('SET', KEYS[i], '9223372036854775807', 'KEEPTTL')
+    elseif added == amount then
       redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
     end
   end

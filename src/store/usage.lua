@@ -7,9 +7,10 @@
 --
 -- Returns {day, week, month, live reservations}.
 
+-- Capped at 2^53 - 1, as in reserve.lua.
 local used = {}
 for i = 1, 3 do
-  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  used[i] = math.min(tonumber(redis.call('GET', KEYS[i]) or '0'), 9007199254740991)
 end
 -- Live means a deadline after now, the rule reserve.lua prunes by.
 local live = redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[1], '+inf')
