@@ -766,12 +766,15 @@ async fn shipped_config_serves_a_50_mb_upload_through_forward_auth() {
                 return Reply::ok().json(serde_json::json!({"has_access": false}));
             }
             seen.lock().expect("lock").push(request.body.len());
+            // The app echoes the request's report token (docs/security.md).
+            let token = request.header("x-quota-report-token").unwrap_or("");
+            let marker = format!(
+                "[IMAGES_SAVED]{}[IMAGES_SAVED_END]",
+                serde_json::json!({"count": 1, "token": token})
+            );
             Reply::ok().header("content-type", "text/plain").stream([
-                ("here is your image ", Duration::ZERO),
-                (
-                    "[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]",
-                    Duration::ZERO,
-                ),
+                (String::from("here is your image "), Duration::ZERO),
+                (marker, Duration::ZERO),
             ])
         }
     })
