@@ -444,9 +444,13 @@ async fn marker_kept_when_not_stripped() {
 async fn a_marker_in_a_reply_with_a_length_is_cut_and_reframed() {
     let upstream = TestUpstream::start(|request: RecordedRequest| async move {
         identity_view(&request).unwrap_or_else(|| {
+            let token = request.header("x-quota-report-token").unwrap_or("");
             Reply::ok()
                 .header("content-type", "text/plain; charset=utf-8")
-                .body("Here is your reply.[IMAGES_SAVED]{\"count\": 1}[IMAGES_SAVED_END]")
+                .body(format!(
+                    "Here is your reply.[IMAGES_SAVED]{}[IMAGES_SAVED_END]",
+                    serde_json::json!({"count": 1, "token": token})
+                ))
         })
     })
     .await;
