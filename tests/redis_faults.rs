@@ -19,6 +19,7 @@ use quota_proxy::store::{
     Admission, QuotaStore, RedisOptions, RedisStore, Reservation, ReserveRequest, Topology,
 };
 use support::binary::Binary;
+use support::gen_route;
 use support::proxy::TestClient;
 use support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use support::upstream::{RecordedRequest, Reply, TestUpstream};
@@ -331,39 +332,11 @@ async fn saving_upstream() -> TestUpstream {
 }
 
 fn binary_config(upstream: &TestUpstream, store: &str) -> String {
-    format!(
-        r#"
-upstream = "http://{upstream}"
-threads = 2
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 1000, weekly = 0, monthly = 0 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-[store]
-kind = "redis"
-on_store_error = "allow"
-command_timeout = "1500ms"
-{store}
-"#,
-        upstream = upstream.authority()
+    gen_route::redis_config(
+        upstream,
+        "allow",
+        &format!("command_timeout = \"1500ms\"\n{store}"),
     )
-}
-
-/// One flagged request from `user` on a new connection (so the serving
-/// threads take turns, each with its own Redis connection).
-async fn flagged(binary: &Binary, user: &str) -> StatusCode {
-    TestClient::new(binary.proxy)
-        .send(
-            Method::POST,
-            "/gen/",
-            &[("x-user-id", user), ("content-type", "application/json")],
-            r#"{"generate_image": true}"#,
-        )
-        .await
-        .status
 }
 
 /// The value of the series `name{labels}` summed over every line that
@@ -386,7 +359,7 @@ async fn metrics(binary: &Binary) -> String {
 /// Sends `n` flagged requests for `user`; each must be forwarded.
 async fn send_flagged(binary: &Binary, user: &str, n: usize) {
     for i in 0..n {
-        let status = flagged(binary, user).await;
+        let status = gen_route::flagged(binary, user).await;
         assert_eq!(status, StatusCode::OK, "request {i}");
     }
 }

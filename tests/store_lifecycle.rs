@@ -14,46 +14,13 @@ use http::{Method, StatusCode};
 use quota_proxy::periods::Calendar;
 use quota_proxy::store::{QuotaStore, RedisStore};
 use support::binary::Binary;
+use support::gen_route;
 use support::proxy::{Answer, TestClient};
 use support::redis::RedisServer;
 use support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 /// Every bounded wait of this file.
 const WITHIN: Duration = Duration::from_secs(20);
-
-fn binary_config(upstream: &TestUpstream, policy: &str, store: &str) -> String {
-    format!(
-        r#"
-upstream = "http://{upstream}"
-threads = 2
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 1000, weekly = 0, monthly = 0 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-[store]
-kind = "redis"
-on_store_error = "{policy}"
-{store}
-"#,
-        upstream = upstream.authority()
-    )
-}
-
-/// One flagged request from `user` on a new connection.
-async fn flagged(binary: &Binary, user: &str) -> StatusCode {
-    TestClient::new(binary.proxy)
-        .send(
-            Method::POST,
-            "/gen/",
-            &[("x-user-id", user), ("content-type", "application/json")],
-            r#"{"generate_image": true}"#,
-        )
-        .await
-        .status
-}
 
 async fn metrics(binary: &Binary) -> String {
     admin_get(binary, "/metrics").await.text()
@@ -160,7 +127,7 @@ async fn starts_and_serves_without_redis_under_allow_then_counts_once_it_answers
     let url = server.url();
     server.kill();
     let binary = Binary::start(
-        &binary_config(
+        &gen_route::redis_config(
             &upstream,
             "allow",
             &format!("url = \"{url}\"\nbreaker = {{ failures = 5, open_for = \"200ms\" }}"),
@@ -178,7 +145,11 @@ async fn starts_and_serves_without_redis_under_allow_then_counts_once_it_answers
     assert_eq!(gauge(&metrics(&binary).await, "quota_proxy_store_up"), 0.0);
 
     assert_eq!(page(&binary).await, StatusCode::OK, "pass-through");
-    assert_eq!(flagged(&binary, "alice").await, StatusCode::OK, "allow");
+    assert_eq!(
+        gen_route::flagged(&binary, "alice").await,
+        StatusCode::OK,
+        "allow"
+    );
     let m = metrics(&binary).await;
     assert_eq!(metric_sum(&m, "quota_proxy_fail_open_total"), 1.0, "{m}");
 
@@ -188,7 +159,7 @@ async fn starts_and_serves_without_redis_under_allow_then_counts_once_it_answers
     assert_eq!(gauge(&m, "quota_proxy_store_up"), 1.0);
     assert_eq!(gauge(&m, "quota_proxy_store_breaker_open"), 0.0);
     for _ in 0..3 {
-        assert_eq!(flagged(&binary, "alice").await, StatusCode::OK);
+        assert_eq!(gen_route::flagged(&binary, "alice").await, StatusCode::OK);
     }
     // The three counted, and the image of the one let through, whose
     // settle waited in the queue for Redis.
@@ -203,12 +174,12 @@ async fn starts_without_redis_under_deny_refusing_flagged_requests_only() {
     let mut server = RedisServer::start();
     let url = server.url();
     server.kill();
-    let config = binary_config(&upstream, "deny", &format!("url = \"{url}\""));
+    let config = gen_route::redis_config(&upstream, "deny", &format!("url = \"{url}\""));
     let binary = Binary::start(&config, &[]).await;
     assert_eq!(admin_get(&binary, "/readyz").await.status, StatusCode::OK);
     assert_eq!(page(&binary).await, StatusCode::OK, "pass-through");
     assert_eq!(
-        flagged(&binary, "alice").await,
+        gen_route::flagged(&binary, "alice").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(upstream.requests().len(), 1, "only the page reached it");
@@ -231,21 +202,25 @@ async fn a_reload_to_another_redis_hands_over_the_queue_flushed_at_shutdown() {
         )
     };
     let mut binary = Binary::start(
-        &binary_config(&upstream, "allow", &store(&first.url())),
+        &gen_route::redis_config(&upstream, "allow", &store(&first.url())),
         &[],
     )
     .await;
-    assert_eq!(flagged(&binary, "carol").await, StatusCode::OK);
+    assert_eq!(gen_route::flagged(&binary, "carol").await, StatusCode::OK);
     wait_usage(&first.url(), "carol", 1).await;
 
     // Two reloads: to the second Redis, and once more with a change that
     // keeps it (the store in force must stay the second one's).
-    binary.write_config(&binary_config(&upstream, "allow", &store(&second.url())));
+    binary.write_config(&gen_route::redis_config(
+        &upstream,
+        "allow",
+        &store(&second.url()),
+    ));
     binary.signal("HUP");
     let reloaded = |l: &serde_json::Value| l["message"] == "config reloaded";
     binary.wait_for_logs(1, WITHIN, reloaded).await;
     binary.write_config(
-        &binary_config(&upstream, "deny", &store(&second.url())).replace(
+        &gen_route::redis_config(&upstream, "deny", &store(&second.url())).replace(
             "on_store_error = \"deny\"",
             "on_store_error = \"allow\"\nreservation_ttl = \"2m\"",
         ),
@@ -257,7 +232,7 @@ async fn a_reload_to_another_redis_hands_over_the_queue_flushed_at_shutdown() {
     // counted as fail-open), and the images they report are queued.
     second.pause();
     for _ in 0..3 {
-        assert_eq!(flagged(&binary, "carol").await, StatusCode::OK);
+        assert_eq!(gen_route::flagged(&binary, "carol").await, StatusCode::OK);
     }
     let health = admin_get(&binary, "/healthz").await.json();
     assert_eq!(health["store"]["pending_settles"], 3, "{health}");

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod django;
+pub mod gen_route;
 pub mod proxy;
 pub mod raw_http;
 pub mod redis;
