@@ -243,16 +243,15 @@ async fn allow_forwards_unchecked_queues_the_usage_and_counts_what_is_lost() {
     )
     .await;
 
-    // The quota layer counts the same two again when the store returns
-    // their error: the series double-counts a settle lost to a full queue
-    // (reported; sum one reason, not both, until it is fixed).
+    // Counted once: not again as `store_error` when the store returns
+    // their error to the quota layer.
     assert_eq!(
         metric(
             &binary,
             r#"quota_proxy_settlements_dropped_total{reason="store_error"}"#
         )
         .await,
-        2.0
+        0.0
     );
     redis.restart();
     // Redis restarted empty: only the queued settle reaches it, once.

@@ -196,7 +196,11 @@ impl Settlement {
                 route = %route.name, user, amount, reservation = %reservation.id, error = %e,
                 "usage could not be recorded"
             );
-            crate::metrics::settlements_dropped("store_error", 1);
+            // A settle the store dropped itself is counted there
+            // (`retry_queue`), not twice.
+            if !matches!(e, crate::store::StoreError::SettleDropped(_)) {
+                crate::metrics::settlements_dropped("store_error", 1);
+            }
         }
         // Recorded (or given up on): no longer pending.
         drop(pending);

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// The store answered something this version does not understand.
     #[error("quota store answered unexpectedly: {0}")]
     Protocol(String),
+    /// A settle the store gave up on and has already logged and counted as
+    /// dropped (`reason="retry_queue"`: the Redis settle queue was full).
+    #[error("quota store dropped the settle: {0}")]
+    SettleDropped(String),
 }
 
 /// A request to check the limits and reserve one unit.

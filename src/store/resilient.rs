@@ -229,7 +229,7 @@ impl ResilientStore {
         if self.shared.queue.push(owed, why) {
             Ok(())
         } else {
-            Err(StoreError::Unavailable(format!(
+            Err(StoreError::SettleDropped(format!(
                 "{why}; the settle queue is full ({} settles), usage lost",
                 self.shared.queue.max
             )))
