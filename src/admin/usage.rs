@@ -12,7 +12,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, UserIdFormat};
+use crate::identity::canonical_user_id;
 use crate::periods::{Calendar, CalendarSystem, Period, PeriodWindows};
 use crate::store::{PeriodUsage, QuotaStore, StoreError};
 
@@ -65,6 +66,15 @@ pub enum UsageError {
     /// The user id is empty or too long.
     #[error("user id must be 1 to {MAX_USER_BYTES} bytes")]
     User,
+    /// The user id is not of `identity.user_id_format` (the proxy never
+    /// counts such an id: it is anonymous).
+    #[error("user id {user:?} is not of identity.user_id_format = {format:?}")]
+    UserFormat {
+        /// The id given.
+        user: String,
+        /// The configured format.
+        format: UserIdFormat,
+    },
     /// The plan named is not in `[plans]`.
     #[error("plan {plan:?} is not in [plans] (known: {known})")]
     UnknownPlan {
@@ -157,7 +167,7 @@ impl<'a> UsageOps<'a> {
         plan: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<UserUsage, UsageError> {
-        check_user(user)?;
+        let user = &self.user(user)?;
         let (plan, limits) = self.plan(plan)?;
         let windows = self.calendar.windows(now);
         let usage = self.store.usage(user, &windows, now).await?;
@@ -173,7 +183,7 @@ impl<'a> UsageOps<'a> {
         periods: PeriodChoice,
         now: DateTime<Utc>,
     ) -> Result<UserUsage, UsageError> {
-        check_user(user)?;
+        let user = &self.user(user)?;
         self.plan(plan)?;
         let windows = self.calendar.windows(now);
         let usage = self.store.usage(user, &windows, now).await?;
@@ -200,7 +210,7 @@ impl<'a> UsageOps<'a> {
         delta: i64,
         now: DateTime<Utc>,
     ) -> Result<UserUsage, UsageError> {
-        check_user(user)?;
+        let user = &self.user(user)?;
         self.plan(plan)?;
         let windows = self.calendar.windows(now);
         for &period in periods.periods() {
@@ -210,6 +220,19 @@ impl<'a> UsageOps<'a> {
         }
         tracing::info!(user, periods = ?periods, delta, "usage adjusted by an operator");
         self.show(user, plan, now).await
+    }
+
+    /// `user` as the proxy counts it: its canonical form under
+    /// `identity.user_id_format` (`0017` is `17` with `integer`).
+    fn user(&self, user: &str) -> Result<String, UsageError> {
+        if user.is_empty() || user.len() > MAX_USER_BYTES {
+            return Err(UsageError::User);
+        }
+        let format = self.config.identity.user_id_format;
+        canonical_user_id(format, user).ok_or_else(|| UsageError::UserFormat {
+            user: user.to_owned(),
+            format,
+        })
     }
 
     /// The plan name and limits for `plan`, or for the default plan.
@@ -266,13 +289,6 @@ impl<'a> UsageOps<'a> {
             },
         }
     }
-}
-
-fn check_user(user: &str) -> Result<(), UsageError> {
-    if user.is_empty() || user.len() > MAX_USER_BYTES {
-        return Err(UsageError::User);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -390,6 +406,26 @@ mod tests {
             Err(UsageError::User)
         ));
         assert!("hourly".parse::<PeriodChoice>().is_err());
+    }
+
+    #[tokio::test]
+    async fn user_ids_are_counted_in_their_canonical_form() {
+        let config = Config::from_toml(
+            "[identity]\nuser_id_format = \"integer\"\ndefault_plan = \"free\"\n\
+             [plans]\nfree = { daily = 3 }",
+        )
+        .expect("config");
+        let ops = UsageOps::new(Arc::new(MemoryStore::new(10)), &config);
+        let now = Utc::now();
+        ops.adjust("0017", None, PeriodChoice::All, 2, now)
+            .await
+            .expect("adjust");
+        let shown = ops.show("+17", None, now).await.expect("show");
+        assert_eq!((shown.user.as_str(), shown.periods.daily.used), ("17", 2));
+        assert!(matches!(
+            ops.show("seventeen", None, now).await,
+            Err(UsageError::UserFormat { .. })
+        ));
         assert_eq!("all".parse::<PeriodChoice>().ok(), Some(PeriodChoice::All));
     }
 }
