@@ -1,6 +1,9 @@
-//! Config checks that need more than one field, or the machine the config
-//! runs on (phase: startup, and every reload).
+//! Config checks beyond what types alone ensure: ranges, references
+//! between fields, and the machine the config runs on (phase: startup, and
+//! every reload).
 //!
+//! [`Config::validate`] checks ranges and references itself and calls the
+//! check of each section (in that section's module) and the passes below.
 //! Two passes, both turning an impossible config into a [`ConfigError`]
 //! naming the field, so every one of them exits with the same code (2) and
 //! a reload that meets one answers 400:
@@ -20,7 +23,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, PlanCase, StoreErrorPolicy, StoreKind};
+use super::{Config, ConfigError, IdentityKind, PlanCase, StoreErrorPolicy, StoreKind};
 
 /// The methods of RFC 9110 §9 and PATCH (RFC 5789): a route with any other
 /// method must be listed in `extension_methods`.
@@ -29,6 +32,137 @@ pub const STANDARD_METHODS: &[&str] = &[
 ];
 
 impl Config {
+    /// Checks what types alone cannot: references between fields and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
+        }
+        if self.body_budget_bytes < self.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "body_budget_bytes",
+                format!(
+                    "{} is below max_body_bytes ({}): a body of the largest allowed size \
+                     could never be held",
+                    self.body_budget_bytes, self.max_body_bytes
+                ),
+            ));
+        }
+        // spool_dir is checked (a writable directory) with the machine, in
+        // `resolve_environment`.
+        for (field, d) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.response_head", self.timeouts.response_head),
+            ("timeouts.idle", self.timeouts.idle),
+            ("timeouts.client_body", self.timeouts.client_body),
+            ("store.reservation_ttl", self.store.reservation_ttl),
+            ("store.command_timeout", self.store.command_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(field, "must be longer than 0s"));
+            }
+        }
+        if self.store.kind == StoreKind::Redis {
+            self.store.validate_redis()?;
+        }
+        if self.store.breaker.failures == 0 {
+            return Err(ConfigError::invalid(
+                "store.breaker.failures",
+                "must be at least 1",
+            ));
+        }
+        if self.store.breaker.open_for.is_zero() {
+            return Err(ConfigError::invalid(
+                "store.breaker.open_for",
+                "must be longer than 0s",
+            ));
+        }
+        for (field, n) in [
+            ("store.settle_queue", self.store.settle_queue),
+            ("store.local_max_users", self.store.local_max_users),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        if self.store.memory_max_users == 0 {
+            return Err(ConfigError::invalid(
+                "store.memory_max_users",
+                "must be above 0",
+            ));
+        }
+        if let Some(plan) = &self.identity.default_plan
+            && !self.plans.contains_key(plan)
+        {
+            return Err(ConfigError::invalid(
+                "identity.default_plan",
+                format!(
+                    "plan {plan:?} is not in [plans] (known: {})",
+                    self.plan_names()
+                ),
+            ));
+        }
+        for (field, header) in [
+            ("identity.user_header", &self.identity.user_header),
+            ("identity.plan_header", &self.identity.plan_header),
+        ] {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{header:?} is not a valid header name"),
+                ));
+            }
+        }
+        match self.identity.kind {
+            IdentityKind::Header => {}
+            IdentityKind::ForwardAuth => self.validate_forward_auth()?,
+            IdentityKind::Jwt => self.validate_jwt()?,
+        }
+        if !self.usage.report_header.is_empty()
+            && http::HeaderName::from_bytes(self.usage.report_header.as_bytes()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "usage.report_header",
+                format!("{:?} is not a valid header name", self.usage.report_header),
+            ));
+        }
+        if let Some(marker) = &self.usage.report_marker
+            && (marker.start.is_empty() || marker.end.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "usage.report_marker",
+                "start and end must both be non-empty",
+            ));
+        }
+        self.validate_report_token()?;
+        for (i, route) in self.routes.iter().enumerate() {
+            if !(400..=599).contains(&route.deny_status) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].deny_status"),
+                    format!("expected a 4xx or 5xx status, got {}", route.deny_status),
+                ));
+            }
+            if route.flag.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].flag"),
+                    "must not be empty",
+                ));
+            }
+        }
+        crate::routes::RouteTable::new(&self.routes)?;
+        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
+            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
+        self.validate_operations()?;
+        self.validate_rules()?;
+        Ok(())
+    }
+
+    fn plan_names(&self) -> String {
+        if self.plans.is_empty() {
+            return "none".to_owned();
+        }
+        self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
     /// The cross-field rules that need no I/O (see the module docs).
     pub(super) fn validate_rules(&self) -> Result<(), ConfigError> {
         for (i, name) in self.extension_methods.iter().enumerate() {
