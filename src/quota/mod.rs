@@ -32,3 +32,6 @@ pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
 pub use self::probe::ProbeSpec;
 pub use self::service::{Quota, ResponseFuture};
 pub use self::usage_body::UsageBody;
+
+#[cfg(test)]
+mod tests;
