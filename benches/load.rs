@@ -14,7 +14,7 @@
 //! BENCHMARKS.md. Everything it starts is stopped when it ends.
 //!
 //! Under `cargo test` (no `--bench` argument, no `floor`) it does nothing:
-//! `tests/load_smoke.rs` runs the same machinery briefly instead.
+//! `tests/it/load_smoke.rs` runs the same machinery briefly instead.
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
 //! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
@@ -29,18 +29,16 @@
 //! `LOAD_SECTIONS` (`matrix,ttfb,memory`); `LOAD_PROXY_BIN` measures another
 //! quota-proxy binary (a copy built from another commit) with this bench.
 
-mod support;
-
 use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use support::loadgen::{self, Limits};
-use support::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
-use support::runner::{self, Matrix, Row, Subject, UploadMemory, show};
-use support::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
-use support::upstream::Upstream;
+use loadbench::loadgen::{self, Limits};
+use loadbench::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
+use loadbench::runner::{self, Matrix, Row, Subject, UploadMemory, show};
+use loadbench::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
+use loadbench::upstream::Upstream;
 
 /// The size of the upload in the memory test.
 const UPLOAD_BYTES: usize = 10 * 1024 * 1024;
@@ -65,7 +63,7 @@ fn main() -> ExitCode {
     if !args.iter().any(|arg| arg == "--bench") {
         println!(
             "load bench: not run under `cargo test` (run it with `cargo bench --bench load`); \
-             tests/load_smoke.rs covers its machinery"
+             tests/it/load_smoke.rs covers its machinery"
         );
         return ExitCode::SUCCESS;
     }
@@ -86,7 +84,7 @@ fn run_floor(listen: &str, upstream: &str, threads: &str) -> io::Result<()> {
     let listener = std::net::TcpListener::bind(listen)?;
     let upstream = upstream.parse().map_err(io::Error::other)?;
     let threads = threads.parse().map_err(io::Error::other)?;
-    support::floor::run(listener, upstream, threads)
+    loadbench::floor::run(listener, upstream, threads)
 }
 
 struct Options {

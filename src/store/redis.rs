@@ -16,7 +16,7 @@
 //! two users' keys equal, since labels never contain `}`. One exception: an
 //! id starting with `}` (or `\x01`) is written after a `\x01` (`{\x01}x}`),
 //! since `{}x}` is an empty tag, for which Redis hashes each whole key and
-//! one user's keys would land in different slots (`tests/store.rs`,
+//! one user's keys would land in different slots (`tests/it/store.rs`,
 //! `odd_user_ids_keep_their_keys_together`, on the 3-master cluster). With
 //! the prefix `quota:` and user `42`:
 //!
@@ -38,7 +38,7 @@
 //!
 //! # Memory
 //!
-//! Measured on Redis 7.0 (jemalloc, 64-bit; `tests/redis_scale.rs`,
+//! Measured on Redis 7.0 (jemalloc, 64-bit; `tests/it/redis_scale.rs`,
 //! `memory_per_active_user_is_measured`): a user who made 3 images today
 //! costs **about 820 bytes** (`INFO used_memory` delta over 2 000 such
 //! users, key and expiry overhead included). `MEMORY USAGE` per key: each

@@ -1,0 +1,10 @@
+//! The load bench's machinery, shared by `benches/load.rs` (the measured
+//! run) and `tests/it/load_smoke.rs` (a few hundred requests under
+//! `cargo test`, so this code cannot rot unnoticed).
+
+pub mod floor;
+pub mod loadgen;
+pub mod procs;
+pub mod runner;
+pub mod scenarios;
+pub mod upstream;

@@ -1,0 +1,970 @@
+//! Identity sources against real loopback servers and real keys: forward-auth
+//! to a stand-in of the Django view, JWT verification, the no-spoofing
+//! helpers and the config fields.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use quota_proxy::config::{Config, IdentityErrorPolicy, IdentityKind, Limits};
+use quota_proxy::identity::{
+    self, Identity, IdentityHeaders, IdentitySource, set_identity_headers, strip_client_headers,
+};
+use serde_json::{Value, json};
+
+use crate::support::identity_server::{IdentityServer, Mode, PATH, Plan, dead_addr};
+
+const PLANS: &str = r#"
+[plans]
+free = { daily = 3, weekly = 10, monthly = 30 }
+pro = { daily = 50, weekly = 0, monthly = 1000 }
+"#;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in pairs {
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    h
+}
+
+fn session(id: &str) -> HeaderMap {
+    headers(&[("cookie", &format!("csrftoken=x; sessionid={id}"))])
+}
+
+fn source(toml: &str) -> Arc<dyn IdentitySource> {
+    let config = Config::from_toml(toml).expect("config");
+    identity::from_config(&config).expect("identity source")
+}
+
+/// A forward-auth source for `server`, its endpoint given as a full URL.
+fn forward_auth(server: &IdentityServer, extra: &str) -> Arc<dyn IdentitySource> {
+    source(&format!(
+        "{PLANS}\n[identity]\nkind = \"forward_auth\"\ndefault_plan = \"free\"\n\
+         [identity.forward_auth]\nurl = \"{}{PATH}\"\n{extra}",
+        server.base()
+    ))
+}
+
+fn pro() -> Plan {
+    Plan {
+        name: "pro",
+        daily: Some(5),
+        weekly: Some(0),
+        monthly: Some(100),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// forward_auth
+
+#[tokio::test]
+async fn answer_limits_override_the_plan_table() {
+    let server = IdentityServer::start().await;
+    server.login("s-pro", 42, Some(pro()));
+    let id = forward_auth(&server, "")
+        .identify(&session("s-pro"))
+        .await
+        .expect("answer")
+        .expect("a user");
+    assert_eq!(
+        id,
+        Identity {
+            user_id: "42".to_owned(),
+            plan: Some("pro".to_owned()),
+            limits: Limits {
+                daily: 5,
+                weekly: 0,
+                monthly: 100
+            },
+        }
+    );
+    // The call carried the credentials and asked for JSON, and nothing else
+    // of the client's.
+    let sent = server.last_headers();
+    assert_eq!(sent["cookie"], "csrftoken=x; sessionid=s-pro");
+    assert_eq!(sent["accept"], "application/json");
+}
+
+#[tokio::test]
+async fn partial_limits_fall_back_to_the_plan_and_no_plan_to_the_default() {
+    let server = IdentityServer::start().await;
+    server.login(
+        "s-partial",
+        7,
+        Some(Plan {
+            name: "pro",
+            daily: Some(9),
+            weekly: None,
+            monthly: None,
+        }),
+    );
+    server.login("s-nosub", 8, None);
+    let source = forward_auth(&server, "");
+    let partial = source
+        .identify(&session("s-partial"))
+        .await
+        .expect("answer")
+        .expect("a user");
+    assert_eq!(
+        partial.limits,
+        Limits {
+            daily: 9,
+            weekly: 0,
+            monthly: 1000
+        }
+    );
+    let nosub = source
+        .identify(&session("s-nosub"))
+        .await
+        .expect("answer")
+        .expect("a user");
+    assert_eq!(nosub.user_id, "8");
+    assert_eq!(nosub.plan.as_deref(), Some("free"));
+    assert_eq!(nosub.limits.daily, 3);
+}
+
+#[tokio::test]
+async fn url_defaults_to_a_path_on_the_upstream() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let source = source(&format!(
+        "upstream = \"{}\"\n[identity]\nkind = \"forward_auth\"",
+        server.base()
+    ));
+    let id = source.identify(&session("s1")).await.expect("answer");
+    assert_eq!(id.map(|i| i.user_id).as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn authorization_header_is_forwarded_too() {
+    let server = IdentityServer::start().await;
+    let source = forward_auth(&server, "");
+    let answer = source
+        .identify(&headers(&[
+            ("authorization", "Token abc"),
+            ("x-user-id", "999"),
+        ]))
+        .await
+        .expect("answer");
+    // The stand-in only knows sessions: 401 → anonymous.
+    assert_eq!(answer, None);
+    let sent = server.last_headers();
+    assert_eq!(sent["authorization"], "Token abc");
+    assert!(sent.get("x-user-id").is_none());
+    assert!(sent.get("cookie").is_none());
+}
+
+#[tokio::test]
+async fn no_credentials_is_anonymous_without_a_call() {
+    let server = IdentityServer::start().await;
+    let source = forward_auth(&server, "");
+    assert_eq!(source.identify(&HeaderMap::new()).await.expect("ok"), None);
+    let spoof = headers(&[("x-user-id", "1"), ("x-subscription-type", "pro")]);
+    assert_eq!(source.identify(&spoof).await.expect("ok"), None);
+    assert_eq!(server.calls(), 0);
+}
+
+#[tokio::test]
+async fn cache_hit_makes_no_call_and_expiry_asks_again() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, Some(pro()));
+    let source = forward_auth(&server, "cache_ttl = \"30s\"");
+    let first = source.identify(&session("s1")).await.expect("answer");
+    assert_eq!(server.calls(), 1);
+    let second = source.identify(&session("s1")).await.expect("answer");
+    assert_eq!(server.calls(), 1, "a cache hit makes no call");
+    assert_eq!(first, second);
+
+    // Move tokio's clock past the TTL without sleeping; the calls themselves
+    // run on the real clock, so no timer can fire early during their I/O.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    tokio::time::resume();
+    source.identify(&session("s1")).await.expect("answer");
+    assert_eq!(server.calls(), 1, "still fresh at 29 s");
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::resume();
+    source.identify(&session("s1")).await.expect("answer");
+    assert_eq!(server.calls(), 2, "expired at 31 s: asked again");
+}
+
+#[tokio::test]
+async fn unauthorized_is_anonymous_and_negative_cached() {
+    let server = IdentityServer::start().await;
+    let source = forward_auth(&server, "negative_cache_ttl = \"5s\"");
+    assert_eq!(
+        source.identify(&session("stranger")).await.expect("ok"),
+        None
+    );
+    assert_eq!(
+        source.identify(&session("stranger")).await.expect("ok"),
+        None
+    );
+    assert_eq!(server.calls(), 1, "the 401 was cached");
+    // The user logs in; after the negative TTL the new answer is seen.
+    server.login("stranger", 5, None);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    let id = source.identify(&session("stranger")).await.expect("ok");
+    assert_eq!(id.map(|i| i.user_id).as_deref(), Some("5"));
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test]
+async fn forbidden_and_login_redirect_are_anonymous() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let source = forward_auth(&server, "negative_cache_ttl = \"0s\"");
+    server.set_mode(Mode::LoginRedirect);
+    assert_eq!(source.identify(&session("s1")).await.expect("ok"), None);
+    server.set_mode(Mode::Status(StatusCode::FORBIDDEN));
+    assert_eq!(source.identify(&session("s1")).await.expect("ok"), None);
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_for_a_hundred_concurrent_requests() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, Some(pro()));
+    server.set_mode(Mode::Slow(Duration::from_millis(200)));
+    let source = forward_auth(&server, "");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.identify(&session("s1")).await })
+        })
+        .collect();
+    for task in tasks {
+        let id = task.await.expect("task").expect("answer").expect("a user");
+        assert_eq!(id.user_id, "1");
+        assert_eq!(id.limits.daily, 5);
+    }
+    assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_credentials_make_separate_calls() {
+    let server = IdentityServer::start().await;
+    for n in 1..=3 {
+        server.login(&format!("s{n}"), n, None);
+    }
+    let source = forward_auth(&server, "");
+    let tasks: Vec<_> = (1..=3)
+        .map(|n| {
+            let source = Arc::clone(&source);
+            tokio::spawn(async move { source.identify(&session(&format!("s{n}"))).await })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for task in tasks {
+        let id = task.await.expect("task").expect("answer").expect("a user");
+        users.push(id.user_id);
+    }
+    assert_eq!(users, ["1", "2", "3"]);
+    assert_eq!(server.calls(), 3);
+}
+
+#[tokio::test]
+async fn server_errors_are_unavailable_and_not_cached() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let source = forward_auth(&server, "");
+    for mode in [
+        Mode::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        Mode::Status(StatusCode::BAD_GATEWAY),
+        Mode::Garbage,
+    ] {
+        server.set_mode(mode.clone());
+        let error = source
+            .identify(&session("s1"))
+            .await
+            .expect_err("must be unavailable");
+        let message = error.to_string();
+        assert!(message.contains(PATH), "{message}");
+        assert!(
+            !message.contains("s1"),
+            "no credentials in errors: {message}"
+        );
+    }
+    assert_eq!(server.calls(), 3, "errors are not cached");
+    server.set_mode(Mode::Django);
+    assert!(source.identify(&session("s1")).await.expect("ok").is_some());
+}
+
+#[tokio::test]
+async fn a_wrong_path_is_unavailable() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let source = source(&format!(
+        "[identity]\nkind = \"forward_auth\"\n[identity.forward_auth]\nurl = \"{}/api/who/\"",
+        server.base()
+    ));
+    let error = source.identify(&session("s1")).await.expect_err("404");
+    assert!(error.to_string().contains("404"), "{error}");
+}
+
+#[tokio::test]
+async fn server_down_is_unavailable() {
+    let addr = dead_addr().await;
+    let source = source(&format!(
+        "[identity]\nkind = \"forward_auth\"\n[identity.forward_auth]\nurl = \"http://{addr}{PATH}\""
+    ));
+    source
+        .identify(&session("s1"))
+        .await
+        .expect_err("nothing listening");
+}
+
+#[tokio::test]
+async fn slower_than_the_timeout_is_unavailable() {
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    server.set_mode(Mode::Slow(Duration::from_secs(30)));
+    let source = forward_auth(&server, "timeout = \"200ms\"");
+    let started = std::time::Instant::now();
+    let error = source.identify(&session("s1")).await.expect_err("timeout");
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------
+// jwt
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/identity")
+        .join(name)
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("fixture")
+}
+
+const SECRET: &str = "django-insecure-test-secret-key-for-quota-proxy-tests";
+
+/// A file holding `SECRET` and a newline, as an editor would save it.
+fn secret_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), format!("{SECRET}\n")).expect("write secret");
+    file
+}
+
+fn now() -> i64 {
+    i64::try_from(jsonwebtoken::get_current_timestamp()).expect("timestamp")
+}
+
+/// Claims shaped like a djangorestframework-simplejwt access token.
+fn simplejwt_claims(user_id: Value) -> Value {
+    let now = now();
+    json!({
+        "token_type": "access",
+        "exp": now + 300,
+        "iat": now,
+        "jti": "6f1c0b1e2a9d4c3e8b7a6f5e4d3c2b1a",
+        "user_id": user_id,
+    })
+}
+
+fn hs256(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
+}
+
+fn signed(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    headers(&[("authorization", &format!("Bearer {token}"))])
+}
+
+fn hs_source(secret: &tempfile::NamedTempFile, extra: &str) -> Arc<dyn IdentitySource> {
+    source(&format!(
+        "{PLANS}\n[identity]\nkind = \"jwt\"\ndefault_plan = \"free\"\n\
+         [identity.jwt]\nsecret_file = {:?}\n{extra}",
+        secret.path()
+    ))
+}
+
+async fn user_of(source: &Arc<dyn IdentitySource>, headers: &HeaderMap) -> Option<String> {
+    source
+        .identify(headers)
+        .await
+        .expect("jwt never errors")
+        .map(|i| i.user_id)
+}
+
+#[tokio::test]
+async fn hs256_simplejwt_token() {
+    let secret = secret_file();
+    let source = hs_source(&secret, "");
+    let numeric = hs256(&simplejwt_claims(json!(42)), SECRET.as_bytes());
+    let id = source
+        .identify(&bearer(&numeric))
+        .await
+        .expect("ok")
+        .expect("a user");
+    assert_eq!(id.user_id, "42");
+    assert_eq!(id.plan.as_deref(), Some("free"));
+    assert_eq!(id.limits.daily, 3);
+    let string = hs256(&simplejwt_claims(json!("42")), SECRET.as_bytes());
+    assert_eq!(
+        user_of(&source, &bearer(&string)).await.as_deref(),
+        Some("42")
+    );
+    // No token at all.
+    assert_eq!(user_of(&source, &HeaderMap::new()).await, None);
+}
+
+#[tokio::test]
+async fn hs256_secret_from_the_environment() {
+    // Setting a variable would race with the other tests reading the
+    // environment; borrow one the process already has (PATH, HOME, …).
+    let (name, value) = std::env::vars()
+        .find(|(name, value)| {
+            !value.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .expect("some environment variable is set");
+    let source = source(&format!(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\nsecret_env = \"{name}\""
+    ));
+    let token = hs256(&simplejwt_claims(json!(1)), value.as_bytes());
+    assert_eq!(
+        user_of(&source, &bearer(&token)).await.as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn plan_and_limit_claims_override_the_plan_table() {
+    let secret = secret_file();
+    let source = hs_source(
+        &secret,
+        "plan_claim = \"plan\"\ndaily_claim = \"daily\"\nmonthly_claim = \"monthly\"",
+    );
+    let mut claims = simplejwt_claims(json!(7));
+    claims["plan"] = json!("pro");
+    claims["daily"] = json!(2);
+    let id = source
+        .identify(&bearer(&hs256(&claims, SECRET.as_bytes())))
+        .await
+        .expect("ok")
+        .expect("a user");
+    assert_eq!(id.plan.as_deref(), Some("pro"));
+    assert_eq!(
+        id.limits,
+        Limits {
+            daily: 2,
+            weekly: 0,
+            monthly: 1000
+        }
+    );
+    // A limit claim of the wrong type makes the token unusable.
+    claims["daily"] = json!("lots");
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_tokens_are_anonymous() {
+    let secret = secret_file();
+    let source = hs_source(&secret, "leeway = \"30s\"");
+    let mut claims = simplejwt_claims(json!(1));
+    claims["exp"] = json!(now() - 120);
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
+        None
+    );
+    // Within the leeway it still counts.
+    claims["exp"] = json!(now() - 10);
+    assert!(
+        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes())))
+            .await
+            .is_some()
+    );
+    let mut early = simplejwt_claims(json!(1));
+    early["nbf"] = json!(now() + 300);
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&early, SECRET.as_bytes()))).await,
+        None
+    );
+    // exp is required.
+    let mut forever = simplejwt_claims(json!(1));
+    forever.as_object_mut().expect("object").remove("exp");
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&forever, SECRET.as_bytes()))).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn wrong_signature_is_anonymous() {
+    let secret = secret_file();
+    let source = hs_source(&secret, "");
+    let forged = hs256(&simplejwt_claims(json!(1)), b"another-secret");
+    assert_eq!(user_of(&source, &bearer(&forged)).await, None);
+    // A genuine token whose payload was swapped.
+    let genuine = hs256(&simplejwt_claims(json!(1)), SECRET.as_bytes());
+    let other = hs256(&simplejwt_claims(json!(2)), SECRET.as_bytes());
+    let g: Vec<&str> = genuine.split('.').collect();
+    let o: Vec<&str> = other.split('.').collect();
+    let spliced = format!("{}.{}.{}", g[0], o[1], g[2]);
+    assert_eq!(user_of(&source, &bearer(&spliced)).await, None);
+    assert_eq!(user_of(&source, &bearer("not-a-token")).await, None);
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_checked() {
+    let secret = secret_file();
+    let source = hs_source(
+        &secret,
+        "issuer = \"https://app.example\"\naudience = \"quota-proxy\"",
+    );
+    let mut claims = simplejwt_claims(json!(1));
+    claims["iss"] = json!("https://app.example");
+    claims["aud"] = json!("quota-proxy");
+    let sign = |c: &Value| bearer(&hs256(c, SECRET.as_bytes()));
+    assert!(user_of(&source, &sign(&claims)).await.is_some());
+
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = json!("billing");
+    assert_eq!(user_of(&source, &sign(&wrong_aud)).await, None);
+    let mut no_aud = claims.clone();
+    no_aud.as_object_mut().expect("object").remove("aud");
+    assert_eq!(user_of(&source, &sign(&no_aud)).await, None);
+
+    let mut wrong_iss = claims.clone();
+    wrong_iss["iss"] = json!("https://evil.example");
+    assert_eq!(user_of(&source, &sign(&wrong_iss)).await, None);
+    let mut no_iss = claims.clone();
+    no_iss.as_object_mut().expect("object").remove("iss");
+    assert_eq!(user_of(&source, &sign(&no_iss)).await, None);
+
+    // Without a configured audience, a token addressed to someone is refused.
+    let plain = hs_source(&secret, "");
+    assert_eq!(user_of(&plain, &sign(&claims)).await, None);
+}
+
+#[tokio::test]
+async fn alg_none_is_refused() {
+    use base64::Engine;
+    let secret = secret_file();
+    let source = hs_source(&secret, "");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = b64.encode(simplejwt_claims(json!(1)).to_string());
+    for token in [format!("{header}.{claims}."), format!("{header}.{claims}")] {
+        assert_eq!(user_of(&source, &bearer(&token)).await, None);
+    }
+}
+
+fn rs_source() -> Arc<dyn IdentitySource> {
+    source(&format!(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\npublic_key_file = {:?}",
+        fixture("rs256_public.pem")
+    ))
+}
+
+#[tokio::test]
+async fn rs256_with_a_pem_public_key() {
+    let source = rs_source();
+    let key = EncodingKey::from_rsa_pem(&fixture_bytes("rs256_private.pem")).expect("key");
+    let token = signed(Algorithm::RS256, None, &simplejwt_claims(json!(9)), &key);
+    assert_eq!(
+        user_of(&source, &bearer(&token)).await.as_deref(),
+        Some("9")
+    );
+}
+
+#[tokio::test]
+async fn key_confusion_is_refused() {
+    // An attacker knows the public key and "signs" HS256 with its PEM bytes
+    // as the HMAC secret: a verifier that let the token pick HMAC would
+    // accept it.
+    let source = rs_source();
+    let public_pem = fixture_bytes("rs256_public.pem");
+    let token = hs256(&simplejwt_claims(json!(1)), &public_pem);
+    assert_eq!(user_of(&source, &bearer(&token)).await, None);
+    // The token is a genuine HS256 token for that secret: an HMAC source
+    // holding the PEM bytes accepts it (secret_file drops one trailing
+    // newline, hence the extra one).
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), [public_pem.as_slice(), b"\n"].concat()).expect("write");
+    let hmac = hs_source(&file, "");
+    assert_eq!(user_of(&hmac, &bearer(&token)).await.as_deref(), Some("1"));
+}
+
+fn jwks_source() -> Arc<dyn IdentitySource> {
+    source(&format!(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\njwks_file = {:?}",
+        fixture("jwks.json")
+    ))
+}
+
+#[tokio::test]
+async fn es256_and_rs256_from_a_jwks_chosen_by_kid() {
+    let source = jwks_source();
+    let ec = EncodingKey::from_ec_pem(&fixture_bytes("es256_private.pem")).expect("ec key");
+    let rsa = EncodingKey::from_rsa_pem(&fixture_bytes("rs256_private.pem")).expect("rsa key");
+    let claims = simplejwt_claims(json!(3));
+    let es = signed(Algorithm::ES256, Some("es256-test-1"), &claims, &ec);
+    assert_eq!(user_of(&source, &bearer(&es)).await.as_deref(), Some("3"));
+    let rs = signed(Algorithm::RS256, Some("rs256-test-1"), &claims, &rsa);
+    assert_eq!(user_of(&source, &bearer(&rs)).await.as_deref(), Some("3"));
+    // Unknown kid, a kid naming the other key, or no kid with two keys.
+    let unknown = signed(Algorithm::ES256, Some("rotated-away"), &claims, &ec);
+    assert_eq!(user_of(&source, &bearer(&unknown)).await, None);
+    let crossed = signed(Algorithm::ES256, Some("rs256-test-1"), &claims, &ec);
+    assert_eq!(user_of(&source, &bearer(&crossed)).await, None);
+    let anonymous_kid = signed(Algorithm::ES256, None, &claims, &ec);
+    assert_eq!(user_of(&source, &bearer(&anonymous_kid)).await, None);
+    // HMAC with the EC key's JWK text as secret, naming its kid.
+    let jwks = String::from_utf8(fixture_bytes("jwks.json")).expect("utf-8");
+    let confused = signed(
+        Algorithm::HS256,
+        Some("es256-test-1"),
+        &claims,
+        &EncodingKey::from_secret(jwks.as_bytes()),
+    );
+    assert_eq!(user_of(&source, &bearer(&confused)).await, None);
+}
+
+#[tokio::test]
+async fn es256_with_a_pem_public_key() {
+    let source = source(&format!(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\npublic_key_file = {:?}",
+        fixture("es256_public.pem")
+    ));
+    let ec = EncodingKey::from_ec_pem(&fixture_bytes("es256_private.pem")).expect("ec key");
+    let token = signed(Algorithm::ES256, None, &simplejwt_claims(json!(4)), &ec);
+    assert_eq!(
+        user_of(&source, &bearer(&token)).await.as_deref(),
+        Some("4")
+    );
+}
+
+#[tokio::test]
+async fn token_from_a_cookie() {
+    let secret = secret_file();
+    let token = hs256(&simplejwt_claims(json!(11)), SECRET.as_bytes());
+    let cookie = headers(&[("cookie", &format!("csrftoken=x; access_token={token}"))]);
+    let with_cookie = hs_source(&secret, "cookie = \"access_token\"");
+    assert_eq!(user_of(&with_cookie, &cookie).await.as_deref(), Some("11"));
+    // Another Authorization scheme is not ours: the cookie still counts.
+    let mut both = cookie.clone();
+    both.insert("authorization", "Token drf-token".parse().expect("value"));
+    assert_eq!(user_of(&with_cookie, &both).await.as_deref(), Some("11"));
+    // Without `cookie`, cookies are not read.
+    let without = hs_source(&secret, "");
+    assert_eq!(user_of(&without, &cookie).await, None);
+}
+
+#[tokio::test]
+async fn user_id_claim_is_configurable_and_required() {
+    let secret = secret_file();
+    let source = hs_source(&secret, "user_id_claim = \"sub\"");
+    let mut claims = simplejwt_claims(json!(1));
+    claims["sub"] = json!("u-77");
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes())))
+            .await
+            .as_deref(),
+        Some("u-77")
+    );
+    claims.as_object_mut().expect("object").remove("sub");
+    assert_eq!(
+        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------
+// no spoofing
+
+#[tokio::test]
+async fn spoofed_user_header_is_replaced_by_the_verified_one() {
+    let secret = secret_file();
+    let config = Config::from_toml(&format!(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\nsecret_file = {:?}",
+        secret.path()
+    ))
+    .expect("config");
+    let source = identity::from_config(&config).expect("source");
+    assert!(!source.trusts_client_headers());
+    let names = IdentityHeaders::from_config(&config.identity).expect("names");
+    let token = hs256(&simplejwt_claims(json!(42)), SECRET.as_bytes());
+    let mut request = bearer(&token);
+    request.insert("x-user-id", "1".parse().expect("value"));
+    request.insert("x-subscription-type", "enterprise".parse().expect("value"));
+
+    // What the request path does, in this order.
+    strip_client_headers(&mut request, &names);
+    let id = source
+        .identify(&request)
+        .await
+        .expect("ok")
+        .expect("a user");
+    set_identity_headers(&mut request, &id, &names).expect("set");
+    assert_eq!(request.get_all("x-user-id").iter().count(), 1);
+    assert_eq!(request["x-user-id"], "42");
+    assert!(request.get("x-subscription-type").is_none());
+    assert!(request.get("authorization").is_some());
+
+    let header_source = identity::from_config(&Config::default()).expect("header");
+    assert!(header_source.trusts_client_headers());
+}
+
+// ---------------------------------------------------------------------------
+// config
+
+#[test]
+fn defaults_and_the_shipped_file_are_the_header_kind() {
+    let c = Config::default();
+    assert_eq!(c.identity.kind, IdentityKind::Header);
+    assert_eq!(c.identity.on_identity_error, IdentityErrorPolicy::Deny);
+    let fa = &c.identity.forward_auth;
+    assert_eq!(fa.url, "/api/quota/identity/");
+    assert_eq!(fa.forward_headers, ["Cookie", "Authorization"]);
+    assert_eq!(fa.timeout, Duration::from_secs(2));
+    assert_eq!(fa.cache_ttl, Duration::from_secs(30));
+    assert_eq!(fa.negative_cache_ttl, Duration::from_secs(5));
+    assert_eq!(fa.cache_max_entries, 100_000);
+    assert_eq!(c.identity.jwt.user_id_claim, "user_id");
+    assert_eq!(c.identity.jwt.leeway, Duration::from_secs(30));
+    assert_eq!(
+        fa.endpoint(&c.upstream).expect("endpoint").to_string(),
+        "http://127.0.0.1:8000/api/quota/identity/"
+    );
+    let shipped =
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/quota-proxy.toml"))
+            .expect("shipped config");
+    assert_eq!(shipped.identity.kind, IdentityKind::Header);
+    assert_eq!(
+        shipped.identity.on_identity_error,
+        IdentityErrorPolicy::Deny
+    );
+    identity::from_config(&shipped).expect("header source");
+}
+
+#[test]
+fn every_new_field_parses_and_round_trips() {
+    let text = r#"
+[identity]
+kind = "forward_auth"
+on_identity_error = "allow"
+
+[identity.forward_auth]
+url = "http://10.0.0.5:8001/who/"
+forward_headers = ["Cookie", "Authorization", "X-Api-Key"]
+timeout = "750ms"
+cache_ttl = "1m"
+negative_cache_ttl = "2s"
+cache_max_entries = 500
+
+[identity.jwt]
+secret_env = "DJANGO_SECRET_KEY"
+algorithms = ["HS256", "HS512"]
+cookie = "access_token"
+issuer = "https://app.example"
+audience = "quota-proxy"
+leeway = "10s"
+user_id_claim = "sub"
+plan_claim = "plan"
+daily_claim = "daily"
+weekly_claim = "weekly"
+monthly_claim = "monthly"
+"#;
+    let c = Config::from_toml(text).expect("config");
+    let (fa, jwt) = (&c.identity.forward_auth, &c.identity.jwt);
+    assert_eq!(c.identity.kind, IdentityKind::ForwardAuth);
+    assert_eq!(c.identity.on_identity_error, IdentityErrorPolicy::Allow);
+    assert_eq!(
+        fa.endpoint(&c.upstream).expect("endpoint").to_string(),
+        "http://10.0.0.5:8001/who/"
+    );
+    assert_eq!(fa.forward_headers.len(), 3);
+    assert_eq!(fa.timeout, Duration::from_millis(750));
+    assert_eq!(fa.cache_ttl, Duration::from_secs(60));
+    assert_eq!(fa.negative_cache_ttl, Duration::from_secs(2));
+    assert_eq!(fa.cache_max_entries, 500);
+    assert_eq!(jwt.secret_env.as_deref(), Some("DJANGO_SECRET_KEY"));
+    assert_eq!(
+        jwt.allowed_algorithms().expect("algorithms"),
+        [Algorithm::HS256, Algorithm::HS512]
+    );
+    assert_eq!(jwt.cookie.as_deref(), Some("access_token"));
+    assert_eq!(jwt.issuer.as_deref(), Some("https://app.example"));
+    assert_eq!(jwt.audience.as_deref(), Some("quota-proxy"));
+    assert_eq!(jwt.leeway, Duration::from_secs(10));
+    assert_eq!(jwt.user_id_claim, "sub");
+    assert_eq!(jwt.plan_claim.as_deref(), Some("plan"));
+    assert_eq!(jwt.daily_claim.as_deref(), Some("daily"));
+    assert_eq!(jwt.weekly_claim.as_deref(), Some("weekly"));
+    assert_eq!(jwt.monthly_claim.as_deref(), Some("monthly"));
+    // What check-config prints loads back to the same thing.
+    let again = Config::from_toml(&c.to_toml()).expect("round trip");
+    assert_eq!(again.to_toml(), c.to_toml());
+    // Other key sources parse too.
+    let c = Config::from_toml(
+        "[identity]\nkind = \"jwt\"\n[identity.jwt]\njwks_file = \"/etc/keys.json\"\nalgorithms = [\"ES256\"]",
+    )
+    .expect("jwks");
+    assert_eq!(
+        c.identity.jwt.jwks_file.as_deref(),
+        Some(Path::new("/etc/keys.json"))
+    );
+    let c = Config::from_toml("[identity]\nkind = \"forward-auth\"").expect("hyphen alias");
+    assert_eq!(c.identity.kind, IdentityKind::ForwardAuth);
+}
+
+fn error_of(text: &str) -> String {
+    Config::from_toml(text).expect_err("must fail").to_string()
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    let fa = "[identity]\nkind = \"forward_auth\"\n[identity.forward_auth]\n";
+    let jwt = "[identity]\nkind = \"jwt\"\n[identity.jwt]\n";
+    for (text, field) in [
+        ("[identity]\nkind = \"oauth\"".to_owned(), "kind"),
+        (
+            "[identity]\non_identity_error = \"maybe\"".to_owned(),
+            "on_identity_error",
+        ),
+        (
+            format!("{fa}url = \"https://app:443/who/\""),
+            "identity.forward_auth.url",
+        ),
+        (
+            format!("{fa}url = \"api/quota/\""),
+            "identity.forward_auth.url",
+        ),
+        (
+            format!("{fa}forward_headers = []"),
+            "identity.forward_auth.forward_headers",
+        ),
+        (
+            format!("{fa}forward_headers = [\"Cookie\", \"bad header\"]"),
+            "identity.forward_auth.forward_headers[1]",
+        ),
+        (
+            format!("{fa}timeout = \"0s\""),
+            "identity.forward_auth.timeout",
+        ),
+        (
+            format!("{fa}cache_max_entries = 0"),
+            "identity.forward_auth.cache_max_entries",
+        ),
+        (format!("{fa}cache_ttl = \"soon\""), "cache_ttl"),
+        (format!("{fa}forwrd_headers = []"), "forwrd_headers"),
+        (jwt.to_owned(), "identity.jwt"),
+        (
+            format!("{jwt}secret_env = \"K\"\nsecret_file = \"/k\""),
+            "identity.jwt.secret_file",
+        ),
+        (
+            format!("{jwt}secret_env = \"K\"\nalgorithms = [\"none\"]"),
+            "identity.jwt.algorithms",
+        ),
+        (
+            format!("{jwt}secret_env = \"K\"\nalgorithms = [\"RS256\"]"),
+            "identity.jwt.algorithms",
+        ),
+        (
+            format!("{jwt}secret_env = \"K\"\nalgorithms = [\"HS257\"]"),
+            "identity.jwt.algorithms",
+        ),
+        (
+            format!("{jwt}public_key_file = \"/k.pem\"\nalgorithms = [\"HS256\"]"),
+            "identity.jwt.algorithms",
+        ),
+        (format!("{jwt}secret_env = \"\""), "identity.jwt.secret_env"),
+        (
+            format!("{jwt}secret_env = \"K\"\ncookie = \"a b\""),
+            "identity.jwt.cookie",
+        ),
+        (
+            format!("{jwt}secret_env = \"K\"\nuser_id_claim = \"\""),
+            "identity.jwt.user_id_claim",
+        ),
+        (format!("{jwt}secret_env = \"K\"\nleeway = 30"), "leeway"),
+        (format!("{jwt}secrt_env = \"K\""), "secrt_env"),
+    ] {
+        let message = error_of(&text);
+        assert!(
+            message.contains(field),
+            "{text:?} → {message:?} should name {field}"
+        );
+    }
+    let confusion = error_of(&format!(
+        "{jwt}jwks_file = \"/k.json\"\nalgorithms = [\"HS256\"]"
+    ));
+    assert!(confusion.contains("public key"), "{confusion}");
+}
+
+fn from_config_error(text: &str) -> String {
+    let config = Config::from_toml(text).expect("valid on its own");
+    match identity::from_config(&config) {
+        Ok(_) => panic!("{text:?} must fail to build"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn key_problems_name_the_field() {
+    let jwt = "[identity]\nkind = \"jwt\"\n[identity.jwt]\n";
+    let message = from_config_error(&format!(
+        "{jwt}secret_env = \"QUOTA_PROXY_TEST_VARIABLE_THAT_IS_NEVER_SET\""
+    ));
+    assert!(message.starts_with("identity.jwt.secret_env"), "{message}");
+    let message = from_config_error(&format!("{jwt}secret_file = \"/nonexistent/secret\""));
+    assert!(message.starts_with("identity.jwt.secret_file"), "{message}");
+    let message = from_config_error(&format!(
+        "{jwt}public_key_file = {:?}",
+        fixture("rs256_private.pem")
+    ));
+    assert!(
+        message.starts_with("identity.jwt.public_key_file"),
+        "{message}"
+    );
+    assert!(message.contains("private key"), "{message}");
+    let message = from_config_error(&format!(
+        "{jwt}public_key_file = {:?}",
+        fixture("jwks.json")
+    ));
+    assert!(
+        message.starts_with("identity.jwt.public_key_file"),
+        "{message}"
+    );
+    let message = from_config_error(&format!(
+        "{jwt}public_key_file = {:?}\nalgorithms = [\"ES256\"]",
+        fixture("rs256_public.pem")
+    ));
+    assert!(message.starts_with("identity.jwt.algorithms"), "{message}");
+    let message = from_config_error(&format!(
+        "{jwt}jwks_file = {:?}",
+        fixture("rs256_public.pem")
+    ));
+    assert!(message.starts_with("identity.jwt.jwks_file"), "{message}");
+    let message = from_config_error(&format!(
+        "{jwt}jwks_file = {:?}\nalgorithms = [\"PS512\"]",
+        fixture("jwks.json")
+    ));
+    assert!(message.starts_with("identity.jwt.jwks_file"), "{message}");
+}

@@ -1,0 +1,31 @@
+//! The integration tests, one binary: the real `quota-proxy` binary (or the
+//! library's `run`) against real servers on loopback (redis-server, test
+//! upstreams, Django under gunicorn), never mocks. One module per feature;
+//! `support/` holds what they share. Run one module with
+//! `cargo test --test it <module>::`.
+
+mod support;
+
+mod config_errors;
+mod decision_logs;
+mod deploy;
+mod django;
+mod docs_drift;
+mod flag_rules;
+mod identity;
+mod limits;
+mod load_smoke;
+mod no_spoofing;
+mod ops;
+mod outage;
+mod persian_calendar;
+mod quota;
+mod redis_faults;
+mod redis_scale;
+mod reports;
+mod routes;
+mod store;
+mod store_lifecycle;
+mod streaming;
+mod transparency;
+mod upload;
