@@ -22,8 +22,10 @@ mod ratelimit;
 mod request_id;
 mod service;
 mod settle;
+mod shadow;
 mod spool;
 mod standing;
+mod status;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};

@@ -49,6 +49,9 @@ pub struct Route {
     /// Asks the upstream whether a request will generate images whatever
     /// its flag says.
     pub probe: Option<ProbeSpec>,
+    /// Shadow mode on this route (`routes[i].shadow`): over a limit is
+    /// forwarded and flagged, not denied.
+    pub shadow: bool,
     /// Its request, denial and fail-open counters.
     pub counters: RouteCounters,
 }
@@ -119,6 +122,7 @@ impl RouteTable {
                 deny_status,
                 message: config.message.clone(),
                 probe,
+                shadow: config.shadow,
             }));
         }
         Ok(Self { by_method })
