@@ -3,8 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, RouteConfig};
-use crate::routes::{PathPattern, backend_path};
+use super::ConfigError;
 
 /// Where the quota-status endpoint answers; off when `path` is unset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,41 +11,29 @@ use crate::routes::{PathPattern, backend_path};
 pub struct StatusConfig {
     /// The exact request path, e.g. `/quota-status/`: `GET` there answers
     /// the caller's plan, usage and what is left in each period as JSON.
+    /// No inspected route may match it (checked where the routes are
+    /// built, `QuotaLayer::builder`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 
 impl StatusConfig {
-    /// The path starts with `/` and is none of the inspected routes' (the
-    /// proxy answers it, so a route there could never be reached).
-    pub(super) fn validate(&self, routes: &[RouteConfig]) -> Result<(), ConfigError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        if !path.starts_with('/') || path.contains(['?', '#']) || path.chars().any(char::is_control)
-        {
-            return Err(ConfigError::invalid(
-                "status.path",
-                format!("{path:?} must be a path starting with \"/\", e.g. \"/quota-status/\""),
-            ));
-        }
-        let seen = backend_path(path);
-        for (i, route) in routes.iter().enumerate() {
-            // A pattern that does not parse is reported as routes[i].path.
-            if let Ok(pattern) = PathPattern::parse(&route.path)
-                && pattern.matches(&seen).is_some()
+    /// The path is a path: it starts with `/`, without a query or control
+    /// characters.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match &self.path {
+            Some(path)
+                if !path.starts_with('/')
+                    || path.contains(['?', '#'])
+                    || path.chars().any(char::is_control) =>
             {
-                return Err(ConfigError::invalid(
+                Err(ConfigError::invalid(
                     "status.path",
-                    format!(
-                        "{path:?} is also routes[{i}] ({} {}); the proxy answers the status \
-                         path itself, so choose a path the app does not serve",
-                        route.method.0, route.path
-                    ),
-                ));
+                    format!("{path:?} must be a path starting with \"/\", e.g. \"/quota-status/\""),
+                ))
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -55,21 +42,11 @@ mod tests {
     use crate::config::Config;
 
     #[test]
-    fn path_must_be_absolute_and_free() {
-        let routes = "[[routes]]\nmethod = \"POST\"\npath = \"/chat/{id}/\"\n";
-        let ok = format!("[status]\npath = \"/quota-status/\"\n{routes}");
-        assert!(Config::from_toml(&ok).is_ok());
-        let relative =
-            Config::from_toml("[status]\npath = \"quota-status/\"").expect_err("relative");
-        assert!(
-            relative.to_string().starts_with("status.path: "),
-            "{relative}"
-        );
-        let taken = format!("[status]\npath = \"/chat/quota/\"\n{routes}");
-        let taken = Config::from_toml(&taken).expect_err("collides");
-        assert!(
-            taken.to_string().contains("routes[0] (POST /chat/{id}/)"),
-            "{taken}"
-        );
+    fn path_must_be_absolute() {
+        assert!(Config::from_toml("[status]\npath = \"/quota-status/\"").is_ok());
+        for bad in ["quota-status/", "/q?x=1", ""] {
+            let err = Config::from_toml(&format!("[status]\npath = {bad:?}")).expect_err(bad);
+            assert!(err.to_string().starts_with("status.path: "), "{err}");
+        }
     }
 }

@@ -145,7 +145,7 @@ impl Config {
                 ),
             ));
         }
-        self.status.validate(&self.routes)?;
+        self.status.validate()?;
         for (i, route) in self.routes.iter().enumerate() {
             if !(400..=599).contains(&route.deny_status) {
                 return Err(ConfigError::invalid(

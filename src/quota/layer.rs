@@ -97,6 +97,18 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
+        if let Some(path) = &config.status.path
+            && let Some(route) = routes.any_method(path)
+        {
+            return Err(ConfigError::invalid(
+                "status.path",
+                format!(
+                    "{path:?} is also the path of route \"{}\"; the proxy answers the status \
+                     path itself, so choose a path no route (and no view of the app) has",
+                    route.name
+                ),
+            ));
+        }
         // The shadow header is the proxy's to send: a client's copy goes
         // with the routing headers, in every spelling, in the same pass.
         let stripped: Vec<&str> = config
