@@ -20,7 +20,10 @@
 //! The phases are called in this order by `inspect` in `src/quota/service.rs`.
 //!
 //! A denied request never reaches the upstream: it gets the route's status
-//! (403 or 429), `{"error": "<message>"}` and `Retry-After`.
+//! (403 or 429), `{"error": "<message>"}` and `Retry-After`. In shadow mode
+//! (`shadow` on the config, a route or a plan) it is forwarded instead, and
+//! flagged to the upstream. The quota-status path (`[status] path`) is
+//! answered by the layer itself: the caller's own quota, one store read.
 //!
 //! The binary's wiring is in [`app`]; its accept loop in [`server`]. For
 //! operations, the admin listener (probes, usage API, reload) is [`admin`],

@@ -179,10 +179,13 @@ pub enum Decision {
     StoreErrorAllowed,
     /// The store failed, 503.
     StoreErrorDenied,
+    /// Flagged, a limit is reached, but the request is in shadow mode:
+    /// forwarded, and its usage still counted.
+    ShadowDenied,
 }
 
 impl Decision {
-    const ALL: [Decision; 8] = [
+    const ALL: [Decision; 9] = [
         Decision::Unflagged,
         Decision::Allowed,
         Decision::Denied,
@@ -191,6 +194,7 @@ impl Decision {
         Decision::IdentityError,
         Decision::StoreErrorAllowed,
         Decision::StoreErrorDenied,
+        Decision::ShadowDenied,
     ];
 
     /// The label value.
@@ -204,6 +208,7 @@ impl Decision {
             Decision::IdentityError => "identity_error",
             Decision::StoreErrorAllowed => "store_error_allowed",
             Decision::StoreErrorDenied => "store_error_denied",
+            Decision::ShadowDenied => "shadow_denied",
         }
     }
 }

@@ -241,7 +241,7 @@ impl<'a> UsageOps<'a> {
         match plan.or(self.config.identity.default_plan.as_deref()) {
             None => Ok((None, Limits::default())),
             Some(name) => match plans.get(name) {
-                Some(limits) => Ok((Some(name.to_owned()), *limits)),
+                Some(found) => Ok((Some(name.to_owned()), found.limits())),
                 None => Err(UsageError::UnknownPlan {
                     plan: name.to_owned(),
                     known: if plans.is_empty() {

@@ -16,6 +16,7 @@
 //! | `periods` | `[periods]`: [`PeriodsConfig`] |
 //! | `identity` | `[identity]`: [`IdentityConfig`], [`ForwardAuthConfig`], [`JwtConfig`] |
 //! | `routes` | `[[routes]]`: [`RouteConfig`], [`ProbeConfig`] |
+//! | `status` | `[status]`: [`StatusConfig`] |
 //! | `usage` | `[usage]`: [`UsageConfig`], [`ReportMarker`] |
 //! | `messages` | `[messages]`: [`Messages`] |
 //! | `admin` | `[admin]` and `[log]`: [`AdminConfig`], [`LogConfig`] |
@@ -29,6 +30,7 @@ mod identity;
 mod messages;
 mod periods;
 mod routes;
+mod status;
 mod store;
 mod timeouts;
 mod types;
@@ -48,14 +50,15 @@ pub use self::identity::{ForwardAuthConfig, IdentityConfig, JwtConfig, JwtKeySou
 pub use self::messages::Messages;
 pub use self::periods::PeriodsConfig;
 pub use self::routes::{ProbeConfig, RouteConfig};
+pub use self::status::StatusConfig;
 pub use self::store::{BreakerConfig, SentinelConfig, StoreConfig};
 pub use self::timeouts::Timeouts;
 pub use self::usage::{ReportMarker, UsageConfig};
 pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
-    IdentityKind, Limits, Method, PlanCase, StoreErrorPolicy, StoreKind, TimeZone, UpstreamUrl,
-    UserIdFormat, WeekStart,
+    IdentityKind, Limits, Method, Plan, PlanCase, StoreErrorPolicy, StoreKind, TimeZone,
+    UpstreamUrl, UserIdFormat, WeekStart,
 };
 pub use validate::{STANDARD_METHODS, mask_url};
 
@@ -111,8 +114,8 @@ pub struct Config {
     pub periods: PeriodsConfig,
     /// How the user and plan of a request are found.
     pub identity: IdentityConfig,
-    /// Plans by name, with their limits (0 = unlimited).
-    pub plans: BTreeMap<String, Limits>,
+    /// Plans by name, with their limits (0 = unlimited) and `shadow`.
+    pub plans: BTreeMap<String, Plan>,
     /// The routes to inspect; every other request is forwarded untouched.
     pub routes: Vec<RouteConfig>,
     /// Methods beyond the standard ones (GET, HEAD, POST, PUT, DELETE,
@@ -124,6 +127,19 @@ pub struct Config {
     /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
     /// case and with `-` and `_` alike; see `docs/routes.md`.
     pub strip_routing_headers: Vec<String>,
+    /// Shadow mode everywhere: no request is denied for a reached limit;
+    /// it is forwarded, logged as `would deny`, counted as `shadow_denied`
+    /// and flagged to the upstream in `shadow_header`. Routes and plans
+    /// have their own `shadow` too; any of the three puts a request in
+    /// shadow.
+    pub shadow: bool,
+    /// Request header that tells the upstream a request in shadow mode
+    /// would have been denied, and for which period (`daily`, `weekly`,
+    /// `monthly`); a client's own header of that name is always removed.
+    /// `""` sends none.
+    pub shadow_header: String,
+    /// `[status]`: the quota a signed-in user can read about themselves.
+    pub status: StatusConfig,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -157,6 +173,9 @@ impl Default for Config {
             strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
                 .map(str::to_owned)
                 .to_vec(),
+            shadow: false,
+            shadow_header: "X-Quota-Shadow-Denied".to_owned(),
+            status: StatusConfig::default(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
             admin: AdminConfig::default(),

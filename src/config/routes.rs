@@ -34,6 +34,10 @@ pub struct RouteConfig {
     /// generate images whatever its flag says (e.g. image-editing sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeConfig>,
+    /// Shadow mode on this route: a request over a limit is forwarded and
+    /// flagged instead of denied (see the top-level `shadow`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// A probe: `GET path` on the upstream, with the client's credentials,

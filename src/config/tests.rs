@@ -21,6 +21,11 @@ fn shipped_config_loads() {
     assert_eq!(c.routes[1].deny_status, 429);
     assert_eq!(c.routes[1].flag, "generate_image");
     assert_eq!(c.timeouts.response_head, Duration::from_secs(300));
+    assert_eq!(
+        (c.shadow, c.shadow_header.as_str()),
+        (false, "X-Quota-Shadow-Denied")
+    );
+    assert_eq!(c.status.path, None);
 }
 
 #[test]
@@ -197,6 +202,8 @@ fn django_preset_loads() {
     assert_eq!(c.routes[0].flag_rules, FlagRules::DjangoSendMessage);
     assert!(c.routes[0].probe.is_some());
     assert!(!c.messages.details);
+    assert_eq!(c.status.path.as_deref(), Some("/quota-status/"));
+    assert!(!c.shadow && !c.routes[0].shadow && !c.plans["free"].shadow);
     assert_eq!(
         c.usage.report_marker.as_ref().map(|m| m.start.as_str()),
         Some("[IMAGES_SAVED]")

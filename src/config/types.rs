@@ -178,6 +178,34 @@ impl Limits {
     }
 }
 
+/// One plan of `[plans]`: its limits (0 = unlimited) and whether they are
+/// only watched (`shadow = true`: a request over them is forwarded and
+/// flagged instead of denied; see docs/shadow-and-status.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plan {
+    /// Images per calendar day.
+    pub daily: u64,
+    /// Images per calendar week.
+    pub weekly: u64,
+    /// Images per calendar month.
+    pub monthly: u64,
+    /// Users on this plan are in shadow mode.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
+impl Plan {
+    /// The plan's limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+        }
+    }
+}
+
 /// An IANA time zone name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

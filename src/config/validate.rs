@@ -134,6 +134,18 @@ impl Config {
             ));
         }
         self.validate_report_token()?;
+        if !self.shadow_header.is_empty()
+            && http::HeaderName::from_bytes(self.shadow_header.as_bytes()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "shadow_header",
+                format!(
+                    "{:?} is not a valid header name (\"\" sends none)",
+                    self.shadow_header
+                ),
+            ));
+        }
+        self.status.validate()?;
         for (i, route) in self.routes.iter().enumerate() {
             if !(400..=599).contains(&route.deny_status) {
                 return Err(ConfigError::invalid(

@@ -43,7 +43,14 @@ impl PlanTable {
     pub fn from_config(config: &Config) -> Self {
         Self {
             case: config.identity.plan_case,
-            ..Self::new(config.plans.clone(), config.identity.default_plan.clone())
+            ..Self::new(
+                config
+                    .plans
+                    .iter()
+                    .map(|(name, plan)| (name.clone(), plan.limits()))
+                    .collect(),
+                config.identity.default_plan.clone(),
+            )
         }
     }
 
@@ -129,9 +136,9 @@ mod tests {
         let mut config = Config::default();
         config.plans.insert(
             "pro".to_owned(),
-            Limits {
+            crate::config::Plan {
                 daily: 50,
-                ..Limits::default()
+                ..Default::default()
             },
         );
         let sensitive = PlanTable::from_config(&config);

@@ -1,5 +1,6 @@
 //! Admission (phase: reserve): a flagged request's user reserves one unit
-//! in the store, or gets the answer to send instead — the denial, 401 for
+//! in the store, or is forwarded over the limit in shadow mode
+//! (`shadow.rs`), or gets the answer to send instead — the denial, 401 for
 //! an anonymous caller under `anonymous = "deny"`, 503 when the identity
 //! source or the store cannot answer and the policy says deny.
 
@@ -23,13 +24,14 @@ use crate::store::{Admission, ReserveRequest};
 /// Seconds a client is asked to wait when the store cannot answer.
 const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Reserves one unit for the user of a flagged request, or returns the
-/// answer to send instead (denial, 401, 503). `headers` are the request's,
-/// for its `X-Request-Id` in the log lines.
+/// answer to send instead (denial, 401, 503). `headers` are the request's:
+/// its `X-Request-Id` for the log lines, and where a request forwarded in
+/// shadow mode gets `shadow_header`.
 pub(super) async fn admit(
     shared: &Shared,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
 ) -> Result<Ticket, Response<Full<Bytes>>> {
     let request_id = headers.get(&X_REQUEST_ID).map_or("-", request_id::as_str);
     let identity = match identity {
@@ -96,9 +98,25 @@ pub(super) async fn admit(
             })
         }
         Ok(Admission::Exceeded { period, counts }) => {
-            route.counters.denied(period);
             let limit = identity.limits.of(period);
             let standing = Standing::new(&identity.limits, &counts, Some(period));
+            if shared.shadow.applies(route, identity.plan.as_deref()) {
+                route.counters.request(Decision::ShadowDenied);
+                tracing::info!(
+                    route = %route.name, user = %identity.user_id,
+                    plan = identity.plan.as_deref().unwrap_or("-"), decision = "shadow_denied",
+                    period = standing.period, limit, request_id,
+                    "would deny: image quota exceeded (shadow mode; forwarded)"
+                );
+                shared.shadow.mark(headers, period);
+                return Ok(Ticket::ShadowDenied {
+                    identity,
+                    counts,
+                    windows: request.windows,
+                    period,
+                });
+            }
+            route.counters.denied(period);
             tracing::info!(
                 route = %route.name, user = %identity.user_id,
                 plan = identity.plan.as_deref().unwrap_or("-"), decision = "denied",

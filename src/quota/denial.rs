@@ -70,6 +70,7 @@ mod tests {
             deny_status: StatusCode::FORBIDDEN,
             message: message.map(str::to_owned),
             probe: None,
+            shadow: false,
             counters: crate::metrics::RouteCounters::new("POST /x"),
         }
     }

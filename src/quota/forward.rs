@@ -163,17 +163,26 @@ where
     let shared = Arc::clone(&settlement.shared);
     let (mut parts, body) = response.into_parts();
     settlement.status = Some(parts.status);
-    if let Ticket::Reserved {
-        reservation,
-        identity,
-        counts,
-    } = &settlement.ticket
-    {
+    let standing = match &settlement.ticket {
+        Ticket::Reserved {
+            reservation,
+            identity,
+            counts,
+        } => Some((identity, counts, &reservation.windows)),
+        Ticket::ShadowDenied {
+            identity,
+            counts,
+            windows,
+            ..
+        } => Some((identity, counts, windows)),
+        _ => None,
+    };
+    if let Some((identity, counts, windows)) = standing {
         ratelimit::insert(
             &mut parts.headers,
             &identity.limits,
             counts,
-            &reservation.windows,
+            windows,
             shared.clock.now(),
         );
     }

@@ -13,6 +13,7 @@ use tower::Layer;
 use super::budget::BodyBudget;
 use super::probe::ProbeCache;
 use super::service::Quota;
+use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
@@ -47,8 +48,13 @@ pub struct QuotaLayer {
 /// Everything a request's inspection reads; one per config.
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
-    /// Headers removed from every request (`strip_routing_headers`).
+    /// Headers removed from every request (`strip_routing_headers`, and
+    /// `shadow_header`).
     pub(crate) routing_headers: RoutingHeaders,
+    /// Who is in shadow mode, and the header that tells the upstream.
+    pub(crate) shadow: ShadowPolicy,
+    /// `status.path`: answered here, never forwarded.
+    pub(crate) status_path: Option<String>,
     pub(crate) identity: Arc<dyn IdentitySource>,
     /// The client's identity headers, removed from every request and set
     /// from the verified identity, when the identity source does not trust
@@ -91,7 +97,27 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
-        let routing_headers = RoutingHeaders::new(&config.strip_routing_headers)
+        if let Some(path) = &config.status.path
+            && let Some(route) = routes.any_method(path)
+        {
+            return Err(ConfigError::invalid(
+                "status.path",
+                format!(
+                    "{path:?} is also the path of route \"{}\"; the proxy answers the status \
+                     path itself, so choose a path no route (and no view of the app) has",
+                    route.name
+                ),
+            ));
+        }
+        // The shadow header is the proxy's to send: a client's copy goes
+        // with the routing headers, in every spelling, in the same pass.
+        let stripped: Vec<&str> = config
+            .strip_routing_headers
+            .iter()
+            .map(String::as_str)
+            .chain(Some(config.shadow_header.as_str()).filter(|h| !h.is_empty()))
+            .collect();
+        let routing_headers = RoutingHeaders::new(&stripped)
             .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
@@ -201,6 +227,8 @@ impl QuotaLayerBuilder {
             shared: Arc::new(ArcSwap::from_pointee(Shared {
                 routes: self.routes,
                 routing_headers: self.routing_headers,
+                shadow: ShadowPolicy::new(&config),
+                status_path: config.status.path.clone(),
                 identity_headers: (!self.identity.trusts_client_headers())
                     .then(|| IdentityHeaders::from_config(&config.identity))
                     .and_then(Result::ok),

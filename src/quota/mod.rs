@@ -8,7 +8,9 @@
 //! `inspect`: read body → flag → identify → reserve → forward → report →
 //! settle. An upload (`multipart/form-data`) is read and flagged as it
 //! streams and waits for the decision in a spool (`spool.rs`): memory up to
-//! `body_buffer_bytes`, then a temporary file.
+//! `body_buffer_bytes`, then a temporary file. Shadow mode (`shadow.rs`)
+//! forwards a request over a limit instead of denying it; the quota-status
+//! path is answered here, never forwarded (`status.rs`).
 
 mod admit;
 mod body;
@@ -22,8 +24,10 @@ mod ratelimit;
 mod request_id;
 mod service;
 mod settle;
+mod shadow;
 mod spool;
 mod standing;
+mod status;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};

@@ -46,6 +46,7 @@ use super::probe::{ProbeAnswer, ProbeCache};
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
+use super::status;
 use crate::config::RequestBuffering;
 use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
@@ -116,6 +117,11 @@ where
         shared.routing_headers.strip(request.headers_mut());
         // Only the proxy gives the upstream a report token (forward.rs).
         shared.reports.strip_client_token(request.headers_mut());
+        if shared.status_path.as_deref() == Some(request.uri().path()) {
+            let future = Box::pin(status::respond(shared, request));
+            let kind = Kind::Inspected { future };
+            return ResponseFuture { kind, request_id };
+        }
         let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
             shared.passthrough.increment(1);
             let (parts, body) = request.into_parts();
@@ -364,10 +370,12 @@ where
         tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
     }
     let ticket = match identity {
-        Some(identity) if flagged => match admit(&shared, &route, identity, &parts.headers).await {
-            Ok(ticket) => ticket,
-            Err(answer) => return Ok(local(answer)),
-        },
+        Some(identity) if flagged => {
+            match admit(&shared, &route, identity, &mut parts.headers).await {
+                Ok(ticket) => ticket,
+                Err(answer) => return Ok(local(answer)),
+            }
+        }
         _ => {
             route.counters.request(Decision::Unflagged);
             Ticket::Unflagged {

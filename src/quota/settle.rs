@@ -12,6 +12,7 @@ use super::probe::ProbeCache;
 use super::request_id;
 use super::standing::Standing;
 use crate::identity::Identity;
+use crate::periods::{Period, PeriodWindows};
 use crate::report::UsageReport;
 use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
@@ -26,6 +27,15 @@ pub(crate) enum Ticket {
         reservation: Reservation,
         identity: Identity,
         counts: PeriodCounts,
+    },
+    /// Flagged, over a limit, and forwarded in shadow mode (`shadow.rs`):
+    /// nothing is held; reported images are counted in `windows`, the
+    /// periods of its admission.
+    ShadowDenied {
+        identity: Identity,
+        counts: PeriodCounts,
+        windows: PeriodWindows,
+        period: Period,
     },
     /// Flagged but forwarded without a reservation: anonymous under
     /// `anonymous = "forward"`, or the store failed under `allow`.
@@ -46,6 +56,7 @@ impl Ticket {
     fn decision(&self) -> &'static str {
         match self {
             Ticket::Reserved { .. } => "allowed",
+            Ticket::ShadowDenied { .. } => "shadow_denied",
             Ticket::Unreserved { decision, .. } => decision,
             Ticket::Unflagged { .. } => "unflagged",
         }
@@ -130,6 +141,15 @@ impl Settlement {
                 identity.plan.clone(),
                 Standing::new(&identity.limits, counts, None),
             ),
+            Ticket::ShadowDenied {
+                identity,
+                counts,
+                period,
+                ..
+            } => (
+                identity.plan.clone(),
+                Standing::new(&identity.limits, counts, Some(*period)),
+            ),
             Ticket::Unreserved {
                 identity: Some(identity),
                 ..
@@ -142,6 +162,19 @@ impl Settlement {
                 identity,
                 ..
             } => (Some(identity.user_id), Some(reservation)),
+            // Never reserved: what the upstream saved is counted once, in
+            // the periods it was admitted in, like an unflagged report.
+            Ticket::ShadowDenied {
+                identity, windows, ..
+            } => {
+                let reservation = (amount > 0).then(|| Reservation {
+                    id: Reservation::new_id(),
+                    user: identity.user_id.clone(),
+                    windows,
+                    expires_at: now,
+                });
+                (Some(identity.user_id), reservation)
+            }
             Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
             Ticket::Unflagged { headers, session } if amount > 0 => {
                 let ttl = route

@@ -49,6 +49,9 @@ pub struct Route {
     /// Asks the upstream whether a request will generate images whatever
     /// its flag says.
     pub probe: Option<ProbeSpec>,
+    /// Shadow mode on this route (`routes[i].shadow`): over a limit is
+    /// forwarded and flagged, not denied.
+    pub shadow: bool,
     /// Its request, denial and fail-open counters.
     pub counters: RouteCounters,
 }
@@ -119,9 +122,22 @@ impl RouteTable {
                 deny_status,
                 message: config.message.clone(),
                 probe,
+                shadow: config.shadow,
             }));
         }
         Ok(Self { by_method })
+    }
+
+    /// The first route, of any method, whose pattern matches `target` (as
+    /// received, still percent-encoded): a path the proxy keeps for itself
+    /// must be none of these.
+    pub fn any_method(&self, target: &str) -> Option<&Route> {
+        let path = backend_path(target);
+        self.by_method
+            .values()
+            .flatten()
+            .find(|route| route.pattern.matches(&path).is_some())
+            .map(Arc::as_ref)
     }
 
     /// True when no route is inspected.
@@ -243,5 +259,13 @@ mod tests {
         assert_eq!(m.route.deny_status, StatusCode::FORBIDDEN);
         let m = t.find(&Method::POST, "/a/x/").expect("str");
         assert_eq!(m.route.deny_status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn any_method_finds_a_path_taken_by_any_route() {
+        let t = table("[[routes]]\nmethod = \"PUT\"\npath = \"q/<int:id>/\"\n");
+        let taken = t.any_method("/q/%30017/").expect("the PUT route's path");
+        assert_eq!(taken.name, "PUT q/<int:id>/");
+        assert!(t.any_method("/quota-status/").is_none());
     }
 }

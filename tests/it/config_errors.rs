@@ -87,6 +87,27 @@ fn methods_are_standard_or_listed_as_extensions() {
 }
 
 #[test]
+fn status_path_is_absolute_and_no_route_of_the_app() {
+    refused_everywhere(
+        &format!("[status]\npath = \"quota-status/\"\n{ROUTE}"),
+        "status.path",
+    );
+    let taken = format!("[status]\npath = \"/gen/\"\n{ROUTE}");
+    refused_everywhere(&taken, "status.path");
+    let (_dir, path) = config_file(&taken);
+    let said = stderr(&run_cli(Some(&path), &["check-config"]));
+    assert!(said.contains("route \"POST /gen/\""), "{said}");
+    let (_dir, path) = config_file(&format!("[status]\npath = \"/quota-status/\"\n{ROUTE}"));
+    let output = run_cli(Some(&path), &["check-config"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn shadow_header_is_a_header_name() {
+    refused_everywhere("shadow_header = \"would deny\"\n", "shadow_header");
+}
+
+#[test]
 fn local_fallback_needs_redis() {
     refused_everywhere(
         &format!("[store]\nkind = \"memory\"\non_store_error = \"local\"\n{ROUTE}"),

@@ -24,6 +24,7 @@ mod redis_faults;
 mod redis_scale;
 mod reports;
 mod routes;
+mod shadow_status;
 mod store;
 mod store_lifecycle;
 mod streaming;

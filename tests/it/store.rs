@@ -244,6 +244,7 @@ contract!(
     extend_of_gone_reservation_does_nothing,
     adjust_floors_at_zero,
     usage_reports_used_and_reserved_per_user,
+    usage_is_a_read_that_changes_nothing,
     odd_user_ids_keep_their_keys_together,
     ping_answers,
 );
@@ -374,6 +375,36 @@ async fn settle_adds_to_all_three_windows(s: Subject) {
             used: 3,
             reserved: 0
         }; 3]
+    );
+}
+
+/// `usage` (the quota-status endpoint's one store call, and the usage API's)
+/// only reads: reading again answers the same, frees no room, holds none,
+/// and a user it reads is not created.
+async fn usage_is_a_read_that_changes_nothing(s: Subject) {
+    let now = at(NOW);
+    let l = limits(2, 10, 10);
+    let r = s.hold("alice", l, now).await;
+    s.settle(&r, 1, now).await;
+    s.hold("alice", l, now).await;
+    let seen = PeriodUsage {
+        used: 1,
+        reserved: 1,
+    };
+    for _ in 0..3 {
+        assert_eq!(s.usage("alice", now).await, [seen; 3]);
+    }
+    assert_eq!(
+        s.reserve("alice", l, now).await,
+        exceeded(Period::Daily, [2, 2, 2])
+    );
+    for _ in 0..3 {
+        assert_eq!(s.usage("nobody", now).await, [PeriodUsage::default(); 3]);
+    }
+    s.hold("nobody", limits(1, 1, 1), now).await;
+    assert_eq!(
+        s.reserve("nobody", limits(1, 1, 1), now).await,
+        exceeded(Period::Daily, [1, 1, 1])
     );
 }
 

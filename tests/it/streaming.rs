@@ -600,3 +600,56 @@ path = "/{kind}/{id}/"
     assert_eq!(answer.text(), "streamed");
     assert_eq!(proxy.wait_settled("tr", 1).await[0].used, 1);
 }
+
+/// The preset with its `shadow = true` line uncommented: a user the app
+/// allows 1 a day streams three replies that save images; all three reach
+/// the app, the two over the limit marked `X-Quota-Shadow-Denied: daily`,
+/// and their in-band reports still count. The status path the preset turns
+/// on then says so.
+#[tokio::test]
+async fn preset_in_shadow_forwards_and_counts_in_band_reports() {
+    let app = app(Duration::from_millis(5)).await;
+    let config = preset().replace("# shadow = true", "shadow = true");
+    assert!(
+        config.contains("\nshadow = true"),
+        "the preset offers the line"
+    );
+    let proxy = Proxy::memory(&config, &app.upstream, at(NOW)).await;
+    let client = TestClient::new(proxy.addr);
+    for i in 1..=3 {
+        let answer = send(&client, "1", "one-a", "true").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "reply {i}: {}",
+            answer.text()
+        );
+        assert!(!answer.text().contains("IMAGES_SAVED"));
+        proxy.wait_settled("one-a", i).await;
+    }
+    assert_eq!(app.images.load(Ordering::SeqCst), 3);
+    let marks: Vec<Option<String>> = app
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path().ends_with("/send/"))
+        .map(|r| r.header("x-quota-shadow-denied").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        marks,
+        [None, Some("daily".to_owned()), Some("daily".to_owned())]
+    );
+    let status = client
+        .send(
+            Method::GET,
+            "/quota-status/",
+            &[("cookie", "sessionid=one-a")],
+            "",
+        )
+        .await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.text());
+    let status = status.json();
+    assert_eq!(status["shadow"], true);
+    assert_eq!(status["periods"][0]["used"], 3);
+    assert_eq!(status["periods"][0]["remaining"], 0);
+}

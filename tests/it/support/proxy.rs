@@ -188,11 +188,13 @@ impl Drop for Proxy {
     }
 }
 
-/// A real store with a call counter in front, to show which requests made
-/// no store call at all.
+/// A real store with call counters in front, to show which requests made
+/// no store call at all: `calls` counts the request path's calls (reserve,
+/// settle, extend), `reads` the usage reads.
 pub struct CountingStore {
     inner: Arc<dyn QuotaStore>,
     calls: AtomicUsize,
+    reads: AtomicUsize,
 }
 
 impl CountingStore {
@@ -200,11 +202,17 @@ impl CountingStore {
         Self {
             inner,
             calls: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
         }
     }
 
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `usage` calls so far (the test's own reads included).
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
     }
 
     fn count(&self) {
@@ -242,6 +250,7 @@ impl QuotaStore for CountingStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.usage(user, windows, now).await
     }
     async fn adjust(
