@@ -123,7 +123,7 @@ pub struct Config {
     /// Request headers removed from every request because they move the
     /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
     /// case and with `-` and `_` alike; see `docs/routes.md`.
-    pub strip_routing_headers: Vec<String>,
+    pub strip_routing_headers: Vec<RequiredHeader>,
     /// How the upstream reports saved images.
     pub usage: UsageConfig,
     /// Denial messages per period.
@@ -155,7 +155,7 @@ impl Default for Config {
             routes: Vec::new(),
             extension_methods: Vec::new(),
             strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
-                .map(str::to_owned)
+                .map(RequiredHeader::from_static)
                 .to_vec(),
             usage: UsageConfig::default(),
             messages: Messages::default(),

@@ -109,8 +109,6 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
-        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
-            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         self.validate_rules()?;
         Ok(())

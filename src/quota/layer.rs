@@ -91,8 +91,7 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         let routes = RouteTable::new(&config.routes)?;
-        let routing_headers = RoutingHeaders::new(&config.strip_routing_headers)
-            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
+        let routing_headers = RoutingHeaders::new(&config.strip_routing_headers);
         let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
             config: config.clone(),
