@@ -195,7 +195,7 @@ pub async fn open_store(config: &Config, opening: Opening) -> Result<OpenStore, 
     let redis = RedisStore::lazy(&RedisOptions {
         topology: topology(store),
         key_prefix: store.key_prefix.clone(),
-        command_timeout: store.command_timeout,
+        command_timeout: store.command_timeout.get(),
         root_cert,
     })?
     // The serving threads (`Workers`) each get a connection of their own.
@@ -215,7 +215,7 @@ pub async fn open_store(config: &Config, opening: Opening) -> Result<OpenStore, 
         ResilientSettings {
             breaker: BreakerSettings {
                 failures: store.breaker.failures,
-                open_for: store.breaker.open_for,
+                open_for: store.breaker.open_for.get(),
             },
             settle_queue: store.settle_queue,
             outage: match store.on_store_error {
@@ -286,7 +286,7 @@ pub async fn serve_limited(
 ) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
     let service = layer.layer(UpstreamMetrics::new(proxy));
-    let grace = config.shutdown_grace;
+    let grace = config.shutdown_grace.get();
     crate::server::serve_limited(listener, service, shutdown, grace, balance, per_ip).await?;
     Ok(())
 }
@@ -374,7 +374,7 @@ pub async fn run(
     let (cut, cut_short) = oneshot::channel::<()>();
     let controller = tokio::spawn(obey(Arc::clone(&state), control, drain.clone(), cut));
 
-    let grace = config.shutdown_grace;
+    let grace = config.shutdown_grace.get();
     let mut workers = Workers::start(&config, &layer, listeners.proxy, &drain)?;
     let drained = async {
         workers.served().await?;

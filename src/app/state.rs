@@ -375,7 +375,7 @@ mod tests {
     fn per_request_store_settings_need_no_new_connection() {
         let a = Config::default();
         let mut b = a.clone();
-        b.store.reservation_ttl = Duration::from_secs(1);
+        b.store.reservation_ttl = crate::config::NonZeroDuration::from_secs(1);
         b.store.on_store_error = crate::config::StoreErrorPolicy::Deny;
         assert_eq!(connection(&a), connection(&b));
         b.store.on_store_error = crate::config::StoreErrorPolicy::Local;

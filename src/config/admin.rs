@@ -11,7 +11,7 @@ use super::{Config, ConfigError, LogFormat};
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, and the usage API
 /// under `/v1/` when a token is configured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener; never the proxy's own `listen`.
@@ -44,7 +44,7 @@ impl Default for AdminConfig {
 }
 
 /// Logs: one line per inspected request, and the proxy's own events.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `pretty` (for people) or `json` (one object per line, for collectors).
@@ -68,14 +68,8 @@ impl Default for LogConfig {
 }
 
 impl Config {
-    /// Checks `shutdown_grace`, `[admin]` and `[log]`.
+    /// Checks `[admin]` and `[log]`.
     pub(super) fn validate_operations(&self) -> Result<(), ConfigError> {
-        if self.shutdown_grace.is_zero() {
-            return Err(ConfigError::invalid(
-                "shutdown_grace",
-                "must be longer than 0s",
-            ));
-        }
         // Port 0 asks the system for a free port: two of them never collide.
         if self.admin.listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::invalid(

@@ -22,7 +22,9 @@ pub enum ConfigError {
         /// The parser's message, with the line and the field.
         message: String,
     },
-    /// A field parsed but its value cannot be used.
+    /// A field's value cannot be used: its type refused it when the file
+    /// was parsed (the reason then carries the line and column), or a rule
+    /// between fields did.
     #[error("{field}: {reason}")]
     Invalid {
         /// The dotted path of the field, e.g. `identity.default_plan`.

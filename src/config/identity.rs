@@ -8,18 +8,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, IdentityKind, PlanCase, UpstreamUrl,
-    UserIdFormat,
+    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, IdentityKind, NonZeroByteSize,
+    NonZeroDuration, PlanCase, RequiredHeader, UpstreamUrl, UserIdFormat,
 };
 
 /// How a request's user and plan are found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// Header holding the user id, set by a trusted front.
-    pub user_header: String,
+    pub user_header: RequiredHeader,
     /// Header holding the plan name.
-    pub plan_header: String,
+    pub plan_header: RequiredHeader,
     /// Plan for a user whose plan is missing or unknown; unlimited when unset.
     pub default_plan: Option<String>,
     /// How plan names are matched against `[plans]`: `sensitive` (the
@@ -49,8 +49,8 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            user_header: "X-User-Id".to_owned(),
-            plan_header: "X-Subscription-Type".to_owned(),
+            user_header: RequiredHeader::from_static("x-user-id"),
+            plan_header: RequiredHeader::from_static("x-subscription-type"),
             default_plan: None,
             plan_case: PlanCase::Sensitive,
             anonymous: AnonymousPolicy::Forward,
@@ -64,7 +64,7 @@ impl Default for IdentityConfig {
 }
 
 /// `[identity.forward_auth]`: ask the Django app who the caller is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardAuthConfig {
     /// The identity endpoint: a path on `upstream` (`/api/quota/identity/`)
@@ -72,11 +72,10 @@ pub struct ForwardAuthConfig {
     pub url: String,
     /// The caller's headers sent along; they carry its credentials. A
     /// request with none of them is anonymous without any call.
-    pub forward_headers: Vec<String>,
+    pub forward_headers: Vec<RequiredHeader>,
     /// Longest wait for one answer (connect, head and body); exceeded → the
     /// identity is unavailable (see `on_identity_error`).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
+    pub timeout: NonZeroDuration,
     /// How long a user's answer is reused for the same credentials; `0s`
     /// asks every time.
     #[serde(with = "humantime_serde")]
@@ -88,19 +87,22 @@ pub struct ForwardAuthConfig {
     pub cache_max_entries: usize,
     /// Most bytes the cached answers take (keys, identities and
     /// bookkeeping); the least recently used is dropped to make room.
-    pub cache_max_bytes: u64,
+    pub cache_max_bytes: NonZeroByteSize,
 }
 
 impl Default for ForwardAuthConfig {
     fn default() -> Self {
         Self {
             url: "/api/quota/identity/".to_owned(),
-            forward_headers: vec!["Cookie".to_owned(), "Authorization".to_owned()],
-            timeout: Duration::from_secs(2),
+            forward_headers: vec![
+                RequiredHeader::from_static("cookie"),
+                RequiredHeader::from_static("authorization"),
+            ],
+            timeout: NonZeroDuration::from_secs(2),
             cache_ttl: Duration::from_secs(30),
             negative_cache_ttl: Duration::from_secs(5),
             cache_max_entries: 100_000,
-            cache_max_bytes: 32 * 1024 * 1024,
+            cache_max_bytes: NonZeroByteSize::new(32 * 1024 * 1024),
         }
     }
 }
@@ -138,7 +140,7 @@ impl ForwardAuthConfig {
 /// `secret_env` or `secret_file` (HMAC, e.g. djangorestframework-simplejwt
 /// signing with Django's `SECRET_KEY`), `public_key_file` (a PEM public key)
 /// or `jwks_file` (a local JWK set, keys chosen by `kid`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// Environment variable holding the HMAC secret.
@@ -296,29 +298,9 @@ impl Config {
                 "must name at least one header, e.g. [\"Cookie\", \"Authorization\"]",
             ));
         }
-        for (i, header) in fa.forward_headers.iter().enumerate() {
-            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(
-                    format!("identity.forward_auth.forward_headers[{i}]"),
-                    format!("{header:?} is not a valid header name"),
-                ));
-            }
-        }
-        if fa.timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "identity.forward_auth.timeout",
-                "must be longer than 0s",
-            ));
-        }
         if fa.cache_max_entries == 0 {
             return Err(ConfigError::invalid(
                 "identity.forward_auth.cache_max_entries",
-                "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
-            ));
-        }
-        if fa.cache_max_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "identity.forward_auth.cache_max_bytes",
                 "must be above 0 (set cache_ttl = \"0s\" to turn the cache off)",
             ));
         }

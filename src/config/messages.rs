@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Denial message templates; `{limit}` is replaced by the period's limit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Messages {
     /// When the daily limit is reached.

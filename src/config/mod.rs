@@ -21,6 +21,7 @@
 //! | `messages` | `[messages]`: [`Messages`] |
 //! | `admin` | `[admin]` and `[log]`: [`AdminConfig`], [`LogConfig`] |
 //! | `types` | value types that parse from what a person writes |
+//! | `values` | values that cannot be bad: [`HeaderField`], [`RequiredHeader`], [`NonZeroDuration`], [`ByteSize`], [`NonZeroByteSize`] |
 //! | `error` | [`ConfigError`] |
 //! | `validate` | [`Config::validate`] and the checks against the machine |
 
@@ -36,13 +37,12 @@ mod timeouts;
 mod types;
 mod usage;
 mod validate;
+mod values;
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 pub use self::admin::{AdminConfig, LogConfig};
 pub use self::error::ConfigError;
@@ -61,13 +61,14 @@ pub use types::{
     UpstreamUrl, UserIdFormat, WeekStart,
 };
 pub use validate::{STANDARD_METHODS, mask_url};
+pub use values::{ByteSize, HeaderField, NonZeroByteSize, NonZeroDuration, RequiredHeader};
 
 /// Where the binary looks for its config when neither `--config` nor
 /// `QUOTA_PROXY_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "config/quota-proxy.toml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address the proxy listens on.
@@ -75,11 +76,11 @@ pub struct Config {
     /// The service every request is forwarded to: `http://host:port`.
     pub upstream: UpstreamUrl,
     /// Largest request body read on an inspected route; larger → 413.
-    pub max_body_bytes: u64,
+    pub max_body_bytes: NonZeroByteSize,
     /// Bytes of an inspected `multipart/form-data` body kept in memory while
     /// it waits for the decision; the rest goes to a temporary file (nginx's
     /// `client_body_buffer_size`).
-    pub body_buffer_bytes: u64,
+    pub body_buffer_bytes: ByteSize,
     /// Directory of those temporary files; the system's temporary directory
     /// when unset. The files are unlinked as they are made, so nothing is
     /// left behind, even after a crash.
@@ -89,7 +90,7 @@ pub struct Config {
     /// in spool files together (inspected bodies, and every body under
     /// `request_buffering = "all"`); a request that finds no room within a
     /// short wait gets 503 with `Retry-After`. See docs/limits.md.
-    pub body_budget_bytes: u64,
+    pub body_budget_bytes: ByteSize,
     /// Which request bodies are received whole before the upstream is
     /// called: `inspected` (only those the proxy must judge), `all` (every
     /// body: slow clients cannot hold the upstream's workers) or `off`.
@@ -100,8 +101,7 @@ pub struct Config {
     pub max_connections_per_ip: Option<std::num::NonZeroU32>,
     /// How long in-flight requests may run on after SIGTERM or SIGINT before
     /// they are cut; pending settlements are then flushed.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    pub shutdown_grace: NonZeroDuration,
     /// Threads serving the proxy listener, each with its own event loop and
     /// upstream connection pool; 0 = one per CPU the process may use
     /// (cgroup CPU limits included).
@@ -126,7 +126,7 @@ pub struct Config {
     /// Request headers removed from every request because they move the
     /// path Django routes (`SCRIPT_NAME`, `X-Forwarded-Prefix`, …), in any
     /// case and with `-` and `_` alike; see `docs/routes.md`.
-    pub strip_routing_headers: Vec<String>,
+    pub strip_routing_headers: Vec<RequiredHeader>,
     /// Shadow mode everywhere: no request is denied for a reached limit;
     /// it is forwarded, logged as `would deny`, counted as `shadow_denied`
     /// and flagged to the upstream in `shadow_header`. Routes and plans
@@ -137,7 +137,7 @@ pub struct Config {
     /// would have been denied, and for which period (`daily`, `weekly`,
     /// `monthly`); a client's own header of that name is always removed.
     /// `""` sends none.
-    pub shadow_header: String,
+    pub shadow_header: HeaderField,
     /// `[status]`: the quota a signed-in user can read about themselves.
     pub status: StatusConfig,
     /// How the upstream reports saved images.
@@ -155,13 +155,13 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: UpstreamUrl::default(),
-            max_body_bytes: 10 * 1024 * 1024,
-            body_buffer_bytes: 1024 * 1024,
+            max_body_bytes: NonZeroByteSize::new(10 * 1024 * 1024),
+            body_buffer_bytes: ByteSize::new(1024 * 1024),
             spool_dir: None,
-            body_budget_bytes: 256 * 1024 * 1024,
+            body_budget_bytes: ByteSize::new(256 * 1024 * 1024),
             request_buffering: RequestBuffering::Inspected,
             max_connections_per_ip: None,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: NonZeroDuration::from_secs(30),
             threads: 0,
             timeouts: Timeouts::default(),
             store: StoreConfig::default(),
@@ -171,10 +171,10 @@ impl Default for Config {
             routes: Vec::new(),
             extension_methods: Vec::new(),
             strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
-                .map(str::to_owned)
+                .map(RequiredHeader::from_static)
                 .to_vec(),
             shadow: false,
-            shadow_header: "X-Quota-Shadow-Denied".to_owned(),
+            shadow_header: HeaderField::from_static("x-quota-shadow-denied"),
             status: StatusConfig::default(),
             usage: UsageConfig::default(),
             messages: Messages::default(),
@@ -221,11 +221,22 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates a config from TOML text.
+    /// Parses and validates a config from TOML text. A value its type
+    /// refuses is an error naming the field (`timeouts.idle: …`), with the
+    /// parser's line and column.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let syntax = |e: toml::de::Error| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
+        };
+        let document = toml::Deserializer::parse(text).map_err(syntax)?;
+        let config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let field = e.path().to_string();
+            match field.as_str() {
+                // The document itself: a syntax error or an unknown top-level key.
+                "." | "?" => syntax(e.into_inner()),
+                _ => ConfigError::invalid(field, e.into_inner().to_string()),
+            }
         })?;
         config.validate()?;
         Ok(config)

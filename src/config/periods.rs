@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{TimeZone, WeekStart};
 
 /// How periods are cut.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeriodsConfig {
     /// IANA time zone name, e.g. `Asia/Tehran`.

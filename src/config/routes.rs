@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FlagRules, Method};
+use super::{FlagRules, Method, RequiredHeader};
 
 /// One route to inspect.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// HTTP method, e.g. `POST`.
@@ -58,7 +58,7 @@ pub struct ProbeConfig {
     pub cache_ttl: Duration,
     /// Request headers passed on to the probe (the client's credentials).
     #[serde(default = "default_probe_headers")]
-    pub forward_headers: Vec<String>,
+    pub forward_headers: Vec<RequiredHeader>,
     /// Longest wait for the probe's answer; a probe that fails or times out
     /// counts the request as asking for an image (it is checked, and
     /// released if no image is saved).
@@ -78,8 +78,11 @@ fn default_probe_ttl() -> Duration {
     Duration::from_secs(600)
 }
 
-fn default_probe_headers() -> Vec<String> {
-    vec!["cookie".to_owned(), "authorization".to_owned()]
+fn default_probe_headers() -> Vec<RequiredHeader> {
+    vec![
+        RequiredHeader::from_static("cookie"),
+        RequiredHeader::from_static("authorization"),
+    ]
 }
 
 fn default_flag() -> String {

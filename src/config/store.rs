@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, StoreErrorPolicy, StoreKind, mask_url};
+use super::{ConfigError, NonZeroDuration, StoreErrorPolicy, StoreKind, mask_url};
 
 /// Where usage is counted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `memory` (one instance, nothing to install) or `redis` (shared).
@@ -43,12 +43,10 @@ pub struct StoreConfig {
     /// What a flagged request gets when the store cannot answer.
     pub on_store_error: StoreErrorPolicy,
     /// How long a reservation lives without being settled.
-    #[serde(with = "humantime_serde")]
-    pub reservation_ttl: Duration,
+    pub reservation_ttl: NonZeroDuration,
     /// Longest wait for one store call (and one connection attempt) before
     /// it counts as a store error.
-    #[serde(with = "humantime_serde")]
-    pub command_timeout: Duration,
+    pub command_timeout: NonZeroDuration,
     /// When Redis stops being called after repeated failures, and for how
     /// long.
     pub breaker: BreakerConfig,
@@ -78,8 +76,8 @@ impl Default for StoreConfig {
             tls_ca_file: None,
             key_prefix: "quota:".to_owned(),
             on_store_error: StoreErrorPolicy::Allow,
-            reservation_ttl: Duration::from_secs(180),
-            command_timeout: Duration::from_millis(50),
+            reservation_ttl: NonZeroDuration::from_secs(180),
+            command_timeout: NonZeroDuration::from_millis(50),
             breaker: BreakerConfig::default(),
             settle_queue: 100_000,
             flush_timeout: Duration::from_secs(5),
@@ -120,15 +118,14 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// How long it stays open: calls fail at once, then one probe call
     /// tries Redis again.
-    #[serde(with = "humantime_serde")]
-    pub open_for: Duration,
+    pub open_for: NonZeroDuration,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failures: 5,
-            open_for: Duration::from_secs(2),
+            open_for: NonZeroDuration::from_secs(2),
         }
     }
 }

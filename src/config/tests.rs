@@ -20,10 +20,10 @@ fn shipped_config_loads() {
     assert_eq!(c.routes[0].deny_status, 403);
     assert_eq!(c.routes[1].deny_status, 429);
     assert_eq!(c.routes[1].flag, "generate_image");
-    assert_eq!(c.timeouts.response_head, Duration::from_secs(300));
+    assert_eq!(c.timeouts.response_head.get(), Duration::from_secs(300));
     assert_eq!(
-        (c.shadow, c.shadow_header.as_str()),
-        (false, "X-Quota-Shadow-Denied")
+        (c.shadow, String::from(c.shadow_header.clone())),
+        (false, "x-quota-shadow-denied".to_owned())
     );
     assert_eq!(c.status.path, None);
 }
@@ -83,7 +83,7 @@ weekly = "شما به حد مجاز تولید تصویر هفتگی ({limit} ع
 monthly = "شما به حد مجاز تولید تصویر ماهانه ({limit} عدد) رسیده‌اید"
 "#;
     let c = Config::from_toml(text).expect("the issue's config shape loads");
-    assert_eq!(c.store.reservation_ttl, Duration::from_secs(180));
+    assert_eq!(c.store.reservation_ttl.get(), Duration::from_secs(180));
     // What check-config prints loads back to the same thing.
     let again = Config::from_toml(&c.to_toml()).expect("round trip");
     assert_eq!(again.to_toml(), c.to_toml());
@@ -114,7 +114,7 @@ fn errors_name_the_field() {
 fn operations_sections() {
     let c = Config::from_toml("").expect("defaults");
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
-    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.shutdown_grace.get(), Duration::from_secs(30));
     assert_eq!(c.log.format, LogFormat::Pretty);
     assert_eq!(c.log.filter, "info");
     assert!(error_of("shutdown_grace = \"0s\"").starts_with("shutdown_grace"));
@@ -213,7 +213,7 @@ fn django_preset_loads() {
 #[test]
 fn body_spool_fields() {
     let c = Config::from_toml("").expect("defaults");
-    assert_eq!(c.body_buffer_bytes, 1024 * 1024);
+    assert_eq!(c.body_buffer_bytes.get(), 1024 * 1024);
     assert_eq!(c.spool_dir, None);
     let dir = std::env::temp_dir();
     let c = Config::from_toml(&format!(
@@ -221,7 +221,7 @@ fn body_spool_fields() {
         dir.display().to_string()
     ))
     .expect("spool fields");
-    assert_eq!(c.body_buffer_bytes, 0);
+    assert_eq!(c.body_buffer_bytes.get(), 0);
     assert_eq!(c.spool_dir.as_deref(), Some(dir.as_path()));
     assert!(Config::from_toml(&c.to_toml()).is_ok(), "round trip");
     let mut config = Config::from_toml("spool_dir = \"/nonexistent/quota-proxy-spool\"")
@@ -239,9 +239,9 @@ fn body_spool_fields() {
 #[test]
 fn store_defaults_hold_redis_fast() {
     let c = Config::from_toml("").expect("defaults");
-    assert_eq!(c.store.command_timeout, Duration::from_millis(50));
+    assert_eq!(c.store.command_timeout.get(), Duration::from_millis(50));
     assert_eq!(c.store.breaker.failures, 5);
-    assert_eq!(c.store.breaker.open_for, Duration::from_secs(2));
+    assert_eq!(c.store.breaker.open_for.get(), Duration::from_secs(2));
     assert_eq!(c.store.settle_queue, 100_000);
     assert_eq!(c.store.flush_timeout, Duration::from_secs(5));
     assert!(c.store.cluster.is_empty() && c.store.sentinel.is_none());
@@ -259,7 +259,7 @@ breaker = { failures = 3, open_for = "500ms" }"#,
     .expect("cluster");
     assert_eq!(c.store.cluster.len(), 2);
     assert_eq!(c.store.on_store_error, StoreErrorPolicy::Local);
-    assert_eq!(c.store.breaker.open_for, Duration::from_millis(500));
+    assert_eq!(c.store.breaker.open_for.get(), Duration::from_millis(500));
     let c = Config::from_toml(
         r#"[store]
 kind = "redis"
@@ -326,8 +326,8 @@ fn store_errors_name_the_field() {
 #[test]
 fn body_limits_parse_and_name_the_field_to_fix() {
     let c = Config::from_toml("").expect("defaults");
-    assert_eq!(c.timeouts.client_body, Duration::from_secs(30));
-    assert_eq!(c.body_budget_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.timeouts.client_body.get(), Duration::from_secs(30));
+    assert_eq!(c.body_budget_bytes.get(), 256 * 1024 * 1024);
     assert_eq!(c.request_buffering, RequestBuffering::Inspected);
     assert_eq!(c.max_connections_per_ip, None);
     let c = Config::from_toml(
@@ -336,7 +336,7 @@ fn body_limits_parse_and_name_the_field_to_fix() {
     .expect("valid");
     assert_eq!(c.request_buffering, RequestBuffering::All);
     assert_eq!(c.max_connections_per_ip.map(|n| n.get()), Some(8));
-    assert_eq!(c.timeouts.client_body, Duration::from_secs(5));
+    assert_eq!(c.timeouts.client_body.get(), Duration::from_secs(5));
     let small = Config::from_toml("max_body_bytes = 1000\nbody_budget_bytes = 999")
         .expect_err("budget below one body");
     assert!(
@@ -361,7 +361,10 @@ fn report_token_fields() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");
     let c = Config::load(&path).expect("config/django-mobixai.toml loads");
     assert!(c.usage.require_report_token);
-    assert_eq!(c.usage.report_token_header, "X-Quota-Report-Token");
+    assert_eq!(
+        c.usage.report_token_header,
+        HeaderField::from_static("x-quota-report-token")
+    );
     assert_eq!(c.usage.max_images_per_response, 16);
     let marker = "[usage]\nreport_marker = { start = \"[A]\", end = \"[B]\" }\n";
     assert!(
@@ -381,4 +384,55 @@ fn report_token_fields() {
         error_of("[usage]\nmax_images_per_response = 0")
             .starts_with("usage.max_images_per_response")
     );
+}
+
+/// `check-config` prints a config that parses again to the same config:
+/// every shipped config, defaults filled in, and one with every value type
+/// in its unit form.
+#[test]
+fn check_config_output_parses_to_the_same_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts: Vec<(String, String)> = [
+        "config/quota-proxy.toml",
+        "config/django-mobixai.toml",
+        "deploy/kubernetes/quota-proxy.toml",
+    ]
+    .into_iter()
+    .map(|file| {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        (file.to_owned(), text)
+    })
+    .collect();
+    texts.push((
+        "units".to_owned(),
+        r#"
+max_body_bytes = "55MB"
+body_buffer_bytes = "512KiB"
+body_budget_bytes = "1GiB"
+shutdown_grace = "1m 30s"
+[timeouts]
+connect = "250ms"
+[usage]
+report_header = "X-Images-Saved"
+report_token_header = ""
+require_report_token = false
+max_json_bytes = "2MiB"
+[identity]
+user_header = "X-Verified-User"
+[identity.forward_auth]
+forward_headers = ["Cookie", "X-Api-Key"]
+cache_max_bytes = "8MiB"
+"#
+        .to_owned(),
+    ));
+    for (name, text) in texts {
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let shown = config.to_toml();
+        let again = Config::from_toml(&shown).unwrap_or_else(|e| panic!("{name}: {e}\n{shown}"));
+        assert_eq!(again, config, "{name} → {shown}");
+    }
+    let units = Config::from_toml("max_body_bytes = \"55MB\"\nbody_budget_bytes = \"1GiB\"")
+        .expect("units");
+    assert_eq!(units.max_body_bytes.get(), 55_000_000);
+    assert_eq!(units.body_budget_bytes.get(), 1 << 30);
 }

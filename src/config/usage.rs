@@ -3,21 +3,21 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError, CountMode};
+use super::{ByteSize, Config, ConfigError, CountMode, HeaderField};
 
 /// How the upstream reports that it saved images.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UsageConfig {
     /// Response header carrying the count; removed before the client sees
     /// it. Empty string = not read.
-    pub report_header: String,
+    pub report_header: HeaderField,
     /// Top-level field of a JSON response carrying a count, a boolean or an
     /// array. Empty string = not read.
     pub report_json_field: String,
     /// Largest JSON response parsed for the field; larger ones stream on
     /// unread.
-    pub max_json_bytes: u64,
+    pub max_json_bytes: ByteSize,
     /// `requests`: +1 per response that saved images; `images`: + the count.
     pub count: CountMode,
     /// Markers around an in-band report at the end of a streamed body, e.g.
@@ -32,7 +32,7 @@ pub struct UsageConfig {
     /// Request header carrying a fresh random token to the upstream on
     /// every inspected request (a client's own is removed from every
     /// request). Empty = no token sent.
-    pub report_token_header: String,
+    pub report_token_header: HeaderField,
     /// In-band reports (markers, SSE events) count only when their JSON
     /// carries the request's token: the app echoes what users type.
     pub require_report_token: bool,
@@ -55,14 +55,14 @@ pub struct ReportMarker {
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
-            report_header: "X-Images-Saved".to_owned(),
+            report_header: HeaderField::from_static("x-images-saved"),
             report_json_field: "images_saved".to_owned(),
-            max_json_bytes: 1024 * 1024,
+            max_json_bytes: ByteSize::new(1024 * 1024),
             count: CountMode::Requests,
             report_marker: None,
             strip_marker: true,
             report_sse_event: String::new(),
-            report_token_header: "X-Quota-Report-Token".to_owned(),
+            report_token_header: HeaderField::from_static("x-quota-report-token"),
             require_report_token: true,
             max_images_per_response: 16,
         }
@@ -73,16 +73,8 @@ impl Config {
     /// Checks the report token and count bound of `[usage]`.
     pub(super) fn validate_report_token(&self) -> Result<(), ConfigError> {
         let usage = &self.usage;
-        if !usage.report_token_header.is_empty()
-            && http::HeaderName::from_bytes(usage.report_token_header.as_bytes()).is_err()
-        {
-            return Err(ConfigError::invalid(
-                "usage.report_token_header",
-                format!("{:?} is not a valid header name", usage.report_token_header),
-            ));
-        }
         let in_band = usage.report_marker.is_some() || !usage.report_sse_event.is_empty();
-        if in_band && usage.require_report_token && usage.report_token_header.is_empty() {
+        if in_band && usage.require_report_token && usage.report_token_header.is_off() {
             return Err(ConfigError::invalid(
                 "usage.report_token_header",
                 "must be set while usage.require_report_token is true (or set that to false, \

@@ -34,10 +34,7 @@ pub const STANDARD_METHODS: &[&str] = &[
 impl Config {
     /// Checks what types alone cannot: references between fields and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::invalid("max_body_bytes", "must be above 0"));
-        }
-        if self.body_budget_bytes < self.max_body_bytes {
+        if self.body_budget_bytes.get() < self.max_body_bytes.get() {
             return Err(ConfigError::invalid(
                 "body_budget_bytes",
                 format!(
@@ -49,18 +46,6 @@ impl Config {
         }
         // spool_dir is checked (a writable directory) with the machine, in
         // `resolve_environment`.
-        for (field, d) in [
-            ("timeouts.connect", self.timeouts.connect),
-            ("timeouts.response_head", self.timeouts.response_head),
-            ("timeouts.idle", self.timeouts.idle),
-            ("timeouts.client_body", self.timeouts.client_body),
-            ("store.reservation_ttl", self.store.reservation_ttl),
-            ("store.command_timeout", self.store.command_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(field, "must be longer than 0s"));
-            }
-        }
         if self.store.kind == StoreKind::Redis {
             self.store.validate_redis()?;
         }
@@ -68,12 +53,6 @@ impl Config {
             return Err(ConfigError::invalid(
                 "store.breaker.failures",
                 "must be at least 1",
-            ));
-        }
-        if self.store.breaker.open_for.is_zero() {
-            return Err(ConfigError::invalid(
-                "store.breaker.open_for",
-                "must be longer than 0s",
             ));
         }
         for (field, n) in [
@@ -101,29 +80,10 @@ impl Config {
                 ),
             ));
         }
-        for (field, header) in [
-            ("identity.user_header", &self.identity.user_header),
-            ("identity.plan_header", &self.identity.plan_header),
-        ] {
-            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(
-                    field,
-                    format!("{header:?} is not a valid header name"),
-                ));
-            }
-        }
         match self.identity.kind {
             IdentityKind::Header => {}
             IdentityKind::ForwardAuth => self.validate_forward_auth()?,
             IdentityKind::Jwt => self.validate_jwt()?,
-        }
-        if !self.usage.report_header.is_empty()
-            && http::HeaderName::from_bytes(self.usage.report_header.as_bytes()).is_err()
-        {
-            return Err(ConfigError::invalid(
-                "usage.report_header",
-                format!("{:?} is not a valid header name", self.usage.report_header),
-            ));
         }
         if let Some(marker) = &self.usage.report_marker
             && (marker.start.is_empty() || marker.end.is_empty())
@@ -134,17 +94,6 @@ impl Config {
             ));
         }
         self.validate_report_token()?;
-        if !self.shadow_header.is_empty()
-            && http::HeaderName::from_bytes(self.shadow_header.as_bytes()).is_err()
-        {
-            return Err(ConfigError::invalid(
-                "shadow_header",
-                format!(
-                    "{:?} is not a valid header name (\"\" sends none)",
-                    self.shadow_header
-                ),
-            ));
-        }
         self.status.validate()?;
         for (i, route) in self.routes.iter().enumerate() {
             if !(400..=599).contains(&route.deny_status) {
@@ -161,8 +110,6 @@ impl Config {
             }
         }
         crate::routes::RouteTable::new(&self.routes)?;
-        crate::routes::RoutingHeaders::new(&self.strip_routing_headers)
-            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
         self.validate_operations()?;
         self.validate_rules()?;
         Ok(())
@@ -211,7 +158,7 @@ impl Config {
         }
         let usage = &self.usage;
         if !self.routes.is_empty()
-            && usage.report_header.is_empty()
+            && usage.report_header.is_off()
             && usage.report_json_field.is_empty()
             && usage.report_marker.is_none()
             && usage.report_sse_event.is_empty()

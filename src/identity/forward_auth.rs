@@ -88,18 +88,10 @@ impl ForwardAuthIdentity {
         let forward_headers = fa
             .forward_headers
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    ConfigError::invalid(
-                        format!("identity.forward_auth.forward_headers[{i}]"),
-                        format!("{name:?} is not a valid header name"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|h| h.name().clone())
+            .collect();
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(fa.timeout));
+        connector.set_connect_timeout(Some(fa.timeout.get()));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -109,12 +101,12 @@ impl ForwardAuthIdentity {
             inner: Arc::new(Inner {
                 endpoint,
                 forward_headers,
-                timeout: fa.timeout,
+                timeout: fa.timeout.get(),
                 client,
                 plans: PlanTable::from_config(config),
                 cache: Arc::new(
                     IdentityCache::new(fa.cache_ttl, fa.negative_cache_ttl, fa.cache_max_entries)
-                        .with_max_bytes(fa.cache_max_bytes),
+                        .with_max_bytes(fa.cache_max_bytes.get()),
                 ),
             }),
         })

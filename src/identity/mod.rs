@@ -80,7 +80,7 @@ pub trait IdentitySource: Send + Sync + 'static {
 pub fn from_config(config: &Config) -> Result<Arc<dyn IdentitySource>, ConfigError> {
     Ok(match config.identity.kind {
         IdentityKind::Header => {
-            let names = IdentityHeaders::from_config(&config.identity)?;
+            let names = IdentityHeaders::from_config(&config.identity);
             Arc::new(HeaderIdentity::new(
                 names.user,
                 names.plan,
@@ -103,16 +103,11 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// The names configured in `identity`.
-    pub fn from_config(identity: &IdentityConfig) -> Result<Self, ConfigError> {
-        let name = |field: &str, value: &str| {
-            HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
-                ConfigError::invalid(field, format!("{value:?} is not a valid header name"))
-            })
-        };
-        Ok(Self {
-            user: name("identity.user_header", &identity.user_header)?,
-            plan: name("identity.plan_header", &identity.plan_header)?,
-        })
+    pub fn from_config(identity: &IdentityConfig) -> Self {
+        Self {
+            user: identity.user_header.name().clone(),
+            plan: identity.plan_header.name().clone(),
+        }
     }
 }
 
@@ -155,7 +150,7 @@ mod tests {
     use super::*;
 
     fn names() -> IdentityHeaders {
-        IdentityHeaders::from_config(&IdentityConfig::default()).expect("default names")
+        IdentityHeaders::from_config(&IdentityConfig::default())
     }
 
     fn identity(plan: Option<&str>) -> Identity {

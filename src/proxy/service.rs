@@ -83,10 +83,10 @@ impl ProxyService {
     pub fn new(upstream: Authority, timeouts: &Timeouts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                pool: Arc::new(Pool::new(upstream.clone(), timeouts.connect)),
+                pool: Arc::new(Pool::new(upstream.clone(), timeouts.connect.get())),
                 upstream,
-                response_head: timeouts.response_head,
-                idle: timeouts.idle,
+                response_head: timeouts.response_head.get(),
+                idle: timeouts.idle.get(),
             }),
         }
     }

@@ -18,7 +18,7 @@ use super::spool::SpoolSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
     AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, RequestBuffering,
-    StoreErrorPolicy,
+    RequiredHeader, StoreErrorPolicy,
 };
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
@@ -111,14 +111,13 @@ impl QuotaLayer {
         }
         // The shadow header is the proxy's to send: a client's copy goes
         // with the routing headers, in every spelling, in the same pass.
-        let stripped: Vec<&str> = config
+        let stripped: Vec<RequiredHeader> = config
             .strip_routing_headers
             .iter()
-            .map(String::as_str)
-            .chain(Some(config.shadow_header.as_str()).filter(|h| !h.is_empty()))
+            .cloned()
+            .chain(config.shadow_header.required())
             .collect();
-        let routing_headers = RoutingHeaders::new(&stripped)
-            .map_err(|e| ConfigError::invalid("strip_routing_headers", e))?;
+        let routing_headers = RoutingHeaders::new(&stripped);
         let identity = crate::identity::from_config(config)?;
         Ok(QuotaLayerBuilder {
             config: config.clone(),
@@ -140,7 +139,7 @@ impl QuotaLayer {
     /// settlement tracker belong to the process and carry over.
     pub fn reload(&self, next: QuotaLayerBuilder) {
         let current = self.shared.load();
-        let budget = (current.budget.capacity() == next.config.body_budget_bytes)
+        let budget = (current.budget.capacity() == next.config.body_budget_bytes.get())
             .then(|| current.budget.clone());
         let next = next
             .clock(Arc::clone(&current.clock))
@@ -230,8 +229,7 @@ impl QuotaLayerBuilder {
                 shadow: ShadowPolicy::new(&config),
                 status_path: config.status.path.clone(),
                 identity_headers: (!self.identity.trusts_client_headers())
-                    .then(|| IdentityHeaders::from_config(&config.identity))
-                    .and_then(Result::ok),
+                    .then(|| IdentityHeaders::from_config(&config.identity)),
                 identity: crate::identity::canonical_ids(
                     self.identity,
                     config.identity.user_id_format,
@@ -243,19 +241,20 @@ impl QuotaLayerBuilder {
                 clock: self.clock,
                 reports: ReportReader::new(&config.usage),
                 messages: config.messages,
-                max_body_bytes: config.max_body_bytes,
+                max_body_bytes: config.max_body_bytes.get(),
                 spool: SpoolSettings {
-                    memory_limit: usize::try_from(config.body_buffer_bytes).unwrap_or(usize::MAX),
+                    memory_limit: usize::try_from(config.body_buffer_bytes.get())
+                        .unwrap_or(usize::MAX),
                     dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
                 },
                 budget: self
                     .budget
-                    .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes)),
-                client_body: config.timeouts.client_body,
+                    .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes.get())),
+                client_body: config.timeouts.client_body.get(),
                 request_buffering: config.request_buffering,
-                max_json_bytes: config.usage.max_json_bytes,
-                reservation_ttl: config.store.reservation_ttl,
-                idle_timeout: config.timeouts.idle,
+                max_json_bytes: config.usage.max_json_bytes.get(),
+                reservation_ttl: config.store.reservation_ttl.get(),
+                idle_timeout: config.timeouts.idle.get(),
                 probe_cache: ProbeCache::default(),
                 on_store_error: config.store.on_store_error,
                 anonymous: config.identity.anonymous,

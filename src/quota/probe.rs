@@ -94,11 +94,8 @@ impl ProbeSpec {
         let forward_headers = config
             .forward_headers
             .iter()
-            .map(|h| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| format!("forward_headers: {h:?} is not a header name"))
-            })
-            .collect::<Result<_, _>>()?;
+            .map(|h| h.name().clone())
+            .collect();
         Ok(Self {
             template,
             json_field: config.json_field.clone(),
@@ -342,7 +339,7 @@ mod tests {
                 path: "/chat/session/<int:session_id>/image-generation-access/".to_owned(),
                 json_field: "has_access".to_owned(),
                 cache_ttl: Duration::from_secs(600),
-                forward_headers: vec!["cookie".to_owned()],
+                forward_headers: vec![crate::config::RequiredHeader::from_static("cookie")],
                 timeout: Duration::from_secs(5),
             },
             &route(),

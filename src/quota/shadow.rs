@@ -50,7 +50,7 @@ impl ShadowPolicy {
                 .map(|(name, _)| fold(case, name))
                 .collect(),
             case,
-            header: HeaderName::from_bytes(config.shadow_header.as_bytes()).ok(),
+            header: config.shadow_header.name().cloned(),
         }
     }
 

@@ -41,19 +41,17 @@ pub struct ReportReader {
 }
 
 impl ReportReader {
-    /// A reader for the `[usage]` section. The config validator has checked
-    /// the header names.
+    /// A reader for the `[usage]` section.
     pub fn new(config: &UsageConfig) -> Self {
-        let header = |name: &str| HeaderName::from_bytes(name.as_bytes()).ok();
         Self {
-            header: header(&config.report_header),
+            header: config.report_header.name().cloned(),
             json_field: Some(config.report_json_field.clone()).filter(|f| !f.is_empty()),
-            max_json_bytes: config.max_json_bytes,
+            max_json_bytes: config.max_json_bytes.get(),
             count: config.count,
             marker: config.report_marker.clone(),
             strip_marker: config.strip_marker,
             sse_event: Some(config.report_sse_event.clone()).filter(|e| !e.is_empty()),
-            token_header: header(&config.report_token_header),
+            token_header: config.report_token_header.name().cloned(),
             require_token: config.require_report_token,
             max_images: config.max_images_per_response.max(1),
         }

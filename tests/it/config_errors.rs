@@ -150,6 +150,66 @@ fn secret_sources_must_resolve() {
     );
 }
 
+/// A value its type refuses (a header name, a duration above zero, a byte
+/// size) is refused by the parser itself, naming the field and saying what
+/// to write.
+#[test]
+fn values_are_refused_by_their_type_naming_the_field() {
+    for (text, field, hint) in [
+        (
+            "[usage]\nreport_header = \"X Images\"\n",
+            "usage.report_header",
+            "or \"\" to turn it off",
+        ),
+        (
+            "[identity]\nuser_header = \"\"\n",
+            "identity.user_header",
+            "is not a header name",
+        ),
+        (
+            "[identity.forward_auth]\nforward_headers = [\"Cookie\", \"a b\"]\n",
+            "identity.forward_auth.forward_headers[1]",
+            "is not a header name",
+        ),
+        (
+            "[store]\nbreaker = { open_for = \"0s\" }\n",
+            "store.breaker.open_for",
+            "must be longer than 0s",
+        ),
+        (
+            "shutdown_grace = \"soon\"\n",
+            "shutdown_grace",
+            "is not a duration",
+        ),
+        (
+            "max_body_bytes = \"10 furlongs\"\n",
+            "max_body_bytes",
+            "unknown unit \"furlongs\"; use B, kB, MB",
+        ),
+        (
+            "max_body_bytes = 0\n",
+            "max_body_bytes",
+            "must be above 0 bytes",
+        ),
+        (
+            "[identity.forward_auth]\ncache_max_bytes = \"0MiB\"\n",
+            "identity.forward_auth.cache_max_bytes",
+            "must be above 0 bytes",
+        ),
+    ] {
+        refused_everywhere(text, &format!("{field}: "));
+        let (_dir, path) = config_file(text);
+        let error = stderr(&run_cli(Some(&path), &["check-config"]));
+        assert!(error.contains(hint), "{text}: {hint:?} not in {error}");
+    }
+    // The unit form is accepted, and shown back as the integer it means.
+    let (_dir, path) = config_file("max_body_bytes = \"55MB\"\nbody_budget_bytes = \"1GiB\"\n");
+    let output = run_cli(Some(&path), &["check-config"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("max_body_bytes = 55000000"));
+    assert!(stdout(&output).contains("body_budget_bytes = 1073741824"));
+}
+
 #[test]
 fn spool_directory_must_be_writable() {
     // /proc is a directory no one, root included, can create files in.

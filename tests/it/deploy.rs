@@ -210,7 +210,8 @@ fn sidecar_ports_probes_and_grace_match_the_config() {
         &proxy["lifecycle"]["preStop"]["sleep"]["seconds"],
         "preStop sleep",
     ));
-    let needed = pre_stop + config.shutdown_grace + SETTLE_FLUSH_MIN + config.store.flush_timeout;
+    let needed =
+        pre_stop + config.shutdown_grace.get() + SETTLE_FLUSH_MIN + config.store.flush_timeout;
     let grace = Duration::from_secs(u64_of(
         &pod["terminationGracePeriodSeconds"],
         "terminationGracePeriodSeconds",
@@ -219,7 +220,7 @@ fn sidecar_ports_probes_and_grace_match_the_config() {
         grace >= needed && grace <= needed + Duration::from_secs(15),
         "terminationGracePeriodSeconds {grace:?} should cover preStop {pre_stop:?} + \
          shutdown_grace {:?} + {SETTLE_FLUSH_MIN:?} + flush_timeout {:?} = {needed:?}",
-        config.shutdown_grace,
+        config.shutdown_grace.get(),
         config.store.flush_timeout
     );
 
@@ -260,7 +261,7 @@ fn shipped_config_is_the_chat_apps_preset_with_an_identity_clients_cannot_choose
         "behind a public Service, identity headers are the client's choice"
     );
     assert!(
-        config.max_body_bytes >= 5 * 10_000_000,
+        config.max_body_bytes.get() >= 5 * 10_000_000,
         "five 10 MB uploads fit"
     );
     assert!(
@@ -325,7 +326,7 @@ fn every_path_the_config_writes_is_a_writable_volume() {
     );
     let size = str_of(&volume["emptyDir"]["sizeLimit"], "sizeLimit");
     assert!(
-        bytes(size) >= config.max_body_bytes,
+        bytes(size) >= config.max_body_bytes.get(),
         "the spool holds at least one largest upload: {size}"
     );
 }
@@ -724,7 +725,7 @@ fn systemd_unit_reloads_with_sighup_and_waits_for_the_drain() {
     assert_eq!(setting("RestartPreventExitStatus"), "2");
     let stop = Duration::from_secs(setting("TimeoutStopSec").parse().expect("seconds"));
     assert!(
-        stop >= defaults.shutdown_grace + SETTLE_FLUSH_MIN,
+        stop >= defaults.shutdown_grace.get() + SETTLE_FLUSH_MIN,
         "TimeoutStopSec {stop:?} is shorter than the drain"
     );
     let credential = setting("LoadCredential");

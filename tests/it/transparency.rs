@@ -15,7 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use quota_proxy::config::Timeouts;
+use quota_proxy::config::{NonZeroDuration, Timeouts};
 use quota_proxy::proxy::{BoxError, POOL_IDLE_TIMEOUT, ProxyService};
 use quota_proxy::server;
 use serde_json::json;
@@ -39,10 +39,10 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
 
 fn timeouts() -> Timeouts {
     Timeouts {
-        connect: Duration::from_secs(1),
-        response_head: Duration::from_secs(5),
-        idle: Duration::from_secs(5),
-        client_body: Duration::from_secs(5),
+        connect: NonZeroDuration::from_secs(1),
+        response_head: NonZeroDuration::from_secs(5),
+        idle: NonZeroDuration::from_secs(5),
+        client_body: NonZeroDuration::from_secs(5),
     }
 }
 
@@ -427,7 +427,7 @@ async fn slow_response_head_is_504_json() {
     let proxy = Proxy::start(
         upstream.authority(),
         Timeouts {
-            response_head: ms(200),
+            response_head: NonZeroDuration::from_millis(200),
             ..timeouts()
         },
     )
@@ -449,7 +449,7 @@ async fn steady_stream_longer_than_idle_completes() {
     let proxy = Proxy::start(
         upstream.authority(),
         Timeouts {
-            idle: ms(500),
+            idle: NonZeroDuration::from_millis(500),
             ..timeouts()
         },
     )
@@ -471,7 +471,7 @@ async fn stream_silent_longer_than_idle_is_cut() {
     let proxy = Proxy::start(
         upstream.authority(),
         Timeouts {
-            idle: ms(300),
+            idle: NonZeroDuration::from_millis(300),
             ..timeouts()
         },
     )
@@ -738,7 +738,7 @@ async fn grace_period_bounds_the_shutdown() {
     let mut proxy = Proxy::start_with_grace(
         upstream.authority(),
         Timeouts {
-            response_head: Duration::from_secs(60),
+            response_head: NonZeroDuration::from_secs(60),
             ..timeouts()
         },
         ms(200),

@@ -61,9 +61,13 @@ impl Proxy {
         let inner: Arc<dyn QuotaStore> = match store {
             StoreChoice::Memory => Arc::new(MemoryStore::new(1000)),
             StoreChoice::Redis(url) => Arc::new(
-                RedisStore::connect(url, &config.store.key_prefix, config.store.command_timeout)
-                    .await
-                    .expect("redis store"),
+                RedisStore::connect(
+                    url,
+                    &config.store.key_prefix,
+                    config.store.command_timeout.get(),
+                )
+                .await
+                .expect("redis store"),
             ),
         };
         let store = Arc::new(CountingStore::new(inner));
