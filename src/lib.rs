@@ -32,7 +32,6 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod error;
 pub mod flag;
 pub mod identity;
 pub mod metrics;
@@ -40,9 +39,15 @@ pub mod periods;
 pub mod proxy;
 pub mod quota;
 pub mod report;
+pub mod response;
 pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 
 pub use quota::QuotaLayer;
+
+/// A boxed error that crosses task boundaries: what hyper and tower accept
+/// from bodies and services, and what this crate's bodies and services
+/// return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -26,7 +26,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("clock", 0),
     ("flag", 0),
     ("report", 0),
-    ("error", 0),
+    ("response", 0),
     // 1 ports: the store and where identities come from.
     ("store", 1),
     ("identity", 1),
@@ -55,7 +55,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("config", "telemetry"),
     ("identity", "metrics"),
     ("proxy", "server"),
-    ("server", "proxy"),
     ("quota", "metrics"),
     ("quota", "proxy"),
     ("quota", "routes"),

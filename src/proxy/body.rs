@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::pool::Lease;
-use crate::proxy::BoxError;
+use crate::BoxError;
 
 /// Why a response body stopped before its end. The client connection is
 /// then aborted, so the client sees a truncated response, never a short one
@@ -81,7 +81,7 @@ impl ProxyBody {
 }
 
 /// A body the proxy wrote itself, such as a JSON error from
-/// [`crate::error::json_error`].
+/// [`crate::response::json_error`].
 impl From<Full<Bytes>> for ProxyBody {
     fn from(body: Full<Bytes>) -> Self {
         Self {

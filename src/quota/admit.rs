@@ -14,9 +14,9 @@ use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
-use crate::error::json_error;
 use crate::identity::{Identity, IdentityError};
 use crate::metrics::Decision;
+use crate::response::json_error;
 use crate::routes::Route;
 use crate::store::{Admission, ReserveRequest};
 

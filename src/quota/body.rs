@@ -14,8 +14,7 @@ use pin_project_lite::pin_project;
 use super::deadline::ClientBody;
 use super::spool::SpooledBody;
 use super::usage_body::UsageBody;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 pin_project! {
     /// The request body given to the inner service: the client's own stream

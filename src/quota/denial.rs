@@ -7,8 +7,8 @@ use http::{HeaderValue, Response, header};
 use http_body_util::Full;
 
 use crate::config::Messages;
-use crate::error::json_response;
 use crate::periods::Period;
+use crate::response::json_response;
 use crate::routes::Route;
 
 /// Why a request is denied.

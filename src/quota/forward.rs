@@ -32,11 +32,10 @@ use super::ratelimit;
 use super::service::local;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
-use crate::error::json_error;
+use crate::BoxError;
 use crate::report::{ReportToken, UsageReport};
+use crate::response::json_error;
 use crate::routes::Route;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Sends the request on and waits for the accounted answer. The
 /// accounting (the upstream's answer, its report, the settle) runs in this

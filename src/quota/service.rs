@@ -46,14 +46,13 @@ use super::probe::{ProbeAnswer, ProbeCache};
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
+use crate::BoxError;
 use crate::config::RequestBuffering;
-use crate::error::json_error;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
 use crate::metrics::Decision;
+use crate::response::json_error;
 use crate::routes::{Route, RouteMatch};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
