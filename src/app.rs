@@ -359,9 +359,9 @@ pub async fn run(
                     handle.run_upkeep();
                     // The Redis stores' retry queues (the one in force and
                     // any a reload retired), exported as they stand.
-                    crate::metrics::settlements_pending("retry_queue", state.pending_settles());
+                    crate::counters::settlements_pending("retry_queue", state.pending_settles());
                     let dropped = state.dropped_settles();
-                    crate::metrics::settlements_dropped(
+                    crate::counters::settlements_dropped(
                         "retry_queue",
                         dropped.saturating_sub(dropped_seen),
                     );

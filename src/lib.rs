@@ -32,6 +32,8 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod counters;
+pub mod decision;
 pub mod flag;
 pub mod identity;
 pub mod metrics;

@@ -27,6 +27,8 @@ const LEVELS: &[(&str, u8)] = &[
     ("flag", 0),
     ("report", 0),
     ("response", 0),
+    ("decision", 0),
+    ("counters", 0),
     // 1 ports: the store and where identities come from.
     ("store", 1),
     ("identity", 1),
@@ -53,12 +55,9 @@ const NOT_YET: &[(&str, &str)] = &[
     ("app", "admin"),
     ("config", "routes"),
     ("config", "telemetry"),
-    ("identity", "metrics"),
     ("proxy", "server"),
-    ("quota", "metrics"),
     ("quota", "proxy"),
     ("quota", "routes"),
-    ("routes", "metrics"),
     ("routes", "quota"),
 ];
 

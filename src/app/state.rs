@@ -258,7 +258,7 @@ impl AppState {
     /// is installed.
     pub fn render_metrics(&self) -> Option<String> {
         let handle = self.metrics.as_ref()?;
-        crate::metrics::settlements_pending("in_flight", self.layer.settlements().len());
+        crate::counters::settlements_pending("in_flight", self.layer.settlements().len());
         crate::metrics::store_health(&self.store_health());
         Some(handle.render())
     }

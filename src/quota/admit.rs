@@ -14,8 +14,8 @@ use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
+use crate::decision::Decision;
 use crate::identity::{Identity, IdentityError};
-use crate::metrics::Decision;
 use crate::response::json_error;
 use crate::routes::Route;
 use crate::store::{Admission, ReserveRequest};
@@ -40,12 +40,13 @@ pub(super) async fn admit(
                     route.counters.request(Decision::Anonymous);
                     Ok(Ticket::Unreserved {
                         identity: None,
-                        decision: "anonymous",
+                        decision: Decision::Anonymous,
                     })
                 }
                 AnonymousPolicy::Deny => {
-                    route.counters.request(Decision::AnonymousDenied);
-                    tracing::info!(route = %route.name, decision = "anonymous_denied", request_id,
+                    let decision = Decision::AnonymousDenied;
+                    route.counters.request(decision);
+                    tracing::info!(route = %route.name, decision = decision.as_str(), request_id,
                         "flagged request without a user");
                     Err(json_error(
                         StatusCode::UNAUTHORIZED,
@@ -55,19 +56,22 @@ pub(super) async fn admit(
             };
         }
         Err(e) => {
-            route.counters.request(Decision::IdentityError);
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
+                    let decision = Decision::IdentityErrorAllowed;
+                    route.counters.request(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
-                        decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
+                        decision = decision.as_str(), "cannot identify the user; forwarding uncounted");
                     Ok(Ticket::Unreserved {
                         identity: None,
-                        decision: "identity_error_allowed",
+                        decision,
                     })
                 }
                 IdentityErrorPolicy::Deny => {
+                    let decision = Decision::IdentityErrorDenied;
+                    route.counters.request(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
-                        decision = "identity_error_denied", "cannot identify the user; denying");
+                        decision = decision.as_str(), "cannot identify the user; denying");
                     Err(unavailable(
                         "the user cannot be identified right now; try again shortly",
                     ))
@@ -101,7 +105,7 @@ pub(super) async fn admit(
             let standing = Standing::new(&identity.limits, &counts, Some(period));
             tracing::info!(
                 route = %route.name, user = %identity.user_id,
-                plan = identity.plan.as_deref().unwrap_or("-"), decision = "denied",
+                plan = identity.plan.as_deref().unwrap_or("-"), decision = Decision::Denied.as_str(),
                 period = standing.period, limit,
                 remaining_daily = standing.daily, remaining_weekly = standing.weekly,
                 remaining_monthly = standing.monthly,
@@ -130,21 +134,22 @@ pub(super) async fn admit(
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
-                    decision = "store_error_allowed", "quota store failed; forwarding unchecked"
+                    decision = Decision::StoreErrorAllowed.as_str(), "quota store failed; forwarding unchecked"
                 );
                 Ok(Ticket::Unreserved {
                     identity: Some(identity),
-                    decision: "store_error_allowed",
+                    decision: Decision::StoreErrorAllowed,
                 })
             }
             // Under `local`, an error reaches here only when the local
             // count cannot answer either (its memory is full).
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
-                route.counters.request(Decision::StoreErrorDenied);
+                let decision = Decision::StoreErrorDenied;
+                route.counters.request(decision);
                 tracing::error!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
-                    decision = "store_error_denied", "quota store failed; denying"
+                    decision = decision.as_str(), "quota store failed; denying"
                 );
                 Err(unavailable(
                     "image quota cannot be checked right now; try again shortly",

@@ -70,7 +70,7 @@ mod tests {
             deny_status: StatusCode::FORBIDDEN,
             message: message.map(str::to_owned),
             probe: None,
-            counters: crate::metrics::RouteCounters::new("POST /x"),
+            counters: crate::counters::RouteCounters::new("POST /x"),
         }
     }
 

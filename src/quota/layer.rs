@@ -233,7 +233,7 @@ impl QuotaLayerBuilder {
                 anonymous: config.identity.anonymous,
                 trust_request_id: config.log.trust_request_id,
                 settlements: self.settlements,
-                passthrough: crate::metrics::passthrough_counter(),
+                passthrough: crate::counters::passthrough_counter(),
             })),
         }
     }

@@ -11,6 +11,7 @@ use super::layer::Shared;
 use super::probe::ProbeCache;
 use super::request_id;
 use super::standing::Standing;
+use crate::decision::Decision;
 use crate::identity::Identity;
 use crate::report::UsageReport;
 use crate::routes::Route;
@@ -31,7 +32,7 @@ pub(crate) enum Ticket {
     /// `anonymous = "forward"`, or the store failed under `allow`.
     Unreserved {
         identity: Option<Identity>,
-        decision: &'static str,
+        decision: Decision,
     },
     /// Not flagged. If the answer reports saved images anyway, they are
     /// counted against the user these headers identify, and `session` (the
@@ -43,11 +44,11 @@ pub(crate) enum Ticket {
 }
 
 impl Ticket {
-    fn decision(&self) -> &'static str {
+    fn decision(&self) -> Decision {
         match self {
-            Ticket::Reserved { .. } => "allowed",
-            Ticket::Unreserved { decision, .. } => decision,
-            Ticket::Unflagged { .. } => "unflagged",
+            Ticket::Reserved { .. } => Decision::Allowed,
+            Ticket::Unreserved { decision, .. } => *decision,
+            Ticket::Unflagged { .. } => Decision::Unflagged,
         }
     }
 }
@@ -116,7 +117,7 @@ impl Settlement {
         if report.is_some_and(|r| r.malformed) {
             tracing::warn!(route = %route.name, succeeded,
                 "malformed saved-images report from the upstream; charging 1 image if nothing else was reported and the response succeeded");
-            crate::metrics::malformed_report(&route.name);
+            crate::counters::malformed_report(&route.name);
         }
         let amount = shared
             .reports
@@ -199,7 +200,7 @@ impl Settlement {
             // A settle the store dropped itself is counted there
             // (`retry_queue`), not twice.
             if !matches!(e, crate::store::StoreError::SettleDropped(_)) {
-                crate::metrics::settlements_dropped("store_error", 1);
+                crate::counters::settlements_dropped("store_error", 1);
             }
         }
         // Recorded (or given up on): no longer pending.
@@ -208,7 +209,7 @@ impl Settlement {
             route = %route.name,
             user,
             plan = plan.as_deref().unwrap_or("-"),
-            decision,
+            decision = decision.as_str(),
             period = standing.period,
             remaining_daily = standing.daily,
             remaining_weekly = standing.weekly,

@@ -28,7 +28,7 @@ pub use self::headers::{DEFAULT_ROUTING_HEADERS, RoutingHeaders};
 pub use self::path::backend_path;
 pub use self::pattern::{Converter, PathPattern};
 use crate::config::{ConfigError, FlagRules, RouteConfig};
-use crate::metrics::RouteCounters;
+use crate::counters::RouteCounters;
 use crate::quota::ProbeSpec;
 
 /// One inspected route, ready to use.
