@@ -53,8 +53,6 @@ const CONFIG_IMPORTS: &[&str] = &["periods"];
 const NOT_YET: &[(&str, &str)] = &[
     ("admin", "app"),
     ("app", "admin"),
-    ("config", "routes"),
-    ("config", "telemetry"),
     ("proxy", "server"),
     ("quota", "proxy"),
     ("quota", "routes"),

@@ -7,6 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{FlagRules, Method};
 
+/// The default `strip_routing_headers`.
+pub const DEFAULT_ROUTING_HEADERS: [&str; 8] = [
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "X-Script-Name",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Path",
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Rewrite-URL",
+];
+
 /// One route to inspect.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -27,18 +27,6 @@
 use http::HeaderMap;
 use http::header::HeaderName;
 
-/// The default `strip_routing_headers`.
-pub const DEFAULT_ROUTING_HEADERS: [&str; 8] = [
-    "SCRIPT_NAME",
-    "PATH_INFO",
-    "X-Script-Name",
-    "X-Forwarded-Prefix",
-    "X-Forwarded-Path",
-    "X-Original-URL",
-    "X-Original-URI",
-    "X-Rewrite-URL",
-];
-
 /// Header names removed from every request, matched in any case with `-`
 /// and `_` alike.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +82,7 @@ fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_ROUTING_HEADERS;
 
     #[test]
     fn every_spelling_is_removed_and_nothing_else() {
