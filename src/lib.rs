@@ -8,7 +8,7 @@
 //!
 //! | phase | what happens | where |
 //! |---|---|---|
-//! | route | method + the path Django resolves (percent-decoded, canonical converter values) against the configured routes; no match → forwarded untouched, no store call | [`routes`] |
+//! | route | method + the path Django resolves (percent-decoded, canonical converter values) against the configured routes; no match → forwarded untouched, no store call | [`quota::routes`] |
 //! | flag | the body (JSON, form, multipart — streamed and spooled) and query: does it ask for an image? An unreadable body counts as asking | [`flag`], [`quota`] |
 //! | probe | does this session generate images whatever the flag says? (cached) | [`quota::ProbeSpec`] |
 //! | identity | who is asking, on which plan, with which limits (trusted headers, Django forward-auth, JWT) | [`identity`] |
@@ -42,7 +42,6 @@ pub mod proxy;
 pub mod quota;
 pub mod report;
 pub mod response;
-pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -34,7 +34,6 @@ const LEVELS: &[(&str, u8)] = &[
     ("identity", 1),
     // 2 middleware: the quota layer.
     ("quota", 2),
-    ("routes", 2),
     // 3 runtime: serving, wiring, operations.
     ("metrics", 3),
     ("telemetry", 3),
@@ -55,8 +54,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("app", "admin"),
     ("proxy", "server"),
     ("quota", "proxy"),
-    ("quota", "routes"),
-    ("routes", "quota"),
 ];
 
 /// One import of a top-level module by another.

@@ -16,8 +16,8 @@ use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::decision::Decision;
 use crate::identity::{Identity, IdentityError};
+use crate::quota::routes::Route;
 use crate::response::json_error;
-use crate::routes::Route;
 use crate::store::{Admission, ReserveRequest};
 
 /// Seconds a client is asked to wait when the store cannot answer.

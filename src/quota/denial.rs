@@ -8,8 +8,8 @@ use http_body_util::Full;
 
 use crate::config::Messages;
 use crate::periods::Period;
+use crate::quota::routes::Route;
 use crate::response::json_response;
-use crate::routes::Route;
 
 /// Why a request is denied.
 pub(crate) struct Denial<'a> {
@@ -64,7 +64,7 @@ mod tests {
     fn route(message: Option<&str>) -> Route {
         Route {
             name: "POST /x".to_owned(),
-            pattern: crate::routes::PathPattern::parse("/x").expect("pattern"),
+            pattern: crate::quota::routes::PathPattern::parse("/x").expect("pattern"),
             flag: "generate_image".to_owned(),
             flag_rules: FlagRules::default(),
             deny_status: StatusCode::FORBIDDEN,

@@ -33,9 +33,9 @@ use super::service::local;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
 use crate::BoxError;
+use crate::quota::routes::Route;
 use crate::report::{ReportToken, UsageReport};
 use crate::response::json_error;
-use crate::routes::Route;
 
 /// Sends the request on and waits for the accounted answer. The
 /// accounting (the upstream's answer, its report, the settle) runs in this

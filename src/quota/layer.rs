@@ -21,8 +21,8 @@ use crate::config::{
 };
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
+use crate::quota::routes::{RouteTable, RoutingHeaders};
 use crate::report::ReportReader;
-use crate::routes::{RouteTable, RoutingHeaders};
 use crate::store::QuotaStore;
 
 /// A [`tower::Layer`] that enforces image-generation quotas on the configured

@@ -20,6 +20,7 @@ mod layer;
 mod probe;
 mod ratelimit;
 mod request_id;
+pub mod routes;
 mod service;
 mod settle;
 mod spool;

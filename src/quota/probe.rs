@@ -38,7 +38,7 @@ use tower::{Service, ServiceExt};
 use super::body::RequestBody;
 use crate::BoxError;
 use crate::config::ProbeConfig;
-use crate::routes::PathPattern;
+use crate::quota::routes::PathPattern;
 
 /// Largest probe answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;

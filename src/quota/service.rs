@@ -51,8 +51,8 @@ use crate::config::RequestBuffering;
 use crate::decision::Decision;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
+use crate::quota::routes::{Route, RouteMatch};
 use crate::response::json_error;
-use crate::routes::{Route, RouteMatch};
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].

@@ -13,8 +13,8 @@ use super::request_id;
 use super::standing::Standing;
 use crate::decision::Decision;
 use crate::identity::Identity;
+use crate::quota::routes::Route;
 use crate::report::UsageReport;
-use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
 
 /// What an inspected request carries to its settlement.
