@@ -47,15 +47,6 @@ const LEVELS: &[(&str, u8)] = &[
 /// What `config`, the bottom of level 0, may import.
 const CONFIG_IMPORTS: &[&str] = &["periods"];
 
-/// Imports that break the rule today, each removed by the commit that
-/// removes the import (issue 19).
-const NOT_YET: &[(&str, &str)] = &[
-    ("admin", "app"),
-    ("app", "admin"),
-    ("proxy", "server"),
-    ("quota", "proxy"),
-];
-
 /// One import of a top-level module by another.
 #[derive(Debug, Clone)]
 struct Import {
@@ -229,7 +220,6 @@ fn path(
 /// What is wrong with `imports`, one line per problem.
 fn violations(imports: &[Import]) -> Vec<String> {
     let level: BTreeMap<&str, u8> = LEVELS.iter().copied().collect();
-    let tolerated = |i: &Import| NOT_YET.contains(&(i.from.as_str(), i.to.as_str()));
     let mut problems = Vec::new();
     // The first import of each pair of modules stands for the pair.
     let mut edges: BTreeMap<(String, String), Import> = BTreeMap::new();
@@ -237,9 +227,6 @@ fn violations(imports: &[Import]) -> Vec<String> {
         edges
             .entry((import.from.clone(), import.to.clone()))
             .or_insert_with(|| import.clone());
-        if tolerated(import) {
-            continue;
-        }
         let (from, to) = (level[import.from.as_str()], level[import.to.as_str()]);
         if to > from {
             problems.push(format!(
@@ -253,15 +240,10 @@ fn violations(imports: &[Import]) -> Vec<String> {
             ));
         }
     }
-    let counted: BTreeMap<(String, String), Import> = edges
-        .iter()
-        .filter(|(_, import)| !tolerated(import))
-        .map(|(pair, import)| (pair.clone(), import.clone()))
-        .collect();
     // Each cycle once, however many of its imports lead into it.
     let mut cycles = BTreeSet::new();
-    for ((from, to), import) in &counted {
-        if let Some(back) = path(&counted, to, from) {
+    for ((from, to), import) in &edges {
+        if let Some(back) = path(&edges, to, from) {
             let round: Vec<&Import> = std::iter::once(import).chain(&back).collect();
             let members: BTreeSet<String> = round.iter().map(|i| i.from.clone()).collect();
             if cycles.insert(members) {
@@ -271,13 +253,6 @@ fn violations(imports: &[Import]) -> Vec<String> {
                     .collect();
                 problems.push(format!("cycle: {}", steps.join(", ")));
             }
-        }
-    }
-    for (from, to) in NOT_YET {
-        if !edges.contains_key(&((*from).to_owned(), (*to).to_owned())) {
-            problems.push(format!(
-                "`{from}` no longer imports `{to}`: remove it from NOT_YET"
-            ));
         }
     }
     problems

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::usage::{PeriodChoice, UsageError, UsageOps, UserUsage};
+use super::{AppState, ReloadError};
 use crate::BoxError;
-use crate::app::{AppState, ReloadError};
 use crate::response::{JSON_CONTENT_TYPE, json_error, json_response};
 
 /// Largest request body read (the adjust request is a few bytes).

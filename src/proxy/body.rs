@@ -237,6 +237,20 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use crate::quota::QuotaBody;
+
+    /// hyper moves a response, body included, several times on its way
+    /// out; a rare variant of the quota layer's body must not make every
+    /// response body large.
+    #[test]
+    fn quota_bodies_are_no_larger_than_what_they_wrap_needs() {
+        let proxy_body = std::mem::size_of::<ProxyBody>();
+        assert!(
+            std::mem::size_of::<QuotaBody<ProxyBody>>() <= proxy_body + 8,
+            "QuotaBody<ProxyBody> is {} bytes, ProxyBody {proxy_body}",
+            std::mem::size_of::<QuotaBody<ProxyBody>>()
+        );
+    }
 
     /// A body that yields each frame after its delay, measured from the
     /// previous poll that returned a frame, on tokio's (paused) clock.
