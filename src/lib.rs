@@ -17,7 +17,7 @@
 //! | report | the answer says how many images were saved: header, JSON field, in-band marker at the end of a stream, SSE event, trailer | [`report`] |
 //! | settle | the held unit becomes usage, or is released — just after the answer is handed on, or when the stream ends (kept alive meanwhile) | [`quota`], [`store`] |
 //!
-//! The phases are called in this order by `inspect` in `src/quota/service.rs`.
+//! The phases are called in this order by `inspect` in `src/quota/service/mod.rs`.
 //!
 //! A denied request never reaches the upstream: it gets the route's status
 //! (403 or 429), `{"error": "<message>"}` and `Retry-After`.
