@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::denial::Denial;
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::ratelimit;
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
@@ -26,7 +26,7 @@ const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// answer to send instead (denial, 401, 503). `headers` are the request's,
 /// for its `X-Request-Id` in the log lines.
 pub(super) async fn admit(
-    shared: &Shared,
+    shared: &QuotaState,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
     headers: &HeaderMap,

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tower::Service;
 
 use super::body::{QuotaBody, RequestBody};
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::ratelimit;
 use super::service::local;
 use super::settle::{Settlement, Ticket};
@@ -44,7 +44,7 @@ use crate::response::json_error;
 /// and the settle waits for the store. A store that answers at once (the
 /// memory store) settles in place and needs no task.
 pub(super) async fn forward<S, ReqB, ResB>(
-    shared: Arc<Shared>,
+    shared: Arc<QuotaState>,
     mut inner: S,
     route: Arc<Route>,
     mut request: Request<RequestBody<ReqB>>,

@@ -41,11 +41,11 @@ use crate::store::QuotaStore;
 /// ```
 #[derive(Clone)]
 pub struct QuotaLayer {
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<QuotaState>>,
 }
 
 /// Everything a request's inspection reads; one per config.
-pub(crate) struct Shared {
+pub(crate) struct QuotaState {
     pub(crate) routes: RouteTable,
     /// Headers removed from every request (`strip_routing_headers`).
     pub(crate) routing_headers: RoutingHeaders,
@@ -198,7 +198,7 @@ impl QuotaLayerBuilder {
             ))
         });
         QuotaLayer {
-            shared: Arc::new(ArcSwap::from_pointee(Shared {
+            shared: Arc::new(ArcSwap::from_pointee(QuotaState {
                 routes: self.routes,
                 routing_headers: self.routing_headers,
                 identity_headers: (!self.identity.trusts_client_headers())

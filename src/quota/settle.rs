@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::probe::ProbeCache;
 use super::request_id;
 use super::standing::Standing;
@@ -59,7 +59,7 @@ const LEARNED_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(
 
 /// A ticket on its way to the store, with what the log line needs.
 pub(crate) struct Settlement {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<QuotaState>,
     pub(crate) route: Arc<Route>,
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
@@ -74,7 +74,7 @@ impl Settlement {
     /// A settlement for `ticket`, counted as pending from now until it is
     /// settled or dropped.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<QuotaState>,
         route: Arc<Route>,
         ticket: Ticket,
         request_id: Option<http::HeaderValue>,
@@ -229,7 +229,7 @@ impl Settlement {
 pub(crate) struct KeepAlive(tokio::task::AbortHandle);
 
 impl KeepAlive {
-    pub(crate) fn start(shared: &Arc<Shared>, reservation: &Reservation) -> Self {
+    pub(crate) fn start(shared: &Arc<QuotaState>, reservation: &Reservation) -> Self {
         let shared = Arc::clone(shared);
         let reservation = reservation.clone();
         let ttl = shared.reservation_ttl;
