@@ -1,7 +1,6 @@
 //! The code reads in one direction: every top-level module of `src/` sits on
 //! one level and imports only from its own level or lower ones, and no
-//! top-level modules import each other in a circle (the layout in
-//! `src/lib.rs`).
+//! top-level modules import each other in a circle (`docs/layout.md`).
 //!
 //! | level | modules |
 //! |---|---|
