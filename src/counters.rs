@@ -27,9 +27,10 @@ pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
 
 /// One route's counters: requests by [`Decision`] (a
 /// [`Decision::Passthrough`] counts under route `-`, with every other
-/// request on no inspected route), denials by period and fail-opens. Looked up once, when the route table is built, so counting
-/// takes no registry lookup (no label hashing, no lock, no allocation).
-/// Every series exists from then on, at 0 until counted.
+/// request on no inspected route), denials by period and fail-opens.
+/// Looked up once, when the route table is built, so counting takes no
+/// registry lookup (no label hashing, no lock, no allocation). Every
+/// series exists from then on, at 0 until counted.
 #[derive(Debug, Clone)]
 pub struct RouteCounters {
     requests: [metrics::Counter; Decision::ALL.len()],
