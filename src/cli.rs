@@ -147,7 +147,7 @@ pub async fn check_config(config: &Config, online: bool) -> Result<(), CheckErro
         .map_err(CheckError::Bind)?;
     drop(listeners);
     if config.store.kind == StoreKind::Redis {
-        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer)
+        let store = crate::store::open_store(config, crate::store::Opening::MustAnswer)
             .await?
             .store;
         tokio::time::timeout(ONLINE_PING_TIMEOUT, store.ping())
@@ -183,7 +183,7 @@ impl UsageCommand {
         if config.store.kind == StoreKind::Memory {
             return Err(UsageCliError::MemoryStore(config.admin.listen));
         }
-        let store = crate::app::open_store(config, crate::app::Opening::MustAnswer)
+        let store = crate::store::open_store(config, crate::store::Opening::MustAnswer)
             .await?
             .store;
         let ops = UsageOps::new(store, config);

@@ -6,18 +6,22 @@
 //!
 //! # The life of a request
 //!
-//! | phase | what happens | where |
-//! |---|---|---|
-//! | route | method + the path Django resolves (percent-decoded, canonical converter values) against the configured routes; no match → forwarded untouched, no store call | [`routes`] |
-//! | flag | the body (JSON, form, multipart — streamed and spooled) and query: does it ask for an image? An unreadable body counts as asking | [`flag`], [`quota`] |
-//! | probe | does this session generate images whatever the flag says? (cached) | [`quota::ProbeSpec`] |
-//! | identity | who is asking, on which plan, with which limits (trusted headers, Django forward-auth, JWT) | [`identity`] |
-//! | reserve | day, week and month of *now* in the configured zone; check all three limits and hold one unit, atomically | [`periods`], [`store`] |
-//! | upstream | the exact bytes are forwarded; responses stream back | [`proxy`] |
-//! | report | the answer says how many images were saved: header, JSON field, in-band marker at the end of a stream, SSE event, trailer | [`report`] |
-//! | settle | the held unit becomes usage, or is released — just after the answer is handed on, or when the stream ends (kept alive meanwhile) | [`quota`], [`store`] |
+//! 1. **classify**: method and the path Django resolves against the routes
+//!    ([`quota::routes`]); no match → forwarded untouched, no store call.
+//!    On a route, the body is read (streamed, spooled) and [`flag`] says
+//!    whether it asks for an image (unsure → it asks); a probe may force it.
+//! 2. **identify**: who asks, on which plan, with which limits ([`identity`]).
+//! 3. **admit**: day, week and month of *now* ([`periods`]); one unit held
+//!    against all three limits, atomically ([`store`]), or the denial
+//!    (403/429, `{"error": …}`, `Retry-After`). The [`decision::Decision`]
+//!    goes to the request counter and the log line.
+//! 4. **forward**: the exact bytes to the upstream ([`proxy`]), streamed back.
+//! 5. **report**: how many images the answer saved ([`report`]).
+//! 6. **settle**: the held unit becomes usage or is released, when the answer
+//!    is handed on or its stream ends ([`quota`], [`store`]).
 //!
-//! The phases are called in this order by `inspect` in `src/quota/service.rs`.
+//! The phases are called in this order by `inspect` in
+//! `src/quota/service/mod.rs`.
 //!
 //! A denied request never reaches the upstream: it gets the route's status
 //! (403 or 429), `{"error": "<message>"}` and `Retry-After`. In shadow mode
@@ -25,17 +29,30 @@
 //! flagged to the upstream. The quota-status path (`[status] path`) is
 //! answered by the layer itself: the caller's own quota, one store read.
 //!
-//! The binary's wiring is in [`app`]; its accept loop in [`server`]. For
-//! operations, the admin listener (probes, usage API, reload) is [`admin`],
-//! the Prometheus metrics [`metrics`], the logs [`telemetry`]; the drain and
-//! reload are described in [`app`] and in the README's Operations section.
+//! # Levels
+//!
+//! Every module sits on one level and imports only from its own level or
+//! lower ones, never round a circle (`tests/levels.rs` fails otherwise):
+//!
+//! | level | modules |
+//! |---|---|
+//! | 0 domain | [`config`] (the bottom: serde types and parsing, no runtime objects; imports only [`periods`]), [`periods`], [`clock`], [`flag`], [`report`], [`response`] (the answers the proxy makes itself), [`decision`], [`counters`] (what is counted) |
+//! | 1 ports | [`store`] (the trait, memory, Redis, outage handling, opening the configured one), [`identity`] |
+//! | 2 middleware | [`quota`] (the layer, its service and bodies, routes, probe, spool) |
+//! | 3 runtime | [`metrics`] (exporter, timers), [`telemetry`] (logs), [`server`] (accept loop), [`proxy`] (forwarding), [`admin`] (admin listener and the running state it reloads), [`app`] (wiring, workers, drain), [`cli`] |
+//!
+//! For operations, the admin listener (probes, usage API, reload) is
+//! [`admin`], the Prometheus metrics [`metrics`], the logs [`telemetry`];
+//! the drain and reload are described in [`app`] and in the README's
+//! Operations section.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod error;
+pub mod counters;
+pub mod decision;
 pub mod flag;
 pub mod identity;
 pub mod metrics;
@@ -43,9 +60,14 @@ pub mod periods;
 pub mod proxy;
 pub mod quota;
 pub mod report;
-pub mod routes;
+pub mod response;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 
 pub use quota::QuotaLayer;
+
+/// A boxed error that crosses task boundaries: what hyper and tower accept
+/// from bodies and services, and what this crate's bodies and services
+/// return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

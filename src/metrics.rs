@@ -3,6 +3,10 @@
 //!
 //! Code counts through the [`metrics`] facade, so any module can add a
 //! metric without plumbing: `metrics::counter!(NAME, "label" => value)`.
+//! What the lower levels count (requests by [`Decision`](crate::decision::Decision), denials,
+//! settlements, reports, identities) is named and recorded in
+//! [`crate::counters`]; this module is the runtime's part: the exporter,
+//! the store and upstream timers, the store gauges and reloads.
 //! The binary installs a Prometheus recorder ([`install`]) that only renders
 //! the text format; it opens no listener of its own. Without a recorder
 //! (the library embedded elsewhere, or the in-process tests) every call is
@@ -10,7 +14,7 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `quota_proxy_requests_total` | counter | `route`, `decision` | requests by what the proxy decided (see [`RouteCounters::request`]) |
+//! | `quota_proxy_requests_total` | counter | `route`, `decision` | requests by what the proxy decided (see [`RouteCounters::request`](crate::counters::RouteCounters::request)) |
 //! | `quota_proxy_denials_total` | counter | `route`, `period` | denials by the period whose limit was reached |
 //! | `quota_proxy_fail_open_total` | counter | `route` | flagged requests forwarded uncounted because the store failed (`on_store_error = "allow"`) |
 //! | `quota_proxy_store_call_duration_seconds` | histogram | `op`, `outcome` | store calls (`reserve`, `settle`, `extend`, `usage`, `adjust`, `ping`), `ok` or `error` |
@@ -26,9 +30,11 @@
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
 //! The Redis store's settle retry queue is read every 5 s: its depth as
-//! [`settlements_pending`]`("retry_queue", n)` and what it gave up on as
-//! [`settlements_dropped`]`("retry_queue", n)`. The forward-auth identity
-//! cache calls [`identity_cache`] on every lookup.
+//! [`settlements_pending`](crate::counters::settlements_pending)`("retry_queue", n)`
+//! and what it gave up on as
+//! [`settlements_dropped`](crate::counters::settlements_dropped)`("retry_queue", n)`. The forward-auth identity
+//! cache calls [`identity_cache`](crate::counters::identity_cache) on every
+//! lookup.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,37 +48,25 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::periods::{Period, PeriodWindow, PeriodWindows};
+use crate::counters::{
+    DENIALS, FAIL_OPEN, IDENTITY_CACHE, REQUESTS, SETTLEMENTS_DROPPED, SETTLEMENTS_PENDING,
+    UNKNOWN_PLAN,
+};
+use crate::periods::{PeriodWindow, PeriodWindows};
 use crate::store::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
 
-/// Requests by route and decision.
-pub const REQUESTS: &str = "quota_proxy_requests_total";
-/// Denials by route and period.
-pub const DENIALS: &str = "quota_proxy_denials_total";
-/// Flagged requests forwarded uncounted after a store error.
-pub const FAIL_OPEN: &str = "quota_proxy_fail_open_total";
 /// Store call latency.
 pub const STORE_CALL_SECONDS: &str = "quota_proxy_store_call_duration_seconds";
 /// Upstream latency to the response head.
 pub const UPSTREAM_SECONDS: &str = "quota_proxy_upstream_duration_seconds";
 /// Upstream answers by status class.
 pub const UPSTREAM_RESPONSES: &str = "quota_proxy_upstream_responses_total";
-/// Settlements not recorded yet, by stage.
-pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
-/// Settlements given up on, by reason.
-pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
 /// 1 while the store answers.
 pub const STORE_UP: &str = "quota_proxy_store_up";
 /// 1 while the breaker in front of Redis is open.
 pub const STORE_BREAKER_OPEN: &str = "quota_proxy_store_breaker_open";
-/// Malformed usage reports by route.
-pub const MALFORMED_REPORTS: &str = "quota_proxy_malformed_reports_total";
 /// Config reloads by result.
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
-/// Identity cache lookups by result (`hit`, `miss`).
-pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
-/// Plan names not in `[plans]` (the default plan applied).
-pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
 /// The running version.
 pub const BUILD_INFO: &str = "quota_proxy_build_info";
 
@@ -158,125 +152,6 @@ fn describe() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// What was decided for a request on an inspected route: the `decision`
-/// label of the request counter. (Requests on other routes count as
-/// `passthrough`, route `-`: [`passthrough_counter`].)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Inspected, asks for no image.
-    Unflagged,
-    /// Flagged, one unit reserved.
-    Allowed,
-    /// Flagged, a limit is reached.
-    Denied,
-    /// Flagged without a user, forwarded (`anonymous = "forward"`).
-    Anonymous,
-    /// Flagged without a user, 401.
-    AnonymousDenied,
-    /// The identity source failed, 503.
-    IdentityError,
-    /// The store failed, forwarded uncounted (fail open).
-    StoreErrorAllowed,
-    /// The store failed, 503.
-    StoreErrorDenied,
-    /// Flagged, a limit is reached, but the request is in shadow mode:
-    /// forwarded, and its usage still counted.
-    ShadowDenied,
-}
-
-impl Decision {
-    const ALL: [Decision; 9] = [
-        Decision::Unflagged,
-        Decision::Allowed,
-        Decision::Denied,
-        Decision::Anonymous,
-        Decision::AnonymousDenied,
-        Decision::IdentityError,
-        Decision::StoreErrorAllowed,
-        Decision::StoreErrorDenied,
-        Decision::ShadowDenied,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Unflagged => "unflagged",
-            Decision::Allowed => "allowed",
-            Decision::Denied => "denied",
-            Decision::Anonymous => "anonymous",
-            Decision::AnonymousDenied => "anonymous_denied",
-            Decision::IdentityError => "identity_error",
-            Decision::StoreErrorAllowed => "store_error_allowed",
-            Decision::StoreErrorDenied => "store_error_denied",
-            Decision::ShadowDenied => "shadow_denied",
-        }
-    }
-}
-
-/// One route's counters: requests by [`Decision`], denials by period and
-/// fail-opens. Looked up once, when the route table is built, so counting
-/// takes no registry lookup (no label hashing, no lock, no allocation).
-/// Every series exists from then on, at 0 until counted.
-#[derive(Debug, Clone)]
-pub struct RouteCounters {
-    requests: [metrics::Counter; Decision::ALL.len()],
-    denials: [metrics::Counter; Period::ALL.len()],
-    fail_open: metrics::Counter,
-}
-
-impl RouteCounters {
-    /// The counters of `route` in the recorder installed now.
-    pub fn new(route: &str) -> Self {
-        Self {
-            requests: Decision::ALL.map(|decision| {
-                metrics::counter!(REQUESTS, "route" => route.to_owned(), "decision" => decision.as_str())
-            }),
-            denials: Period::ALL.map(|period| {
-                metrics::counter!(DENIALS, "route" => route.to_owned(), "period" => period.as_str())
-            }),
-            fail_open: metrics::counter!(FAIL_OPEN, "route" => route.to_owned()),
-        }
-    }
-
-    /// Counts one request with what was decided for it.
-    pub fn request(&self, decision: Decision) {
-        self.requests[decision as usize].increment(1);
-    }
-
-    /// Counts a denial, as a request and by period.
-    pub fn denied(&self, period: Period) {
-        self.request(Decision::Denied);
-        self.denials[period as usize].increment(1);
-    }
-
-    /// Counts a flagged request forwarded uncounted after a store error.
-    pub fn fail_open(&self) {
-        self.request(Decision::StoreErrorAllowed);
-        self.fail_open.increment(1);
-    }
-}
-
-/// The counter of requests on a route that is not inspected, to be kept and
-/// incremented per request (the quota layer holds it).
-pub fn passthrough_counter() -> metrics::Counter {
-    metrics::counter!(REQUESTS, "route" => "-", "decision" => "passthrough")
-}
-
-/// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).
-pub fn settlements_pending(stage: &'static str, pending: usize) {
-    metrics::gauge!(SETTLEMENTS_PENDING, "stage" => stage).set(pending as f64);
-}
-
-/// Counts one malformed usage report on `route`.
-pub fn malformed_report(route: &str) {
-    metrics::counter!(MALFORMED_REPORTS, "route" => route.to_owned()).increment(1);
-}
-
-/// Counts `count` settlements whose usage could not be recorded, by `reason`.
-pub fn settlements_dropped(reason: &'static str, count: u64) {
-    metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(count);
-}
-
 /// Sets the store gauges from `health` (read when `/metrics` is rendered).
 pub fn store_health(health: &crate::store::StoreHealth) {
     metrics::gauge!(STORE_UP).set(if health.up { 1.0 } else { 0.0 });
@@ -286,16 +161,6 @@ pub fn store_health(health: &crate::store::StoreHealth) {
 /// Counts a config reload, `ok` or `error`.
 pub fn reload(ok: bool) {
     metrics::counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
-}
-
-/// Counts an identity whose plan name is not in `[plans]`.
-pub fn unknown_plan() {
-    metrics::counter!(UNKNOWN_PLAN).increment(1);
-}
-
-/// Counts an identity cache lookup.
-pub fn identity_cache(hit: bool) {
-    metrics::counter!(IDENTITY_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
 /// A [`QuotaStore`] that times every call of the store it wraps.

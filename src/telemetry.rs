@@ -7,27 +7,9 @@
 //! and shutdown. Never cookies, tokens, `Authorization` headers or bodies:
 //! no code in this crate puts a header value or a body in a log field.
 
-use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogConfig;
-
-/// Log line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line, fields at the top level, for log collectors.
-    Json,
-}
-
-/// Parses a `RUST_LOG`-style filter, or says why it cannot be used.
-pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder().parse(filter).map_err(|e| {
-        format!("{filter:?} is not a log filter ({e}); e.g. \"info\" or \"quota_proxy=debug,info\"")
-    })
-}
+use crate::config::{LogConfig, LogFormat, parse_log_filter};
 
 /// Installs the global subscriber for `config`; later calls do nothing.
 ///
@@ -37,7 +19,7 @@ pub fn init(config: &LogConfig) {
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let filter = match from_env.as_deref().map(parse_filter) {
+    let filter = match from_env.as_deref().map(parse_log_filter) {
         Some(Ok(filter)) => filter,
         Some(Err(reason)) => {
             eprintln!("quota-proxy: RUST_LOG ignored: {reason}");
@@ -58,18 +40,5 @@ pub fn init(config: &LogConfig) {
 
 /// The configured filter (validated with the config), or `info`.
 fn configured(filter: &str) -> EnvFilter {
-    parse_filter(filter).unwrap_or_else(|_| EnvFilter::new("info"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_parse_or_say_why() {
-        assert!(parse_filter("info").is_ok());
-        assert!(parse_filter("quota_proxy=debug,hyper=warn").is_ok());
-        let err = parse_filter("quota_proxy=loud").expect_err("bad level");
-        assert!(err.contains("quota_proxy=loud"), "{err}");
-    }
+    parse_log_filter(filter).unwrap_or_else(|_| EnvFilter::new("info"))
 }

@@ -12,10 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::usage::{PeriodChoice, UsageError, UsageOps, UserUsage};
-use crate::app::{AppState, ReloadError};
-use crate::error::{JSON_CONTENT_TYPE, json_error, json_response};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{AppState, ReloadError};
+use crate::BoxError;
+use crate::response::{JSON_CONTENT_TYPE, json_error, json_response};
 
 /// Largest request body read (the adjust request is a few bytes).
 const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -14,8 +14,13 @@
 //! `/v1/` needs `Authorization: Bearer <token>`, the token read from
 //! `admin.token_env` or `admin.token_file` ([`AdminToken`]). With neither
 //! set, `/v1/` is off and answers 403 saying how to turn it on.
+//!
+//! The running process's state that these endpoints read and reload
+//! ([`AppState`], `state.rs`) lives here, below the wiring in
+//! [`crate::app`] that creates it and drains it.
 
 mod api;
+mod state;
 mod token;
 mod usage;
 
@@ -27,9 +32,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+pub use self::state::{AppState, Current, NotReady, ReloadError, Reloaded};
 pub use self::token::{AdminToken, TokenError};
 pub use self::usage::{PeriodChoice, PeriodReport, Periods, UsageError, UsageOps, UserUsage};
-use crate::app::AppState;
 
 /// How long admin requests may run on once the admin listener stops (after
 /// the proxy has drained).

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+use super::{Config, ConfigError};
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, and the usage API
 /// under `/v1/` when a token is configured.
@@ -41,6 +43,23 @@ impl Default for AdminConfig {
             ready_requires_store: false,
         }
     }
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, fields at the top level, for log collectors.
+    Json,
+}
+
+/// Parses a `RUST_LOG`-style filter, or says why it cannot be used.
+pub fn parse_log_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(filter).map_err(|e| {
+        format!("{filter:?} is not a log filter ({e}); e.g. \"info\" or \"quota_proxy=debug,info\"")
+    })
 }
 
 /// Logs: one line per inspected request, and the proxy's own events.
@@ -95,8 +114,21 @@ impl Config {
             }
             _ => {}
         }
-        crate::telemetry::parse_filter(&self.log.filter)
+        parse_log_filter(&self.log.filter)
             .map_err(|reason| ConfigError::invalid("log.filter", reason))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_or_say_why() {
+        assert!(parse_log_filter("info").is_ok());
+        assert!(parse_log_filter("quota_proxy=debug,hyper=warn").is_ok());
+        let err = parse_log_filter("quota_proxy=loud").expect_err("bad level");
+        assert!(err.contains("quota_proxy=loud"), "{err}");
     }
 }

@@ -44,17 +44,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use self::admin::{AdminConfig, LogConfig};
+pub use self::admin::{AdminConfig, LogConfig, LogFormat, parse_log_filter};
 pub use self::error::ConfigError;
 pub use self::identity::{ForwardAuthConfig, IdentityConfig, JwtConfig, JwtKeySource};
 pub use self::messages::Messages;
 pub use self::periods::PeriodsConfig;
-pub use self::routes::{ProbeConfig, RouteConfig};
+pub use self::routes::{DEFAULT_ROUTING_HEADERS, ProbeConfig, RouteConfig};
 pub use self::status::StatusConfig;
 pub use self::store::{BreakerConfig, SentinelConfig, StoreConfig};
 pub use self::timeouts::Timeouts;
 pub use self::usage::{ReportMarker, UsageConfig};
-pub use crate::telemetry::LogFormat;
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
     IdentityKind, Limits, Method, Plan, PlanCase, StoreErrorPolicy, StoreKind, TimeZone,
@@ -170,7 +169,7 @@ impl Default for Config {
             plans: BTreeMap::new(),
             routes: Vec::new(),
             extension_methods: Vec::new(),
-            strip_routing_headers: crate::routes::DEFAULT_ROUTING_HEADERS
+            strip_routing_headers: DEFAULT_ROUTING_HEADERS
                 .map(RequiredHeader::from_static)
                 .to_vec(),
             shadow: false,

@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{FlagRules, Method, RequiredHeader};
 
+/// The default `strip_routing_headers` (lower case, as header names are
+/// kept; `SCRIPT_NAME` is `script_name`).
+pub const DEFAULT_ROUTING_HEADERS: [&str; 8] = [
+    "script_name",
+    "path_info",
+    "x-script-name",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+];
+
 /// One route to inspect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -201,7 +201,7 @@ impl IdentityCache {
     pub(crate) fn lookup(self: &Arc<Self>, key: CredentialKey, now: Instant) -> Lookup {
         let mut state = self.lock();
         let hit = matches!(state.entries.get(&key), Some(entry) if entry.expires > now);
-        crate::metrics::identity_cache(hit);
+        crate::counters::identity_cache(hit);
         if hit {
             // Used now: it moves to the back of the eviction queue.
             let generation = state.next_generation;

@@ -80,7 +80,7 @@ impl PlanTable {
 
     /// Counts an unknown plan name, and logs it the first time it is seen.
     fn unknown(&self, name: &str) {
-        crate::metrics::unknown_plan();
+        crate::counters::unknown_plan();
         let first = match self.logged.lock() {
             Ok(mut logged) if logged.len() < UNKNOWN_NAMES_LOGGED => logged.insert(name.to_owned()),
             _ => false,

@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::pool::Lease;
-use crate::proxy::BoxError;
+use crate::BoxError;
 
 /// Why a response body stopped before its end. The client connection is
 /// then aborted, so the client sees a truncated response, never a short one
@@ -81,7 +81,7 @@ impl ProxyBody {
 }
 
 /// A body the proxy wrote itself, such as a JSON error from
-/// [`crate::error::json_error`].
+/// [`crate::response::json_error`].
 impl From<Full<Bytes>> for ProxyBody {
     fn from(body: Full<Bytes>) -> Self {
         Self {
@@ -237,6 +237,20 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use crate::quota::QuotaBody;
+
+    /// hyper moves a response, body included, several times on its way
+    /// out; a rare variant of the quota layer's body must not make every
+    /// response body large.
+    #[test]
+    fn quota_bodies_are_no_larger_than_what_they_wrap_needs() {
+        let proxy_body = std::mem::size_of::<ProxyBody>();
+        assert!(
+            std::mem::size_of::<QuotaBody<ProxyBody>>() <= proxy_body + 8,
+            "QuotaBody<ProxyBody> is {} bytes, ProxyBody {proxy_body}",
+            std::mem::size_of::<QuotaBody<ProxyBody>>()
+        );
+    }
 
     /// A body that yields each frame after its delay, measured from the
     /// previous poll that returned a frame, on tokio's (paused) clock.

@@ -10,11 +10,7 @@ use http::uri::Authority;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::error::json_error;
-
-/// A boxed error that crosses task boundaries: what hyper and tower accept
-/// from bodies and services.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::response::json_error;
 
 /// A forwarding failure that ends in a response made by the proxy.
 #[derive(Debug, thiserror::Error)]

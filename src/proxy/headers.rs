@@ -29,16 +29,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// [`Doomed::fixed`]'s bit for `Connection`, `HOP_BY_HOP[0]`.
+/// [`HopByHop::fixed`]'s bit for `Connection`, `HOP_BY_HOP[0]`.
 const CONNECTION_BIT: u8 = 1 << 0;
-/// [`Doomed::fixed`]'s bit for `TE`, `HOP_BY_HOP[3]`.
+/// [`HopByHop::fixed`]'s bit for `TE`, `HOP_BY_HOP[3]`.
 const TE_BIT: u8 = 1 << 3;
 
 /// Removes the hop-by-hop headers of a response: every header named in
 /// `Connection`, then the fixed list (RFC 9110 §7.6.1). hyper re-frames the
 /// body for the next hop, so a stale `Transfer-Encoding` must not survive.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    Doomed::find(headers).remove_from(headers);
+    HopByHop::find(headers).remove_from(headers);
 }
 
 /// Removes the hop-by-hop headers of a request, like [`strip_hop_by_hop`],
@@ -46,8 +46,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client (gRPC-style servers refuse to answer without it). The client's
 /// other transfer codings are the proxy's business, not the upstream's.
 pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
-    let doomed = Doomed::find(headers);
-    let accepts_trailers = doomed.fixed & TE_BIT != 0
+    let hop_by_hop = HopByHop::find(headers);
+    let accepts_trailers = hop_by_hop.fixed & TE_BIT != 0
         && headers
             .get_all(header::TE)
             .iter()
@@ -56,7 +56,7 @@ pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
             // A coding may carry a weight: `trailers;q=1` is still trailers.
             .filter_map(|coding| coding.split(';').next())
             .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
-    doomed.remove_from(headers);
+    hop_by_hop.remove_from(headers);
     if accepts_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -69,7 +69,7 @@ pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
 /// pass-through request; making a `Vec` and a `HeaderName` of each
 /// `Connection` token (an allocation for any name outside the standard
 /// list) another 250 instructions or so (callgrind).
-struct Doomed {
+struct HopByHop {
     /// Bit `i` set: the message holds `HOP_BY_HOP[i]`.
     fixed: u8,
     /// The other headers its `Connection` lines name that it holds; empty
@@ -77,7 +77,7 @@ struct Doomed {
     named: Vec<HeaderName>,
 }
 
-impl Doomed {
+impl HopByHop {
     fn find(headers: &HeaderMap) -> Self {
         let mut fixed = 0;
         for name in headers.keys() {
@@ -256,10 +256,10 @@ mod tests {
             ("close-by", "kept"),
             ("x-keep", "1"),
         ]);
-        let doomed = Doomed::find(&headers);
+        let hop_by_hop = HopByHop::find(&headers);
         // Only a present name outside the fixed list is kept aside.
-        assert_eq!(doomed.named, [HeaderName::from_static("x-gone")]);
-        doomed.remove_from(&mut headers);
+        assert_eq!(hop_by_hop.named, [HeaderName::from_static("x-gone")]);
+        hop_by_hop.remove_from(&mut headers);
         assert_eq!(names(&headers), ["close-by", "x-keep"]);
     }
 

@@ -20,6 +20,5 @@ mod pool;
 mod service;
 
 pub use body::{BodyError, ProxyBody};
-pub use error::BoxError;
 pub use pool::POOL_IDLE_TIMEOUT;
 pub use service::{ProxyService, ResponseFuture};

@@ -18,9 +18,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::BoxError;
 use crate::config::Timeouts;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::{BoxError, ForwardError, chain};
+use crate::proxy::error::{ForwardError, chain};
 use crate::proxy::headers;
 use crate::proxy::pool::Pool;
 use crate::server::ClientAddr;

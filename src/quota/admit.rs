@@ -9,16 +9,16 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::denial::Denial;
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::ratelimit;
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
-use crate::error::json_error;
+use crate::decision::Decision;
 use crate::identity::{Identity, IdentityError};
-use crate::metrics::Decision;
-use crate::routes::Route;
+use crate::quota::routes::Route;
+use crate::response::json_error;
 use crate::store::{Admission, ReserveRequest};
 
 /// Seconds a client is asked to wait when the store cannot answer.
@@ -28,7 +28,7 @@ const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// its `X-Request-Id` for the log lines, and where a request forwarded in
 /// shadow mode gets `shadow_header`.
 pub(super) async fn admit(
-    shared: &Shared,
+    shared: &QuotaState,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
     headers: &mut HeaderMap,
@@ -42,12 +42,13 @@ pub(super) async fn admit(
                     route.counters.request(Decision::Anonymous);
                     Ok(Ticket::Unreserved {
                         identity: None,
-                        decision: "anonymous",
+                        decision: Decision::Anonymous,
                     })
                 }
                 AnonymousPolicy::Deny => {
-                    route.counters.request(Decision::AnonymousDenied);
-                    tracing::info!(route = %route.name, decision = "anonymous_denied", request_id,
+                    let decision = Decision::AnonymousDenied;
+                    route.counters.request(decision);
+                    tracing::info!(route = %route.name, decision = decision.as_str(), request_id,
                         "flagged request without a user");
                     Err(json_error(
                         StatusCode::UNAUTHORIZED,
@@ -57,19 +58,22 @@ pub(super) async fn admit(
             };
         }
         Err(e) => {
-            route.counters.request(Decision::IdentityError);
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
+                    let decision = Decision::IdentityErrorAllowed;
+                    route.counters.request(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
-                        decision = "identity_error_allowed", "cannot identify the user; forwarding uncounted");
+                        decision = decision.as_str(), "cannot identify the user; forwarding uncounted");
                     Ok(Ticket::Unreserved {
                         identity: None,
-                        decision: "identity_error_allowed",
+                        decision,
                     })
                 }
                 IdentityErrorPolicy::Deny => {
+                    let decision = Decision::IdentityErrorDenied;
+                    route.counters.request(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
-                        decision = "identity_error_denied", "cannot identify the user; denying");
+                        decision = decision.as_str(), "cannot identify the user; denying");
                     Err(unavailable(
                         "the user cannot be identified right now; try again shortly",
                     ))
@@ -119,7 +123,7 @@ pub(super) async fn admit(
             route.counters.denied(period);
             tracing::info!(
                 route = %route.name, user = %identity.user_id,
-                plan = identity.plan.as_deref().unwrap_or("-"), decision = "denied",
+                plan = identity.plan.as_deref().unwrap_or("-"), decision = Decision::Denied.as_str(),
                 period = standing.period, limit,
                 remaining_daily = standing.daily, remaining_weekly = standing.weekly,
                 remaining_monthly = standing.monthly,
@@ -148,21 +152,22 @@ pub(super) async fn admit(
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
-                    decision = "store_error_allowed", "quota store failed; forwarding unchecked"
+                    decision = Decision::StoreErrorAllowed.as_str(), "quota store failed; forwarding unchecked"
                 );
                 Ok(Ticket::Unreserved {
                     identity: Some(identity),
-                    decision: "store_error_allowed",
+                    decision: Decision::StoreErrorAllowed,
                 })
             }
             // Under `local`, an error reaches here only when the local
             // count cannot answer either (its memory is full).
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
-                route.counters.request(Decision::StoreErrorDenied);
+                let decision = Decision::StoreErrorDenied;
+                route.counters.request(decision);
                 tracing::error!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
-                    decision = "store_error_denied", "quota store failed; denying"
+                    decision = decision.as_str(), "quota store failed; denying"
                 );
                 Err(unavailable(
                     "image quota cannot be checked right now; try again shortly",

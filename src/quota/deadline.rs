@@ -21,12 +21,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client sent no body data for longer than `timeouts.client_body`.
 /// The error a [`ClientBody`] ends with; the answer is 408 and the

@@ -7,9 +7,9 @@ use http::{HeaderValue, Response, header};
 use http_body_util::Full;
 
 use crate::config::Messages;
-use crate::error::json_response;
 use crate::periods::Period;
-use crate::routes::Route;
+use crate::quota::routes::Route;
+use crate::response::json_response;
 
 /// Why a request is denied.
 pub(crate) struct Denial<'a> {
@@ -64,14 +64,14 @@ mod tests {
     fn route(message: Option<&str>) -> Route {
         Route {
             name: "POST /x".to_owned(),
-            pattern: crate::routes::PathPattern::parse("/x").expect("pattern"),
+            pattern: crate::quota::routes::PathPattern::parse("/x").expect("pattern"),
             flag: "generate_image".to_owned(),
             flag_rules: FlagRules::default(),
             deny_status: StatusCode::FORBIDDEN,
             message: message.map(str::to_owned),
             probe: None,
             shadow: false,
-            counters: crate::metrics::RouteCounters::new("POST /x"),
+            counters: crate::counters::RouteCounters::new("POST /x"),
         }
     }
 

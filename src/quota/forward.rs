@@ -27,16 +27,15 @@ use tokio::sync::oneshot;
 use tower::Service;
 
 use super::body::{QuotaBody, RequestBody};
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::ratelimit;
 use super::service::local;
 use super::settle::{Settlement, Ticket};
 use super::usage_body::UsageBody;
-use crate::error::json_error;
+use crate::BoxError;
+use crate::quota::routes::Route;
 use crate::report::{ReportToken, UsageReport};
-use crate::routes::Route;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::response::json_error;
 
 /// Sends the request on and waits for the accounted answer. The
 /// accounting (the upstream's answer, its report, the settle) runs in this
@@ -45,7 +44,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// and the settle waits for the store. A store that answers at once (the
 /// memory store) settles in place and needs no task.
 pub(super) async fn forward<S, ReqB, ResB>(
-    shared: Arc<Shared>,
+    shared: Arc<QuotaState>,
     mut inner: S,
     route: Arc<Route>,
     mut request: Request<RequestBody<ReqB>>,

@@ -22,8 +22,8 @@ use crate::config::{
 };
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
+use crate::quota::routes::{RouteTable, RoutingHeaders};
 use crate::report::ReportReader;
-use crate::routes::{RouteTable, RoutingHeaders};
 use crate::store::QuotaStore;
 
 /// A [`tower::Layer`] that enforces image-generation quotas on the configured
@@ -42,11 +42,11 @@ use crate::store::QuotaStore;
 /// ```
 #[derive(Clone)]
 pub struct QuotaLayer {
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<QuotaState>>,
 }
 
 /// Everything a request's inspection reads; one per config.
-pub(crate) struct Shared {
+pub(crate) struct QuotaState {
     pub(crate) routes: RouteTable,
     /// Headers removed from every request (`strip_routing_headers`, and
     /// `shadow_header`).
@@ -223,7 +223,7 @@ impl QuotaLayerBuilder {
             ))
         });
         QuotaLayer {
-            shared: Arc::new(ArcSwap::from_pointee(Shared {
+            shared: Arc::new(ArcSwap::from_pointee(QuotaState {
                 routes: self.routes,
                 routing_headers: self.routing_headers,
                 shadow: ShadowPolicy::new(&config),
@@ -260,7 +260,7 @@ impl QuotaLayerBuilder {
                 anonymous: config.identity.anonymous,
                 trust_request_id: config.log.trust_request_id,
                 settlements: self.settlements,
-                passthrough: crate::metrics::passthrough_counter(),
+                passthrough: crate::counters::passthrough_counter(),
             })),
         }
     }

@@ -4,9 +4,9 @@
 //! Shaped like a tower-http middleware: the layer ([`QuotaLayer`]), the
 //! service ([`Quota`]), its future ([`ResponseFuture`]), and the bodies it
 //! hands on ([`RequestBody`] to the inner service, [`QuotaBody`] to the
-//! caller). The phases of an inspected request live in `service.rs`'s
-//! `inspect`: read body → flag → identify → reserve → forward → report →
-//! settle. An upload (`multipart/form-data`) is read and flagged as it
+//! caller). The phases of an inspected request live in `service/mod.rs`'s
+//! `inspect`: classify (route, read the body, flag) → identify → admit →
+//! forward → report → settle. The route table is [`routes`]. An upload (`multipart/form-data`) is read and flagged as it
 //! streams and waits for the decision in a spool (`spool.rs`): memory up to
 //! `body_buffer_bytes`, then a temporary file. Shadow mode (`shadow.rs`)
 //! forwards a request over a limit instead of denying it; the quota-status
@@ -22,6 +22,7 @@ mod layer;
 mod probe;
 mod ratelimit;
 mod request_id;
+pub mod routes;
 mod service;
 mod settle;
 mod shadow;

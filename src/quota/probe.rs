@@ -36,10 +36,9 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use super::body::RequestBody;
+use crate::BoxError;
 use crate::config::ProbeConfig;
-use crate::routes::PathPattern;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::quota::routes::PathPattern;
 
 /// Largest probe answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;

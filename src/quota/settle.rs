@@ -7,14 +7,15 @@ use std::time::Instant;
 use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::probe::ProbeCache;
 use super::request_id;
 use super::standing::Standing;
+use crate::decision::Decision;
 use crate::identity::Identity;
 use crate::periods::{Period, PeriodWindows};
+use crate::quota::routes::Route;
 use crate::report::UsageReport;
-use crate::routes::Route;
 use crate::store::{PeriodCounts, Reservation};
 
 /// What an inspected request carries to its settlement.
@@ -41,7 +42,7 @@ pub(crate) enum Ticket {
     /// `anonymous = "forward"`, or the store failed under `allow`.
     Unreserved {
         identity: Option<Identity>,
-        decision: &'static str,
+        decision: Decision,
     },
     /// Not flagged. If the answer reports saved images anyway, they are
     /// counted against the user these headers identify, and `session` (the
@@ -53,12 +54,12 @@ pub(crate) enum Ticket {
 }
 
 impl Ticket {
-    fn decision(&self) -> &'static str {
+    fn decision(&self) -> Decision {
         match self {
-            Ticket::Reserved { .. } => "allowed",
-            Ticket::ShadowDenied { .. } => "shadow_denied",
-            Ticket::Unreserved { decision, .. } => decision,
-            Ticket::Unflagged { .. } => "unflagged",
+            Ticket::Reserved { .. } => Decision::Allowed,
+            Ticket::ShadowDenied { .. } => Decision::ShadowDenied,
+            Ticket::Unreserved { decision, .. } => *decision,
+            Ticket::Unflagged { .. } => Decision::Unflagged,
         }
     }
 }
@@ -69,7 +70,7 @@ const LEARNED_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(
 
 /// A ticket on its way to the store, with what the log line needs.
 pub(crate) struct Settlement {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<QuotaState>,
     pub(crate) route: Arc<Route>,
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
@@ -84,7 +85,7 @@ impl Settlement {
     /// A settlement for `ticket`, counted as pending from now until it is
     /// settled or dropped.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<QuotaState>,
         route: Arc<Route>,
         ticket: Ticket,
         request_id: Option<http::HeaderValue>,
@@ -127,7 +128,7 @@ impl Settlement {
         if report.is_some_and(|r| r.malformed) {
             tracing::warn!(route = %route.name, succeeded,
                 "malformed saved-images report from the upstream; charging 1 image if nothing else was reported and the response succeeded");
-            crate::metrics::malformed_report(&route.name);
+            crate::counters::malformed_report(&route.name);
         }
         let amount = shared
             .reports
@@ -232,7 +233,7 @@ impl Settlement {
             // A settle the store dropped itself is counted there
             // (`retry_queue`), not twice.
             if !matches!(e, crate::store::StoreError::SettleDropped(_)) {
-                crate::metrics::settlements_dropped("store_error", 1);
+                crate::counters::settlements_dropped("store_error", 1);
             }
         }
         // Recorded (or given up on): no longer pending.
@@ -241,7 +242,7 @@ impl Settlement {
             route = %route.name,
             user,
             plan = plan.as_deref().unwrap_or("-"),
-            decision,
+            decision = decision.as_str(),
             period = standing.period,
             remaining_daily = standing.daily,
             remaining_weekly = standing.weekly,
@@ -261,7 +262,7 @@ impl Settlement {
 pub(crate) struct KeepAlive(tokio::task::AbortHandle);
 
 impl KeepAlive {
-    pub(crate) fn start(shared: &Arc<Shared>, reservation: &Reservation) -> Self {
+    pub(crate) fn start(shared: &Arc<QuotaState>, reservation: &Reservation) -> Self {
         let shared = Arc::clone(shared);
         let reservation = reservation.clone();
         let ttl = shared.reservation_ttl;

@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Config, PlanCase};
 use crate::periods::Period;
-use crate::routes::Route;
+use crate::quota::routes::Route;
 
 /// Who is in shadow mode, and how the upstream is told.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ mod tests {
     fn any_of_config_route_or_plan_puts_a_request_in_shadow() {
         let plans = "[plans]\nfree = { daily = 3, shadow = true }\npro = { daily = 50 }\n";
         let by_plan = policy(plans);
-        let mut route = crate::routes::RouteTable::new(
+        let mut route = crate::quota::routes::RouteTable::new(
             &Config::from_toml("[[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n")
                 .expect("config")
                 .routes,

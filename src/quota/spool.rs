@@ -46,8 +46,7 @@ use tokio::sync::mpsc;
 
 use super::budget::{BodyBudget, BudgetFull, Held};
 use super::deadline::ClientBodyTimeout;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Chunks of the body waiting for the parser; the reader waits beyond.
 const PARSER_QUEUE: usize = 4;

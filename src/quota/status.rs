@@ -24,11 +24,11 @@ use http_body_util::Full;
 use serde_json::json;
 
 use super::body::QuotaBody;
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::request_id::{self, X_REQUEST_ID};
 use super::service::local;
-use crate::error::{json_error, json_response};
 use crate::periods::Period;
+use crate::response::{json_error, json_response};
 use crate::store::PeriodUsage;
 
 /// Seconds a client is asked to wait when the identity source or the store
@@ -37,7 +37,7 @@ const RETRY_AFTER: u32 = 5;
 
 /// Answers a request on the status path; its body is not read.
 pub(super) async fn respond<ReqB, ResB, E>(
-    shared: Arc<Shared>,
+    shared: Arc<QuotaState>,
     request: Request<ReqB>,
 ) -> Result<Response<QuotaBody<ResB>>, E> {
     let (parts, _body) = request.into_parts();
@@ -45,7 +45,11 @@ pub(super) async fn respond<ReqB, ResB, E>(
 }
 
 /// The answer to `method` on the status path.
-async fn answer(shared: &Shared, method: &Method, headers: &HeaderMap) -> Response<Full<Bytes>> {
+async fn answer(
+    shared: &QuotaState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
     let mut answer = if method == Method::GET || method == Method::HEAD {
         status(shared, headers).await
     } else {
@@ -67,7 +71,7 @@ async fn answer(shared: &Shared, method: &Method, headers: &HeaderMap) -> Respon
     answer
 }
 
-async fn status(shared: &Shared, headers: &HeaderMap) -> Response<Full<Bytes>> {
+async fn status(shared: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let request_id = headers.get(&X_REQUEST_ID).map_or("-", request_id::as_str);
     let identity = match shared.identity.identify(headers).await {
         Ok(Some(identity)) => identity,

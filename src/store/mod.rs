@@ -16,6 +16,7 @@
 mod breaker;
 mod health;
 mod memory;
+mod open;
 mod redis;
 mod resilient;
 mod script;
@@ -30,6 +31,7 @@ use chrono::{DateTime, Utc};
 pub use self::breaker::BreakerSettings;
 pub use self::health::StoreHealth;
 pub use self::memory::MemoryStore;
+pub use self::open::{OpenStore, Opening, open_store, topology};
 pub use self::redis::{RedisOptions, RedisStore};
 pub use self::resilient::{OutagePolicy, ResilientSettings, ResilientStore};
 pub use self::topology::Topology;

@@ -6,7 +6,7 @@
 //! identity clients cannot choose, every path the proxy writes on a
 //! writable volume, secrets from Secrets, the admin port closed but to
 //! monitoring, and every metric the dashboard and the alerts query exported
-//! by src/metrics.rs. The Dockerfile and the systemd unit are checked too.
+//! by src/counters.rs and src/metrics.rs. The Dockerfile and the systemd unit are checked too.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -567,14 +567,20 @@ fn metrics_are_scraped_and_disruptions_budgeted() {
     );
 }
 
-/// The metric names src/metrics.rs exports (`pub const … = "quota_proxy_…"`).
+/// The metric names the code exports (`pub const … = "quota_proxy_…"` in
+/// src/counters.rs and src/metrics.rs).
 fn exported_metrics() -> BTreeSet<String> {
-    let names: BTreeSet<String> = read(&repo("src/metrics.rs"))
-        .lines()
+    let names: BTreeSet<String> = ["src/counters.rs", "src/metrics.rs"]
+        .iter()
+        .flat_map(|file| {
+            read(&repo(file))
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .filter(|l| l.starts_with("pub const "))
-        .filter_map(|l| l.split('"').nth(1))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
         .filter(|n| n.starts_with("quota_proxy_"))
-        .map(str::to_owned)
         .collect();
     assert!(names.contains("quota_proxy_requests_total"), "{names:?}");
     names

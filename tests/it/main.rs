@@ -13,6 +13,7 @@ mod django;
 mod docs_drift;
 mod flag_rules;
 mod identity;
+mod levels;
 mod limits;
 mod load_smoke;
 mod no_spoofing;

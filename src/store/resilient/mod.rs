@@ -105,7 +105,7 @@ pub struct ResilientSettings {
 /// optional local fallback. Dropping it stops the retry task; call
 /// [`ResilientStore::flush`] first.
 pub struct ResilientStore {
-    shared: Arc<Shared>,
+    shared: Arc<ResilientState>,
     retrier: tokio::task::AbortHandle,
 }
 
@@ -119,7 +119,9 @@ impl std::fmt::Debug for ResilientStore {
     }
 }
 
-struct Shared {
+/// What the handle and its retry task share: the wrapped store and its
+/// outage handling (breaker, reachability, settle queue, local counts).
+struct ResilientState {
     inner: Arc<dyn QuotaStore>,
     breaker: Breaker,
     reachability: Reachability,
@@ -131,7 +133,7 @@ impl ResilientStore {
     /// Wraps `inner` and starts the retry task (so it must be called inside
     /// a tokio runtime).
     pub fn new(inner: Arc<dyn QuotaStore>, settings: ResilientSettings) -> Self {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ResilientState {
             inner,
             breaker: Breaker::new(settings.breaker),
             reachability: Reachability::new(),

@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Shared, is_outage};
+use super::{ResilientState, is_outage};
 use crate::store::{Reservation, StoreError};
 
 /// First pause before retrying queued settles after Redis failed them.
@@ -141,7 +141,7 @@ impl SettleQueue {
 }
 
 /// The retry task: sends queued settles until the store is dropped.
-pub(super) async fn retry(shared: Arc<Shared>) {
+pub(super) async fn retry(shared: Arc<ResilientState>) {
     let queue = &shared.queue;
     let mut backoff = RETRY_MIN;
     loop {

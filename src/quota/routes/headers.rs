@@ -29,19 +29,6 @@ use http::header::HeaderName;
 
 use crate::config::RequiredHeader;
 
-/// The default `strip_routing_headers` (lower case, as header names are
-/// kept; `SCRIPT_NAME` is `script_name`).
-pub const DEFAULT_ROUTING_HEADERS: [&str; 8] = [
-    "script_name",
-    "path_info",
-    "x-script-name",
-    "x-forwarded-prefix",
-    "x-forwarded-path",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-];
-
 /// Header names removed from every request, matched in any case with `-`
 /// and `_` alike.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +79,7 @@ fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_ROUTING_HEADERS;
 
     #[test]
     fn every_spelling_is_removed_and_nothing_else() {

@@ -31,11 +31,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Opening;
-use crate::admin::{AdminToken, TokenError};
+use super::{AdminToken, TokenError};
 use crate::config::{Config, ConfigError, StoreErrorPolicy, StoreKind};
 use crate::quota::QuotaLayer;
-use crate::store::{QuotaStore, ResilientStore, StoreError, StoreHealth};
+use crate::store::{Opening, QuotaStore, ResilientStore, StoreError, StoreHealth, open_store};
 
 /// Longest wait for the store's answer to a readiness check.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -258,7 +257,7 @@ impl AppState {
     /// is installed.
     pub fn render_metrics(&self) -> Option<String> {
         let handle = self.metrics.as_ref()?;
-        crate::metrics::settlements_pending("in_flight", self.layer.settlements().len());
+        crate::counters::settlements_pending("in_flight", self.layer.settlements().len());
         crate::metrics::store_health(&self.store_health());
         Some(handle.render())
     }
@@ -316,7 +315,7 @@ impl AppState {
             kept
         } else if next.store.kind == StoreKind::Redis {
             store_reconnected = true;
-            let opened = crate::app::open_store(&next, Opening::MustAnswer).await?;
+            let opened = open_store(&next, Opening::MustAnswer).await?;
             (
                 crate::metrics::TimedStore::wrap(opened.store),
                 opened.resilient,

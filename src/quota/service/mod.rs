@@ -41,30 +41,29 @@ use super::body::{QuotaBody, RequestBody};
 use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
 use super::deadline::ClientBody;
 use super::forward::forward;
-use super::layer::Shared;
+use super::layer::QuotaState;
 use super::probe::{ProbeAnswer, ProbeCache};
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spool::{self, ReadError};
 use super::status;
+use crate::BoxError;
 use crate::config::RequestBuffering;
-use crate::error::json_error;
+use crate::decision::Decision;
 use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
-use crate::metrics::Decision;
-use crate::routes::{Route, RouteMatch};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::quota::routes::{Route, RouteMatch};
+use crate::response::json_error;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
 pub struct Quota<S> {
     inner: S,
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<QuotaState>>,
 }
 
 impl<S> Quota<S> {
-    pub(crate) fn new(inner: S, shared: Arc<ArcSwap<Shared>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<ArcSwap<QuotaState>>) -> Self {
         Self { inner, shared }
     }
 }
@@ -175,7 +174,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, E, B> {
-        Passthrough { #[pin] future: F, shared: Arc<Shared>, uri: http::Uri },
+        Passthrough { #[pin] future: F, shared: Arc<QuotaState>, uri: http::Uri },
         Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
     }
 }
@@ -209,7 +208,7 @@ where
 /// The upstream's answer to a request on no inspected route: handed on,
 /// with a usage report header removed (it is not counted there).
 fn passthrough_response<B>(
-    shared: &Shared,
+    shared: &QuotaState,
     response: Response<B>,
     path: &str,
     id: &http::HeaderValue,
@@ -235,7 +234,7 @@ fn passthrough_response<B>(
 /// the body budget and the client-body deadline) before the upstream is
 /// called, so a slow client never holds an upstream worker.
 async fn buffered_passthrough<S, ReqB, ResB>(
-    shared: Arc<Shared>,
+    shared: Arc<QuotaState>,
     mut inner: S,
     parts: request::Parts,
     body: ReqB,
@@ -280,7 +279,7 @@ where
 }
 
 async fn inspect<S, ReqB, ResB>(
-    shared: Arc<Shared>,
+    shared: Arc<QuotaState>,
     inner: S,
     matched: RouteMatch,
     request: Request<ReqB>,
@@ -488,7 +487,7 @@ fn declared_length(parts: &request::Parts) -> Option<u64> {
 /// into memory, as it is parsed whole. Either way, under the client-body
 /// deadline and within the body budget.
 async fn read_body<B>(
-    shared: &Shared,
+    shared: &QuotaState,
     route: &Route,
     parts: &request::Parts,
     body: B,

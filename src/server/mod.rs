@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::util::MapRequest;
 
-use crate::proxy::BoxError;
+use crate::BoxError;
 
 /// Longest time a client may take to send a request head, and longest time
 /// an HTTP/1.1 keep-alive connection may sit idle between requests. Stops
