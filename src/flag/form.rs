@@ -108,4 +108,24 @@ mod tests {
             Some(FieldValue::Long)
         );
     }
+
+    #[test]
+    fn values_longer_than_the_cap_are_long() {
+        let f = "generate_image";
+        let pair = |value: &str| format!("{f}={value}");
+        // Decoded, at most `cap` bytes is kept, one more is not.
+        let x = "x".repeat(100);
+        assert_eq!(last_value(pair(&x).as_bytes(), f, 100), text(&x));
+        let x = "x".repeat(101);
+        assert_eq!(
+            last_value(pair(&x).as_bytes(), f, 100),
+            Some(FieldValue::Long)
+        );
+        // Escapes shrink in decoding: 297 raw bytes make 99.
+        let escaped = "%74".repeat(99);
+        assert_eq!(
+            last_value(pair(&escaped).as_bytes(), f, 100),
+            text(&"t".repeat(99))
+        );
+    }
 }

@@ -321,6 +321,24 @@ mod tests {
             None,
             "a token never matches when none was sent"
         );
+        assert_eq!(
+            in_band(br#"{"count": 2}"#, &rules),
+            Some(UsageReport::images(2)),
+            "an object without a token counts when none is required"
+        );
+    }
+
+    #[test]
+    fn a_malformed_copy_of_a_header_fails_closed() {
+        // A header sent twice, "0" and garbage: the garbage is still
+        // charged as one image when the response succeeded.
+        let zero = header_count(b"0", MAX);
+        let garbage = header_count(b"many", MAX);
+        for report in [zero.or_max(garbage), garbage.or_max(zero)] {
+            assert!(report.malformed, "{report:?}");
+            assert_eq!(report.charged(true), 1);
+        }
+        assert_eq!(zero.or_max(zero).charged(true), 0);
     }
 
     #[test]

@@ -115,6 +115,11 @@ impl MarkerScanner {
     /// Called at the end of the stream: what is still held back (a marker
     /// left unfinished is text, and is sent as it was).
     pub fn finish(&mut self) -> Bytes {
+        // Nothing held (always so with an empty marker, which `scan` cannot
+        // search for).
+        if self.held.is_empty() {
+            return Bytes::new();
+        }
         let mut out = BytesMut::new();
         self.scan(&mut out, true);
         if self.strip {
@@ -374,5 +379,50 @@ mod tests {
         let text = real(16).repeat(3);
         let (_, images) = run(&[text.as_bytes()], true);
         assert_eq!(images, Some(16), "never above max_images_per_response");
+    }
+
+    #[test]
+    fn the_hold_back_bound_is_reached_and_never_passed() {
+        // A start whose end never comes is held until the window is full:
+        // `max_held` is exact, so the bound checks of the other tests and
+        // of the fuzzer are tight.
+        let mut s = scanner(true);
+        let mut most = 0;
+        s.feed(Bytes::from_static(START.as_bytes()));
+        for _ in 0..MAX_PAYLOAD + END.len() + 8 {
+            s.feed(Bytes::from_static(b"x"));
+            most = most.max(s.held());
+        }
+        assert_eq!(s.max_held(), START.len() + MAX_PAYLOAD + END.len());
+        assert_eq!(most, s.max_held() - 1);
+        assert_eq!(s.held(), 0, "given up: all of it was text");
+    }
+
+    #[test]
+    fn an_empty_marker_scans_nothing() {
+        // The config refuses empty markers; the scanner passes all through.
+        for (start, end) in [("", END), (START, "")] {
+            let mut s = MarkerScanner::new(start, end, true, ReportRules::with_token(token(), 16));
+            let text = real(1);
+            assert_eq!(&s.feed(Bytes::from(text.clone()))[..], text.as_bytes());
+            assert_eq!(s.finish(), Bytes::new());
+            assert_eq!(s.report(), None);
+        }
+    }
+
+    #[test]
+    fn a_payload_of_the_longest_length_counts_and_one_more_does_not() {
+        let payload = format!(r#"{{"count": 1, "token": "{}"}}"#, token().as_str());
+        for (len, want) in [(MAX_PAYLOAD, Some(1)), (MAX_PAYLOAD + 1, None)] {
+            let text = format!("{START}{payload:<len$}{END}");
+            let (out, images) = run(&[text.as_bytes()], true);
+            assert_eq!(images, want, "payload of {len} bytes");
+            let left = if want.is_some() { "" } else { text.as_str() };
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                left,
+                "payload of {len} bytes"
+            );
+        }
     }
 }

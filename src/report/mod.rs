@@ -91,11 +91,6 @@ impl ReportReader {
         }
     }
 
-    /// Largest count one response may report.
-    pub fn max_images(&self) -> u64 {
-        self.max_images
-    }
-
     /// A watcher for reports inside the body of a response with these
     /// headers (markers, SSE events, trailers), or `None` when nothing in its
     /// body could report. `token` is the one sent with the request.
@@ -281,12 +276,23 @@ mod tests {
                 HeaderValue::from_static("mine"),
             );
         }
-        h.insert("x-quota-report-tokens", HeaderValue::from_static("kept"));
-        h.insert("x_other", HeaderValue::from_static("kept"));
+        // Kept: other lengths, the same length with no `_`, and a `_`
+        // spelling that differs elsewhere.
+        let kept = [
+            "x-quota-report-tokens",
+            "x_other",
+            "x-quota-report-other",
+            "x_quota-reportxtoken",
+        ];
+        for name in kept {
+            h.insert(name, HeaderValue::from_static("kept"));
+        }
         r.strip_client_token(&mut h);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(h.contains_key("x-quota-report-tokens") && h.contains_key("x_other"));
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        let mut kept = kept.to_vec();
+        kept.sort_unstable();
+        assert_eq!(left, kept);
     }
 
     #[test]
@@ -343,7 +349,123 @@ mod tests {
         h.insert("content-length", HeaderValue::from_static("99999999"));
         assert!(!r.wants_json_body(&h));
         h.insert("content-length", HeaderValue::from_static("10"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/problem+json"),
+        );
+        assert!(r.wants_json_body(&h), "a +json type is JSON");
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         assert!(!r.wants_json_body(&h));
+    }
+
+    /// A reader with markers `[S]`…`[E]`, SSE events and the default header.
+    fn in_band_reader() -> ReportReader {
+        ReportReader::new(&UsageConfig {
+            count: CountMode::Images,
+            report_marker: Some(ReportMarker {
+                start: "[S]".to_owned(),
+                end: "[E]".to_owned(),
+            }),
+            report_sse_event: "images_saved".to_owned(),
+            ..UsageConfig::default()
+        })
+    }
+
+    #[test]
+    fn markers_are_stripped_and_the_token_sent_as_configured() {
+        let default = reader(CountMode::Requests);
+        assert!(!default.strips_markers(), "no marker: nothing to strip");
+        assert!(in_band_reader().strips_markers());
+        let kept = ReportReader::new(&UsageConfig {
+            strip_marker: false,
+            report_marker: Some(ReportMarker {
+                start: "[S]".to_owned(),
+                end: "[E]".to_owned(),
+            }),
+            ..UsageConfig::default()
+        });
+        assert!(!kept.strips_markers());
+        assert_eq!(
+            default.token_header().map(HeaderName::as_str),
+            Some("x-quota-report-token")
+        );
+        let none = ReportReader::new(&UsageConfig {
+            report_token_header: crate::config::HeaderField::off(),
+            ..UsageConfig::default()
+        });
+        assert_eq!(none.token_header(), None);
+    }
+
+    #[test]
+    fn a_body_is_watched_only_when_something_in_it_can_report() {
+        let mut sse = HeaderMap::new();
+        sse.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let plain = HeaderMap::new();
+        let token = || Some(ReportToken::from(7));
+        // The report header, read as a trailer, alone.
+        assert!(
+            reader(CountMode::Images)
+                .stream_report(&plain, token())
+                .is_some()
+        );
+        let no_header = |usage: UsageConfig| {
+            ReportReader::new(&UsageConfig {
+                report_header: crate::config::HeaderField::off(),
+                ..usage
+            })
+        };
+        let marker_only = no_header(UsageConfig {
+            report_marker: Some(ReportMarker {
+                start: "[S]".to_owned(),
+                end: "[E]".to_owned(),
+            }),
+            ..UsageConfig::default()
+        });
+        assert!(marker_only.stream_report(&plain, token()).is_some());
+        let sse_only = no_header(UsageConfig {
+            report_sse_event: "images_saved".to_owned(),
+            ..UsageConfig::default()
+        });
+        assert!(sse_only.stream_report(&sse, token()).is_some());
+        assert!(
+            sse_only.stream_report(&plain, token()).is_none(),
+            "not an event stream"
+        );
+        let nothing = no_header(UsageConfig::default());
+        assert!(nothing.stream_report(&sse, token()).is_none());
+    }
+
+    #[test]
+    fn a_stream_report_sums_markers_events_and_trailers() {
+        let token = ReportToken::from(7);
+        let t = token.as_str();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let mut report = in_band_reader()
+            .stream_report(&h, Some(token.clone()))
+            .expect("watched");
+        assert_eq!(report.report(), None);
+        let event = format!("event: images_saved\ndata: {{\"count\": 2, \"token\": \"{t}\"}}\n\n");
+        let body = format!("data: hi\n\n[S]{{\"count\": 1, \"token\": \"{t}\"}}[E]\n{event}");
+        let out = report.data(Bytes::from(body));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("data: hi\n\n\n{event}"),
+            "the marker is cut, the event passes"
+        );
+        // A possible start of a marker is held back until the end.
+        assert_eq!(&report.data(Bytes::from_static(b"bye [S"))[..], b"bye ");
+        assert_eq!(&report.finish()[..], b"[S");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-images-saved", HeaderValue::from_static("3"));
+        report.trailers(&mut trailers);
+        assert!(trailers.is_empty(), "the trailer is removed");
+        assert_eq!(report.report(), Some(UsageReport::images(6)));
     }
 }

@@ -208,4 +208,51 @@ mod tests {
         s.feed(format!("\n\nevent: images_saved\ndata: {}\n\n", data("3")).as_bytes());
         assert_eq!(s.report(), Some(UsageReport::images(3)));
     }
+
+    #[test]
+    fn held_is_the_open_line_the_event_type_and_its_data() {
+        let mut s = scanner();
+        s.feed(b"event: images_saved\ndata: ab\ndata: c");
+        // "images_saved" (12), "ab" (2) and the open line "data: c" (7).
+        assert_eq!(s.held(), 12 + 2 + 7);
+        s.feed(b"\n\n");
+        assert_eq!(s.held(), 0, "dispatched: nothing held");
+    }
+
+    #[test]
+    fn a_line_of_max_line_bytes_is_read_and_a_longer_one_skipped() {
+        for (len, want) in [(MAX_LINE, Some(1)), (MAX_LINE + 1, None)] {
+            let line = format!("data: {:<w$}", data("1"), w = len - 6);
+            assert_eq!(line.len(), len);
+            let stream = format!("event: images_saved\n{line}\n\n");
+            assert_eq!(scan(&[stream.as_bytes()]), want, "a {len}-byte line");
+        }
+    }
+
+    #[test]
+    fn data_lines_are_bounded_together() {
+        let mut s = scanner();
+        s.feed(b"event: images_saved\n");
+        let line = [&b"data: "[..], &[b'x'; 1000][..], b"\n"].concat();
+        for _ in 0..100 {
+            s.feed(&line);
+        }
+        assert!(s.held() < MAX_LINE + 12, "held {}", s.held());
+    }
+
+    #[test]
+    fn data_lines_join_with_a_newline_within_the_bound() {
+        let t = token();
+        let tail = format!(r#""token": "{}"}}"#, t.as_str());
+        // The two lines' values together: under MAX_LINE is read, at it the
+        // second line is dropped (the report is then cut short: not one).
+        for (total, want) in [(MAX_LINE - 1, Some(1)), (MAX_LINE, None)] {
+            let head = format!("{:<w$}", r#"{"count": 1,"#, w = total - tail.len());
+            let stream = format!("event: images_saved\ndata: {head}\ndata: {tail}\n\n");
+            assert_eq!(scan(&[stream.as_bytes()]), want, "{total} bytes of data");
+        }
+        // Joined with "\n": a count cut in two is not a number.
+        let stream = format!("event: images_saved\ndata: {{\"count\": 1\ndata: 6, {tail}\n\n");
+        assert_eq!(scan(&[stream.as_bytes()]), None);
+    }
 }

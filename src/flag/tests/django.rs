@@ -350,3 +350,21 @@ async fn django_form_values() {
         Y
     );
 }
+
+#[tokio::test]
+async fn django_form_refuses_a_urlencoded_charset_python_knows() {
+    // `_load_post_and_files`: a charset other than "utf-8" that
+    // `codecs.lookup` finds is a 400; an unknown one is ignored (read as
+    // UTF-8). Python's lookup normalizes case, `-` and spaces.
+    let pair = "generate_image=on";
+    for (charset, want) in [
+        ("latin-1", R),
+        ("ISO-8859-1", R),
+        ("Windows 1252", R),
+        ("x-no-such-codec", Y),
+    ] {
+        let ct = format!("application/x-www-form-urlencoded; charset={charset}");
+        let got = run(Some(&ct), pair, None, &FlagRules::DjangoForm).await;
+        assert_eq!(outcome(&got), want, "{charset}: {got:?}");
+    }
+}

@@ -204,3 +204,43 @@ async fn drf_json_parser_is_strict_utf8() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn drf_refuses_a_file_under_the_flag_name() {
+    // `request.data` is POST updated with FILES: a stored file is the
+    // flag's last value, which `BooleanField` refuses (400). Django stores
+    // a file when the next part begins.
+    let stored = multipart(&[
+        Part::Field(FLAG, b"true"),
+        Part::File(FLAG, "a.png", b"png"),
+        Part::Field("prompt", b"a cat"),
+    ]);
+    assert_eq!(
+        outcome(&run(Some(MULTIPART), &stored, None, &FlagRules::Drf).await),
+        R
+    );
+    // The other stacks read `request.POST` only: the field decides.
+    assert_eq!(
+        outcome(
+            &run(
+                Some(MULTIPART),
+                &stored,
+                None,
+                &FlagRules::DjangoSendMessage
+            )
+            .await
+        ),
+        Y
+    );
+}
+
+#[tokio::test]
+async fn drf_content_types_of_256_characters_are_read() {
+    let body = json_with("true");
+    for (len, want) in [(256, Y), (257, R)] {
+        let ct = format!("application/json; x={}", "a".repeat(len - 20));
+        assert_eq!(ct.chars().count(), len);
+        let got = run(Some(&ct), &body, None, &FlagRules::Drf).await;
+        assert_eq!(outcome(&got), want, "{len} characters: {got:?}");
+    }
+}

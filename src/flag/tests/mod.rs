@@ -262,6 +262,59 @@ async fn table_strings_and_case() {
     assert_eq!(outcome(&run(Some(JSON), b"[1]", None, &exact).await), U);
 }
 
+#[tokio::test]
+async fn a_table_reads_a_value_its_rule_refuses_as_not_true() {
+    // A table's backend is not known: a value `BooleanField` would refuse
+    // is no rejection, only not true, and the query may still say true.
+    let off = table(FlagRule::DRF, FlagRule::DRF, false, false);
+    let on = table(FlagRule::DRF, FlagRule::DRF, false, true);
+    let maybe = json_with("\"maybe\"");
+    assert_eq!(outcome(&run(Some(JSON), &maybe, None, &off).await), N);
+    assert_eq!(
+        outcome(&run(Some(FORM), "generate_image=maybe", None, &off).await),
+        N
+    );
+    let q = Some("generate_image=1");
+    assert_eq!(outcome(&run(Some(JSON), &maybe, q, &on).await), Y);
+}
+
+#[test]
+fn only_flagged_and_unsure_requests_count() {
+    use super::FlagSource;
+    assert!(FlagVerdict::Flagged(FlagSource::Multipart).counts());
+    assert!(FlagVerdict::Unreadable("unsure".to_owned()).counts());
+    assert!(!FlagVerdict::NotFlagged.counts());
+    assert!(!FlagVerdict::Rejected("415".to_owned()).counts());
+}
+
+#[tokio::test]
+async fn a_table_is_unsure_of_a_multipart_type_without_a_boundary() {
+    // A preset's backend refuses it (Django's 400); a table's is not known.
+    let body = multipart(&[Part::Field(FLAG, b"true")]);
+    let rules = table(FlagRule::PYTHON, FlagRule::PYTHON, false, false);
+    let got = run(Some("multipart/form-data"), &body, None, &rules).await;
+    assert_eq!(outcome(&got), U, "{got:?}");
+    let got = run(
+        Some("multipart/form-data"),
+        &body,
+        None,
+        &FlagRules::DjangoForm,
+    )
+    .await;
+    assert_eq!(outcome(&got), R, "{got:?}");
+}
+
+#[tokio::test]
+async fn table_case_folding_is_unicode_when_one_side_is_not_ascii() {
+    // Python's `str.lower` maps the Kelvin sign (U+212A) to "k".
+    let list = FlagRule::Exact(vec!["ok".to_owned()]);
+    let folded = table(list.clone(), FlagRule::PYTHON, true, false);
+    let exact = table(list, FlagRule::PYTHON, false, false);
+    let kelvin = "generate_image=O%E2%84%AA";
+    assert_eq!(outcome(&run(Some(FORM), kelvin, None, &folded).await), Y);
+    assert_eq!(outcome(&run(Some(FORM), kelvin, None, &exact).await), N);
+}
+
 // ---- streaming and sizes ----
 
 #[tokio::test]
