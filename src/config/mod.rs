@@ -19,6 +19,7 @@
 //! | `usage` | `[usage]`: [`UsageConfig`], [`ReportMarker`] |
 //! | `messages` | `[messages]`: [`Messages`] |
 //! | `admin` | `[admin]` and `[log]`: [`AdminConfig`], [`LogConfig`] |
+//! | `traces` | `[tracing]`: [`TracesConfig`] and its value types |
 //! | `types` | value types that parse from what a person writes |
 //! | `error` | [`ConfigError`] |
 //! | `validate` | [`Config::validate`] and the checks against the machine |
@@ -31,6 +32,7 @@ mod periods;
 mod routes;
 mod store;
 mod timeouts;
+mod traces;
 mod types;
 mod usage;
 mod validate;
@@ -50,6 +52,7 @@ pub use self::periods::PeriodsConfig;
 pub use self::routes::{ProbeConfig, RouteConfig};
 pub use self::store::{BreakerConfig, SentinelConfig, StoreConfig};
 pub use self::timeouts::Timeouts;
+pub use self::traces::{OTLP_TRACES_PATH, OtlpEndpoint, SampleRatio, ServiceName, TracesConfig};
 pub use self::usage::{ReportMarker, UsageConfig};
 pub use crate::telemetry::LogFormat;
 pub use types::{
@@ -132,6 +135,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Log format and filter.
     pub log: LogConfig,
+    /// Traces of inspected requests, exported over OTLP (`[tracing]`).
+    pub tracing: TracesConfig,
 }
 
 impl Default for Config {
@@ -161,6 +166,7 @@ impl Default for Config {
             messages: Messages::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            tracing: TracesConfig::default(),
         }
     }
 }

@@ -6,12 +6,14 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use tracing::Instrument;
 
 use super::denial::Denial;
 use super::layer::Shared;
 use super::ratelimit;
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
+use super::spans::{self, decided};
 use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::error::json_error;
@@ -23,9 +25,18 @@ use crate::store::{Admission, ReserveRequest};
 /// Seconds a client is asked to wait when the store cannot answer.
 const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Reserves one unit for the user of a flagged request, or returns the
-/// answer to send instead (denial, 401, 503). `headers` are the request's,
-/// for its `X-Request-Id` in the log lines.
-pub(super) async fn admit(
+/// answer to send instead (denial, 401, 503), in the `admit` span.
+/// `headers` are the request's, for its `X-Request-Id` in the log lines.
+pub(super) fn admit<'a>(
+    shared: &'a Shared,
+    route: &'a Route,
+    identity: Result<Option<Identity>, IdentityError>,
+    headers: &'a HeaderMap,
+) -> impl Future<Output = Result<Ticket, Response<Full<Bytes>>>> + 'a {
+    decide(shared, route, identity, headers).instrument(spans::admit())
+}
+
+async fn decide(
     shared: &Shared,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
@@ -38,6 +49,7 @@ pub(super) async fn admit(
             return match shared.anonymous {
                 AnonymousPolicy::Forward => {
                     route.counters.request(Decision::Anonymous);
+                    decided(Decision::Anonymous);
                     Ok(Ticket::Unreserved {
                         identity: None,
                         decision: "anonymous",
@@ -45,6 +57,7 @@ pub(super) async fn admit(
                 }
                 AnonymousPolicy::Deny => {
                     route.counters.request(Decision::AnonymousDenied);
+                    decided(Decision::AnonymousDenied);
                     tracing::info!(route = %route.name, decision = "anonymous_denied", request_id,
                         "flagged request without a user");
                     Err(json_error(
@@ -56,6 +69,7 @@ pub(super) async fn admit(
         }
         Err(e) => {
             route.counters.request(Decision::IdentityError);
+            decided(Decision::IdentityError);
             return match shared.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     tracing::warn!(route = %route.name, error = %e, request_id,
@@ -83,12 +97,14 @@ pub(super) async fn admit(
         now,
         ttl: shared.reservation_ttl,
     };
-    match shared.store.reserve(&request).await {
+    let reserve = shared.store.reserve(&request);
+    match reserve.instrument(spans::store_reserve()).await {
         Ok(Admission::Reserved {
             reservation,
             counts,
         }) => {
             route.counters.request(Decision::Allowed);
+            decided(Decision::Allowed);
             Ok(Ticket::Reserved {
                 reservation,
                 identity,
@@ -99,6 +115,7 @@ pub(super) async fn admit(
             route.counters.denied(period);
             let limit = identity.limits.of(period);
             let standing = Standing::new(&identity.limits, &counts, Some(period));
+            decided(Decision::Denied).record("quota.period", period.as_str());
             tracing::info!(
                 route = %route.name, user = %identity.user_id,
                 plan = identity.plan.as_deref().unwrap_or("-"), decision = "denied",
@@ -127,6 +144,7 @@ pub(super) async fn admit(
         Err(e) => match shared.on_store_error {
             StoreErrorPolicy::Allow => {
                 route.counters.fail_open();
+                decided(Decision::StoreErrorAllowed);
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
@@ -141,6 +159,7 @@ pub(super) async fn admit(
             // count cannot answer either (its memory is full).
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
                 route.counters.request(Decision::StoreErrorDenied);
+                decided(Decision::StoreErrorDenied);
                 tracing::error!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
