@@ -24,7 +24,8 @@
 //!
 //! The binary's wiring is in [`app`]; its accept loop in [`server`]. For
 //! operations, the admin listener (probes, usage API, reload) is [`admin`],
-//! the Prometheus metrics [`metrics`], the logs [`telemetry`]; the drain and
+//! the Prometheus metrics [`metrics`], the logs and OTLP traces
+//! [`telemetry`] (each phase a span, `quota/spans.rs`); the drain and
 //! reload are described in [`app`] and in the README's Operations section.
 
 pub mod admin;

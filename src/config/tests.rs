@@ -21,6 +21,8 @@ fn shipped_config_loads() {
     assert_eq!(c.routes[1].deny_status, 429);
     assert_eq!(c.routes[1].flag, "generate_image");
     assert_eq!(c.timeouts.response_head, Duration::from_secs(300));
+    // Its [tracing] section spells out the defaults: off.
+    assert_eq!(c.tracing, TracesConfig::default());
 }
 
 #[test]
