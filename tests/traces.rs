@@ -204,7 +204,7 @@ async fn a_flagged_request_is_one_trace_of_its_phases() {
     assert_eq!(request.parent_id(), CLIENT_SPAN);
     assert_eq!(request.attribute("request_id"), Some(request_id));
     assert_eq!(
-        request.attribute("http.route").as_deref(),
+        request.attribute("quota.route").as_deref(),
         Some("POST /gen/")
     );
     assert_eq!(
@@ -369,5 +369,30 @@ async fn without_tracing_the_client_context_passes_untouched() {
     let seen = generate(&proxy, &[]).await;
     assert_eq!(seen.status, StatusCode::OK);
     assert_eq!(upstream.last_request().header("traceparent"), None);
+    stop(binary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_only_the_spans() {
+    let upstream = upstream().await;
+    let nowhere = format!(
+        "[tracing]\notlp_endpoint = \"http://{}\"",
+        TestUpstream::unreachable_authority()
+    );
+    let binary = Binary::start(&config(&upstream, 1, &nowhere), &[]).await;
+    let proxy = TestClient::new(binary.proxy);
+    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    assert_eq!(
+        generate(&proxy, &[("traceparent", &traceparent)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let (trace_id, _, _) = parts(upstream.last_request().header("traceparent").expect("sent"));
+    assert_eq!(trace_id, TRACE);
+    // Still counted: the next one is denied.
+    let denied = generate(&proxy, &[]).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    // The shutdown tries once to send the last spans, and exits 0.
     stop(binary).await;
 }

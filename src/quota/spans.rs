@@ -45,7 +45,7 @@ pub(super) fn request<B>(request: &Request<B>, route: &str, request_id: &HeaderV
     let span = tracing::info_span!(target: SPANS, "request",
         otel.name = route, otel.kind = "server",
         http.request.method = request.method().as_str(), url.path = request.uri().path(),
-        http.route = route, request_id = super::request_id::as_str(request_id),
+        quota.route = route, request_id = super::request_id::as_str(request_id),
         http.response.status_code = Empty);
     if !span.is_disabled() {
         let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
