@@ -109,9 +109,12 @@ impl Settlement {
     /// malformed report is charged as one image when the response otherwise
     /// succeeded (fail closed), logged and counted. Runs in a `settle` span
     /// below the request's.
-    pub(crate) async fn settle(self, report: Option<UsageReport>) {
+    pub(crate) fn settle(
+        self,
+        report: Option<UsageReport>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let span = spans::settle(&self.span, self.ticket.decision());
-        self.record(report).instrument(span).await;
+        self.record(report).instrument(span)
     }
 
     async fn record(self, report: Option<UsageReport>) {

@@ -20,12 +20,16 @@
 //! quota decision.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use pin_project_lite::pin_project;
 use tracing::field::Empty;
+use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -57,44 +61,45 @@ pub(super) fn request<B>(request: &Request<B>, route: &str, request_id: &HeaderV
 
 /// Runs `inspect` in the request's `span`, then records the status of the
 /// answer (the upstream's, or the proxy's own).
-pub(super) async fn traced<B, E>(
-    span: Span,
-    inspect: impl Future<Output = Result<Response<B>, E>>,
-) -> Result<Response<B>, E> {
-    let result = inspect.instrument(span.clone()).await;
-    if let Ok(response) = &result {
-        span.record("http.response.status_code", response.status().as_u16());
-    }
-    result
+pub(super) fn traced<B, E, F>(span: Span, inspect: F) -> Recorded<F, Result<Response<B>, E>>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    Recorded::new(inspect, span, |span, result| {
+        if let Ok(response) = result {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
+    })
 }
 
 /// Runs `read` (reading and flagging the body) in a `classify` span that
 /// records the verdict.
-pub(super) async fn classify<B, E>(
-    read: impl Future<Output = Result<(B, FlagVerdict), E>>,
-) -> Result<(B, FlagVerdict), E> {
+pub(super) fn classify<B, E, F>(read: F) -> Recorded<F, Result<(B, FlagVerdict), E>>
+where
+    F: Future<Output = Result<(B, FlagVerdict), E>>,
+{
     let span = tracing::info_span!(target: SPANS, "classify", quota.flag = Empty);
-    let read = read.instrument(span.clone()).await;
-    if let Ok((_, verdict)) = &read {
-        let flag = match verdict {
-            FlagVerdict::NotFlagged => "not_flagged",
-            FlagVerdict::Flagged(_) => "flagged",
-            FlagVerdict::Unreadable(_) => "unreadable",
-            FlagVerdict::Rejected(_) => "rejected",
-        };
-        span.record("quota.flag", flag);
-    }
-    read
+    Recorded::new(read, span, |span, read| {
+        if let Ok((_, verdict)) = read {
+            let flag = match verdict {
+                FlagVerdict::NotFlagged => "not_flagged",
+                FlagVerdict::Flagged(_) => "flagged",
+                FlagVerdict::Unreadable(_) => "unreadable",
+                FlagVerdict::Rejected(_) => "rejected",
+            };
+            span.record("quota.flag", flag);
+        }
+    })
 }
 
 /// Runs `identify` in an `identify` span that records whom it found.
-pub(super) async fn identify(
-    identify: impl Future<Output = Result<Option<Identity>, IdentityError>>,
-) -> Result<Option<Identity>, IdentityError> {
+pub(super) fn identify<F>(identify: F) -> Recorded<F, Result<Option<Identity>, IdentityError>>
+where
+    F: Future<Output = Result<Option<Identity>, IdentityError>>,
+{
     let span = tracing::info_span!(target: SPANS, "identify", quota.identity = Empty,
         quota.user = Empty, quota.plan = Empty);
-    let identity = identify.instrument(span.clone()).await;
-    match &identity {
+    Recorded::new(identify, span, |span, identity| match identity {
         Ok(Some(who)) => {
             span.record("quota.identity", "user");
             span.record("quota.user", who.user_id.as_str());
@@ -106,29 +111,59 @@ pub(super) async fn identify(
         Err(_) => {
             span.record("quota.identity", "error");
         }
-    }
-    identity
+    })
 }
 
 /// Runs `ask` (the probe's call to the upstream) in a `probe` span that
 /// records the answer. `ask` is boxed: probes are the rare case, and its
 /// state would otherwise size every inspected request's future.
-pub(super) fn probe<F>(ask: F) -> impl Future<Output = ProbeAnswer>
+pub(super) fn probe<F>(ask: F) -> Recorded<Pin<Box<F>>, ProbeAnswer>
 where
     F: Future<Output = ProbeAnswer>,
 {
     let span = tracing::info_span!(target: SPANS, "probe", otel.kind = "client",
         quota.probe = Empty);
-    let ask = Box::pin(ask).instrument(span.clone());
-    async move {
-        let answer = ask.await;
+    Recorded::new(Box::pin(ask), span, |span, answer| {
         let said = match answer {
             ProbeAnswer::Forced => "forced",
             ProbeAnswer::NotForced => "not_forced",
             ProbeAnswer::Failed => "failed",
         };
         span.record("quota.probe", said);
-        answer
+    })
+}
+
+pin_project! {
+    /// A future run in a span, whose output is recorded on that span when
+    /// it is ready. Polls the future in place: an `async` wrapper would
+    /// hold a second copy of it (its argument, and the value it awaits),
+    /// and the request's future is large.
+    pub(super) struct Recorded<F, T> {
+        #[pin]
+        inner: Instrumented<F>,
+        record: Option<fn(&Span, &T)>,
+    }
+}
+
+impl<F: Future> Recorded<F, F::Output> {
+    fn new(inner: F, span: Span, record: fn(&Span, &F::Output)) -> Self {
+        Self {
+            inner: inner.instrument(span),
+            record: Some(record),
+        }
+    }
+}
+
+impl<F: Future> Future for Recorded<F, F::Output> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let output = std::task::ready!(this.inner.as_mut().poll(cx));
+        if let Some(record) = this.record.take() {
+            record(this.inner.span(), &output);
+        }
+        Poll::Ready(output)
     }
 }
 
