@@ -42,8 +42,8 @@
 //! | 3 runtime | [`metrics`] (exporter, timers), [`telemetry`] (logs), [`server`] (accept loop), [`proxy`] (forwarding), [`admin`] (admin listener and the running state it reloads), [`app`] (wiring, workers, drain), [`cli`] |
 //!
 //! For operations, the admin listener (probes, usage API, reload) is
-//! [`admin`], the Prometheus metrics [`metrics`], the logs [`telemetry`];
-//! the drain and reload are described in [`app`] and in the README's
+//! [`admin`], the Prometheus metrics [`metrics`], the logs and OTLP traces
+//! [`telemetry`] (each phase a span, `quota/spans.rs`); the drain and reload are described in [`app`] and in the README's
 //! Operations section.
 
 pub mod admin;

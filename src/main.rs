@@ -39,17 +39,32 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, path: PathBuf) -> ExitCode {
-    telemetry::init(&config.log);
-    // The control runtime: signals, admin API, store connections. Requests
-    // are served on threads of their own (`app::Workers`).
+    // The control runtime: signals, admin API, store connections, trace
+    // batches. Requests are served on threads of their own (`app::Workers`).
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
+    let telemetry = {
+        let _on_runtime = runtime.enter();
+        match telemetry::init(&config.log, &config.tracing) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("quota-proxy: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
     let result = runtime.block_on(async {
-        // Handlers first: a signal during startup is then not fatal.
-        let control = app::signals().map_err(AppError::Io)?;
-        let listeners = Listeners::bind(&config).await?;
-        app::run(config, path, listeners, control).await
+        let served = async {
+            // Handlers first: a signal during startup is then not fatal.
+            let control = app::signals().map_err(AppError::Io)?;
+            let listeners = Listeners::bind(&config).await?;
+            app::run(config, path, listeners, control).await
+        };
+        let result = served.await;
+        // Every request has ended, and with it its spans.
+        telemetry.shutdown().await;
+        result
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {

@@ -1,21 +1,82 @@
-//! Logging (phase: every phase): `tracing` to stderr, as readable lines or
-//! one JSON object per line (`[log] format`), filtered by `[log] filter`
-//! unless `RUST_LOG` is set.
+//! Logs and traces (phase: every phase).
 //!
+//! Logs: `tracing` to stderr, as readable lines or one JSON object per line
+//! (`[log] format`), filtered by `[log] filter` unless `RUST_LOG` is set.
 //! What is logged: one line per inspected request (route, user, decision,
 //! period when denied, upstream status, images, latency), startup, reloads
 //! and shutdown. Never cookies, tokens, `Authorization` headers or bodies:
 //! no code in this crate puts a header value or a body in a log field.
+//!
+//! Traces (`[tracing]`, docs/tracing.md): with `otlp_endpoint` set, the
+//! phase spans of inspected requests ([`crate::quota::SPANS`]) go to an
+//! OpenTelemetry layer and on, in batches, to that OTLP/HTTP receiver; the
+//! batches are sent from the runtime [`init`] runs on, and [`Telemetry::shutdown`]
+//! sends what is left. The logs never show those spans. Unset, no
+//! subscriber enables them, so none is made.
 
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
 
-use crate::config::{LogConfig, LogFormat, parse_log_filter};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
-/// Installs the global subscriber for `config`; later calls do nothing.
+use crate::config::{LogConfig, LogFormat, OtlpEndpoint, TracesConfig, parse_log_filter};
+use crate::quota::SPANS;
+
+/// Longest wait for one batch of spans to be taken by the receiver.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait at shutdown for the last spans to be sent: one export.
+const FLUSH_WITHIN: Duration = Duration::from_secs(6);
+
+/// Why traces cannot be exported as configured.
+#[derive(Debug, thiserror::Error)]
+#[error("tracing.otlp_endpoint: cannot export to {endpoint}: {source}")]
+pub struct TracesError {
+    /// The traces URL.
+    endpoint: String,
+    /// The exporter's reason.
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+/// What the logs and traces need at shutdown.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans not sent yet, waiting at most [`FLUSH_WITHIN`];
+    /// nothing to do when traces are off.
+    pub async fn shutdown(self) {
+        let within = FLUSH_WITHIN;
+        let Some(provider) = self.traces else { return };
+        // The provider blocks its thread until the batch task, which runs on
+        // this runtime, has sent the last spans.
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        match tokio::time::timeout(within, flush).await {
+            Ok(Ok(Ok(()))) => tracing::info!("traces sent"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the last traces could not be sent"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the last traces could not be sent"),
+            Err(_) => tracing::warn!(?within, "the last traces were not sent in time; dropped"),
+        }
+    }
+}
+
+/// Installs the global subscriber for `log` and `traces`; later calls
+/// install nothing. With `traces.otlp_endpoint` set, call it on a tokio
+/// runtime that runs until [`Telemetry::shutdown`]: the span batches are
+/// sent from it.
 ///
-/// `RUST_LOG`, when set and not empty, replaces `config.filter`; a
+/// `RUST_LOG`, when set and not empty, replaces `log.filter`; a
 /// `RUST_LOG` that does not parse is reported on stderr and ignored.
-pub fn init(config: &LogConfig) {
+pub fn init(log: &LogConfig, traces: &TracesConfig) -> Result<Telemetry, TracesError> {
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -23,19 +84,69 @@ pub fn init(config: &LogConfig) {
         Some(Ok(filter)) => filter,
         Some(Err(reason)) => {
             eprintln!("quota-proxy: RUST_LOG ignored: {reason}");
-            configured(&config.filter)
+            configured(&log.filter)
         }
-        None => configured(&config.filter),
+        None => configured(&log.filter),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // The phase spans are for the traces, never in a log line.
+    let filter = match format!("{SPANS}=off").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, never into log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match config.format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let lines = match log.format {
+        LogFormat::Pretty => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
+    let provider = (traces.otlp_endpoint.as_ref())
+        .map(|endpoint| tracer_provider(endpoint, traces))
+        .transpose()?;
+    let spans = provider.as_ref().map(|provider| {
+        let tracer = provider.tracer("quota-proxy");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(Targets::new().with_target(SPANS, tracing::Level::INFO))
+    });
+    let _ = Registry::default()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .try_init();
+    Ok(Telemetry { traces: provider })
+}
+
+/// The tracer provider `traces` describes: OTLP/HTTP (protobuf) to
+/// `endpoint`, batched on the current tokio runtime, sampled by
+/// `sample_ratio` unless the trace is continued from a client.
+fn tracer_provider(
+    endpoint: &OtlpEndpoint,
+    traces: &TracesConfig,
+) -> Result<SdkTracerProvider, TracesError> {
+    let endpoint = endpoint.traces_url();
+    let exporter = SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint.clone())
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|source| TracesError { endpoint, source })?;
+    let batches = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+        traces.sample_ratio.get(),
+    )));
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batches)
+        .with_sampler(sampler)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(traces.service_name.as_str().to_owned())
+                .build(),
+        )
+        .build())
 }
 
 /// The configured filter (validated with the config), or `info`.

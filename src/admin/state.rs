@@ -12,7 +12,7 @@
 //! `on_store_error`) changed. A file that does not load, a token that
 //! cannot be read or a new store that cannot be reached keeps the running
 //! config. What cannot change while running (listeners, threads, upstream,
-//! timeouts, log, grace, a memory store's settings) is kept and reported as
+//! timeouts, log, tracing, grace, a memory store's settings) is kept and reported as
 //! needing a restart; listeners and store connections that did not change
 //! are never touched.
 //!
@@ -304,6 +304,7 @@ impl AppState {
             ),
             ("threads", running.threads != next.threads),
             ("log", differs(&running.log, &next.log)),
+            ("tracing", differs(&running.tracing, &next.tracing)),
         ] {
             if changed {
                 restart_required.push(field);

@@ -20,6 +20,7 @@
 //! | `usage` | `[usage]`: [`UsageConfig`], [`ReportMarker`] |
 //! | `messages` | `[messages]`: [`Messages`] |
 //! | `admin` | `[admin]` and `[log]`: [`AdminConfig`], [`LogConfig`] |
+//! | `traces` | `[tracing]`: [`TracesConfig`] and its value types |
 //! | `types` | value types that parse from what a person writes |
 //! | `values` | values that cannot be bad: [`HeaderField`], [`RequiredHeader`], [`NonZeroDuration`], [`ByteSize`], [`NonZeroByteSize`] |
 //! | `error` | [`ConfigError`] |
@@ -34,6 +35,7 @@ mod routes;
 mod status;
 mod store;
 mod timeouts;
+mod traces;
 mod types;
 mod usage;
 mod validate;
@@ -53,6 +55,7 @@ pub use self::routes::{DEFAULT_ROUTING_HEADERS, ProbeConfig, RouteConfig};
 pub use self::status::StatusConfig;
 pub use self::store::{BreakerConfig, SentinelConfig, StoreConfig};
 pub use self::timeouts::Timeouts;
+pub use self::traces::{OTLP_TRACES_PATH, OtlpEndpoint, SampleRatio, ServiceName, TracesConfig};
 pub use self::usage::{ReportMarker, UsageConfig};
 pub use types::{
     AnonymousPolicy, CountMode, FlagRule, FlagRuleName, FlagRules, FlagTable, IdentityErrorPolicy,
@@ -147,6 +150,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Log format and filter.
     pub log: LogConfig,
+    /// Traces of inspected requests, exported over OTLP (`[tracing]`).
+    pub tracing: TracesConfig,
 }
 
 impl Default for Config {
@@ -179,6 +184,7 @@ impl Default for Config {
             messages: Messages::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            tracing: TracesConfig::default(),
         }
     }
 }

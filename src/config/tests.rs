@@ -26,6 +26,8 @@ fn shipped_config_loads() {
         (false, "x-quota-shadow-denied".to_owned())
     );
     assert_eq!(c.status.path, None);
+    // Its [tracing] section spells out the defaults: off.
+    assert_eq!(c.tracing, TracesConfig::default());
 }
 
 #[test]

@@ -7,12 +7,14 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use tracing::Instrument;
 
 use super::denial::Denial;
 use super::layer::QuotaState;
 use super::ratelimit;
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
+use super::spans::{self, decided};
 use super::standing::Standing;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::decision::Decision;
@@ -24,10 +26,19 @@ use crate::store::{Admission, ReserveRequest};
 /// Seconds a client is asked to wait when the store cannot answer.
 const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Reserves one unit for the user of a flagged request, or returns the
-/// answer to send instead (denial, 401, 503). `headers` are the request's:
-/// its `X-Request-Id` for the log lines, and where a request forwarded in
-/// shadow mode gets `shadow_header`.
-pub(super) async fn admit(
+/// answer to send instead (denial, 401, 503), in the `admit` span.
+/// `headers` are the request's: its `X-Request-Id` for the log lines, and
+/// where a request forwarded in shadow mode gets `shadow_header`.
+pub(super) fn admit<'a>(
+    shared: &'a QuotaState,
+    route: &'a Route,
+    identity: Result<Option<Identity>, IdentityError>,
+    headers: &'a mut HeaderMap,
+) -> impl Future<Output = Result<Ticket, Response<Full<Bytes>>>> + 'a {
+    decide(shared, route, identity, headers).instrument(spans::admit())
+}
+
+async fn decide(
     shared: &QuotaState,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
@@ -40,6 +51,7 @@ pub(super) async fn admit(
             return match shared.anonymous {
                 AnonymousPolicy::Forward => {
                     route.counters.request(Decision::Anonymous);
+                    decided(Decision::Anonymous);
                     Ok(Ticket::Unreserved {
                         identity: None,
                         decision: Decision::Anonymous,
@@ -48,6 +60,7 @@ pub(super) async fn admit(
                 AnonymousPolicy::Deny => {
                     let decision = Decision::AnonymousDenied;
                     route.counters.request(decision);
+                    decided(decision);
                     tracing::info!(route = %route.name, decision = decision.as_str(), request_id,
                         "flagged request without a user");
                     Err(json_error(
@@ -62,6 +75,7 @@ pub(super) async fn admit(
                 IdentityErrorPolicy::Allow => {
                     let decision = Decision::IdentityErrorAllowed;
                     route.counters.request(decision);
+                    decided(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
                         decision = decision.as_str(), "cannot identify the user; forwarding uncounted");
                     Ok(Ticket::Unreserved {
@@ -72,6 +86,7 @@ pub(super) async fn admit(
                 IdentityErrorPolicy::Deny => {
                     let decision = Decision::IdentityErrorDenied;
                     route.counters.request(decision);
+                    decided(decision);
                     tracing::warn!(route = %route.name, error = %e, request_id,
                         decision = decision.as_str(), "cannot identify the user; denying");
                     Err(unavailable(
@@ -89,12 +104,14 @@ pub(super) async fn admit(
         now,
         ttl: shared.reservation_ttl,
     };
-    match shared.store.reserve(&request).await {
+    let reserve = shared.store.reserve(&request);
+    match reserve.instrument(spans::store_reserve()).await {
         Ok(Admission::Reserved {
             reservation,
             counts,
         }) => {
             route.counters.request(Decision::Allowed);
+            decided(Decision::Allowed);
             Ok(Ticket::Reserved {
                 reservation,
                 identity,
@@ -106,6 +123,7 @@ pub(super) async fn admit(
             let standing = Standing::new(&identity.limits, &counts, Some(period));
             if shared.shadow.applies(route, identity.plan.as_deref()) {
                 route.counters.request(Decision::ShadowDenied);
+                decided(Decision::ShadowDenied).record("quota.period", period.as_str());
                 tracing::info!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), decision = "shadow_denied",
@@ -121,6 +139,7 @@ pub(super) async fn admit(
                 });
             }
             route.counters.denied(period);
+            decided(Decision::Denied).record("quota.period", period.as_str());
             tracing::info!(
                 route = %route.name, user = %identity.user_id,
                 plan = identity.plan.as_deref().unwrap_or("-"), decision = Decision::Denied.as_str(),
@@ -149,6 +168,7 @@ pub(super) async fn admit(
         Err(e) => match shared.on_store_error {
             StoreErrorPolicy::Allow => {
                 route.counters.fail_open();
+                decided(Decision::StoreErrorAllowed);
                 tracing::warn!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,
@@ -164,6 +184,7 @@ pub(super) async fn admit(
             StoreErrorPolicy::Deny | StoreErrorPolicy::Local => {
                 let decision = Decision::StoreErrorDenied;
                 route.counters.request(decision);
+                decided(decision);
                 tracing::error!(
                     route = %route.name, user = %identity.user_id,
                     plan = identity.plan.as_deref().unwrap_or("-"), error = %e, request_id,

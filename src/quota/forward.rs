@@ -25,12 +25,14 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower::Service;
+use tracing::Instrument;
 
 use super::body::{QuotaBody, RequestBody};
 use super::layer::QuotaState;
 use super::ratelimit;
 use super::service::local;
 use super::settle::{Settlement, Ticket};
+use super::spans;
 use super::usage_body::UsageBody;
 use crate::BoxError;
 use crate::quota::routes::Route;
@@ -70,11 +72,19 @@ where
             .insert(name.clone(), token.header_value());
         token
     });
+    // `service.rs` runs this in the request's span; the upstream gets the
+    // trace context of the `upstream` call (when traces are on).
+    let span = tracing::Span::current();
+    let phase = spans::forward();
+    let upstream = spans::upstream(&phase, request.method());
+    spans::inject(&upstream, request.headers_mut());
     let future = inner.call(request);
     // Made before the accounting starts, so shutdown sees it pending.
-    let settlement = Settlement::new(shared, route, ticket, request_id);
+    let settlement = Settlement::new(shared, route, ticket, request_id, span);
     let mut accounting = Accounting::new(async move {
-        let (result, settle) = match future.await {
+        let answer = future.instrument(upstream.clone()).await;
+        spans::answered(upstream, &answer);
+        let (result, settle) = match answer {
             Ok(response) => {
                 let (response, settle) = account(settlement, response, token).await;
                 (Ok(response), settle)
@@ -95,6 +105,7 @@ where
             Err(_) => Poll::Ready(None),
         }
     })
+    .instrument(phase)
     .await;
     // Whatever is left (a settle waiting for Redis) goes on in a task.
     drop(accounting);

@@ -26,6 +26,7 @@ pub mod routes;
 mod service;
 mod settle;
 mod shadow;
+mod spans;
 mod spool;
 mod standing;
 mod status;
@@ -36,6 +37,7 @@ pub use self::deadline::{ClientBody, ClientBodyTimeout};
 pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
 pub use self::probe::ProbeSpec;
 pub use self::service::{Quota, ResponseFuture};
+pub use self::spans::SPANS;
 pub use self::usage_body::UsageBody;
 
 #[cfg(test)]

@@ -135,6 +135,8 @@ impl ProbeSpec {
                 request.headers_mut().append(name.clone(), value.clone());
             }
         }
+        // Runs in the `probe` span (`spans.rs`): the app sees it as its parent.
+        super::spans::inject(&tracing::Span::current(), request.headers_mut());
         let call = async {
             let response = inner.oneshot(request).await.map_err(Into::into)?;
             let status = response.status();

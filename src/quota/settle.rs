@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
 
 use super::layer::QuotaState;
 use super::probe::ProbeCache;
 use super::request_id;
+use super::spans;
 use super::standing::Standing;
 use crate::decision::Decision;
 use crate::identity::Identity;
@@ -54,7 +56,7 @@ pub(crate) enum Ticket {
 }
 
 impl Ticket {
-    fn decision(&self) -> Decision {
+    pub(super) fn decision(&self) -> Decision {
         match self {
             Ticket::Reserved { .. } => Decision::Allowed,
             Ticket::ShadowDenied { .. } => Decision::ShadowDenied,
@@ -77,18 +79,21 @@ pub(crate) struct Settlement {
     pub(crate) started: Instant,
     /// The request's `X-Request-Id`, for the log line.
     request_id: Option<http::HeaderValue>,
+    /// The request's span (`spans.rs`), kept open until usage is recorded.
+    span: tracing::Span,
     /// Counts this settlement as pending until it is dropped.
     pending: TaskTrackerToken,
 }
 
 impl Settlement {
-    /// A settlement for `ticket`, counted as pending from now until it is
-    /// settled or dropped.
+    /// A settlement for `ticket` of the request whose span is `span`,
+    /// counted as pending from now until it is settled or dropped.
     pub(crate) fn new(
         shared: Arc<QuotaState>,
         route: Arc<Route>,
         ticket: Ticket,
         request_id: Option<http::HeaderValue>,
+        span: tracing::Span,
     ) -> Self {
         let pending = shared.settlements.token();
         Settlement {
@@ -98,6 +103,7 @@ impl Settlement {
             status: None,
             started: Instant::now(),
             request_id,
+            span,
             pending,
         }
     }
@@ -113,8 +119,17 @@ impl Settlement {
     /// Turns the ticket into usage for what the upstream reported (`None`
     /// or 0 images releases it) and writes the request's log line. A
     /// malformed report is charged as one image when the response otherwise
-    /// succeeded (fail closed), logged and counted.
-    pub(crate) async fn settle(self, report: Option<UsageReport>) {
+    /// succeeded (fail closed), logged and counted. Runs in a `settle` span
+    /// below the request's.
+    pub(crate) fn settle(
+        self,
+        report: Option<UsageReport>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let span = spans::settle(&self.span, self.ticket.decision().as_str());
+        self.record(report).instrument(span)
+    }
+
+    async fn record(self, report: Option<UsageReport>) {
         let Settlement {
             shared,
             route,
@@ -122,6 +137,7 @@ impl Settlement {
             status,
             started,
             request_id,
+            span: _,
             pending,
         } = self;
         let succeeded = status.is_some_and(|s| s.is_success());
@@ -133,6 +149,7 @@ impl Settlement {
         let amount = shared
             .reports
             .amount(report.map_or(0, |r| r.charged(succeeded)));
+        tracing::Span::current().record("quota.images", amount);
         let now = shared.clock.now();
         let decision = ticket.decision();
         let (plan, standing) = match &ticket {
@@ -224,7 +241,9 @@ impl Settlement {
         };
         let user = user.as_deref().unwrap_or("-");
         if let Some(reservation) = reservation
-            && let Err(e) = shared.store.settle(&reservation, amount, now).await
+            && let Err(e) = (shared.store.settle(&reservation, amount, now))
+                .instrument(spans::store_settle())
+                .await
         {
             tracing::error!(
                 route = %route.name, user, amount, reservation = %reservation.id, error = %e,

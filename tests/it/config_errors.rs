@@ -211,6 +211,38 @@ fn values_are_refused_by_their_type_naming_the_field() {
 }
 
 #[test]
+fn tracing_settings_are_checked() {
+    for (section, says) in [
+        (
+            "otlp_endpoint = \"https://collector:4318\"",
+            "https is not supported",
+        ),
+        (
+            "otlp_endpoint = \"collector:4318\"",
+            "http://otel-collector:4318",
+        ),
+        ("sample_ratio = 1.5", "from 0.0"),
+        ("service_name = \"\"", "must not be empty"),
+    ] {
+        let text = format!("{ROUTE}\n[tracing]\n{section}\n");
+        refused_everywhere(&text, "tracing.");
+        let (_dir, path) = config_file(&text);
+        let output = run_cli(Some(&path), &["check-config"]);
+        assert!(
+            stderr(&output).contains(says),
+            "{section}: {}",
+            stderr(&output)
+        );
+    }
+    let (_dir, path) = config_file(&format!(
+        "{ROUTE}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1\n"
+    ));
+    let output = run_cli(Some(&path), &["check-config"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("otlp_endpoint = \"http://127.0.0.1:4318\""));
+}
+
+#[test]
 fn spool_directory_must_be_writable() {
     // /proc is a directory no one, root included, can create files in.
     refused_everywhere(&format!("spool_dir = \"/proc\"\n{ROUTE}"), "spool_dir");

@@ -29,5 +29,6 @@ mod shadow_status;
 mod store;
 mod store_lifecycle;
 mod streaming;
+mod traces;
 mod transparency;
 mod upload;

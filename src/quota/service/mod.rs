@@ -45,6 +45,7 @@ use super::layer::QuotaState;
 use super::probe::{ProbeAnswer, ProbeCache};
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
+use super::spans;
 use super::spool::{self, ReadError};
 use super::status;
 use crate::BoxError;
@@ -149,12 +150,14 @@ where
                 request_id,
             };
         };
+        let span = spans::request(&request, &matched.route.name, &request_id);
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let future = spans::traced(span, inspect(shared, inner, matched, request));
         ResponseFuture {
             kind: Kind::Inspected {
-                future: Box::pin(inspect(shared, inner, matched, request)),
+                future: Box::pin(future),
             },
             request_id,
         }
@@ -295,7 +298,7 @@ where
 {
     let route = Arc::clone(&matched.route);
     let (mut parts, body) = request.into_parts();
-    let (body, verdict) = match read_body(&shared, &route, &parts, body).await {
+    let (body, verdict) = match spans::classify(read_body(&shared, &route, &parts, body)).await {
         Ok(read) => read,
         Err(answer) => return Ok(local(answer)),
     };
@@ -333,7 +336,7 @@ where
         && route.probe.is_none()
         && shared.probe_cache.get(&ProbeCache::key(&session, "")) == Some(true);
     let identity = if flagged || learned || route.probe.is_some() {
-        Some(shared.identity.identify(&parts.headers).await)
+        Some(spans::identify(shared.identity.identify(&parts.headers)).await)
     } else {
         None
     };
@@ -350,7 +353,7 @@ where
         let key = ProbeCache::key(&session, &who.user_id);
         flagged = match shared.probe_cache.get(&key) {
             Some(forced) => forced,
-            None => match Box::pin(probe.ask(inner.clone(), &session, &parts.headers)).await {
+            None => match spans::probe(probe.ask(inner.clone(), &session, &parts.headers)).await {
                 ProbeAnswer::Forced => {
                     shared.probe_cache.put(key, true, probe.cache_ttl());
                     true

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod binary;
+pub mod collector;
 pub mod django;
 pub mod gen_route;
 pub mod identity_server;
