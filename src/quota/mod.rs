@@ -18,6 +18,7 @@ mod budget;
 mod deadline;
 mod denial;
 mod forward;
+mod future;
 mod layer;
 mod probe;
 mod ratelimit;
@@ -34,9 +35,10 @@ mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
 pub use self::deadline::{ClientBody, ClientBodyTimeout};
+pub use self::future::ResponseFuture;
 pub use self::layer::{QuotaLayer, QuotaLayerBuilder};
 pub use self::probe::ProbeSpec;
-pub use self::service::{Quota, ResponseFuture};
+pub use self::service::Quota;
 pub use self::spans::SPANS;
 pub use self::usage_body::UsageBody;
 

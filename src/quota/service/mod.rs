@@ -1,30 +1,29 @@
 //! [`Quota`]: the service the layer makes, and the life of an inspected
-//! request.
+//! request; its response future is in `future.rs`.
 //!
 //! A request on a route that is not inspected is handed to the inner service
 //! as it is: no body read, no store call, no allocation beyond the inner
-//! service's own. An inspected request goes through `inspect`:
+//! service's own. An inspected request goes through `inspect`, phase by
+//! phase (the names are the crate's, see `lib.rs`):
 //!
-//! 1. **read** the body, up to `max_body_bytes` (413 beyond): into memory,
-//!    or for an upload (`multipart/form-data`) into a spool, memory then a
-//!    temporary file, while it is flagged as it streams;
-//! 2. **flag**: does it ask for an image ([`crate::flag::detect`]), as the
-//!    backend will decide? A body the proxy cannot be sure about counts as
+//! 1. **classify**: the route is matched (`routes/`); the body is read, up
+//!    to `max_body_bytes` (413 beyond), into memory or for an upload
+//!    (`multipart/form-data`) into a spool, memory then a temporary file,
+//!    while it is flagged as it streams ([`crate::flag::detect`]), as the
+//!    backend will decide. A body the proxy cannot be sure about counts as
 //!    asking; a body the backend refuses while parsing (`Rejected`) is
 //!    forwarded unreserved and unprobed, as it cannot generate. A route's
 //!    probe may force the rest (an image-editing session, `probe.rs`);
-//! 3. **identify** the user and their limits (flagged requests, and probes);
-//! 4. **reserve** one unit in the store, atomically against all three
+//! 2. **identify** the user and their limits (flagged requests, and probes);
+//! 3. **admit**: reserve one unit in the store, atomically against all three
 //!    limits, or answer the denial (`admit.rs`);
-//! 5. **forward** the exact bytes to the inner service; the call and its
+//! 4. **forward** the exact bytes to the inner service; the call and its
 //!    accounting move to a task of their own if the client disconnects, so
 //!    a disconnect cannot cancel the accounting (`forward.rs`);
-//! 6. **report**: the saved-images header, JSON field, or in-band report of
+//! 5. **report**: the saved-images header, JSON field, or in-band report of
 //!    a streamed body (`usage_body.rs`);
-//! 7. **settle** the reservation into usage, or release it (`settle.rs`).
+//! 6. **settle** the reservation into usage, or release it (`settle.rs`).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -33,7 +32,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::admit::admit;
@@ -41,6 +39,8 @@ use super::body::{QuotaBody, RequestBody};
 use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
 use super::deadline::ClientBody;
 use super::forward::forward;
+use super::future::ResponseFuture;
+use super::future::{Kind, passthrough_response};
 use super::layer::QuotaState;
 use super::probe::{ProbeAnswer, ProbeCache};
 use super::request_id::{self, X_REQUEST_ID};
@@ -55,7 +55,6 @@ use crate::flag::{self, FlagVerdict};
 use crate::identity::{set_identity_headers, strip_client_headers};
 use crate::quota::routes::{Route, RouteMatch};
 use crate::response::json_error;
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
 pub struct Quota<S> {
@@ -162,74 +161,6 @@ where
             request_id,
         }
     }
-}
-
-pin_project! {
-    /// The response future of [`Quota`]. Every answer carries the
-    /// request's `X-Request-Id`.
-    pub struct ResponseFuture<F, E, B> {
-        #[pin]
-        kind: Kind<F, E, B>,
-        request_id: http::HeaderValue,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, E, B> {
-        Passthrough { #[pin] future: F, shared: Arc<QuotaState>, uri: http::Uri },
-        Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
-    }
-}
-
-impl<F, E, B> Future for ResponseFuture<F, E, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<QuotaBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = match this.kind.project() {
-            KindProj::Passthrough {
-                future,
-                shared,
-                uri,
-            } => {
-                let response = std::task::ready!(future.poll(cx))?;
-                passthrough_response(shared, response, uri.path(), this.request_id)
-            }
-            KindProj::Inspected { future } => std::task::ready!(future.as_mut().poll(cx))?,
-        };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), this.request_id.clone());
-        Poll::Ready(Ok(response))
-    }
-}
-
-/// The upstream's answer to a request on no inspected route: handed on,
-/// with a usage report header removed (it is not counted there).
-fn passthrough_response<B>(
-    shared: &QuotaState,
-    response: Response<B>,
-    path: &str,
-    id: &http::HeaderValue,
-) -> Response<QuotaBody<B>> {
-    let (mut parts, body) = response.into_parts();
-    // A report of 0 saved nothing: not worth a warning.
-    let report = shared.reports.take_header(&mut parts.headers);
-    if let Some(report) = report.filter(|r| r.images > 0 || r.malformed) {
-        tracing::warn!(
-            path,
-            images = report.images,
-            malformed = report.malformed,
-            request_id = request_id::as_str(id),
-            "a route that is not inspected reported saved images; not counted \
-             (add it to [[routes]] to enforce and count it)"
-        );
-    }
-    Response::from_parts(parts, QuotaBody::inner(body))
 }
 
 /// A request on no inspected route under `request_buffering = "all"`: its
