@@ -10,12 +10,12 @@ use http_body_util::Full;
 use tracing::Instrument;
 
 use super::denial::Denial;
-use super::layer::QuotaState;
 use super::ratelimit;
 use super::request_id::{self, X_REQUEST_ID};
 use super::settle::Ticket;
 use super::spans::{self, decided};
 use super::standing::Standing;
+use super::state::QuotaState;
 use crate::config::{AnonymousPolicy, IdentityErrorPolicy, StoreErrorPolicy};
 use crate::decision::Decision;
 use crate::identity::{Identity, IdentityError};

@@ -28,11 +28,11 @@ use tower::Service;
 use tracing::Instrument;
 
 use super::body::{QuotaBody, RequestBody};
-use super::layer::QuotaState;
 use super::ratelimit;
 use super::service::local;
 use super::settle::{Settlement, Ticket};
 use super::spans;
+use super::state::QuotaState;
 use super::usage_body::UsageBody;
 use crate::BoxError;
 use crate::quota::routes::Route;

@@ -13,8 +13,8 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::QuotaBody;
-use super::layer::QuotaState;
 use super::request_id::{self, X_REQUEST_ID};
+use super::state::QuotaState;
 
 /// A boxed, sendable future.
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

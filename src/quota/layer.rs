@@ -4,7 +4,6 @@
 //! arrives, and keeps that version to its end.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
@@ -15,11 +14,9 @@ use super::probe::ProbeCache;
 use super::service::Quota;
 use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
+pub(crate) use super::state::QuotaState;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{
-    AnonymousPolicy, Config, ConfigError, IdentityErrorPolicy, Messages, RequestBuffering,
-    RequiredHeader, StoreErrorPolicy,
-};
+use crate::config::{Config, ConfigError, RequiredHeader};
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
 use crate::quota::routes::{RouteTable, RoutingHeaders};
@@ -43,52 +40,6 @@ use crate::store::QuotaStore;
 #[derive(Clone)]
 pub struct QuotaLayer {
     shared: Arc<ArcSwap<QuotaState>>,
-}
-
-/// Everything a request's inspection reads; one per config.
-pub(crate) struct QuotaState {
-    pub(crate) routes: RouteTable,
-    /// Headers removed from every request (`strip_routing_headers`, and
-    /// `shadow_header`).
-    pub(crate) routing_headers: RoutingHeaders,
-    /// Who is in shadow mode, and the header that tells the upstream.
-    pub(crate) shadow: ShadowPolicy,
-    /// `status.path`: answered here, never forwarded.
-    pub(crate) status_path: Option<String>,
-    pub(crate) identity: Arc<dyn IdentitySource>,
-    /// The client's identity headers, removed from every request and set
-    /// from the verified identity, when the identity source does not trust
-    /// them (forward-auth, JWT).
-    pub(crate) identity_headers: Option<IdentityHeaders>,
-    pub(crate) on_identity_error: IdentityErrorPolicy,
-    pub(crate) store: Arc<dyn QuotaStore>,
-    pub(crate) calendar: Calendar,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) reports: ReportReader,
-    pub(crate) messages: Messages,
-    pub(crate) max_body_bytes: u64,
-    pub(crate) spool: SpoolSettings,
-    /// Bytes of request bodies held, process-wide (`body_budget_bytes`);
-    /// kept across reloads that do not change its size.
-    pub(crate) budget: BodyBudget,
-    /// Longest silence of a client sending its body (`timeouts.client_body`).
-    pub(crate) client_body: Duration,
-    /// Which bodies are received whole before the upstream is called.
-    pub(crate) request_buffering: RequestBuffering,
-    pub(crate) max_json_bytes: u64,
-    pub(crate) reservation_ttl: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) probe_cache: ProbeCache,
-    pub(crate) on_store_error: StoreErrorPolicy,
-    pub(crate) anonymous: AnonymousPolicy,
-    /// Keep the client's `X-Request-Id` (`log.trust_request_id`).
-    pub(crate) trust_request_id: bool,
-    /// Admitted requests whose usage is not recorded yet; shutdown waits for
-    /// it. Kept across reloads.
-    pub(crate) settlements: TaskTracker,
-    /// Counts requests on no inspected route; looked up once, in the
-    /// metrics recorder installed when the layer is built.
-    pub(crate) passthrough: metrics::Counter,
 }
 
 impl QuotaLayer {

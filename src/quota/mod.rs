@@ -30,6 +30,7 @@ mod shadow;
 mod spans;
 mod spool;
 mod standing;
+mod state;
 mod status;
 mod usage_body;
 

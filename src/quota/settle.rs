@@ -8,11 +8,11 @@ use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
-use super::layer::QuotaState;
 use super::probe::ProbeCache;
 use super::request_id;
 use super::spans;
 use super::standing::Standing;
+use super::state::QuotaState;
 use crate::decision::Decision;
 use crate::identity::Identity;
 use crate::periods::{Period, PeriodWindows};

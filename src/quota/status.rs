@@ -24,9 +24,9 @@ use http_body_util::Full;
 use serde_json::json;
 
 use super::body::QuotaBody;
-use super::layer::QuotaState;
 use super::request_id::{self, X_REQUEST_ID};
 use super::service::local;
+use super::state::QuotaState;
 use crate::periods::Period;
 use crate::response::{json_error, json_response};
 use crate::store::PeriodUsage;
