@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::support::on_both_stores;
 use crate::support::proxy::{Proxy, StoreChoice, TestClient};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
@@ -57,28 +58,6 @@ async fn saving_upstream() -> TestUpstream {
             .body("generated")
     })
     .await
-}
-
-/// One test per store: the memory store, and Redis on its own server.
-macro_rules! on_both_stores {
-    ($($name:ident($store:ident) $body:block)*) => {$(
-        mod $name {
-            use super::*;
-
-            async fn run($store: StoreChoice) $body
-
-            #[tokio::test]
-            async fn memory() {
-                run(StoreChoice::Memory).await;
-            }
-
-            #[tokio::test]
-            async fn redis() {
-                let server = RedisServer::start();
-                run(StoreChoice::Redis(server.url())).await;
-            }
-        }
-    )*};
 }
 
 on_both_stores! {

@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::identity_server::{IdentityServer, Mode, PATH, Plan};
+use crate::support::on_both_stores;
 
 /// Every bounded wait of this file.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -298,27 +299,6 @@ async fn a_route_in_shadow_forwards_while_the_others_deny() {
     // A user on the route in shadow is not in shadow wherever they ask.
     let status = status_of(&client, Method::GET, &[("x-user-id", "7")]).await;
     assert_eq!(status.json()["shadow"], false);
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident($store:ident) $body:block)*) => {$(
-        mod $name {
-            use super::*;
-
-            async fn run($store: StoreChoice) $body
-
-            #[tokio::test]
-            async fn memory() {
-                run(StoreChoice::Memory).await;
-            }
-
-            #[tokio::test]
-            async fn redis() {
-                let server = RedisServer::start();
-                run(StoreChoice::Redis(server.url())).await;
-            }
-        }
-    )*};
 }
 
 on_both_stores! {

@@ -12,3 +12,28 @@ pub mod proxy;
 pub mod raw_http;
 pub mod redis;
 pub mod upstream;
+
+/// One test per store: `memory` on the memory store and `redis` on a
+/// `redis-server` of its own, for each `name(store) { body }`. The calling
+/// module has `StoreChoice` and `RedisServer` in scope.
+macro_rules! on_both_stores {
+    ($($name:ident($store:ident) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            async fn run($store: StoreChoice) $body
+
+            #[tokio::test]
+            async fn memory() {
+                run(StoreChoice::Memory).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let server = RedisServer::start();
+                run(StoreChoice::Redis(server.url())).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_stores;
