@@ -20,8 +20,8 @@
 //! 6. **settle**: the held unit becomes usage or is released, when the answer
 //!    is handed on or its stream ends ([`quota`], [`store`]).
 //!
-//! The phases are called in this order by `inspect` in
-//! `src/quota/service/mod.rs`.
+//! Each phase is one function of `src/quota/pipeline.rs`, called in this
+//! order by its `inspect`.
 //!
 //! A denied request never reaches the upstream: it gets the route's status
 //! (403 or 429), `{"error": "<message>"}` and `Retry-After`. In shadow mode

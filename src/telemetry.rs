@@ -52,7 +52,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Sends the spans not sent yet, waiting at most [`FLUSH_WITHIN`];
+    /// Sends the spans not sent yet, waiting at most 6 s;
     /// nothing to do when traces are off.
     pub async fn shutdown(self) {
         let within = FLUSH_WITHIN;

@@ -4,10 +4,11 @@
 //! Shaped like a tower-http middleware: the layer ([`QuotaLayer`]), the
 //! service ([`Quota`]), its future ([`ResponseFuture`]), and the bodies it
 //! hands on ([`RequestBody`] to the inner service, [`QuotaBody`] to the
-//! caller). The phases of an inspected request live in `service/mod.rs`'s
-//! `inspect`: classify (route, read the body, flag) → identify → admit →
-//! forward → report → settle. The route table is [`routes`]. An upload (`multipart/form-data`) is read and flagged as it
-//! streams and waits for the decision in a spool (`spool.rs`): memory up to
+//! caller), with its state (`QuotaState` in `state.rs`, one per config). The
+//! phases of an inspected request are one function each in `pipeline.rs`:
+//! classify (route, read the body, flag) → identify → admit → forward →
+//! report → settle. The route table is [`routes`]. An upload
+//! (`multipart/form-data`) is read and flagged as it streams and waits for the decision in a spool (`spool.rs`): memory up to
 //! `body_buffer_bytes`, then a temporary file. Shadow mode (`shadow.rs`)
 //! forwards a request over a limit instead of denying it; the quota-status
 //! path is answered here, never forwarded (`status.rs`).
@@ -20,6 +21,7 @@ mod denial;
 mod forward;
 mod future;
 mod layer;
+mod pipeline;
 mod probe;
 mod ratelimit;
 mod request_id;

@@ -3,7 +3,7 @@
 //!
 //! A request on a route that is not inspected is handed to the inner service
 //! as it is: no body read, no store call, no allocation beyond the inner
-//! service's own. An inspected request goes through `inspect`, phase by
+//! service's own. An inspected request goes through `pipeline.rs`, phase by
 //! phase (the names are the crate's, see `lib.rs`):
 //!
 //! 1. **classify**: the route is matched (`routes/`); the body is read, up
@@ -34,26 +34,21 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::Service;
 
-use super::admit::admit;
 use super::body::{QuotaBody, RequestBody};
 use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
 use super::deadline::ClientBody;
-use super::forward::forward;
-use super::future::ResponseFuture;
-use super::future::{Kind, passthrough_response};
-use super::probe::{ProbeAnswer, ProbeCache};
+use super::future::{Kind, ResponseFuture, passthrough_response};
+use super::pipeline;
 use super::request_id::{self, X_REQUEST_ID};
-use super::settle::Ticket;
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
 use super::status;
 use crate::BoxError;
 use crate::config::RequestBuffering;
-use crate::decision::Decision;
 use crate::flag::{self, FlagVerdict};
-use crate::identity::{set_identity_headers, strip_client_headers};
-use crate::quota::routes::{Route, RouteMatch};
+use crate::identity::strip_client_headers;
+use crate::quota::routes::Route;
 use crate::response::json_error;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
@@ -153,7 +148,7 @@ where
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let future = spans::traced(span, inspect(shared, inner, matched, request));
+        let future = spans::traced(span, pipeline::inspect(shared, inner, matched, request));
         ResponseFuture {
             kind: Kind::Inspected {
                 future: Box::pin(future),
@@ -210,115 +205,6 @@ where
         .call(Request::from_parts(parts, RequestBody::spooled(body)))
         .await?;
     Ok(passthrough_response(&shared, response, &path, &id))
-}
-
-async fn inspect<S, ReqB, ResB>(
-    shared: Arc<QuotaState>,
-    inner: S,
-    matched: RouteMatch,
-    request: Request<ReqB>,
-) -> Result<Response<QuotaBody<ResB>>, S::Error>
-where
-    S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    ReqB: Body<Data = Bytes> + Send + 'static,
-    ReqB::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    let route = Arc::clone(&matched.route);
-    let (mut parts, body) = request.into_parts();
-    let (body, verdict) = match spans::classify(read_body(&shared, &route, &parts, body)).await {
-        Ok(read) => read,
-        Err(answer) => return Ok(local(answer)),
-    };
-    // The "session" a forced-image answer is remembered for: the probe's
-    // path, or the request's own path on a route without a probe, both
-    // written with canonical parameters.
-    let session = match &route.probe {
-        Some(probe) => probe.path(&matched.params),
-        None => matched.canonical_path(),
-    };
-    let mut flagged = match &verdict {
-        FlagVerdict::NotFlagged => false,
-        FlagVerdict::Flagged(_) => true,
-        FlagVerdict::Unreadable(reason) => {
-            tracing::debug!(route = %route.name, %reason, "unreadable body counts as flagged");
-            true
-        }
-        // The backend refuses this body while parsing it, before any view
-        // code runs that could generate (the send view parses the body
-        // before it looks at the session), so no probe can force it either:
-        // forwarded unreserved, and the user sees the backend's own error.
-        FlagVerdict::Rejected(reason) => {
-            tracing::debug!(route = %route.name, %reason, "the backend rejects this body");
-            route.counters.request(Decision::Unflagged);
-            let ticket = Ticket::Unflagged {
-                headers: parts.headers.clone(),
-                session,
-            };
-            let request = Request::from_parts(parts, body);
-            return forward(shared, inner, route, request, ticket).await;
-        }
-    };
-    // Some user saved images here unflagged (`settle.rs`): look at who asks.
-    let learned = !flagged
-        && route.probe.is_none()
-        && shared.probe_cache.get(&ProbeCache::key(&session, "")) == Some(true);
-    let identity = if flagged || learned || route.probe.is_some() {
-        Some(spans::identify(shared.identity.identify(&parts.headers)).await)
-    } else {
-        None
-    };
-    if !flagged
-        && learned
-        && let Some(Ok(Some(who))) = &identity
-    {
-        flagged = shared
-            .probe_cache
-            .get(&ProbeCache::key(&session, &who.user_id))
-            == Some(true);
-    }
-    if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
-        let key = ProbeCache::key(&session, &who.user_id);
-        flagged = match shared.probe_cache.get(&key) {
-            Some(forced) => forced,
-            None => match spans::probe(probe.ask(inner.clone(), &session, &parts.headers)).await {
-                ProbeAnswer::Forced => {
-                    shared.probe_cache.put(key, true, probe.cache_ttl());
-                    true
-                }
-                ProbeAnswer::NotForced => {
-                    shared.probe_cache.put(key, false, probe.cache_ttl());
-                    false
-                }
-                ProbeAnswer::Failed => true,
-            },
-        };
-    }
-    if let (Some(names), Some(Ok(Some(who)))) = (&shared.identity_headers, &identity)
-        && set_identity_headers(&mut parts.headers, who, names).is_err()
-    {
-        tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
-    }
-    let ticket = match identity {
-        Some(identity) if flagged => {
-            match admit(&shared, &route, identity, &mut parts.headers).await {
-                Ok(ticket) => ticket,
-                Err(answer) => return Ok(local(answer)),
-            }
-        }
-        _ => {
-            route.counters.request(Decision::Unflagged);
-            Ticket::Unflagged {
-                headers: parts.headers.clone(),
-                session,
-            }
-        }
-    };
-    let request = Request::from_parts(parts, body);
-    forward(shared, inner, route, request, ticket).await
 }
 
 /// Reads a whole body of at most `max` bytes into one buffer, its bytes
@@ -420,7 +306,7 @@ fn declared_length(parts: &request::Parts) -> Option<u64> {
 /// streams and waits in a spool ([`spool::read`]); any other body is read
 /// into memory, as it is parsed whole. Either way, under the client-body
 /// deadline and within the body budget.
-async fn read_body<B>(
+pub(super) async fn read_body<B>(
     shared: &QuotaState,
     route: &Route,
     parts: &request::Parts,
