@@ -24,6 +24,7 @@ mod layer;
 mod pipeline;
 mod probe;
 mod ratelimit;
+mod read;
 mod request_id;
 pub mod routes;
 mod service;
