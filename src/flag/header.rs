@@ -210,6 +210,36 @@ mod tests {
                 "content-disposition: form-data",
                 &[("name", "x")],
             ),
+            // Quotes and angle brackets at an edge (CPython 3.11's
+            // `Message.get_params`, which Django 5.2 calls): a `;` inside
+            // quotes with more pieces after it, an escaped quote before it,
+            // a quote or bracket that opens or closes nothing.
+            ("a; b=\"x;y\"; c=d", "a", &[("b", "x;y"), ("c", "d")]),
+            (
+                "a; b=\"x;;y;\"; c=\"1;2\"; d=3",
+                "a",
+                &[("b", "x;;y;"), ("c", "1;2"), ("d", "3")],
+            ),
+            (
+                "a;b=\"1;2\";c=\"3;4\";d=5",
+                "a",
+                &[("b", "1;2"), ("c", "3;4"), ("d", "5")],
+            ),
+            ("a; b=\"x\\\";y\"; c=d", "a", &[("b", "x\";y"), ("c", "d")]),
+            (
+                "a; b=\"x;y\"z;w\"; c=d",
+                "a",
+                &[("b", "\"x;y\"z"), ("w\"; c", "d")],
+            ),
+            ("a; b=\"", "a", &[("b", "\"")]),
+            ("a; b=\"abc", "a", &[("b", "\"abc")]),
+            ("a; b=abc\"", "a", &[("b", "abc\"")]),
+            ("a; b=<", "a", &[("b", "<")]),
+            ("a; b=<c", "a", &[("b", "<c")]),
+            ("a; b=c>", "a", &[("b", "c>")]),
+            // Not RFC 2231 (`^\w+\*([0-9]+\*?)?$`): plain parameters.
+            ("x; a*b=1", "x", &[("a*b", "1")]),
+            ("x; *0=1", "x", &[("*0", "1")]),
         ];
         for (line, key, params) in cases {
             let parsed = parse(line);

@@ -396,6 +396,7 @@ mod tests {
             (b"ab=c", None),
             (b"abc=d", Some(b"i\xb7")),
             (b"", Some(b"")),
+            (b"+/09aZ+/", Some(b"\xfb\xfd=i\x9f\xbf")),
         ];
         for (input, want) in cases {
             assert_eq!(
@@ -405,6 +406,39 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// What `last_value` keeps of the one field `f` holding `value`.
+    async fn one_field(value: &[u8], cap: usize) -> Option<FieldValue> {
+        let mut body = b"--b\r\nContent-Disposition: form-data; name=f\r\n\r\n".to_vec();
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n--b--\r\n");
+        let body = futures_util::stream::iter([Bytes::from(body)]);
+        last_value(body, b"--b", "f", cap).await.ok()?.field
+    }
+
+    #[tokio::test]
+    async fn a_field_of_the_cap_is_kept_and_one_byte_more_is_long() {
+        let kept = |n| Some(FieldValue::Text("x".repeat(n)));
+        assert_eq!(one_field(&[b'x'; 100], 100).await, kept(100));
+        assert_eq!(one_field(&[b'x'; 101], 100).await, Some(FieldValue::Long));
+        // 34 bytes that are not UTF-8 read as 34 U+FFFD: 102 bytes.
+        assert_eq!(one_field(&[0xff; 34], 100).await, Some(FieldValue::Long));
+    }
+
+    #[test]
+    fn a_value_is_held_up_to_its_budget_and_no_more() {
+        let (mut held, mut over) = (Vec::new(), false);
+        keep(&mut held, &mut over, &[b'x'; 300], 208);
+        assert!(over && held.is_empty(), "one push past the budget");
+        let (mut held, mut over) = (Vec::new(), false);
+        keep(&mut held, &mut over, &[b'x'; 200], 208);
+        keep(&mut held, &mut over, &[b'x'; 8], 208);
+        assert_eq!((held.len(), over), (208, false), "exactly the budget");
+        keep(&mut held, &mut over, b"x", 208);
+        assert!(over && held.is_empty(), "one byte past it");
+        keep(&mut held, &mut over, b"", 208);
+        assert!(over && held.is_empty(), "and nothing after");
     }
 
     #[test]

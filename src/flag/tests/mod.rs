@@ -352,6 +352,55 @@ async fn large_multipart_is_cut_as_django_reads_it() {
 }
 
 #[tokio::test]
+async fn a_part_skipped_unread_is_dropped_whole_within_one_django_read() {
+    // Django pulls a part 64 KiB at a time: a skipped part (no name, or a
+    // file name that sanitizes to nothing) shorter than that is dropped
+    // whole, header-like bytes in it included (checked against Django 5.2:
+    // no flag in all three).
+    let mut data = vec![b'x'; 3000];
+    data.extend_from_slice(
+        b"\r\n\r\nContent-Disposition: form-data; name=generate_image\r\n\r\ntrue",
+    );
+    for part in [
+        Part::Raw("Content-Disposition: form-data\r\n", &data),
+        Part::File("f", "..", &data),
+        Part::File("f", "a.png", &data),
+    ] {
+        let body = multipart(&[part]);
+        let got = run(Some(MULTIPART), &body, None, &FlagRules::DjangoSendMessage).await;
+        assert_eq!(got, FlagVerdict::NotFlagged);
+    }
+}
+
+#[tokio::test]
+async fn a_base64_file_is_decoded_without_its_whitespace() {
+    // A file in base64 ahead of the flag: decoded in quads, whitespace
+    // dropped; an error refuses the body (checked against Django 5.2).
+    for (data, want) in [
+        (&b"dHJ1ZQ=="[..], Y),
+        (b"dHJ1\r\nZQ==", Y),
+        (b"dH Jz\tdW\r\nVl", Y),
+        (b"dHJ1ZQ", R),
+    ] {
+        let body = multipart(&[
+            Part::Raw(
+                "Content-Disposition: form-data; name=f; filename=a.png\r\n\
+                 Content-Transfer-Encoding: base64\r\n",
+                data,
+            ),
+            Part::Field(FLAG, b"true"),
+        ]);
+        let got = run(Some(MULTIPART), &body, None, &FlagRules::DjangoSendMessage).await;
+        assert_eq!(
+            outcome(&got),
+            want,
+            "{:?}: {got:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+}
+
+#[tokio::test]
 async fn long_values_are_judged_without_being_kept() {
     let long = "x".repeat(100 * 1024);
     check_form_values(&FlagRules::Drf, &[(&long, R)]).await;
