@@ -5,7 +5,8 @@
 //! bench, with a generated config) on the memory store and on the Redis
 //! store (a `redis-server` it starts with `--save "" --appendonly no`),
 //! nginx in front of the same upstream when it is installed, and the hyper
-//! floor (`support/floor.rs`: this binary re-run as `load floor …`); drives
+//! floor (`crates/loadbench/src/floor.rs`: this binary re-run as
+//! `load floor …`); drives
 //! each with a bounded number of keep-alive HTTP/1.1 requests over 1, 64
 //! and 256 connections; prints requests/s, latency percentiles, server CPU
 //! per 10k requests, Redis commands per request, ratios to nginx (taken
