@@ -30,16 +30,16 @@ const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// `headers` are the request's: its `X-Request-Id` for the log lines, and
 /// where a request forwarded in shadow mode gets `shadow_header`.
 pub(super) fn admit<'a>(
-    shared: &'a QuotaState,
+    state: &'a QuotaState,
     route: &'a Route,
     identity: Result<Option<Identity>, IdentityError>,
     headers: &'a mut HeaderMap,
 ) -> impl Future<Output = Result<Ticket, Response<Full<Bytes>>>> + 'a {
-    decide(shared, route, identity, headers).instrument(spans::admit())
+    decide(state, route, identity, headers).instrument(spans::admit())
 }
 
 async fn decide(
-    shared: &QuotaState,
+    state: &QuotaState,
     route: &Route,
     identity: Result<Option<Identity>, IdentityError>,
     headers: &mut HeaderMap,
@@ -48,7 +48,7 @@ async fn decide(
     let identity = match identity {
         Ok(Some(identity)) => identity,
         Ok(None) => {
-            return match shared.anonymous {
+            return match state.policy.anonymous {
                 AnonymousPolicy::Forward => {
                     route.counters.request(Decision::Anonymous);
                     decided(Decision::Anonymous);
@@ -71,7 +71,7 @@ async fn decide(
             };
         }
         Err(e) => {
-            return match shared.on_identity_error {
+            return match state.policy.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     let decision = Decision::IdentityErrorAllowed;
                     route.counters.request(decision);
@@ -96,15 +96,15 @@ async fn decide(
             };
         }
     };
-    let now = shared.clock.now();
+    let now = state.deps.clock.now();
     let request = ReserveRequest {
         user: identity.user_id.clone(),
         limits: identity.limits,
-        windows: shared.calendar.windows(now),
+        windows: state.deps.calendar.windows(now),
         now,
-        ttl: shared.reservation_ttl,
+        ttl: state.limits.reservation_ttl,
     };
-    let reserve = shared.store.reserve(&request);
+    let reserve = state.deps.store.reserve(&request);
     match reserve.instrument(spans::store_reserve()).await {
         Ok(Admission::Reserved {
             reservation,
@@ -121,7 +121,7 @@ async fn decide(
         Ok(Admission::Exceeded { period, counts }) => {
             let limit = identity.limits.of(period);
             let standing = Standing::new(&identity.limits, &counts, Some(period));
-            if shared.shadow.applies(route, identity.plan.as_deref()) {
+            if state.policy.shadow.applies(route, identity.plan.as_deref()) {
                 route.counters.request(Decision::ShadowDenied);
                 decided(Decision::ShadowDenied).record("quota.period", period.as_str());
                 tracing::info!(
@@ -130,7 +130,7 @@ async fn decide(
                     period = standing.period, limit, request_id,
                     "would deny: image quota exceeded (shadow mode; forwarded)"
                 );
-                shared.shadow.mark(headers, period);
+                state.policy.shadow.mark(headers, period);
                 return Ok(Ticket::ShadowDenied {
                     identity,
                     counts,
@@ -150,7 +150,7 @@ async fn decide(
             );
             let mut answer = Denial {
                 route,
-                messages: &shared.messages,
+                messages: &state.policy.messages,
                 period,
                 limit,
                 retry_after: request.windows.get(period).seconds_left(now),
@@ -165,7 +165,7 @@ async fn decide(
             );
             Err(answer)
         }
-        Err(e) => match shared.on_store_error {
+        Err(e) => match state.policy.on_store_error {
             StoreErrorPolicy::Allow => {
                 route.counters.fail_open();
                 decided(Decision::StoreErrorAllowed);

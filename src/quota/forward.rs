@@ -46,7 +46,7 @@ use crate::response::json_error;
 /// and the settle waits for the store. A store that answers at once (the
 /// memory store) settles in place and needs no task.
 pub(super) async fn forward<S, ReqB, ResB>(
-    shared: Arc<QuotaState>,
+    state: Arc<QuotaState>,
     mut inner: S,
     route: Arc<Route>,
     mut request: Request<RequestBody<ReqB>>,
@@ -65,7 +65,7 @@ where
         .headers()
         .get(&super::request_id::X_REQUEST_ID)
         .cloned();
-    let token = shared.reports.token_header().map(|name| {
+    let token = state.policy.reports.token_header().map(|name| {
         let token = ReportToken::generate();
         request
             .headers_mut()
@@ -80,7 +80,7 @@ where
     spans::inject(&upstream, request.headers_mut());
     let future = inner.call(request);
     // Made before the accounting starts, so shutdown sees it pending.
-    let settlement = Settlement::new(shared, route, ticket, request_id, span);
+    let settlement = Settlement::new(state, route, ticket, request_id, span);
     let mut accounting = Accounting::new(async move {
         let answer = future.instrument(upstream.clone()).await;
         spans::answered(upstream, &answer);
@@ -170,7 +170,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let shared = Arc::clone(&settlement.shared);
+    let state = Arc::clone(&settlement.state);
     let (mut parts, body) = response.into_parts();
     settlement.status = Some(parts.status);
     let standing = match &settlement.ticket {
@@ -193,19 +193,19 @@ where
             &identity.limits,
             counts,
             windows,
-            shared.clock.now(),
+            state.deps.clock.now(),
         );
     }
-    if let Some(images) = shared.reports.take_header(&mut parts.headers) {
+    if let Some(images) = state.policy.reports.take_header(&mut parts.headers) {
         let response = Response::from_parts(parts, QuotaBody::inner(body));
         return (response, Some((settlement, Some(images))));
     }
-    if shared.reports.wants_json_body(&parts.headers) {
-        let limit = usize::try_from(shared.max_json_bytes).unwrap_or(usize::MAX);
+    if state.policy.reports.wants_json_body(&parts.headers) {
+        let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
         return match Limited::new(body, limit).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                let images = shared.reports.read_json(&bytes);
+                let images = state.policy.reports.read_json(&bytes);
                 let response = Response::from_parts(parts, QuotaBody::local(bytes));
                 (response, Some((settlement, images)))
             }
@@ -221,9 +221,9 @@ where
             }
         };
     }
-    match shared.reports.stream_report(&parts.headers, token) {
+    match state.policy.reports.stream_report(&parts.headers, token) {
         Some(report) => {
-            if shared.reports.strips_markers() {
+            if state.policy.reports.strips_markers() {
                 // Cutting a marker changes the length.
                 parts.headers.remove(header::CONTENT_LENGTH);
             }

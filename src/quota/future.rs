@@ -32,7 +32,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     pub(super) enum Kind<F, E, B> {
-        Passthrough { #[pin] future: F, shared: Arc<QuotaState>, uri: http::Uri },
+        Passthrough { #[pin] future: F, state: Arc<QuotaState>, uri: http::Uri },
         Inspected { future: BoxFuture<Result<Response<QuotaBody<B>>, E>> },
     }
 }
@@ -46,13 +46,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = match this.kind.project() {
-            KindProj::Passthrough {
-                future,
-                shared,
-                uri,
-            } => {
+            KindProj::Passthrough { future, state, uri } => {
                 let response = std::task::ready!(future.poll(cx))?;
-                passthrough_response(shared, response, uri.path(), this.request_id)
+                passthrough_response(state, response, uri.path(), this.request_id)
             }
             KindProj::Inspected { future } => std::task::ready!(future.as_mut().poll(cx))?,
         };
@@ -66,14 +62,14 @@ where
 /// The upstream's answer to a request on no inspected route: handed on,
 /// with a usage report header removed (it is not counted there).
 pub(super) fn passthrough_response<B>(
-    shared: &QuotaState,
+    state: &QuotaState,
     response: Response<B>,
     path: &str,
     id: &http::HeaderValue,
 ) -> Response<QuotaBody<B>> {
     let (mut parts, body) = response.into_parts();
     // A report of 0 saved nothing: not worth a warning.
-    let report = shared.reports.take_header(&mut parts.headers);
+    let report = state.policy.reports.take_header(&mut parts.headers);
     if let Some(report) = report.filter(|r| r.images > 0 || r.malformed) {
         tracing::warn!(
             path,

@@ -15,6 +15,7 @@ use super::service::Quota;
 use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
 pub(crate) use super::state::QuotaState;
+use super::state::{Dependencies, Policy, RequestLimits, Routing};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, RequiredHeader};
 use crate::identity::{IdentityHeaders, IdentitySource};
@@ -39,7 +40,7 @@ use crate::store::QuotaStore;
 /// ```
 #[derive(Clone)]
 pub struct QuotaLayer {
-    shared: Arc<ArcSwap<QuotaState>>,
+    current: Arc<ArcSwap<QuotaState>>,
 }
 
 impl QuotaLayer {
@@ -89,21 +90,21 @@ impl QuotaLayer {
     /// way finish with the state they started with. The clock and the
     /// settlement tracker belong to the process and carry over.
     pub fn reload(&self, next: QuotaLayerBuilder) {
-        let current = self.shared.load();
-        let budget = (current.budget.capacity() == next.config.body_budget_bytes.get())
-            .then(|| current.budget.clone());
+        let current = self.current.load();
+        let budget = (current.limits.budget.capacity() == next.config.body_budget_bytes.get())
+            .then(|| current.limits.budget.clone());
         let next = next
-            .clock(Arc::clone(&current.clock))
-            .settlements(current.settlements.clone())
+            .clock(Arc::clone(&current.deps.clock))
+            .settlements(current.deps.settlements.clone())
             .budget(budget)
             .build();
-        self.shared.store(next.shared.load_full());
+        self.current.store(next.current.load_full());
     }
 
     /// Tracks admitted requests until their usage is recorded (or released):
     /// its `len()` is what is pending; close it and `wait()` at shutdown.
     pub fn settlements(&self) -> TaskTracker {
-        self.shared.load().settlements.clone()
+        self.current.load().deps.settlements.clone()
     }
 }
 
@@ -111,14 +112,14 @@ impl<S> Layer<S> for QuotaLayer {
     type Service = Quota<S>;
 
     fn layer(&self, inner: S) -> Quota<S> {
-        Quota::new(inner, Arc::clone(&self.shared))
+        Quota::new(inner, Arc::clone(&self.current))
     }
 }
 
 impl std::fmt::Debug for QuotaLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaLayer")
-            .field("calendar", &self.shared.load().calendar)
+            .field("calendar", &self.current.load().deps.calendar)
             .finish_non_exhaustive()
     }
 }
@@ -174,44 +175,52 @@ impl QuotaLayerBuilder {
             ))
         });
         QuotaLayer {
-            shared: Arc::new(ArcSwap::from_pointee(QuotaState {
-                routes: self.routes,
-                routing_headers: self.routing_headers,
-                shadow: ShadowPolicy::new(&config),
-                status_path: config.status.path.clone(),
-                identity_headers: (!self.identity.trusts_client_headers())
-                    .then(|| IdentityHeaders::from_config(&config.identity)),
-                identity: crate::identity::canonical_ids(
-                    self.identity,
-                    config.identity.user_id_format,
-                ),
-                on_identity_error: config.identity.on_identity_error,
-                store,
-                calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0)
-                    .with_months(config.periods.calendar),
-                clock: self.clock,
-                reports: ReportReader::new(&config.usage),
-                messages: config.messages,
-                max_body_bytes: config.max_body_bytes.get(),
-                spool: SpoolSettings {
-                    memory_limit: usize::try_from(config.body_buffer_bytes.get())
-                        .unwrap_or(usize::MAX),
-                    dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
+            current: Arc::new(ArcSwap::from_pointee(QuotaState {
+                routing: Routing {
+                    routes: self.routes,
+                    routing_headers: self.routing_headers,
+                    identity_headers: (!self.identity.trusts_client_headers())
+                        .then(|| IdentityHeaders::from_config(&config.identity)),
+                    status_path: config.status.path.clone(),
+                    trust_request_id: config.log.trust_request_id,
                 },
-                budget: self
-                    .budget
-                    .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes.get())),
-                client_body: config.timeouts.client_body.get(),
-                request_buffering: config.request_buffering,
-                max_json_bytes: config.usage.max_json_bytes.get(),
-                reservation_ttl: config.store.reservation_ttl.get(),
-                idle_timeout: config.timeouts.idle.get(),
-                probe_cache: ProbeCache::default(),
-                on_store_error: config.store.on_store_error,
-                anonymous: config.identity.anonymous,
-                trust_request_id: config.log.trust_request_id,
-                settlements: self.settlements,
-                passthrough: crate::counters::passthrough_counter(),
+                policy: Policy {
+                    anonymous: config.identity.anonymous,
+                    on_identity_error: config.identity.on_identity_error,
+                    on_store_error: config.store.on_store_error,
+                    shadow: ShadowPolicy::new(&config),
+                    reports: ReportReader::new(&config.usage),
+                    messages: config.messages,
+                },
+                limits: RequestLimits {
+                    max_body_bytes: config.max_body_bytes.get(),
+                    max_json_bytes: config.usage.max_json_bytes.get(),
+                    client_body: config.timeouts.client_body.get(),
+                    request_buffering: config.request_buffering,
+                    spool: SpoolSettings {
+                        memory_limit: usize::try_from(config.body_buffer_bytes.get())
+                            .unwrap_or(usize::MAX),
+                        dir: config.spool_dir.unwrap_or_else(std::env::temp_dir),
+                    },
+                    budget: self
+                        .budget
+                        .unwrap_or_else(|| BodyBudget::new(config.body_budget_bytes.get())),
+                    reservation_ttl: config.store.reservation_ttl.get(),
+                    idle_timeout: config.timeouts.idle.get(),
+                },
+                deps: Dependencies {
+                    identity: crate::identity::canonical_ids(
+                        self.identity,
+                        config.identity.user_id_format,
+                    ),
+                    store,
+                    clock: self.clock,
+                    calendar: Calendar::new(config.periods.timezone.0, config.periods.week_start.0)
+                        .with_months(config.periods.calendar),
+                    probe_cache: ProbeCache::default(),
+                    settlements: self.settlements,
+                    passthrough: crate::counters::passthrough_counter(),
+                },
             })),
         }
     }

@@ -55,7 +55,7 @@ struct Classified<B> {
 
 /// The request's life after its route matched (see the module doc).
 pub(super) async fn inspect<S, ReqB, ResB>(
-    shared: Arc<QuotaState>,
+    state: Arc<QuotaState>,
     mut inner: S,
     matched: RouteMatch,
     request: Request<ReqB>,
@@ -75,7 +75,7 @@ where
         body,
         asks,
         session,
-    } = match classify(&shared, &matched, &parts, body).await {
+    } = match classify(&state, &matched, &parts, body).await {
         ControlFlow::Continue(classified) => classified,
         ControlFlow::Break(answer) => return Ok(local(answer)),
     };
@@ -87,7 +87,7 @@ where
         unflagged(&route, &parts.headers, session)
     } else {
         let (identity, flagged) = identify(
-            &shared,
+            &state,
             &route,
             &mut inner,
             &session,
@@ -95,13 +95,13 @@ where
             &mut parts.headers,
         )
         .await;
-        match admit(&shared, &route, identity, flagged, &mut parts, session).await {
+        match admit(&state, &route, identity, flagged, &mut parts, session).await {
             ControlFlow::Continue(ticket) => ticket,
             ControlFlow::Break(answer) => return Ok(local(answer)),
         }
     };
     forward(
-        shared,
+        state,
         inner,
         route,
         Request::from_parts(parts, body),
@@ -113,7 +113,7 @@ where
 /// **classify**: the body read (413 beyond `max_body_bytes`; an upload
 /// spooled) and judged as the backend will read it.
 async fn classify<B>(
-    shared: &QuotaState,
+    state: &QuotaState,
     matched: &RouteMatch,
     parts: &request::Parts,
     body: B,
@@ -123,7 +123,7 @@ where
     B::Error: Into<BoxError>,
 {
     let route = &matched.route;
-    let (body, verdict) = match spans::classify(read_body(shared, route, parts, body)).await {
+    let (body, verdict) = match spans::classify(read_body(state, route, parts, body)).await {
         Ok(read) => read,
         Err(answer) => return ControlFlow::Break(answer),
     };
@@ -156,7 +156,7 @@ where
 /// identity goes to the upstream in the identity headers. Returns the
 /// identity (`None` when not asked) and whether the request is flagged.
 async fn identify<S, ReqB, ResB>(
-    shared: &QuotaState,
+    state: &QuotaState,
     route: &Route,
     // `&mut`: a `&mut S` is `Send` with `S`, where `&S` would need `Sync`.
     inner: &mut S,
@@ -176,9 +176,9 @@ where
     // Some user saved images here unflagged (`settle.rs`): look at who asks.
     let learned = !flagged
         && route.probe.is_none()
-        && shared.probe_cache.get(&ProbeCache::key(session, "")) == Some(true);
+        && state.deps.probe_cache.get(&ProbeCache::key(session, "")) == Some(true);
     let identity = if flagged || learned || route.probe.is_some() {
-        Some(spans::identify(shared.identity.identify(headers)).await)
+        Some(spans::identify(state.deps.identity.identify(headers)).await)
     } else {
         None
     };
@@ -186,29 +186,30 @@ where
         && learned
         && let Some(Ok(Some(who))) = &identity
     {
-        flagged = shared
+        flagged = state
+            .deps
             .probe_cache
             .get(&ProbeCache::key(session, &who.user_id))
             == Some(true);
     }
     if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
         let key = ProbeCache::key(session, &who.user_id);
-        flagged = match shared.probe_cache.get(&key) {
+        flagged = match state.deps.probe_cache.get(&key) {
             Some(forced) => forced,
             None => match spans::probe(probe.ask(inner.clone(), session, headers)).await {
                 ProbeAnswer::Forced => {
-                    shared.probe_cache.put(key, true, probe.cache_ttl());
+                    state.deps.probe_cache.put(key, true, probe.cache_ttl());
                     true
                 }
                 ProbeAnswer::NotForced => {
-                    shared.probe_cache.put(key, false, probe.cache_ttl());
+                    state.deps.probe_cache.put(key, false, probe.cache_ttl());
                     false
                 }
                 ProbeAnswer::Failed => true,
             },
         };
     }
-    if let (Some(names), Some(Ok(Some(who)))) = (&shared.identity_headers, &identity)
+    if let (Some(names), Some(Ok(Some(who)))) = (&state.routing.identity_headers, &identity)
         && set_identity_headers(headers, who, names).is_err()
     {
         tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
@@ -219,7 +220,7 @@ where
 /// **admit**: a flagged request reserves one unit or gets its answer
 /// (`admit.rs`); any other goes on unreserved, its report still read.
 async fn admit(
-    shared: &QuotaState,
+    state: &QuotaState,
     route: &Route,
     identity: Option<Result<Option<Identity>, IdentityError>>,
     flagged: bool,
@@ -228,7 +229,7 @@ async fn admit(
 ) -> ControlFlow<Answer, Ticket> {
     match identity {
         Some(identity) if flagged => {
-            match admit::admit(shared, route, identity, &mut parts.headers).await {
+            match admit::admit(state, route, identity, &mut parts.headers).await {
                 Ok(ticket) => ControlFlow::Continue(ticket),
                 Err(answer) => ControlFlow::Break(answer),
             }

@@ -72,7 +72,7 @@ const LEARNED_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(
 
 /// A ticket on its way to the store, with what the log line needs.
 pub(crate) struct Settlement {
-    pub(crate) shared: Arc<QuotaState>,
+    pub(crate) state: Arc<QuotaState>,
     pub(crate) route: Arc<Route>,
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
@@ -89,15 +89,15 @@ impl Settlement {
     /// A settlement for `ticket` of the request whose span is `span`,
     /// counted as pending from now until it is settled or dropped.
     pub(crate) fn new(
-        shared: Arc<QuotaState>,
+        state: Arc<QuotaState>,
         route: Arc<Route>,
         ticket: Ticket,
         request_id: Option<http::HeaderValue>,
         span: tracing::Span,
     ) -> Self {
-        let pending = shared.settlements.token();
+        let pending = state.deps.settlements.token();
         Settlement {
-            shared,
+            state,
             route,
             ticket,
             status: None,
@@ -131,7 +131,7 @@ impl Settlement {
 
     async fn record(self, report: Option<UsageReport>) {
         let Settlement {
-            shared,
+            state,
             route,
             ticket,
             status,
@@ -146,11 +146,12 @@ impl Settlement {
                 "malformed saved-images report from the upstream; charging 1 image if nothing else was reported and the response succeeded");
             crate::counters::malformed_report(&route.name);
         }
-        let amount = shared
+        let amount = state
+            .policy
             .reports
             .amount(report.map_or(0, |r| r.charged(succeeded)));
         tracing::Span::current().record("quota.images", amount);
-        let now = shared.clock.now();
+        let now = state.deps.clock.now();
         let decision = ticket.decision();
         let (plan, standing) = match &ticket {
             Ticket::Reserved {
@@ -201,12 +202,12 @@ impl Settlement {
                     .map_or(LEARNED_SESSION_TTL, |p| p.cache_ttl());
                 tracing::info!(route = %route.name, session = %session,
                     "saved images reported for an unflagged request; counting it, and its session from now on");
-                match shared.identity.identify(&headers).await {
+                match state.deps.identity.identify(&headers).await {
                     Ok(identity) => {
                         if let Some(who) = &identity {
                             // The user's own key, and a hint that someone
                             // here is learned (read before identifying).
-                            let cache = &shared.probe_cache;
+                            let cache = &state.deps.probe_cache;
                             cache.put(ProbeCache::key(&session, &who.user_id), true, ttl);
                             cache.put(ProbeCache::key(&session, ""), true, ttl);
                         }
@@ -229,7 +230,7 @@ impl Settlement {
             (None, Some(user)) if amount > 0 => Some(Reservation {
                 id: Reservation::new_id(),
                 user: user.clone(),
-                windows: shared.calendar.windows(now),
+                windows: state.deps.calendar.windows(now),
                 expires_at: now,
             }),
             (None, None) if amount > 0 => {
@@ -241,7 +242,7 @@ impl Settlement {
         };
         let user = user.as_deref().unwrap_or("-");
         if let Some(reservation) = reservation
-            && let Err(e) = (shared.store.settle(&reservation, amount, now))
+            && let Err(e) = (state.deps.store.settle(&reservation, amount, now))
                 .instrument(spans::store_settle())
                 .await
         {
@@ -281,17 +282,17 @@ impl Settlement {
 pub(crate) struct KeepAlive(tokio::task::AbortHandle);
 
 impl KeepAlive {
-    pub(crate) fn start(shared: &Arc<QuotaState>, reservation: &Reservation) -> Self {
-        let shared = Arc::clone(shared);
+    pub(crate) fn start(state: &Arc<QuotaState>, reservation: &Reservation) -> Self {
+        let state = Arc::clone(state);
         let reservation = reservation.clone();
-        let ttl = shared.reservation_ttl;
+        let ttl = state.limits.reservation_ttl;
         let task = tokio::spawn(async move {
             let every = (ttl / 3).max(std::time::Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
-                let now = shared.clock.now();
+                let now = state.deps.clock.now();
                 let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-                if let Err(e) = shared.store.extend(&reservation, until, now).await {
+                if let Err(e) = state.deps.store.extend(&reservation, until, now).await {
                     tracing::warn!(user = %reservation.user, error = %e,
                         "could not extend a streaming request's reservation");
                 }

@@ -37,21 +37,17 @@ const RETRY_AFTER: u32 = 5;
 
 /// Answers a request on the status path; its body is not read.
 pub(super) async fn respond<ReqB, ResB, E>(
-    shared: Arc<QuotaState>,
+    state: Arc<QuotaState>,
     request: Request<ReqB>,
 ) -> Result<Response<QuotaBody<ResB>>, E> {
     let (parts, _body) = request.into_parts();
-    Ok(local(answer(&shared, &parts.method, &parts.headers).await))
+    Ok(local(answer(&state, &parts.method, &parts.headers).await))
 }
 
 /// The answer to `method` on the status path.
-async fn answer(
-    shared: &QuotaState,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Response<Full<Bytes>> {
+async fn answer(state: &QuotaState, method: &Method, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let mut answer = if method == Method::GET || method == Method::HEAD {
-        status(shared, headers).await
+        status(state, headers).await
     } else {
         let mut refused = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -71,9 +67,9 @@ async fn answer(
     answer
 }
 
-async fn status(shared: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>> {
+async fn status(state: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let request_id = headers.get(&X_REQUEST_ID).map_or("-", request_id::as_str);
-    let identity = match shared.identity.identify(headers).await {
+    let identity = match state.deps.identity.identify(headers).await {
         Ok(Some(identity)) => identity,
         Ok(None) => {
             return json_error(StatusCode::UNAUTHORIZED, "sign in to see your image quota");
@@ -83,9 +79,14 @@ async fn status(shared: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes
             return unavailable("the user cannot be identified right now; try again shortly");
         }
     };
-    let now = shared.clock.now();
-    let windows = shared.calendar.windows(now);
-    let usage = match shared.store.usage(&identity.user_id, &windows, now).await {
+    let now = state.deps.clock.now();
+    let windows = state.deps.calendar.windows(now);
+    let usage = match state
+        .deps
+        .store
+        .usage(&identity.user_id, &windows, now)
+        .await
+    {
         Ok(usage) => usage,
         Err(e) => {
             tracing::warn!(user = %identity.user_id, error = %e, request_id,
@@ -93,7 +94,7 @@ async fn status(shared: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes
             return unavailable("the image quota cannot be read right now; try again shortly");
         }
     };
-    let tz = shared.calendar.timezone();
+    let tz = state.deps.calendar.timezone();
     let periods: Vec<_> = Period::ALL
         .into_iter()
         .map(|period| {
@@ -114,7 +115,7 @@ async fn status(shared: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes
         &json!({
             "user_id": identity.user_id,
             "plan": identity.plan,
-            "shadow": shared.shadow.of_user(identity.plan.as_deref()),
+            "shadow": state.policy.shadow.of_user(identity.plan.as_deref()),
             "periods": periods,
         }),
     )

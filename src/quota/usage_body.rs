@@ -43,8 +43,8 @@ where
     pub(crate) fn new(body: B, report: StreamReport, settlement: Settlement) -> Self {
         let keep_alive = settlement
             .reservation()
-            .map(|r| KeepAlive::start(&settlement.shared, r));
-        let idle = settlement.shared.idle_timeout;
+            .map(|r| KeepAlive::start(&settlement.state, r));
+        let idle = settlement.state.limits.idle_timeout;
         Self {
             body: Some(Box::pin(body)),
             watch: Some(Watch {

@@ -117,7 +117,7 @@ pub(super) fn declared_length(parts: &request::Parts) -> Option<u64> {
 /// into memory, as it is parsed whole. Either way, under the client-body
 /// deadline and within the body budget.
 pub(super) async fn read_body<B>(
-    shared: &QuotaState,
+    state: &QuotaState,
     route: &Route,
     parts: &request::Parts,
     body: B,
@@ -126,7 +126,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let max = shared.max_body_bytes;
+    let max = state.limits.max_body_bytes;
     // As the WSGI server gives it: header bytes read as Latin-1. With
     // several `Content-Type` lines servers differ (gunicorn keeps the last),
     // so such a request counts (`several`).
@@ -139,7 +139,7 @@ where
     let content_type = content_type.as_deref();
     let query = parts.uri.query();
     let declared = declared_length(parts);
-    let body = ClientBody::new(body, shared.client_body);
+    let body = ClientBody::new(body, state.limits.client_body);
     let read = if declared.is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
     } else if flag::is_multipart(content_type, &route.flag_rules) {
@@ -149,15 +149,15 @@ where
         Box::pin(spool::read(
             body,
             max,
-            &shared.spool,
-            &shared.budget,
+            &state.limits.spool,
+            &state.limits.budget,
             |feed| flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules),
         ))
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
         async {
-            let bytes = read_whole(body, max, declared, &shared.budget).await?;
+            let bytes = read_whole(body, max, declared, &state.limits.budget).await?;
             let verdict = flag::detect(
                 content_type,
                 bytes.clone(),

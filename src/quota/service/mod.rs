@@ -51,12 +51,12 @@ use crate::identity::strip_client_headers;
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
 pub struct Quota<S> {
     inner: S,
-    shared: Arc<ArcSwap<QuotaState>>,
+    current: Arc<ArcSwap<QuotaState>>,
 }
 
 impl<S> Quota<S> {
-    pub(crate) fn new(inner: S, shared: Arc<ArcSwap<QuotaState>>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, current: Arc<ArcSwap<QuotaState>>) -> Self {
+        Self { inner, current }
     }
 }
 
@@ -64,7 +64,7 @@ impl<S: Clone> Clone for Quota<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            current: Arc::clone(&self.current),
         }
     }
 }
@@ -97,47 +97,50 @@ where
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         // The config this request lives by, even if a reload swaps it.
-        let shared = self.shared.load_full();
-        let request_id = request_id::ensure(request.headers_mut(), shared.trust_request_id);
-        if let Some(names) = &shared.identity_headers {
+        let state = self.current.load_full();
+        let request_id = request_id::ensure(request.headers_mut(), state.routing.trust_request_id);
+        if let Some(names) = &state.routing.identity_headers {
             // Nothing downstream may believe an identity the client chose.
             strip_client_headers(request.headers_mut(), names);
         }
         // Nor a path prefix it chose (`SCRIPT_NAME`…): Django must route
         // the path the route is found from.
-        shared.routing_headers.strip(request.headers_mut());
+        state.routing.routing_headers.strip(request.headers_mut());
         // Only the proxy gives the upstream a report token (forward.rs).
-        shared.reports.strip_client_token(request.headers_mut());
-        if shared.status_path.as_deref() == Some(request.uri().path()) {
-            let future = Box::pin(status::respond(shared, request));
+        state
+            .policy
+            .reports
+            .strip_client_token(request.headers_mut());
+        if state.routing.status_path.as_deref() == Some(request.uri().path()) {
+            let future = Box::pin(status::respond(state, request));
             let kind = Kind::Inspected { future };
             return ResponseFuture { kind, request_id };
         }
-        let Some(matched) = shared.routes.find(request.method(), request.uri().path()) else {
-            shared.passthrough.increment(1);
+        let Some(matched) = state
+            .routing
+            .routes
+            .find(request.method(), request.uri().path())
+        else {
+            state.deps.passthrough.increment(1);
             let (parts, body) = request.into_parts();
-            if shared.request_buffering == RequestBuffering::All && !body.is_end_stream() {
+            if state.limits.request_buffering == RequestBuffering::All && !body.is_end_stream() {
                 // Received whole before the upstream is called (boxed: the
                 // spool's state would otherwise size every pass-through).
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 return ResponseFuture {
                     kind: Kind::Inspected {
-                        future: Box::pin(buffered_passthrough(shared, inner, parts, body)),
+                        future: Box::pin(buffered_passthrough(state, inner, parts, body)),
                     },
                     request_id,
                 };
             }
             // A cheap copy (shared bytes): the report warning names the path.
             let uri = parts.uri.clone();
-            let body = RequestBody::streaming(body, shared.client_body);
+            let body = RequestBody::streaming(body, state.limits.client_body);
             let future = self.inner.call(Request::from_parts(parts, body));
             return ResponseFuture {
-                kind: Kind::Passthrough {
-                    future,
-                    shared,
-                    uri,
-                },
+                kind: Kind::Passthrough { future, state, uri },
                 request_id,
             };
         };
@@ -145,7 +148,7 @@ where
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let future = spans::traced(span, pipeline::inspect(shared, inner, matched, request));
+        let future = spans::traced(span, pipeline::inspect(state, inner, matched, request));
         ResponseFuture {
             kind: Kind::Inspected {
                 future: Box::pin(future),
@@ -160,7 +163,7 @@ where
 /// the body budget and the client-body deadline) before the upstream is
 /// called, so a slow client never holds an upstream worker.
 async fn buffered_passthrough<S, ReqB, ResB>(
-    shared: Arc<QuotaState>,
+    state: Arc<QuotaState>,
     mut inner: S,
     parts: request::Parts,
     body: ReqB,
@@ -177,16 +180,16 @@ where
         .get(&X_REQUEST_ID)
         .cloned()
         .unwrap_or(http::HeaderValue::from_static("-"));
-    let max = shared.max_body_bytes;
+    let max = state.limits.max_body_bytes;
     let read = if declared_length(&parts).is_some_and(|len| len > max) {
         Err(ReadError::TooLarge(max))
     } else {
-        let body = ClientBody::new(body, shared.client_body);
+        let body = ClientBody::new(body, state.limits.client_body);
         spool::read(
             body,
             max,
-            &shared.spool,
-            &shared.budget,
+            &state.limits.spool,
+            &state.limits.budget,
             |feed| async move {
                 // Nothing to judge: the feed is dropped and only the spool reads.
                 drop(feed);
@@ -201,7 +204,7 @@ where
     let response = inner
         .call(Request::from_parts(parts, RequestBody::spooled(body)))
         .await?;
-    Ok(passthrough_response(&shared, response, &path, &id))
+    Ok(passthrough_response(&state, response, &path, &id))
 }
 
 pub(super) fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
