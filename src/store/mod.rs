@@ -20,6 +20,7 @@ mod open;
 mod redis;
 mod resilient;
 mod script;
+mod settle_batch;
 mod threads;
 mod topology;
 
@@ -39,7 +40,7 @@ use crate::config::Limits;
 use crate::periods::{Period, PeriodWindow, PeriodWindows};
 
 /// Why a store call failed. The proxy then follows `store.on_store_error`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or answered with an error.
     #[error("quota store unavailable: {0}")]

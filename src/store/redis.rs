@@ -2,7 +2,10 @@
 //! replica of the proxy.
 //!
 //! Each operation is one Lua script (`*.lua` next to this file), sent with
-//! `EVALSHA` in one round trip and so atomic. The scripts are loaded when
+//! `EVALSHA` in one round trip and so atomic. Settles that wait while one
+//! is under way go out together, as one call of `settle.lua`
+//! (`settle_batch.rs`; not in a cluster, where one call's keys must share
+//! a slot). The scripts are loaded when
 //! connecting; after `SCRIPT FLUSH` or a Redis restart the `redis` crate sees
 //! `NOSCRIPT`, loads the script again and retries, so only that call pays
 //! extra round trips.
@@ -96,6 +99,7 @@ use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::script::{Call, LuaScript};
+use super::settle_batch::{PendingSettle, SettleBatcher};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
 use super::{
@@ -138,6 +142,11 @@ pub struct RedisStore {
     prefix: String,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
+    /// Settles waiting for the call under way (`settle_batch.rs`).
+    settles: std::sync::Arc<SettleBatcher>,
+    /// Settles go out in batches: not in a cluster, where the keys of one
+    /// call must share a slot and each settle is a call of its own.
+    batch_settles: bool,
     /// Where Redis is, for messages (no password).
     shown: std::sync::Arc<str>,
     /// Longest wait of [`RedisStore::prepare`].
@@ -217,12 +226,14 @@ impl RedisStore {
             prefix: options.key_prefix.clone(),
             command_timeout: timeout,
             scripts: std::sync::Arc::new(Scripts {
-                reserve: LuaScript::new(RESERVE, 4),
-                settle: LuaScript::new(SETTLE, 5),
-                extend: LuaScript::new(EXTEND, 1),
-                usage: LuaScript::new(USAGE, 4),
-                adjust: LuaScript::new(ADJUST, 1),
+                reserve: LuaScript::new(RESERVE),
+                settle: LuaScript::new(SETTLE),
+                extend: LuaScript::new(EXTEND),
+                usage: LuaScript::new(USAGE),
+                adjust: LuaScript::new(ADJUST),
             }),
+            settles: std::sync::Arc::default(),
+            batch_settles: !matches!(options.topology, Topology::Cluster { .. }),
             shown: std::sync::Arc::from(shown),
             budget: match options.topology {
                 Topology::Sentinel { .. } => timeout.saturating_mul(10),
@@ -286,18 +297,60 @@ impl RedisStore {
     }
 
     /// A call of `script` with the user's day, week and month counters of
-    /// `windows` as its first keys.
+    /// `windows` as its first keys and the live reservations as the fourth.
     fn counters_call<'a>(
         &self,
         script: &'a LuaScript,
         user: &str,
         windows: &PeriodWindows,
     ) -> Call<'a> {
-        let mut call = Call::new(script);
+        let mut call = Call::new(script, 4);
+        self.counter_keys(&mut call, user, windows);
+        call.key(&self.prefix, user, "res");
+        call
+    }
+
+    fn counter_keys(&self, call: &mut Call<'_>, user: &str, windows: &PeriodWindows) {
         for window in windows.iter() {
             call.key(&self.prefix, user, window.label.text().as_str());
         }
-        call
+    }
+
+    /// Sends `batch` as one call of `settle.lua`; answers each settle in
+    /// order. A failed call fails every settle of the batch.
+    async fn send_settles(&self, batch: Vec<PendingSettle>) -> Vec<Result<(), StoreError>> {
+        let mut call = Call::new(&self.scripts.settle, 5 * batch.len());
+        for settle in &batch {
+            self.counter_keys(&mut call, &settle.user, &settle.windows);
+            call.key(&self.prefix, &settle.user, "res")
+                .key(&self.prefix, &settle.user, "done");
+        }
+        let remember = SETTLED_MEMORY.num_milliseconds();
+        // The rank of the newest id to forget: -(most remembered) - 1.
+        call.arg(remember).arg(-(SETTLED_MAX as i64) - 1);
+        for settle in &batch {
+            call.arg(ms(settle.now))
+                .arg(&settle.id)
+                // Redis integers are signed 64-bit.
+                .arg(settle.amount.min(i64::MAX as u64));
+            for window in settle.windows.iter() {
+                call.arg(counter_ttl_ms(window, settle.now));
+            }
+            call.arg(ms(settle.now) - remember);
+        }
+        let answers: Vec<Value> = match self.run(&call, Again::IfConnectionGone).await {
+            Ok(answers) => answers,
+            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+        };
+        if answers.len() != batch.len() {
+            let e = StoreError::Protocol(format!(
+                "the settle script answered {} settles of {}",
+                answers.len(),
+                batch.len()
+            ));
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        answers.into_iter().map(settle_answer).collect()
     }
 
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
@@ -396,6 +449,21 @@ fn counter_ttl_ms(window: &PeriodWindow, now: DateTime<Utc>) -> i64 {
     (window.end - now).num_milliseconds().max(0) + COUNTER_GRACE.num_milliseconds()
 }
 
+/// One settle's answer from `settle.lua`: 1 (counted) and 0 (settled
+/// already) are both success; a text is the error Redis gave that settle.
+fn settle_answer(answer: Value) -> Result<(), StoreError> {
+    match answer {
+        Value::Int(0 | 1) => Ok(()),
+        Value::BulkString(text) => Err(StoreError::Unavailable(format!(
+            "redis refused a settle: {}",
+            String::from_utf8_lossy(&text)
+        ))),
+        other => Err(StoreError::Protocol(format!(
+            "the settle script answered {other:?}"
+        ))),
+    }
+}
+
 fn count(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value)
         .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
@@ -408,8 +476,7 @@ impl QuotaStore for RedisStore {
         let id = Reservation::new_id();
         let expires_at = deadline(request.now, request.ttl);
         let mut call = self.counters_call(&self.scripts.reserve, user, &request.windows);
-        call.key(&self.prefix, user, "res")
-            .arg(ms(request.now))
+        call.arg(ms(request.now))
             .arg(&id)
             .arg(ms(expires_at))
             .arg(ms(expires_at) - ms(request.now) + RESERVATIONS_MARGIN.num_milliseconds());
@@ -449,25 +516,24 @@ impl QuotaStore for RedisStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let user = &reservation.user;
-        let mut call = self.counters_call(&self.scripts.settle, user, &reservation.windows);
-        call.key(&self.prefix, user, "res")
-            .key(&self.prefix, user, "done")
-            .arg(ms(now))
-            .arg(&reservation.id)
-            // Redis integers are signed 64-bit.
-            .arg(amount.min(i64::MAX as u64));
-        for window in reservation.windows.iter() {
-            call.arg(counter_ttl_ms(window, now));
+        let pending = PendingSettle {
+            user: reservation.user.clone(),
+            windows: reservation.windows,
+            id: reservation.id.clone(),
+            amount,
+            now,
+        };
+        if !self.batch_settles {
+            let mut answers = self.send_settles(vec![pending]).await;
+            return answers.pop().unwrap_or(Ok(()));
         }
-        let remember = SETTLED_MEMORY.num_milliseconds();
-        call.arg(remember)
-            .arg(ms(now) - remember)
-            // The rank of the newest id to forget: -(most remembered) - 1.
-            .arg(-(SETTLED_MAX as i64) - 1);
-        // 1 when counted, 0 for a repeated settle: both are success.
-        let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
-        Ok(())
+        let store = self.clone();
+        self.settles
+            .settle(pending, move |batch| {
+                let store = store.clone();
+                async move { store.send_settles(batch).await }
+            })
+            .await
     }
 
     async fn extend(
@@ -476,7 +542,7 @@ impl QuotaStore for RedisStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut call = Call::new(&self.scripts.extend);
+        let mut call = Call::new(&self.scripts.extend, 1);
         call.key(&self.prefix, &reservation.user, "res")
             .arg(ms(now))
             .arg(&reservation.id)
@@ -494,7 +560,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
         let mut call = self.counters_call(&self.scripts.usage, user, windows);
-        call.key(&self.prefix, user, "res").arg(ms(now));
+        call.arg(ms(now));
         let answer: Vec<i64> = self.run(&call, Again::IfConnectionGone).await?;
         let &[day, week, month, live] = answer.as_slice() else {
             return Err(StoreError::Protocol(format!(
@@ -525,7 +591,7 @@ impl QuotaStore for RedisStore {
         delta: i64,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut call = Call::new(&self.scripts.adjust);
+        let mut call = Call::new(&self.scripts.adjust, 1);
         call.key(&self.prefix, user, window.label.text().as_str())
             .arg(delta)
             .arg(counter_ttl_ms(window, now));

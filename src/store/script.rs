@@ -7,20 +7,17 @@ use std::io::Write as _;
 
 use redis::{Arg, RedisWrite as _, ToRedisArgs};
 
-/// One Lua script: its text, the SHA1 Redis knows it by and how many of its
-/// arguments are keys.
+/// One Lua script: its text and the SHA1 Redis knows it by.
 pub(super) struct LuaScript {
     pub(super) code: &'static str,
     hash: String,
-    keys: usize,
 }
 
 impl LuaScript {
-    pub(super) fn new(code: &'static str, keys: usize) -> Self {
+    pub(super) fn new(code: &'static str) -> Self {
         Self {
             code,
             hash: redis::Script::new(code).get_hash().to_owned(),
-            keys,
         }
     }
 }
@@ -30,16 +27,22 @@ impl LuaScript {
 pub(super) struct Call<'a> {
     script: &'a LuaScript,
     command: redis::Cmd,
+    /// How many keys the call declares.
+    numkeys: usize,
+    /// How many keys are written so far.
     keys: usize,
 }
 
 impl<'a> Call<'a> {
-    pub(super) fn new(script: &'a LuaScript) -> Self {
-        let mut command = redis::Cmd::with_capacity(16, 320);
-        command.arg("EVALSHA").arg(&script.hash).arg(script.keys);
+    /// A call of `script` with `numkeys` keys, to be added with
+    /// [`Self::key`] before any argument.
+    pub(super) fn new(script: &'a LuaScript, numkeys: usize) -> Self {
+        let mut command = redis::Cmd::with_capacity(3 + numkeys + 8, 64 + 64 * numkeys);
+        command.arg("EVALSHA").arg(&script.hash).arg(numkeys);
         Self {
             script,
             command,
+            numkeys,
             keys: 0,
         }
     }
@@ -79,7 +82,7 @@ impl<'a> Call<'a> {
 
     /// The command to send: `EVALSHA`.
     pub(super) fn evalsha(&self) -> &redis::Cmd {
-        debug_assert_eq!(self.keys, self.script.keys, "a key is missing");
+        debug_assert_eq!(self.keys, self.numkeys, "a key is missing");
         &self.command
     }
 

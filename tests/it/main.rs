@@ -25,6 +25,7 @@ mod redis_faults;
 mod redis_scale;
 mod reports;
 mod routes;
+mod settle_batch;
 mod shadow_status;
 mod store;
 mod store_lifecycle;

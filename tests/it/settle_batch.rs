@@ -1,0 +1,134 @@
+//! Settles coalesced into one Redis call (`src/store/settle_batch.rs`):
+//! settles that wait while a call is under way go out together, each still
+//! counted exactly once, and one that Redis refuses fails alone. Each test
+//! starts its own `redis-server`; the store's calls are counted with
+//! `INFO commandstats`.
+
+use std::time::Duration;
+
+use crate::support::redis::RedisServer;
+use chrono::{DateTime, Utc, Weekday};
+use futures_util::future::join_all;
+use quota_proxy::config::Limits;
+use quota_proxy::periods::{Calendar, PeriodWindows};
+use quota_proxy::store::{Admission, QuotaStore, RedisStore, Reservation, ReserveRequest};
+
+const PREFIX: &str = "quota:";
+const USERS: usize = 50;
+const SETTLES: usize = 200;
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2031-05-14T10:00:00Z")
+        .expect("test instant")
+        .with_timezone(&Utc)
+}
+
+fn windows(now: DateTime<Utc>) -> PeriodWindows {
+    Calendar::new(chrono_tz::UTC, Weekday::Mon).windows(now)
+}
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), PREFIX, Duration::from_millis(500))
+        .await
+        .expect("connect")
+}
+
+async fn reserve(store: &RedisStore, user: &str) -> Reservation {
+    let request = ReserveRequest {
+        user: user.to_owned(),
+        limits: Limits {
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        },
+        windows: windows(now()),
+        now: now(),
+        ttl: Duration::from_secs(60),
+    };
+    match store.reserve(&request).await.expect("reserve") {
+        Admission::Reserved { reservation, .. } => reservation,
+        other => panic!("expected a reservation, got {other:?}"),
+    }
+}
+
+/// `EVALSHA` calls since the last `CONFIG RESETSTAT`.
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a call count")
+        })
+}
+
+async fn used_today(store: &RedisStore, user: &str) -> (u64, u64) {
+    let [day, _, _] = store
+        .usage(user, &windows(now()), now())
+        .await
+        .expect("usage");
+    (day.used, day.reserved)
+}
+
+// One thread: every settle is queued before the first call goes out, so
+// the batches are exactly 64, 64, 64 and 8.
+#[tokio::test]
+async fn settles_that_wait_go_out_in_one_call_each_counted_once() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let mut reservations = Vec::new();
+    for i in 0..SETTLES {
+        reservations.push(reserve(&store, &format!("u{}", i % USERS)).await);
+    }
+    server.cli(&["CONFIG", "RESETSTAT"]);
+
+    let settled = join_all(reservations.iter().map(|r| store.settle(r, 1, now()))).await;
+    assert!(settled.iter().all(Result::is_ok), "{settled:?}");
+    assert_eq!(
+        evalsha_calls(&server),
+        4,
+        "200 waiting settles go out as 4 calls of at most 64"
+    );
+    for i in 0..USERS {
+        assert_eq!(
+            used_today(&store, &format!("u{i}")).await,
+            (4, 0),
+            "each of the user's 4 settles counted once, none left in flight"
+        );
+    }
+
+    // The same settles again, as a retry after a lost answer would send
+    // them: nothing counts twice.
+    let again = join_all(reservations.iter().map(|r| store.settle(r, 1, now()))).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    assert_eq!(used_today(&store, "u0").await, (4, 0));
+}
+
+#[tokio::test]
+async fn a_settle_redis_refuses_fails_alone_in_its_batch() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let good = reserve(&store, "good").await;
+    let bad = reserve(&store, "bad").await;
+    let other = reserve(&store, "other").await;
+    // A key of the wrong type: the settle's first command on it fails.
+    server.cli(&["SET", "quota:{bad}:done", "not a sorted set"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+
+    let answers = join_all([&good, &bad, &other].map(|r| store.settle(r, 1, now()))).await;
+    assert_eq!(evalsha_calls(&server), 1, "one call for the three");
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    let refused = answers[1].as_ref().expect_err("the bad settle fails");
+    assert!(refused.to_string().contains("WRONGTYPE"), "{refused}");
+    assert!(answers[2].is_ok(), "{:?}", answers[2]);
+    assert_eq!(used_today(&store, "good").await, (1, 0));
+    assert_eq!(used_today(&store, "other").await, (1, 0));
+    assert_eq!(
+        used_today(&store, "bad").await,
+        (0, 1),
+        "nothing written: the reservation is still held, for a retry"
+    );
+}
