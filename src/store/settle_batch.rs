@@ -10,11 +10,12 @@
 //! or a settle retried later from the outage queue, counts nothing twice.
 //! Each settle gets its own answer; one that Redis refuses fails alone.
 //!
-//! The calls are sent by a task of their own, so a caller that stops
-//! waiting (its request was dropped) never strands the settles queued
-//! behind it; if that task itself is stopped (its runtime shut down), every
-//! settle it held or that was queued fails with [`StoreError::Unavailable`]
-//! and its caller retries it.
+//! The settle that finds no call under way sends the first batch itself
+//! (its own settle and whatever queued meanwhile), so an idle store pays no
+//! task; what queues during that call is sent by a task of its own, so no
+//! caller waits for other settles than its batch's. A sender stopped
+//! mid-call (its runtime shut down) fails the settles it held and the ones
+//! queued, with [`StoreError::Unavailable`]; their callers retry them.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -62,16 +63,17 @@ pub(super) struct SettleBatcher {
 }
 
 impl SettleBatcher {
-    /// Queues `settle` and waits for its answer. When no call is under way,
-    /// starts the task that sends the queue, `send` being one call for a
-    /// batch (answering each settle in order), until the queue is empty.
+    /// Queues `settle` and waits for its answer, `send` being one call for
+    /// a batch (answering each settle in order). When no call is under way,
+    /// this settle sends the first batch, then hands what queued meanwhile
+    /// to a task that sends until the queue is empty.
     pub(super) async fn settle<F, Fut>(
         self: &Arc<Self>,
         settle: PendingSettle,
         send: F,
     ) -> Result<(), StoreError>
     where
-        F: Fn(Vec<PendingSettle>) -> Fut + Send + 'static,
+        F: Fn(Vec<PendingSettle>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<(), StoreError>>> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
@@ -81,7 +83,18 @@ impl SettleBatcher {
             !std::mem::replace(&mut queue.sending, true)
         };
         if start {
-            tokio::spawn(Sender::new(Arc::clone(self)).run(send));
+            let mut sender = Sender::new(Arc::clone(self));
+            if let Some(batch) = sender.next_batch() {
+                sender.send(batch, &send).await;
+            }
+            if let Some(batch) = sender.next_batch() {
+                tokio::spawn(async move {
+                    sender.send(batch, &send).await;
+                    while let Some(batch) = sender.next_batch() {
+                        sender.send(batch, &send).await;
+                    }
+                });
+            }
         }
         answered.await.unwrap_or_else(|_| {
             Err(StoreError::Unavailable(
@@ -97,7 +110,8 @@ impl SettleBatcher {
     }
 }
 
-/// The task that sends the queue; while it lives, `sending` is true.
+/// Whoever sends the queue (the settle that found no call under way, then a
+/// task); while it is responsible, `sending` is true.
 struct Sender {
     batcher: Arc<SettleBatcher>,
     /// Still responsible for the queue: cleared when it finds the queue
@@ -113,35 +127,37 @@ impl Sender {
         }
     }
 
-    async fn run<F, Fut>(mut self, send: F)
+    /// The next batch to send, or `None` when the queue is empty, which
+    /// ends this sender's turn: the next settle starts a new one.
+    fn next_batch(&mut self) -> Option<Vec<Waiting>> {
+        let mut queue = self.batcher.lock();
+        if queue.waiting.is_empty() {
+            queue.sending = false;
+            self.responsible = false;
+            return None;
+        }
+        let n = queue.waiting.len().min(MAX_BATCH);
+        Some(queue.waiting.drain(..n).collect())
+    }
+
+    /// Sends one batch and answers each of its settles.
+    async fn send<F, Fut>(&self, batch: Vec<Waiting>, send: &F)
     where
         F: Fn(Vec<PendingSettle>) -> Fut,
         Fut: Future<Output = Vec<Result<(), StoreError>>>,
     {
-        loop {
-            let batch: Vec<Waiting> = {
-                let mut queue = self.batcher.lock();
-                if queue.waiting.is_empty() {
-                    queue.sending = false;
-                    self.responsible = false;
-                    return;
-                }
-                let n = queue.waiting.len().min(MAX_BATCH);
-                queue.waiting.drain(..n).collect()
-            };
-            let (settles, answers): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|w| (w.settle, w.answer)).unzip();
-            let sent = settles.len();
-            let mut results = send(settles).await.into_iter();
-            for answer in answers {
-                let result = results.next().unwrap_or_else(|| {
-                    Err(StoreError::Protocol(format!(
-                        "the settle script answered fewer than {sent} settles"
-                    )))
-                });
-                // The caller may have stopped waiting; its settle is done.
-                let _ = answer.send(result);
-            }
+        let (settles, answers): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|w| (w.settle, w.answer)).unzip();
+        let sent = settles.len();
+        let mut results = send(settles).await.into_iter();
+        for answer in answers {
+            let result = results.next().unwrap_or_else(|| {
+                Err(StoreError::Protocol(format!(
+                    "the settle script answered fewer than {sent} settles"
+                )))
+            });
+            // The caller may have stopped waiting; its settle is done.
+            let _ = answer.send(result);
         }
     }
 }
@@ -149,7 +165,7 @@ impl Sender {
 impl Drop for Sender {
     /// Stopped while responsible (its runtime shut down mid-call): the
     /// settles still queued are failed (their callers retry them) and the
-    /// next settle starts a new task.
+    /// next settle starts a new turn.
     fn drop(&mut self) {
         if self.responsible {
             let mut queue = self.batcher.lock();

@@ -73,8 +73,9 @@ async fn used_today(store: &RedisStore, user: &str) -> (u64, u64) {
     (day.used, day.reserved)
 }
 
-// One thread: every settle is queued before the first call goes out, so
-// the batches are exactly 64, 64, 64 and 8.
+// One thread, so the batches are exact: the first settle finds no call
+// under way and goes out alone, at once; the 199 that queue meanwhile go
+// out as 64, 64, 64 and 7.
 #[tokio::test]
 async fn settles_that_wait_go_out_in_one_call_each_counted_once() {
     let server = RedisServer::start();
@@ -89,8 +90,8 @@ async fn settles_that_wait_go_out_in_one_call_each_counted_once() {
     assert!(settled.iter().all(Result::is_ok), "{settled:?}");
     assert_eq!(
         evalsha_calls(&server),
-        4,
-        "200 waiting settles go out as 4 calls of at most 64"
+        5,
+        "one settle alone, then 199 waiting settles in 4 calls of at most 64"
     );
     for i in 0..USERS {
         assert_eq!(
@@ -119,7 +120,11 @@ async fn a_settle_redis_refuses_fails_alone_in_its_batch() {
     server.cli(&["CONFIG", "RESETSTAT"]);
 
     let answers = join_all([&good, &bad, &other].map(|r| store.settle(r, 1, now()))).await;
-    assert_eq!(evalsha_calls(&server), 1, "one call for the three");
+    assert_eq!(
+        evalsha_calls(&server),
+        2,
+        "the first alone, then a batch of two"
+    );
     assert!(answers[0].is_ok(), "{:?}", answers[0]);
     let refused = answers[1].as_ref().expect_err("the bad settle fails");
     assert!(refused.to_string().contains("WRONGTYPE"), "{refused}");
@@ -131,4 +136,37 @@ async fn a_settle_redis_refuses_fails_alone_in_its_batch() {
         (0, 1),
         "nothing written: the reservation is still held, for a retry"
     );
+}
+
+// A sender stopped mid-call (its runtime shut down while Redis hung) hands
+// its turn back: a later settle is sent, not queued behind it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_stopped_mid_call_does_not_strand_later_settles() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let stranded = reserve(&store, "stopped").await;
+    let later = reserve(&store, "later").await;
+
+    server.pause();
+    let on_other_runtime = store.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            tokio::spawn(async move { on_other_runtime.settle(&stranded, 1, now()).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        // Dropped here, with the settle's call still waiting on Redis.
+    })
+    .join()
+    .expect("the other runtime ends");
+    server.resume();
+
+    let settled = tokio::time::timeout(Duration::from_secs(5), store.settle(&later, 1, now()))
+        .await
+        .expect("a later settle is sent, not stranded");
+    assert!(settled.is_ok(), "{settled:?}");
+    assert_eq!(used_today(&store, "later").await, (1, 0));
 }
