@@ -6,29 +6,51 @@
 //! store (a `redis-server` it starts with `--save "" --appendonly no`),
 //! nginx in front of the same upstream when it is installed, and the hyper
 //! floor (`crates/loadbench/src/floor.rs`: this binary re-run as
-//! `load floor …`); drives
-//! each with a bounded number of keep-alive HTTP/1.1 requests over 1, 64
-//! and 256 connections; prints requests/s, latency percentiles, server CPU
-//! per 10k requests, Redis commands per request, ratios to nginx (taken
-//! round by round, see `runner::paired`), then the
-//! streaming, idle-connection and upload tests, and checks the targets of
-//! BENCHMARKS.md. Everything it starts is stopped when it ends.
+//! `load floor …`).
+//!
+//! First the **headline** (issue 21, `crates/loadbench/src/headline.rs`):
+//! quota-proxy with one serving thread against nginx with one worker, each
+//! started for it, 64 connections, closed loop, rounds interleaved;
+//! pass-through GET, pass-through POST of a 500-byte JSON body, and
+//! flagged-and-allowed (10,000 users) on the memory store and on Redis. It
+//! prints the four ratios (qp-memory ÷ nginx for both pass-throughs,
+//! flagged ÷ the same proxy's pass-through POST on each store), each paired
+//! round by round with its range, the p99s, server CPU per 10k requests and
+//! Redis's own µs per flagged request (`INFO commandstats`), as the Markdown
+//! table BENCHMARKS.md opens with, a verdict on each target.
+//!
+//! Then the **matrix**: drives each server with a bounded number of
+//! keep-alive HTTP/1.1 requests over 1, 64 and 256 connections; prints
+//! requests/s, latency percentiles, server CPU per 10k requests, Redis
+//! commands per request, ratios to nginx (taken round by round, see
+//! `runner::paired`); then the streaming (**ttfb**), idle-connection and
+//! upload tests (**memory**), and checks the targets of BENCHMARKS.md.
+//! Everything it starts is stopped when it ends.
 //!
 //! Under `cargo test` (no `--bench` argument, no `floor`) it does nothing:
 //! `tests/it/load_smoke.rs` runs the same machinery briefly instead.
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
-//! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
-//! median run and each ratio the median of the rounds' ratios), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
-//! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
-//! (quota-proxy's serving `threads` and nginx's `worker_processes`;
-//! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
+//! `LOAD_ROUNDS` (3: the headline and the matrix run that often, each cell
+//! reports its median run and each ratio the median of the rounds'
+//! ratios), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run,
+//! 1 000 000), `LOAD_CONNS` (the matrix's, `1,64,256`),
+//! `LOAD_HEADLINE_CONNS` (the headline's, 64), `LOAD_HEADLINE_THREADS`
+//! (the headline's quota-proxy serving `threads` and nginx
+//! `worker_processes`, both; 1; 2 gives issue 21's "2 threads vs 2
+//! workers"), `LOAD_PROXY_THREADS` (the same for the matrix and the memory
+//! section; default: the number of cores), `LOAD_IDLE_CONNS` (1000; from
+//! 10000 the memory section holds 1,000 first, then that many, with a
+//! verdict for each; the open-files limit is raised to the hard limit and
+//! checked), `LOAD_UPSTREAM_THREADS` (1),
 //! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_FLOOR=1`, `LOAD_SKIP_REDIS=1`,
 //! `LOAD_REDIS_CPUS` (`1`: redis-server on those CPUs only; run the bench
-//! itself under `taskset -c 0` to keep everything else off them); for quicker iterations
-//! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and
-//! `LOAD_SECTIONS` (`matrix,ttfb,memory`); `LOAD_PROXY_BIN` measures another
-//! quota-proxy binary (a copy built from another commit) with this bench.
+//! itself under `taskset -c 0` to keep everything else off them); for
+//! quicker iterations `LOAD_SHAPES` (the matrix's,
+//! `pass,pass-post,unflagged,allowed,denied,streamed`) and `LOAD_SECTIONS`
+//! (`headline,matrix,ttfb,memory`; they run in that order whatever the
+//! order given); `LOAD_PROXY_BIN` measures another quota-proxy binary (a
+//! copy built from another commit) with this bench.
 
 use std::io;
 use std::net::SocketAddr;
@@ -752,32 +774,22 @@ fn flagged_ceiling(rows: &[Row]) -> Option<String> {
     Some(text)
 }
 
-/// The matrix's targets on paired ratios, at 64 connections (the
-/// headline's, with the matrix's threads).
+/// The matrix's targets on paired ratios, at 64 connections: the
+/// headline's pass-through GET pair, and flagged ÷ pass-through GET on each
+/// store (the headline divides by the pass-through POST; the ceilings
+/// below are computed against the GET).
 const MATRIX_COMPARISONS: [Comparison; 4] = [
+    headline::COMPARISONS[0],
+    headline::COMPARISONS[1],
     Comparison {
-        what: "pass-through throughput, qp-memory ÷ nginx",
-        over: (Shape::PassThrough, Target::Memory),
-        under: (Shape::PassThrough, Target::Nginx),
-        figure: Figure::Rps,
-        bound: Bound::AtLeast(1.0),
-    },
-    Comparison {
-        what: "pass-through p99, qp-memory ÷ nginx",
-        over: (Shape::PassThrough, Target::Memory),
-        under: (Shape::PassThrough, Target::Nginx),
-        figure: Figure::P99,
-        bound: Bound::AtMost(1.0),
-    },
-    Comparison {
-        what: "flagged-and-allowed ÷ pass-through, qp-redis",
+        what: "flagged-and-allowed ÷ pass-through GET, qp-redis, req/s",
         over: (Shape::Allowed, Target::Redis),
         under: (Shape::PassThrough, Target::Redis),
         figure: Figure::Rps,
         bound: Bound::AtLeast(0.6),
     },
     Comparison {
-        what: "flagged-and-allowed ÷ pass-through, qp-memory",
+        what: "flagged-and-allowed ÷ pass-through GET, qp-memory, req/s",
         over: (Shape::Allowed, Target::Memory),
         under: (Shape::PassThrough, Target::Memory),
         figure: Figure::Rps,
