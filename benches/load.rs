@@ -6,43 +6,73 @@
 //! store (a `redis-server` it starts with `--save "" --appendonly no`),
 //! nginx in front of the same upstream when it is installed, and the hyper
 //! floor (`crates/loadbench/src/floor.rs`: this binary re-run as
-//! `load floor …`); drives
-//! each with a bounded number of keep-alive HTTP/1.1 requests over 1, 64
-//! and 256 connections; prints requests/s, latency percentiles, server CPU
-//! per 10k requests, Redis commands per request, ratios to nginx (taken
-//! round by round, see `runner::paired`), then the
-//! streaming, idle-connection and upload tests, and checks the targets of
-//! BENCHMARKS.md. Everything it starts is stopped when it ends.
+//! `load floor …`).
+//!
+//! First the **headline** (issue 21, `crates/loadbench/src/headline.rs`):
+//! quota-proxy with one serving thread against nginx with one worker, each
+//! started for it, 64 connections, closed loop, rounds interleaved;
+//! pass-through GET, pass-through POST of a 500-byte JSON body, and
+//! flagged-and-allowed (10,000 users) on the memory store and on Redis. It
+//! prints the four ratios (qp-memory ÷ nginx for both pass-throughs,
+//! flagged ÷ the same proxy's pass-through POST on each store), each paired
+//! round by round with its range, the p99s, server CPU per 10k requests and
+//! Redis's own µs per flagged request (`INFO commandstats`), as the Markdown
+//! table BENCHMARKS.md opens with, a verdict on each target.
+//!
+//! Then the **matrix**: drives each server with a bounded number of
+//! keep-alive HTTP/1.1 requests over 1, 64 and 256 connections; prints
+//! requests/s, latency percentiles, server CPU per 10k requests, Redis
+//! commands per request, ratios to nginx (taken round by round, see
+//! `runner::paired`); then the streaming (**ttfb**), idle-connection and
+//! upload tests (**memory**), and checks the targets of BENCHMARKS.md.
+//! Everything it starts is stopped when it ends.
 //!
 //! Under `cargo test` (no `--bench` argument, no `floor`) it does nothing:
 //! `tests/it/load_smoke.rs` runs the same machinery briefly instead.
 //!
 //! Knobs (environment): `LOAD_SECS` (measured seconds per run, default 2),
-//! `LOAD_ROUNDS` (3: the matrix runs that often, each cell reports its
-//! median run and each ratio the median of the rounds' ratios), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run, 1 000 000),
-//! `LOAD_CONNS` (`1,64,256`), `LOAD_IDLE_CONNS` (1000), `LOAD_PROXY_THREADS`
-//! (quota-proxy's serving `threads` and nginx's `worker_processes`;
-//! default: the number of cores), `LOAD_UPSTREAM_THREADS` (1),
+//! `LOAD_ROUNDS` (3: the headline and the matrix run that often, each cell
+//! reports its median run and each ratio the median of the rounds'
+//! ratios), `LOAD_WARMUP_SECS` (0.5), `LOAD_MAX_REQUESTS` (per run,
+//! 1 000 000), `LOAD_CONNS` (the matrix's, `1,64,256`),
+//! `LOAD_HEADLINE_CONNS` (the headline's, 64), `LOAD_HEADLINE_THREADS`
+//! (the headline's quota-proxy serving `threads` and nginx
+//! `worker_processes`, both; 1; 2 gives issue 21's "2 threads vs 2
+//! workers"), `LOAD_PROXY_THREADS` (the same for the matrix and the memory
+//! section; default: the number of cores), `LOAD_IDLE_CONNS` (1000; from
+//! 10000 the memory section holds 1,000 first, then that many, with a
+//! verdict for each; the open-files limit is raised to the hard limit and
+//! checked), `LOAD_UPSTREAM_THREADS` (1),
 //! `LOAD_SKIP_NGINX=1`, `LOAD_SKIP_FLOOR=1`, `LOAD_SKIP_REDIS=1`,
 //! `LOAD_REDIS_CPUS` (`1`: redis-server on those CPUs only; run the bench
-//! itself under `taskset -c 0` to keep everything else off them); for quicker iterations
-//! `LOAD_SHAPES` (`pass,unflagged,allowed,denied,streamed`) and
-//! `LOAD_SECTIONS` (`matrix,ttfb,memory`); `LOAD_PROXY_BIN` measures another
-//! quota-proxy binary (a copy built from another commit) with this bench.
+//! itself under `taskset -c 0` to keep everything else off them); for
+//! quicker iterations `LOAD_SHAPES` (the matrix's,
+//! `pass,pass-post,unflagged,allowed,denied,streamed`) and `LOAD_SECTIONS`
+//! (`headline,matrix,ttfb,memory`; they run in that order whatever the
+//! order given); `LOAD_PROXY_BIN` measures another quota-proxy binary (a
+//! copy built from another commit) with this bench.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use loadbench::headline;
 use loadbench::loadgen::{self, Limits};
 use loadbench::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
-use loadbench::runner::{self, Matrix, Row, Subject, UploadMemory, show};
+use loadbench::runner::{
+    self, Bound, Comparison, Figure, Matrix, Row, Subject, UploadMemory, show,
+};
 use loadbench::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
 use loadbench::upstream::Upstream;
 
 /// The size of the upload in the memory test.
 const UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+
+/// The first count of idle connections the memory section holds (the
+/// 40 MB target's); it goes on to `LOAD_IDLE_CONNS` from there.
+const IDLE_STEP: usize = 1000;
 
 /// The pause after the first streamed chunk in the time-to-first-byte test.
 const TTFB_GAP_MS: u64 = 5;
@@ -96,6 +126,8 @@ struct Options {
     conns: Vec<usize>,
     idle_conns: usize,
     proxy_threads: usize,
+    headline_conns: usize,
+    headline_threads: usize,
     upstream_threads: usize,
     skip_nginx: bool,
     skip_floor: bool,
@@ -124,6 +156,8 @@ impl Options {
                 .unwrap_or_else(|| vec![1, 64, 256]),
             idle_conns: number("LOAD_IDLE_CONNS", 1000),
             proxy_threads: number("LOAD_PROXY_THREADS", cores),
+            headline_conns: number("LOAD_HEADLINE_CONNS", 64),
+            headline_threads: number("LOAD_HEADLINE_THREADS", 1),
             upstream_threads: number("LOAD_UPSTREAM_THREADS", 1),
             skip_nginx: var("LOAD_SKIP_NGINX").is_some(),
             skip_floor: var("LOAD_SKIP_FLOOR").is_some(),
@@ -138,7 +172,7 @@ impl Options {
                 None => Shape::ALL.to_vec(),
             },
             sections: var("LOAD_SECTIONS")
-                .unwrap_or_else(|| "matrix,ttfb,memory".to_owned())
+                .unwrap_or_else(|| "headline,matrix,ttfb,memory".to_owned())
                 .split(',')
                 .map(|s| s.trim().to_owned())
                 .collect(),
@@ -150,11 +184,141 @@ impl Options {
     fn section(&self, name: &str) -> bool {
         self.sections.iter().any(|s| s == name)
     }
+
+    /// `shapes` at each of `conns`, with the runs' limits and rounds.
+    fn matrix(&self, conns: Vec<usize>, shapes: Vec<Shape>) -> Matrix {
+        Matrix {
+            conns,
+            shapes,
+            warm_up: Limits {
+                max_requests: self.max_requests,
+                max_time: self.warm_up,
+            },
+            measure: Limits {
+                max_requests: self.max_requests,
+                max_time: self.measure,
+            },
+            rounds: self.rounds,
+        }
+    }
+}
+
+/// What every section starts its servers from.
+struct Servers<'a> {
+    /// The quota-proxy binary.
+    binary: &'a Path,
+    upstream: SocketAddr,
+    redis: Option<&'a RedisProcess>,
+    /// nginx's binary, unless it is missing or skipped.
+    nginx: Option<&'a Path>,
+}
+
+impl Servers<'_> {
+    /// quota-proxy on `store` with `threads` serving threads, its files in
+    /// `dir`.
+    fn proxy(
+        &self,
+        dir: &Path,
+        name: &str,
+        store: &StoreSpec,
+        threads: usize,
+    ) -> io::Result<ProxyProcess> {
+        ProxyProcess::start(self.binary, dir, name, Some(threads), |port| {
+            scenarios::proxy_config(port, self.upstream, store)
+        })
+    }
+
+    /// nginx with `threads` workers able to hold `clients` connections, and
+    /// quota-proxy with `threads` serving threads on the memory store and on
+    /// Redis, each when it is there; their files in `dir`.
+    fn proxies(&self, dir: &Path, threads: usize, clients: usize) -> io::Result<Proxies> {
+        let nginx = match self.nginx {
+            Some(binary) => Some(NginxProcess::start(
+                binary,
+                dir,
+                self.upstream,
+                threads,
+                clients,
+            )?),
+            None => None,
+        };
+        let memory = self.proxy(dir, "qp-memory", &StoreSpec::Memory, threads)?;
+        let on_redis = match self.redis {
+            Some(redis) => Some((
+                self.proxy(dir, "qp-redis", &StoreSpec::Redis(redis.url()), threads)?,
+                redis.port(),
+                redis.pid(),
+            )),
+            None => None,
+        };
+        Ok(Proxies {
+            nginx,
+            memory,
+            on_redis,
+        })
+    }
+}
+
+/// The servers a section compares, stopped when dropped.
+struct Proxies {
+    nginx: Option<NginxProcess>,
+    memory: ProxyProcess,
+    /// quota-proxy on Redis, with its Redis's port and pid.
+    on_redis: Option<(ProxyProcess, u16, u32)>,
+}
+
+impl Proxies {
+    /// nginx (all its processes' CPU), qp-memory and qp-redis (with what
+    /// its Redis runs), those that run.
+    fn subjects(&self) -> Vec<Subject> {
+        let mut subjects = Vec::new();
+        if let Some(nginx) = &self.nginx {
+            let pids = nginx.pids();
+            subjects.push(Subject {
+                target: Target::Nginx,
+                addr: nginx.addr(),
+                cpu: Box::new(move || {
+                    pids.iter()
+                        .map(|&pid| procs::cpu_seconds(pid).unwrap_or(f64::NAN))
+                        .sum()
+                }),
+                redis_calls: None,
+            });
+        }
+        subjects.push(one_process(
+            Target::Memory,
+            self.memory.addr(),
+            self.memory.pid(),
+        ));
+        if let Some((proxy, port, redis_pid)) = &self.on_redis {
+            let (port, redis_pid) = (*port, *redis_pid);
+            subjects.push(Subject {
+                redis_calls: Some(Box::new(move || {
+                    (
+                        procs::redis_calls(port).unwrap_or_default(),
+                        procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
+                    )
+                })),
+                ..one_process(Target::Redis, proxy.addr(), proxy.pid())
+            });
+        }
+        subjects
+    }
 }
 
 fn run() -> io::Result<bool> {
     let options = Options::from_env();
-    raise_open_files_limit();
+    let open_files = raise_open_files_limit();
+    // The bench holds the idle connections' client ends, each server their
+    // other ends; the rest (matrix, pools, logs) fits in the margin.
+    let needed = options.idle_conns as u64 + 1024;
+    if options.section("memory") && open_files < needed {
+        return Err(io::Error::other(format!(
+            "LOAD_IDLE_CONNS={} needs about {needed} open files per process, and the hard \
+             limit is {open_files}: raise it (`ulimit -Hn`, or LimitNOFILE) or lower LOAD_IDLE_CONNS",
+            options.idle_conns
+        )));
+    }
     let built = std::env::var_os("LOAD_PROXY_BIN").filter(|v| !v.is_empty());
     let binary = built
         .as_deref()
@@ -197,21 +361,33 @@ fn run() -> io::Result<bool> {
         }
     };
     let nginx_binary = procs::find_program("nginx").filter(|_| !options.skip_nginx);
-    let nginx = match &nginx_binary {
-        Some(binary) => Some(NginxProcess::start(
-            binary,
-            dir.path(),
-            upstream.addr(),
-            options.proxy_threads,
-        )?),
-        None => {
-            println!(
-                "nginx: not installed (or LOAD_SKIP_NGINX); the peer comparison is skipped. \
-                 Install it with `apt-get install -y nginx-light` to compare.\n"
-            );
-            None
-        }
+    if nginx_binary.is_none() {
+        println!(
+            "nginx: not installed (or LOAD_SKIP_NGINX); the peer comparison is skipped. \
+             Install it with `apt-get install -y nginx-light` to compare.\n"
+        );
+    }
+    let servers = Servers {
+        binary,
+        upstream: upstream.addr(),
+        redis: redis.as_ref(),
+        nginx: nginx_binary.as_deref(),
     };
+    let mut clean = true;
+    if options.section("headline") {
+        clean &= headline_section(&options, &runtime, &servers, dir.path())?;
+    }
+    if !["matrix", "ttfb", "memory"]
+        .iter()
+        .any(|name| options.section(name))
+    {
+        return Ok(clean);
+    }
+
+    let clients = options
+        .idle_conns
+        .max(options.conns.iter().copied().max().unwrap_or(0));
+    let proxies = servers.proxies(dir.path(), options.proxy_threads, clients)?;
     let floor = if options.skip_floor {
         None
     } else {
@@ -223,74 +399,30 @@ fn run() -> io::Result<bool> {
             options.proxy_threads,
         )?)
     };
-    let start_proxy = |name: &str, store: &StoreSpec| {
-        ProxyProcess::start(
-            binary,
-            dir.path(),
-            name,
-            Some(options.proxy_threads),
-            |port| scenarios::proxy_config(port, upstream.addr(), store),
-        )
-    };
-    let memory = start_proxy("qp-memory", &StoreSpec::Memory)?;
-    let on_redis = match &redis {
-        Some(redis) => Some(start_proxy("qp-redis", &StoreSpec::Redis(redis.url()))?),
-        None => None,
-    };
-
-    let mut subjects = vec![Subject {
-        target: Target::Direct,
-        addr: upstream.addr(),
-        cpu: Box::new(|| f64::NAN),
-        redis_calls: None,
-    }];
-    if let Some(nginx) = &nginx {
-        let pids = nginx.pids();
-        subjects.push(Subject {
-            target: Target::Nginx,
-            addr: nginx.addr(),
-            cpu: Box::new(move || {
-                pids.iter()
-                    .map(|&pid| procs::cpu_seconds(pid).unwrap_or(f64::NAN))
-                    .sum()
-            }),
+    let mut subjects = proxies.subjects();
+    subjects.insert(
+        0,
+        Subject {
+            target: Target::Direct,
+            addr: upstream.addr(),
+            cpu: Box::new(|| f64::NAN),
             redis_calls: None,
-        });
-    }
+        },
+    );
     if let Some(floor) = &floor {
-        subjects.push(one_process(Target::Floor, floor.addr(), floor.pid()));
-    }
-    subjects.push(one_process(Target::Memory, memory.addr(), memory.pid()));
-    if let (Some(proxy), Some(redis)) = (&on_redis, &redis) {
-        let (port, redis_pid) = (redis.port(), redis.pid());
-        subjects.push(Subject {
-            redis_calls: Some(Box::new(move || {
-                (
-                    procs::redis_calls(port).unwrap_or_default(),
-                    procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
-                )
-            })),
-            ..one_process(Target::Redis, proxy.addr(), proxy.pid())
-        });
+        // After nginx, before quota-proxy.
+        let at = 1 + usize::from(proxies.nginx.is_some());
+        subjects.insert(at, one_process(Target::Floor, floor.addr(), floor.pid()));
     }
 
-    let matrix = Matrix {
-        conns: options.conns.clone(),
-        shapes: if options.section("matrix") {
+    let matrix = options.matrix(
+        options.conns.clone(),
+        if options.section("matrix") {
             options.shapes.clone()
         } else {
             Vec::new()
         },
-        warm_up: Limits {
-            max_requests: options.max_requests,
-            max_time: options.warm_up,
-        },
-        measure: Limits {
-            max_requests: options.max_requests,
-            max_time: options.measure,
-        },
-        rounds: options.rounds,
-    };
+    );
     println!(
         "load before: {}; each run: {:?} warm-up, then up to {} requests or {:?}; \
          {} rounds, each cell shows its median run by req/s\n",
@@ -300,24 +432,14 @@ fn run() -> io::Result<bool> {
         options.measure,
         options.rounds
     );
-    let rows = runner::run_matrix(&runtime, &subjects, &matrix, |row| {
-        eprintln!(
-            "  {:>3} conns  {:<26} {:<10} {:>8.0} req/s  p50 {:>8}  p99 {:>8}{}",
-            row.conns,
-            row.shape.name(),
-            row.target.name(),
-            row.stats.rps(),
-            show(row.stats.latency_at(0.5)),
-            show(row.stats.latency_at(0.99)),
-            if row.stats.clean() { "" } else { "  PROBLEMS" }
-        );
-    })?;
+    let rows = runner::run_matrix(&runtime, &subjects, &matrix, progress)?;
     println!("## Throughput and latency\n");
     println!("{}", runner::render_rows(&rows));
-    let peak_memory = procs::memory_bytes(memory.pid(), "VmHWM").unwrap_or(0);
-    let peak_redis = on_redis
+    let peak_memory = procs::memory_bytes(proxies.memory.pid(), "VmHWM").unwrap_or(0);
+    let peak_redis = proxies
+        .on_redis
         .as_ref()
-        .and_then(|p| procs::memory_bytes(p.pid(), "VmHWM").ok());
+        .and_then(|(p, _, _)| procs::memory_bytes(p.pid(), "VmHWM").ok());
     println!(
         "Peak RSS (VmHWM) after the matrix: qp-memory {}, qp-redis {}\n",
         mb(peak_memory),
@@ -369,80 +491,97 @@ fn run() -> io::Result<bool> {
 
     // Idle keep-alive connections, on a fresh proxy.
     let mut uploads: Vec<(UploadKind, UploadMemory)> = Vec::new();
-    let mut idle_peak = None;
+    let mut idle_peaks = Vec::new();
     if options.section("memory") {
         println!("## Memory\n");
-        let idle = {
-            let fresh = start_proxy("qp-idle", &StoreSpec::Memory)?;
-            let warm = |shape: Shape| {
-                let workload = scenarios::workload(shape, Target::Memory);
-                runtime.block_on(async {
-                    let conns = loadgen::connect(fresh.addr(), 64).await?;
-                    Ok::<_, io::Error>(
-                        loadgen::drive(
-                            conns,
-                            &workload,
-                            Limits {
-                                max_requests: 20_000,
-                                max_time: Duration::from_secs(2),
-                            },
-                        )
-                        .await
-                        .1,
+        let fresh = servers.proxy(
+            dir.path(),
+            "qp-idle",
+            &StoreSpec::Memory,
+            options.proxy_threads,
+        )?;
+        let warm = |shape: Shape| {
+            let workload = scenarios::workload(shape, Target::Memory);
+            runtime.block_on(async {
+                let conns = loadgen::connect(fresh.addr(), 64).await?;
+                Ok::<_, io::Error>(
+                    loadgen::drive(
+                        conns,
+                        &workload,
+                        Limits {
+                            max_requests: 20_000,
+                            max_time: Duration::from_secs(2),
+                        },
                     )
-                })
-            };
-            warm(Shape::PassThrough)?;
-            let before = procs::memory_bytes(fresh.pid(), "VmRSS")?;
-            let request = scenarios::requests(Shape::PassThrough).remove(0);
-            let held = runtime.block_on(runner::idle_connections(
+                    .await
+                    .1,
+                )
+            })
+        };
+        warm(Shape::PassThrough)?;
+        let before = procs::memory_bytes(fresh.pid(), "VmRSS")?;
+        let request = scenarios::requests(Shape::PassThrough).remove(0);
+        // Held in steps: 1,000 first (the 40 MB target), then the rest.
+        let mut held = Vec::new();
+        for count in [IDLE_STEP.min(options.idle_conns), options.idle_conns] {
+            if count <= held.len() {
+                continue;
+            }
+            held.extend(runtime.block_on(runner::idle_connections(
                 fresh.addr(),
+                count - held.len(),
+                &request,
+            ))?);
+            std::thread::sleep(Duration::from_millis(500));
+            let rss = procs::memory_bytes(fresh.pid(), "VmRSS")?;
+            let hwm = procs::memory_bytes(fresh.pid(), "VmHWM")?;
+            println!(
+                "{count} idle keep-alive connections on a fresh qp-memory (after a 64-connection \
+                 pass-through warm-up): RSS {} before, {} while holding them; peak (VmHWM) {}.\n",
+                mb(before),
+                mb(rss),
+                mb(hwm),
+            );
+            idle_peaks.push((count, hwm));
+        }
+        // Released before nginx gets as many: this process holds both ends' fds otherwise.
+        drop(held);
+        drop(fresh);
+        if let Some(nginx) = &proxies.nginx {
+            // Its workers hold the same idle connections too.
+            let held = runtime.block_on(runner::idle_connections(
+                nginx.addr(),
                 options.idle_conns,
                 &request,
             ))?;
             std::thread::sleep(Duration::from_millis(500));
-            let rss = procs::memory_bytes(fresh.pid(), "VmRSS")?;
-            let hwm = procs::memory_bytes(fresh.pid(), "VmHWM")?;
-            let nginx_rss = nginx.as_ref().map(|n| {
-                // Its workers hold the same idle connections too.
-                let held = runtime.block_on(runner::idle_connections(
-                    n.addr(),
-                    options.idle_conns,
-                    &request,
-                ));
-                std::thread::sleep(Duration::from_millis(500));
-                let sum: u64 = n
-                    .pids()
-                    .iter()
-                    .map(|&pid| procs::memory_bytes(pid, "VmRSS").unwrap_or(0))
-                    .sum();
-                drop(held);
-                sum
-            });
+            let sum: u64 = nginx
+                .pids()
+                .iter()
+                .map(|&pid| procs::memory_bytes(pid, "VmRSS").unwrap_or(0))
+                .sum();
             drop(held);
-            (before, rss, hwm, nginx_rss)
-        };
-        println!(
-            "{} idle keep-alive connections on a fresh qp-memory (after a 64-connection pass-through warm-up): \
-         RSS {} before, {} while holding them; peak (VmHWM) {}. nginx, all processes summed, \
-         holding the same: {}.\n",
-            options.idle_conns,
-            mb(idle.0),
-            mb(idle.1),
-            mb(idle.2),
-            idle.3.map(mb).unwrap_or_else(|| "-".to_owned())
-        );
+            println!(
+                "nginx, all processes summed, holding {} idle keep-alive connections: {}.\n",
+                options.idle_conns,
+                mb(sum)
+            );
+        }
 
         // One 10 MB upload, each on a fresh proxy.
         println!("| 10 MB upload | peak RSS before | after | growth ÷ body |");
         println!("|---|---:|---:|---:|");
-        idle_peak = Some(idle.2);
         for kind in [
             UploadKind::PassThrough,
             UploadKind::Json,
             UploadKind::Multipart,
         ] {
-            let fresh = start_proxy("qp-upload", &StoreSpec::Memory)?;
+            let fresh = servers.proxy(
+                dir.path(),
+                "qp-upload",
+                &StoreSpec::Memory,
+                options.proxy_threads,
+            )?;
             // A few requests first, so the runtime and pools exist.
             let workload = scenarios::workload(Shape::Allowed, Target::Memory);
             runtime.block_on(async {
@@ -474,7 +613,7 @@ fn run() -> io::Result<bool> {
     println!("load after: {}\n", loadavg());
 
     println!("## Targets\n");
-    let verdicts = targets(&rows, &ttfb, idle_peak, &uploads);
+    let verdicts = targets(&rows, &ttfb, &idle_peaks, &uploads);
     for (ok, text) in &verdicts {
         println!("- {} {text}", if *ok { "HOLDS:" } else { "MISSED:" });
     }
@@ -485,17 +624,73 @@ fn run() -> io::Result<bool> {
         println!("\n{text}");
     }
     drop(subjects);
-    drop(on_redis);
-    drop(memory);
-    drop(nginx);
+    drop(proxies);
     drop(floor);
     drop(redis);
     drop(upstream);
+    Ok(clean && rows.iter().all(|row| row.stats.clean()))
+}
+
+/// The headline (issue 21): nginx with `LOAD_HEADLINE_THREADS` workers and
+/// quota-proxy with as many serving threads, started for it (their files
+/// in `dir/headline`), driven over [`headline::SHAPES`] at
+/// `LOAD_HEADLINE_CONNS` connections, rounds interleaved as in the matrix,
+/// then stopped. Prints the headline table and the runs behind it; true
+/// when every answer was the expected one.
+fn headline_section(
+    options: &Options,
+    runtime: &tokio::runtime::Runtime,
+    servers: &Servers<'_>,
+    dir: &Path,
+) -> io::Result<bool> {
+    let dir = dir.join("headline");
+    std::fs::create_dir_all(&dir)?;
+    let setup = headline::Setup {
+        conns: options.headline_conns,
+        threads: options.headline_threads,
+        rounds: options.rounds,
+    };
+    let proxies = servers.proxies(&dir, setup.threads, setup.conns)?;
+    println!(
+        "## Headline: {} quota-proxy serving thread(s) vs {} nginx worker(s), {} connections\n",
+        setup.threads, setup.threads, setup.conns
+    );
+    println!(
+        "load before: {}; closed loop; each run {:?} warm-up, then up to {} requests or {:?}; \
+         {} rounds, interleaved; every ratio the median of the rounds' ratios.\n",
+        loadavg(),
+        options.warm_up,
+        options.max_requests,
+        options.measure,
+        options.rounds
+    );
+    let matrix = options.matrix(vec![setup.conns], headline::SHAPES.to_vec());
+    let rows = runner::run_matrix(runtime, &proxies.subjects(), &matrix, progress)?;
+    println!("{}", headline::render(&rows, setup));
+    println!(
+        "req/s, p99 and CPU (the server's processes) are each side's median run, numerator \
+         first. The runs behind it:\n"
+    );
+    println!("{}", runner::render_rows(&rows));
     Ok(rows.iter().all(|row| row.stats.clean()))
 }
 
+/// A run's line on stderr, as it ends.
+fn progress(row: &Row) {
+    eprintln!(
+        "  {:>3} conns  {:<26} {:<10} {:>8.0} req/s  p50 {:>8}  p99 {:>8}{}",
+        row.conns,
+        row.shape.name(),
+        row.target.name(),
+        row.stats.rps(),
+        show(row.stats.latency_at(0.5)),
+        show(row.stats.latency_at(0.99)),
+        if row.stats.clean() { "" } else { "  PROBLEMS" }
+    );
+}
+
 /// A server that is one process, its CPU read from `/proc/<pid>`.
-fn one_process(target: Target, addr: std::net::SocketAddr, pid: u32) -> Subject {
+fn one_process(target: Target, addr: SocketAddr, pid: u32) -> Subject {
     Subject {
         target,
         addr,
@@ -507,7 +702,7 @@ fn one_process(target: Target, addr: std::net::SocketAddr, pid: u32) -> Subject 
 /// Pass-through at 64 connections against the hyper floor: how far nginx
 /// is from the least any hyper proxy does, and quota-proxy from that.
 fn floor_context(rows: &[Row]) -> Option<String> {
-    let row = |target| find(rows, Shape::PassThrough, target, 64);
+    let row = |target| runner::find(rows, Shape::PassThrough, target, 64);
     let (nginx, floor, qp) = (
         row(Target::Nginx)?,
         row(Target::Floor)?,
@@ -538,7 +733,7 @@ fn floor_context(rows: &[Row]) -> Option<String> {
 /// is pinned apart (`LOAD_REDIS_CPUS`). Each bound is computed round by
 /// round from that round's runs, and summarised like a paired ratio.
 fn flagged_ceiling(rows: &[Row]) -> Option<String> {
-    let row = |shape, target| find(rows, shape, target, 64);
+    let row = |shape, target| runner::find(rows, shape, target, 64);
     let floor_pass = row(Shape::PassThrough, Target::Floor)?;
     let floor_flagged = row(Shape::Allowed, Target::Floor)?;
     let qp_pass = row(Shape::PassThrough, Target::Memory)?;
@@ -554,8 +749,8 @@ fn flagged_ceiling(rows: &[Row]) -> Option<String> {
         ceiling,
     );
     let redis_cpu = row(Shape::Allowed, Target::Redis)
-        .and_then(|row| row.redis_per_request)
-        .map(|(_, _, cpu_per_10k)| cpu_per_10k / 10_000.0);
+        .and_then(|row| row.redis)
+        .map(|redis| redis.cpu_per_10k / 10_000.0);
     if let (Some(redis_pass), Some(redis_cpu), None) = (
         row(Shape::PassThrough, Target::Redis),
         redis_cpu,
@@ -579,51 +774,57 @@ fn flagged_ceiling(rows: &[Row]) -> Option<String> {
     Some(text)
 }
 
-fn find(rows: &[Row], shape: Shape, target: Target, conns: usize) -> Option<&Row> {
-    rows.iter()
-        .find(|r| r.shape == shape && r.target == target && r.conns == conns)
+/// The matrix's targets on paired ratios, at 64 connections: the
+/// headline's pass-through GET pair, and flagged ÷ pass-through GET on each
+/// store (the headline divides by the pass-through POST; the ceilings
+/// below are computed against the GET).
+const MATRIX_COMPARISONS: [Comparison; 4] = [
+    headline::COMPARISONS[0],
+    headline::COMPARISONS[1],
+    Comparison {
+        what: "flagged-and-allowed ÷ pass-through GET, qp-redis, req/s",
+        over: (Shape::Allowed, Target::Redis),
+        under: (Shape::PassThrough, Target::Redis),
+        figure: Figure::Rps,
+        bound: Bound::AtLeast(0.6),
+    },
+    Comparison {
+        what: "flagged-and-allowed ÷ pass-through GET, qp-memory, req/s",
+        over: (Shape::Allowed, Target::Memory),
+        under: (Shape::PassThrough, Target::Memory),
+        figure: Figure::Rps,
+        bound: Bound::AtLeast(0.9),
+    },
+];
+
+/// The most peak RSS holding this many idle connections may reach, where
+/// a target names it: 40 MB for up to 1,000, 64 MB for 10,000 or more.
+fn idle_budget(conns: usize) -> Option<u64> {
+    match conns {
+        0..=IDLE_STEP => Some(40 * 1024 * 1024),
+        10_000.. => Some(64 * 1024 * 1024),
+        _ => None,
+    }
 }
 
 /// Each target of the issue with whether it held in this run.
 fn targets(
     rows: &[Row],
     ttfb: &[(Target, loadgen::RunStats)],
-    idle_peak: Option<u64>,
+    idle_peaks: &[(usize, u64)],
     uploads: &[(UploadKind, UploadMemory)],
 ) -> Vec<(bool, String)> {
     let mut out = Vec::new();
-    let p =
-        |shape, target, conns, q| find(rows, shape, target, conns).map(|r| r.stats.latency_at(q));
-    let pass = |target| find(rows, Shape::PassThrough, target, 64);
-    if let Some(ratio) = pass(Target::Memory)
-        .zip(pass(Target::Nginx))
-        .and_then(|(qp, nginx)| runner::paired(qp, nginx))
-    {
-        out.push((
-            ratio.median >= 1.0,
-            format!("pass-through throughput ≥ 1.0× nginx (64 conns): {ratio}"),
-        ));
-    }
-    if let Some(ratio) = pass(Target::Memory)
-        .zip(pass(Target::Nginx))
-        .and_then(|(qp, nginx)| runner::paired_p99(qp, nginx))
-    {
-        out.push((
-            ratio.median <= 1.0,
-            format!("pass-through p99 ≤ nginx p99 (64 conns): p99 ÷ nginx's {ratio}"),
-        ));
-    }
-    for (target, floor) in [(Target::Redis, 0.6), (Target::Memory, 0.9)] {
-        let row = |shape| find(rows, shape, target, 64);
-        if let Some(ratio) = row(Shape::Allowed)
-            .zip(row(Shape::PassThrough))
-            .and_then(|(flagged, pass)| runner::paired(flagged, pass))
-        {
+    let p = |shape, target, conns, q| {
+        runner::find(rows, shape, target, conns).map(|r| r.stats.latency_at(q))
+    };
+    for comparison in &MATRIX_COMPARISONS {
+        if let Some(judged) = comparison.judge(rows, 64) {
             out.push((
-                ratio.median >= floor,
+                judged.holds,
                 format!(
-                    "flagged-and-allowed ≥ {floor}× pass-through, {} (64 conns): {ratio}",
-                    target.name(),
+                    "{} {}× (64 conns): {}",
+                    comparison.what, comparison.bound, judged.ratio
                 ),
             ));
         }
@@ -651,8 +852,14 @@ fn targets(
     let redis_rows = |shape, all: bool| {
         rows.iter()
             .filter(move |r| r.shape == shape && r.target == Target::Redis)
-            .filter_map(|r| r.redis_per_request)
-            .map(|(commands, trips, _)| if all { commands } else { trips })
+            .filter_map(|r| r.redis)
+            .map(|redis| {
+                if all {
+                    redis.commands
+                } else {
+                    redis.round_trips
+                }
+            })
             .fold(0.0f64, f64::max)
     };
     if rows.iter().any(|r| r.target == Target::Redis) {
@@ -669,14 +876,17 @@ fn targets(
             ),
         ));
     }
-    if let Some(idle_peak) = idle_peak {
-        out.push((
-            idle_peak <= 40 * 1024 * 1024,
-            format!(
-                "peak RSS with 1,000 idle keep-alive connections: {} (≤ 40 MB)",
-                mb(idle_peak)
-            ),
-        ));
+    for &(conns, peak) in idle_peaks {
+        if let Some(budget) = idle_budget(conns) {
+            out.push((
+                peak <= budget,
+                format!(
+                    "peak RSS with {conns} idle keep-alive connections: {} (≤ {})",
+                    mb(peak),
+                    mb(budget)
+                ),
+            ));
+        }
     }
     for (kind, memory) in uploads {
         if *kind != UploadKind::PassThrough {
@@ -745,18 +955,28 @@ fn machine() -> String {
 }
 
 /// Lifts the soft open-files limit to the hard one (inherited by the
-/// servers this bench starts): 1,000 idle connections need the fds.
-fn raise_open_files_limit() {
+/// servers this bench starts): each idle connection (`LOAD_IDLE_CONNS`,
+/// up to 10,000 and more) takes one fd here and one in the server.
+/// Returns the soft limit it leaves (0 when unreadable).
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid, owned struct.
     unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
         }
     }
+    limit.rlim_cur
 }

@@ -3,6 +3,7 @@
 //! `cargo test`, so this code cannot rot unnoticed).
 
 pub mod floor;
+pub mod headline;
 pub mod loadgen;
 pub mod procs;
 pub mod runner;

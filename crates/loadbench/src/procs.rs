@@ -364,6 +364,11 @@ pub struct RedisCalls {
     /// nothing else; a store that sent data commands itself (`GET`) would
     /// show them under `commands` only.
     pub round_trips: u64,
+    /// Microseconds Redis spent executing the round trips' commands
+    /// (`usec`). A script's own commands are left out: their time is
+    /// already inside the `EVALSHA` that ran them, so adding it would count
+    /// it twice.
+    pub usec: u64,
 }
 
 impl RedisCalls {
@@ -372,6 +377,7 @@ impl RedisCalls {
         RedisCalls {
             commands: self.commands.saturating_sub(before.commands),
             round_trips: self.round_trips.saturating_sub(before.round_trips),
+            usec: self.usec.saturating_sub(before.usec),
         }
     }
 }
@@ -424,11 +430,14 @@ pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
         else {
             continue;
         };
-        let Some(n) = stats
-            .split_once("calls=")
-            .and_then(|(_, rest)| rest.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        // `calls=3,usec=40,usec_per_call=13.33,…`
+        let field = |key: &str| {
+            stats
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let Some(n) = field("calls") else {
             continue;
         };
         if name == "info" {
@@ -439,6 +448,7 @@ pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
         let base = name.split('|').next().unwrap_or(name);
         if CLIENT_COMMANDS.contains(&base) {
             calls.round_trips += n;
+            calls.usec += field("usec").unwrap_or(0);
         }
     }
     Ok(calls)
@@ -454,18 +464,21 @@ pub struct NginxProcess {
 }
 
 impl NginxProcess {
-    /// Starts `binary` with its config, logs and temp files in `dir`.
+    /// Starts `binary` with its config, logs and temp files in `dir`, able
+    /// to hold `clients` client connections at once (each worker can take
+    /// them all, beside its upstream pool).
     pub fn start(
         binary: &Path,
         dir: &Path,
         upstream: SocketAddr,
         workers: usize,
+        clients: usize,
     ) -> io::Result<NginxProcess> {
         let mut last = io::Error::other("not started");
         for _ in 0..3 {
             let port = free_port()?;
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_config(dir, port, upstream, workers))?;
+            std::fs::write(&conf, nginx_config(dir, port, upstream, workers, clients))?;
             let log = dir.join("nginx-error.log");
             let mut master = Command::new(binary)
                 .arg("-p")
@@ -542,8 +555,21 @@ fn kill_pids(pids: &[u32]) {
     }
 }
 
-fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> String {
+/// Idle upstream connections each nginx worker keeps (`keepalive`).
+const NGINX_KEEPALIVE: usize = 512;
+
+fn nginx_config(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    workers: usize,
+    clients: usize,
+) -> String {
     let dir = dir.display();
+    // A worker's connections are its clients' and its upstream ones. Not
+    // more than needed: nginx allocates (and touches) them all at start,
+    // which would show in its memory figures.
+    let connections = (clients + NGINX_KEEPALIVE).max(4096);
     // As root, nginx's workers would switch to `nobody`, who cannot write
     // to the private temporary directory.
     // SAFETY: geteuid has no preconditions.
@@ -557,7 +583,7 @@ fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr, workers: usize) -> 
 worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     error_log {dir}/nginx-error.log warn;
@@ -571,7 +597,7 @@ http {{
     client_max_body_size 32m;
     upstream app {{
         server {upstream};
-        keepalive 512;
+        keepalive {NGINX_KEEPALIVE};
         keepalive_requests 10000000;
     }}
     server {{

@@ -58,10 +58,23 @@ pub struct Row {
     pub rounds: Vec<RoundFigures>,
     /// Server CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
-    /// Per request: Redis commands, all of them (those inside Lua scripts
-    /// too), round trips, and Redis CPU seconds per 10k requests
-    /// (quota-proxy on Redis only).
-    pub redis_per_request: Option<(f64, f64, f64)>,
+    /// What Redis did for the run's requests (quota-proxy on Redis only).
+    pub redis: Option<RedisPerRequest>,
+}
+
+/// What Redis did per request of a run, from `INFO commandstats` and
+/// `/proc` before and after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RedisPerRequest {
+    /// Commands, all of them (those inside Lua scripts too).
+    pub commands: f64,
+    /// Round trips: the commands the proxy sent (`EVALSHA` and the like).
+    pub round_trips: f64,
+    /// Microseconds Redis spent executing them (see [`RedisCalls::usec`]):
+    /// the time of the one single-threaded part of the system.
+    pub usec: f64,
+    /// redis-server's CPU seconds per 10 000 requests.
+    pub cpu_per_10k: f64,
 }
 
 /// What one round's run of a cell gives the ratios.
@@ -189,12 +202,11 @@ fn run_one(
         conns,
         cpu_per_10k: per_request(cpu) * 10_000.0,
         rounds: Vec::new(),
-        redis_per_request: redis.map(|(calls, cpu)| {
-            (
-                per_request(calls.commands as f64),
-                per_request(calls.round_trips as f64),
-                per_request(cpu) * 10_000.0,
-            )
+        redis: redis.map(|(calls, cpu)| RedisPerRequest {
+            commands: per_request(calls.commands as f64),
+            round_trips: per_request(calls.round_trips as f64),
+            usec: per_request(calls.usec as f64),
+            cpu_per_10k: per_request(cpu) * 10_000.0,
         }),
         stats,
     })
@@ -266,6 +278,96 @@ fn summarise(rows: &[&Row], f: impl Fn(&[RoundFigures]) -> f64) -> Option<Ratio>
         low: values[0],
         high: values[values.len() - 1],
     })
+}
+
+/// The row of `shape` on `target` at `conns` connections.
+pub fn find(rows: &[Row], shape: Shape, target: Target, conns: usize) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.shape == shape && r.target == target && r.conns == conns)
+}
+
+/// Which figure of its two cells a [`Comparison`] divides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// Requests per second, paired by [`paired`].
+    Rps,
+    /// The 99th percentile latency, paired by [`paired_p99`].
+    P99,
+}
+
+/// The bound a target puts on a figure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// At least this.
+    AtLeast(f64),
+    /// At most this.
+    AtMost(f64),
+}
+
+impl Bound {
+    /// Whether `value` meets the bound.
+    pub fn holds(self, value: f64) -> bool {
+        match self {
+            Bound::AtLeast(min) => value >= min,
+            Bound::AtMost(max) => value <= max,
+        }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::AtLeast(min) => write!(f, "≥ {min:.1}"),
+            Bound::AtMost(max) => write!(f, "≤ {max:.1}"),
+        }
+    }
+}
+
+/// A target on a paired ratio: one cell's figure over another's at the
+/// same connection count, round by round.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    /// What it compares, as a table names it.
+    pub what: &'static str,
+    /// The numerator's cell.
+    pub over: (Shape, Target),
+    /// The denominator's cell.
+    pub under: (Shape, Target),
+    /// The figure divided.
+    pub figure: Figure,
+    /// What the ratio must meet.
+    pub bound: Bound,
+}
+
+/// A [`Comparison`] as one run's rows have it.
+pub struct Judged<'a> {
+    /// The paired ratio.
+    pub ratio: Ratio,
+    /// Whether its median meets the bound.
+    pub holds: bool,
+    /// The numerator's row (its median run).
+    pub over: &'a Row,
+    /// The denominator's row.
+    pub under: &'a Row,
+}
+
+impl Comparison {
+    /// The comparison at `conns` connections in `rows`; `None` when a cell
+    /// did not run (a server skipped) or the two ran different rounds.
+    pub fn judge<'a>(&self, rows: &'a [Row], conns: usize) -> Option<Judged<'a>> {
+        let over = find(rows, self.over.0, self.over.1, conns)?;
+        let under = find(rows, self.under.0, self.under.1, conns)?;
+        let ratio = match self.figure {
+            Figure::Rps => paired(over, under),
+            Figure::P99 => paired_p99(over, under),
+        }?;
+        Some(Judged {
+            ratio,
+            holds: self.bound.holds(ratio.median),
+            over,
+            under,
+        })
+    }
 }
 
 /// Opens `n` connections to `addr` and sends one request on each, leaving
@@ -355,9 +457,7 @@ pub fn render_rows(rows: &[Row]) -> String {
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
-        let nginx = rows
-            .iter()
-            .find(|n| n.target == Target::Nginx && n.shape == row.shape && n.conns == row.conns);
+        let nginx = find(rows, row.shape, Target::Nginx, row.conns);
         let (rps_ratio, p99_ratio) = match nginx {
             Some(n) if row.target.enforces() => (
                 paired(row, n)
@@ -381,8 +481,11 @@ pub fn render_rows(rows: &[Row]) -> String {
             show(row.stats.latency_at(0.99)),
             show(row.stats.latency_at(0.999)),
             row.cpu_per_10k,
-            row.redis_per_request
-                .map(|(all, trips, cpu)| format!("{trips:.2}, {all:.1}, {cpu:.2}"))
+            row.redis
+                .map(|r| format!(
+                    "{:.2}, {:.1}, {:.2}",
+                    r.round_trips, r.commands, r.cpu_per_10k
+                ))
                 .unwrap_or_default(),
             rps_ratio,
             p99_ratio,

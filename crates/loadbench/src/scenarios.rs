@@ -15,6 +15,9 @@ pub const SEND_PATH: &str = "/chat/session/17/send/";
 /// Distinct users of the flagged-and-allowed and streamed scenarios.
 pub const ALLOWED_USERS: usize = 10_000;
 
+/// The body size of the pass-through POST (issue 21's headline scenario).
+pub const PASS_POST_BYTES: usize = 500;
+
 /// Users of the denied scenario (one image a day, used in the warm-up).
 pub const DENIED_USERS: usize = 200;
 
@@ -56,6 +59,11 @@ impl Target {
 pub enum Shape {
     /// `GET` of a path no route inspects.
     PassThrough,
+    /// `POST` of a [`PASS_POST_BYTES`]-byte JSON body to a path no route
+    /// inspects (otherwise the flagged request's headers and flag): what
+    /// the flagged shapes cost beyond forwarding a body is measured against
+    /// it.
+    PassThroughPost,
     /// `POST` on the inspected route, `"generate_image": false`.
     Unflagged,
     /// Flagged, from one of [`ALLOWED_USERS`] users with huge limits: the
@@ -71,8 +79,9 @@ pub enum Shape {
 
 impl Shape {
     /// Every shape, in table order.
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::PassThrough,
+        Shape::PassThroughPost,
         Shape::Unflagged,
         Shape::Allowed,
         Shape::Denied,
@@ -83,6 +92,7 @@ impl Shape {
     pub fn key(self) -> &'static str {
         match self {
             Shape::PassThrough => "pass",
+            Shape::PassThroughPost => "pass-post",
             Shape::Unflagged => "unflagged",
             Shape::Allowed => "allowed",
             Shape::Denied => "denied",
@@ -94,6 +104,7 @@ impl Shape {
     pub fn name(self) -> &'static str {
         match self {
             Shape::PassThrough => "pass-through",
+            Shape::PassThroughPost => "pass-through POST",
             Shape::Unflagged => "inspected, no flag",
             Shape::Allowed => "flagged, allowed",
             Shape::Denied => "flagged, denied",
@@ -127,12 +138,26 @@ fn post(path: &str, user: &str, plan: &str, saved: Option<u32>, body: &str) -> B
 
 const FLAGGED: &str =
     r#"{"message": "draw a cat sitting on a persian rug", "generate_image": true}"#;
+/// The flagged request's JSON with its message lengthened to make `len`
+/// bytes in all.
+fn flagged_json(len: usize) -> String {
+    let pad = ".".repeat(len.saturating_sub(FLAGGED.len()));
+    FLAGGED.replacen("rug", &format!("rug{pad}"), 1)
+}
+
 const UNFLAGGED: &str = r#"{"message": "tell me about persian rugs", "generate_image": false}"#;
 
 /// The requests of `shape`, in the order connections take them.
 pub fn requests(shape: Shape) -> Vec<Bytes> {
     match shape {
         Shape::PassThrough => vec![get("/static/js/chat.bundle.js")],
+        Shape::PassThroughPost => vec![post(
+            "/chat/session/17/draft/",
+            "u1",
+            "bench",
+            Some(1),
+            &flagged_json(PASS_POST_BYTES),
+        )],
         Shape::Unflagged => vec![post(SEND_PATH, "u1", "bench", Some(0), UNFLAGGED)],
         Shape::Allowed => (0..ALLOWED_USERS)
             .map(|i| post(SEND_PATH, &format!("u{i}"), "bench", Some(1), FLAGGED))
