@@ -20,7 +20,6 @@ mod open;
 mod redis;
 mod resilient;
 mod script;
-mod settle_batch;
 mod threads;
 mod topology;
 

@@ -282,7 +282,7 @@ async fn a_repeated_reserve_or_settle_counts_once() {
     let deadline = now.timestamp_millis() + 60_000;
     // Limit 1: a repeat that counted its own first reservation would be
     // refused; it must answer "reserved" and hold nothing more.
-    let script = redis::Script::new(include_str!("../../src/store/reserve.lua"));
+    let script = redis::Script::new(include_str!("../../src/store/redis/reserve.lua"));
     let reserve = || {
         let mut call = script.prepare_invoke();
         for key in keys.iter().chain([&res]) {

@@ -1,4 +1,4 @@
-//! Settles coalesced into one Redis call (`src/store/settle_batch.rs`):
+//! Settles coalesced into one Redis call (`src/store/redis/settle_batch.rs`):
 //! settles that wait while a call is under way go out together, each still
 //! counted exactly once, and one that Redis refuses fails alone. Each test
 //! starts its own `redis-server`; the store's calls are counted with

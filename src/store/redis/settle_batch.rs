@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::StoreError;
 use crate::periods::PeriodWindows;
+use crate::store::StoreError;
 
 /// Most settles in one call: 5 keys and 7 arguments each.
 pub(super) const MAX_BATCH: usize = 64;

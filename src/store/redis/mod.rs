@@ -99,13 +99,16 @@ use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::script::{Call, LuaScript};
-use super::settle_batch::{PendingSettle, SettleBatcher};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
 use super::{
     Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
 };
 use crate::periods::{Period, PeriodWindow, PeriodWindows};
+use settle_batch::{PendingSettle, SettleBatcher};
+
+mod settle;
+mod settle_batch;
 
 const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
@@ -316,43 +319,6 @@ impl RedisStore {
         }
     }
 
-    /// Sends `batch` as one call of `settle.lua`; answers each settle in
-    /// order. A failed call fails every settle of the batch.
-    async fn send_settles(&self, batch: Vec<PendingSettle>) -> Vec<Result<(), StoreError>> {
-        let mut call = Call::new(&self.scripts.settle, 5 * batch.len());
-        for settle in &batch {
-            self.counter_keys(&mut call, &settle.user, &settle.windows);
-            call.key(&self.prefix, &settle.user, "res")
-                .key(&self.prefix, &settle.user, "done");
-        }
-        let remember = SETTLED_MEMORY.num_milliseconds();
-        // The rank of the newest id to forget: -(most remembered) - 1.
-        call.arg(remember).arg(-(SETTLED_MAX as i64) - 1);
-        for settle in &batch {
-            call.arg(ms(settle.now))
-                .arg(&settle.id)
-                // Redis integers are signed 64-bit.
-                .arg(settle.amount.min(i64::MAX as u64));
-            for window in settle.windows.iter() {
-                call.arg(counter_ttl_ms(window, settle.now));
-            }
-            call.arg(ms(settle.now) - remember);
-        }
-        let answers: Vec<Value> = match self.run(&call, Again::IfConnectionGone).await {
-            Ok(answers) => answers,
-            Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
-        };
-        if answers.len() != batch.len() {
-            let e = StoreError::Protocol(format!(
-                "the settle script answered {} settles of {}",
-                answers.len(),
-                batch.len()
-            ));
-            return batch.iter().map(|_| Err(e.clone())).collect();
-        }
-        answers.into_iter().map(settle_answer).collect()
-    }
-
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
     /// the script. A call whose connection turns out to be gone is sent once
     /// more on a fresh one ([`Self::once_more`]); only `again = false`
@@ -447,21 +413,6 @@ fn ms(at: DateTime<Utc>) -> i64 {
 /// the grace, and at least the grace for a period that already ended.
 fn counter_ttl_ms(window: &PeriodWindow, now: DateTime<Utc>) -> i64 {
     (window.end - now).num_milliseconds().max(0) + COUNTER_GRACE.num_milliseconds()
-}
-
-/// One settle's answer from `settle.lua`: 1 (counted) and 0 (settled
-/// already) are both success; a text is the error Redis gave that settle.
-fn settle_answer(answer: Value) -> Result<(), StoreError> {
-    match answer {
-        Value::Int(0 | 1) => Ok(()),
-        Value::BulkString(text) => Err(StoreError::Unavailable(format!(
-            "redis refused a settle: {}",
-            String::from_utf8_lossy(&text)
-        ))),
-        other => Err(StoreError::Protocol(format!(
-            "the settle script answered {other:?}"
-        ))),
-    }
 }
 
 fn count(value: i64) -> Result<u64, StoreError> {
