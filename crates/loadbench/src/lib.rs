@@ -9,3 +9,4 @@ pub mod procs;
 pub mod runner;
 pub mod scenarios;
 pub mod upstream;
+pub mod verdicts;
