@@ -472,3 +472,36 @@ impl Scanner<'_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `flag` in the JSON object `body`, as `json.loads` reads it.
+    fn flag_of(body: &str, flag: &str, cap: usize) -> Option<Owned> {
+        match parse(body.as_bytes(), Decoding::Loads, flag, cap) {
+            Ok(TopLevel::Object(value)) => value,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_string_of_the_cap_is_kept_and_one_byte_more_is_other_text() {
+        let kept = |s: &str| Some(Owned::Str(s.to_owned()));
+        assert_eq!(flag_of(r#"{"f": "abc"}"#, "f", 3), kept("abc"));
+        assert_eq!(flag_of(r#"{"f": "abcd"}"#, "f", 3), Some(Owned::OtherText));
+        // The cap is in UTF-8 bytes: three two-byte letters are six.
+        assert_eq!(flag_of(r#"{"f": "ééé"}"#, "f", 6), kept("ééé"));
+        assert_eq!(flag_of(r#"{"f": "ééé"}"#, "f", 5), Some(Owned::OtherText));
+    }
+
+    #[test]
+    fn a_flag_name_outside_ascii_is_found() {
+        // Keys are collected up to the flag's length in bytes; Python's
+        // `data.get("ééé")` finds the first key, not the longer one.
+        assert_eq!(
+            flag_of(r#"{"ééé": 1, "éééé": 2}"#, "ééé", 100),
+            Some(Owned::Number(1.0))
+        );
+    }
+}

@@ -104,6 +104,14 @@ async fn send_message_json_bodies() {
             (b"{\"generate_image\": \"a\tb\"}", R),
             (b"{\"generate_image\": 01}", R),
             (b"{\"generate_image\": .5}", R),
+            // Numbers: the longest `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?`,
+            // then a delimiter (a `.` or anything else after the digits
+            // is not eaten).
+            (b"{\"generate_image\": 10}", Y),
+            (b"{\"generate_image\": -10.25e1}", Y),
+            (b"{\"generate_image\": 0x1}", R),
+            (b"{\"generate_image\": 0. }", R),
+            (b"{\"generate_image\": 1.e5}", R),
             (b"{\"generate_image\": -NaN}", R),
             (b"{\"generate_image\": \"\\x\"}", R),
             // `.get` on a list, a string, None: AttributeError, a 500.
@@ -121,6 +129,32 @@ async fn send_message_json_bodies() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn nesting_is_judged_to_max_depth_in_arrays_and_objects() {
+    // CPython 3.11 reads both depths (a `RecursionError` comes near 1,000);
+    // past `MAX_DEPTH` (400) the reader stops and counts (see
+    // `flag::json`), for arrays and objects alike.
+    let rules = FlagRules::DjangoSendMessage;
+    for (levels, want) in [(399, Y), (400, U)] {
+        let arrays = format!(
+            "{{\"generate_image\": {}0{}}}",
+            "[".repeat(levels),
+            "]".repeat(levels)
+        );
+        let objects = format!(
+            "{{\"generate_image\": {}0{}}}",
+            "{\"a\": ".repeat(levels),
+            "}".repeat(levels)
+        );
+        check(
+            &rules,
+            Some(JSON),
+            &[(arrays.as_bytes(), want), (objects.as_bytes(), want)],
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
