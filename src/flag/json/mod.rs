@@ -496,6 +496,26 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_control_character_in_a_string_is_refused() {
+        // CPython 3.11 `json.loads` (strict): "Invalid control character"
+        // for each; three bytes follow the control character, so reading it
+        // as a UTF-8 lead byte would end the string where it ends.
+        for body in [
+            "{\"f\": \"a\u{1}bcd\"}",
+            "{\"f\": \"a\tbcd\"}",
+            "{\"a\u{1f}xyz\": 1, \"f\": 2}",
+        ] {
+            let parsed = parse(body.as_bytes(), Decoding::Loads, "f", 100);
+            assert!(parsed.is_err(), "{body:?}: {parsed:?}");
+        }
+        // DEL is no control character to `json`.
+        assert_eq!(
+            flag_of("{\"f\": \"a\u{7f}b\"}", "f", 100),
+            Some(Owned::Str("a\u{7f}b".to_owned()))
+        );
+    }
+
+    #[test]
     fn a_flag_name_outside_ascii_is_found() {
         // Keys are collected up to the flag's length in bytes; Python's
         // `data.get("ééé")` finds the first key, not the longer one.
