@@ -467,8 +467,10 @@ fn serves(port: u16, pid: u32) -> bool {
             if text.contains("redis_mode:sentinel") {
                 return true;
             }
-            if text.contains("loading:") {
-                return text.contains("loading:0\r\n");
+            // The field at the start of its line: `async_loading:0` (Redis
+            // 7) says nothing about `loading`, which may still be 1.
+            if text.contains("\r\nloading:") {
+                return text.contains("\r\nloading:0\r\n");
             }
         }
     }
