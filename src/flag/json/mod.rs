@@ -496,6 +496,17 @@ mod tests {
     }
 
     #[test]
+    fn escapes_and_utf8_in_one_string_decode_as_json_loads_does() {
+        // A string with an escape is decoded character by character:
+        // every simple escape, then a 2-, 3- and 4-byte UTF-8 character.
+        // CPython 3.11 `json.loads` gives '" \\ / \x08 \x0c \n \r \t é € 😀'.
+        assert_eq!(
+            flag_of(r#"{"f": "\" \\ \/ \b \f \n \r \t é € 😀"}"#, "f", 100),
+            Some(Owned::Str("\" \\ / \u{8} \u{c} \n \r \t é € 😀".to_owned()))
+        );
+    }
+
+    #[test]
     fn a_raw_control_character_in_a_string_is_refused() {
         // CPython 3.11 `json.loads` (strict): "Invalid control character"
         // for each; three bytes follow the control character, so reading it
