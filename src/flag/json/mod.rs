@@ -507,6 +507,25 @@ mod tests {
     }
 
     #[test]
+    fn a_surrogate_pair_of_escapes_is_one_character() {
+        // CPython 3.11 `json.loads`: '😀'; a high surrogate without its low
+        // half stays a lone surrogate, which no Rust `String` holds: any
+        // text, true and equal to no listed string, as Python's would be.
+        assert_eq!(
+            flag_of(r#"{"f": "\ud83d\ude00"}"#, "f", 100),
+            Some(Owned::Str("😀".to_owned()))
+        );
+        assert_eq!(
+            flag_of(r#"{"f": "x\ud83d\ude00y"}"#, "f", 100),
+            Some(Owned::Str("x😀y".to_owned()))
+        );
+        assert_eq!(
+            flag_of(r#"{"f": "\ud83dA"}"#, "f", 100),
+            Some(Owned::OtherText)
+        );
+    }
+
+    #[test]
     fn a_raw_control_character_in_a_string_is_refused() {
         // CPython 3.11 `json.loads` (strict): "Invalid control character"
         // for each; three bytes follow the control character, so reading it
