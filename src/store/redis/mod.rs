@@ -142,7 +142,7 @@ pub struct RedisStore {
     /// Each serving thread's own connection, when [`Self::per_thread_connections`].
     threads: std::sync::Arc<ThreadConnections>,
     per_thread: bool,
-    prefix: String,
+    prefix: std::sync::Arc<str>,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
     /// Settles waiting for the call under way (`settle_batch.rs`).
@@ -226,7 +226,7 @@ impl RedisStore {
                 timeout,
             )),
             per_thread: false,
-            prefix: options.key_prefix.clone(),
+            prefix: std::sync::Arc::from(options.key_prefix.as_str()),
             command_timeout: timeout,
             scripts: std::sync::Arc::new(Scripts {
                 reserve: LuaScript::new(RESERVE),
