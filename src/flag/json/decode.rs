@@ -179,3 +179,125 @@ fn utf32(b: &[u8], big_endian: bool) -> Result<Vec<u8>, JsonError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `json.loads`'s text for `body` as generalized UTF-8, or the error's
+    /// message.
+    fn loads(body: &[u8]) -> Result<Vec<u8>, String> {
+        match decode(body, Decoding::Loads) {
+            Ok(text) => Ok(text.into_owned()),
+            Err(JsonError::Invalid(m) | JsonError::Unsure(m)) => Err(m),
+        }
+    }
+
+    /// Every UTF-8 length at both ends of its range, and the two ends of
+    /// the surrogate pairs' range.
+    const EDGES: &str =
+        "\"a\u{0}\u{7f}\u{80}\u{7ff}\u{800}\u{d7ff}\u{e000}\u{ffff}\u{10000}\u{10ffff}\"";
+
+    fn utf16(s: &str, be: bool) -> Vec<u8> {
+        s.encode_utf16()
+            .flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() })
+            .collect()
+    }
+
+    fn utf32(s: &str, be: bool) -> Vec<u8> {
+        s.chars()
+            .flat_map(|c| {
+                let c = u32::from(c);
+                if be { c.to_be_bytes() } else { c.to_le_bytes() }
+            })
+            .collect()
+    }
+
+    fn bom(mark: &[u8], rest: Vec<u8>) -> Vec<u8> {
+        [mark, &rest].concat()
+    }
+
+    #[test]
+    fn every_encoding_json_detects_decodes_as_python_does() {
+        // CPython 3.11: `b.decode(json.detect_encoding(b), "surrogatepass")
+        // == EDGES` for each of these bodies.
+        for (name, body) in [
+            ("utf-16-le", utf16(EDGES, false)),
+            ("utf-16-be", utf16(EDGES, true)),
+            ("utf-32-le", utf32(EDGES, false)),
+            ("utf-32-be", utf32(EDGES, true)),
+            ("utf-16 (LE BOM)", bom(b"\xff\xfe", utf16(EDGES, false))),
+            ("utf-16 (BE BOM)", bom(b"\xfe\xff", utf16(EDGES, true))),
+            (
+                "utf-32 (LE BOM)",
+                bom(b"\xff\xfe\x00\x00", utf32(EDGES, false)),
+            ),
+            (
+                "utf-32 (BE BOM)",
+                bom(b"\x00\x00\xfe\xff", utf32(EDGES, true)),
+            ),
+            ("utf-8-sig", bom(b"\xef\xbb\xbf", EDGES.as_bytes().to_vec())),
+            ("utf-8", EDGES.as_bytes().to_vec()),
+        ] {
+            assert_eq!(loads(&body).as_deref(), Ok(EDGES.as_bytes()), "{name}");
+        }
+        // Two bytes: a NUL names UTF-16, as in `detect_encoding`; three
+        // bytes are UTF-8 whatever they hold.
+        assert_eq!(loads(b"1\x00").as_deref(), Ok(&b"1"[..]));
+        assert_eq!(loads(b"\x001").as_deref(), Ok(&b"1"[..]));
+        assert_eq!(loads(b"1\x00\x00").as_deref(), Ok(&b"1\x00\x00"[..]));
+    }
+
+    #[test]
+    fn surrogates_pass_as_python_passes_them() {
+        // CPython 3.11, `.encode("utf-8", "surrogatepass")` of the decoded
+        // text: a UTF-16 pair joins, lone halves stay, in either order.
+        let units = [0x22, 0xd800, 0x41, 0xdc00, 0xdbff];
+        let lone = b"\"\xed\xa0\x80A\xed\xb0\x80\xed\xaf\xbf";
+        let le: Vec<u8> = units.iter().flat_map(|u: &u16| u.to_le_bytes()).collect();
+        let be: Vec<u8> = units.iter().flat_map(|u: &u16| u.to_be_bytes()).collect();
+        assert_eq!(loads(&le).as_deref(), Ok(&lone[..]));
+        assert_eq!(loads(&be).as_deref(), Ok(&lone[..]));
+        // UTF-32 holds surrogates as code points; past U+10FFFF is an error
+        // at the unit's position.
+        let cps = |cps: &[u32]| {
+            cps.iter()
+                .flat_map(|c| c.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            loads(&cps(&[0x22, 0xd800, 0xdfff])).as_deref(),
+            Ok(&b"\"\xed\xa0\x80\xed\xbf\xbf"[..])
+        );
+        assert_eq!(
+            loads(&cps(&[0x22, 0x0011_0000])),
+            Err("invalid JSON: code point out of range in UTF-32 at byte 4".to_owned())
+        );
+        // UTF-8 with surrogatepass: ED A0..BF 80..BF is a surrogate, at the
+        // very end too; D7FF is plain UTF-8; anything else is an error at
+        // Python's position.
+        for ok in [
+            &b"\"\xed\xa0\x80\""[..],
+            b"\"\xed\xbf\xbf\"",
+            b"\"\xed\x9f\xbf\"",
+            b"\"\xed\xa0\x80",
+        ] {
+            assert_eq!(loads(ok).as_deref(), Ok(ok), "{ok:x?}");
+        }
+        for (bad, at) in [
+            (&b"\"\xed\xc0\x80\""[..], 1),
+            (b"\"\xed\xa0\x80\xff\"", 4),
+            (b"\"\xed\xa0\x80\xed\xa0\x80\xed\x7f\x80", 7),
+            (b"\"\xed\xa0", 1),
+        ] {
+            assert_eq!(
+                loads(bad),
+                Err(format!("invalid JSON: invalid UTF-8 at byte {at}")),
+                "{bad:x?}"
+            );
+        }
+        // Truncated UTF-16 and UTF-32 are errors (Python: "truncated data").
+        assert!(loads(b"\"\x00a\x00\"").is_err());
+        assert!(loads(b"\"\x00\x00\x00a").is_err());
+    }
+}
