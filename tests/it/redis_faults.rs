@@ -281,9 +281,10 @@ async fn a_repeated_reserve_or_settle_counts_once() {
     let res = format!("{PREFIX}{{x}}:res");
     let deadline = now.timestamp_millis() + 60_000;
     // Limit 1: a repeat that counted its own first reservation would be
-    // refused; it must answer "reserved" and hold nothing more.
+    // refused; it must answer "reserved" and hold nothing more. Under the
+    // limit (2) a repeat must not hold a second unit either.
     let script = redis::Script::new(include_str!("../../src/store/redis/reserve.lua"));
-    let reserve = || {
+    let reserve = |limit: i64| {
         let mut call = script.prepare_invoke();
         for key in keys.iter().chain([&res]) {
             call.key(key);
@@ -292,19 +293,28 @@ async fn a_repeated_reserve_or_settle_counts_once() {
             .arg("same-id")
             .arg(deadline)
             .arg(120_000)
-            .arg(1)
+            .arg(limit)
             .arg(0)
             .arg(0);
         call
     };
-    let first: Vec<i64> = reserve().invoke_async(&mut raw).await.expect("reserve");
-    let again: Vec<i64> = reserve()
-        .invoke_async(&mut raw)
-        .await
-        .expect("reserve again");
+    let first: Vec<i64> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
     assert_eq!(first, [1, 0, 1, 1, 1]);
-    assert_eq!(again, first, "the repeat answers as the first did");
-    assert_eq!(used(&store, "x").await, (0, 1), "one unit held");
+    for limit in [1, 2] {
+        let again: Vec<i64> = reserve(limit)
+            .invoke_async(&mut raw)
+            .await
+            .expect("reserve again");
+        assert_eq!(
+            again, first,
+            "the repeat answers as the first did (limit {limit})"
+        );
+        assert_eq!(
+            used(&store, "x").await,
+            (0, 1),
+            "one unit held (limit {limit})"
+        );
+    }
     let reservation = Reservation {
         id: "same-id".to_owned(),
         user: "x".to_owned(),

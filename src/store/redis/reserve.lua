@@ -21,10 +21,18 @@
 -- Returns {1, 0, day, week, month} when reserved, the counts including this
 -- reservation; or {0, p, day, week, month} when p (1 = day, 2 = week,
 -- 3 = month) is the first period whose limit is reached, reserving nothing.
+--
+-- Four commands when the user holds no live reservation (the usual case):
+-- ZCARD, MGET, ZADD, PEXPIRE. Each redis.call costs Redis far more than the
+-- command inside it (issue 21), so none is made that the answer does not
+-- need: expired reservations are looked for only in a set that has some,
+-- and a repeat is recognised by ZADD itself.
 
--- A deadline equal to now has passed: the same rule as the memory store.
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
 local live = redis.call('ZCARD', KEYS[4])
+if live > 0 then
+  -- A deadline equal to now has passed: the same rule as the memory store.
+  live = live - redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
+end
 
 -- Lua numbers are doubles: counts are capped at 2^53 - 1, where they are
 -- still exact and still convert to Redis integers (a saturated counter
@@ -36,21 +44,25 @@ for i = 1, 3 do
   counts[i] = math.min(tonumber(used[i] or '0') + live, MAX - 1)
 end
 
--- A repeat of this very reserve (its first answer was lost with its
--- connection, see RedisStore::once_more) finds its id live: it is already
--- counted in `live`, so it answers "reserved" and holds nothing more.
-if redis.call('ZSCORE', KEYS[4], ARGV[2]) then
-  return {1, 0, counts[1], counts[2], counts[3]}
-end
-
 for i = 1, 3 do
   local limit = tonumber(ARGV[4 + i])
   if limit > 0 and counts[i] >= limit then
+    -- A repeat of this very reserve (its first answer was lost with its
+    -- connection, see RedisStore::once_more) finds its id live: it is
+    -- already counted in `live`, so it answers "reserved" as the first
+    -- one did, even when it filled the period.
+    if live > 0 and redis.call('ZSCORE', KEYS[4], ARGV[2]) then
+      return {1, 0, counts[1], counts[2], counts[3]}
+    end
     return {0, i, counts[1], counts[2], counts[3]}
   end
 end
 
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+-- NX: a repeat finds its id there (counted in `live` already) and holds
+-- nothing more.
+if redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[2]) == 0 then
+  return {1, 0, counts[1], counts[2], counts[3]}
+end
 -- The set outlives its newest deadline: this one, unless a reservation that
 -- was extended (extend.lua) ends later; GT keeps the later expiry. A set
 -- that was empty has none yet (GT would treat it as never expiring).
