@@ -160,26 +160,31 @@ pub(super) async fn retry(shared: Arc<ResilientState>) {
                 (queued, answer)
             }
         });
-        let mut failed = None;
+        let answers = futures_util::future::join_all(sent).await;
+        let failed = answers.iter().find_map(|(_, answer)| match answer {
+            Err(e) if is_outage(e) => Some(e.clone()),
+            _ => None,
+        });
+        if failed.is_none() {
+            // Closed before the settles count as landed, so whoever waits
+            // for the queue to drain (a flush) finds the breaker closed.
+            shared.breaker.succeeded();
+            shared.reachability.answered();
+        }
         let mut landed = 0usize;
-        for (queued, answer) in futures_util::future::join_all(sent).await {
+        for (queued, answer) in answers {
             match answer {
                 Ok(()) => {
                     landed += 1;
                     queue.landed();
                 }
-                Err(e) if is_outage(&e) => {
-                    queue.put_back(queued);
-                    failed = Some(e);
-                }
+                Err(e) if is_outage(&e) => queue.put_back(queued),
                 Err(e) => queue.give_up(&queued, &format!("redis refused it: {e}")),
             }
         }
         match failed {
             None => {
                 backoff = RETRY_MIN;
-                shared.breaker.succeeded();
-                shared.reachability.answered();
                 if queue.pending.load(Ordering::Acquire) == 0 {
                     tracing::info!("every queued settle reached redis");
                 } else {
