@@ -1,8 +1,9 @@
-//! Settles coalesced into one Redis call (`src/store/redis/settle_batch.rs`):
-//! settles that wait while a call is under way go out together, each still
-//! counted exactly once, and one that Redis refuses fails alone. Each test
-//! starts its own `redis-server`; the store's calls are counted with
-//! `INFO commandstats`.
+//! Reserves and settles coalesced into one Redis call
+//! (`src/store/redis/batch.rs`): those that wait while a call is under way
+//! go out together, each reserve still checked against the limits as if
+//! alone and each settle counted exactly once, and one that Redis refuses
+//! fails alone. Each test starts its own `redis-server`; the store's calls
+//! are counted with `INFO commandstats`.
 
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use chrono::{DateTime, Utc, Weekday};
 use futures_util::future::join_all;
 use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, PeriodWindows};
-use quota_proxy::store::{Admission, QuotaStore, RedisStore, Reservation, ReserveRequest};
+use quota_proxy::store::{
+    Admission, QuotaStore, RedisStore, Reservation, ReserveRequest, StoreError,
+};
 
 const PREFIX: &str = "quota:";
 const USERS: usize = 50;
@@ -33,19 +36,22 @@ async fn store(server: &RedisServer) -> RedisStore {
         .expect("connect")
 }
 
-async fn reserve(store: &RedisStore, user: &str) -> Reservation {
-    let request = ReserveRequest {
+fn request(user: &str, daily: u64) -> ReserveRequest {
+    ReserveRequest {
         user: user.to_owned(),
         limits: Limits {
-            daily: 0,
+            daily,
             weekly: 0,
             monthly: 0,
         },
         windows: windows(now()),
         now: now(),
         ttl: Duration::from_secs(60),
-    };
-    match store.reserve(&request).await.expect("reserve") {
+    }
+}
+
+async fn reserve(store: &RedisStore, user: &str) -> Reservation {
+    match store.reserve(&request(user, 0)).await.expect("reserve") {
         Admission::Reserved { reservation, .. } => reservation,
         other => panic!("expected a reservation, got {other:?}"),
     }
@@ -169,4 +175,156 @@ async fn a_sender_stopped_mid_call_does_not_strand_later_settles() {
         .expect("a later settle is sent, not stranded");
     assert!(settled.is_ok(), "{settled:?}");
     assert_eq!(used_today(&store, "later").await, (1, 0));
+}
+
+// One thread: the first reserve goes out alone, the 199 that queue meanwhile
+// in 4 calls; one user with a daily limit of 50 gets exactly 50 units, each
+// answered with its own count, as if the reserves had come one by one.
+#[tokio::test]
+async fn reserves_that_wait_go_out_in_one_call_and_hold_no_unit_past_the_limit() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    server.cli(&["CONFIG", "RESETSTAT"]);
+
+    let requests: Vec<ReserveRequest> = (0..SETTLES).map(|_| request("busy", 50)).collect();
+    let answers = join_all(requests.iter().map(|r| store.reserve(r))).await;
+    assert_eq!(
+        evalsha_calls(&server),
+        5,
+        "one reserve alone, then 199 waiting reserves in 4 calls of at most 64"
+    );
+    let mut counts: Vec<u64> = Vec::new();
+    let mut exceeded = 0;
+    for answer in &answers {
+        match answer.as_ref().expect("reserve") {
+            Admission::Reserved { counts: c, .. } => counts.push(c.0[0]),
+            Admission::Exceeded { counts: c, .. } => {
+                assert_eq!(c.0[0], 50, "denied at the limit");
+                exceeded += 1;
+            }
+        }
+    }
+    assert_eq!(
+        counts,
+        (1..=50).collect::<Vec<u64>>(),
+        "the first 50 reserved, in order"
+    );
+    assert_eq!(exceeded, SETTLES - 50);
+    assert_eq!(used_today(&store, "busy").await, (0, 50), "50 units held");
+}
+
+#[tokio::test]
+async fn a_reserve_redis_refuses_fails_alone_in_its_batch() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    // A key of the wrong type: the reserve's first command on it fails.
+    server.cli(&["SET", "quota:{bad}:res", "not a sorted set"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+
+    let requests = [request("good", 0), request("bad", 0), request("other", 0)];
+    let answers = join_all(requests.iter().map(|r| store.reserve(r))).await;
+    assert_eq!(
+        evalsha_calls(&server),
+        2,
+        "the first alone, then a batch of two"
+    );
+    let refused = answers[1].as_ref().expect_err("the bad reserve fails");
+    assert!(refused.to_string().contains("WRONGTYPE"), "{refused}");
+    for (user, answer) in [("good", &answers[0]), ("other", &answers[2])] {
+        assert!(
+            matches!(answer, Ok(Admission::Reserved { .. })),
+            "{user}: {answer:?}"
+        );
+        assert_eq!(used_today(&store, user).await, (0, 1), "{user}");
+    }
+}
+
+// A Redis that hangs: reserves queued behind the hung call give up within
+// `command_timeout` as a lone call does, not one timeout per batch ahead of
+// them (200 reserves are 4 batches behind the first call: 1.5 s in all).
+#[tokio::test]
+async fn reserves_queued_behind_a_hung_call_wait_one_command_timeout() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(300);
+    let store = RedisStore::connect(&server.url(), PREFIX, timeout)
+        .await
+        .expect("connect");
+    reserve(&store, "warm").await;
+
+    server.pause();
+    let started = std::time::Instant::now();
+    let requests: Vec<ReserveRequest> =
+        (0..SETTLES).map(|i| request(&format!("u{i}"), 0)).collect();
+    let answers = join_all(requests.iter().map(|r| store.reserve(r))).await;
+    let waited = started.elapsed();
+    server.resume();
+
+    for answer in &answers {
+        assert!(
+            matches!(answer, Err(StoreError::Timeout(t)) if *t == timeout),
+            "{answer:?}"
+        );
+    }
+    assert!(
+        waited < Duration::from_secs(1),
+        "every reserve answered within about one command_timeout (300 ms), not {waited:?}"
+    );
+}
+
+// A reserve whose caller stopped waiting (the client went away) before its
+// batch went out is not sent: nobody would settle its reservation, which
+// would hold one of the user's units until it expired.
+#[tokio::test]
+async fn a_reserve_given_up_before_its_batch_went_out_is_not_sent() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    reserve(&store, "warm").await;
+
+    server.pause();
+    let (first_request, gone_request) = (request("first", 0), request("gone", 0));
+    let mut first = std::pin::pin!(store.reserve(&first_request));
+    // Polled once: sent alone, it waits on the paused server.
+    assert!(futures_util::poll!(first.as_mut()).is_pending());
+    {
+        let mut gone = std::pin::pin!(store.reserve(&gone_request));
+        assert!(futures_util::poll!(gone.as_mut()).is_pending(), "queued");
+    }
+    server.resume();
+    assert!(matches!(first.await, Ok(Admission::Reserved { .. })));
+    // One more call on the same connection: anything sent before it has
+    // been run by then.
+    reserve(&store, "after").await;
+    assert_eq!(used_today(&store, "gone").await, (0, 0), "nothing held");
+    assert_eq!(used_today(&store, "first").await, (0, 1));
+}
+
+// The caller whose reserve went out alone stops waiting mid-call (its client
+// went away): the reserves queued behind it are still sent and answered.
+#[tokio::test]
+async fn a_caller_gone_mid_call_takes_no_other_answer_with_it() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    reserve(&store, "warm").await;
+
+    server.pause();
+    let gone_request = request("gone", 0);
+    let mut gone = Box::pin(store.reserve(&gone_request));
+    assert!(
+        futures_util::poll!(gone.as_mut()).is_pending(),
+        "sent alone"
+    );
+    let queued = tokio::spawn({
+        let store = store.clone();
+        async move { store.reserve(&request("queued", 0)).await }
+    });
+    tokio::task::yield_now().await;
+    drop(gone);
+    server.resume();
+
+    let answer = queued.await.expect("the queued reserve's task");
+    assert!(
+        matches!(answer, Ok(Admission::Reserved { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(used_today(&store, "queued").await, (0, 1));
 }

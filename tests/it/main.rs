@@ -6,6 +6,7 @@
 
 mod support;
 
+mod batches;
 mod config_errors;
 mod decision_logs;
 mod deploy;
@@ -25,7 +26,6 @@ mod redis_faults;
 mod redis_scale;
 mod reports;
 mod routes;
-mod settle_batch;
 mod shadow_status;
 mod store;
 mod store_lifecycle;

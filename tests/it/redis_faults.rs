@@ -298,10 +298,11 @@ async fn a_repeated_reserve_or_settle_counts_once() {
             .arg(0);
         call
     };
-    let first: Vec<i64> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
-    assert_eq!(first, [1, 0, 1, 1, 1]);
+    // One answer per reserve of the call (a batch of one here).
+    let first: Vec<Vec<i64>> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
+    assert_eq!(first, [[1, 0, 1, 1, 1]]);
     for limit in [1, 2] {
-        let again: Vec<i64> = reserve(limit)
+        let again: Vec<Vec<i64>> = reserve(limit)
             .invoke_async(&mut raw)
             .await
             .expect("reserve again");

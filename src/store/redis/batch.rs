@@ -1,126 +1,187 @@
-//! Settles coalesced into one script call (phase: settle), for
-//! [`super::RedisStore`]. While a call of `settle.lua` is under way, the
-//! settles that arrive wait; the next call carries all of them, at most
-//! [`MAX_BATCH`]. An idle store sends a settle at once, so a batch adds no
-//! delay; a settle storm costs Redis one call (one read, one write, one
-//! script run) per batch instead of one per settle.
+//! Calls coalesced (phases: admit and settle), for [`super::RedisStore`]:
+//! while one call of a script is under way, the reserves (or settles) that
+//! arrive wait; the next call carries all of them, at most [`MAX_BATCH`].
+//! An idle store sends each at once, so a batch adds no delay; a storm
+//! costs Redis one call (one read, one write, one script run) per batch
+//! instead of one per request.
 //!
-//! Exactly once still holds: each settle keeps its reservation id and the
-//! script counts an id once, so a batch sent again after a lost connection,
-//! or a settle retried later from the outage queue, counts nothing twice.
-//! Each settle gets its own answer; one that Redis refuses fails alone.
+//! Exactly once still holds: each item keeps its id (a reserve's new
+//! reservation, a settle's reservation) and the scripts act on an id once,
+//! so a batch sent again after a lost connection, or a settle retried later
+//! from the outage queue, reserves and counts nothing twice. Each item gets
+//! its own answer; one that Redis refuses fails alone.
 //!
-//! The settle that finds no call under way sends the first batch itself
-//! (its own settle and whatever queued meanwhile), so an idle store pays no
-//! task; what queues during that call is sent by a task of its own, so no
-//! caller waits for other settles than its batch's. A sender stopped
-//! mid-call (its runtime shut down) fails the settles it held and the ones
-//! queued, with [`StoreError::Unavailable`]; their callers retry them.
+//! The item that finds no call under way goes out at once, alone, from its
+//! caller's task, so an idle store pays no task and a caller that stops
+//! waiting (a client gone, a timeout) takes no one else's answer with it;
+//! what queues during that call is sent by a task of its own, so no caller
+//! waits for other items than its batch's. A sending task stopped mid-call
+//! (its runtime shut down) fails the items it held and the ones queued,
+//! with [`StoreError::Unavailable`]; their callers decide as for any store
+//! error.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::periods::PeriodWindows;
 use crate::store::StoreError;
 
-/// Most settles in one call: 5 keys and 7 arguments each.
+/// Most items in one call (a reserve has 4 keys and 7 arguments, a settle
+/// 5 and 7).
 pub(super) const MAX_BATCH: usize = 64;
 
-/// One settle to send.
-#[derive(Debug)]
-pub(super) struct PendingSettle {
-    /// The user whose counters it adds to.
-    pub(super) user: String,
-    /// The periods the reservation was made in.
-    pub(super) windows: PeriodWindows,
-    /// The reservation id, counted once.
-    pub(super) id: String,
-    /// Units to add (0 releases the reservation).
-    pub(super) amount: u64,
-    /// When the settle was made, from the caller's clock.
-    pub(super) now: DateTime<Utc>,
+struct Waiting<T, A> {
+    item: T,
+    answer: oneshot::Sender<Result<A, StoreError>>,
 }
 
-struct Waiting {
-    settle: PendingSettle,
-    answer: oneshot::Sender<Result<(), StoreError>>,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
+struct Queue<T, A> {
+    waiting: Vec<Waiting<T, A>>,
     /// A task is sending: what is queued goes out with its next call.
     sending: bool,
 }
 
-/// The queue of settles waiting for the call under way.
-#[derive(Default)]
-pub(super) struct SettleBatcher {
-    queue: Mutex<Queue>,
+/// The queue of items `T` (answered with `A`) waiting for the call under
+/// way.
+pub(super) struct Batcher<T, A> {
+    queue: Mutex<Queue<T, A>>,
+    /// What an item is, for messages ("reserve", "settle").
+    what: &'static str,
+    /// An item whose caller stopped waiting is not sent (a reserve: nobody
+    /// would settle its reservation); otherwise it is sent all the same (a
+    /// settle: the count is owed).
+    drop_abandoned: bool,
 }
 
-impl SettleBatcher {
-    /// Queues `settle` and waits for its answer, `send` being one call for
-    /// a batch (answering each settle in order). When no call is under way,
-    /// this settle sends the first batch, then hands what queued meanwhile
-    /// to a task that sends until the queue is empty.
-    pub(super) async fn settle<F, Fut>(
-        self: &Arc<Self>,
-        settle: PendingSettle,
-        send: F,
-    ) -> Result<(), StoreError>
-    where
-        F: Fn(Vec<PendingSettle>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Result<(), StoreError>>> + Send + 'static,
-    {
-        let (answer, answered) = oneshot::channel();
-        let start = {
-            let mut queue = self.lock();
-            queue.waiting.push(Waiting { settle, answer });
-            !std::mem::replace(&mut queue.sending, true)
-        };
-        if start {
-            let mut sender = Sender::new(Arc::clone(self));
-            if let Some(batch) = sender.next_batch() {
-                sender.send(batch, &send).await;
-            }
-            if let Some(batch) = sender.next_batch() {
-                tokio::spawn(async move {
-                    sender.send(batch, &send).await;
-                    while let Some(batch) = sender.next_batch() {
-                        sender.send(batch, &send).await;
-                    }
-                });
-            }
+impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
+    /// An empty queue of `what`s; see [`Batcher::drop_abandoned`].
+    pub(super) fn new(what: &'static str, drop_abandoned: bool) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                waiting: Vec::new(),
+                sending: false,
+            }),
+            what,
+            drop_abandoned,
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the settle's call to redis was stopped (shutdown)".to_owned(),
-            ))
-        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    /// Sends `item` and waits for its answer, `send` being one call for a
+    /// batch (answering each item in order). When no call is under way the
+    /// item goes out at once, alone, from the caller's own task; otherwise
+    /// it queues for the next batch, which a task sends once the call under
+    /// way is over.
+    pub(super) async fn submit<F, Fut>(self: &Arc<Self>, item: T, send: F) -> Result<A, StoreError>
+    where
+        F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
+    {
+        let mut item = Some(item);
+        let queued = {
+            let mut queue = self.lock();
+            if queue.sending {
+                let (answer, answered) = oneshot::channel();
+                let item = item.take().expect("not taken yet");
+                queue.waiting.push(Waiting { item, answer });
+                Some(answered)
+            } else {
+                queue.sending = true;
+                None
+            }
+        };
+        if let Some(answered) = queued {
+            return answered.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "the {}'s call to redis was stopped (shutdown)",
+                    self.what
+                )))
+            });
+        }
+        // This caller's turn: only its own item rides on its task, so a
+        // caller that stops waiting (a client gone, a timeout) takes no one
+        // else's answer with it; the turn passes on when it ends either way.
+        let turn = Turn {
+            batcher: Arc::clone(self),
+            send: send.clone(),
+            _sends: PhantomData,
+        };
+        let item = item.take().expect("not queued");
+        let answer = send(vec![item]).await.pop().unwrap_or_else(|| {
+            Err(StoreError::Protocol(format!(
+                "the {} script answered nothing",
+                self.what
+            )))
+        });
+        drop(turn);
+        answer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<T, A>> {
         // The queue is consistent after every statement: a panic elsewhere
         // leaves nothing half done.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Whoever sends the queue (the settle that found no call under way, then a
-/// task); while it is responsible, `sending` is true.
-struct Sender {
-    batcher: Arc<SettleBatcher>,
+/// The turn of a caller that found no call under way. When it ends
+/// (answered, or dropped mid-call), what queued meanwhile goes to a task
+/// that sends it, or the turn is free again.
+struct Turn<T, A, F, Fut>
+where
+    T: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
+{
+    batcher: Arc<Batcher<T, A>>,
+    send: F,
+    _sends: PhantomData<fn() -> Fut>,
+}
+
+impl<T, A, F, Fut> Drop for Turn<T, A, F, Fut>
+where
+    T: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
+{
+    fn drop(&mut self) {
+        {
+            let mut queue = self.batcher.lock();
+            if queue.waiting.is_empty() {
+                queue.sending = false;
+                return;
+            }
+        }
+        let mut sender = Sender::new(Arc::clone(&self.batcher));
+        let send = self.send.clone();
+        let drain = async move {
+            while let Some(batch) = sender.next_batch() {
+                sender.send(batch, &send).await;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(drain)),
+            // No runtime to send from (dropped outside one): the queue is
+            // failed when `drain`, never run, drops its sender.
+            Err(_) => drop(drain),
+        }
+    }
+}
+
+/// The task that sends the queue, batch after batch; while it is
+/// responsible, `sending` is true.
+struct Sender<T: Send + 'static, A: Send + 'static> {
+    batcher: Arc<Batcher<T, A>>,
     /// Still responsible for the queue: cleared when it finds the queue
     /// empty and hands `sending` back.
     responsible: bool,
 }
 
-impl Sender {
-    fn new(batcher: Arc<SettleBatcher>) -> Self {
+impl<T: Send + 'static, A: Send + 'static> Sender<T, A> {
+    fn new(batcher: Arc<Batcher<T, A>>) -> Self {
         Self {
             batcher,
             responsible: true,
@@ -128,8 +189,8 @@ impl Sender {
     }
 
     /// The next batch to send, or `None` when the queue is empty, which
-    /// ends this sender's turn: the next settle starts a new one.
-    fn next_batch(&mut self) -> Option<Vec<Waiting>> {
+    /// ends this sender's turn: the next item starts a new one.
+    fn next_batch(&mut self) -> Option<Vec<Waiting<T, A>>> {
         let mut queue = self.batcher.lock();
         if queue.waiting.is_empty() {
             queue.sending = false;
@@ -140,32 +201,39 @@ impl Sender {
         Some(queue.waiting.drain(..n).collect())
     }
 
-    /// Sends one batch and answers each of its settles.
-    async fn send<F, Fut>(&self, batch: Vec<Waiting>, send: &F)
+    /// Sends one batch and answers each of its items.
+    async fn send<F, Fut>(&self, batch: Vec<Waiting<T, A>>, send: &F)
     where
-        F: Fn(Vec<PendingSettle>) -> Fut,
-        Fut: Future<Output = Vec<Result<(), StoreError>>>,
+        F: Fn(Vec<T>) -> Fut,
+        Fut: Future<Output = Vec<Result<A, StoreError>>>,
     {
-        let (settles, answers): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|w| (w.settle, w.answer)).unzip();
-        let sent = settles.len();
-        let mut results = send(settles).await.into_iter();
+        let (items, answers): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .filter(|w| !(self.batcher.drop_abandoned && w.answer.is_closed()))
+            .map(|w| (w.item, w.answer))
+            .unzip();
+        if items.is_empty() {
+            return;
+        }
+        let sent = items.len();
+        let what = self.batcher.what;
+        let mut results = send(items).await.into_iter();
         for answer in answers {
             let result = results.next().unwrap_or_else(|| {
                 Err(StoreError::Protocol(format!(
-                    "the settle script answered fewer than {sent} settles"
+                    "the {what} script answered fewer than {sent} {what}s"
                 )))
             });
-            // The caller may have stopped waiting; its settle is done.
+            // The caller may have stopped waiting; its item is done.
             let _ = answer.send(result);
         }
     }
 }
 
-impl Drop for Sender {
-    /// Stopped while responsible (its runtime shut down mid-call): the
-    /// settles still queued are failed (their callers retry them) and the
-    /// next settle starts a new turn.
+impl<T: Send + 'static, A: Send + 'static> Drop for Sender<T, A> {
+    /// Stopped while responsible (its runtime shut down mid-call, or it
+    /// never ran): the items still queued are failed (their callers decide
+    /// as for any store error) and the next item starts a new turn.
     fn drop(&mut self) {
         if self.responsible {
             let mut queue = self.batcher.lock();

@@ -2,10 +2,10 @@
 //! replica of the proxy.
 //!
 //! Each operation is one Lua script (`*.lua` next to this file), sent with
-//! `EVALSHA` in one round trip and so atomic. Settles that wait while one
-//! is under way go out together, as one call of `settle.lua`
-//! (`settle_batch.rs`; not in a cluster, where one call's keys must share
-//! a slot). The scripts are loaded when
+//! `EVALSHA` in one round trip and so atomic. Reserves (settles) that wait
+//! while one is under way go out together, as one call of `reserve.lua`
+//! (`settle.lua`) (`batch.rs`; not in a cluster, where one call's keys
+//! must share a slot). The scripts are loaded when
 //! connecting; after `SCRIPT FLUSH` or a Redis restart the `redis` crate sees
 //! `NOSCRIPT`, loads the script again and retries, so only that call pays
 //! extra round trips.
@@ -101,14 +101,15 @@ use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::script::{Call, LuaScript};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
-use super::{
-    Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
-};
-use crate::periods::{Period, PeriodWindow, PeriodWindows};
-use settle_batch::{PendingSettle, SettleBatcher};
+use super::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
+use crate::periods::{PeriodWindow, PeriodWindows};
+use batch::Batcher;
+use reserve::PendingReserve;
+use settle::PendingSettle;
 
+mod batch;
+mod reserve;
 mod settle;
-mod settle_batch;
 
 const RESERVE: &str = include_str!("reserve.lua");
 const SETTLE: &str = include_str!("settle.lua");
@@ -145,11 +146,13 @@ pub struct RedisStore {
     prefix: std::sync::Arc<str>,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
-    /// Settles waiting for the call under way (`settle_batch.rs`).
-    settles: std::sync::Arc<SettleBatcher>,
-    /// Settles go out in batches: not in a cluster, where the keys of one
-    /// call must share a slot and each settle is a call of its own.
-    batch_settles: bool,
+    /// Reserves waiting for the call under way (`batch.rs`).
+    reserves: std::sync::Arc<Batcher<PendingReserve, Admission>>,
+    /// Settles waiting for the call under way.
+    settles: std::sync::Arc<Batcher<PendingSettle, ()>>,
+    /// Reserves and settles go out in batches: not in a cluster, where the
+    /// keys of one call must share a slot and each is a call of its own.
+    batch_calls: bool,
     /// Where Redis is, for messages (no password).
     shown: std::sync::Arc<str>,
     /// Longest wait of [`RedisStore::prepare`].
@@ -235,8 +238,9 @@ impl RedisStore {
                 usage: LuaScript::new(USAGE),
                 adjust: LuaScript::new(ADJUST),
             }),
-            settles: std::sync::Arc::default(),
-            batch_settles: !matches!(options.topology, Topology::Cluster { .. }),
+            reserves: std::sync::Arc::new(Batcher::new("reserve", true)),
+            settles: std::sync::Arc::new(Batcher::new("settle", false)),
+            batch_calls: !matches!(options.topology, Topology::Cluster { .. }),
             shown: std::sync::Arc::from(shown),
             budget: match options.topology {
                 Topology::Sentinel { .. } => timeout.saturating_mul(10),
@@ -423,42 +427,34 @@ fn count(value: i64) -> Result<u64, StoreError> {
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
-        let user = &request.user;
-        let id = Reservation::new_id();
-        let expires_at = deadline(request.now, request.ttl);
-        let mut call = self.counters_call(&self.scripts.reserve, user, &request.windows);
-        call.arg(ms(request.now))
-            .arg(&id)
-            .arg(ms(expires_at))
-            .arg(ms(expires_at) - ms(request.now) + RESERVATIONS_MARGIN.num_milliseconds());
-        for period in Period::ALL {
-            call.arg(request.limits.of(period));
-        }
-        let answer: Vec<i64> = self.run(&call, Again::IfConnectionGone).await?;
-        let &[status, period, day, week, month] = answer.as_slice() else {
-            return Err(StoreError::Protocol(format!(
-                "reserve script answered {answer:?}"
-            )));
+        let pending = PendingReserve {
+            user: request.user.clone(),
+            limits: request.limits,
+            windows: request.windows,
+            id: Reservation::new_id(),
+            now: request.now,
+            expires_at: deadline(request.now, request.ttl),
         };
-        let counts = PeriodCounts([count(day)?, count(week)?, count(month)?]);
-        match (status, period) {
-            (1, _) => Ok(Admission::Reserved {
-                reservation: Reservation {
-                    id,
-                    user: user.clone(),
-                    windows: request.windows,
-                    expires_at,
-                },
-                counts,
-            }),
-            (0, 1..=3) => Ok(Admission::Exceeded {
-                period: Period::ALL[(period - 1) as usize],
-                counts,
-            }),
-            _ => Err(StoreError::Protocol(format!(
-                "reserve script answered {answer:?}"
-            ))),
+        if !self.batch_calls {
+            let mut answers = self.send_reserves(vec![pending]).await;
+            return answers.pop().unwrap_or_else(|| {
+                Err(StoreError::Protocol(
+                    "the reserve script answered nothing".to_owned(),
+                ))
+            });
         }
+        let store = self.clone();
+        let submitted = self.reserves.submit(pending, move |batch| {
+            let store = store.clone();
+            async move { store.send_reserves(batch).await }
+        });
+        // A reserve that queued behind a call waits for it and then for its
+        // own: bounded as a lone call is, so a Redis that hangs delays each
+        // flagged request by `command_timeout` at most. One that gave up
+        // before its batch went out is not sent (`batch.rs`).
+        tokio::time::timeout(self.command_timeout, submitted)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.command_timeout)))
     }
 
     async fn settle(
@@ -474,13 +470,13 @@ impl QuotaStore for RedisStore {
             amount,
             now,
         };
-        if !self.batch_settles {
+        if !self.batch_calls {
             let mut answers = self.send_settles(vec![pending]).await;
             return answers.pop().unwrap_or(Ok(()));
         }
         let store = self.clone();
         self.settles
-            .settle(pending, move |batch| {
+            .submit(pending, move |batch| {
                 let store = store.clone();
                 async move { store.send_settles(batch).await }
             })
@@ -567,6 +563,7 @@ impl QuotaStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::periods::Period;
 
     #[test]
     fn counter_ttl_is_rest_of_period_plus_grace() {

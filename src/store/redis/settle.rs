@@ -1,12 +1,28 @@
 //! The settle call (phase: settle): a batch of settles as one call of
 //! `settle.lua`, each answered on its own.
 
+use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::settle_batch::PendingSettle;
 use super::{Again, RedisStore, SETTLED_MAX, SETTLED_MEMORY, counter_ttl_ms, ms};
+use crate::periods::PeriodWindows;
 use crate::store::StoreError;
 use crate::store::script::Call;
+
+/// One settle to send.
+#[derive(Debug)]
+pub(super) struct PendingSettle {
+    /// The user whose counters it adds to.
+    pub(super) user: String,
+    /// The periods the reservation was made in.
+    pub(super) windows: PeriodWindows,
+    /// The reservation id, counted once.
+    pub(super) id: String,
+    /// Units to add (0 releases the reservation).
+    pub(super) amount: u64,
+    /// When the settle was made, from the caller's clock.
+    pub(super) now: DateTime<Utc>,
+}
 
 impl RedisStore {
     /// Sends `batch` as one call of `settle.lua`; answers each settle in
