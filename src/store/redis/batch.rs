@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -53,18 +54,36 @@ pub(super) struct Batcher<T, A> {
     /// would settle its reservation); otherwise it is sent all the same (a
     /// settle: the count is owed).
     drop_abandoned: bool,
+    /// Longest wait of a queued item for its answer, if bounded: then it
+    /// answers [`StoreError::Timeout`] and, being abandoned, is not sent if
+    /// its batch has not left. An item sent at once is bounded by its call.
+    queued_bound: Option<Duration>,
 }
 
 impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
-    /// An empty queue of `what`s; see [`Batcher::drop_abandoned`].
-    pub(super) fn new(what: &'static str, drop_abandoned: bool) -> Self {
+    /// An empty queue of `what`s whose callers' waits are not bounded
+    /// here (each call is), and which are sent even once their caller
+    /// stopped waiting: settles.
+    pub(super) fn new(what: &'static str) -> Self {
         Self {
             queue: Mutex::new(Queue {
                 waiting: Vec::new(),
                 sending: false,
             }),
             what,
-            drop_abandoned,
+            drop_abandoned: false,
+            queued_bound: None,
+        }
+    }
+
+    /// An empty queue of `what`s that wait at most `bound` in all (queued,
+    /// then sent), as a lone call would, and are not sent once their caller
+    /// stopped waiting: reserves.
+    pub(super) fn bounded(what: &'static str, bound: Duration) -> Self {
+        Self {
+            drop_abandoned: true,
+            queued_bound: Some(bound),
+            ..Self::new(what)
         }
     }
 
@@ -92,7 +111,14 @@ impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
             }
         };
         if let Some(answered) = queued {
-            return answered.await.unwrap_or_else(|_| {
+            let answer = match self.queued_bound {
+                Some(bound) => match tokio::time::timeout(bound, answered).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(StoreError::Timeout(bound)),
+                },
+                None => answered.await,
+            };
+            return answer.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(format!(
                     "the {}'s call to redis was stopped (shutdown)",
                     self.what

@@ -238,8 +238,8 @@ impl RedisStore {
                 usage: LuaScript::new(USAGE),
                 adjust: LuaScript::new(ADJUST),
             }),
-            reserves: std::sync::Arc::new(Batcher::new("reserve", true)),
-            settles: std::sync::Arc::new(Batcher::new("settle", false)),
+            reserves: std::sync::Arc::new(Batcher::bounded("reserve", timeout)),
+            settles: std::sync::Arc::new(Batcher::new("settle")),
             batch_calls: !matches!(options.topology, Topology::Cluster { .. }),
             shown: std::sync::Arc::from(shown),
             budget: match options.topology {
@@ -443,18 +443,15 @@ impl QuotaStore for RedisStore {
                 ))
             });
         }
+        // A reserve that queues behind a call still answers within
+        // `command_timeout`, and is not sent once it gave up (`batch.rs`).
         let store = self.clone();
-        let submitted = self.reserves.submit(pending, move |batch| {
-            let store = store.clone();
-            async move { store.send_reserves(batch).await }
-        });
-        // A reserve that queued behind a call waits for it and then for its
-        // own: bounded as a lone call is, so a Redis that hangs delays each
-        // flagged request by `command_timeout` at most. One that gave up
-        // before its batch went out is not sent (`batch.rs`).
-        tokio::time::timeout(self.command_timeout, submitted)
+        self.reserves
+            .submit(pending, move |batch| {
+                let store = store.clone();
+                async move { store.send_reserves(batch).await }
+            })
             .await
-            .unwrap_or(Err(StoreError::Timeout(self.command_timeout)))
     }
 
     async fn settle(
