@@ -97,34 +97,23 @@ impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
         F: Fn(Vec<T>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
     {
-        let mut item = Some(item);
-        let queued = {
+        // The item back when it is this caller's turn, or the receiver of
+        // its answer when it queued.
+        let turn_or_queued = {
             let mut queue = self.lock();
             if queue.sending {
                 let (answer, answered) = oneshot::channel();
-                let item = item.take().expect("not taken yet");
                 queue.waiting.push(Waiting { item, answer });
-                Some(answered)
+                Err(answered)
             } else {
                 queue.sending = true;
-                None
+                Ok(item)
             }
         };
-        if let Some(answered) = queued {
-            let answer = match self.queued_bound {
-                Some(bound) => match tokio::time::timeout(bound, answered).await {
-                    Ok(answer) => answer,
-                    Err(_) => return Err(StoreError::Timeout(bound)),
-                },
-                None => answered.await,
-            };
-            return answer.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "the {}'s call to redis was stopped (shutdown)",
-                    self.what
-                )))
-            });
-        }
+        let item = match turn_or_queued {
+            Ok(item) => item,
+            Err(answered) => return self.wait_queued(answered).await,
+        };
         // This caller's turn: only its own item rides on its task, so a
         // caller that stops waiting (a client gone, a timeout) takes no one
         // else's answer with it; the turn passes on when it ends either way.
@@ -133,7 +122,6 @@ impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
             send: send.clone(),
             _sends: PhantomData,
         };
-        let item = item.take().expect("not queued");
         let answer = send(vec![item]).await.pop().unwrap_or_else(|| {
             Err(StoreError::Protocol(format!(
                 "the {} script answered nothing",
@@ -142,6 +130,26 @@ impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
         });
         drop(turn);
         answer
+    }
+
+    /// The answer of a queued item, within [`Batcher::queued_bound`].
+    async fn wait_queued(
+        &self,
+        answered: oneshot::Receiver<Result<A, StoreError>>,
+    ) -> Result<A, StoreError> {
+        let answer = match self.queued_bound {
+            Some(bound) => match tokio::time::timeout(bound, answered).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(StoreError::Timeout(bound)),
+            },
+            None => answered.await,
+        };
+        answer.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the {}'s call to redis was stopped (shutdown)",
+                self.what
+            )))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue<T, A>> {
