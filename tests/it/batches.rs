@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use chrono::{DateTime, Utc, Weekday};
+use crate::support::reserve::{daily_request, utc_windows};
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use quota_proxy::config::Limits;
-use quota_proxy::periods::{Calendar, PeriodWindows};
 use quota_proxy::store::{
     Admission, QuotaStore, RedisStore, Reservation, ReserveRequest, StoreError,
 };
@@ -26,10 +25,6 @@ fn now() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn windows(now: DateTime<Utc>) -> PeriodWindows {
-    Calendar::new(chrono_tz::UTC, Weekday::Mon).windows(now)
-}
-
 async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::connect(&server.url(), PREFIX, Duration::from_millis(500))
         .await
@@ -37,17 +32,7 @@ async fn store(server: &RedisServer) -> RedisStore {
 }
 
 fn request(user: &str, daily: u64) -> ReserveRequest {
-    ReserveRequest {
-        user: user.to_owned(),
-        limits: Limits {
-            daily,
-            weekly: 0,
-            monthly: 0,
-        },
-        windows: windows(now()),
-        now: now(),
-        ttl: Duration::from_secs(60),
-    }
+    daily_request(user, daily, now(), Duration::from_secs(60))
 }
 
 async fn reserve(store: &RedisStore, user: &str) -> Reservation {
@@ -73,7 +58,7 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 
 async fn used_today(store: &RedisStore, user: &str) -> (u64, u64) {
     let [day, _, _] = store
-        .usage(user, &windows(now()), now())
+        .usage(user, &utc_windows(now()), now())
         .await
         .expect("usage");
     (day.used, day.reserved)

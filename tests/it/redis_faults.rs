@@ -13,11 +13,11 @@ use crate::support::binary::Binary;
 use crate::support::gen_route;
 use crate::support::proxy::TestClient;
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
+use crate::support::reserve::{daily_request, utc_windows};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use chrono::{DateTime, Utc, Weekday};
 use http::{Method, StatusCode};
-use quota_proxy::config::Limits;
-use quota_proxy::periods::{Calendar, PeriodWindows};
+use quota_proxy::periods::Calendar;
 use quota_proxy::store::{
     Admission, QuotaStore, RedisOptions, RedisStore, Reservation, ReserveRequest, Topology,
 };
@@ -36,22 +36,8 @@ fn at(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn windows(now: DateTime<Utc>) -> PeriodWindows {
-    Calendar::new(chrono_tz::UTC, Weekday::Mon).windows(now)
-}
-
 fn request(user: &str, daily: u64) -> ReserveRequest {
-    ReserveRequest {
-        user: user.to_owned(),
-        limits: Limits {
-            daily,
-            weekly: 0,
-            monthly: 0,
-        },
-        windows: windows(at(NOW)),
-        now: at(NOW),
-        ttl: TTL,
-    }
+    daily_request(user, daily, at(NOW), TTL)
 }
 
 async fn open(topology: Topology) -> RedisStore {
@@ -98,7 +84,7 @@ async fn one_image(store: &dyn QuotaStore, user: &str, daily: u64) {
 
 async fn used(store: &dyn QuotaStore, user: &str) -> (u64, u64) {
     let usage = store
-        .usage(user, &windows(at(NOW)), at(NOW))
+        .usage(user, &utc_windows(at(NOW)), at(NOW))
         .await
         .expect("usage");
     (usage[0].used, usage[0].reserved)
@@ -273,7 +259,7 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         .await
         .expect("raw connection");
     let now = at(NOW);
-    let w = windows(now);
+    let w = utc_windows(now);
     let keys: Vec<String> = w
         .iter()
         .map(|window| format!("{PREFIX}{{x}}:{}", window.label.text().as_str()))

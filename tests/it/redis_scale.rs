@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER, wait_for};
-use chrono::{DateTime, Utc, Weekday};
-use quota_proxy::config::Limits;
-use quota_proxy::periods::{Calendar, PeriodWindows};
+use crate::support::reserve::{daily_request, utc_windows};
+use chrono::{DateTime, Utc};
+use quota_proxy::periods::PeriodWindows;
 use quota_proxy::store::{
     Admission, BreakerSettings, OutagePolicy, QuotaStore, RedisOptions, RedisStore, Reservation,
     ReserveRequest, ResilientSettings, ResilientStore, StoreError, Topology,
@@ -32,21 +32,11 @@ fn now() -> DateTime<Utc> {
 }
 
 fn windows() -> PeriodWindows {
-    Calendar::new(chrono_tz::UTC, Weekday::Mon).windows(now())
+    utc_windows(now())
 }
 
 fn request(user: &str, daily: u64) -> ReserveRequest {
-    ReserveRequest {
-        user: user.to_owned(),
-        limits: Limits {
-            daily,
-            weekly: 0,
-            monthly: 0,
-        },
-        windows: windows(),
-        now: now(),
-        ttl: TTL,
-    }
+    daily_request(user, daily, now(), TTL)
 }
 
 fn options(topology: Topology) -> RedisOptions {

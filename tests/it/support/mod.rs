@@ -11,6 +11,7 @@ pub mod identity_server;
 pub mod proxy;
 pub mod raw_http;
 pub mod redis;
+pub mod reserve;
 pub mod upstream;
 
 /// One test per store: `memory` on the memory store and `redis` on a
