@@ -96,6 +96,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
+use thread_local::ThreadLocal;
 
 use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
 use super::script::{Call, LuaScript};
@@ -146,10 +147,13 @@ pub struct RedisStore {
     prefix: std::sync::Arc<str>,
     command_timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
-    /// Reserves waiting for the call under way (`batch.rs`).
-    reserves: std::sync::Arc<Batcher<PendingReserve, Admission>>,
-    /// Settles waiting for the call under way.
-    settles: std::sync::Arc<Batcher<PendingSettle, ()>>,
+    /// Each thread's reserves waiting for its call under way (`batch.rs`):
+    /// per thread, as its connection is (`threads.rs`), so a batch is sent
+    /// and answered on the thread its callers run on, with no cross-thread
+    /// wake-up.
+    reserves: std::sync::Arc<ThreadLocal<std::sync::Arc<Batcher<PendingReserve, Admission>>>>,
+    /// Each thread's settles waiting for its call under way.
+    settles: std::sync::Arc<ThreadLocal<std::sync::Arc<Batcher<PendingSettle, ()>>>>,
     /// Reserves and settles go out in batches: not in a cluster, where the
     /// keys of one call must share a slot and each is a call of its own.
     batch_calls: bool,
@@ -238,8 +242,8 @@ impl RedisStore {
                 usage: LuaScript::new(USAGE),
                 adjust: LuaScript::new(ADJUST),
             }),
-            reserves: std::sync::Arc::new(Batcher::bounded("reserve", timeout)),
-            settles: std::sync::Arc::new(Batcher::new("settle")),
+            reserves: std::sync::Arc::default(),
+            settles: std::sync::Arc::default(),
             batch_calls: !matches!(options.topology, Topology::Cluster { .. }),
             shown: std::sync::Arc::from(shown),
             budget: match options.topology {
@@ -445,8 +449,11 @@ impl QuotaStore for RedisStore {
         }
         // A reserve that queues behind a call still answers within
         // `command_timeout`, and is not sent once it gave up (`batch.rs`).
+        let batcher = self
+            .reserves
+            .get_or(|| std::sync::Arc::new(Batcher::bounded("reserve", self.command_timeout)));
         let store = self.clone();
-        self.reserves
+        batcher
             .submit(pending, move |batch| {
                 let store = store.clone();
                 async move { store.send_reserves(batch).await }
@@ -471,8 +478,11 @@ impl QuotaStore for RedisStore {
             let mut answers = self.send_settles(vec![pending]).await;
             return answers.pop().unwrap_or(Ok(()));
         }
+        let batcher = self
+            .settles
+            .get_or(|| std::sync::Arc::new(Batcher::new("settle")));
         let store = self.clone();
-        self.settles
+        batcher
             .submit(pending, move |batch| {
                 let store = store.clone();
                 async move { store.send_settles(batch).await }
