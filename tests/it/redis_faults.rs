@@ -458,3 +458,51 @@ async fn hundred_flagged_requests_across_kill_restart_and_failover_count_once() 
     assert_nothing_failed_open(&metrics(&binary).await, 50.0);
     assert_eq!(upstream.requests().len(), 100);
 }
+
+/// Reserves and settles batched on the real binary (two serving threads):
+/// 200 flagged requests at once, 10 for each of 20 users with 5 images a
+/// day, and every Redis connection killed while they run (a batch in
+/// flight is sent again on a fresh connection). Exactly 5 per user are
+/// forwarded and counted, the other 5 denied at the limit; none is let
+/// through uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_flagged_requests_across_a_client_kill_are_admitted_exactly() {
+    let upstream = saving_upstream().await;
+    let server = RedisServer::start();
+    let config = binary_config(&upstream, &format!("url = \"{}\"", server.url()))
+        .replace("daily = 1000", "daily = 5");
+    let binary = Binary::start(&config, &[]).await;
+
+    // Redis holds every script call it gets (`CLIENT PAUSE … WRITE`) while
+    // the 200 start; then every connection is killed, with reserves in
+    // flight (sent, never run): each must be sent again, once.
+    server.cli(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let requests = (0..200).map(|i| {
+        let (binary, answered) = (&binary, &answered);
+        async move {
+            let status = gen_route::flagged(binary, &format!("u{}", i % 20)).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            status
+        }
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        kill_clients(server.port());
+        answered.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (statuses, answered_at_kill) = tokio::join!(futures_util::future::join_all(requests), kill);
+    assert_eq!(answered_at_kill, 0, "every request waited for its reserve");
+
+    let forwarded = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let denied = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((forwarded, denied), (100, 100));
+    for u in 0..20 {
+        wait_usage(single(&server), &format!("u{u}"), 5).await;
+    }
+    assert_eq!(upstream.requests().len(), 100);
+    assert_nothing_failed_open(&metrics(&binary).await, 100.0);
+}
