@@ -423,6 +423,37 @@ fn counter_ttl_ms(window: &PeriodWindow, now: DateTime<Utc>) -> i64 {
     (window.end - now).num_milliseconds().max(0) + COUNTER_GRACE.num_milliseconds()
 }
 
+impl RedisStore {
+    /// Sends `item` with `send` (one script call for a batch), through the
+    /// calling thread's batcher in `batchers` (made by `new` on its first
+    /// use), or alone in a cluster.
+    async fn batched<T, A, F, Fut>(
+        &self,
+        batchers: &ThreadLocal<std::sync::Arc<Batcher<T, A>>>,
+        new: impl FnOnce() -> Batcher<T, A>,
+        item: T,
+        send: F,
+    ) -> Result<A, StoreError>
+    where
+        T: Send + 'static,
+        A: Send + 'static,
+        F: Fn(RedisStore, Vec<T>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<A, StoreError>>> + Send + 'static,
+    {
+        if !self.batch_calls {
+            let mut answers = send(self.clone(), vec![item]).await;
+            return answers.pop().unwrap_or_else(|| {
+                Err(StoreError::Protocol("a script answered nothing".to_owned()))
+            });
+        }
+        let batcher = batchers.get_or(|| std::sync::Arc::new(new()));
+        let store = self.clone();
+        batcher
+            .submit(item, move |batch| send(store.clone(), batch))
+            .await
+    }
+}
+
 fn count(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value)
         .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
@@ -439,26 +470,13 @@ impl QuotaStore for RedisStore {
             now: request.now,
             expires_at: deadline(request.now, request.ttl),
         };
-        if !self.batch_calls {
-            let mut answers = self.send_reserves(vec![pending]).await;
-            return answers.pop().unwrap_or_else(|| {
-                Err(StoreError::Protocol(
-                    "the reserve script answered nothing".to_owned(),
-                ))
-            });
-        }
         // A reserve that queues behind a call still answers within
         // `command_timeout`, and is not sent once it gave up (`batch.rs`).
-        let batcher = self
-            .reserves
-            .get_or(|| std::sync::Arc::new(Batcher::bounded("reserve", self.command_timeout)));
-        let store = self.clone();
-        batcher
-            .submit(pending, move |batch| {
-                let store = store.clone();
-                async move { store.send_reserves(batch).await }
-            })
-            .await
+        let new = || Batcher::bounded("reserve", self.command_timeout);
+        self.batched(&self.reserves, new, pending, |store, batch| async move {
+            store.send_reserves(batch).await
+        })
+        .await
     }
 
     async fn settle(
@@ -474,20 +492,11 @@ impl QuotaStore for RedisStore {
             amount,
             now,
         };
-        if !self.batch_calls {
-            let mut answers = self.send_settles(vec![pending]).await;
-            return answers.pop().unwrap_or(Ok(()));
-        }
-        let batcher = self
-            .settles
-            .get_or(|| std::sync::Arc::new(Batcher::new("settle")));
-        let store = self.clone();
-        batcher
-            .submit(pending, move |batch| {
-                let store = store.clone();
-                async move { store.send_settles(batch).await }
-            })
-            .await
+        let new = || Batcher::new("settle");
+        self.batched(&self.settles, new, pending, |store, batch| async move {
+            store.send_settles(batch).await
+        })
+        .await
     }
 
     async fn extend(
