@@ -48,8 +48,11 @@
 //! itself under `taskset -c 0` to keep everything else off them); for
 //! quicker iterations `LOAD_SHAPES` (the matrix's,
 //! `pass,pass-post,unflagged,allowed,denied,streamed`) and `LOAD_SECTIONS`
-//! (`headline,matrix,ttfb,memory`; they run in that order whatever the
-//! order given); `LOAD_PROXY_BIN` measures another quota-proxy binary (a
+//! (`headline,matrix,ttfb,memory`, and `cluster` when named: issue 21's
+//! point 5, a 1- and a 3-master Redis Cluster each held by a cgroup to
+//! `LOAD_CLUSTER_CORES` of a CPU, default 0.1, which needs root; they run
+//! in the order headline, cluster, matrix, ttfb, memory whatever the order
+//! given); `LOAD_PROXY_BIN` measures another quota-proxy binary (a
 //! copy built from another commit) with this bench.
 
 use std::io;
@@ -58,6 +61,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use loadbench::cluster::ClusterProcess;
 use loadbench::headline;
 use loadbench::loadgen::{self, Limits};
 use loadbench::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
@@ -130,6 +134,8 @@ struct Options {
     redis_cpus: Option<Vec<usize>>,
     shapes: Vec<Shape>,
     sections: Vec<String>,
+    /// Each Redis Cluster master's CPU cap in the cluster section.
+    cluster_cores: f64,
 }
 
 impl Options {
@@ -171,6 +177,9 @@ impl Options {
                 .split(',')
                 .map(|s| s.trim().to_owned())
                 .collect(),
+            cluster_cores: var("LOAD_CLUSTER_CORES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.1),
         }
     }
 }
@@ -371,6 +380,9 @@ fn run() -> io::Result<bool> {
     let mut clean = true;
     if options.section("headline") {
         clean &= headline_section(&options, &runtime, &servers, dir.path())?;
+    }
+    if options.section("cluster") {
+        clean &= cluster_section(&options, &runtime, &servers, dir.path())?;
     }
     if !["matrix", "ttfb", "memory"]
         .iter()
@@ -667,6 +679,69 @@ fn headline_section(
          first. The runs behind it:\n"
     );
     println!("{}", runner::render_rows(&rows));
+    Ok(rows.iter().all(|row| row.stats.clean()))
+}
+
+/// Issue 21, point 5: flagged-and-allowed requests (10,000 users,
+/// `LOAD_HEADLINE_CONNS` connections) through quota-proxy (one serving
+/// thread per core) on a one-master and on a three-master Redis Cluster,
+/// every redis-server held by a cgroup to `LOAD_CLUSTER_CORES` of a CPU
+/// (0.1), so that Redis is what limits them; rounds interleaved. Prints the
+/// runs, how busy the masters were against their cap, and three masters'
+/// requests/s over one's. Needs root (the cgroups); true when every answer
+/// was the expected one.
+fn cluster_section(
+    options: &Options,
+    runtime: &tokio::runtime::Runtime,
+    servers: &Servers<'_>,
+    dir: &Path,
+) -> io::Result<bool> {
+    let dir = dir.join("cluster");
+    let cores = options.cluster_cores;
+    let mut subjects = Vec::new();
+    // Kept until the runs end: each cluster with the proxy in front of it.
+    let mut held = Vec::new();
+    for (masters, target) in [(1, Target::ClusterOne), (3, Target::ClusterThree)] {
+        let cluster = std::sync::Arc::new(ClusterProcess::start(
+            &dir.join(target.name()),
+            masters,
+            cores,
+        )?);
+        let store = StoreSpec::Cluster(cluster.urls());
+        let proxy = servers.proxy(&dir, target.name(), &store, options.proxy_threads)?;
+        let calls = std::sync::Arc::clone(&cluster);
+        subjects.push(Subject {
+            redis_calls: Some(Box::new(move || calls.calls())),
+            ..one_process(target, proxy.addr(), proxy.pid())
+        });
+        held.push((cluster, proxy));
+    }
+    println!(
+        "## Cluster: flagged on a 1-master vs a 3-master Redis Cluster, each master capped at \
+         {cores} CPU, {} connections, {} quota-proxy serving threads\n",
+        options.headline_conns, options.proxy_threads
+    );
+    let matrix = options.matrix(vec![options.headline_conns], vec![Shape::Allowed]);
+    let rows = runner::run_matrix(runtime, &subjects, &matrix, progress)?;
+    println!("{}", runner::render_rows(&rows));
+    for (row, (cluster, _)) in rows.iter().zip(&held) {
+        if let Some(redis) = row.redis {
+            let busy = redis.cpu_per_10k * row.stats.rps() / 10_000.0;
+            let cap = cores * cluster.masters() as f64;
+            println!(
+                "{}: Redis busy {busy:.3} CPU of its {cap:.2} cap ({:.0}%), {:.1} µs per flagged \
+                 request",
+                row.target.name(),
+                100.0 * busy / cap,
+                redis.usec
+            );
+        }
+    }
+    if let [one, three] = rows.as_slice()
+        && let Some(ratio) = runner::paired(three, one)
+    {
+        println!("\nflagged req/s, 3 masters ÷ 1 master: {ratio}\n");
+    }
     Ok(rows.iter().all(|row| row.stats.clean()))
 }
 

@@ -2,6 +2,7 @@
 //! run) and `tests/it/load_smoke.rs` (a few hundred requests under
 //! `cargo test`, so this code cannot rot unnoticed).
 
+pub mod cluster;
 pub mod floor;
 pub mod headline;
 pub mod loadgen;

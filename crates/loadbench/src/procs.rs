@@ -274,6 +274,11 @@ pub struct RedisProcess {
 impl RedisProcess {
     /// Starts `redis-server` from `PATH` with its files in `dir`.
     pub fn start(dir: &Path) -> io::Result<RedisProcess> {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`RedisProcess::start`] with `extra` arguments (a cluster node's).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> io::Result<RedisProcess> {
         let binary = find_program("redis-server")
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "redis-server not found"))?;
         let log = dir.join("redis.log");
@@ -281,6 +286,7 @@ impl RedisProcess {
             Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(extra)
                 .arg("--dir")
                 .arg(dir)
                 .arg("--logfile")

@@ -34,6 +34,10 @@ pub enum Target {
     Memory,
     /// quota-proxy with the Redis store.
     Redis,
+    /// quota-proxy on a one-master Redis Cluster (the cluster section).
+    ClusterOne,
+    /// quota-proxy on a three-master Redis Cluster (the cluster section).
+    ClusterThree,
 }
 
 impl Target {
@@ -45,12 +49,17 @@ impl Target {
             Target::Floor => "hyper-floor",
             Target::Memory => "qp-memory",
             Target::Redis => "qp-redis",
+            Target::ClusterOne => "qp-cluster-1",
+            Target::ClusterThree => "qp-cluster-3",
         }
     }
 
     /// True for quota-proxy, which enforces quotas (the others forward).
     pub fn enforces(self) -> bool {
-        matches!(self, Target::Memory | Target::Redis)
+        matches!(
+            self,
+            Target::Memory | Target::Redis | Target::ClusterOne | Target::ClusterThree
+        )
     }
 }
 
@@ -268,6 +277,8 @@ pub enum StoreSpec {
     Memory,
     /// Redis at this URL.
     Redis(String),
+    /// A Redis Cluster: these nodes.
+    Cluster(Vec<String>),
 }
 
 /// The config of a quota-proxy listening on `port` in front of `upstream`.
@@ -275,6 +286,7 @@ pub fn proxy_config(port: u16, upstream: SocketAddr, store: &StoreSpec) -> Strin
     let store = match store {
         StoreSpec::Memory => "kind = \"memory\"".to_owned(),
         StoreSpec::Redis(url) => format!("kind = \"redis\"\nurl = \"{url}\""),
+        StoreSpec::Cluster(nodes) => format!("kind = \"redis\"\ncluster = {nodes:?}"),
     };
     format!(
         r#"
