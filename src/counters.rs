@@ -20,6 +20,9 @@ pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
 pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
 /// Malformed usage reports by route.
 pub const MALFORMED_REPORTS: &str = "quota_proxy_malformed_reports_total";
+/// Reports of saved images on routes that are not inspected (not counted
+/// against any quota).
+pub const UNINSPECTED_REPORTS: &str = "quota_proxy_uninspected_reports_total";
 /// Identity cache lookups by result (`hit`, `miss`).
 pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
 /// Plan names not in `[plans]` (the default plan applied).
@@ -75,6 +78,12 @@ impl RouteCounters {
 /// incremented per request (the quota layer holds it).
 pub fn passthrough_counter() -> metrics::Counter {
     metrics::counter!(REQUESTS, "route" => "-", "decision" => Decision::Passthrough.label())
+}
+
+/// The counter of reports of saved images on routes that are not
+/// inspected, to be kept and incremented per report.
+pub fn uninspected_reports_counter() -> metrics::Counter {
+    metrics::counter!(UNINSPECTED_REPORTS)
 }
 
 /// Sets how many settlements wait in `stage` (`in_flight`, `retry_queue`).

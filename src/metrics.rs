@@ -27,6 +27,7 @@
 //! | `quota_proxy_malformed_reports_total` | counter | `route` | upstream reports whose count was negative, fractional, above `usage.max_images_per_response` or not a number (charged as 1 image if the response succeeded) |
 //! | `quota_proxy_config_reloads_total` | counter | `result` | reloads, `ok` or `error` |
 //! | `quota_proxy_unknown_plan_total` | counter | | identities whose plan name is not in `[plans]` (the default plan applied; each name logged once) |
+//! | `quota_proxy_uninspected_reports_total` | counter | | reports of saved images on routes that are not inspected (not counted against any quota; a warning names the path at most once a minute) |
 //! | `quota_proxy_build_info` | gauge | `version` | always 1 |
 //!
 //! The Redis store's settle retry queue is read every 5 s: its depth as
@@ -50,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::counters::{
     DENIALS, FAIL_OPEN, IDENTITY_CACHE, REQUESTS, SETTLEMENTS_DROPPED, SETTLEMENTS_PENDING,
-    UNKNOWN_PLAN,
+    UNINSPECTED_REPORTS, UNKNOWN_PLAN,
 };
 use crate::periods::{PeriodWindow, PeriodWindows};
 use crate::store::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
@@ -147,6 +148,10 @@ fn describe() {
     describe_counter!(
         UNKNOWN_PLAN,
         "Identities whose plan is not in [plans]; the default plan applied."
+    );
+    describe_counter!(
+        UNINSPECTED_REPORTS,
+        "Reports of saved images on routes that are not inspected; not counted."
     );
     describe_gauge!(BUILD_INFO, "The running version; always 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

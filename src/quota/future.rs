@@ -71,14 +71,10 @@ pub(super) fn passthrough_response<B>(
     // A report of 0 saved nothing: not worth a warning.
     let report = state.policy.reports.take_header(&mut parts.headers);
     if let Some(report) = report.filter(|r| r.images > 0 || r.malformed) {
-        tracing::warn!(
-            path,
-            images = report.images,
-            malformed = report.malformed,
-            request_id = request_id::as_str(id),
-            "a route that is not inspected reported saved images; not counted \
-             (add it to [[routes]] to enforce and count it)"
-        );
+        state
+            .deps
+            .uninspected_reports
+            .seen(&report, path, request_id::as_str(id));
     }
     Response::from_parts(parts, QuotaBody::inner(body))
 }

@@ -16,6 +16,7 @@ use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
 pub(crate) use super::state::QuotaState;
 use super::state::{Dependencies, Policy, RequestLimits, Routing};
+use super::uninspected::UninspectedReports;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, RequiredHeader};
 use crate::identity::{IdentityHeaders, IdentitySource};
@@ -220,6 +221,7 @@ impl QuotaLayerBuilder {
                     probe_cache: ProbeCache::default(),
                     settlements: self.settlements,
                     passthrough: crate::counters::passthrough_counter(),
+                    uninspected_reports: UninspectedReports::new(),
                 },
             })),
         }

@@ -35,6 +35,7 @@ mod spool;
 mod standing;
 mod state;
 mod status;
+mod uninspected;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};

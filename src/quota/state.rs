@@ -14,6 +14,7 @@ use super::budget::BodyBudget;
 use super::probe::ProbeCache;
 use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
+use super::uninspected::UninspectedReports;
 use crate::clock::Clock;
 use crate::config::{
     AnonymousPolicy, IdentityErrorPolicy, Messages, RequestBuffering, StoreErrorPolicy,
@@ -107,4 +108,7 @@ pub(crate) struct Dependencies {
     /// Counts requests on no inspected route; looked up once, in the
     /// metrics recorder installed when the layer is built.
     pub(crate) passthrough: metrics::Counter,
+    /// Counts reports on routes that are not inspected, and throttles the
+    /// warning about them.
+    pub(crate) uninspected_reports: UninspectedReports,
 }

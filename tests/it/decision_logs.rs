@@ -3,7 +3,8 @@
 //! per period and the request id, which is the `X-Request-Id` the upstream
 //! saw and the client got back (the client's own only under
 //! `log.trust_request_id = true`). The pass-through report warning names the
-//! path, and a report of 0 is not worth one.
+//! path, at most once a minute (every report counted in a metric), and a
+//! report of 0 is not worth one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -190,5 +191,26 @@ async fn pass_through_reports_warn_with_the_path_unless_zero() {
         binary.count_logs(warning),
         1,
         "no warning for a report of 0"
+    );
+
+    // An upstream that reports on every answer of such a route: each report
+    // counted, one warning a minute (not one log write per request).
+    for _ in 0..5 {
+        let again = proxy.send(Method::GET, "/report/2", &[], "").await;
+        assert_eq!(again.status, StatusCode::OK);
+    }
+    let metrics = TestClient::new(binary.admin)
+        .send(Method::GET, "/metrics", &[], "")
+        .await
+        .text();
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quota_proxy_uninspected_reports_total "))
+        .unwrap_or_else(|| panic!("no uninspected reports counter in:\n{metrics}"));
+    assert_eq!(counted.trim(), "6", "every non-zero report counted");
+    assert_eq!(
+        binary.count_logs(warning),
+        1,
+        "the five later reports are within the minute: counted, not logged"
     );
 }
