@@ -74,12 +74,37 @@ pub struct ReserveRequest {
     pub ttl: Duration,
 }
 
+/// A reservation's id: 128 random bits, written (in logs and to Redis) as
+/// 32 lowercase hex digits, the form the ids had as UUIDs. A number, so
+/// holding, comparing and hashing one allocates nothing (issue 21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReservationId(pub u128);
+
+impl ReservationId {
+    /// The id as written: 32 lowercase hex digits.
+    pub fn hex(self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, digit) in out.iter_mut().enumerate() {
+            let nibble = (self.0 >> (124 - 4 * i)) & 0xf;
+            *digit = DIGITS[nibble as usize];
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// One unit of quota held for a request in flight, carried from admit to
 /// settle. Settling the same reservation twice counts once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
-    /// Unique id (a UUID), also the idempotency key of its settle.
-    pub id: String,
+    /// Unique id, also the idempotency key of its settle.
+    pub id: ReservationId,
     /// The user it counts against.
     pub user: String,
     /// The periods it was reserved in; its usage counts in these.
@@ -89,9 +114,10 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// A new reservation id.
-    pub fn new_id() -> String {
-        uuid::Uuid::new_v4().simple().to_string()
+    /// A new reservation id, from the thread's CSPRNG.
+    pub fn new_id() -> ReservationId {
+        use rand::RngExt as _;
+        ReservationId(rand::rng().random::<u128>())
     }
 }
 
@@ -184,4 +210,26 @@ pub trait QuotaStore: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_id_is_written_as_its_32_hex_digits() {
+        for n in [
+            0,
+            1,
+            0xabc,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            u128::MAX,
+        ] {
+            let id = ReservationId(n);
+            let text = format!("{n:032x}");
+            assert_eq!(id.to_string(), text);
+            assert_eq!(&id.hex(), text.as_bytes());
+        }
+        assert_ne!(Reservation::new_id(), Reservation::new_id());
+    }
 }

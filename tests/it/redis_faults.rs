@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc, Weekday};
 use http::{Method, StatusCode};
 use quota_proxy::periods::Calendar;
 use quota_proxy::store::{
-    Admission, QuotaStore, RedisOptions, RedisStore, Reservation, ReserveRequest, Topology,
+    Admission, QuotaStore, RedisOptions, RedisStore, Reservation, ReservationId, ReserveRequest,
+    Topology,
 };
 
 const TTL: Duration = Duration::from_secs(60);
@@ -276,7 +277,7 @@ async fn a_repeated_reserve_or_settle_counts_once() {
             call.key(key);
         }
         call.arg(now.timestamp_millis())
-            .arg("same-id")
+            .arg(ReservationId(7))
             .arg(deadline)
             .arg(120_000)
             .arg(limit)
@@ -303,7 +304,7 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         );
     }
     let reservation = Reservation {
-        id: "same-id".to_owned(),
+        id: ReservationId(7),
         user: "x".to_owned(),
         windows: w,
         expires_at: now + chrono::TimeDelta::minutes(1),

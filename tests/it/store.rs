@@ -15,7 +15,7 @@ use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, Period, PeriodWindows};
 use quota_proxy::store::{
     Admission, MemoryStore, PeriodCounts, PeriodUsage, QuotaStore, RedisOptions, RedisStore,
-    Reservation, ReserveRequest, StoreError, Topology,
+    Reservation, ReservationId, ReserveRequest, StoreError, Topology,
 };
 
 /// How long reservations live unless a test says otherwise.
@@ -822,7 +822,8 @@ async fn redis_remembers_the_newest_4096_settled_ids_of_the_last_24_hours() {
         .arg("yesterday");
     for i in 0..4096_i64 {
         let settled = now - TimeDelta::hours(20) + TimeDelta::seconds(i);
-        fill.arg(settled.timestamp_millis()).arg(format!("id{i}"));
+        fill.arg(settled.timestamp_millis())
+            .arg(ReservationId(i as u128));
     }
     fill.exec_async(&mut raw).await.expect("ZADD");
 
@@ -842,21 +843,26 @@ async fn redis_remembers_the_newest_4096_settled_ids_of_the_last_24_hours() {
         .await
         .expect("ZRANGE");
     assert_eq!(remembered.len(), 4096, "at most 4096 ids");
-    assert_eq!(remembered[0], "id1", "the day's oldest id is forgotten");
-    assert_eq!(remembered[4095], r.id, "the new id is remembered");
+    assert_eq!(
+        remembered[0],
+        ReservationId(1).to_string(),
+        "the day's oldest id is forgotten"
+    );
+    assert_eq!(
+        remembered[4095],
+        r.id.to_string(),
+        "the new id is remembered"
+    );
     assert!(!remembered.contains(&"yesterday".to_owned()));
     // A repeated settle of a remembered id counts nothing; of a forgotten
     // one, once more.
-    let again = |id: &str| Reservation {
-        id: id.to_owned(),
+    let again = |id: u128| Reservation {
+        id: ReservationId(id),
         ..r.clone()
     };
-    store
-        .settle(&again("id4095"), 1, now)
-        .await
-        .expect("settle");
+    store.settle(&again(4095), 1, now).await.expect("settle");
     assert_eq!(used_today(&store, "42", now).await, 1);
-    store.settle(&again("id0"), 1, now).await.expect("settle");
+    store.settle(&again(0), 1, now).await.expect("settle");
     assert_eq!(used_today(&store, "42", now).await, 2);
 }
 

@@ -41,7 +41,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use foldhash::fast::RandomState;
 
 use super::{
-    Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError,
+    Admission, PeriodCounts, PeriodUsage, QuotaStore, Reservation, ReservationId, ReserveRequest,
+    StoreError,
 };
 use crate::periods::{Period, PeriodLabel, PeriodWindow, PeriodWindows};
 
@@ -119,10 +120,10 @@ struct UserState {
     /// maybe the previous ones within their grace), so a scan beats a map.
     counters: Vec<Counter>,
     /// Live reservation id → deadline.
-    reservations: HashMap<String, DateTime<Utc>>,
+    reservations: HashMap<ReservationId, DateTime<Utc>>,
     /// Settled ids, for idempotency, and the same ids oldest first.
-    settled: HashSet<String>,
-    settled_order: VecDeque<(DateTime<Utc>, String)>,
+    settled: HashSet<ReservationId>,
+    settled_order: VecDeque<(DateTime<Utc>, ReservationId)>,
 }
 
 #[derive(Debug)]
@@ -323,9 +324,9 @@ impl UserState {
         counter
     }
 
-    fn remember_settled(&mut self, id: &str, now: DateTime<Utc>) {
-        self.settled.insert(id.to_owned());
-        self.settled_order.push_back((now, id.to_owned()));
+    fn remember_settled(&mut self, id: ReservationId, now: DateTime<Utc>) {
+        self.settled.insert(id);
+        self.settled_order.push_back((now, id));
         while self.settled_order.len() > SETTLED_MAX {
             if let Some((_, old)) = self.settled_order.pop_front() {
                 self.settled.remove(&old);
@@ -370,7 +371,7 @@ impl QuotaStore for MemoryStore {
                 return Admission::Exceeded { period, counts };
             }
             let id = Reservation::new_id();
-            state.reservations.insert(id.clone(), expires_at);
+            state.reservations.insert(id, expires_at);
             Admission::Reserved {
                 reservation: Reservation {
                     id,
@@ -400,7 +401,7 @@ impl QuotaStore for MemoryStore {
                     counter.value = counter.value.saturating_add(amount);
                 }
             }
-            state.remember_settled(&reservation.id, now);
+            state.remember_settled(reservation.id, now);
         })
     }
 

@@ -488,7 +488,7 @@ impl QuotaStore for RedisStore {
         let pending = PendingSettle {
             user: reservation.user.clone(),
             windows: reservation.windows,
-            id: reservation.id.clone(),
+            id: reservation.id,
             amount,
             now,
         };
@@ -508,7 +508,7 @@ impl QuotaStore for RedisStore {
         let mut call = Call::new(&self.scripts.extend, 1);
         call.key(&self.prefix, &reservation.user, "res")
             .arg(ms(now))
-            .arg(&reservation.id)
+            .arg(reservation.id)
             .arg(ms(until))
             .arg(RESERVATIONS_MARGIN.num_milliseconds());
         // 0 means the reservation was gone, which is not an error.

@@ -8,7 +8,7 @@ use super::{Again, RESERVATIONS_MARGIN, RedisStore, count, ms};
 use crate::config::Limits;
 use crate::periods::{Period, PeriodWindows};
 use crate::store::script::Call;
-use crate::store::{Admission, PeriodCounts, Reservation, StoreError};
+use crate::store::{Admission, PeriodCounts, Reservation, ReservationId, StoreError};
 
 /// One reserve to send.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub(super) struct PendingReserve {
     /// The day, week and month `now` falls in.
     pub(super) windows: PeriodWindows,
     /// The new reservation's id.
-    pub(super) id: String,
+    pub(super) id: ReservationId,
     /// When the reserve was made, from the caller's clock.
     pub(super) now: DateTime<Utc>,
     /// When the reservation expires unless settled or extended.
@@ -42,7 +42,7 @@ impl RedisStore {
         for reserve in &batch {
             let (now, expires_at) = (ms(reserve.now), ms(reserve.expires_at));
             call.arg(now)
-                .arg(&reserve.id)
+                .arg(reserve.id)
                 .arg(expires_at)
                 .arg(expires_at - now + RESERVATIONS_MARGIN.num_milliseconds());
             for period in Period::ALL {

@@ -6,8 +6,8 @@ use redis::Value;
 
 use super::{Again, RedisStore, SETTLED_MAX, SETTLED_MEMORY, counter_ttl_ms, ms};
 use crate::periods::PeriodWindows;
-use crate::store::StoreError;
 use crate::store::script::Call;
+use crate::store::{ReservationId, StoreError};
 
 /// One settle to send.
 #[derive(Debug)]
@@ -17,7 +17,7 @@ pub(super) struct PendingSettle {
     /// The periods the reservation was made in.
     pub(super) windows: PeriodWindows,
     /// The reservation id, counted once.
-    pub(super) id: String,
+    pub(super) id: ReservationId,
     /// Units to add (0 releases the reservation).
     pub(super) amount: u64,
     /// When the settle was made, from the caller's clock.
@@ -42,7 +42,7 @@ impl RedisStore {
         call.arg(remember).arg(-(SETTLED_MAX as i64) - 1);
         for settle in &batch {
             call.arg(ms(settle.now))
-                .arg(&settle.id)
+                .arg(settle.id)
                 // Redis integers are signed 64-bit.
                 .arg(settle.amount.min(i64::MAX as u64));
             for window in settle.windows.iter() {
