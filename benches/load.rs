@@ -56,7 +56,6 @@
 //! copy built from another commit) with this bench.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,9 +63,11 @@ use std::time::Duration;
 use loadbench::cluster::ClusterProcess;
 use loadbench::headline;
 use loadbench::loadgen::{self, Limits};
-use loadbench::procs::{self, FloorProcess, NginxProcess, ProxyProcess, RedisProcess};
-use loadbench::runner::{self, Matrix, Row, Subject, UploadMemory, show};
+use loadbench::options::Options;
+use loadbench::procs::{self, FloorProcess, RedisProcess};
+use loadbench::runner::{self, Row, Subject, UploadMemory, show};
 use loadbench::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
+use loadbench::servers::{Servers, one_process};
 use loadbench::upstream::Upstream;
 use loadbench::verdicts::{IDLE_STEP, flagged_ceiling, floor_context, mb, targets};
 
@@ -115,199 +116,6 @@ fn run_floor(listen: &str, upstream: &str, threads: &str) -> io::Result<()> {
     let upstream = upstream.parse().map_err(io::Error::other)?;
     let threads = threads.parse().map_err(io::Error::other)?;
     loadbench::floor::run(listener, upstream, threads)
-}
-
-struct Options {
-    measure: Duration,
-    warm_up: Duration,
-    rounds: usize,
-    max_requests: u64,
-    conns: Vec<usize>,
-    idle_conns: usize,
-    proxy_threads: usize,
-    headline_conns: usize,
-    headline_threads: usize,
-    upstream_threads: usize,
-    skip_nginx: bool,
-    skip_floor: bool,
-    skip_redis: bool,
-    redis_cpus: Option<Vec<usize>>,
-    shapes: Vec<Shape>,
-    sections: Vec<String>,
-    /// Each Redis Cluster master's CPU cap in the cluster section.
-    cluster_cores: f64,
-}
-
-impl Options {
-    fn from_env() -> Options {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let secs = |name: &str, default: f64| {
-            Duration::from_secs_f64(var(name).and_then(|v| v.parse().ok()).unwrap_or(default))
-        };
-        let number =
-            |name: &str, default: usize| var(name).and_then(|v| v.parse().ok()).unwrap_or(default);
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Options {
-            measure: secs("LOAD_SECS", 2.0),
-            warm_up: secs("LOAD_WARMUP_SECS", 0.5),
-            rounds: number("LOAD_ROUNDS", 3),
-            max_requests: number("LOAD_MAX_REQUESTS", 1_000_000) as u64,
-            conns: var("LOAD_CONNS")
-                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
-                .unwrap_or_else(|| vec![1, 64, 256]),
-            idle_conns: number("LOAD_IDLE_CONNS", 1000),
-            proxy_threads: number("LOAD_PROXY_THREADS", cores),
-            headline_conns: number("LOAD_HEADLINE_CONNS", 64),
-            headline_threads: number("LOAD_HEADLINE_THREADS", 1),
-            upstream_threads: number("LOAD_UPSTREAM_THREADS", 1),
-            skip_nginx: var("LOAD_SKIP_NGINX").is_some(),
-            skip_floor: var("LOAD_SKIP_FLOOR").is_some(),
-            skip_redis: var("LOAD_SKIP_REDIS").is_some(),
-            redis_cpus: var("LOAD_REDIS_CPUS")
-                .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect()),
-            shapes: match var("LOAD_SHAPES") {
-                Some(keys) => Shape::ALL
-                    .into_iter()
-                    .filter(|s| keys.split(',').any(|k| k.trim() == s.key()))
-                    .collect(),
-                None => Shape::ALL.to_vec(),
-            },
-            sections: var("LOAD_SECTIONS")
-                .unwrap_or_else(|| "headline,matrix,ttfb,memory".to_owned())
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .collect(),
-            cluster_cores: var("LOAD_CLUSTER_CORES")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.1),
-        }
-    }
-}
-
-impl Options {
-    fn section(&self, name: &str) -> bool {
-        self.sections.iter().any(|s| s == name)
-    }
-
-    /// `shapes` at each of `conns`, with the runs' limits and rounds.
-    fn matrix(&self, conns: Vec<usize>, shapes: Vec<Shape>) -> Matrix {
-        Matrix {
-            conns,
-            shapes,
-            warm_up: Limits {
-                max_requests: self.max_requests,
-                max_time: self.warm_up,
-            },
-            measure: Limits {
-                max_requests: self.max_requests,
-                max_time: self.measure,
-            },
-            rounds: self.rounds,
-        }
-    }
-}
-
-/// What every section starts its servers from.
-struct Servers<'a> {
-    /// The quota-proxy binary.
-    binary: &'a Path,
-    upstream: SocketAddr,
-    redis: Option<&'a RedisProcess>,
-    /// nginx's binary, unless it is missing or skipped.
-    nginx: Option<&'a Path>,
-}
-
-impl Servers<'_> {
-    /// quota-proxy on `store` with `threads` serving threads, its files in
-    /// `dir`.
-    fn proxy(
-        &self,
-        dir: &Path,
-        name: &str,
-        store: &StoreSpec,
-        threads: usize,
-    ) -> io::Result<ProxyProcess> {
-        ProxyProcess::start(self.binary, dir, name, Some(threads), |port| {
-            scenarios::proxy_config(port, self.upstream, store)
-        })
-    }
-
-    /// nginx with `threads` workers able to hold `clients` connections, and
-    /// quota-proxy with `threads` serving threads on the memory store and on
-    /// Redis, each when it is there; their files in `dir`.
-    fn proxies(&self, dir: &Path, threads: usize, clients: usize) -> io::Result<Proxies> {
-        let nginx = match self.nginx {
-            Some(binary) => Some(NginxProcess::start(
-                binary,
-                dir,
-                self.upstream,
-                threads,
-                clients,
-            )?),
-            None => None,
-        };
-        let memory = self.proxy(dir, "qp-memory", &StoreSpec::Memory, threads)?;
-        let on_redis = match self.redis {
-            Some(redis) => Some((
-                self.proxy(dir, "qp-redis", &StoreSpec::Redis(redis.url()), threads)?,
-                redis.port(),
-                redis.pid(),
-            )),
-            None => None,
-        };
-        Ok(Proxies {
-            nginx,
-            memory,
-            on_redis,
-        })
-    }
-}
-
-/// The servers a section compares, stopped when dropped.
-struct Proxies {
-    nginx: Option<NginxProcess>,
-    memory: ProxyProcess,
-    /// quota-proxy on Redis, with its Redis's port and pid.
-    on_redis: Option<(ProxyProcess, u16, u32)>,
-}
-
-impl Proxies {
-    /// nginx (all its processes' CPU), qp-memory and qp-redis (with what
-    /// its Redis runs), those that run.
-    fn subjects(&self) -> Vec<Subject> {
-        let mut subjects = Vec::new();
-        if let Some(nginx) = &self.nginx {
-            let pids = nginx.pids();
-            subjects.push(Subject {
-                target: Target::Nginx,
-                addr: nginx.addr(),
-                cpu: Box::new(move || {
-                    pids.iter()
-                        .map(|&pid| procs::cpu_seconds(pid).unwrap_or(f64::NAN))
-                        .sum()
-                }),
-                redis_calls: None,
-            });
-        }
-        subjects.push(one_process(
-            Target::Memory,
-            self.memory.addr(),
-            self.memory.pid(),
-        ));
-        if let Some((proxy, port, redis_pid)) = &self.on_redis {
-            let (port, redis_pid) = (*port, *redis_pid);
-            subjects.push(Subject {
-                redis_calls: Some(Box::new(move || {
-                    (
-                        procs::redis_calls(port).unwrap_or_default(),
-                        procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
-                    )
-                })),
-                ..one_process(Target::Redis, proxy.addr(), proxy.pid())
-            });
-        }
-        subjects
-    }
 }
 
 fn run() -> io::Result<bool> {
@@ -757,16 +565,6 @@ fn progress(row: &Row) {
         show(row.stats.latency_at(0.99)),
         if row.stats.clean() { "" } else { "  PROBLEMS" }
     );
-}
-
-/// A server that is one process, its CPU read from `/proc/<pid>`.
-fn one_process(target: Target, addr: SocketAddr, pid: u32) -> Subject {
-    Subject {
-        target,
-        addr,
-        cpu: Box::new(move || procs::cpu_seconds(pid).unwrap_or(f64::NAN)),
-        redis_calls: None,
-    }
 }
 
 fn loadavg() -> String {
