@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::report::UsageReport;
 
 /// The shortest time between two warnings.
-pub(super) const WARN_EVERY: Duration = Duration::from_secs(60);
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// No warning logged yet.
 const NEVER: u64 = u64::MAX;

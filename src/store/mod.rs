@@ -80,19 +80,6 @@ pub struct ReserveRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservationId(pub u128);
 
-impl ReservationId {
-    /// The id as written: 32 lowercase hex digits.
-    pub fn hex(self) -> [u8; 32] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (i, digit) in out.iter_mut().enumerate() {
-            let nibble = (self.0 >> (124 - 4 * i)) & 0xf;
-            *digit = DIGITS[nibble as usize];
-        }
-        out
-    }
-}
-
 impl std::fmt::Display for ReservationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:032x}", self.0)
@@ -228,7 +215,6 @@ mod tests {
             let id = ReservationId(n);
             let text = format!("{n:032x}");
             assert_eq!(id.to_string(), text);
-            assert_eq!(&id.hex(), text.as_bytes());
         }
         assert_ne!(Reservation::new_id(), Reservation::new_id());
     }

@@ -100,13 +100,13 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A reservation id goes to a script as its 32 hex digits, written straight
-/// into the command (no `String` made for it).
+/// A reservation id goes to a script as its 32 hex digits, formatted
+/// straight into the command's buffer (no `String` made for it).
 impl ToRedisArgs for super::ReservationId {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + redis::RedisWrite,
     {
-        out.write_arg(&self.hex());
+        out.write_arg_fmt(self);
     }
 }
