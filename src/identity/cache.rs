@@ -97,7 +97,7 @@ struct Entry {
 /// entry, a queue item, the identity's strings, and the map's own slot.
 fn entry_cost(identity: Option<&Identity>) -> usize {
     let strings = identity.map_or(0, |i| {
-        i.user_id.capacity() + i.plan.as_ref().map_or(0, String::capacity)
+        i.user_id.capacity() + i.plan.as_deref().map_or(0, str::len)
     });
     2 * std::mem::size_of::<CredentialKey>()
         + std::mem::size_of::<Entry>()

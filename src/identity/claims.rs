@@ -2,6 +2,8 @@
 //! user id, maybe a plan name, maybe limits. Turned into an [`Identity`]
 //! against the plan table, the same way for both sources.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -50,7 +52,7 @@ pub(crate) fn identity_of(
     let plan = if overrides.is_empty() {
         resolved
     } else {
-        plan.map(str::to_owned).or(resolved)
+        plan.map(Arc::from).or(resolved)
     };
     if let Some(daily) = overrides.daily {
         limits.daily = daily;

@@ -45,8 +45,9 @@ pub struct Identity {
     /// The user id counters are kept under.
     pub user_id: String,
     /// The plan the limits come from (for logs); `None` when the user has no
-    /// known plan and no default plan is configured.
-    pub plan: Option<String>,
+    /// known plan and no default plan is configured. Shared with the plan
+    /// table.
+    pub plan: Option<Arc<str>>,
     /// Daily, weekly and monthly limits (0 = unlimited).
     pub limits: Limits,
 }
@@ -156,7 +157,7 @@ mod tests {
     fn identity(plan: Option<&str>) -> Identity {
         Identity {
             user_id: "42".to_owned(),
-            plan: plan.map(str::to_owned),
+            plan: plan.map(Arc::from),
             limits: Limits::default(),
         }
     }

@@ -15,11 +15,15 @@ use crate::config::{Config, Limits, PlanCase};
 /// Most distinct unknown plan names logged; later ones are only counted.
 const UNKNOWN_NAMES_LOGGED: usize = 1000;
 
-/// Plans by name and the fallback plan.
+/// Plans by name and the fallback plan. Names are shared (`Arc<str>`): an
+/// identity names its plan without a copy of the name.
 #[derive(Debug, Clone, Default)]
 pub struct PlanTable {
-    plans: BTreeMap<String, Limits>,
-    default_plan: Option<String>,
+    plans: BTreeMap<Arc<str>, Limits>,
+    /// Under `plan_case = "insensitive"`: each plan's lower-cased name, with
+    /// the name and limits; empty otherwise.
+    lowered: Vec<(String, Arc<str>, Limits)>,
+    default_plan: Option<Arc<str>>,
     case: PlanCase,
     /// Unknown names already logged, shared by the clones of one table.
     logged: Arc<Mutex<HashSet<String>>>,
@@ -31,8 +35,12 @@ impl PlanTable {
     /// subscription). The config validator ensures the default exists.
     pub fn new(plans: BTreeMap<String, Limits>, default_plan: Option<String>) -> Self {
         Self {
-            plans,
-            default_plan,
+            plans: plans
+                .into_iter()
+                .map(|(name, limits)| (Arc::from(name), limits))
+                .collect(),
+            lowered: Vec::new(),
+            default_plan: default_plan.map(Arc::from),
             case: PlanCase::Sensitive,
             logged: Arc::default(),
         }
@@ -41,37 +49,50 @@ impl PlanTable {
     /// The table of `config`: `[plans]`, `identity.default_plan` and
     /// `identity.plan_case`.
     pub fn from_config(config: &Config) -> Self {
+        let table = Self::new(
+            config
+                .plans
+                .iter()
+                .map(|(name, plan)| (name.clone(), plan.limits()))
+                .collect(),
+            config.identity.default_plan.clone(),
+        );
+        let lowered = match config.identity.plan_case {
+            PlanCase::Sensitive => Vec::new(),
+            PlanCase::Insensitive => table
+                .plans
+                .iter()
+                .map(|(name, limits)| (name.to_lowercase(), Arc::clone(name), *limits))
+                .collect(),
+        };
         Self {
             case: config.identity.plan_case,
-            ..Self::new(
-                config
-                    .plans
-                    .iter()
-                    .map(|(name, plan)| (name.clone(), plan.limits()))
-                    .collect(),
-                config.identity.default_plan.clone(),
-            )
+            lowered,
+            ..table
         }
     }
 
     /// The plan name and limits for a user who claims `plan`.
-    pub fn resolve(&self, plan: Option<&str>) -> (Option<String>, Limits) {
+    pub fn resolve(&self, plan: Option<&str>) -> (Option<Arc<str>>, Limits) {
         if let Some(claimed) = plan {
             let found = match self.case {
                 PlanCase::Sensitive => self.plans.get_key_value(claimed),
-                PlanCase::Insensitive => self
-                    .plans
-                    .iter()
-                    .find(|(name, _)| name.to_lowercase() == claimed.to_lowercase()),
+                PlanCase::Insensitive => {
+                    let claimed = claimed.to_lowercase();
+                    self.lowered
+                        .iter()
+                        .find(|(lower, _, _)| *lower == claimed)
+                        .map(|(_, name, limits)| (name, limits))
+                }
             };
             if let Some((name, limits)) = found {
-                return (Some(name.clone()), *limits);
+                return (Some(Arc::clone(name)), *limits);
             }
             self.unknown(claimed);
         }
         match &self.default_plan {
             Some(name) => (
-                Some(name.clone()),
+                Some(Arc::clone(name)),
                 self.plans.get(name).copied().unwrap_or_default(),
             ),
             None => (None, Limits::default()),

@@ -114,7 +114,7 @@ async fn status(state: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>
         StatusCode::OK,
         &json!({
             "user_id": identity.user_id,
-            "plan": identity.plan,
+            "plan": identity.plan.as_deref(),
             "shadow": state.policy.shadow.of_user(identity.plan.as_deref()),
             "periods": periods,
         }),

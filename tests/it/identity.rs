@@ -76,7 +76,7 @@ async fn answer_limits_override_the_plan_table() {
         id,
         Identity {
             user_id: "42".to_owned(),
-            plan: Some("pro".to_owned()),
+            plan: Some("pro".into()),
             limits: Limits {
                 daily: 5,
                 weekly: 0,

@@ -382,6 +382,16 @@ impl Scanner<'_> {
     /// After `"`: the rest of a string, decoded into `out` if given.
     fn string(&mut self, mut out: Option<&mut Collected>) -> Result<(), JsonError> {
         loop {
+            if out.is_none() {
+                // Not collected: only where the string ends matters, so the
+                // plain run is skipped whole (no byte of a multi-byte
+                // sequence is `"`, `\` or a control character).
+                let rest = &self.s[self.i..];
+                self.i += rest
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                    .unwrap_or(rest.len());
+            }
             let Some(c) = self.peek() else {
                 return Err(invalid("Unterminated string", self.i));
             };
@@ -534,6 +544,9 @@ mod tests {
             "{\"f\": \"a\u{1}bcd\"}",
             "{\"f\": \"a\tbcd\"}",
             "{\"a\u{1f}xyz\": 1, \"f\": 2}",
+            // In strings only skipped (not the flag): the same.
+            "{\"m\": \"a\u{1}bcd\", \"f\": true}",
+            "{\"m\": {\"n\": [\"é\nb\"]}, \"f\": true}",
         ] {
             let parsed = parse(body.as_bytes(), Decoding::Loads, "f", 100);
             assert!(parsed.is_err(), "{body:?}: {parsed:?}");
@@ -542,6 +555,28 @@ mod tests {
         assert_eq!(
             flag_of("{\"f\": \"a\u{7f}b\"}", "f", 100),
             Some(Owned::Str("a\u{7f}b".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_skipped_string_ends_at_its_first_unescaped_quote() {
+        // Escaped quotes and backslashes, and multi-byte text, inside strings
+        // that are skipped rather than collected.
+        for body in [
+            r#"{"m": "say \"f\": false", "f": true}"#,
+            r#"{"m": "ends in \\", "f": true}"#,
+            r#"{"m": ["d\u00e9j\u00e0 \ud83d\ude00", "ای"], "f": true}"#,
+        ] {
+            assert_eq!(flag_of(body, "f", 100), Some(Owned::Bool(true)), "{body}");
+        }
+        assert!(
+            parse(
+                br#"{"m": "no end \", "f": true}"#,
+                Decoding::Loads,
+                "f",
+                100
+            )
+            .is_err()
         );
     }
 
