@@ -347,9 +347,7 @@ impl Scanner<'_> {
             }
             self.i += 1;
             let is_flag = if top {
-                let mut key = Collected::new(self.flag.len());
-                self.string(Some(&mut key))?;
-                !key.other && key.text == self.flag
+                self.top_key_is_flag()?
             } else {
                 self.string(None)?;
                 false
@@ -377,6 +375,25 @@ impl Scanner<'_> {
                 _ => return Err(invalid("Expecting ',' delimiter", self.i)),
             }
         }
+    }
+
+    /// After a top-level key's `"`: the rest of the key, and whether it is
+    /// the flag's name. A key without escapes is its own text (generalized
+    /// UTF-8 decodes to itself), so it is compared where it lies, without
+    /// collecting it.
+    fn top_key_is_flag(&mut self) -> Result<bool, JsonError> {
+        let rest = &self.s[self.i..];
+        if let Some(end) = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            && rest[end] == b'"'
+        {
+            self.i += end + 1;
+            return Ok(&rest[..end] == self.flag.as_bytes());
+        }
+        let mut key = Collected::new(self.flag.len());
+        self.string(Some(&mut key))?;
+        Ok(!key.other && key.text == self.flag)
     }
 
     /// After `"`: the rest of a string, decoded into `out` if given.
