@@ -491,7 +491,7 @@ mod tests {
                 ],
                 1..6,
             ),
-            path in "/[a01/_é\\-]{0,12}",
+            path in "/[a01/_é\\-\nA9.%]{0,12}",
         ) {
             // Parameters numbered so that none is named twice.
             let mut n = 0;
