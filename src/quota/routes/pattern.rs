@@ -459,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn only_parameters_that_end_their_segment_match_by_segments() {
+        let by_segments = |p: &str| PathPattern::parse(p).expect("pattern").by_segments;
+        assert!(by_segments("chat/session/<int:session_id>/send/"));
+        assert!(by_segments("a/<slug:s>"));
+        assert!(!by_segments("a/<int:x>b/"));
+        assert!(!by_segments("a/<int:x><str:y>/"));
+        assert!(!by_segments("a/<uuid:u>/"));
+        assert!(!by_segments("a/<path:p>"));
+    }
+
+    #[test]
     fn render_uses_canonical_values_and_encodes() {
         let p = PathPattern::parse("/chat/session/<int:session_id>/image-generation-access/")
             .expect("pattern");
@@ -492,20 +503,44 @@ mod tests {
                 1..6,
             ),
             path in "/[a01/_é\\-\nA9.%]{0,12}",
+            values in prop::collection::vec("[a09_é\\-.]{0,3}", 6),
         ) {
-            // Parameters numbered so that none is named twice.
-            let mut n = 0;
-            let pattern: String = pieces
+            // Parameters numbered so that none is named twice, each ending
+            // its segment: a `/` after it unless the next piece begins so.
+            let mut pattern = String::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                pattern.push_str(
+                    &piece
+                        .replace(":p>", &format!(":p{i}>"))
+                        .replace("<p>", &format!("<p{i}>")),
+                );
+                let next_starts_segment = pieces.get(i + 1).is_none_or(|n| n.starts_with('/'));
+                if piece.starts_with('<') && !next_starts_segment {
+                    pattern.push('/');
+                }
+            }
+            let parsed = PathPattern::parse(&pattern).expect("pattern");
+            prop_assert!(parsed.by_segments, "{}", pattern);
+            // A path of the pattern's own shape, parameters filled with
+            // values that may or may not fit their converters; and any path.
+            let mut values = values.iter();
+            let shaped: String = parsed
+                .pieces
                 .iter()
-                .map(|p| {
-                    n += 1;
-                    p.replace(":p>", &format!(":p{n}>")).replace("<p>", &format!("<p{n}>"))
+                .map(|piece| match piece {
+                    Piece::Literal(text) => text.as_str(),
+                    Piece::Param { .. } => values.next().map_or("", String::as_str),
                 })
                 .collect();
-            let parsed = PathPattern::parse(&pattern).expect("pattern");
-            prop_assume!(parsed.by_segments);
-            let rooted = path.strip_prefix('/').expect("rooted");
-            prop_assert_eq!(parsed.match_segments(rooted), parsed.match_regex(rooted), "{}", pattern);
+            for rooted in [path.strip_prefix('/').expect("rooted"), shaped.as_str()] {
+                prop_assert_eq!(
+                    parsed.match_segments(rooted),
+                    parsed.match_regex(rooted),
+                    "{} on {:?}",
+                    pattern,
+                    rooted
+                );
+            }
         }
 
         #[test]
