@@ -285,11 +285,12 @@ async fn a_repeated_reserve_or_settle_counts_once() {
             .arg(0);
         call
     };
-    // One answer per reserve of the call (a batch of one here).
-    let first: Vec<Vec<i64>> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
-    assert_eq!(first, [[1, 0, 1, 1, 1]]);
+    // Each reserve's answer in turn, flat (a batch of one here): reserved
+    // (0: no period full) with the counts.
+    let first: Vec<i64> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
+    assert_eq!(first, [0, 1, 1, 1]);
     for limit in [1, 2] {
-        let again: Vec<Vec<i64>> = reserve(limit)
+        let again: Vec<i64> = reserve(limit)
             .invoke_async(&mut raw)
             .await
             .expect("reserve again");

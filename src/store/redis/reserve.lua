@@ -23,11 +23,13 @@
 -- Idempotent by id: a reserve sent again with the same id reserves nothing
 -- more and answers as the first one did (reserved).
 --
--- Returns one answer per reserve, in order: {1, 0, day, week, month} when
--- reserved, the counts including this reservation; {0, p, day, week, month}
+-- Returns one flat array, each reserve's answer in turn: 0, day, week, month
+-- when reserved, the counts including this reservation; p, day, week, month
 -- when p (1 = day, 2 = week, 3 = month) is the first period whose limit is
--- reached, reserving nothing; or the error's text when Redis refused one of
--- its commands (a key of the wrong type, say): that reserve alone failed.
+-- reached, reserving nothing; or the error's text, one string, when Redis
+-- refused one of its commands (a key of the wrong type, say): that reserve
+-- alone failed. Flat, and four numbers rather than five: the client reads
+-- every element of the answer one by one (issue 21).
 --
 -- Four commands when the user holds no live reservation (the usual case):
 -- ZCARD, MGET, ZADD, PEXPIRE. Each redis.call costs Redis far more than the
@@ -61,16 +63,16 @@ local function reserve(k, a)
       -- already counted in `live`, so it answers "reserved" as the first
       -- one did, even when it filled the period.
       if live > 0 and redis.call('ZSCORE', KEYS[k + 3], ARGV[a + 1]) then
-        return {1, 0, counts[1], counts[2], counts[3]}
+        return 0, counts[1], counts[2], counts[3]
       end
-      return {0, i, counts[1], counts[2], counts[3]}
+      return i, counts[1], counts[2], counts[3]
     end
   end
 
   -- NX: a repeat finds its id there (counted in `live` already) and holds
   -- nothing more.
   if redis.call('ZADD', KEYS[k + 3], 'NX', ARGV[a + 2], ARGV[a + 1]) == 0 then
-    return {1, 0, counts[1], counts[2], counts[3]}
+    return 0, counts[1], counts[2], counts[3]
   end
   -- The set outlives its newest deadline: this one, unless a reservation that
   -- was extended (extend.lua) ends later; GT keeps the later expiry. A set
@@ -81,17 +83,21 @@ local function reserve(k, a)
     redis.call('PEXPIRE', KEYS[k + 3], ARGV[a + 3], 'GT')
   end
 
-  return {1, 0, counts[1] + 1, counts[2] + 1, counts[3] + 1}
+  return 0, counts[1] + 1, counts[2] + 1, counts[3] + 1
 end
 
 local answers = {}
 for i = 1, #KEYS / 4 do
-  local ok, answer = pcall(reserve, 4 * i - 3, 7 * i - 6)
+  local ok, full, day, week, month = pcall(reserve, 4 * i - 3, 7 * i - 6)
   if ok then
-    answers[i] = answer
+    local n = #answers
+    answers[n + 1] = full
+    answers[n + 2] = day
+    answers[n + 3] = week
+    answers[n + 4] = month
   else
     -- A Lua error raised by redis.call: a table with the reply in `err`.
-    answers[i] = type(answer) == 'table' and answer.err or tostring(answer)
+    answers[#answers + 1] = type(full) == 'table' and full.err or tostring(full)
   end
 end
 return answers
