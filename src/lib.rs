@@ -36,7 +36,7 @@
 //!
 //! | level | modules |
 //! |---|---|
-//! | 0 domain | [`config`] (the bottom: serde types and parsing, no runtime objects; imports only [`periods`]), [`periods`], [`clock`], [`flag`], [`report`], [`response`] (the answers the proxy makes itself), [`decision`], [`counters`] (what is counted) |
+//! | 0 domain | [`config`] (the bottom: serde types and parsing, no runtime objects; imports only [`periods`]), [`periods`], [`clock`], [`flag`], [`report`], [`response`] (the answers the proxy makes itself), [`decision`], [`counters`] (what is counted), [`hop_by_hop`] (headers that end at this hop) |
 //! | 1 ports | [`store`] (the trait, memory, Redis, outage handling, opening the configured one), [`identity`] |
 //! | 2 middleware | [`quota`] (the layer, its service and bodies, routes, probe, spool) |
 //! | 3 runtime | [`metrics`] (exporter, timers), [`telemetry`] (logs), [`server`] (accept loop), [`proxy`] (forwarding), [`admin`] (admin listener and the running state it reloads), [`app`] (wiring, workers, drain), [`cli`] |
@@ -54,6 +54,7 @@ pub mod config;
 pub mod counters;
 pub mod decision;
 pub mod flag;
+pub mod hop_by_hop;
 pub mod identity;
 pub mod metrics;
 pub mod periods;

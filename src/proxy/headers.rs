@@ -1,12 +1,11 @@
 //! Header rules of the forward phase, as pure functions over a
-//! [`HeaderMap`]: hop-by-hop removal (RFC 9110 §7.6.1) in both directions,
-//! and the `X-Forwarded-*` headers the upstream reads to learn who the
-//! client is.
+//! [`HeaderMap`]: the `X-Forwarded-*` headers the upstream reads to learn
+//! who the client is (hop-by-hop removal is [`crate::hop_by_hop`]).
 
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -14,116 +13,6 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`: the host the client asked for.
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop headers that are removed whether or not `Connection` names
-/// them. `Proxy-Connection` and `Keep-Alive` are not standard but are still
-/// sent by old clients and must not reach the other hop.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
-
-/// [`HopByHop::fixed`]'s bit for `Connection`, `HOP_BY_HOP[0]`.
-const CONNECTION_BIT: u8 = 1 << 0;
-/// [`HopByHop::fixed`]'s bit for `TE`, `HOP_BY_HOP[3]`.
-const TE_BIT: u8 = 1 << 3;
-
-/// Removes the hop-by-hop headers of a response: every header named in
-/// `Connection`, then the fixed list (RFC 9110 §7.6.1). hyper re-frames the
-/// body for the next hop, so a stale `Transfer-Encoding` must not survive.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    HopByHop::find(headers).remove_from(headers);
-}
-
-/// Removes the hop-by-hop headers of a request, like [`strip_hop_by_hop`],
-/// but keeps `TE: trailers`: it tells the upstream that trailers reach the
-/// client (gRPC-style servers refuse to answer without it). The client's
-/// other transfer codings are the proxy's business, not the upstream's.
-pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
-    let hop_by_hop = HopByHop::find(headers);
-    let accepts_trailers = hop_by_hop.fixed & TE_BIT != 0
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            // A coding may carry a weight: `trailers;q=1` is still trailers.
-            .filter_map(|coding| coding.split(';').next())
-            .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
-    hop_by_hop.remove_from(headers);
-    if accepts_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-/// The hop-by-hop headers one message holds, found by one pass over its
-/// names without hashing: most messages carry none, or only `Connection`
-/// listing `keep-alive` or `close` (gunicorn and nginx answer with one).
-/// Removing the eight fixed names one by one cost nearly a tenth of a
-/// pass-through request; making a `Vec` and a `HeaderName` of each
-/// `Connection` token (an allocation for any name outside the standard
-/// list) another 250 instructions or so (callgrind).
-struct HopByHop {
-    /// Bit `i` set: the message holds `HOP_BY_HOP[i]`.
-    fixed: u8,
-    /// The other headers its `Connection` lines name that it holds; empty
-    /// (not allocated) for the common tokens.
-    named: Vec<HeaderName>,
-}
-
-impl HopByHop {
-    fn find(headers: &HeaderMap) -> Self {
-        let mut fixed = 0;
-        for name in headers.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-                fixed |= 1 << i;
-            }
-        }
-        let mut named = Vec::new();
-        if fixed & CONNECTION_BIT != 0 {
-            let tokens = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .map(str::trim);
-            for token in tokens {
-                // A fixed name is found above, and `close` names no header
-                // unless one by that name is there; an invalid token is no
-                // header's name, so `contains_key` says no.
-                let is_fixed = HOP_BY_HOP
-                    .iter()
-                    .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
-                if is_fixed || !headers.contains_key(token) {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                    && !named.contains(&name)
-                {
-                    named.push(name);
-                }
-            }
-        }
-        Self { fixed, named }
-    }
-
-    fn remove_from(self, headers: &mut HeaderMap) {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            if self.fixed & (1 << i) != 0 {
-                headers.remove(name);
-            }
-        }
-        for name in self.named {
-            headers.remove(name);
-        }
-    }
-}
 
 /// Appends `peer` to `X-Forwarded-For`, merging every line the client sent
 /// into one (`a, b, peer`): some frameworks read only the first line, and a
@@ -211,71 +100,6 @@ mod tests {
             );
         }
         headers
-    }
-
-    fn names(headers: &HeaderMap) -> Vec<&str> {
-        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        names.sort_unstable();
-        names
-    }
-
-    #[test]
-    fn strips_fixed_list_and_names_in_connection() {
-        let mut headers = map(&[
-            ("connection", "keep-alive, X-Hop"),
-            ("connection", "x-other"),
-            ("x-hop", "1"),
-            ("x-other", "2"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "gzip"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-authenticate", "Basic"),
-            ("proxy-authorization", "Basic eA=="),
-            ("content-type", "text/plain"),
-            ("trailer", "x-checksum"),
-        ]);
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(names(&headers), ["content-type", "trailer"]);
-    }
-
-    #[test]
-    fn ignores_invalid_tokens_in_connection() {
-        let mut headers = map(&[("connection", "close, , bad header"), ("x-keep", "1")]);
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(names(&headers), ["x-keep"]);
-    }
-
-    #[test]
-    fn connection_tokens_match_names_in_any_case_and_only_if_present() {
-        let mut headers = map(&[
-            ("connection", "Keep-Alive, close, X-Gone, x-absent"),
-            ("keep-alive", "timeout=5"),
-            ("x-gone", "1"),
-            ("close-by", "kept"),
-            ("x-keep", "1"),
-        ]);
-        let hop_by_hop = HopByHop::find(&headers);
-        // Only a present name outside the fixed list is kept aside.
-        assert_eq!(hop_by_hop.named, [HeaderName::from_static("x-gone")]);
-        hop_by_hop.remove_from(&mut headers);
-        assert_eq!(names(&headers), ["close-by", "x-keep"]);
-    }
-
-    #[test]
-    fn request_keeps_te_trailers_only() {
-        let mut headers = map(&[("te", "gzip, Trailers;q=1"), ("connection", "TE")]);
-        strip_request_hop_by_hop(&mut headers);
-        assert_eq!(
-            headers.get_all(header::TE).iter().collect::<Vec<_>>(),
-            ["trailers"]
-        );
-        assert!(headers.get(header::CONNECTION).is_none());
-
-        let mut headers = map(&[("te", "deflate")]);
-        strip_request_hop_by_hop(&mut headers);
-        assert!(headers.get(header::TE).is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::BoxError;
 use crate::config::Timeouts;
+use crate::hop_by_hop;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{ForwardError, chain};
 use crate::proxy::headers;
@@ -156,7 +157,7 @@ impl Inner {
                 }
             };
         let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
+        hop_by_hop::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
             ProxyBody::upstream(body, self.idle, lease),
@@ -180,7 +181,7 @@ impl Inner {
             .cloned()
             .or_else(|| parts.uri.authority().and_then(host_of));
 
-        headers::strip_request_hop_by_hop(&mut parts.headers);
+        hop_by_hop::strip_request_hop_by_hop(&mut parts.headers);
         if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
             headers::append_forwarded_for(&mut parts.headers, peer.ip());
         }

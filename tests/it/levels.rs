@@ -4,7 +4,7 @@
 //!
 //! | level | modules |
 //! |---|---|
-//! | 0 domain | `config` (the bottom: it imports only `periods`), `periods`, `clock`, `flag`, `report`, `response`, `decision`, `counters` |
+//! | 0 domain | `config` (the bottom: it imports only `periods`), `periods`, `clock`, `flag`, `report`, `response`, `decision`, `counters`, `hop_by_hop` |
 //! | 1 ports | `store`, `identity` |
 //! | 2 middleware | `quota` |
 //! | 3 runtime | `metrics`, `telemetry`, `server`, `proxy`, `admin`, `app`, `cli` |
@@ -28,6 +28,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("response", 0),
     ("decision", 0),
     ("counters", 0),
+    ("hop_by_hop", 0),
     // 1 ports: the store and where identities come from.
     ("store", 1),
     ("identity", 1),

@@ -46,6 +46,7 @@ use super::state::QuotaState;
 use super::status;
 use crate::BoxError;
 use crate::config::RequestBuffering;
+use crate::hop_by_hop;
 use crate::identity::strip_client_headers;
 
 /// Enforces quotas in front of `S`; made by [`super::QuotaLayer`].
@@ -96,6 +97,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        // What ends at this hop never reaches the upstream: the request is
+        // judged without it, first of all, or a client could name
+        // `Content-Type` or the report token in `Connection` and have them
+        // judged here but dropped on the way (tests/it/django, header/connection).
+        hop_by_hop::strip_request_hop_by_hop(request.headers_mut());
         // The config this request lives by, even if a reload swaps it.
         let state = self.current.load_full();
         let request_id = request_id::ensure(request.headers_mut(), state.routing.trust_request_id);

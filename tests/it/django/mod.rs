@@ -304,7 +304,19 @@ impl Differential {
         let user = self.next_user.to_string();
         self.next_user += 1;
         let mut case = case.clone();
-        case.headers.retain(|(name, _)| !stripped(name));
+        // Hop-by-hop: what `Connection` names never reaches Django through
+        // the proxy either (RFC 9110 7.6.1).
+        let named: Vec<String> = case
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, value)| value.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .collect();
+        case.headers.retain(|(name, _)| {
+            !stripped(name)
+                && !name.eq_ignore_ascii_case("connection")
+                && !named.contains(&name.to_ascii_lowercase())
+        });
         let (bytes, half) = case.render(self.django.addr, &format!("u{user}"), id);
         let response = raw_http::send(self.django.addr, &bytes, half, ANSWER_WITHIN);
         Seen::new(&response, self.saved.for_case(&user, id) > 0)
@@ -515,6 +527,34 @@ async fn drf_rules_have_no_bypass() {
 #[tokio::test]
 async fn django_form_rules_have_no_bypass() {
     corpus_of(View::Form).await;
+}
+
+/// A header the client names in `Connection` is removed by the proxy before
+/// forwarding, after the body was judged by it: `Connection: Content-Type`
+/// sends a JSON body to the send view as "multipart" (judged not flagged)
+/// and Django, with no Content-Type left, reads it with `json.loads` and
+/// generates; naming `X-Quota-Report-Token` too leaves the image uncounted.
+#[tokio::test]
+async fn a_header_named_in_connection_is_no_bypass() {
+    let mut harness = Differential::start(&[View::Send]).await;
+    let outcomes: Vec<Outcome> = corpus::corpus()
+        .into_iter()
+        .filter(|c| c.view == View::Send && c.class == "header/connection")
+        .enumerate()
+        .map(|(id, case)| harness.judge(id + 1, &case))
+        .collect();
+    assert!(!outcomes.is_empty());
+    let (summary, failed) = report("Connection-named headers", &outcomes);
+    assert!(!failed, "{summary}");
+    println!("{summary}");
+}
+
+/// `Connection: X-Quota-Report-Token` on ordinary flagged requests: the
+/// token the proxy adds is stripped as hop-by-hop, the app's report no
+/// longer counts, and a free user is never charged.
+#[tokio::test]
+async fn a_report_token_named_in_connection_still_counts() {
+    tricks::token_named_in_connection().await;
 }
 
 #[tokio::test]

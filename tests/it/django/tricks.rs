@@ -119,3 +119,30 @@ pub async fn run() {
 
 /// The free user who sends a burst of requests at once.
 const BURST_USER: &str = "700002";
+
+/// A free user (3 a day) whose flagged requests each name the report token
+/// header in `Connection`: the proxy adds `X-Quota-Report-Token`, then
+/// removes it as hop-by-hop before forwarding, so the app echoes an empty
+/// token, its report is plain text, and every reservation is released as
+/// "no image saved". The user is checked but never counted.
+pub async fn token_named_in_connection() {
+    const USER: &str = "700003";
+    let django = Django::start();
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let case = Case::ordinary(View::Send)
+            .header("Connection", "X-Quota-Report-Token")
+            .concrete(60_000 + n);
+        let (bytes, half) = case.render(proxy.proxy, &format!("u{USER}"), 60_000 + n);
+        statuses.push(raw_http::send(proxy.proxy, &bytes, half, ANSWER_WITHIN).status);
+    }
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "a free user (3 a day) sending `Connection: X-Quota-Report-Token` got {total} images \
+         saved by Django (statuses {statuses:?})\nproxy logs:\n{}",
+        proxy.logs().join("\n")
+    );
+}

@@ -154,6 +154,30 @@ pub(super) fn headers(cases: &mut Vec<Case>) {
             cases.push(case.json(&json_flag(flag)));
         }
     }
+    // A header named in `Connection` is hop-by-hop: the proxy removes it
+    // before forwarding, after judging the body by it. `Content-Type`
+    // named so reaches Django missing, and the send view then reads any
+    // body with `json.loads`; the report token named so is never echoed.
+    for (ct, connection) in [
+        ("multipart/form-data; boundary=x", "Content-Type"),
+        (
+            "multipart/form-data; boundary=x",
+            "Content-Type, X-Quota-Report-Token",
+        ),
+        ("application/x-www-form-urlencoded", "content-type"),
+    ] {
+        let label = format!("Connection: {connection} with Content-Type: {ct}, JSON flag true");
+        let case = Case::new(
+            "header/connection",
+            label,
+            View::Send,
+            View::Send.path("{S}"),
+        )
+        .header("Connection", connection)
+        .content_type(ct)
+        .body(json_flag(Some("true")).as_bytes());
+        cases.push(case);
+    }
     // A prefix the path does not start with: gunicorn refuses it.
     let case = Case::new(
         "header/script-name",
