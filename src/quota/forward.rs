@@ -65,6 +65,13 @@ where
         .headers()
         .get(&super::request_id::X_REQUEST_ID)
         .cloned();
+    // The answer must reach the report reader as the upstream wrote it: a
+    // compressed stream (Django's GZipMiddleware compresses streamed
+    // answers for a client that accepts gzip) would hide an in-band report
+    // from it, and the images would go uncounted (tests/it/django,
+    // a_gzipped_report_still_counts). Inspected routes are asked for
+    // answers without a content coding.
+    request.headers_mut().remove(header::ACCEPT_ENCODING);
     let token = state.policy.reports.token_header().map(|name| {
         let token = ReportToken::generate();
         request

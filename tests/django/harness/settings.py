@@ -13,6 +13,12 @@ MIDDLEWARE = [
     # redirect (no view runs).
     "django.middleware.common.CommonMiddleware",
 ]
+# HARNESS_GZIP=1: Django's own GZipMiddleware, as many projects enable it
+# (it compresses streamed answers too when the client accepts gzip).
+import os as _os
+
+if _os.environ.get("HARNESS_GZIP") == "1":
+    MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware"] + MIDDLEWARE
 DATABASES = {}
 USE_TZ = True
 REST_FRAMEWORK = {

@@ -557,6 +557,13 @@ async fn a_report_token_named_in_connection_still_counts() {
     tricks::token_named_in_connection().await;
 }
 
+/// `Accept-Encoding: gzip` behind Django's `GZipMiddleware`: the streamed
+/// report is compressed, unseen, and the images are never counted.
+#[tokio::test]
+async fn a_gzipped_report_still_counts() {
+    tricks::gzip_hides_the_report().await;
+}
+
 #[tokio::test]
 async fn random_mutations_find_no_bypass() {
     mutations::run().await;

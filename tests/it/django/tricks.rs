@@ -146,3 +146,30 @@ pub async fn token_named_in_connection() {
         proxy.logs().join("\n")
     );
 }
+
+/// Behind Django's standard `GZipMiddleware` (which compresses a
+/// `StreamingHttpResponse` when the client sends `Accept-Encoding: gzip`),
+/// the in-band `[IMAGES_SAVED]` report reaches the proxy gzip-compressed:
+/// the scanner never sees it, and each flagged request's reservation is
+/// released as "no image saved". The proxy neither removes
+/// `Accept-Encoding` on inspected routes nor decodes the answer.
+pub async fn gzip_hides_the_report() {
+    const USER: &str = "700004";
+    let django = Django::start_with(&[("HARNESS_GZIP", "1")]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let case = Case::ordinary(View::Send)
+            .header("Accept-Encoding", "gzip")
+            .concrete(70_000 + n);
+        let (bytes, half) = case.render(proxy.proxy, &format!("u{USER}"), 70_000 + n);
+        statuses.push(raw_http::send(proxy.proxy, &bytes, half, ANSWER_WITHIN).status);
+    }
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "behind GZipMiddleware a free user (3 a day) sending `Accept-Encoding: gzip` got \
+         {total} images saved by Django (statuses {statuses:?})"
+    );
+}

@@ -161,6 +161,12 @@ impl Django {
     /// Starts gunicorn (2 sync workers) on a free port and waits until
     /// Django answers; panics (the test fails) if it does not in time.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra environment variables for gunicorn
+    /// (e.g. `HARNESS_GZIP=1`, see `tests/django/harness/settings.py`).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let bin = venv_bin();
         let dir = tempfile::tempdir().expect("temporary directory");
         let saved_file = dir.path().join("saved.jsonl");
@@ -175,6 +181,7 @@ impl Django {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("DJANGO_SETTINGS_MODULE", "harness.settings")
             .env_remove("SCRIPT_NAME")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
