@@ -17,6 +17,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,7 +37,12 @@ use crate::BoxError;
 
 /// Longest time a client may take to send a request head, and longest time
 /// an HTTP/1.1 keep-alive connection may sit idle between requests. Stops
-/// slowloris clients from holding connections open.
+/// slowloris clients from holding connections open. A new connection of
+/// either version must also start its first request within it: hyper's
+/// head timer runs only once the version is known (which needs bytes), and
+/// HTTP/2 has none, so a connection that sends nothing, part of the HTTP/2
+/// preface, or the preface and no request would otherwise hold its file
+/// descriptor for as long as the client likes.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the loop pauses after an accept error that is not about one
@@ -158,16 +165,37 @@ where
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        let service = MapRequest::new(service.clone(), move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ClientAddr(peer));
-            request
+        let started = Arc::new(AtomicBool::new(false));
+        let service = MapRequest::new(service.clone(), {
+            let started = Arc::clone(&started);
+            move |mut request: Request<Incoming>| {
+                started.store(true, Ordering::Relaxed);
+                request.extensions_mut().insert(ClientAddr(peer));
+                request
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         connections.spawn(async move {
-            if let Err(err) = connection.await {
+            let mut connection = pin!(connection);
+            let ended = tokio::select! {
+                ended = &mut connection => Some(ended),
+                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if !started.load(Ordering::Relaxed) => {
+                    tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
+                        "no request started in time; closing the connection");
+                    metrics::counter!("quota_proxy_connections_closed_silent_total").increment(1);
+                    // Dropping the connection closes it.
+                    return;
+                }
+                None => connection.await,
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             // The address's slot is free again once the connection ends.

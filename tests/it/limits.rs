@@ -601,3 +601,57 @@ async fn connections_past_max_connections_per_ip_are_closed() {
     }
     assert_eq!(get_on(&mut second).await, Some(200));
 }
+
+/// A connection that sends nothing, or only the start of the HTTP/2
+/// preface, or the whole preface and then nothing, is closed once it has not
+/// started a request within the head deadline (`server::HEADER_READ_TIMEOUT`,
+/// 30 s). hyper's own head timer starts only once hyper-util's `auto`
+/// builder has decided the version, which needs bytes, and HTTP/2 has none:
+/// before, each such connection held a file descriptor for as long as the
+/// client liked, and one client opening `ulimit -n` of them made `accept`
+/// fail with EMFILE so nobody else was served (found by an attack session:
+/// 19,985 silent connections, then a GET through the proxy timed out).
+#[tokio::test]
+async fn a_silent_connection_is_closed_like_a_slow_head() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    let starts: [(&str, &[u8]); 4] = [
+        ("nothing", b""),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        (
+            "the HTTP/2 preface and SETTINGS, then nothing",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        ),
+        (
+            "part of an HTTP/1.1 head (closed: the control)",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+        ),
+    ];
+    let mut streams = Vec::new();
+    for (what, bytes) in starts {
+        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        streams.push((what, stream));
+    }
+    // The head deadline is 30 s; give it slack.
+    tokio::time::sleep(Duration::from_secs(30) + SLACK + SLACK).await;
+    let mut open = Vec::new();
+    for (what, mut stream) in streams {
+        let mut buf = vec![0u8; 65536];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        if !closed {
+            open.push(what);
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "still open after {:?}: {open:?}",
+        Duration::from_secs(30) + SLACK + SLACK
+    );
+}
