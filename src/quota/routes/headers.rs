@@ -23,6 +23,13 @@
 //!
 //! The list is `strip_routing_headers`; removed from every request,
 //! inspected or not, before the route is looked up.
+//!
+//! On an inspected route every name holding `_` goes too
+//! ([`strip_underscore_names`]), as gunicorn's default and nginx's
+//! (`underscores_in_headers off`) do: a server that maps them would hand
+//! Django `Accept_Encoding: gzip` as `HTTP_ACCEPT_ENCODING`, a header the
+//! proxy removed (`forward.rs`), and no list of names can cover what an app
+//! reads.
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -68,6 +75,15 @@ impl RoutingHeaders {
     }
 }
 
+/// Removes every header whose name holds `_`. One pass over the names
+/// when there is none (the usual case); no allocation.
+pub fn strip_underscore_names(headers: &mut HeaderMap) {
+    let underscored = |key: &&HeaderName| key.as_str().as_bytes().contains(&b'_');
+    while let Some(found) = headers.keys().find(underscored).cloned() {
+        headers.remove(found);
+    }
+}
+
 /// `-` and `_` as one, lower case.
 fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
     name.iter().map(|&b| match b {
@@ -105,6 +121,21 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["cookie", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn names_with_underscores_are_removed_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for name in ["accept_encoding", "x_a", "_", "accept-encoding", "cookie"] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                "v".parse().expect("value"),
+            );
+        }
+        strip_underscore_names(&mut h);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept-encoding", "cookie"]);
     }
 
     #[test]

@@ -40,6 +40,7 @@ use super::future::{Kind, ResponseFuture, passthrough_response};
 use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
+use super::routes::strip_underscore_names;
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -150,6 +151,9 @@ where
                 request_id,
             };
         };
+        // Judged as Django will read it: a WSGI server may merge a name
+        // holding `_` into the `-` one (`routes/headers.rs`).
+        strip_underscore_names(request.headers_mut());
         let span = spans::request(&request, &matched.route.name, &request_id);
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();

@@ -565,6 +565,11 @@ async fn a_gzipped_report_still_counts() {
 }
 
 #[tokio::test]
+async fn a_header_spelled_with_underscores_is_no_bypass() {
+    tricks::an_underscore_spelling_reaches_django_as_the_header().await;
+}
+
+#[tokio::test]
 async fn random_mutations_find_no_bypass() {
     mutations::run().await;
 }

@@ -173,3 +173,34 @@ pub async fn gzip_hides_the_report() {
          {total} images saved by Django (statuses {statuses:?})"
     );
 }
+
+/// A WSGI server names a header `HTTP_` + its name with `-` made `_`; one
+/// that keeps names holding `_` (gunicorn's `--header-map dangerous`,
+/// gunicorn before 22, other servers) hands Django `Accept_Encoding: gzip`
+/// as `HTTP_ACCEPT_ENCODING`. Behind `GZipMiddleware` the streamed answer
+/// then comes back compressed and its in-band report unseen, although the
+/// proxy removed `Accept-Encoding` itself.
+pub async fn an_underscore_spelling_reaches_django_as_the_header() {
+    const USER: &str = "700005";
+    let django = Django::start_with(&[
+        ("HARNESS_GZIP", "1"),
+        ("GUNICORN_CMD_ARGS", "--header-map dangerous"),
+    ]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let case = Case::ordinary(View::Send)
+            .header("Accept_Encoding", "gzip")
+            .concrete(71_000 + n);
+        let (bytes, half) = case.render(proxy.proxy, &format!("u{USER}"), 71_000 + n);
+        statuses.push(raw_http::send(proxy.proxy, &bytes, half, ANSWER_WITHIN).status);
+    }
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "behind GZipMiddleware and gunicorn --header-map dangerous, a free user (3 a day) \
+         sending `Accept_Encoding: gzip` got {total} images saved by Django (statuses \
+         {statuses:?})"
+    );
+}
