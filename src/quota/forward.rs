@@ -207,6 +207,22 @@ where
         let response = Response::from_parts(parts, QuotaBody::inner(body));
         return (response, Some((settlement, Some(images))));
     }
+    if let Some(coding) = state.policy.reports.coding(&parts.headers) {
+        // Asked for none (`forward` removed `Accept-Encoding`), the upstream
+        // compressed anyway: a report in the body cannot be read. A flagged
+        // request is charged as a malformed report (one image when the
+        // answer succeeded): fail closed. An unflagged one is not, or every
+        // text reply would count; the warning says what is wrong.
+        tracing::warn!(route = %settlement.route.name, content_encoding = ?coding,
+            "the upstream compressed an answer on an inspected route without being asked; \
+             reports in its body cannot be read (disable its compression for this route)");
+        let report = match settlement.ticket {
+            Ticket::Unflagged { .. } => None,
+            _ => Some(UsageReport::MALFORMED),
+        };
+        let response = Response::from_parts(parts, QuotaBody::inner(body));
+        return (response, Some((settlement, report)));
+    }
     if state.policy.reports.wants_json_body(&parts.headers) {
         let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
         return match Limited::new(body, limit).collect().await {

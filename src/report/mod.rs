@@ -21,7 +21,7 @@ pub use self::marker::{MAX_PAYLOAD, MarkerScanner};
 pub use self::sse::{MAX_LINE, SseScanner};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::config::{CountMode, ReportMarker, UsageConfig};
 
@@ -145,6 +145,18 @@ impl ReportReader {
         report
     }
 
+    /// The content coding of a response with these headers, when it has
+    /// one: its body's reports (JSON field, markers, SSE events) are then
+    /// out of the reader's sight. `identity` is no coding.
+    pub fn coding<'a>(&self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        headers.get_all(header::CONTENT_ENCODING).iter().find(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+        })
+    }
+
     /// True when a response with these headers is a JSON body small enough
     /// to read for the report field.
     pub fn wants_json_body(&self, headers: &HeaderMap) -> bool {
@@ -239,8 +251,6 @@ impl StreamReport {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     fn reader(count: CountMode) -> ReportReader {
@@ -333,6 +343,27 @@ mod tests {
         assert_eq!(reader(CountMode::Requests).amount(0), 0);
         assert_eq!(reader(CountMode::Images).amount(4), 4);
         assert_eq!(reader(CountMode::Images).amount(u64::MAX), 16);
+    }
+
+    #[test]
+    fn a_content_coding_is_found_in_any_of_its_forms() {
+        let r = reader(CountMode::Requests);
+        let coding = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("content-encoding", HeaderValue::from_static(v));
+            }
+            r.coding(&h).map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(coding(&[]), None);
+        assert_eq!(coding(&["identity"]), None);
+        assert_eq!(coding(&[" Identity , "]), None);
+        assert_eq!(coding(&["gzip"]).as_deref(), Some("gzip"));
+        assert_eq!(coding(&["identity, br"]).as_deref(), Some("identity, br"));
+        assert_eq!(
+            coding(&["identity", "x-custom"]).as_deref(),
+            Some("x-custom")
+        );
     }
 
     #[test]

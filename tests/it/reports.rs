@@ -128,6 +128,20 @@ async fn app() -> App {
                 Bytes::from_static(b"[TITLE_UPDATE]{\"title\": \"t\"}[TITLE_UPDATE_END]"),
                 if generated { Duration::ZERO } else { tail },
             ));
+            if typed.contains("BACKEND_GZIP") {
+                // Compressed although the request did not ask for it.
+                use std::io::Write as _;
+                let mut gzip =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                for (chunk, _) in &chunks {
+                    gzip.write_all(chunk).expect("gzip in memory");
+                }
+                let body = gzip.finish().expect("gzip in memory");
+                return Reply::ok()
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .header("content-encoding", "gzip")
+                    .stream(vec![(Bytes::from(body), Duration::ZERO)]);
+            }
             Reply::ok()
                 .header("content-type", "text/plain; charset=utf-8")
                 .stream(chunks)
@@ -435,6 +449,38 @@ async fn a_malformed_count_from_the_backend_counts_one_image() {
             .lines()
             .any(|l| l.starts_with("quota_proxy_malformed_reports_total") && l.ends_with(" 1")),
         "{metrics}"
+    );
+}
+
+/// An app that compresses its answer unasked hides its in-band report: a
+/// flagged request is then charged one image (a malformed report), an
+/// unflagged one nothing, and the client gets the compressed bytes as sent.
+#[tokio::test]
+async fn an_answer_compressed_unasked_counts_one_image_when_flagged() {
+    let app = app().await;
+    let binary = start(&app, &preset()).await;
+    for n in 1..=3 {
+        let answer = send(&binary, IMAGE_EDITING_SESSION, "gz", "BACKEND_GZIP", false).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(
+            answer.headers.get("content-encoding").map(|v| v.as_bytes()),
+            Some(&b"gzip"[..])
+        );
+        assert_eq!(settled(&binary, "gz").await, n, "image {n} counted");
+    }
+    let denied = send(&binary, IMAGE_EDITING_SESSION, "gz", "BACKEND_GZIP", false).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "at the limit");
+    assert_eq!(
+        app.images.load(Ordering::SeqCst),
+        3,
+        "3 generated, 3 counted"
+    );
+    let text = send(&binary, TEXT_SESSION, "gz-text", "BACKEND_GZIP", false).await;
+    assert_eq!(text.status, StatusCode::OK);
+    assert_eq!(
+        settled(&binary, "gz-text").await,
+        0,
+        "a text reply: nothing"
     );
 }
 
