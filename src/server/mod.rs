@@ -7,6 +7,7 @@
 //! their own listener and shutdown signal.
 
 mod balance;
+mod connection;
 mod per_ip;
 
 pub use balance::{AcceptBalance, BALANCE_WAIT};
@@ -18,7 +19,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,22 +27,21 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::util::MapRequest;
+
+use self::connection::Activity;
 
 use crate::BoxError;
 
 /// Longest time a client may take to send a request head, and longest time
-/// an HTTP/1.1 keep-alive connection may sit idle between requests. Stops
-/// slowloris clients from holding connections open. A new connection of
-/// either version must also start its first request within it: hyper's
-/// head timer runs only once the version is known (which needs bytes), and
-/// HTTP/2 has none, so a connection that sends nothing, part of the HTTP/2
-/// preface, or the preface and no request would otherwise hold its file
-/// descriptor for as long as the client likes.
+/// a connection may sit idle between requests. Stops slowloris clients
+/// from holding connections open. A new connection of either version must
+/// also start its first request within it, and an HTTP/2 connection that
+/// starts none for a whole timeout is sent a GOAWAY (`connection.rs`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the loop pauses after an accept error that is not about one
@@ -113,7 +112,7 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
 
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     // Dropped when the loop ends, `balance` then stops counting.
@@ -165,11 +164,11 @@ where
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        let started = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity::default());
         let service = MapRequest::new(service.clone(), {
-            let started = Arc::clone(&started);
+            let activity = Arc::clone(&activity);
             move |mut request: Request<Incoming>| {
-                started.store(true, Ordering::Relaxed);
+                activity.request(request.version());
                 request.extensions_mut().insert(ClientAddr(peer));
                 request
             }
@@ -177,27 +176,10 @@ where
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
-        let connection = graceful.watch(connection);
+        let stop = stop.clone();
         connections.spawn(async move {
-            let mut connection = pin!(connection);
-            let ended = tokio::select! {
-                ended = &mut connection => Some(ended),
-                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None if !started.load(Ordering::Relaxed) => {
-                    tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
-                        "no request started in time; closing the connection");
-                    metrics::counter!("quota_proxy_connections_closed_silent_total").increment(1);
-                    // Dropping the connection closes it.
-                    return;
-                }
-                None => connection.await,
-            };
-            if let Err(err) = ended {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
+            let shutdown = auto::UpgradeableConnection::graceful_shutdown;
+            connection::watch(connection, shutdown, activity, stop, peer).await;
             // The address's slot is free again once the connection ends.
             drop(slot);
         });
@@ -210,11 +192,15 @@ where
         ?grace,
         "shutting down: no longer accepting"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(open = connections.len(), "grace period over; aborting open connections");
-        }
+    stop.cancel();
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_ok() {
+        tracing::info!("all connections finished");
+    } else {
+        tracing::warn!(
+            open = connections.len(),
+            "grace period over; aborting open connections"
+        );
     }
     connections.shutdown().await;
     Ok(())

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -654,4 +656,56 @@ async fn a_silent_connection_is_closed_like_a_slow_head() {
         "still open after {:?}: {open:?}",
         Duration::from_secs(30) + SLACK + SLACK
     );
+}
+
+/// One GET over an HTTP/2 connection of its own, through `sender`; panics
+/// unless it answers 200 within 10 s.
+async fn h2_get(sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>) {
+    let request = http::Request::get("http://app.example/page")
+        .version(http::Version::HTTP_2)
+        .body(Empty::new())
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("answer within 10 s")
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let _ = response.into_body().collect().await;
+}
+
+/// An HTTP/2 connection that made a request and then starts none for a
+/// whole `HEADER_READ_TIMEOUT` (30 s) is sent a GOAWAY and closed, as an
+/// idle HTTP/1.1 keep-alive connection is; before, it stayed open for as
+/// long as the client liked (hyper has no HTTP/2 idle timeout). One that
+/// keeps making requests stays open.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    let connect = || async {
+        let stream = TcpStream::connect(binary.proxy).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        (sender, tokio::spawn(connection))
+    };
+    let (mut idle, idle_connection) = connect().await;
+    let (mut busy, busy_connection) = connect().await;
+    h2_get(&mut idle).await;
+    // Closed between one and two timeouts after its request; the busy one
+    // makes a request every 20 s meanwhile.
+    let until = Instant::now() + Duration::from_secs(60) + SLACK + SLACK;
+    while Instant::now() < until {
+        h2_get(&mut busy).await;
+        tokio::time::sleep(Duration::from_secs(20).min(until - Instant::now())).await;
+    }
+    assert!(
+        idle_connection.is_finished(),
+        "an HTTP/2 connection idle for over 60 s is still open"
+    );
+    assert!(!busy_connection.is_finished(), "a busy one was closed");
+    h2_get(&mut busy).await;
 }
