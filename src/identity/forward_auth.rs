@@ -136,7 +136,10 @@ impl IdentitySource for ForwardAuthIdentity {
 }
 
 impl Inner {
-    /// The credential headers of `headers`, copied for the call.
+    /// The credential headers of `headers`, copied for the call, and the
+    /// client's `Host`: Django checks it against `ALLOWED_HOSTS` as it will
+    /// the request's own (hyper would otherwise send the endpoint's
+    /// address, which a production `ALLOWED_HOSTS` refuses).
     fn credentials(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         self.forward_headers
             .iter()
@@ -146,6 +149,7 @@ impl Inner {
                     .iter()
                     .map(move |value| (name.clone(), value.clone()))
             })
+            .chain(headers.get(header::HOST).map(|v| (header::HOST, v.clone())))
             .collect()
     }
 

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use super::body::{QuotaBody, RequestBody};
 use super::ratelimit;
 use super::service::local;
-use super::settle::{Settlement, Ticket};
+use super::settle::{Settlement, Ticket, hold_while};
 use super::spans;
 use super::state::QuotaState;
 use super::usage_body::UsageBody;
@@ -89,7 +89,9 @@ where
     // Made before the accounting starts, so shutdown sees it pending.
     let settlement = Settlement::new(state, route, ticket, request_id, span);
     let mut accounting = Accounting::new(async move {
-        let answer = future.instrument(upstream.clone()).await;
+        // The reservation must outlive a generation slower than its TTL
+        // before the first byte (`response_head` may be longer).
+        let answer = hold_while(&settlement, future.instrument(upstream.clone())).await;
         spans::answered(upstream, &answer);
         let (result, settle) = match answer {
             Ok(response) => {
@@ -209,17 +211,10 @@ where
     }
     if let Some(coding) = state.policy.reports.coding(&parts.headers) {
         // Asked for none (`forward` removed `Accept-Encoding`), the upstream
-        // compressed anyway: a report in the body cannot be read. A flagged
-        // request is charged as a malformed report (one image when the
-        // answer succeeded): fail closed. An unflagged one is not, or every
-        // text reply would count; the warning says what is wrong.
+        // compressed anyway: a report in the body cannot be read.
         tracing::warn!(route = %settlement.route.name, content_encoding = ?coding,
-            "the upstream compressed an answer on an inspected route without being asked; \
-             reports in its body cannot be read (disable its compression for this route)");
-        let report = match settlement.ticket {
-            Ticket::Unflagged { .. } => None,
-            _ => Some(UsageReport::MALFORMED),
-        };
+            "compressed answer on an inspected route; disable the upstream's compression there");
+        let report = settlement.unreadable(None, "its body is compressed");
         let response = Response::from_parts(parts, QuotaBody::inner(body));
         return (response, Some((settlement, report)));
     }

@@ -182,6 +182,13 @@ where
     } else {
         None
     };
+    if !flagged && matches!(identity, Some(Err(_))) {
+        // No identity, so no probe and no learned session can say whether
+        // the session forces an image: it may (fail closed). Admit then
+        // applies `on_identity_error`.
+        tracing::debug!(route = %route.name, "identity unavailable on a probed or learned session; counted as asking");
+        flagged = true;
+    }
     if !flagged
         && learned
         && let Some(Ok(Some(who))) = &identity

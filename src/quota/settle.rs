@@ -116,6 +116,22 @@ impl Settlement {
         }
     }
 
+    /// What to settle when the answer's report cannot be known (its body
+    /// compressed unasked, or cut before its end) and `seen` is what was
+    /// read of it: a flagged request is charged a malformed report (one
+    /// image when the answer succeeded: fail closed) unless a report was
+    /// seen; an unflagged one only what was seen, or every such text reply
+    /// would count. `why` goes in the warning.
+    pub(crate) fn unreadable(&self, seen: Option<UsageReport>, why: &str) -> Option<UsageReport> {
+        let flagged = !matches!(self.ticket, Ticket::Unflagged { .. });
+        tracing::warn!(route = %self.route.name, flagged, reported = seen.is_some(),
+            "the upstream's report cannot be known: {why}");
+        match seen {
+            None if flagged => Some(UsageReport::MALFORMED),
+            seen => seen,
+        }
+    }
+
     /// Turns the ticket into usage for what the upstream reported (`None`
     /// or 0 images releases it) and writes the request's log line. A
     /// malformed report is charged as one image when the response otherwise
@@ -278,24 +294,19 @@ impl Settlement {
 
 /// Keeps a reservation alive while its response streams, so a generation
 /// that runs longer than `store.reservation_ttl` still holds its unit and a
-/// parallel request cannot slip past the limit. Stops when dropped.
+/// parallel request cannot slip past the limit. Stops when dropped. (Until
+/// the response head arrives, `forward.rs` does the same in the request's
+/// own future, [`hold_while`].)
 pub(crate) struct KeepAlive(tokio::task::AbortHandle);
 
 impl KeepAlive {
     pub(crate) fn start(state: &Arc<QuotaState>, reservation: &Reservation) -> Self {
         let state = Arc::clone(state);
         let reservation = reservation.clone();
-        let ttl = state.limits.reservation_ttl;
         let task = tokio::spawn(async move {
-            let every = (ttl / 3).max(std::time::Duration::from_millis(100));
             loop {
-                tokio::time::sleep(every).await;
-                let now = state.deps.clock.now();
-                let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-                if let Err(e) = state.deps.store.extend(&reservation, until, now).await {
-                    tracing::warn!(user = %reservation.user, error = %e,
-                        "could not extend a streaming request's reservation");
-                }
+                tokio::time::sleep(extend_every(&state)).await;
+                extend(&state, &reservation).await;
             }
         });
         KeepAlive(task.abort_handle())
@@ -305,5 +316,39 @@ impl KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Runs `work` to its end, extending the settlement's reservation (if it
+/// holds one) as [`KeepAlive`] does, in this future: no task.
+pub(crate) async fn hold_while<F: Future>(settlement: &Settlement, work: F) -> F::Output {
+    let Some(reservation) = settlement.reservation() else {
+        return work.await;
+    };
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = tokio::time::sleep(extend_every(&settlement.state)) => {
+                extend(&settlement.state, reservation).await;
+            }
+        }
+    }
+}
+
+/// How often a live reservation is extended: three times per TTL.
+fn extend_every(state: &QuotaState) -> std::time::Duration {
+    (state.limits.reservation_ttl / 3).max(std::time::Duration::from_millis(100))
+}
+
+/// Extends `reservation` to a full TTL from now.
+async fn extend(state: &QuotaState, reservation: &Reservation) {
+    let now = state.deps.clock.now();
+    let ttl = state.limits.reservation_ttl;
+    let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    if let Err(e) = state.deps.store.extend(reservation, until, now).await {
+        tracing::warn!(user = %reservation.user, error = %e,
+            "could not extend a streaming request's reservation");
     }
 }

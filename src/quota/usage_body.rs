@@ -5,7 +5,9 @@
 //! stripped marker). If the client goes away mid-stream, the body is dropped
 //! before its end; the rest of the upstream's answer is then read in the
 //! background (bounded by the idle timeout between chunks) so the report at
-//! its very end is still seen and counted.
+//! its very end is still seen and counted. A body cut before its end (an
+//! error, or silent past the idle timeout) with no report seen settles a
+//! flagged request as one image (fail closed, [`Settlement::unreadable`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -36,6 +38,31 @@ pub(crate) struct Watch {
     _keep_alive: Option<KeepAlive>,
 }
 
+/// How the upstream's body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// At its end: what it reported is all it reports.
+    Whole,
+    /// Before its end (an error, or silent past the idle timeout): a report
+    /// may have been on its way, and the app may have saved images anyway
+    /// (the chat app saves, then reports, at the very end).
+    Cut,
+}
+
+impl Watch {
+    /// Settles what the body reported, failing closed when it was cut.
+    fn settle(self, end: End) -> impl Future<Output = ()> + Send + 'static {
+        let seen = self.report.report();
+        let report = match end {
+            End::Whole => seen,
+            End::Cut => self
+                .settlement
+                .unreadable(seen, "its body ended before its end"),
+        };
+        self.settlement.settle(report)
+    }
+}
+
 impl<B> UsageBody<B>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -58,10 +85,9 @@ where
         }
     }
 
-    fn settle(&mut self) {
+    fn settle(&mut self, end: End) {
         if let Some(watch) = self.watch.take() {
-            let report = watch.report.report();
-            tokio::spawn(watch.settlement.settle(report));
+            tokio::spawn(watch.settle(end));
         }
     }
 }
@@ -79,7 +105,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         if let Some(trailers) = this.pending_trailers.take() {
-            this.settle();
+            this.settle(End::Whole);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         loop {
@@ -90,7 +116,7 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     this.body = None;
-                    this.settle();
+                    this.settle(End::Cut);
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {
@@ -100,7 +126,7 @@ where
                         .as_mut()
                         .map(|w| w.report.finish())
                         .unwrap_or_default();
-                    this.settle();
+                    this.settle(End::Whole);
                     if rest.is_empty() {
                         return Poll::Ready(None);
                     }
@@ -126,7 +152,7 @@ where
                     watch.report.trailers(&mut trailers);
                     let rest = watch.report.finish();
                     if rest.is_empty() {
-                        this.settle();
+                        this.settle(End::Whole);
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     this.pending_trailers = Some(trailers);
@@ -172,7 +198,12 @@ async fn drain<B>(mut body: Pin<Box<B>>, mut watch: Watch, idle: Duration)
 where
     B: Body<Data = Bytes>,
 {
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+    let end = loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break End::Whole,
+            Ok(Some(Err(_))) | Err(_) => break End::Cut,
+        };
         match frame.into_data() {
             Ok(chunk) => {
                 watch.report.data(chunk);
@@ -183,7 +214,6 @@ where
                 }
             }
         }
-    }
-    let report = watch.report.report();
-    watch.settlement.settle(report).await;
+    };
+    watch.settle(end).await;
 }

@@ -1,5 +1,5 @@
-//! Request headers that change which view Django runs (phase: classify,
-//! before anything reads the request).
+//! Request headers that change which view Django runs, or what it reads
+//! (phase: classify, before anything reads the request).
 //!
 //! gunicorn takes a `SCRIPT_NAME` request header from a trusted peer (its
 //! `forwarded_allow_ips`, `127.0.0.1` by default: the proxy's own address)
@@ -84,6 +84,29 @@ pub fn strip_underscore_names(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request ("crumbs", RFC 9113
+/// 8.2.3) into one, with `; `, as that RFC asks before a request goes on
+/// over HTTP/1.1: gunicorn joins repeated lines with `,`, which Django's
+/// `parse_cookie` does not split, so the user would be logged out for the
+/// identity call and the app alike. No allocation unless there are several.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(http::header::COOKIE).iter();
+    if crumbs.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Made of header values and `; `, so always a valid value.
+    if let Ok(value) = http::HeaderValue::from_bytes(&joined) {
+        headers.insert(http::header::COOKIE, value);
+    }
+}
+
 /// `-` and `_` as one, lower case.
 fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
     name.iter().map(|&b| match b {
@@ -136,6 +159,19 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept-encoding", "cookie"]);
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_in_order() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().expect("value"));
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1, "one stays as it is");
+        h.append("cookie", "sessionid=2".parse().expect("value"));
+        h.append("cookie", "c=3".parse().expect("value"));
+        join_cookie_crumbs(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; sessionid=2; c=3"]);
     }
 
     #[test]

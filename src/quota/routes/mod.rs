@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-pub use self::headers::{RoutingHeaders, strip_underscore_names};
+pub use self::headers::{RoutingHeaders, join_cookie_crumbs, strip_underscore_names};
 pub use self::path::backend_path;
 pub use self::pattern::{Converter, PathPattern};
 use crate::config::{ConfigError, FlagRules, RouteConfig};

@@ -40,7 +40,7 @@ use super::future::{Kind, ResponseFuture, passthrough_response};
 use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
-use super::routes::strip_underscore_names;
+use super::routes::{join_cookie_crumbs, strip_underscore_names};
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -103,6 +103,10 @@ where
         // `Content-Type` or the report token in `Connection` and have them
         // judged here but dropped on the way (tests/it/django, header/connection).
         hop_by_hop::strip_request_hop_by_hop(request.headers_mut());
+        if request.version() == http::Version::HTTP_2 {
+            // One `Cookie`, as the identity call and the app must both read it.
+            join_cookie_crumbs(request.headers_mut());
+        }
         // The config this request lives by, even if a reload swaps it.
         let state = self.current.load_full();
         let request_id = request_id::ensure(request.headers_mut(), state.routing.trust_request_id);

@@ -3,7 +3,10 @@ views under test are the flag parsers, not Django's own protections)."""
 
 SECRET_KEY = "harness-only-not-secret"
 DEBUG = False
-ALLOWED_HOSTS = ["*"]
+# HARNESS_ALLOWED_HOSTS=a,b: only these hosts, as a production project has.
+import os as _os
+
+ALLOWED_HOSTS = [h for h in _os.environ.get("HARNESS_ALLOWED_HOSTS", "*").split(",") if h]
 ROOT_URLCONF = "harness.urls"
 WSGI_APPLICATION = "harness.wsgi.application"
 INSTALLED_APPS = ["rest_framework"]

@@ -15,6 +15,7 @@ A save appends one JSON line to the file named by HARNESS_SAVED_FILE:
 """
 import json
 import os
+import time
 
 from django.http import (
     HttpResponseNotAllowed,
@@ -25,6 +26,16 @@ from django.http import (
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+# HARNESS_SEND_DELAY=<seconds>: the send view works this long before it
+# answers (the response head), as the chat app does when it generates before
+# its first byte ("Generation can take minutes before the first byte",
+# config/django-mobixai.toml).
+SEND_DELAY = float(os.environ.get("HARNESS_SEND_DELAY", "0") or 0)
+# HARNESS_SEND_STALL=<seconds>: the send view's stream falls silent this long
+# after its first lines, before it saves the image (the chat app streams
+# text, then generates and saves the image, then reports).
+SEND_STALL = float(os.environ.get("HARNESS_SEND_STALL", "0") or 0)
 
 # Sessions with this id or above are of type image_editing.
 IMAGE_EDITING_FROM = 1_000_000_000
@@ -72,10 +83,14 @@ def send_message(request, session_id):
         saw = {"body": "json", "generate_image": repr(generate_image)}
     generate = bool(generate_image) or session_id >= IMAGE_EDITING_FROM
     token = request.headers.get("X-Quota-Report-Token", "")
+    if SEND_DELAY:
+        time.sleep(SEND_DELAY)
 
     def stream():
         yield json.dumps({"generate": generate, "saw": saw, "session": session_id}) + "\n"
         yield "You said: " + str(message) + "\n"
+        if SEND_STALL:
+            time.sleep(SEND_STALL)
         if generate:
             record_save(request, "send", session_id)
             yield "[IMAGES_SAVED]" + json.dumps({"count": 1, "token": token}) + "[IMAGES_SAVED_END]"

@@ -19,6 +19,7 @@
 //! (default 96), `QP_DJANGO_SEED` = their seed (fixed by default).
 
 mod corpus;
+mod found;
 mod mutations;
 mod tricks;
 
@@ -562,6 +563,52 @@ async fn a_report_token_named_in_connection_still_counts() {
 #[tokio::test]
 async fn a_gzipped_report_still_counts() {
     tricks::gzip_hides_the_report().await;
+}
+
+/// A request whose response head takes longer than `store.reservation_ttl`
+/// loses its reservation while Django still generates: a second request
+/// sent meanwhile is admitted over the limit.
+#[tokio::test]
+async fn a_slow_generation_keeps_its_reservation() {
+    found::reservation_expires_while_the_head_is_awaited().await;
+}
+
+/// An identity call that times out (gunicorn's workers kept busy by the
+/// client) skips the probe: an unflagged request to an image_editing
+/// session is forwarded unchecked and generates.
+#[tokio::test]
+async fn an_identity_timeout_does_not_skip_the_probe() {
+    found::identity_timeout_skips_the_probe().await;
+}
+
+/// Cookies split into several `cookie` fields over HTTP/2: the proxy
+/// counts the user Django sees, whatever the order of the crumbs.
+#[tokio::test]
+async fn h2_cookie_crumbs_identify_the_user_django_sees() {
+    found::h2_cookie_crumbs().await;
+}
+
+/// A reply silent longer than `timeouts.idle` before its report is cut
+/// and its reservation released; Django saves the image anyway.
+#[tokio::test]
+async fn a_reply_cut_for_silence_still_counts() {
+    found::idle_cut_releases_the_reservation().await;
+}
+
+/// The identity call carries the upstream's address as `Host`, not the
+/// client's: behind a production `ALLOWED_HOSTS` it always fails, and
+/// image_editing sessions generate unchecked and uncounted.
+#[tokio::test]
+async fn the_identity_call_passes_allowed_hosts() {
+    found::identity_call_host_is_the_upstreams().await;
+}
+
+/// An answer later than `timeouts.response_head` is a 504 and its
+/// reservation is released; Django, which saves at the end of its stream,
+/// saves nothing (gunicorn stops at the first failed write).
+#[tokio::test]
+async fn a_head_timeout_still_counts() {
+    found::head_timeout_releases_the_reservation().await;
 }
 
 #[tokio::test]

@@ -1,0 +1,358 @@
+//! Findings of the second attack session, each a test on the real binary in
+//! front of real gunicorn + Django (the shipped preset, changed only where a
+//! test says so). Images are counted where Django saved them.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use super::corpus::{Case, View};
+use super::{ANSWER_WITHIN, preset_config};
+use crate::support::binary::Binary;
+use crate::support::django::Django;
+use crate::support::raw_http;
+
+/// The shipped preset in front of `django`, with `edit` applied to its
+/// TOML table.
+fn config_with(django: &Django, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut table: toml::Table =
+        toml::from_str(&preset_config(&django.url(), View::Send)).expect("the preset is TOML");
+    edit(&mut table);
+    toml::to_string(&table).expect("config renders")
+}
+
+/// Sends an ordinary flagged request (JSON `"generate_image": true`) of
+/// free user `user` on a session of its own (`case`) from a thread of its
+/// own; the handle gives the status.
+fn flagged_in_background(proxy: &Binary, user: &str, case: usize) -> std::thread::JoinHandle<u16> {
+    let request = Case::ordinary(View::Send).concrete(case);
+    let (bytes, half) = request.render(proxy.proxy, &format!("u{user}"), case);
+    let addr = proxy.proxy;
+    std::thread::spawn(move || raw_http::send(addr, &bytes, half, ANSWER_WITHIN).status)
+}
+
+/// A reservation lives `store.reservation_ttl` (the preset: 180 s) and is
+/// kept alive only once the response head has arrived (`KeepAlive` starts
+/// in `UsageBody::new`); the wait for the head may last
+/// `timeouts.response_head` (the preset: 300 s, "generation can take
+/// minutes before the first byte"). A user with one image left sends a
+/// request whose head takes longer than the TTL (a slow generation, or a
+/// request queued behind busy gunicorn workers), waits until its
+/// reservation has expired, and sends another: it is admitted, both
+/// generate, and the user ends one over the limit. Scaled down here: TTL
+/// 2 s, Django answers after 5 s.
+pub async fn reservation_expires_while_the_head_is_awaited() {
+    const USER: &str = "710001";
+    let django = Django::start_with(&[("HARNESS_SEND_DELAY", "5")]);
+    let mut saved = django.saved();
+    let config = config_with(&django, |table| {
+        let store = table
+            .entry("store")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[store] is a table");
+        store.insert("reservation_ttl".into(), "2s".into());
+    });
+    let proxy = Binary::start(&config, &[]).await;
+
+    // Two images of three, at once (gunicorn has two workers).
+    let fill: Vec<_> = (0..2)
+        .map(|n| flagged_in_background(&proxy, USER, 71_000 + n))
+        .collect();
+    let fill: Vec<u16> = fill
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    assert_eq!(
+        saved.by_user(USER),
+        2,
+        "two flagged requests of a free user should have saved two images (statuses {fill:?})"
+    );
+
+    // The last image: its reservation expires while Django works on it.
+    let last = flagged_in_background(&proxy, USER, 71_010);
+    std::thread::sleep(Duration::from_secs(3));
+    // Over the limit, unless the first still holds its unit.
+    let over = flagged_in_background(&proxy, USER, 71_011);
+    let statuses = [last.join().expect("thread"), over.join().expect("thread")];
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "a free user (3 a day) got {total} images saved by Django: a flagged request whose \
+         response head took longer than store.reservation_ttl lost its reservation while \
+         Django was still generating, and a request sent meanwhile was admitted (statuses of \
+         the last two: {statuses:?}); the reservation is kept alive only once the head arrives"
+    );
+}
+
+/// Sends `request` (session tokens expanded for `case`) with cookie
+/// `sessionid=<cookie>` from a thread of its own; the handle gives the
+/// status.
+fn in_background(
+    proxy: &Binary,
+    request: &Case,
+    cookie: &str,
+    case: usize,
+) -> std::thread::JoinHandle<u16> {
+    let (bytes, half) = request.concrete(case).render(proxy.proxy, cookie, case);
+    let addr = proxy.proxy;
+    std::thread::spawn(move || raw_http::send(addr, &bytes, half, ANSWER_WITHIN).status)
+}
+
+/// On the send route (which has a probe) the proxy asks who the caller is
+/// for every request, and probes the session only when the identity call
+/// succeeded: when it fails (`on_identity_error = "deny"` in the preset),
+/// an unflagged request is forwarded with no probe and no reservation,
+/// and an `image_editing` session generates all the same. A client makes
+/// the identity call fail by timing: it keeps gunicorn's workers busy with
+/// slow unflagged chats of its own (free), and adds a cookie the proxy has
+/// not seen (`; n=1`, ignored by Django) so the identity cache misses; the
+/// call waits behind the busy workers past its 2 s timeout, while the
+/// request itself is served once a worker frees. A free user at the limit
+/// gets a fourth image.
+pub async fn identity_timeout_skips_the_probe() {
+    const USER: &str = "710101";
+    const HELPER: &str = "710102";
+    let django = Django::start_with(&[("HARNESS_SEND_DELAY", "6")]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+
+    // Three images of three.
+    let fill: Vec<_> = (0..3)
+        .map(|n| flagged_in_background(&proxy, USER, 72_000 + n))
+        .collect();
+    let fill: Vec<u16> = fill
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    assert_eq!(
+        saved.by_user(USER),
+        3,
+        "three flagged requests of a free user should have saved three images (statuses {fill:?})"
+    );
+
+    // Both gunicorn workers busy with slow unflagged chats.
+    let unflagged = Case::new(
+        "found/identity-timeout",
+        "unflagged",
+        View::Send,
+        View::Send.path("{S}"),
+    )
+    .json(&super::corpus::json_flag(Some("false")));
+    let busy: Vec<_> = (0..2)
+        .map(|n| in_background(&proxy, &unflagged, &format!("u{HELPER}"), 72_010 + n))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // An unflagged message to the user's image_editing session, with a
+    // cookie the identity cache has not seen.
+    let editing = Case::new(
+        "found/identity-timeout",
+        "unflagged, image_editing session",
+        View::Send,
+        View::Send.path("{E}"),
+    )
+    .json(&super::corpus::json_flag(Some("false")));
+    let attack = in_background(&proxy, &editing, &format!("u{USER}; n=1"), 72_020);
+    let status = attack.join().expect("thread");
+    let busy: Vec<u16> = busy
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "a free user at the limit (3 a day) got {total} images saved by Django: an unflagged \
+         request to an image_editing session whose identity call timed out (gunicorn's workers \
+         busy with the client's own slow chats, statuses {busy:?}) was forwarded without a \
+         probe or a reservation (status {status}) and generated\nproxy logs:\n{}",
+        proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("identity") || l.contains("inspected request"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// HTTP/2 clients (browsers) send their cookies as several `cookie`
+/// fields ("crumbs", RFC 9113 8.2.3). The proxy forwards them as several
+/// `Cookie` lines, to the identity call as to the request; gunicorn joins
+/// repeated lines with `,` (`gunicorn/http/wsgi.py`), which Django's
+/// `parse_cookie` does not split: with more than one crumb Django saw no
+/// `sessionid` (302 to the login page), and so did the identity call. No
+/// bypass (the proxy counted the user Django saw), but an HTTP/2 client
+/// that splits its cookies was logged out behind the proxy. RFC 9113 8.2.3
+/// wants the crumbs joined with `; ` before they go on over HTTP/1.1; the
+/// proxy now does, for the identity call and the request alike, so every
+/// request here is the user's: three images, then the quota's 403.
+pub async fn h2_cookie_crumbs() {
+    const USER: &str = "710201";
+    let django = Django::start();
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let cookie = format!("sessionid=u{USER}");
+    let crumbs: [&[&str]; 4] = [
+        &[&cookie],
+        &[&cookie, "csrftoken=abc"],
+        &["csrftoken=abc", &cookie],
+        &["csrftoken=abc", &cookie, "theme=dark"],
+    ];
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        for (n, crumbs) in crumbs.iter().enumerate() {
+            let case = Case::ordinary(View::Send).concrete(73_000 + round * 10 + n);
+            let mut headers = case.headers.clone();
+            for crumb in *crumbs {
+                headers.push(("cookie".into(), (*crumb).to_owned()));
+            }
+            let before = saved.by_user(USER);
+            let response = raw_http::send_h2(
+                proxy.proxy,
+                &case.method,
+                &case.target,
+                &headers,
+                case.body.clone(),
+                ANSWER_WITHIN,
+            )
+            .await;
+            seen.push(format!(
+                "{crumbs:?}: {} (django: {}), image: {}",
+                response.status,
+                response.header("x-harness-django").is_some(),
+                saved.by_user(USER) > before
+            ));
+        }
+    }
+    let total = saved.by_user(USER);
+    assert!(
+        total == 3 && seen.iter().all(|line| !line.contains(": 302")),
+        "a free user (3 a day) sending cookie crumbs over HTTP/2 got {total} images:\n{}",
+        seen.join("\n")
+    );
+}
+
+/// The reply streams; the chat app then generates and saves the image and
+/// reports it at the very end. When the upstream falls silent for longer
+/// than `timeouts.idle` before the report (a slow generation; the preset
+/// allows 300 s), the proxy cuts the body and settles it as "no image
+/// saved": the reservation is released. Django goes on, saves the image
+/// and fails only to write the report to the closed connection. A cut
+/// body of a 200 answer is one the proxy cannot read for sure, yet it
+/// does not count (fail open). A free user with long generations gets
+/// every image uncounted. Scaled down: idle 2 s, Django silent 4 s.
+pub async fn idle_cut_releases_the_reservation() {
+    const USER: &str = "710301";
+    let django = Django::start_with(&[("HARNESS_SEND_STALL", "4")]);
+    let mut saved = django.saved();
+    let config = config_with(&django, |table| {
+        let timeouts = table
+            .entry("timeouts")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[timeouts] is a table");
+        timeouts.insert("idle".into(), "2s".into());
+    });
+    let proxy = Binary::start(&config, &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        let thread = flagged_in_background(&proxy, USER, 74_000 + n);
+        statuses.push(thread.join().expect("thread"));
+    }
+    // The last generations end after their answers were cut.
+    std::thread::sleep(Duration::from_secs(5));
+    let total = saved.by_user(USER);
+    assert!(
+        total <= 3,
+        "a free user (3 a day) got {total} images saved by Django (statuses {statuses:?}): \
+         each reply went silent longer than timeouts.idle before its report, the proxy cut it \
+         and released the reservation, and Django saved the image anyway"
+    );
+}
+
+/// `docs/identity.md`: "Django's `ALLOWED_HOSTS` must accept the host the
+/// proxy sends (the client's)". The identity call is sent to the absolute
+/// endpoint URL and hyper's client writes `Host` from it: Django sees the
+/// upstream's address (`127.0.0.1:<port>`), not the client's. A project
+/// whose `ALLOWED_HOSTS` holds its public host only (Django's usual
+/// setting) answers the call 400 (`DisallowedHost`), so every identity is
+/// unavailable: flagged requests get 503, and an unflagged message to an
+/// image_editing session goes on with no probe and no reservation,
+/// generates, and is not counted afterwards either (the settle's identity
+/// call fails the same way). The requests themselves carry the public host
+/// and are served.
+pub async fn identity_call_host_is_the_upstreams() {
+    const USER: &str = "710401";
+    const HOST: &str = "chat.example";
+    // `t`: the harness's own health check.
+    let django = Django::start_with(&[("HARNESS_ALLOWED_HOSTS", &format!("{HOST},t"))]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let body = super::corpus::json_flag(Some("false"));
+    let mut statuses = Vec::new();
+    for n in 0..5u64 {
+        let session = super::corpus::IMAGE_EDITING_FROM + 75_000 + n;
+        let request = format!(
+            "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: {HOST}\r\n\
+             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let response = raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN);
+        statuses.push(response.status);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let total = saved.by_user(USER);
+    // Served as everywhere else: three images, then the quota's 403.
+    assert!(
+        total == 3 && statuses == [200, 200, 200, 403, 403],
+        "a free user (3 a day) got {total} images saved by Django from unflagged messages to \
+         image_editing sessions (statuses {statuses:?}, want 3 images and [200, 200, 200, \
+         403, 403]): behind ALLOWED_HOSTS = [{HOST:?}] the identity call must carry the \
+         client's Host\nproxy logs:\n{}",
+        proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("identity"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The same question for the response head: when Django has not answered
+/// within `timeouts.response_head` (the preset: 300 s), the proxy answers
+/// 504, drops the upstream connection and releases the reservation. Held
+/// (this test passes): the view saves at the end of its stream, after its
+/// first writes, and gunicorn stops iterating a streamed answer at the
+/// first write that fails (the proxy has closed the connection), so the
+/// generator never reaches the save. A view that saved before its first
+/// byte would leak the image uncounted. Scaled down: head timeout 2 s,
+/// Django answers after 4 s.
+pub async fn head_timeout_releases_the_reservation() {
+    const USER: &str = "710501";
+    let django = Django::start_with(&[("HARNESS_SEND_DELAY", "4")]);
+    let mut saved = django.saved();
+    let config = config_with(&django, |table| {
+        let timeouts = table
+            .entry("timeouts")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("[timeouts] is a table");
+        timeouts.insert("response_head".into(), "2s".into());
+    });
+    let proxy = Binary::start(&config, &[]).await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        let thread = flagged_in_background(&proxy, USER, 76_000 + n);
+        statuses.push(thread.join().expect("thread"));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let total = saved.by_user(USER);
+    println!("head timeouts: statuses {statuses:?}, {total} images saved");
+    assert!(
+        total <= 3,
+        "a free user (3 a day) got {total} images saved by Django (statuses {statuses:?}): \
+         each answer took longer than timeouts.response_head, the proxy answered 504 and \
+         released the reservation, and Django saved the image anyway"
+    );
+}
