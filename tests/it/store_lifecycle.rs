@@ -285,3 +285,39 @@ async fn a_reload_to_another_redis_hands_over_the_queue_flushed_at_shutdown() {
         "nothing more there"
     );
 }
+
+/// A Redis that may evict keys under memory pressure would delete quota
+/// counters (they all have TTLs) and users would start over: the proxy
+/// says so at startup. The default policy (`noeviction`) is not warned of.
+#[tokio::test]
+async fn a_redis_that_evicts_is_warned_of_at_startup() {
+    let upstream = app_upstream().await;
+    let start = |redis: &RedisServer| {
+        let config = format!(
+            "upstream = \"http://{}\"\n[store]\nkind = \"redis\"\nurl = \"{}\"\n\
+             [identity]\ndefault_plan = \"free\"\n[plans]\nfree = {{ daily = 2 }}\n\
+             [[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
+            upstream.authority(),
+            redis.url()
+        );
+        async move { Binary::start(&config, &[]).await }
+    };
+    let warned = |l: &serde_json::Value| {
+        l["fields"]["maxmemory_policy"].as_str().is_some()
+            || l["maxmemory_policy"].as_str().is_some()
+    };
+    let evicting = RedisServer::start_with(|_| {
+        vec!["--maxmemory-policy".to_owned(), "volatile-lru".to_owned()]
+    });
+    let binary = start(&evicting).await;
+    binary
+        .wait_for_logs(1, Duration::from_secs(10), warned)
+        .await;
+    let line = binary.find_log(warned).expect("the warning");
+    assert!(line.to_string().contains("volatile-lru"), "{line}");
+
+    let default = RedisServer::start();
+    let binary = start(&default).await;
+    wait_store_up(&binary, true).await;
+    assert_eq!(binary.count_logs(warned), 0, "{}", binary.logs().join("\n"));
+}
