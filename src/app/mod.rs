@@ -13,7 +13,9 @@
 //! 3. requests in flight run on for up to `shutdown_grace`, then are cut;
 //! 4. settlements still pending (streamed responses settle in tasks of their
 //!    own) are waited for until `shutdown_grace` has passed since the
-//!    signal, and at least [`SETTLE_FLUSH_MIN`];
+//!    signal, and at least [`SETTLE_FLUSH_MIN`]; answers still being read
+//!    for their reports are then settled as cut (a flagged one counts one
+//!    image), for up to [`SETTLE_FLUSH_MIN`] more;
 //! 5. the admin listener stops and [`run`] returns `Ok`.
 //!
 //! A second shutdown signal cuts steps 3 and 4 short.
@@ -328,12 +330,26 @@ async fn flush(state: &AppState, layer: &QuotaLayer, grace: Duration) {
     if pending > 0 {
         tracing::info!(pending, ?budget, "waiting for pending settlements");
     }
-    match tokio::time::timeout(budget, settlements.wait()).await {
+    if tokio::time::timeout(budget, settlements.wait())
+        .await
+        .is_ok()
+    {
+        tracing::info!("all settlements recorded");
+        return;
+    }
+    // Answers still read for their reports: none can come now. Each
+    // settles as cut (a flagged request is charged one image: its app may
+    // save the image after the proxy is gone), with one store call's time.
+    tracing::warn!(
+        left = settlements.len(),
+        "grace over with answers still streaming; settling them as cut (fail closed)"
+    );
+    settlements.cut();
+    match tokio::time::timeout(SETTLE_FLUSH_MIN, settlements.wait()).await {
         Ok(()) => tracing::info!("all settlements recorded"),
         Err(_) => tracing::warn!(
             left = settlements.len(),
-            "settlements still pending at the end of the grace are lost; \
-             their reservations expire by themselves"
+            "settlements still pending are lost; their reservations expire by themselves"
         ),
     }
 }

@@ -16,7 +16,7 @@ pub struct UsageConfig {
     /// array. Empty string = not read.
     pub report_json_field: String,
     /// Largest JSON response parsed for the field; larger ones stream on
-    /// unread.
+    /// unread, and count one image for a flagged request (fail closed).
     pub max_json_bytes: ByteSize,
     /// `requests`: +1 per response that saved images; `images`: + the count.
     pub count: CountMode,

@@ -36,7 +36,7 @@ use super::state::QuotaState;
 use super::usage_body::UsageBody;
 use crate::BoxError;
 use crate::quota::routes::Route;
-use crate::report::{ReportToken, UsageReport};
+use crate::report::{JsonBody, ReportToken, UsageReport};
 use crate::response::json_error;
 
 /// Sends the request on and waits for the accounted answer. The
@@ -218,26 +218,39 @@ where
         let response = Response::from_parts(parts, QuotaBody::inner(body));
         return (response, Some((settlement, report)));
     }
-    if state.policy.reports.wants_json_body(&parts.headers) {
-        let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
-        return match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                let images = state.policy.reports.read_json(&bytes);
-                let response = Response::from_parts(parts, QuotaBody::local(bytes));
-                (response, Some((settlement, images)))
-            }
-            Err(e) => {
-                tracing::warn!(route = %settlement.route.name, error = %e,
-                    "upstream JSON response failed");
-                settlement.status = Some(StatusCode::BAD_GATEWAY);
-                let response = local(json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream response failed",
-                ));
-                (response, Some((settlement, None)))
-            }
-        };
+    match state.policy.reports.json_body(&parts.headers) {
+        JsonBody::Read => {
+            let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
+            return match Limited::new(body, limit).collect().await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    let images = state.policy.reports.read_json(&bytes);
+                    let response = Response::from_parts(parts, QuotaBody::local(bytes));
+                    (response, Some((settlement, images)))
+                }
+                Err(e) => {
+                    tracing::warn!(route = %settlement.route.name, error = %e,
+                        "upstream JSON response failed");
+                    // The view ran to its end before its answer was sent:
+                    // charged by the upstream's status, not the client's 502.
+                    let report = settlement.unreadable(None, "its JSON body failed mid-read");
+                    let response = local(json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream response failed",
+                    ));
+                    (response, Some((settlement, report)))
+                }
+            };
+        }
+        JsonBody::TooLarge => {
+            // Streamed on unread (`usage.max_json_bytes`); a report field in
+            // it would go unseen, and an app that echoes the user's message
+            // lets the user make it long.
+            let report = settlement.unreadable(None, "its JSON body is over usage.max_json_bytes");
+            let response = Response::from_parts(parts, QuotaBody::inner(body));
+            return (response, Some((settlement, report)));
+        }
+        JsonBody::None => {}
     }
     match state.policy.reports.stream_report(&parts.headers, token) {
         Some(report) => {

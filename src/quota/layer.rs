@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio_util::task::TaskTracker;
 use tower::Layer;
 
 use super::budget::BodyBudget;
+use super::pending::PendingSettlements;
 use super::probe::ProbeCache;
 use super::service::Quota;
 use super::shadow::ShadowPolicy;
@@ -79,7 +79,7 @@ impl QuotaLayer {
             identity,
             store: None,
             clock: Arc::new(SystemClock),
-            settlements: TaskTracker::new(),
+            settlements: PendingSettlements::default(),
             budget: None,
         })
     }
@@ -103,8 +103,9 @@ impl QuotaLayer {
     }
 
     /// Tracks admitted requests until their usage is recorded (or released):
-    /// its `len()` is what is pending; close it and `wait()` at shutdown.
-    pub fn settlements(&self) -> TaskTracker {
+    /// its `len()` is what is pending; close it and `wait()` at shutdown,
+    /// then `cut()` what is left.
+    pub fn settlements(&self) -> PendingSettlements {
         self.current.load().deps.settlements.clone()
     }
 }
@@ -133,7 +134,7 @@ pub struct QuotaLayerBuilder {
     identity: Arc<dyn IdentitySource>,
     store: Option<Arc<dyn QuotaStore>>,
     clock: Arc<dyn Clock>,
-    settlements: TaskTracker,
+    settlements: PendingSettlements,
     budget: Option<BodyBudget>,
 }
 
@@ -156,7 +157,7 @@ impl QuotaLayerBuilder {
         self
     }
 
-    fn settlements(mut self, settlements: TaskTracker) -> Self {
+    fn settlements(mut self, settlements: PendingSettlements) -> Self {
         self.settlements = settlements;
         self
     }

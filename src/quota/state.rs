@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::task::TaskTracker;
-
 use super::budget::BodyBudget;
+use super::pending::PendingSettlements;
 use super::probe::ProbeCache;
 use super::shadow::ShadowPolicy;
 use super::spool::SpoolSettings;
@@ -103,8 +102,8 @@ pub(crate) struct Dependencies {
     /// The probe's answers, per session and route.
     pub(crate) probe_cache: ProbeCache,
     /// Admitted requests whose usage is not recorded yet; shutdown waits for
-    /// it. Kept across reloads.
-    pub(crate) settlements: TaskTracker,
+    /// them, then cuts them. Kept across reloads.
+    pub(crate) settlements: PendingSettlements,
     /// Counts requests on no inspected route; looked up once, in the
     /// metrics recorder installed when the layer is built.
     pub(crate) passthrough: metrics::Counter,

@@ -198,8 +198,14 @@ async fn drain<B>(mut body: Pin<Box<B>>, mut watch: Watch, idle: Duration)
 where
     B: Body<Data = Bytes>,
 {
+    let pending = watch.settlement.state.deps.settlements.clone();
     let end = loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        let frame = tokio::select! {
+            // Shutdown's grace is over: no report can come any more.
+            () = pending.cut_signal() => break End::Cut,
+            frame = tokio::time::timeout(idle, body.frame()) => frame,
+        };
+        let frame = match frame {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) => break End::Whole,
             Ok(Some(Err(_))) | Err(_) => break End::Cut,

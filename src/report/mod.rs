@@ -8,7 +8,7 @@
 //! echoes what users type). Every count is bounded by
 //! `usage.max_images_per_response`. Streamed responses are never buffered
 //! to find a report: only a JSON response that declares a `Content-Length`
-//! within `usage.max_json_bytes` is read.
+//! within `usage.max_json_bytes` is read ([`JsonBody`]).
 
 mod count;
 mod marker;
@@ -157,11 +157,12 @@ impl ReportReader {
         })
     }
 
-    /// True when a response with these headers is a JSON body small enough
-    /// to read for the report field.
-    pub fn wants_json_body(&self, headers: &HeaderMap) -> bool {
+    /// Whether a response with these headers has a JSON body to read for
+    /// the report field: one that declares a `Content-Length` within
+    /// `max_json_bytes` is read; a longer one cannot be.
+    pub fn json_body(&self, headers: &HeaderMap) -> JsonBody {
         if self.json_field.is_none() {
-            return false;
+            return JsonBody::None;
         }
         let is_json = headers
             .get(header::CONTENT_TYPE)
@@ -170,12 +171,16 @@ impl ReportReader {
             .is_some_and(|m| {
                 m.subtype() == mime::JSON || m.suffix().is_some_and(|s| s == mime::JSON)
             });
-        let small = headers
+        let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len <= self.max_json_bytes);
-        is_json && small
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            _ if !is_json => JsonBody::None,
+            Some(len) if len <= self.max_json_bytes => JsonBody::Read,
+            Some(_) => JsonBody::TooLarge,
+            None => JsonBody::None,
+        }
     }
 
     /// What a JSON body reports in the configured field.
@@ -192,6 +197,18 @@ impl ReportReader {
             CountMode::Images => images.min(self.max_images),
         }
     }
+}
+
+/// What [`ReportReader::json_body`] makes of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonBody {
+    /// A JSON body within `max_json_bytes`: read it for the report field.
+    Read,
+    /// A JSON body declared longer than `max_json_bytes`: a report field in
+    /// it cannot be read.
+    TooLarge,
+    /// Not a JSON body with a declared length (or no field configured).
+    None,
 }
 
 /// Watches one streamed response body for in-band reports, frame by frame.
@@ -374,19 +391,23 @@ mod tests {
             "content-type",
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
-        assert!(!r.wants_json_body(&h), "no content-length: streamed");
+        assert_eq!(
+            r.json_body(&h),
+            JsonBody::None,
+            "no content-length: streamed"
+        );
         h.insert("content-length", HeaderValue::from_static("120"));
-        assert!(r.wants_json_body(&h));
+        assert_eq!(r.json_body(&h), JsonBody::Read);
         h.insert("content-length", HeaderValue::from_static("99999999"));
-        assert!(!r.wants_json_body(&h));
+        assert_eq!(r.json_body(&h), JsonBody::TooLarge);
         h.insert("content-length", HeaderValue::from_static("10"));
         h.insert(
             "content-type",
             HeaderValue::from_static("application/problem+json"),
         );
-        assert!(r.wants_json_body(&h), "a +json type is JSON");
+        assert_eq!(r.json_body(&h), JsonBody::Read, "a +json type is JSON");
         h.insert("content-type", HeaderValue::from_static("text/plain"));
-        assert!(!r.wants_json_body(&h));
+        assert_eq!(r.json_body(&h), JsonBody::None);
     }
 
     /// A reader with markers `[S]`…`[E]`, SSE events and the default header.

@@ -13,6 +13,7 @@ mod deploy;
 mod django;
 mod docs_drift;
 mod flag_rules;
+mod found3;
 mod identity;
 mod levels;
 mod limits;

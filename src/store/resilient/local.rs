@@ -10,7 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 
 use crate::store::memory::user_key;
-use crate::store::{Admission, MemoryStore, QuotaStore, Reservation, ReserveRequest, StoreError};
+use crate::store::{
+    Admission, MemoryStore, QuotaStore, Reservation, ReservationId, ReserveRequest, StoreError,
+};
 
 /// Limits enforced from this replica's memory during an outage. Bounded:
 /// at most `local_max_users` baselines (all forgotten at once when full)
@@ -38,13 +40,21 @@ struct LocalState {
     store: MemoryStore,
     /// Users whose baseline was copied into `store` in this outage.
     seeded: HashSet<String>,
+    /// Reservations made in `store` and not yet settled: Redis never held
+    /// them, so releasing one needs no word to Redis. At most
+    /// [`MAX_HELD`]; beyond, a release goes through the queue as any.
+    held: HashSet<ReservationId>,
 }
+
+/// Most local reservations remembered as held at once.
+const MAX_HELD: usize = 65_536;
 
 impl LocalState {
     fn new(max_users: usize) -> Self {
         Self {
             store: MemoryStore::new(max_users),
             seeded: HashSet::new(),
+            held: HashSet::new(),
         }
     }
 }
@@ -101,15 +111,18 @@ impl Local {
                 return Err(StoreError::Full(self.max_users));
             }
             state.seeded.insert(key.clone().into_owned());
+            // Kept, not taken: a later outage starts from it too, unless a
+            // newer answer replaced it.
             let baseline = self
                 .baselines
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&*key);
-            if let Some(baseline) = baseline {
+                .get(&*key)
+                .map(|b| (b.starts, b.counts));
+            if let Some((starts, counts)) = baseline {
                 for (i, window) in request.windows.0.iter().enumerate() {
-                    let count = baseline.counts[i];
-                    if baseline.starts[i] == window.start && count > 0 {
+                    let count = counts[i];
+                    if starts[i] == window.start && count > 0 {
                         let count = i64::try_from(count).unwrap_or(i64::MAX);
                         state
                             .store
@@ -119,20 +132,39 @@ impl Local {
                 }
             }
         }
-        state.store.reserve(request).await
+        let admission = state.store.reserve(request).await?;
+        if let Admission::Reserved { reservation, .. } = &admission
+            && state.held.len() < MAX_HELD
+        {
+            state.held.insert(reservation.id);
+        }
+        // What this outage counted so far is the baseline of the next one,
+        // should Redis answer in between without a word about this user
+        // (the settles of this one may still be queued then).
+        self.remember(request, &admission);
+        Ok(admission)
     }
 
-    pub(super) async fn settle(&self, reservation: &Reservation, amount: u64, now: DateTime<Utc>) {
+    /// Counts a settle locally during an outage; true when the reservation
+    /// was made here, in this outage (Redis never held it).
+    pub(super) async fn settle(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> bool {
         if !self.is_active() {
-            return;
+            return false;
         }
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        let local = state.held.remove(&reservation.id);
         if let Err(e) = state.store.settle(reservation, amount, now).await {
             // Redis still gets it through the queue; only the local bound
             // is looser for this user.
             tracing::warn!(user = %reservation.user, error = %e,
                 "settle not counted in this replica's memory");
         }
+        local
     }
 
     pub(super) async fn extend(

@@ -37,16 +37,19 @@
 //!   limits. Each user starts from what Redis last answered this replica
 //!   about them (used + reserved per period, remembered for at most
 //!   `store.local_max_users` users; a user not remembered starts from
-//!   zero). Settles made during the outage count there too, and all of
-//!   them also go to Redis through the queue, each under its own
-//!   reservation id, so exactly-once holds when they land.
-//!   The first reserve Redis answers again ends the outage and drops the
-//!   local counts.
+//!   zero). Settles made during the outage count there too, and those
+//!   that count (or release a reservation Redis held) also go to Redis
+//!   through the queue, each under its own reservation id, so exactly-once
+//!   holds when they land; the release of a reservation made locally has
+//!   nothing to tell Redis and is not queued. The first reserve Redis
+//!   answers again ends the outage and drops the local counts; what a user
+//!   was counted locally stays their baseline for the next outage until
+//!   Redis answers about them.
 //!
 //! **The bound under `local`**: during one outage, one replica admits a user
 //! at most `limit - baseline` more units per period, where `baseline` is the
-//! user's used + reserved count in Redis's last answer to that replica (0 if
-//! none). With `R` replicas a user can get at most `R × (limit - baseline)`
+//! user's used + reserved count in the last answer about them this replica
+//! had, from Redis or from an earlier outage's local count (0 if none). With `R` replicas a user can get at most `R × (limit - baseline)`
 //! beyond what Redis knew, and never more than `R × limit` per period and
 //! outage. Requests in flight when Redis went away count twice locally,
 //! which errs on the side of refusing. While the queue drains after the
@@ -310,8 +313,15 @@ impl QuotaStore for ResilientStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if let Some(local) = &self.shared.local {
-            local.settle(reservation, amount, now).await;
+        if let Some(local) = &self.shared.local
+            && local.settle(reservation, amount, now).await
+            && amount == 0
+        {
+            // Released, and made in this replica's memory: Redis never held
+            // it, so there is nothing to tell it. Queued, such releases
+            // would crowd out the settles that count (a client's cheap
+            // requests that generate nothing, during an outage).
+            return Ok(());
         }
         if !self.shared.breaker.allow() {
             return self

@@ -20,6 +20,7 @@
 
 mod corpus;
 mod found;
+mod found3;
 mod mutations;
 mod tricks;
 
@@ -609,6 +610,13 @@ async fn the_identity_call_passes_allowed_hosts() {
 #[tokio::test]
 async fn a_head_timeout_still_counts() {
     found::head_timeout_releases_the_reservation().await;
+}
+
+/// A flagged chat still generating when the proxy's shutdown grace ends
+/// is dropped unsettled; Django saves its image after the proxy is gone.
+#[tokio::test]
+async fn a_generation_cut_by_the_shutdown_grace_still_counts() {
+    found3::shutdown_cuts_a_generation().await;
 }
 
 #[tokio::test]
