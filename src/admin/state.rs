@@ -310,6 +310,17 @@ impl AppState {
                 restart_required.push(field);
             }
         }
+        // What needs a restart keeps its running value, in the layer built
+        // now as in the config later reloads compare with.
+        let mut next = next;
+        next.listen = running.listen;
+        next.admin.listen = running.admin.listen;
+        next.upstream = running.upstream.clone();
+        next.timeouts = running.timeouts.clone();
+        next.shutdown_grace = running.shutdown_grace;
+        next.threads = running.threads;
+        next.log = running.log.clone();
+        next.tracing = running.tracing.clone();
         let mut store_reconnected = false;
         let kept = (Arc::clone(&current.store), current.resilient.clone());
         let (store, resilient) = if connection(running) == connection(&next) {
@@ -324,6 +335,7 @@ impl AppState {
         } else {
             // A new memory store would start from zero: keep the counts.
             restart_required.push("store");
+            next.store = running.store.clone();
             kept
         };
         let builder = crate::quota::QuotaLayer::builder(&next)?.store(Arc::clone(&store));

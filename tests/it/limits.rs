@@ -709,3 +709,31 @@ async fn an_idle_http2_connection_is_closed() {
     assert!(!busy_connection.is_finished(), "a busy one was closed");
     h2_get(&mut busy).await;
 }
+
+/// `[timeouts]` needs a restart: a reload that changes it says so
+/// (`restart_required`) and keeps the running values everywhere. The quota
+/// layer took the new `client_body` (and `idle`) at once before, while the
+/// proxy kept the old ones and the reload said they were kept (found by an
+/// attack session).
+#[tokio::test]
+async fn a_reload_keeps_the_running_timeouts_as_it_says() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    binary.write_config(
+        &config(upstream.addr(), "").replace("client_body = \"1s\"", "client_body = \"30s\""),
+    );
+    binary.signal("HUP");
+    let reloaded = |l: &serde_json::Value| l["message"] == "config reloaded";
+    binary
+        .wait_for_logs(1, Duration::from_secs(15), reloaded)
+        .await;
+    let line = binary.find_log(reloaded).expect("the reload's line");
+    assert!(line.to_string().contains("timeouts"), "{line}");
+    let head = post_head("/chat/1/send/", "application/json", 100_000);
+    let seen = stall(binary.proxy, &head, &[b'-'; 1000], CLIENT_BODY + SLACK).await;
+    assert_eq!(
+        seen.status,
+        Some(408),
+        "a stalled inspected body was not cut after the running client_body (1 s): {seen:?}"
+    );
+}
