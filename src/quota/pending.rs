@@ -7,7 +7,7 @@
 //! come any more, and the answer settles as one cut by its upstream does, a
 //! flagged request charged one image (fail closed). Otherwise a generation
 //! still running at a restart of the proxy alone would save its image and
-//! never be counted (tests/it/found3.rs).
+//! never be counted (`tests/it/store_lifecycle.rs`).
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;

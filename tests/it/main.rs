@@ -13,7 +13,6 @@ mod deploy;
 mod django;
 mod docs_drift;
 mod flag_rules;
-mod found3;
 mod identity;
 mod levels;
 mod limits;

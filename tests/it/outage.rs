@@ -11,17 +11,18 @@
 //!   queue and lands once Redis is back; a settle that does not fit the
 //!   queue is counted in `quota_proxy_settlements_dropped_total`;
 //! - `local`: counted in this process's memory from what Redis last said,
-//!   denied at the limit, and handed over to Redis when it is back.
+//!   denied at the limit, and handed over to Redis when it is back; a
+//!   second outage starts from what the first one counted, and releases of
+//!   local reservations take no room in the retry queue (found by an
+//!   attack session).
 
 use std::time::{Duration, Instant};
 
 use crate::support::binary::Binary;
 use crate::support::proxy::{Answer, TestClient};
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisServer, used_today, wait_used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
-use quota_proxy::periods::Calendar;
-use quota_proxy::store::{QuotaStore, RedisStore};
 
 const GEN: &str = "/gen/";
 
@@ -112,37 +113,6 @@ async fn wait_metric(binary: &Binary, series: &str, value: f64) {
     }
 }
 
-/// `user`'s usage today as Redis has it, read by a store of the test's
-/// own (the binary's clock is the real one, in its default zone).
-async fn redis_used(redis: &RedisServer, user: &str) -> (u64, u64) {
-    let store = RedisStore::connect(&redis.url(), "quota:", Duration::from_secs(2))
-        .await
-        .expect("redis store");
-    let calendar = Calendar::new(chrono_tz::Asia::Tehran, chrono::Weekday::Mon);
-    let now = chrono::Utc::now();
-    let usage = store
-        .usage(user, &calendar.windows(now), now)
-        .await
-        .expect("usage");
-    (usage[0].used, usage[0].reserved)
-}
-
-/// Waits until Redis has `user` at `used` images today, nothing reserved.
-async fn wait_redis_used(redis: &RedisServer, user: &str, used: u64) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let seen = redis_used(redis, user).await;
-        if seen == (used, 0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user}: waited {WITHIN:?} for {used} used in Redis, it holds {seen:?} (used, reserved)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// How many JSON log lines have `decision` and an `error` containing `cause`.
 fn decisions(binary: &Binary, decision: &str, cause: &str) -> usize {
     binary.count_logs(|l| {
@@ -159,7 +129,7 @@ async fn deny_answers_503_and_the_breaker_stops_waiting_on_a_hung_redis() {
     let upstream = saving_upstream().await;
     let binary = Binary::start(&config(&upstream, &redis, "deny", ""), &[]).await;
     assert_eq!(generate(&binary, "d").await.status, StatusCode::OK);
-    wait_redis_used(&redis, "d", 1).await;
+    wait_used_today(&redis.url(), "d", 1, WITHIN).await;
 
     redis.pause();
     for i in 0..5 {
@@ -206,7 +176,7 @@ async fn allow_forwards_unchecked_queues_the_usage_and_counts_what_is_lost() {
     let upstream = saving_upstream().await;
     let binary = Binary::start(&config(&upstream, &redis, "allow", "settle_queue = 1"), &[]).await;
     assert_eq!(generate(&binary, "a").await.status, StatusCode::OK);
-    wait_redis_used(&redis, "a", 1).await;
+    wait_used_today(&redis.url(), "a", 1, WITHIN).await;
 
     redis.kill();
     // Unchecked: the user gets past the daily 2.
@@ -253,7 +223,7 @@ async fn allow_forwards_unchecked_queues_the_usage_and_counts_what_is_lost() {
     );
     redis.restart();
     // Redis restarted empty: only the queued settle reaches it, once.
-    wait_redis_used(&redis, "a", 1).await;
+    wait_used_today(&redis.url(), "a", 1, WITHIN).await;
     wait_metric(
         &binary,
         r#"quota_proxy_settlements_pending{stage="retry_queue"}"#,
@@ -269,7 +239,7 @@ async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
     let binary = Binary::start(&config(&upstream, &redis, "local", ""), &[]).await;
     // Redis tells the proxy "l" has used 1 of 2 today.
     assert_eq!(generate(&binary, "l").await.status, StatusCode::OK);
-    wait_redis_used(&redis, "l", 1).await;
+    wait_used_today(&redis.url(), "l", 1, WITHIN).await;
 
     redis.kill();
     let answer = generate(&binary, "l").await;
@@ -298,8 +268,8 @@ async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
 
     redis.restart();
     // The units counted locally land in Redis once each.
-    wait_redis_used(&redis, "l", 2).await;
-    wait_redis_used(&redis, "new", 2).await;
+    wait_used_today(&redis.url(), "l", 2, WITHIN).await;
+    wait_used_today(&redis.url(), "new", 2, WITHIN).await;
     assert_eq!(
         metric(
             &binary,
@@ -307,5 +277,223 @@ async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
         )
         .await,
         0.0
+    );
+}
+
+async fn healthz(binary: &Binary) -> serde_json::Value {
+    TestClient::new(binary.admin)
+        .send(Method::GET, "/healthz", &[], "")
+        .await
+        .json()
+}
+
+/// Polls `/healthz` until `check` holds for its `store` object.
+async fn wait_health(binary: &Binary, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let health = healthz(binary).await;
+        if check(&health["store"]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WITHIN:?} for {what}; /healthz says {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Under `on_store_error = "local"` the docs promise (docs/redis.md, the
+/// `ResilientStore` module docs): "One replica admits a user at most
+/// (limit − last known count) more per period and outage", each user
+/// starting "from what Redis last told it about the user". But the first
+/// local reserve of a user in an outage *removes* that user's baseline
+/// (`src/store/resilient/local.rs`, `Local::reserve`:
+/// `self.baselines...remove(&*key)`), and the local counts are dropped
+/// when Redis answers any reserve again (`Local::end_outage`). So when
+/// Redis goes away a second time (a restart, a failover, a Redis that
+/// hangs for a moment twice) a user who tried during the first outage and
+/// has not been answered by Redis since starts from zero: a free user at
+/// the limit gets the whole daily limit again, per flap.
+#[tokio::test]
+async fn a_second_outage_under_local_forgets_what_redis_said() {
+    let redis = RedisServer::start();
+    let upstream = saving_upstream().await;
+    // Daily 2. A breaker that never opens: every reserve asks Redis first,
+    // so the first answer after a pause ends the outage at once.
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[store]
+kind = "redis"
+url = "{url}"
+command_timeout = "300ms"
+on_store_error = "local"
+breaker = {{ failures = 1000000, open_for = "100ms" }}
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 2, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+        url = redis.url(),
+    );
+    let binary = Binary::start(&config, &[]).await;
+
+    // "x" uses the day's two images; Redis says so.
+    for i in 0..2 {
+        let answer = generate(&binary, "x").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "image {i}: {}",
+            answer.text()
+        );
+    }
+    wait_used_today(&redis.url(), "x", 2, WITHIN).await;
+    assert_eq!(
+        generate(&binary, "x").await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Redis denies the third"
+    );
+
+    // First outage: "x" tries again and is denied from Redis's last answer.
+    redis.pause();
+    let first = generate(&binary, "x").await;
+    wait_health(&binary, "the local count to be in force", |s| {
+        s["local"] == true
+    })
+    .await;
+    assert_eq!(
+        first.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the local count starts from Redis's 2: {}",
+        first.text()
+    );
+
+    // Redis answers again (another user's request), which ends the outage.
+    redis.resume();
+    assert_eq!(generate(&binary, "y").await.status, StatusCode::OK);
+    wait_health(&binary, "the outage to end", |s| {
+        s["local"] == false && s["pending_settles"] == 0
+    })
+    .await;
+    wait_used_today(&redis.url(), "y", 1, WITHIN).await;
+
+    // Second outage: Redis last told this replica that "x" is at 2 of 2.
+    redis.pause();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(generate(&binary, "x").await.status);
+    }
+    redis.resume();
+    let forwarded = upstream
+        .requests()
+        .iter()
+        .filter(|r| r.header("x-user-id") == Some("x"))
+        .count();
+    // What reached Redis once the local settles were handed over.
+    wait_health(&binary, "the settle queue to drain", |s| {
+        s["pending_settles"] == 0
+    })
+    .await;
+    let (used, _) = used_today(&redis.url(), "x").await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "a free user at the limit (2 a day) was admitted during a second Redis outage \
+         (statuses {statuses:?}): the first outage consumed the baseline Redis had given \
+         (Local::reserve removes it) and the local counts were dropped when Redis answered \
+         in between, so the second outage started the user from zero. The upstream was asked \
+         {forwarded} times for \"x\"; Redis now holds {used} images for a daily limit of 2"
+    );
+}
+
+/// Under `on_store_error = "local"` every settle made during an outage
+/// also goes to the Redis retry queue (`ResilientStore::settle`), releases
+/// included: a flagged request that generated nothing queues a settle of
+/// 0 for a reservation Redis never held (it was made in this replica's
+/// memory), which can only add the id to Redis's `done` set. The queue is
+/// bounded (`store.settle_queue`), and what does not fit is dropped
+/// (`SettleQueue::push`). So during an outage one client decides whose
+/// usage reaches Redis: its own cheap requests that generate nothing (a
+/// session that is not its own, a refused message: the app answers at
+/// once, the local unit is released and can be taken again, so the local
+/// limit never stops them) fill the queue with releases, and the real
+/// images other users generate meanwhile are dropped. The local counts are
+/// thrown away when Redis answers again (`Local::end_outage`), so those
+/// images are never counted. Scaled: a queue of 20.
+#[tokio::test]
+async fn releases_fill_the_outage_queue_and_push_out_other_users_images() {
+    let mut redis = RedisServer::start();
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        if request.header("x-user-id") == Some("attacker") {
+            // Not the caller's session: refused at once, nothing generated.
+            return Reply::status(404).body("no such session");
+        }
+        Reply::ok().header("x-images-saved", "1").body("generated")
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[store]
+kind = "redis"
+url = "{url}"
+command_timeout = "300ms"
+on_store_error = "local"
+settle_queue = 20
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 2, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+        url = redis.url(),
+    );
+    let binary = Binary::start(&config, &[]).await;
+    assert_eq!(generate(&binary, "warmup").await.status, StatusCode::OK);
+    wait_used_today(&redis.url(), "warmup", 1, WITHIN).await;
+
+    redis.kill();
+    // The attacker: 25 flagged requests, each refused by the app, each
+    // released; the local limit (2) never stops them.
+    let mut attacker = Vec::new();
+    for _ in 0..25 {
+        attacker.push(generate(&binary, "attacker").await.status);
+    }
+    assert!(
+        attacker.iter().all(|s| *s == StatusCode::NOT_FOUND),
+        "the attacker's requests reach the app: {attacker:?}"
+    );
+    // A victim's real image during the same outage.
+    let victim = generate(&binary, "victim").await;
+    assert_eq!(victim.status, StatusCode::OK, "{}", victim.text());
+    let health = healthz(&binary).await;
+
+    redis.restart();
+    wait_health(&binary, "the retry queue to drain", |s| {
+        s["up"] == true && s["pending_settles"] == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut used = used_today(&redis.url(), "victim").await;
+    while used.0 == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        used = used_today(&redis.url(), "victim").await;
+    }
+    assert_eq!(
+        used.0, 1,
+        "the victim's image, generated during the outage, never reached Redis ({used:?} used, \
+         reserved): the retry queue (settle_queue = 20) was full of the attacker's 25 releases \
+         of local reservations Redis never held, so the victim's settle was dropped; /healthz \
+         during the outage: {health}"
     );
 }

@@ -3,19 +3,17 @@
 //! proxy starts and serves while Redis is down (under `allow` and `deny`),
 //! and a reload to another Redis hands the whole store over, so the
 //! settles queued in the new one are the ones flushed and measured at
-//! shutdown.
+//! shutdown; an answer still streaming when the shutdown grace ends is
+//! charged as cut. Redis's eviction policy is checked at startup.
 
 use std::time::Duration;
 
 use crate::support::binary::Binary;
 use crate::support::gen_route;
 use crate::support::proxy::{Answer, TestClient};
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisServer, used_today, wait_used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use chrono::{Utc, Weekday};
 use http::{Method, StatusCode};
-use quota_proxy::periods::Calendar;
-use quota_proxy::store::{QuotaStore, RedisStore};
 
 /// Every bounded wait of this file.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -31,37 +29,6 @@ fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Settled and reserved usage of `user` today in the binary's calendar
-/// (Asia/Tehran) on the Redis at `url`.
-async fn usage(url: &str, user: &str) -> (u64, u64) {
-    let store = RedisStore::connect(url, "quota:", Duration::from_secs(2))
-        .await
-        .expect("connect to the test redis");
-    let calendar = Calendar::new(chrono_tz::Asia::Tehran, Weekday::Mon);
-    let now = Utc::now();
-    let usage = store
-        .usage(user, &calendar.windows(now), now)
-        .await
-        .expect("usage");
-    (usage[0].used, usage[0].reserved)
-}
-
-/// Waits until `user`'s usage on `url` is `n` settled, none reserved.
-async fn wait_usage(url: &str, user: &str, n: u64) {
-    let deadline = std::time::Instant::now() + WITHIN;
-    loop {
-        let now = usage(url, user).await;
-        if now == (n, 0) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "usage of {user} is {now:?}, expected ({n}, 0)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // Starting without Redis.
@@ -161,7 +128,7 @@ async fn starts_and_serves_without_redis_under_allow_then_counts_once_it_answers
     }
     // The three counted, and the image of the one let through, whose
     // settle waited in the queue for Redis.
-    wait_usage(&url, "alice", 4).await;
+    wait_used_today(&url, "alice", 4, WITHIN).await;
     let m = metrics(&binary).await;
     assert_eq!(metric_sum(&m, "quota_proxy_fail_open_total"), 1.0, "{m}");
 }
@@ -205,7 +172,7 @@ async fn a_reload_to_another_redis_hands_over_the_queue_flushed_at_shutdown() {
     )
     .await;
     assert_eq!(gen_route::flagged(&binary, "carol").await, StatusCode::OK);
-    wait_usage(&first.url(), "carol", 1).await;
+    wait_used_today(&first.url(), "carol", 1, WITHIN).await;
 
     // Two reloads: to the second Redis, and once more with a change that
     // keeps it (the store in force must stay the second one's).
@@ -276,11 +243,11 @@ async fn a_reload_to_another_redis_hands_over_the_queue_flushed_at_shutdown() {
     // Settled: the three images. (The reserves that timed out ran once
     // Redis resumed; each holds a unit until reservation_ttl, as any reserve
     // whose answer came too late does.)
-    let (used, phantom) = usage(&second.url(), "carol").await;
+    let (used, phantom) = used_today(&second.url(), "carol").await;
     assert_eq!(used, 3, "{}", binary.logs().join("\n"));
     assert!(phantom <= 3, "{phantom}");
     assert_eq!(
-        usage(&first.url(), "carol").await,
+        used_today(&first.url(), "carol").await,
         (1, 0),
         "nothing more there"
     );
@@ -320,4 +287,201 @@ async fn a_redis_that_evicts_is_warned_of_at_startup() {
     let binary = start(&default).await;
     wait_store_up(&binary, true).await;
     assert_eq!(binary.count_logs(warned), 0, "{}", binary.logs().join("\n"));
+}
+
+/// An upstream that answers one request the way the chat app's send view
+/// does under gunicorn's sync worker: the response head and a first line at
+/// once, then silence while it generates, then the image is saved and the
+/// in-band report written. A client (here the proxy) that went away is not
+/// noticed until that last write, so the image is saved all the same
+/// (`tests/django/harness/views.py`, `send_message` with
+/// `HARNESS_SEND_STALL`). The generation ends when `finish` is sent.
+struct SlowGeneration {
+    addr: std::net::SocketAddr,
+    answering: std::sync::mpsc::Receiver<()>,
+    finish: std::sync::mpsc::Sender<()>,
+    saved: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowGeneration {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (answering_tx, answering) = std::sync::mpsc::channel();
+        let (finish, finish_rx) = std::sync::mpsc::channel::<()>();
+        let saved = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let saves = std::sync::Arc::clone(&saved);
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then the body its Content-Length announces.
+            let (head_end, length) = loop {
+                let n = stream.read(&mut buf).expect("read request");
+                assert!(n > 0, "the proxy closed before sending its request");
+                request.extend_from_slice(&buf[..n]);
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().expect("length"));
+                    break (end + 4, length);
+                }
+            };
+            while request.len() < head_end + length {
+                let n = stream.read(&mut buf).expect("read body");
+                assert!(n > 0, "the proxy closed mid-body");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+            let token = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("x-quota-report-token")
+                        .then(|| value.trim().to_owned())
+                })
+                .unwrap_or_default();
+            let first = "generating\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                 transfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
+                first.len()
+            );
+            let _ = stream.flush();
+            let _ = answering_tx.send(());
+            // Generating: nothing is written, so nothing notices a peer
+            // that went away.
+            let _ = finish_rx.recv_timeout(Duration::from_secs(60));
+            saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let report =
+                format!(r#"[IMAGES_SAVED]{{"count": 1, "token": "{token}"}}[IMAGES_SAVED_END]"#);
+            let _ = write!(stream, "{:x}\r\n{report}\r\n0\r\n\r\n", report.len());
+            let _ = stream.flush();
+        });
+        Self {
+            addr,
+            answering,
+            finish,
+            saved,
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the generation: the image is saved, the report written (to
+    /// whoever still listens).
+    fn finish(&mut self) -> usize {
+        let _ = self.finish.send(());
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("upstream thread");
+        }
+        self.saved.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A graceful shutdown (SIGTERM: a rolling update, a restart of the proxy
+/// alone under systemd while Django runs on) with a flagged request still
+/// generating when `shutdown_grace` ends: the proxy waits for pending
+/// settlements for the grace (at least `SETTLE_FLUSH_MIN`, 5 s), logs
+/// "settlements still pending at the end of the grace are lost; their
+/// reservations expire by themselves" (`src/app/mod.rs`, `flush`) and
+/// exits, closing the upstream connection. The app does not notice until
+/// it writes its report, after saving the image; the reservation expires
+/// in Redis and the image is never counted. The same answer cut by the
+/// upstream (a reset, or silence past `timeouts.idle`) is charged one
+/// image for a flagged request (fail closed, docs/security.md); cut by the
+/// proxy's own shutdown it is charged nothing. The preset lets a
+/// generation take 300 s (`timeouts.response_head`, `idle`) against the
+/// default 30 s grace.
+#[tokio::test]
+async fn a_generation_cut_by_the_shutdown_grace_is_never_counted() {
+    let redis = RedisServer::start();
+    let mut app = SlowGeneration::start();
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+shutdown_grace = "1s"
+[timeouts]
+response_head = "300s"
+idle = "300s"
+[store]
+kind = "redis"
+url = "{url}"
+reservation_ttl = "180s"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+"#,
+        upstream = app.addr,
+        url = redis.url(),
+    );
+    let mut binary = Binary::start(&config, &[]).await;
+    // The client: a raw connection that reads whatever it gets (the
+    // answer is cut at shutdown, which a full HTTP client would report).
+    let client = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = r#"{"generate_image": true}"#;
+        let request = format!(
+            "POST /gen/ HTTP/1.1\r\nhost: test\r\nx-user-id: s\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(binary.proxy)
+            .await
+            .expect("connect");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        tokio::spawn(async move {
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            answer
+        })
+    };
+    tokio::task::spawn_blocking({
+        let answering = std::mem::replace(&mut app.answering, std::sync::mpsc::channel().1);
+        move || answering.recv_timeout(WITHIN)
+    })
+    .await
+    .expect("join")
+    .expect("the app started answering");
+    assert_eq!(
+        used_today(&redis.url(), "s").await,
+        (0, 1),
+        "one unit reserved"
+    );
+
+    binary.signal("TERM");
+    let status = binary.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    client.abort();
+
+    // The generation outlasted the proxy: the app saves its image.
+    let saved = app.finish();
+    assert_eq!(saved, 1, "the app saved one image");
+    let (used, reserved) = used_today(&redis.url(), "s").await;
+    let lost = binary
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("pending") || l.contains("settle"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        used, 1,
+        "the app saved {saved} image for a flagged request admitted by the proxy, but Redis \
+         holds {used} used ({reserved} still reserved, expiring by itself): the request was \
+         still generating when the shutdown grace ended, and its settlement was dropped \
+         instead of charged as the cut answer it is (fail closed)\nproxy logs:\n{lost}"
+    );
 }

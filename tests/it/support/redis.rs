@@ -482,3 +482,38 @@ fn tail(log: &Path) -> String {
     let lines: Vec<_> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
+
+/// `user`'s settled and reserved usage today as the Redis at `url` holds
+/// it, read by a store of the test's own in the binary's default calendar
+/// (Asia/Tehran, Monday weeks).
+pub async fn used_today(url: &str, user: &str) -> (u64, u64) {
+    use quota_proxy::store::QuotaStore as _;
+    let store = quota_proxy::store::RedisStore::connect(url, "quota:", Duration::from_secs(2))
+        .await
+        .expect("connect to the test redis");
+    let calendar =
+        quota_proxy::periods::Calendar::new(chrono_tz::Asia::Tehran, chrono::Weekday::Mon);
+    let now = chrono::Utc::now();
+    let usage = store
+        .usage(user, &calendar.windows(now), now)
+        .await
+        .expect("usage");
+    (usage[0].used, usage[0].reserved)
+}
+
+/// Waits, at most `within`, until `user` has `used` images settled today on
+/// the Redis at `url` and nothing reserved; fails with what it holds.
+pub async fn wait_used_today(url: &str, user: &str, used: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = used_today(url, user).await;
+        if seen == (used, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}: waited {within:?} for {used} used in Redis, it holds {seen:?} (used, reserved)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
