@@ -1,15 +1,17 @@
-//! Findings of the second attack session, each a test on the real binary in
-//! front of real gunicorn + Django (the shipped preset, changed only where a
-//! test says so). Images are counted where Django saved them.
+//! Findings of the attack sessions (second and third) that need real
+//! gunicorn + Django, each a test on the real binary with the shipped preset,
+//! changed only where a test says so. Images are counted where Django saved
+//! them; usage, where the test reads the store.
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::corpus::{Case, View};
 use super::{ANSWER_WITHIN, preset_config};
 use crate::support::binary::Binary;
 use crate::support::django::Django;
 use crate::support::raw_http;
+use crate::support::redis::RedisServer;
 
 /// The shipped preset in front of `django`, with `edit` applied to its
 /// TOML table.
@@ -18,6 +20,16 @@ fn config_with(django: &Django, edit: impl FnOnce(&mut toml::Table)) -> String {
         toml::from_str(&preset_config(&django.url(), View::Send)).expect("the preset is TOML");
     edit(&mut table);
     toml::to_string(&table).expect("config renders")
+}
+
+/// Sets `key = value` in the `[section]` of a config table.
+fn set(table: &mut toml::Table, section: &str, key: &str, value: &str) {
+    table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap_or_else(|| panic!("[{section}] is a table"))
+        .insert(key.into(), value.into());
 }
 
 /// Sends an ordinary flagged request (JSON `"generate_image": true`) of
@@ -30,27 +42,20 @@ fn flagged_in_background(proxy: &Binary, user: &str, case: usize) -> std::thread
     std::thread::spawn(move || raw_http::send(addr, &bytes, half, ANSWER_WITHIN).status)
 }
 
-/// A reservation lives `store.reservation_ttl` (the preset: 180 s) and is
-/// kept alive only once the response head has arrived (`KeepAlive` starts
-/// in `UsageBody::new`); the wait for the head may last
-/// `timeouts.response_head` (the preset: 300 s, "generation can take
-/// minutes before the first byte"). A user with one image left sends a
-/// request whose head takes longer than the TTL (a slow generation, or a
-/// request queued behind busy gunicorn workers), waits until its
-/// reservation has expired, and sends another: it is admitted, both
-/// generate, and the user ends one over the limit. Scaled down here: TTL
-/// 2 s, Django answers after 5 s.
+/// A reservation lives `store.reservation_ttl` (the preset: 180 s); the
+/// wait for the head may last `timeouts.response_head` (the preset: 300 s,
+/// "generation can take minutes before the first byte"). It was kept alive
+/// only once the head had arrived, so a user with one image left could
+/// send a request whose head took longer than the TTL, wait for its
+/// reservation to expire, and send another: admitted, both generated. Now
+/// it is kept alive while the head is awaited too (`settle::hold_while`).
+/// Scaled down here: TTL 2 s, Django answers after 5 s.
 pub async fn reservation_expires_while_the_head_is_awaited() {
     const USER: &str = "710001";
     let django = Django::start_with(&[("HARNESS_SEND_DELAY", "5")]);
     let mut saved = django.saved();
     let config = config_with(&django, |table| {
-        let store = table
-            .entry("store")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("[store] is a table");
-        store.insert("reservation_ttl".into(), "2s".into());
+        set(table, "store", "reservation_ttl", "2s")
     });
     let proxy = Binary::start(&config, &[]).await;
 
@@ -99,16 +104,16 @@ fn in_background(
 }
 
 /// On the send route (which has a probe) the proxy asks who the caller is
-/// for every request, and probes the session only when the identity call
-/// succeeded: when it fails (`on_identity_error = "deny"` in the preset),
-/// an unflagged request is forwarded with no probe and no reservation,
-/// and an `image_editing` session generates all the same. A client makes
-/// the identity call fail by timing: it keeps gunicorn's workers busy with
-/// slow unflagged chats of its own (free), and adds a cookie the proxy has
-/// not seen (`; n=1`, ignored by Django) so the identity cache misses; the
-/// call waits behind the busy workers past its 2 s timeout, while the
-/// request itself is served once a worker frees. A free user at the limit
-/// gets a fourth image.
+/// for every request, and probed the session only when the identity call
+/// succeeded: when it failed, an unflagged request went on with no probe
+/// and no reservation, and an `image_editing` session generated all the
+/// same. A client makes the identity call fail by timing: it keeps
+/// gunicorn's workers busy with slow unflagged chats of its own (free), and
+/// adds a cookie the proxy has not seen (`; n=1`, ignored by Django) so the
+/// identity cache misses; the call waits behind the busy workers past its
+/// 2 s timeout. Now a failed identity on a probed route counts as flagged
+/// and `on_identity_error` applies: the user at the limit gets no fourth
+/// image.
 pub async fn identity_timeout_skips_the_probe() {
     const USER: &str = "710101";
     const HELPER: &str = "710102";
@@ -234,24 +239,16 @@ pub async fn h2_cookie_crumbs() {
 /// The reply streams; the chat app then generates and saves the image and
 /// reports it at the very end. When the upstream falls silent for longer
 /// than `timeouts.idle` before the report (a slow generation; the preset
-/// allows 300 s), the proxy cuts the body and settles it as "no image
-/// saved": the reservation is released. Django goes on, saves the image
-/// and fails only to write the report to the closed connection. A cut
-/// body of a 200 answer is one the proxy cannot read for sure, yet it
-/// does not count (fail open). A free user with long generations gets
-/// every image uncounted. Scaled down: idle 2 s, Django silent 4 s.
+/// allows 300 s), the proxy cuts the body; Django goes on, saves the image
+/// and fails only to write the report to the closed connection. The cut
+/// answer was settled as "no image saved"; now a cut 2xx answer to a
+/// flagged request counts one image (fail closed). Scaled down: idle 2 s,
+/// Django silent 4 s.
 pub async fn idle_cut_releases_the_reservation() {
     const USER: &str = "710301";
     let django = Django::start_with(&[("HARNESS_SEND_STALL", "4")]);
     let mut saved = django.saved();
-    let config = config_with(&django, |table| {
-        let timeouts = table
-            .entry("timeouts")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("[timeouts] is a table");
-        timeouts.insert("idle".into(), "2s".into());
-    });
+    let config = config_with(&django, |table| set(table, "timeouts", "idle", "2s"));
     let proxy = Binary::start(&config, &[]).await;
     let mut statuses = Vec::new();
     for n in 0..5 {
@@ -269,17 +266,13 @@ pub async fn idle_cut_releases_the_reservation() {
     );
 }
 
-/// `docs/identity.md`: "Django's `ALLOWED_HOSTS` must accept the host the
-/// proxy sends (the client's)". The identity call is sent to the absolute
-/// endpoint URL and hyper's client writes `Host` from it: Django sees the
-/// upstream's address (`127.0.0.1:<port>`), not the client's. A project
-/// whose `ALLOWED_HOSTS` holds its public host only (Django's usual
-/// setting) answers the call 400 (`DisallowedHost`), so every identity is
-/// unavailable: flagged requests get 503, and an unflagged message to an
-/// image_editing session goes on with no probe and no reservation,
-/// generates, and is not counted afterwards either (the settle's identity
-/// call fails the same way). The requests themselves carry the public host
-/// and are served.
+/// The identity call went to the absolute endpoint URL and hyper's client
+/// wrote `Host` from it: Django saw the upstream's address
+/// (`127.0.0.1:<port>`), not the client's. A project whose `ALLOWED_HOSTS`
+/// holds its public host only (Django's usual setting) answered every call
+/// 400 (`DisallowedHost`): flagged requests got 503, and unflagged
+/// messages to image_editing sessions generated unchecked. Now the call
+/// carries the client's `Host`: the user is served as anywhere else.
 pub async fn identity_call_host_is_the_upstreams() {
     const USER: &str = "710401";
     const HOST: &str = "chat.example";
@@ -333,12 +326,7 @@ pub async fn head_timeout_releases_the_reservation() {
     let django = Django::start_with(&[("HARNESS_SEND_DELAY", "4")]);
     let mut saved = django.saved();
     let config = config_with(&django, |table| {
-        let timeouts = table
-            .entry("timeouts")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("[timeouts] is a table");
-        timeouts.insert("response_head".into(), "2s".into());
+        set(table, "timeouts", "response_head", "2s")
     });
     let proxy = Binary::start(&config, &[]).await;
     let mut statuses = Vec::new();
@@ -354,5 +342,100 @@ pub async fn head_timeout_releases_the_reservation() {
         "a free user (3 a day) got {total} images saved by Django (statuses {statuses:?}): \
          each answer took longer than timeouts.response_head, the proxy answered 504 and \
          released the reservation, and Django saved the image anyway"
+    );
+}
+
+/// The sum of `user`'s daily counters in `redis` (settled images, in
+/// whatever zone the harness chose: `preset_config` picks one where it is
+/// noon), and its live reservations.
+fn redis_usage(redis: &RedisServer, user: &str) -> (u64, usize) {
+    let keys = redis.cli(&["--scan", "--pattern", &format!("quota:{{{user}}}:d*")]);
+    let used = keys
+        .lines()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| {
+            redis
+                .cli(&["GET", k.trim()])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    let reserved = redis
+        .cli(&["ZCARD", &format!("quota:{{{user}}}:res")])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (used, reserved)
+}
+
+/// A graceful shutdown of the proxy alone (a new version rolled out, a
+/// `systemctl restart quota-proxy` with Django running on) while a flagged
+/// chat is still generating: the proxy waits for pending settlements until
+/// `shutdown_grace` (at least 5 s) has passed (`src/app/mod.rs`, `flush`)
+/// and exits, closing its connection to gunicorn. gunicorn's sync worker does not notice until the
+/// view writes again, after the image is saved: Django saves the image,
+/// the reservation expired, and the image was never counted. Now the
+/// answers still read when the grace ends are cut and charged (fail
+/// closed). The preset lets a generation run 300 s
+/// (`timeouts.response_head`, `idle`) against the default 30 s grace;
+/// scaled here to a 1 s grace and a 12 s stall.
+pub async fn shutdown_cuts_a_generation() {
+    const USER: &str = "730001";
+    let redis = RedisServer::start();
+    let django = Django::start_with(&[("HARNESS_SEND_STALL", "12")]);
+    let mut saved = django.saved();
+    let config = config_with(&django, |table| {
+        table.insert("shutdown_grace".into(), "1s".into());
+        set(table, "store", "kind", "redis");
+        set(table, "store", "url", &redis.url());
+    });
+    let mut proxy = Binary::start(&config, &[]).await;
+
+    let request = Case::ordinary(View::Send).concrete(73_000);
+    let (bytes, half) = request.render(proxy.proxy, &format!("u{USER}"), 73_000);
+    let addr = proxy.proxy;
+    let client =
+        std::thread::spawn(move || raw_http::send(addr, &bytes, half, ANSWER_WITHIN).status);
+
+    // Admitted: one unit reserved, Django streaming (then silent).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis_usage(&redis, USER).1 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the flagged request was never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    let client_status = client.join().expect("client thread");
+
+    // Django finishes its generation after the proxy is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while saved.by_user(USER) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "Django saved no image (client status {client_status})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let images = saved.by_user(USER);
+    let (used, reserved) = redis_usage(&redis, USER);
+    let logs = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("settlement"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        used, images as u64,
+        "Django saved {images} image(s) for a flagged chat the proxy admitted, but Redis holds \
+         {used} used ({reserved} reservation(s) left to expire): the chat was still generating \
+         when the proxy's shutdown grace ended, and its settlement was dropped instead of \
+         charged as the cut answer it is (client status {client_status})\nproxy logs:\n{logs}"
     );
 }

@@ -20,7 +20,6 @@
 
 mod corpus;
 mod found;
-mod found3;
 mod mutations;
 mod tricks;
 
@@ -616,7 +615,7 @@ async fn a_head_timeout_still_counts() {
 /// is dropped unsettled; Django saves its image after the proxy is gone.
 #[tokio::test]
 async fn a_generation_cut_by_the_shutdown_grace_still_counts() {
-    found3::shutdown_cuts_a_generation().await;
+    found::shutdown_cuts_a_generation().await;
 }
 
 #[tokio::test]
