@@ -15,8 +15,9 @@ pub struct UsageConfig {
     /// Top-level field of a JSON response carrying a count, a boolean or an
     /// array. Empty string = not read.
     pub report_json_field: String,
-    /// Largest JSON response parsed for the field; larger ones stream on
-    /// unread, and count one image for a flagged request (fail closed).
+    /// Largest JSON response parsed for the field; larger ones, and ones
+    /// without a `Content-Length`, stream on unread, and count one image
+    /// for a flagged request (fail closed).
     pub max_json_bytes: ByteSize,
     /// `requests`: +1 per response that saved images; `images`: + the count.
     pub count: CountMode,

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::cache::{CredentialKey, IdentityCache, Lookup, Outcome};
 use super::claims::{LimitOverrides, identity_of, user_id_of};
-use super::{Identity, IdentityError, IdentitySource, PlanTable};
+use super::{Identity, IdentityError, IdentitySource, PlanTable, SITE_HEADERS};
 use crate::config::{Config, ConfigError};
 
 /// Largest identity answer read; Django's is well under 1 KiB.
@@ -136,20 +136,21 @@ impl IdentitySource for ForwardAuthIdentity {
 }
 
 impl Inner {
-    /// The credential headers of `headers`, copied for the call, and the
-    /// client's `Host`: Django checks it against `ALLOWED_HOSTS` as it will
-    /// the request's own (hyper would otherwise send the endpoint's
-    /// address, which a production `ALLOWED_HOSTS` refuses).
+    /// The credential headers of `headers`, copied for the call, and its
+    /// [`SITE_HEADERS`]: Django checks the `Host` against `ALLOWED_HOSTS`
+    /// and the scheme for `SECURE_SSL_REDIRECT` as it will the request's
+    /// own (hyper would otherwise send the endpoint's address, which a
+    /// production `ALLOWED_HOSTS` refuses).
     fn credentials(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         self.forward_headers
             .iter()
+            .chain(&SITE_HEADERS)
             .flat_map(|name| {
                 headers
                     .get_all(name)
                     .iter()
                     .map(move |value| (name.clone(), value.clone()))
             })
-            .chain(headers.get(header::HOST).map(|v| (header::HOST, v.clone())))
             .collect()
     }
 
@@ -176,6 +177,23 @@ impl Inner {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
             || status.is_redirection()
         {
+            let sent: Vec<&str> = self
+                .forward_headers
+                .iter()
+                .filter(|name| credentials.iter().any(|(n, _)| n == *name))
+                .map(HeaderName::as_str)
+                .collect();
+            if sent.len() > 1 {
+                // A view may accept one credential the identity view
+                // refused for the other (DRF tries a bad token before the
+                // session and answers 401): who the app will see cannot be
+                // known. Fail closed; `on_identity_error` applies.
+                return Err(self.unavailable(format_args!(
+                    "answered {status} (not logged in) to a request carrying several \
+                     credentials ({}); which one the app's views use cannot be known",
+                    sent.join(", ")
+                )));
+            }
             return Ok(None);
         }
         if !status.is_success() {

@@ -33,6 +33,21 @@ use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use self::format::{canonical_ids, canonical_user_id};
+
+/// The headers that tell Django which site, scheme and client a request
+/// came through (`ALLOWED_HOSTS`, `SECURE_SSL_REDIRECT` with
+/// `SECURE_PROXY_SSL_HEADER`, `USE_X_FORWARDED_HOST`): sent with the
+/// identity call and the probe as with the request itself, so Django judges
+/// them as it judges the request (a redirect to `https://` would otherwise
+/// read as "not logged in").
+pub const SITE_HEADERS: [HeaderName; 6] = [
+    http::header::HOST,
+    http::header::FORWARDED,
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-for"),
+];
 pub use self::forward_auth::ForwardAuthIdentity;
 pub use self::header::HeaderIdentity;
 pub use self::jwt::JwtIdentity;

@@ -242,11 +242,14 @@ where
                 }
             };
         }
-        JsonBody::TooLarge => {
-            // Streamed on unread (`usage.max_json_bytes`); a report field in
-            // it would go unseen, and an app that echoes the user's message
-            // lets the user make it long.
-            let report = settlement.unreadable(None, "its JSON body is over usage.max_json_bytes");
+        JsonBody::Unread => {
+            // Streamed on unread (over `usage.max_json_bytes`, or no declared
+            // length); a report field in it would go unseen, and an app
+            // that echoes the user's message lets the user make it long.
+            let report = settlement.unreadable(
+                None,
+                "its JSON body is over usage.max_json_bytes or declares no length",
+            );
             let response = Response::from_parts(parts, QuotaBody::inner(body));
             return (response, Some((settlement, report)));
         }

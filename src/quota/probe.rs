@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256};
@@ -38,6 +38,7 @@ use tower::{Service, ServiceExt};
 use super::body::RequestBody;
 use crate::BoxError;
 use crate::config::ProbeConfig;
+use crate::identity::SITE_HEADERS;
 use crate::quota::routes::PathPattern;
 
 /// Largest probe answer read.
@@ -129,8 +130,9 @@ impl ProbeSpec {
             Ok(uri) => uri,
             Err(_) => return ProbeAnswer::Failed,
         };
-        // Django checks the Host against ALLOWED_HOSTS: send the client's.
-        for name in std::iter::once(&header::HOST).chain(&self.forward_headers) {
+        // Django checks the Host against ALLOWED_HOSTS, the scheme for its
+        // SSL redirect: send the client's, as the request carries them.
+        for name in SITE_HEADERS.iter().chain(&self.forward_headers) {
             for value in headers.get_all(name) {
                 request.headers_mut().append(name.clone(), value.clone());
             }

@@ -159,7 +159,8 @@ impl ReportReader {
 
     /// Whether a response with these headers has a JSON body to read for
     /// the report field: one that declares a `Content-Length` within
-    /// `max_json_bytes` is read; a longer one cannot be.
+    /// `max_json_bytes` is read; a longer one, or one that declares none
+    /// (streamed), is not.
     pub fn json_body(&self, headers: &HeaderMap) -> JsonBody {
         if self.json_field.is_none() {
             return JsonBody::None;
@@ -178,8 +179,7 @@ impl ReportReader {
         match length {
             _ if !is_json => JsonBody::None,
             Some(len) if len <= self.max_json_bytes => JsonBody::Read,
-            Some(_) => JsonBody::TooLarge,
-            None => JsonBody::None,
+            Some(_) | None => JsonBody::Unread,
         }
     }
 
@@ -204,10 +204,10 @@ impl ReportReader {
 pub enum JsonBody {
     /// A JSON body within `max_json_bytes`: read it for the report field.
     Read,
-    /// A JSON body declared longer than `max_json_bytes`: a report field in
-    /// it cannot be read.
-    TooLarge,
-    /// Not a JSON body with a declared length (or no field configured).
+    /// A JSON body declared longer than `max_json_bytes`, or with no
+    /// declared length: a report field in it is not read.
+    Unread,
+    /// Not a JSON body (or no field configured).
     None,
 }
 
@@ -393,13 +393,13 @@ mod tests {
         );
         assert_eq!(
             r.json_body(&h),
-            JsonBody::None,
+            JsonBody::Unread,
             "no content-length: streamed"
         );
         h.insert("content-length", HeaderValue::from_static("120"));
         assert_eq!(r.json_body(&h), JsonBody::Read);
         h.insert("content-length", HeaderValue::from_static("99999999"));
-        assert_eq!(r.json_body(&h), JsonBody::TooLarge);
+        assert_eq!(r.json_body(&h), JsonBody::Unread);
         h.insert("content-length", HeaderValue::from_static("10"));
         h.insert(
             "content-type",

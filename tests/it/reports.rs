@@ -560,6 +560,71 @@ deny_status = 429
     );
 }
 
+/// The JSON report (`usage.report_json_field`, `images_saved`) is read
+/// only from an answer that declares a `Content-Length`. A JSON answer sent
+/// chunked (a Django project without `CommonMiddleware`, which adds the
+/// length, behind gunicorn, which then chunks; a `StreamingHttpResponse`
+/// of JSON) was streamed on unread and settled with no report: every image
+/// it reported in the field was free. Now it counts one image for a
+/// flagged 2xx, as one declared too long does (found by an attack
+/// session).
+#[tokio::test]
+async fn a_chunked_json_answer_hides_its_report() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        let sent: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let generate = sent["generate_image"] == true;
+        let body = serde_json::json!({
+            "reply": "here is your image",
+            "images_saved": u32::from(generate),
+        })
+        .to_string();
+        Reply::ok()
+            .header("content-type", "application/json")
+            .stream([(body, Duration::ZERO)])
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 2, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/api/chatbot/sessions/{{session_id}}/send/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let answer = TestClient::new(binary.proxy)
+            .send(
+                Method::POST,
+                "/api/chatbot/sessions/5/send/",
+                &[
+                    ("x-user-id", "chunked"),
+                    ("content-type", "application/json"),
+                ],
+                r#"{"message": "a cat", "generate_image": true}"#,
+            )
+            .await;
+        statuses.push(answer.status);
+        // Let the streamed answer settle before the next request.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let generated = upstream.count();
+    assert!(
+        generated <= 2 && statuses.iter().filter(|s| **s == StatusCode::OK).count() <= 2,
+        "a free user (2 a day) had {generated} images generated and reported \
+         (\"images_saved\": 1 in each JSON answer, sent chunked; statuses {statuses:?}): a \
+         JSON answer without Content-Length is never read for its report, and the \
+         reservation is released"
+    );
+}
+
 mod stores {
     use std::sync::Arc;
     use std::time::Duration;

@@ -106,6 +106,14 @@ where
         if request.version() == http::Version::HTTP_2 {
             // One `Cookie`, as the identity call and the app must both read it.
             join_cookie_crumbs(request.headers_mut());
+            // The `Host` Django will see (the proxy writes it from
+            // `:authority`), for the identity call and the probe too.
+            if let Some(authority) = request.uri().authority()
+                && !request.headers().contains_key(http::header::HOST)
+                && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+            {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
         }
         // The config this request lives by, even if a reload swaps it.
         let state = self.current.load_full();

@@ -22,6 +22,19 @@ import os as _os
 
 if _os.environ.get("HARNESS_GZIP") == "1":
     MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware"] + MIDDLEWARE
+# HARNESS_SSL_REDIRECT=1: the settings Django's deployment checklist asks
+# for behind a TLS-terminating front (`manage.py check --deploy`): every
+# request that is not HTTPS is redirected there, and a request is HTTPS when
+# the front says so in X-Forwarded-Proto. The health check is exempt, as
+# load balancers probe over plain HTTP.
+# HARNESS_X_FORWARDED_HOST=1: the host is the front's X-Forwarded-Host
+# (nginx's default proxy_pass sends `Host: <upstream address>`).
+USE_X_FORWARDED_HOST = _os.environ.get("HARNESS_X_FORWARDED_HOST") == "1"
+if _os.environ.get("HARNESS_SSL_REDIRECT") == "1":
+    MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"] + MIDDLEWARE
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
 DATABASES = {}
 USE_TZ = True
 REST_FRAMEWORK = {

@@ -24,6 +24,8 @@ from django.http import (
     StreamingHttpResponse,
 )
 from rest_framework import serializers
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -111,6 +113,62 @@ def quota_identity(request):
         return JsonResponse({"detail": "not authenticated"}, status=401)
     plan = request.quota_plan
     return JsonResponse({"user_id": request.quota_user, "plan": plan, "limits": PLANS[plan]})
+
+
+class _ApiUser:
+    is_authenticated = True
+
+    def __init__(self, user_id, plan):
+        self.pk = user_id
+        self.plan = plan
+
+
+class BearerAuthentication(BaseAuthentication):
+    """Imitates djangorestframework-simplejwt's JWTAuthentication: no
+    `Authorization`, or another scheme, is no opinion; `Bearer <token>`
+    that is not a valid token is 401 (`InvalidToken`). The harness's tokens
+    are the session values: `u<digits>`, `p<digits>`."""
+
+    def authenticate(self, request):
+        parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+        if len(parts) != 2 or parts[0] != "Bearer":
+            return None
+        token = parts[1]
+        if len(token) > 1 and token[0] in "up" and token[1:].isascii() and token[1:].isdigit():
+            return (_ApiUser(str(int(token[1:])), "free" if token[0] == "u" else "pro"), token)
+        raise AuthenticationFailed("Given token not valid for any token type")
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'
+
+
+class CookieSessionAuthentication(BaseAuthentication):
+    """DRF's SessionAuthentication, on the harness's `sessionid` users."""
+
+    def authenticate(self, request):
+        user = request._request.quota_user
+        if user is None:
+            return None
+        return (_ApiUser(user, request._request.quota_plan), None)
+
+
+class DrfIdentity(APIView):
+    """The identity view as docs/identity.md advises for apps whose clients
+    also send `Authorization`: decorated for DRF, with simplejwt listed
+    first, as its docs show."""
+
+    authentication_classes = [BearerAuthentication, CookieSessionAuthentication]
+
+    def get(self, request):
+        user = request.user
+        if user is None or not getattr(user, "is_authenticated", False):
+            return Response({"detail": "not authenticated"}, status=401)
+        return Response({"user_id": user.pk, "plan": user.plan, "limits": PLANS[user.plan]})
+
+
+# HARNESS_IDENTITY_DRF=1: the identity view is DrfIdentity.
+if os.environ.get("HARNESS_IDENTITY_DRF") == "1":
+    quota_identity = DrfIdentity.as_view()  # noqa: F811
 
 
 class SendSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@
 //! Knobs: `QP_DJANGO_CASES` (or `PROPTEST_CASES`) = random mutations to try
 //! (default 96), `QP_DJANGO_SEED` = their seed (fixed by default).
 
+mod behind_front;
 mod corpus;
 mod found;
 mod mutations;
@@ -616,6 +617,46 @@ async fn a_head_timeout_still_counts() {
 #[tokio::test]
 async fn a_generation_cut_by_the_shutdown_grace_still_counts() {
     found::shutdown_cuts_a_generation().await;
+}
+
+/// Over HTTP/2 the request's host is `:authority`, not `Host`: the
+/// identity call goes out without it and behind a production
+/// `ALLOWED_HOSTS` every HTTP/2 chat request is refused.
+#[tokio::test]
+async fn h2_identity_call_carries_the_authority() {
+    behind_front::h2_identity_call_lacks_the_host().await;
+}
+
+/// Behind a TLS front with Django's `SECURE_SSL_REDIRECT`, the identity
+/// call (no `X-Forwarded-Proto`) is redirected, taken for an anonymous
+/// caller, and every flagged request is forwarded unchecked.
+#[tokio::test]
+async fn an_ssl_redirect_of_the_identity_call_is_no_bypass() {
+    behind_front::ssl_redirect_makes_everyone_anonymous().await;
+}
+
+/// Behind a TLS front with `SECURE_SSL_REDIRECT`, the probe (sent as
+/// plain HTTP) is redirected, fails, and every text message counts as an
+/// image request: a user out of images cannot chat.
+#[tokio::test]
+async fn an_ssl_redirect_does_not_fail_every_probe() {
+    behind_front::ssl_redirect_fails_every_probe().await;
+}
+
+/// Behind a front that names the host in `X-Forwarded-Host` (Django's
+/// `USE_X_FORWARDED_HOST`), the identity call carries `Host` alone and
+/// every flagged request is refused.
+#[tokio::test]
+async fn the_identity_call_keeps_x_forwarded_host() {
+    behind_front::identity_call_drops_x_forwarded_host().await;
+}
+
+/// An invalid `Authorization: Bearer` beside a valid session cookie: the
+/// DRF identity view answers 401 (anonymous), the send view serves the
+/// cookie's user, and every image goes unchecked.
+#[tokio::test]
+async fn a_bad_token_beside_the_session_is_no_bypass() {
+    behind_front::a_bad_token_beside_the_session_is_anonymous().await;
 }
 
 #[tokio::test]
