@@ -117,7 +117,8 @@ impl Settlement {
     }
 
     /// What to settle when the answer's report cannot be known (its body
-    /// compressed unasked, or cut before its end) and `seen` is what was
+    /// compressed unasked, cut before its end, or a JSON body not read)
+    /// and `seen` is what was
     /// read of it: a flagged request is charged a malformed report (one
     /// image when the answer succeeded: fail closed) unless a report was
     /// seen; an unflagged one only what was seen, or every such text reply
