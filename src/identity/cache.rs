@@ -43,24 +43,45 @@ pub(crate) type Outcome = Result<Option<Identity>, IdentityError>;
 pub(crate) struct CredentialKey([u8; 32]);
 
 impl CredentialKey {
-    /// The key of `headers`' values for `names` (every value of each, in
-    /// order), or `None` when none of them is present: such a request is
+    /// The key of `headers`' values for the credential `names` and the
+    /// `site` headers the answer also depends on (every value of each, in
+    /// order), or `None` when no credential is present: such a request is
     /// anonymous and needs no call.
-    pub(crate) fn of(headers: &HeaderMap, names: &[HeaderName]) -> Option<Self> {
+    pub(crate) fn of(
+        headers: &HeaderMap,
+        names: &[HeaderName],
+        site: &[HeaderName],
+    ) -> Option<Self> {
         let mut hasher = Sha256::new();
         let mut any = false;
         for name in names {
-            for value in headers.get_all(name) {
-                any = true;
-                // Header names hold no ':' and values no '\n': unambiguous.
-                hasher.update(name.as_str().as_bytes());
-                hasher.update(b":");
-                hasher.update(value.as_bytes());
-                hasher.update(b"\n");
-            }
+            any |= hash_values(&mut hasher, headers, name);
         }
-        any.then(|| CredentialKey(hasher.finalize().into()))
+        if !any {
+            return None;
+        }
+        // An empty line between the credentials and the site.
+        hasher.update(b"\n");
+        for name in site {
+            hash_values(&mut hasher, headers, name);
+        }
+        Some(CredentialKey(hasher.finalize().into()))
     }
+}
+
+/// Feeds every value of `name` in `headers` to `hasher`, one line each;
+/// true when there was one.
+fn hash_values(hasher: &mut Sha256, headers: &HeaderMap, name: &HeaderName) -> bool {
+    let mut any = false;
+    for value in headers.get_all(name) {
+        any = true;
+        // Header names hold no ':' and values no '\n': unambiguous.
+        hasher.update(name.as_str().as_bytes());
+        hasher.update(b":");
+        hasher.update(value.as_bytes());
+        hasher.update(b"\n");
+    }
+    any
 }
 
 /// A bounded map of answers with expiry, plus the calls in flight.
@@ -338,13 +359,13 @@ mod tests {
     fn key_needs_a_credential_and_depends_on_every_value() {
         let names = [http::header::COOKIE, http::header::AUTHORIZATION];
         let mut h = HeaderMap::new();
-        assert_eq!(CredentialKey::of(&h, &names), None);
+        assert_eq!(CredentialKey::of(&h, &names, &[]), None);
         h.insert("x-other", "1".parse().expect("value"));
-        assert_eq!(CredentialKey::of(&h, &names), None);
+        assert_eq!(CredentialKey::of(&h, &names, &[]), None);
         h.insert(http::header::COOKIE, "sessionid=a".parse().expect("value"));
-        let one = CredentialKey::of(&h, &names).expect("key");
+        let one = CredentialKey::of(&h, &names, &[]).expect("key");
         h.append(http::header::COOKIE, "csrftoken=b".parse().expect("value"));
-        let two = CredentialKey::of(&h, &names).expect("key");
+        let two = CredentialKey::of(&h, &names, &[]).expect("key");
         assert_ne!(one, two);
         // The same value under another header is another credential.
         let mut a = HeaderMap::new();
@@ -352,7 +373,17 @@ mod tests {
             http::header::AUTHORIZATION,
             "sessionid=a".parse().expect("value"),
         );
-        assert_ne!(CredentialKey::of(&a, &names), Some(one));
+        assert_ne!(CredentialKey::of(&a, &names, &[]), Some(one));
+        // The site the request came through is part of the key: Django may
+        // answer `http://` with a redirect and `https://` with the user.
+        let site = [
+            http::header::HOST,
+            HeaderName::from_static("x-forwarded-proto"),
+        ];
+        h.insert("x-forwarded-proto", "http".parse().expect("value"));
+        let plain = CredentialKey::of(&h, &names, &site).expect("key");
+        h.insert("x-forwarded-proto", "https".parse().expect("value"));
+        assert_ne!(CredentialKey::of(&h, &names, &site), Some(plain));
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,14 +59,29 @@ struct CanonicalIds {
 #[async_trait]
 impl IdentitySource for CanonicalIds {
     async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, IdentityError> {
-        Ok(self.inner.identify(headers).await?.and_then(|mut who| {
-            let canonical = canonical_user_id(self.format, &who.user_id);
-            if canonical.is_none() {
-                tracing::debug!(format = ?self.format, "user id not in identity.user_id_format; anonymous");
+        let Some(mut who) = self.inner.identify(headers).await? else {
+            return Ok(None);
+        };
+        match canonical_user_id(self.format, &who.user_id) {
+            Some(canonical) => {
+                who.user_id = canonical;
+                Ok(Some(who))
             }
-            who.user_id = canonical?;
-            Some(who)
-        }))
+            // A client's own header in another form: not an id.
+            None if self.inner.trusts_client_headers() => {
+                tracing::debug!(format = ?self.format, "user id not in identity.user_id_format; anonymous");
+                Ok(None)
+            }
+            // A user the app (or a signed token) vouched for: the format
+            // does not fit the app. Not anonymous, which would let every
+            // signed-in user through unchecked; an identity error.
+            None => Err(IdentityError::Unavailable(format!(
+                "the verified user id {:?} is not in identity.user_id_format = {:?}; \
+                 set the format the app's ids have",
+                who.user_id.chars().take(64).collect::<String>(),
+                self.format
+            ))),
+        }
     }
 
     fn trusts_client_headers(&self) -> bool {

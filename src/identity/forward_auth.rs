@@ -116,7 +116,10 @@ impl ForwardAuthIdentity {
 #[async_trait]
 impl IdentitySource for ForwardAuthIdentity {
     async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, IdentityError> {
-        let Some(key) = CredentialKey::of(headers, &self.inner.forward_headers) else {
+        // Django's answer depends on the site headers the call carries too
+        // (an `http://` request is redirected): they are part of the key.
+        let Some(key) = CredentialKey::of(headers, &self.inner.forward_headers, &SITE_HEADERS)
+        else {
             return Ok(None);
         };
         match self.inner.cache.lookup(key, Instant::now()) {

@@ -84,7 +84,7 @@ where
         // could generate (the send view parses the body before it looks
         // at the session), so no probe can force it either: forwarded
         // unreserved, and the user sees the backend's own error.
-        unflagged(&route, &parts.headers, session)
+        unflagged(&route, &parts.headers, session, None)
     } else {
         let (identity, flagged) = identify(
             &state,
@@ -150,11 +150,11 @@ where
     })
 }
 
-/// **identify**: who asks, when it matters (a flagged request, a route with
-/// a probe, a session where someone saved images unflagged), and whether
-/// the session forces an image for them (the probe, cached). The verified
+/// **identify**: who asks (every request of an inspected route), and
+/// whether the session forces an image for them (the probe, cached; or a
+/// session where someone saved images unflagged). The verified
 /// identity goes to the upstream in the identity headers. Returns the
-/// identity (`None` when not asked) and whether the request is flagged.
+/// identity and whether the request is flagged.
 async fn identify<S, ReqB, ResB>(
     state: &QuotaState,
     route: &Route,
@@ -163,7 +163,7 @@ async fn identify<S, ReqB, ResB>(
     session: &str,
     asks: Asks,
     headers: &mut HeaderMap,
-) -> (Option<Result<Option<Identity>, IdentityError>>, bool)
+) -> (Result<Option<Identity>, IdentityError>, bool)
 where
     S: Service<Request<RequestBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
@@ -177,12 +177,12 @@ where
     let learned = !flagged
         && route.probe.is_none()
         && state.deps.probe_cache.get(&ProbeCache::key(session, "")) == Some(true);
-    let identity = if flagged || learned || route.probe.is_some() {
-        Some(spans::identify(state.deps.identity.identify(headers)).await)
-    } else {
-        None
-    };
-    if !flagged && matches!(identity, Some(Err(_))) {
+    // Every request of an inspected route is identified on arrival, flagged
+    // or not: an unflagged one whose answer reports saved images anyway is
+    // counted against who asked then (a session logged out while the image
+    // is made would read as anonymous at the end). Cached per credential.
+    let identity = spans::identify(state.deps.identity.identify(headers)).await;
+    if !flagged && (learned || route.probe.is_some()) && identity.is_err() {
         // No identity, so no probe and no learned session can say whether
         // the session forces an image: it may (fail closed). Admit then
         // applies `on_identity_error`.
@@ -191,7 +191,7 @@ where
     }
     if !flagged
         && learned
-        && let Some(Ok(Some(who))) = &identity
+        && let Ok(Some(who)) = &identity
     {
         flagged = state
             .deps
@@ -199,7 +199,7 @@ where
             .get(&ProbeCache::key(session, &who.user_id))
             == Some(true);
     }
-    if !flagged && let (Some(probe), Some(Ok(Some(who)))) = (&route.probe, &identity) {
+    if !flagged && let (Some(probe), Ok(Some(who))) = (&route.probe, &identity) {
         let key = ProbeCache::key(session, &who.user_id);
         flagged = match state.deps.probe_cache.get(&key) {
             Some(forced) => forced,
@@ -216,7 +216,7 @@ where
             },
         };
     }
-    if let (Some(names), Some(Ok(Some(who)))) = (&state.routing.identity_headers, &identity)
+    if let (Some(names), Ok(Some(who))) = (&state.routing.identity_headers, &identity)
         && set_identity_headers(headers, who, names).is_err()
     {
         tracing::warn!(route = %route.name, "verified identity cannot be sent as a header");
@@ -229,27 +229,33 @@ where
 async fn admit(
     state: &QuotaState,
     route: &Route,
-    identity: Option<Result<Option<Identity>, IdentityError>>,
+    identity: Result<Option<Identity>, IdentityError>,
     flagged: bool,
     parts: &mut request::Parts,
     session: String,
 ) -> ControlFlow<Answer, Ticket> {
-    match identity {
-        Some(identity) if flagged => {
-            match admit::admit(state, route, identity, &mut parts.headers).await {
-                Ok(ticket) => ControlFlow::Continue(ticket),
-                Err(answer) => ControlFlow::Break(answer),
-            }
-        }
-        _ => ControlFlow::Continue(unflagged(route, &parts.headers, session)),
+    if !flagged {
+        let known = identity.ok().flatten();
+        return ControlFlow::Continue(unflagged(route, &parts.headers, session, known));
+    }
+    match admit::admit(state, route, identity, &mut parts.headers).await {
+        Ok(ticket) => ControlFlow::Continue(ticket),
+        Err(answer) => ControlFlow::Break(answer),
     }
 }
 
-/// The ticket of a request that asks for no image, counted as such.
-fn unflagged(route: &Route, headers: &HeaderMap, session: String) -> Ticket {
+/// The ticket of a request that asks for no image, counted as such;
+/// `identity` is who asks, when identify already knew.
+fn unflagged(
+    route: &Route,
+    headers: &HeaderMap,
+    session: String,
+    identity: Option<Identity>,
+) -> Ticket {
     route.counters.request(Decision::Unflagged);
     Ticket::Unflagged {
         headers: headers.clone(),
         session,
+        identity,
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
@@ -47,11 +48,13 @@ pub(crate) enum Ticket {
         decision: Decision,
     },
     /// Not flagged. If the answer reports saved images anyway, they are
-    /// counted against the user these headers identify, and `session` (the
-    /// probe path, or the request path) is remembered as image-generating.
+    /// counted against `identity` (who asked, when identify knew) or else
+    /// the user these headers identify then, and `session` (the probe path,
+    /// or the request path) is remembered as image-generating.
     Unflagged {
         headers: http::HeaderMap,
         session: String,
+        identity: Option<Identity>,
     },
 }
 
@@ -77,6 +80,9 @@ pub(crate) struct Settlement {
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
     pub(crate) started: Instant,
+    /// When it was admitted: usage reported without a reservation counts in
+    /// the periods of this instant, as a reservation's does.
+    admitted: DateTime<Utc>,
     /// The request's `X-Request-Id`, for the log line.
     request_id: Option<http::HeaderValue>,
     /// The request's span (`spans.rs`), kept open until usage is recorded.
@@ -96,12 +102,14 @@ impl Settlement {
         span: tracing::Span,
     ) -> Self {
         let pending = state.deps.settlements.token();
+        let admitted = state.deps.clock.now();
         Settlement {
             state,
             route,
             ticket,
             status: None,
             started: Instant::now(),
+            admitted,
             request_id,
             span,
             pending,
@@ -153,6 +161,7 @@ impl Settlement {
             ticket,
             status,
             started,
+            admitted,
             request_id,
             span: _,
             pending,
@@ -212,14 +221,25 @@ impl Settlement {
                 (Some(identity.user_id), reservation)
             }
             Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
-            Ticket::Unflagged { headers, session } if amount > 0 => {
+            Ticket::Unflagged {
+                headers,
+                session,
+                identity,
+            } if amount > 0 => {
                 let ttl = route
                     .probe
                     .as_ref()
                     .map_or(LEARNED_SESSION_TTL, |p| p.cache_ttl());
                 tracing::info!(route = %route.name, session = %session,
                     "saved images reported for an unflagged request; counting it, and its session from now on");
-                match state.deps.identity.identify(&headers).await {
+                // Who asked, as identify knew them on arrival: asked only
+                // now, a session logged out meanwhile would read as
+                // anonymous and the images go uncounted.
+                let identity = match identity {
+                    Some(who) => Ok(Some(who)),
+                    None => state.deps.identity.identify(&headers).await,
+                };
+                match identity {
                     Ok(identity) => {
                         if let Some(who) = &identity {
                             // The user's own key, and a hint that someone
@@ -247,7 +267,7 @@ impl Settlement {
             (None, Some(user)) if amount > 0 => Some(Reservation {
                 id: Reservation::new_id(),
                 user: user.clone(),
-                windows: state.deps.calendar.windows(now),
+                windows: state.deps.calendar.windows(admitted),
                 expires_at: now,
             }),
             (None, None) if amount > 0 => {

@@ -102,7 +102,12 @@ impl ReportReader {
         let is_event_stream = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+            .is_some_and(|v| {
+                // Media types are case-insensitive (RFC 9110 8.3.1).
+                v.trim_start()
+                    .get(..17)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+            });
         let rules = ReportRules {
             token,
             require_token: self.require_token,

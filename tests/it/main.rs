@@ -6,6 +6,7 @@
 
 mod support;
 
+mod attack_findings;
 mod batches;
 mod config_errors;
 mod decision_logs;

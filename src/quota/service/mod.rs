@@ -14,7 +14,7 @@
 //!    asking; a body the backend refuses while parsing (`Rejected`) is
 //!    forwarded unreserved and unprobed, as it cannot generate. A route's
 //!    probe may force the rest (an image-editing session, `probe.rs`);
-//! 2. **identify** the user and their limits (flagged requests, and probes);
+//! 2. **identify** the user and their limits (every request of the route);
 //! 3. **admit**: reserve one unit in the store, atomically against all three
 //!    limits, or answer the denial (`admit.rs`);
 //! 4. **forward** the exact bytes to the inner service; the call and its

@@ -333,3 +333,58 @@ pub(super) async fn a_bad_token_beside_the_session_is_anonymous() {
             .join("\n")
     );
 }
+
+/// The identity cache is keyed by the credential headers alone
+/// (`CredentialKey::of(headers, &forward_headers)`,
+/// src/identity/forward_auth.rs `identify`), but the call also carries the
+/// request's site headers (`Host`, `Forwarded`, `X-Forwarded-*`:
+/// `Inner::credentials`), and Django's answer depends on them: behind
+/// `SECURE_SSL_REDIRECT` a call that says `X-Forwarded-Proto: http` is
+/// answered `301`, which the proxy reads as "not logged in" and caches for
+/// `negative_cache_ttl` (5 s) under the session cookie. The front forwards
+/// plain-HTTP requests with `X-Forwarded-Proto: http` (that is what
+/// `SECURE_SSL_REDIRECT` is for), so a client sends one flagged request
+/// over `http://` (Django redirects it: nothing generated), then the real
+/// one over `https://` with the same cookie: the proxy finds "anonymous"
+/// in its cache, the preset forwards anonymous requests (`anonymous =
+/// "forward"`) unchecked, and Django, seeing https and the session,
+/// generates. Every image uncounted; repeat every 5 seconds.
+pub(super) async fn plain_http_poisons_the_identity_cache() {
+    const USER: &str = "750101";
+    let django = Django::start_with(&[("HARNESS_SSL_REDIRECT", "1")]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_config(&django.url(), View::Send), &[]).await;
+    let body = json_flag(Some("true"));
+    let send = |session: u64, proto: &str| {
+        // As the front sends it on: the scheme the client connected with.
+        let request = format!(
+            "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             X-Forwarded-Proto: {proto}\r\nX-Forwarded-For: 203.0.113.9\r\n\
+             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN).status
+    };
+    let mut statuses = Vec::new();
+    for n in 0..6u64 {
+        // Over http:// first: redirected by Django, nothing generated.
+        statuses.push((send(75_100 + n, "http"), send(75_200 + n, "https")));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let images = saved.by_user(USER);
+    assert!(
+        images <= 3,
+        "a free user (3 a day) got {images} images saved by Django (statuses, \
+         http then https: {statuses:?}): the identity answer to the http:// request \
+         (a 301, read as anonymous) is cached under the session cookie alone and \
+         reused for the https:// one, which the preset forwards unchecked\nproxy logs:\n{}",
+        proxy
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("anonymous"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

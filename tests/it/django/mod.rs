@@ -659,6 +659,15 @@ async fn a_bad_token_beside_the_session_is_no_bypass() {
     behind_front::a_bad_token_beside_the_session_is_anonymous().await;
 }
 
+/// Behind `SECURE_SSL_REDIRECT`, one flagged request over plain HTTP makes
+/// the identity call answer 301 (anonymous), cached under the session
+/// cookie alone; the same cookie over HTTPS then reads as anonymous and is
+/// forwarded unchecked.
+#[tokio::test]
+async fn a_plain_http_request_does_not_poison_the_identity_cache() {
+    behind_front::plain_http_poisons_the_identity_cache().await;
+}
+
 #[tokio::test]
 async fn a_header_spelled_with_underscores_is_no_bypass() {
     tricks::an_underscore_spelling_reaches_django_as_the_header().await;
