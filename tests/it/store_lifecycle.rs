@@ -471,12 +471,7 @@ report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
     let saved = app.finish();
     assert_eq!(saved, 1, "the app saved one image");
     let (used, reserved) = used_today(&redis.url(), "s").await;
-    let lost = binary
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains("pending") || l.contains("settle"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let lost = binary.log_lines(&["pending", "settle"], usize::MAX);
     assert_eq!(
         used, 1,
         "the app saved {saved} image for a flagged request admitted by the proxy, but Redis \

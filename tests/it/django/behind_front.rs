@@ -106,13 +106,7 @@ pub(super) async fn h2_identity_call_lacks_the_host() {
          image(s); want [200, 200, 200, 200, 403, 403] and 3, as over HTTP/1.1: the identity \
          call must carry the request's host, which HTTP/2 sends as :authority, not Host \
          (first refusal: {first_refusal:?})\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("identity"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["identity"], 3)
     );
 }
 
@@ -157,13 +151,7 @@ pub(super) async fn ssl_redirect_makes_everyone_anonymous() {
          (statuses {statuses:?}): Django redirects the identity call, which lacks the \
          front's X-Forwarded-Proto, to https, the proxy takes the 301 for an anonymous \
          caller and forwards the flagged requests unchecked\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("anonymous") || l.contains("identity"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["anonymous", "identity"], 3)
     );
 }
 
@@ -215,13 +203,7 @@ pub(super) async fn ssl_redirect_fails_every_probe() {
          an ordinary session got {statuses:?} ({images} image(s) saved); want [200, 200, \
          200, 200]: the probe reaches Django as plain HTTP, is redirected to https, and the \
          failed probe counts the text message as an image request\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("probe"))
-            .take(2)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["probe"], 2)
     );
 }
 
@@ -265,13 +247,7 @@ pub(super) async fn identity_call_drops_x_forwarded_host() {
          (USE_X_FORWARDED_HOST, ALLOWED_HOSTS = [{HOST:?}]) got statuses {statuses:?} and \
          {images} image(s); want [200, 200, 200, 403, 403] and 3: the identity call drops \
          X-Forwarded-Host and Django refuses its Host\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("identity"))
-            .take(2)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["identity"], 2)
     );
 }
 
@@ -324,13 +300,7 @@ pub(super) async fn a_bad_token_beside_the_session_is_anonymous() {
          got {images} images saved by Django (statuses {statuses:?}): the DRF identity view \
          answers the bad token 401, the proxy takes it for an anonymous caller and forwards \
          unchecked, and the send view authenticates by the cookie\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("anonymous"))
-            .take(2)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["anonymous"], 2)
     );
 }
 
@@ -379,12 +349,6 @@ pub(super) async fn plain_http_poisons_the_identity_cache() {
          http then https: {statuses:?}): the identity answer to the http:// request \
          (a 301, read as anonymous) is cached under the session cookie alone and \
          reused for the https:// one, which the preset forwards unchecked\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("anonymous"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["anonymous"], 3)
     );
 }

@@ -170,12 +170,7 @@ pub async fn identity_timeout_skips_the_probe() {
          request to an image_editing session whose identity call timed out (gunicorn's workers \
          busy with the client's own slow chats, statuses {busy:?}) was forwarded without a \
          probe or a reservation (status {status}) and generated\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("identity") || l.contains("inspected request"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["identity", "inspected request"], usize::MAX)
     );
 }
 
@@ -302,13 +297,7 @@ pub async fn identity_call_host_is_the_upstreams() {
          image_editing sessions (statuses {statuses:?}, want 3 images and [200, 200, 200, \
          403, 403]): behind ALLOWED_HOSTS = [{HOST:?}] the identity call must carry the \
          client's Host\nproxy logs:\n{}",
-        proxy
-            .logs()
-            .into_iter()
-            .filter(|l| l.contains("identity"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("\n")
+        proxy.log_lines(&["identity"], 3)
     );
 }
 
@@ -425,12 +414,7 @@ pub async fn shutdown_cuts_a_generation() {
     }
     let images = saved.by_user(USER);
     let (used, reserved) = redis_usage(&redis, USER);
-    let logs = proxy
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains("settlement"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let logs = proxy.log_lines(&["settlement"], usize::MAX);
     assert_eq!(
         used, images as u64,
         "Django saved {images} image(s) for a flagged chat the proxy admitted, but Redis holds \

@@ -173,6 +173,17 @@ impl Binary {
         self.logs.lock().expect("log lock").clone()
     }
 
+    /// The log lines that contain one of `words`, at most `at_most` of
+    /// them, one per line: what a failing assertion shows.
+    pub fn log_lines(&self, words: &[&str], at_most: usize) -> String {
+        self.logs()
+            .into_iter()
+            .filter(|l| words.iter().any(|w| l.contains(w)))
+            .take(at_most)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Log lines parsed as JSON (every line is one in JSON format).
     pub fn json_logs(&self) -> Vec<serde_json::Value> {
         self.logs()
