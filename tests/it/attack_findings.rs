@@ -210,10 +210,39 @@ path = "/sse/{id}/"
 /// an anonymous request; not counted", and the session is not learned
 /// either. Log in again, repeat: every image free. The identity was known
 /// when the request came in (the session was valid then) and is what must
+/// Forward-auth identity at `identity`, a free plan of 3 a day and the
+/// chat's send route with no probe; `top` goes before the tables,
+/// `identity_extra` into `[identity]`.
+fn forward_auth_config(
+    identity: &crate::support::identity_server::IdentityServer,
+    top: &str,
+    identity_extra: &str,
+) -> String {
+    use crate::support::identity_server::PATH;
+    format!(
+        r#"
+{top}
+[identity]
+kind = "forward_auth"
+default_plan = "free"
+{identity_extra}
+[identity.forward_auth]
+url = "{base}{PATH}"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/chat/session/{{session_id}}/send/"
+flag = "generate_image"
+"#,
+        base = identity.base()
+    )
+}
+
 /// be charged.
 #[tokio::test]
 async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
-    use crate::support::identity_server::{IdentityServer, Mode, PATH, Plan};
+    use crate::support::identity_server::{IdentityServer, Mode, Plan};
 
     let identity = IdentityServer::start().await;
     let free = Plan {
@@ -238,24 +267,7 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
         .await
     };
     // A route without a probe (optional; the report is the safety net).
-    let config = format!(
-        r#"
-[timeouts]
-response_head = "10s"
-[identity]
-kind = "forward_auth"
-default_plan = "free"
-[identity.forward_auth]
-url = "{}{PATH}"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/chat/session/{{session_id}}/send/"
-flag = "generate_image"
-"#,
-        identity.base()
-    );
+    let config = forward_auth_config(&identity, "[timeouts]\nresponse_head = \"10s\"", "");
     let now = at("2031-05-14T10:00:00Z");
     let proxy = Proxy::memory(&config, &upstream, now).await;
     let client = TestClient::new(proxy.addr);
@@ -328,7 +340,7 @@ flag = "generate_image"
 /// not an anonymous caller.
 #[tokio::test]
 async fn a_user_id_format_that_does_not_fit_the_app_does_not_turn_enforcement_off() {
-    use crate::support::identity_server::{IdentityServer, PATH, Plan};
+    use crate::support::identity_server::{IdentityServer, Plan};
 
     let identity = IdentityServer::start().await;
     let free = Plan {
@@ -340,23 +352,10 @@ async fn a_user_id_format_that_does_not_fit_the_app_does_not_turn_enforcement_of
     identity.login("s1", 42, Some(free));
     let upstream =
         TestUpstream::always(Reply::ok().header("x-images-saved", "1").body("generated")).await;
-    let config = format!(
-        r#"
-[identity]
-kind = "forward_auth"
-default_plan = "free"
-user_id_format = "uuid"
-on_identity_error = "deny"
-[identity.forward_auth]
-url = "{}{PATH}"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/chat/session/{{session_id}}/send/"
-flag = "generate_image"
-"#,
-        identity.base()
+    let config = forward_auth_config(
+        &identity,
+        "",
+        "user_id_format = \"uuid\"\non_identity_error = \"deny\"",
     );
     let now = at("2031-05-14T10:00:00Z");
     let proxy = Proxy::memory(&config, &upstream, now).await;

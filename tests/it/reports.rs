@@ -484,6 +484,25 @@ async fn an_answer_compressed_unasked_counts_one_image_when_flagged() {
     );
 }
 
+/// A JSON chat API in front of `upstream`: one inspected route, 2 images a
+/// day, denials answered 429.
+fn json_api_config(upstream: &TestUpstream) -> String {
+    format!(
+        r#"
+upstream = "http://{upstream}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 2, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/api/chatbot/sessions/{{session_id}}/send/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+    )
+}
+
 /// The report of a JSON answer is its `usage.report_json_field`
 /// (`images_saved`), read only when the answer declares a
 /// `Content-Length` of at most `usage.max_json_bytes` (1 MiB;
@@ -509,21 +528,7 @@ async fn a_long_message_echoed_in_a_json_answer_hides_its_report() {
         }))
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/api/chatbot/sessions/{{session_id}}/send/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[]).await;
+    let binary = Binary::start(&json_api_config(&upstream), &[]).await;
     let ask = |message: String| {
         let proxy = binary.proxy;
         async move {
@@ -583,21 +588,7 @@ async fn a_chunked_json_answer_hides_its_report() {
             .stream([(body, Duration::ZERO)])
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/api/chatbot/sessions/{{session_id}}/send/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[]).await;
+    let binary = Binary::start(&json_api_config(&upstream), &[]).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let answer = TestClient::new(binary.proxy)
