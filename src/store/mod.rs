@@ -53,6 +53,13 @@ pub enum StoreError {
     /// The store answered something this version does not understand.
     #[error("quota store answered unexpectedly: {0}")]
     Protocol(String),
+    /// Redis answered, but refused a command of one user's call (a key of
+    /// the wrong type, left by something else sharing the database): that
+    /// user's call failed, the store is up. Not an outage: it never opens
+    /// the circuit breaker, and a refused settle waits in the retry queue
+    /// until the key is fixed.
+    #[error("redis refused one user's command: {0}; check that user's keys (docs/redis.md)")]
+    Refused(String),
     /// A settle the store gave up on and has already logged and counted as
     /// dropped (`reason="retry_queue"`: the Redis settle queue was full).
     #[error("quota store dropped the settle: {0}")]

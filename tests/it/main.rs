@@ -24,6 +24,7 @@ mod outage;
 mod persian_calendar;
 mod quota;
 mod redis_faults;
+mod redis_refusals;
 mod redis_scale;
 mod reports;
 mod routes;

@@ -104,8 +104,8 @@ fn admission(
     let full = match fields.next()? {
         Value::Int(full) => full,
         Value::BulkString(text) => {
-            return Some(Err(StoreError::Unavailable(format!(
-                "redis refused a reserve: {}",
+            return Some(Err(StoreError::Refused(format!(
+                "a reserve: {}",
                 String::from_utf8_lossy(&text)
             ))));
         }
@@ -201,7 +201,7 @@ mod tests {
             }))
         ));
         assert!(
-            matches!(&read[1], Some(Err(StoreError::Unavailable(e))) if e.contains("WRONGTYPE no"))
+            matches!(&read[1], Some(Err(StoreError::Refused(e))) if e.contains("WRONGTYPE no"))
         );
         assert!(matches!(
             &read[2],

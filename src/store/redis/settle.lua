@@ -28,19 +28,22 @@
 --
 -- Returns one answer per settle, in order: 1 when counted, 0 when the id
 -- was settled already, or the error's text when Redis refused one of its
--- commands (a key of the wrong type, say): that settle alone failed, and
--- what it wrote before the error stays written, as for a lone script.
+-- commands (a key of the wrong type, say): that settle alone failed,
+-- having written nothing (below).
 
 local function settle(k, a)
   local id = ARGV[a + 1]
 
+  -- The commands Redis can refuse (a key of the wrong type) come before
+  -- the id is remembered: a refused settle has counted nothing and marked
+  -- nothing, so the proxy's retry counts it once the key is fixed (a
+  -- repeat finds its reservation gone already, and removes nothing).
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', ARGV[a + 6])
+  redis.call('ZREM', KEYS[k + 3], id)
   -- Remembers the id; NX leaves one already there and answers 0.
   if redis.call('ZADD', KEYS[k + 4], 'NX', ARGV[a], id) == 0 then
     return 0
   end
-
-  redis.call('ZREM', KEYS[k + 3], id)
 
   local amount = tonumber(ARGV[a + 2])
   if amount > 0 then

@@ -71,8 +71,8 @@ impl RedisStore {
 fn settle_answer(answer: Value) -> Result<(), StoreError> {
     match answer {
         Value::Int(0 | 1) => Ok(()),
-        Value::BulkString(text) => Err(StoreError::Unavailable(format!(
-            "redis refused a settle: {}",
+        Value::BulkString(text) => Err(StoreError::Refused(format!(
+            "a settle: {}",
             String::from_utf8_lossy(&text)
         ))),
         other => Err(StoreError::Protocol(format!(

@@ -281,6 +281,13 @@ fn is_outage(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(_) | StoreError::Timeout(_))
 }
 
+/// Settles worth sending again: Redis did not answer, or refused one
+/// user's command (a key of the wrong type, which an operator can fix;
+/// `settle.lua` writes nothing before such a refusal).
+fn is_retryable(e: &StoreError) -> bool {
+    is_outage(e) || matches!(e, StoreError::Refused(_))
+}
+
 #[async_trait]
 impl QuotaStore for ResilientStore {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
@@ -331,7 +338,7 @@ impl QuotaStore for ResilientStore {
         let answer = self.shared.inner.settle(reservation, amount, now).await;
         self.observe(&answer);
         match answer {
-            Err(e) if is_outage(&e) => self.queue_settle(reservation, amount, now, &e).await,
+            Err(e) if is_retryable(&e) => self.queue_settle(reservation, amount, now, &e).await,
             other => other,
         }
     }

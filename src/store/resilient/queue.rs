@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ResilientState, is_outage};
+use super::{ResilientState, is_outage, is_retryable};
 use crate::store::{Reservation, StoreError};
 
 /// First pause before retrying queued settles after Redis failed them.
@@ -165,6 +165,12 @@ pub(super) async fn retry(shared: Arc<ResilientState>) {
             Err(e) if is_outage(e) => Some(e.clone()),
             _ => None,
         });
+        // Refused (one user's key of the wrong type): Redis is up, but
+        // sending it again at once would be refused again.
+        let refused = answers.iter().find_map(|(_, answer)| match answer {
+            Err(e @ StoreError::Refused(_)) => Some(e.clone()),
+            _ => None,
+        });
         if failed.is_none() {
             // Closed before the settles count as landed, so whoever waits
             // for the queue to drain (a flush) finds the breaker closed.
@@ -178,12 +184,12 @@ pub(super) async fn retry(shared: Arc<ResilientState>) {
                     landed += 1;
                     queue.landed();
                 }
-                Err(e) if is_outage(&e) => queue.put_back(queued),
+                Err(e) if is_retryable(&e) => queue.put_back(queued),
                 Err(e) => queue.give_up(&queued, &format!("redis refused it: {e}")),
             }
         }
-        match failed {
-            None => {
+        match (failed, refused) {
+            (None, None) => {
                 backoff = RETRY_MIN;
                 if queue.pending.load(Ordering::Acquire) == 0 {
                     tracing::info!("every queued settle reached redis");
@@ -191,7 +197,16 @@ pub(super) async fn retry(shared: Arc<ResilientState>) {
                     tracing::debug!(landed, "queued settles reached redis");
                 }
             }
-            Some(e) => {
+            (None, Some(e)) => {
+                // Every answer of Redis wakes the queue (`observe`): a
+                // refused settle waits out its backoff instead, or each
+                // request would send it again.
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "redis refused a queued settle; kept to be sent again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            (Some(e), _) => {
                 tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "redis still cannot take queued settles");
                 tokio::select! {

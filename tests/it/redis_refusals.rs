@@ -1,0 +1,208 @@
+//! Redis answering but refusing one user's commands (phases: admit and
+//! settle): keys of the wrong type, left by something else sharing the
+//! database. Found by an attack session; each test failed before its fix.
+//! Redis is up: the breaker stays closed for everyone else, and a refused
+//! settle waits in the queue until the key is fixed, then counts once.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use crate::support::binary::Binary;
+use crate::support::proxy::{Answer, TestClient};
+use crate::support::redis::{RedisServer, used_today, wait_used_today};
+use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
+
+const GEN: &str = "/gen/";
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// An upstream that saves one image per flagged request to `/gen/` and
+/// says so, and counts what it saved per user (`x-user-id`).
+async fn saving_upstream() -> TestUpstream {
+    TestUpstream::start(|request: RecordedRequest| async move {
+        let asked = request.uri.path() == GEN
+            && String::from_utf8_lossy(&request.body).contains("\"generate_image\": true");
+        Reply::ok()
+            .header("x-images-saved", if asked { "1" } else { "0" })
+            .body("generated")
+    })
+    .await
+}
+
+/// Images the upstream saved for `user`.
+fn saved_for(upstream: &TestUpstream, user: &str) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.uri.path() == GEN
+                && r.header("x-user-id") == Some(user)
+                && String::from_utf8_lossy(&r.body).contains("\"generate_image\": true")
+        })
+        .count()
+}
+
+async fn generate(binary: &Binary, user: &str) -> Answer {
+    TestClient::new(binary.proxy)
+        .send(
+            Method::POST,
+            GEN,
+            &[("x-user-id", user), ("content-type", "application/json")],
+            r#"{"generate_image": true}"#,
+        )
+        .await
+}
+
+fn redis_config(
+    upstream: &TestUpstream,
+    redis: &RedisServer,
+    policy: &str,
+    failures: u32,
+) -> String {
+    format!(
+        r#"
+upstream = "http://{upstream}"
+[store]
+kind = "redis"
+url = "{url}"
+command_timeout = "500ms"
+on_store_error = "{policy}"
+breaker = {{ failures = {failures}, open_for = "60s" }}
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 2, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+        url = redis.url(),
+    )
+}
+
+/// One user's keys of the wrong type (made by someone else sharing the
+/// Redis: an old version's layout, an operator's `SET`, another app with
+/// the same prefix) make every reserve and settle of that user fail inside
+/// the scripts with `WRONGTYPE`. Redis *answered*, and the breaker's own
+/// docs say "errors that are answers (a script error ...) are not outages
+/// and never count"; but the per-call error text is turned into
+/// `StoreError::Unavailable` (`src/store/redis/reserve.rs`,
+/// `src/store/redis/settle.rs`), which `ResilientStore` counts as an outage
+/// (`is_outage`) and feeds to the circuit breaker, which covers the whole
+/// store. So three requests of that one user (a reserve and a settle
+/// failure each) open the breaker for everybody: under the shipped
+/// `on_store_error = "allow"` every other user's flagged requests are
+/// forwarded unchecked (under `deny`, refused with 503), and a user at the
+/// limit gets images for as long as it stays open; the broken user reopens
+/// it at will. (With only `res` broken, the retry of the settle "lands"
+/// through the flaw of `a_settle_refused_midway_is_marked_settled_and_its_usage_lost`
+/// and closes the breaker again; fixing that flaw alone makes this one
+/// worse.)
+#[tokio::test]
+async fn one_users_wrong_type_key_opens_the_breaker_for_everyone() {
+    let redis = RedisServer::start();
+    let upstream = saving_upstream().await;
+    let binary = Binary::start(&redis_config(&upstream, &redis, "allow", 5), &[]).await;
+
+    // Alice uses her daily 2, and is at the limit.
+    for _ in 0..2 {
+        assert_eq!(generate(&binary, "alice").await.status, StatusCode::OK);
+    }
+    wait_used_today(&redis.url(), "alice", 2, WITHIN).await;
+    assert_eq!(
+        generate(&binary, "alice").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Someone else's keys of the wrong type for mallory's reservations and
+    // settled ids.
+    redis.cli(&["SET", "quota:{mallory}:res", "not a zset"]);
+    redis.cli(&["SET", "quota:{mallory}:done", "not a zset"]);
+    for _ in 0..3 {
+        generate(&binary, "mallory").await;
+    }
+
+    // Redis is up and answers every call; alice is still at her limit.
+    assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(generate(&binary, "alice").await.status);
+    }
+    let saved = saved_for(&upstream, "alice");
+    let (used, _) = used_today(&redis.url(), "alice").await;
+    assert!(
+        saved <= 2,
+        "alice (daily limit 2, Redis answering) got {saved} images saved, {used} counted; \
+         her last three requests answered {statuses:?} after another user's broken key \
+         opened the breaker"
+    );
+}
+
+/// `/healthz`'s `store.pending_settles`.
+async fn pending_settles(binary: &Binary) -> u64 {
+    let health: serde_json::Value = serde_json::from_str(
+        &TestClient::new(binary.admin)
+            .send(Method::GET, "/healthz", &[], "")
+            .await
+            .text(),
+    )
+    .expect("healthz JSON");
+    health["store"]["pending_settles"]
+        .as_u64()
+        .expect("pending_settles")
+}
+
+/// `settle.lua` marks the reservation id settled (`ZADD NX` to `done`)
+/// *before* it touches the reservation set and the counters, and a
+/// command refused after that (here `ZREM` on a `res` key of the wrong
+/// type, made by someone else sharing the Redis) leaves the id marked and
+/// nothing counted. The settle answers the error, is queued for a retry
+/// (`ResilientStore::settle`, the error being `Unavailable`), and the
+/// retry finds the id already settled and "lands": the queue drains, no
+/// settle is counted as dropped, and the usage is gone for good, even
+/// after the bad key is removed. Under the shipped `on_store_error =
+/// "allow"` the user's requests are forwarded (their reserve fails the same
+/// way) on the promise that "usage they report is queued for Redis": three
+/// images saved, none ever counted.
+#[tokio::test]
+async fn a_settle_refused_midway_is_marked_settled_and_its_usage_lost() {
+    let redis = RedisServer::start();
+    let upstream = saving_upstream().await;
+    let binary = Binary::start(&redis_config(&upstream, &redis, "allow", 1000), &[]).await;
+
+    redis.cli(&["SET", "quota:{mallory}:res", "not a zset"]);
+    for _ in 0..3 {
+        assert_eq!(generate(&binary, "mallory").await.status, StatusCode::OK);
+    }
+    assert_eq!(saved_for(&upstream, "mallory"), 3);
+
+    // The three refused settles wait in the queue while the key is broken.
+    let deadline = std::time::Instant::now() + WITHIN;
+    while pending_settles(&binary).await < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused settles were not kept for a retry (pending {})",
+            pending_settles(&binary).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The bad key is cleaned up: the queue's retries count the three images.
+    redis.cli(&["DEL", "quota:{mallory}:res"]);
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let (used, _) = used_today(&redis.url(), "mallory").await;
+        if used == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mallory: 3 images saved and reported, {used} counted in Redis; the settle queue \
+             is empty (pending {}) and the ids are marked settled: {}",
+            pending_settles(&binary).await,
+            redis.cli(&["ZCARD", "quota:{mallory}:done"]).trim()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
