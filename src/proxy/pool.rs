@@ -28,6 +28,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::ForwardError;
+
+/// Most bytes of an answer read ahead from the upstream while the client
+/// has not taken the ones before (hyper's default grows to about 400 KiB):
+/// a client that stops reading holds this much per request, with the
+/// server side's HTTP/2 stream buffer (`server::H2_SEND_BUFFER`).
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 use super::service::UpstreamBody;
 
 /// How long an idle upstream connection may be used again. It must be
@@ -132,7 +138,9 @@ impl Pool {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an upstream connection");
         }
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ForwardError::from_hyper(&self.upstream, e))?;
         let upstream = self.upstream.clone();

@@ -44,6 +44,17 @@ use crate::BoxError;
 /// starts none for a whole timeout is sent a GOAWAY (`connection.rs`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Requests one HTTP/2 connection may have open at once (hyper's default
+/// is 200; nginx's `http2_max_concurrent_streams` is 128, RFC 9113
+/// recommends at least 100).
+const H2_MAX_STREAMS: u32 = 100;
+
+/// Answer bytes buffered per HTTP/2 stream for a client that does not read
+/// them (hyper's default is 400 KiB): one connection that stops reading
+/// holds at most `H2_MAX_STREAMS` × this (3.2 MiB), then the upstream
+/// waits. An HTTP/1 connection holds one write buffer.
+const H2_SEND_BUFFER: usize = 32 * 1024;
+
 /// How long the loop pauses after an accept error that is not about one
 /// connection (EMFILE, ENFILE, ENOMEM): retrying at once would spin the
 /// CPU while nothing can be accepted anyway.
@@ -110,7 +121,11 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER);
 
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();

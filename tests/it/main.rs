@@ -14,6 +14,7 @@ mod deploy;
 mod django;
 mod docs_drift;
 mod flag_rules;
+mod http2_limits;
 mod identity;
 mod levels;
 mod limits;
