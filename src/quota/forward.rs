@@ -36,7 +36,7 @@ use super::state::QuotaState;
 use super::usage_body::UsageBody;
 use crate::BoxError;
 use crate::quota::routes::Route;
-use crate::report::{JsonBody, ReportToken, UsageReport};
+use crate::report::{JsonBody, ReportToken, StreamReport, UsageReport};
 use crate::response::json_error;
 
 /// Sends the request on and waits for the accounted answer. The
@@ -206,8 +206,19 @@ where
         );
     }
     if let Some(images) = state.policy.reports.take_header(&mut parts.headers) {
-        let response = Response::from_parts(parts, QuotaBody::inner(body));
-        return (response, Some((settlement, Some(images))));
+        // A stream may still report at its end (the larger count wins); a
+        // compressed or JSON body is not read past the header.
+        let watched = (state.policy.reports.coding(&parts.headers).is_none()
+            && state.policy.reports.json_body(&parts.headers) == JsonBody::None)
+            .then(|| state.policy.reports.stream_report(&parts.headers, token))
+            .flatten();
+        return match watched {
+            Some(report) => watch(parts, body, report.with_header(images), settlement, &state),
+            None => {
+                let response = Response::from_parts(parts, QuotaBody::inner(body));
+                (response, Some((settlement, Some(images))))
+            }
+        };
     }
     if let Some(coding) = state.policy.reports.coding(&parts.headers) {
         // Asked for none (`forward` removed `Accept-Encoding`), the upstream
@@ -221,7 +232,9 @@ where
     match state.policy.reports.json_body(&parts.headers) {
         JsonBody::Read => {
             let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
-            return match Limited::new(body, limit).collect().await {
+            // A JSON body slower than the reservation's TTL keeps it.
+            let collected = hold_while(&settlement, Limited::new(body, limit).collect()).await;
+            return match collected {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
                     let images = state.policy.reports.read_json(&bytes);
@@ -256,17 +269,30 @@ where
         JsonBody::None => {}
     }
     match state.policy.reports.stream_report(&parts.headers, token) {
-        Some(report) => {
-            if state.policy.reports.strips_markers() {
-                // Cutting a marker changes the length.
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            let body = UsageBody::new(body, report, settlement);
-            (Response::from_parts(parts, QuotaBody::watched(body)), None)
-        }
+        Some(report) => watch(parts, body, report, settlement, &state),
         None => (
             Response::from_parts(parts, QuotaBody::inner(body)),
             Some((settlement, None)),
         ),
     }
+}
+
+/// The answer with its body watched for in-band reports, settled at its end.
+fn watch<ResB>(
+    mut parts: http::response::Parts,
+    body: ResB,
+    report: StreamReport,
+    settlement: Settlement,
+    state: &QuotaState,
+) -> (Response<QuotaBody<ResB>>, SettleNext)
+where
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    if state.policy.reports.strips_markers() {
+        // Cutting a marker changes the length.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = UsageBody::new(body, report, settlement);
+    (Response::from_parts(parts, QuotaBody::watched(body)), None)
 }

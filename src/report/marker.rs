@@ -47,6 +47,13 @@ pub struct MarkerScanner {
     report: Option<UsageReport>,
     /// Bytes of reports cut from the output.
     stripped: u64,
+    /// Searches for the request's token anywhere in the stream.
+    token_finder: Option<memmem::Finder<'static>>,
+    /// The last bytes seen (shorter than the token), for a token split
+    /// across chunks.
+    token_tail: Vec<u8>,
+    /// The token was in the stream: the backend reported, readable or not.
+    token_seen: bool,
 }
 
 impl MarkerScanner {
@@ -59,17 +66,51 @@ impl MarkerScanner {
             end_finder: memmem::Finder::new(end.as_bytes()).into_owned(),
             end_len: end.len(),
             strip,
+            token_finder: rules
+                .token
+                .as_ref()
+                .map(|t| memmem::Finder::new(t.as_str().as_bytes()).into_owned()),
             rules,
             held: Vec::new(),
             report: None,
             stripped: 0,
+            token_tail: Vec::new(),
+            token_seen: false,
         }
     }
 
     /// What the reports seen so far said (summed, within the bound), or
-    /// `None` when no report has been seen.
+    /// `None` when no report has been seen. The request's token in the
+    /// stream without a report that could be read (its payload longer than
+    /// [`MAX_PAYLOAD`], or cut) is the backend's report all the same: a
+    /// malformed one, charged as such. Only the backend knows the token.
     pub fn report(&self) -> Option<UsageReport> {
         self.report
+            .or(self.token_seen.then_some(UsageReport::MALFORMED))
+    }
+
+    /// Looks for the request's token in `chunk`, and across the boundary
+    /// with the chunk before.
+    fn watch_token(&mut self, chunk: &[u8]) {
+        let Some(finder) = &self.token_finder else {
+            return;
+        };
+        if self.token_seen {
+            return;
+        }
+        let keep = finder.needle().len() - 1;
+        let head = &chunk[..chunk.len().min(keep)];
+        self.token_tail.extend_from_slice(head);
+        self.token_seen = finder.find(&self.token_tail).is_some() || finder.find(chunk).is_some();
+        // Keeps the last `keep` bytes seen, in the same allocation.
+        if chunk.len() >= keep {
+            self.token_tail.clear();
+            self.token_tail
+                .extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            let excess = self.token_tail.len().saturating_sub(keep);
+            self.token_tail.drain(..excess);
+        }
     }
 
     /// Bytes of reports cut from the output so far (0 without stripping).
@@ -94,6 +135,7 @@ impl MarkerScanner {
         if self.start.is_empty() || self.end_len == 0 {
             return chunk;
         }
+        self.watch_token(&chunk);
         // Nothing held back and no marker starting in this chunk: it goes on
         // as it is, but for a possible start of a marker at its very end.
         if self.held.is_empty() && self.start_finder.find(&chunk).is_none() {
@@ -411,18 +453,43 @@ mod tests {
     }
 
     #[test]
-    fn a_payload_of_the_longest_length_counts_and_one_more_does_not() {
+    fn a_payload_of_the_longest_length_counts_and_one_more_is_charged_as_malformed() {
         let payload = format!(r#"{{"count": 1, "token": "{}"}}"#, token().as_str());
-        for (len, want) in [(MAX_PAYLOAD, Some(1)), (MAX_PAYLOAD + 1, None)] {
+        for (len, stripped) in [(MAX_PAYLOAD, true), (MAX_PAYLOAD + 1, false)] {
             let text = format!("{START}{payload:<len$}{END}");
-            let (out, images) = run(&[text.as_bytes()], true);
-            assert_eq!(images, want, "payload of {len} bytes");
-            let left = if want.is_some() { "" } else { text.as_str() };
+            let mut scanner = scanner(true);
+            let mut out = scanner.feed(Bytes::from(text.clone())).to_vec();
+            out.extend_from_slice(&scanner.finish());
+            let report = scanner.report().expect("the token is the backend's");
+            assert_eq!(report.malformed, !stripped, "payload of {len} bytes");
+            assert_eq!(report.charged(true), 1, "payload of {len} bytes");
+            let left = if stripped { "" } else { text.as_str() };
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 left,
                 "payload of {len} bytes"
             );
+        }
+        // Without the token, one byte more is plain text.
+        let forged = format!(
+            "{START}{:<len$}{END}",
+            r#"{"count": 1}"#,
+            len = MAX_PAYLOAD + 1
+        );
+        assert_eq!(run(&[forged.as_bytes()], true), (forged.into_bytes(), None));
+    }
+
+    #[test]
+    fn the_token_is_found_across_chunks_of_any_size() {
+        let text = format!(
+            "{START}{{\"prompt\": \"{}\", \"token\": \"{}\"}}{END}",
+            "a".repeat(300),
+            token().as_str()
+        );
+        for size in [1, 7, 31, 32, 33, 500] {
+            let chunks: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
+            let (_, images) = run(&chunks, true);
+            assert_eq!(images, Some(1), "chunks of {size} bytes");
         }
     }
 }

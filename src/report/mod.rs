@@ -125,6 +125,7 @@ impl ReportReader {
                 .map(|event| SseScanner::new(event, rules)),
             trailer: self.header.clone(),
             trailer_report: None,
+            header_report: None,
             max_images: self.max_images,
         };
         let can_report =
@@ -223,6 +224,8 @@ pub struct StreamReport {
     sse: Option<SseScanner>,
     trailer: Option<HeaderName>,
     trailer_report: Option<UsageReport>,
+    /// The response header's report, sent with the head.
+    header_report: Option<UsageReport>,
     max_images: u64,
 }
 
@@ -257,17 +260,30 @@ impl StreamReport {
             .unwrap_or_default()
     }
 
+    /// Also counts the response header's report, sent with the head: an app
+    /// that streams may know its count only at the end of the body, so the
+    /// header does not end the watch.
+    pub fn with_header(mut self, report: UsageReport) -> Self {
+        self.header_report = Some(report);
+        self
+    }
+
     /// What the in-band sources reported so far (summed, within the
-    /// bound), or `None`.
+    /// bound), or `None`; with a header report, the larger of the two (an
+    /// app may report the same images both ways).
     pub fn report(&self) -> Option<UsageReport> {
-        [
+        let in_band = [
             self.marker.as_ref().and_then(MarkerScanner::report),
             self.sse.as_ref().and_then(SseScanner::report),
             self.trailer_report,
         ]
         .into_iter()
         .flatten()
-        .reduce(|a, b| a.plus(b, self.max_images))
+        .reduce(|a, b| a.plus(b, self.max_images));
+        match (in_band, self.header_report) {
+            (Some(in_band), Some(header)) => Some(in_band.or_max(header)),
+            (in_band, header) => in_band.or(header),
+        }
     }
 }
 

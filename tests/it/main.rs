@@ -13,6 +13,7 @@ mod decision_logs;
 mod deploy;
 mod django;
 mod docs_drift;
+mod exact_counts;
 mod flag_rules;
 mod http2_limits;
 mod identity;
