@@ -20,6 +20,7 @@
 
 mod cache;
 mod claims;
+mod cookie;
 mod format;
 mod forward_auth;
 mod header;

@@ -17,6 +17,7 @@ mod exact_counts;
 mod flag_rules;
 mod http2_limits;
 mod identity;
+mod jwt_parity;
 mod levels;
 mod limits;
 mod load_smoke;

@@ -1,0 +1,242 @@
+//! A JWT read as Django reads it (phase: identify): the token in a cookie
+//! as `parse_cookie` finds it, a bearer token split as simplejwt splits
+//! it (`src/identity/cookie.rs`, `jwt.rs`). Findings of an attack session,
+//! each a test on the real binary in front of real Django (gunicorn,
+//! `tests/django/`), counting the images Django saved; each test's doc says
+//! what the proxy did on the commit it was found on (f07fb78).
+
+use std::time::Duration;
+
+use crate::support::binary::Binary;
+use crate::support::django::Django;
+use crate::support::raw_http;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The harness's `SECRET_KEY` (`tests/django/harness/settings.py`), which
+/// simplejwt signs its HS256 tokens with.
+const DJANGO_SECRET: &str = "harness-only-not-secret";
+
+/// The shipped preset, with `upstream` (Django), periods in a zone where it
+/// is about noon (no day boundary mid-test), and `edit` applied.
+fn preset_with(upstream: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
+    let text = std::fs::read_to_string(path).expect("read the preset");
+    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
+    table.insert("upstream".into(), upstream.into());
+    let periods = table
+        .get_mut("periods")
+        .and_then(toml::Value::as_table_mut)
+        .expect("[periods]");
+    periods.insert("timezone".into(), noon_zone().into());
+    edit(&mut table);
+    toml::to_string(&table).expect("config renders")
+}
+
+fn noon_zone() -> String {
+    use chrono::Timelike;
+    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
+    let offset = (12 - hour).clamp(-11, 12);
+    if offset >= 0 {
+        format!("Etc/GMT-{offset}")
+    } else {
+        format!("Etc/GMT+{}", -offset)
+    }
+}
+
+/// A flagged message (`"generate_image": true`) to the send view of
+/// session `session`, with `Cookie: <cookie>` (raw bytes: a test may put
+/// any byte in it).
+fn flagged(proxy: &Binary, session: u64, cookie: &[u8]) -> raw_http::RawResponse {
+    flagged_with(proxy, session, &[b"Cookie: ".as_slice(), cookie].concat())
+}
+
+/// A flagged message to the send view of session `session`, with the
+/// header line `header` (raw bytes, no CRLF).
+fn flagged_with(proxy: &Binary, session: u64, header: &[u8]) -> raw_http::RawResponse {
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut request = format!(
+        "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(header);
+    request.extend_from_slice(b"\r\n\r\n");
+    request.extend_from_slice(body);
+    raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// A simplejwt access token of `user`, signed with Django's `SECRET_KEY`.
+fn access_token(user: u64) -> String {
+    let now = i64::try_from(jsonwebtoken::get_current_timestamp()).expect("timestamp");
+    let claims = json!({
+        "token_type": "access",
+        "exp": now + 300,
+        "iat": now,
+        "jti": format!("jti{user}"),
+        "user_id": user,
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(DJANGO_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// The harness's `SECRET_KEY` in a file, for `identity.jwt.secret_file`.
+fn secret_file() -> tempfile::NamedTempFile {
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), DJANGO_SECRET).expect("write the secret");
+    secret
+}
+
+/// The preset in front of `django` with `identity.kind = "jwt"` (HS256 with
+/// Django's `SECRET_KEY`, as simplejwt signs), the token read from
+/// `Authorization: Bearer` and, when given, from cookie `cookie`; the rest
+/// of the preset as shipped (`anonymous = "forward"`).
+fn jwt_preset(django: &Django, secret: &tempfile::NamedTempFile, cookie: Option<&str>) -> String {
+    preset_with(&django.url(), |table| {
+        let identity = table
+            .get_mut("identity")
+            .and_then(toml::Value::as_table_mut)
+            .expect("[identity]");
+        identity.insert("kind".into(), "jwt".into());
+        identity.remove("forward_auth");
+        let mut jwt = toml::Table::new();
+        jwt.insert(
+            "secret_file".into(),
+            secret.path().display().to_string().into(),
+        );
+        if let Some(cookie) = cookie {
+            jwt.insert("cookie".into(), cookie.into());
+        }
+        identity.insert("jwt".into(), toml::Value::Table(jwt));
+    })
+}
+
+/// `identity.kind = "jwt"` with `cookie = "access_token"` reads the token
+/// from the `Cookie` header with its own parser (`jwt.rs` `cookie_value`),
+/// which is not Django's `parse_cookie`, the one an app's cookie-JWT
+/// authentication reads (`request.COOKIES[...]`):
+///
+/// - a repeated cookie: the proxy takes the FIRST value, Django the LAST;
+/// - a Cookie header with any byte above 0x7E (another cookie's value,
+///   e.g. a UTF-8 `lang=فا` set by a front end): `HeaderValue::to_str`
+///   fails and the proxy skips the whole header, while Django decodes it
+///   and reads the token;
+/// - a quoted value with an escape (`"\145yJ…"`): Django unquotes it
+///   (`http.cookies._unquote`), the proxy only trims the quotes.
+///
+/// In each case the proxy sees no valid token, so the request is anonymous
+/// and, under the preset's `anonymous = "forward"`, forwarded unchecked,
+/// while Django authenticates the user from the token and generates. On
+/// f07fb78 a free user at the limit (3 images saved, a 4th denied) got
+/// three more images saved (one per spelling), none counted.
+#[tokio::test]
+async fn a_jwt_cookie_is_read_as_django_reads_it() {
+    const USER: u64 = 910_001;
+    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let config = jwt_preset(&django, &secret, Some("access_token"));
+    let proxy = Binary::start(&config, &[]).await;
+    let token = access_token(USER);
+    let plain = format!("access_token={token}");
+
+    // The free plan's three images, then a denial: the user is at the limit.
+    for session in 1..=3 {
+        let answer = flagged(&proxy, session, plain.as_bytes());
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
+    let denied = flagged(&proxy, 4, plain.as_bytes());
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth image is denied: {}",
+        denied.text()
+    );
+    assert_eq!(saved.by_user(&USER.to_string()), 3);
+
+    // The same token, in cookies the proxy reads otherwise than Django.
+    let escaped = format!("access_token=\"\\145{}\"", &token[1..]);
+    let spellings: [(&str, Vec<u8>); 3] = [
+        (
+            "repeated cookie (Django keeps the last)",
+            format!("access_token=x; access_token={token}").into_bytes(),
+        ),
+        (
+            "a non-ASCII byte in another cookie",
+            [b"lang=\xd9\x81\xd8\xa7; ".as_slice(), plain.as_bytes()].concat(),
+        ),
+        ("an escaped quoted value", escaped.into_bytes()),
+    ];
+    let mut got = Vec::new();
+    for (n, (what, cookie)) in spellings.iter().enumerate() {
+        let answer = flagged(&proxy, 10 + n as u64, cookie);
+        got.push(format!(
+            "{what}: {} ({} images saved so far)",
+            answer.status,
+            saved.by_user(&USER.to_string())
+        ));
+    }
+    let total = saved.by_user(&USER.to_string());
+    assert_eq!(
+        total,
+        3,
+        "a free user at the limit (3 a day) got {} more images saved by Django: the proxy \
+         read the JWT cookie otherwise than Django's parse_cookie, saw no valid token, and \
+         forwarded the request as anonymous and unchecked:\n{}",
+        total - 3,
+        got.join("\n")
+    );
+}
+
+/// `identity.kind = "jwt"` reads `Authorization: Bearer <token>` by
+/// splitting the value at its first SPACE (`jwt.rs` `bearer_token`:
+/// `split_once(' ')`), while djangorestframework-simplejwt's
+/// `JWTAuthentication.get_raw_token` splits the header on any whitespace
+/// (`header.split()`): `Authorization: Bearer<TAB><token>` is no bearer
+/// token to the proxy (anonymous, and under the preset's
+/// `anonymous = "forward"` forwarded unchecked) and a valid one to Django.
+/// On f07fb78 a free user at the limit (3 images saved, a 4th denied) got a
+/// 4th image saved, not counted.
+#[tokio::test]
+async fn a_bearer_token_is_split_as_simplejwt_splits_it() {
+    const USER: u64 = 910_002;
+    let django = Django::start_with(&[("HARNESS_JWT_BEARER", "1")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let proxy = Binary::start(&jwt_preset(&django, &secret, None), &[]).await;
+    let token = access_token(USER);
+    let plain = format!("Authorization: Bearer {token}");
+
+    for session in 1..=3 {
+        let answer = flagged_with(&proxy, session, plain.as_bytes());
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
+    let denied = flagged_with(&proxy, 4, plain.as_bytes());
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth image is denied: {}",
+        denied.text()
+    );
+
+    let tab = format!("Authorization: Bearer\t{token}");
+    let answer = flagged_with(&proxy, 5, tab.as_bytes());
+    let total = saved.by_user(&USER.to_string());
+    assert_eq!(
+        total, 3,
+        "a free user at the limit (3 a day) got an image saved by Django (status {}) with \
+         `Authorization: Bearer<TAB><token>`: simplejwt splits the header on any whitespace, \
+         the proxy only at a space, saw no bearer token and forwarded the request as \
+         anonymous and unchecked",
+        answer.status
+    );
+}
