@@ -303,6 +303,14 @@ impl AppState {
                 running.shutdown_grace != next.shutdown_grace,
             ),
             ("threads", running.threads != next.threads),
+            (
+                "max_connections",
+                running.max_connections != next.max_connections,
+            ),
+            (
+                "max_connections_per_ip",
+                running.max_connections_per_ip != next.max_connections_per_ip,
+            ),
             ("log", differs(&running.log, &next.log)),
             ("tracing", differs(&running.tracing, &next.tracing)),
         ] {
@@ -319,6 +327,8 @@ impl AppState {
         next.timeouts = running.timeouts.clone();
         next.shutdown_grace = running.shutdown_grace;
         next.threads = running.threads;
+        next.max_connections = running.max_connections;
+        next.max_connections_per_ip = running.max_connections_per_ip;
         next.log = running.log.clone();
         next.tracing = running.tracing.clone();
         let mut store_reconnected = false;

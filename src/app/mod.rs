@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
-use crate::server::{AcceptBalance, PerIpLimit};
+use crate::server::{AcceptBalance, ConnectionLimits};
 use crate::store::{Opening, StoreError, open_store};
 
 /// Least time given to pending settlements after the drain, even when the
@@ -130,24 +130,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
     balance: AcceptBalance,
 ) -> Result<(), AppError> {
-    let per_ip = config.max_connections_per_ip.map(PerIpLimit::new);
-    serve_limited(config, layer, listener, shutdown, balance, per_ip).await
+    serve_limited(
+        config,
+        layer,
+        listener,
+        shutdown,
+        balance,
+        connection_limits(config),
+    )
+    .await
 }
 
-/// [`serve`] with the per-address connection counts `per_ip`, shared with
-/// the other threads serving the same listener.
+/// The connection limits `config` sets, counted anew.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    ConnectionLimits::new(config.max_connections, config.max_connections_per_ip)
+}
+
+/// [`serve`] with the connection counts `limits`, shared with the other
+/// threads serving the same listener.
 pub async fn serve_limited(
     config: &Config,
     layer: QuotaLayer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
     balance: AcceptBalance,
-    per_ip: Option<PerIpLimit>,
+    limits: ConnectionLimits,
 ) -> Result<(), AppError> {
     let proxy = ProxyService::new(config.upstream.authority.clone(), &config.timeouts);
     let service = layer.layer(UpstreamMetrics::new(proxy));
     let grace = config.shutdown_grace.get();
-    crate::server::serve_limited(listener, service, shutdown, grace, balance, per_ip).await?;
+    crate::server::serve_limited(listener, service, shutdown, grace, balance, limits).await?;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use crate::config::Config;
 use crate::quota::QuotaLayer;
-use crate::server::{AcceptBalance, PerIpLimit};
+use crate::server::{AcceptBalance, ConnectionLimits};
 
 /// The serving threads of one process.
 #[derive(Debug)]
@@ -64,8 +64,8 @@ impl Workers {
             served: Vec::with_capacity(count),
             release: CancellationToken::new(),
         };
-        // One count per address for the whole process, not per thread.
-        let per_ip = config.max_connections_per_ip.map(PerIpLimit::new);
+        // One count for the whole process, not per thread.
+        let limits = super::connection_limits(config);
         for (index, balance) in AcceptBalance::shares(count).into_iter().enumerate() {
             let (served_tx, served) = oneshot::channel();
             let worker = Worker {
@@ -73,7 +73,7 @@ impl Workers {
                 layer: layer.clone(),
                 listener: listener.try_clone()?,
                 balance,
-                per_ip: per_ip.clone(),
+                limits: limits.clone(),
                 drain: drain.clone(),
                 release: workers.release.clone(),
             };
@@ -125,8 +125,8 @@ struct Worker {
     listener: StdListener,
     /// Its share of the listener's connections.
     balance: AcceptBalance,
-    /// Connections per client address, shared by every thread.
-    per_ip: Option<PerIpLimit>,
+    /// Connections open, shared by every thread.
+    limits: ConnectionLimits,
     drain: CancellationToken,
     release: CancellationToken,
 }
@@ -150,7 +150,7 @@ impl Worker {
             layer,
             listener,
             balance,
-            per_ip,
+            limits,
             drain,
             release,
         } = self;
@@ -159,7 +159,7 @@ impl Worker {
                 let result = match TcpListener::from_std(listener) {
                     Ok(listener) => {
                         let shutdown = drain.cancelled_owned();
-                        super::serve_limited(&config, layer, listener, shutdown, balance, per_ip)
+                        super::serve_limited(&config, layer, listener, shutdown, balance, limits)
                             .await
                     }
                     Err(e) => Err(AppError::Io(e)),

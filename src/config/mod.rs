@@ -97,6 +97,10 @@ pub struct Config {
     /// called: `inspected` (only those the proxy must judge), `all` (every
     /// body: slow clients cannot hold the upstream's workers) or `off`.
     pub request_buffering: RequestBuffering,
+    /// Most connections open at once, in all; a connection past it is
+    /// closed as soon as it is accepted. Each idle keep-alive connection
+    /// holds about 22 KB: size the memory limit for it (docs/limits.md).
+    pub max_connections: std::num::NonZeroU32,
     /// Most connections open at once from one client address; a connection
     /// past it is closed as soon as it is accepted. Unset = no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +168,7 @@ impl Default for Config {
             spool_dir: None,
             body_budget_bytes: ByteSize::new(256 * 1024 * 1024),
             request_buffering: RequestBuffering::Inspected,
+            max_connections: std::num::NonZeroU32::new(10_000).expect("not zero"),
             max_connections_per_ip: None,
             shutdown_grace: NonZeroDuration::from_secs(30),
             threads: 0,

@@ -332,10 +332,12 @@ fn body_limits_parse_and_name_the_field_to_fix() {
     assert_eq!(c.body_budget_bytes.get(), 256 * 1024 * 1024);
     assert_eq!(c.request_buffering, RequestBuffering::Inspected);
     assert_eq!(c.max_connections_per_ip, None);
+    assert_eq!(c.max_connections.get(), 10_000);
     let c = Config::from_toml(
-        "request_buffering = \"all\"\nmax_connections_per_ip = 8\n[timeouts]\nclient_body = \"5s\"",
+        "request_buffering = \"all\"\nmax_connections = 64\nmax_connections_per_ip = 8\n[timeouts]\nclient_body = \"5s\"",
     )
     .expect("valid");
+    assert_eq!(c.max_connections.get(), 64);
     assert_eq!(c.request_buffering, RequestBuffering::All);
     assert_eq!(c.max_connections_per_ip.map(|n| n.get()), Some(8));
     assert_eq!(c.timeouts.client_body.get(), Duration::from_secs(5));
@@ -351,6 +353,7 @@ fn body_limits_parse_and_name_the_field_to_fix() {
         "{zero}"
     );
     assert!(Config::from_toml("max_connections_per_ip = 0").is_err());
+    assert!(Config::from_toml("max_connections = 0").is_err());
     assert!(Config::from_toml("request_buffering = \"some\"").is_err());
     let preset =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/django-mobixai.toml");

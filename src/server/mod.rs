@@ -2,16 +2,16 @@
 //! HTTP/1.1 and cleartext HTTP/2 (h2c, prior knowledge) on one listener,
 //! tags each request with the peer address ([`ClientAddr`]), keeps the
 //! serving threads' shares of connections even ([`AcceptBalance`]),
-//! optionally caps the connections open from one client address
-//! ([`PerIpLimit`], `max_connections_per_ip`), and shuts down gracefully. Binary and tests run the same [`serve`], with
+//! caps the connections open, in all and from one client address
+//! ([`ConnectionLimits`]), and shuts down gracefully. Binary and tests run the same [`serve`], with
 //! their own listener and shutdown signal.
 
 mod balance;
 mod connection;
-mod per_ip;
+mod limits;
 
 pub use balance::{AcceptBalance, BALANCE_WAIT};
-pub use per_ip::PerIpLimit;
+pub use limits::ConnectionLimits;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,6 +43,12 @@ use crate::BoxError;
 /// also start its first request within it, and an HTTP/2 connection that
 /// starts none for a whole timeout is sent a GOAWAY (`connection.rs`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes an HTTP/1 connection reads ahead (hyper's default grows to
+/// about 400 KiB while a large body streams in: 160 uploads held that much
+/// each, past the shipped memory limit). Also the longest request head
+/// accepted (431 beyond; nginx's is 32 KiB, gunicorn's about 8 KiB a line).
+const H1_READ_BUFFER: usize = 64 * 1024;
 
 /// Requests one HTTP/2 connection may have open at once (hyper's default
 /// is 200; nginx's `http2_max_concurrent_streams` is 128, RFC 9113
@@ -93,19 +99,26 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_limited(listener, service, shutdown, grace, balance, None).await
+    serve_limited(
+        listener,
+        service,
+        shutdown,
+        grace,
+        balance,
+        ConnectionLimits::unlimited(),
+    )
+    .await
 }
 
-/// [`serve`], closing at once each connection from a client address that
-/// already holds as many as `per_ip` allows (shared by every loop given
-/// the same [`PerIpLimit`]).
+/// [`serve`], closing at once each connection past `limits` (shared by
+/// every loop given clones of the same [`ConnectionLimits`]).
 pub async fn serve_limited<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
     balance: AcceptBalance,
-    per_ip: Option<PerIpLimit>,
+    limits: ConnectionLimits,
 ) -> io::Result<()>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -120,7 +133,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(H1_READ_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -164,17 +178,20 @@ where
                 }
             },
         };
-        let slot = match &per_ip {
-            Some(limit) => match limit.open(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    tracing::debug!(%peer, "max_connections_per_ip reached; closing the connection");
-                    metrics::counter!("quota_proxy_connections_refused_per_ip_total").increment(1);
-                    drop(stream);
-                    continue;
-                }
-            },
-            None => None,
+        let slot = match limits.open(peer.ip()) {
+            Ok(slot) => slot,
+            Err(limits::Refused::Total) => {
+                tracing::debug!(%peer, "max_connections reached; closing the connection");
+                metrics::counter!("quota_proxy_connections_refused_total").increment(1);
+                drop(stream);
+                continue;
+            }
+            Err(limits::Refused::PerIp) => {
+                tracing::debug!(%peer, "max_connections_per_ip reached; closing the connection");
+                metrics::counter!("quota_proxy_connections_refused_per_ip_total").increment(1);
+                drop(stream);
+                continue;
+            }
         };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
@@ -195,7 +212,7 @@ where
         connections.spawn(async move {
             let shutdown = auto::UpgradeableConnection::graceful_shutdown;
             connection::watch(connection, shutdown, activity, stop, peer).await;
-            // The address's slot is free again once the connection ends.
+            // The connection's place is free again once it ends.
             drop(slot);
         });
         balance.set_open(connections.len());

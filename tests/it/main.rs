@@ -11,6 +11,7 @@ mod batches;
 mod config_errors;
 mod decision_logs;
 mod deploy;
+mod deploy_memory;
 mod django;
 mod docs_drift;
 mod exact_counts;

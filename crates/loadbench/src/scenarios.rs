@@ -293,6 +293,8 @@ pub fn proxy_config(port: u16, upstream: SocketAddr, store: &StoreSpec) -> Strin
 listen = "127.0.0.1:{port}"
 upstream = "http://{upstream}"
 max_body_bytes = 33554432
+# The memory section holds LOAD_IDLE_CONNS (up to 10,000) idle at once.
+max_connections = 100000
 
 [store]
 {store}
