@@ -289,6 +289,16 @@ impl AppState {
         let token = AdminToken::from_config(&next.admin)?;
         let current = self.current();
         let running = &current.config;
+        if next.routes.is_empty() && !running.routes.is_empty() {
+            // A file cut while it was written (an attack session reloaded
+            // one cut before its routes): nothing would be checked.
+            return Err(ConfigError::invalid(
+                "routes",
+                "the new file has no [[routes]], so nothing would be checked; \
+                 write the config whole (to a temporary file, then rename it) and reload again",
+            )
+            .into());
+        }
         let mut restart_required = Vec::new();
         for (field, changed) in [
             ("listen", differs(&running.listen, &next.listen)),
@@ -335,7 +345,7 @@ impl AppState {
         let kept = (Arc::clone(&current.store), current.resilient.clone());
         let (store, resilient) = if connection(running) == connection(&next) {
             kept
-        } else if next.store.kind == StoreKind::Redis {
+        } else if next.store.kind == StoreKind::Redis && running.store.kind == StoreKind::Redis {
             store_reconnected = true;
             let opened = open_store(&next, Opening::MustAnswer).await?;
             (
@@ -343,7 +353,9 @@ impl AppState {
                 opened.resilient,
             )
         } else {
-            // A new memory store would start from zero: keep the counts.
+            // A memory store's counts (and the settles of the answers still
+            // streaming) would be lost to a new store of either kind, which
+            // starts from zero: kept until a restart.
             restart_required.push("store");
             next.store = running.store.clone();
             kept

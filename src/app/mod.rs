@@ -198,6 +198,11 @@ pub async fn run(
         usage_api = if token.is_some() { "on" } else { "off" },
         "quota-proxy serving"
     );
+    if config.routes.is_empty() {
+        tracing::warn!(
+            "no [[routes]]: every request is passed through, nothing is checked or counted"
+        );
+    }
     let state = Arc::new(AppState::new(
         config_path,
         Current {

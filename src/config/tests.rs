@@ -441,3 +441,27 @@ cache_max_bytes = "8MiB"
     assert_eq!(units.max_body_bytes.get(), 55_000_000);
     assert_eq!(units.body_budget_bytes.get(), 1 << 30);
 }
+
+#[test]
+fn request_header_names_with_underscores_are_refused_with_the_dashed_name() {
+    for (toml, field) in [
+        (
+            "[identity]\nuser_header = \"X_User_Id\"",
+            "identity.user_header",
+        ),
+        (
+            "[usage]\nreport_token_header = \"X_Quota_Report_Token\"",
+            "usage.report_token_header",
+        ),
+        (
+            "[identity.forward_auth]\nurl = \"/id/\"\nforward_headers = [\"Cookie\", \"X_Token\"]",
+            "identity.forward_auth.forward_headers[1]",
+        ),
+    ] {
+        let error = Config::from_toml(toml).expect_err(toml).to_string();
+        assert!(error.starts_with(field), "{error}");
+        assert!(error.contains('-'), "{error}");
+    }
+    // Routing headers to strip may hold one: they are removed, not read.
+    assert!(Config::from_toml("strip_routing_headers = [\"SCRIPT_NAME\"]").is_ok());
+}

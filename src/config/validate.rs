@@ -12,7 +12,8 @@
 //!   are standard or listed in `extension_methods`; `on_store_error =
 //!   "local"` has a Redis store to fall back from; inspected routes have a
 //!   usage report source to count from; plan names do not collide
-//!   under `identity.plan_case = "insensitive"`; one Redis secret source.
+//!   under `identity.plan_case = "insensitive"`; one Redis secret source;
+//!   the header names read from requests or sent upstream hold no `_`.
 //! - [`Config::resolve_environment`] (I/O, part of `Config::load`): every
 //!   secret source resolves (`admin.token_env` names a set variable,
 //!   `admin.token_file` and `store.password_file` can be read,
@@ -125,8 +126,71 @@ impl Config {
         self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 
+    /// The header names the proxy reads from requests or sends upstream,
+    /// with their fields: none may hold `_`, which gunicorn and nginx drop
+    /// (and the proxy removes on inspected routes, `strip_underscore_names`),
+    /// so a header so named never arrives, or is gone before it is read.
+    fn request_header_fields(&self) -> Vec<(String, &str)> {
+        let mut fields = vec![
+            (
+                "identity.user_header".to_owned(),
+                self.identity.user_header.as_ref(),
+            ),
+            (
+                "identity.plan_header".to_owned(),
+                self.identity.plan_header.as_ref(),
+            ),
+        ];
+        for (i, name) in self
+            .identity
+            .forward_auth
+            .forward_headers
+            .iter()
+            .enumerate()
+        {
+            fields.push((
+                format!("identity.forward_auth.forward_headers[{i}]"),
+                name.as_ref(),
+            ));
+        }
+        for (r, route) in self.routes.iter().enumerate() {
+            for (i, name) in route
+                .probe
+                .iter()
+                .flat_map(|p| &p.forward_headers)
+                .enumerate()
+            {
+                fields.push((
+                    format!("routes[{r}].probe.forward_headers[{i}]"),
+                    name.as_ref(),
+                ));
+            }
+        }
+        for (field, header) in [
+            ("usage.report_token_header", &self.usage.report_token_header),
+            ("shadow_header", &self.shadow_header),
+        ] {
+            if let Some(name) = header.name() {
+                fields.push((field.to_owned(), name.as_str()));
+            }
+        }
+        fields
+    }
+
     /// The cross-field rules that need no I/O (see the module docs).
     pub(super) fn validate_rules(&self) -> Result<(), ConfigError> {
+        for (field, name) in self.request_header_fields() {
+            if name.contains('_') {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "{name:?} holds '_': gunicorn and nginx drop such headers, and the proxy \
+                         removes them on inspected routes; write {:?}",
+                        name.replace('_', "-")
+                    ),
+                ));
+            }
+        }
         for (i, name) in self.extension_methods.iter().enumerate() {
             if http::Method::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
                 return Err(ConfigError::invalid(

@@ -177,6 +177,17 @@ impl Inner {
         }
         .map_err(|e| self.unavailable(format_args!("{e}")))?;
         let status = response.status();
+        if status.is_redirection()
+            && let Some(location) = self.redirected_to_itself(response.headers())
+        {
+            // Django's APPEND_SLASH (or any other rewrite of the endpoint's
+            // own path) answers every caller alike: not "not logged in",
+            // which would make everyone anonymous (an attack session).
+            return Err(self.unavailable(format_args!(
+                "answered {status} to {location}, its own path rewritten: write \
+                 identity.forward_auth.url as the app routes it (with its trailing slash)"
+            )));
+        }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
             || status.is_redirection()
         {
@@ -232,6 +243,15 @@ impl Inner {
             headers.append(name.clone(), value.clone());
         }
         request
+    }
+
+    /// The `Location` of a redirect to the endpoint's own path, give or
+    /// take a trailing slash (a login redirect goes elsewhere).
+    fn redirected_to_itself<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let location = headers.get(header::LOCATION)?.to_str().ok()?;
+        let path = location.parse::<Uri>().ok()?;
+        let own = |p: &str| p.trim_end_matches('/').to_owned();
+        (own(path.path()) == own(self.endpoint.path())).then_some(location)
     }
 
     fn unavailable(&self, reason: std::fmt::Arguments<'_>) -> IdentityError {

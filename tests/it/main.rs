@@ -9,6 +9,7 @@ mod support;
 mod attack_findings;
 mod batches;
 mod config_errors;
+mod config_mistakes;
 mod decision_logs;
 mod deploy;
 mod deploy_memory;
