@@ -109,6 +109,7 @@ use reserve::PendingReserve;
 use settle::PendingSettle;
 
 mod batch;
+mod clock_skew;
 mod eviction;
 mod reserve;
 mod settle;
@@ -276,6 +277,7 @@ impl RedisStore {
                 self.connection.query::<Value>(&load).await?;
             }
             eviction::warn_if_evicting(&self.connection, &self.shown).await;
+            clock_skew::warn_if_skewed(&self.connection, &self.shown).await;
             Ok::<_, RedisError>(())
         };
         match tokio::time::timeout(budget, connecting).await {
