@@ -97,8 +97,8 @@ pub struct Config {
     /// called: `inspected` (only those the proxy must judge), `all` (every
     /// body: slow clients cannot hold the upstream's workers) or `off`.
     pub request_buffering: RequestBuffering,
-    /// Most connections open at once, in all; a connection past it is
-    /// closed as soon as it is accepted. Each idle keep-alive connection
+    /// Most connections open at once, in all; past it, the oldest one is
+    /// shut down gracefully to let a new one in. Each idle keep-alive connection
     /// holds about 22 KB: size the memory limit for it (docs/limits.md).
     pub max_connections: std::num::NonZeroU32,
     /// Most connections open at once from one client address; a connection

@@ -178,10 +178,10 @@ where
                 }
             },
         };
-        let slot = match limits.open(peer.ip()) {
+        let slot = match limits.open(peer.ip(), &stop) {
             Ok(slot) => slot,
             Err(limits::Refused::Total) => {
-                tracing::debug!(%peer, "max_connections reached; closing the connection");
+                tracing::debug!(%peer, "max_connections reached, every one shutting down; closing the connection");
                 metrics::counter!("quota_proxy_connections_refused_total").increment(1);
                 drop(stream);
                 continue;
@@ -208,7 +208,8 @@ where
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
-        let stop = stop.clone();
+        // Cancelled when the proxy stops, or to make room for a newer one.
+        let stop = slot.shutdown.clone();
         connections.spawn(async move {
             let shutdown = auto::UpgradeableConnection::graceful_shutdown;
             connection::watch(connection, shutdown, activity, stop, peer).await;
