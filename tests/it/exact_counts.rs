@@ -2,14 +2,19 @@
 //! report and settle): findings of an attack session, each a test on the
 //! real binary that failed before its fix (its doc tells what the proxy
 //! did). A header report beside an in-band one, a report payload longer
-//! than the scanner reads, a JSON body slower than the reservation's TTL.
+//! than the scanner reads, a JSON body slower than the reservation's TTL, a
+//! generation admitted locally during a Redis outage and still running
+//! when it ends.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use tokio::sync::Notify;
 
 use crate::support::binary::Binary;
 use crate::support::proxy::{Answer, TestClient};
+use crate::support::redis::{RedisServer, used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -280,5 +285,141 @@ token_env = "QUOTA_PROXY_ADMIN_TOKEN"
         prompt.len() + 60,
         answer.body.len(),
         answer.text().contains("[IMAGES_SAVED]")
+    );
+}
+
+async fn healthz(binary: &Binary) -> serde_json::Value {
+    TestClient::new(binary.admin)
+        .send(Method::GET, "/healthz", &[], "")
+        .await
+        .json()
+}
+
+async fn wait_health(binary: &Binary, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let health = healthz(binary).await;
+        if check(&health["store"]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WITHIN:?} for {what}; /healthz says {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Under `on_store_error = "local"` a reservation made in this replica's
+/// memory during an outage is not known to Redis. When Redis answers again,
+/// the first reserve Redis answers ends the outage and drops the local
+/// counts (`Local::end_outage`, src/store/resilient/local.rs), live local
+/// reservations included, and Redis admits from its own counters, which do
+/// not hold the generation still running. A free user with a daily limit of
+/// 1 whose first image started during a short Redis restart gets a second
+/// one as soon as Redis is back: 2 images saved and counted for a limit of
+/// 1, with one replica (the docs bound the overrun at `R × (limit −
+/// baseline)` = 1 beyond what Redis knew, here 0).
+#[tokio::test]
+async fn a_generation_admitted_locally_is_forgotten_when_redis_returns() {
+    let mut redis = RedisServer::start();
+    let release = Arc::new(Notify::new());
+    let upstream = {
+        let release = Arc::clone(&release);
+        TestUpstream::start(move |request: RecordedRequest| {
+            let release = Arc::clone(&release);
+            async move {
+                if request.header("x-hold") == Some("1") {
+                    // A generation that takes a while.
+                    release.notified().await;
+                }
+                Reply::ok().header("x-images-saved", "1").body("generated")
+            }
+        })
+        .await
+    };
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[store]
+kind = "redis"
+url = "{url}"
+command_timeout = "300ms"
+on_store_error = "local"
+breaker = {{ failures = 1000000, open_for = "100ms" }}
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 1, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+"#,
+        upstream = upstream.authority(),
+        url = redis.url(),
+    );
+    let binary = Binary::start(&config, &[]).await;
+
+    // Redis goes away (a restart); the user's first image starts, admitted
+    // from this replica's memory.
+    redis.kill();
+    let first = {
+        let proxy = binary.proxy;
+        tokio::spawn(async move {
+            TestClient::new(proxy)
+                .send(
+                    Method::POST,
+                    "/gen/",
+                    &[
+                        ("x-user-id", "u"),
+                        ("x-hold", "1"),
+                        ("content-type", "application/json"),
+                    ],
+                    r#"{"generate_image": true}"#,
+                )
+                .await
+        })
+    };
+    tokio::time::timeout(WITHIN, upstream.wait_for_requests(1))
+        .await
+        .expect("the first generation reaches the upstream");
+    wait_health(&binary, "the local count to be in force", |s| {
+        s["local"] == true
+    })
+    .await;
+
+    // Redis is back (empty: the user never settled anything there) while
+    // the first generation still runs. The user asks again.
+    redis.restart();
+    wait_health(&binary, "redis to answer", |s| s["up"] == true).await;
+    let second = generate(&binary, "u", false).await;
+    release.notify_one();
+    let first = first.await.expect("first request");
+    assert_eq!(first.status, StatusCode::OK);
+    wait_health(&binary, "the settle queue to drain", |s| {
+        s["pending_settles"] == 0 && s["local"] == false
+    })
+    .await;
+    let saved = upstream
+        .requests()
+        .iter()
+        .filter(|r| r.header("x-user-id") == Some("u"))
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut used = used_today(&redis.url(), "u").await;
+    while used.0 < saved as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        used = used_today(&redis.url(), "u").await;
+    }
+    assert!(
+        saved <= 1 && second.status == StatusCode::TOO_MANY_REQUESTS,
+        "daily limit 1, one replica: the upstream saved {saved} images for \"u\" (second \
+         request answered {}); Redis now counts {:?} (used, reserved). The generation \
+         admitted from local memory during the outage was still running when Redis \
+         answered again, and Local::end_outage dropped its reservation, so Redis admitted \
+         a second one",
+        second.status,
+        used
     );
 }

@@ -9,9 +9,11 @@ use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 
+use crate::periods::Period;
 use crate::store::memory::user_key;
 use crate::store::{
-    Admission, MemoryStore, QuotaStore, Reservation, ReservationId, ReserveRequest, StoreError,
+    Admission, MemoryStore, PeriodCounts, QuotaStore, Reservation, ReservationId, ReserveRequest,
+    StoreError,
 };
 
 /// Limits enforced from this replica's memory during an outage. Bounded:
@@ -28,6 +30,11 @@ pub(super) struct Local {
     /// Async lock: seeding a user and reserving must be one step, and the
     /// memory store's methods are async.
     state: tokio::sync::Mutex<LocalState>,
+    /// Reservations made here in an outage that ended while they were
+    /// still held (a generation running when Redis came back), by user:
+    /// Redis does not hold them until their settle lands, so its answers
+    /// count them in ([`Local::add_carried`]) until they settle or expire.
+    carried: Mutex<HashMap<String, Vec<Reservation>>>,
 }
 
 struct Baseline {
@@ -43,7 +50,7 @@ struct LocalState {
     /// Reservations made in `store` and not yet settled: Redis never held
     /// them, so releasing one needs no word to Redis. At most
     /// [`MAX_HELD`]; beyond, a release goes through the queue as any.
-    held: HashSet<ReservationId>,
+    held: HashMap<ReservationId, Reservation>,
 }
 
 /// Most local reservations remembered as held at once.
@@ -54,7 +61,7 @@ impl LocalState {
         Self {
             store: MemoryStore::new(max_users),
             seeded: HashSet::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
         }
     }
 }
@@ -66,6 +73,7 @@ impl Local {
             baselines: Mutex::new(HashMap::new()),
             active: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(LocalState::new(max_users)),
+            carried: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,7 +144,7 @@ impl Local {
         if let Admission::Reserved { reservation, .. } = &admission
             && state.held.len() < MAX_HELD
         {
-            state.held.insert(reservation.id);
+            state.held.insert(reservation.id, reservation.clone());
         }
         // What this outage counted so far is the baseline of the next one,
         // should Redis answer in between without a word about this user
@@ -153,11 +161,14 @@ impl Local {
         amount: u64,
         now: DateTime<Utc>,
     ) -> bool {
+        if self.take_carried(reservation) {
+            return true;
+        }
         if !self.is_active() {
             return false;
         }
         let mut state = self.state.lock().await;
-        let local = state.held.remove(&reservation.id);
+        let local = state.held.remove(&reservation.id).is_some();
         if let Err(e) = state.store.settle(reservation, amount, now).await {
             // Redis still gets it through the queue; only the local bound
             // is looser for this user.
@@ -173,6 +184,13 @@ impl Local {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) {
+        if let Some(held) = self
+            .lock_carried()
+            .get_mut(&*user_key(&reservation.user))
+            .and_then(|held| held.iter_mut().find(|r| r.id == reservation.id))
+        {
+            held.expires_at = held.expires_at.max(until);
+        }
         if !self.is_active() {
             return;
         }
@@ -182,16 +200,121 @@ impl Local {
     }
 
     /// Redis answered a reserve: drop the local counts; what they counted
-    /// reaches Redis through the settle queue.
+    /// reaches Redis through the settle queue, and the reservations still
+    /// held are carried until they settle.
     pub(super) async fn end_outage(&self) {
         if !self.is_active() {
             return;
         }
         let mut state = self.state.lock().await;
         if self.active.swap(false, Ordering::AcqRel) {
+            let held = std::mem::take(&mut state.held);
             *state = LocalState::new(self.max_users);
-            tracing::info!("redis answers again; limits are enforced from redis");
+            let mut carried = self.lock_carried();
+            for reservation in held.into_values() {
+                let key = user_key(&reservation.user).into_owned();
+                carried.entry(key).or_default().push(reservation);
+            }
+            tracing::info!(
+                carried = carried.values().map(Vec::len).sum::<usize>(),
+                "redis answers again; limits are enforced from redis"
+            );
         }
+    }
+
+    /// Redis's `admission` of `request`, with the user's carried
+    /// reservations counted in: when they leave a limit no room, the
+    /// admission becomes `Exceeded`, and the reservation Redis made is
+    /// returned to be released.
+    pub(super) fn add_carried(
+        &self,
+        request: &ReserveRequest,
+        admission: Admission,
+    ) -> (Admission, Option<Reservation>) {
+        let extra = {
+            let mut carried = self.lock_carried();
+            if carried.is_empty() {
+                return (admission, None);
+            }
+            let key = user_key(&request.user);
+            let Some(held) = carried.get_mut(&*key) else {
+                return (admission, None);
+            };
+            held.retain(|r| r.expires_at > request.now);
+            let extra = Period::ALL.map(|p| {
+                let start = request.windows.0[p as usize].start;
+                held.iter()
+                    .filter(|r| r.windows.0[p as usize].start == start)
+                    .count() as u64
+            });
+            if held.is_empty() {
+                carried.remove(&*key);
+            }
+            extra
+        };
+        let with_extra = |counts: PeriodCounts| {
+            PeriodCounts(std::array::from_fn(|i| {
+                counts.0[i].saturating_add(extra[i])
+            }))
+        };
+        match admission {
+            Admission::Reserved {
+                reservation,
+                counts,
+            } => {
+                let counts = with_extra(counts);
+                let full = Period::ALL.into_iter().find(|&p| {
+                    let limit = request.limits.of(p);
+                    limit > 0 && counts.get(p) > limit
+                });
+                match full {
+                    Some(period) => (
+                        Admission::Exceeded {
+                            period,
+                            counts: PeriodCounts(std::array::from_fn(|i| counts.0[i] - 1)),
+                        },
+                        Some(reservation),
+                    ),
+                    None => (
+                        Admission::Reserved {
+                            reservation,
+                            counts,
+                        },
+                        None,
+                    ),
+                }
+            }
+            Admission::Exceeded { period, counts } => (
+                Admission::Exceeded {
+                    period,
+                    counts: with_extra(counts),
+                },
+                None,
+            ),
+        }
+    }
+
+    /// Removes `reservation` from the carried ones; true when it was there.
+    fn take_carried(&self, reservation: &Reservation) -> bool {
+        let mut carried = self.lock_carried();
+        if carried.is_empty() {
+            return false;
+        }
+        let key = user_key(&reservation.user);
+        let Some(held) = carried.get_mut(&*key) else {
+            return false;
+        };
+        let before = held.len();
+        held.retain(|r| r.id != reservation.id);
+        let found = held.len() < before;
+        if held.is_empty() {
+            carried.remove(&*key);
+        }
+        found
+    }
+
+    fn lock_carried(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Reservation>>> {
+        self.carried.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -296,9 +296,16 @@ impl QuotaStore for ResilientStore {
             self.observe(&answer);
             match answer {
                 Ok(admission) => {
-                    if let Some(local) = &self.shared.local {
-                        local.remember(request, &admission);
-                        local.end_outage().await;
+                    let Some(local) = &self.shared.local else {
+                        return Ok(admission);
+                    };
+                    local.remember(request, &admission);
+                    local.end_outage().await;
+                    let (admission, release) = local.add_carried(request, admission);
+                    if let Some(reservation) = release {
+                        // Full with the generations admitted in the outage
+                        // and still running; a failed release expires.
+                        let _ = self.shared.inner.settle(&reservation, 0, request.now).await;
                     }
                     return Ok(admission);
                 }
