@@ -18,6 +18,7 @@
 mod headers;
 mod path;
 mod pattern;
+mod syntax;
 
 use std::collections::HashMap;
 use std::sync::Arc;
