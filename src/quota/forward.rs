@@ -211,7 +211,9 @@ where
         let watched = (state.policy.reports.coding(&parts.headers).is_none()
             && state.policy.reports.json_body(&parts.headers) == JsonBody::None)
             .then(|| state.policy.reports.stream_report(&parts.headers, token))
-            .flatten();
+            .flatten()
+            // Trailers alone do not: the header's count stands, no watch.
+            .filter(StreamReport::reads_the_body);
         return match watched {
             Some(report) => watch(parts, body, report.with_header(images), settlement, &state),
             None => {

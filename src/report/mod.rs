@@ -260,6 +260,12 @@ impl StreamReport {
             .unwrap_or_default()
     }
 
+    /// True when a report may come in the body's data (a marker, an SSE
+    /// event), not only in its trailers.
+    pub fn reads_the_body(&self) -> bool {
+        self.marker.is_some() || self.sse.is_some()
+    }
+
     /// Also counts the response header's report, sent with the head: an app
     /// that streams may know its count only at the end of the body, so the
     /// header does not end the watch.
