@@ -4,9 +4,10 @@
 //! while Django logs them in (found by an attack session).
 //!
 //! Django's `parse_cookie` (django/http/cookie.py): the `Cookie` lines as
-//! the WSGI server hands them over (gunicorn joins repeated lines with `,`,
-//! each decoded as Latin-1), split on `;`, each piece split at its first
-//! `=`, key and value stripped of Python's whitespace, values unquoted by
+//! the WSGI server hands them over (gunicorn joins repeated lines with
+//! `,`), decoded as UTF-8 with replacement (`get_str_from_wsgi`), split on
+//! `;`, each piece split at its first `=`, key and value stripped of
+//! Python's (Unicode) whitespace, values unquoted by
 //! `http.cookies._unquote`, and the last piece of a name wins.
 
 use std::borrow::Cow;
@@ -17,12 +18,14 @@ use http::{HeaderMap, header};
 /// has none or an empty one.
 pub(crate) fn django_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut lines = headers.get_all(header::COOKIE).iter();
-    let first = lines.next()?;
-    let mut joined: String = latin1(first.as_bytes());
+    let mut joined = lines.next()?.as_bytes().to_vec();
     for line in lines {
-        joined.push(',');
-        joined.push_str(&latin1(line.as_bytes()));
+        joined.push(b',');
+        joined.extend_from_slice(line.as_bytes());
     }
+    // Django reads HTTP_COOKIE through `get_str_from_wsgi`: the bytes
+    // decoded as UTF-8, each invalid sequence replaced.
+    let joined = String::from_utf8_lossy(&joined);
     // The last piece of the name wins: searched from the end.
     let value = joined.rsplit(';').find_map(|piece| {
         let (key, value) = piece.split_once('=').unwrap_or(("", piece));
@@ -32,13 +35,8 @@ pub(crate) fn django_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
-/// Bytes decoded as Latin-1, as a WSGI server hands header values over.
-fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
-}
-
-/// `str.strip()`: Python's whitespace, which for Latin-1 text is Rust's plus
-/// the four separators U+001C..U+001F.
+/// `str.strip()`: Python's whitespace (`str.isspace`), which is Unicode's
+/// (Rust's) plus the four separators U+001C..U+001F.
 fn py_strip(s: &str) -> &str {
     s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
@@ -108,6 +106,27 @@ mod tests {
         );
         assert_eq!(cookie(&[b"t=a.b.c; t="], "t"), None);
         assert_eq!(cookie(&[b"other=1"], "t"), None);
+    }
+
+    #[test]
+    fn unicode_spaces_are_stripped_as_python_strips_them() {
+        let cases: [&[u8]; 3] = [
+            b"access_token=a.b.c\xe3\x80\x80",
+            b"\xc2\xa0access_token=a.b.c",
+            b"access_token\xe2\x80\x83=a.b.c",
+        ];
+        for line in cases {
+            assert_eq!(
+                cookie(&[line], "access_token").as_deref(),
+                Some("a.b.c"),
+                "{line:?}"
+            );
+        }
+        // A lone byte that is no UTF-8 becomes U+FFFD, which is no space.
+        assert_eq!(
+            cookie(&[b"t=a.b.c\xa0"], "t").as_deref(),
+            Some("a.b.c\u{fffd}")
+        );
     }
 
     #[test]

@@ -155,30 +155,38 @@ fn limit_claim(
 #[async_trait]
 impl IdentitySource for JwtIdentity {
     async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, IdentityError> {
-        let token = match bearer_token(headers) {
-            Some(token) => Some(Cow::Borrowed(token)),
-            None => self
-                .cookie
-                .as_deref()
-                .and_then(|name| django_cookie(headers, name))
-                .map(Cow::Owned),
-        };
-        let Some(token) = token else {
-            return Ok(None);
-        };
-        match self.verify(&token) {
-            Ok(identity) => Ok(Some(identity)),
-            Err(reason @ Rejected::Claim { .. }) => {
-                // The token is genuine: its claims not fitting the config is
-                // an operator's problem, worth a warning.
-                tracing::warn!(%reason, "jwt verified but its claims do not fit identity.jwt; treated as anonymous");
-                Ok(None)
-            }
-            Err(reason) => {
-                tracing::debug!(%reason, "jwt rejected; treated as anonymous");
-                Ok(None)
+        // Both are read: the app's views may read either (a cookie-JWT
+        // class never looks at `Authorization`), so a bad bearer token must
+        // not hide a good cookie (an attack session).
+        let bearer = bearer_token(headers).map(Cow::Borrowed);
+        let cookie = self
+            .cookie
+            .as_deref()
+            .and_then(|name| django_cookie(headers, name))
+            .map(Cow::Owned);
+        let mut found: Option<Identity> = None;
+        for token in [bearer, cookie].into_iter().flatten() {
+            match self.verify(&token) {
+                Ok(identity) => match &found {
+                    Some(other) if other.user_id != identity.user_id => {
+                        return Err(IdentityError::Unavailable(
+                            "the bearer token and the cookie name different users; which one \
+                             the app's views use cannot be known"
+                                .to_owned(),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => found = Some(identity),
+                },
+                Err(reason @ Rejected::Claim { .. }) => {
+                    // The token is genuine: its claims not fitting the
+                    // config is an operator's problem, worth a warning.
+                    tracing::warn!(%reason, "jwt verified but its claims do not fit identity.jwt; treated as anonymous");
+                }
+                Err(reason) => tracing::debug!(%reason, "jwt rejected; treated as anonymous"),
             }
         }
+        Ok(found)
     }
 }
 

@@ -52,12 +52,11 @@ enum End {
 impl Watch {
     /// Settles what the body reported, failing closed when it was cut.
     fn settle(self, end: End) -> impl Future<Output = ()> + Send + 'static {
-        let seen = self.report.report();
         let report = match end {
-            End::Whole => seen,
+            End::Whole => self.report.report(),
             End::Cut => self
                 .settlement
-                .unreadable(seen, "its body ended before its end"),
+                .unreadable(self.report.report_if_cut(), "its body ended before its end"),
         };
         self.settlement.settle(report)
     }

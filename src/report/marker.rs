@@ -79,6 +79,13 @@ impl MarkerScanner {
         }
     }
 
+    /// The same scanner, without the token watch of [`Self::report`]: for
+    /// streams where another source (an SSE event) carries the token.
+    pub fn without_token_watch(mut self) -> Self {
+        self.token_finder = None;
+        self
+    }
+
     /// What the reports seen so far said (summed, within the bound), or
     /// `None` when no report has been seen. The request's token in the
     /// stream without a report that could be read (its payload longer than

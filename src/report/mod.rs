@@ -113,16 +113,22 @@ impl ReportReader {
             require_token: self.require_token,
             max_images: self.max_images,
         };
+        let sse = self
+            .sse_event
+            .as_deref()
+            .filter(|_| is_event_stream)
+            .map(|event| SseScanner::new(event, rules.clone()));
         let report = StreamReport {
-            marker: self
-                .marker
-                .as_ref()
-                .map(|m| MarkerScanner::new(&m.start, &m.end, self.strip_marker, rules.clone())),
-            sse: self
-                .sse_event
-                .as_deref()
-                .filter(|_| is_event_stream)
-                .map(|event| SseScanner::new(event, rules)),
+            marker: self.marker.as_ref().map(|m| {
+                let scanner = MarkerScanner::new(&m.start, &m.end, self.strip_marker, rules);
+                // An SSE report carries the token outside any marker.
+                if sse.is_some() {
+                    scanner.without_token_watch()
+                } else {
+                    scanner
+                }
+            }),
+            sse,
             trailer: self.header.clone(),
             trailer_report: None,
             header_report: None,
@@ -278,18 +284,31 @@ impl StreamReport {
     /// bound), or `None`; with a header report, the larger of the two (an
     /// app may report the same images both ways).
     pub fn report(&self) -> Option<UsageReport> {
-        let in_band = [
+        match (self.in_band(), self.header_report) {
+            (Some(in_band), Some(header)) => Some(in_band.or_max(header)),
+            (in_band, header) => in_band.or(header),
+        }
+    }
+
+    /// [`Self::report`] for a body cut before its end: a header that said
+    /// no image is no report then (the app reports at the end of the
+    /// stream, which never came), so the cut still fails closed.
+    pub fn report_if_cut(&self) -> Option<UsageReport> {
+        match self.in_band() {
+            Some(_) => self.report(),
+            None => self.header_report.filter(|header| header.images > 0),
+        }
+    }
+
+    fn in_band(&self) -> Option<UsageReport> {
+        [
             self.marker.as_ref().and_then(MarkerScanner::report),
             self.sse.as_ref().and_then(SseScanner::report),
             self.trailer_report,
         ]
         .into_iter()
         .flatten()
-        .reduce(|a, b| a.plus(b, self.max_images));
-        match (in_band, self.header_report) {
-            (Some(in_band), Some(header)) => Some(in_band.or_max(header)),
-            (in_band, header) => in_band.or(header),
-        }
+        .reduce(|a, b| a.plus(b, self.max_images))
     }
 }
 

@@ -5,7 +5,7 @@
 //! refuses it, naming the `path()` form to write.
 
 /// Why `pattern` is in another syntax than `path()`'s (a `re_path` regex,
-/// a glob, an Express-style `:name`, a URL with its host or query): a
+/// a glob, an Express-style `:name` segment, a URL with its host or query): a
 /// route so written is taken literally and matches nothing Django routes,
 /// so every request it was meant for would go unchecked (found by an
 /// attack session). Looked for outside `<…>` and `{…}`.
@@ -31,7 +31,7 @@ pub(super) fn foreign_syntax(pattern: &str) -> Option<&'static str> {
         Some("holds a query or fragment, which no request path has")
     } else if outside.contains('*') {
         Some("holds a glob '*'")
-    } else if outside.split('/').any(|segment| segment.starts_with(':')) {
+    } else if pattern.split('/').any(|segment| segment.starts_with(':')) {
         Some("names a parameter as :name")
     } else {
         None
@@ -54,7 +54,12 @@ mod tests {
             let error = PathPattern::parse(pattern).expect_err(pattern);
             assert!(error.contains("path()"), "{error}");
         }
-        for pattern in ["chat/session/<int:id>/send/", "/files/{*rest}", "a:b/c"] {
+        for pattern in [
+            "chat/session/<int:id>/send/",
+            "/files/{*rest}",
+            "a:b/c",
+            "v1/models/<str:model>:generate/",
+        ] {
             assert!(PathPattern::parse(pattern).is_ok(), "{pattern}");
         }
     }

@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ResilientState, is_outage, is_retryable};
+use super::{ResilientState, is_outage};
 use crate::store::{Reservation, StoreError};
 
 /// First pause before retrying queued settles after Redis failed them.
@@ -118,6 +118,13 @@ impl SettleQueue {
         self.lock().push_front(queued);
     }
 
+    /// Behind the others: a settle Redis refused must not keep the ones it
+    /// would take from being sent (an attack session queued 64 of them at
+    /// the front and stalled every settle behind).
+    fn put_last(&self, queued: QueuedSettle) {
+        self.lock().push_back(queued);
+    }
+
     fn landed(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drained.notify_waiters();
@@ -184,7 +191,8 @@ pub(super) async fn retry(shared: Arc<ResilientState>) {
                     landed += 1;
                     queue.landed();
                 }
-                Err(e) if is_retryable(&e) => queue.put_back(queued),
+                Err(StoreError::Refused(_)) => queue.put_last(queued),
+                Err(e) if is_outage(&e) => queue.put_back(queued),
                 Err(e) => queue.give_up(&queued, &format!("redis refused it: {e}")),
             }
         }
