@@ -208,12 +208,13 @@ where
     if let Some(images) = state.policy.reports.take_header(&mut parts.headers) {
         // A stream may still report at its end (the larger count wins); a
         // compressed or JSON body is not read past the header.
-        let watched = (state.policy.reports.coding(&parts.headers).is_none()
-            && state.policy.reports.json_body(&parts.headers) == JsonBody::None)
-            .then(|| state.policy.reports.stream_report(&parts.headers, token))
-            .flatten()
-            // Trailers alone do not: the header's count stands, no watch.
-            .filter(StreamReport::reads_the_body);
+        // Trailers alone do not: the header's count stands, no watch.
+        let reports = &state.policy.reports;
+        let watched = (reports.body_data_can_report(&parts.headers)
+            && reports.coding(&parts.headers).is_none()
+            && reports.json_body(&parts.headers) == JsonBody::None)
+            .then(|| reports.stream_report(&parts.headers, token))
+            .flatten();
         return match watched {
             Some(report) => watch(parts, body, report.with_header(images), settlement, &state),
             None => {

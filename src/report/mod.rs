@@ -91,6 +91,13 @@ impl ReportReader {
         }
     }
 
+    /// True when the data of a body with these headers may carry a report
+    /// (a marker, an SSE event), not only its trailers: checked before
+    /// a watcher is built for a response the header reported on.
+    pub fn body_data_can_report(&self, headers: &HeaderMap) -> bool {
+        self.marker.is_some() || (self.sse_event.is_some() && is_event_stream(headers))
+    }
+
     /// A watcher for reports inside the body of a response with these
     /// headers (markers, SSE events, trailers), or `None` when nothing in its
     /// body could report. `token` is the one sent with the request.
@@ -99,15 +106,7 @@ impl ReportReader {
         headers: &HeaderMap,
         token: Option<ReportToken>,
     ) -> Option<StreamReport> {
-        let is_event_stream = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                // Media types are case-insensitive (RFC 9110 8.3.1).
-                v.trim_start()
-                    .get(..17)
-                    .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-            });
+        let is_event_stream = is_event_stream(headers);
         let rules = ReportRules {
             token,
             require_token: self.require_token,
@@ -211,6 +210,19 @@ impl ReportReader {
     }
 }
 
+/// True for a `text/event-stream` body (media types are case-insensitive,
+/// RFC 9110 8.3.1).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
 /// What [`ReportReader::json_body`] makes of a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonBody {
@@ -264,12 +276,6 @@ impl StreamReport {
             .as_mut()
             .map(MarkerScanner::finish)
             .unwrap_or_default()
-    }
-
-    /// True when a report may come in the body's data (a marker, an SSE
-    /// event), not only in its trailers.
-    pub fn reads_the_body(&self) -> bool {
-        self.marker.is_some() || self.sse.is_some()
     }
 
     /// Also counts the response header's report, sent with the head: an app
