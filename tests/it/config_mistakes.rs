@@ -413,3 +413,46 @@ async fn a_user_header_with_underscores_is_removed_before_it_is_read() {
          the header before reading it, so every request was anonymous and forwarded uncounted"
     );
 }
+
+/// `foreign_syntax` (`src/quota/routes/pattern.rs`) refuses any route with
+/// a segment that starts with `:` outside `<…>`, taking it for an Express
+/// parameter. But `:` is ordinary literal text in Django's `path()`, and a
+/// segment that starts with it after a converter is how custom methods
+/// are routed (Google's AIP-136 style, `v1/models/<str:model>:generate/`):
+/// Django routes `/v1/models/sdxl:generate/` to it. A config that guards
+/// such a route is refused, by `check-config` and at startup: the proxy does
+/// not start, and the whole app behind it is down. Fails on 70f7750:
+/// `check-config` exits non-zero ("names a parameter as :name").
+#[tokio::test]
+async fn a_django_route_with_a_colon_after_a_converter_is_refused() {
+    let django = Django::start();
+    let config = preset_with(&django.url(), |table| {
+        let routes = table
+            .get_mut("routes")
+            .and_then(toml::Value::as_array_mut)
+            .expect("[[routes]]");
+        let mut custom = toml::Table::new();
+        custom.insert("method".into(), "POST".into());
+        custom.insert("path".into(), "v1/models/<str:model>:generate/".into());
+        routes.push(toml::Value::Table(custom));
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &config).expect("write config");
+    let checked = crate::support::binary::run_cli(Some(&path), &["check-config"]);
+    assert!(
+        checked.status.success(),
+        "a valid Django path() route, `v1/models/<str:model>:generate/` (Django routes \
+         /v1/models/sdxl:generate/ to it), is refused: the proxy will not start, and the app \
+         behind it is down: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let proxy = Binary::start(&config, &[]).await;
+    let answer = raw_http::send(
+        proxy.proxy,
+        b"GET /healthz/ HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        false,
+        ANSWER_WITHIN,
+    );
+    assert_eq!(answer.status, 200, "the app answers through the proxy");
+}

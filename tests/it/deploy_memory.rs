@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use quota_proxy::config::{Config, RequestBuffering};
 
 use crate::support::binary::Binary;
+use crate::support::raw_http;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -269,4 +270,64 @@ async fn held_uploads_fill_the_budget_and_no_more() {
         budget / MIB
     );
     drop(streams);
+}
+
+/// `max_connections` (3d361f7, `src/server/limits.rs`) refuses the
+/// newcomer when the cap is reached, and a connection that never sends a
+/// byte keeps its place for `HEADER_READ_TIMEOUT` (30 s). With
+/// `max_connections_per_ip` off (the default, and the shipped
+/// deployment's `deploy/kubernetes/quota-proxy.toml`, 4,096), one client
+/// that opens `max_connections` silent TCP connections, and opens them
+/// again every 30 s (about 140 connects a second for 4,096, no bytes sent),
+/// locks every other client out: their connections are closed at accept,
+/// and the app is down. Fails on 70f7750 (with `max_connections = 16`): a
+/// plain GET from another client is closed unanswered while 16 silent
+/// connections are open. Passes once a newcomer can take the place of a
+/// connection that has sent nothing (or sat idle the longest).
+#[tokio::test]
+async fn silent_connections_from_one_client_lock_everyone_out() {
+    let upstream = TestUpstream::always(Reply::ok().body("hello")).await;
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+max_connections = 16
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+"#,
+        upstream = upstream.authority(),
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(
+            tokio::net::TcpStream::connect(binary.proxy)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Accepted (and counted) before the next client comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let proxy = binary.proxy;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_http::send(
+            proxy,
+            b"GET /page HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+            false,
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .expect("the client ran");
+    drop(silent);
+    assert_eq!(
+        answer.status, 200,
+        "a pass-through GET from another client got no answer ({:?}) while one client held 16 \
+         silent connections (max_connections = 16)",
+        answer.error
+    );
 }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::support::binary::Binary;
 use crate::support::proxy::{Answer, TestClient};
+use crate::support::raw_http;
 use crate::support::redis::{RedisServer, used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 
@@ -421,5 +422,163 @@ deny_status = 429
          a second one",
         second.status,
         used
+    );
+}
+
+/// Since b2e2c48 a header report no longer ends the watch of a streamed
+/// body, for the app that sends `X-Images-Saved: 0` with the head (it
+/// cannot know yet: a Django middleware sets it before a streaming view's
+/// generator runs) and the real count in its marker at the end. But when
+/// such a body is cut before its end (the upstream silent past
+/// `timeouts.idle`, or its connection reset), the fail-closed rule ("a body
+/// cut before its end with no report seen settles a flagged request as one
+/// image", `src/quota/usage_body.rs`) does not apply: `Settlement::unreadable`
+/// (`src/quota/settle.rs`) takes the header's 0 as a report seen, and the
+/// request is charged 0, while the app, which saves and then reports at
+/// the very end, may have saved its image. Fails on 70f7750: the store
+/// counts 0 for a flagged stream cut before its marker (1 without the
+/// header).
+#[tokio::test]
+async fn a_header_zero_cancels_the_fail_closed_charge_of_a_cut_stream() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        let token = request
+            .header("x-quota-report-token")
+            .unwrap_or("none")
+            .to_owned();
+        Reply::ok()
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("x-images-saved", "0")
+            .stream([
+                ("here is your picture ".to_owned(), Duration::ZERO),
+                (
+                    format!(
+                        "[IMAGES_SAVED]{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]"
+                    ),
+                    Duration::from_secs(4),
+                ),
+            ])
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[timeouts]
+idle = "1s"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+strip_marker = true
+count = "requests"
+report_token_header = "X-Quota-Report-Token"
+require_report_token = true
+[admin]
+token_env = "QUOTA_PROXY_ADMIN_TOKEN"
+"#,
+        upstream = upstream.authority(),
+    );
+    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    // A byte-exact client (the stream ends in an error), off the runtime
+    // that runs the upstream.
+    let proxy = binary.proxy;
+    let answer = tokio::task::spawn_blocking(move || {
+        let body = r#"{"generate_image": true}"#;
+        let request = format!(
+            "POST /gen/ HTTP/1.1\r\nHost: app\r\nX-User-Id: cut\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        raw_http::send(proxy, request.as_bytes(), false, WITHIN)
+    })
+    .await
+    .expect("the client ran");
+    assert_eq!(answer.status, 200, "the stream starts: {answer:?}");
+    let used = settled(&binary, "cut").await;
+    assert_eq!(
+        used, 1,
+        "a flagged stream cut by the idle timeout before its marker is charged {used}, not \
+         the fail-closed 1: the head's `X-Images-Saved: 0` counts as a report seen"
+    );
+}
+
+/// With both in-band sources configured (`report_marker` for the chat's
+/// text stream, `report_sse_event` for an SSE endpoint), an SSE answer that
+/// reports its images as an event carries the request's token in its
+/// data, and the marker scanner, which also reads every event stream,
+/// sees that token with no marker around it: since b2e2c48 that is "the
+/// backend's report, unreadable", charged as malformed (`MarkerScanner::report`
+/// in `src/report/marker.rs`). `StreamReport::report` (`src/report/mod.rs`)
+/// adds it to the SSE event's report, so an event that says 0 images
+/// (a reply of text, nothing saved) is charged 1. Fails on 70f7750: a user
+/// whose three replies saved nothing is charged three images (their
+/// whole daily limit).
+#[tokio::test]
+async fn an_sse_report_of_zero_is_charged_one_when_a_marker_is_also_configured() {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
+        let token = request
+            .header("x-quota-report-token")
+            .unwrap_or("none")
+            .to_owned();
+        Reply::ok()
+            .header("content-type", "text/event-stream")
+            .stream([
+                ("data: just text, no image\n\n".to_owned(), Duration::ZERO),
+                (
+                    format!(
+                        "event: images_saved\ndata: {{\"count\": 0, \"token\": \"{token}\"}}\n\n"
+                    ),
+                    Duration::from_millis(10),
+                ),
+            ])
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{upstream}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+report_sse_event = "images_saved"
+strip_marker = true
+count = "images"
+report_token_header = "X-Quota-Report-Token"
+require_report_token = true
+[admin]
+token_env = "QUOTA_PROXY_ADMIN_TOKEN"
+"#,
+        upstream = upstream.authority(),
+    );
+    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let answer = TestClient::new(binary.proxy)
+            .send(
+                Method::POST,
+                "/gen/",
+                &[("x-user-id", "sse"), ("content-type", "application/json")],
+                r#"{"generate_image": true}"#,
+            )
+            .await;
+        statuses.push(answer.status);
+    }
+    let used = settled(&binary, "sse").await;
+    assert_eq!(
+        used, 0,
+        "three SSE answers each reported `{{\"count\": 0}}` with the request's token (nothing \
+         saved); the store charges {used} (statuses {statuses:?})"
     );
 }

@@ -3,7 +3,7 @@
 //! it (`src/identity/cookie.rs`, `jwt.rs`). Findings of an attack session,
 //! each a test on the real binary in front of real Django (gunicorn,
 //! `tests/django/`), counting the images Django saved; each test's doc says
-//! what the proxy did on the commit it was found on (f07fb78).
+//! what the proxy did on the commit it was found on (f07fb78 or 70f7750).
 
 use std::time::Duration;
 
@@ -237,6 +237,125 @@ async fn a_bearer_token_is_split_as_simplejwt_splits_it() {
          `Authorization: Bearer<TAB><token>`: simplejwt splits the header on any whitespace, \
          the proxy only at a space, saw no bearer token and forwarded the request as \
          anonymous and unchecked",
+        answer.status
+    );
+}
+
+/// Django reads `request.COOKIES` from the `Cookie` header decoded as
+/// UTF-8 (`get_str_from_wsgi`: the WSGI server's Latin-1 string re-encoded
+/// to bytes, then `.decode(errors="replace")`), and `parse_cookie` strips
+/// keys and values with `str.strip()`, which strips every Unicode space.
+/// The proxy (`src/identity/cookie.rs` `django_cookie`) decodes the line as
+/// Latin-1 and strips only what is whitespace in Latin-1: a UTF-8 encoded
+/// space beyond ASCII (U+3000 `\xe3\x80\x80`, U+00A0 `\xc2\xa0`, U+2003
+/// `\xe2\x80\x83`) next to the name or the token is stripped by Django and
+/// kept by the proxy. The proxy then sees no valid token (anonymous, and
+/// under the preset's `anonymous = "forward"` forwarded unchecked), while
+/// Django logs the user in from the token and generates. Fails on 70f7750:
+/// a free user at the limit gets one uncounted image per spelling.
+#[tokio::test]
+async fn a_jwt_cookie_next_to_a_unicode_space_is_read_by_django_not_by_the_proxy() {
+    const USER: u64 = 920_001;
+    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let config = jwt_preset(&django, &secret, Some("access_token"));
+    let proxy = Binary::start(&config, &[]).await;
+    let token = access_token(USER);
+    let plain = format!("access_token={token}");
+
+    for session in 1..=3 {
+        let answer = flagged(&proxy, session, plain.as_bytes());
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
+    let denied = flagged(&proxy, 4, plain.as_bytes());
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+
+    let spellings: [(&str, Vec<u8>); 3] = [
+        (
+            "U+3000 after the token",
+            [plain.as_bytes(), b"\xe3\x80\x80".as_slice()].concat(),
+        ),
+        (
+            "U+00A0 before the name",
+            [b"\xc2\xa0".as_slice(), plain.as_bytes()].concat(),
+        ),
+        (
+            "U+2003 after the name",
+            format!("access_token\u{2003}={token}").into_bytes(),
+        ),
+    ];
+    let mut got = Vec::new();
+    for (n, (what, cookie)) in spellings.iter().enumerate() {
+        let answer = flagged(&proxy, 10 + n as u64, cookie);
+        got.push(format!(
+            "{what}: {} ({} images saved so far)",
+            answer.status,
+            saved.by_user(&USER.to_string())
+        ));
+    }
+    let total = saved.by_user(&USER.to_string());
+    assert_eq!(
+        total,
+        3,
+        "a free user at the limit (3 a day) got {} more images saved by Django: Django strips \
+         Unicode spaces of the UTF-8 decoded cookie, the proxy decodes it as Latin-1, saw no \
+         valid token, and forwarded the request as anonymous and unchecked:\n{}",
+        total - 3,
+        got.join("\n")
+    );
+}
+
+/// `identity.kind = "jwt"` with `cookie = "access_token"` reads the cookie
+/// only when there is no bearer token (`src/identity/jwt.rs` `identify`:
+/// `match bearer_token(headers)`), and an invalid bearer token is
+/// anonymous. An app that authenticates from the cookie (the cookie-JWT
+/// classes written for simplejwt, the harness's `HARNESS_JWT_COOKIE`)
+/// never reads `Authorization`: a user at the limit adds
+/// `Authorization: Bearer x` (any garbage) to a request carrying their
+/// valid cookie, the proxy verifies the garbage, finds it invalid, treats
+/// the request as anonymous and, under the preset's `anonymous =
+/// "forward"`, forwards it unchecked; Django logs the user in from the
+/// cookie and generates. Fails on 70f7750: a free user at the limit (3
+/// images, a 4th denied) gets a 4th image saved, not counted.
+#[tokio::test]
+async fn a_garbage_bearer_token_hides_a_valid_jwt_cookie() {
+    const USER: u64 = 920_002;
+    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let config = jwt_preset(&django, &secret, Some("access_token"));
+    let proxy = Binary::start(&config, &[]).await;
+    let token = access_token(USER);
+    let plain = format!("access_token={token}");
+
+    for session in 1..=3 {
+        let answer = flagged(&proxy, session, plain.as_bytes());
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
+    let denied = flagged(&proxy, 4, plain.as_bytes());
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+
+    let both = format!("Authorization: Bearer x\r\nCookie: {plain}");
+    let answer = flagged_with(&proxy, 5, both.as_bytes());
+    let total = saved.by_user(&USER.to_string());
+    assert_eq!(
+        total, 3,
+        "a free user at the limit (3 a day) got an image saved by Django (status {}) by adding \
+         `Authorization: Bearer x` to their valid JWT cookie: the proxy read only the invalid \
+         bearer token, took the request for anonymous and forwarded it unchecked",
         answer.status
     );
 }

@@ -16,7 +16,6 @@ mod deploy_memory;
 mod django;
 mod docs_drift;
 mod exact_counts;
-mod fixes_attacked;
 mod flag_rules;
 mod http2_limits;
 mod identity;
