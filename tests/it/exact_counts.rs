@@ -38,6 +38,38 @@ async fn generate(binary: &Binary, user: &str, hold: bool) -> Answer {
 
 const ADMIN_TOKEN: &str = "count-admin-token";
 
+/// The binary in front of `upstream` with the chat app's report settings
+/// (marker with the request's token, stripped, one image per reply) on
+/// `/gen/`, a free plan of 3 a day, the usage API on, and `edit` applied.
+async fn marker_binary(upstream: &TestUpstream, edit: impl FnOnce(&mut toml::Table)) -> Binary {
+    let mut config: toml::Table = toml::from_str(&format!(
+        r#"
+upstream = "http://{upstream}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 3, weekly = 10, monthly = 30 }}
+[[routes]]
+method = "POST"
+path = "/gen/"
+deny_status = 429
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+strip_marker = true
+count = "requests"
+report_token_header = "X-Quota-Report-Token"
+require_report_token = true
+[admin]
+token_env = "QUOTA_PROXY_ADMIN_TOKEN"
+"#,
+        upstream = upstream.authority(),
+    ))
+    .expect("TOML");
+    edit(&mut config);
+    let config = toml::to_string(&config).expect("config renders");
+    Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await
+}
+
 /// `user`'s settled daily usage in the binary's store (the admin usage
 /// API), once nothing of theirs is in flight.
 async fn settled(binary: &Binary, user: &str) -> u64 {
@@ -96,29 +128,7 @@ async fn a_report_header_hides_the_marker_of_the_same_answer() {
             ])
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-[usage]
-report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
-strip_marker = true
-count = "requests"
-report_token_header = "X-Quota-Report-Token"
-require_report_token = true
-[admin]
-token_env = "QUOTA_PROXY_ADMIN_TOKEN"
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let binary = marker_binary(&upstream, |_| {}).await;
     let answer = generate(&binary, "h", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let used = settled(&binary, "h").await;
@@ -242,29 +252,7 @@ async fn a_report_payload_over_256_bytes_is_not_counted() {
             ])
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-[usage]
-report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
-strip_marker = true
-count = "requests"
-report_token_header = "X-Quota-Report-Token"
-require_report_token = true
-[admin]
-token_env = "QUOTA_PROXY_ADMIN_TOKEN"
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let binary = marker_binary(&upstream, |_| {}).await;
     let prompt = "a cat ".repeat(50);
     let body = serde_json::json!({"message": prompt, "generate_image": true}).to_string();
     let answer = TestClient::new(binary.proxy)
@@ -459,31 +447,10 @@ async fn a_header_zero_cancels_the_fail_closed_charge_of_a_cut_stream() {
             ])
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[timeouts]
-idle = "1s"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-[usage]
-report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
-strip_marker = true
-count = "requests"
-report_token_header = "X-Quota-Report-Token"
-require_report_token = true
-[admin]
-token_env = "QUOTA_PROXY_ADMIN_TOKEN"
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let binary = marker_binary(&upstream, |config| {
+        config.insert("timeouts".into(), toml::toml! { idle = "1s" }.into());
+    })
+    .await;
     // A byte-exact client (the stream ends in an error), off the runtime
     // that runs the upstream.
     let proxy = binary.proxy;
@@ -539,30 +506,12 @@ async fn an_sse_report_of_zero_is_charged_one_when_a_marker_is_also_configured()
             ])
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 3, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-[usage]
-report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
-report_sse_event = "images_saved"
-strip_marker = true
-count = "images"
-report_token_header = "X-Quota-Report-Token"
-require_report_token = true
-[admin]
-token_env = "QUOTA_PROXY_ADMIN_TOKEN"
-"#,
-        upstream = upstream.authority(),
-    );
-    let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let binary = marker_binary(&upstream, |config| {
+        let usage = config["usage"].as_table_mut().expect("[usage]");
+        usage.insert("report_sse_event".into(), "images_saved".into());
+        usage.insert("count".into(), "images".into());
+    })
+    .await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let answer = TestClient::new(binary.proxy)
