@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::support::binary::Binary;
-use crate::support::django::Django;
+use crate::support::django::{Django, SavedImages};
 use crate::support::raw_http;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -44,6 +44,27 @@ fn noon_zone() -> String {
     } else {
         format!("Etc/GMT+{}", -offset)
     }
+}
+
+/// The free plan's three images for `user`, sent with `send(session)`, then
+/// a fourth denied: the user is at the limit.
+fn use_up_the_free_plan(
+    saved: &mut SavedImages,
+    user: u64,
+    send: impl Fn(u64) -> raw_http::RawResponse,
+) {
+    for session in 1..=3 {
+        let answer = send(session);
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&user.to_string()), 3, "three images saved");
+    let denied = send(4);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth image is denied: {}",
+        denied.text()
+    );
 }
 
 /// A flagged message (`"generate_image": true`) to the send view of
@@ -148,18 +169,9 @@ async fn a_jwt_cookie_is_read_as_django_reads_it() {
     let plain = format!("access_token={token}");
 
     // The free plan's three images, then a denial: the user is at the limit.
-    for session in 1..=3 {
-        let answer = flagged(&proxy, session, plain.as_bytes());
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
-    let denied = flagged(&proxy, 4, plain.as_bytes());
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth image is denied: {}",
-        denied.text()
-    );
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged(&proxy, session, plain.as_bytes())
+    });
     assert_eq!(saved.by_user(&USER.to_string()), 3);
 
     // The same token, in cookies the proxy reads otherwise than Django.
@@ -215,18 +227,9 @@ async fn a_bearer_token_is_split_as_simplejwt_splits_it() {
     let token = access_token(USER);
     let plain = format!("Authorization: Bearer {token}");
 
-    for session in 1..=3 {
-        let answer = flagged_with(&proxy, session, plain.as_bytes());
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
-    let denied = flagged_with(&proxy, 4, plain.as_bytes());
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth image is denied: {}",
-        denied.text()
-    );
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, plain.as_bytes())
+    });
 
     let tab = format!("Authorization: Bearer\t{token}");
     let answer = flagged_with(&proxy, 5, tab.as_bytes());
@@ -264,18 +267,9 @@ async fn a_jwt_cookie_next_to_a_unicode_space_is_read_by_django_not_by_the_proxy
     let token = access_token(USER);
     let plain = format!("access_token={token}");
 
-    for session in 1..=3 {
-        let answer = flagged(&proxy, session, plain.as_bytes());
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
-    let denied = flagged(&proxy, 4, plain.as_bytes());
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth is denied: {}",
-        denied.text()
-    );
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged(&proxy, session, plain.as_bytes())
+    });
 
     let spellings: [(&str, Vec<u8>); 3] = [
         (
@@ -335,18 +329,9 @@ async fn a_garbage_bearer_token_hides_a_valid_jwt_cookie() {
     let token = access_token(USER);
     let plain = format!("access_token={token}");
 
-    for session in 1..=3 {
-        let answer = flagged(&proxy, session, plain.as_bytes());
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
-    let denied = flagged(&proxy, 4, plain.as_bytes());
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth is denied: {}",
-        denied.text()
-    );
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged(&proxy, session, plain.as_bytes())
+    });
 
     let both = format!("Authorization: Bearer x\r\nCookie: {plain}");
     let answer = flagged_with(&proxy, 5, both.as_bytes());
