@@ -20,6 +20,14 @@ use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 /// The longest wait for one answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
+/// `quota-proxy check-config` run on `config`.
+fn check_config(config: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).expect("write config");
+    run_cli(Some(&path), &["check-config"])
+}
+
 /// The shipped Django preset with `upstream`, its periods cut in a zone
 /// where it is about noon (far from a day's boundary), and `edit` applied
 /// to its TOML table.
@@ -112,11 +120,7 @@ async fn a_route_in_re_path_syntax_is_accepted_and_counts_nothing() {
             "/chat/session/<int:session_id>/image-generation-access/".into(),
         );
     });
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    let checked = run_cli(Some(&path), &["check-config"]);
-    if !checked.status.success() {
+    if !check_config(&config).status.success() {
         // Refused, as Django warns: fixed.
         return;
     }
@@ -298,10 +302,8 @@ async fn an_identity_url_without_its_slash_makes_everyone_anonymous() {
             .expect("[identity.forward_auth]")
             .insert("url".into(), "/api/quota/identity".into());
     });
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    if !run_cli(Some(&path), &["check-config"]).status.success() {
+    if !check_config(&config).status.success() {
+        // Refused: the mistake is caught before it serves.
         return;
     }
     let proxy = Binary::start(&config, &[]).await;
@@ -343,10 +345,8 @@ async fn a_report_token_header_with_underscores_never_reaches_django() {
             .expect("[usage]")
             .insert("report_token_header".into(), "X_Quota_Report_Token".into());
     });
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    if !run_cli(Some(&path), &["check-config"]).status.success() {
+    if !check_config(&config).status.success() {
+        // Refused: the mistake is caught before it serves.
         return;
     }
     let proxy = Binary::start(&config, &[]).await;
@@ -385,10 +385,8 @@ async fn a_user_header_with_underscores_is_removed_before_it_is_read() {
          [[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
         upstream.authority()
     );
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    if !run_cli(Some(&path), &["check-config"]).status.success() {
+    if !check_config(&config).status.success() {
+        // Refused: the mistake is caught before it serves.
         return;
     }
     let binary = Binary::start(&config, &[]).await;
@@ -436,10 +434,7 @@ async fn a_django_route_with_a_colon_after_a_converter_is_refused() {
         custom.insert("path".into(), "v1/models/<str:model>:generate/".into());
         routes.push(toml::Value::Table(custom));
     });
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, &config).expect("write config");
-    let checked = crate::support::binary::run_cli(Some(&path), &["check-config"]);
+    let checked = check_config(&config);
     assert!(
         checked.status.success(),
         "a valid Django path() route, `v1/models/<str:model>:generate/` (Django routes \

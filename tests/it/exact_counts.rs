@@ -38,6 +38,30 @@ async fn generate(binary: &Binary, user: &str, hold: bool) -> Answer {
 
 const ADMIN_TOKEN: &str = "count-admin-token";
 
+/// An upstream whose answer says `X-Images-Saved: 0` in its head, streams
+/// text, and after `delay` the app's marker with the request's token.
+async fn header_zero_then_marker(delay: Duration) -> TestUpstream {
+    TestUpstream::start(move |request: RecordedRequest| async move {
+        let token = request
+            .header("x-quota-report-token")
+            .unwrap_or("none")
+            .to_owned();
+        Reply::ok()
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("x-images-saved", "0")
+            .stream([
+                ("here is your picture ".to_owned(), Duration::ZERO),
+                (
+                    format!(
+                        "[IMAGES_SAVED]{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]"
+                    ),
+                    delay,
+                ),
+            ])
+    })
+    .await
+}
+
 /// The binary in front of `upstream` with the chat app's report settings
 /// (marker with the request's token, stripped, one image per reply) on
 /// `/gen/`, a free plan of 3 a day, the usage API on, and `edit` applied.
@@ -109,25 +133,7 @@ async fn settled(binary: &Binary, user: &str) -> u64 {
 /// included, to the browser).
 #[tokio::test]
 async fn a_report_header_hides_the_marker_of_the_same_answer() {
-    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
-        let token = request
-            .header("x-quota-report-token")
-            .unwrap_or("none")
-            .to_owned();
-        Reply::ok()
-            .header("content-type", "text/plain; charset=utf-8")
-            .header("x-images-saved", "0")
-            .stream([
-                ("here is your picture ".to_owned(), Duration::ZERO),
-                (
-                    format!(
-                        "[IMAGES_SAVED]{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]"
-                    ),
-                    Duration::from_millis(20),
-                ),
-            ])
-    })
-    .await;
+    let upstream = header_zero_then_marker(Duration::from_millis(20)).await;
     let binary = marker_binary(&upstream, |_| {}).await;
     let answer = generate(&binary, "h", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -428,25 +434,7 @@ deny_status = 429
 /// header).
 #[tokio::test]
 async fn a_header_zero_cancels_the_fail_closed_charge_of_a_cut_stream() {
-    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
-        let token = request
-            .header("x-quota-report-token")
-            .unwrap_or("none")
-            .to_owned();
-        Reply::ok()
-            .header("content-type", "text/plain; charset=utf-8")
-            .header("x-images-saved", "0")
-            .stream([
-                ("here is your picture ".to_owned(), Duration::ZERO),
-                (
-                    format!(
-                        "[IMAGES_SAVED]{{\"count\": 1, \"token\": \"{token}\"}}[IMAGES_SAVED_END]"
-                    ),
-                    Duration::from_secs(4),
-                ),
-            ])
-    })
-    .await;
+    let upstream = header_zero_then_marker(Duration::from_secs(4)).await;
     let binary = marker_binary(&upstream, |config| {
         config.insert("timeouts".into(), toml::toml! { idle = "1s" }.into());
     })
