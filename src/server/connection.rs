@@ -2,35 +2,57 @@
 //! it holds its descriptor without using it, and shut down gracefully when
 //! the proxy stops.
 //!
+//! No hyper connection is built before the client's first bytes: a
+//! connection that sends none within [`HEADER_READ_TIMEOUT`] of accept is
+//! dropped (`quota_proxy_connections_closed_silent_total`). The first bytes
+//! (peeked, not read) tell the version: HTTP/1 is served by `park.rs`,
+//! which hands an idle connection's buffers back; the HTTP/2 preface by
+//! hyper's HTTP/2 server; the start of the preface alone (too few bytes to
+//! tell) by hyper-util's `auto` builder, which reads on until it knows.
+//!
 //! hyper closes an HTTP/1.1 connection that sends no request head within
-//! [`HEADER_READ_TIMEOUT`], between requests too. It cannot do so before it
-//! knows the version (which needs bytes), and HTTP/2 has no such timer at
-//! all, so this watch adds both, with one timer per connection: a
-//! connection that has started no request within the timeout of accept is
-//! dropped (`quota_proxy_connections_closed_silent_total`), and an HTTP/2
+//! [`HEADER_READ_TIMEOUT`], between requests too. HTTP/2 has no such timer
+//! at all, so [`watch`] adds it, with one timer per connection: a
+//! connection that has started no request within the timeout is dropped
+//! (`quota_proxy_connections_closed_silent_total`), and an HTTP/2
 //! connection that starts no new request during a whole timeout is sent a
 //! GOAWAY (`quota_proxy_connections_closed_idle_total`): the streams it has
 //! open finish, and then it closes.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use http::Version;
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::HEADER_READ_TIMEOUT;
+use super::park::{self, Waited};
+use super::tracked::TrackedService;
+use crate::BoxError;
 
-/// What a connection's requests tell its watch: set by each request, taken
-/// (reset) by the watch once per [`HEADER_READ_TIMEOUT`]. One relaxed
-/// store per request, nothing else.
+/// What a connection's requests tell its watch: flags set by each request
+/// and taken (reset) by the watch when it looks, and the requests open
+/// (started, their answer's body not yet ended). Relaxed atomics, three
+/// operations per request.
 #[derive(Debug, Default)]
-pub(super) struct Activity(AtomicU8);
+pub(super) struct Activity {
+    flags: AtomicU8,
+    open: AtomicUsize,
+}
 
 /// A request started since the watch last looked.
-const STARTED: u8 = 1;
+pub(super) const STARTED: u8 = 1;
 /// The connection speaks HTTP/2.
 const HTTP2: u8 = 2;
 
@@ -38,11 +60,23 @@ impl Activity {
     /// Notes that a request of `version` started.
     pub(super) fn request(&self, version: Version) {
         let http2 = if version == Version::HTTP_2 { HTTP2 } else { 0 };
-        self.0.store(STARTED | http2, Ordering::Relaxed);
+        self.flags.store(STARTED | http2, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn take(&self) -> u8 {
-        self.0.swap(0, Ordering::Relaxed)
+    /// Notes that a request's answer ended (or was dropped).
+    pub(super) fn answered(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a request is open.
+    pub(super) fn open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) != 0
+    }
+
+    /// The flags set since the last call.
+    pub(super) fn take(&self) -> u8 {
+        self.flags.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -50,7 +84,7 @@ impl Activity {
 /// idle (see the module) and shutting it down gracefully once `stop` is
 /// cancelled. `begin_shutdown` starts a graceful shutdown (hyper's
 /// `graceful_shutdown`), after which the connection is polled to its end.
-pub(super) async fn watch<C, T, E>(
+async fn watch<C, T, E>(
     connection: C,
     begin_shutdown: impl Fn(Pin<&mut C>),
     activity: Arc<Activity>,
@@ -94,5 +128,77 @@ pub(super) async fn watch<C, T, E>(
     };
     if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// hyper's servers, configured once for every connection of a loop.
+pub(super) struct Protocols {
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
+    /// For a connection whose first bytes are too few to tell the version.
+    pub(super) auto: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves `stream`, accepted from `peer`, until it ends or `stop` ends it
+/// (see the module).
+pub(super) async fn serve<S, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocols: &Protocols,
+    service: S,
+    stop: CancellationToken,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // Boxed, as each way below: this task is as large as its largest
+    // state, and a parked connection should hold little (`park.rs`).
+    match Box::pin(park::wait_for_bytes(&stream, HEADER_READ_TIMEOUT, &stop)).await {
+        Waited::Bytes => {}
+        Waited::TimedOut => {
+            tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
+                "nothing sent in time; closing the connection");
+            metrics::counter!("quota_proxy_connections_closed_silent_total").increment(1);
+            return;
+        }
+        Waited::Closed | Waited::Stopped => return,
+    }
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    let Ok(peeked) = stream.peek(&mut first).await else {
+        return;
+    };
+    let activity = Arc::new(Activity::default());
+    let service = TrackedService::new(service, Arc::clone(&activity), peer);
+    if first[..peeked] != HTTP2_PREFACE[..peeked] {
+        Box::pin(park::serve_http1(
+            stream,
+            &protocols.http1,
+            service,
+            &activity,
+            &stop,
+            peer,
+        ))
+        .await;
+    } else if peeked == HTTP2_PREFACE.len() {
+        let connection = protocols
+            .http2
+            .serve_connection(TokioIo::new(stream), service);
+        let shutdown = http2::Connection::graceful_shutdown;
+        Box::pin(watch(connection, shutdown, activity, stop, peer)).await;
+    } else {
+        let connection = protocols
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let shutdown = auto::UpgradeableConnection::graceful_shutdown;
+        Box::pin(watch(connection, shutdown, activity, stop, peer)).await;
     }
 }

@@ -477,7 +477,7 @@ async fn distinct_sessions(addr: SocketAddr, first: usize, count: usize) -> usiz
     ok
 }
 
-fn gauge(metrics: &str, name: &str) -> f64 {
+pub(crate) fn gauge(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .find(|l| l.starts_with(&format!("{name} ")))
@@ -486,7 +486,7 @@ fn gauge(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
-async fn metrics(binary: &Binary) -> String {
+pub(crate) async fn metrics(binary: &Binary) -> String {
     let head = "GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
     let mut stream = TcpStream::connect(binary.admin).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("send");
@@ -545,31 +545,7 @@ async fn the_identity_cache_stays_bounded_under_10000_distinct_sessions() {
 /// Sends one keep-alive `GET /healthz` on `stream` and returns the status,
 /// or `None` when the connection closes first.
 async fn get_on(stream: &mut TcpStream) -> Option<u16> {
-    let head = "GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n";
-    stream.write_all(head.as_bytes()).await.ok()?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("an answer or a close within 5 s")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        received.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&received).to_lowercase();
-        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() >= length {
-                return head.split(' ').nth(1).and_then(|s| s.parse().ok());
-            }
-        }
-    }
+    crate::parking::answer_on(stream, b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").await
 }
 
 /// Measures: with `max_connections_per_ip = 2` (and two serving threads,

@@ -26,6 +26,7 @@ mod load_smoke;
 mod no_spoofing;
 mod ops;
 mod outage;
+mod parking;
 mod persian_calendar;
 mod quota;
 mod redis_faults;

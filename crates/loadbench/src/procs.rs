@@ -87,6 +87,24 @@ pub fn memory_bytes(pid: u32, field: &str) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
+/// `pid`'s `VmRSS` once it has stopped falling: read every second, for up
+/// to `within`, until a reading is less than 1% below the one before.
+/// quota-proxy's allocator hands freed pages back from a background thread
+/// over about 10 s (Cargo.toml, `tikv-jemallocator`).
+pub fn settled_rss(pid: u32, within: Duration) -> io::Result<u64> {
+    let deadline = Instant::now() + within;
+    let mut last = memory_bytes(pid, "VmRSS")?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = memory_bytes(pid, "VmRSS")?;
+        if now + last / 100 >= last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 fn wait_until_listening(addr: SocketAddr, child: &mut Child, log: &Path) -> io::Result<()> {
     let deadline = Instant::now() + READY_WITHIN;
     loop {

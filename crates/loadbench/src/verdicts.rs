@@ -109,7 +109,7 @@ const MATRIX_COMPARISONS: [Comparison; 4] = [
     },
 ];
 
-/// The most peak RSS holding this many idle connections may reach, where
+/// The most RSS holding this many idle connections may take, where
 /// a target names it: 40 MB for up to 1,000, 64 MB for 10,000 or more.
 fn idle_budget(conns: usize) -> Option<u64> {
     match conns {
@@ -123,7 +123,7 @@ fn idle_budget(conns: usize) -> Option<u64> {
 pub fn targets(
     rows: &[Row],
     ttfb: &[(Target, loadgen::RunStats)],
-    idle_peaks: &[(usize, u64)],
+    idle_rss: &[(usize, u64)],
     uploads: &[(UploadKind, UploadMemory)],
 ) -> Vec<(bool, String)> {
     let mut out = Vec::new();
@@ -188,13 +188,13 @@ pub fn targets(
             ),
         ));
     }
-    for &(conns, peak) in idle_peaks {
+    for &(conns, rss) in idle_rss {
         if let Some(budget) = idle_budget(conns) {
             out.push((
-                peak <= budget,
+                rss <= budget,
                 format!(
-                    "peak RSS with {conns} idle keep-alive connections: {} (≤ {})",
-                    mb(peak),
+                    "RSS holding {conns} idle keep-alive connections: {} (≤ {})",
+                    mb(rss),
                     mb(budget)
                 ),
             ));

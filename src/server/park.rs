@@ -1,0 +1,254 @@
+//! Idle HTTP/1 connections parked (phase: accept): their memory handed
+//! back while they wait for their next request.
+//!
+//! Problem: hyper gives every HTTP/1 connection an 8 KiB read buffer and
+//! an 8 KiB header write buffer and keeps both for the connection's life;
+//! 10,000 idle keep-alive connections held about 240 MB. nginx frees a
+//! keep-alive connection's buffers while it waits (`ngx_http_set_keepalive`).
+//!
+//! Mechanism: a connection's watch looks every [`PARK_AFTER`]; once one
+//! look finds no request started since the last and none open, the hyper
+//! connection is shut down gracefully *without* closing the socket
+//! (`poll_without_shutdown`), and only the socket is kept, waiting for
+//! bytes (`quota_proxy_connections_parked_total`). When bytes come, a new
+//! hyper connection serves them; the client sees one keep-alive
+//! connection. Bytes hyper had read and not used (the start of a next
+//! request) are handed to the next hyper connection ([`Rewind`]). A hyper
+//! connection built for bytes is not parked before a request has started
+//! on it, so a client dripping a head cannot restart hyper's head deadline
+//! by being parked: it is restarted at most once.
+//!
+//! Bound: a connection is parked between one and two [`PARK_AFTER`]s after
+//! its last answer ended; parked, it holds its socket and this task (a few
+//! KB), and is closed after [`HEADER_READ_TIMEOUT`] without bytes, as hyper
+//! closes an idle one. Cost: one `recv(MSG_PEEK)` and a new hyper
+//! connection for the first request after a park.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::HEADER_READ_TIMEOUT;
+use super::connection::{Activity, STARTED};
+use super::tracked::TrackedService;
+use crate::BoxError;
+
+/// How often an HTTP/1 connection's watch looks whether it can be parked.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// What waiting for a parked or new connection's bytes ended with.
+pub(super) enum Waited {
+    /// Bytes are there to read.
+    Bytes,
+    /// The client closed its side, or the socket failed.
+    Closed,
+    /// None came within the timeout.
+    TimedOut,
+    /// The proxy stops, or the connection's place is wanted.
+    Stopped,
+}
+
+/// Waits up to `timeout` for `stream` to have bytes to read, without
+/// reading them.
+pub(super) async fn wait_for_bytes(
+    stream: &TcpStream,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Waited {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        () = stop.cancelled() => Waited::Stopped,
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut byte)) => match peeked {
+            Err(_) => Waited::TimedOut,
+            Ok(Ok(0) | Err(_)) => Waited::Closed,
+            Ok(Ok(_)) => Waited::Bytes,
+        },
+    }
+}
+
+/// Serves HTTP/1 on `stream` until it ends, parking it whenever it idles
+/// (see the module). `activity` is the one `service` counts its requests in.
+pub(super) async fn serve_http1<S, B>(
+    stream: TcpStream,
+    http1: &http1::Builder,
+    mut service: TrackedService<S>,
+    activity: &Activity,
+    stop: &CancellationToken,
+    peer: SocketAddr,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut io = Rewind::new(stream);
+    // Not before its first request: bytes came, so a head is on its way.
+    let mut may_park = false;
+    loop {
+        // Boxed: freed while parked.
+        let mut connection = Box::new(http1.serve_connection(TokioIo::new(io), service));
+        let ending = Box::pin(drive(&mut connection, activity, stop, &mut may_park)).await;
+        let parts = match ending {
+            Ok(_) => connection.into_parts(),
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+                return;
+            }
+        };
+        io = parts.io.into_inner();
+        service = parts.service;
+        if !matches!(ending, Ok(Ending::Parked)) {
+            // hyper left the socket open (`poll_without_shutdown`).
+            let _ = io.stream.shutdown().await;
+            return;
+        }
+        metrics::counter!("quota_proxy_connections_parked_total").increment(1);
+        // Bytes came (or were left over), so a head is on its way: not
+        // parked again before it has started.
+        may_park = false;
+        if !parts.read_buf.is_empty() {
+            io.rewind(parts.read_buf);
+            continue;
+        }
+        // Even empty, `read_buf` may hold hyper's whole read buffer.
+        drop(parts.read_buf);
+        match Box::pin(wait_for_bytes(&io.stream, HEADER_READ_TIMEOUT, stop)).await {
+            Waited::Bytes => {}
+            Waited::Closed | Waited::TimedOut | Waited::Stopped => return,
+        }
+    }
+}
+
+/// Why [`drive`] let a connection end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// It ended by itself: the client closed it, or asked to.
+    ByItself,
+    /// It was shut down gracefully because the proxy stops.
+    Stopped,
+    /// It was idle and shut down gracefully to be parked.
+    Parked,
+}
+
+/// Polls `connection` to its end, shutting it down gracefully when `stop`
+/// is cancelled or when a look finds it idle and `may_park` (set once a
+/// look sees a request started).
+async fn drive<S, B>(
+    connection: &mut http1::Connection<TokioIo<Rewind>, TrackedService<S>>,
+    activity: &Activity,
+    stop: &CancellationToken,
+    may_park: &mut bool,
+) -> hyper::Result<Ending>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut ending = None;
+    loop {
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                return ended.map(|()| ending.unwrap_or(Ending::ByItself));
+            }
+            () = stop.cancelled(), if ending.is_none() => {
+                Pin::new(&mut *connection).graceful_shutdown();
+                ending = Some(Ending::Stopped);
+            }
+            () = tokio::time::sleep(PARK_AFTER), if ending.is_none() => {
+                if activity.take() & STARTED != 0 {
+                    *may_park = true;
+                } else if *may_park && !activity.open() {
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    ending = Some(Ending::Parked);
+                }
+            }
+        }
+    }
+}
+
+/// A socket with bytes already read from it put back in front.
+pub(super) struct Rewind {
+    unread: Bytes,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            unread: Bytes::new(),
+            stream,
+        }
+    }
+
+    /// Puts `bytes` back to be read first.
+    fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty(), "rewound twice");
+        self.unread = bytes;
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

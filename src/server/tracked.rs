@@ -1,0 +1,119 @@
+//! The requests of one connection as hyper sees them (phase: accept, before
+//! classify): each is tagged with its peer ([`ClientAddr`]) and counted in
+//! the connection's [`Activity`] from its start to the end of its answer's
+//! body, so the connection's watch knows when no request is open and an
+//! HTTP/1 connection may be parked (`park.rs`).
+//!
+//! The service's future is boxed, one allocation per request: hyper gives
+//! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
+//! only for services whose futures are `Unpin`, which a tower service's
+//! future need not be.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use super::ClientAddr;
+use super::connection::Activity;
+
+/// `service` as hyper calls it: cloned for each request, which is tagged
+/// with `peer` and counted in `activity` until its answer's body ends.
+pub(super) struct TrackedService<S> {
+    /// Boxed, so that this type is `Unpin` whatever `S` is.
+    service: Box<S>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+}
+
+impl<S> TrackedService<S> {
+    pub(super) fn new(service: S, activity: Arc<Activity>, peer: SocketAddr) -> Self {
+        Self {
+            service: Box::new(service),
+            activity,
+            peer,
+        }
+    }
+}
+
+/// The answer of a [`TrackedService`], boxed (see the module).
+type TrackedFuture<B> =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, Infallible>> + Send>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for TrackedService<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = TrackedFuture<B>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let open = OpenRequest::new(&self.activity, request.version());
+        request.extensions_mut().insert(ClientAddr(self.peer));
+        let answer = S::clone(&self.service).oneshot(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| TrackedBody { body, _open: open }))
+        })
+    }
+}
+
+/// One request counted open in its connection's [`Activity`] until dropped
+/// (with its answer's body, or with the answer if there is none).
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<Activity>, version: http::Version) -> Self {
+        activity.request(version);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, its request counted open until it is dropped.
+    pub(super) struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        _open: OpenRequest,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
