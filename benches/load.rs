@@ -353,7 +353,7 @@ fn run() -> io::Result<bool> {
             // `PARK_AFTER`s after its last answer, and the pages within
             // about 10 s.
             std::thread::sleep(2 * PARK_AFTER + Duration::from_millis(500));
-            let rss = procs::settled_rss(fresh.pid(), Duration::from_secs(15))?;
+            let rss = procs::settled_rss(fresh.pid(), Duration::from_secs(20))?;
             let hwm = procs::memory_bytes(fresh.pid(), "VmHWM")?;
             println!(
                 "{count} idle keep-alive connections on a fresh qp-memory (after a 64-connection \

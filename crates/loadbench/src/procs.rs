@@ -88,21 +88,26 @@ pub fn memory_bytes(pid: u32, field: &str) -> io::Result<u64> {
 }
 
 /// `pid`'s `VmRSS` once it has stopped falling: read every second, for up
-/// to `within`, until a reading is less than 1% below the one before.
-/// quota-proxy's allocator hands freed pages back from a background thread
-/// over about 10 s (Cargo.toml, `tikv-jemallocator`).
+/// to `within`, until three readings in a row are less than 1% below the
+/// last fall. quota-proxy's allocator hands freed pages back from a
+/// background thread, gradually, over about 10 s (Cargo.toml,
+/// `tikv-jemallocator`).
 pub fn settled_rss(pid: u32, within: Duration) -> io::Result<u64> {
     let deadline = Instant::now() + within;
-    let mut last = memory_bytes(pid, "VmRSS")?;
-    while Instant::now() < deadline {
+    let mut fallen_to = memory_bytes(pid, "VmRSS")?;
+    let mut latest = fallen_to;
+    let mut still = 0;
+    while still < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));
-        let now = memory_bytes(pid, "VmRSS")?;
-        if now + last / 100 >= last {
-            return Ok(now);
+        latest = memory_bytes(pid, "VmRSS")?;
+        if latest + fallen_to / 100 < fallen_to {
+            fallen_to = latest;
+            still = 0;
+        } else {
+            still += 1;
         }
-        last = now;
     }
-    Ok(last)
+    Ok(latest)
 }
 
 fn wait_until_listening(addr: SocketAddr, child: &mut Child, log: &Path) -> io::Result<()> {
