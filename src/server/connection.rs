@@ -19,27 +19,22 @@
 //! GOAWAY (`quota_proxy_connections_closed_idle_total`): the streams it has
 //! open finish, and then it closes.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http::{Request, Response, Version};
-use http_body::Body;
-use hyper::body::Incoming;
+use http::Version;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::HEADER_READ_TIMEOUT;
 use super::park::{self, Waited};
 use super::tracked::TrackedService;
-use crate::BoxError;
+use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 
 /// What a connection's requests tell its watch: flags set by each request
 /// and taken (reset) by the watch when it looks, and the requests open
@@ -151,13 +146,8 @@ pub(super) async fn serve<S, B>(
     service: S,
     stop: CancellationToken,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     // Boxed, as each way below: this task is as large as its largest
     // state, and a parked connection should hold little (`park.rs`).

@@ -70,6 +70,42 @@ const H2_SEND_BUFFER: usize = 32 * 1024;
 /// CPU while nothing can be accepted anyway.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What [`serve`] asks of the service it serves: a tower service of
+/// requests as hyper reads them that never fails (errors are answers),
+/// cloned for each connection, its futures sent to the connection's task.
+/// Every such service is one.
+pub trait ServedService<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ServedService<B> for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+}
+
+/// What [`serve`] asks of an answer's body. Every such body is one.
+pub trait ServedBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ServedBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// The TCP peer of a request, put in its extensions by [`serve`]. The proxy
 /// appends it to `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,13 +131,8 @@ pub async fn serve<S, B>(
     balance: AcceptBalance,
 ) -> io::Result<()>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     serve_limited(
         listener,
@@ -125,13 +156,8 @@ pub async fn serve_limited<S, B>(
     limits: ConnectionLimits,
 ) -> io::Result<()>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     let protocols = Arc::new(protocols());
 

@@ -24,7 +24,6 @@
 //! closes an idle one. Cost: one `recv(MSG_PEEK)` and a new hyper
 //! connection for the first request after a park.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,19 +31,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::HEADER_READ_TIMEOUT;
 use super::connection::{Activity, STARTED};
 use super::tracked::TrackedService;
-use crate::BoxError;
+use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 
 /// How often an HTTP/1 connection's watch looks whether it can be parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -89,13 +84,8 @@ pub(super) async fn serve_http1<S, B>(
     stop: &CancellationToken,
     peer: SocketAddr,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     let mut io = Rewind::new(stream);
     // Not before its first request: bytes came, so a head is on its way.
@@ -156,13 +146,8 @@ async fn drive<S, B>(
     may_park: &mut bool,
 ) -> hyper::Result<Ending>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     let mut ending = None;
     loop {
