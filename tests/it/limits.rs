@@ -365,16 +365,8 @@ async fn one_at_a_time_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                     break false;
                 }
                 received.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&received).to_lowercase();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        break true;
-                    }
+                if crate::parking::whole_message_head(&received).is_some() {
+                    break true;
                 }
             };
             if complete {

@@ -85,18 +85,24 @@ async fn head_on(stream: &mut TcpStream, request: &[u8]) -> Option<String> {
             return None;
         }
         received.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&received).to_lowercase();
-        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() >= length {
-                return Some(head.to_owned());
-            }
+        if let Some(head) = whole_message_head(&received) {
+            return Some(head);
         }
     }
+}
+
+/// The head, lowercased, of the HTTP/1 message `received` holds whole
+/// (by its `Content-Length`; none means no body), or `None` while it is
+/// incomplete.
+pub(crate) fn whole_message_head(received: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(received).to_lowercase();
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (rest.len() >= length).then(|| head.to_owned())
 }
 
 /// Waits until the proxy has parked more than `before` times in all;
