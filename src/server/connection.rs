@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use http::Version;
 use hyper::server::conn::{http1, http2};
@@ -44,6 +44,9 @@ use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 pub(super) struct Activity {
     flags: AtomicU8,
     open: AtomicUsize,
+    /// The last write to the socket would have blocked: hyper holds bytes
+    /// it could not write yet (`park.rs` sets it).
+    write_blocked: AtomicBool,
 }
 
 /// A request started since the watch last looked.
@@ -67,6 +70,16 @@ impl Activity {
     /// Whether a request is open.
     pub(super) fn open(&self) -> bool {
         self.open.load(Ordering::Relaxed) != 0
+    }
+
+    /// Notes whether the last write to the socket would have blocked.
+    pub(super) fn wrote(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Whether the last write to the socket would have blocked.
+    pub(super) fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// The flags set since the last call.
@@ -172,7 +185,7 @@ pub(super) async fn serve<S, B>(
             stream,
             &protocols.http1,
             service,
-            &activity,
+            Arc::clone(&activity),
             &stop,
             peer,
         ))

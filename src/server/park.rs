@@ -7,9 +7,13 @@
 //! keep-alive connection's buffers while it waits (`ngx_http_set_keepalive`).
 //!
 //! Mechanism: a connection's watch looks every [`PARK_AFTER`]; once one
-//! look finds no request started since the last and none open, the hyper
-//! connection is shut down gracefully *without* closing the socket
-//! (`poll_without_shutdown`), and only the socket is kept, waiting for
+//! look finds no request started since the last, none open and no write
+//! waiting for room in the socket, the hyper connection is shut down
+//! gracefully *without* closing the socket (`poll_without_shutdown`). hyper
+//! hands a connection back without flushing its buffer or reading on, so
+//! it is parked only if hyper finds it idle too and ends it at once; one
+//! amid an exchange (a request body still coming after its answer ended)
+//! is closed after the exchange instead. Only the socket is kept, waiting for
 //! bytes (`quota_proxy_connections_parked_total`). When bytes come, a new
 //! hyper connection serves them; the client sees one keep-alive
 //! connection. Bytes hyper had read and not used (the start of a next
@@ -27,6 +31,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,20 +85,20 @@ pub(super) async fn serve_http1<S, B>(
     stream: TcpStream,
     http1: &http1::Builder,
     mut service: TrackedService<S>,
-    activity: &Activity,
+    activity: Arc<Activity>,
     stop: &CancellationToken,
     peer: SocketAddr,
 ) where
     S: ServedService<B>,
     B: ServedBody,
 {
-    let mut io = Rewind::new(stream);
+    let mut io = Rewind::new(stream, Arc::clone(&activity));
     // Not before its first request: bytes came, so a head is on its way.
     let mut may_park = false;
     loop {
         // Boxed: freed while parked.
         let mut connection = Box::new(http1.serve_connection(TokioIo::new(io), service));
-        let ending = Box::pin(drive(&mut connection, activity, stop, &mut may_park)).await;
+        let ending = Box::pin(drive(&mut connection, &activity, stop, &mut may_park)).await;
         let parts = match ending {
             Ok(_) => connection.into_parts(),
             Err(err) => {
@@ -130,8 +135,9 @@ pub(super) async fn serve_http1<S, B>(
 enum Ending {
     /// It ended by itself: the client closed it, or asked to.
     ByItself,
-    /// It was shut down gracefully because the proxy stops.
-    Stopped,
+    /// It was shut down gracefully because the proxy stops, or because a
+    /// park found hyper amid an exchange; the socket is closed after it.
+    ShutDown,
     /// It was idle and shut down gracefully to be parked.
     Parked,
 }
@@ -157,14 +163,26 @@ where
             }
             () = stop.cancelled(), if ending.is_none() => {
                 Pin::new(&mut *connection).graceful_shutdown();
-                ending = Some(Ending::Stopped);
+                ending = Some(Ending::ShutDown);
             }
             () = tokio::time::sleep(PARK_AFTER), if ending.is_none() => {
                 if activity.take() & STARTED != 0 {
                     *may_park = true;
-                } else if *may_park && !activity.open() {
+                } else if *may_park && !activity.open() && !activity.write_blocked() {
+                    // Only a connection hyper itself finds idle closes at
+                    // once; hyper hands it back without flushing or reading
+                    // on, so amid an exchange (a request body still coming
+                    // after its answer ended) its bytes would be lost or
+                    // misread: then it closes after the exchange instead.
                     Pin::new(&mut *connection).graceful_shutdown();
-                    ending = Some(Ending::Parked);
+                    match std::future::poll_fn(|cx| {
+                        Poll::Ready(connection.poll_without_shutdown(cx))
+                    })
+                    .await
+                    {
+                        Poll::Ready(ended) => return ended.map(|()| Ending::Parked),
+                        Poll::Pending => ending = Some(Ending::ShutDown),
+                    }
                 }
             }
         }
@@ -172,16 +190,21 @@ where
 }
 
 /// A socket with bytes already read from it put back in front.
+/// Notes in the connection's [`Activity`] whether its last write would
+/// have blocked: hyper writes until its buffer is empty or the socket is
+/// full, so then, and only then, hyper holds bytes not yet written.
 pub(super) struct Rewind {
     unread: Bytes,
     stream: TcpStream,
+    activity: Arc<Activity>,
 }
 
 impl Rewind {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, activity: Arc<Activity>) -> Self {
         Self {
             unread: Bytes::new(),
             stream,
+            activity,
         }
     }
 
@@ -214,7 +237,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.wrote(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -222,7 +247,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.wrote(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -235,5 +262,42 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The watch parks a connection only while hyper has nothing left to
+    /// write; hyper writes until the socket is full, so a write that
+    /// would block is the sign, and the next one that goes through clears it.
+    #[tokio::test]
+    async fn a_write_that_would_block_is_noted_until_one_goes_through() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let activity = Arc::new(Activity::default());
+        let mut io = Rewind::new(stream, Arc::clone(&activity));
+        let chunk = vec![b'x'; 1 << 16];
+        let mut written = 0usize;
+        while let Some(result) = io.write(&chunk).now_or_never() {
+            written += result.expect("write");
+            assert!(!activity.write_blocked(), "noted before a write blocked");
+        }
+        assert!(activity.write_blocked(), "a blocked write went unnoted");
+        let mut drained = vec![0u8; written];
+        client.read_exact(&mut drained).await.expect("drain");
+        io.write_all(b"more").await.expect("write");
+        assert!(
+            !activity.write_blocked(),
+            "still noted after a write went through"
+        );
     }
 }
