@@ -365,7 +365,7 @@ async fn one_at_a_time_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                     break false;
                 }
                 received.extend_from_slice(&buf[..n]);
-                if crate::parking::whole_message_head(&received).is_some() {
+                if crate::parking::whole_message(&received).is_some() {
                     break true;
                 }
             };

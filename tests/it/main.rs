@@ -7,6 +7,7 @@
 mod support;
 
 mod attack_findings;
+
 mod batches;
 mod config_errors;
 mod config_mistakes;
@@ -27,6 +28,7 @@ mod no_spoofing;
 mod ops;
 mod outage;
 mod parking;
+mod parking_clients;
 mod persian_calendar;
 mod quota;
 mod redis_faults;
