@@ -22,6 +22,10 @@
 //! on it, so a client dripping a head cannot restart hyper's head deadline
 //! by being parked: it is restarted at most once.
 //!
+//! Upgrades (WebSocket) are not proxied (`proxy/`), so HTTP/1 is served
+//! with hyper's plain connection, which can hand its socket back; to proxy
+//! them, take the socket from `into_parts` after a 101.
+//!
 //! Bound: a connection is parked between one and two [`PARK_AFTER`]s after
 //! its last answer ended; parked, it holds its socket and this task (a few
 //! KB), and is closed after [`HEADER_READ_TIMEOUT`] without bytes, as hyper
