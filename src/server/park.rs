@@ -194,7 +194,8 @@ where
 }
 
 /// A socket with bytes already read from it put back in front.
-/// Notes in the connection's [`Activity`] whether its last write would
+///
+/// It notes in the connection's [`Activity`] whether its last write would
 /// have blocked: hyper writes until its buffer is empty or the socket is
 /// full, so then, and only then, hyper holds bytes not yet written.
 pub(super) struct Rewind {
