@@ -149,6 +149,15 @@ pub(crate) async fn wait_for_parks(binary: &Binary, at_least: f64) -> f64 {
     }
 }
 
+/// A keep-alive connection to `binary` that has served one GET and been
+/// parked (the first park of `binary`).
+pub(crate) async fn parked_connection(binary: &Binary) -> TcpStream {
+    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
+    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
+    wait_for_parks(binary, 1.0).await;
+    stream
+}
+
 /// Parks so far (the counter exists from the first).
 pub(crate) async fn parks(binary: &Binary) -> f64 {
     let metrics = metrics(binary).await;
@@ -360,9 +369,7 @@ async fn a_request_smuggled_in_an_unread_body_is_still_checked() {
 async fn a_refused_inspected_body_is_not_served_as_requests() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary = Binary::start(&config(upstream.addr(), "max_body_bytes = 1000"), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     let head = "POST /chat/7/send/ HTTP/1.1\r\nhost: app\r\nx-user-id: alice\r\n\
          x-subscription-type: free\r\ncontent-type: application/json\r\n\
          content-length: 5000\r\n\r\n{\"message\": ";

@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::parking::{
-    GET, IMAGE_BODY, answer_on, config, generate, parks, read_answer, read_to_close,
-    saving_upstream, wait_for_parks,
+    GET, IMAGE_BODY, answer_on, config, generate, parked_connection, parks, read_answer,
+    read_to_close, saving_upstream, wait_for_parks,
 };
 use crate::support::binary::Binary;
 use crate::support::upstream::{Reply, TestUpstream};
@@ -98,9 +98,7 @@ async fn pipelined_requests_after_a_park_are_answered_in_order_and_checked() {
 async fn a_head_dripped_after_a_park_meets_the_head_deadline() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     let drip = b"GET /page HTTP/1.1\r\nhost: app\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let start = Instant::now();
     let mut closed_at = None;
@@ -137,9 +135,7 @@ async fn a_head_dripped_after_a_park_meets_the_head_deadline() {
 async fn the_client_address_is_forwarded_after_a_park() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     assert_eq!(answer_on(&mut stream, GET).await, Some(200));
     let last = upstream.last_request();
     let xff = last.header_all("x-forwarded-for").join(",");
@@ -156,9 +152,7 @@ async fn the_client_address_is_forwarded_after_a_park() {
 async fn a_flagged_body_paused_past_the_watch_is_checked_whole() {
     let upstream = saving_upstream().await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     let request = generate();
     let split = request.len() - 20;
     stream
@@ -179,9 +173,7 @@ async fn a_flagged_body_paused_past_the_watch_is_checked_whole() {
 async fn a_chunked_upload_paused_past_the_watch_arrives_whole() {
     let upstream = TestUpstream::always(Reply::ok().body("stored")).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
         .await
@@ -203,9 +195,7 @@ async fn a_chunked_upload_paused_past_the_watch_arrives_whole() {
 async fn expect_continue_then_a_pause_after_a_park() {
     let upstream = TestUpstream::always(Reply::ok().body("stored")).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nhost: app\r\nexpect: 100-continue\r\ncontent-length: 11\r\n\r\n")
         .await
@@ -234,9 +224,7 @@ async fn a_slow_reader_gets_a_large_answer_whole() {
     let size = 8 * 1024 * 1024;
     let upstream = TestUpstream::always(Reply::ok().body(vec![b'z'; size])).await;
     let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     stream.write_all(GET).await.expect("write");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (head, body) = read_answer(&mut stream, Duration::from_secs(20))
@@ -309,9 +297,7 @@ async fn a_half_closing_client_is_treated_after_a_park_as_on_a_fresh_connection(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fresh_django = upstream.count();
 
-    let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(answer_on(&mut stream, GET).await, Some(200));
-    wait_for_parks(&binary, 1.0).await;
+    let mut stream = parked_connection(&binary).await;
     stream.write_all(GET).await.expect("write");
     stream.shutdown().await.expect("half-close");
     let (bytes, closed) = read_to_close(&mut stream, Duration::from_secs(5)).await;
