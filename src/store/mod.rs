@@ -165,7 +165,9 @@ pub trait QuotaStore: Send + Sync + 'static {
 
     /// Turns a reservation into `amount` units of usage in each of its
     /// periods (0 = release), and removes it. Idempotent by reservation id:
-    /// a second settle of the same id changes nothing. A reservation that
+    /// the same settle sent again (a retry, a repeat after a lost
+    /// connection) changes nothing; the proxy settles each reservation
+    /// once, with one amount. A reservation that
     /// expired or was never made still has its amount counted once, which is
     /// how usage reported for an unflagged request is recorded.
     async fn settle(

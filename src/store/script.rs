@@ -3,7 +3,7 @@
 //! first, with the `EVAL` fallback for a node that forgot the script. Used
 //! by [`super::RedisStore`].
 
-use std::io::Write as _;
+use std::io::Write;
 
 use redis::{Arg, RedisWrite as _, ToRedisArgs};
 
@@ -47,34 +47,22 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Appends the key `{prefix}{{user}}:{name}`, written into the command
+    /// Appends the key `{prefix}{{user}}:{name…}`, written into the command
     /// itself.
-    pub(super) fn key(&mut self, prefix: &str, user: &str, name: &str) -> &mut Self {
+    pub(super) fn key(&mut self, prefix: &str, user: &str, name: &[&str]) -> &mut Self {
         debug_assert_eq!(
             self.command.args_iter().len(),
             3 + self.keys,
             "keys go before arguments"
         );
-        // A hash tag must not be empty: for `{}` Redis hashes the whole key,
-        // so an id starting with `}` would scatter its keys over slots and
-        // every script would fail with CROSSSLOT. Such an id (and, to keep
-        // the mapping one-to-one, one starting with \x01) is written after
-        // a \x01, which makes the tag non-empty.
-        let escape = if user.starts_with(['}', '\u{1}']) {
-            "\u{1}"
-        } else {
-            ""
-        };
         let mut key = self.command.writer_for_next_arg();
-        for part in [prefix, "{", escape, user, "}:", name] {
-            // Writing into the command's buffer (a Vec) cannot fail.
-            let _ = key.write_all(part.as_bytes());
-        }
+        write_user_key(&mut key, prefix, user, name);
         drop(key);
         self.keys += 1;
         self
     }
 
+    /// Appends an argument.
     pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.command.arg(arg);
         self
@@ -97,6 +85,26 @@ impl<'a> Call<'a> {
             }
         }
         eval
+    }
+}
+
+/// Writes the key `{prefix}{{user}}:{name…}` into `key`: every key of one
+/// user carries the user id as its hash tag, so all of them share a
+/// cluster slot.
+pub(super) fn write_user_key(key: &mut impl Write, prefix: &str, user: &str, name: &[&str]) {
+    // A hash tag must not be empty: for `{}` Redis hashes the whole key,
+    // so an id starting with `}` would scatter its keys over slots and
+    // every call would fail with CROSSSLOT. Such an id (and, to keep the
+    // mapping one-to-one, one starting with \x01) is written after a
+    // \x01, which makes the tag non-empty.
+    let escape = if user.starts_with(['}', '\u{1}']) {
+        "\u{1}"
+    } else {
+        ""
+    };
+    for part in [prefix, "{", escape, user, "}:"].iter().chain(name) {
+        // Writing into a command's buffer (a Vec) cannot fail.
+        let _ = key.write_all(part.as_bytes());
     }
 }
 

@@ -29,8 +29,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError,
-    RedisResult, ServerErrorKind, TlsCertificates, TlsMode,
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisError, RedisResult, ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 
 /// How often a failed connection attempt is retried before the call waiting
@@ -261,7 +261,41 @@ impl Connection {
             Connection::Sentinel(sentinel) => sentinel.query(cmd).await,
         }
     }
+
+    /// Sends `pipe` (its commands' keys all on one node) in one write and
+    /// reads every answer. An answer `WRONGTYPE` stays in its place, so
+    /// one user's refused command fails that user's item alone; any other
+    /// error answer (`READONLY` after a failover, `OOM`, `MOVED`) fails
+    /// the whole call, as for a single command. `pipe` must be made with
+    /// [`Pipeline::ignore_errors`].
+    pub(super) async fn query_pipeline(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        let answers = match self {
+            Connection::Single(manager) => pipe.query_async(&mut manager.clone()).await,
+            Connection::Cluster(cluster) => {
+                pipe.query_async(&mut cluster.connection().await?.clone())
+                    .await
+            }
+            Connection::Sentinel(sentinel) => return sentinel.query_pipeline(pipe).await,
+        };
+        answers.and_then(only_refusals)
+    }
 }
+
+/// `answers` unless one is an error answer other than `WRONGTYPE`: then
+/// that error.
+fn only_refusals(answers: Vec<Value>) -> RedisResult<Vec<Value>> {
+    let failed = answers.iter().find_map(|answer| match answer {
+        Value::ServerError(e) if e.code() != WRONG_TYPE => Some(e.clone()),
+        _ => None,
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(answers),
+    }
+}
+
+/// The error code of a command on a key of another type.
+pub(super) const WRONG_TYPE: &str = "WRONGTYPE";
 
 /// A cluster client whose connections are opened by the first call that
 /// needs them; a failed attempt leaves it empty for the next call to try.
@@ -381,6 +415,21 @@ impl SentinelMaster {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let (generation, mut connection) = self.connection().await?;
         let answer = cmd.query_async(&mut connection).await;
+        self.forget_if_lost(generation, answer)
+    }
+
+    async fn query_pipeline(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        let (generation, mut connection) = self.connection().await?;
+        let answer = pipe
+            .query_async(&mut connection)
+            .await
+            .and_then(only_refusals);
+        self.forget_if_lost(generation, answer)
+    }
+
+    /// `answer`, after forgetting connection `generation` if `answer` says
+    /// its node is gone or no longer the master.
+    fn forget_if_lost<T>(&self, generation: u64, answer: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &answer
             && master_lost(e)
         {

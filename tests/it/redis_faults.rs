@@ -238,7 +238,7 @@ async fn cluster_node_restart() {
     for _ in 0..3 {
         one_image(&store, "c", 0).await;
     }
-    let owner = cluster.owner(&format!("{PREFIX}{{c}}:res"));
+    let owner = cluster.owner(&format!("{PREFIX}{{c}}:units"));
     let port = cluster.nodes[owner].port();
     kill_clients(port);
     one_image(&store, "c", 0).await;
@@ -248,8 +248,9 @@ async fn cluster_node_restart() {
     assert_eq!(used(&store, "c").await, (5, 0));
 }
 
-/// The scripts themselves: a reserve or settle sent twice with the same id
-/// (its first answer lost with the connection) counts once.
+/// The commands themselves: a reserve's or a settle's commands sent twice
+/// with the same id (the first answer lost with the connection) count
+/// once. The reserve's are written out here as `reserve.rs` sends them.
 #[tokio::test]
 async fn a_repeated_reserve_or_settle_counts_once() {
     let server = RedisServer::start();
@@ -261,49 +262,36 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         .expect("raw connection");
     let now = at(NOW);
     let w = utc_windows(now);
-    let keys: Vec<String> = w
-        .iter()
-        .map(|window| format!("{PREFIX}{{x}}:{}", window.label.text().as_str()))
-        .collect();
-    let res = format!("{PREFIX}{{x}}:res");
     let deadline = now.timestamp_millis() + 60_000;
-    // Limit 1: a repeat that counted its own first reservation would be
-    // refused; it must answer "reserved" and hold nothing more. Under the
-    // limit (2) a repeat must not hold a second unit either.
-    let script = redis::Script::new(include_str!("../../src/store/redis/reserve.lua"));
-    let reserve = |limit: i64| {
-        let mut call = script.prepare_invoke();
-        for key in keys.iter().chain([&res]) {
-            call.key(key);
+    let reserve = || {
+        let mut pipe = redis::pipe();
+        for window in w.iter() {
+            let units = format!("{PREFIX}{{x}}:{}:units", window.label.text().as_str());
+            pipe.cmd("ZADD")
+                .arg(&units)
+                .arg("NX")
+                .arg(deadline)
+                .arg(ReservationId(7));
+            pipe.cmd("ZCOUNT")
+                .arg(&units)
+                .arg(format!("({}", now.timestamp_millis()))
+                .arg("+inf");
         }
-        call.arg(now.timestamp_millis())
-            .arg(ReservationId(7))
-            .arg(deadline)
-            .arg(120_000)
-            .arg(limit)
-            .arg(0)
-            .arg(0);
-        call
+        pipe
     };
-    // Each reserve's answer in turn, flat (a batch of one here): reserved
-    // (0: no period full) with the counts.
-    let first: Vec<i64> = reserve(1).invoke_async(&mut raw).await.expect("reserve");
-    assert_eq!(first, [0, 1, 1, 1]);
-    for limit in [1, 2] {
-        let again: Vec<i64> = reserve(limit)
-            .invoke_async(&mut raw)
-            .await
-            .expect("reserve again");
-        assert_eq!(
-            again, first,
-            "the repeat answers as the first did (limit {limit})"
-        );
-        assert_eq!(
-            used(&store, "x").await,
-            (0, 1),
-            "one unit held (limit {limit})"
-        );
-    }
+    // ZADD answers 1 (added), ZCOUNT the units with this one.
+    let first: Vec<i64> = reserve().query_async(&mut raw).await.expect("reserve");
+    assert_eq!(first, [1, 1, 1, 1, 1, 1]);
+    let again: Vec<i64> = reserve()
+        .query_async(&mut raw)
+        .await
+        .expect("reserve again");
+    assert_eq!(
+        again,
+        [0, 1, 0, 1, 0, 1],
+        "the repeat adds nothing and counts one"
+    );
+    assert_eq!(used(&store, "x").await, (0, 1), "one unit held");
     let reservation = Reservation {
         id: ReservationId(7),
         user: "x".to_owned(),
@@ -316,6 +304,14 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         .await
         .expect("settle again");
     assert_eq!(used(&store, "x").await, (1, 0), "settled once");
+    // A settle of several units, sent twice, counts them once too.
+    let many = Reservation {
+        id: ReservationId(8),
+        ..reservation
+    };
+    store.settle(&many, 3, now).await.expect("settle 3");
+    store.settle(&many, 3, now).await.expect("settle 3 again");
+    assert_eq!(used(&store, "x").await, (4, 0), "three more, once");
 }
 
 // The real binary: 100 flagged requests across the faults.

@@ -202,11 +202,11 @@ async fn redis_killed_mid_run_every_settle_lands_once() {
     assert_eq!(store.flush(flush_deadline()).await, 0, "queue drained");
     assert_eq!(store.dropped_settles(), 0);
     assert_eq!(used(store.as_ref(), "alice").await, 400, "each settle once");
-    let done: u64 = server
-        .cli(&["ZCARD", "quota:{alice}:done"])
+    let counted: u64 = server
+        .cli(&["ZCOUNT", "quota:{alice}:d2031-05-14:units", "+inf", "+inf"])
         .parse()
-        .expect("ZCARD");
-    assert_eq!(done, 400);
+        .expect("ZCOUNT");
+    assert_eq!(counted, 400, "400 units counted, each once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,15 +327,20 @@ async fn cluster_each_call_is_one_round_trip_and_keys_expire() {
 
     reset_slowlogs(&cluster).await;
     let r = hold(&store, "42", 5).await;
-    assert_eq!(commands_sent(&cluster).await, ["evalsha"], "reserve");
+    let reserve = ["zadd", "zadd", "zadd", "zcount", "zcount", "zcount", "mget"];
+    assert_eq!(commands_sent(&cluster).await, reserve, "reserve");
     reset_slowlogs(&cluster).await;
     store.settle(&r, 1, now()).await.expect("settle");
-    assert_eq!(commands_sent(&cluster).await, ["evalsha"], "settle");
+    let settle = ["zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire"];
+    assert_eq!(commands_sent(&cluster).await, settle, "settle");
 
-    // A node that forgot the script: the same call, sent as EVAL.
+    // A node that forgot a script: the same call, sent as EVAL.
     cluster.on_each(&["SCRIPT", "FLUSH"]);
     reset_slowlogs(&cluster).await;
-    hold(&store, "42", 5).await;
+    store
+        .extend(&r, now() + chrono::TimeDelta::minutes(5), now())
+        .await
+        .expect("extend");
     assert_eq!(commands_sent(&cluster).await, ["evalsha", "eval"]);
 
     // Every key of the user sits on one node, with its TTL.
@@ -344,11 +349,15 @@ async fn cluster_each_call_is_one_round_trip_and_keys_expire() {
     let hour = 3_600_000;
     let day_left = 14 * hour; // 10:00 → midnight, plus the hour of grace
     let expected = [
-        ("quota:{42}:d2031-05-14", day_left + hour),
-        ("quota:{42}:w2031-05-12", day_left + 4 * 24 * hour + hour),
-        ("quota:{42}:m2031-05", day_left + 17 * 24 * hour + hour),
-        ("quota:{42}:done", 24 * hour),
-        ("quota:{42}:res", 2 * 60_000),
+        ("quota:{42}:d2031-05-14:units", day_left + hour),
+        (
+            "quota:{42}:w2031-05-12:units",
+            day_left + 4 * 24 * hour + hour,
+        ),
+        (
+            "quota:{42}:m2031-05:units",
+            day_left + 17 * 24 * hour + hour,
+        ),
     ];
     for (key, ms) in expected {
         let ttl = pttl(key);
@@ -686,7 +695,14 @@ async fn rediss_with_a_private_ca() {
     let r = hold(&store, "alice", 5).await;
     store.settle(&r, 1, now()).await.expect("settle");
     assert_eq!(used(&store, "alice").await, 1);
-    assert_eq!(server.cli(&["GET", "quota:{alice}:d2031-05-14"]), "1");
+    assert_eq!(
+        server.cli(&[
+            "ZSCORE",
+            "quota:{alice}:d2031-05-14:units",
+            &r.id.to_string()
+        ]),
+        "inf"
+    );
     // Without the CA the certificate is not trusted.
     let err = RedisStore::connect(&url, PREFIX, TIMEOUT)
         .await
@@ -735,18 +751,14 @@ async fn memory_per_active_user_is_measured() {
             .expect("MEMORY USAGE")
     };
     let keys = [
-        "quota:{100000}:d2031-05-14",
-        "quota:{100000}:w2031-05-12",
-        "quota:{100000}:m2031-05",
-        "quota:{100000}:done",
+        "quota:{100000}:d2031-05-14:units",
+        "quota:{100000}:w2031-05-12:units",
+        "quota:{100000}:m2031-05:units",
     ];
     let sizes: Vec<i64> = keys.iter().map(|k| usage(k)).collect();
-    // One more user with a reservation in flight: the `res` set.
-    hold(store.as_ref(), "100000", 0).await;
-    let res = usage("quota:{100000}:res");
     eprintln!(
         "redis memory per active user (3 settles a day): {per_user} bytes by used_memory over \
-         {USERS} users; MEMORY USAGE day/week/month/done = {sizes:?}, res with one in flight = {res}"
+         {USERS} users; MEMORY USAGE of the day, week, month sets = {sizes:?}"
     );
     assert!(per_user < 1_024, "{per_user} bytes per user");
 }

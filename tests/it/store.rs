@@ -15,7 +15,7 @@ use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, Period, PeriodWindows};
 use quota_proxy::store::{
     Admission, MemoryStore, PeriodCounts, PeriodUsage, QuotaStore, RedisOptions, RedisStore,
-    Reservation, ReservationId, ReserveRequest, StoreError, Topology,
+    Reservation, ReserveRequest, StoreError, Topology,
 };
 
 /// How long reservations live unless a test says otherwise.
@@ -358,7 +358,13 @@ async fn parallel_reserves_admit_exactly_the_room_left(s: Subject) {
     for task in tasks {
         match task.await.expect("task").expect("reserve") {
             Admission::Reserved { .. } => reserved += 1,
-            denied => assert_eq!(denied, exceeded(Period::Daily, [5, 5, 5])),
+            // Denied on the day, which held at least its 5 (in Redis also
+            // the units of other reserves denied at the same moment, not
+            // yet removed: the counts the store saw).
+            Admission::Exceeded { period, counts } => {
+                assert_eq!(period, Period::Daily);
+                assert!(counts.get(Period::Daily) >= 5, "{counts:?}");
+            }
         }
     }
     assert_eq!(reserved, 3);
@@ -452,11 +458,17 @@ async fn settle_twice_counts_once(s: Subject) {
     s.settle(&r, 2, now + TimeDelta::seconds(5)).await;
     assert_eq!(s.used("alice", now).await, [2, 2, 2]);
 
-    // A release is a settle too: what follows it changes nothing.
+    // A release sent twice releases once, and holds nothing.
     let released = s.hold("alice", limits(0, 0, 0), now).await;
     s.settle(&released, 0, now).await;
-    s.settle(&released, 4, now).await;
+    s.settle(&released, 0, now).await;
     assert_eq!(s.used("alice", now).await, [2, 2, 2]);
+    assert_eq!(s.reserved("alice", now).await, [0, 0, 0]);
+    // So does a settle of one unit.
+    let one = s.hold("alice", limits(0, 0, 0), now).await;
+    s.settle(&one, 1, now).await;
+    s.settle(&one, 1, now).await;
+    assert_eq!(s.used("alice", now).await, [3, 3, 3]);
 }
 
 async fn settle_of_unreserved_id_counts_once(s: Subject) {
@@ -627,15 +639,10 @@ async fn usage_reports_used_and_reserved_per_user(s: Subject) {
         }; 3]
     );
     assert_eq!(s.usage("bob", now).await, [PeriodUsage::default(); 3]);
-    // Another month's windows see the reservation but not this month's usage.
+    // Another month's windows do not see this month's usage.
     let june = at("2031-06-20T10:00:00Z");
-    assert_eq!(
-        s.usage_in("alice", &windows(june), now).await,
-        [PeriodUsage {
-            used: 0,
-            reserved: 1
-        }; 3]
-    );
+    let other = s.usage_in("alice", &windows(june), now).await;
+    assert_eq!(other.map(|usage| usage.used), [0; 3]);
 }
 
 async fn ping_answers(s: Subject) {
@@ -704,7 +711,7 @@ fn assert_ttl(key: &str, actual: i64, expected: TimeDelta) {
 }
 
 #[tokio::test]
-async fn redis_counters_expire_at_period_end_plus_grace() {
+async fn redis_units_expire_at_period_end_plus_grace() {
     let server = RedisServer::start();
     let (store, mut raw) = redis_pair(&server).await;
     let now = at(NOW);
@@ -716,45 +723,61 @@ async fn redis_counters_expire_at_period_end_plus_grace() {
         Admission::Reserved { reservation, .. } => reservation,
         other => panic!("expected a reservation, got {other:?}"),
     };
+    // Live: each period's set holds the unit, scored with its deadline.
+    let day = "quota:{42}:d2031-05-14:units";
+    let week = "quota:{42}:w2031-05-12:units";
+    let month = "quota:{42}:m2031-05:units";
+    let score = |key: &'static str, raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        let id = r.id.to_string();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(key)
+                .arg(id)
+                .query_async::<Option<String>>(&mut raw)
+                .await
+                .expect("ZSCORE")
+        }
+    };
+    let deadline = (now + TimeDelta::seconds(60))
+        .timestamp_millis()
+        .to_string();
+    for key in [day, week, month] {
+        assert_eq!(
+            score(key, &mut raw).await.as_deref(),
+            Some(deadline.as_str())
+        );
+    }
     store.settle(&r, 1, now).await.expect("settle");
 
     let grace = TimeDelta::hours(1);
-    let day = "quota:{42}:d2031-05-14";
-    let week = "quota:{42}:w2031-05-12";
-    let month = "quota:{42}:m2031-05";
     let expected = [
         (day, at("2031-05-15T00:00:00Z") - now + grace),
         (week, at("2031-05-19T00:00:00Z") - now + grace),
         (month, at("2031-06-01T00:00:00Z") - now + grace),
     ];
     for (key, ttl) in expected {
-        let value: u64 = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut raw)
-            .await
-            .expect("GET");
-        assert_eq!(value, 1, "{key}");
+        assert_eq!(score(key, &mut raw).await.as_deref(), Some("inf"), "{key}");
         assert_ttl(key, pttl(&mut raw, key).await, ttl);
     }
-    assert_ttl(
-        "done",
-        pttl(&mut raw, "quota:{42}:done").await,
-        TimeDelta::hours(24),
-    );
 
-    // A counter's expiry is fixed when it is made: a later settle leaves it.
+    // A later settle sets the TTL from its own `now`: the same end.
     let later = now + TimeDelta::hours(2);
     let again = Reservation {
         id: Reservation::new_id(),
         ..r.clone()
     };
     store.settle(&again, 1, later).await.expect("settle");
-    assert_ttl(day, pttl(&mut raw, day).await, expected[0].1);
+    assert_ttl(
+        day,
+        pttl(&mut raw, day).await,
+        expected[0].1 - TimeDelta::hours(2),
+    );
 
-    // Made after its period ended (a late settle), a counter keeps only the
+    // Made after its period ended (a late settle), a set keeps only the
     // grace.
     let late = at("2031-05-15T00:10:00Z");
-    let late_day = "quota:{43}:d2031-05-14";
+    let late_day = "quota:{43}:d2031-05-14:units";
     let unflagged = Reservation {
         id: Reservation::new_id(),
         user: "43".to_owned(),
@@ -763,112 +786,55 @@ async fn redis_counters_expire_at_period_end_plus_grace() {
     store.settle(&unflagged, 1, late).await.expect("settle");
     assert_ttl(late_day, pttl(&mut raw, late_day).await, grace);
 
-    // adjust sets the TTL from the `now` it is given, too.
+    // adjust writes the period's counter, with the TTL from the `now` it
+    // is given.
     let tomorrow = now + TimeDelta::days(1);
+    let month_counter = "quota:{42}:m2031-05";
     store
         .adjust("42", windows(now).get(Period::Monthly), 1, tomorrow)
         .await
         .expect("adjust");
     assert_ttl(
-        month,
-        pttl(&mut raw, month).await,
+        month_counter,
+        pttl(&mut raw, month_counter).await,
         at("2031-06-01T00:00:00Z") - tomorrow + grace,
     );
 }
 
 #[tokio::test]
-async fn redis_reservation_set_expires_after_its_newest_deadline() {
+async fn redis_released_units_leave_no_key() {
     let server = RedisServer::start();
     let (store, mut raw) = redis_pair(&server).await;
     let now = at(NOW);
     let l = limits(0, 0, 0);
-    let res = "quota:{42}:res";
-    let short = store
-        .reserve(&request("42", l, now, TTL))
+    let mut held = Vec::new();
+    for ttl in [TTL, Duration::from_secs(600)] {
+        match store.reserve(&request("42", l, now, ttl)).await {
+            Ok(Admission::Reserved { reservation, .. }) => held.push(reservation),
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+    // A denial's unit is removed before the denial is answered.
+    let denied = store
+        .reserve(&request("42", limits(2, 0, 0), now, TTL))
         .await
         .expect("reserve");
-    assert_ttl(res, pttl(&mut raw, res).await, TimeDelta::minutes(2));
-    let long = store
-        .reserve(&request("42", l, now, Duration::from_secs(600)))
-        .await
-        .expect("reserve");
-    assert_ttl(res, pttl(&mut raw, res).await, TimeDelta::minutes(11));
-    for admission in [short, long] {
-        let Admission::Reserved { reservation, .. } = admission else {
-            panic!("expected a reservation, got {admission:?}");
-        };
-        store.settle(&reservation, 0, now).await.expect("settle");
-    }
-    // With nothing in flight the key is gone.
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(res)
+    assert_eq!(denied, exceeded(Period::Daily, [2, 2, 2]));
+    let units: u64 = redis::cmd("ZCARD")
+        .arg("quota:{42}:d2031-05-14:units")
         .query_async(&mut raw)
         .await
-        .expect("EXISTS");
-    assert!(!exists);
-}
-
-#[tokio::test]
-async fn redis_remembers_the_newest_4096_settled_ids_of_the_last_24_hours() {
-    let server = RedisServer::start();
-    let (store, mut raw) = redis_pair(&server).await;
-    let now = at(NOW);
-    let done = "quota:{42}:done";
-    // A full set: one id settled 25 hours ago, then 4096 within the day,
-    // the oldest of them first.
-    let mut fill = redis::cmd("ZADD");
-    fill.arg(done)
-        .arg((now - TimeDelta::hours(25)).timestamp_millis())
-        .arg("yesterday");
-    for i in 0..4096_i64 {
-        let settled = now - TimeDelta::hours(20) + TimeDelta::seconds(i);
-        fill.arg(settled.timestamp_millis())
-            .arg(ReservationId(i as u128));
+        .expect("ZCARD");
+    assert_eq!(units, 2, "the two held, not the denied one");
+    for reservation in &held {
+        store.settle(reservation, 0, now).await.expect("release");
     }
-    fill.exec_async(&mut raw).await.expect("ZADD");
-
-    let r = Reservation {
-        id: Reservation::new_id(),
-        user: "42".to_owned(),
-        windows: windows(now),
-        expires_at: now + TimeDelta::minutes(1),
-    };
-    store.settle(&r, 1, now).await.expect("settle");
-
-    let remembered: Vec<String> = redis::cmd("ZRANGE")
-        .arg(done)
-        .arg(0)
-        .arg(-1)
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("quota:{42}:*")
         .query_async(&mut raw)
         .await
-        .expect("ZRANGE");
-    assert_eq!(remembered.len(), 4096, "at most 4096 ids");
-    assert_eq!(
-        remembered[0],
-        ReservationId(1).to_string(),
-        "the day's oldest id is forgotten"
-    );
-    assert_eq!(
-        remembered[4095],
-        r.id.to_string(),
-        "the new id is remembered"
-    );
-    assert!(!remembered.contains(&"yesterday".to_owned()));
-    // A repeated settle of a remembered id counts nothing; of a forgotten
-    // one, once more.
-    let again = |id: u128| Reservation {
-        id: ReservationId(id),
-        ..r.clone()
-    };
-    store.settle(&again(4095), 1, now).await.expect("settle");
-    assert_eq!(used_today(&store, "42", now).await, 1);
-    store.settle(&again(0), 1, now).await.expect("settle");
-    assert_eq!(used_today(&store, "42", now).await, 2);
-}
-
-async fn used_today(store: &RedisStore, user: &str, now: DateTime<Utc>) -> u64 {
-    let [day, _, _] = store.usage(user, &windows(now), now).await.expect("usage");
-    day.used
+        .expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
 }
 
 async fn script_flush(raw: &mut redis::aio::MultiplexedConnection) {
@@ -975,19 +941,36 @@ async fn redis_fails_fast_while_down_and_recovers_after_restart() {
     store.settle(&reservation, 1, now).await.expect("settle");
 }
 
+/// What Redis has read so far: `total_reads_processed` of `INFO stats`,
+/// one per batch of commands a client wrote at once.
+async fn reads(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(raw)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_reads_processed")
+}
+
 /// The commands clients sent while `call` ran, oldest first, from the slow
-/// log with a threshold of 0; commands run inside a script are logged with
-/// the client `?:0` and left out.
-async fn commands_sent<F: Future>(
+/// log with a threshold of 0 (commands run inside a script are logged with
+/// the client `?:0` and left out), and the round trips they took: the
+/// reads Redis made, less the `INFO` that reads the count after.
+async fn calls_sent<F: Future>(
     raw: &mut redis::aio::MultiplexedConnection,
     call: F,
-) -> Vec<String> {
+) -> (Vec<String>, u64) {
     redis::cmd("SLOWLOG")
         .arg("RESET")
         .exec_async(raw)
         .await
         .expect("SLOWLOG RESET");
+    let before = reads(raw).await;
     call.await;
+    let round_trips = reads(raw).await - before - 1;
     type Entry = (i64, i64, i64, Vec<String>, String, String);
     let entries: Vec<Entry> = redis::cmd("SLOWLOG")
         .arg("GET")
@@ -995,15 +978,25 @@ async fn commands_sent<F: Future>(
         .query_async(raw)
         .await
         .expect("SLOWLOG GET");
-    entries
+    let commands = entries
         .into_iter()
         .rev()
         .filter(|(_, _, _, _, client, _)| client != "?:0")
         .filter_map(|(_, _, _, args, _, _)| args.into_iter().next())
         .map(|command| command.to_ascii_lowercase())
-        .filter(|command| command != "slowlog")
-        .collect()
+        .filter(|command| !["slowlog", "info"].contains(&command.as_str()))
+        .collect();
+    (commands, round_trips)
 }
+
+/// The commands of a reserve, a settle of one unit, a release, a usage
+/// read.
+const RESERVE: [&str; 7] = ["zadd", "zadd", "zadd", "zcount", "zcount", "zcount", "mget"];
+const SETTLE: [&str; 6] = ["zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire"];
+const RELEASE: [&str; 6] = ["zrem", "zrem", "zrem", "pexpire", "pexpire", "pexpire"];
+const USAGE: [&str; 7] = [
+    "zcount", "zcount", "zcount", "zcount", "zcount", "zcount", "mget",
+];
 
 #[tokio::test]
 async fn redis_each_call_is_one_round_trip() {
@@ -1026,47 +1019,47 @@ async fn redis_each_call_is_one_round_trip() {
     let l = limits(5, 5, 5);
 
     let mut admission = None;
-    let sent = commands_sent(&mut raw, async {
+    let sent = calls_sent(&mut raw, async {
         admission = Some(store.reserve(&request("42", l, now, TTL)).await);
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "reserve");
+    assert_eq!(sent, (RESERVE.map(String::from).to_vec(), 1), "reserve");
     let Some(Ok(Admission::Reserved { reservation, .. })) = admission else {
         panic!("expected a reservation, got {admission:?}");
     };
 
-    let sent = commands_sent(&mut raw, async {
+    let sent = calls_sent(&mut raw, async {
         store
             .extend(&reservation, now + TimeDelta::minutes(5), now)
             .await
             .expect("extend");
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "extend");
+    assert_eq!(sent, (vec!["evalsha".to_owned()], 1), "extend");
 
-    let sent = commands_sent(&mut raw, async {
+    let sent = calls_sent(&mut raw, async {
         store.settle(&reservation, 1, now).await.expect("settle");
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "settle");
+    assert_eq!(sent, (SETTLE.map(String::from).to_vec(), 1), "settle");
 
-    let sent = commands_sent(&mut raw, async {
+    let sent = calls_sent(&mut raw, async {
         store.usage("42", &w, now).await.expect("usage");
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "usage");
+    assert_eq!(sent, (USAGE.map(String::from).to_vec(), 1), "usage");
 
-    let sent = commands_sent(&mut raw, async {
+    let sent = calls_sent(&mut raw, async {
         store
             .adjust("42", w.get(Period::Daily), 1, now)
             .await
             .expect("adjust");
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "adjust");
+    assert_eq!(sent, (vec!["evalsha".to_owned()], 1), "adjust");
 
-    // A denial is one round trip too.
-    let sent = commands_sent(&mut raw, async {
+    // A denial: the reserve, then the release of its unit.
+    let sent = calls_sent(&mut raw, async {
         let denied = store
             .reserve(&request("42", limits(1, 0, 0), now, TTL))
             .await
@@ -1074,7 +1067,12 @@ async fn redis_each_call_is_one_round_trip() {
         assert_eq!(denied, exceeded(Period::Daily, [2, 1, 1]));
     })
     .await;
-    assert_eq!(sent, ["evalsha"], "denied reserve");
+    let both: Vec<String> = RESERVE
+        .iter()
+        .chain(&RELEASE)
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(sent, (both, 2), "denied reserve");
 }
 
 /// Connected clients of `raw`'s server (`CLIENT LIST`), `raw` included.

@@ -381,31 +381,36 @@ impl Drop for RedisProcess {
     }
 }
 
-/// What a Redis has executed so far, from `INFO commandstats` (the `INFO`
-/// calls themselves left out).
+/// What a Redis has executed so far, from `INFO stats` and `INFO
+/// commandstats` (the `INFO` calls themselves left out).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RedisCalls {
     /// Every command, including those a Lua script runs inside Redis.
     pub commands: u64,
-    /// Commands a client sends itself, each one round trip (without
-    /// pipelining): `EVALSHA`, `EVAL`, `FCALL`, `SCRIPT`, `PING`, `HELLO`,
-    /// `CLIENT`, `SELECT`, `AUTH`, `MULTI`, `EXEC`. The quota store sends
-    /// nothing else; a store that sent data commands itself (`GET`) would
-    /// show them under `commands` only.
+    /// Calls clients wrote at once (a command, or a pipeline of them):
+    /// the reads Redis made (`total_reads_processed`). A pipeline over
+    /// 16 KB (Redis's read size) counts a read per 16 KB.
     pub round_trips: u64,
-    /// Microseconds Redis spent executing the round trips' commands
-    /// (`usec`). A script's own commands are left out: their time is
-    /// already inside the `EVALSHA` that ran them, so adding it would count
-    /// it twice.
+    /// Microseconds Redis spent executing what clients sent (`usec`): every
+    /// command when no script ran; when one did, only the commands a
+    /// client sends itself (`EVALSHA` and the like), since the commands a
+    /// script runs are inside its time and adding them would count them
+    /// twice. (A store that sent both plain commands and scripts would be
+    /// under-counted: the quota store's reserve and settle send no script.)
     pub usec: u64,
 }
 
 impl RedisCalls {
-    /// The growth from `before` to `self`.
+    /// The growth from `before` to `self`, less the reads of the two
+    /// `INFO` calls that measured it (the end of the first one's
+    /// connection, the second one's command).
     pub fn since(self, before: RedisCalls) -> RedisCalls {
         RedisCalls {
             commands: self.commands.saturating_sub(before.commands),
-            round_trips: self.round_trips.saturating_sub(before.round_trips),
+            round_trips: self
+                .round_trips
+                .saturating_sub(before.round_trips)
+                .saturating_sub(2),
             usec: self.usec.saturating_sub(before.usec),
         }
     }
@@ -429,11 +434,21 @@ const CLIENT_COMMANDS: &[&str] = &[
     "exec",
 ];
 
+/// Commands that run a script.
+const SCRIPT_COMMANDS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+];
+
 /// What the Redis on `port` has executed so far.
 pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"INFO commandstats\r\n")?;
+    stream.write_all(b"INFO stats commandstats\r\n")?;
     // A bulk string: `$<len>\r\n<text>\r\n`.
     let mut answer = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -450,9 +465,18 @@ pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
             break;
         }
     }
-    let text = String::from_utf8_lossy(&answer);
+    Ok(read_calls(&String::from_utf8_lossy(&answer)))
+}
+
+/// [`RedisCalls`] from the text of `INFO stats commandstats`.
+pub fn read_calls(text: &str) -> RedisCalls {
     let mut calls = RedisCalls::default();
+    let (mut all_usec, mut client_usec, mut scripts) = (0, 0, 0);
     for line in text.lines() {
+        if let Some(reads) = line.strip_prefix("total_reads_processed:") {
+            calls.round_trips = reads.trim().parse().unwrap_or(0);
+            continue;
+        }
         let Some((name, stats)) = line
             .strip_prefix("cmdstat_")
             .and_then(|rest| rest.split_once(':'))
@@ -473,14 +497,19 @@ pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
             continue;
         }
         calls.commands += n;
+        let usec = field("usec").unwrap_or(0);
+        all_usec += usec;
         // `client|setinfo` and the like: the container command counts.
         let base = name.split('|').next().unwrap_or(name);
         if CLIENT_COMMANDS.contains(&base) {
-            calls.round_trips += n;
-            calls.usec += field("usec").unwrap_or(0);
+            client_usec += usec;
+        }
+        if SCRIPT_COMMANDS.contains(&base) {
+            scripts += n;
         }
     }
-    Ok(calls)
+    calls.usec = if scripts > 0 { client_usec } else { all_usec };
+    calls
 }
 
 /// nginx as a reverse proxy to the same upstream: a keep-alive pool,

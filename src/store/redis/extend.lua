@@ -1,21 +1,21 @@
--- Moves a live reservation's deadline; does nothing if it is gone.
+-- Moves a live reservation's deadline in each of its periods' sets of
+-- units; does nothing where it is gone, expired or counted already.
 --
--- KEYS[1]  live reservations (ZSET id -> deadline, ms)
--- ARGV[1]  now (ms since the epoch, from the caller's clock)
--- ARGV[2]  the reservation's id
--- ARGV[3]  its new deadline (ms)
--- ARGV[4]  how long KEYS[1] outlives its newest deadline (ms)
+-- KEYS[1..3]  the day's, week's and month's sets of units (ZSET id -> deadline, ms, or +inf once counted)
+-- ARGV[1]     now (ms since the epoch, from the caller's clock)
+-- ARGV[2]     the reservation's id
+-- ARGV[3]     its new deadline (ms)
 --
 -- Returns 1 when moved, 0 when the reservation was gone.
 
 local now = tonumber(ARGV[1])
-local deadline = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not deadline or tonumber(deadline) <= now then
-  return 0
+local moved = 0
+for i = 1, 3 do
+  local deadline = redis.call('ZSCORE', KEYS[i], ARGV[2])
+  -- A counted unit's score is 'inf': tonumber reads it as infinity.
+  if deadline and deadline ~= 'inf' and tonumber(deadline) > now then
+    redis.call('ZADD', KEYS[i], 'XX', ARGV[3], ARGV[2])
+    moved = 1
+  end
 end
-
-redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[2])
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIRE', KEYS[1], tonumber(newest[2]) - now + tonumber(ARGV[4]))
-
-return 1
+return moved

@@ -1,64 +1,88 @@
 //! The Redis quota store (phases: admit and settle): usage shared by every
 //! replica of the proxy.
 //!
-//! Each operation is one Lua script (`*.lua` next to this file), sent with
-//! `EVALSHA` in one round trip and so atomic. Reserves (settles) that wait
-//! while one is under way go out together, as one call of `reserve.lua`
-//! (`settle.lua`) (`batch.rs`; not in a cluster, where one call's keys
-//! must share a slot). The scripts are loaded when
-//! connecting; after `SCRIPT FLUSH` or a Redis restart the `redis` crate sees
-//! `NOSCRIPT`, loads the script again and retries, so only that call pays
-//! extra round trips.
+//! A reserve and a settle are plain commands, sent as one pipeline in one
+//! round trip (`reserve.rs`, `settle.rs`); reserves (settles) that wait
+//! while one is under way go out together in the next pipeline (`batch.rs`;
+//! in a cluster each call holds one user's commands). The rare operations
+//! are Lua scripts (`extend.lua`, `adjust.lua`, and `settle_many.lua` for
+//! a settle of more than one unit), loaded when connecting; after `SCRIPT
+//! FLUSH` or a Redis restart a script call sees `NOSCRIPT` and is sent once
+//! more with the script's text.
+//!
+//! # Why plain commands
+//!
+//! Each period holds a sorted set of *units*: a reservation's id, scored
+//! with its deadline while live and with `+inf` once counted. A reserve
+//! adds its unit (`ZADD NX`) and then counts the live and counted units
+//! (`ZCOUNT (now +inf`); it is allowed when every limited count, its own
+//! unit included, is within the limit, and otherwise removes its unit
+//! again. That is race-free without a script: the counts only see units
+//! already added, so of any `limit + 1` reserves that overlap, the last to
+//! count sees them all and is denied. Concurrent reserves at the limit can
+//! at worst deny one that a serial order would have allowed, until the
+//! denied unit's removal lands (fail closed). A settle marks its unit
+//! counted (`ZADD +inf`) or removes it (`ZREM`): both change nothing the
+//! second time, so a settle sent again counts once with no list of settled
+//! ids, and one that finds no unit (it expired, or was reserved while
+//! Redis was away) adds it, counted once. In Lua the same work cost Redis
+//! about 19 µs per flagged request here, most of it the interpreter around
+//! each command; as plain commands, about 5 µs (docs/benchmark-history.md,
+//! change 40).
 //!
 //! # Keys
 //!
 //! Every key of one user carries the user id as a hash tag, so all of them
-//! sit in one cluster slot and a script may touch them together; every key a
-//! script touches is passed in `KEYS`. User ids are used verbatim: a `}` or
-//! `{` in one only moves which slot that user's keys share, and cannot make
-//! two users' keys equal, since labels never contain `}`. One exception: an
-//! id starting with `}` (or `\x01`) is written after a `\x01` (`{\x01}x}`),
-//! since `{}x}` is an empty tag, for which Redis hashes each whole key and
-//! one user's keys would land in different slots (`tests/it/store.rs`,
+//! sit in one cluster slot and one call may touch them together. User ids
+//! are used verbatim: a `}` or `{` in one only moves which slot that
+//! user's keys share, and cannot make two users' keys equal, since labels
+//! never contain `}`. One exception: an id starting with `}` (or `\x01`)
+//! is written after a `\x01` (`{\x01}x}`), since `{}x}` is an empty tag,
+//! for which Redis hashes each whole key and one user's keys would land in
+//! different slots (`tests/it/store.rs`,
 //! `odd_user_ids_keep_their_keys_together`, on the 3-master cluster). With
 //! the prefix `quota:` and user `42`:
 //!
-//! | key                      | type   | holds                                   | TTL                              |
-//! |--------------------------|--------|-----------------------------------------|----------------------------------|
-//! | `quota:{42}:d2026-11-28` | STRING | settled usage of that day               | `max(period end - now, 0)` + 1 h |
-//! | `quota:{42}:w2026-11-23` | STRING | settled usage of the week starting then | `max(period end - now, 0)` + 1 h |
-//! | `quota:{42}:m2026-11`    | STRING | settled usage of that month             | `max(period end - now, 0)` + 1 h |
-//! | `quota:{42}:res`         | ZSET   | live reservation id → deadline (ms)     | newest deadline - now + 1 min    |
-//! | `quota:{42}:done`        | ZSET   | settled id → settle time (ms)           | newest settle time - now + 24 h  |
+//! | key                            | type   | holds                                                        | TTL                              |
+//! |--------------------------------|--------|--------------------------------------------------------------|----------------------------------|
+//! | `quota:{42}:d2026-11-28:units` | ZSET   | that day's units: id → deadline (ms) while live, `+inf` once counted | `max(period end - now, 0)` + 1 h |
+//! | `quota:{42}:w2026-11-23:units` | ZSET   | the same for the week starting then                          | the same                         |
+//! | `quota:{42}:m2026-11:units`    | ZSET   | the same for that month                                      | the same                         |
+//! | `quota:{42}:d2026-11-28`       | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the same |
 //!
-//! A counter's TTL is set when it is made (by a settle or an adjust; an
-//! adjust sets it again); the reservation set's TTL moves forward only
-//! (`PEXPIRE … GT`: an extended reservation may end after a newer one); the
-//! settled set's is set again by each settle.
-//! The hour of grace lets usage reported just after a period ended still
-//! count in that period. Expired reservations and forgotten settled ids are
-//! pruned inside the scripts; `done` keeps at most 4096 ids per user.
+//! Usage of a period is its counted units plus its counter; live units are
+//! its reservations in flight. A set's TTL is set by each settle (and
+//! release) of a unit in it, a counter's when it is written. The hour of
+//! grace lets usage reported just after a period ended still count in
+//! that period. A unit that is never settled stops counting at its
+//! deadline and goes with its set.
+//!
+//! **Upgrading from a version with `res` and `done` keys** (before 0.2):
+//! the counters keep their names and meaning, so usage settled before the
+//! upgrade still counts. Reservations in flight on replicas of the old
+//! version are not seen by the new one, and the old one sees none of the
+//! new units: replace every replica at once (`strategy: Recreate`, or
+//! scale the old version to 0 first) rather than rolling, or a user can
+//! exceed a limit by what the other version admits during the rollout.
+//! The old `res` and `done` keys expire by themselves.
 //!
 //! # Memory
 //!
 //! Measured on Redis 7.0 (jemalloc, 64-bit; `tests/it/redis_scale.rs`,
 //! `memory_per_active_user_is_measured`): a user who made 3 images today
-//! costs **about 820 bytes** (`INFO used_memory` delta over 2 000 such
-//! users, key and expiry overhead included). `MEMORY USAGE` per key: each
-//! counter 72 B, `done` with 3 ids 232 B, `res` with one reservation in
-//! flight 136 B (absent when none is). `done` grows with the user's settles
-//! of the last 24 h: about 52 B per id up to 128 ids (a listpack; 50 ids
-//! measured 2.6 KB), about 140 B per id beyond (a skiplist; 200 ids measured
-//! 27.8 KB), bounded by the 4096-id cap (about 570 KB for a user settling
-//! that often). So 100 000 users active on one day need roughly 80 MB, plus
-//! what heavy users add through `done`.
+//! costs **about 860 bytes** (`INFO used_memory` delta over 2 000 such
+//! users, key and expiry overhead included; `MEMORY USAGE` of each set
+//! about 210 B). A unit costs about 50 B in each of its three sets while a
+//! set holds at most 128 (a listpack), about 140 B beyond (a skiplist); a
+//! month's set holds one unit per image of the month, until the month's
+//! end plus the grace.
 //!
 //! # Time
 //!
-//! `now` comes from the caller's clock and is passed to every script; TTLs are
-//! relative (`PEXPIRE`), never absolute, so a caller clock far from Redis's
-//! (a test's manual clock, years ahead) still gets keys that live as long as
-//! the period has left.
+//! `now` comes from the caller's clock and is passed with every call; TTLs
+//! are relative (`PEXPIRE`), never absolute, so a caller clock far from
+//! Redis's (a test's manual clock, years ahead) still gets keys that live
+//! as long as the period has left.
 //!
 //! # Failures
 //!
@@ -69,10 +93,13 @@
 //! each stale connection does not fail; only a second failure, a refused
 //! connection on both attempts, or a timeout is [`StoreError::Unavailable`]
 //! or [`StoreError::Timeout`] and follows `on_store_error`. That repeat is
-//! safe because every script sent twice is idempotent: `reserve.lua` finds
-//! its id already reserved, `settle.lua` counts an id once, `extend.lua`
-//! sets a deadline, `usage.lua` reads. `adjust.lua` has no id and is never
-//! sent twice. (A timeout is not repeated: the call may still be running.)
+//! safe because every call sent twice is idempotent: a reserve's `ZADD NX`
+//! adds its unit once, a settle's `ZADD`/`ZREM` and `settle_many.lua` act
+//! on an id once, `extend.lua` sets a deadline, a usage read reads.
+//! `adjust.lua` has no id and is never sent twice. (A timeout is not
+//! repeated: the call may still be running.) A command Redis refuses
+//! (`WRONGTYPE`: a key of the wrong type) fails that user's item alone
+//! ([`StoreError::Refused`]).
 //!
 //! [`RedisStore::lazy`] makes the store without reaching Redis, so the
 //! proxy starts while Redis is down; [`RedisStore::open`] also connects and
@@ -83,47 +110,42 @@
 //! # Scripts
 //!
 //! The scripts are loaded at startup (on every node of a cluster) and run
-//! with `EVALSHA`, routed by their first key. A node that forgot them (a
-//! restart, a failover to a replica that never loaded them, `SCRIPT FLUSH`)
-//! answers `NOSCRIPT`; the call is then sent once more as `EVAL` with the
-//! script's text, to the same node, which also caches it again. So only that
-//! call pays a second round trip, and no request fails. (The `redis` crate's
-//! own reload sends `SCRIPT LOAD` to *every* node of a cluster, which fails
-//! while any one node is down, even for keys on a healthy node.)
+//! with `EVALSHA`, routed by their first key (`settle_many.lua`, in a
+//! pipeline, goes as `EVAL`). A node that forgot them (a restart, a
+//! failover to a replica that never loaded them, `SCRIPT FLUSH`) answers
+//! `NOSCRIPT`; the call is then sent once more as `EVAL` with the script's
+//! text, to the same node, which also caches it again. (The `redis`
+//! crate's own reload sends `SCRIPT LOAD` to *every* node of a cluster,
+//! which fails while any one node is down, even for keys on a healthy
+//! node.)
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 use thread_local::ThreadLocal;
 
-use super::memory::{COUNTER_GRACE, SETTLED_MAX, SETTLED_MEMORY, deadline};
+use super::memory::{COUNTER_GRACE, deadline};
 use super::script::{Call, LuaScript};
 use super::threads::ThreadConnections;
 use super::topology::{Connection, Topology, connection_gone};
 use super::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
 use crate::periods::{PeriodWindow, PeriodWindows};
 use batch::Batcher;
+use commands::{Commands, LiveFrom, SETTLED, UNITS, refusal, take};
 use reserve::PendingReserve;
 use settle::PendingSettle;
 
 mod batch;
 mod clock_skew;
+mod commands;
 mod eviction;
 mod reserve;
 mod settle;
 
-const RESERVE: &str = include_str!("reserve.lua");
-const SETTLE: &str = include_str!("settle.lua");
 const EXTEND: &str = include_str!("extend.lua");
-const USAGE: &str = include_str!("usage.lua");
 const ADJUST: &str = include_str!("adjust.lua");
-
-/// How long the reservation set outlives its newest deadline. Scripts prune
-/// expired members themselves; the TTL only reclaims the key of a user who
-/// stopped calling.
-const RESERVATIONS_MARGIN: TimeDelta = TimeDelta::minutes(1);
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -166,10 +188,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
-    reserve: LuaScript,
-    settle: LuaScript,
     extend: LuaScript,
-    usage: LuaScript,
     adjust: LuaScript,
 }
 
@@ -238,10 +257,7 @@ impl RedisStore {
             prefix: std::sync::Arc::from(options.key_prefix.as_str()),
             command_timeout: timeout,
             scripts: std::sync::Arc::new(Scripts {
-                reserve: LuaScript::new(RESERVE),
-                settle: LuaScript::new(SETTLE),
                 extend: LuaScript::new(EXTEND),
-                usage: LuaScript::new(USAGE),
                 adjust: LuaScript::new(ADJUST),
             }),
             reserves: std::sync::Arc::default(),
@@ -265,13 +281,7 @@ impl RedisStore {
         let scripts = &self.scripts;
         let connecting = async {
             self.connection.connect().await?;
-            for script in [
-                &scripts.reserve,
-                &scripts.settle,
-                &scripts.extend,
-                &scripts.usage,
-                &scripts.adjust,
-            ] {
+            for script in [&scripts.extend, &scripts.adjust] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(script.code);
                 self.connection.query::<Value>(&load).await?;
@@ -311,24 +321,25 @@ impl RedisStore {
         self.connection.clone()
     }
 
-    /// A call of `script` with the user's day, week and month counters of
-    /// `windows` as its first keys and the live reservations as the fourth.
-    fn counters_call<'a>(
-        &self,
-        script: &'a LuaScript,
-        user: &str,
-        windows: &PeriodWindows,
-    ) -> Call<'a> {
-        let mut call = Call::new(script, 4);
-        self.counter_keys(&mut call, user, windows);
-        call.key(&self.prefix, user, "res");
-        call
+    /// Sends `commands` as one pipeline (the repeat on a lost connection
+    /// is safe: every pipeline the store sends is idempotent). In a
+    /// cluster, where a call holds one user's commands, a refusal
+    /// (`WRONGTYPE`) is that call's error.
+    async fn pipeline(&self, commands: &Commands<'_>) -> Result<Vec<Value>, StoreError> {
+        let pipe = commands.pipeline();
+        self.once_more(Again::IfConnectionGone, |connection| async move {
+            connection.query_pipeline(pipe).await
+        })
+        .await
     }
 
-    fn counter_keys(&self, call: &mut Call<'_>, user: &str, windows: &PeriodWindows) {
-        for window in windows.iter() {
-            call.key(&self.prefix, user, window.label.text().as_str());
-        }
+    /// Sends `settle` through the calling thread's settle batcher.
+    async fn send_settle(&self, settle: PendingSettle) -> Result<(), StoreError> {
+        let new = || Batcher::new("settle");
+        self.batched(&self.settles, new, settle, |store, batch| async move {
+            store.send_settles(batch).await
+        })
+        .await
     }
 
     /// Runs one script: `EVALSHA`, and `EVAL` on the same node if it forgot
@@ -458,6 +469,26 @@ impl RedisStore {
     }
 }
 
+/// A period counter's value from `MGET`: absent is 0; a text that is no
+/// integer is a refusal of that user's keys, as Redis's own would be.
+fn count_field(counter: Value) -> Result<i64, StoreError> {
+    match counter {
+        Value::Nil => Ok(0),
+        Value::BulkString(text) => std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "a period counter holds {:?}, not an integer",
+                    String::from_utf8_lossy(&text)
+                ))
+            }),
+        other => Err(StoreError::Protocol(format!(
+            "redis answered {other:?} for a period counter"
+        ))),
+    }
+}
+
 fn count(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value)
         .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
@@ -489,16 +520,12 @@ impl QuotaStore for RedisStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let pending = PendingSettle {
+        self.send_settle(PendingSettle {
             user: reservation.user.clone(),
             windows: reservation.windows,
             id: reservation.id,
             amount,
             now,
-        };
-        let new = || Batcher::new("settle");
-        self.batched(&self.settles, new, pending, |store, batch| async move {
-            store.send_settles(batch).await
         })
         .await
     }
@@ -509,12 +536,12 @@ impl QuotaStore for RedisStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut call = Call::new(&self.scripts.extend, 1);
-        call.key(&self.prefix, &reservation.user, "res")
-            .arg(ms(now))
-            .arg(reservation.id)
-            .arg(ms(until))
-            .arg(RESERVATIONS_MARGIN.num_milliseconds());
+        let mut call = Call::new(&self.scripts.extend, 3);
+        for window in reservation.windows.iter() {
+            let label = window.label.text();
+            call.key(&self.prefix, &reservation.user, &[label.as_str(), UNITS]);
+        }
+        call.arg(ms(now)).arg(reservation.id).arg(ms(until));
         // 0 means the reservation was gone, which is not an error.
         let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
         Ok(())
@@ -526,29 +553,46 @@ impl QuotaStore for RedisStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
-        let mut call = self.counters_call(&self.scripts.usage, user, windows);
-        call.arg(ms(now));
-        let answer: Vec<i64> = self.run(&call, Again::IfConnectionGone).await?;
-        let &[day, week, month, live] = answer.as_slice() else {
-            return Err(StoreError::Protocol(format!(
-                "usage script answered {answer:?}"
-            )));
+        // Per period: the counted units, the live ones, then the counters.
+        let mut commands = Commands::new(self, 7);
+        for (from, to) in [(SETTLED, SETTLED), ("", "(+inf")] {
+            for window in windows.iter() {
+                let label = window.label.text();
+                commands.add("ZCOUNT", user, &[label.as_str(), UNITS], |zcount| {
+                    if from.is_empty() {
+                        zcount.arg(LiveFrom(ms(now)));
+                    } else {
+                        zcount.arg(from);
+                    }
+                    zcount.arg(to);
+                });
+            }
+        }
+        commands.counters(user, windows.iter());
+        let answers = self.pipeline(&commands).await?;
+        if let Some(refused) = refusal("usage read", &answers) {
+            return Err(refused);
+        }
+        let mut answers = answers.into_iter();
+        let (Some(units), Some(live), Some(Value::Array(counters))) =
+            (take(&mut answers, 3), take(&mut answers, 3), answers.next())
+        else {
+            return Err(StoreError::Protocol(
+                "redis answered a usage read out of shape".to_owned(),
+            ));
         };
-        let reserved = count(live)?;
-        Ok([
-            PeriodUsage {
-                used: count(day)?,
-                reserved,
-            },
-            PeriodUsage {
-                used: count(week)?,
-                reserved,
-            },
-            PeriodUsage {
-                used: count(month)?,
-                reserved,
-            },
-        ])
+        let mut usage = [PeriodUsage::default(); 3];
+        for (((slot, units), live), counter) in usage.iter_mut().zip(units).zip(live).zip(counters)
+        {
+            let (Value::Int(units), Value::Int(live)) = (units, live) else {
+                return Err(StoreError::Protocol(
+                    "redis answered a usage read with no counts".to_owned(),
+                ));
+            };
+            slot.used = count(units.saturating_add(count_field(counter)?).max(0))?;
+            slot.reserved = count(live)?;
+        }
+        Ok(usage)
     }
 
     async fn adjust(
@@ -558,8 +602,10 @@ impl QuotaStore for RedisStore {
         delta: i64,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut call = Call::new(&self.scripts.adjust, 1);
-        call.key(&self.prefix, user, window.label.text().as_str())
+        let mut call = Call::new(&self.scripts.adjust, 2);
+        let label = window.label.text();
+        call.key(&self.prefix, user, &[label.as_str(), UNITS])
+            .key(&self.prefix, user, &[label.as_str()])
             .arg(delta)
             .arg(counter_ttl_ms(window, now));
         // Never sent twice: an adjustment has no id, so a repeat of one that
@@ -594,7 +640,7 @@ mod tests {
         let day = calendar.window(Period::Daily, now);
         assert_eq!(counter_ttl_ms(&day, now), 3 * 3_600_000);
         // Written after its period ended: only the grace.
-        let later = now + TimeDelta::hours(5);
+        let later = now + chrono::TimeDelta::hours(5);
         assert_eq!(counter_ttl_ms(&day, later), 3_600_000);
     }
 }

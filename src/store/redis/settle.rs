@@ -1,13 +1,29 @@
-//! The settle call (phase: settle): a batch of settles as one call of
-//! `settle.lua`, each answered on its own.
+//! The settle call (phase: settle): a batch of settles as one pipeline,
+//! each answered on its own.
+//!
+//! A settle of one unit marks the reservation's unit counted in each of
+//! its periods: `ZADD key +inf id`, which adds it if it expired or was
+//! never made (it counts once all the same) and changes nothing the second
+//! time, so a settle sent again counts once with no list of settled ids. A
+//! release (0 units) removes the unit: `ZREM`, as idempotent. Each also
+//! sets the period's TTL (`PEXPIRE`): six plain commands. A settle of more
+//! than one unit is `settle_many.lua`, one call, which adds the units
+//! beyond the first to the period counters once per id.
 
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::{Again, RedisStore, SETTLED_MAX, SETTLED_MEMORY, counter_ttl_ms, ms};
+use super::commands::{Commands, SETTLED, UNITS, refusal, take};
+use super::{RedisStore, counter_ttl_ms};
 use crate::periods::PeriodWindows;
-use crate::store::script::Call;
 use crate::store::{ReservationId, StoreError};
+
+/// The script for a settle of more than one unit.
+pub(super) const SETTLE_MANY: &str = include_str!("settle_many.lua");
+
+/// Commands of a settle of at most one unit: `ZADD` (or `ZREM`) and
+/// `PEXPIRE` per period.
+const COMMANDS: usize = 6;
 
 /// One settle to send.
 #[derive(Debug)]
@@ -24,59 +40,105 @@ pub(super) struct PendingSettle {
     pub(super) now: DateTime<Utc>,
 }
 
+impl PendingSettle {
+    /// How many answers its commands get.
+    fn answers(&self) -> usize {
+        if self.amount > 1 { 1 } else { COMMANDS }
+    }
+}
+
 impl RedisStore {
-    /// Sends `batch` as one call of `settle.lua`; answers each settle in
-    /// order. A failed call fails every settle of the batch.
+    /// Sends `batch` as one pipeline; answers each settle in order. A
+    /// failed call fails every settle of the batch.
     pub(super) async fn send_settles(
         &self,
         batch: Vec<PendingSettle>,
     ) -> Vec<Result<(), StoreError>> {
-        let mut call = Call::new(&self.scripts.settle, 5 * batch.len());
+        let mut commands = Commands::new(self, COMMANDS * batch.len());
         for settle in &batch {
-            self.counter_keys(&mut call, &settle.user, &settle.windows);
-            call.key(&self.prefix, &settle.user, "res")
-                .key(&self.prefix, &settle.user, "done");
-        }
-        let remember = SETTLED_MEMORY.num_milliseconds();
-        // The rank of the newest id to forget: -(most remembered) - 1.
-        call.arg(remember).arg(-(SETTLED_MAX as i64) - 1);
-        for settle in &batch {
-            call.arg(ms(settle.now))
-                .arg(settle.id)
-                // Redis integers are signed 64-bit.
-                .arg(settle.amount.min(i64::MAX as u64));
-            for window in settle.windows.iter() {
-                call.arg(counter_ttl_ms(window, settle.now));
+            if settle.amount > 1 {
+                self.settle_many(&mut commands, settle);
+                continue;
             }
-            call.arg(ms(settle.now) - remember);
+            let user = settle.user.as_str();
+            for window in settle.windows.iter() {
+                let label = window.label.text();
+                let units = [label.as_str(), UNITS];
+                if settle.amount == 0 {
+                    commands.add("ZREM", user, &units, |zrem| {
+                        zrem.arg(settle.id);
+                    });
+                } else {
+                    commands.add("ZADD", user, &units, |zadd| {
+                        zadd.arg(SETTLED).arg(settle.id);
+                    });
+                }
+            }
+            for window in settle.windows.iter() {
+                let label = window.label.text();
+                commands.add("PEXPIRE", user, &[label.as_str(), UNITS], |pexpire| {
+                    pexpire.arg(counter_ttl_ms(window, settle.now));
+                });
+            }
         }
-        let answers: Vec<Value> = match self.run(&call, Again::IfConnectionGone).await {
+        let answers = match self.pipeline(&commands).await {
             Ok(answers) => answers,
             Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
         };
-        if answers.len() != batch.len() {
-            let e = StoreError::Protocol(format!(
-                "the settle script answered {} settles of {}",
-                answers.len(),
-                batch.len()
-            ));
-            return batch.iter().map(|_| Err(e.clone())).collect();
+        let mut answers = answers.into_iter();
+        let settled: Option<Vec<_>> = batch
+            .iter()
+            .map(|settle| take(&mut answers, settle.answers()).map(|a| settle_answer(&a)))
+            .collect();
+        match settled {
+            Some(settled) if answers.next().is_none() => settled,
+            _ => {
+                let e = StoreError::Protocol(format!(
+                    "the settle pipeline's answer does not hold {} answers",
+                    batch.len()
+                ));
+                batch.iter().map(|_| Err(e.clone())).collect()
+            }
         }
-        answers.into_iter().map(settle_answer).collect()
+    }
+
+    /// Appends a call of `settle_many.lua` for `settle`.
+    fn settle_many(&self, commands: &mut Commands<'_>, settle: &PendingSettle) {
+        let labels = settle.windows.0.map(|window| window.label.text());
+        let [day, week, month] = labels.each_ref().map(|label| label.as_str());
+        let keys: [&[&str]; 6] = [
+            &[day, UNITS],
+            &[week, UNITS],
+            &[month, UNITS],
+            &[day],
+            &[week],
+            &[month],
+        ];
+        commands.eval(SETTLE_MANY, &settle.user, &keys, |eval| {
+            // Redis integers are signed 64-bit.
+            eval.arg(settle.id)
+                .arg(settle.amount.min(i64::MAX as u64) - 1);
+            for window in settle.windows.iter() {
+                eval.arg(counter_ttl_ms(window, settle.now));
+            }
+        });
     }
 }
 
-/// One settle's answer from `settle.lua`: 1 (counted) and 0 (settled
-/// already) are both success; a text is the error Redis gave that settle.
-fn settle_answer(answer: Value) -> Result<(), StoreError> {
-    match answer {
-        Value::Int(0 | 1) => Ok(()),
-        Value::BulkString(text) => Err(StoreError::Refused(format!(
-            "a settle: {}",
-            String::from_utf8_lossy(&text)
-        ))),
-        other => Err(StoreError::Protocol(format!(
-            "the settle script answered {other:?}"
+/// One settle's answer from its commands' answers: any number is success
+/// (a unit counted or removed, or already so); `WRONGTYPE` fails that
+/// settle alone.
+fn settle_answer(answers: &[Value]) -> Result<(), StoreError> {
+    if let Some(refused) = refusal("settle", answers) {
+        return Err(refused);
+    }
+    match answers
+        .iter()
+        .find(|answer| !matches!(answer, Value::Int(_)))
+    {
+        None => Ok(()),
+        Some(other) => Err(StoreError::Protocol(format!(
+            "redis answered a settle with {other:?}"
         ))),
     }
 }

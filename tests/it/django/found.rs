@@ -339,22 +339,17 @@ pub async fn head_timeout_releases_the_reservation() {
 /// noon), and its live reservations.
 fn redis_usage(redis: &RedisServer, user: &str) -> (u64, usize) {
     let keys = redis.cli(&["--scan", "--pattern", &format!("quota:{{{user}}}:d*")]);
-    let used = keys
-        .lines()
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| {
-            redis
-                .cli(&["GET", k.trim()])
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-        })
-        .sum();
-    let reserved = redis
-        .cli(&["ZCARD", &format!("quota:{{{user}}}:res")])
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let number = |answer: String| answer.trim().parse::<u64>().unwrap_or(0);
+    let (mut used, mut reserved) = (0, 0);
+    for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        if key.ends_with(":units") {
+            // Counted units score +inf; the others are in flight.
+            used += number(redis.cli(&["ZCOUNT", key, "+inf", "+inf"]));
+            reserved += number(redis.cli(&["ZCOUNT", key, "-inf", "(+inf"])) as usize;
+        } else {
+            used += number(redis.cli(&["GET", key]));
+        }
+    }
     (used, reserved)
 }
 
