@@ -367,6 +367,21 @@ async fn cluster_each_call_is_one_round_trip_and_keys_expire() {
             "PTTL {key} = {ttl}, expected ~{ms}"
         );
     }
+
+    // One user's key of the wrong type is that user's refusal, as on one
+    // server (never an outage, which would open the breaker for all), and
+    // the others are served.
+    let bad = &cluster.nodes[cluster.owner("{bad}")];
+    bad.cli(&["SET", "quota:{bad}:m2031-05:units", "not a zset"]);
+    let refused = store
+        .reserve(&request("bad", 5))
+        .await
+        .expect_err("the key is refused");
+    assert!(
+        matches!(&refused, StoreError::Refused(e) if e.contains("WRONGTYPE")),
+        "{refused:?}"
+    );
+    hold(&store, "good", 5).await;
 }
 
 /// Two users whose keys live on different nodes: one on `node`, one not.

@@ -1,12 +1,12 @@
 //! Calls coalesced (phases: admit and settle), for [`super::RedisStore`]:
-//! while one call of a script is under way, the reserves (or settles) that
+//! while one call (a pipeline) is under way, the reserves (or settles) that
 //! arrive wait; the next call carries all of them, at most [`MAX_BATCH`].
 //! An idle store sends each at once, so a batch adds no delay; a storm
-//! costs Redis one call (one read, one write, one script run) per batch
-//! instead of one per request.
+//! costs Redis one call (one read, one write) per batch instead of one per
+//! request.
 //!
 //! Exactly once still holds: each item keeps its id (a reserve's new
-//! reservation, a settle's reservation) and the scripts act on an id once,
+//! reservation, a settle's reservation) and the commands act on an id once,
 //! so a batch sent again after a lost connection, or a settle retried later
 //! from the outage queue, reserves and counts nothing twice. Each item gets
 //! its own answer; one that Redis refuses fails alone.
@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 
 use crate::store::StoreError;
 
-/// Most items in one call (a reserve has 4 keys and 7 arguments, a settle
-/// 5 and 7).
+/// Most items in one call (a reserve is 7 commands, a settle 6: a call of
+/// 64 is about 40 KB).
 pub(super) const MAX_BATCH: usize = 64;
 
 struct Waiting<T, A> {
@@ -124,7 +124,7 @@ impl<T: Send + 'static, A: Send + 'static> Batcher<T, A> {
         };
         let answer = send(vec![item]).await.pop().unwrap_or_else(|| {
             Err(StoreError::Protocol(format!(
-                "the {} script answered nothing",
+                "redis answered no {}",
                 self.what
             )))
         });
@@ -255,7 +255,7 @@ impl<T: Send + 'static, A: Send + 'static> Sender<T, A> {
         for answer in answers {
             let result = results.next().unwrap_or_else(|| {
                 Err(StoreError::Protocol(format!(
-                    "the {what} script answered fewer than {sent} {what}s"
+                    "redis answered fewer than {sent} {what}s"
                 )))
             });
             // The caller may have stopped waiting; its item is done.

@@ -4,7 +4,6 @@
 
 use redis::{Cmd, Pipeline, RedisWrite as _, Value};
 
-use super::RedisStore;
 use crate::periods::PeriodWindow;
 use crate::store::StoreError;
 use crate::store::script::write_user_key;
@@ -21,18 +20,13 @@ pub(super) struct Commands<'a> {
 }
 
 impl<'a> Commands<'a> {
-    /// An empty pipeline for `store`'s keys. Outside a cluster it answers
-    /// a refused command in its place (one user's item fails alone); in a
-    /// cluster each call holds one user's commands, and a refusal fails it.
-    pub(super) fn new(store: &'a RedisStore, commands: usize) -> Self {
+    /// An empty pipeline for `prefix`'s keys, answering a refused command
+    /// in its place, so one user's item fails alone (in a cluster too:
+    /// the cluster client still follows `MOVED` and `ASK` itself).
+    pub(super) fn new(prefix: &'a str, commands: usize) -> Self {
         let mut pipe = Pipeline::with_capacity(commands);
-        if store.batch_calls {
-            pipe.ignore_errors();
-        }
-        Self {
-            pipe,
-            prefix: &store.prefix,
-        }
+        pipe.ignore_errors();
+        Self { pipe, prefix }
     }
 
     /// The pipeline written so far.

@@ -322,9 +322,7 @@ impl RedisStore {
     }
 
     /// Sends `commands` as one pipeline (the repeat on a lost connection
-    /// is safe: every pipeline the store sends is idempotent). In a
-    /// cluster, where a call holds one user's commands, a refusal
-    /// (`WRONGTYPE`) is that call's error.
+    /// is safe: every pipeline the store sends is idempotent).
     async fn pipeline(&self, commands: &Commands<'_>) -> Result<Vec<Value>, StoreError> {
         let pipe = commands.pipeline();
         self.once_more(Again::IfConnectionGone, |connection| async move {
@@ -457,9 +455,9 @@ impl RedisStore {
     {
         if !self.batch_calls {
             let mut answers = send(self.clone(), vec![item]).await;
-            return answers.pop().unwrap_or_else(|| {
-                Err(StoreError::Protocol("a script answered nothing".to_owned()))
-            });
+            return answers
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Protocol("redis answered nothing".to_owned())));
         }
         let batcher = batchers.get_or(|| std::sync::Arc::new(new()));
         let store = self.clone();
@@ -554,7 +552,7 @@ impl QuotaStore for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
         // Per period: the counted units, the live ones, then the counters.
-        let mut commands = Commands::new(self, 7);
+        let mut commands = Commands::new(&self.prefix, 7);
         for (from, to) in [(SETTLED, SETTLED), ("", "(+inf")] {
             for window in windows.iter() {
                 let label = window.label.text();

@@ -51,7 +51,7 @@ impl RedisStore {
         &self,
         batch: Vec<PendingReserve>,
     ) -> Vec<Result<Admission, StoreError>> {
-        let mut commands = Commands::new(self, COMMANDS * batch.len());
+        let mut commands = Commands::new(&self.prefix, COMMANDS * batch.len());
         for reserve in &batch {
             let (user, id) = (reserve.user.as_str(), reserve.id);
             for window in reserve.windows.iter() {

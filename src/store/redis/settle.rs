@@ -54,7 +54,7 @@ impl RedisStore {
         &self,
         batch: Vec<PendingSettle>,
     ) -> Vec<Result<(), StoreError>> {
-        let mut commands = Commands::new(self, COMMANDS * batch.len());
+        let mut commands = Commands::new(&self.prefix, COMMANDS * batch.len());
         for settle in &batch {
             if settle.amount > 1 {
                 self.settle_many(&mut commands, settle);
