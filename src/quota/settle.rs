@@ -217,6 +217,7 @@ impl Settlement {
                     user: identity.user_id.clone(),
                     windows,
                     expires_at: now,
+                    first_in_period: [true; 3],
                 });
                 (Some(identity.user_id), reservation)
             }
@@ -269,6 +270,7 @@ impl Settlement {
                 user: user.clone(),
                 windows: state.deps.calendar.windows(admitted),
                 expires_at: now,
+                first_in_period: [true; 3],
             }),
             (None, None) if amount > 0 => {
                 tracing::warn!(route = %route.name, amount,

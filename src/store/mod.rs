@@ -105,6 +105,11 @@ pub struct Reservation {
     pub windows: PeriodWindows,
     /// When it expires if never settled or extended.
     pub expires_at: DateTime<Utc>,
+    /// Per period, whether this was the first unit the store held there
+    /// when it was reserved, so its settle sets that period's expiry
+    /// (Redis; the memory store ignores it). `true` when unknown: a
+    /// reservation made elsewhere, or never made.
+    pub first_in_period: [bool; 3],
 }
 
 impl Reservation {

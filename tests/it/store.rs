@@ -479,6 +479,7 @@ async fn settle_of_unreserved_id_counts_once(s: Subject) {
         user: "alice".to_owned(),
         windows: windows(now),
         expires_at: now,
+        first_in_period: [true; 3],
     };
     s.settle(&unflagged, 1, now).await;
     s.settle(&unflagged, 1, now).await;
@@ -775,12 +776,14 @@ async fn redis_units_expire_at_period_end_plus_grace() {
     );
 
     // Made after its period ended (a late settle), a set keeps only the
-    // grace.
+    // grace, set even by a reservation that was not the first there (the
+    // set it found may have expired since).
     let late = at("2031-05-15T00:10:00Z");
     let late_day = "quota:{43}:d2031-05-14:units";
     let unflagged = Reservation {
         id: Reservation::new_id(),
         user: "43".to_owned(),
+        first_in_period: [false; 3],
         ..r.clone()
     };
     store.settle(&unflagged, 1, late).await.expect("settle");
@@ -1037,11 +1040,29 @@ async fn redis_each_call_is_one_round_trip() {
     .await;
     assert_eq!(sent, (vec!["evalsha".to_owned()], 1), "extend");
 
+    // The user's first unit: its settle sets each set's expiry.
     let sent = calls_sent(&mut raw, async {
         store.settle(&reservation, 1, now).await.expect("settle");
     })
     .await;
     assert_eq!(sent, (SETTLE.map(String::from).to_vec(), 1), "settle");
+    // The next one's sets have one already: three commands.
+    let Ok(Admission::Reserved {
+        reservation: next, ..
+    }) = store.reserve(&request("42", l, now, TTL)).await
+    else {
+        panic!("a second reservation");
+    };
+    assert_eq!(next.first_in_period, [false; 3]);
+    let sent = calls_sent(&mut raw, async {
+        store.settle(&next, 1, now).await.expect("settle");
+    })
+    .await;
+    assert_eq!(
+        sent,
+        (SETTLE[..3].iter().map(|c| c.to_string()).collect(), 1),
+        "next settle"
+    );
 
     let sent = calls_sent(&mut raw, async {
         store.usage("42", &w, now).await.expect("usage");
@@ -1064,7 +1085,7 @@ async fn redis_each_call_is_one_round_trip() {
             .reserve(&request("42", limits(1, 0, 0), now, TTL))
             .await
             .expect("reserve");
-        assert_eq!(denied, exceeded(Period::Daily, [2, 1, 1]));
+        assert_eq!(denied, exceeded(Period::Daily, [3, 2, 2]));
     })
     .await;
     let both: Vec<String> = RESERVE

@@ -51,8 +51,12 @@
 //! | `quota:{42}:d2026-11-28`       | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the same |
 //!
 //! Usage of a period is its counted units plus its counter; live units are
-//! its reservations in flight. A set's TTL is set by each settle (and
-//! release) of a unit in it, a counter's when it is written. The hour of
+//! its reservations in flight. A set's TTL is set by the settle of its
+//! first unit (a reserve that found no other unit there marks its
+//! reservation so, [`Reservation::first_in_period`]), by every release,
+//! and by any settle once the period is over; a counter's when it is
+//! written. A set is left without one only when the request that made it
+//! never settles and its user reserves nothing more in that period. The hour of
 //! grace lets usage reported just after a period ended still count in
 //! that period. A unit that is never settled stops counting at its
 //! deadline and goes with its set.
@@ -518,12 +522,19 @@ impl QuotaStore for RedisStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        // A set the reservation was first in may have no expiry yet, nor
+        // one whose period is over (it may have expired and be made anew);
+        // a release sets each, as it may leave a set of others' units.
+        let expire = std::array::from_fn(|p| {
+            amount == 0 || reservation.first_in_period[p] || now >= reservation.windows.0[p].end
+        });
         self.send_settle(PendingSettle {
             user: reservation.user.clone(),
             windows: reservation.windows,
             id: reservation.id,
             amount,
             now,
+            expire,
         })
         .await
     }

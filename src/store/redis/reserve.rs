@@ -181,6 +181,9 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
     if counters.len() != 3 {
         return None;
     }
+    // A set that holds no other unit may be new, without an expiry yet:
+    // the settle sets it.
+    let first = units.map(|n| n.saturating_sub(earlier_denied as i64) <= 1);
     let mut counts = [0u64; 3];
     for ((slot, units), counter) in counts.iter_mut().zip(units).zip(counters) {
         let counter = match count_field(counter) {
@@ -190,7 +193,7 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
         let count = u64::try_from(units.saturating_add(counter)).unwrap_or(0);
         *slot = count.saturating_sub(earlier_denied);
     }
-    let (admission, release) = decide(reserve, counts);
+    let (admission, release) = decide(reserve, counts, first);
     Some((Ok(admission), release))
 }
 
@@ -202,6 +205,7 @@ fn release(reserve: PendingReserve) -> PendingSettle {
         id: reserve.id,
         amount: 0,
         now: reserve.now,
+        expire: [true; 3],
     }
 }
 
@@ -209,7 +213,11 @@ fn release(reserve: PendingReserve) -> PendingSettle {
 /// when each limited period's count is within its limit; else denied on
 /// the first period over it, with the counts as they were before this
 /// unit, and the release that removes the unit.
-fn decide(reserve: PendingReserve, counts: [u64; 3]) -> (Admission, Option<PendingSettle>) {
+fn decide(
+    reserve: PendingReserve,
+    counts: [u64; 3],
+    first_in_period: [bool; 3],
+) -> (Admission, Option<PendingSettle>) {
     let full = Period::ALL.into_iter().find(|&period| {
         let limit = reserve.limits.of(period);
         limit > 0 && counts[period as usize] > limit
@@ -221,6 +229,7 @@ fn decide(reserve: PendingReserve, counts: [u64; 3]) -> (Admission, Option<Pendi
                 user: reserve.user,
                 windows: reserve.windows,
                 expires_at: reserve.expires_at,
+                first_in_period,
             };
             let counts = PeriodCounts(counts);
             (

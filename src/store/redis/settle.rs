@@ -5,10 +5,14 @@
 //! its periods: `ZADD key +inf id`, which adds it if it expired or was
 //! never made (it counts once all the same) and changes nothing the second
 //! time, so a settle sent again counts once with no list of settled ids. A
-//! release (0 units) removes the unit: `ZREM`, as idempotent. Each also
-//! sets the period's TTL (`PEXPIRE`): six plain commands. A settle of more
-//! than one unit is `settle_many.lua`, one call, which adds the units
-//! beyond the first to the period counters once per id.
+//! release (0 units) removes the unit: `ZREM`, as idempotent. A release
+//! also sets each period's TTL (`PEXPIRE`); a settle only where its set may
+//! have none yet: the reservation was the first unit there, or the period
+//! is over (a late settle may make the set anew), or it is not known (a
+//! reservation made outside Redis). So a user's usual settle is three
+//! commands, the first of the day six. A settle of more than one unit is
+//! `settle_many.lua`, one call, which adds the units beyond the first to
+//! the period counters once per id.
 
 use chrono::{DateTime, Utc};
 use redis::Value;
@@ -21,7 +25,7 @@ use crate::store::{ReservationId, StoreError};
 /// The script for a settle of more than one unit.
 pub(super) const SETTLE_MANY: &str = include_str!("settle_many.lua");
 
-/// Commands of a settle of at most one unit: `ZADD` (or `ZREM`) and
+/// Most commands of a settle of at most one unit: `ZADD` (or `ZREM`) and
 /// `PEXPIRE` per period.
 const COMMANDS: usize = 6;
 
@@ -38,12 +42,19 @@ pub(super) struct PendingSettle {
     pub(super) amount: u64,
     /// When the settle was made, from the caller's clock.
     pub(super) now: DateTime<Utc>,
+    /// Per period, whether to set the expiry of its set (one that may have
+    /// none yet).
+    pub(super) expire: [bool; 3],
 }
 
 impl PendingSettle {
     /// How many answers its commands get.
     fn answers(&self) -> usize {
-        if self.amount > 1 { 1 } else { COMMANDS }
+        if self.amount > 1 {
+            1
+        } else {
+            3 + self.expire.iter().filter(|e| **e).count()
+        }
     }
 }
 
@@ -74,7 +85,7 @@ impl RedisStore {
                     });
                 }
             }
-            for window in settle.windows.iter() {
+            for (window, _) in settle.windows.iter().zip(settle.expire).filter(|(_, e)| *e) {
                 let label = window.label.text();
                 commands.add("PEXPIRE", user, &[label.as_str(), UNITS], |pexpire| {
                     pexpire.arg(counter_ttl_ms(window, settle.now));
