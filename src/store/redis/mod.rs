@@ -137,7 +137,7 @@ use super::topology::{Connection, Topology, connection_gone};
 use super::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
 use crate::periods::{PeriodWindow, PeriodWindows};
 use batch::Batcher;
-use commands::{Commands, LiveFrom, SETTLED, UNITS, refusal, take};
+use commands::{Commands, UNITS};
 use reserve::PendingReserve;
 use settle::PendingSettle;
 
@@ -147,6 +147,7 @@ mod commands;
 mod eviction;
 mod reserve;
 mod settle;
+mod usage;
 
 const EXTEND: &str = include_str!("extend.lua");
 const ADJUST: &str = include_str!("adjust.lua");
@@ -562,46 +563,7 @@ impl QuotaStore for RedisStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
-        // Per period: the counted units, the live ones, then the counters.
-        let mut commands = Commands::new(&self.prefix, 7);
-        for (from, to) in [(SETTLED, SETTLED), ("", "(+inf")] {
-            for window in windows.iter() {
-                let label = window.label.text();
-                commands.add("ZCOUNT", user, &[label.as_str(), UNITS], |zcount| {
-                    if from.is_empty() {
-                        zcount.arg(LiveFrom(ms(now)));
-                    } else {
-                        zcount.arg(from);
-                    }
-                    zcount.arg(to);
-                });
-            }
-        }
-        commands.counters(user, windows.iter());
-        let answers = self.pipeline(&commands).await?;
-        if let Some(refused) = refusal("usage read", &answers) {
-            return Err(refused);
-        }
-        let mut answers = answers.into_iter();
-        let (Some(units), Some(live), Some(Value::Array(counters))) =
-            (take(&mut answers, 3), take(&mut answers, 3), answers.next())
-        else {
-            return Err(StoreError::Protocol(
-                "redis answered a usage read out of shape".to_owned(),
-            ));
-        };
-        let mut usage = [PeriodUsage::default(); 3];
-        for (((slot, units), live), counter) in usage.iter_mut().zip(units).zip(live).zip(counters)
-        {
-            let (Value::Int(units), Value::Int(live)) = (units, live) else {
-                return Err(StoreError::Protocol(
-                    "redis answered a usage read with no counts".to_owned(),
-                ));
-            };
-            slot.used = count(units.saturating_add(count_field(counter)?).max(0))?;
-            slot.reserved = count(live)?;
-        }
-        Ok(usage)
+        self.read_usage(user, windows, now).await
     }
 
     async fn adjust(

@@ -6,11 +6,12 @@
 //! period counters, seven commands, no script. The count includes the new
 //! unit, so the reserve is allowed when every limited count is at most its
 //! limit; otherwise it is denied and its unit removed again before the
-//! denial is answered (a release, one pipeline for the batch's denials;
-//! if it fails, the unit lives only until its deadline). Adding before counting is what makes it
-//! race-free without a script: of the reserves that see a count within the
-//! limit, none can be the limit's `+1`th, since each one's own unit was in
-//! the set before it counted (see `mod.rs`, *Why plain commands*).
+//! denial is answered (a release, one pipeline for the batch's denials; if
+//! it fails, the unit lives only until its deadline). Adding before
+//! counting is what makes it race-free without a script: of the reserves
+//! that see a count within the limit, none can be the limit's `+1`th, since
+//! each one's own unit was in the set before it counted (see `mod.rs`, *Why
+//! plain commands*).
 
 use chrono::{DateTime, Utc};
 use redis::Value;
