@@ -217,7 +217,7 @@ impl Settlement {
                     user: identity.user_id.clone(),
                     windows,
                     expires_at: now,
-                    first_in_period: [true; 3],
+                    keys_expire: false,
                 });
                 (Some(identity.user_id), reservation)
             }
@@ -270,7 +270,7 @@ impl Settlement {
                 user: user.clone(),
                 windows: state.deps.calendar.windows(admitted),
                 expires_at: now,
-                first_in_period: [true; 3],
+                keys_expire: false,
             }),
             (None, None) if amount > 0 => {
                 tracing::warn!(route = %route.name, amount,

@@ -105,11 +105,11 @@ pub struct Reservation {
     pub windows: PeriodWindows,
     /// When it expires if never settled or extended.
     pub expires_at: DateTime<Utc>,
-    /// Per period, whether this was the first unit the store held there
-    /// when it was reserved, so its settle sets that period's expiry
-    /// (Redis; the memory store ignores it). `true` when unknown: a
-    /// reservation made elsewhere, or never made.
-    pub first_in_period: [bool; 3],
+    /// Whether the store that made it gave the keys it counts in their
+    /// expiry (Redis's reserve does); if not, its settle does. `false`
+    /// when unknown: a reservation made elsewhere (the memory store, the
+    /// `local` fallback), or never made.
+    pub keys_expire: bool,
 }
 
 impl Reservation {

@@ -7,6 +7,7 @@
 mod support;
 
 mod attack_findings;
+mod redis_counters;
 
 mod batches;
 mod config_errors;

@@ -297,7 +297,7 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         user: "x".to_owned(),
         windows: w,
         expires_at: now + chrono::TimeDelta::minutes(1),
-        first_in_period: [true; 3],
+        keys_expire: false,
     };
     store.settle(&reservation, 1, now).await.expect("settle");
     store

@@ -479,7 +479,7 @@ async fn settle_of_unreserved_id_counts_once(s: Subject) {
         user: "alice".to_owned(),
         windows: windows(now),
         expires_at: now,
-        first_in_period: [true; 3],
+        keys_expire: false,
     };
     s.settle(&unflagged, 1, now).await;
     s.settle(&unflagged, 1, now).await;
@@ -743,32 +743,41 @@ async fn redis_units_expire_at_period_end_plus_grace() {
     let deadline = (now + TimeDelta::seconds(60))
         .timestamp_millis()
         .to_string();
-    for key in [day, week, month] {
-        assert_eq!(
-            score(key, &mut raw).await.as_deref(),
-            Some(deadline.as_str())
-        );
-    }
-    store.settle(&r, 1, now).await.expect("settle");
-
     let grace = TimeDelta::hours(1);
     let expected = [
         (day, at("2031-05-15T00:00:00Z") - now + grace),
         (week, at("2031-05-19T00:00:00Z") - now + grace),
         (month, at("2031-06-01T00:00:00Z") - now + grace),
     ];
+    // The reserve gave each set its TTL, so a unit never settled goes with
+    // it.
     for (key, ttl) in expected {
-        assert_eq!(score(key, &mut raw).await.as_deref(), Some("inf"), "{key}");
+        assert_eq!(
+            score(key, &mut raw).await.as_deref(),
+            Some(deadline.as_str())
+        );
         assert_ttl(key, pttl(&mut raw, key).await, ttl);
     }
+    store.settle(&r, 1, now).await.expect("settle");
+    for (key, _) in expected {
+        assert_eq!(score(key, &mut raw).await.as_deref(), Some("inf"), "{key}");
+    }
 
-    // A later settle sets the TTL from its own `now`: the same end.
+    // The reserve set the TTL; a settle of a reservation Redis made leaves
+    // it, one Redis did not make sets it from its own `now`: the same end.
     let later = now + TimeDelta::hours(2);
     let again = Reservation {
         id: Reservation::new_id(),
         ..r.clone()
     };
     store.settle(&again, 1, later).await.expect("settle");
+    assert_ttl(day, pttl(&mut raw, day).await, expected[0].1);
+    let elsewhere = Reservation {
+        id: Reservation::new_id(),
+        keys_expire: false,
+        ..r.clone()
+    };
+    store.settle(&elsewhere, 1, later).await.expect("settle");
     assert_ttl(
         day,
         pttl(&mut raw, day).await,
@@ -783,7 +792,7 @@ async fn redis_units_expire_at_period_end_plus_grace() {
     let unflagged = Reservation {
         id: Reservation::new_id(),
         user: "43".to_owned(),
-        first_in_period: [false; 3],
+        keys_expire: true,
         ..r.clone()
     };
     store.settle(&unflagged, 1, late).await.expect("settle");
@@ -994,9 +1003,11 @@ async fn calls_sent<F: Future>(
 
 /// The commands of a reserve, a settle of one unit, a release, a usage
 /// read.
-const RESERVE: [&str; 7] = ["zadd", "zadd", "zadd", "zcount", "zcount", "zcount", "mget"];
-const SETTLE: [&str; 6] = ["zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire"];
-const RELEASE: [&str; 6] = ["zrem", "zrem", "zrem", "pexpire", "pexpire", "pexpire"];
+const RESERVE: [&str; 10] = [
+    "zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire", "zcount", "zcount", "zcount", "mget",
+];
+const SETTLE: [&str; 3] = ["zadd", "zadd", "zadd"];
+const RELEASE: [&str; 3] = ["zrem", "zrem", "zrem"];
 const USAGE: [&str; 7] = [
     "zcount", "zcount", "zcount", "zcount", "zcount", "zcount", "mget",
 ];
@@ -1040,28 +1051,27 @@ async fn redis_each_call_is_one_round_trip() {
     .await;
     assert_eq!(sent, (vec!["evalsha".to_owned()], 1), "extend");
 
-    // The user's first unit: its settle sets each set's expiry.
+    // The reserve gave the sets their expiry: a settle is three commands.
     let sent = calls_sent(&mut raw, async {
         store.settle(&reservation, 1, now).await.expect("settle");
     })
     .await;
     assert_eq!(sent, (SETTLE.map(String::from).to_vec(), 1), "settle");
-    // The next one's sets have one already: three commands.
-    let Ok(Admission::Reserved {
-        reservation: next, ..
-    }) = store.reserve(&request("42", l, now, TTL)).await
-    else {
-        panic!("a second reservation");
+    // One Redis did not reserve sets them itself.
+    let elsewhere = Reservation {
+        id: Reservation::new_id(),
+        keys_expire: false,
+        ..reservation.clone()
     };
-    assert_eq!(next.first_in_period, [false; 3]);
     let sent = calls_sent(&mut raw, async {
-        store.settle(&next, 1, now).await.expect("settle");
+        store.settle(&elsewhere, 1, now).await.expect("settle");
     })
     .await;
+    let with_expiry = ["zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire"];
     assert_eq!(
         sent,
-        (SETTLE[..3].iter().map(|c| c.to_string()).collect(), 1),
-        "next settle"
+        (with_expiry.map(String::from).to_vec(), 1),
+        "settle, not reserved here"
     );
 
     let sent = calls_sent(&mut raw, async {

@@ -378,7 +378,7 @@ impl QuotaStore for MemoryStore {
                     user: request.user.clone(),
                     windows: request.windows,
                     expires_at,
-                    first_in_period: [true; 3],
+                    keys_expire: false,
                 },
                 counts: PeriodCounts(counts.0.map(|c| c.saturating_add(1))),
             }

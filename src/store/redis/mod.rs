@@ -51,12 +51,11 @@
 //! | `quota:{42}:d2026-11-28`       | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the same |
 //!
 //! Usage of a period is its counted units plus its counter; live units are
-//! its reservations in flight. A set's TTL is set by the settle of its
-//! first unit (a reserve that found no other unit there marks its
-//! reservation so, [`Reservation::first_in_period`]), by every release,
-//! and by any settle once the period is over; a counter's when it is
-//! written. A set is left without one only when the request that made it
-//! never settles and its user reserves nothing more in that period. The hour of
+//! its reservations in flight. A set's TTL is set by every reserve (so a
+//! unit never settled still goes with its set), by a settle of a
+//! reservation Redis did not make ([`Reservation::keys_expire`]) and by a
+//! settle once the period is over (its set may have expired and be made
+//! anew); a counter's when it is written. The hour of
 //! grace lets usage reported just after a period ended still count in
 //! that period. A unit that is never settled stops counting at its
 //! deadline and goes with its set.
@@ -523,11 +522,11 @@ impl QuotaStore for RedisStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        // A set the reservation was first in may have no expiry yet, nor
-        // one whose period is over (it may have expired and be made anew);
-        // a release sets each, as it may leave a set of others' units.
+        // The reserve gave the sets their expiry; a reservation made
+        // elsewhere (or never) did not, and a period that is over may have
+        // seen its set expire, to be made anew here.
         let expire = std::array::from_fn(|p| {
-            amount == 0 || reservation.first_in_period[p] || now >= reservation.windows.0[p].end
+            !reservation.keys_expire || now >= reservation.windows.0[p].end
         });
         self.send_settle(PendingSettle {
             user: reservation.user.clone(),
@@ -551,7 +550,10 @@ impl QuotaStore for RedisStore {
             let label = window.label.text();
             call.key(&self.prefix, &reservation.user, &[label.as_str(), UNITS]);
         }
-        call.arg(ms(now)).arg(reservation.id).arg(ms(until));
+        call.arg(ms(now))
+            .arg(reservation.id)
+            .arg(ms(until))
+            .arg(ms(until) - ms(now) + reserve::UNITS_MARGIN_MS);
         // 0 means the reservation was gone, which is not an error.
         let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
         Ok(())

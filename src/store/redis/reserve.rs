@@ -1,9 +1,10 @@
 //! The reserve call (phase: admit): a batch of reserves as one pipeline of
 //! plain commands, each reserve answered on its own.
 //!
-//! A reserve adds its id to each period's set of units first, then counts
-//! the set: one `ZADD NX` and one `ZCOUNT` per period and one `MGET` of the
-//! period counters, seven commands, no script. The count includes the new
+//! A reserve adds its id to each period's set of units first, gives the
+//! set its expiry, then counts the set: one `ZADD NX`, one `PEXPIRE` and
+//! one `ZCOUNT` per period and one `MGET` of the period counters, ten
+//! commands, no script. The count includes the new
 //! unit, so the reserve is allowed when every limited count is at most its
 //! limit; otherwise it is denied and its unit removed again before the
 //! denial is answered (a release, one pipeline for the batch's denials; if
@@ -18,13 +19,18 @@ use redis::Value;
 
 use super::commands::{Commands, LiveFrom, SETTLED, UNITS, refusal, take};
 use super::settle::PendingSettle;
-use super::{RedisStore, count_field, ms};
+use super::{RedisStore, count_field, counter_ttl_ms, ms};
 use crate::config::Limits;
 use crate::periods::{Period, PeriodWindows};
 use crate::store::{Admission, PeriodCounts, Reservation, ReservationId, StoreError};
 
-/// Commands per reserve: `ZADD` and `ZCOUNT` per period, one `MGET`.
-const COMMANDS: usize = 7;
+/// Commands per reserve: `ZADD`, `PEXPIRE` and `ZCOUNT` per period, one
+/// `MGET`.
+const COMMANDS: usize = 10;
+
+/// How long a set outlives the deadline of a unit reserved in it, at least
+/// (a period about to end still keeps its set past the unit's deadline).
+pub(super) const UNITS_MARGIN_MS: i64 = 60_000;
 
 /// One reserve to send.
 #[derive(Debug)]
@@ -59,6 +65,16 @@ impl RedisStore {
                 let label = window.label.text();
                 commands.add("ZADD", user, &[label.as_str(), UNITS], |zadd| {
                     zadd.arg("NX").arg(ms(reserve.expires_at)).arg(id);
+                });
+            }
+            // The sets expire after their period (and the unit's deadline),
+            // whether or not the unit is ever settled.
+            let margin = ms(reserve.expires_at) - ms(reserve.now) + UNITS_MARGIN_MS;
+            for window in reserve.windows.iter() {
+                let label = window.label.text();
+                let ttl = counter_ttl_ms(window, reserve.now).max(margin);
+                commands.add("PEXPIRE", user, &[label.as_str(), UNITS], |pexpire| {
+                    pexpire.arg(ttl);
                 });
             }
             // A unit is live while its deadline is after now (a deadline
@@ -154,9 +170,9 @@ fn protocol_error(answer: &Result<Admission, StoreError>) -> Option<&StoreError>
         .filter(|e| matches!(e, StoreError::Protocol(_)))
 }
 
-/// One reserve's answer from its seven answers: three `ZADD`s (their
-/// answers unused: a repeat of this reserve adds nothing and is counted
-/// once all the same), three `ZCOUNT`s (the live and counted units, this
+/// One reserve's answer from its ten answers: three `ZADD`s and three
+/// `PEXPIRE`s (their answers unused: a repeat of this reserve adds nothing
+/// and is counted once all the same), three `ZCOUNT`s (the live and counted units, this
 /// one included) and the `MGET` of the counters (usage counted before
 /// units were, and adjustments; absent is 0), less the units of
 /// `earlier_denied` reserves of the batch. `None` when out of shape.
@@ -164,7 +180,7 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
     if let Some(refused) = refusal("reserve", &answers) {
         return Some((Err(refused), Some(release(reserve))));
     }
-    let mut answers = answers.into_iter().skip(3);
+    let mut answers = answers.into_iter().skip(6);
     let mut units = [0i64; 3];
     for slot in &mut units {
         *slot = match answers.next()? {
@@ -182,9 +198,6 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
     if counters.len() != 3 {
         return None;
     }
-    // A set that holds no other unit may be new, without an expiry yet:
-    // the settle sets it.
-    let first = units.map(|n| n.saturating_sub(earlier_denied as i64) <= 1);
     let mut counts = [0u64; 3];
     for ((slot, units), counter) in counts.iter_mut().zip(units).zip(counters) {
         let counter = match count_field(counter) {
@@ -194,7 +207,7 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
         let count = u64::try_from(units.saturating_add(counter)).unwrap_or(0);
         *slot = count.saturating_sub(earlier_denied);
     }
-    let (admission, release) = decide(reserve, counts, first);
+    let (admission, release) = decide(reserve, counts);
     Some((Ok(admission), release))
 }
 
@@ -206,7 +219,8 @@ fn release(reserve: PendingReserve) -> PendingSettle {
         id: reserve.id,
         amount: 0,
         now: reserve.now,
-        expire: [true; 3],
+        // The reserve gave the sets their expiry.
+        expire: [false; 3],
     }
 }
 
@@ -214,11 +228,7 @@ fn release(reserve: PendingReserve) -> PendingSettle {
 /// when each limited period's count is within its limit; else denied on
 /// the first period over it, with the counts as they were before this
 /// unit, and the release that removes the unit.
-fn decide(
-    reserve: PendingReserve,
-    counts: [u64; 3],
-    first_in_period: [bool; 3],
-) -> (Admission, Option<PendingSettle>) {
+fn decide(reserve: PendingReserve, counts: [u64; 3]) -> (Admission, Option<PendingSettle>) {
     let full = Period::ALL.into_iter().find(|&period| {
         let limit = reserve.limits.of(period);
         limit > 0 && counts[period as usize] > limit
@@ -230,7 +240,7 @@ fn decide(
                 user: reserve.user,
                 windows: reserve.windows,
                 expires_at: reserve.expires_at,
-                first_in_period,
+                keys_expire: true,
             };
             let counts = PeriodCounts(counts);
             (
@@ -268,10 +278,10 @@ mod tests {
         }
     }
 
-    /// A reserve's seven answers: three `ZADD`s, the `ZCOUNT`s `units` and
-    /// the `MGET` of `counters`.
+    /// A reserve's ten answers: three `ZADD`s, three `PEXPIRE`s, the
+    /// `ZCOUNT`s `units` and the `MGET` of `counters`.
     fn answers(units: [i64; 3], counters: [Option<&str>; 3]) -> Vec<Value> {
-        let mut answers = vec![Value::Int(1); 3];
+        let mut answers = vec![Value::Int(1); 6];
         answers.extend(units.map(Value::Int));
         answers.push(Value::Array(
             counters
@@ -401,12 +411,12 @@ mod tests {
         // counter that is no array: the second reserve's answers cannot be
         // trusted either.
         let mut odd = good.clone();
-        odd[4] = Value::Nil;
+        odd[7] = Value::Nil;
         let mut long = good.clone();
         long.push(Value::Int(0));
-        let short = good[..13].to_vec();
+        let short = good[..19].to_vec();
         let mut flat = good.clone();
-        flat[6] = Value::Int(0);
+        flat[9] = Value::Int(0);
         for answer in [odd, long, short, flat] {
             let read = admissions(batch(), answer.clone());
             assert!(

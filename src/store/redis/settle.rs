@@ -5,12 +5,12 @@
 //! its periods: `ZADD key +inf id`, which adds it if it expired or was
 //! never made (it counts once all the same) and changes nothing the second
 //! time, so a settle sent again counts once with no list of settled ids. A
-//! release (0 units) removes the unit: `ZREM`, as idempotent. A release
-//! also sets each period's TTL (`PEXPIRE`); a settle only where its set may
-//! have none yet: the reservation was the first unit there, or the period
-//! is over (a late settle may make the set anew), or it is not known (a
-//! reservation made outside Redis). So a user's usual settle is three
-//! commands, the first of the day six. A settle of more than one unit is
+//! release (0 units) removes the unit: `ZREM`, as idempotent. The reserve
+//! gave the sets their expiry, so a settle sets it (`PEXPIRE`) only where
+//! the set may have none: a reservation Redis did not make (the `local`
+//! fallback's, or usage reported without one), or a period that is over (a
+//! late settle may make the set anew). So the usual settle is three
+//! commands. A settle of more than one unit is
 //! `settle_many.lua`, one call, which adds the units beyond the first to
 //! the period counters once per id.
 
