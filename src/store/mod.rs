@@ -229,6 +229,9 @@ mod tests {
             let id = ReservationId(n);
             let text = format!("{n:032x}");
             assert_eq!(id.to_string(), text);
+            // Written to Redis the same way, digit by digit.
+            let arg = ::redis::ToRedisArgs::to_redis_args(&id);
+            assert_eq!(arg, [text.as_bytes()]);
         }
         assert_ne!(Reservation::new_id(), Reservation::new_id());
     }

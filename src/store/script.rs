@@ -115,6 +115,13 @@ impl ToRedisArgs for super::ReservationId {
     where
         W: ?Sized + redis::RedisWrite,
     {
-        out.write_arg_fmt(self);
+        // By hand, not through `fmt`: a flagged request writes its id six
+        // times, and the formatting machinery was 6% of its instructions.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 32];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((self.0 >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        out.write_arg(&digits);
     }
 }
