@@ -7,7 +7,6 @@
 mod support;
 
 mod attack_findings;
-mod redis_counters;
 
 mod batches;
 mod config_errors;

@@ -62,13 +62,14 @@ pub struct Row {
     pub redis: Option<RedisPerRequest>,
 }
 
-/// What Redis did per request of a run, from `INFO commandstats` and
-/// `/proc` before and after it.
+/// What Redis did per request of a run, from `INFO stats`, `INFO
+/// commandstats` and `/proc` before and after it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RedisPerRequest {
     /// Commands, all of them (those inside Lua scripts too).
     pub commands: f64,
-    /// Round trips: the commands the proxy sent (`EVALSHA` and the like).
+    /// Round trips: the calls the proxy wrote at once (a pipeline is one),
+    /// as the reads Redis made (see [`RedisCalls::round_trips`]).
     pub round_trips: f64,
     /// Microseconds Redis spent executing them (see [`RedisCalls::usec`]):
     /// the time of the one single-threaded part of the system.

@@ -12,23 +12,14 @@
 //!
 //! # Why plain commands
 //!
-//! Each period holds a sorted set of *units*: a reservation's id, scored
-//! with its deadline while live and with `+inf` once counted. A reserve
-//! adds its unit (`ZADD NX`) and then counts the live and counted units
-//! (`ZCOUNT (now +inf`); it is allowed when every limited count, its own
-//! unit included, is within the limit, and otherwise removes its unit
-//! again. That is race-free without a script: the counts only see units
-//! already added, so of any `limit + 1` reserves that overlap, the last to
-//! count sees them all and is denied. Concurrent reserves at the limit can
-//! at worst deny one that a serial order would have allowed, until the
-//! denied unit's removal lands (fail closed). A settle marks its unit
-//! counted (`ZADD +inf`) or removes it (`ZREM`): both change nothing the
-//! second time, so a settle sent again counts once with no list of settled
-//! ids, and one that finds no unit (it expired, or was reserved while
-//! Redis was away) adds it, counted once. In Lua the same work cost Redis
-//! about 19 µs per flagged request here, most of it the interpreter around
-//! each command; as plain commands, about 5 µs (docs/benchmark-history.md,
-//! change 40).
+//! Each period of a user holds a sorted set of *units*: a reservation's id,
+//! scored with its deadline while live and `+inf` once counted. A check
+//! adds its unit, then counts: race-free without a script, since of
+//! `limit + 1` overlapping checks the last to count sees all of them
+//! (docs/redis.md, *How a check is race-free without a script*). A settle
+//! marks the unit counted or removes it, idempotent with no list of
+//! settled ids. Lua cost Redis about 19 µs per flagged request here, these
+//! about 11 (docs/benchmark-history.md, change 40).
 //!
 //! # Keys
 //!
@@ -60,14 +51,7 @@
 //! that period. A unit that is never settled stops counting at its
 //! deadline and goes with its set.
 //!
-//! **Upgrading from a version with `res` and `done` keys** (before 0.2):
-//! the counters keep their names and meaning, so usage settled before the
-//! upgrade still counts. Reservations in flight on replicas of the old
-//! version are not seen by the new one, and the old one sees none of the
-//! new units: replace every replica at once (`strategy: Recreate`, or
-//! scale the old version to 0 first) rather than rolling, or a user can
-//! exceed a limit by what the other version admits during the rollout.
-//! The old `res` and `done` keys expire by themselves.
+//! Upgrading from the Lua layout (`res` and `done` keys): docs/redis.md.
 //!
 //! # Memory
 //!
