@@ -51,12 +51,7 @@ async fn reserve(store: &RedisStore, user: &str) -> Reservation {
 /// beyond.
 fn reads(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "stats"]);
-    let reads: u64 = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("total_reads_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("total_reads_processed");
-    reads - 2
+    loadbench::procs::read_calls(&stats).round_trips - 2
 }
 
 async fn used_today(store: &RedisStore, user: &str) -> (u64, u64) {

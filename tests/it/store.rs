@@ -961,10 +961,7 @@ async fn reads(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(raw)
         .await
         .expect("INFO stats");
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_reads_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("total_reads_processed")
+    loadbench::procs::read_calls(&info).round_trips
 }
 
 /// The commands clients sent while `call` ran, oldest first, from the slow
