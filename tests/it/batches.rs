@@ -103,8 +103,9 @@ async fn a_settle_redis_refuses_fails_alone_in_its_batch() {
     let good = reserve(&store, "good").await;
     let bad = reserve(&store, "bad").await;
     let other = reserve(&store, "other").await;
-    // A key of the wrong type: the settle's command on it fails.
-    let broken = "quota:{bad}:d2031-05-14:units";
+    // A key of the wrong type (in place of the user's set of units): the
+    // settle's command on it fails.
+    let broken = "quota:{bad}:units";
     server.cli(&["SET", broken, "not a sorted set"]);
     server.cli(&["CONFIG", "RESETSTAT"]);
 
@@ -116,8 +117,7 @@ async fn a_settle_redis_refuses_fails_alone_in_its_batch() {
     assert!(answers[2].is_ok(), "{:?}", answers[2]);
     assert_eq!(used_today(&store, "good").await, (1, 0));
     assert_eq!(used_today(&store, "other").await, (1, 0));
-    // Counted in the week and month, whose keys are fine; once the key is
-    // fixed, the retry counts the day and nothing twice.
+    // Once the key is fixed, the retry counts the unit in each period.
     server.cli(&["DEL", broken]);
     store.settle(&bad, 1, now()).await.expect("the retry");
     let usage = store
@@ -205,7 +205,7 @@ async fn a_reserve_redis_refuses_fails_alone_in_its_batch() {
     let server = RedisServer::start();
     let store = store(&server).await;
     // A key of the wrong type: the reserve's command on it fails.
-    server.cli(&["SET", "quota:{bad}:m2031-05:units", "not a sorted set"]);
+    server.cli(&["SET", "quota:{bad}:units", "not a sorted set"]);
     server.cli(&["CONFIG", "RESETSTAT"]);
 
     let requests = [request("good", 0), request("bad", 0), request("other", 0)];

@@ -10,7 +10,7 @@ use http::{Method, StatusCode};
 
 use crate::support::binary::Binary;
 use crate::support::proxy::{Answer, TestClient};
-use crate::support::redis::{RedisServer, this_months_units, used_today, wait_used_today};
+use crate::support::redis::{RedisServer, units_key, used_today, wait_used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 const GEN: &str = "/gen/";
@@ -117,7 +117,7 @@ async fn one_users_wrong_type_key_opens_the_breaker_for_everyone() {
     );
 
     // Someone else's key of the wrong type for mallory's units.
-    redis.cli(&["SET", &this_months_units("mallory"), "not a zset"]);
+    redis.cli(&["SET", &units_key("mallory"), "not a zset"]);
     for _ in 0..3 {
         generate(&binary, "mallory").await;
     }
@@ -152,12 +152,9 @@ async fn pending_settles(binary: &Binary) -> u64 {
         .expect("pending_settles")
 }
 
-/// A settle Redis refuses part of (here the month's set of units is a
-/// string, made by someone else sharing the Redis) has counted its unit in
-/// the periods whose keys are fine and not in the broken one; it answers
-/// the error and waits in the retry queue. Once the key is removed, the
-/// retry counts the unit where it is missing and nothing twice where it
-/// is already counted. (It was the Lua settle that marked the id settled
+/// A settle Redis refuses (here the user's set of units is a string, made
+/// by someone else sharing the Redis) answers the error and waits in the
+/// retry queue. Once the key is removed, the retry counts the unit, once. (It was the Lua settle that marked the id settled
 /// before a refused command, so its retry "landed" and the usage was lost:
 /// this test's name.) Under the shipped `on_store_error = "allow"` the
 /// user's requests are forwarded (their reserve is refused the same way)
@@ -168,7 +165,7 @@ async fn a_settle_refused_midway_is_marked_settled_and_its_usage_lost() {
     let upstream = saving_upstream().await;
     let binary = Binary::start(&redis_config(&upstream, &redis, "allow", 1000), &[]).await;
 
-    let broken = this_months_units("mallory");
+    let broken = units_key("mallory");
     redis.cli(&["SET", &broken, "not a zset"]);
     for _ in 0..3 {
         assert_eq!(generate(&binary, "mallory").await.status, StatusCode::OK);
@@ -219,7 +216,7 @@ async fn refused_settles_at_the_front_of_the_queue_starve_everyone_behind_them()
     let upstream = saving_upstream().await;
     let binary = Binary::start(&redis_config(&upstream, &redis, "allow", 100_000), &[]).await;
 
-    redis.cli(&["SET", &this_months_units("mallory"), "not a zset"]);
+    redis.cli(&["SET", &units_key("mallory"), "not a zset"]);
     for _ in 0..70 {
         assert_eq!(generate(&binary, "mallory").await.status, StatusCode::OK);
     }

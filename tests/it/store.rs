@@ -15,7 +15,7 @@ use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, Period, PeriodWindows};
 use quota_proxy::store::{
     Admission, MemoryStore, PeriodCounts, PeriodUsage, QuotaStore, RedisOptions, RedisStore,
-    Reservation, ReserveRequest, StoreError, Topology,
+    Reservation, ReservationId, ReserveRequest, StoreError, Topology,
 };
 
 /// How long reservations live unless a test says otherwise.
@@ -724,10 +724,8 @@ async fn redis_units_expire_at_period_end_plus_grace() {
         Admission::Reserved { reservation, .. } => reservation,
         other => panic!("expected a reservation, got {other:?}"),
     };
-    // Live: each period's set holds the unit, scored with its deadline.
-    let day = "quota:{42}:d2031-05-14:units";
-    let week = "quota:{42}:w2031-05-12:units";
-    let month = "quota:{42}:m2031-05:units";
+    // Live: the user's set holds the unit, scored 2^52 - its deadline (ms).
+    let units = "quota:{42}:units";
     let score = |key: &'static str, raw: &mut redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
         let id = r.id.to_string();
@@ -740,55 +738,40 @@ async fn redis_units_expire_at_period_end_plus_grace() {
                 .expect("ZSCORE")
         }
     };
-    let deadline = (now + TimeDelta::seconds(60))
-        .timestamp_millis()
-        .to_string();
+    let live = ((1i64 << 52) - (now + TimeDelta::seconds(60)).timestamp_millis()).to_string();
     let grace = TimeDelta::hours(1);
-    let expected = [
-        (day, at("2031-05-15T00:00:00Z") - now + grace),
-        (week, at("2031-05-19T00:00:00Z") - now + grace),
-        (month, at("2031-06-01T00:00:00Z") - now + grace),
-    ];
-    // The reserve gave each set its TTL, so a unit never settled goes with
-    // it.
-    for (key, ttl) in expected {
-        assert_eq!(
-            score(key, &mut raw).await.as_deref(),
-            Some(deadline.as_str())
-        );
-        assert_ttl(key, pttl(&mut raw, key).await, ttl);
-    }
+    // The set lives as long as the last of its periods, the month, and
+    // the grace; the reserve gave it its TTL, so a unit never settled goes
+    // with it.
+    let month_left = at("2031-06-01T00:00:00Z") - now + grace;
+    assert_eq!(score(units, &mut raw).await.as_deref(), Some(live.as_str()));
+    assert_ttl(units, pttl(&mut raw, units).await, month_left);
+    // Counted: scored with the start of its day, inside all three periods.
     store.settle(&r, 1, now).await.expect("settle");
-    for (key, _) in expected {
-        assert_eq!(score(key, &mut raw).await.as_deref(), Some("inf"), "{key}");
-    }
-
-    // The reserve set the TTL; a settle of a reservation Redis made leaves
-    // it, one Redis did not make sets it from its own `now`: the same end.
-    let later = now + TimeDelta::hours(2);
-    let again = Reservation {
-        id: Reservation::new_id(),
-        ..r.clone()
-    };
-    store.settle(&again, 1, later).await.expect("settle");
-    assert_ttl(day, pttl(&mut raw, day).await, expected[0].1);
-    let elsewhere = Reservation {
-        id: Reservation::new_id(),
-        keys_expire: false,
-        ..r.clone()
-    };
-    store.settle(&elsewhere, 1, later).await.expect("settle");
-    assert_ttl(
-        day,
-        pttl(&mut raw, day).await,
-        expected[0].1 - TimeDelta::hours(2),
+    let day_start = at("2031-05-14T00:00:00Z").timestamp_millis().to_string();
+    assert_eq!(
+        score(units, &mut raw).await.as_deref(),
+        Some(day_start.as_str())
     );
 
-    // Made after its period ended (a late settle), a set keeps only the
-    // grace, set even by a reservation that was not the first there (the
-    // set it found may have expired since).
+    // A settle never shortens the TTL: neither one of a reservation Redis
+    // made nor one of a reservation it did not (which makes sure the set
+    // has a TTL at least as long as its periods need, from its own `now`).
+    let later = now + TimeDelta::hours(2);
+    for keys_expire in [true, false] {
+        let again = Reservation {
+            id: Reservation::new_id(),
+            keys_expire,
+            ..r.clone()
+        };
+        store.settle(&again, 1, later).await.expect("settle");
+        assert_ttl(units, pttl(&mut raw, units).await, month_left);
+    }
+
+    // A settle after its period ended (a late settle, made where no set
+    // is) gives the set made anew the TTL its periods still need.
     let late = at("2031-05-15T00:10:00Z");
-    let late_day = "quota:{43}:d2031-05-14:units";
+    let late_units = "quota:{43}:units";
     let unflagged = Reservation {
         id: Reservation::new_id(),
         user: "43".to_owned(),
@@ -796,7 +779,11 @@ async fn redis_units_expire_at_period_end_plus_grace() {
         ..r.clone()
     };
     store.settle(&unflagged, 1, late).await.expect("settle");
-    assert_ttl(late_day, pttl(&mut raw, late_day).await, grace);
+    assert_ttl(
+        late_units,
+        pttl(&mut raw, late_units).await,
+        at("2031-06-01T00:00:00Z") - late + grace,
+    );
 
     // adjust writes the period's counter, with the TTL from the `now` it
     // is given.
@@ -833,7 +820,7 @@ async fn redis_released_units_leave_no_key() {
         .expect("reserve");
     assert_eq!(denied, exceeded(Period::Daily, [2, 2, 2]));
     let units: u64 = redis::cmd("ZCARD")
-        .arg("quota:{42}:d2031-05-14:units")
+        .arg("quota:{42}:units")
         .query_async(&mut raw)
         .await
         .expect("ZCARD");
@@ -847,6 +834,82 @@ async fn redis_released_units_leave_no_key() {
         .await
         .expect("KEYS");
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// Units that no longer count (counted before the periods of a settle's
+/// reservation, or live no more) leave the user's set with one settle of
+/// one unit in 8, chosen by id; until then they count in no period.
+#[tokio::test]
+async fn redis_units_that_no_longer_count_are_cleaned_away() {
+    let server = RedisServer::start();
+    let (store, mut raw) = redis_pair(&server).await;
+    let may = at(NOW);
+    let l = limits(0, 0, 0);
+    // In May: one image counted, one reservation never settled.
+    for settle in [true, false] {
+        let Ok(Admission::Reserved { reservation, .. }) =
+            store.reserve(&request("42", l, may, TTL)).await
+        else {
+            panic!("expected a reservation");
+        };
+        if settle {
+            // A cleaning settle (by its id) finds nothing to clean yet.
+            store.settle(&reservation, 1, may).await.expect("settle");
+        }
+    }
+    let card = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg("quota:{42}:units")
+                .query_async::<u64>(&mut raw)
+                .await
+                .expect("ZCARD")
+        }
+    };
+    assert_eq!(card(&mut raw).await, 2);
+    // In June, neither counts; a settle whose id is not a multiple of 8
+    // leaves them, one whose id is removes them.
+    let june = at("2031-06-10T10:00:00Z");
+    let usage = store
+        .usage("42", &windows(june), june)
+        .await
+        .expect("usage");
+    assert_eq!(usage.map(|u| (u.used, u.reserved)), [(0, 0); 3]);
+    let settle_in_june = |id| Reservation {
+        id: ReservationId(id),
+        user: "42".to_owned(),
+        windows: windows(june),
+        expires_at: june + TimeDelta::minutes(1),
+        keys_expire: true,
+    };
+    store
+        .settle(&settle_in_june(9), 1, june)
+        .await
+        .expect("settle");
+    assert_eq!(card(&mut raw).await, 3);
+    store
+        .settle(&settle_in_june(16), 1, june)
+        .await
+        .expect("settle");
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg("quota:{42}:units")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut raw)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(
+        card(&mut raw).await,
+        2,
+        "June's two units are left: {left:?}"
+    );
+    let usage = store
+        .usage("42", &windows(june), june)
+        .await
+        .expect("usage");
+    assert_eq!(usage.map(|u| (u.used, u.reserved)), [(2, 0); 3]);
 }
 
 async fn script_flush(raw: &mut redis::aio::MultiplexedConnection) {
@@ -1000,14 +1063,23 @@ async fn calls_sent<F: Future>(
 
 /// The commands of a reserve, a settle of one unit, a release, a usage
 /// read.
-const RESERVE: [&str; 10] = [
-    "zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire", "zcount", "zcount", "zcount", "mget",
-];
-const SETTLE: [&str; 3] = ["zadd", "zadd", "zadd"];
-const RELEASE: [&str; 3] = ["zrem", "zrem", "zrem"];
-const USAGE: [&str; 7] = [
-    "zcount", "zcount", "zcount", "zcount", "zcount", "zcount", "mget",
-];
+const RESERVE: [&str; 6] = ["zadd", "pexpire", "zcount", "zcount", "zcount", "mget"];
+const RELEASE: [&str; 1] = ["zrem"];
+const USAGE: [&str; 5] = ["zcount", "zcount", "zcount", "zcount", "mget"];
+
+/// The commands of a settle of one unit of reservation `id`: `ZADD`, two
+/// `PEXPIRE`s if it sets the expiry, and, one settle in 8 (by id), the two
+/// `ZREMRANGEBYSCORE`s that clean the set.
+fn settle_commands(id: ReservationId, expire: bool) -> Vec<String> {
+    let mut commands = vec!["zadd"];
+    if expire {
+        commands.extend(["pexpire", "pexpire"]);
+    }
+    if id.0.is_multiple_of(8) {
+        commands.extend(["zremrangebyscore", "zremrangebyscore"]);
+    }
+    commands.into_iter().map(String::from).collect()
+}
 
 #[tokio::test]
 async fn redis_each_call_is_one_round_trip() {
@@ -1048,13 +1120,13 @@ async fn redis_each_call_is_one_round_trip() {
     .await;
     assert_eq!(sent, (vec!["evalsha".to_owned()], 1), "extend");
 
-    // The reserve gave the sets their expiry: a settle is three commands.
+    // The reserve gave the set its expiry: a settle is one command.
     let sent = calls_sent(&mut raw, async {
         store.settle(&reservation, 1, now).await.expect("settle");
     })
     .await;
-    assert_eq!(sent, (SETTLE.map(String::from).to_vec(), 1), "settle");
-    // One Redis did not reserve sets them itself.
+    assert_eq!(sent, (settle_commands(reservation.id, false), 1), "settle");
+    // One Redis did not reserve makes sure the set expires.
     let elsewhere = Reservation {
         id: Reservation::new_id(),
         keys_expire: false,
@@ -1064,10 +1136,9 @@ async fn redis_each_call_is_one_round_trip() {
         store.settle(&elsewhere, 1, now).await.expect("settle");
     })
     .await;
-    let with_expiry = ["zadd", "zadd", "zadd", "pexpire", "pexpire", "pexpire"];
     assert_eq!(
         sent,
-        (with_expiry.map(String::from).to_vec(), 1),
+        (settle_commands(elsewhere.id, true), 1),
         "settle, not reserved here"
     );
 

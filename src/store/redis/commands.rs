@@ -4,14 +4,13 @@
 
 use redis::{Cmd, Pipeline, RedisWrite as _, Value};
 
-use crate::periods::PeriodWindow;
+use crate::periods::{PeriodWindow, PeriodWindows};
 use crate::store::StoreError;
 use crate::store::script::write_user_key;
 use crate::store::topology::WRONG_TYPE;
 
-/// The name of a period's set of units (`…:d2026-11-28:units`), after the
-/// period's label.
-pub(super) const UNITS: &str = ":units";
+/// The name of a user's set of units (`quota:{42}:units`).
+pub(super) const UNITS: &str = "units";
 
 /// A pipeline being written, for one store's keys.
 pub(super) struct Commands<'a> {
@@ -111,15 +110,66 @@ pub(super) fn refusal(what: &str, answers: &[Value]) -> Option<StoreError> {
     })
 }
 
-/// The score of a counted unit, positive infinity (a live one's is its
-/// deadline).
-pub(super) const SETTLED: &str = "+inf";
+/// A period counter's value from `MGET`: absent is 0; a text that is no
+/// integer is a refusal of that user's keys, as Redis's own would be.
+pub(super) fn count_field(counter: Value) -> Result<i64, StoreError> {
+    match counter {
+        Value::Nil => Ok(0),
+        Value::BulkString(text) => std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "a period counter holds {:?}, not an integer",
+                    String::from_utf8_lossy(&text)
+                ))
+            }),
+        other => Err(StoreError::Protocol(format!(
+            "redis answered {other:?} for a period counter"
+        ))),
+    }
+}
 
-/// `(` and a time in ms: the bound "after this instant" of `ZCOUNT`.
+pub(super) fn count(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
+}
+
+/// Where a live unit's score starts: a unit in flight scores
+/// `LIVE_BASE - deadline` (ms), so the later its deadline the lower its
+/// score, and every live one sits above every counted one, which scores
+/// an instant of its periods (ms, below `2^51` until the year 71,000).
+/// Exact in a double: Redis's scores are doubles, integers up to `2^53`.
+pub(super) const LIVE_BASE: i64 = 1 << 52;
+
+/// The lowest score a live unit can have (a deadline before `2^51` ms).
+pub(super) const LIVE_FLOOR: i64 = 1 << 51;
+
+/// The score of a unit live until `deadline_ms`.
+pub(super) fn live_score(deadline_ms: i64) -> i64 {
+    LIVE_BASE - deadline_ms.clamp(0, LIVE_FLOOR - 1)
+}
+
+/// The score of a unit counted in `windows`: the latest of their starts
+/// (the day's), an instant inside each of them, so a unit counts in a
+/// period exactly when its score is within the period.
+pub(super) fn counted_score(windows: &PeriodWindows) -> i64 {
+    windows
+        .iter()
+        .map(|window| window.start.timestamp_millis())
+        .max()
+        .unwrap_or(0)
+        .clamp(0, LIVE_FLOOR - 1)
+}
+
+/// `(` and a score: an exclusive bound of `ZCOUNT` and
+/// `ZREMRANGEBYSCORE`. The units live at `now_ms` score below
+/// `Below(live_score(now_ms))` (a deadline equal to now has passed, as in
+/// the memory store).
 #[derive(Clone, Copy)]
-pub(super) struct LiveFrom(pub(super) i64);
+pub(super) struct Below(pub(super) i64);
 
-impl redis::ToRedisArgs for LiveFrom {
+impl redis::ToRedisArgs for Below {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + redis::RedisWrite,

@@ -1,24 +1,23 @@
--- Moves a live reservation's deadline in each of its periods' sets of
--- units; does nothing where it is gone, expired or counted already.
+-- Moves a live reservation's deadline in the user's set of units; does
+-- nothing when it is gone, expired or counted already.
 --
--- KEYS[1..3]  the day's, week's and month's sets of units (ZSET id -> deadline, ms, or +inf once counted)
--- ARGV[1]     now (ms since the epoch, from the caller's clock)
--- ARGV[2]     the reservation's id
--- ARGV[3]     its new deadline (ms)
--- ARGV[4]     how long a set must live, at least, to outlive it (ms)
+-- KEYS[1]  the user's set of units (ZSET id -> score: LIVE_BASE - deadline
+--          (ms) while live, an instant of its periods once counted; see
+--          commands.rs)
+-- ARGV[1]  the score of a unit whose deadline is now (live ones score less)
+-- ARGV[2]  the reservation's id
+-- ARGV[3]  the score of its new deadline
+-- ARGV[4]  the lowest score of a live unit
+-- ARGV[5]  how long the set must live, at least, to outlive it (ms)
 --
 -- Returns 1 when moved, 0 when the reservation was gone.
 
-local now = tonumber(ARGV[1])
-local moved = 0
-for i = 1, 3 do
-  local deadline = redis.call('ZSCORE', KEYS[i], ARGV[2])
-  -- A counted unit's score is 'inf'.
-  if deadline and deadline ~= 'inf' and tonumber(deadline) > now then
-    redis.call('ZADD', KEYS[i], 'XX', ARGV[3], ARGV[2])
-    -- GT: only ever later (the set's own expiry may be later still).
-    redis.call('PEXPIRE', KEYS[i], ARGV[4], 'GT')
-    moved = 1
-  end
+local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]))
+if score and score >= tonumber(ARGV[4]) and score < tonumber(ARGV[1]) then
+  -- LT: only ever a later deadline.
+  redis.call('ZADD', KEYS[1], 'XX', 'LT', ARGV[3], ARGV[2])
+  -- GT: only ever later (the set's own expiry may be later still).
+  redis.call('PEXPIRE', KEYS[1], ARGV[5], 'GT')
+  return 1
 end
-return moved
+return 0

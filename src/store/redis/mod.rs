@@ -12,14 +12,18 @@
 //!
 //! # Why plain commands
 //!
-//! Each period of a user holds a sorted set of *units*: a reservation's id,
-//! scored with its deadline while live and `+inf` once counted. A check
-//! adds its unit, then counts: race-free without a script, since of
-//! `limit + 1` overlapping checks the last to count sees all of them
-//! (docs/redis.md, *How a check is race-free without a script*). A settle
-//! marks the unit counted or removes it, idempotent with no list of
-//! settled ids. Lua cost Redis about 19 µs per flagged request here, these
-//! about 11 (docs/benchmark-history.md, change 40).
+//! Each user holds one sorted set of *units*: a reservation's id, scored
+//! `2^52 - deadline` (ms) while live and with an instant of its periods
+//! (its day's start) once counted (`commands.rs`). A check adds its unit,
+//! then counts each period with one `ZCOUNT` from the period's start to
+//! the live units' bound, so one range holds the units counted in the
+//! period and those in flight, and neither the expired nor the earlier
+//! periods' ones: race-free without a script, since of `limit + 1`
+//! overlapping checks the last to count sees all of them (docs/redis.md,
+//! *How a check is race-free without a script*). A settle marks the unit
+//! counted or removes it, idempotent with no list of settled ids. Lua cost
+//! Redis about 18 µs per flagged request on a quiet Redis here, a set per
+//! period 5.3 µs, this 3.4 (docs/benchmark-history.md, changes 40 and 41).
 //!
 //! # Keys
 //!
@@ -34,35 +38,36 @@
 //! `odd_user_ids_keep_their_keys_together`, on the 3-master cluster). With
 //! the prefix `quota:` and user `42`:
 //!
-//! | key                            | type   | holds                                                        | TTL                              |
-//! |--------------------------------|--------|--------------------------------------------------------------|----------------------------------|
-//! | `quota:{42}:d2026-11-28:units` | ZSET   | that day's units: id → deadline (ms) while live, `+inf` once counted | `max(period end - now, 0)` + 1 h |
-//! | `quota:{42}:w2026-11-23:units` | ZSET   | the same for the week starting then                          | the same                         |
-//! | `quota:{42}:m2026-11:units`    | ZSET   | the same for that month                                      | the same                         |
-//! | `quota:{42}:d2026-11-28`       | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the same |
+//! | key                      | type   | holds                                                        | TTL                              |
+//! |--------------------------|--------|--------------------------------------------------------------|----------------------------------|
+//! | `quota:{42}:units`       | ZSET   | the user's units: id → `2^52 - deadline` while live, its day's start (ms) once counted | the last of the periods' ends - now + 1 h (at least the deadline + 1 min) |
+//! | `quota:{42}:d2026-11-28` | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the period's end - now + 1 h |
 //!
-//! Usage of a period is its counted units plus its counter; live units are
-//! its reservations in flight. A set's TTL is set by every reserve (so a
-//! unit never settled still goes with its set), by a settle of a
-//! reservation Redis did not make ([`Reservation::keys_expire`]) and by a
-//! settle once the period is over (its set may have expired and be made
-//! anew); a counter's when it is written. The hour of
-//! grace lets usage reported just after a period ended still count in
-//! that period. A unit that is never settled stops counting at its
-//! deadline and goes with its set.
+//! (and the same counter for the week, `w2026-11-23`, and the month,
+//! `m2026-11`). Usage of a period is its counted units plus its counter;
+//! live units are its reservations in flight (each counts in every
+//! period). The set's TTL is set by every reserve (so a unit never settled
+//! still goes with its set), and made at least what the periods need by a
+//! settle of a reservation Redis did not make
+//! ([`Reservation::keys_expire`]) or of one past its deadline (its set
+//! may have gone, to be made anew); a counter's when it is written. The
+//! hour of grace lets usage reported just after a period ended still count
+//! in that period. A unit that is never settled stops counting at its
+//! deadline; units that count no more leave the set with one settle in 8
+//! (`settle.rs`), or with the set.
 //!
-//! Upgrading from the Lua layout (`res` and `done` keys): docs/redis.md.
+//! Upgrading from the earlier layouts (`res` and `done` keys; a set per
+//! period): docs/redis.md.
 //!
 //! # Memory
 //!
 //! Measured on Redis 7.0 (jemalloc, 64-bit; `tests/it/redis_scale.rs`,
 //! `memory_per_active_user_is_measured`): a user who made 3 images today
-//! costs **about 860 bytes** (`INFO used_memory` delta over 2 000 such
-//! users, key and expiry overhead included; `MEMORY USAGE` of each set
-//! about 210 B). A unit costs about 50 B in each of its three sets while a
-//! set holds at most 128 (a listpack), about 140 B beyond (a skiplist); a
-//! month's set holds one unit per image of the month, until the month's
-//! end plus the grace.
+//! costs **about 340 bytes** (`INFO used_memory` delta over 2 000 such
+//! users, key and expiry overhead included; `MEMORY USAGE` of the set
+//! about 230 B). A unit costs about 50 B while the set holds at most 128
+//! (a listpack), about 140 B beyond (a skiplist); the set holds one unit
+//! per image of the week and month, until they end.
 //!
 //! # Time
 //!
@@ -82,7 +87,8 @@
 //! or [`StoreError::Timeout`] and follows `on_store_error`. That repeat is
 //! safe because every call sent twice is idempotent: a reserve's `ZADD NX`
 //! adds its unit once, a settle's `ZADD`/`ZREM` and `settle_many.lua` act
-//! on an id once, `extend.lua` sets a deadline, a usage read reads.
+//! on an id once (the cleaning `ZREMRANGEBYSCORE`s remove what no longer
+//! counts), `extend.lua` sets a deadline, a usage read reads.
 //! `adjust.lua` has no id and is never sent twice. (A timeout is not
 //! repeated: the call may still be running.) A command Redis refuses
 //! (`WRONGTYPE`: a key of the wrong type) fails that user's item alone
@@ -120,7 +126,7 @@ use super::topology::{Connection, Topology, connection_gone};
 use super::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
 use crate::periods::{PeriodWindow, PeriodWindows};
 use batch::Batcher;
-use commands::{Commands, UNITS};
+use commands::{Commands, LIVE_FLOOR, UNITS, count, live_score};
 use reserve::PendingReserve;
 use settle::PendingSettle;
 
@@ -359,10 +365,10 @@ impl RedisStore {
     /// failure, or a timeout, is the caller's error and so follows
     /// `on_store_error`.
     ///
-    /// Sending twice is safe only because every script it is used for is
-    /// idempotent: a reserve carries its id and a repeat finds it reserved
-    /// (`reserve.lua`), a settle counts its id once (`settle.lua`), an
-    /// extend sets a deadline, usage and ping only read.
+    /// Sending twice is safe only because every call it is used for is
+    /// idempotent: a reserve carries its id and a repeat's `ZADD NX` adds
+    /// nothing, a settle counts its id once, an extend sets a deadline,
+    /// usage and ping only read.
     async fn once_more<T, F, Fut>(&self, again: Again, send: F) -> Result<T, StoreError>
     where
         F: Fn(Connection) -> Fut,
@@ -455,31 +461,6 @@ impl RedisStore {
     }
 }
 
-/// A period counter's value from `MGET`: absent is 0; a text that is no
-/// integer is a refusal of that user's keys, as Redis's own would be.
-fn count_field(counter: Value) -> Result<i64, StoreError> {
-    match counter {
-        Value::Nil => Ok(0),
-        Value::BulkString(text) => std::str::from_utf8(&text)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| {
-                StoreError::Refused(format!(
-                    "a period counter holds {:?}, not an integer",
-                    String::from_utf8_lossy(&text)
-                ))
-            }),
-        other => Err(StoreError::Protocol(format!(
-            "redis answered {other:?} for a period counter"
-        ))),
-    }
-}
-
-fn count(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value)
-        .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
-}
-
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
@@ -506,12 +487,11 @@ impl QuotaStore for RedisStore {
         amount: u64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        // The reserve gave the sets their expiry; a reservation made
-        // elsewhere (or never) did not, and a period that is over may have
-        // seen its set expire, to be made anew here.
-        let expire = std::array::from_fn(|p| {
-            !reservation.keys_expire || now >= reservation.windows.0[p].end
-        });
+        // The reserve gave the set its expiry, and while the unit is live
+        // the set holds it; a reservation made elsewhere (or never) did
+        // not, and past the deadline the set may have gone (its units
+        // cleaned away), to be made anew here.
+        let expire = !reservation.keys_expire || now >= reservation.expires_at;
         self.send_settle(PendingSettle {
             user: reservation.user.clone(),
             windows: reservation.windows,
@@ -529,14 +509,12 @@ impl QuotaStore for RedisStore {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut call = Call::new(&self.scripts.extend, 3);
-        for window in reservation.windows.iter() {
-            let label = window.label.text();
-            call.key(&self.prefix, &reservation.user, &[label.as_str(), UNITS]);
-        }
-        call.arg(ms(now))
+        let mut call = Call::new(&self.scripts.extend, 1);
+        call.key(&self.prefix, &reservation.user, &[UNITS]);
+        call.arg(live_score(ms(now)))
             .arg(reservation.id)
-            .arg(ms(until))
+            .arg(live_score(ms(until)))
+            .arg(LIVE_FLOOR)
             .arg(ms(until) - ms(now) + reserve::UNITS_MARGIN_MS);
         // 0 means the reservation was gone, which is not an error.
         let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
@@ -561,10 +539,12 @@ impl QuotaStore for RedisStore {
     ) -> Result<u64, StoreError> {
         let mut call = Call::new(&self.scripts.adjust, 2);
         let label = window.label.text();
-        call.key(&self.prefix, user, &[label.as_str(), UNITS])
+        call.key(&self.prefix, user, &[UNITS])
             .key(&self.prefix, user, &[label.as_str()])
             .arg(delta)
-            .arg(counter_ttl_ms(window, now));
+            .arg(counter_ttl_ms(window, now))
+            .arg(ms(window.start))
+            .arg(commands::Below(ms(window.end)));
         // Never sent twice: an adjustment has no id, so a repeat of one that
         // reached Redis would count twice. The caller (the admin API) gets
         // the error and can read the usage before trying again.

@@ -1,10 +1,11 @@
 //! The reserve call (phase: admit): a batch of reserves as one pipeline of
 //! plain commands, each reserve answered on its own.
 //!
-//! A reserve adds its id to each period's set of units first, gives the
-//! set its expiry, then counts the set: one `ZADD NX`, one `PEXPIRE` and
-//! one `ZCOUNT` per period and one `MGET` of the period counters, ten
-//! commands, no script. The count includes the new
+//! A reserve adds its id to the user's set of units first, gives the set
+//! its expiry, then counts the set in each period: one `ZADD NX`, one
+//! `PEXPIRE`, one `ZCOUNT` per period (the units counted in the period and
+//! the live ones) and one `MGET` of the period counters, six commands, no
+//! script. The count includes the new
 //! unit, so the reserve is allowed when every limited count is at most its
 //! limit; otherwise it is denied and its unit removed again before the
 //! denial is answered (a release, one pipeline for the batch's denials; if
@@ -17,20 +18,30 @@
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::commands::{Commands, LiveFrom, SETTLED, UNITS, refusal, take};
+use super::commands::{Below, Commands, UNITS, count_field, live_score, refusal, take};
 use super::settle::PendingSettle;
-use super::{RedisStore, count_field, counter_ttl_ms, ms};
+use super::{RedisStore, counter_ttl_ms, ms};
 use crate::config::Limits;
 use crate::periods::{Period, PeriodWindows};
 use crate::store::{Admission, PeriodCounts, Reservation, ReservationId, StoreError};
 
-/// Commands per reserve: `ZADD`, `PEXPIRE` and `ZCOUNT` per period, one
+/// Commands per reserve: `ZADD`, `PEXPIRE`, a `ZCOUNT` per period and
 /// `MGET`.
-const COMMANDS: usize = 10;
+const COMMANDS: usize = 6;
 
 /// How long a set outlives the deadline of a unit reserved in it, at least
 /// (a period about to end still keeps its set past the unit's deadline).
 pub(super) const UNITS_MARGIN_MS: i64 = 60_000;
+
+/// The TTL a user's set of units gets at `now`: the rest of the last of
+/// `windows` plus the grace, and at least `live_ms` (how long a unit in it
+/// stays live) plus [`UNITS_MARGIN_MS`].
+pub(super) fn units_ttl_ms(windows: &PeriodWindows, now: DateTime<Utc>, live_ms: i64) -> i64 {
+    windows
+        .iter()
+        .map(|window| counter_ttl_ms(window, now))
+        .fold(live_ms.saturating_add(UNITS_MARGIN_MS), i64::max)
+}
 
 /// One reserve to send.
 #[derive(Debug)]
@@ -61,30 +72,20 @@ impl RedisStore {
         let mut commands = Commands::new(&self.prefix, COMMANDS * batch.len());
         for reserve in &batch {
             let (user, id) = (reserve.user.as_str(), reserve.id);
+            let (now, deadline) = (ms(reserve.now), ms(reserve.expires_at));
+            commands.add("ZADD", user, &[UNITS], |zadd| {
+                zadd.arg("NX").arg(live_score(deadline)).arg(id);
+            });
+            // The set expires after the last of its periods (and the
+            // unit's deadline), whether or not the unit is ever settled.
+            commands.add("PEXPIRE", user, &[UNITS], |pexpire| {
+                pexpire.arg(units_ttl_ms(&reserve.windows, reserve.now, deadline - now));
+            });
+            // Per period: the units counted in it and the live ones.
+            let live = Below(live_score(now));
             for window in reserve.windows.iter() {
-                let label = window.label.text();
-                commands.add("ZADD", user, &[label.as_str(), UNITS], |zadd| {
-                    zadd.arg("NX").arg(ms(reserve.expires_at)).arg(id);
-                });
-            }
-            // The sets expire after their period (and the unit's deadline),
-            // whether or not the unit is ever settled.
-            let margin = ms(reserve.expires_at) - ms(reserve.now) + UNITS_MARGIN_MS;
-            for window in reserve.windows.iter() {
-                let label = window.label.text();
-                let ttl = counter_ttl_ms(window, reserve.now).max(margin);
-                commands.add("PEXPIRE", user, &[label.as_str(), UNITS], |pexpire| {
-                    pexpire.arg(ttl);
-                });
-            }
-            // A unit is live while its deadline is after now (a deadline
-            // equal to now has passed, as in the memory store); a counted
-            // one has the score +inf.
-            let after_now = LiveFrom(ms(reserve.now));
-            for window in reserve.windows.iter() {
-                let label = window.label.text();
-                commands.add("ZCOUNT", user, &[label.as_str(), UNITS], |zcount| {
-                    zcount.arg(after_now).arg(SETTLED);
+                commands.add("ZCOUNT", user, &[UNITS], |zcount| {
+                    zcount.arg(ms(window.start)).arg(live);
                 });
             }
             commands.counters(user, reserve.windows.iter());
@@ -170,9 +171,9 @@ fn protocol_error(answer: &Result<Admission, StoreError>) -> Option<&StoreError>
         .filter(|e| matches!(e, StoreError::Protocol(_)))
 }
 
-/// One reserve's answer from its ten answers: three `ZADD`s and three
-/// `PEXPIRE`s (their answers unused: a repeat of this reserve adds nothing
-/// and is counted once all the same), three `ZCOUNT`s (the live and counted units, this
+/// One reserve's answer from its six answers: the `ZADD` and the `PEXPIRE`
+/// (their answers unused: a repeat of this reserve adds nothing and is
+/// counted once all the same), three `ZCOUNT`s (the live and counted units, this
 /// one included) and the `MGET` of the counters (usage counted before
 /// units were, and adjustments; absent is 0), less the units of
 /// `earlier_denied` reserves of the batch. `None` when out of shape.
@@ -180,7 +181,7 @@ fn admission(reserve: PendingReserve, answers: Vec<Value>, earlier_denied: u64) 
     if let Some(refused) = refusal("reserve", &answers) {
         return Some((Err(refused), Some(release(reserve))));
     }
-    let mut answers = answers.into_iter().skip(6);
+    let mut answers = answers.into_iter().skip(2);
     let mut units = [0i64; 3];
     for slot in &mut units {
         *slot = match answers.next()? {
@@ -219,8 +220,8 @@ fn release(reserve: PendingReserve) -> PendingSettle {
         id: reserve.id,
         amount: 0,
         now: reserve.now,
-        // The reserve gave the sets their expiry.
-        expire: [false; 3],
+        // The reserve gave the set its expiry.
+        expire: false,
     }
 }
 
@@ -278,10 +279,10 @@ mod tests {
         }
     }
 
-    /// A reserve's ten answers: three `ZADD`s, three `PEXPIRE`s, the
-    /// `ZCOUNT`s `units` and the `MGET` of `counters`.
+    /// A reserve's six answers: the `ZADD`, the `PEXPIRE`, the `ZCOUNT`s
+    /// `units` and the `MGET` of `counters`.
     fn answers(units: [i64; 3], counters: [Option<&str>; 3]) -> Vec<Value> {
-        let mut answers = vec![Value::Int(1); 6];
+        let mut answers = vec![Value::Int(1); 2];
         answers.extend(units.map(Value::Int));
         answers.push(Value::Array(
             counters
@@ -411,12 +412,12 @@ mod tests {
         // counter that is no array: the second reserve's answers cannot be
         // trusted either.
         let mut odd = good.clone();
-        odd[7] = Value::Nil;
+        odd[8] = Value::Nil;
         let mut long = good.clone();
         long.push(Value::Int(0));
-        let short = good[..19].to_vec();
+        let short = good[..11].to_vec();
         let mut flat = good.clone();
-        flat[9] = Value::Int(0);
+        flat[11] = Value::Int(0);
         for answer in [odd, long, short, flat] {
             let read = admissions(batch(), answer.clone());
             assert!(

@@ -1,33 +1,44 @@
 //! The settle call (phase: settle): a batch of settles as one pipeline,
 //! each answered on its own.
 //!
-//! A settle of one unit marks the reservation's unit counted in each of
-//! its periods: `ZADD key +inf id`, which adds it if it expired or was
-//! never made (it counts once all the same) and changes nothing the second
-//! time, so a settle sent again counts once with no list of settled ids. A
-//! release (0 units) removes the unit: `ZREM`, as idempotent. The reserve
-//! gave the sets their expiry, so a settle sets it (`PEXPIRE`) only where
-//! the set may have none: a reservation Redis did not make (the `local`
-//! fallback's, or usage reported without one), or a period that is over (a
-//! late settle may make the set anew). So the usual settle is three
-//! commands. A settle of more than one unit is
-//! `settle_many.lua`, one call, which adds the units beyond the first to
-//! the period counters once per id.
+//! A settle of one unit marks the reservation's unit counted: `ZADD key
+//! score id`, the score an instant of its periods (the day's start), which
+//! adds it if it expired or was never made (it counts once all the same)
+//! and changes nothing the second time, so a settle sent again counts once
+//! with no list of settled ids. A release (0 units) removes the unit:
+//! `ZREM`, as idempotent. The reserve gave the set its expiry, so a
+//! settle sets it only where the set may have none: a reservation Redis
+//! did not make (the `local` fallback's, or usage reported without one),
+//! or one past its deadline (its unit may have been cleaned away and the
+//! set with it, to be made anew here); then `PEXPIRE … GT` and `PEXPIRE …
+//! NX` make its TTL at least what the periods need. So the usual settle is
+//! one command. One settle in [`CLEANUP_EVERY`] also removes the user's
+//! units that no longer count (counted before the periods of its
+//! reservation, or live no more): two `ZREMRANGEBYSCORE`; a release never
+//! does. A settle of more
+//! than one unit is `settle_many.lua`, one call, which adds the units
+//! beyond the first to the period counters once per id.
 
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::commands::{Commands, SETTLED, UNITS, refusal, take};
-use super::{RedisStore, counter_ttl_ms};
+use super::commands::{Below, Commands, UNITS, counted_score, live_score, refusal, take};
+use super::reserve::units_ttl_ms;
+use super::{RedisStore, counter_ttl_ms, ms};
 use crate::periods::PeriodWindows;
 use crate::store::{ReservationId, StoreError};
 
 /// The script for a settle of more than one unit.
 pub(super) const SETTLE_MANY: &str = include_str!("settle_many.lua");
 
-/// Most commands of a settle of at most one unit: `ZADD` (or `ZREM`) and
-/// `PEXPIRE` per period.
-const COMMANDS: usize = 6;
+/// Most commands of a settle of at most one unit: `ZADD` (or `ZREM`), two
+/// `PEXPIRE`s and two `ZREMRANGEBYSCORE`s.
+const COMMANDS: usize = 5;
+
+/// One settle in this many (by reservation id, which is random) removes
+/// the units that no longer count: a user's set holds them at most until
+/// then, or until the set expires.
+pub(super) const CLEANUP_EVERY: u128 = 8;
 
 /// One settle to send.
 #[derive(Debug)]
@@ -42,18 +53,24 @@ pub(super) struct PendingSettle {
     pub(super) amount: u64,
     /// When the settle was made, from the caller's clock.
     pub(super) now: DateTime<Utc>,
-    /// Per period, whether to set the expiry of its set (one that may have
-    /// none yet).
-    pub(super) expire: [bool; 3],
+    /// Whether to make sure the set expires (it may have no TTL yet).
+    pub(super) expire: bool,
 }
 
 impl PendingSettle {
+    /// Whether this settle also removes the units that no longer count:
+    /// one settle of one unit in [`CLEANUP_EVERY`] (a release, which a
+    /// denial waits for, never does).
+    fn cleans_up(&self) -> bool {
+        self.amount == 1 && self.id.0.is_multiple_of(CLEANUP_EVERY)
+    }
+
     /// How many answers its commands get.
     fn answers(&self) -> usize {
         if self.amount > 1 {
             1
         } else {
-            3 + self.expire.iter().filter(|e| **e).count()
+            1 + 2 * usize::from(self.expire) + 2 * usize::from(self.cleans_up())
         }
     }
 }
@@ -72,23 +89,32 @@ impl RedisStore {
                 continue;
             }
             let user = settle.user.as_str();
-            for window in settle.windows.iter() {
-                let label = window.label.text();
-                let units = [label.as_str(), UNITS];
-                if settle.amount == 0 {
-                    commands.add("ZREM", user, &units, |zrem| {
-                        zrem.arg(settle.id);
-                    });
-                } else {
-                    commands.add("ZADD", user, &units, |zadd| {
-                        zadd.arg(SETTLED).arg(settle.id);
+            if settle.amount == 0 {
+                commands.add("ZREM", user, &[UNITS], |zrem| {
+                    zrem.arg(settle.id);
+                });
+            } else {
+                commands.add("ZADD", user, &[UNITS], |zadd| {
+                    zadd.arg(counted_score(&settle.windows)).arg(settle.id);
+                });
+            }
+            if settle.expire {
+                // At least the TTL the periods need: `GT` lengthens a
+                // shorter one, `NX` gives one to a set that has none.
+                let ttl = units_ttl_ms(&settle.windows, settle.now, 0);
+                for only in ["GT", "NX"] {
+                    commands.add("PEXPIRE", user, &[UNITS], |pexpire| {
+                        pexpire.arg(ttl).arg(only);
                     });
                 }
             }
-            for (window, _) in settle.windows.iter().zip(settle.expire).filter(|(_, e)| *e) {
-                let label = window.label.text();
-                commands.add("PEXPIRE", user, &[label.as_str(), UNITS], |pexpire| {
-                    pexpire.arg(counter_ttl_ms(window, settle.now));
+            if settle.cleans_up() {
+                let first = settle.windows.iter().map(|w| ms(w.start)).min();
+                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |counted_before| {
+                    counted_before.arg("-inf").arg(Below(first.unwrap_or(0)));
+                });
+                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |expired| {
+                    expired.arg(live_score(ms(settle.now))).arg("+inf");
                 });
             }
         }
@@ -117,18 +143,13 @@ impl RedisStore {
     fn settle_many(&self, commands: &mut Commands<'_>, settle: &PendingSettle) {
         let labels = settle.windows.0.map(|window| window.label.text());
         let [day, week, month] = labels.each_ref().map(|label| label.as_str());
-        let keys: [&[&str]; 6] = [
-            &[day, UNITS],
-            &[week, UNITS],
-            &[month, UNITS],
-            &[day],
-            &[week],
-            &[month],
-        ];
+        let keys: [&[&str]; 4] = [&[UNITS], &[day], &[week], &[month]];
         commands.eval(SETTLE_MANY, &settle.user, &keys, |eval| {
             // Redis integers are signed 64-bit.
             eval.arg(settle.id)
-                .arg(settle.amount.min(i64::MAX as u64) - 1);
+                .arg(settle.amount.min(i64::MAX as u64) - 1)
+                .arg(counted_score(&settle.windows))
+                .arg(units_ttl_ms(&settle.windows, settle.now, 0));
             for window in settle.windows.iter() {
                 eval.arg(counter_ttl_ms(window, settle.now));
             }

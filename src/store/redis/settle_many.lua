@@ -1,14 +1,17 @@
 -- Counts a settle of more than one unit, once per reservation id (the
 -- settles of one unit, and releases, are plain commands: see settle.rs).
--- In each period the reservation's unit is marked counted (score +inf)
--- and the units beyond it are added to the period's counter, unless the
--- unit was counted already: a repeat of this settle counts nothing more.
+-- The reservation's unit is marked counted (scored with an instant of its
+-- periods) and the units beyond it are added to each period's counter,
+-- unless the unit was counted already: a repeat of this settle counts
+-- nothing more.
 --
--- KEYS[1..3]  the day's, week's and month's sets of units (ZSET)
--- KEYS[4..6]  the same periods' counters (STRING)
+-- KEYS[1]     the user's set of units (ZSET)
+-- KEYS[2..4]  the day's, week's and month's counters (STRING)
 -- ARGV[1]     the reservation's id
 -- ARGV[2]     the units beyond the first (>= 1)
--- ARGV[3..5]  TTL of each period's keys (ms)
+-- ARGV[3]     the score of a unit counted in these periods
+-- ARGV[4]     the least TTL the set needs (ms)
+-- ARGV[5..7]  TTL of each period's counter (ms)
 --
 -- A counter that holds no integer (a key left by something else) refuses
 -- the whole settle before anything is written, with a WRONGTYPE error (so
@@ -20,7 +23,7 @@
 --
 -- Returns 1 when counted, 0 when counted already.
 
-for i = 4, 6 do
+for i = 2, 4 do
   -- GET on a key of another type raises WRONGTYPE itself.
   local counter = redis.call('GET', KEYS[i])
   if counter and not string.match(counter, '^%-?%d+$') then
@@ -29,17 +32,23 @@ for i = 4, 6 do
 end
 
 local counted = 0
-for i = 1, 3 do
-  if redis.call('ZSCORE', KEYS[i], ARGV[1]) ~= 'inf' then
-    redis.call('ZADD', KEYS[i], '+inf', ARGV[1])
-    local added = redis.pcall('INCRBY', KEYS[i + 3], ARGV[2])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  for i = 2, 4 do
+    local added = redis.pcall('INCRBY', KEYS[i], ARGV[2])
     if type(added) == 'table' and added.err then
       -- The one error left: the sum would overflow.
-      redis.call('SET', KEYS[i + 3], '9223372036854775807', 'KEEPTTL')
+      redis.call('SET', KEYS[i], '9223372036854775807', 'KEEPTTL')
     end
-    counted = 1
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[2 + i])
-  redis.call('PEXPIRE', KEYS[i + 3], ARGV[2 + i])
+  counted = 1
+end
+-- At least the TTL the periods need (-1: none yet).
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+for i = 2, 4 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
 end
 return counted

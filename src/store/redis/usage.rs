@@ -1,11 +1,14 @@
 //! The usage read (admin API): one pipeline of plain commands that reads a
-//! user's counted and live units and counters in three periods.
+//! user's units counted in each of three periods, the live ones, and the
+//! period counters.
 
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::commands::{Commands, LiveFrom, SETTLED, UNITS, refusal, take};
-use super::{RedisStore, count, count_field, ms};
+use super::commands::{
+    Below, Commands, LIVE_FLOOR, UNITS, count, count_field, live_score, refusal, take,
+};
+use super::{RedisStore, ms};
 use crate::periods::PeriodWindows;
 use crate::store::{PeriodUsage, StoreError};
 
@@ -18,38 +21,33 @@ impl RedisStore {
         windows: &PeriodWindows,
         now: DateTime<Utc>,
     ) -> Result<[PeriodUsage; 3], StoreError> {
-        // Per period: the counted units, the live ones, then the counters.
-        let mut commands = Commands::new(&self.prefix, 7);
-        for (from, to) in [(SETTLED, SETTLED), ("", "(+inf")] {
-            for window in windows.iter() {
-                let label = window.label.text();
-                commands.add("ZCOUNT", user, &[label.as_str(), UNITS], |zcount| {
-                    if from.is_empty() {
-                        zcount.arg(LiveFrom(ms(now)));
-                    } else {
-                        zcount.arg(from);
-                    }
-                    zcount.arg(to);
-                });
-            }
+        // Per period: the units counted in it; then the live ones (each
+        // counts in every period), then the counters.
+        let mut commands = Commands::new(&self.prefix, 5);
+        for window in windows.iter() {
+            commands.add("ZCOUNT", user, &[UNITS], |zcount| {
+                zcount.arg(ms(window.start)).arg(Below(ms(window.end)));
+            });
         }
+        commands.add("ZCOUNT", user, &[UNITS], |zcount| {
+            zcount.arg(LIVE_FLOOR).arg(Below(live_score(ms(now))));
+        });
         commands.counters(user, windows.iter());
         let answers = self.pipeline(&commands).await?;
         if let Some(refused) = refusal("usage read", &answers) {
             return Err(refused);
         }
         let mut answers = answers.into_iter();
-        let (Some(units), Some(live), Some(Value::Array(counters))) =
-            (take(&mut answers, 3), take(&mut answers, 3), answers.next())
+        let (Some(units), Some(Value::Int(live)), Some(Value::Array(counters))) =
+            (take(&mut answers, 3), answers.next(), answers.next())
         else {
             return Err(StoreError::Protocol(
                 "redis answered a usage read out of shape".to_owned(),
             ));
         };
         let mut usage = [PeriodUsage::default(); 3];
-        for (((slot, units), live), counter) in usage.iter_mut().zip(units).zip(live).zip(counters)
-        {
-            let (Value::Int(units), Value::Int(live)) = (units, live) else {
+        for ((slot, units), counter) in usage.iter_mut().zip(units).zip(counters) {
+            let Value::Int(units) = units else {
                 return Err(StoreError::Protocol(
                     "redis answered a usage read with no counts".to_owned(),
                 ));

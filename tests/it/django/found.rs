@@ -334,21 +334,19 @@ pub async fn head_timeout_releases_the_reservation() {
     );
 }
 
-/// The sum of `user`'s daily counters in `redis` (settled images, in
-/// whatever zone the harness chose: `preset_config` picks one where it is
-/// noon), and its live reservations.
+/// `user`'s settled images in `redis` (the units counted, all of them of
+/// this test's day, and the daily counters, in whatever zone the harness
+/// chose: `preset_config` picks one where it is noon), and its units not
+/// counted (reservations in flight, or expired).
 fn redis_usage(redis: &RedisServer, user: &str) -> (u64, usize) {
-    let keys = redis.cli(&["--scan", "--pattern", &format!("quota:{{{user}}}:d*")]);
     let number = |answer: String| answer.trim().parse::<u64>().unwrap_or(0);
-    let (mut used, mut reserved) = (0, 0);
-    for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
-        if key.ends_with(":units") {
-            // Counted units score +inf; the others are in flight.
-            used += number(redis.cli(&["ZCOUNT", key, "+inf", "+inf"]));
-            reserved += number(redis.cli(&["ZCOUNT", key, "-inf", "(+inf"])) as usize;
-        } else {
-            used += number(redis.cli(&["GET", key]));
-        }
+    // Counted units score an instant (ms) below 2^51, the others above.
+    let units = format!("quota:{{{user}}}:units");
+    let mut used = number(redis.cli(&["ZCOUNT", &units, "-inf", "(2251799813685248"]));
+    let reserved = number(redis.cli(&["ZCOUNT", &units, "2251799813685248", "+inf"])) as usize;
+    let counters = redis.cli(&["--scan", "--pattern", &format!("quota:{{{user}}}:d*")]);
+    for key in counters.lines().map(str::trim).filter(|k| !k.is_empty()) {
+        used += number(redis.cli(&["GET", key]));
     }
     (used, reserved)
 }

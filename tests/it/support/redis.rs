@@ -501,14 +501,11 @@ pub async fn used_today(url: &str, user: &str) -> (u64, u64) {
     (usage[0].used, usage[0].reserved)
 }
 
-/// The key of `user`'s set of units for this month, under the prefix
-/// `quota:` and the calendar `used_today` reads (Asia/Tehran): a key a test
-/// can break (`SET` it to a string) to make Redis refuse that user's calls.
-pub fn this_months_units(user: &str) -> String {
-    let calendar =
-        quota_proxy::periods::Calendar::new(chrono_tz::Asia::Tehran, chrono::Weekday::Mon);
-    let month = calendar.window(quota_proxy::periods::Period::Monthly, chrono::Utc::now());
-    format!("quota:{{{user}}}:{}:units", month.label)
+/// The key of `user`'s set of units, under the prefix `quota:`: a key a
+/// test can break (`SET` it to a string) to make Redis refuse that user's
+/// calls.
+pub fn units_key(user: &str) -> String {
+    format!("quota:{{{user}}}:units")
 }
 
 /// Waits, at most `within`, until `user` has `used` images settled today on
