@@ -72,7 +72,11 @@ impl RedisStore {
         let mut commands = Commands::new(&self.prefix, COMMANDS * batch.len());
         for reserve in &batch {
             let (user, id) = (reserve.user.as_str(), reserve.id);
-            let (now, deadline) = (ms(reserve.now), ms(reserve.expires_at));
+            // A deadline in `now`'s millisecond (a TTL under 1 ms) would
+            // score the unit on the check's exclusive bound, uncounted: it
+            // lives to the next millisecond at least.
+            let now = ms(reserve.now);
+            let deadline = ms(reserve.expires_at).max(now + 1);
             commands.add("ZADD", user, &[UNITS], |zadd| {
                 zadd.arg("NX").arg(live_score(deadline)).arg(id);
             });

@@ -12,12 +12,16 @@
 //! or one past its deadline (its unit may have been cleaned away and the
 //! set with it, to be made anew here); then `PEXPIRE … GT` and `PEXPIRE …
 //! NX` make its TTL at least what the periods need. So the usual settle is
-//! one command. One settle in [`CLEANUP_EVERY`] also removes the user's
-//! units that no longer count (counted before the periods of its
+//! one command. A settle that sent neither and finds its unit gone (its
+//! `ZADD` added it: Redis lost the set in a restart or failover, or an
+//! operator deleted a refused key) may have made the set anew without a
+//! TTL, and sends the two `PEXPIRE`s after: the one settle that costs a
+//! second round trip. One settle in [`CLEANUP_EVERY`] also removes the
+//! user's units that no longer count (counted before the periods of its
 //! reservation, or live no more): two `ZREMRANGEBYSCORE`; a release never
-//! does. A settle of more
-//! than one unit is `settle_many.lua`, one call, which adds the units
-//! beyond the first to the period counters once per id.
+//! does. A settle of more than one unit is `settle_many.lua`, one call,
+//! which adds the units beyond the first to the period counters once per
+//! id, and cleans as the others do.
 
 use chrono::{DateTime, Utc};
 use redis::Value;
@@ -59,10 +63,10 @@ pub(super) struct PendingSettle {
 
 impl PendingSettle {
     /// Whether this settle also removes the units that no longer count:
-    /// one settle of one unit in [`CLEANUP_EVERY`] (a release, which a
-    /// denial waits for, never does).
+    /// one settle in [`CLEANUP_EVERY`] (a release, which a denial waits
+    /// for, never does).
     fn cleans_up(&self) -> bool {
-        self.amount == 1 && self.id.0.is_multiple_of(CLEANUP_EVERY)
+        self.amount >= 1 && self.id.0.is_multiple_of(CLEANUP_EVERY)
     }
 
     /// How many answers its commands get.
@@ -123,10 +127,36 @@ impl RedisStore {
             Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut answers = answers.into_iter();
+        // A settle that sent no `PEXPIRE` (its reservation Redis made, its
+        // deadline not passed) whose `ZADD` added the unit anew found it
+        // gone, and maybe the set with it (lost by a restart or failover,
+        // or deleted to fix a refused key): the set it made has no TTL yet.
+        let mut unexpiring = Vec::new();
         let settled: Option<Vec<_>> = batch
             .iter()
-            .map(|settle| take(&mut answers, settle.answers()).map(|a| settle_answer(&a)))
+            .map(|settle| {
+                take(&mut answers, settle.answers()).map(|a| {
+                    if settle.amount == 1 && !settle.expire && a.first() == Some(&Value::Int(1)) {
+                        unexpiring.push(settle);
+                    }
+                    settle_answer(&a)
+                })
+            })
             .collect();
+        if !unexpiring.is_empty() {
+            let mut commands = Commands::new(&self.prefix, 2 * unexpiring.len());
+            for settle in &unexpiring {
+                let ttl = units_ttl_ms(&settle.windows, settle.now, 0);
+                for only in ["GT", "NX"] {
+                    commands.add("PEXPIRE", &settle.user, &[UNITS], |pexpire| {
+                        pexpire.arg(ttl).arg(only);
+                    });
+                }
+            }
+            if let Err(e) = self.pipeline(&commands).await {
+                tracing::warn!(error = %e, "a user's set of units made anew may have no TTL");
+            }
+        }
         match settled {
             Some(settled) if answers.next().is_none() => settled,
             _ => {
@@ -152,6 +182,15 @@ impl RedisStore {
                 .arg(units_ttl_ms(&settle.windows, settle.now, 0));
             for window in settle.windows.iter() {
                 eval.arg(counter_ttl_ms(window, settle.now));
+            }
+            // One in `CLEANUP_EVERY` also removes the units that no longer
+            // count, as a settle of one image does ('' when not).
+            if settle.cleans_up() {
+                let first = settle.windows.iter().map(|w| ms(w.start)).min();
+                eval.arg(Below(first.unwrap_or(0)))
+                    .arg(live_score(ms(settle.now)));
+            } else {
+                eval.arg("").arg("");
             }
         });
     }
