@@ -55,9 +55,9 @@ fn pttl(server: &RedisServer, key: &str) -> i64 {
 /// A user at a daily limit of 1 asks again, with a reservation TTL under a
 /// millisecond (`reservation_ttl = "500us"` is accepted by the config: it
 /// is a `NonZeroDuration`). The memory store counts the reserve's own unit
-/// and denies. Redis scores the unit `2^52 - deadline_ms`, and with the
+/// and denies. Redis scores the unit `deadline_ms - 2^52`, and with the
 /// deadline in `now`'s millisecond that is exactly the exclusive bound of
-/// the check's `ZCOUNT` (`(2^52 - now_ms`): the check does not count its
+/// the check's `ZCOUNT` (`(now_ms - 2^52`): the check does not count its
 /// own unit, sees 1 for a limit of 1 and admits a second image.
 async fn a_reserve_whose_deadline_is_in_its_own_millisecond_counts_itself(store: &dyn QuotaStore) {
     let first = hold(store, "alice", 1, TTL).await;

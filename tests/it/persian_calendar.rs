@@ -166,10 +166,10 @@ async fn monthly_limit_waits_for_the_next_persian_month_memory() {
 async fn monthly_limit_waits_for_the_next_persian_month_redis() {
     let server = RedisServer::start();
     run(StoreChoice::Redis(server.url())).await;
-    // A unit counted in Dey scores the start of its day in Tehran, the
-    // first of Dey: inside the Persian month, after Azar.
+    // A unit counted in Dey scores minus the start of its day in Tehran,
+    // the first of Dey: inside the Persian month, after Azar.
     let units = server.cli(&["ZRANGE", "quota:{azar}:units", "0", "-1", "WITHSCORES"]);
-    let dey_1 = at("2026-12-21T20:30:00Z").timestamp_millis().to_string();
+    let dey_1 = (-at("2026-12-21T20:30:00Z").timestamp_millis()).to_string();
     assert!(units.lines().any(|l| l.trim() == dey_1), "{units}");
 }
 

@@ -262,8 +262,9 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         .expect("raw connection");
     let now = at(NOW);
     let w = utc_windows(now);
-    // A live unit scores 2^52 - its deadline (ms); it is live while its
-    // score is below 2^52 - now.
+    // A live unit scores its deadline - 2^52 (ms); it is live while its
+    // score is above now - 2^52; a unit counted in a period scores minus
+    // its day's start, at most minus the period's start.
     let live_base: i64 = 1 << 52;
     let deadline = now.timestamp_millis() + 60_000;
     let units = format!("{PREFIX}{{x}}:units");
@@ -272,13 +273,13 @@ async fn a_repeated_reserve_or_settle_counts_once() {
         pipe.cmd("ZADD")
             .arg(&units)
             .arg("NX")
-            .arg(live_base - deadline)
+            .arg(deadline - live_base)
             .arg(ReservationId(7));
         for window in w.iter() {
             pipe.cmd("ZCOUNT")
                 .arg(&units)
-                .arg(window.start.timestamp_millis())
-                .arg(format!("({}", live_base - now.timestamp_millis()));
+                .arg(format!("({}", now.timestamp_millis() - live_base))
+                .arg(-window.start.timestamp_millis());
         }
         pipe
     };

@@ -203,8 +203,13 @@ async fn redis_killed_mid_run_every_settle_lands_once() {
     assert_eq!(store.dropped_settles(), 0);
     assert_eq!(used(store.as_ref(), "alice").await, 400, "each settle once");
     let counted: u64 = server
-        // Counted units score an instant of their periods (ms), below 2^51.
-        .cli(&["ZCOUNT", "quota:{alice}:units", "-inf", "(2251799813685248"])
+        // Counted units score minus their day's start (ms), above -2^51.
+        .cli(&[
+            "ZCOUNT",
+            "quota:{alice}:units",
+            "(-2251799813685248",
+            "+inf",
+        ])
         .parse()
         .expect("ZCOUNT");
     assert_eq!(counted, 400, "400 units counted, each once");
@@ -705,10 +710,10 @@ async fn rediss_with_a_private_ca() {
     let r = hold(&store, "alice", 5).await;
     store.settle(&r, 1, now()).await.expect("settle");
     assert_eq!(used(&store, "alice").await, 1);
-    // Counted: scored with the start of its day.
+    // Counted: scored with minus the start of its day.
     assert_eq!(
         server.cli(&["ZSCORE", "quota:{alice}:units", &r.id.to_string()]),
-        r.windows.0[0].start.timestamp_millis().to_string()
+        (-r.windows.0[0].start.timestamp_millis()).to_string()
     );
     // Without the CA the certificate is not trusted.
     let err = RedisStore::connect(&url, PREFIX, TIMEOUT)

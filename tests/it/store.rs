@@ -738,7 +738,7 @@ async fn redis_units_expire_at_period_end_plus_grace() {
                 .expect("ZSCORE")
         }
     };
-    let live = ((1i64 << 52) - (now + TimeDelta::seconds(60)).timestamp_millis()).to_string();
+    let live = ((now + TimeDelta::seconds(60)).timestamp_millis() - (1i64 << 52)).to_string();
     let grace = TimeDelta::hours(1);
     // The set lives as long as the last of its periods, the month, and
     // the grace; the reserve gave it its TTL, so a unit never settled goes
@@ -746,9 +746,10 @@ async fn redis_units_expire_at_period_end_plus_grace() {
     let month_left = at("2031-06-01T00:00:00Z") - now + grace;
     assert_eq!(score(units, &mut raw).await.as_deref(), Some(live.as_str()));
     assert_ttl(units, pttl(&mut raw, units).await, month_left);
-    // Counted: scored with the start of its day, inside all three periods.
+    // Counted: scored with minus the start of its day, inside all three
+    // periods.
     store.settle(&r, 1, now).await.expect("settle");
-    let day_start = at("2031-05-14T00:00:00Z").timestamp_millis().to_string();
+    let day_start = (-at("2031-05-14T00:00:00Z").timestamp_millis()).to_string();
     assert_eq!(
         score(units, &mut raw).await.as_deref(),
         Some(day_start.as_str())

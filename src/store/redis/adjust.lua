@@ -9,8 +9,9 @@
 -- KEYS[2]  the period's counter (STRING)
 -- ARGV[1]  delta
 -- ARGV[2]  TTL of the counter (ms)
--- ARGV[3]  the period's start (ms): units counted in it score from there
--- ARGV[4]  '(' and the period's end (ms)
+-- ARGV[3]  '(' and the score of a unit counted at the period's end
+-- ARGV[4]  the score of a unit counted at its start (units counted in it
+--          score between the two; see commands.rs)
 --
 -- Returns the new settled usage.
 

@@ -135,41 +135,48 @@ pub(super) fn count(value: i64) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Protocol(format!("negative count {value} from a script")))
 }
 
-/// Where a live unit's score starts: a unit in flight scores
-/// `LIVE_BASE - deadline` (ms), so the later its deadline the lower its
-/// score, and every live one sits above every counted one, which scores
-/// an instant of its periods (ms, below `2^51` until the year 71,000).
-/// Exact in a double: Redis's scores are doubles, integers up to `2^53`.
-pub(super) const LIVE_BASE: i64 = 1 << 52;
+/// Scores (ms; exact in a double, as Redis's scores are, up to `2^53`)
+/// put the units a check counts at the head of the set, in the order it
+/// reads them, so Redis's scan of a small set (a listpack, walked from
+/// its head) stops at the last one it counts instead of walking all:
+/// first the expired units (few: lost settles), then the live ones, a
+/// unit live until `deadline` scoring `deadline - 2^52` (from `-2^52` up
+/// to `LIVE_CEILING`), then the counted ones, newest day first, a unit
+/// counted on the day starting at `start` scoring `-start` (from
+/// `LIVE_CEILING` up to 0; the year 71,000 is far).
+const LIVE_BASE: i64 = 1 << 52;
 
-/// The lowest score a live unit can have (a deadline before `2^51` ms).
-pub(super) const LIVE_FLOOR: i64 = 1 << 51;
+/// Every live unit scores below it, every counted one above.
+pub(super) const LIVE_CEILING: i64 = -(1 << 51);
 
-/// The score of a unit live until `deadline_ms`.
+/// The score of a unit live until `deadline_ms`; the units live at `now`
+/// score above `live_score(now)` (a deadline equal to now has passed, as
+/// in the memory store).
 pub(super) fn live_score(deadline_ms: i64) -> i64 {
-    LIVE_BASE - deadline_ms.clamp(0, LIVE_FLOOR - 1)
+    deadline_ms.clamp(0, -LIVE_CEILING - 1) - LIVE_BASE
 }
 
-/// The score of a unit counted in `windows`: the latest of their starts
-/// (the day's), an instant inside each of them, so a unit counts in a
-/// period exactly when its score is within the period.
+/// The score of a unit counted in a period starting at `start_ms`, or
+/// later: a unit counted in a period scores from `counted_from(end)`
+/// (exclusive) up to `counted_from(start)`.
+pub(super) fn counted_from(start_ms: i64) -> i64 {
+    -start_ms.clamp(0, -LIVE_CEILING - 1)
+}
+
+/// The score of a unit counted in `windows`: that of the latest of their
+/// starts (the day's), an instant inside each of them, so a unit counts
+/// in a period exactly when its score is within the period.
 pub(super) fn counted_score(windows: &PeriodWindows) -> i64 {
-    windows
-        .iter()
-        .map(|window| window.start.timestamp_millis())
-        .max()
-        .unwrap_or(0)
-        .clamp(0, LIVE_FLOOR - 1)
+    let day = windows.iter().map(|w| w.start.timestamp_millis()).max();
+    counted_from(day.unwrap_or(0))
 }
 
 /// `(` and a score: an exclusive bound of `ZCOUNT` and
-/// `ZREMRANGEBYSCORE`. The units live at `now_ms` score below
-/// `Below(live_score(now_ms))` (a deadline equal to now has passed, as in
-/// the memory store).
+/// `ZREMRANGEBYSCORE`.
 #[derive(Clone, Copy)]
-pub(super) struct Below(pub(super) i64);
+pub(super) struct Exclusive(pub(super) i64);
 
-impl redis::ToRedisArgs for Below {
+impl redis::ToRedisArgs for Exclusive {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + redis::RedisWrite,

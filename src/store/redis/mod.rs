@@ -13,11 +13,11 @@
 //! # Why plain commands
 //!
 //! Each user holds one sorted set of *units*: a reservation's id, scored
-//! `2^52 - deadline` (ms) while live and with an instant of its periods
-//! (its day's start) once counted (`commands.rs`). A check adds its unit,
-//! then counts each period with one `ZCOUNT` from the period's start to
-//! the live units' bound, so one range holds the units counted in the
-//! period and those in flight, and neither the expired nor the earlier
+//! `deadline - 2^52` (ms) while live and with minus an instant of its
+//! periods (its day's start) once counted (`commands.rs`). A check adds
+//! its unit, then counts each period with one `ZCOUNT` from the live
+//! units' bound to minus the period's start, so one range holds the units
+//! counted in the period and those in flight, and neither the expired nor the earlier
 //! periods' ones: race-free without a script, since of `limit + 1`
 //! overlapping checks the last to count sees all of them (docs/redis.md,
 //! *How a check is race-free without a script*). A settle marks the unit
@@ -40,7 +40,7 @@
 //!
 //! | key                      | type   | holds                                                        | TTL                              |
 //! |--------------------------|--------|--------------------------------------------------------------|----------------------------------|
-//! | `quota:{42}:units`       | ZSET   | the user's units: id → `2^52 - deadline` while live, its day's start (ms) once counted | the last of the periods' ends - now + 1 h (at least the deadline + 1 min) |
+//! | `quota:{42}:units`       | ZSET   | the user's units: id → `deadline - 2^52` while live, minus its day's start (ms) once counted | the last of the periods' ends - now + 1 h (at least the deadline + 1 min) |
 //! | `quota:{42}:d2026-11-28` | STRING | usage beyond the units: adjustments, the units past the first of a settle of several, usage counted by versions before the units | the period's end - now + 1 h |
 //!
 //! (and the same counter for the week, `w2026-11-23`, and the month,
@@ -126,7 +126,7 @@ use super::topology::{Connection, Topology, connection_gone};
 use super::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
 use crate::periods::{PeriodWindow, PeriodWindows};
 use batch::Batcher;
-use commands::{Commands, LIVE_FLOOR, UNITS, count, live_score};
+use commands::{Commands, Exclusive, LIVE_CEILING, UNITS, count, counted_from, live_score};
 use reserve::PendingReserve;
 use settle::PendingSettle;
 
@@ -514,7 +514,7 @@ impl QuotaStore for RedisStore {
         call.arg(live_score(ms(now)))
             .arg(reservation.id)
             .arg(live_score(ms(until)))
-            .arg(LIVE_FLOOR)
+            .arg(LIVE_CEILING)
             .arg(ms(until) - ms(now) + reserve::UNITS_MARGIN_MS);
         // 0 means the reservation was gone, which is not an error.
         let _: i64 = self.run(&call, Again::IfConnectionGone).await?;
@@ -543,8 +543,8 @@ impl QuotaStore for RedisStore {
             .key(&self.prefix, user, &[label.as_str()])
             .arg(delta)
             .arg(counter_ttl_ms(window, now))
-            .arg(ms(window.start))
-            .arg(commands::Below(ms(window.end)));
+            .arg(Exclusive(counted_from(ms(window.end))))
+            .arg(counted_from(ms(window.start)));
         // Never sent twice: an adjustment has no id, so a repeat of one that
         // reached Redis would count twice. The caller (the admin API) gets
         // the error and can read the usage before trying again.

@@ -18,7 +18,9 @@
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::commands::{Below, Commands, UNITS, count_field, live_score, refusal, take};
+use super::commands::{
+    Commands, Exclusive, UNITS, count_field, counted_from, live_score, refusal, take,
+};
 use super::settle::PendingSettle;
 use super::{RedisStore, counter_ttl_ms, ms};
 use crate::config::Limits;
@@ -85,11 +87,11 @@ impl RedisStore {
             commands.add("PEXPIRE", user, &[UNITS], |pexpire| {
                 pexpire.arg(units_ttl_ms(&reserve.windows, reserve.now, deadline - now));
             });
-            // Per period: the units counted in it and the live ones.
-            let live = Below(live_score(now));
+            // Per period: the live units and the ones counted in it.
+            let live = Exclusive(live_score(now));
             for window in reserve.windows.iter() {
                 commands.add("ZCOUNT", user, &[UNITS], |zcount| {
-                    zcount.arg(ms(window.start)).arg(live);
+                    zcount.arg(live).arg(counted_from(ms(window.start)));
                 });
             }
             commands.counters(user, reserve.windows.iter());

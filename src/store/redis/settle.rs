@@ -2,7 +2,7 @@
 //! each answered on its own.
 //!
 //! A settle of one unit marks the reservation's unit counted: `ZADD key
-//! score id`, the score an instant of its periods (the day's start), which
+//! score id`, the score minus an instant of its periods (the day's start), which
 //! adds it if it expired or was never made (it counts once all the same)
 //! and changes nothing the second time, so a settle sent again counts once
 //! with no list of settled ids. A release (0 units) removes the unit:
@@ -26,7 +26,9 @@
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::commands::{Below, Commands, UNITS, counted_score, live_score, refusal, take};
+use super::commands::{
+    Commands, Exclusive, UNITS, counted_from, counted_score, live_score, refusal, take,
+};
 use super::reserve::units_ttl_ms;
 use super::{RedisStore, counter_ttl_ms, ms};
 use crate::periods::PeriodWindows;
@@ -115,10 +117,11 @@ impl RedisStore {
             if settle.cleans_up() {
                 let first = settle.windows.iter().map(|w| ms(w.start)).min();
                 commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |counted_before| {
-                    counted_before.arg("-inf").arg(Below(first.unwrap_or(0)));
+                    let first = counted_from(first.unwrap_or(0));
+                    counted_before.arg(Exclusive(first)).arg("+inf");
                 });
                 commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |expired| {
-                    expired.arg(live_score(ms(settle.now))).arg("+inf");
+                    expired.arg("-inf").arg(live_score(ms(settle.now)));
                 });
             }
         }
@@ -187,7 +190,7 @@ impl RedisStore {
             // count, as a settle of one image does ('' when not).
             if settle.cleans_up() {
                 let first = settle.windows.iter().map(|w| ms(w.start)).min();
-                eval.arg(Below(first.unwrap_or(0)))
+                eval.arg(Exclusive(counted_from(first.unwrap_or(0))))
                     .arg(live_score(ms(settle.now)));
             } else {
                 eval.arg("").arg("");

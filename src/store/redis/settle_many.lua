@@ -12,10 +12,11 @@
 -- ARGV[3]     the score of a unit counted in these periods
 -- ARGV[4]     the least TTL the set needs (ms)
 -- ARGV[5..7]  TTL of each period's counter (ms)
--- ARGV[8]     '(' and the first start of its periods: units counted before
---             it count no more and are removed ('' to remove none)
+-- ARGV[8]     '(' and the score of a unit counted at the first start of
+--             its periods: units counted before it score above it, count
+--             no more and are removed ('' to remove none)
 -- ARGV[9]     the score of a unit whose deadline is now: expired units
---             score from there ('' with ARGV[8])
+--             score up to there ('' with ARGV[8])
 --
 -- A counter that holds no integer (a key left by something else) refuses
 -- the whole settle before anything is written, with a WRONGTYPE error (so
@@ -56,7 +57,7 @@ for i = 2, 4 do
   redis.call('PEXPIRE', KEYS[i], ARGV[3 + i])
 end
 if ARGV[8] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[8])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[9], '+inf')
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[8], '+inf')
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[9])
 end
 return counted

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 
 use super::commands::{
-    Below, Commands, LIVE_FLOOR, UNITS, count, count_field, live_score, refusal, take,
+    Commands, Exclusive, LIVE_CEILING, UNITS, count, count_field, counted_from, live_score,
+    refusal, take,
 };
 use super::{RedisStore, ms};
 use crate::periods::PeriodWindows;
@@ -26,11 +27,13 @@ impl RedisStore {
         let mut commands = Commands::new(&self.prefix, 5);
         for window in windows.iter() {
             commands.add("ZCOUNT", user, &[UNITS], |zcount| {
-                zcount.arg(ms(window.start)).arg(Below(ms(window.end)));
+                let end = Exclusive(counted_from(ms(window.end)));
+                zcount.arg(end).arg(counted_from(ms(window.start)));
             });
         }
         commands.add("ZCOUNT", user, &[UNITS], |zcount| {
-            zcount.arg(LIVE_FLOOR).arg(Below(live_score(ms(now))));
+            let live = Exclusive(live_score(ms(now)));
+            zcount.arg(live).arg(Exclusive(LIVE_CEILING));
         });
         commands.counters(user, windows.iter());
         let answers = self.pipeline(&commands).await?;

@@ -340,10 +340,11 @@ pub async fn head_timeout_releases_the_reservation() {
 /// counted (reservations in flight, or expired).
 fn redis_usage(redis: &RedisServer, user: &str) -> (u64, usize) {
     let number = |answer: String| answer.trim().parse::<u64>().unwrap_or(0);
-    // Counted units score an instant (ms) below 2^51, the others above.
+    // Counted units score minus their day's start (ms), above -2^51; the
+    // others below.
     let units = format!("quota:{{{user}}}:units");
-    let mut used = number(redis.cli(&["ZCOUNT", &units, "-inf", "(2251799813685248"]));
-    let reserved = number(redis.cli(&["ZCOUNT", &units, "2251799813685248", "+inf"])) as usize;
+    let mut used = number(redis.cli(&["ZCOUNT", &units, "(-2251799813685248", "+inf"]));
+    let reserved = number(redis.cli(&["ZCOUNT", &units, "-inf", "(-2251799813685248"])) as usize;
     let counters = redis.cli(&["--scan", "--pattern", &format!("quota:{{{user}}}:d*")]);
     for key in counters.lines().map(str::trim).filter(|k| !k.is_empty()) {
         used += number(redis.cli(&["GET", key]));
