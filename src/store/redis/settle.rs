@@ -71,6 +71,29 @@ impl PendingSettle {
         self.amount >= 1 && self.id.0.is_multiple_of(CLEANUP_EVERY)
     }
 
+    /// The bounds of the units that no longer count: those scoring above
+    /// the first (counted before the first of its periods), and those
+    /// scoring up to the second (expired).
+    fn stale(&self) -> (Exclusive, i64) {
+        let first = self.windows.iter().map(|w| ms(w.start)).min();
+        (
+            Exclusive(counted_from(first.unwrap_or(0))),
+            live_score(ms(self.now)),
+        )
+    }
+
+    /// Appends the `PEXPIRE`s that give the user's set at least the TTL
+    /// its periods need: `GT` lengthens a shorter one, `NX` gives one to a
+    /// set that has none.
+    fn expire_set(&self, commands: &mut Commands<'_>) {
+        let ttl = units_ttl_ms(&self.windows, self.now, 0);
+        for only in ["GT", "NX"] {
+            commands.add("PEXPIRE", &self.user, &[UNITS], |pexpire| {
+                pexpire.arg(ttl).arg(only);
+            });
+        }
+    }
+
     /// How many answers its commands get.
     fn answers(&self) -> usize {
         if self.amount > 1 {
@@ -105,23 +128,15 @@ impl RedisStore {
                 });
             }
             if settle.expire {
-                // At least the TTL the periods need: `GT` lengthens a
-                // shorter one, `NX` gives one to a set that has none.
-                let ttl = units_ttl_ms(&settle.windows, settle.now, 0);
-                for only in ["GT", "NX"] {
-                    commands.add("PEXPIRE", user, &[UNITS], |pexpire| {
-                        pexpire.arg(ttl).arg(only);
-                    });
-                }
+                settle.expire_set(&mut commands);
             }
             if settle.cleans_up() {
-                let first = settle.windows.iter().map(|w| ms(w.start)).min();
-                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |counted_before| {
-                    let first = counted_from(first.unwrap_or(0));
-                    counted_before.arg(Exclusive(first)).arg("+inf");
+                let (counted_before, expired) = settle.stale();
+                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |zrem| {
+                    zrem.arg(counted_before).arg("+inf");
                 });
-                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |expired| {
-                    expired.arg("-inf").arg(live_score(ms(settle.now)));
+                commands.add("ZREMRANGEBYSCORE", user, &[UNITS], |zrem| {
+                    zrem.arg("-inf").arg(expired);
                 });
             }
         }
@@ -149,12 +164,7 @@ impl RedisStore {
         if !unexpiring.is_empty() {
             let mut commands = Commands::new(&self.prefix, 2 * unexpiring.len());
             for settle in &unexpiring {
-                let ttl = units_ttl_ms(&settle.windows, settle.now, 0);
-                for only in ["GT", "NX"] {
-                    commands.add("PEXPIRE", &settle.user, &[UNITS], |pexpire| {
-                        pexpire.arg(ttl).arg(only);
-                    });
-                }
+                settle.expire_set(&mut commands);
             }
             if let Err(e) = self.pipeline(&commands).await {
                 tracing::warn!(error = %e, "a user's set of units made anew may have no TTL");
@@ -189,9 +199,8 @@ impl RedisStore {
             // One in `CLEANUP_EVERY` also removes the units that no longer
             // count, as a settle of one image does ('' when not).
             if settle.cleans_up() {
-                let first = settle.windows.iter().map(|w| ms(w.start)).min();
-                eval.arg(Exclusive(counted_from(first.unwrap_or(0))))
-                    .arg(live_score(ms(settle.now)));
+                let (counted_before, expired) = settle.stale();
+                eval.arg(counted_before).arg(expired);
             } else {
                 eval.arg("").arg("");
             }
