@@ -35,6 +35,7 @@ mod quota;
 mod redis_faults;
 mod redis_refusals;
 mod redis_scale;
+mod redis_upgrade;
 mod reports;
 mod routes;
 mod shadow_status;
