@@ -173,17 +173,23 @@ where
                 if activity.take() & STARTED != 0 {
                     *may_park = true;
                 } else if *may_park && !activity.open() && !activity.write_blocked() {
+                    // The select may have found this tick ready after the
+                    // connection's poll that ended an answer: hyper learns
+                    // on its next poll that the request body was dropped,
+                    // and one that will not keep the connection alive (a
+                    // `Connection: close` answer, its body unread) then
+                    // ends by itself. Parked, it would serve that body's
+                    // bytes as requests.
+                    if let Poll::Ready(ended) = poll_once(connection).await {
+                        return ended.map(|()| Ending::ByItself);
+                    }
                     // Only a connection hyper itself finds idle closes at
                     // once; hyper hands it back without flushing or reading
                     // on, so amid an exchange (a request body still coming
                     // after its answer ended) its bytes would be lost or
                     // misread: then it closes after the exchange instead.
                     Pin::new(&mut *connection).graceful_shutdown();
-                    match std::future::poll_fn(|cx| {
-                        Poll::Ready(connection.poll_without_shutdown(cx))
-                    })
-                    .await
-                    {
+                    match poll_once(connection).await {
                         Poll::Ready(ended) => return ended.map(|()| Ending::Parked),
                         Poll::Pending => ending = Some(Ending::ShutDown),
                     }
@@ -191,6 +197,17 @@ where
             }
         }
     }
+}
+
+/// Polls `connection` once, whatever it answers.
+async fn poll_once<S, B>(
+    connection: &mut http1::Connection<TokioIo<Rewind>, TrackedService<S>>,
+) -> Poll<hyper::Result<()>>
+where
+    S: ServedService<B>,
+    B: ServedBody,
+{
+    std::future::poll_fn(|cx| Poll::Ready(connection.poll_without_shutdown(cx))).await
 }
 
 /// A socket with bytes already read from it put back in front.
@@ -275,6 +292,71 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An answer that closes its connection (`Connection: close`, the body
+    /// left unread: a 408 of the client-body deadline) ending on the very
+    /// tick of the watch: the connection is closed, never parked. Parked,
+    /// it waited 30 s for bytes and then served the unread body's bytes as
+    /// a new request. Paused time puts the answer and the fourth tick on
+    /// the same instant; the select picks its first branch at random, so
+    /// the case runs 16 times (each order comes up).
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_closes_on_a_watch_tick_is_never_parked() {
+        for _ in 0..16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+                .await
+                .expect("connect");
+            let (stream, peer) = listener.accept().await.expect("accept");
+            client
+                .write_all(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\nabc")
+                .await
+                .expect("send");
+            let answer_late =
+                tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                    tokio::time::sleep(PARK_AFTER * 4).await;
+                    drop(request);
+                    let mut answer =
+                        http::Response::new(http_body_util::Full::new(Bytes::from_static(b"late")));
+                    *answer.status_mut() = http::StatusCode::REQUEST_TIMEOUT;
+                    answer.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    Ok::<_, std::convert::Infallible>(answer)
+                });
+            let activity = Arc::new(Activity::default());
+            let service = TrackedService::new(answer_late, Arc::clone(&activity), peer);
+            let stop = CancellationToken::new();
+            let mut http1 = http1::Builder::new();
+            http1.timer(hyper_util::rt::TokioTimer::new());
+            let served = tokio::spawn(async move {
+                serve_http1(stream, &http1, service, activity, &stop, peer).await;
+            });
+            let mut received = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !received.windows(4).any(|w| w == b"late") {
+                let n = client.read(&mut buf).await.expect("read the answer");
+                assert_ne!(n, 0, "closed before its answer");
+                received.extend_from_slice(&buf[..n]);
+            }
+            // Bytes a client sends on: never served as a request.
+            let _ = client
+                .write_all(b"GET /next HTTP/1.1\r\nhost: t\r\n\r\n")
+                .await;
+            let rest = tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf))
+                .await
+                .expect("the connection is closed at once, not parked");
+            assert!(
+                matches!(rest, Ok(0) | Err(_)),
+                "more came: {:?}",
+                rest.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+            );
+            served.await.expect("served");
+        }
+    }
 
     /// The watch parks a connection only while hyper has nothing left to
     /// write; hyper writes until the socket is full, so a write that
