@@ -183,6 +183,12 @@ where
                     if let Poll::Ready(ended) = poll_once(connection).await {
                         return ended.map(|()| Ending::ByItself);
                     }
+                    // That poll may have started the next request (its
+                    // bytes had come): shut down now, it would be answered
+                    // with `Connection: close`. The next look decides.
+                    if activity.open() || activity.write_blocked() {
+                        continue;
+                    }
                     // Only a connection hyper itself finds idle closes at
                     // once; hyper hands it back without flushing or reading
                     // on, so amid an exchange (a request body still coming
