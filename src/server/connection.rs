@@ -17,13 +17,16 @@
 //! (`quota_proxy_connections_closed_silent_total`), and an HTTP/2
 //! connection that starts no new request during a whole timeout is sent a
 //! GOAWAY (`quota_proxy_connections_closed_idle_total`): the streams it has
-//! open finish, and then it closes.
+//! open finish, and then it closes. One that has none open and has not
+//! closed [`GOAWAY_GRACE`] later (a client that stopped reading cannot be
+//! written its GOAWAY) is dropped.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::Version;
 use hyper::server::conn::{http1, http2};
@@ -35,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 use super::park::{self, Waited};
 use super::tracked::TrackedService;
 use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
+
+/// How long an idle HTTP/2 connection sent a GOAWAY may take to close once
+/// none of its streams is open, before it is dropped.
+pub(super) const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection's requests tell its watch: flags set by each request
 /// and taken (reset) by the watch when it looks, and the requests open
@@ -106,14 +113,29 @@ async fn watch<C, T, E>(
     let mut started_any = false;
     let mut http2 = false;
     let mut closing = false;
+    // Sent a GOAWAY for idling (not for the proxy's stop).
+    let mut idle_goaway = false;
     let ended = loop {
+        let look = if idle_goaway {
+            GOAWAY_GRACE
+        } else {
+            HEADER_READ_TIMEOUT
+        };
         tokio::select! {
             ended = &mut connection => break ended,
             () = stop.cancelled(), if !closing => {
                 begin_shutdown(connection.as_mut());
                 closing = true;
             }
-            () = tokio::time::sleep(HEADER_READ_TIMEOUT), if !closing => {
+            () = tokio::time::sleep(look), if !closing || idle_goaway => {
+                if idle_goaway {
+                    if !activity.open() {
+                        tracing::debug!(%peer, grace = ?GOAWAY_GRACE,
+                            "idle HTTP/2 connection did not close after its GOAWAY; dropping it");
+                        return;
+                    }
+                    continue;
+                }
                 let seen = activity.take();
                 if seen & STARTED != 0 {
                     started_any = true;
@@ -130,6 +152,7 @@ async fn watch<C, T, E>(
                     metrics::counter!("quota_proxy_connections_closed_idle_total").increment(1);
                     begin_shutdown(connection.as_mut());
                     closing = true;
+                    idle_goaway = true;
                 }
             }
         }

@@ -10,12 +10,18 @@
 //! shut down gracefully instead (at once when idle, after its response
 //! when busy: `quota_proxy_connections_evicted_total`), as nginx reuses
 //! idle keep-alive connections: a client holding every connection cannot
-//! lock the others out. A connection past `max_connections_per_ip` is
-//! closed as soon as it is accepted, before anything is read from it
-//! (`quota_proxy_connections_refused_per_ip_total`). Bound: about
-//! `max_connections` open (plus those finishing their last response), and
-//! `max_connections_per_ip` from one address; the tables hold one entry
-//! per connection and per address with a connection open.
+//! lock the others out. A busy one may never finish (a body dripped a
+//! byte at a time, an HTTP/2 client that stopped reading and so never
+//! takes its GOAWAY), so at most [`ConnectionLimits::finishing`] evicted
+//! connections are left to finish: past that, the oldest of them is cut
+//! (closed at once, `quota_proxy_connections_cut_total`; its request's
+//! accounting goes on, as when a client goes away). A connection past
+//! `max_connections_per_ip` is closed as soon as it is accepted, before
+//! anything is read from it (`quota_proxy_connections_refused_per_ip_total`).
+//! Bound: `max_connections` open plus at most `max_connections / 8` (at
+//! least 1) finishing their last response, and `max_connections_per_ip`
+//! from one address; the tables hold one entry per connection and per
+//! address with a connection open.
 //!
 //! The per-address limit is off by default: many users behind one NAT, or
 //! a load balancer that is the only peer, share one address. Set it only
@@ -34,11 +40,27 @@ use tokio_util::sync::CancellationToken;
 pub struct ConnectionLimits {
     max: u32,
     open: Arc<AtomicU32>,
-    /// Each open connection's shutdown signal, oldest first: the ones to
-    /// close when `max` are open.
-    by_age: Arc<Mutex<BTreeMap<u64, CancellationToken>>>,
+    /// Each open connection not yet evicted, oldest first: the ones to
+    /// shut down when `max` are open.
+    by_age: Arc<Mutex<Ages>>,
     next_id: Arc<AtomicU64>,
     per_ip: Option<PerIp>,
+}
+
+/// The connections open by age: those serving, and those evicted and
+/// finishing their last response.
+#[derive(Debug, Default)]
+struct Ages {
+    serving: BTreeMap<u64, Signals>,
+    /// Each one's `cut`.
+    finishing: BTreeMap<u64, CancellationToken>,
+}
+
+/// How a connection is told to end.
+#[derive(Debug)]
+struct Signals {
+    shutdown: CancellationToken,
+    cut: CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -47,14 +69,10 @@ struct PerIp {
     open: Arc<Mutex<HashMap<IpAddr, u32>>>,
 }
 
-/// Which limit a connection met.
+/// The limit a connection met: its address holds `max_connections_per_ip`
+/// already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// `max_connections` are open, each already shutting down.
-    Total,
-    /// Its address holds `max_connections_per_ip` already.
-    PerIp,
-}
+pub(crate) struct PerIpFull;
 
 /// One connection's place in the counts; freed when dropped.
 #[derive(Debug)]
@@ -62,11 +80,15 @@ pub(crate) struct Slot {
     limits: ConnectionLimits,
     ip: Option<IpAddr>,
     id: u64,
-    /// In the process's count (and `by_age` unless evicted).
+    /// In the process's count and in `by_age`.
     counted: bool,
     /// Cancelled when the connection is to shut down: the proxy stops, or
     /// it is the oldest when a new one needs its place.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the connection is to close at once: it was evicted
+    /// and more than [`ConnectionLimits::finishing`] newer evicted ones
+    /// are finishing.
+    pub(crate) cut: CancellationToken,
 }
 
 impl ConnectionLimits {
@@ -90,22 +112,30 @@ impl ConnectionLimits {
         Self::new(NonZeroU32::MAX, None)
     }
 
+    /// Evicted connections left to finish their last response at once,
+    /// at most: `max_connections / 8`, at least 1.
+    pub(crate) fn finishing(&self) -> usize {
+        (self.max as usize / 8).max(1)
+    }
+
     /// A place for one more connection from `ip`, shut down with `stop`,
-    /// or which limit it met. Past `max`, the oldest connection is told to
-    /// shut down and this one is let in.
-    pub(crate) fn open(&self, ip: IpAddr, stop: &CancellationToken) -> Result<Slot, Refused> {
+    /// or the limit it met. Past `max`, the oldest connection serving is
+    /// told to shut down and this one is let in; past
+    /// [`Self::finishing`] of those, the oldest of them is cut.
+    pub(crate) fn open(&self, ip: IpAddr, stop: &CancellationToken) -> Result<Slot, PerIpFull> {
         let mut slot = Slot {
             limits: self.clone(),
             ip: None,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             counted: false,
             shutdown: stop.child_token(),
+            cut: CancellationToken::new(),
         };
         if let Some(per_ip) = &self.per_ip {
             let mut open = per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
             let count = open.entry(ip).or_insert(0);
             if *count >= per_ip.max {
-                return Err(Refused::PerIp);
+                return Err(PerIpFull);
             }
             *count += 1;
             // From here, dropping the slot gives the address's place back.
@@ -113,14 +143,26 @@ impl ConnectionLimits {
         }
         let mut by_age = self.by_age.lock().unwrap_or_else(PoisonError::into_inner);
         if self.open.load(Ordering::Acquire) >= self.max {
-            let Some((_, oldest)) = by_age.pop_first() else {
-                return Err(Refused::Total);
-            };
-            oldest.cancel();
-            metrics::counter!("quota_proxy_connections_evicted_total").increment(1);
+            if let Some((id, oldest)) = by_age.serving.pop_first() {
+                oldest.shutdown.cancel();
+                by_age.finishing.insert(id, oldest.cut);
+                metrics::counter!("quota_proxy_connections_evicted_total").increment(1);
+            }
+            while by_age.finishing.len() > self.finishing() {
+                if let Some((_, oldest)) = by_age.finishing.pop_first() {
+                    oldest.cancel();
+                    metrics::counter!("quota_proxy_connections_cut_total").increment(1);
+                }
+            }
         }
         self.open.fetch_add(1, Ordering::AcqRel);
-        by_age.insert(slot.id, slot.shutdown.clone());
+        by_age.serving.insert(
+            slot.id,
+            Signals {
+                shutdown: slot.shutdown.clone(),
+                cut: slot.cut.clone(),
+            },
+        );
         slot.counted = true;
         drop(by_age);
         Ok(slot)
@@ -142,12 +184,14 @@ impl ConnectionLimits {
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.counted {
-            // An evicted connection left `by_age` already.
-            self.limits
+            let mut by_age = self
+                .limits
                 .by_age
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&self.id);
+                .unwrap_or_else(PoisonError::into_inner);
+            by_age.serving.remove(&self.id);
+            by_age.finishing.remove(&self.id);
+            drop(by_age);
             self.limits.open.fetch_sub(1, Ordering::AcqRel);
         }
         let (Some(ip), Some(per_ip)) = (self.ip, &self.limits.per_ip) else {
@@ -182,7 +226,7 @@ mod tests {
         let stop = CancellationToken::new();
         let first = limits.open(ip(1), &stop).expect("first");
         let second = limits.open(ip(1), &stop).expect("second");
-        assert_eq!(limits.open(ip(1), &stop).err(), Some(Refused::PerIp));
+        assert_eq!(limits.open(ip(1), &stop).err(), Some(PerIpFull));
         let other = limits.open(ip(2), &stop).expect("another address");
         drop(first);
         let third = limits.open(ip(1), &stop).expect("a freed slot");
@@ -213,21 +257,38 @@ mod tests {
         assert!(last.shutdown.is_cancelled());
     }
 
+    /// Evicted connections that never finish (a dripped body, a client
+    /// that stopped reading) cannot pile up: past `finishing` of them the
+    /// oldest is cut, so a newcomer always gets in and the count stays
+    /// within `max + finishing`. Before, each newcomer evicted one more and
+    /// none closed; once every open one was evicted, newcomers were refused.
     #[test]
-    fn when_every_connection_is_shutting_down_a_new_one_is_refused() {
-        let limits = limits(1, Some(5));
+    fn evicted_connections_that_never_finish_are_cut_past_the_finishing_bound() {
+        let limits = limits(16, None);
+        assert_eq!(limits.finishing(), 2);
         let stop = CancellationToken::new();
-        let first = limits.open(ip(1), &stop).expect("first");
-        let second = limits.open(ip(2), &stop).expect("evicts the first");
-        drop(second);
-        // The first, evicted, is still open and shutting down: no room.
-        assert_eq!(limits.open(ip(3), &stop).err(), Some(Refused::Total));
-        // A refusal gives back its address's place.
-        assert_eq!(limits.addresses(), 1);
-        drop(first);
-        let third = limits.open(ip(3), &stop).expect("room again");
-        drop(third);
+        // None of these ever ends by itself.
+        let held: Vec<Slot> = (0..100)
+            .map(|n| limits.open(ip(n), &stop).expect("every newcomer gets in"))
+            .collect();
+        let cut = held.iter().filter(|s| s.cut.is_cancelled()).count();
+        let evicted = held.iter().filter(|s| s.shutdown.is_cancelled()).count();
+        assert_eq!(evicted, 100 - 16, "all but the newest max were evicted");
+        assert_eq!(
+            cut,
+            100 - 16 - 2,
+            "all but the newest `finishing` evicted ones were cut"
+        );
+        // The cut ones are the oldest; the newest are serving.
+        assert!(held[..82].iter().all(|s| s.cut.is_cancelled()));
+        assert!(held[82..].iter().all(|s| !s.cut.is_cancelled()));
+        assert!(held[84..].iter().all(|s| !s.shutdown.is_cancelled()));
+        // Cut connections close: what is left is within the bound.
+        let left: Vec<Slot> = held.into_iter().filter(|s| !s.cut.is_cancelled()).collect();
+        assert_eq!(limits.open.load(Ordering::Acquire), 18);
+        drop(left);
         assert_eq!(limits.open.load(Ordering::Acquire), 0);
-        assert_eq!(limits.addresses(), 0);
+        let limits = self::limits(1, None);
+        assert_eq!(limits.finishing(), 1, "at least one");
     }
 }

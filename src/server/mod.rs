@@ -198,20 +198,11 @@ where
                 }
             },
         };
-        let slot = match limits.open(peer.ip(), &stop) {
-            Ok(slot) => slot,
-            Err(limits::Refused::Total) => {
-                tracing::debug!(%peer, "max_connections reached, every one shutting down; closing the connection");
-                metrics::counter!("quota_proxy_connections_refused_total").increment(1);
-                drop(stream);
-                continue;
-            }
-            Err(limits::Refused::PerIp) => {
-                tracing::debug!(%peer, "max_connections_per_ip reached; closing the connection");
-                metrics::counter!("quota_proxy_connections_refused_per_ip_total").increment(1);
-                drop(stream);
-                continue;
-            }
+        let Ok(slot) = limits.open(peer.ip(), &stop) else {
+            tracing::debug!(%peer, "max_connections_per_ip reached; closing the connection");
+            metrics::counter!("quota_proxy_connections_refused_per_ip_total").increment(1);
+            drop(stream);
+            continue;
         };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
@@ -221,7 +212,14 @@ where
         let protocols = Arc::clone(&protocols);
         let service = service.clone();
         connections.spawn(async move {
-            connection::serve(stream, peer, &protocols, service, stop).await;
+            tokio::select! {
+                () = connection::serve(stream, peer, &protocols, service, stop) => {}
+                // Evicted and never finishing: dropped, which closes it
+                // (`limits.rs`).
+                () = slot.cut.cancelled() => {
+                    tracing::debug!(%peer, "evicted connection still busy; cut");
+                }
+            }
             // The connection's place is free again once it ends.
             drop(slot);
         });

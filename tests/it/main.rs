@@ -7,6 +7,7 @@
 mod support;
 
 mod attack_findings;
+mod attack_lifecycle;
 mod attack_units;
 
 mod batches;
