@@ -39,6 +39,16 @@ use super::park::{self, Waited};
 use super::tracked::TrackedService;
 use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 
+/// How a connection is told to end: `shutdown` gracefully (the proxy stops,
+/// or it was evicted: `limits.rs`), `cut` at once (evicted, and too many
+/// newer evicted ones are finishing). `cut` is looked at only once the
+/// connection is shutting down, so a connection serving pays nothing for it.
+#[derive(Debug, Clone)]
+pub(super) struct EndSignals {
+    pub(super) shutdown: CancellationToken,
+    pub(super) cut: CancellationToken,
+}
+
 /// How long an idle HTTP/2 connection sent a GOAWAY may take to close once
 /// none of its streams is open, before it is dropped.
 pub(super) const GOAWAY_GRACE: Duration = Duration::from_secs(1);
@@ -96,14 +106,15 @@ impl Activity {
 }
 
 /// Drives `connection` from `peer` to its end, closing it when silent or
-/// idle (see the module) and shutting it down gracefully once `stop` is
-/// cancelled. `begin_shutdown` starts a graceful shutdown (hyper's
-/// `graceful_shutdown`), after which the connection is polled to its end.
+/// idle (see the module), shutting it down gracefully once `signals.shutdown`
+/// is cancelled and dropping it once `signals.cut` is. `begin_shutdown`
+/// starts a graceful shutdown (hyper's `graceful_shutdown`), after which
+/// the connection is polled to its end.
 async fn watch<C, T, E>(
     connection: C,
     begin_shutdown: impl Fn(Pin<&mut C>),
     activity: Arc<Activity>,
-    stop: CancellationToken,
+    signals: EndSignals,
     peer: SocketAddr,
 ) where
     C: Future<Output = Result<T, E>>,
@@ -123,9 +134,13 @@ async fn watch<C, T, E>(
         };
         tokio::select! {
             ended = &mut connection => break ended,
-            () = stop.cancelled(), if !closing => {
+            () = signals.shutdown.cancelled(), if !closing => {
                 begin_shutdown(connection.as_mut());
                 closing = true;
+            }
+            () = signals.cut.cancelled(), if closing => {
+                tracing::debug!(%peer, "evicted connection still busy; cut");
+                return;
             }
             () = tokio::time::sleep(look), if !closing || idle_goaway => {
                 if idle_goaway {
@@ -173,21 +188,27 @@ pub(super) struct Protocols {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves `stream`, accepted from `peer`, until it ends or `stop` ends it
-/// (see the module).
+/// Serves `stream`, accepted from `peer`, until it ends or `signals` end
+/// it (see the module).
 pub(super) async fn serve<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     protocols: &Protocols,
     service: S,
-    stop: CancellationToken,
+    signals: EndSignals,
 ) where
     S: ServedService<B>,
     B: ServedBody,
 {
     // Boxed, as each way below: this task is as large as its largest
     // state, and a parked connection should hold little (`park.rs`).
-    match Box::pin(park::wait_for_bytes(&stream, HEADER_READ_TIMEOUT, &stop)).await {
+    match Box::pin(park::wait_for_bytes(
+        &stream,
+        HEADER_READ_TIMEOUT,
+        &signals.shutdown,
+    ))
+    .await
+    {
         Waited::Bytes => {}
         Waited::TimedOut => {
             tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
@@ -209,7 +230,7 @@ pub(super) async fn serve<S, B>(
             &protocols.http1,
             service,
             Arc::clone(&activity),
-            &stop,
+            &signals,
             peer,
         ))
         .await;
@@ -218,13 +239,13 @@ pub(super) async fn serve<S, B>(
             .http2
             .serve_connection(TokioIo::new(stream), service);
         let shutdown = http2::Connection::graceful_shutdown;
-        Box::pin(watch(connection, shutdown, activity, stop, peer)).await;
+        Box::pin(watch(connection, shutdown, activity, signals, peer)).await;
     } else {
         let connection = protocols
             .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let shutdown = auto::UpgradeableConnection::graceful_shutdown;
-        Box::pin(watch(connection, shutdown, activity, stop, peer)).await;
+        Box::pin(watch(connection, shutdown, activity, signals, peer)).await;
     }
 }

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::connection::Protocols;
+use self::connection::{EndSignals, Protocols};
 
 use crate::BoxError;
 
@@ -207,19 +207,16 @@ where
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        // Cancelled when the proxy stops, or to make room for a newer one.
-        let stop = slot.shutdown.clone();
+        // Cancelled when the proxy stops or to make room for a newer one,
+        // and when, evicted, it must close at once.
+        let signals = EndSignals {
+            shutdown: slot.shutdown.clone(),
+            cut: slot.cut.clone(),
+        };
         let protocols = Arc::clone(&protocols);
         let service = service.clone();
         connections.spawn(async move {
-            tokio::select! {
-                () = connection::serve(stream, peer, &protocols, service, stop) => {}
-                // Evicted and never finishing: dropped, which closes it
-                // (`limits.rs`).
-                () = slot.cut.cancelled() => {
-                    tracing::debug!(%peer, "evicted connection still busy; cut");
-                }
-            }
+            connection::serve(stream, peer, &protocols, service, signals).await;
             // The connection's place is free again once it ends.
             drop(slot);
         });
@@ -306,7 +303,11 @@ mod tests {
             Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
         });
         let protocols = protocols();
-        let task = connection::serve(stream, peer, &protocols, service, CancellationToken::new());
+        let signals = EndSignals {
+            shutdown: CancellationToken::new(),
+            cut: CancellationToken::new(),
+        };
+        let task = connection::serve(stream, peer, &protocols, service, signals);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "a connection's task takes {size} bytes");
     }

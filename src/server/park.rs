@@ -46,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{Activity, STARTED};
+use super::connection::{Activity, EndSignals, STARTED};
 use super::tracked::TrackedService;
 use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 
@@ -90,7 +90,7 @@ pub(super) async fn serve_http1<S, B>(
     http1: &http1::Builder,
     mut service: TrackedService<S>,
     activity: Arc<Activity>,
-    stop: &CancellationToken,
+    signals: &EndSignals,
     peer: SocketAddr,
 ) where
     S: ServedService<B>,
@@ -102,8 +102,12 @@ pub(super) async fn serve_http1<S, B>(
     loop {
         // Boxed: freed while parked.
         let mut connection = Box::new(http1.serve_connection(TokioIo::new(io), service));
-        let ending = Box::pin(drive(&mut connection, &activity, stop, &mut may_park)).await;
+        let ending = Box::pin(drive(&mut connection, &activity, signals, &mut may_park)).await;
         let parts = match ending {
+            Ok(Ending::Cut) => {
+                tracing::debug!(%peer, "evicted connection still busy; cut");
+                return;
+            }
             Ok(_) => connection.into_parts(),
             Err(err) => {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -127,7 +131,13 @@ pub(super) async fn serve_http1<S, B>(
         }
         // Even empty, `read_buf` may hold hyper's whole read buffer.
         drop(parts.read_buf);
-        match Box::pin(wait_for_bytes(&io.stream, HEADER_READ_TIMEOUT, stop)).await {
+        match Box::pin(wait_for_bytes(
+            &io.stream,
+            HEADER_READ_TIMEOUT,
+            &signals.shutdown,
+        ))
+        .await
+        {
             Waited::Bytes => {}
             Waited::Closed | Waited::TimedOut | Waited::Stopped => return,
         }
@@ -144,15 +154,18 @@ enum Ending {
     ShutDown,
     /// It was idle and shut down gracefully to be parked.
     Parked,
+    /// Evicted and still busy, it must close at once (`limits.rs`).
+    Cut,
 }
 
-/// Polls `connection` to its end, shutting it down gracefully when `stop`
-/// is cancelled or when a look finds it idle and `may_park` (set once a
-/// look sees a request started).
+/// Polls `connection` to its end, shutting it down gracefully when
+/// `signals.shutdown` is cancelled or when a look finds it idle and
+/// `may_park` (set once a look sees a request started); once shutting
+/// down, it ends when `signals.cut` is cancelled.
 async fn drive<S, B>(
     connection: &mut http1::Connection<TokioIo<Rewind>, TrackedService<S>>,
     activity: &Activity,
-    stop: &CancellationToken,
+    signals: &EndSignals,
     may_park: &mut bool,
 ) -> hyper::Result<Ending>
 where
@@ -165,10 +178,11 @@ where
             ended = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
                 return ended.map(|()| ending.unwrap_or(Ending::ByItself));
             }
-            () = stop.cancelled(), if ending.is_none() => {
+            () = signals.shutdown.cancelled(), if ending.is_none() => {
                 Pin::new(&mut *connection).graceful_shutdown();
                 ending = Some(Ending::ShutDown);
             }
+            () = signals.cut.cancelled(), if ending.is_some() => return Ok(Ending::Cut),
             () = tokio::time::sleep(PARK_AFTER), if ending.is_none() => {
                 if activity.take() & STARTED != 0 {
                     *may_park = true;
@@ -335,11 +349,14 @@ mod tests {
                 });
             let activity = Arc::new(Activity::default());
             let service = TrackedService::new(answer_late, Arc::clone(&activity), peer);
-            let stop = CancellationToken::new();
+            let signals = EndSignals {
+                shutdown: CancellationToken::new(),
+                cut: CancellationToken::new(),
+            };
             let mut http1 = http1::Builder::new();
             http1.timer(hyper_util::rt::TokioTimer::new());
             let served = tokio::spawn(async move {
-                serve_http1(stream, &http1, service, activity, &stop, peer).await;
+                serve_http1(stream, &http1, service, activity, &signals, peer).await;
             });
             let mut received = Vec::new();
             let mut buf = [0u8; 1024];
