@@ -17,16 +17,17 @@
 //! (`quota_proxy_connections_closed_silent_total`), and an HTTP/2
 //! connection that starts no new request during a whole timeout is sent a
 //! GOAWAY (`quota_proxy_connections_closed_idle_total`): the streams it has
-//! open finish, and then it closes. One that has none open and has not
-//! closed [`GOAWAY_GRACE`] later (a client that stopped reading cannot be
-//! written its GOAWAY) is dropped.
+//! open finish, and then it closes. (One whose client stopped reading
+//! cannot be written its GOAWAY, as an HTTP/1 client that stops reading
+//! an answer holds its connection: both are bounded by `max_connections`,
+//! whose evicted connections are cut when they do not finish, `limits.rs`.
+//! Dropping such a connection by a timer cut slow downloads short.)
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use http::Version;
 use hyper::server::conn::{http1, http2};
@@ -48,10 +49,6 @@ pub(super) struct EndSignals {
     pub(super) shutdown: CancellationToken,
     pub(super) cut: CancellationToken,
 }
-
-/// How long an idle HTTP/2 connection sent a GOAWAY may take to close once
-/// none of its streams is open, before it is dropped.
-pub(super) const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection's requests tell its watch: flags set by each request
 /// and taken (reset) by the watch when it looks, and the requests open
@@ -124,14 +121,7 @@ async fn watch<C, T, E>(
     let mut started_any = false;
     let mut http2 = false;
     let mut closing = false;
-    // Sent a GOAWAY for idling (not for the proxy's stop).
-    let mut idle_goaway = false;
     let ended = loop {
-        let look = if idle_goaway {
-            GOAWAY_GRACE
-        } else {
-            HEADER_READ_TIMEOUT
-        };
         tokio::select! {
             ended = &mut connection => break ended,
             () = signals.shutdown.cancelled(), if !closing => {
@@ -142,15 +132,7 @@ async fn watch<C, T, E>(
                 tracing::debug!(%peer, "evicted connection still busy; cut");
                 return;
             }
-            () = tokio::time::sleep(look), if !closing || idle_goaway => {
-                if idle_goaway {
-                    if !activity.open() {
-                        tracing::debug!(%peer, grace = ?GOAWAY_GRACE,
-                            "idle HTTP/2 connection did not close after its GOAWAY; dropping it");
-                        return;
-                    }
-                    continue;
-                }
+            () = tokio::time::sleep(HEADER_READ_TIMEOUT), if !closing => {
                 let seen = activity.take();
                 if seen & STARTED != 0 {
                     started_any = true;
@@ -167,7 +149,6 @@ async fn watch<C, T, E>(
                     metrics::counter!("quota_proxy_connections_closed_idle_total").increment(1);
                     begin_shutdown(connection.as_mut());
                     closing = true;
-                    idle_goaway = true;
                 }
             }
         }

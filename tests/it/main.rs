@@ -6,6 +6,7 @@
 
 mod support;
 
+mod attack_cut;
 mod attack_findings;
 mod attack_lifecycle;
 mod attack_units;
