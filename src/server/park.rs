@@ -313,6 +313,18 @@ mod tests {
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A client's stream and the server's end of it, on loopback.
+    async fn connected() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        (client, stream, peer)
+    }
+
     /// An answer that closes its connection (`Connection: close`, the body
     /// left unread: a 408 of the client-body deadline) ending on the very
     /// tick of the watch: the connection is closed, never parked. Parked,
@@ -323,13 +335,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_that_closes_on_a_watch_tick_is_never_parked() {
         for _ in 0..16 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let mut client = TcpStream::connect(listener.local_addr().expect("address"))
-                .await
-                .expect("connect");
-            let (stream, peer) = listener.accept().await.expect("accept");
+            let (mut client, stream, peer) = connected().await;
             client
                 .write_all(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\nabc")
                 .await
@@ -386,13 +392,7 @@ mod tests {
     /// would block is the sign, and the next one that goes through clears it.
     #[tokio::test]
     async fn a_write_that_would_block_is_noted_until_one_goes_through() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut client, stream, _) = connected().await;
         let activity = Arc::new(Activity::default());
         let mut io = Rewind::new(stream, Arc::clone(&activity));
         let chunk = vec![b'x'; 1 << 16];

@@ -1,7 +1,7 @@
 //! Attack session on the cut of evicted connections and the drop of idle
 //! HTTP/2 connections (92ae638), 2026-12-06. A connection cut mid-stream,
 //! HTTP/1 or HTTP/2, on either store, still has its image counted once
-//! (`a_cut_http*_stream_is_still_counted_*`). A slow HTTP/2 download was
+//! (`a_cut_http*_stream_is_still_counted::*`). A slow HTTP/2 download was
 //! cut short by the idle-GOAWAY drop of 92ae638, since removed
 //! (`a_slow_http2_download_is_not_dropped_by_the_idle_goaway`). Left as
 //! is and written down (docs/limits.md): a connection cut while its reserve
@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::on_both_stores;
 use crate::support::proxy::{Proxy, StoreChoice};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
@@ -173,26 +174,13 @@ async fn cut_mid_stream_h2(store: StoreChoice) {
     assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
 }
 
-#[tokio::test]
-async fn a_cut_http1_stream_is_still_counted_memory() {
-    cut_mid_stream_h1(StoreChoice::Memory).await;
-}
-
-#[tokio::test]
-async fn a_cut_http1_stream_is_still_counted_redis() {
-    let server = RedisServer::start();
-    cut_mid_stream_h1(StoreChoice::Redis(server.url())).await;
-}
-
-#[tokio::test]
-async fn a_cut_http2_stream_is_still_counted_memory() {
-    cut_mid_stream_h2(StoreChoice::Memory).await;
-}
-
-#[tokio::test]
-async fn a_cut_http2_stream_is_still_counted_redis() {
-    let server = RedisServer::start();
-    cut_mid_stream_h2(StoreChoice::Redis(server.url())).await;
+on_both_stores! {
+    a_cut_http1_stream_is_still_counted(store) {
+        cut_mid_stream_h1(store).await;
+    }
+    a_cut_http2_stream_is_still_counted(store) {
+        cut_mid_stream_h2(store).await;
+    }
 }
 
 /// (b) A slow HTTP/2 client downloading a large JSON answer (4 MiB, a
