@@ -120,6 +120,16 @@ async fn read_to_close(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bo
     }
 }
 
+/// An image request on the chat route for `user`, to send over HTTP/2.
+fn h2_generate(addr: SocketAddr, user: &str) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/chat/7/send/"))
+        .header("x-user-id", user)
+        .header("x-subscription-type", "free")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(IMAGE_BODY.as_bytes())))
+        .expect("request")
+}
+
 /// (a) HTTP/1: the connection relaying a streamed answer is cut before
 /// the upstream's in-band report; the image must still be counted once.
 async fn cut_mid_stream_h1(store: StoreChoice) {
@@ -152,12 +162,7 @@ async fn cut_mid_stream_h2(store: StoreChoice) {
             .await
             .expect("h2 handshake");
     tokio::spawn(connection);
-    let request = http::Request::post(format!("http://{}/chat/7/send/", proxy.addr))
-        .header("x-user-id", "h2cut")
-        .header("x-subscription-type", "free")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(IMAGE_BODY.as_bytes())))
-        .expect("request");
+    let request = h2_generate(proxy.addr, "h2cut");
     let response = sender.send_request(request).await.expect("answer");
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
@@ -222,12 +227,7 @@ async fn a_slow_http2_download_is_not_dropped_by_the_idle_goaway() {
         .expect("h2 handshake");
     tokio::spawn(connection);
     let started = Instant::now();
-    let request = http::Request::post(format!("http://{}/chat/7/send/", proxy.addr))
-        .header("x-user-id", "slow")
-        .header("x-subscription-type", "free")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(IMAGE_BODY.as_bytes())))
-        .expect("request");
+    let request = h2_generate(proxy.addr, "slow");
     let response = sender.send_request(request).await.expect("answer");
     assert_eq!(response.status(), 200);
     let expected: usize = response
