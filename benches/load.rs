@@ -56,6 +56,7 @@
 //! copy built from another commit) with this bench.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -204,17 +205,7 @@ fn run() -> io::Result<bool> {
         .idle_conns
         .max(options.conns.iter().copied().max().unwrap_or(0));
     let proxies = servers.proxies(dir.path(), options.proxy_threads, clients)?;
-    let floor = if options.skip_floor {
-        None
-    } else {
-        let bench = std::env::current_exe()?;
-        Some(FloorProcess::start(
-            &bench,
-            dir.path(),
-            upstream.addr(),
-            options.proxy_threads,
-        )?)
-    };
+    let floor = start_floor(&options, dir.path(), upstream.addr(), options.proxy_threads)?;
     let mut subjects = proxies.subjects();
     subjects.insert(
         0,
@@ -438,9 +429,12 @@ fn run() -> io::Result<bool> {
     for (ok, text) in &verdicts {
         println!("- {} {text}", if *ok { "HOLDS:" } else { "MISSED:" });
     }
-    for text in [floor_context(&rows), flagged_ceiling(&rows)]
-        .into_iter()
-        .flatten()
+    for text in [
+        floor_context(&rows, Shape::PassThrough, 64),
+        flagged_ceiling(&rows, Shape::PassThrough, 64),
+    ]
+    .into_iter()
+    .flatten()
     {
         println!("\n{text}");
     }
@@ -452,11 +446,28 @@ fn run() -> io::Result<bool> {
     Ok(clean && rows.iter().all(|row| row.stats.clean()))
 }
 
+/// The hyper floor (this binary re-run as `load floor`) with `threads`
+/// threads in front of `upstream`, its log in `dir`; `None` under
+/// `LOAD_SKIP_FLOOR`.
+fn start_floor(
+    options: &Options,
+    dir: &Path,
+    upstream: SocketAddr,
+    threads: usize,
+) -> io::Result<Option<FloorProcess>> {
+    if options.skip_floor {
+        return Ok(None);
+    }
+    let bench = std::env::current_exe()?;
+    FloorProcess::start(&bench, dir, upstream, threads).map(Some)
+}
+
 /// The headline (issue 21): nginx with `LOAD_HEADLINE_THREADS` workers and
 /// quota-proxy with as many serving threads, started for it (their files
 /// in `dir/headline`), driven over [`headline::SHAPES`] at
 /// `LOAD_HEADLINE_CONNS` connections, rounds interleaved as in the matrix,
-/// then stopped. Prints the headline table and the runs behind it; true
+/// then stopped, the hyper floor with as many threads beside them. Prints
+/// the headline table, the floor lines and the runs behind it; true
 /// when every answer was the expected one.
 fn headline_section(
     options: &Options,
@@ -472,6 +483,11 @@ fn headline_section(
         rounds: options.rounds,
     };
     let proxies = servers.proxies(&dir, setup.threads, setup.conns)?;
+    let floor = start_floor(options, &dir, servers.upstream, setup.threads)?;
+    let mut subjects = proxies.subjects();
+    if let Some(floor) = &floor {
+        subjects.push(one_process(Target::Floor, floor.addr(), floor.pid()));
+    }
     println!(
         "## Headline: {} quota-proxy serving thread(s) vs {} nginx worker(s), {} connections\n",
         setup.threads, setup.threads, setup.conns
@@ -486,8 +502,19 @@ fn headline_section(
         options.rounds
     );
     let matrix = options.matrix(vec![setup.conns], headline::SHAPES.to_vec());
-    let rows = runner::run_matrix(runtime, &proxies.subjects(), &matrix, progress)?;
+    let rows = runner::run_matrix(runtime, &subjects, &matrix, progress)?;
     println!("{}", headline::render(&rows, setup));
+    // What the misses are measured against: the least a hyper proxy does.
+    for text in [
+        floor_context(&rows, Shape::PassThrough, setup.conns),
+        floor_context(&rows, Shape::PassThroughPost, setup.conns),
+        flagged_ceiling(&rows, Shape::PassThroughPost, setup.conns),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        println!("{text}\n");
+    }
     println!(
         "req/s, p99 and CPU (the server's processes) are each side's median run, numerator \
          first. The runs behind it:\n"

@@ -11,19 +11,22 @@ use super::scenarios::{Shape, Target, UploadKind};
 /// 40 MB target's); it goes on to `LOAD_IDLE_CONNS` from there.
 pub const IDLE_STEP: usize = 1000;
 
-/// Pass-through at 64 connections against the hyper floor: how far nginx
-/// is from the least any hyper proxy does, and quota-proxy from that.
-pub fn floor_context(rows: &[Row]) -> Option<String> {
-    let row = |target| runner::find(rows, Shape::PassThrough, target, 64);
+/// `shape` (a pass-through) at `conns` connections against the hyper
+/// floor: how far nginx is from the least any hyper proxy does, and
+/// quota-proxy from that.
+pub fn floor_context(rows: &[Row], shape: Shape, conns: usize) -> Option<String> {
+    let row = |target| runner::find(rows, shape, target, conns);
     let (nginx, floor, qp) = (
         row(Target::Nginx)?,
         row(Target::Floor)?,
         row(Target::Memory)?,
     );
     Some(format!(
-        "Pass-through against the hyper floor (64 conns): floor ÷ nginx {} req/s, \
+        "{} against the hyper floor ({conns} conns): floor ÷ nginx {} req/s, p99 {}; \
          qp-memory ÷ floor {} req/s; CPU s/10k req: nginx {:.2}, floor {:.2}, qp-memory {:.2}.",
+        capitalized(shape.name()),
         runner::paired(floor, nginx)?,
+        runner::paired_p99(floor, nginx)?,
         runner::paired(qp, floor)?,
         nginx.cpu_per_10k,
         floor.cpu_per_10k,
@@ -31,10 +34,18 @@ pub fn floor_context(rows: &[Row]) -> Option<String> {
     ))
 }
 
-/// Flagged-and-allowed at 64 connections against the hyper floor: what
-/// the flagged request's shape alone costs (a POST with a body, an answer
-/// with a report), and the most each store's flagged ÷ pass-through could
-/// be if quota-proxy's own quota work cost nothing.
+fn capitalized(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// Flagged-and-allowed at `conns` connections against the hyper floor:
+/// what the flagged request's shape costs over `pass` (a pass-through GET
+/// or POST: a body, an answer with a report), and the most each store's
+/// flagged ÷ `pass` could be if quota-proxy's own quota work cost nothing.
 ///
 /// Every process shares the machine's cores, so a request's cost in machine
 /// time is cores ÷ req/s. The floor's two rows give what the shape adds;
@@ -44,27 +55,29 @@ pub fn floor_context(rows: &[Row]) -> Option<String> {
 /// bound needs the cores, so it is left out when the bench's redis-server
 /// is pinned apart (`LOAD_REDIS_CPUS`). Each bound is computed round by
 /// round from that round's runs, and summarised like a paired ratio.
-pub fn flagged_ceiling(rows: &[Row]) -> Option<String> {
-    let row = |shape, target| runner::find(rows, shape, target, 64);
-    let floor_pass = row(Shape::PassThrough, Target::Floor)?;
+pub fn flagged_ceiling(rows: &[Row], pass: Shape, conns: usize) -> Option<String> {
+    let row = |shape, target| runner::find(rows, shape, target, conns);
+    let floor_pass = row(pass, Target::Floor)?;
     let floor_flagged = row(Shape::Allowed, Target::Floor)?;
-    let qp_pass = row(Shape::PassThrough, Target::Memory)?;
+    let qp_pass = row(pass, Target::Memory)?;
     // Round by round: [floor pass, floor flagged, qp pass(, qp-redis pass)].
     let ceiling = runner::by_round(&[floor_pass, floor_flagged, qp_pass], |rps| {
         1.0 / (1.0 + rps[2] * (1.0 / rps[1] - 1.0 / rps[0]))
     })?;
     let mut text = format!(
-        "Flagged, allowed against the hyper floor (64 conns): the floor forwards it at {} \
-         its own pass-through req/s; with quota work that cost nothing, qp-memory's flagged ÷ \
-         pass-through could reach {} at most",
+        "Flagged, allowed against the hyper floor ({conns} conns): the floor forwards it at {} \
+         its own {} req/s; with quota work that cost nothing, qp-memory's flagged ÷ \
+         {} could reach {} at most",
         runner::paired(floor_flagged, floor_pass)?,
+        pass.name(),
+        pass.name(),
         ceiling,
     );
     let redis_cpu = row(Shape::Allowed, Target::Redis)
         .and_then(|row| row.redis)
         .map(|redis| redis.cpu_per_10k / 10_000.0);
     if let (Some(redis_pass), Some(redis_cpu), None) = (
-        row(Shape::PassThrough, Target::Redis),
+        row(pass, Target::Redis),
         redis_cpu,
         std::env::var_os("LOAD_REDIS_CPUS"),
     ) {
