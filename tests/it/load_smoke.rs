@@ -242,15 +242,18 @@ fn redis_command_count_reads_commandstats() {
 }
 
 /// The bench's Redis figures: plain commands (the store's reserve and
-/// settle) count whole; with a script, its commands count once, inside it.
+/// settle) count whole; with a script, its commands count once, inside it;
+/// the health check's `PING`s not at all.
 #[test]
 fn redis_time_counts_plain_commands_whole_and_scripts_once() {
     let plain = "# Stats\r\ntotal_reads_processed:12\r\n# Commandstats\r\n\
         cmdstat_zadd:calls=6,usec=30,usec_per_call=5.00\r\n\
         cmdstat_info:calls=2,usec=100,usec_per_call=50.00\r\n\
-        cmdstat_mget:calls=2,usec=4,usec_per_call=2.00\r\n";
+        cmdstat_mget:calls=2,usec=4,usec_per_call=2.00\r\n\
+        cmdstat_ping:calls=3,usec=3,usec_per_call=1.00\r\n";
     let calls = procs::read_calls(plain);
-    assert_eq!((calls.commands, calls.round_trips, calls.usec), (8, 12, 34));
+    // The health check's `PING`s: neither commands nor round trips.
+    assert_eq!((calls.commands, calls.round_trips, calls.usec), (8, 9, 34));
     let scripted = "total_reads_processed:3\r\n\
         cmdstat_evalsha:calls=2,usec=50,usec_per_call=25.00\r\n\
         cmdstat_zadd:calls=6,usec=30,usec_per_call=5.00\r\n";

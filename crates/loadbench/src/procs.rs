@@ -385,11 +385,13 @@ impl Drop for RedisProcess {
 /// commandstats` (the `INFO` calls themselves left out).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RedisCalls {
-    /// Every command, including those a Lua script runs inside Redis.
+    /// Every command, including those a Lua script runs inside Redis, but
+    /// the proxy's health-check `PING`s (timed, not caused by requests).
     pub commands: u64,
     /// Calls clients wrote at once (a command, or a pipeline of them):
-    /// the reads Redis made (`total_reads_processed`). A pipeline over
-    /// 16 KB (Redis's read size) counts a read per 16 KB.
+    /// the reads Redis made (`total_reads_processed`), less one per
+    /// health-check `PING`. A pipeline over 16 KB (Redis's read size)
+    /// counts a read per 16 KB.
     pub round_trips: u64,
     /// Microseconds Redis spent executing what clients sent (`usec`): every
     /// command when no script ran; when one did, only the commands a
@@ -428,7 +430,7 @@ const SCRIPT_COMMANDS: &[&str] = &[
 
 /// The other commands only a client sends (never a script).
 const CLIENT_COMMANDS: &[&str] = &[
-    "script", "ping", "hello", "client", "select", "auth", "multi", "exec",
+    "script", "hello", "client", "select", "auth", "multi", "exec",
 ];
 
 /// What the Redis on `port` has executed so far.
@@ -458,7 +460,7 @@ pub fn redis_calls(port: u16) -> io::Result<RedisCalls> {
 /// [`RedisCalls`] from the text of `INFO stats commandstats`.
 pub fn read_calls(text: &str) -> RedisCalls {
     let mut calls = RedisCalls::default();
-    let (mut all_usec, mut client_usec, mut scripts) = (0, 0, 0);
+    let (mut all_usec, mut client_usec, mut scripts, mut pings) = (0, 0, 0, 0);
     for line in text.lines() {
         if let Some(reads) = line.strip_prefix("total_reads_processed:") {
             calls.round_trips = reads.trim().parse().unwrap_or(0);
@@ -480,7 +482,13 @@ pub fn read_calls(text: &str) -> RedisCalls {
         let Some(n) = field("calls") else {
             continue;
         };
+        // The bench's own `INFO`s, and the proxy's health check: a `PING`
+        // every few seconds, sent alone (one read each), whatever the load.
         if name == "info" {
+            continue;
+        }
+        if name == "ping" {
+            pings += n;
             continue;
         }
         calls.commands += n;
@@ -497,6 +505,7 @@ pub fn read_calls(text: &str) -> RedisCalls {
         }
     }
     calls.usec = if scripts > 0 { client_usec } else { all_usec };
+    calls.round_trips = calls.round_trips.saturating_sub(pings);
     calls
 }
 
