@@ -12,6 +12,7 @@ mod attack_lifecycle;
 mod attack_units;
 
 mod batches;
+mod body_memory;
 mod config_errors;
 mod config_mistakes;
 mod decision_logs;

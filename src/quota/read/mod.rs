@@ -2,11 +2,14 @@
 //! spool it uses for uploads: within `max_body_bytes`, the body budget and
 //! the client-body deadline, and the answers to a body that cannot be read.
 
+mod buffer;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 
+use self::buffer::BodyBuffer;
 use super::body::RequestBody;
 use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
 use super::deadline::ClientBody;
@@ -25,7 +28,8 @@ use crate::response::json_error;
 ///
 /// The buffer grows as bytes arrive, doubling, never past `declared` (the
 /// `Content-Length`) or `max`: an honest length gets a buffer of exactly
-/// its size, a false one gets no more than twice what was really sent.
+/// its size, a false one gets no more than twice what was really sent. A
+/// large one grows in place (`buffer.rs`): never copied, resident once.
 pub(super) async fn read_whole<B>(
     body: B,
     max: u64,
@@ -39,7 +43,7 @@ where
     let mut body = std::pin::pin!(body);
     let mut held = budget.hold();
     let mut first: Option<Bytes> = None;
-    let mut joined: Option<Vec<u8>> = None;
+    let mut joined: Option<BodyBuffer> = None;
     let mut total: u64 = 0;
     let ceiling = usize::try_from(declared.unwrap_or(max).min(max)).unwrap_or(usize::MAX);
     while let Some(frame) = body.frame().await {
@@ -60,7 +64,7 @@ where
                 first = Some(data);
             }
             (None, Some(earlier)) => {
-                let mut buffer = Vec::new();
+                let mut buffer = BodyBuffer::new();
                 grow(&mut buffer, earlier.len() + data.len(), ceiling, &mut held).await?;
                 buffer.extend_from_slice(&earlier);
                 buffer.extend_from_slice(&data);
@@ -85,7 +89,7 @@ where
 /// Makes room in `buffer` for `more` bytes: doubling its capacity, never
 /// past `ceiling` unless the bytes need it, the growth taken from `held`.
 async fn grow(
-    buffer: &mut Vec<u8>,
+    buffer: &mut BodyBuffer,
     more: usize,
     ceiling: usize,
     held: &mut Held,
