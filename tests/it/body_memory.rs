@@ -16,7 +16,7 @@ const BODY: usize = 10 * 1024 * 1024;
 
 /// Measures: one 10 MB JSON body on an inspected route, sent in 64 KiB
 /// writes, reaches the upstream whole and grows the proxy's peak resident
-/// memory (`VmHWM`) by less than 1.5 bodies.
+/// memory (`VmHWM`) by less than 1.25 bodies.
 #[tokio::test]
 async fn a_large_json_body_is_held_once() {
     let upstream = TestUpstream::start(|request: RecordedRequest| async move {
@@ -70,7 +70,7 @@ path = "/chat/{{id}}/send/"
         body.len() >> 10
     );
     assert!(
-        grown < (body.len() as u64) * 3 / 2,
+        grown < (body.len() as u64) * 5 / 4,
         "peak RSS grew {:.2} bodies",
         grown as f64 / body.len() as f64
     );
