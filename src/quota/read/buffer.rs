@@ -8,17 +8,15 @@
 //! had it goes on as a `Vec`.
 
 /// The capacity from which the buffer is pages of its own: below it a copy
-/// costs less than the system calls.
-pub(super) const MAPPED_FROM: usize = 1 << 20;
+/// costs less than the system calls. Never sized from a `Content-Length`:
+/// a buffer this large holds at least half as many bytes that really
+/// arrived, all taken from the body budget, so the mappings alive at once
+/// (each one of the process's limited count, `vm.max_map_count`) number
+/// at most `body_budget_bytes` / 128 KiB, whatever clients declare.
+pub(super) const MAPPED_FROM: usize = 256 * 1024;
 
 /// Bytes joined as they arrive, with room made ahead by [`Self::reserve_exact`].
-pub(super) struct BodyBuffer {
-    kind: Kind,
-    /// Pages of its own from the first byte: the body is expected to pass
-    /// [`MAPPED_FROM`], so the small buffers a `Vec` would go through
-    /// before it are not worth their copies (nor their freed memory).
-    large: bool,
-}
+pub(super) struct BodyBuffer(Kind);
 
 enum Kind {
     Heap(Vec<u8>),
@@ -32,14 +30,9 @@ enum Kind {
 }
 
 impl BodyBuffer {
-    /// An empty buffer, no room made, for a body expected to be about
-    /// `expected` bytes (its `Content-Length`, trusted for nothing but
-    /// where its bytes go: room is still made only as they arrive).
-    pub(super) fn new(expected: usize) -> Self {
-        Self {
-            kind: Kind::Heap(Vec::new()),
-            large: expected >= MAPPED_FROM,
-        }
+    /// An empty buffer, no room made.
+    pub(super) fn new() -> Self {
+        Self(Kind::Heap(Vec::new()))
     }
 
     /// Bytes held.
@@ -49,7 +42,7 @@ impl BodyBuffer {
 
     /// Room made, bytes held included.
     pub(super) fn capacity(&self) -> usize {
-        match &self.kind {
+        match &self.0 {
             Kind::Heap(vec) => vec.capacity(),
             #[cfg(target_os = "linux")]
             Kind::Mapped { pages, .. } => pages.len(),
@@ -58,24 +51,23 @@ impl BodyBuffer {
 
     /// Makes room for exactly `additional` more bytes than are held: the
     /// bytes move into pages of their own once the room reaches
-    /// [`MAPPED_FROM`] (at once for a body expected that large), and those
-    /// pages grow in place.
+    /// [`MAPPED_FROM`], and those pages grow in place.
     pub(super) fn reserve_exact(&mut self, additional: usize) {
         let target = self.len().saturating_add(additional);
         if target <= self.capacity() {
             return;
         }
         #[cfg(target_os = "linux")]
-        if (target >= MAPPED_FROM || self.large) && self.map_to(target) {
+        if target >= MAPPED_FROM && self.map_to(target) {
             return;
         }
-        if let Kind::Heap(vec) = &mut self.kind {
+        if let Kind::Heap(vec) = &mut self.0 {
             vec.reserve_exact(additional);
         } else {
             // Pages that cannot grow: the bytes go back to the heap.
             let mut vec = Vec::with_capacity(target);
             vec.extend_from_slice(self.as_ref());
-            self.kind = Kind::Heap(vec);
+            self.0 = Kind::Heap(vec);
         }
     }
 
@@ -84,7 +76,7 @@ impl BodyBuffer {
         if self.capacity() - self.len() < data.len() {
             self.reserve_exact(data.len());
         }
-        match &mut self.kind {
+        match &mut self.0 {
             Kind::Heap(vec) => vec.extend_from_slice(data),
             #[cfg(target_os = "linux")]
             Kind::Mapped { pages, len } => {
@@ -98,7 +90,7 @@ impl BodyBuffer {
     /// new pages of that size; false when the kernel refused.
     #[cfg(target_os = "linux")]
     fn map_to(&mut self, capacity: usize) -> bool {
-        match &mut self.kind {
+        match &mut self.0 {
             Kind::Mapped { pages, .. } => {
                 // SAFETY: `remap`'s hazard is a file-backed map grown past
                 // its file's end; these pages are anonymous, so the new ones
@@ -113,7 +105,7 @@ impl BodyBuffer {
                     return false;
                 };
                 pages[..vec.len()].copy_from_slice(vec);
-                self.kind = Kind::Mapped {
+                self.0 = Kind::Mapped {
                     len: vec.len(),
                     pages,
                 };
@@ -125,7 +117,7 @@ impl BodyBuffer {
 
 impl AsRef<[u8]> for BodyBuffer {
     fn as_ref(&self) -> &[u8] {
-        match &self.kind {
+        match &self.0 {
             Kind::Heap(vec) => vec,
             #[cfg(target_os = "linux")]
             Kind::Mapped { pages, len } => &pages[..*len],
@@ -139,25 +131,15 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn a_body_expected_large_is_in_pages_of_its_own_from_its_first_bytes() {
-        let mut buffer = BodyBuffer::new(MAPPED_FROM);
-        buffer.reserve_exact(100);
-        buffer.extend_from_slice(&[1; 100]);
-        #[cfg(target_os = "linux")]
-        assert!(matches!(buffer.kind, Kind::Mapped { .. }));
-        assert_eq!(buffer.as_ref(), &[1; 100]);
-    }
-
-    #[test]
     fn a_large_buffer_grows_in_pages_of_its_own() {
-        let mut buffer = BodyBuffer::new(0);
+        let mut buffer = BodyBuffer::new();
         buffer.reserve_exact(1000);
         buffer.extend_from_slice(&[1; 1000]);
-        assert!(matches!(buffer.kind, Kind::Heap(_)));
+        assert!(matches!(buffer.0, Kind::Heap(_)));
         buffer.reserve_exact(MAPPED_FROM);
         buffer.extend_from_slice(&[2; 4096]);
         #[cfg(target_os = "linux")]
-        assert!(matches!(buffer.kind, Kind::Mapped { .. }));
+        assert!(matches!(buffer.0, Kind::Mapped { .. }));
         assert_eq!(buffer.capacity(), 1000 + MAPPED_FROM);
         // Past its room: grown again, in place or moved, bytes kept.
         buffer.extend_from_slice(&vec![3; MAPPED_FROM]);
@@ -174,9 +156,8 @@ mod tests {
         #[test]
         fn holds_the_pieces_joined(
             pieces in prop::collection::vec((0usize..300_000, any::<u8>(), 0usize..700_000), 0..12),
-            expected in prop::sample::select(vec![0, MAPPED_FROM]),
         ) {
-            let mut buffer = BodyBuffer::new(expected);
+            let mut buffer = BodyBuffer::new();
             let mut expected = Vec::new();
             for (size, byte, room) in pieces {
                 buffer.reserve_exact(room);

@@ -64,7 +64,7 @@ where
                 first = Some(data);
             }
             (None, Some(earlier)) => {
-                let mut buffer = BodyBuffer::new(ceiling);
+                let mut buffer = BodyBuffer::new();
                 grow(&mut buffer, earlier.len() + data.len(), ceiling, &mut held).await?;
                 buffer.extend_from_slice(&earlier);
                 buffer.extend_from_slice(&data);
