@@ -80,9 +80,11 @@ pub(crate) struct Settlement {
     pub(crate) ticket: Ticket,
     pub(crate) status: Option<StatusCode>,
     pub(crate) started: Instant,
-    /// When it was admitted: usage reported without a reservation counts in
-    /// the periods of this instant, as a reservation's does.
-    admitted: DateTime<Utc>,
+    /// When a ticket without periods of its own (no reservation, not
+    /// shadow-denied) was admitted: usage reported for it counts in the
+    /// periods of this instant, as a reservation's does. `None` for the
+    /// others, which carry their periods (and so skip a clock read).
+    admitted: Option<DateTime<Utc>>,
     /// The request's `X-Request-Id`, for the log line.
     request_id: Option<http::HeaderValue>,
     /// The request's span (`spans.rs`), kept open until usage is recorded.
@@ -102,7 +104,10 @@ impl Settlement {
         span: tracing::Span,
     ) -> Self {
         let pending = state.deps.settlements.token();
-        let admitted = state.deps.clock.now();
+        let admitted = match &ticket {
+            Ticket::Reserved { .. } | Ticket::ShadowDenied { .. } => None,
+            Ticket::Unreserved { .. } | Ticket::Unflagged { .. } => Some(state.deps.clock.now()),
+        };
         Settlement {
             state,
             route,
@@ -268,7 +273,7 @@ impl Settlement {
             (None, Some(user)) if amount > 0 => Some(Reservation {
                 id: Reservation::new_id(),
                 user: user.clone(),
-                windows: state.deps.calendar.windows(admitted),
+                windows: state.deps.calendar.windows(admitted.unwrap_or(now)),
                 expires_at: now,
                 keys_expire: false,
             }),
