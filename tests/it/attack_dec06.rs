@@ -1,0 +1,152 @@
+//! Findings of the attack session of 6 December (branch `attack/dec06`),
+//! each a test on the real binary; where Django's reading matters, in front
+//! of real Django (gunicorn, `tests/django/`), counting the images Django
+//! saved. Each test's doc says what the proxy did on the commit it was
+//! found on (6f0a5b8).
+
+use std::time::Duration;
+
+use crate::support::binary::Binary;
+use crate::support::django::{Django, SavedImages};
+use crate::support::raw_http;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The shipped preset, with `upstream` (Django), periods in a zone where it
+/// is about noon (no day boundary mid-test), and `edit` applied.
+fn preset_with(upstream: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
+    let text = std::fs::read_to_string(path).expect("read the preset");
+    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
+    table.insert("upstream".into(), upstream.into());
+    let periods = table
+        .get_mut("periods")
+        .and_then(toml::Value::as_table_mut)
+        .expect("[periods]");
+    periods.insert("timezone".into(), noon_zone().into());
+    edit(&mut table);
+    toml::to_string(&table).expect("config renders")
+}
+
+fn noon_zone() -> String {
+    use chrono::Timelike;
+    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
+    let offset = (12 - hour).clamp(-11, 12);
+    if offset >= 0 {
+        format!("Etc/GMT-{offset}")
+    } else {
+        format!("Etc/GMT+{}", -offset)
+    }
+}
+
+/// A flagged JSON message to the send view of `session` over HTTP/1.1, as
+/// user `user` (the harness's `sessionid=u<user>`, the free plan).
+fn flagged_json(proxy: &Binary, user: u64, session: u64) -> raw_http::RawResponse {
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut request = format!(
+        "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cookie: sessionid=u{user}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// The free plan's three images for `user`, then a fourth denied: the user
+/// is at the limit.
+fn use_up_the_free_plan(proxy: &Binary, saved: &mut SavedImages, user: u64) {
+    for session in 1..=3 {
+        let answer = flagged_json(proxy, user, session);
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&user.to_string()), 3, "three images saved");
+    let denied = flagged_json(proxy, user, 4);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+}
+
+/// The chat page's upload: `multipart/form-data` with `message` and
+/// `generate_image=true`, split on `boundary`.
+fn multipart_body(boundary: &str) -> Vec<u8> {
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\na cat\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n\
+         --{boundary}--\r\n"
+    )
+    .into_bytes()
+}
+
+/// **HTTP/2 header values are judged untrimmed, but reach Django trimmed.**
+///
+/// HTTP/1 parsers (httparse in the proxy, gunicorn) drop the spaces and
+/// tabs around a header value. An HTTP/2 field value may carry them (h2
+/// takes any `HeaderValue`); the proxy judged such a value as it came, and
+/// forwarded it over HTTP/1.1 to gunicorn, which strips it
+/// (`gunicorn/http/message.py`: `value.strip(" \t")`) before Django reads
+/// it. So `content-type: " multipart/form-data; boundary=…"` (one leading
+/// space) failed the port of `MultiPartParser.__init__`'s raw check
+/// (`startswith("multipart/")`): judged *rejected* (Django's 400 for a
+/// malformed multipart body), forwarded unreserved and unprobed, while
+/// Django saw `multipart/form-data; boundary=…`, read `generate_image ==
+/// "true"` and generated. On 6f0a5b8 a free user at the limit got an image
+/// per request this way (on the same session too: a refused body skips the
+/// probe and the learned sessions), each only counted after it was made;
+/// every preset was open to it (`drf` and `django-form` run the same check
+/// on a multipart type, and `drf` its 256-character limit on the type).
+///
+/// Now an HTTP/2 request's header values are trimmed of spaces and tabs on
+/// arrival, as an HTTP/1 parser would have: judged and forwarded as Django
+/// sees them.
+#[tokio::test]
+async fn an_h2_content_type_with_spaces_around_it_is_no_bypass() {
+    const USER: u64 = 720_101;
+    let django = Django::start();
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url(), |_| {}), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let mut seen = Vec::new();
+    for (n, content_type) in [
+        " multipart/form-data; boundary=qpAttack",
+        "\tmultipart/form-data; boundary=qpAttack",
+        "  multipart/form-data; boundary=qpAttack \t",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let headers = vec![
+            ("content-type".to_owned(), content_type.to_owned()),
+            ("cookie".to_owned(), format!("sessionid=u{USER}")),
+        ];
+        let answer = raw_http::send_h2(
+            proxy.proxy,
+            "POST",
+            &format!("/chat/session/{}/send/", 10 + n),
+            &headers,
+            multipart_body("qpAttack"),
+            WITHIN,
+        )
+        .await;
+        seen.push(format!(
+            "{content_type:?}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent three flagged uploads over HTTP/2 with \
+         whitespace around the Content-Type: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
