@@ -150,3 +150,91 @@ async fn an_h2_content_type_with_spaces_around_it_is_no_bypass() {
         seen.join("\n")
     );
 }
+
+/// The preset with its route moved to the harness's REST framework view
+/// (`api/drf/session/<int:session_id>/send/`, `flag_rules = "drf"`, no
+/// probe), as `tests/it/django`'s `drf_rules_have_no_bypass` runs it.
+fn drf_preset(upstream: &str) -> String {
+    preset_with(upstream, |table| {
+        let routes = table
+            .get_mut("routes")
+            .and_then(toml::Value::as_array_mut)
+            .expect("[[routes]]");
+        let route = routes[0].as_table_mut().expect("a route is a table");
+        route.insert(
+            "path".into(),
+            "api/drf/session/<int:session_id>/send/".into(),
+        );
+        route.insert("flag_rules".into(), "drf".into());
+        route.remove("probe");
+    })
+}
+
+/// A JSON message asking for an image (`"generate_image": true`) to the
+/// REST framework view of `session` as `user`, under `content_type`.
+fn drf_flagged(
+    proxy: &Binary,
+    user: u64,
+    session: u64,
+    content_type: &str,
+) -> raw_http::RawResponse {
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut request = format!(
+        "POST /api/drf/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cookie: sessionid=u{user}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// **A long `Content-Type` was judged refused by DRF, which reads it.**
+///
+/// The `drf` rules (the default `flag_rules`) held that REST framework
+/// answers 415 to a `Content-Type` longer than 256 characters, so such a
+/// body was judged *rejected*: forwarded unreserved, as if no view could
+/// run. Neither DRF (3.16.1) nor Django (5.2.19) has such a limit: the view
+/// parsed `application/json; x=aaa…` (257, 300, 1,000 characters), read
+/// `"generate_image": true` and generated. On 6f0a5b8 a free user at the
+/// limit got an image per request that way (the app's `X-Images-Saved`
+/// counted each only after it was made, and a refused body skips the
+/// learned sessions, so the same session served again and again).
+///
+/// Now a type of any length is read by the media type it names; one too
+/// long for a Django that refuses long headers is at worst counted.
+#[tokio::test]
+async fn a_long_content_type_is_read_as_the_rest_framework_reads_it() {
+    const USER: u64 = 720_201;
+    let django = Django::start();
+    let mut saved = django.saved();
+    let proxy = Binary::start(&drf_preset(&django.url()), &[]).await;
+    for session in 1..=3 {
+        let answer = drf_flagged(&proxy, USER, session, "application/json");
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&USER.to_string()), 3, "three images saved");
+    let mut seen = Vec::new();
+    for (n, len) in [257_usize, 300, 1000].into_iter().enumerate() {
+        let prefix = "application/json; x=";
+        let content_type = format!("{prefix}{}", "a".repeat(len - prefix.len()));
+        let answer = drf_flagged(&proxy, USER, 10 + n as u64, &content_type);
+        seen.push(format!(
+            "{len} characters: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent three flagged JSON messages with a \
+         Content-Type over 256 characters: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
