@@ -238,3 +238,72 @@ async fn a_long_content_type_is_read_as_the_rest_framework_reads_it() {
         seen.join("\n")
     );
 }
+
+/// **A JWT whose signature PyJWT reads leniently was no identity to the
+/// proxy.**
+///
+/// PyJWT (which djangorestframework-simplejwt verifies with) decodes a
+/// segment as `base64.urlsafe_b64decode(segment + "=" * pad)`: the
+/// signature bytes are the same with `=` padding after them (PyJWT 2.15.1
+/// and earlier), and, up to at least PyJWT 2.8.0, with characters outside
+/// the alphabet among them (`!`, a Latin-1 byte), with the standard
+/// alphabet's `+` and `/`, or with other values in the two bits the last
+/// character carries past the 256 signed ones; the signed header and
+/// payload are untouched, so the token verifies. The proxy's `jsonwebtoken`
+/// reads unpadded canonical base64url only: such a token was invalid, the
+/// request anonymous, and under the preset's `anonymous = "forward"`
+/// forwarded unchecked. Anyone holding a valid token (their own) could so
+/// make every image of theirs uncounted. On 6f0a5b8 a free user at the
+/// limit got one more image per spelling, none counted.
+///
+/// Now the signature is read as PyJWT reads it before it is verified.
+#[tokio::test]
+async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
+    use crate::jwt_parity::{
+        access_token, flagged_with, jwt_preset, secret_file, use_up_the_free_plan,
+    };
+    const USER: u64 = 720_301;
+    let django = Django::start_with(&[("HARNESS_JWT_BEARER", "1")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let proxy = Binary::start(&jwt_preset(&django, &secret, None), &[]).await;
+    let token = access_token(USER);
+    let plain = format!("Authorization: Bearer {token}");
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, plain.as_bytes())
+    });
+
+    // The signature's last character with its two unsigned bits changed.
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = token.as_bytes()[token.len() - 1];
+    let index = ALPHABET.iter().position(|&c| c == last).expect("base64url");
+    let other = char::from(ALPHABET[(index & !3) | ((index + 1) & 3)]);
+    let spellings = [
+        ("padded", format!("{token}=")),
+        ("junk after it", format!("{token}!!")),
+        (
+            "other unsigned bits",
+            format!("{}{other}", &token[..token.len() - 1]),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (n, (what, spelled)) in spellings.iter().enumerate() {
+        let header = format!("Authorization: Bearer {spelled}");
+        let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
+        seen.push(format!(
+            "{what}: {} (django: {})",
+            answer.status,
+            answer.header("x-harness-django").is_some()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent their own token with its signature \
+         spelled otherwise: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
