@@ -159,7 +159,7 @@ impl IdentitySource for JwtIdentity {
         // Both are read: the app's views may read either (a cookie-JWT
         // class never looks at `Authorization`), so a bad bearer token must
         // not hide a good cookie (an attack session).
-        let bearer = bearer_token(headers).map(Cow::Borrowed);
+        let bearer = bearer_token(headers);
         let cookie = self
             .cookie
             .as_deref()
@@ -281,8 +281,27 @@ fn python_b64decode(data: impl Iterator<Item = u8>) -> Option<Vec<u8>> {
 /// The token of an `Authorization: Bearer <token>` header (scheme matched
 /// case-insensitively), split on any ASCII whitespace as simplejwt splits
 /// it (`header.split()`: a tab counts); other schemes are not ours.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// simplejwt hands PyJWT the header's Latin-1 bytes, whose bytes above
+/// 0x7E PyJWT 2.8 skips in a signature like any other junk: each is read
+/// here as `!`, junk of the same length ([`pyjwt_signature`]), where it
+/// made the header unreadable and the request anonymous.
+fn bearer_token(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    match value.to_str() {
+        Ok(text) => bearer_of(text).map(Cow::Borrowed),
+        Err(_) => {
+            let text: String = value
+                .as_bytes()
+                .iter()
+                .map(|&b| if b.is_ascii() { char::from(b) } else { '!' })
+                .collect();
+            bearer_of(&text).map(|token| Cow::Owned(token.to_owned()))
+        }
+    }
+}
+
+/// The token of a `Bearer <token>` header value.
+fn bearer_of(value: &str) -> Option<&str> {
     let mut parts = value.split_ascii_whitespace();
     let (scheme, token) = (parts.next()?, parts.next()?);
     (scheme.eq_ignore_ascii_case("bearer") && parts.next().is_none()).then_some(token)
@@ -577,11 +596,11 @@ mod tests {
     fn bearer_tokens() {
         assert_eq!(
             bearer_token(&headers(&[("authorization", "Bearer a.b.c")])),
-            Some("a.b.c")
+            Some("a.b.c".into())
         );
         assert_eq!(
             bearer_token(&headers(&[("authorization", "bearer  a.b.c ")])),
-            Some("a.b.c")
+            Some("a.b.c".into())
         );
         assert_eq!(
             bearer_token(&headers(&[("authorization", "Token abc")])),
@@ -592,6 +611,13 @@ mod tests {
             None
         );
         assert_eq!(bearer_token(&headers(&[])), None);
+        // A byte above 0x7E is junk PyJWT 2.8 skips: one `!` each.
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer a.b.c\xa0\xc3\xa9").expect("obs-text"),
+        );
+        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!"));
     }
 
     #[test]
