@@ -281,23 +281,32 @@ fn python_b64decode(data: impl Iterator<Item = u8>) -> Option<Vec<u8>> {
 /// The token of an `Authorization: Bearer <token>` header (scheme matched
 /// case-insensitively), split on any ASCII whitespace as simplejwt splits
 /// it (`header.split()`: a tab counts); other schemes are not ours.
-/// simplejwt hands PyJWT the header's Latin-1 bytes, whose bytes above
-/// 0x7E PyJWT 2.8 skips in a signature like any other junk: each is read
-/// here as `!`, junk of the same length ([`pyjwt_signature`]), where it
-/// made the header unreadable and the request anonymous.
+/// simplejwt reads the header as the WSGI server hands it on: several
+/// lines joined with `,` (gunicorn), as Latin-1 bytes, which it passes to
+/// PyJWT. PyJWT 2.8 skips a `,` or a byte above 0x7E in a signature like
+/// any other junk, so `Bearer <jwt head>` and `<jwt tail>==` on two lines
+/// log the user in: the lines are joined here too, each byte above 0x7E
+/// read as `!` (junk of the same length for [`pyjwt_signature`]), where
+/// the first line alone, or a header `to_str` refused, made the request
+/// anonymous (`tests/it/attack_dec06.rs`).
 fn bearer_token(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    let value = headers.get(header::AUTHORIZATION)?;
-    match value.to_str() {
-        Ok(text) => bearer_of(text).map(Cow::Borrowed),
-        Err(_) => {
-            let text: String = value
-                .as_bytes()
-                .iter()
-                .map(|&b| if b.is_ascii() { char::from(b) } else { '!' })
-                .collect();
-            bearer_of(&text).map(|token| Cow::Owned(token.to_owned()))
-        }
+    let mut lines = headers.get_all(header::AUTHORIZATION).iter();
+    let first = lines.next()?;
+    if let (Ok(text), None) = (first.to_str(), lines.next()) {
+        return bearer_of(text).map(Cow::Borrowed);
     }
+    let mut joined = String::new();
+    for (n, line) in headers.get_all(header::AUTHORIZATION).iter().enumerate() {
+        if n > 0 {
+            joined.push(',');
+        }
+        joined.extend(
+            line.as_bytes()
+                .iter()
+                .map(|&b| if b.is_ascii() { char::from(b) } else { '!' }),
+        );
+    }
+    bearer_of(&joined).map(|token| Cow::Owned(token.to_owned()))
 }
 
 /// The token of a `Bearer <token>` header value.
@@ -618,6 +627,13 @@ mod tests {
             http::HeaderValue::from_bytes(b"Bearer a.b.c\xa0\xc3\xa9").expect("obs-text"),
         );
         assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!"));
+        // Several lines: joined with `,`, as gunicorn joins them.
+        map.append(header::AUTHORIZATION, "d".parse().expect("value"));
+        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!,d"));
+        let mut map = HeaderMap::new();
+        map.append(header::AUTHORIZATION, "Bearer a.b".parse().expect("value"));
+        map.append(header::AUTHORIZATION, "Bearer c".parse().expect("value"));
+        assert_eq!(bearer_token(&map), None, "three words");
     }
 
     #[test]

@@ -246,7 +246,9 @@ async fn a_long_content_type_is_read_as_the_rest_framework_reads_it() {
 /// segment as `base64.urlsafe_b64decode(segment + "=" * pad)`: the
 /// signature bytes are the same with `=` padding after them (PyJWT 2.15.1
 /// and earlier), and, up to at least PyJWT 2.8.0, with characters outside
-/// the alphabet among them (`!`, a Latin-1 byte), with the standard
+/// the alphabet among them (`!`, a Latin-1 byte, or the `,` with which
+/// gunicorn joins two `Authorization` lines, the proxy having read only
+/// the first), with the standard
 /// alphabet's `+` and `/`, or with other values in the two bits the last
 /// character carries past the 256 signed ones; the signed header and
 /// payload are untouched, so the token verifies. The proxy's `jsonwebtoken`
@@ -278,8 +280,14 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
     let last = token.as_bytes()[token.len() - 1];
     let index = ALPHABET.iter().position(|&c| c == last).expect("base64url");
     let other = char::from(ALPHABET[(index & !3) | ((index + 1) & 3)]);
+    // Two `Authorization` lines: gunicorn joins them with `,`
+    // (`HTTP_AUTHORIZATION = "Bearer <jwt head>,<jwt tail>=="`), simplejwt
+    // takes the joined value's second word, and PyJWT skips the `,`.
+    let cut = token.len() - 10;
+    let two_lines = format!("{}\r\nAuthorization: {}==", &token[..cut], &token[cut..]);
     let spellings = [
         ("padded", format!("{token}=")),
+        ("split over two lines", two_lines),
         ("junk after it", format!("{token}!!")),
         (
             "other unsigned bits",
