@@ -315,3 +315,58 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
         seen.join("\n")
     );
 }
+
+/// The same reading for a token in a cookie (`identity.jwt.cookie`, the
+/// app's cookie-JWT authentication reading `request.COOKIES`): padded, or
+/// cut over two `Cookie` lines that gunicorn joins with `,` (Django's
+/// `parse_cookie` keeps the `,` and what follows in the value; PyJWT 2.8
+/// skips it). On 6f0a5b8 each was anonymous to the proxy and forwarded
+/// unchecked.
+#[tokio::test]
+async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
+    use crate::jwt_parity::{
+        access_token, flagged_with, jwt_preset, secret_file, use_up_the_free_plan,
+    };
+    const USER: u64 = 720_401;
+    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let config = jwt_preset(&django, &secret, Some("access_token"));
+    let proxy = Binary::start(&config, &[]).await;
+    let token = access_token(USER);
+    let plain = format!("Cookie: access_token={token}");
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, plain.as_bytes())
+    });
+    let cut = token.len() - 10;
+    let spellings = [
+        ("padded", format!("Cookie: access_token={token}=")),
+        (
+            "split over two lines",
+            format!(
+                "Cookie: access_token={}\r\nCookie: {}==",
+                &token[..cut],
+                &token[cut..]
+            ),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (n, (what, header)) in spellings.iter().enumerate() {
+        let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
+        seen.push(format!(
+            "{what}: {} (django: {})",
+            answer.status,
+            answer.header("x-harness-django").is_some()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent their own token cookie spelled otherwise: \
+         now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
