@@ -370,3 +370,87 @@ async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
         seen.join("\n")
     );
 }
+
+/// A flagged JSON message to the send view of `session` as `user`, sent as
+/// `POST <target> HTTP/1.1` with the header lines `extra` (raw, each
+/// ending in CRLF) and no others but the body's.
+fn flagged_to(proxy: &Binary, user: u64, target: &str, extra: &str) -> raw_http::RawResponse {
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\n{extra}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\nCookie: sessionid=u{user}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// **An absolute-form target without `Host` made every identity call
+/// fail, at the client's will.**
+///
+/// `POST http://chat.example/chat/session/1/send/ HTTP/1.1` with no `Host`
+/// line: the proxy forwards it with `Host: chat.example`, taken from the
+/// target (`proxy/service.rs`), and Django serves it; the identity call
+/// carried no `Host` (only HTTP/2's `:authority` was written into one), so
+/// behind the usual `ALLOWED_HOSTS` Django answered it 400
+/// (`DisallowedHost`), an identity error. Under the preset's
+/// `on_identity_error = "deny"` that was a 503 for such a client; under
+/// `"allow"` ("Django cannot answer: forward uncounted", meant for an
+/// outage) it was every image uncounted, for anyone who drops `Host`. On
+/// 6f0a5b8 a free user at the limit got an image per request so.
+///
+/// Now a request without `Host` gets the one its target names before
+/// anything reads it, whatever its version: the identity call, the probe
+/// and the app see the same host.
+#[tokio::test]
+async fn an_absolute_form_target_without_host_is_identified() {
+    const USER: u64 = 720_501;
+    const HOST: &str = "chat.example";
+    let django = Django::start_with(&[("HARNESS_ALLOWED_HOSTS", &format!("{HOST},t"))]);
+    let mut saved = django.saved();
+    let config = preset_with(&django.url(), |table| {
+        table["identity"]
+            .as_table_mut()
+            .expect("[identity]")
+            .insert("on_identity_error".into(), "allow".into());
+    });
+    let proxy = Binary::start(&config, &[]).await;
+    let host = format!("Host: {HOST}\r\n");
+    for session in 1..=3 {
+        let answer = flagged_to(
+            &proxy,
+            USER,
+            &format!("/chat/session/{session}/send/"),
+            &host,
+        );
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    let denied = flagged_to(&proxy, USER, "/chat/session/4/send/", &host);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+    let mut seen = Vec::new();
+    for session in 10..13 {
+        let target = format!("http://{HOST}/chat/session/{session}/send/");
+        let answer = flagged_to(&proxy, USER, &target, "");
+        seen.push(format!(
+            "{target}: {} (django: {})",
+            answer.status,
+            answer.header("x-harness-django").is_some()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent absolute-form targets without Host: now \
+         {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}

@@ -109,14 +109,17 @@ where
             trim_field_values(request.headers_mut());
             // One `Cookie`, as the identity call and the app must both read it.
             join_cookie_crumbs(request.headers_mut());
-            // The `Host` Django will see (the proxy writes it from
-            // `:authority`), for the identity call and the probe too.
-            if let Some(authority) = request.uri().authority()
-                && !request.headers().contains_key(http::header::HOST)
-                && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-            {
-                request.headers_mut().insert(http::header::HOST, host);
-            }
+        }
+        // The `Host` Django will see, for the identity call and the probe
+        // too: without one, the proxy writes it from the target's authority
+        // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
+        // identity call without it failed `ALLOWED_HOSTS` at the client's
+        // will (`tests/it/attack_dec06.rs`).
+        if let Some(authority) = request.uri().authority()
+            && !request.headers().contains_key(http::header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
         }
         // The config this request lives by, even if a reload swaps it.
         let state = self.current.load_full();
