@@ -170,7 +170,7 @@ impl IdentitySource for JwtIdentity {
             match self.verify(&token) {
                 Ok(identity) => match &found {
                     Some(other) if other.user_id != identity.user_id => {
-                        return Err(IdentityError::Unavailable(
+                        return Err(IdentityError::Ambiguous(
                             "the bearer token and the cookie name different users; which one \
                              the app's views use cannot be known"
                                 .to_owned(),

@@ -454,3 +454,79 @@ async fn an_absolute_form_target_without_host_is_identified() {
         seen.join("\n")
     );
 }
+
+/// **A client could make its own identity an error, and `"allow"` sent it
+/// on uncounted.**
+///
+/// `on_identity_error = "allow"` forwards uncounted "when Django cannot
+/// answer" (docs/identity.md): meant for an outage. But some identity
+/// errors are the request's own doing: with `forward_headers = ["Cookie",
+/// "Authorization"]` (the docs' example) and the identity view decorated
+/// for DRF, a garbage `Authorization: Bearer x` beside a valid session
+/// cookie is answered 401, which the proxy rightly takes for an error
+/// (which credential the app's view reads cannot be known), and the plain
+/// Django send view generates from the cookie. Under `"deny"` that is a
+/// 503; under `"allow"` on 6f0a5b8 it was every image of a user at the
+/// limit uncounted, one header away. (JWT's two valid tokens naming two
+/// users are the same kind of error.)
+///
+/// Now an identity the request itself makes unknowable is refused whatever
+/// `on_identity_error` says: only an identity source that cannot answer is
+/// subject to `"allow"`.
+#[tokio::test]
+async fn a_client_made_identity_error_is_never_allowed_through() {
+    const USER: u64 = 720_601;
+    let django = Django::start_with(&[("HARNESS_IDENTITY_DRF", "1")]);
+    let mut saved = django.saved();
+    let config = preset_with(&django.url(), |table| {
+        let identity = table["identity"].as_table_mut().expect("[identity]");
+        identity.insert("on_identity_error".into(), "allow".into());
+        identity["forward_auth"]
+            .as_table_mut()
+            .expect("[identity.forward_auth]")
+            .insert(
+                "forward_headers".into(),
+                toml::Value::Array(vec!["Cookie".into(), "Authorization".into()]),
+            );
+    });
+    let proxy = Binary::start(&config, &[]).await;
+    let host = "Host: chat.example\r\n";
+    for session in 1..=3 {
+        let answer = flagged_to(
+            &proxy,
+            USER,
+            &format!("/chat/session/{session}/send/"),
+            host,
+        );
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    let denied = flagged_to(&proxy, USER, "/chat/session/4/send/", host);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+    let mut seen = Vec::new();
+    for session in 10..13 {
+        let answer = flagged_to(
+            &proxy,
+            USER,
+            &format!("/chat/session/{session}/send/"),
+            "Host: chat.example\r\nAuthorization: Bearer x\r\n",
+        );
+        seen.push(format!(
+            "{}: {} (django: {})",
+            session,
+            answer.status,
+            answer.header("x-harness-django").is_some()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3 && seen.iter().all(|line| line.contains("(django: false)")),
+        "a free user at the limit (3 images) added `Authorization: Bearer x` beside the \
+         session cookie: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
