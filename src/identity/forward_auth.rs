@@ -202,7 +202,8 @@ impl Inner {
                 // A view may accept one credential the identity view
                 // refused for the other (DRF tries a bad token before the
                 // session and answers 401): who the app will see cannot be
-                // known. Fail closed; `on_identity_error` applies.
+                // known. Refused whatever `on_identity_error` says: the
+                // client chose it (`IdentityError::Ambiguous`).
                 return Err(IdentityError::Ambiguous(format!(
                     "identity endpoint {}: answered {status} (not logged in) to a request \
                      carrying several credentials ({}); which one the app's views use cannot \
