@@ -6,6 +6,7 @@
 //! |---|---|
 //! | 2xx with a `user_id` | the user; `limits` override the plan's, period by period |
 //! | 401, 403, 3xx (`login_required` → `/accounts/login/`) | anonymous |
+//! | the same to a request carrying several of the credential headers | [`IdentityError::Ambiguous`] (refused whatever `on_identity_error` says) |
 //! | other status, bad JSON, no answer within `timeout` | [`IdentityError::Unavailable`] |
 //!
 //! A request with none of the credential headers is anonymous without a
@@ -201,10 +202,13 @@ impl Inner {
                 // A view may accept one credential the identity view
                 // refused for the other (DRF tries a bad token before the
                 // session and answers 401): who the app will see cannot be
-                // known. Fail closed; `on_identity_error` applies.
-                return Err(self.unavailable(format_args!(
-                    "answered {status} (not logged in) to a request carrying several \
-                     credentials ({}); which one the app's views use cannot be known",
+                // known. Refused whatever `on_identity_error` says: the
+                // client chose it (`IdentityError::Ambiguous`).
+                return Err(IdentityError::Ambiguous(format!(
+                    "identity endpoint {}: answered {status} (not logged in) to a request \
+                     carrying several credentials ({}); which one the app's views use cannot \
+                     be known",
+                    self.endpoint,
                     sent.join(", ")
                 )));
             }

@@ -94,6 +94,7 @@ impl JwtIdentity {
 
     /// The identity `token` proves, or why it proves none.
     fn verify(&self, token: &str) -> Result<Identity, Rejected> {
+        let token = &*pyjwt_signature(token);
         let header = jsonwebtoken::decode_header(token)?;
         let key = self.key_for(header.kid)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)?;
@@ -158,7 +159,7 @@ impl IdentitySource for JwtIdentity {
         // Both are read: the app's views may read either (a cookie-JWT
         // class never looks at `Authorization`), so a bad bearer token must
         // not hide a good cookie (an attack session).
-        let bearer = bearer_token(headers).map(Cow::Borrowed);
+        let bearer = bearer_token(headers);
         let cookie = self
             .cookie
             .as_deref()
@@ -169,7 +170,7 @@ impl IdentitySource for JwtIdentity {
             match self.verify(&token) {
                 Ok(identity) => match &found {
                     Some(other) if other.user_id != identity.user_id => {
-                        return Err(IdentityError::Unavailable(
+                        return Err(IdentityError::Ambiguous(
                             "the bearer token and the cookie name different users; which one \
                              the app's views use cannot be known"
                                 .to_owned(),
@@ -190,11 +191,126 @@ impl IdentitySource for JwtIdentity {
     }
 }
 
+/// `token` with its signature segment (after the last `.`) written as
+/// `jsonwebtoken` reads one, unpadded canonical base64url, holding the bytes
+/// PyJWT reads from it (djangorestframework-simplejwt verifies with PyJWT):
+/// `base64url_decode` pads the segment to a multiple of four with `=` and
+/// runs `base64.urlsafe_b64decode`, CPython's lenient `a2b_base64`, which
+/// takes both alphabets, skips other characters, stops at a completed
+/// padding and drops the unsigned bits of a last character. So `<jwt>=`
+/// (PyJWT 2.15), `<jwt>!!` or another last character (PyJWT 2.8) verify in
+/// Django; read strictly here they were no identity, and a request with one
+/// went on anonymous and unchecked (`tests/it/attack_dec06.rs`). The signed
+/// header and payload are left as they are. `token` itself when its
+/// signature is canonical already, or is one PyJWT cannot read either.
+fn pyjwt_signature(token: &str) -> Cow<'_, str> {
+    let Some((signed, signature)) = token.rsplit_once('.') else {
+        return Cow::Borrowed(token);
+    };
+    let pad = (4 - signature.len() % 4) % 4;
+    let padded = signature.bytes().chain(std::iter::repeat_n(b'=', pad));
+    let Some(bytes) = python_b64decode(padded) else {
+        return Cow::Borrowed(token);
+    };
+    let canonical = base64url(&bytes);
+    if canonical == signature {
+        Cow::Borrowed(token)
+    } else {
+        Cow::Owned(format!("{signed}.{canonical}"))
+    }
+}
+
+/// `bytes` as unpadded base64url, as JWTs write them.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let sextet = |n: u32| char::from(ALPHABET[(n & 0x3f) as usize]);
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(sextet(n >> (18 - 6 * i)));
+        }
+    }
+    out
+}
+
+/// CPython's `binascii.a2b_base64(data, strict_mode=False)` after
+/// `urlsafe_b64decode`'s `-` to `+` and `_` to `/`: `None` where it raises.
+fn python_b64decode(data: impl Iterator<Item = u8>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut quad, mut pads, mut left) = (0_u8, 0_u8, 0_u8);
+    for c in data {
+        if c == b'=' {
+            if quad >= 2 {
+                pads += 1;
+                if quad + pads >= 4 {
+                    return Some(out);
+                }
+            }
+            continue;
+        }
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => continue,
+        };
+        pads = 0;
+        match quad {
+            0 => left = value,
+            1 => {
+                out.push(left << 2 | value >> 4);
+                left = value & 0x0f;
+            }
+            2 => {
+                out.push(left << 4 | value >> 2);
+                left = value & 0x03;
+            }
+            _ => out.push(left << 6 | value),
+        }
+        quad = (quad + 1) % 4;
+    }
+    (quad == 0).then_some(out)
+}
+
 /// The token of an `Authorization: Bearer <token>` header (scheme matched
 /// case-insensitively), split on any ASCII whitespace as simplejwt splits
 /// it (`header.split()`: a tab counts); other schemes are not ours.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// simplejwt reads the header as the WSGI server hands it on: several
+/// lines joined with `,` (gunicorn), as Latin-1 bytes, which it passes to
+/// PyJWT. PyJWT 2.8 skips a `,` or a byte above 0x7E in a signature like
+/// any other junk, so `Bearer <jwt head>` and `<jwt tail>==` on two lines
+/// log the user in: the lines are joined here too, each byte above 0x7E
+/// read as `!` (junk of the same length for [`pyjwt_signature`]), where
+/// the first line alone, or a header `to_str` refused, made the request
+/// anonymous (`tests/it/attack_dec06.rs`).
+fn bearer_token(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+    let mut lines = headers.get_all(header::AUTHORIZATION).iter();
+    let first = lines.next()?;
+    if let (Ok(text), None) = (first.to_str(), lines.next()) {
+        return bearer_of(text).map(Cow::Borrowed);
+    }
+    let mut joined = String::new();
+    for (n, line) in headers.get_all(header::AUTHORIZATION).iter().enumerate() {
+        if n > 0 {
+            joined.push(',');
+        }
+        joined.extend(
+            line.as_bytes()
+                .iter()
+                .map(|&b| if b.is_ascii() { char::from(b) } else { '!' }),
+        );
+    }
+    bearer_of(&joined).map(|token| Cow::Owned(token.to_owned()))
+}
+
+/// The token of a `Bearer <token>` header value.
+fn bearer_of(value: &str) -> Option<&str> {
     let mut parts = value.split_ascii_whitespace();
     let (scheme, token) = (parts.next()?, parts.next()?);
     (scheme.eq_ignore_ascii_case("bearer") && parts.next().is_none()).then_some(token)
@@ -461,14 +577,39 @@ mod tests {
     }
 
     #[test]
+    fn signatures_are_read_as_pyjwt_reads_them() {
+        let token = "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ";
+        assert_eq!(pyjwt_signature(token), token, "canonical: as it is");
+        for spelled in [
+            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ=",
+            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ==",
+            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIR",
+            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ!!!",
+            "aGVhZA.cGF5bG9hZA.c2ln!\u{a0}bmF0dXJlIQ",
+            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ==trailing",
+        ] {
+            assert_eq!(pyjwt_signature(spelled), token, "{spelled}");
+        }
+        // The other alphabet: `+` and `/` are `-` and `_`.
+        assert_eq!(pyjwt_signature("h.p.-_8"), "h.p.-_8");
+        assert_eq!(pyjwt_signature("h.p.+/8"), "h.p.-_8");
+        // What Python cannot decode stays (and fails verification).
+        // (Padded to a multiple of four first: one junk character leaves the
+        // last quad short.)
+        for bad in ["h.p.c2lnb", "h.p.c2lnbm!", "h.p.c2lnbmF0dXJlIQ!", "no dots"] {
+            assert_eq!(pyjwt_signature(bad), bad, "{bad}");
+        }
+    }
+
+    #[test]
     fn bearer_tokens() {
         assert_eq!(
             bearer_token(&headers(&[("authorization", "Bearer a.b.c")])),
-            Some("a.b.c")
+            Some("a.b.c".into())
         );
         assert_eq!(
             bearer_token(&headers(&[("authorization", "bearer  a.b.c ")])),
-            Some("a.b.c")
+            Some("a.b.c".into())
         );
         assert_eq!(
             bearer_token(&headers(&[("authorization", "Token abc")])),
@@ -479,6 +620,20 @@ mod tests {
             None
         );
         assert_eq!(bearer_token(&headers(&[])), None);
+        // A byte above 0x7E is junk PyJWT 2.8 skips: one `!` each.
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer a.b.c\xa0\xc3\xa9").expect("obs-text"),
+        );
+        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!"));
+        // Several lines: joined with `,`, as gunicorn joins them.
+        map.append(header::AUTHORIZATION, "d".parse().expect("value"));
+        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!,d"));
+        let mut map = HeaderMap::new();
+        map.append(header::AUTHORIZATION, "Bearer a.b".parse().expect("value"));
+        map.append(header::AUTHORIZATION, "Bearer c".parse().expect("value"));
+        assert_eq!(bearer_token(&map), None, "three words");
     }
 
     #[test]

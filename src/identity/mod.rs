@@ -75,6 +75,14 @@ pub enum IdentityError {
     /// The identity source could not be asked.
     #[error("identity source unavailable: {0}")]
     Unavailable(String),
+    /// The request itself makes its user unknowable: it carries credentials
+    /// the app's views may read otherwise than the identity source did (a
+    /// bad token beside a good session, two tokens naming two users). The
+    /// client chose this, so it is refused whatever `on_identity_error`
+    /// says: `"allow"` is for a source that cannot answer, and would send
+    /// such a request on uncounted at will (`tests/it/attack_dec06.rs`).
+    #[error("identity ambiguous: {0}")]
+    Ambiguous(String),
 }
 
 /// Finds the identity of a request from its headers.

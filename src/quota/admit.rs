@@ -71,7 +71,12 @@ async fn decide(
             };
         }
         Err(e) => {
-            return match state.policy.on_identity_error {
+            // A client-made ambiguity is never sent on unchecked.
+            let policy = match e {
+                IdentityError::Ambiguous(_) => IdentityErrorPolicy::Deny,
+                IdentityError::Unavailable(_) => state.policy.on_identity_error,
+            };
+            return match policy {
                 IdentityErrorPolicy::Allow => {
                     let decision = Decision::IdentityErrorAllowed;
                     route.counters.request(decision);

@@ -48,7 +48,7 @@ fn noon_zone() -> String {
 
 /// The free plan's three images for `user`, sent with `send(session)`, then
 /// a fourth denied: the user is at the limit.
-fn use_up_the_free_plan(
+pub(crate) fn use_up_the_free_plan(
     saved: &mut SavedImages,
     user: u64,
     send: impl Fn(u64) -> raw_http::RawResponse,
@@ -76,7 +76,7 @@ fn flagged(proxy: &Binary, session: u64, cookie: &[u8]) -> raw_http::RawResponse
 
 /// A flagged message to the send view of session `session`, with the
 /// header line `header` (raw bytes, no CRLF).
-fn flagged_with(proxy: &Binary, session: u64, header: &[u8]) -> raw_http::RawResponse {
+pub(crate) fn flagged_with(proxy: &Binary, session: u64, header: &[u8]) -> raw_http::RawResponse {
     let body = br#"{"message": "a cat", "generate_image": true}"#;
     let mut request = format!(
         "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
@@ -91,7 +91,7 @@ fn flagged_with(proxy: &Binary, session: u64, header: &[u8]) -> raw_http::RawRes
 }
 
 /// A simplejwt access token of `user`, signed with Django's `SECRET_KEY`.
-fn access_token(user: u64) -> String {
+pub(crate) fn access_token(user: u64) -> String {
     let now = i64::try_from(jsonwebtoken::get_current_timestamp()).expect("timestamp");
     let claims = json!({
         "token_type": "access",
@@ -109,7 +109,7 @@ fn access_token(user: u64) -> String {
 }
 
 /// The harness's `SECRET_KEY` in a file, for `identity.jwt.secret_file`.
-fn secret_file() -> tempfile::NamedTempFile {
+pub(crate) fn secret_file() -> tempfile::NamedTempFile {
     let secret = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret.path(), DJANGO_SECRET).expect("write the secret");
     secret
@@ -119,7 +119,11 @@ fn secret_file() -> tempfile::NamedTempFile {
 /// Django's `SECRET_KEY`, as simplejwt signs), the token read from
 /// `Authorization: Bearer` and, when given, from cookie `cookie`; the rest
 /// of the preset as shipped (`anonymous = "forward"`).
-fn jwt_preset(django: &Django, secret: &tempfile::NamedTempFile, cookie: Option<&str>) -> String {
+pub(crate) fn jwt_preset(
+    django: &Django,
+    secret: &tempfile::NamedTempFile,
+    cookie: Option<&str>,
+) -> String {
     preset_with(&django.url(), |table| {
         let identity = table
             .get_mut("identity")

@@ -7,6 +7,7 @@
 mod support;
 
 mod attack_cut;
+mod attack_dec06;
 mod attack_findings;
 mod attack_lifecycle;
 mod attack_units;

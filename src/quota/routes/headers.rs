@@ -107,6 +107,42 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
 }
 
+/// Trims the spaces and tabs around every field value of an HTTP/2
+/// request, as an HTTP/1 parser does (RFC 9112 5: optional whitespace
+/// around a field value is not part of it). h2 takes any `HeaderValue`,
+/// spaces at either end included (RFC 9113 8.2.1 forbids them, h2 does not
+/// check), and the request goes on to the upstream over HTTP/1.1, where
+/// gunicorn strips them (`gunicorn/http/message.py`: `value.strip(" \t")`)
+/// before Django reads the value. Judged untrimmed, `content-type:
+/// " multipart/form-data; …"` failed `MultiPartParser`'s raw
+/// `startswith("multipart/")` here (a body Django refuses, forwarded
+/// unreserved) while Django read the upload and generated
+/// (`tests/it/attack_dec06.rs`). No allocation unless a value has them.
+pub fn trim_field_values(headers: &mut HeaderMap) {
+    let padded = |b: &[u8]| {
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    for (_, value) in headers.iter_mut() {
+        let bytes = value.as_bytes();
+        if !padded(bytes) {
+            continue;
+        }
+        let start = bytes
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t'))
+            .unwrap_or(bytes.len());
+        let end = bytes
+            .iter()
+            .rposition(|b| !matches!(b, b' ' | b'\t'))
+            .map_or(start, |i| i + 1);
+        // A part of a valid value: always valid.
+        if let Ok(mut trimmed) = http::HeaderValue::from_bytes(&bytes[start..end]) {
+            trimmed.set_sensitive(value.is_sensitive());
+            *value = trimmed;
+        }
+    }
+}
+
 /// `-` and `_` as one, lower case.
 fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
     name.iter().map(|&b| match b {
@@ -172,6 +208,38 @@ mod tests {
         join_cookie_crumbs(&mut h);
         let all: Vec<_> = h.get_all("cookie").iter().collect();
         assert_eq!(all, ["a=1; sessionid=2; c=3"]);
+    }
+
+    #[test]
+    fn field_values_are_trimmed_of_spaces_and_tabs_only() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", " multipart/form-data; boundary=x"),
+            ("content-type", "\tjson \t"),
+            ("cookie", "a=1"),
+            ("x-empty", "  "),
+            ("x-inner", "a  b"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        trim_field_values(&mut h);
+        let all: Vec<_> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().expect("text")))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("content-type", "multipart/form-data; boundary=x"),
+                ("content-type", "json"),
+                ("cookie", "a=1"),
+                ("x-empty", ""),
+                ("x-inner", "a  b"),
+            ]
+        );
     }
 
     #[test]

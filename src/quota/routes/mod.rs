@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-pub use self::headers::{RoutingHeaders, join_cookie_crumbs, strip_underscore_names};
+pub use self::headers::{
+    RoutingHeaders, join_cookie_crumbs, strip_underscore_names, trim_field_values,
+};
 pub use self::path::backend_path;
 pub use self::pattern::{Converter, PathPattern};
 use crate::config::{ConfigError, FlagRules, RouteConfig};

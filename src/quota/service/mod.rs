@@ -40,7 +40,7 @@ use super::future::{Kind, ResponseFuture, passthrough_response};
 use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
-use super::routes::{join_cookie_crumbs, strip_underscore_names};
+use super::routes::{join_cookie_crumbs, strip_underscore_names, trim_field_values};
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -104,14 +104,26 @@ where
         // judged here but dropped on the way (tests/it/django, header/connection).
         hop_by_hop::strip_request_hop_by_hop(request.headers_mut());
         if request.version() == http::Version::HTTP_2 {
+            // Each value as the upstream's HTTP/1 parser will read it: no
+            // spaces or tabs around it (`routes/headers.rs`).
+            trim_field_values(request.headers_mut());
             // One `Cookie`, as the identity call and the app must both read it.
             join_cookie_crumbs(request.headers_mut());
-            // The `Host` Django will see (the proxy writes it from
-            // `:authority`), for the identity call and the probe too.
-            if let Some(authority) = request.uri().authority()
-                && !request.headers().contains_key(http::header::HOST)
-                && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-            {
+        }
+        // The `Host` Django will see, for the identity call and the probe
+        // too: without one, the proxy writes it from the target's authority
+        // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
+        // identity call without it failed `ALLOWED_HOSTS` at the client's
+        // will (`tests/it/attack_dec06.rs`).
+        // `host[:port]`, without a `user@`, as `proxy/service.rs` writes it.
+        if let Some(authority) = request.uri().authority()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            let host = match authority.port() {
+                Some(port) => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+                None => http::HeaderValue::from_str(authority.host()),
+            };
+            if let Ok(host) = host {
                 request.headers_mut().insert(http::header::HOST, host);
             }
         }
