@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 
 use super::claims::{LimitOverrides, identity_of, user_id_of};
 use super::cookie::django_cookie;
+use super::pybase64::pyjwt_signature;
 use super::{Identity, IdentityError, IdentitySource, PlanTable};
 use crate::config::{Config, ConfigError, JwtConfig};
 
@@ -189,93 +190,6 @@ impl IdentitySource for JwtIdentity {
         }
         Ok(found)
     }
-}
-
-/// `token` with its signature segment (after the last `.`) written as
-/// `jsonwebtoken` reads one, unpadded canonical base64url, holding the bytes
-/// PyJWT reads from it (djangorestframework-simplejwt verifies with PyJWT):
-/// `base64url_decode` pads the segment to a multiple of four with `=` and
-/// runs `base64.urlsafe_b64decode`, CPython's lenient `a2b_base64`, which
-/// takes both alphabets, skips other characters, stops at a completed
-/// padding and drops the unsigned bits of a last character. So `<jwt>=`
-/// (PyJWT 2.15), `<jwt>!!` or another last character (PyJWT 2.8) verify in
-/// Django; read strictly here they were no identity, and a request with one
-/// went on anonymous and unchecked (`tests/it/attack_dec06.rs`). The signed
-/// header and payload are left as they are. `token` itself when its
-/// signature is canonical already, or is one PyJWT cannot read either.
-fn pyjwt_signature(token: &str) -> Cow<'_, str> {
-    let Some((signed, signature)) = token.rsplit_once('.') else {
-        return Cow::Borrowed(token);
-    };
-    let pad = (4 - signature.len() % 4) % 4;
-    let padded = signature.bytes().chain(std::iter::repeat_n(b'=', pad));
-    let Some(bytes) = python_b64decode(padded) else {
-        return Cow::Borrowed(token);
-    };
-    let canonical = base64url(&bytes);
-    if canonical == signature {
-        Cow::Borrowed(token)
-    } else {
-        Cow::Owned(format!("{signed}.{canonical}"))
-    }
-}
-
-/// `bytes` as unpadded base64url, as JWTs write them.
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let sextet = |n: u32| char::from(ALPHABET[(n & 0x3f) as usize]);
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0_u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(sextet(n >> (18 - 6 * i)));
-        }
-    }
-    out
-}
-
-/// CPython's `binascii.a2b_base64(data, strict_mode=False)` after
-/// `urlsafe_b64decode`'s `-` to `+` and `_` to `/`: `None` where it raises.
-fn python_b64decode(data: impl Iterator<Item = u8>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut quad, mut pads, mut left) = (0_u8, 0_u8, 0_u8);
-    for c in data {
-        if c == b'=' {
-            if quad >= 2 {
-                pads += 1;
-                if quad + pads >= 4 {
-                    return Some(out);
-                }
-            }
-            continue;
-        }
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => continue,
-        };
-        pads = 0;
-        match quad {
-            0 => left = value,
-            1 => {
-                out.push(left << 2 | value >> 4);
-                left = value & 0x0f;
-            }
-            2 => {
-                out.push(left << 4 | value >> 2);
-                left = value & 0x03;
-            }
-            _ => out.push(left << 6 | value),
-        }
-        quad = (quad + 1) % 4;
-    }
-    (quad == 0).then_some(out)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme matched
@@ -574,31 +488,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn signatures_are_read_as_pyjwt_reads_them() {
-        let token = "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ";
-        assert_eq!(pyjwt_signature(token), token, "canonical: as it is");
-        for spelled in [
-            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ=",
-            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ==",
-            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIR",
-            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ!!!",
-            "aGVhZA.cGF5bG9hZA.c2ln!\u{a0}bmF0dXJlIQ",
-            "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJlIQ==trailing",
-        ] {
-            assert_eq!(pyjwt_signature(spelled), token, "{spelled}");
-        }
-        // The other alphabet: `+` and `/` are `-` and `_`.
-        assert_eq!(pyjwt_signature("h.p.-_8"), "h.p.-_8");
-        assert_eq!(pyjwt_signature("h.p.+/8"), "h.p.-_8");
-        // What Python cannot decode stays (and fails verification).
-        // (Padded to a multiple of four first: one junk character leaves the
-        // last quad short.)
-        for bad in ["h.p.c2lnb", "h.p.c2lnbm!", "h.p.c2lnbmF0dXJlIQ!", "no dots"] {
-            assert_eq!(pyjwt_signature(bad), bad, "{bad}");
-        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod forward_auth;
 mod header;
 mod jwt;
 mod plans;
+mod pybase64;
 
 use std::sync::Arc;
 
