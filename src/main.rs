@@ -22,6 +22,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// How long the runtime waits for stray blocking work once `run` returned.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
+/// Longest wait at exit for the queued log lines to be written.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
@@ -68,10 +71,14 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
         result
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "quota-proxy stopped");
+    }
+    // The log lines still queued for stderr, unless it stalls.
+    telemetry::flush_logs(LOG_FLUSH);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "quota-proxy stopped");
             eprintln!("quota-proxy: {e}");
             match e {
                 AppError::Config(_) | AppError::Token(_) => ExitCode::from(EXIT_CONFIG),

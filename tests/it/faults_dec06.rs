@@ -132,3 +132,97 @@ async fn a_flood_past_the_soft_open_files_limit_does_not_lock_newcomers_out() {
     );
     drop(flood);
 }
+
+/// Sends `request` on a new connection (it should say `Connection: close`)
+/// and returns the answer's status, or why there is none within `within`.
+async fn status_of(proxy: SocketAddr, request: Vec<u8>, within: Duration) -> Result<u16, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(&request)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut received = Vec::new();
+        stream
+            .read_to_end(&mut received)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&received);
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(format!("no status in {text:?}"))
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// An image request to the inspected route, closing its connection.
+fn image_request(user: &str) -> Vec<u8> {
+    let body = r#"{"generate_image": true}"#;
+    format!(
+        "POST /chat/1/send/ HTTP/1.1\r\nhost: app\r\nx-user-id: {user}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Fault: the logs were written to stderr from the thread serving the
+/// request, and blocked it while stderr did not take them. stderr is a
+/// pipe to a log collector (the container runtime, journald), and a
+/// collector that stalls or falls behind (Docker's default `blocking` log
+/// mode, a journald busy rotating, a slow node disk) leaves the pipe full:
+/// then the next log line (one per inspected request) blocked a serving
+/// thread in `write`, and every other thread on stderr's lock. Every
+/// request stopped, pass-through too (the app was down), while `/healthz`
+/// and `/readyz` on the admin listener still answered 200, so nothing
+/// restarted the pod. Here nothing reads the proxy's stderr (its pipe
+/// holds 64 KiB, about 200 lines) while 600 image requests are sent: each,
+/// and a page after them, must be answered.
+#[tokio::test]
+async fn a_log_collector_that_stops_reading_does_not_stop_the_proxy() {
+    const IMAGES: usize = 600;
+    const CLIENTS: usize = 6;
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary = Binary::start(&config(upstream.addr(), "threads = 2"), &[]).await;
+    binary.stop_reading_logs();
+
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let proxy = binary.proxy;
+        clients.spawn(async move {
+            let user = format!("user-{client}");
+            for n in 0..IMAGES / CLIENTS {
+                let answer = status_of(proxy, image_request(&user), ANSWER_WITHIN).await;
+                if answer != Ok(200) {
+                    return Err(format!("image request {n} of {user}: {answer:?}"));
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        if let Err(e) = done.expect("client task") {
+            failed.push(e);
+        }
+    }
+    let page = get_page(binary.proxy, ANSWER_WITHIN).await;
+    binary.resume_reading_logs();
+    assert!(
+        failed.is_empty(),
+        "with stderr unread, image requests went unanswered: {failed:?}"
+    );
+    assert_eq!(page, Ok(200), "with stderr unread, a page went unanswered");
+    // Held, not lost: once stderr is read again, every request's line
+    // arrives (600 lines fit the writer's queue).
+    binary
+        .wait_for_logs(IMAGES, ANSWER_WITHIN, |line| {
+            line["message"] == "inspected request"
+        })
+        .await;
+}

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Binary {
     /// The admin listener's address.
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, nothing reads the child's stderr: its pipe fills.
+    logs_paused: Arc<AtomicBool>,
     config_path: PathBuf,
     _dir: TempDir,
 }
@@ -107,14 +110,20 @@ impl Binary {
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
+        let logs_paused = Arc::new(AtomicBool::new(false));
+        let paused = Arc::clone(&logs_paused);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 sink.lock().expect("log lock").push(line);
+                while paused.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         });
         let mut binary = Self {
             child: Some(child),
+            logs_paused,
             proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
@@ -147,6 +156,19 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops reading the process's stderr (after the line being read): once
+    /// the pipe's buffer is full, each write the process makes to it blocks,
+    /// as when a log collector stalls (Docker's default `blocking` log
+    /// mode, a slow journald).
+    pub fn stop_reading_logs(&self) {
+        self.logs_paused.store(true, Ordering::Release);
+    }
+
+    /// Reads the process's stderr again.
+    pub fn resume_reading_logs(&self) {
+        self.logs_paused.store(false, Ordering::Release);
     }
 
     /// The config file it reads (rewrite it, then reload).
