@@ -88,35 +88,22 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
     }
 }
 
-/// Raises the soft limit of open files to the hard one (a container's is
-/// 1024, far below `max_connections`: past it nothing is accepted), and
-/// warns when even the hard one cannot hold `max_connections`.
+/// Raises the soft limit of open files to the hard one: a container's is
+/// 1024, far below `max_connections`, and past it nothing is accepted.
+/// (Where even the hard one cannot hold `max_connections`, fewer are kept
+/// open: `app::serve`.)
 fn open_files(max_connections: u32) {
     use quota_proxy::server::{open_files_needed, raise_open_files_limit};
-    let needed = open_files_needed(max_connections);
     match raise_open_files_limit() {
-        Ok(limit) => {
-            if limit.now != limit.before {
-                tracing::info!(
-                    before = limit.before,
-                    now = limit.now,
-                    "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
-                );
-            }
-            if limit.now < needed {
-                tracing::warn!(
-                    limit = limit.now,
-                    needed,
-                    max_connections,
-                    "the open-files limit cannot hold max_connections: past it no connection \
-                     is accepted; raise the hard limit (LimitNOFILE, the container runtime's \
-                     ulimit) or lower max_connections"
-                );
-            }
-        }
+        Ok(limit) if limit.now != limit.before => tracing::info!(
+            before = limit.before,
+            now = limit.now,
+            "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Ok(_) => {}
         Err(e) => tracing::warn!(
             error = %e,
-            needed,
+            needed = open_files_needed(max_connections),
             max_connections,
             "cannot raise the open-files limit (RLIMIT_NOFILE)"
         ),

@@ -10,7 +10,9 @@
 //! close by themselves (a flood's silent ones 30 s later). The shipped
 //! sidecar allows 4,096 connections. Mechanism: the binary raises the soft
 //! limit to the hard one at startup, as Go's runtime does for every Go
-//! program, and warns when even that cannot hold `max_connections`.
+//! program; where even that cannot hold `max_connections`, the proxy keeps
+//! fewer open ([`connections_that_fit`]), so the oldest are evicted to let
+//! newcomers in before `accept` fails (logged at startup).
 //! Bound: each connection may hold a second descriptor (its upstream
 //! connection), so `max_connections` × 1.125 (the evicted ones finishing)
 //! × 2, plus [`SPARE`] for listeners, Redis, spool files and logs.
@@ -68,6 +70,44 @@ pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
     ))
 }
 
+/// The soft limit of open files of the process now, if known.
+#[cfg(unix)]
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// No limit known on this platform.
+#[cfg(not(unix))]
+pub fn open_files_limit() -> Option<u64> {
+    None
+}
+
+/// The most connections to keep open within `limit` open files, at most
+/// `max_connections`: past it, the oldest are evicted to let newcomers in
+/// (`limits.rs`) before `accept` fails for want of a descriptor, which
+/// would let no newcomer in at all.
+pub fn connections_that_fit(max_connections: u32, limit: u64) -> u32 {
+    if open_files_needed(max_connections) <= limit {
+        return max_connections;
+    }
+    // The largest n with open_files_needed(n) <= limit (it grows with n).
+    let (mut fits, mut too_many) = (0, max_connections);
+    while too_many - fits > 1 {
+        let n = fits + (too_many - fits) / 2;
+        if open_files_needed(n) <= limit {
+            fits = n;
+        } else {
+            too_many = n;
+        }
+    }
+    fits.max(1)
+}
+
 /// The open files `max_connections` may need at once: each connection and
 /// its upstream connection, the evicted ones finishing, and [`SPARE`].
 pub fn open_files_needed(max_connections: u32) -> u64 {
@@ -86,5 +126,16 @@ mod tests {
         assert_eq!(open_files_needed(4096), 2 * (4096 + 512) + SPARE);
         assert!(open_files_needed(4096) > 1024);
         assert_eq!(open_files_needed(1), 2 * 2 + SPARE);
+    }
+
+    #[test]
+    fn connections_are_capped_at_what_the_limit_holds() {
+        assert_eq!(connections_that_fit(4096, 524_288), 4096);
+        let fit = connections_that_fit(4096, 1024);
+        assert_eq!(fit, 342);
+        assert!(open_files_needed(fit) <= 1024);
+        assert!(open_files_needed(fit + 1) > 1024);
+        assert_eq!(connections_that_fit(4096, 10), 1, "never none");
+        assert_eq!(connections_that_fit(100, 1024), 100);
     }
 }

@@ -133,6 +133,52 @@ async fn a_flood_past_the_soft_open_files_limit_does_not_lock_newcomers_out() {
     drop(flood);
 }
 
+/// Fault: where the hard limit of open files is low too (the process
+/// cannot raise its soft one: `ulimit -n 1024` in a container, systemd's
+/// `LimitNOFILE=1024`), the same flood locked newcomers out: `accept`
+/// failed with EMFILE long before `max_connections` (10,000) was reached,
+/// so its eviction of the oldest connection never ran. Now the proxy
+/// keeps at most the connections its limit holds (each with an upstream
+/// connection, and 256 descriptors to spare: 342 under 1024) and evicts
+/// the oldest past that. Here 1,100 silent connections stand open under a
+/// limit of 1024: a newcomer's page must still be answered.
+#[tokio::test]
+async fn a_flood_past_a_hard_open_files_limit_evicts_instead_of_locking_newcomers_out() {
+    const LIMIT: u64 = 1024;
+    const FLOOD: usize = 1100;
+    assert!(
+        hard_open_files() >= 2 * FLOOD as u64,
+        "the test needs a hard open-files limit of at least {} (it is {})",
+        2 * FLOOD,
+        hard_open_files()
+    );
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary =
+        Binary::start_with_open_files_hard(&config(upstream.addr(), "threads = 2"), &[], LIMIT)
+            .await;
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page before the flood"
+    );
+
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(binary.proxy).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
+    assert_eq!(
+        answer,
+        Ok(200),
+        "a newcomer's page with {FLOOD} silent connections open under an open-files limit \
+         of {LIMIT}, after {:?}; the proxy's log:\n{}",
+        started.elapsed(),
+        binary.log_lines(&["accept failed", "open-files", "RLIMIT"], 5)
+    );
+    drop(flood);
+}
+
 /// Sends `request` on a new connection (it should say `Connection: close`)
 /// and returns the answer's status, or why there is none within `within`.
 async fn status_of(proxy: SocketAddr, request: Vec<u8>, within: Duration) -> Result<u16, String> {

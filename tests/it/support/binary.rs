@@ -65,10 +65,24 @@ impl Binary {
     /// this process's: what a container runtime hands a process (containerd
     /// 2 and Docker 29 give 1024 soft, 524288 hard).
     pub async fn start_with_open_files(config_toml: &str, env: &[(&str, &str)], soft: u64) -> Self {
-        Self::launch(config_toml, env, Some(soft)).await
+        Self::launch(config_toml, env, Some((soft, None))).await
     }
 
-    async fn launch(config_toml: &str, env: &[(&str, &str)], nofile_soft: Option<u64>) -> Self {
+    /// [`Binary::start`] with both limits of open files set to `limit` in
+    /// the child: a process that cannot raise its own.
+    pub async fn start_with_open_files_hard(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        limit: u64,
+    ) -> Self {
+        Self::launch(config_toml, env, Some((limit, Some(limit)))).await
+    }
+
+    async fn launch(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        nofile: Option<(u64, Option<u64>)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config_path = dir.path().join("quota-proxy.toml");
         std::fs::write(&config_path, prepare(config_toml)).expect("write config");
@@ -85,7 +99,7 @@ impl Binary {
         for (name, value) in env {
             command.env(name, value);
         }
-        if let Some(soft) = nofile_soft {
+        if let Some((soft, hard)) = nofile {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: getrlimit and setrlimit are async-signal-safe, and
             // the closure touches nothing else of the parent.
@@ -97,6 +111,9 @@ impl Binary {
                     };
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(hard) = hard {
+                        limit.rlim_max = hard.min(limit.rlim_max);
                     }
                     limit.rlim_cur = soft.min(limit.rlim_max);
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
