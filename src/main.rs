@@ -22,6 +22,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// How long the runtime waits for stray blocking work once `run` returned.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
+/// Longest wait at exit for the queued log lines to be written.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
@@ -54,6 +57,7 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
             }
         }
     };
+    open_files(config.max_connections.get());
     let result = runtime.block_on(async {
         let served = async {
             // Handlers first: a signal during startup is then not fatal.
@@ -67,16 +71,42 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
         result
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "quota-proxy stopped");
+    }
+    // The log lines still queued for stderr, unless it stalls.
+    telemetry::flush_logs(LOG_FLUSH);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "quota-proxy stopped");
             eprintln!("quota-proxy: {e}");
             match e {
                 AppError::Config(_) | AppError::Token(_) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: a container's is
+/// 1024, far below `max_connections`, and past it nothing is accepted.
+/// (Where even the hard one cannot hold `max_connections`, fewer are kept
+/// open: `app::serve`.)
+fn open_files(max_connections: u32) {
+    use quota_proxy::server::{open_files_needed, raise_open_files_limit};
+    match raise_open_files_limit() {
+        Ok(limit) if limit.now != limit.before => tracing::info!(
+            before = limit.before,
+            now = limit.now,
+            "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            needed = open_files_needed(max_connections),
+            max_connections,
+            "cannot raise the open-files limit (RLIMIT_NOFILE)"
+        ),
     }
 }
 

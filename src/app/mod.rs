@@ -141,9 +141,31 @@ pub async fn serve(
     .await
 }
 
-/// The connection limits `config` sets, counted anew.
+/// The connection limits `config` sets, counted anew: `max_connections`,
+/// or fewer when the process's open-files limit cannot hold them (then
+/// the oldest connections are evicted before `accept` fails, which would
+/// let no newcomer in; `server::connections_that_fit`).
 fn connection_limits(config: &Config) -> ConnectionLimits {
-    ConnectionLimits::new(config.max_connections, config.max_connections_per_ip)
+    let configured = config.max_connections;
+    let max = crate::server::open_files_limit()
+        .map(|limit| {
+            let fit = crate::server::connections_that_fit(configured.get(), limit);
+            if fit < configured.get() {
+                tracing::warn!(
+                    open_files_limit = limit,
+                    needed = crate::server::open_files_needed(configured.get()),
+                    max_connections = configured.get(),
+                    kept_open = fit,
+                    "the open-files limit cannot hold max_connections: at most kept_open \
+                     connections are kept open (the oldest are evicted past it); raise the \
+                     limit (LimitNOFILE, the container runtime's ulimit) to keep more"
+                );
+            }
+            fit
+        })
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(configured);
+    ConnectionLimits::new(max, config.max_connections_per_ip)
 }
 
 /// [`serve`] with the connection counts `limits`, shared with the other

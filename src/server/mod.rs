@@ -11,11 +11,15 @@
 mod balance;
 mod connection;
 mod limits;
+mod open_files;
 mod park;
 mod tracked;
 
 pub use balance::{AcceptBalance, BALANCE_WAIT};
 pub use limits::ConnectionLimits;
+pub use open_files::{
+    OpenFiles, connections_that_fit, open_files_limit, open_files_needed, raise_open_files_limit,
+};
 pub use park::PARK_AFTER;
 
 use std::convert::Infallible;

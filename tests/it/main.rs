@@ -22,6 +22,7 @@ mod deploy_memory;
 mod django;
 mod docs_drift;
 mod exact_counts;
+mod faults_dec06;
 mod flag_rules;
 mod http2_limits;
 mod identity;

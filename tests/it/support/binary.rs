@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Binary {
     /// The admin listener's address.
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, nothing reads the child's stderr: its pipe fills.
+    logs_paused: Arc<AtomicBool>,
     config_path: PathBuf,
     _dir: TempDir,
 }
@@ -54,6 +57,32 @@ impl Binary {
     /// Starts `quota-proxy serve` with `config_toml` (see [`prepare`]) and
     /// the extra environment `env`; returns once it logged its addresses.
     pub async fn start(config_toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(config_toml, env, None).await
+    }
+
+    /// [`Binary::start`] with the soft limit of open files (`RLIMIT_NOFILE`)
+    /// set to `soft` in the child before it runs, its hard limit left as
+    /// this process's: what a container runtime hands a process (containerd
+    /// 2 and Docker 29 give 1024 soft, 524288 hard).
+    pub async fn start_with_open_files(config_toml: &str, env: &[(&str, &str)], soft: u64) -> Self {
+        Self::launch(config_toml, env, Some((soft, None))).await
+    }
+
+    /// [`Binary::start`] with both limits of open files set to `limit` in
+    /// the child: a process that cannot raise its own.
+    pub async fn start_with_open_files_hard(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        limit: u64,
+    ) -> Self {
+        Self::launch(config_toml, env, Some((limit, Some(limit)))).await
+    }
+
+    async fn launch(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        nofile: Option<(u64, Option<u64>)>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config_path = dir.path().join("quota-proxy.toml");
         std::fs::write(&config_path, prepare(config_toml)).expect("write config");
@@ -70,18 +99,48 @@ impl Binary {
         for (name, value) in env {
             command.env(name, value);
         }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: getrlimit and setrlimit are async-signal-safe, and
+            // the closure touches nothing else of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(hard) = hard {
+                        limit.rlim_max = hard.min(limit.rlim_max);
+                    }
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("spawn quota-proxy");
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
+        let logs_paused = Arc::new(AtomicBool::new(false));
+        let paused = Arc::clone(&logs_paused);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 sink.lock().expect("log lock").push(line);
+                while paused.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         });
         let mut binary = Self {
             child: Some(child),
+            logs_paused,
             proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
@@ -114,6 +173,19 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops reading the process's stderr (after the line being read): once
+    /// the pipe's buffer is full, each write the process makes to it blocks,
+    /// as when a log collector stalls (Docker's default `blocking` log
+    /// mode, a slow journald).
+    pub fn stop_reading_logs(&self) {
+        self.logs_paused.store(true, Ordering::Release);
+    }
+
+    /// Reads the process's stderr again.
+    pub fn resume_reading_logs(&self) {
+        self.logs_paused.store(false, Ordering::Release);
     }
 
     /// The config file it reads (rewrite it, then reload).

@@ -1,0 +1,141 @@
+//! The process's limit of open files (phase: startup): raised to what the
+//! system allows, and compared with what `max_connections` needs.
+//!
+//! Problem: container runtimes start a process with a soft limit of 1024
+//! open files and a far higher hard one (containerd 2 and Docker 29: 1024
+//! and 524288), leaving the process to raise the soft one if it needs
+//! more. Past the soft limit `accept` fails (EMFILE): no newcomer gets in,
+//! none is evicted to make room (`limits.rs` only sees what was accepted),
+//! and no upstream or Redis connection can be opened, until connections
+//! close by themselves (a flood's silent ones 30 s later). The shipped
+//! sidecar allows 4,096 connections. Mechanism: the binary raises the soft
+//! limit to the hard one at startup, as Go's runtime does for every Go
+//! program; where even that cannot hold `max_connections`, the proxy keeps
+//! fewer open ([`connections_that_fit`]), so the oldest are evicted to let
+//! newcomers in before `accept` fails (logged at startup).
+//! Bound: each connection may hold a second descriptor (its upstream
+//! connection), so `max_connections` × 1.125 (the evicted ones finishing)
+//! × 2, plus [`SPARE`] for listeners, Redis, spool files and logs.
+
+use std::io;
+
+/// Descriptors kept for what is not a client or upstream connection:
+/// listeners, Redis connections, spool files, the runtime's own.
+pub(super) const SPARE: u64 = 256;
+
+/// The open-files limit before and after [`raise_open_files_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit the process was started with.
+    pub before: u64,
+    /// The soft limit now (the hard limit, unless raising it failed).
+    pub now: u64,
+}
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one.
+#[cfg(unix)]
+pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(OpenFiles {
+            before,
+            now: before,
+        });
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads only the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OpenFiles {
+        before,
+        now: limit.rlim_cur,
+    })
+}
+
+/// Nothing to raise on this platform.
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no open-files limit to raise on this platform",
+    ))
+}
+
+/// The soft limit of open files of the process now, if known.
+#[cfg(unix)]
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// No limit known on this platform.
+#[cfg(not(unix))]
+pub fn open_files_limit() -> Option<u64> {
+    None
+}
+
+/// The most connections to keep open within `limit` open files, at most
+/// `max_connections`: past it, the oldest are evicted to let newcomers in
+/// (`limits.rs`) before `accept` fails for want of a descriptor, which
+/// would let no newcomer in at all.
+pub fn connections_that_fit(max_connections: u32, limit: u64) -> u32 {
+    if open_files_needed(max_connections) <= limit {
+        return max_connections;
+    }
+    // The largest n with open_files_needed(n) <= limit (it grows with n).
+    let (mut fits, mut too_many) = (0, max_connections);
+    while too_many - fits > 1 {
+        let n = fits + (too_many - fits) / 2;
+        if open_files_needed(n) <= limit {
+            fits = n;
+        } else {
+            too_many = n;
+        }
+    }
+    fits.max(1)
+}
+
+/// The open files `max_connections` may need at once: each connection and
+/// its upstream connection, the evicted ones finishing, and [`SPARE`].
+pub fn open_files_needed(max_connections: u32) -> u64 {
+    let connections = u64::from(max_connections);
+    let finishing = (connections / 8).max(1);
+    2 * (connections + finishing) + SPARE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_connections_need_more_than_a_containers_soft_limit() {
+        // deploy/kubernetes/quota-proxy.toml: 4,096 connections.
+        assert_eq!(open_files_needed(4096), 2 * (4096 + 512) + SPARE);
+        assert!(open_files_needed(4096) > 1024);
+        assert_eq!(open_files_needed(1), 2 * 2 + SPARE);
+    }
+
+    #[test]
+    fn connections_are_capped_at_what_the_limit_holds() {
+        assert_eq!(connections_that_fit(4096, 524_288), 4096);
+        let fit = connections_that_fit(4096, 1024);
+        assert_eq!(fit, 342);
+        assert!(open_files_needed(fit) <= 1024);
+        assert!(open_files_needed(fit + 1) > 1024);
+        assert_eq!(connections_that_fit(4096, 10), 1, "never none");
+        assert_eq!(connections_that_fit(100, 1024), 100);
+    }
+}
