@@ -22,9 +22,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// How long the runtime waits for stray blocking work once `run` returned.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
-/// Longest wait at exit for the queued log lines to be written.
-const LOG_FLUSH: Duration = Duration::from_secs(2);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
@@ -75,7 +72,7 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
         tracing::error!(error = %e, "quota-proxy stopped");
     }
     // The log lines still queued for stderr, unless it stalls.
-    telemetry::flush_logs(LOG_FLUSH);
+    telemetry::flush_logs();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -68,6 +68,8 @@ pub const STORE_UP: &str = "quota_proxy_store_up";
 pub const STORE_BREAKER_OPEN: &str = "quota_proxy_store_breaker_open";
 /// Config reloads by result.
 pub const RELOADS: &str = "quota_proxy_config_reloads_total";
+/// Log lines dropped because stderr did not take them in time.
+pub const LOG_LINES_DROPPED: &str = "quota_proxy_log_lines_dropped_total";
 /// The running version.
 pub const BUILD_INFO: &str = "quota_proxy_build_info";
 
@@ -153,6 +155,10 @@ fn describe() {
         UNINSPECTED_REPORTS,
         "Reports of saved images on routes that are not inspected; not counted."
     );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr did not take them in time."
+    );
     describe_gauge!(BUILD_INFO, "The running version; always 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -161,6 +167,12 @@ fn describe() {
 pub fn store_health(health: &crate::store::StoreHealth) {
     metrics::gauge!(STORE_UP).set(if health.up { 1.0 } else { 0.0 });
     metrics::gauge!(STORE_BREAKER_OPEN).set(if health.breaker_open { 1.0 } else { 0.0 });
+}
+
+/// Sets the count of log lines dropped so far (read when `/metrics` is
+/// rendered: the log writer counts them itself).
+pub fn log_lines_dropped(dropped: u64) {
+    metrics::counter!(LOG_LINES_DROPPED).absolute(dropped);
 }
 
 /// Counts a config reload, `ok` or `error`.

@@ -7,16 +7,17 @@
 //! and shutdown. Never cookies, tokens, `Authorization` headers or bodies:
 //! no code in this crate puts a header value or a body in a log field.
 //!
-//! Lines are handed to a thread of their own that writes them to stderr,
-//! through a queue of [`LOG_QUEUE`] lines: a serving thread never waits on
-//! stderr. stderr is a pipe to a log collector, and one that stalls (a
-//! container runtime's `blocking` log mode, a busy journald) would
-//! otherwise block the thread writing the next line, and every other on
-//! stderr's lock: every request of the app stopped while the probes still
-//! answered 200 (`tests/it/faults_dec06.rs`). While the queue is full,
-//! lines are dropped and counted (`quota_proxy_log_lines_dropped_total`),
-//! and the writer says how many before its next line. [`flush_logs`]
-//! writes what is queued before the process exits.
+//! Lines are handed to a thread of their own that writes them to stderr
+//! (tracing-appender's non-blocking writer), through a queue of
+//! [`LOG_QUEUE`] lines: a serving thread never waits on stderr. stderr is a
+//! pipe to a log collector, and one that stalls (a container runtime's
+//! `blocking` log mode, a busy journald) would otherwise block the thread
+//! writing the next line, and every other on stderr's lock: every request
+//! of the app stopped while the probes still answered 200
+//! (`tests/it/faults_dec06.rs`). While the queue is full, lines are dropped
+//! and counted ([`dropped_log_lines`], exported as
+//! `quota_proxy_log_lines_dropped_total`). [`flush_logs`] writes what is
+//! queued before the process exits.
 //!
 //! Traces (`[tracing]`, docs/tracing.md): with `otlp_endpoint` set, the
 //! phase spans of inspected requests ([`crate::quota::SPANS`]) go to an
@@ -25,17 +26,15 @@
 //! sends what is left. The logs never show those spans. Unset, no
 //! subscriber enables them, so none is made.
 
-use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -109,7 +108,7 @@ pub fn init(log: &LogConfig, traces: &TracesConfig) -> Result<Telemetry, TracesE
         Err(_) => filter,
     };
     let lines = tracing_subscriber::fmt::layer()
-        .with_writer(LogSink::start(log.format))
+        .with_writer(log_writer())
         // Colours only for a person at a terminal, never into log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let lines = match log.format {
@@ -173,180 +172,53 @@ fn configured(filter: &str) -> EnvFilter {
 /// 300 bytes each in JSON: about 1.2 MB at most).
 pub const LOG_QUEUE: usize = 4096;
 
-/// The sink of the process's log lines, once [`init`] made it.
-static LOGS: OnceLock<LogSink> = OnceLock::new();
-
-/// What the log writer thread is sent.
-enum LogMessage {
-    /// One formatted line (or event), newline included.
-    Line(Vec<u8>),
-    /// Answer once every line before it is written.
-    Flush(SyncSender<()>),
+/// What the log writer thread left behind: its guard, which writes the
+/// queued lines when dropped ([`flush_logs`]), and the count of lines
+/// dropped.
+struct LogWriter {
+    guard: Mutex<Option<WorkerGuard>>,
+    dropped: ErrorCounter,
 }
 
-/// Log lines to stderr through a bounded queue and a thread of their own:
-/// the `tracing` writer of [`init`].
-#[derive(Clone)]
-struct LogSink {
-    queue: SyncSender<LogMessage>,
-    dropped: Arc<AtomicU64>,
-}
+/// The process's log writer, once [`init`] started it.
+static LOGS: OnceLock<LogWriter> = OnceLock::new();
 
-impl LogSink {
-    /// The process's sink, its writer thread started on the first call.
-    fn start(format: LogFormat) -> Self {
-        LOGS.get_or_init(|| {
-            let (queue, lines) = std::sync::mpsc::sync_channel(LOG_QUEUE);
-            let dropped = Arc::new(AtomicU64::new(0));
-            let counted = Arc::clone(&dropped);
-            let started = std::thread::Builder::new()
-                .name("log-writer".to_owned())
-                .spawn(move || write_lines(&lines, &counted, format));
-            if let Err(e) = started {
-                eprintln!("quota-proxy: cannot start the log writer thread: {e}");
-            }
-            Self { queue, dropped }
+/// The writer of the log lines: the non-blocking one to stderr, its
+/// thread started on the first call (a second [`init`], in tests, shares
+/// it).
+fn log_writer() -> NonBlocking {
+    static WRITER: OnceLock<NonBlocking> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (writer, guard) = NonBlockingBuilder::default()
+                .buffered_lines_limit(LOG_QUEUE)
+                .lossy(true)
+                .thread_name("log-writer")
+                .finish(std::io::stderr());
+            let _ = LOGS.set(LogWriter {
+                guard: Mutex::new(Some(guard)),
+                dropped: writer.error_counter(),
+            });
+            writer
         })
         .clone()
-    }
-
-    fn send(&self, line: Vec<u8>) {
-        match self.queue.try_send(LogMessage::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::AcqRel);
-                metrics::counter!("quota_proxy_log_lines_dropped_total").increment(1);
-            }
-            // No writer thread: write it here, as before.
-            Err(TrySendError::Disconnected(LogMessage::Line(line))) => {
-                let _ = std::io::stderr().write_all(&line);
-            }
-            Err(TrySendError::Disconnected(LogMessage::Flush(_))) => {}
-        }
-    }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
-    type Writer = LogLine<'a>;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        LogLine {
-            sink: self,
-            line: Vec::new(),
-        }
-    }
+/// Log lines dropped so far because stderr did not take them in time.
+pub fn dropped_log_lines() -> u64 {
+    LOGS.get()
+        .map_or(0, |logs| logs.dropped.dropped_lines() as u64)
 }
 
-/// One event's text, queued when the formatter is done with it.
-struct LogLine<'a> {
-    sink: &'a LogSink,
-    line: Vec<u8>,
-}
-
-impl std::io::Write for LogLine<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.line.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for LogLine<'_> {
-    fn drop(&mut self) {
-        if !self.line.is_empty() {
-            self.sink.send(std::mem::take(&mut self.line));
-        }
-    }
-}
-
-/// The writer thread: each line to stderr, after a note of the lines
-/// dropped since the last one written.
-fn write_lines(lines: &Receiver<LogMessage>, dropped: &AtomicU64, format: LogFormat) {
-    let mut stderr = std::io::stderr();
-    for message in lines {
-        match message {
-            LogMessage::Line(line) => {
-                let lost = dropped.swap(0, Ordering::AcqRel);
-                if lost > 0 {
-                    let _ = stderr.write_all(dropped_note(lost, format).as_bytes());
-                }
-                let _ = stderr.write_all(&line);
-            }
-            LogMessage::Flush(done) => {
-                let _ = stderr.flush();
-                let _ = done.send(());
-            }
-        }
-    }
-}
-
-/// The line that says `lost` lines were dropped, in the logs' format.
-fn dropped_note(lost: u64, format: LogFormat) -> String {
-    let message = "log lines dropped: stderr did not take them in time";
-    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    match format {
-        LogFormat::Json => format!(
-            "{{\"timestamp\":\"{at}\",\"level\":\"WARN\",\"message\":\"{message}\",\"dropped\":{lost},\"target\":\"quota_proxy::telemetry\"}}\n"
-        ),
-        LogFormat::Pretty => {
-            format!("{at}  WARN quota_proxy::telemetry: {message} dropped={lost}\n")
-        }
-    }
-}
-
-/// Writes the log lines still queued, waiting at most `within` (stderr may
-/// be what stalls); call before the process exits.
-pub fn flush_logs(within: Duration) {
-    let Some(sink) = LOGS.get() else { return };
-    let deadline = Instant::now() + within;
-    let (done, flushed) = std::sync::mpsc::sync_channel(1);
-    let mut message = LogMessage::Flush(done);
-    loop {
-        match sink.queue.try_send(message) {
-            Ok(()) => break,
-            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                message = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(_) => return,
-        }
-    }
-    let left = deadline.saturating_duration_since(Instant::now());
-    match flushed.recv_timeout(left) {
-        Ok(()) | Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => {}
-    }
-}
-
-#[cfg(test)]
-mod log_sink_tests {
-    use super::*;
-
-    #[test]
-    fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let (queue, lines) = std::sync::mpsc::sync_channel(2);
-        let sink = LogSink {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
-        for n in 0..5 {
-            let mut line = tracing_subscriber::fmt::MakeWriter::make_writer(&sink);
-            writeln!(line, "line {n}").expect("write");
-        }
-        assert_eq!(sink.dropped.load(Ordering::Acquire), 3);
-        let kept: Vec<Vec<u8>> = lines
-            .try_iter()
-            .filter_map(|message| match message {
-                LogMessage::Line(line) => Some(line),
-                LogMessage::Flush(_) => None,
-            })
-            .collect();
-        assert_eq!(kept, [b"line 0\n".to_vec(), b"line 1\n".to_vec()]);
-        let note = dropped_note(3, LogFormat::Json);
-        let json: serde_json::Value = serde_json::from_str(&note).expect("a JSON line");
-        assert_eq!(json["dropped"], 3);
-        assert!(note.ends_with('\n'));
-    }
+/// Writes the log lines still queued, waiting about a second at most
+/// (stderr may be what stalls); call before the process exits. Lines
+/// logged after it are dropped.
+pub fn flush_logs() {
+    let Some(logs) = LOGS.get() else { return };
+    let guard = logs
+        .guard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    drop(guard);
 }

@@ -259,6 +259,7 @@ impl AppState {
         let handle = self.metrics.as_ref()?;
         crate::counters::settlements_pending("in_flight", self.layer.settlements().len());
         crate::metrics::store_health(&self.store_health());
+        crate::metrics::log_lines_dropped(crate::telemetry::dropped_log_lines());
         Some(handle.render())
     }
 
