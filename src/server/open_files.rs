@@ -19,6 +19,8 @@
 
 use std::io;
 
+use rlimit::Resource;
+
 /// Descriptors kept for what is not a client or upstream connection:
 /// listeners, Redis connections, spool files, the runtime's own.
 pub(super) const SPARE: u64 = 256;
@@ -33,58 +35,21 @@ pub struct OpenFiles {
 }
 
 /// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one.
-#[cfg(unix)]
 pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = limit.rlim_cur;
-    if limit.rlim_cur >= limit.rlim_max {
+    let (before, hard) = Resource::NOFILE.get()?;
+    if before >= hard {
         return Ok(OpenFiles {
             before,
             now: before,
         });
     }
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit reads only the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(OpenFiles {
-        before,
-        now: limit.rlim_cur,
-    })
-}
-
-/// Nothing to raise on this platform.
-#[cfg(not(unix))]
-pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "no open-files limit to raise on this platform",
-    ))
+    Resource::NOFILE.set(hard, hard)?;
+    Ok(OpenFiles { before, now: hard })
 }
 
 /// The soft limit of open files of the process now, if known.
-#[cfg(unix)]
 pub fn open_files_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
-}
-
-/// No limit known on this platform.
-#[cfg(not(unix))]
-pub fn open_files_limit() -> Option<u64> {
-    None
+    Resource::NOFILE.get_soft().ok()
 }
 
 /// The most connections to keep open within `limit` open files, at most
