@@ -22,6 +22,11 @@ use quota_proxy::app::SETTLE_FLUSH_MIN;
 use quota_proxy::config::{Config, IdentityKind};
 use serde_norway::Value;
 
+/// What a stop budget (the pod's grace, the unit's `TimeoutStopSec`) keeps
+/// beyond the drain's own steps, so the SIGKILL does not race the store
+/// flush's deadline.
+const STOP_SPARE: Duration = Duration::from_secs(5);
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -204,22 +209,27 @@ fn sidecar_ports_probes_and_grace_match_the_config() {
         );
     }
 
-    // The pod may take preStop + the drain + the settlement wait past it +
-    // the retry queue's flush, and not much more.
+    // The pod may take preStop + the drain + the settlement waits past it +
+    // the retry queue's flush, with seconds to spare (the kubelet's SIGKILL
+    // must not race the flush's own deadline), and not much more.
     let pre_stop = Duration::from_secs(u64_of(
         &proxy["lifecycle"]["preStop"]["sleep"]["seconds"],
         "preStop sleep",
     ));
+    // The drain's steps after the grace (src/app/mod.rs): the settlement
+    // wait, then up to as long settling answers still streaming as cut,
+    // then the store's flush.
     let needed =
-        pre_stop + config.shutdown_grace.get() + SETTLE_FLUSH_MIN + config.store.flush_timeout;
+        pre_stop + config.shutdown_grace.get() + 2 * SETTLE_FLUSH_MIN + config.store.flush_timeout;
     let grace = Duration::from_secs(u64_of(
         &pod["terminationGracePeriodSeconds"],
         "terminationGracePeriodSeconds",
     ));
     assert!(
-        grace >= needed && grace <= needed + Duration::from_secs(15),
+        grace >= needed + STOP_SPARE && grace <= needed + Duration::from_secs(15),
         "terminationGracePeriodSeconds {grace:?} should cover preStop {pre_stop:?} + \
-         shutdown_grace {:?} + {SETTLE_FLUSH_MIN:?} + flush_timeout {:?} = {needed:?}",
+         shutdown_grace {:?} + 2 x {SETTLE_FLUSH_MIN:?} + flush_timeout {:?} = {needed:?}, \
+         and {STOP_SPARE:?} to spare",
         config.shutdown_grace.get(),
         config.store.flush_timeout
     );
@@ -731,7 +741,10 @@ fn systemd_unit_reloads_with_sighup_and_waits_for_the_drain() {
     assert_eq!(setting("RestartPreventExitStatus"), "2");
     let stop = Duration::from_secs(setting("TimeoutStopSec").parse().expect("seconds"));
     assert!(
-        stop >= defaults.shutdown_grace.get() + SETTLE_FLUSH_MIN,
+        stop >= defaults.shutdown_grace.get()
+            + 2 * SETTLE_FLUSH_MIN
+            + defaults.store.flush_timeout
+            + STOP_SPARE,
         "TimeoutStopSec {stop:?} is shorter than the drain"
     );
     let credential = setting("LoadCredential");
