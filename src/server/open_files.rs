@@ -30,21 +30,19 @@ pub(super) const SPARE: u64 = 256;
 pub struct OpenFiles {
     /// The soft limit the process was started with.
     pub before: u64,
-    /// The soft limit now (the hard limit, unless raising it failed).
+    /// The soft limit now (the hard limit, or on macOS the most a process
+    /// may open when the hard one is `RLIM_INFINITY`).
     pub now: u64,
 }
 
-/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one.
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one,
+/// or where the hard one is `RLIM_INFINITY` (macOS), which `setrlimit`
+/// refuses as a soft limit, to the most a process may open
+/// (`kern.maxfilesperproc`): the rlimit crate's `increase_nofile_limit`.
 pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
-    let (before, hard) = Resource::NOFILE.get()?;
-    if before >= hard {
-        return Ok(OpenFiles {
-            before,
-            now: before,
-        });
-    }
-    Resource::NOFILE.set(hard, hard)?;
-    Ok(OpenFiles { before, now: hard })
+    let before = Resource::NOFILE.get_soft()?;
+    let now = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok(OpenFiles { before, now })
 }
 
 /// The soft limit of open files of the process now, if known.
