@@ -213,12 +213,36 @@ pub fn dropped_log_lines() -> u64 {
 /// Writes the log lines still queued, waiting about a second at most
 /// (stderr may be what stalls); call before the process exits. Lines
 /// logged after it are dropped.
+///
+/// The guard is dropped on a thread of its own, waited for at most
+/// [`FLUSH_LOGS_WITHIN`]: with its queue full it `println!`s that it could
+/// not stop the writer, and stdout blocks where it shares the stalled
+/// stream with stderr (a systemd service's default: one stream to
+/// journald), which hung the exit until SIGKILL
+/// (`tests/it/review_dec06.rs`).
 pub fn flush_logs() {
     let Some(logs) = LOGS.get() else { return };
-    let guard = logs
+    let Some(guard) = logs
         .guard
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    drop(guard);
+        .take()
+    else {
+        return;
+    };
+    let (done, flushed) = std::sync::mpsc::channel::<()>();
+    let flushing = std::thread::Builder::new()
+        .name("log-flush".to_owned())
+        .spawn(move || {
+            drop(guard);
+            drop(done);
+        });
+    if flushing.is_ok() {
+        // Disconnected when the guard is dropped; a timeout otherwise.
+        let _ = flushed.recv_timeout(FLUSH_LOGS_WITHIN);
+    }
 }
+
+/// Longest wait for the queued log lines at exit: the writer's own waits
+/// (100 ms for room in the queue, then 1 s for the lines), and a margin.
+const FLUSH_LOGS_WITHIN: Duration = Duration::from_millis(1500);
