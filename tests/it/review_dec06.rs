@@ -350,3 +350,44 @@ async fn image_request(proxy: SocketAddr) -> Result<u16, String> {
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {ANSWER_WITHIN:?}")))
 }
+
+/// Flaw (of the 3xx-is-anonymous rule the Ambiguous change builds on): a
+/// redirect to the identity endpoint's own path under a prefix is read as
+/// "not logged in". Django's `LocaleMiddleware` answers every caller of an
+/// `i18n_patterns` URL written without its language prefix
+/// (`/api/quota/identity/` where the app routes `/en/api/quota/identity/`)
+/// `302` to the prefixed path, logged in or not, as `APPEND_SLASH` answers
+/// a URL without its slash; the proxy catches only the slash, so every user
+/// was anonymous and, with `anonymous = "forward"`, every flagged request
+/// went on unchecked. Such an answer must be an identity error.
+#[tokio::test]
+async fn a_redirect_to_the_identity_path_under_a_prefix_is_no_anonymous_answer() {
+    use crate::support::identity_server::{IdentityServer, Mode, PATH};
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let config = quota_proxy::config::Config::from_toml(&format!(
+        "[plans]\nfree = {{ daily = 3 }}\n[identity]\nkind = \"forward_auth\"\n\
+         default_plan = \"free\"\n[identity.forward_auth]\nurl = \"{}{PATH}\"\n\
+         negative_cache_ttl = \"0s\"\n",
+        server.base()
+    ))
+    .expect("config");
+    let source = quota_proxy::identity::from_config(&config).expect("identity source");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::COOKIE,
+        "sessionid=s1".parse().expect("cookie"),
+    );
+    // The login redirect stays "not logged in".
+    server.set_mode(Mode::LoginRedirect);
+    assert_eq!(source.identify(&headers).await.expect("anonymous"), None);
+    server.set_mode(Mode::Redirect("/en/api/quota/identity/"));
+    let answer = source.identify(&headers).await;
+    assert!(
+        matches!(
+            answer,
+            Err(quota_proxy::identity::IdentityError::Unavailable(_))
+        ),
+        "a 302 to /en{PATH} (LocaleMiddleware, for every caller) was read as {answer:?}"
+    );
+}
