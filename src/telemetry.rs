@@ -34,7 +34,7 @@ use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -172,53 +172,73 @@ fn configured(filter: &str) -> EnvFilter {
 /// 300 bytes each in JSON: about 1.2 MB at most).
 pub const LOG_QUEUE: usize = 4096;
 
-/// What the log writer thread left behind: its guard, which writes the
-/// queued lines when dropped ([`flush_logs`]), and the count of lines
-/// dropped.
+/// The log writer: the non-blocking writer to stderr, and its guard, which
+/// writes the queued lines when dropped ([`flush_logs`]).
 struct LogWriter {
+    writer: NonBlocking,
     guard: Mutex<Option<WorkerGuard>>,
-    dropped: ErrorCounter,
 }
 
-/// The process's log writer, once [`init`] started it.
+/// The process's log writer, its thread started by the first [`init`] (a
+/// second, in tests, shares it).
 static LOGS: OnceLock<LogWriter> = OnceLock::new();
 
-/// The writer of the log lines: the non-blocking one to stderr, its
-/// thread started on the first call (a second [`init`], in tests, shares
-/// it).
+/// The writer of the log lines: the non-blocking one to stderr.
 fn log_writer() -> NonBlocking {
-    static WRITER: OnceLock<NonBlocking> = OnceLock::new();
-    WRITER
-        .get_or_init(|| {
-            let (writer, guard) = NonBlockingBuilder::default()
-                .buffered_lines_limit(LOG_QUEUE)
-                .lossy(true)
-                .thread_name("log-writer")
-                .finish(std::io::stderr());
-            let _ = LOGS.set(LogWriter {
-                guard: Mutex::new(Some(guard)),
-                dropped: writer.error_counter(),
-            });
-            writer
-        })
-        .clone()
+    LOGS.get_or_init(|| {
+        let (writer, guard) = NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_QUEUE)
+            .lossy(true)
+            .thread_name("log-writer")
+            .finish(std::io::stderr());
+        LogWriter {
+            writer,
+            guard: Mutex::new(Some(guard)),
+        }
+    })
+    .writer
+    .clone()
 }
 
 /// Log lines dropped so far because stderr did not take them in time.
 pub fn dropped_log_lines() -> u64 {
     LOGS.get()
-        .map_or(0, |logs| logs.dropped.dropped_lines() as u64)
+        .map_or(0, |logs| logs.writer.error_counter().dropped_lines() as u64)
 }
 
 /// Writes the log lines still queued, waiting about a second at most
 /// (stderr may be what stalls); call before the process exits. Lines
 /// logged after it are dropped.
+///
+/// The guard is dropped on a thread of its own, waited for at most
+/// [`FLUSH_LOGS_WITHIN`]: with its queue full it `println!`s that it could
+/// not stop the writer, and stdout blocks where it shares the stalled
+/// stream with stderr (a systemd service's default: one stream to
+/// journald), which hung the exit until SIGKILL
+/// (`tests/it/review_dec06.rs`).
 pub fn flush_logs() {
     let Some(logs) = LOGS.get() else { return };
-    let guard = logs
+    let Some(guard) = logs
         .guard
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    drop(guard);
+        .take()
+    else {
+        return;
+    };
+    let (done, flushed) = std::sync::mpsc::channel::<()>();
+    let flushing = std::thread::Builder::new()
+        .name("log-flush".to_owned())
+        .spawn(move || {
+            drop(guard);
+            drop(done);
+        });
+    if flushing.is_ok() {
+        // Disconnected when the guard is dropped; a timeout otherwise.
+        let _ = flushed.recv_timeout(FLUSH_LOGS_WITHIN);
+    }
 }
+
+/// Longest wait for the queued log lines at exit: the writer's own waits
+/// (100 ms for room in the queue, then 1 s for the lines), and a margin.
+const FLUSH_LOGS_WITHIN: Duration = Duration::from_millis(1500);

@@ -181,8 +181,9 @@ impl Inner {
         if status.is_redirection()
             && let Some(location) = self.redirected_to_itself(response.headers())
         {
-            // Django's APPEND_SLASH (or any other rewrite of the endpoint's
-            // own path) answers every caller alike: not "not logged in",
+            // Django's APPEND_SLASH, LocaleMiddleware's language prefix (or
+            // any other rewrite of the endpoint's own path) answers every
+            // caller alike: not "not logged in",
             // which would make everyone anonymous (an attack session).
             return Err(self.unavailable(format_args!(
                 "answered {status} to {location}, its own path rewritten: write \
@@ -250,12 +251,18 @@ impl Inner {
     }
 
     /// The `Location` of a redirect to the endpoint's own path, give or
-    /// take a trailing slash (a login redirect goes elsewhere).
+    /// take a trailing slash (`APPEND_SLASH`) or a prefix before it
+    /// (`LocaleMiddleware`'s `/en` for an `i18n_patterns` URL written
+    /// without it); a login redirect goes elsewhere.
     fn redirected_to_itself<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         let location = headers.get(header::LOCATION)?.to_str().ok()?;
         let path = location.parse::<Uri>().ok()?;
-        let own = |p: &str| p.trim_end_matches('/').to_owned();
-        (own(path.path()) == own(self.endpoint.path())).then_some(location)
+        let (to, own) = (
+            path.path().trim_end_matches('/'),
+            self.endpoint.path().trim_end_matches('/'),
+        );
+        // `own` starts with `/`: a prefix ends at a segment's boundary.
+        (to == own || (!own.is_empty() && to.ends_with(own))).then_some(location)
     }
 
     fn unavailable(&self, reason: std::fmt::Arguments<'_>) -> IdentityError {

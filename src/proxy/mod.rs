@@ -21,4 +21,5 @@ mod service;
 
 pub use body::{BodyError, ProxyBody};
 pub use pool::POOL_IDLE_TIMEOUT;
+pub(crate) use service::host_of;
 pub use service::{ProxyService, ResponseFuture};

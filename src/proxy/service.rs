@@ -213,8 +213,10 @@ fn origin_form(uri: &Uri) -> Result<PathAndQuery, ForwardError> {
     }
 }
 
-/// `host[:port]` of an HTTP/2 `:authority`, without any `user@`.
-fn host_of(authority: &Authority) -> Option<HeaderValue> {
+/// `host[:port]` of a target's authority (HTTP/2's `:authority`, an
+/// HTTP/1 absolute-form target), without any `user@`: the `Host` written
+/// for a request without one, here and where the quota layer judges it.
+pub(crate) fn host_of(authority: &Authority) -> Option<HeaderValue> {
     let host = match authority.port() {
         Some(port) => format!("{}:{}", authority.host(), port),
         None => authority.host().to_owned(),

@@ -30,21 +30,19 @@ pub(super) const SPARE: u64 = 256;
 pub struct OpenFiles {
     /// The soft limit the process was started with.
     pub before: u64,
-    /// The soft limit now (the hard limit, unless raising it failed).
+    /// The soft limit now (the hard limit, or on macOS the most a process
+    /// may open when the hard one is `RLIM_INFINITY`).
     pub now: u64,
 }
 
-/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one.
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard one,
+/// or where the hard one is `RLIM_INFINITY` (macOS), which `setrlimit`
+/// refuses as a soft limit, to the most a process may open
+/// (`kern.maxfilesperproc`): the rlimit crate's `increase_nofile_limit`.
 pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
-    let (before, hard) = Resource::NOFILE.get()?;
-    if before >= hard {
-        return Ok(OpenFiles {
-            before,
-            now: before,
-        });
-    }
-    Resource::NOFILE.set(hard, hard)?;
-    Ok(OpenFiles { before, now: hard })
+    let before = Resource::NOFILE.get_soft()?;
+    let now = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok(OpenFiles { before, now })
 }
 
 /// The soft limit of open files of the process now, if known.
@@ -55,30 +53,42 @@ pub fn open_files_limit() -> Option<u64> {
 /// The most connections to keep open within `limit` open files, at most
 /// `max_connections`: past it, the oldest are evicted to let newcomers in
 /// (`limits.rs`) before `accept` fails for want of a descriptor, which
-/// would let no newcomer in at all.
+/// would let no newcomer in at all. Under a limit of `2 ×` [`SPARE`] half
+/// of it is kept to spare instead: the process itself holds about 12
+/// descriptors and 5 per serving thread, and a full [`SPARE`] left one
+/// connection under 260 (a third request at once cut the first;
+/// `tests/it/review_dec06.rs`).
 pub fn connections_that_fit(max_connections: u32, limit: u64) -> u32 {
-    if open_files_needed(max_connections) <= limit {
+    let spare = SPARE.min(limit / 2);
+    let fits = |n: u32| connection_files(n) + spare <= limit;
+    if fits(max_connections) {
         return max_connections;
     }
-    // The largest n with open_files_needed(n) <= limit (it grows with n).
-    let (mut fits, mut too_many) = (0, max_connections);
-    while too_many - fits > 1 {
-        let n = fits + (too_many - fits) / 2;
-        if open_files_needed(n) <= limit {
-            fits = n;
+    // The largest n that fits (what n needs grows with n).
+    let (mut fits_n, mut too_many) = (0, max_connections);
+    while too_many - fits_n > 1 {
+        let n = fits_n + (too_many - fits_n) / 2;
+        if fits(n) {
+            fits_n = n;
         } else {
             too_many = n;
         }
     }
-    fits.max(1)
+    fits_n.max(1)
 }
 
 /// The open files `max_connections` may need at once: each connection and
 /// its upstream connection, the evicted ones finishing, and [`SPARE`].
 pub fn open_files_needed(max_connections: u32) -> u64 {
-    let connections = u64::from(max_connections);
+    connection_files(max_connections) + SPARE
+}
+
+/// The descriptors `connections` connections may hold at once: each one
+/// and its upstream connection, and the evicted ones finishing.
+fn connection_files(connections: u32) -> u64 {
+    let connections = u64::from(connections);
     let finishing = (connections / 8).max(1);
-    2 * (connections + finishing) + SPARE
+    2 * (connections + finishing)
 }
 
 #[cfg(test)]
@@ -102,5 +112,11 @@ mod tests {
         assert!(open_files_needed(fit + 1) > 1024);
         assert_eq!(connections_that_fit(4096, 10), 1, "never none");
         assert_eq!(connections_that_fit(100, 1024), 100);
+        // Under 512, half the limit is kept to spare, not 256.
+        assert_eq!(connections_that_fit(4096, 512), 114);
+        let fit = connections_that_fit(4096, 256);
+        assert_eq!(fit, 57, "one connection with a spare of 256");
+        assert!(connection_files(fit) + 128 <= 256);
+        assert!(connection_files(fit + 1) + 128 > 256);
     }
 }

@@ -115,17 +115,11 @@ where
         // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
         // identity call without it failed `ALLOWED_HOSTS` at the client's
         // will (`tests/it/attack_dec06.rs`).
-        // `host[:port]`, without a `user@`, as `proxy/service.rs` writes it.
-        if let Some(authority) = request.uri().authority()
-            && !request.headers().contains_key(http::header::HOST)
+        // The same `host[:port]` the forwarding writes (`proxy::host_of`).
+        if !request.headers().contains_key(http::header::HOST)
+            && let Some(host) = request.uri().authority().and_then(crate::proxy::host_of)
         {
-            let host = match authority.port() {
-                Some(port) => http::HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-                None => http::HeaderValue::from_str(authority.host()),
-            };
-            if let Ok(host) = host {
-                request.headers_mut().insert(http::header::HOST, host);
-            }
+            request.headers_mut().insert(http::header::HOST, host);
         }
         // The config this request lives by, even if a reload swaps it.
         let state = self.current.load_full();

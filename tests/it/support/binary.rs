@@ -57,7 +57,15 @@ impl Binary {
     /// Starts `quota-proxy serve` with `config_toml` (see [`prepare`]) and
     /// the extra environment `env`; returns once it logged its addresses.
     pub async fn start(config_toml: &str, env: &[(&str, &str)]) -> Self {
-        Self::launch(config_toml, env, None).await
+        Self::launch(config_toml, env, None, false).await
+    }
+
+    /// [`Binary::start`] with stdout and stderr one pipe, as systemd gives
+    /// a service by default (`StandardOutput=journal`,
+    /// `StandardError=inherit`: one stream to journald), so that what
+    /// stalls the one stalls the other.
+    pub async fn start_with_stdout_on_stderr(config_toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(config_toml, env, None, true).await
     }
 
     /// [`Binary::start`] with the soft limit of open files (`RLIMIT_NOFILE`)
@@ -65,7 +73,7 @@ impl Binary {
     /// this process's: what a container runtime hands a process (containerd
     /// 2 and Docker 29 give 1024 soft, 524288 hard).
     pub async fn start_with_open_files(config_toml: &str, env: &[(&str, &str)], soft: u64) -> Self {
-        Self::launch(config_toml, env, Some((soft, None))).await
+        Self::launch(config_toml, env, Some((soft, None)), false).await
     }
 
     /// [`Binary::start`] with both limits of open files set to `limit` in
@@ -75,13 +83,14 @@ impl Binary {
         env: &[(&str, &str)],
         limit: u64,
     ) -> Self {
-        Self::launch(config_toml, env, Some((limit, Some(limit)))).await
+        Self::launch(config_toml, env, Some((limit, Some(limit))), false).await
     }
 
     async fn launch(
         config_toml: &str,
         env: &[(&str, &str)],
         nofile: Option<(u64, Option<u64>)>,
+        stdout_on_stderr: bool,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config_path = dir.path().join("quota-proxy.toml");
@@ -93,9 +102,17 @@ impl Binary {
             .arg("serve")
             .env_remove("RUST_LOG")
             .env_remove("QUOTA_PROXY_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
+        let shared = if stdout_on_stderr {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            command
+                .stdout(writer.try_clone().expect("pipe"))
+                .stderr(writer);
+            Some(reader)
+        } else {
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
+            None
+        };
         for (name, value) in env {
             command.env(name, value);
         }
@@ -124,7 +141,12 @@ impl Binary {
             }
         }
         let mut child = command.spawn().expect("spawn quota-proxy");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        // The parent's ends of a shared pipe closed: only the child writes.
+        drop(command);
+        let stderr: Box<dyn std::io::Read + Send> = match shared {
+            Some(reader) => Box::new(reader),
+            None => Box::new(child.stderr.take().expect("stderr is piped")),
+        };
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
         let logs_paused = Arc::new(AtomicBool::new(false));

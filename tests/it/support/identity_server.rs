@@ -59,6 +59,8 @@ pub(crate) enum Mode {
     Status(StatusCode),
     /// 302 to the login page, as `login_required` does.
     LoginRedirect,
+    /// 302 to this location, whoever asks.
+    Redirect(&'static str),
     /// 200 with a body that is not JSON.
     Garbage,
 }
@@ -179,6 +181,14 @@ async fn answer(
                 header::LOCATION,
                 header::HeaderValue::from_static("/accounts/login/?next=/api/quota/identity/"),
             );
+            return Ok(response);
+        }
+        Mode::Redirect(location) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::FOUND;
+            response
+                .headers_mut()
+                .insert(header::LOCATION, header::HeaderValue::from_static(location));
             return Ok(response);
         }
         Mode::Garbage => {

@@ -1,0 +1,393 @@
+//! Findings of a review session (December 6th) of that day's fixes, on the
+//! real binary where the behaviour is end to end. Each test's comment says
+//! what the flaw was; each wait is bounded and fails the test when it runs
+//! out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+use crate::support::binary::Binary;
+use crate::support::upstream::{Reply, TestUpstream};
+
+/// Slack for a busy 2-core machine on top of what is measured.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Sends a GET of a page no route inspects on a new connection and returns
+/// the answer's status, or why there is none within `within`.
+async fn get_page(proxy: SocketAddr, within: Duration) -> Result<u16, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(b"GET /page HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed before an answer".to_owned());
+            }
+            received.extend_from_slice(&buf[..n]);
+            if let Some(end) = received.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&received[..end]).into_owned();
+                return line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(format!("not a status line: {line}"));
+            }
+        }
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// Flaw: `connections_that_fit` (src/server/open_files.rs) sizes the
+/// connection cap on two descriptors per connection, its own and one
+/// upstream connection. An HTTP/2 connection carries up to 100 requests at
+/// once, each on an upstream connection of its own (HTTP/1.1 to the app),
+/// so a handful of HTTP/2 connections, far under the cap, take every
+/// descriptor while the app is slow to answer them: `accept` fails with
+/// EMFILE and no newcomer gets in, the very lock-out the cap was meant to
+/// prevent. Here the limit is 400 (64 connections kept open) and four
+/// HTTP/2 connections hold 100 slow requests each: a newcomer's page must
+/// still be answered. Unfixed (see the review's report): ignored so the
+/// suite stays green; `cargo test --test it review_dec06 -- --ignored`
+/// runs it, and it fails on main.
+#[tokio::test]
+#[ignore = "unfixed: HTTP/2 streams each hold an upstream descriptor the open-files cap does not count"]
+async fn a_few_http2_connections_do_not_take_every_open_file() {
+    const LIMIT: u64 = 400;
+    const CONNECTIONS: usize = 4;
+    const STREAMS: usize = 100;
+    let total = CONNECTIONS * STREAMS;
+    // Streams that reached the app or were answered by the proxy.
+    let (settled, mut watch_settled) = watch::channel(0_usize);
+    let settled = Arc::new(settled);
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = {
+        let settled = Arc::clone(&settled);
+        let gate = Arc::clone(&gate);
+        TestUpstream::start(move |request| {
+            let settled = Arc::clone(&settled);
+            let gate = Arc::clone(&gate);
+            async move {
+                if request.uri.path().starts_with("/slow") {
+                    settled.send_modify(|n| *n += 1);
+                    let _ = gate.acquire().await;
+                }
+                Reply::ok()
+            }
+        })
+        .await
+    };
+    let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
+    let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page before the slow requests"
+    );
+
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for c in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+        clients.push(tokio::spawn(connection));
+        for s in 0..STREAMS {
+            let mut sender = sender.clone();
+            let settled = Arc::clone(&settled);
+            let addr = binary.proxy;
+            streams.push(tokio::spawn(async move {
+                let request = http::Request::builder()
+                    .uri(format!("http://{addr}/slow/{c}/{s}"))
+                    .body(Empty::new())
+                    .expect("request");
+                // The proxy's own answer (a 502 when it cannot connect)
+                // settles the stream; a held one settles at the app.
+                if sender.send_request(request).await.is_ok() {
+                    settled.send_modify(|n| *n += 1);
+                }
+            }));
+        }
+    }
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        watch_settled.wait_for(|n| *n >= total),
+    )
+    .await
+    .expect("every slow request reached the app or was answered")
+    .expect("watch");
+
+    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
+    let held = upstream.count().saturating_sub(1);
+    gate.add_permits(total);
+    for stream in streams {
+        stream.abort();
+    }
+    for client in clients {
+        client.abort();
+    }
+    assert_eq!(
+        answer,
+        Ok(200),
+        "a newcomer's page while {CONNECTIONS} HTTP/2 connections hold {held} slow requests at \
+         the app under an open-files limit of {LIMIT}; the proxy's log:\n{}",
+        binary.log_lines(&["accept failed", "open-files", "RLIMIT", "upstream"], 5)
+    );
+}
+
+/// Sends `GET {path}` on a new connection and returns the answer's status
+/// once it comes, or why none came.
+async fn get_status(proxy: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect(proxy)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut received = Vec::new();
+    stream
+        .read_to_end(&mut received)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&received);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("no status in {text:?}"))
+}
+
+/// Flaw: under a small open-files limit `connections_that_fit` keeps 256
+/// descriptors to spare whatever the limit, so under 260 it keeps ONE
+/// connection open (and lets one evicted connection finish): a third
+/// request at once cuts the first mid-answer. A process that cannot raise
+/// its soft limit of 256 (macOS's default, whose hard limit is
+/// RLIM_INFINITY, which `setrlimit` refuses as a soft limit) served three
+/// requests at once before the cap; the proxy itself holds about 22
+/// descriptors. Here three slow requests are open at once under a limit of
+/// 256: each must be answered.
+#[tokio::test]
+async fn three_requests_at_once_under_a_small_open_files_limit_are_all_answered() {
+    const LIMIT: u64 = 256;
+    const REQUESTS: usize = 3;
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = {
+        let gate = Arc::clone(&gate);
+        TestUpstream::start(move |request| {
+            let gate = Arc::clone(&gate);
+            async move {
+                if request.uri.path().starts_with("/slow") {
+                    let _ = gate.acquire().await;
+                }
+                Reply::ok()
+            }
+        })
+        .await
+    };
+    let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
+    let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
+    let mut requests = Vec::new();
+    for n in 0..REQUESTS {
+        let proxy = binary.proxy;
+        requests.push(tokio::spawn(async move {
+            get_status(proxy, &format!("/slow/{n}")).await
+        }));
+        // One at a time, so the first is the oldest.
+        tokio::time::timeout(ANSWER_WITHIN, upstream.wait_for_requests(n + 1))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "request {n} did not reach the app; the proxy's log:\n{}",
+                    binary.log_lines(&["open-files", "RLIMIT"], 5)
+                )
+            });
+    }
+    gate.add_permits(REQUESTS);
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(
+            tokio::time::timeout(ANSWER_WITHIN, request)
+                .await
+                .map_err(|_| "no answer in time".to_owned())
+                .and_then(|joined| joined.map_err(|e| e.to_string()))
+                .and_then(|answer| answer),
+        );
+    }
+    assert_eq!(
+        answers,
+        vec![Ok(200); REQUESTS],
+        "{REQUESTS} requests at once under an open-files limit of {LIMIT}; the proxy's log:\n{}",
+        binary.log_lines(&["open-files", "RLIMIT"], 5)
+    );
+}
+
+/// Flaw: at exit the log writer's guard (tracing-appender's `WorkerGuard`)
+/// is dropped to write the queued lines; when the queue is full it waits
+/// 100 ms, then `println!`s "Failed to send shutdown signal to logging
+/// worker" to stdout, and stdout blocks. A systemd service's stdout and
+/// stderr are one stream to journald by default (the shipped unit sets
+/// neither): with journald stalled (the fault the non-blocking writer was
+/// made for), the drained proxy hung at its very last step until
+/// `TimeoutStopSec` (55 s) sent SIGKILL, and a restart of the app waited
+/// that long with nothing listening. Here stdout and stderr are one
+/// unread pipe, the queue is full (lines counted dropped), and the proxy
+/// is told to stop: it must exit.
+#[tokio::test]
+async fn a_stalled_log_stream_does_not_hang_the_exit() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let config = format!(
+        r#"
+upstream = "http://{}"
+threads = 1
+shutdown_grace = "1s"
+
+[plans.free]
+daily = 100000
+
+[identity]
+default_plan = "free"
+
+[[routes]]
+method = "POST"
+path = "/chat/{{id}}/send/"
+"#,
+        upstream.addr()
+    );
+    // Every inspected request logs lines, more at trace: the queue fills.
+    let mut binary = Binary::start_with_stdout_on_stderr(&config, &[("RUST_LOG", "trace")]).await;
+    let admin = crate::support::proxy::TestClient::new(binary.admin);
+    binary.stop_reading_logs();
+    let mut dropped = 0;
+    // One line per image request: the pipe (about 200 lines) and the
+    // 4,096-line queue are full after some 4,300.
+    for _ in 0..20 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let proxy = binary.proxy;
+            batch.spawn(async move {
+                for _ in 0..125 {
+                    let answer = image_request(proxy).await;
+                    assert_eq!(answer, Ok(200), "an image request with the log unread");
+                }
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            done.expect("client task");
+        }
+        let metrics = admin
+            .send(http::Method::GET, "/metrics", &[], "")
+            .await
+            .text();
+        dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("quota_proxy_log_lines_dropped_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped > 0 {
+            break;
+        }
+    }
+    assert!(
+        dropped > 0,
+        "the log queue never filled; {} lines read",
+        binary.logs().len()
+    );
+    binary.signal("TERM");
+    let status = binary.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+/// An image request to the inspected route on a new connection, closed
+/// after its answer: its status, or why there is none.
+async fn image_request(proxy: SocketAddr) -> Result<u16, String> {
+    let body = r#"{"generate_image": true}"#;
+    let request = format!(
+        "POST /chat/1/send/ HTTP/1.1\r\nhost: app\r\nx-user-id: u1\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut received = Vec::new();
+        stream
+            .read_to_end(&mut received)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&received);
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or(format!("no status in {text:?}"))
+    };
+    tokio::time::timeout(ANSWER_WITHIN, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {ANSWER_WITHIN:?}")))
+}
+
+/// Flaw (of the 3xx-is-anonymous rule the Ambiguous change builds on): a
+/// redirect to the identity endpoint's own path under a prefix is read as
+/// "not logged in". Django's `LocaleMiddleware` answers every caller of an
+/// `i18n_patterns` URL written without its language prefix
+/// (`/api/quota/identity/` where the app routes `/en/api/quota/identity/`)
+/// `302` to the prefixed path, logged in or not, as `APPEND_SLASH` answers
+/// a URL without its slash; the proxy catches only the slash, so every user
+/// was anonymous and, with `anonymous = "forward"`, every flagged request
+/// went on unchecked. Such an answer must be an identity error.
+#[tokio::test]
+async fn a_redirect_to_the_identity_path_under_a_prefix_is_no_anonymous_answer() {
+    use crate::support::identity_server::{IdentityServer, Mode, PATH};
+    let server = IdentityServer::start().await;
+    server.login("s1", 1, None);
+    let config = quota_proxy::config::Config::from_toml(&format!(
+        "[plans]\nfree = {{ daily = 3 }}\n[identity]\nkind = \"forward_auth\"\n\
+         default_plan = \"free\"\n[identity.forward_auth]\nurl = \"{}{PATH}\"\n\
+         negative_cache_ttl = \"0s\"\n",
+        server.base()
+    ))
+    .expect("config");
+    let source = quota_proxy::identity::from_config(&config).expect("identity source");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::COOKIE,
+        "sessionid=s1".parse().expect("cookie"),
+    );
+    // The login redirect stays "not logged in".
+    server.set_mode(Mode::LoginRedirect);
+    assert_eq!(source.identify(&headers).await.expect("anonymous"), None);
+    server.set_mode(Mode::Redirect("/en/api/quota/identity/"));
+    let answer = source.identify(&headers).await;
+    assert!(
+        matches!(
+            answer,
+            Err(quota_proxy::identity::IdentityError::Unavailable(_))
+        ),
+        "a 302 to /en{PATH} (LocaleMiddleware, for every caller) was read as {answer:?}"
+    );
+}
