@@ -7,153 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::support::binary::Binary;
 use crate::support::upstream::{Reply, TestUpstream};
 
 /// Slack for a busy 2-core machine on top of what is measured.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-
-/// Sends a GET of a page no route inspects on a new connection and returns
-/// the answer's status, or why there is none within `within`.
-async fn get_page(proxy: SocketAddr, within: Duration) -> Result<u16, String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(proxy)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .write_all(b"GET /page HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("closed before an answer".to_owned());
-            }
-            received.extend_from_slice(&buf[..n]);
-            if let Some(end) = received.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&received[..end]).into_owned();
-                return line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(format!("not a status line: {line}"));
-            }
-        }
-    };
-    tokio::time::timeout(within, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
-}
-
-/// Flaw: `connections_that_fit` (src/server/open_files.rs) sizes the
-/// connection cap on two descriptors per connection, its own and one
-/// upstream connection. An HTTP/2 connection carries up to 100 requests at
-/// once, each on an upstream connection of its own (HTTP/1.1 to the app),
-/// so a handful of HTTP/2 connections, far under the cap, take every
-/// descriptor while the app is slow to answer them: `accept` fails with
-/// EMFILE and no newcomer gets in, the very lock-out the cap was meant to
-/// prevent. Here the limit is 400 (64 connections kept open) and four
-/// HTTP/2 connections hold 100 slow requests each: a newcomer's page must
-/// still be answered. Unfixed (see the review's report): ignored so the
-/// suite stays green; `cargo test --test it review_dec06 -- --ignored`
-/// runs it, and it fails on main.
-#[tokio::test]
-#[ignore = "unfixed: HTTP/2 streams each hold an upstream descriptor the open-files cap does not count"]
-async fn a_few_http2_connections_do_not_take_every_open_file() {
-    const LIMIT: u64 = 400;
-    const CONNECTIONS: usize = 4;
-    const STREAMS: usize = 100;
-    let total = CONNECTIONS * STREAMS;
-    // Streams that reached the app or were answered by the proxy.
-    let (settled, mut watch_settled) = watch::channel(0_usize);
-    let settled = Arc::new(settled);
-    let gate = Arc::new(Semaphore::new(0));
-    let upstream = {
-        let settled = Arc::clone(&settled);
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |request| {
-            let settled = Arc::clone(&settled);
-            let gate = Arc::clone(&gate);
-            async move {
-                if request.uri.path().starts_with("/slow") {
-                    settled.send_modify(|n| *n += 1);
-                    let _ = gate.acquire().await;
-                }
-                Reply::ok()
-            }
-        })
-        .await
-    };
-    let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
-    let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
-    assert_eq!(
-        get_page(binary.proxy, ANSWER_WITHIN).await,
-        Ok(200),
-        "a page before the slow requests"
-    );
-
-    let mut clients = Vec::new();
-    let mut streams = Vec::new();
-    for c in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-        clients.push(tokio::spawn(connection));
-        for s in 0..STREAMS {
-            let mut sender = sender.clone();
-            let settled = Arc::clone(&settled);
-            let addr = binary.proxy;
-            streams.push(tokio::spawn(async move {
-                let request = http::Request::builder()
-                    .uri(format!("http://{addr}/slow/{c}/{s}"))
-                    .body(Empty::new())
-                    .expect("request");
-                // The proxy's own answer (a 502 when it cannot connect)
-                // settles the stream; a held one settles at the app.
-                if sender.send_request(request).await.is_ok() {
-                    settled.send_modify(|n| *n += 1);
-                }
-            }));
-        }
-    }
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        watch_settled.wait_for(|n| *n >= total),
-    )
-    .await
-    .expect("every slow request reached the app or was answered")
-    .expect("watch");
-
-    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
-    let held = upstream.count().saturating_sub(1);
-    gate.add_permits(total);
-    for stream in streams {
-        stream.abort();
-    }
-    for client in clients {
-        client.abort();
-    }
-    assert_eq!(
-        answer,
-        Ok(200),
-        "a newcomer's page while {CONNECTIONS} HTTP/2 connections hold {held} slow requests at \
-         the app under an open-files limit of {LIMIT}; the proxy's log:\n{}",
-        binary.log_lines(&["accept failed", "open-files", "RLIMIT", "upstream"], 5)
-    );
-}
 
 /// Sends `GET {path}` on a new connection and returns the answer's status
 /// once it comes, or why none came.
