@@ -40,7 +40,9 @@ use super::future::{Kind, ResponseFuture, passthrough_response};
 use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
-use super::routes::{join_cookie_crumbs, strip_underscore_names, trim_field_values};
+use super::routes::{
+    join_cookie_crumbs, strip_underscore_names, trim_field_values, trim_wsgi_field_values,
+};
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -178,6 +180,8 @@ where
         // Judged as Django will read it: a WSGI server may merge a name
         // holding `_` into the `-` one (`routes/headers.rs`).
         strip_underscore_names(request.headers_mut());
+        // And each value as the WSGI server trims it (gunicorn 21: NBSP too).
+        trim_wsgi_field_values(request.headers_mut());
         let span = spans::request(&request, &matched.route.name, &request_id);
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
