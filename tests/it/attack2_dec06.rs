@@ -146,3 +146,77 @@ async fn a_content_type_padded_with_latin1_spaces_is_no_bypass_on_the_apps_gunic
         seen.join("\n")
     );
 }
+
+/// **Django 5.1 reads `Content-Type` parameters another way than the
+/// proxy's port of Django 5.2.**
+///
+/// Django 5.2 hands a header value with parameters to Python's
+/// `email.message.Message.get_params`, whose `unquote` also strips angle
+/// brackets (`boundary=<b>` is `b`) and which appends RFC 2231 parameters
+/// after the plain ones; Django 5.1 (5.1.2 is the chat app's pin) splits
+/// the value itself (`django/utils/http.py` `_parseparam`): `<b>` stays
+/// `<b>`, and the parameters keep their order. The proxy reads the request's
+/// `Content-Type` and each part's `Content-Disposition` as 5.2 does, so:
+/// - `boundary=<qpX>`, the parts split on `--<qpX>`: no part to the proxy
+///   (not flagged), the upload with `generate_image=true` to Django 5.1;
+/// - a part named `<generate_image>` saying `false` after the real one
+///   saying `true`: the last `generate_image` is `false` to the proxy, a
+///   field of another name to Django 5.1, which reads `true`.
+///
+/// On 0b7f19c each was forwarded unreserved (the probe said the session
+/// does not force images) and generated: a free user at the limit got an
+/// image per fresh session, each counted only after it was made.
+///
+/// Now a header whose parameters the two readings tell apart (main value,
+/// `boundary`, `charset`, a part's `name` or `filename`) is a body that
+/// cannot be read: it counts as asking for an image.
+#[tokio::test]
+async fn a_header_django_5_1_splits_otherwise_is_no_bypass() {
+    const USER: u64 = 720_202;
+    let django = Django::start_on(APP_REQUIREMENTS, &[]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url()), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let angled = (
+        "multipart/form-data; boundary=<qpX>".to_owned(),
+        multipart_body("<qpX>"),
+    );
+    let renamed = (
+        "multipart/form-data; boundary=qpY".to_owned(),
+        "--qpY\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\na cat\r\n\
+         --qpY\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n\
+         --qpY\r\nContent-Disposition: form-data; name=<generate_image>\r\n\r\nfalse\r\n\
+         --qpY--\r\n"
+            .as_bytes()
+            .to_vec(),
+    );
+    let mut seen = Vec::new();
+    for (n, (content_type, body)) in [angled, renamed].into_iter().enumerate() {
+        let mut request = format!(
+            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Cookie: sessionid=u{USER}\r\n\r\n",
+            30 + n,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
+        seen.push(format!(
+            "{content_type:?}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent two flagged uploads whose headers Django 5.1 \
+         reads otherwise than 5.2: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
