@@ -123,7 +123,7 @@ pub fn trim_field_values(headers: &mut HeaderMap) {
 }
 
 /// Trims from both ends of every field value of an inspected request what
-/// a WSGI server may trim before Django reads it ([`wsgi_space`]), so the
+/// a WSGI server may trim before Django reads it (`wsgi_space`), so the
 /// value judged is the value forwarded and the one Django sees, whichever
 /// gunicorn serves it. gunicorn 21 (the chat app's pinned version) reads a
 /// value as Latin-1 and trims it with Python's `str.lstrip()` /
