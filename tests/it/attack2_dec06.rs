@@ -220,3 +220,57 @@ async fn a_header_django_5_1_splits_otherwise_is_no_bypass() {
         seen.join("\n")
     );
 }
+
+/// **A method spelled `POSt` is no route's to the proxy and `POST` to the
+/// app's gunicorn.**
+///
+/// gunicorn 21 (the chat app pins 21.2.0) checks the method with
+/// `METH_RE.match` (`[A-Z0-9$-_.]{3,20}`), which needs only its first three
+/// characters to match, then upper-cases it (`gunicorn/http/message.py`,
+/// `parse_request_line`); Django's `WSGIRequest` upper-cases it again. hyper
+/// takes any token as a method, case kept, and the routes matched `POST`
+/// exactly: `POSt /chat/session/…/send/` was passed through uninspected
+/// (no reservation, no report token, nothing counted), and Django ran the
+/// send view as a `POST` and generated. gunicorn 22+ refuses a method with
+/// a lower-case letter (`METHOD_BADCHAR_RE`) unless told otherwise. On
+/// 0b7f19c a free user at the limit got an image per request this way,
+/// none of them ever counted.
+///
+/// Now a request whose method is a route's in another case is judged as
+/// that route's method (and forwarded upper-cased, as the backend reads
+/// it).
+#[tokio::test]
+async fn a_method_in_mixed_case_is_no_bypass_on_the_apps_gunicorn() {
+    const USER: u64 = 720_203;
+    let django = Django::start_on(APP_REQUIREMENTS, &[]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url()), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut seen = Vec::new();
+    for (n, method) in ["POSt", "POSt"].into_iter().enumerate() {
+        let mut request = format!(
+            "{method} /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Cookie: sessionid=u{USER}\r\n\r\n",
+            40 + n,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
+        seen.push(format!(
+            "{method}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3 && seen[0].contains(": 403 (django: false)"),
+        "a free user at the limit (3 images) sent flagged messages with the method spelled \
+         otherwise: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
