@@ -149,6 +149,19 @@ where
             let kind = Kind::Inspected { future };
             return ResponseFuture { kind, request_id };
         }
+        // Django reads the method upper-cased (`WSGIRequest`), and gunicorn
+        // 21 (the chat app's) lets `POSt` through as `POST` (`METH_RE.match`
+        // checks three characters): such a request is a route's, judged and
+        // forwarded as the method the view sees (`tests/it/attack2_dec06.rs`).
+        if let Some(upper) = upper_method(request.method())
+            && state
+                .routing
+                .routes
+                .find(&upper, request.uri().path())
+                .is_some()
+        {
+            *request.method_mut() = upper;
+        }
         let Some(matched) = state
             .routing
             .routes
@@ -243,6 +256,16 @@ where
         .call(Request::from_parts(parts, RequestBody::spooled(body)))
         .await?;
     Ok(passthrough_response(&state, response, &path, &id))
+}
+
+/// `method` upper-cased, when it has a lower-case letter (hyper keeps any
+/// token as it came; Django upper-cases what the WSGI server hands it).
+fn upper_method(method: &http::Method) -> Option<http::Method> {
+    let bytes = method.as_str().as_bytes();
+    if !bytes.iter().any(u8::is_ascii_lowercase) {
+        return None;
+    }
+    http::Method::from_bytes(&bytes.to_ascii_uppercase()).ok()
 }
 
 pub(super) fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {
