@@ -192,8 +192,13 @@ impl Django {
 
     /// [`Self::start`] with extra environment variables for gunicorn
     /// (e.g. `HARNESS_GZIP=1`, see `tests/django/harness/settings.py`).
+    /// `QP_DJANGO_STACK=app` runs it on [`APP_REQUIREMENTS`] instead (the
+    /// differential harness against the chat app's own pins).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
-        Self::start_on(REQUIREMENTS, env)
+        match std::env::var("QP_DJANGO_STACK").as_deref() {
+            Ok("app") => Self::start_on(APP_REQUIREMENTS, env),
+            _ => Self::start_on(REQUIREMENTS, env),
+        }
     }
 
     /// [`Self::start_with`] on the stack pinned in `requirements` (a file
