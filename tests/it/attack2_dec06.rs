@@ -237,8 +237,8 @@ async fn a_header_django_5_1_splits_otherwise_is_no_bypass() {
 /// none of them ever counted.
 ///
 /// Now a request whose method is a route's in another case is judged as
-/// that route's method (and forwarded upper-cased, as the backend reads
-/// it).
+/// that route's method (and forwarded as sent: gunicorn 21 takes it as
+/// `POST`, 22+ refuses it).
 #[tokio::test]
 async fn a_method_in_mixed_case_is_no_bypass_on_the_apps_gunicorn() {
     const USER: u64 = 720_203;

@@ -151,22 +151,18 @@ where
         }
         // Django reads the method upper-cased (`WSGIRequest`), and gunicorn
         // 21 (the chat app's) lets `POSt` through as `POST` (`METH_RE.match`
-        // checks three characters): such a request is a route's, judged and
-        // forwarded as the method the view sees (`tests/it/attack2_dec06.rs`).
-        if let Some(upper) = upper_method(request.method())
-            && state
-                .routing
-                .routes
-                .find(&upper, request.uri().path())
-                .is_some()
-        {
-            *request.method_mut() = upper;
-        }
-        let Some(matched) = state
+        // checks three characters): such a request is the route's, judged as
+        // its method and forwarded as sent, for the server to take or refuse
+        // (`tests/it/attack2_dec06.rs`).
+        let found = state
             .routing
             .routes
             .find(request.method(), request.uri().path())
-        else {
+            .or_else(|| {
+                let upper = upper_method(request.method())?;
+                state.routing.routes.find(&upper, request.uri().path())
+            });
+        let Some(matched) = found else {
             state.deps.passthrough.increment(1);
             let (parts, body) = request.into_parts();
             if state.limits.request_buffering == RequestBuffering::All && !body.is_end_stream() {

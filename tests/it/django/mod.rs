@@ -49,7 +49,7 @@ const FAIL_CLOSED: &[(&str, &str)] = &[
         "method/case",
         "a route's method in another case (`post`, `POSt`): Django upper-cases the method it is \
          handed, gunicorn 21 (the chat app's pin) lets `POSt` through as `POST`, 22+ refuses any \
-         lower-case letter; the proxy judges it as the route's (docs/routes.md)",
+         lower-case letter; the proxy judges it as the route's and forwards it as sent (docs/routes.md)",
     ),
     (
         "rfc2231/parameter",
