@@ -20,6 +20,11 @@
 //! names are listed in [`HeaderValue::rfc2231`] and the caller decides
 //! (Django appends them after the plain ones, so one overrides a plain
 //! parameter of its name, or the whole parse raises).
+//!
+//! Django 5.1 (the chat app pins 5.1.2) split the value itself and reads
+//! some values otherwise (angle brackets kept, RFC 2231 decoded in place):
+//! [`read_otherwise_by_django_5_1`] tells a caller when the two differ on
+//! what it reads, and such a header is not judged.
 
 /// A parsed header value: the lowercased main value and the parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,6 +174,101 @@ fn unquote(s: &str) -> String {
     s.to_owned()
 }
 
+/// True when Django 5.1 reads `line` otherwise than [`parse`] (Django 5.2)
+/// did into `parsed`: another main value, or another value of one of the
+/// parameters `names` (or one it decodes as RFC 2231). Django 5.1 splits
+/// the value itself (`django/utils/http.py` `_parseparam`, 5.1.x; the chat
+/// app pins 5.1.2): it keeps angle brackets (`boundary=<b>` is `<b>`, `b`
+/// to 5.2's `email.utils.unquote`), unquotes only a value quoted at both
+/// ends, and decodes an RFC 2231 `name*=` in its place, where 5.2 appends
+/// it after the plain parameters. Which of the two the backend runs is not
+/// known here: a header they tell apart is one the proxy cannot read
+/// (`tests/it/attack2_dec06.rs`).
+pub(super) fn read_otherwise_by_django_5_1(
+    line: &str,
+    parsed: &HeaderValue,
+    names: &[&str],
+) -> bool {
+    let (key, params) = parse_django_5_1(line);
+    if key != parsed.key {
+        return true;
+    }
+    names.iter().any(|name| {
+        // 5.2's value of an RFC 2231 parameter is not read here either.
+        if parsed.rfc2231.iter().any(|n| n == name) {
+            return true;
+        }
+        // `pdict[name] = value`: the last one wins.
+        match params.iter().rev().find(|(n, _)| n == name) {
+            Some((_, None)) => true,
+            Some((_, Some(value))) => parsed.param(name) != Some(value.as_str()),
+            None => parsed.param(name).is_some(),
+        }
+    })
+}
+
+/// Django 5.1's `parse_header_parameters(line)`: the lowercased main value
+/// and the parameters in order, `None` for one decoded as RFC 2231 (not
+/// read here).
+fn parse_django_5_1(line: &str) -> (String, Vec<(String, Option<String>)>) {
+    let mut pieces = parse_params_django_5_1(line).into_iter();
+    let key = pieces.next().unwrap_or_default().to_lowercase();
+    let mut params = Vec::new();
+    for piece in pieces {
+        let Some((name, value)) = piece.split_once('=') else {
+            continue;
+        };
+        let mut name = py_strip(name).to_lowercase();
+        let mut encoded = false;
+        if let Some(stripped) = name.strip_suffix('*') {
+            name = stripped.to_owned();
+            encoded = piece.matches('\'').count() == 2;
+        }
+        let mut value = py_strip(value).to_owned();
+        if value.chars().count() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            value = value[1..value.len() - 1]
+                .replace("\\\\", "\\")
+                .replace("\\\"", "\"");
+        }
+        params.push((name, (!encoded).then_some(value)));
+    }
+    (key, params)
+}
+
+/// Django 5.1's `_parseparam(";" + line)`, each piece stripped.
+fn parse_params_django_5_1(line: &str) -> Vec<String> {
+    let mut s: &str = line;
+    let mut out = Vec::new();
+    // `s = ";" + line`, then `while s[:1] == ";": s = s[1:]`.
+    let mut first = true;
+    loop {
+        if !first {
+            match s.strip_prefix(';') {
+                Some(rest) => s = rest,
+                None => break,
+            }
+        }
+        first = false;
+        // `s.count('"', 0, end) - s.count('\\"', 0, end)`: never negative.
+        let odd = |end: usize| {
+            let head = &s[..end];
+            (head.matches('"').count() - head.matches("\\\"").count()) % 2 == 1
+        };
+        let mut end = s.find(';');
+        while let Some(e) = end {
+            if e > 0 && odd(e) {
+                end = s[e + 1..].find(';').map(|n| n + e + 1);
+            } else {
+                break;
+            }
+        }
+        let end = end.unwrap_or(s.len());
+        out.push(py_strip(&s[..end]).to_owned());
+        s = &s[end..];
+    }
+    out
+}
+
 /// `email.utils.quote`.
 fn quote(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
@@ -182,6 +282,66 @@ mod tests {
     /// (`parse_header_parameters(line)`).
     /// A line, its key and its parameters.
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    /// Pinned against Django 5.1.2 and 5.2.19 on CPython 3.11: a line, and
+    /// whether the two read its main value or the parameters that matter
+    /// (`boundary`, `charset`, `name`, `filename`) differently.
+    #[test]
+    fn tells_where_django_5_1_reads_otherwise() {
+        let names = ["boundary", "charset", "name", "filename"];
+        let cases: &[(&str, bool)] = &[
+            (
+                "multipart/form-data; boundary=----WebKitFormBoundaryAbC123",
+                false,
+            ),
+            ("multipart/form-data; boundary=<qpX>", true),
+            ("multipart/form-data; boundary=\"<qpX>\"", false),
+            ("multipart/form-data; boundary=\"a;b\"", false),
+            ("multipart/form-data; boundary=\"a\\\"b\"", false),
+            ("multipart/form-data; boundary=a; boundary=b", false),
+            ("multipart/form-data; boundary*=utf-8''x; boundary=y", true),
+            ("multipart/form-data; charset=<utf-8>; boundary=x", true),
+            ("application/json; charset=utf-8", false),
+            ("application/json", false),
+            ("Multipart/Form-Data; Boundary=X", false),
+            ("multipart/form-data; boundary=\"abc", false),
+            ("multipart/form-data; boundary=abc\"", false),
+            ("multipart/form-data; boundary=\"\"", false),
+            (
+                "content-disposition: form-data; name=\"generate_image\"",
+                false,
+            ),
+            (
+                "content-disposition: form-data; name=<generate_image>",
+                true,
+            ),
+            (
+                "content-disposition: form-data; name=\"message\"; filename=\"a.png\"",
+                false,
+            ),
+            ("content-disposition: form-data; name=\"a\\\\b\"", false),
+            (
+                "content-disposition: form-data; name=\"x\"; filename=<f>",
+                true,
+            ),
+            // Both decode it to `generate_image`; an RFC 2231 value is not
+            // read here, so it counts as read otherwise (fail closed).
+            (
+                "content-disposition: form-data; name*=utf-8''generate_image",
+                true,
+            ),
+            ("content-type: image/png", false),
+            ("content-transfer-encoding: base64", false),
+            ("a; b=\"x;y\"z;w\"; c=d", false),
+        ];
+        for (line, otherwise) in cases {
+            assert_eq!(
+                read_otherwise_by_django_5_1(line, &parse(line), &names),
+                *otherwise,
+                "{line:?}"
+            );
+        }
+    }
 
     #[test]
     fn splits_as_django() {

@@ -402,6 +402,13 @@ fn plan<'a>(
     // Django parses `CONTENT_TYPE` when it builds the request; DRF's
     // `_MediaType` parses it again the same way.
     let parsed = header::parse(raw);
+    // Django 5.1 splits some values otherwise (angle brackets, quotes at
+    // one end, RFC 2231 in place): which one the backend runs is not known.
+    if header::read_otherwise_by_django_5_1(raw, &parsed, &["boundary", "charset"]) {
+        return Err(FlagVerdict::Unreadable(
+            "a Content-Type Django 5.1 and 5.2 read differently".to_owned(),
+        ));
+    }
     // An RFC 2231 parameter is decoded by Django, or makes it raise (a
     // 500): only one that could set the charset changes a reading.
     if parsed.rfc2231.iter().any(|n| n == "charset") {

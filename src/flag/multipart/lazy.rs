@@ -252,6 +252,12 @@ impl Part<'_> {
                 continue;
             };
             let value = header::parse(line);
+            // A part Django 5.1 would name (or call a file) otherwise.
+            if header::read_otherwise_by_django_5_1(line, &value, &["name", "filename"]) {
+                return Err(MultipartError::Unsure(format!(
+                    "a part header Django 5.1 and 5.2 read differently: {line:?}"
+                )));
+            }
             // Decoded, raising, or skipping the line: not known here.
             if let Some(name) = value.rfc2231.first() {
                 return Err(MultipartError::Unsure(format!(

@@ -27,6 +27,7 @@ use http::{Method, StatusCode};
 
 pub use self::headers::{
     RoutingHeaders, join_cookie_crumbs, strip_underscore_names, trim_field_values,
+    trim_wsgi_field_values,
 };
 pub use self::path::backend_path;
 pub use self::pattern::{Converter, PathPattern};

@@ -40,7 +40,9 @@ use super::future::{Kind, ResponseFuture, passthrough_response};
 use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
-use super::routes::{join_cookie_crumbs, strip_underscore_names, trim_field_values};
+use super::routes::{
+    join_cookie_crumbs, strip_underscore_names, trim_field_values, trim_wsgi_field_values,
+};
 use super::spans;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -141,11 +143,20 @@ where
             let kind = Kind::Inspected { future };
             return ResponseFuture { kind, request_id };
         }
-        let Some(matched) = state
+        // Django reads the method upper-cased (`WSGIRequest`), and gunicorn
+        // 21 (the chat app's) lets `POSt` through as `POST` (`METH_RE.match`
+        // checks three characters): such a request is the route's, judged as
+        // its method and forwarded as sent, for the server to take or refuse
+        // (`tests/it/attack2_dec06.rs`).
+        let found = state
             .routing
             .routes
             .find(request.method(), request.uri().path())
-        else {
+            .or_else(|| {
+                let upper = upper_method(request.method())?;
+                state.routing.routes.find(&upper, request.uri().path())
+            });
+        let Some(matched) = found else {
             state.deps.passthrough.increment(1);
             let (parts, body) = request.into_parts();
             if state.limits.request_buffering == RequestBuffering::All && !body.is_end_stream() {
@@ -172,6 +183,8 @@ where
         // Judged as Django will read it: a WSGI server may merge a name
         // holding `_` into the `-` one (`routes/headers.rs`).
         strip_underscore_names(request.headers_mut());
+        // And each value as the WSGI server trims it (gunicorn 21: NBSP too).
+        trim_wsgi_field_values(request.headers_mut());
         let span = spans::request(&request, &matched.route.name, &request_id);
         // The ready service goes into the task; this one keeps a fresh clone.
         let clone = self.inner.clone();
@@ -233,6 +246,16 @@ where
         .call(Request::from_parts(parts, RequestBody::spooled(body)))
         .await?;
     Ok(passthrough_response(&state, response, &path, &id))
+}
+
+/// `method` upper-cased, when it has a lower-case letter (hyper keeps any
+/// token as it came; Django upper-cases what the WSGI server hands it).
+fn upper_method(method: &http::Method) -> Option<http::Method> {
+    let bytes = method.as_str().as_bytes();
+    if !bytes.iter().any(u8::is_ascii_lowercase) {
+        return None;
+    }
+    http::Method::from_bytes(&bytes.to_ascii_uppercase()).ok()
 }
 
 pub(super) fn local<B>(response: Response<Full<Bytes>>) -> Response<QuotaBody<B>> {

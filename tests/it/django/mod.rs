@@ -46,6 +46,12 @@ const FAIL_CLOSED: &[(&str, &str)] = &[
          (UTF-16, UTF-7, Latin-1…) the proxy does not read (docs/flag-rules.md)",
     ),
     (
+        "method/case",
+        "a route's method in another case (`post`, `POSt`): Django upper-cases the method it is \
+         handed, gunicorn 21 (the chat app's pin) lets `POSt` through as `POST`, 22+ refuses any \
+         lower-case letter; the proxy judges it as the route's and forwards it as sent (docs/routes.md)",
+    ),
+    (
         "rfc2231/parameter",
         "an RFC 2231 `boundary*=` or `charset*=` parameter: Django decodes it through a charset \
          lookup, or raises (docs/flag-rules.md)",

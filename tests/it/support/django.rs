@@ -37,7 +37,33 @@ pub fn project_dir() -> PathBuf {
 /// reused across processes).
 pub fn venv_bin() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| build_venv().unwrap_or_else(|e| panic!("{e}")))
+    VENV.get_or_init(|| build_venv(REQUIREMENTS).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The pinned stack of `tests/django/requirements.txt`.
+pub const REQUIREMENTS: &str = "requirements.txt";
+
+/// The stack the chat app itself pins (its `requirements.txt`: Django
+/// 5.1.2, gunicorn 21.2.0), for the preset's own backend.
+pub const APP_REQUIREMENTS: &str = "requirements-mobixai.txt";
+
+/// [`venv_bin`] for another requirements file of `tests/django/`, built
+/// once per process the same way.
+pub fn venv_bin_for(requirements: &'static str) -> PathBuf {
+    if requirements == REQUIREMENTS {
+        return venv_bin().to_owned();
+    }
+    static VENVS: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+    let mut venvs = VENVS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bin) = venvs.get(requirements) {
+        return bin.clone();
+    }
+    let bin = build_venv(requirements).unwrap_or_else(|e| panic!("{e}"));
+    venvs.insert(requirements, bin.clone());
+    bin
 }
 
 fn python() -> String {
@@ -51,8 +77,8 @@ const INSTALL_HINT: &str = "the Django harness needs Python 3.10+ with venv and 
 /// Written into a venv once pip has installed everything.
 const COMPLETE: &str = "harness-complete";
 
-fn build_venv() -> Result<PathBuf, String> {
-    let requirements = project_dir().join("requirements.txt");
+fn build_venv(requirements: &str) -> Result<PathBuf, String> {
+    let requirements = project_dir().join(requirements);
     let pins = std::fs::read(&requirements)
         .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
     let python = python();
@@ -125,7 +151,7 @@ fn build_venv() -> Result<PathBuf, String> {
                 "-r",
             ])
             .arg(&requirements),
-        "pip install -r tests/django/requirements.txt",
+        &format!("pip install -r {}", requirements.display()),
         "pip must reach PyPI (or a mirror set with PIP_INDEX_URL) to install the pinned \
          Django, djangorestframework and gunicorn",
     )?;
@@ -166,8 +192,19 @@ impl Django {
 
     /// [`Self::start`] with extra environment variables for gunicorn
     /// (e.g. `HARNESS_GZIP=1`, see `tests/django/harness/settings.py`).
+    /// `QP_DJANGO_STACK=app` runs it on [`APP_REQUIREMENTS`] instead (the
+    /// differential harness against the chat app's own pins).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
-        let bin = venv_bin();
+        match std::env::var("QP_DJANGO_STACK").as_deref() {
+            Ok("app") => Self::start_on(APP_REQUIREMENTS, env),
+            _ => Self::start_on(REQUIREMENTS, env),
+        }
+    }
+
+    /// [`Self::start_with`] on the stack pinned in `requirements` (a file
+    /// of `tests/django/`, e.g. [`APP_REQUIREMENTS`]).
+    pub fn start_on(requirements: &'static str, env: &[(&str, &str)]) -> Self {
+        let bin = venv_bin_for(requirements);
         let dir = tempfile::tempdir().expect("temporary directory");
         let saved_file = dir.path().join("saved.jsonl");
         std::fs::write(&saved_file, b"").expect("create the saved-images file");

@@ -1,0 +1,276 @@
+//! Findings of the second attack session of 6 December (branch
+//! `attack2/dec06`), each a test on the real binary in front of real
+//! Django, counting the images Django saved. Each test's doc says what the
+//! proxy did on the commit it was found on (0b7f19c).
+
+use std::time::Duration;
+
+use crate::support::binary::Binary;
+use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
+use crate::support::raw_http;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The shipped preset, with `upstream` (Django) and periods in a zone where
+/// it is about noon (no day boundary mid-test).
+fn preset_with(upstream: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
+    let text = std::fs::read_to_string(path).expect("read the preset");
+    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
+    table.insert("upstream".into(), upstream.into());
+    let periods = table
+        .get_mut("periods")
+        .and_then(toml::Value::as_table_mut)
+        .expect("[periods]");
+    periods.insert("timezone".into(), noon_zone().into());
+    toml::to_string(&table).expect("config renders")
+}
+
+fn noon_zone() -> String {
+    use chrono::Timelike;
+    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
+    let offset = (12 - hour).clamp(-11, 12);
+    if offset >= 0 {
+        format!("Etc/GMT-{offset}")
+    } else {
+        format!("Etc/GMT+{}", -offset)
+    }
+}
+
+/// A flagged JSON message to the send view of `session` over HTTP/1.1, as
+/// user `user` (the harness's `sessionid=u<user>`, the free plan).
+fn flagged_json(proxy: &Binary, user: u64, session: u64) -> raw_http::RawResponse {
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut request = format!(
+        "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cookie: sessionid=u{user}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// The free plan's three images for `user`, then a fourth denied: the user
+/// is at the limit.
+fn use_up_the_free_plan(proxy: &Binary, saved: &mut SavedImages, user: u64) {
+    for session in 1..=3 {
+        let answer = flagged_json(proxy, user, session);
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    assert_eq!(saved.by_user(&user.to_string()), 3, "three images saved");
+    let denied = flagged_json(proxy, user, 4);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
+}
+
+/// The chat page's upload: `multipart/form-data` with `message` and
+/// `generate_image=true`, split on `boundary`.
+fn multipart_body(boundary: &str) -> Vec<u8> {
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\na cat\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n\
+         --{boundary}--\r\n"
+    )
+    .into_bytes()
+}
+
+/// **A `Content-Type` padded with Latin-1 spaces was judged refused, and
+/// the app's gunicorn hands it to Django trimmed.**
+///
+/// The chat app pins gunicorn 21.2.0 and Django 5.1.2 (its
+/// `requirements.txt`). gunicorn 21 reads a header value as Latin-1 and
+/// trims it with Python's `str.lstrip()` / `rstrip()`
+/// (`gunicorn/http/message.py`, `parse_headers`), which also take NBSP
+/// (0xA0) and NEL (0x85); gunicorn 22+ trims only spaces and tabs, the
+/// harness's 23.0.0 included. hyper takes both bytes in a value (obs-text)
+/// and trims only spaces and tabs. So `Content-Type: <0xA0>multipart/
+/// form-data; boundary=…` failed the port of `MultiPartParser.__init__`'s
+/// raw `startswith("multipart/")`: judged *rejected* (a body Django
+/// refuses), forwarded unreserved, unprobed and past the learned sessions,
+/// while gunicorn 21 gave Django `multipart/form-data; boundary=…`, which
+/// read `generate_image == "true"` and generated. On 0b7f19c a free user at
+/// the limit got an image per request this way, each counted only after it
+/// was made (the HTTP/2 spaces of `attack_dec06.rs`, over HTTP/1.1, with
+/// the bytes the app's own server trims).
+///
+/// Now every field value of an inspected request loses what any of these
+/// servers would trim from it (Python's whitespace, read as Latin-1) before
+/// it is judged, and goes on so trimmed: Django sees what was judged
+/// whichever gunicorn serves it.
+#[tokio::test]
+async fn a_content_type_padded_with_latin1_spaces_is_no_bypass_on_the_apps_gunicorn() {
+    const USER: u64 = 720_201;
+    let django = Django::start_on(APP_REQUIREMENTS, &[]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url()), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let body = multipart_body("qpAttack");
+    let mut seen = Vec::new();
+    for (n, padding) in [&b"\xa0"[..], b"\x85", b"\xa0 \x85"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut request = format!(
+            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             Content-Length: {}\r\nConnection: close\r\nCookie: sessionid=u{USER}\r\n\
+             Content-Type: ",
+            20 + n,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(padding);
+        request.extend_from_slice(b"multipart/form-data; boundary=qpAttack\r\n\r\n");
+        request.extend_from_slice(&body);
+        let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
+        seen.push(format!(
+            "{padding:x?}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent three flagged uploads whose Content-Type \
+         starts with a Latin-1 space gunicorn 21 trims: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
+
+/// **Django 5.1 reads `Content-Type` parameters another way than the
+/// proxy's port of Django 5.2.**
+///
+/// Django 5.2 hands a header value with parameters to Python's
+/// `email.message.Message.get_params`, whose `unquote` also strips angle
+/// brackets (`boundary=<b>` is `b`) and which appends RFC 2231 parameters
+/// after the plain ones; Django 5.1 (5.1.2 is the chat app's pin) splits
+/// the value itself (`django/utils/http.py` `_parseparam`): `<b>` stays
+/// `<b>`, and the parameters keep their order. The proxy reads the request's
+/// `Content-Type` and each part's `Content-Disposition` as 5.2 does, so:
+/// - `boundary=<qpX>`, the parts split on `--<qpX>`: no part to the proxy
+///   (not flagged), the upload with `generate_image=true` to Django 5.1;
+/// - a part named `<generate_image>` saying `false` after the real one
+///   saying `true`: the last `generate_image` is `false` to the proxy, a
+///   field of another name to Django 5.1, which reads `true`.
+///
+/// On 0b7f19c each was forwarded unreserved (the probe said the session
+/// does not force images) and generated: a free user at the limit got an
+/// image per fresh session, each counted only after it was made.
+///
+/// Now a header whose parameters the two readings tell apart (main value,
+/// `boundary`, `charset`, a part's `name` or `filename`) is a body that
+/// cannot be read: it counts as asking for an image.
+#[tokio::test]
+async fn a_header_django_5_1_splits_otherwise_is_no_bypass() {
+    const USER: u64 = 720_202;
+    let django = Django::start_on(APP_REQUIREMENTS, &[]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url()), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let angled = (
+        "multipart/form-data; boundary=<qpX>".to_owned(),
+        multipart_body("<qpX>"),
+    );
+    let renamed = (
+        "multipart/form-data; boundary=qpY".to_owned(),
+        "--qpY\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\na cat\r\n\
+         --qpY\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n\
+         --qpY\r\nContent-Disposition: form-data; name=<generate_image>\r\n\r\nfalse\r\n\
+         --qpY--\r\n"
+            .as_bytes()
+            .to_vec(),
+    );
+    let mut seen = Vec::new();
+    for (n, (content_type, body)) in [angled, renamed].into_iter().enumerate() {
+        let mut request = format!(
+            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Cookie: sessionid=u{USER}\r\n\r\n",
+            30 + n,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
+        seen.push(format!(
+            "{content_type:?}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent two flagged uploads whose headers Django 5.1 \
+         reads otherwise than 5.2: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
+
+/// **A method spelled `POSt` is no route's to the proxy and `POST` to the
+/// app's gunicorn.**
+///
+/// gunicorn 21 (the chat app pins 21.2.0) checks the method with
+/// `METH_RE.match` (`[A-Z0-9$-_.]{3,20}`), which needs only its first three
+/// characters to match, then upper-cases it (`gunicorn/http/message.py`,
+/// `parse_request_line`); Django's `WSGIRequest` upper-cases it again. hyper
+/// takes any token as a method, case kept, and the routes matched `POST`
+/// exactly: `POSt /chat/session/…/send/` was passed through uninspected
+/// (no reservation, no report token, nothing counted), and Django ran the
+/// send view as a `POST` and generated. gunicorn 22+ refuses a method with
+/// a lower-case letter (`METHOD_BADCHAR_RE`) unless told otherwise. On
+/// 0b7f19c a free user at the limit got an image per request this way,
+/// none of them ever counted.
+///
+/// Now a request whose method is a route's in another case is judged as
+/// that route's method (and forwarded as sent: gunicorn 21 takes it as
+/// `POST`, 22+ refuses it).
+#[tokio::test]
+async fn a_method_in_mixed_case_is_no_bypass_on_the_apps_gunicorn() {
+    const USER: u64 = 720_203;
+    let django = Django::start_on(APP_REQUIREMENTS, &[]);
+    let mut saved = django.saved();
+    let proxy = Binary::start(&preset_with(&django.url()), &[]).await;
+    use_up_the_free_plan(&proxy, &mut saved, USER);
+    let body = br#"{"message": "a cat", "generate_image": true}"#;
+    let mut seen = Vec::new();
+    for (n, method) in ["POSt", "POSt"].into_iter().enumerate() {
+        let mut request = format!(
+            "{method} /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+             Cookie: sessionid=u{USER}\r\n\r\n",
+            40 + n,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
+        seen.push(format!(
+            "{method}: {} (django: {}) {}",
+            answer.status,
+            answer.header("x-harness-django").is_some(),
+            answer.text()
+        ));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert!(
+        images == 3 && seen[0].contains(": 403 (django: false)"),
+        "a free user at the limit (3 images) sent flagged messages with the method spelled \
+         otherwise: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
