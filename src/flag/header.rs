@@ -118,6 +118,27 @@ fn is_rfc2231(name: &str) -> bool {
 
 /// `email.message._parseparam`.
 fn parse_params(line: &str) -> Vec<String> {
+    split_params(line)
+        .into_iter()
+        .map(|f| {
+            let piece = match f.find('=') {
+                Some(i) => format!(
+                    "{}={}",
+                    py_strip(&f[..i]).to_lowercase(),
+                    py_strip(&f[i + 1..])
+                ),
+                None => f.to_owned(),
+            };
+            py_strip(&piece).to_owned()
+        })
+        .collect()
+}
+
+/// The pieces `_parseparam` splits `line` into, as they are: at each `;`
+/// outside a quoted string (Django 5.2's `email.message._parseparam` and
+/// Django 5.1's own `_parseparam` split alike, and differ in what they do
+/// with each piece).
+fn split_params(line: &str) -> Vec<&str> {
     let mut s: &str = line;
     let mut out = Vec::new();
     // `s = ';' + s; while s[:1] == ';': s = s[1:]`: the first round takes
@@ -131,29 +152,21 @@ fn parse_params(line: &str) -> Vec<String> {
             }
         }
         first = false;
-        let quotes_before = |end: usize| {
+        // `s.count('"', 0, end) - s.count('\\"', 0, end)`: never negative.
+        let odd = |end: usize| {
             let head = &s[..end];
-            head.matches('"').count() as isize - head.matches("\\\"").count() as isize
+            (head.matches('"').count() - head.matches("\\\"").count()) % 2 == 1
         };
         let mut end = s.find(';');
         while let Some(e) = end {
-            if e > 0 && quotes_before(e) % 2 != 0 {
+            if e > 0 && odd(e) {
                 end = s[e + 1..].find(';').map(|n| n + e + 1);
             } else {
                 break;
             }
         }
         let end = end.unwrap_or(s.len());
-        let f = &s[..end];
-        let piece = match f.find('=') {
-            Some(i) => format!(
-                "{}={}",
-                py_strip(&f[..i]).to_lowercase(),
-                py_strip(&f[i + 1..])
-            ),
-            None => f.to_owned(),
-        };
-        out.push(py_strip(&piece).to_owned());
+        out.push(&s[..end]);
         s = &s[end..];
     }
     out
@@ -237,36 +250,10 @@ fn parse_django_5_1(line: &str) -> (String, Vec<(String, Option<String>)>) {
 
 /// Django 5.1's `_parseparam(";" + line)`, each piece stripped.
 fn parse_params_django_5_1(line: &str) -> Vec<String> {
-    let mut s: &str = line;
-    let mut out = Vec::new();
-    // `s = ";" + line`, then `while s[:1] == ";": s = s[1:]`.
-    let mut first = true;
-    loop {
-        if !first {
-            match s.strip_prefix(';') {
-                Some(rest) => s = rest,
-                None => break,
-            }
-        }
-        first = false;
-        // `s.count('"', 0, end) - s.count('\\"', 0, end)`: never negative.
-        let odd = |end: usize| {
-            let head = &s[..end];
-            (head.matches('"').count() - head.matches("\\\"").count()) % 2 == 1
-        };
-        let mut end = s.find(';');
-        while let Some(e) = end {
-            if e > 0 && odd(e) {
-                end = s[e + 1..].find(';').map(|n| n + e + 1);
-            } else {
-                break;
-            }
-        }
-        let end = end.unwrap_or(s.len());
-        out.push(py_strip(&s[..end]).to_owned());
-        s = &s[end..];
-    }
-    out
+    split_params(line)
+        .into_iter()
+        .map(|f| py_strip(f).to_owned())
+        .collect()
 }
 
 /// `email.utils.quote`.

@@ -21,5 +21,4 @@ mod service;
 
 pub use body::{BodyError, ProxyBody};
 pub use pool::POOL_IDLE_TIMEOUT;
-pub(crate) use service::host_of;
 pub use service::{ProxyService, ResponseFuture};

@@ -25,6 +25,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{ForwardError, chain};
 use crate::proxy::headers;
 use crate::proxy::pool::Pool;
+use crate::quota::routes::host_of;
 use crate::server::ClientAddr;
 
 /// The request body as the upstream connection takes it: any body, boxed
@@ -211,17 +212,6 @@ fn origin_form(uri: &Uri) -> Result<PathAndQuery, ForwardError> {
         Some(pq) if pq.as_str().starts_with('/') => Ok(pq.clone()),
         _ => Err(ForwardError::UnsupportedTarget(uri.to_string())),
     }
-}
-
-/// `host[:port]` of a target's authority (HTTP/2's `:authority`, an
-/// HTTP/1 absolute-form target), without any `user@`: the `Host` written
-/// for a request without one, here and where the quota layer judges it.
-pub(crate) fn host_of(authority: &Authority) -> Option<HeaderValue> {
-    let host = match authority.port() {
-        Some(port) => format!("{}:{}", authority.host(), port),
-        None => authority.host().to_owned(),
-    };
-    HeaderValue::from_str(&host).ok()
 }
 
 #[cfg(test)]

@@ -167,6 +167,18 @@ fn trim_values(headers: &mut HeaderMap, space: fn(u8) -> bool) {
     }
 }
 
+/// `host[:port]` of a target's authority (HTTP/2's `:authority`, an
+/// HTTP/1 absolute-form target), without any `user@`: the `Host` written
+/// for a request without one: where the quota layer judges it, and where
+/// the proxy forwards it.
+pub fn host_of(authority: &http::uri::Authority) -> Option<http::HeaderValue> {
+    let host = match authority.port() {
+        Some(port) => format!("{}:{}", authority.host(), port),
+        None => authority.host().to_owned(),
+    };
+    http::HeaderValue::from_str(&host).ok()
+}
+
 /// `-` and `_` as one, lower case.
 fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
     name.iter().map(|&b| match b {

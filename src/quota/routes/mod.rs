@@ -26,7 +26,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 pub use self::headers::{
-    RoutingHeaders, join_cookie_crumbs, strip_underscore_names, trim_field_values,
+    RoutingHeaders, host_of, join_cookie_crumbs, strip_underscore_names, trim_field_values,
     trim_wsgi_field_values,
 };
 pub use self::path::backend_path;

@@ -41,7 +41,7 @@ use super::pipeline;
 use super::read::{declared_length, read_error_answer};
 use super::request_id::{self, X_REQUEST_ID};
 use super::routes::{
-    join_cookie_crumbs, strip_underscore_names, trim_field_values, trim_wsgi_field_values,
+    host_of, join_cookie_crumbs, strip_underscore_names, trim_field_values, trim_wsgi_field_values,
 };
 use super::spans;
 use super::spool::{self, ReadError};
@@ -117,9 +117,9 @@ where
         // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
         // identity call without it failed `ALLOWED_HOSTS` at the client's
         // will (`tests/it/attack_dec06.rs`).
-        // The same `host[:port]` the forwarding writes (`proxy::host_of`).
+        // The same `host[:port]` the forwarding writes (`routes::host_of`).
         if !request.headers().contains_key(http::header::HOST)
-            && let Some(host) = request.uri().authority().and_then(crate::proxy::host_of)
+            && let Some(host) = request.uri().authority().and_then(host_of)
         {
             request.headers_mut().insert(http::header::HOST, host);
         }
