@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::support::binary::Binary;
-use crate::support::django::{Django, SavedImages};
+use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
 use crate::support::raw_http::{self, RawResponse};
 use corpus::{Case, View};
 
@@ -252,7 +252,11 @@ impl Differential {
     /// the free plan's daily limit (3) through each proxy: three ordinary
     /// flagged requests are forwarded and saved, and a fourth is denied.
     async fn start(views: &[View]) -> Self {
-        let django = Django::start();
+        Self::on(Django::start(), views).await
+    }
+
+    /// [`Self::start`] in front of `django`, started on a stack of its own.
+    async fn on(django: Django, views: &[View]) -> Self {
         let saved = django.saved();
         let mut proxies = Vec::new();
         for view in views {
@@ -495,7 +499,12 @@ fn report(title: &str, outcomes: &[Outcome]) -> (String, bool) {
 
 /// Runs the corpus of `view` and fails on any bypass or false denial.
 async fn corpus_of(view: View) {
-    let mut harness = Differential::start(&[view]).await;
+    corpus_in_front_of(Django::start(), view).await;
+}
+
+/// [`corpus_of`] in front of `django`.
+async fn corpus_in_front_of(django: Django, view: View) {
+    let mut harness = Differential::on(django, &[view]).await;
     let cases: Vec<Case> = corpus::corpus()
         .into_iter()
         .filter(|c| c.view == view)
@@ -530,6 +539,18 @@ async fn send_message_preset_has_no_bypass() {
 #[tokio::test]
 async fn drf_rules_have_no_bypass() {
     corpus_of(View::Drf).await;
+}
+
+/// The corpus again on the chat app's own pins (Django 5.1.2, gunicorn
+/// 21.2.0: `tests/django/requirements-mobixai.txt`), for the views it
+/// serves: the two Djangos and gunicorns read some requests differently
+/// (`tests/it/attack2_dec06.rs`), and the proxy must hold on the stack the
+/// app runs as well as on the current one.
+#[tokio::test]
+async fn the_apps_own_stack_has_no_bypass() {
+    for view in [View::Send, View::Drf] {
+        corpus_in_front_of(Django::start_on(APP_REQUIREMENTS, &[]), view).await;
+    }
 }
 
 #[tokio::test]
