@@ -70,13 +70,22 @@ async fn decide(
                 }
             };
         }
+        Err(IdentityError::Ambiguous(why)) => {
+            // Made by the client, so never sent on unchecked, and not an
+            // outage to retry: a 401 that says what to change.
+            let decision = Decision::IdentityErrorDenied;
+            route.counters.request(decision);
+            decided(decision);
+            tracing::info!(route = %route.name, error = %why, request_id,
+                decision = decision.as_str(), "credentials that name no single user; denying");
+            return Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                "the request carries credentials that do not name one user (a session and a \
+                 token that disagree, or a token that is not valid): send only one",
+            ));
+        }
         Err(e) => {
-            // A client-made ambiguity is never sent on unchecked.
-            let policy = match e {
-                IdentityError::Ambiguous(_) => IdentityErrorPolicy::Deny,
-                IdentityError::Unavailable(_) => state.policy.on_identity_error,
-            };
-            return match policy {
+            return match state.policy.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     let decision = Decision::IdentityErrorAllowed;
                     route.counters.request(decision);

@@ -521,6 +521,9 @@ async fn a_client_made_identity_error_is_never_allowed_through() {
             answer.status,
             answer.header("x-harness-django").is_some()
         ));
+        // Refused on that very request, as the client's own doing: a 401
+        // saying what to change, not a 503 to retry.
+        assert_eq!(answer.status, 401, "{}", answer.text());
     }
     let images = saved.by_user(&USER.to_string());
     assert!(
