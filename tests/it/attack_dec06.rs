@@ -4,83 +4,12 @@
 //! saved. Each test's doc says what the proxy did on the commit it was
 //! found on (6f0a5b8).
 
-use std::time::Duration;
-
 use crate::support::binary::Binary;
-use crate::support::django::{Django, SavedImages};
+use crate::support::django::Django;
+use crate::support::preset::{
+    ANSWER_WITHIN as WITHIN, flagged_json, multipart_body, preset_with, use_up_the_free_plan,
+};
 use crate::support::raw_http;
-
-const WITHIN: Duration = Duration::from_secs(20);
-
-/// The shipped preset, with `upstream` (Django), periods in a zone where it
-/// is about noon (no day boundary mid-test), and `edit` applied.
-fn preset_with(upstream: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
-    let text = std::fs::read_to_string(path).expect("read the preset");
-    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
-    table.insert("upstream".into(), upstream.into());
-    let periods = table
-        .get_mut("periods")
-        .and_then(toml::Value::as_table_mut)
-        .expect("[periods]");
-    periods.insert("timezone".into(), noon_zone().into());
-    edit(&mut table);
-    toml::to_string(&table).expect("config renders")
-}
-
-fn noon_zone() -> String {
-    use chrono::Timelike;
-    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
-    let offset = (12 - hour).clamp(-11, 12);
-    if offset >= 0 {
-        format!("Etc/GMT-{offset}")
-    } else {
-        format!("Etc/GMT+{}", -offset)
-    }
-}
-
-/// A flagged JSON message to the send view of `session` over HTTP/1.1, as
-/// user `user` (the harness's `sessionid=u<user>`, the free plan).
-fn flagged_json(proxy: &Binary, user: u64, session: u64) -> raw_http::RawResponse {
-    let body = br#"{"message": "a cat", "generate_image": true}"#;
-    let mut request = format!(
-        "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
-         Cookie: sessionid=u{user}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    raw_http::send(proxy.proxy, &request, false, WITHIN)
-}
-
-/// The free plan's three images for `user`, then a fourth denied: the user
-/// is at the limit.
-fn use_up_the_free_plan(proxy: &Binary, saved: &mut SavedImages, user: u64) {
-    for session in 1..=3 {
-        let answer = flagged_json(proxy, user, session);
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&user.to_string()), 3, "three images saved");
-    let denied = flagged_json(proxy, user, 4);
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth is denied: {}",
-        denied.text()
-    );
-}
-
-/// The chat page's upload: `multipart/form-data` with `message` and
-/// `generate_image=true`, split on `boundary`.
-fn multipart_body(boundary: &str) -> Vec<u8> {
-    format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\na cat\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n\
-         --{boundary}--\r\n"
-    )
-    .into_bytes()
-}
 
 /// **HTTP/2 header values are judged untrimmed, but reach Django trimmed.**
 ///
@@ -109,7 +38,9 @@ async fn an_h2_content_type_with_spaces_around_it_is_no_bypass() {
     let django = Django::start();
     let mut saved = django.saved();
     let proxy = Binary::start(&preset_with(&django.url(), |_| {}), &[]).await;
-    use_up_the_free_plan(&proxy, &mut saved, USER);
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_json(&proxy, USER, session)
+    });
     let mut seen = Vec::new();
     for (n, content_type) in [
         " multipart/form-data; boundary=qpAttack",
@@ -261,9 +192,7 @@ async fn a_long_content_type_is_read_as_the_rest_framework_reads_it() {
 /// Now the signature is read as PyJWT reads it before it is verified.
 #[tokio::test]
 async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
-    use crate::jwt_parity::{
-        access_token, flagged_with, jwt_preset, secret_file, use_up_the_free_plan,
-    };
+    use crate::jwt_parity::{access_token, flagged_with, jwt_preset, secret_file};
     const USER: u64 = 720_301;
     let django = Django::start_with(&[("HARNESS_JWT_BEARER", "1")]);
     let mut saved = django.saved();
@@ -324,9 +253,7 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
 /// unchecked.
 #[tokio::test]
 async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
-    use crate::jwt_parity::{
-        access_token, flagged_with, jwt_preset, secret_file, use_up_the_free_plan,
-    };
+    use crate::jwt_parity::{access_token, flagged_with, jwt_preset, secret_file};
     const USER: u64 = 720_401;
     let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
     let mut saved = django.saved();

@@ -12,6 +12,7 @@ use http::{Method, StatusCode};
 
 use crate::support::binary::{Binary, run_cli};
 use crate::support::django::Django;
+use crate::support::preset::preset_with;
 use crate::support::proxy::TestClient;
 use crate::support::raw_http;
 use crate::support::redis::RedisServer;
@@ -26,35 +27,6 @@ fn check_config(config: &str) -> std::process::Output {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, config).expect("write config");
     run_cli(Some(&path), &["check-config"])
-}
-
-/// The shipped Django preset with `upstream`, its periods cut in a zone
-/// where it is about noon (far from a day's boundary), and `edit` applied
-/// to its TOML table.
-fn preset_with(upstream: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
-    let text = std::fs::read_to_string(path).expect("read config/django-mobixai.toml");
-    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
-    table.insert("upstream".into(), upstream.into());
-    table
-        .get_mut("periods")
-        .and_then(toml::Value::as_table_mut)
-        .expect("[periods]")
-        .insert("timezone".into(), noon_zone().into());
-    edit(&mut table);
-    toml::to_string(&table).expect("config renders")
-}
-
-/// A fixed-offset zone (`Etc/GMT±N`) where it is now about noon.
-fn noon_zone() -> String {
-    use chrono::Timelike;
-    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
-    let offset = (12 - hour).clamp(-11, 12);
-    if offset >= 0 {
-        format!("Etc/GMT-{offset}")
-    } else {
-        format!("Etc/GMT+{}", -offset)
-    }
 }
 
 /// The preset's first route, to edit.

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use crate::support::binary::Binary;
-use crate::support::django::{Django, SavedImages};
+use crate::support::django::Django;
+use crate::support::preset::{preset_with, use_up_the_free_plan};
 use crate::support::raw_http;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -18,54 +19,6 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// The harness's `SECRET_KEY` (`tests/django/harness/settings.py`), which
 /// simplejwt signs its HS256 tokens with.
 const DJANGO_SECRET: &str = "harness-only-not-secret";
-
-/// The shipped preset, with `upstream` (Django), periods in a zone where it
-/// is about noon (no day boundary mid-test), and `edit` applied.
-fn preset_with(upstream: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
-    let text = std::fs::read_to_string(path).expect("read the preset");
-    let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
-    table.insert("upstream".into(), upstream.into());
-    let periods = table
-        .get_mut("periods")
-        .and_then(toml::Value::as_table_mut)
-        .expect("[periods]");
-    periods.insert("timezone".into(), noon_zone().into());
-    edit(&mut table);
-    toml::to_string(&table).expect("config renders")
-}
-
-fn noon_zone() -> String {
-    use chrono::Timelike;
-    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
-    let offset = (12 - hour).clamp(-11, 12);
-    if offset >= 0 {
-        format!("Etc/GMT-{offset}")
-    } else {
-        format!("Etc/GMT+{}", -offset)
-    }
-}
-
-/// The free plan's three images for `user`, sent with `send(session)`, then
-/// a fourth denied: the user is at the limit.
-pub(crate) fn use_up_the_free_plan(
-    saved: &mut SavedImages,
-    user: u64,
-    send: impl Fn(u64) -> raw_http::RawResponse,
-) {
-    for session in 1..=3 {
-        let answer = send(session);
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    assert_eq!(saved.by_user(&user.to_string()), 3, "three images saved");
-    let denied = send(4);
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth image is denied: {}",
-        denied.text()
-    );
-}
 
 /// A flagged message (`"generate_image": true`) to the send view of
 /// session `session`, with `Cookie: <cookie>` (raw bytes: a test may put

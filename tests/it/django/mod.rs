@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use crate::support::binary::Binary;
 use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
+use crate::support::preset::{noon_zone, preset_text};
 use crate::support::raw_http::{self, RawResponse};
 use corpus::{Case, View};
 
@@ -104,12 +105,6 @@ fn stripped(name: &str) -> bool {
 /// The longest wait for one answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
-/// The shipped preset.
-fn preset_text() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
-    std::fs::read_to_string(path).expect("read config/django-mobixai.toml")
-}
-
 /// The shipped preset with `upstream` (Django); for the DRF and form views,
 /// its route moved to that view's path with that view's `flag_rules` (and
 /// no probe: those views have none).
@@ -143,19 +138,6 @@ fn preset_config(upstream: &str, view: View) -> String {
     route.remove("probe");
     routes.truncate(1);
     toml::to_string(&table).expect("config renders")
-}
-
-/// A fixed-offset time zone (`Etc/GMT±N`) where it is now about noon.
-fn noon_zone() -> String {
-    use chrono::Timelike;
-    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour fits");
-    // UTC+offset is noon; Etc/GMT names count the other way round.
-    let offset = (12 - hour).clamp(-11, 12);
-    if offset >= 0 {
-        format!("Etc/GMT-{offset}")
-    } else {
-        format!("Etc/GMT+{}", -offset)
-    }
 }
 
 /// What one side did with one request.
