@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::binary::Binary;
 use crate::support::proxy::TestClient;
+use crate::support::raw_http::status_on_new_connection;
 use crate::support::upstream::{Reply, TestUpstream};
 
 /// Slack for a busy 2-core machine on top of what is measured.
@@ -35,43 +35,6 @@ method = "POST"
 path = "/chat/{{id}}/send/"
 "#
     )
-}
-
-/// Sends a keep-alive GET of a page no route inspects on a new connection
-/// and returns the answer's status, or why there is none within `within`.
-async fn get_page(proxy: SocketAddr, within: Duration) -> Result<u16, String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(proxy)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .write_all(b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("closed before an answer".to_owned());
-            }
-            received.extend_from_slice(&buf[..n]);
-            if let Some(end) = received.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&received[..end]).into_owned();
-                return line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(format!("not a status line: {line}"));
-            }
-        }
-    };
-    tokio::time::timeout(within, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
 }
 
 /// This process's hard limit of open files (the child inherits it).
@@ -179,33 +142,6 @@ async fn a_flood_past_a_hard_open_files_limit_evicts_instead_of_locking_newcomer
         binary.log_lines(&["accept failed", "open-files", "RLIMIT"], 5)
     );
     drop(flood);
-}
-
-/// Sends `request` on a new connection (it should say `Connection: close`)
-/// and returns the answer's status, or why there is none within `within`.
-async fn status_of(proxy: SocketAddr, request: Vec<u8>, within: Duration) -> Result<u16, String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(proxy)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut received = Vec::new();
-        stream
-            .read_to_end(&mut received)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&received);
-        text.split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or(format!("no status in {text:?}"))
-    };
-    tokio::time::timeout(within, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
 }
 
 /// An image request to the inspected route, closing its connection.
@@ -332,4 +268,16 @@ async fn log_lines_dropped_while_stderr_stalls_are_counted_in_metrics() {
         counted > 0 && written + counted as usize >= IMAGES,
         "{IMAGES} requests logged with stderr unread: {counted} lines counted dropped, {written} written"
     );
+}
+
+/// Sends a keep-alive GET of a page no route inspects on a new connection
+/// and returns the answer's status, or why there is none within `within`.
+async fn get_page(proxy: SocketAddr, within: Duration) -> Result<u16, String> {
+    status_on_new_connection(proxy, b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n", within).await
+}
+
+/// `request` on a new connection: the answer's status, or why there is
+/// none within `within`.
+async fn status_of(proxy: SocketAddr, request: Vec<u8>, within: Duration) -> Result<u16, String> {
+    status_on_new_connection(proxy, &request, within).await
 }

@@ -7,37 +7,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::support::binary::Binary;
+use crate::support::raw_http::status_on_new_connection;
 use crate::support::upstream::{Reply, TestUpstream};
 
 /// Slack for a busy 2-core machine on top of what is measured.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// Sends `GET {path}` on a new connection and returns the answer's status
-/// once it comes, or why none came.
+/// once it comes (within a minute: the caller bounds its own wait), or why
+/// none came.
 async fn get_status(proxy: SocketAddr, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(proxy)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut received = Vec::new();
-    stream
-        .read_to_end(&mut received)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&received);
-    text.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(format!("no status in {text:?}"))
+    status_on_new_connection(proxy, request.as_bytes(), Duration::from_secs(60)).await
 }
 
 /// Flaw: under a small open-files limit `connections_that_fit` keeps 256
@@ -189,28 +173,7 @@ async fn image_request(proxy: SocketAddr) -> Result<u16, String> {
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let exchange = async {
-        let mut stream = TcpStream::connect(proxy)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut received = Vec::new();
-        stream
-            .read_to_end(&mut received)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&received);
-        text.split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or(format!("no status in {text:?}"))
-    };
-    tokio::time::timeout(ANSWER_WITHIN, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {ANSWER_WITHIN:?}")))
+    status_on_new_connection(proxy, request.as_bytes(), ANSWER_WITHIN).await
 }
 
 /// Flaw (of the 3xx-is-anonymous rule the Ambiguous change builds on): a

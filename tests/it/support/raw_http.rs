@@ -276,3 +276,46 @@ pub async fn send_h2(
         Err(_) => failed(format!("no complete HTTP/2 response within {deadline:?}")),
     }
 }
+
+/// Sends `request` as it is on a new connection to `addr` and returns the
+/// status of the answer's first line, or why none came within `within`
+/// (the connection may stay open: only the status line is read).
+pub async fn status_on_new_connection(
+    addr: SocketAddr,
+    request: &[u8],
+    within: Duration,
+) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(request)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed before an answer".to_owned());
+            }
+            received.extend_from_slice(&buf[..n]);
+            if let Some(end) = received.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&received[..end]).into_owned();
+                return line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(format!("not a status line: {line}"));
+            }
+        }
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
