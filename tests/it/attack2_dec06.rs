@@ -9,11 +9,11 @@ use crate::support::binary::Binary;
 use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
 use crate::support::raw_http;
 
-const WITHIN: Duration = Duration::from_secs(20);
+pub(crate) const WITHIN: Duration = Duration::from_secs(20);
 
 /// The shipped preset, with `upstream` (Django) and periods in a zone where
 /// it is about noon (no day boundary mid-test).
-fn preset_with(upstream: &str) -> String {
+pub(crate) fn preset_with(upstream: &str) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");
     let text = std::fs::read_to_string(path).expect("read the preset");
     let mut table: toml::Table = toml::from_str(&text).expect("the preset is TOML");
@@ -54,7 +54,7 @@ fn flagged_json(proxy: &Binary, user: u64, session: u64) -> raw_http::RawRespons
 
 /// The free plan's three images for `user`, then a fourth denied: the user
 /// is at the limit.
-fn use_up_the_free_plan(proxy: &Binary, saved: &mut SavedImages, user: u64) {
+pub(crate) fn use_up_the_free_plan(proxy: &Binary, saved: &mut SavedImages, user: u64) {
     for session in 1..=3 {
         let answer = flagged_json(proxy, user, session);
         assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
