@@ -43,6 +43,7 @@ mod redis_refusals;
 mod redis_scale;
 mod redis_upgrade;
 mod reports;
+mod review2_dec06;
 mod review_dec06;
 mod routes;
 mod shadow_status;

@@ -25,7 +25,7 @@
 //!   part (the port pulls exactly what Django pulls);
 //! - `Content-Transfer-Encoding: base64` is decoded for fields (non-strict,
 //!   the raw bytes kept if decoding fails) and for files (an error refuses
-//!   the request);
+//!   the request; one Django 5.1 reads, as its loop differs, is unsure);
 //! - field values are decoded as UTF-8 with replacement; the last field of
 //!   a name wins (`QueryDict.get`).
 //!
@@ -184,22 +184,41 @@ where
                         ));
                     }
                 }
+                // Django 5.2's loop (the 1-3 bytes past a multiple of 4
+                // carried on, any left at the end refused), and Django
+                // 5.1's beside it (`Base64Of51`): the chat app pins 5.1.2.
                 let mut remainder: Vec<u8> = Vec::new();
+                let mut refused = false;
+                let mut of_51 = Base64Of51::default();
                 while let Some(chunk) = part.next(&mut input).await? {
-                    if base64 {
-                        remainder.extend(chunk.iter().copied().filter(|b| !is_ascii_space(*b)));
-                        let aligned = remainder.len() / 4 * 4;
-                        if aligned == 0 {
-                            continue;
-                        }
-                        if b64decode(&remainder[..aligned]).is_none() {
-                            return Err(invalid("Could not decode base64 data."));
-                        }
-                        remainder.drain(..aligned);
+                    if !base64 {
+                        continue;
                     }
+                    of_51.chunk(&chunk);
+                    if refused {
+                        continue;
+                    }
+                    remainder.extend(chunk.iter().copied().filter(|b| !is_ascii_space(*b)));
+                    let aligned = remainder.len() / 4 * 4;
+                    if aligned == 0 {
+                        continue;
+                    }
+                    if b64decode(&remainder[..aligned]).is_none() {
+                        refused = true;
+                        remainder.clear();
+                        continue;
+                    }
+                    remainder.drain(..aligned);
                 }
-                if !remainder.is_empty() {
-                    return Err(invalid("Could not decode base64 data."));
+                if refused || !remainder.is_empty() {
+                    if of_51.refuses() {
+                        return Err(invalid("Could not decode base64 data."));
+                    }
+                    // Refused by 5.2, read by 5.1: `QQ==A` decodes to `A`
+                    // (tests/it/review2_dec06.rs).
+                    return Err(MultipartError::Unsure(
+                        "a base64 file Django 5.2 refuses and Django 5.1 reads".to_owned(),
+                    ));
                 }
                 file_pending = field_name == flag;
             }
@@ -367,6 +386,70 @@ impl Base64 {
     }
 }
 
+/// Django 5.1's base64 file loop (`MultiPartParser._parse`, 5.1.x, the
+/// chat app's pin), run beside 5.2's on the same chunks: each chunk, its
+/// whitespace dropped, is read on with `field_stream.read(4 - remaining)`
+/// (raw bytes, taken from the chunks after it) until its length is a
+/// multiple of 4 or the part ends, and `base64.b64decode`d whole, where an
+/// error raises. What the read-ahead took is gone from the next chunk,
+/// whose rest is a chunk of its own. 5.2 carries the 1-3 bytes over
+/// instead, and raises on any left at the end: `QQ==A` is refused by 5.2
+/// and decodes to `A` in 5.1 (the decoder stops at the padding).
+#[derive(Debug, Default)]
+struct Base64Of51 {
+    /// The chunk being read on: its decoder and its length modulo 4.
+    open: Option<(Base64, usize)>,
+    /// Raw bytes the current `read(4 - remaining)` still takes.
+    owed: usize,
+    /// A `b64decode` raised.
+    failed: bool,
+    /// The decoder's output, not kept.
+    scratch: Vec<u8>,
+}
+
+impl Base64Of51 {
+    fn chunk(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while !rest.is_empty() && !self.failed {
+            let (mut state, rem, take) = match self.open.take() {
+                // Read on: `owed` raw bytes, whitespace or not.
+                Some((state, rem)) => (state, rem, self.owed.min(rest.len())),
+                // `for chunk in field_stream`: the rest is a chunk.
+                None => (Base64::default(), 0, rest.len()),
+            };
+            let (head, tail) = rest.split_at(take);
+            rest = tail;
+            self.scratch.clear();
+            // The decoder skips whitespace, as `b"".join(chunk.split())`
+            // drops it.
+            state.feed(head, &mut self.scratch);
+            let rem = (rem + head.iter().filter(|b| !is_ascii_space(**b)).count()) % 4;
+            self.owed = self.owed.saturating_sub(take);
+            if self.owed > 0 {
+                // The read goes on into the next chunk.
+                self.open = Some((state, rem));
+            } else if rem == 0 {
+                self.decoded(&state);
+            } else {
+                self.owed = 4 - rem;
+                self.open = Some((state, rem));
+            }
+        }
+    }
+
+    fn decoded(&mut self, state: &Base64) {
+        self.failed |= !state.ok();
+    }
+
+    /// At the end of the part: whether Django 5.1 raised.
+    fn refuses(mut self) -> bool {
+        if let Some((state, _)) = self.open.take() {
+            self.decoded(&state);
+        }
+        self.failed
+    }
+}
+
 /// Whole-input [`Base64`]: `None` where Python raises.
 fn b64decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut state = Base64::default();
@@ -405,6 +488,39 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    #[test]
+    fn base64_files_are_refused_where_django_5_1_refuses_them() {
+        // Pinned against Django 5.1.2 on CPython 3.11: its file loop over a
+        // `LazyStream` of these chunks raises or not.
+        let cases: &[(&[&[u8]], bool)] = &[
+            (&[b"QQ==A"], false),
+            (&[b"abcde"], true),
+            (&[b"dHJ1ZQ"], true),
+            (&[b"dHJ1ZQ=="], false),
+            (&[b"dHJ", b"1ZQ=="], false),
+            (&[b"dHJ1Z", b"Q=="], false),
+            (&[b"QQ==AB", b"CD"], false),
+            (&[b"QQ==A", b"BCDE"], true),
+            (&[b"A", b" \n", b"BC", b"D"], false),
+            (&[b"AB=", b"=A"], true),
+            (&[b"ABC", b"=AB"], true),
+            (&[b"AB", b"CD=E"], true),
+            (&[b"A", b"B", b"C"], true),
+            (&[b"QQ", b"==", b"x"], true),
+            (&[b"QQ=", b"=xy"], true),
+            (&[b"AAAAA", b"AAA=x"], true),
+            (&[b"AAA", b"\n\nA=", b"AAAA"], true),
+            (&[b"AA==", b"AAAAA"], true),
+        ];
+        for (chunks, refused) in cases {
+            let mut of_51 = Base64Of51::default();
+            for chunk in *chunks {
+                of_51.chunk(chunk);
+            }
+            assert_eq!(of_51.refuses(), *refused, "{chunks:?}");
         }
     }
 
