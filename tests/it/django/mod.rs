@@ -684,7 +684,14 @@ async fn a_header_spelled_with_underscores_is_no_bypass() {
 
 #[tokio::test]
 async fn random_mutations_find_no_bypass() {
-    mutations::run().await;
+    mutations::run(Django::start()).await;
+}
+
+/// The same mutations in front of the chat app's own pins (Django 5.1.2,
+/// gunicorn 21.2.0; see [`the_apps_own_stack_has_no_bypass`]).
+#[tokio::test]
+async fn random_mutations_find_no_bypass_on_the_apps_own_stack() {
+    mutations::run(Django::start_on(APP_REQUIREMENTS, &[])).await;
 }
 
 /// Done-when of issue 16: through the shipped preset, a free user (3 a

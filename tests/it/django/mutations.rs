@@ -18,6 +18,7 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use super::corpus::{self, Case, Framing, View};
 use super::{Differential, Verdict};
+use crate::support::django::Django;
 
 /// One change to a request.
 #[derive(Debug, Clone)]
@@ -238,8 +239,8 @@ fn preset_exists(view: View) -> bool {
         .success()
 }
 
-/// Runs the random mutations against Django and the proxies.
-pub async fn run() {
+/// Runs the random mutations against `django` and the proxies.
+pub async fn run(django: Django) {
     let mut views = vec![View::Send, View::Drf];
     if preset_exists(View::Form) {
         views.push(View::Form);
@@ -248,7 +249,7 @@ pub async fn run() {
             "random mutations: no \"django-form\" preset in this build; the form view is left out"
         );
     }
-    let harness = RefCell::new(Differential::start(&views).await);
+    let harness = RefCell::new(Differential::on(django, &views).await);
     let cases: Vec<Case> = corpus::corpus()
         .into_iter()
         .filter(|c| views.contains(&c.view))
