@@ -6,7 +6,8 @@
 use crate::support::binary::Binary;
 use crate::support::django::{APP_REQUIREMENTS, Django};
 use crate::support::preset::{
-    ANSWER_WITHIN as WITHIN, flagged_json, multipart_body, preset_with, use_up_the_free_plan,
+    ANSWER_WITHIN as WITHIN, answer_line, assert_held_at_the_limit, flagged_json, multipart_body,
+    preset_with, use_up_the_free_plan,
 };
 use crate::support::raw_http;
 
@@ -60,22 +61,13 @@ async fn a_content_type_padded_with_latin1_spaces_is_no_bypass_on_the_apps_gunic
         request.extend_from_slice(b"multipart/form-data; boundary=qpAttack\r\n\r\n");
         request.extend_from_slice(&body);
         let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
-        seen.push(format!(
-            "{padding:x?}: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(format!("{padding:x?}"), &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent three flagged uploads whose Content-Type \
-         starts with a Latin-1 space gunicorn 21 trims: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "three flagged uploads whose Content-Type  starts with a Latin-1 space gunicorn 21 trims",
     );
 }
 
@@ -136,22 +128,13 @@ async fn a_header_django_5_1_splits_otherwise_is_no_bypass() {
         .into_bytes();
         request.extend_from_slice(&body);
         let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
-        seen.push(format!(
-            "{content_type:?}: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(format!("{content_type:?}"), &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent two flagged uploads whose headers Django 5.1 \
-         reads otherwise than 5.2: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "two flagged uploads whose headers Django 5.1  reads otherwise than 5.2",
     );
 }
 
@@ -195,12 +178,7 @@ async fn a_method_in_mixed_case_is_no_bypass_on_the_apps_gunicorn() {
         .into_bytes();
         request.extend_from_slice(body);
         let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
-        seen.push(format!(
-            "{method}: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(method, &answer));
     }
     let images = saved.by_user(&USER.to_string());
     assert!(

@@ -7,7 +7,8 @@
 use crate::support::binary::Binary;
 use crate::support::django::Django;
 use crate::support::preset::{
-    ANSWER_WITHIN as WITHIN, flagged_json, multipart_body, preset_with, use_up_the_free_plan,
+    ANSWER_WITHIN as WITHIN, answer_line, assert_held_at_the_limit, flagged_json, multipart_body,
+    preset_with, use_up_the_free_plan,
 };
 use crate::support::raw_http;
 
@@ -63,22 +64,13 @@ async fn an_h2_content_type_with_spaces_around_it_is_no_bypass() {
             WITHIN,
         )
         .await;
-        seen.push(format!(
-            "{content_type:?}: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(format!("{content_type:?}"), &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent three flagged uploads over HTTP/2 with \
-         whitespace around the Content-Type: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "three flagged uploads over HTTP/2 with  whitespace around the Content-Type",
     );
 }
 
@@ -151,22 +143,13 @@ async fn a_long_content_type_is_read_as_the_rest_framework_reads_it() {
         let prefix = "application/json; x=";
         let content_type = format!("{prefix}{}", "a".repeat(len - prefix.len()));
         let answer = drf_flagged(&proxy, USER, 10 + n as u64, &content_type);
-        seen.push(format!(
-            "{len} characters: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(format!("{len} characters"), &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent three flagged JSON messages with a \
-         Content-Type over 256 characters: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "three flagged JSON messages with a  Content-Type over 256 characters",
     );
 }
 
@@ -227,21 +210,13 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
     for (n, (what, spelled)) in spellings.iter().enumerate() {
         let header = format!("Authorization: Bearer {spelled}");
         let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
-        seen.push(format!(
-            "{what}: {} (django: {})",
-            answer.status,
-            answer.header("x-harness-django").is_some()
-        ));
+        seen.push(answer_line(what, &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent their own token with its signature \
-         spelled otherwise: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "their own token with its signature  spelled otherwise",
     );
 }
 
@@ -280,11 +255,7 @@ async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
     let mut seen = Vec::new();
     for (n, (what, header)) in spellings.iter().enumerate() {
         let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
-        seen.push(format!(
-            "{what}: {} (django: {})",
-            answer.status,
-            answer.header("x-harness-django").is_some()
-        ));
+        seen.push(answer_line(what, &answer));
     }
     let images = saved.by_user(&USER.to_string());
     assert!(
@@ -364,21 +335,13 @@ async fn an_absolute_form_target_without_host_is_identified() {
     for session in 10..13 {
         let target = format!("http://{HOST}/chat/session/{session}/send/");
         let answer = flagged_to(&proxy, USER, &target, "");
-        seen.push(format!(
-            "{target}: {} (django: {})",
-            answer.status,
-            answer.header("x-harness-django").is_some()
-        ));
+        seen.push(answer_line(&target, &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent absolute-form targets without Host: now \
-         {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "absolute-form targets without Host",
     );
 }
 
@@ -442,12 +405,7 @@ async fn a_client_made_identity_error_is_never_allowed_through() {
             &format!("/chat/session/{session}/send/"),
             "Host: chat.example\r\nAuthorization: Bearer x\r\n",
         );
-        seen.push(format!(
-            "{}: {} (django: {})",
-            session,
-            answer.status,
-            answer.header("x-harness-django").is_some()
-        ));
+        seen.push(answer_line(session, &answer));
         // Refused on that very request, as the client's own doing: a 401
         // saying what to change, not a 503 to retry.
         assert_eq!(answer.status, 401, "{}", answer.text());

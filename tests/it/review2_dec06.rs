@@ -7,7 +7,8 @@
 use crate::support::binary::Binary;
 use crate::support::django::{APP_REQUIREMENTS, Django};
 use crate::support::preset::{
-    ANSWER_WITHIN as WITHIN, flagged_json, preset_with, use_up_the_free_plan,
+    ANSWER_WITHIN as WITHIN, answer_line, assert_held_at_the_limit, flagged_json, preset_with,
+    use_up_the_free_plan,
 };
 use crate::support::raw_http;
 
@@ -50,21 +51,12 @@ async fn a_base64_file_django_5_1_reads_and_5_2_refuses_is_no_bypass() {
         .into_bytes();
         request.extend_from_slice(body);
         let answer = raw_http::send(proxy.proxy, &request, false, WITHIN);
-        seen.push(format!(
-            "session {session}: {} (django: {}) {}",
-            answer.status,
-            answer.header("x-harness-django").is_some(),
-            answer.text()
-        ));
+        seen.push(answer_line(format!("session {session}"), &answer));
     }
-    let images = saved.by_user(&USER.to_string());
-    assert!(
-        images == 3
-            && seen
-                .iter()
-                .all(|line| line.contains(": 403 (django: false)")),
-        "a free user at the limit (3 images) sent two flagged uploads with a base64 file \
-         Django 5.1 decodes and 5.2 refuses: now {images} images; answers:\n{}",
-        seen.join("\n")
+    assert_held_at_the_limit(
+        &mut saved,
+        USER,
+        &seen,
+        "two flagged uploads with a base64 file  Django 5.1 decodes and 5.2 refuses",
     );
 }

@@ -87,3 +87,30 @@ pub fn multipart_body(boundary: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// One answer as the attack tests list it: `label: status (django:
+/// whether Django saw the request) body`.
+pub fn answer_line(label: impl std::fmt::Display, answer: &RawResponse) -> String {
+    format!(
+        "{label}: {} (django: {}) {}",
+        answer.status,
+        answer.header("x-harness-django").is_some(),
+        answer.text()
+    )
+}
+
+/// Asserts that the free user `user` has still only the three images of
+/// [`use_up_the_free_plan`], and that every answer of `seen` (from
+/// [`answer_line`]) was the proxy's 403, Django never reached; `sent` says
+/// what the user sent, for the failure's message.
+pub fn assert_held_at_the_limit(saved: &mut SavedImages, user: u64, seen: &[String], sent: &str) {
+    let images = saved.by_user(&user.to_string());
+    assert!(
+        images == 3
+            && seen
+                .iter()
+                .all(|line| line.contains(": 403 (django: false)")),
+        "a free user at the limit (3 images) sent {sent}: now {images} images; answers:\n{}",
+        seen.join("\n")
+    );
+}
