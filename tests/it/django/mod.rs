@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::support::binary::Binary;
-use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
+use crate::support::django::{APP_REQUIREMENTS, Django, REQUIREMENTS, SavedImages};
 use crate::support::preset::{noon_zone, preset_text};
 use crate::support::raw_http::{self, RawResponse};
 use corpus::{Case, View};
@@ -679,7 +679,22 @@ async fn a_plain_http_request_does_not_poison_the_identity_cache() {
 
 #[tokio::test]
 async fn a_header_spelled_with_underscores_is_no_bypass() {
-    tricks::an_underscore_spelling_reaches_django_as_the_header().await;
+    let django = Django::start_on(
+        REQUIREMENTS,
+        &[
+            ("HARNESS_GZIP", "1"),
+            ("GUNICORN_CMD_ARGS", "--header-map dangerous"),
+        ],
+    );
+    tricks::an_underscore_spelling_reaches_django_as_the_header(django).await;
+}
+
+/// The same on the chat app's gunicorn 21.2.0, which keeps names holding
+/// `_` by default (it has no `--header-map`).
+#[tokio::test]
+async fn a_header_spelled_with_underscores_is_no_bypass_on_the_apps_own_stack() {
+    let django = Django::start_on(APP_REQUIREMENTS, &[("HARNESS_GZIP", "1")]);
+    tricks::an_underscore_spelling_reaches_django_as_the_header(django).await;
 }
 
 #[tokio::test]
