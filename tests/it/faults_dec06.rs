@@ -66,33 +66,17 @@ fn hard_open_files() -> u64 {
 async fn a_flood_past_the_soft_open_files_limit_does_not_lock_newcomers_out() {
     const SOFT: u64 = 256;
     const FLOOD: usize = 300;
-    assert!(
-        hard_open_files() >= 2 * FLOOD as u64,
-        "the test needs a hard open-files limit of at least {} (it is {})",
-        2 * FLOOD,
-        hard_open_files()
-    );
+    needs_hard_open_files(2 * FLOOD as u64);
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary =
         Binary::start_with_open_files(&config(upstream.addr(), "threads = 2"), &[], SOFT).await;
-    assert_eq!(
-        get_page(binary.proxy, ANSWER_WITHIN).await,
-        Ok(200),
-        "a page before the flood"
-    );
-
-    let mut flood = Vec::with_capacity(FLOOD);
-    for _ in 0..FLOOD {
-        flood.push(TcpStream::connect(binary.proxy).await.expect("connect"));
-    }
-    let started = Instant::now();
-    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
+    let (answer, waited, flood) = page_behind_a_flood(&binary, FLOOD).await;
     assert_eq!(
         answer,
         Ok(200),
         "a newcomer's page with {FLOOD} silent connections open (max_connections = 10,000), \
          after {:?}; the proxy's log:\n{}",
-        started.elapsed(),
+        waited,
         binary.log_lines(&["accept failed", "open files", "RLIMIT"], 5)
     );
     drop(flood);
@@ -111,37 +95,52 @@ async fn a_flood_past_the_soft_open_files_limit_does_not_lock_newcomers_out() {
 async fn a_flood_past_a_hard_open_files_limit_evicts_instead_of_locking_newcomers_out() {
     const LIMIT: u64 = 1024;
     const FLOOD: usize = 1100;
-    assert!(
-        hard_open_files() >= 2 * FLOOD as u64,
-        "the test needs a hard open-files limit of at least {} (it is {})",
-        2 * FLOOD,
-        hard_open_files()
-    );
+    needs_hard_open_files(2 * FLOOD as u64);
     let upstream = TestUpstream::always(Reply::ok()).await;
     let binary =
         Binary::start_with_open_files_hard(&config(upstream.addr(), "threads = 2"), &[], LIMIT)
             .await;
-    assert_eq!(
-        get_page(binary.proxy, ANSWER_WITHIN).await,
-        Ok(200),
-        "a page before the flood"
-    );
-
-    let mut flood = Vec::with_capacity(FLOOD);
-    for _ in 0..FLOOD {
-        flood.push(TcpStream::connect(binary.proxy).await.expect("connect"));
-    }
-    let started = Instant::now();
-    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
+    let (answer, waited, flood) = page_behind_a_flood(&binary, FLOOD).await;
     assert_eq!(
         answer,
         Ok(200),
         "a newcomer's page with {FLOOD} silent connections open under an open-files limit \
          of {LIMIT}, after {:?}; the proxy's log:\n{}",
-        started.elapsed(),
+        waited,
         binary.log_lines(&["accept failed", "open-files", "RLIMIT"], 5)
     );
     drop(flood);
+}
+
+/// Fails the test, saying why, when the hard open-files limit is below
+/// `needed` (the flood and the proxy's own descriptors must fit).
+fn needs_hard_open_files(needed: u64) {
+    assert!(
+        hard_open_files() >= needed,
+        "the test needs a hard open-files limit of at least {needed} (it is {})",
+        hard_open_files()
+    );
+}
+
+/// A page answered first, then `flood` silent connections opened: the
+/// page a newcomer gets then, how long it took, and the flood (open until
+/// dropped).
+async fn page_behind_a_flood(
+    binary: &Binary,
+    flood: usize,
+) -> (Result<u16, String>, Duration, Vec<TcpStream>) {
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page before the flood"
+    );
+    let mut silent = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        silent.push(TcpStream::connect(binary.proxy).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let answer = get_page(binary.proxy, ANSWER_WITHIN).await;
+    (answer, started.elapsed(), silent)
 }
 
 /// An image request to the inspected route, closing its connection.
