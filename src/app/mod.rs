@@ -24,6 +24,7 @@ mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use crate::config::Config;
 use crate::metrics::{TimedStore, UpstreamMetrics};
 use crate::proxy::ProxyService;
 use crate::quota::QuotaLayer;
-use crate::server::{AcceptBalance, ConnectionLimits};
+use crate::server::{AcceptBalance, ConnectionLimits, StreamBudget};
 use crate::store::{Opening, StoreError, open_store};
 
 /// Least time given to pending settlements after the drain, even when the
@@ -144,28 +145,35 @@ pub async fn serve(
 /// The connection limits `config` sets, counted anew: `max_connections`,
 /// or fewer when the process's open-files limit cannot hold them (then
 /// the oldest connections are evicted before `accept` fails, which would
-/// let no newcomer in; `server::connections_that_fit`).
+/// let no newcomer in; `server::connections_that_fit`), and the HTTP/2
+/// requests beyond each connection's first that the limit holds beside
+/// them (`server::extra_streams_that_fit`).
 fn connection_limits(config: &Config) -> ConnectionLimits {
     let configured = config.max_connections;
-    let max = crate::server::open_files_limit()
-        .map(|limit| {
-            let fit = crate::server::connections_that_fit(configured.get(), limit);
-            if fit < configured.get() {
-                tracing::warn!(
-                    open_files_limit = limit,
-                    needed = crate::server::open_files_needed(configured.get()),
-                    max_connections = configured.get(),
-                    kept_open = fit,
-                    "the open-files limit cannot hold max_connections: at most kept_open \
-                     connections are kept open (the oldest are evicted past it); raise the \
-                     limit (LimitNOFILE, the container runtime's ulimit) to keep more"
-                );
-            }
-            fit
-        })
-        .and_then(std::num::NonZeroU32::new)
-        .unwrap_or(configured);
+    let Some(limit) = crate::server::open_files_limit() else {
+        return ConnectionLimits::new(configured, config.max_connections_per_ip);
+    };
+    let fit = crate::server::connections_that_fit(configured.get(), limit);
+    if fit < configured.get() {
+        tracing::warn!(
+            open_files_limit = limit,
+            needed = crate::server::open_files_needed(configured.get()),
+            max_connections = configured.get(),
+            kept_open = fit,
+            "the open-files limit cannot hold max_connections: at most kept_open \
+             connections are kept open (the oldest are evicted past it); raise the \
+             limit (LimitNOFILE, the container runtime's ulimit) to keep more"
+        );
+    }
+    let max = NonZeroU32::new(fit).unwrap_or(configured);
+    let streams = crate::server::extra_streams_that_fit(max.get(), limit);
+    tracing::debug!(
+        max_connections = max.get(),
+        http2_extra_requests = streams,
+        "connection limits"
+    );
     ConnectionLimits::new(max, config.max_connections_per_ip)
+        .with_stream_budget(StreamBudget::new(streams))
 }
 
 /// [`serve`] with the connection counts `limits`, shared with the other

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::park::{self, Waited};
+use super::streams::{ConnectionStreams, StreamBudget};
 use super::tracked::TrackedService;
 use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
 
@@ -170,13 +171,15 @@ pub(super) struct Protocols {
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `stream`, accepted from `peer`, until it ends or `signals` end
-/// it (see the module).
+/// it (see the module); its HTTP/2 requests beyond the first take places
+/// in `budget` (`streams.rs`).
 pub(super) async fn serve<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     protocols: &Protocols,
     service: S,
     signals: EndSignals,
+    budget: &StreamBudget,
 ) where
     S: ServedService<B>,
     B: ServedBody,
@@ -204,8 +207,10 @@ pub(super) async fn serve<S, B>(
         return;
     };
     let activity = Arc::new(Activity::default());
-    let service = TrackedService::new(service, Arc::clone(&activity), peer);
-    if first[..peeked] != HTTP2_PREFACE[..peeked] {
+    let http1 = first[..peeked] != HTTP2_PREFACE[..peeked];
+    let streams = (!http1).then(|| ConnectionStreams::new(budget));
+    let service = TrackedService::new(service, Arc::clone(&activity), peer, streams);
+    if http1 {
         Box::pin(park::serve_http1(
             stream,
             &protocols.http1,

@@ -21,7 +21,9 @@
 //! Bound: `max_connections` open plus at most `max_connections / 8` (at
 //! least 1) finishing their last response, and `max_connections_per_ip`
 //! from one address; the tables hold one entry per connection and per
-//! address with a connection open.
+//! address with a connection open. The limits also carry the process's
+//! budget of HTTP/2 requests beyond each connection's first
+//! (`streams.rs`).
 //!
 //! The per-address limit is off by default: many users behind one NAT, or
 //! a load balancer that is the only peer, share one address. Set it only
@@ -35,6 +37,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
+use super::streams::StreamBudget;
+
 /// The connections open, against the limits; clones share the counts.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -45,6 +49,7 @@ pub struct ConnectionLimits {
     by_age: Arc<Mutex<Ages>>,
     next_id: Arc<AtomicU64>,
     per_ip: Option<PerIp>,
+    streams: StreamBudget,
 }
 
 /// The connections open by age: those serving, and those evicted and
@@ -93,7 +98,8 @@ pub(crate) struct Slot {
 
 impl ConnectionLimits {
     /// At most `max` connections open at once, and `per_ip` from one
-    /// address when set.
+    /// address when set; HTTP/2 requests beyond each connection's first
+    /// unlimited ([`Self::with_stream_budget`]).
     pub fn new(max: NonZeroU32, per_ip: Option<NonZeroU32>) -> Self {
         Self {
             max: max.get(),
@@ -104,7 +110,19 @@ impl ConnectionLimits {
                 max: max.get(),
                 open: Arc::default(),
             }),
+            streams: StreamBudget::unlimited(),
         }
+    }
+
+    /// These limits, with at most `streams` HTTP/2 requests open beyond
+    /// each connection's first.
+    pub fn with_stream_budget(self, streams: StreamBudget) -> Self {
+        Self { streams, ..self }
+    }
+
+    /// The budget of HTTP/2 requests beyond each connection's first.
+    pub fn streams(&self) -> &StreamBudget {
+        &self.streams
     }
 
     /// No limit (as many as the process's file descriptors allow).

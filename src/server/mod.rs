@@ -13,14 +13,17 @@ mod connection;
 mod limits;
 mod open_files;
 mod park;
+mod streams;
 mod tracked;
 
 pub use balance::{AcceptBalance, BALANCE_WAIT};
 pub use limits::ConnectionLimits;
 pub use open_files::{
-    OpenFiles, connections_that_fit, open_files_limit, open_files_needed, raise_open_files_limit,
+    OpenFiles, connections_that_fit, extra_streams_that_fit, open_files_limit, open_files_needed,
+    raise_open_files_limit,
 };
 pub use park::PARK_AFTER;
+pub use streams::StreamBudget;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -219,8 +222,9 @@ where
         };
         let protocols = Arc::clone(&protocols);
         let service = service.clone();
+        let budget = limits.streams().clone();
         connections.spawn(async move {
-            connection::serve(stream, peer, &protocols, service, signals).await;
+            connection::serve(stream, peer, &protocols, service, signals, &budget).await;
             // The connection's place is free again once it ends.
             drop(slot);
         });
@@ -311,7 +315,8 @@ mod tests {
             shutdown: CancellationToken::new(),
             cut: CancellationToken::new(),
         };
-        let task = connection::serve(stream, peer, &protocols, service, signals);
+        let budget = StreamBudget::unlimited();
+        let task = connection::serve(stream, peer, &protocols, service, signals, &budget);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "a connection's task takes {size} bytes");
     }

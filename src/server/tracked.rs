@@ -2,7 +2,8 @@
 //! classify): each is tagged with its peer ([`ClientAddr`]) and counted in
 //! the connection's [`Activity`] from its start to the end of its answer's
 //! body, so the connection's watch knows when no request is open and an
-//! HTTP/1 connection may be parked (`park.rs`).
+//! HTTP/1 connection may be parked (`park.rs`). An HTTP/2 request first
+//! takes a place among its connection's (`streams.rs`), held as long.
 //!
 //! The service's future is boxed, one allocation per request: hyper gives
 //! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
@@ -24,22 +25,32 @@ use tower::ServiceExt;
 
 use super::ClientAddr;
 use super::connection::Activity;
+use super::streams::{ConnectionStreams, StreamPlace};
 
 /// `service` as hyper calls it: cloned for each request, which is tagged
-/// with `peer` and counted in `activity` until its answer's body ends.
+/// with `peer` and counted in `activity` until its answer's body ends;
+/// an HTTP/2 one waits for a place among `streams` first.
 pub(super) struct TrackedService<S> {
     /// Boxed, so that this type is `Unpin` whatever `S` is.
     service: Box<S>,
     activity: Arc<Activity>,
     peer: SocketAddr,
+    /// None on a connection that speaks HTTP/1 (one request at a time).
+    streams: Option<Arc<ConnectionStreams>>,
 }
 
 impl<S> TrackedService<S> {
-    pub(super) fn new(service: S, activity: Arc<Activity>, peer: SocketAddr) -> Self {
+    pub(super) fn new(
+        service: S,
+        activity: Arc<Activity>,
+        peer: SocketAddr,
+        streams: Option<ConnectionStreams>,
+    ) -> Self {
         Self {
             service: Box::new(service),
             activity,
             peer,
+            streams: streams.map(Arc::new),
         }
     }
 }
@@ -63,11 +74,26 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let open = OpenRequest::new(&self.activity, request.version());
+        let streams = match &self.streams {
+            Some(streams) if request.version() == http::Version::HTTP_2 => {
+                Some(Arc::clone(streams))
+            }
+            _ => None,
+        };
         request.extensions_mut().insert(ClientAddr(self.peer));
+        // Lazy: the service is called when first polled, after the place.
         let answer = S::clone(&self.service).oneshot(request);
         Box::pin(async move {
+            let place = match streams {
+                Some(streams) => Some(streams.place().await),
+                None => None,
+            };
             let response = answer.await?;
-            Ok(response.map(|body| TrackedBody { body, _open: open }))
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _open: open,
+                _place: place,
+            }))
         })
     }
 }
@@ -90,11 +116,13 @@ impl Drop for OpenRequest {
 }
 
 pin_project_lite::pin_project! {
-    /// An answer's body, its request counted open until it is dropped.
+    /// An answer's body, its request counted open (and holding its place,
+    /// HTTP/2) until it is dropped.
     pub(super) struct TrackedBody<B> {
         #[pin]
         body: B,
         _open: OpenRequest,
+        _place: Option<StreamPlace>,
     }
 }
 

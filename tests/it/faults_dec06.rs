@@ -87,8 +87,9 @@ async fn a_flood_past_the_soft_open_files_limit_does_not_lock_newcomers_out() {
 /// `LimitNOFILE=1024`), the same flood locked newcomers out: `accept`
 /// failed with EMFILE long before `max_connections` (10,000) was reached,
 /// so its eviction of the oldest connection never ran. Now the proxy
-/// keeps at most the connections its limit holds (each with an upstream
-/// connection, and 256 descriptors to spare: 342 under 1024) and evicts
+/// keeps at most the connections its limit holds (three descriptors each
+/// with their requests' upstream connections, and 256 to spare: 228 under
+/// 1024) and evicts
 /// the oldest past that. Here 1,100 silent connections stand open under a
 /// limit of 1024: a newcomer's page must still be answered.
 #[tokio::test]
@@ -255,10 +256,11 @@ async fn log_lines_dropped_while_stderr_stalls_are_counted_in_metrics() {
     // What was not dropped arrives; with the lines counted dropped, each
     // request's line is accounted for.
     let inspected = |line: &serde_json::Value| line["message"] == "inspected request";
+    // Thousands of lines: more than one answer's slack on a busy machine.
     binary
         .wait_for_logs(
             IMAGES.saturating_sub(counted as usize),
-            ANSWER_WITHIN,
+            4 * ANSWER_WITHIN,
             inspected,
         )
         .await;

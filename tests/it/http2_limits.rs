@@ -1,19 +1,25 @@
-//! What one HTTP/2 connection can make the proxy hold (phase: forward):
-//! the streams it may open at once and the answer bytes buffered for each
-//! (`src/server/mod.rs`, `H2_MAX_STREAMS`, `H2_SEND_BUFFER`). Found by an
-//! attack session: with hyper's defaults (200 streams, 400 KiB each) one
-//! connection that stopped reading held tens of MB for as long as it
-//! stayed open. The real binary, a real upstream on loopback.
+//! What HTTP/2 connections can make the proxy hold (phase: accept,
+//! forward): the streams one may open at once and the answer bytes
+//! buffered for each (`src/server/mod.rs`, `H2_MAX_STREAMS`,
+//! `H2_SEND_BUFFER`), and the upstream connections their requests hold
+//! (`src/server/streams.rs`). Found by an attack session: with hyper's
+//! defaults (200 streams, 400 KiB each) one connection that stopped
+//! reading held tens of MB for as long as it stayed open. The real
+//! binary, a real upstream on loopback.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::Empty;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Semaphore;
 
 use crate::support::binary::Binary;
-use crate::support::raw_http;
+use crate::support::raw_http::{self, status_on_new_connection};
 use crate::support::upstream::{Reply, TestUpstream};
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
@@ -136,4 +142,118 @@ async fn a_connection_that_stops_reading_holds_little() {
         grown >> 20,
         upstream.count()
     );
+}
+
+/// Flaw: each HTTP/2 request holds an upstream connection (a file
+/// descriptor) until its answer ends, and an HTTP/2 connection may have
+/// 100 requests open, so the open-files budget that keeps a newcomer able
+/// to connect (`max_connections` capped to what the limit holds) did not
+/// bound them. While the app was slow, four HTTP/2 connections far under
+/// the cap held 400 requests open under a limit of 400: `accept` failed
+/// (EMFILE), and every other client of the app, HTTP/1 pages too, was
+/// locked out until those requests ended. Now each connection has one
+/// request open on its own and the process a budget for the rest (what
+/// the limit leaves: 68 here, `extra_streams_that_fit`): the app sees at
+/// most 4 + 68 of the flood at once, a newcomer's page is answered, and
+/// every flooded request is answered once the app is, none refused.
+#[tokio::test]
+async fn slow_http2_requests_cannot_take_every_open_file() {
+    const LIMIT: u64 = 400;
+    const CONNECTIONS: usize = 4;
+    const PER_CONNECTION: usize = 100;
+    // 59 connections fit (3 descriptors each, finishing ones beside, 200
+    // to spare); the budget is what their own two leave: 400 − 2 × 66 − 200.
+    const AT_ONCE: usize = CONNECTIONS + 68;
+    let gate = Arc::new(Semaphore::new(0));
+    let upstream = {
+        let gate = Arc::clone(&gate);
+        TestUpstream::start(move |request| {
+            let gate = Arc::clone(&gate);
+            async move {
+                if request.uri.path().starts_with("/slow") {
+                    let _ = gate.acquire().await;
+                }
+                Reply::ok()
+            }
+        })
+        .await
+    };
+    let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
+    let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
+    let mut flood = Vec::new();
+    for connection in 0..CONNECTIONS {
+        let sender = h2_connection(binary.proxy).await;
+        for n in 0..PER_CONNECTION {
+            let mut sender = sender.clone();
+            let path = format!("/slow/{connection}/{n}");
+            flood.push(tokio::spawn(
+                async move { h2_status(&mut sender, &path).await },
+            ));
+        }
+    }
+    tokio::time::timeout(ANSWER_WITHIN, upstream.wait_for_requests(AT_ONCE))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the app saw {} of the flood, not {AT_ONCE}; the proxy's log:\n{}",
+                upstream.count(),
+                binary.log_lines(&["open-files", "accept"], 5)
+            )
+        });
+    let page = b"GET /page HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
+    let newcomer = status_on_new_connection(binary.proxy, page, ANSWER_WITHIN).await;
+    let mut other = h2_connection(binary.proxy).await;
+    let other_page = tokio::time::timeout(ANSWER_WITHIN, h2_status(&mut other, "/page")).await;
+    let seen = upstream.count();
+    assert_eq!(
+        newcomer,
+        Ok(200),
+        "an HTTP/1 page with {} slow HTTP/2 requests open (the app saw {seen}); the \
+         proxy's log:\n{}",
+        CONNECTIONS * PER_CONNECTION,
+        binary.log_lines(&["accept failed", "open-files"], 5)
+    );
+    assert_eq!(other_page.ok(), Some(200), "another HTTP/2 client's page");
+    assert_eq!(
+        seen,
+        AT_ONCE + 2,
+        "the app saw the flood's {AT_ONCE} (one per connection and the budget) and the two pages"
+    );
+    gate.add_permits(CONNECTIONS * PER_CONNECTION);
+    for (n, request) in flood.into_iter().enumerate() {
+        let status = tokio::time::timeout(ANSWER_WITHIN, request)
+            .await
+            .unwrap_or_else(|_| panic!("flooded request {n} unanswered"))
+            .expect("request task");
+        assert_eq!(status, 200, "flooded request {n}");
+    }
+}
+
+/// An HTTP/2 connection (h2c, prior knowledge) to `proxy`.
+async fn h2_connection(proxy: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// The status of a GET of `path` through `sender`, its body read to the
+/// end; 0 when the exchange failed.
+async fn h2_status(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> u16 {
+    let request = http::Request::get(format!("http://app{path}"))
+        .body(Empty::new())
+        .expect("request");
+    let Ok(response) = sender.send_request(request).await else {
+        return 0;
+    };
+    let status = response.status().as_u16();
+    match response.into_body().collect().await {
+        Ok(_) => status,
+        Err(_) => 0,
+    }
 }
