@@ -159,6 +159,10 @@ pub struct JwtConfig {
     /// key kind can verify. `none` is never accepted, and HMAC algorithms
     /// never with a public key.
     pub algorithms: Vec<String>,
+    /// `Authorization` schemes whose token is the app's, as simplejwt's
+    /// `AUTH_HEADER_TYPES` (default `["Bearer"]`; matched without case). A
+    /// valid token under another scheme is refused, not anonymous.
+    pub header_types: Vec<String>,
     /// Cookie read for the token when there is no `Authorization: Bearer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
@@ -196,6 +200,7 @@ impl Default for JwtConfig {
             public_key_file: None,
             jwks_file: None,
             algorithms: Vec::new(),
+            header_types: vec!["Bearer".to_owned()],
             cookie: None,
             issuer: None,
             audience: None,
@@ -330,6 +335,22 @@ impl Config {
                     "must not be empty; leave it out instead",
                 ));
             }
+        }
+        if jwt.header_types.is_empty() {
+            return Err(ConfigError::invalid(
+                "identity.jwt.header_types",
+                "must list at least one scheme (simplejwt's default is [\"Bearer\"])",
+            ));
+        }
+        if let Some(bad) = jwt
+            .header_types
+            .iter()
+            .find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::invalid(
+                "identity.jwt.header_types",
+                format!("{bad:?} is not a scheme (one word of visible ASCII, e.g. \"Bearer\")"),
+            ));
         }
         if let Some(cookie) = &jwt.cookie
             && !cookie

@@ -465,3 +465,20 @@ fn request_header_names_with_underscores_are_refused_with_the_dashed_name() {
     // Routing headers to strip may hold one: they are removed, not read.
     assert!(Config::from_toml("strip_routing_headers = [\"SCRIPT_NAME\"]").is_ok());
 }
+
+#[test]
+fn jwt_header_types_must_be_one_word_each() {
+    let jwt = |types: &str| {
+        Config::from_toml(&format!(
+            "[identity]\nkind = \"jwt\"\n[identity.jwt]\nsecret_env = \"K\"\nheader_types = {types}\n"
+        ))
+    };
+    let listed = jwt("[\"JWT\", \"Bearer\"]").expect("two schemes");
+    assert_eq!(listed.identity.jwt.header_types, ["JWT", "Bearer"]);
+    for bad in ["[]", "[\"\"]", "[\"Bearer token\"]"] {
+        let err = jwt(bad).expect_err(bad).to_string();
+        assert!(err.contains("identity.jwt.header_types"), "{bad}: {err}");
+    }
+    let default = Config::from_toml("").expect("defaults");
+    assert_eq!(default.identity.jwt.header_types, ["Bearer"]);
+}

@@ -10,19 +10,30 @@
 //! HMAC secret must not pass). `exp` is required, `nbf` honoured, `iss` and
 //! `aud` required when configured, all with the configured leeway.
 //!
-//! A token that fails any check is anonymous (`Ok(None)`), logged at debug
-//! with the reason and never the token. Verification is pure CPU work, so
-//! this source never returns an error.
+//! A token that fails a check Django's simplejwt makes too (signature,
+//! algorithm, `exp`, `nbf`) is anonymous (`Ok(None)`), logged at debug
+//! with the reason and never the token: the app refuses it as well. A
+//! genuine token (its signature verified) that the config cannot read as
+//! the app may is [`IdentityError::Unreadable`], refused: claims the
+//! config does not name, an `aud` or `iss` it does not expect (simplejwt
+//! checks those only when its own settings name them), or a header type
+//! `header_types` does not list (simplejwt's `AUTH_HEADER_TYPES`). Made
+//! anonymous, each of those was forwarded unchecked under `anonymous =
+//! "forward"` while the app logged the user in (`tests/it/jwt_fit.rs`).
+//! A `kid` no key in the JWK set has is [`IdentityError::Unavailable`]:
+//! the app may have rotated its keys. These apply only when no token of
+//! the request names a user.
 
 use std::borrow::Cow;
 use std::path::Path;
 
 use async_trait::async_trait;
-use http::{HeaderMap, header};
+use http::HeaderMap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::authorization::authorization_token;
 use super::claims::{LimitOverrides, identity_of, user_id_of};
 use super::cookie::django_cookie;
 use super::pybase64::pyjwt_signature;
@@ -33,6 +44,8 @@ use crate::config::{Config, ConfigError, JwtConfig};
 #[derive(Debug)]
 pub struct JwtIdentity {
     keys: Vec<VerifyingKey>,
+    /// `Authorization` schemes whose token is the app's (`Bearer`).
+    header_types: Vec<String>,
     cookie: Option<String>,
     claims: ClaimNames,
     plans: PlanTable,
@@ -71,6 +84,23 @@ enum Rejected {
     },
 }
 
+impl Rejected {
+    /// Whether the token is genuine (its signature verified) and only the
+    /// config keeps it from naming a user: claims, `aud`, `iss`.
+    fn genuine(&self) -> bool {
+        use jsonwebtoken::errors::ErrorKind;
+        match self {
+            Self::Claim { .. } => true,
+            Self::Token(e) => match e.kind() {
+                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => true,
+                ErrorKind::MissingRequiredClaim(claim) => claim == "aud" || claim == "iss",
+                _ => false,
+            },
+            Self::UnknownKid(_) => false,
+        }
+    }
+}
+
 impl JwtIdentity {
     /// The source `config.identity.jwt` describes, resolving plans in
     /// `config.plans`. Reads the secret's environment variable or the key
@@ -81,6 +111,7 @@ impl JwtIdentity {
         let keys = load_keys(jwt, &configured)?;
         Ok(Self {
             keys,
+            header_types: jwt.header_types.clone(),
             cookie: jwt.cookie.clone(),
             claims: ClaimNames {
                 user_id: jwt.user_id_claim.clone(),
@@ -160,16 +191,27 @@ impl IdentitySource for JwtIdentity {
         // Both are read: the app's views may read either (a cookie-JWT
         // class never looks at `Authorization`), so a bad bearer token must
         // not hide a good cookie (an attack session).
-        let bearer = bearer_token(headers);
+        let (scheme, header_token) = match authorization_token(headers) {
+            Some((scheme, token)) => (Some(scheme), Some(token)),
+            None => (None, None),
+        };
+        let listed = scheme.as_deref().is_some_and(|scheme| {
+            self.header_types
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(scheme))
+        });
         let cookie = self
             .cookie
             .as_deref()
             .and_then(|name| django_cookie(headers, name))
             .map(Cow::Owned);
         let mut found: Option<Identity> = None;
-        for token in [bearer, cookie].into_iter().flatten() {
+        let mut unreadable: Option<String> = None;
+        let mut unknown_key: Option<String> = None;
+        let tokens = [(header_token, listed), (cookie, true)];
+        for (token, ours) in tokens.into_iter().filter_map(|(t, ours)| Some((t?, ours))) {
             match self.verify(&token) {
-                Ok(identity) => match &found {
+                Ok(identity) if ours => match &found {
                     Some(other) if other.user_id != identity.user_id => {
                         return Err(IdentityError::Ambiguous(
                             "the bearer token and the cookie name different users; which one \
@@ -180,54 +222,39 @@ impl IdentitySource for JwtIdentity {
                     Some(_) => {}
                     None => found = Some(identity),
                 },
-                Err(reason @ Rejected::Claim { .. }) => {
+                Ok(_) => {
+                    unreadable = Some(format!(
+                        "a valid token under the Authorization scheme {:?}, which \
+                         identity.jwt.header_types ({:?}) does not list: the app reads it if \
+                         its AUTH_HEADER_TYPES does",
+                        scheme.as_deref().unwrap_or_default(),
+                        self.header_types
+                    ));
+                }
+                Err(reason) if reason.genuine() => {
                     // The token is genuine: its claims not fitting the
-                    // config is an operator's problem, worth a warning.
-                    tracing::warn!(%reason, "jwt verified but its claims do not fit identity.jwt; treated as anonymous");
+                    // config is an operator's problem, which must not turn
+                    // counting off.
+                    unreadable = Some(format!(
+                        "a genuine token whose {reason}: set identity.jwt to match the app's \
+                         SIMPLE_JWT settings"
+                    ));
+                }
+                Err(reason @ Rejected::UnknownKid(_)) if ours => {
+                    unknown_key = Some(format!(
+                        "{reason}: reload the JWK set if the app rotated its keys"
+                    ));
                 }
                 Err(reason) => tracing::debug!(%reason, "jwt rejected; treated as anonymous"),
             }
         }
-        Ok(found)
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header (scheme matched
-/// case-insensitively), split on any ASCII whitespace as simplejwt splits
-/// it (`header.split()`: a tab counts); other schemes are not ours.
-/// simplejwt reads the header as the WSGI server hands it on: several
-/// lines joined with `,` (gunicorn), as Latin-1 bytes, which it passes to
-/// PyJWT. PyJWT 2.8 skips a `,` or a byte above 0x7E in a signature like
-/// any other junk, so `Bearer <jwt head>` and `<jwt tail>==` on two lines
-/// log the user in: the lines are joined here too, each byte above 0x7E
-/// read as `!` (junk of the same length for [`pyjwt_signature`]), where
-/// the first line alone, or a header `to_str` refused, made the request
-/// anonymous (`tests/it/attack_dec06.rs`).
-fn bearer_token(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    let mut lines = headers.get_all(header::AUTHORIZATION).iter();
-    let first = lines.next()?;
-    if let (Ok(text), None) = (first.to_str(), lines.next()) {
-        return bearer_of(text).map(Cow::Borrowed);
-    }
-    let mut joined = String::new();
-    for (n, line) in headers.get_all(header::AUTHORIZATION).iter().enumerate() {
-        if n > 0 {
-            joined.push(',');
+        match (found, unreadable, unknown_key) {
+            (Some(identity), _, _) => Ok(Some(identity)),
+            (None, Some(why), _) => Err(IdentityError::Unreadable(why)),
+            (None, None, Some(why)) => Err(IdentityError::Unavailable(why)),
+            (None, None, None) => Ok(None),
         }
-        joined.extend(
-            line.as_bytes()
-                .iter()
-                .map(|&b| if b.is_ascii() { char::from(b) } else { '!' }),
-        );
     }
-    bearer_of(&joined).map(|token| Cow::Owned(token.to_owned()))
-}
-
-/// The token of a `Bearer <token>` header value.
-fn bearer_of(value: &str) -> Option<&str> {
-    let mut parts = value.split_ascii_whitespace();
-    let (scheme, token) = (parts.next()?, parts.next()?);
-    (scheme.eq_ignore_ascii_case("bearer") && parts.next().is_none()).then_some(token)
 }
 
 /// The keys `jwt` names, each with the algorithms it may verify: those of
@@ -478,52 +505,6 @@ fn validation(jwt: &JwtConfig, algorithms: Vec<Algorithm>) -> Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer a.b.c")])),
-            Some("a.b.c".into())
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "bearer  a.b.c ")])),
-            Some("a.b.c".into())
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Token abc")])),
-            None
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer ")])),
-            None
-        );
-        assert_eq!(bearer_token(&headers(&[])), None);
-        // A byte above 0x7E is junk PyJWT 2.8 skips: one `!` each.
-        let mut map = HeaderMap::new();
-        map.insert(
-            header::AUTHORIZATION,
-            http::HeaderValue::from_bytes(b"Bearer a.b.c\xa0\xc3\xa9").expect("obs-text"),
-        );
-        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!"));
-        // Several lines: joined with `,`, as gunicorn joins them.
-        map.append(header::AUTHORIZATION, "d".parse().expect("value"));
-        assert_eq!(bearer_token(&map).as_deref(), Some("a.b.c!!!,d"));
-        let mut map = HeaderMap::new();
-        map.append(header::AUTHORIZATION, "Bearer a.b".parse().expect("value"));
-        map.append(header::AUTHORIZATION, "Bearer c".parse().expect("value"));
-        assert_eq!(bearer_token(&map), None, "three words");
-    }
 
     #[test]
     fn narrowing() {

@@ -18,6 +18,7 @@
 //! An `Err` means the source could not answer (not that the caller is
 //! anonymous); `identity.on_identity_error` says what the request gets.
 
+mod authorization;
 mod cache;
 mod claims;
 mod cookie;
@@ -84,6 +85,14 @@ pub enum IdentityError {
     /// such a request on uncounted at will (`tests/it/attack_dec06.rs`).
     #[error("identity ambiguous: {0}")]
     Ambiguous(String),
+    /// The request carries a genuine credential (its signature verified)
+    /// that the configured source cannot read as the app may: claims,
+    /// audience, issuer or header type that the config does not name. The
+    /// app may log the user in from it, so it is refused whatever
+    /// `on_identity_error` says, and the operator must fit the config to
+    /// the app's tokens (`tests/it/jwt_fit.rs`).
+    #[error("identity unreadable: {0}")]
+    Unreadable(String),
 }
 
 /// Finds the identity of a request from its headers.

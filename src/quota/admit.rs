@@ -84,6 +84,21 @@ async fn decide(
                  token that disagree, or a token that is not valid): send only one",
             ));
         }
+        Err(IdentityError::Unreadable(why)) => {
+            // The proxy's config does not fit the app's credentials: not an
+            // outage, and nothing the client can change.
+            let decision = Decision::IdentityErrorDenied;
+            route.counters.request(decision);
+            decided(decision);
+            tracing::error!(route = %route.name, error = %why, request_id,
+                decision = decision.as_str(),
+                "a genuine credential the identity config cannot read; denying (fix [identity])");
+            return Err(json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "image generation cannot be checked for this credential; the site's operators \
+                 must fix the quota proxy's identity settings",
+            ));
+        }
         Err(e) => {
             return match state.policy.on_identity_error {
                 IdentityErrorPolicy::Allow => {

@@ -10,7 +10,8 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use quota_proxy::config::{Config, IdentityErrorPolicy, IdentityKind, Limits};
 use quota_proxy::identity::{
-    self, Identity, IdentityHeaders, IdentitySource, set_identity_headers, strip_client_headers,
+    self, Identity, IdentityError, IdentityHeaders, IdentitySource, set_identity_headers,
+    strip_client_headers,
 };
 use serde_json::{Value, json};
 
@@ -404,8 +405,21 @@ async fn user_of(source: &Arc<dyn IdentitySource>, headers: &HeaderMap) -> Optio
     source
         .identify(headers)
         .await
-        .expect("jwt never errors")
+        .expect("a user or anonymous")
         .map(|i| i.user_id)
+}
+
+/// What `source` makes of `headers`: the user id, `anonymous`, or the
+/// error's kind (`unreadable`: a genuine token the config cannot read,
+/// refused; `unavailable`: no key to verify it with).
+async fn reading_of(source: &Arc<dyn IdentitySource>, headers: &HeaderMap) -> String {
+    match source.identify(headers).await {
+        Ok(Some(identity)) => identity.user_id,
+        Ok(None) => "anonymous".to_owned(),
+        Err(IdentityError::Unreadable(_)) => "unreadable".to_owned(),
+        Err(IdentityError::Unavailable(_)) => "unavailable".to_owned(),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[tokio::test]
@@ -473,11 +487,11 @@ async fn plan_and_limit_claims_override_the_plan_table() {
             monthly: 1000
         }
     );
-    // A limit claim of the wrong type makes the token unusable.
+    // A limit claim of the wrong type makes the genuine token unreadable.
     claims["daily"] = json!("lots");
     assert_eq!(
-        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
-        None
+        reading_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
+        "unreadable"
     );
 }
 
@@ -544,21 +558,22 @@ async fn audience_and_issuer_are_checked() {
 
     let mut wrong_aud = claims.clone();
     wrong_aud["aud"] = json!("billing");
-    assert_eq!(user_of(&source, &sign(&wrong_aud)).await, None);
+    assert_eq!(reading_of(&source, &sign(&wrong_aud)).await, "unreadable");
     let mut no_aud = claims.clone();
     no_aud.as_object_mut().expect("object").remove("aud");
-    assert_eq!(user_of(&source, &sign(&no_aud)).await, None);
+    assert_eq!(reading_of(&source, &sign(&no_aud)).await, "unreadable");
 
     let mut wrong_iss = claims.clone();
     wrong_iss["iss"] = json!("https://evil.example");
-    assert_eq!(user_of(&source, &sign(&wrong_iss)).await, None);
+    assert_eq!(reading_of(&source, &sign(&wrong_iss)).await, "unreadable");
     let mut no_iss = claims.clone();
     no_iss.as_object_mut().expect("object").remove("iss");
-    assert_eq!(user_of(&source, &sign(&no_iss)).await, None);
+    assert_eq!(reading_of(&source, &sign(&no_iss)).await, "unreadable");
 
-    // Without a configured audience, a token addressed to someone is refused.
+    // Without a configured audience, a token addressed to someone is
+    // refused: genuine, and the app (simplejwt without AUDIENCE) reads it.
     let plain = hs_source(&secret, "");
-    assert_eq!(user_of(&plain, &sign(&claims)).await, None);
+    assert_eq!(reading_of(&plain, &sign(&claims)).await, "unreadable");
 }
 
 #[tokio::test]
@@ -628,12 +643,16 @@ async fn es256_and_rs256_from_a_jwks_chosen_by_kid() {
     let rs = signed(Algorithm::RS256, Some("rs256-test-1"), &claims, &rsa);
     assert_eq!(user_of(&source, &bearer(&rs)).await.as_deref(), Some("3"));
     // Unknown kid, a kid naming the other key, or no kid with two keys.
+    // No key to verify with: the app may have rotated its keys.
     let unknown = signed(Algorithm::ES256, Some("rotated-away"), &claims, &ec);
-    assert_eq!(user_of(&source, &bearer(&unknown)).await, None);
+    assert_eq!(reading_of(&source, &bearer(&unknown)).await, "unavailable");
     let crossed = signed(Algorithm::ES256, Some("rs256-test-1"), &claims, &ec);
     assert_eq!(user_of(&source, &bearer(&crossed)).await, None);
     let anonymous_kid = signed(Algorithm::ES256, None, &claims, &ec);
-    assert_eq!(user_of(&source, &bearer(&anonymous_kid)).await, None);
+    assert_eq!(
+        reading_of(&source, &bearer(&anonymous_kid)).await,
+        "unavailable"
+    );
     // HMAC with the EC key's JWK text as secret, naming its kid.
     let jwks = String::from_utf8(fixture_bytes("jwks.json")).expect("utf-8");
     let confused = signed(
@@ -689,8 +708,8 @@ async fn user_id_claim_is_configurable_and_required() {
     );
     claims.as_object_mut().expect("object").remove("sub");
     assert_eq!(
-        user_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
-        None
+        reading_of(&source, &bearer(&hs256(&claims, SECRET.as_bytes()))).await,
+        "unreadable"
     );
 }
 

@@ -45,17 +45,25 @@ pub(crate) fn flagged_with(proxy: &Binary, session: u64, header: &[u8]) -> raw_h
 
 /// A simplejwt access token of `user`, signed with Django's `SECRET_KEY`.
 pub(crate) fn access_token(user: u64) -> String {
+    signed_token(json!({ "user_id": user }))
+}
+
+/// A token with simplejwt's standard claims (`token_type`, `exp` in five
+/// minutes, `iat`, `jti`) and `claims`, signed with Django's `SECRET_KEY`.
+pub(crate) fn signed_token(claims: serde_json::Value) -> String {
     let now = i64::try_from(jsonwebtoken::get_current_timestamp()).expect("timestamp");
-    let claims = json!({
+    let mut all = json!({
         "token_type": "access",
         "exp": now + 300,
         "iat": now,
-        "jti": format!("jti{user}"),
-        "user_id": user,
+        "jti": format!("jti{now}"),
     });
+    if let (Some(all), serde_json::Value::Object(claims)) = (all.as_object_mut(), claims) {
+        all.extend(claims);
+    }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        &all,
         &EncodingKey::from_secret(DJANGO_SECRET.as_bytes()),
     )
     .expect("sign")

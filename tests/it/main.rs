@@ -27,6 +27,7 @@ mod faults_dec06;
 mod flag_rules;
 mod http2_limits;
 mod identity;
+mod jwt_fit;
 mod jwt_parity;
 mod levels;
 mod limits;

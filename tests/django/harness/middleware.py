@@ -12,7 +12,11 @@ HS256 token signed with SECRET_KEY (`user_id` claim, free plan), read from
 for djangorestframework-simplejwt do (`request.COOKIES.get(AUTH_COOKIE)`).
 HARNESS_JWT_BEARER=1: the same tokens from `Authorization: Bearer <token>`,
 read as simplejwt's JWTAuthentication reads the header (`get_raw_token`:
-the latin-1 bytes split on whitespace, exactly two parts, `Bearer`)."""
+the latin-1 bytes split on whitespace, exactly two parts, `Bearer`).
+HARNESS_JWT_HEADER_TYPE=<scheme>: that scheme instead of `Bearer`
+(simplejwt's AUTH_HEADER_TYPES); HARNESS_JWT_USER_CLAIM=<claim>: the user
+is in that claim instead of `user_id` (simplejwt's USER_ID_CLAIM). Like
+simplejwt without AUDIENCE and ISSUER, `aud` and `iss` are not checked."""
 
 import base64
 import hashlib
@@ -25,6 +29,8 @@ from django.conf import settings
 
 JWT_COOKIE = os.environ.get("HARNESS_JWT_COOKIE", "")
 JWT_BEARER = os.environ.get("HARNESS_JWT_BEARER") == "1"
+JWT_HEADER_TYPE = os.environ.get("HARNESS_JWT_HEADER_TYPE", "Bearer").encode()
+JWT_USER_CLAIM = os.environ.get("HARNESS_JWT_USER_CLAIM", "user_id")
 
 
 def _b64(text):
@@ -44,7 +50,7 @@ def jwt_user(token):
         claims = json.loads(_b64(payload))
         if claims.get("exp", 0) < time.time():
             return None
-        return str(int(claims["user_id"]))
+        return str(int(claims[JWT_USER_CLAIM]))
     except Exception:
         return None
 
@@ -66,7 +72,7 @@ class HarnessMiddleware:
         if JWT_BEARER:
             header = request.META.get("HTTP_AUTHORIZATION")
             parts = header.encode("iso-8859-1").split() if header is not None else []
-            token = parts[1].decode() if len(parts) == 2 and parts[0] == b"Bearer" else ""
+            token = parts[1].decode() if len(parts) == 2 and parts[0] == JWT_HEADER_TYPE else ""
             request.quota_user = jwt_user(token)
             request.quota_plan = "free" if request.quota_user else None
         response = self.get_response(request)

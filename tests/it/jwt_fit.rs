@@ -1,0 +1,120 @@
+//! A genuine JWT that the proxy's `[identity.jwt]` cannot read as the app
+//! may (phase: identify): a header scheme, a user claim or an audience the
+//! config does not name (`src/identity/jwt.rs`). The real binary in front
+//! of real Django (gunicorn, `tests/django/`), reading the token as
+//! simplejwt's settings say; Django's saved images are counted. Before,
+//! each such token was anonymous, and under the preset's `anonymous =
+//! "forward"` every request went on unchecked while Django logged the user
+//! in and generated: a free user (3 a day) got every image asked for.
+
+use serde_json::json;
+
+use crate::jwt_parity::{flagged_with, jwt_preset, secret_file, signed_token};
+use crate::support::binary::Binary;
+use crate::support::django::Django;
+use crate::support::preset::use_up_the_free_plan;
+
+/// Flagged requests sent with each token that the config cannot read.
+const TRIES: u64 = 4;
+
+/// `jwt_preset` with `fields` set in `[identity.jwt]`.
+fn preset_with_jwt(
+    django: &Django,
+    secret: &tempfile::NamedTempFile,
+    fields: &[(&str, toml::Value)],
+) -> String {
+    let mut table: toml::Table = jwt_preset(django, secret, None)
+        .parse()
+        .expect("the preset is TOML");
+    let jwt = table
+        .get_mut("identity")
+        .and_then(|identity| identity.get_mut("jwt"))
+        .and_then(toml::Value::as_table_mut)
+        .expect("[identity.jwt]");
+    for (name, value) in fields {
+        jwt.insert((*name).to_owned(), value.clone());
+    }
+    toml::to_string(&table).expect("TOML")
+}
+
+/// Sends `TRIES` flagged requests with the header line `header` and
+/// asserts each was refused (500) and that Django saved no image of `user`.
+fn assert_refused(proxy: &Binary, django: &Django, user: u64, header: &str, what: &str) {
+    let mut saved = django.saved();
+    let mut statuses = Vec::new();
+    for session in 1..=TRIES {
+        let answer = flagged_with(proxy, 100 + session, header.as_bytes());
+        statuses.push(answer.status);
+    }
+    let images = saved.by_user(&user.to_string());
+    assert_eq!(
+        (images, statuses.clone()),
+        (0, vec![500; TRIES as usize]),
+        "{what}: Django saved {images} images of a free user (3 a day) for {TRIES} requests \
+         (statuses {statuses:?}): the proxy read the genuine token as anonymous and forwarded \
+         the requests unchecked"
+    );
+}
+
+/// The app reads `Authorization: JWT <token>` (simplejwt's
+/// `AUTH_HEADER_TYPES = ("JWT",)`); the proxy, configured with the default
+/// `Bearer`, is refused such a token instead of taking it for anonymous.
+/// With `header_types = ["JWT"]` it counts them: three images, then 403.
+#[tokio::test]
+async fn a_valid_token_under_a_scheme_the_config_does_not_list_is_refused() {
+    const USER: u64 = 920_001;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_TYPE", "JWT"),
+    ]);
+    let secret = secret_file();
+    let header = format!(
+        "Authorization: JWT {}",
+        signed_token(json!({ "user_id": USER }))
+    );
+    let proxy = Binary::start(&preset_with_jwt(&django, &secret, &[]), &[]).await;
+    assert_refused(&proxy, &django, USER, &header, "scheme JWT, not listed");
+    drop(proxy);
+
+    let listed = toml::Value::Array(vec!["JWT".into()]);
+    let config = preset_with_jwt(&django, &secret, &[("header_types", listed)]);
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+}
+
+/// The app's user is in `uid` (simplejwt's `USER_ID_CLAIM = "uid"`), or
+/// its tokens carry an `aud` that the app does not check (simplejwt
+/// checks `aud` only when its `AUDIENCE` is set) while the proxy, with no
+/// `audience`, refuses tokens that carry one: both genuine, both refused.
+/// With `user_id_claim = "uid"` the first counts: three images, then 403.
+#[tokio::test]
+async fn a_genuine_token_whose_claims_the_config_does_not_fit_is_refused() {
+    const USER: u64 = 920_002;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_USER_CLAIM", "uid"),
+    ]);
+    let secret = secret_file();
+    let proxy = Binary::start(&preset_with_jwt(&django, &secret, &[]), &[]).await;
+    let uid = format!(
+        "Authorization: Bearer {}",
+        signed_token(json!({ "uid": USER }))
+    );
+    assert_refused(&proxy, &django, USER, &uid, "user in `uid`");
+    let audience = format!(
+        "Authorization: Bearer {}",
+        signed_token(json!({ "uid": USER, "user_id": USER, "aud": "mobile-app" }))
+    );
+    assert_refused(&proxy, &django, USER, &audience, "an `aud` the app ignores");
+    drop(proxy);
+
+    let config = preset_with_jwt(&django, &secret, &[("user_id_claim", "uid".into())]);
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, uid.as_bytes())
+    });
+}
