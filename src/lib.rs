@@ -59,6 +59,7 @@ pub mod identity;
 pub mod metrics;
 pub mod periods;
 pub mod proxy;
+pub mod pybase64;
 pub mod quota;
 pub mod report;
 pub mod response;

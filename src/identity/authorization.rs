@@ -14,7 +14,7 @@ use http::{HeaderMap, header};
 /// signature like any other junk, so `Bearer <jwt head>` and
 /// `<jwt tail>==` on two lines log the user in: the lines are joined here
 /// too, each byte above 0x7E read as `!` (junk of the same length for
-/// `pybase64::pyjwt_signature`), where the first line alone, or a header `to_str`
+/// `pyjwt::pyjwt_signature`), where the first line alone, or a header `to_str`
 /// refused, made the request anonymous (`tests/it/attack_dec06.rs`).
 pub(super) fn authorization_token(headers: &HeaderMap) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     let mut lines = headers.get_all(header::AUTHORIZATION).iter();

@@ -36,7 +36,7 @@ use serde_json::{Map, Value};
 use super::authorization::authorization_token;
 use super::claims::{LimitOverrides, identity_of, user_id_of};
 use super::cookie::django_cookie;
-use super::pybase64::pyjwt_signature;
+use super::pyjwt::pyjwt_signature;
 use super::{Identity, IdentityError, IdentitySource, PlanTable};
 use crate::config::{Config, ConfigError, JwtConfig};
 

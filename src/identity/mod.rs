@@ -27,7 +27,7 @@ mod forward_auth;
 mod header;
 mod jwt;
 mod plans;
-mod pybase64;
+mod pyjwt;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //!
 //! | level | modules |
 //! |---|---|
-//! | 0 domain | `config` (the bottom: it imports only `periods`), `periods`, `clock`, `flag`, `report`, `response`, `decision`, `counters`, `hop_by_hop` |
+//! | 0 domain | `config` (the bottom: it imports only `periods`), `periods`, `clock`, `flag`, `report`, `response`, `decision`, `counters`, `hop_by_hop`, `pybase64` |
 //! | 1 ports | `store`, `identity` |
 //! | 2 middleware | `quota` |
 //! | 3 runtime | `metrics`, `telemetry`, `server`, `proxy`, `admin`, `app`, `cli` |
@@ -29,6 +29,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("decision", 0),
     ("counters", 0),
     ("hop_by_hop", 0),
+    ("pybase64", 0),
     // 1 ports: the store and where identities come from.
     ("store", 1),
     ("identity", 1),

@@ -42,7 +42,8 @@ mod lazy;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use self::base64::{Base64, Base64Of51, b64decode};
+use self::base64::Base64Of51;
+use crate::pybase64::{A2bBase64, b64decode};
 use lazy::{Kind, Lazy, Part, Source};
 
 use super::form::FieldValue;
@@ -268,7 +269,7 @@ fn sanitized_is_empty(name: &str) -> Option<bool> {
 struct Capped {
     raw: Vec<u8>,
     raw_over: bool,
-    decoded: Option<(Base64, Vec<u8>, bool)>,
+    decoded: Option<(A2bBase64, Vec<u8>, bool)>,
     budget: usize,
 }
 
@@ -277,7 +278,7 @@ impl Capped {
         Self {
             raw: Vec::new(),
             raw_over: false,
-            decoded: base64.then(|| (Base64::default(), Vec::new(), false)),
+            decoded: base64.then(|| (A2bBase64::standard(), Vec::new(), false)),
             budget,
         }
     }

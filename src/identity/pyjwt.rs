@@ -1,11 +1,14 @@
-//! Base64 as PyJWT reads a JWT's signature (djangorestframework-simplejwt
-//! verifies with PyJWT): CPython's lenient decoder, so that a token Django
-//! accepts is accepted here, spelled however PyJWT lets it be spelled.
+//! A JWT's signature as PyJWT reads it (djangorestframework-simplejwt
+//! verifies with PyJWT): CPython's lenient base64 ([`crate::pybase64`]),
+//! so that a token Django accepts is accepted here, spelled however PyJWT
+//! lets it be spelled.
 
 use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::pybase64::A2bBase64;
 
 /// `token` with its signature segment (after the last `.`) written as
 /// `jsonwebtoken` reads one, unpadded canonical base64url, holding the bytes
@@ -24,10 +27,13 @@ pub(super) fn pyjwt_signature(token: &str) -> Cow<'_, str> {
         return Cow::Borrowed(token);
     };
     let pad = (4 - signature.len() % 4) % 4;
-    let padded = signature.bytes().chain(std::iter::repeat_n(b'=', pad));
-    let Some(bytes) = python_b64decode(padded) else {
+    let mut decoder = A2bBase64::url_safe();
+    let mut bytes = Vec::with_capacity(signature.len() / 4 * 3 + 3);
+    decoder.feed(signature.as_bytes(), &mut bytes);
+    decoder.feed(&b"==="[..pad], &mut bytes);
+    if !decoder.ok() {
         return Cow::Borrowed(token);
-    };
+    }
     let canonical = URL_SAFE_NO_PAD.encode(&bytes);
     if canonical == signature {
         Cow::Borrowed(token)
@@ -36,52 +42,12 @@ pub(super) fn pyjwt_signature(token: &str) -> Cow<'_, str> {
     }
 }
 
-/// CPython's `binascii.a2b_base64(data, strict_mode=False)` after
-/// `urlsafe_b64decode`'s `-` to `+` and `_` to `/`: `None` where it raises.
-fn python_b64decode(data: impl Iterator<Item = u8>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut quad, mut pads, mut left) = (0_u8, 0_u8, 0_u8);
-    for c in data {
-        if c == b'=' {
-            if quad >= 2 {
-                pads += 1;
-                if quad + pads >= 4 {
-                    return Some(out);
-                }
-            }
-            continue;
-        }
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => continue,
-        };
-        pads = 0;
-        match quad {
-            0 => left = value,
-            1 => {
-                out.push(left << 2 | value >> 4);
-                left = value & 0x0f;
-            }
-            2 => {
-                out.push(left << 4 | value >> 2);
-                left = value & 0x03;
-            }
-            _ => out.push(left << 6 | value),
-        }
-        quad = (quad + 1) % 4;
-    }
-    (quad == 0).then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::pybase64::urlsafe_b64decode;
 
     #[test]
     fn signatures_are_read_as_pyjwt_reads_them() {
@@ -123,7 +89,7 @@ mod tests {
             for (at, byte) in junk {
                 spelled.insert(at.index(spelled.len() + 1), byte);
             }
-            prop_assert_eq!(python_b64decode(spelled.into_iter()), Some(bytes.clone()));
+            prop_assert_eq!(urlsafe_b64decode(&spelled), Some(bytes.clone()));
             let token = format!("h.p.{canonical}");
             prop_assert_eq!(pyjwt_signature(&token), token.as_str());
         }
