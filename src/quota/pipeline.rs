@@ -83,8 +83,12 @@ where
         // The backend refuses this body before any view code runs that
         // could generate (the send view parses the body before it looks
         // at the session), so no probe can force it either: forwarded
-        // unreserved, and the user sees the backend's own error.
-        unflagged(&route, &parts.headers, session, None)
+        // unreserved, and the user sees the backend's own error. Who asks
+        // is still known on arrival, as for any unflagged request: were
+        // the judgement ever wrong and images reported, they count against
+        // who asked even if the session logs out meanwhile.
+        let identity = spans::identify(state.deps.identity.identify(&parts.headers)).await;
+        unflagged(&route, &parts.headers, session, identity.ok().flatten())
     } else {
         let (identity, flagged) = identify(
             &state,

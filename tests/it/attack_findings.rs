@@ -251,7 +251,8 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
         weekly: Some(10),
         monthly: Some(30),
     };
-    identity.login("s1", 7, Some(free));
+    identity.login("s1", 7, Some(free.clone()));
+    identity.login("s2", 8, Some(free));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let upstream = {
         let gate = Arc::clone(&gate);
@@ -267,17 +268,36 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
         .await
     };
     // A route without a probe (optional; the report is the safety net).
-    let config = forward_auth_config(&identity, "[timeouts]\nresponse_head = \"10s\"", "");
+    // DRF's flag rules: a flag DRF refuses (`"maybe"`) is a body the
+    // backend answers 400 before any view code runs.
+    let config = forward_auth_config(&identity, "[timeouts]\nresponse_head = \"10s\"", "").replace(
+        "flag = \"generate_image\"",
+        "flag = \"generate_image\"\nflag_rules = \"drf\"",
+    );
     let now = at("2031-05-14T10:00:00Z");
     let proxy = Proxy::memory(&config, &upstream, now).await;
     let client = TestClient::new(proxy.addr);
     identity.login("s0", 6, None);
-    // First without logging out (the control: counted), then with.
-    // Each in its own chat session (one not yet learned by the proxy).
-    for (session, user, log_out, chat) in [
-        ("s0", "6", false, "/chat/session/1000000001/send/"),
-        ("s1", "7", true, "/chat/session/1000000002/send/"),
+    // First without logging out (the control: counted), then with; last
+    // a body the proxy judges the backend refuses, should that judgement
+    // ever be wrong (it was twice: tests/it/attack_dec06.rs): asked on
+    // arrival too, or the same logout dodged the count (found by the
+    // third attack session of December 6th). Each in its own chat session
+    // (one not yet learned by the proxy).
+    let unflagged = r#"{"message": "make the sky red", "generate_image": false}"#;
+    let refused = r#"{"message": "make the sky red", "generate_image": "maybe"}"#;
+    for (session, user, log_out, chat, body) in [
+        (
+            "s0",
+            "6",
+            false,
+            "/chat/session/1000000001/send/",
+            unflagged,
+        ),
+        ("s1", "7", true, "/chat/session/1000000002/send/", unflagged),
+        ("s2", "8", true, "/chat/session/1000000003/send/", refused),
     ] {
+        identity.set_mode(Mode::Django);
         let cookie = format!("sessionid={session}");
         let sent = {
             let client = client.clone();
@@ -287,7 +307,7 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
                         Method::POST,
                         chat,
                         &[("cookie", &cookie), ("content-type", "application/json")],
-                        r#"{"message": "make the sky red", "generate_image": false}"#,
+                        body,
                     )
                     .await
             })
