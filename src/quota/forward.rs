@@ -218,8 +218,19 @@ where
         return match watched {
             Some(report) => watch(parts, body, report.with_header(images), settlement, &state),
             None => {
+                // A header of 0 sent with the head does not vouch for data
+                // that may report at its end and cannot be read (compressed
+                // unasked): fail closed, as without the header.
+                let report = if images.images == 0
+                    && reports.body_data_can_report(&parts.headers)
+                    && reports.coding(&parts.headers).is_some()
+                {
+                    settlement.unreadable(None, "its body is compressed; its header said 0")
+                } else {
+                    Some(images)
+                };
                 let response = Response::from_parts(parts, QuotaBody::inner(body));
-                (response, Some((settlement, Some(images))))
+                (response, Some((settlement, report)))
             }
         };
     }

@@ -137,10 +137,17 @@ async fn app() -> App {
                     gzip.write_all(chunk).expect("gzip in memory");
                 }
                 let body = gzip.finish().expect("gzip in memory");
-                return Reply::ok()
+                let reply = Reply::ok()
                     .header("content-type", "text/plain; charset=utf-8")
-                    .header("content-encoding", "gzip")
-                    .stream(vec![(Bytes::from(body), Duration::ZERO)]);
+                    .header("content-encoding", "gzip");
+                // A header written before the stream, when no image is
+                // saved yet: its count is 0 whatever the end reports.
+                let reply = if typed.contains("BACKEND_HEADER_ZERO") {
+                    reply.header("x-images-saved", "0")
+                } else {
+                    reply
+                };
+                return reply.stream(vec![(Bytes::from(body), Duration::ZERO)]);
             }
             Reply::ok()
                 .header("content-type", "text/plain; charset=utf-8")
@@ -481,6 +488,18 @@ async fn an_answer_compressed_unasked_counts_one_image_when_flagged() {
         settled(&binary, "gz-text").await,
         0,
         "a text reply: nothing"
+    );
+    // A header of 0 sent with the head does not vouch for a body whose
+    // end, which may report, cannot be read: before, it was charged 0
+    // (the third attack session of December 6th).
+    let typed = "BACKEND_GZIP BACKEND_HEADER_ZERO";
+    let answer = send(&binary, IMAGE_EDITING_SESSION, "gz-zero", typed, false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(app.images.load(Ordering::SeqCst), 4, "generated");
+    assert_eq!(
+        settled(&binary, "gz-zero").await,
+        1,
+        "fail closed: one image"
     );
 }
 
