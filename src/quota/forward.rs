@@ -91,7 +91,25 @@ where
     let mut accounting = Accounting::new(async move {
         // The reservation must outlive a generation slower than its TTL
         // before the first byte (`response_head` may be longer).
-        let answer = hold_while(&settlement, future.instrument(upstream.clone())).await;
+        let answering = hold_while(&settlement, future.instrument(upstream.clone()));
+        let pending = settlement.state.deps.settlements.clone();
+        let answer = tokio::select! {
+            answer = answering => Some(answer),
+            () = pending.cut_signal() => None,
+        };
+        let Some(answer) = answer else {
+            // Shutdown's grace ended before the upstream answered: the
+            // view may be saving an image now (a JSON API answers once it
+            // has). Settled as an answer cut mid-stream is: one image for
+            // a flagged request (fail closed), before the process exits.
+            let flagged = !matches!(settlement.ticket, Ticket::Unflagged { .. });
+            tracing::warn!(route = %settlement.route.name, flagged,
+                "shutdown's grace ended before the upstream answered; settling as cut");
+            settlement
+                .settle(flagged.then_some(UsageReport::images(1)))
+                .await;
+            return;
+        };
         spans::answered(upstream, &answer);
         let (result, settle) = match answer {
             Ok(response) => {

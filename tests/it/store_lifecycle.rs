@@ -305,7 +305,11 @@ struct SlowGeneration {
 }
 
 impl SlowGeneration {
-    fn start() -> Self {
+    /// An app that generates for a minute, then saves and reports;
+    /// `head_first`: it writes its answer's head and first chunk before
+    /// generating (a streamed reply), else nothing until it saved (a JSON
+    /// API, a view that saves before its first byte).
+    fn start(head_first: bool) -> Self {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -346,18 +350,23 @@ impl SlowGeneration {
                 })
                 .unwrap_or_default();
             let first = "generating\n";
-            let _ = write!(
-                stream,
+            let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
                  transfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n",
                 first.len()
             );
-            let _ = stream.flush();
+            if head_first {
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.flush();
+            }
             let _ = answering_tx.send(());
             // Generating: nothing is written, so nothing notices a peer
             // that went away.
             let _ = finish_rx.recv_timeout(Duration::from_secs(60));
             saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if !head_first {
+                let _ = stream.write_all(head.as_bytes());
+            }
             let report =
                 format!(r#"[IMAGES_SAVED]{{"count": 1, "token": "{token}"}}[IMAGES_SAVED_END]"#);
             let _ = write!(stream, "{:x}\r\n{report}\r\n0\r\n\r\n", report.len());
@@ -399,8 +408,22 @@ impl SlowGeneration {
 /// default 30 s grace.
 #[tokio::test]
 async fn a_generation_cut_by_the_shutdown_grace_is_never_counted() {
+    generation_cut_by_the_shutdown_grace(true).await;
+}
+
+/// The same with an app that writes nothing before it saved (a JSON API,
+/// a view that saves, then answers): the answer's head never came, and
+/// the request's accounting, still waiting for it, was dropped with the
+/// process; the image went uncounted (the third attack session of
+/// December 6th). Now the end of the grace settles it as cut too.
+#[tokio::test]
+async fn a_generation_before_its_first_byte_cut_by_the_shutdown_grace_is_counted() {
+    generation_cut_by_the_shutdown_grace(false).await;
+}
+
+async fn generation_cut_by_the_shutdown_grace(head_first: bool) {
     let redis = RedisServer::start();
-    let mut app = SlowGeneration::start();
+    let mut app = SlowGeneration::start(head_first);
     let config = format!(
         r#"
 upstream = "http://{upstream}"
