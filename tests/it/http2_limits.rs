@@ -7,7 +7,6 @@
 //! reading held tens of MB for as long as it stayed open. The real
 //! binary, a real upstream on loopback.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Semaphore;
 
 use crate::support::binary::Binary;
+use crate::support::proxy::h2_client;
 use crate::support::raw_http::{self, status_on_new_connection};
 use crate::support::upstream::{Reply, TestUpstream};
 
@@ -165,24 +165,12 @@ async fn slow_http2_requests_cannot_take_every_open_file() {
     // to spare); the budget is what their own two leave: 400 − 2 × 66 − 200.
     const AT_ONCE: usize = CONNECTIONS + 68;
     let gate = Arc::new(Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |request| {
-            let gate = Arc::clone(&gate);
-            async move {
-                if request.uri.path().starts_with("/slow") {
-                    let _ = gate.acquire().await;
-                }
-                Reply::ok()
-            }
-        })
-        .await
-    };
+    let upstream = TestUpstream::gated_slow(&gate).await;
     let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
     let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
     let mut flood = Vec::new();
     for connection in 0..CONNECTIONS {
-        let sender = h2_connection(binary.proxy).await;
+        let sender = h2_client(binary.proxy).await;
         for n in 0..PER_CONNECTION {
             let mut sender = sender.clone();
             let path = format!("/slow/{connection}/{n}");
@@ -202,7 +190,7 @@ async fn slow_http2_requests_cannot_take_every_open_file() {
         });
     let page = b"GET /page HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n";
     let newcomer = status_on_new_connection(binary.proxy, page, ANSWER_WITHIN).await;
-    let mut other = h2_connection(binary.proxy).await;
+    let mut other = h2_client(binary.proxy).await;
     let other_page = tokio::time::timeout(ANSWER_WITHIN, h2_status(&mut other, "/page")).await;
     let seen = upstream.count();
     assert_eq!(
@@ -227,19 +215,6 @@ async fn slow_http2_requests_cannot_take_every_open_file() {
             .expect("request task");
         assert_eq!(status, 200, "flooded request {n}");
     }
-}
-
-/// An HTTP/2 connection (h2c, prior knowledge) to `proxy`.
-async fn h2_connection(proxy: SocketAddr) -> SendRequest<Empty<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
-    sender
 }
 
 /// The status of a GET of `path` through `sender`, its body read to the

@@ -38,19 +38,7 @@ async fn three_requests_at_once_under_a_small_open_files_limit_are_all_answered(
     const LIMIT: u64 = 256;
     const REQUESTS: usize = 3;
     let gate = Arc::new(Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |request| {
-            let gate = Arc::clone(&gate);
-            async move {
-                if request.uri.path().starts_with("/slow") {
-                    let _ = gate.acquire().await;
-                }
-                Reply::ok()
-            }
-        })
-        .await
-    };
+    let upstream = TestUpstream::gated_slow(&gate).await;
     let config = format!("upstream = \"http://{}\"\nthreads = 1\n", upstream.addr());
     let binary = Binary::start_with_open_files_hard(&config, &[], LIMIT).await;
     let mut requests = Vec::new();

@@ -14,7 +14,7 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use quota_proxy::BoxError;
 use quota_proxy::config::{NonZeroDuration, Timeouts};
 use quota_proxy::proxy::{POOL_IDLE_TIMEOUT, ProxyService};
@@ -135,13 +135,7 @@ async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<ClientB
 
 /// An HTTP/2 connection (h2c, prior knowledge) to `addr`.
 async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ClientBody> {
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
-    sender
+    crate::support::proxy::h2_client(addr).await
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection.

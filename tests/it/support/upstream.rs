@@ -224,6 +224,23 @@ impl TestUpstream {
         .await
     }
 
+    /// An upstream that answers 200 at once, except a request whose path
+    /// starts with `/slow`, answered only once `gate` gives it a permit
+    /// (a slow app the test releases).
+    pub async fn gated_slow(gate: &Arc<tokio::sync::Semaphore>) -> Self {
+        let gate = Arc::clone(gate);
+        Self::start(move |request| {
+            let gate = Arc::clone(&gate);
+            async move {
+                if request.uri.path().starts_with("/slow") {
+                    let _ = gate.acquire().await;
+                }
+                Reply::ok()
+            }
+        })
+        .await
+    }
+
     /// An authority on loopback where nothing listens: connecting to it is
     /// refused. (The port was free a moment ago; another process could take
     /// it, which is unlikely enough for tests.)
