@@ -92,10 +92,10 @@ where
         // The reservation must outlive a generation slower than its TTL
         // before the first byte (`response_head` may be longer).
         let answering = hold_while(&settlement, future.instrument(upstream.clone()));
-        let pending = settlement.state.deps.settlements.clone();
         let answer = tokio::select! {
+            biased;
             answer = answering => Some(answer),
-            () = pending.cut_signal() => None,
+            () = settlement.state.deps.settlements.cut_signal() => None,
         };
         let Some(answer) = answer else {
             // Shutdown's grace ended before the upstream answered: the
