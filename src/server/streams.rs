@@ -41,7 +41,8 @@ impl StreamBudget {
     }
 
     /// Places free now.
-    pub fn free(&self) -> usize {
+    #[cfg(test)]
+    fn free(&self) -> usize {
         self.0.available_permits()
     }
 }
