@@ -3,9 +3,10 @@
 //!
 //! Shutdown closes the set and waits for it; at the end of its grace it
 //! [cuts](PendingSettlements::cut) what is still reading an upstream's
-//! answer (a body whose client left, read on for its report): no report can
-//! come any more, and the answer settles as one cut by its upstream does, a
-//! flagged request charged one image (fail closed). Otherwise a generation
+//! answer (a body whose client left, read on for its report): what has
+//! already arrived is read, no more can come, and the answer settles as one
+//! cut by its upstream does, a flagged request charged one image (fail
+//! closed) unless its report and end had arrived. Otherwise a generation
 //! still running at a restart of the proxy alone would save its image and
 //! never be counted (`tests/it/store_lifecycle.rs`).
 

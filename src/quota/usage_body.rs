@@ -200,25 +200,53 @@ where
     let pending = watch.settlement.state.deps.settlements.clone();
     let end = loop {
         let frame = tokio::select! {
-            // Shutdown's grace is over: no report can come any more.
-            () = pending.cut_signal() => break End::Cut,
+            biased;
+            // Shutdown's grace is over: no report can come any more, but
+            // what has already arrived is read.
+            () = pending.cut_signal() => break read_arrived(&mut body, &mut watch.report),
             frame = tokio::time::timeout(idle, body.frame()) => frame,
         };
-        let frame = match frame {
-            Ok(Some(Ok(frame))) => frame,
+        match frame {
+            Ok(Some(Ok(frame))) => read(&mut watch.report, frame),
             Ok(None) => break End::Whole,
             Ok(Some(Err(_))) | Err(_) => break End::Cut,
-        };
-        match frame.into_data() {
-            Ok(chunk) => {
-                watch.report.data(chunk);
-            }
-            Err(frame) => {
-                if let Ok(mut trailers) = frame.into_trailers() {
-                    watch.report.trailers(&mut trailers);
-                }
-            }
         }
     };
     watch.settle(end).await;
+}
+
+/// Reads a frame of a body no client reads any more for its report.
+fn read(report: &mut StreamReport, frame: Frame<Bytes>) {
+    match frame.into_data() {
+        Ok(chunk) => {
+            report.data(chunk);
+        }
+        Err(frame) => {
+            if let Ok(mut trailers) = frame.into_trailers() {
+                report.trailers(&mut trailers);
+            }
+        }
+    }
+}
+
+/// Most frames read at the cut: a body that never stops arriving is cut
+/// all the same.
+const READ_AT_THE_CUT: usize = 1024;
+
+/// Reads the frames of `body` that have already arrived (none is waited
+/// for), so a report waiting at the cut counts rather than the cut's
+/// guess; how the body ended.
+fn read_arrived<B>(body: &mut Pin<Box<B>>, report: &mut StreamReport) -> End
+where
+    B: Body<Data = Bytes>,
+{
+    use futures_util::FutureExt as _;
+    for _ in 0..READ_AT_THE_CUT {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => read(report, frame),
+            Some(None) => return End::Whole,
+            Some(Some(Err(_))) | None => return End::Cut,
+        }
+    }
+    End::Cut
 }
