@@ -23,6 +23,26 @@ use crate::quota::routes::Route;
 use crate::response::json_error;
 use crate::store::{Admission, ReserveRequest};
 
+/// The answer to a request whose identity error no retry mends, whatever
+/// `on_identity_error` says: 401 for credentials that name no single user
+/// (the client's to change), 500 for a genuine one the config cannot read
+/// (the operators' to fix); `None` for an outage of the identity source.
+pub(super) fn refused_identity(error: &IdentityError) -> Option<Response<Full<Bytes>>> {
+    match error {
+        IdentityError::Ambiguous(_) => Some(json_error(
+            StatusCode::UNAUTHORIZED,
+            "the request carries credentials that do not name one user (a session and a \
+             token that disagree, or a token that is not valid): send only one",
+        )),
+        IdentityError::Unreadable(_) => Some(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the quota cannot be checked for this credential; the site's operators must fix \
+             the quota proxy's identity settings",
+        )),
+        IdentityError::Unavailable(_) => None,
+    }
+}
+
 /// Seconds a client is asked to wait when the store cannot answer.
 const STORE_ERROR_RETRY_AFTER: u32 = 5;
 /// Reserves one unit for the user of a flagged request, or returns the
@@ -70,36 +90,24 @@ async fn decide(
                 }
             };
         }
-        Err(IdentityError::Ambiguous(why)) => {
-            // Made by the client, so never sent on unchecked, and not an
-            // outage to retry: a 401 that says what to change.
-            let decision = Decision::IdentityErrorDenied;
-            route.counters.request(decision);
-            decided(decision);
-            tracing::info!(route = %route.name, error = %why, request_id,
-                decision = decision.as_str(), "credentials that name no single user; denying");
-            return Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "the request carries credentials that do not name one user (a session and a \
-                 token that disagree, or a token that is not valid): send only one",
-            ));
-        }
-        Err(IdentityError::Unreadable(why)) => {
-            // The proxy's config does not fit the app's credentials: not an
-            // outage, and nothing the client can change.
-            let decision = Decision::IdentityErrorDenied;
-            route.counters.request(decision);
-            decided(decision);
-            tracing::error!(route = %route.name, error = %why, request_id,
-                decision = decision.as_str(),
-                "a genuine credential the identity config cannot read; denying (fix [identity])");
-            return Err(json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "image generation cannot be checked for this credential; the site's operators \
-                 must fix the quota proxy's identity settings",
-            ));
-        }
         Err(e) => {
+            if let Some(refused) = refused_identity(&e) {
+                // Made by the client, or a config that does not fit the
+                // app's credentials: never sent on unchecked, and not an
+                // outage to retry.
+                let decision = Decision::IdentityErrorDenied;
+                route.counters.request(decision);
+                decided(decision);
+                if matches!(e, IdentityError::Unreadable(_)) {
+                    tracing::error!(route = %route.name, error = %e, request_id,
+                        decision = decision.as_str(),
+                        "a genuine credential the identity config cannot read; denying (fix [identity])");
+                } else {
+                    tracing::info!(route = %route.name, error = %e, request_id,
+                        decision = decision.as_str(), "credentials that name no single user; denying");
+                }
+                return Err(refused);
+            }
             return match state.policy.on_identity_error {
                 IdentityErrorPolicy::Allow => {
                     let decision = Decision::IdentityErrorAllowed;

@@ -13,8 +13,10 @@
 //! `limit` and `remaining` are `null` for an unlimited period; `resets_at`
 //! is the end of the period in `periods.timezone` (Persian months under
 //! `periods.calendar = "persian"`). Anonymous → 401, identity source or
-//! store failing → 503 with `Retry-After`, a method other than GET or HEAD
-//! → 405; every answer is JSON with `Cache-Control: no-store`.
+//! store failing → 503 with `Retry-After`, credentials refused as on a
+//! flagged request → 401 (naming no single user) or 500 (a genuine one the
+//! config cannot read), a method other than GET or HEAD → 405; every
+//! answer is JSON with `Cache-Control: no-store`.
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::Full;
 use serde_json::json;
 
+use super::admit::refused_identity;
 use super::body::QuotaBody;
 use super::request_id::{self, X_REQUEST_ID};
 use super::service::local;
@@ -76,7 +79,9 @@ async fn status(state: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>
         }
         Err(e) => {
             tracing::warn!(error = %e, request_id, "quota status: cannot identify the user");
-            return unavailable("the user cannot be identified right now; try again shortly");
+            return refused_identity(&e).unwrap_or_else(|| {
+                unavailable("the user cannot be identified right now; try again shortly")
+            });
         }
     };
     let now = state.deps.clock.now();

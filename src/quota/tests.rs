@@ -20,6 +20,7 @@ use tower::{Service, ServiceExt};
 use super::{QuotaLayer, RequestBody};
 use crate::clock::ManualClock;
 use crate::config::{Config, StoreErrorPolicy};
+use crate::identity::{Identity, IdentityError, IdentitySource};
 use crate::periods::Calendar;
 use crate::store::{MemoryStore, PeriodUsage, QuotaStore};
 
@@ -74,13 +75,25 @@ struct Harness {
 
 impl Harness {
     fn new(config: &Config, store: MemoryStore) -> Self {
+        Self::with_identity(config, store, None)
+    }
+
+    /// With `identity` in place of the config's identity source.
+    fn with_identity(
+        config: &Config,
+        store: MemoryStore,
+        identity: Option<Arc<dyn IdentitySource>>,
+    ) -> Self {
         let store = Arc::new(store);
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 12, 4, 10, 0, 0).unwrap());
-        let layer = QuotaLayer::builder(config)
+        let mut builder = QuotaLayer::builder(config)
             .expect("builder")
             .store(Arc::clone(&store) as Arc<dyn QuotaStore>)
-            .clock(Arc::new(clock.clone()))
-            .build();
+            .clock(Arc::new(clock.clone()));
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        let layer = builder.build();
         let calendar = Calendar::new(config.periods.timezone.0, config.periods.week_start.0);
         Self {
             layer,
@@ -255,6 +268,50 @@ async fn an_identity_error_follows_on_identity_error() {
     );
     assert_eq!(allow.send(&app, with_cookie()).await.0, StatusCode::OK);
     assert_eq!(app.calls(), 1, "allow did not forward the request");
+}
+
+/// An identity source that fails every request with its error.
+struct Failing(IdentityError);
+
+#[async_trait::async_trait]
+impl IdentitySource for Failing {
+    async fn identify(&self, _: &http::HeaderMap) -> Result<Option<Identity>, IdentityError> {
+        Err(self.0.clone())
+    }
+}
+
+/// The status path answers an identity error as a flagged request is
+/// answered: only an outage of the source is worth a retry (503); a
+/// client's ambiguous credentials get 401, a genuine credential the config
+/// cannot read 500. Before, all three were 503 "try again shortly" there.
+#[tokio::test]
+async fn the_status_path_answers_an_identity_error_as_a_flagged_request_is() {
+    let config = config("[status]\npath = \"/quota-status/\"\n", "");
+    let app = App::saving();
+    for (error, want) in [
+        (
+            IdentityError::Unavailable("down".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            IdentityError::Ambiguous("two users".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            IdentityError::Unreadable("no claim".into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+    ] {
+        let failing = Arc::new(Failing(error.clone()));
+        let harness = Harness::with_identity(&config, MemoryStore::new(100), Some(failing));
+        let flagged = harness.send(&app, generate(None, true)).await.0;
+        let status = Request::get("/quota-status/")
+            .body(Full::default())
+            .unwrap();
+        let status = harness.send(&app, status).await.0;
+        assert_eq!((flagged, status), (want, want), "{error}");
+    }
+    assert_eq!(app.calls(), 0, "a request reached the app");
 }
 
 /// A memory store that holds one user, already holding user "1": any other
