@@ -159,7 +159,10 @@ pub struct JwtConfig {
     /// key kind can verify. `none` is never accepted, and HMAC algorithms
     /// never with a public key.
     pub algorithms: Vec<String>,
-    /// `Authorization` schemes whose token is the app's, as simplejwt's
+    /// Header holding `<scheme> <token>`, as simplejwt's `AUTH_HEADER_NAME`
+    /// (`HTTP_AUTHORIZATION` there: `Authorization`, the default, here).
+    pub header_name: RequiredHeader,
+    /// Schemes of `header_name` whose token is the app's, as simplejwt's
     /// `AUTH_HEADER_TYPES` (default `["Bearer"]`; matched without case). A
     /// valid token under another scheme is refused, not anonymous.
     pub header_types: Vec<String>,
@@ -200,6 +203,7 @@ impl Default for JwtConfig {
             public_key_file: None,
             jwks_file: None,
             algorithms: Vec::new(),
+            header_name: RequiredHeader::from_static("authorization"),
             header_types: vec!["Bearer".to_owned()],
             cookie: None,
             issuer: None,

@@ -457,6 +457,10 @@ fn request_header_names_with_underscores_are_refused_with_the_dashed_name() {
             "[identity.forward_auth]\nurl = \"/id/\"\nforward_headers = [\"Cookie\", \"X_Token\"]",
             "identity.forward_auth.forward_headers[1]",
         ),
+        (
+            "[identity.jwt]\nheader_name = \"X_Access_Token\"",
+            "identity.jwt.header_name",
+        ),
     ] {
         let error = Config::from_toml(toml).expect_err(toml).to_string();
         assert!(error.starts_with(field), "{error}");

@@ -140,6 +140,10 @@ impl Config {
                 "identity.plan_header".to_owned(),
                 self.identity.plan_header.as_ref(),
             ),
+            (
+                "identity.jwt.header_name".to_owned(),
+                self.identity.jwt.header_name.as_ref(),
+            ),
         ];
         for (i, name) in self
             .identity

@@ -1,11 +1,12 @@
-//! The `Authorization` header as djangorestframework-simplejwt reads it
-//! (phase: identify): its scheme and token.
+//! The `Authorization` header (or the one simplejwt's `AUTH_HEADER_NAME`
+//! names) as djangorestframework-simplejwt reads it (phase: identify): its
+//! scheme and token.
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName};
 
-/// The scheme and token of an `Authorization: <scheme> <token>` header,
+/// The scheme and token of a `<name>: <scheme> <token>` header,
 /// split on any ASCII whitespace as simplejwt splits it (`header.split()`:
 /// a tab counts); whether the scheme is the app's is the caller's
 /// question. simplejwt reads the header as the WSGI server hands it on:
@@ -16,15 +17,18 @@ use http::{HeaderMap, header};
 /// too, each byte above 0x7E read as `!` (junk of the same length for
 /// `pyjwt::pyjwt_signature`), where the first line alone, or a header `to_str`
 /// refused, made the request anonymous (`tests/it/attack_dec06.rs`).
-pub(super) fn authorization_token(headers: &HeaderMap) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
-    let mut lines = headers.get_all(header::AUTHORIZATION).iter();
+pub(super) fn authorization_token<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Option<(Cow<'h, str>, Cow<'h, str>)> {
+    let mut lines = headers.get_all(name).iter();
     let first = lines.next()?;
     if let (Ok(text), None) = (first.to_str(), lines.next()) {
         let (scheme, token) = two_words(text)?;
         return Some((Cow::Borrowed(scheme), Cow::Borrowed(token)));
     }
     let mut joined = String::new();
-    for (n, line) in headers.get_all(header::AUTHORIZATION).iter().enumerate() {
+    for (n, line) in headers.get_all(name).iter().enumerate() {
         if n > 0 {
             joined.push(',');
         }
@@ -48,6 +52,8 @@ fn two_words(value: &str) -> Option<(&str, &str)> {
 
 #[cfg(test)]
 mod tests {
+    use http::header;
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -63,7 +69,7 @@ mod tests {
 
     /// The token of the `Authorization` header, with its scheme.
     fn token_of(headers: &HeaderMap) -> Option<(String, String)> {
-        authorization_token(headers)
+        authorization_token(headers, &header::AUTHORIZATION)
             .map(|(scheme, token)| (scheme.into_owned(), token.into_owned()))
     }
 
@@ -93,5 +99,14 @@ mod tests {
         map.append(header::AUTHORIZATION, "Bearer a.b".parse().expect("value"));
         map.append(header::AUTHORIZATION, "Bearer c".parse().expect("value"));
         assert_eq!(token_of(&map), None, "three words");
+        // Another header, when the app's AUTH_HEADER_NAME names it.
+        let custom = HeaderName::from_static("x-access-token");
+        let map = headers(&[
+            ("x-access-token", "Bearer e.f.g"),
+            ("authorization", "Bearer a"),
+        ]);
+        let token =
+            authorization_token(&map, &custom).map(|(s, t)| (s.into_owned(), t.into_owned()));
+        assert_eq!(token, pair("Bearer", "e.f.g"));
     }
 }

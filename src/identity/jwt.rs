@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use async_trait::async_trait;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -44,7 +44,9 @@ use crate::config::{Config, ConfigError, JwtConfig};
 #[derive(Debug)]
 pub struct JwtIdentity {
     keys: Vec<VerifyingKey>,
-    /// `Authorization` schemes whose token is the app's (`Bearer`).
+    /// The header holding `<scheme> <token>` (`Authorization`).
+    header_name: HeaderName,
+    /// Its schemes whose token is the app's (`Bearer`).
     header_types: Vec<String>,
     cookie: Option<String>,
     claims: ClaimNames,
@@ -111,6 +113,7 @@ impl JwtIdentity {
         let keys = load_keys(jwt, &configured)?;
         Ok(Self {
             keys,
+            header_name: jwt.header_name.name().clone(),
             header_types: jwt.header_types.clone(),
             cookie: jwt.cookie.clone(),
             claims: ClaimNames {
@@ -191,7 +194,7 @@ impl IdentitySource for JwtIdentity {
         // Both are read: the app's views may read either (a cookie-JWT
         // class never looks at `Authorization`), so a bad bearer token must
         // not hide a good cookie (an attack session).
-        let (scheme, header_token) = match authorization_token(headers) {
+        let (scheme, header_token) = match authorization_token(headers, &self.header_name) {
             Some((scheme, token)) => (Some(scheme), Some(token)),
             None => (None, None),
         };
@@ -224,9 +227,10 @@ impl IdentitySource for JwtIdentity {
                 },
                 Ok(_) => {
                     unreadable = Some(format!(
-                        "a valid token under the Authorization scheme {:?}, which \
+                        "a valid token under the {} scheme {:?}, which \
                          identity.jwt.header_types ({:?}) does not list: the app reads it if \
                          its AUTH_HEADER_TYPES does",
+                        self.header_name,
                         scheme.as_deref().unwrap_or_default(),
                         self.header_types
                     ));

@@ -118,3 +118,33 @@ async fn a_genuine_token_whose_claims_the_config_does_not_fit_is_refused() {
         flagged_with(&proxy, session, uid.as_bytes())
     });
 }
+
+/// The app reads its tokens from `X-Access-Token` (simplejwt's
+/// `AUTH_HEADER_NAME = "HTTP_X_ACCESS_TOKEN"`): with `header_name` set to
+/// it, the proxy reads them there and counts: three images, then 403.
+/// Before, the proxy read `Authorization` only and such a user was
+/// anonymous, forwarded unchecked under the preset's `anonymous =
+/// "forward"`.
+#[tokio::test]
+async fn a_token_in_the_header_the_app_names_is_read_there() {
+    const USER: u64 = 920_003;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
+    ]);
+    let secret = secret_file();
+    let header = format!(
+        "X-Access-Token: Bearer {}",
+        signed_token(json!({ "user_id": USER }))
+    );
+    let config = preset_with_jwt(
+        &django,
+        &secret,
+        &[("header_name", "X-Access-Token".into())],
+    );
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+}

@@ -14,7 +14,9 @@ HARNESS_JWT_BEARER=1: the same tokens from `Authorization: Bearer <token>`,
 read as simplejwt's JWTAuthentication reads the header (`get_raw_token`:
 the latin-1 bytes split on whitespace, exactly two parts, `Bearer`).
 HARNESS_JWT_HEADER_TYPE=<scheme>: that scheme instead of `Bearer`
-(simplejwt's AUTH_HEADER_TYPES); HARNESS_JWT_USER_CLAIM=<claim>: the user
+(simplejwt's AUTH_HEADER_TYPES); HARNESS_JWT_HEADER_NAME=<META key>: the
+token from that header instead of `HTTP_AUTHORIZATION` (simplejwt's
+AUTH_HEADER_NAME); HARNESS_JWT_USER_CLAIM=<claim>: the user
 is in that claim instead of `user_id` (simplejwt's USER_ID_CLAIM). Like
 simplejwt without AUDIENCE and ISSUER, `aud` and `iss` are not checked."""
 
@@ -30,6 +32,7 @@ from django.conf import settings
 JWT_COOKIE = os.environ.get("HARNESS_JWT_COOKIE", "")
 JWT_BEARER = os.environ.get("HARNESS_JWT_BEARER") == "1"
 JWT_HEADER_TYPE = os.environ.get("HARNESS_JWT_HEADER_TYPE", "Bearer").encode()
+JWT_HEADER_NAME = os.environ.get("HARNESS_JWT_HEADER_NAME", "HTTP_AUTHORIZATION")
 JWT_USER_CLAIM = os.environ.get("HARNESS_JWT_USER_CLAIM", "user_id")
 
 
@@ -70,7 +73,7 @@ class HarnessMiddleware:
             request.quota_user = jwt_user(request.COOKIES.get(JWT_COOKIE, ""))
             request.quota_plan = "free" if request.quota_user else None
         if JWT_BEARER:
-            header = request.META.get("HTTP_AUTHORIZATION")
+            header = request.META.get(JWT_HEADER_NAME)
             parts = header.encode("iso-8859-1").split() if header is not None else []
             token = parts[1].decode() if len(parts) == 2 and parts[0] == JWT_HEADER_TYPE else ""
             request.quota_user = jwt_user(token)
