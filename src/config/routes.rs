@@ -69,7 +69,8 @@ pub struct ProbeConfig {
     /// How long an answer is reused for the same path and user.
     #[serde(default = "default_probe_ttl", with = "humantime_serde")]
     pub cache_ttl: Duration,
-    /// Request headers passed on to the probe (the client's credentials).
+    /// Request headers passed on to the probe (the client's credentials);
+    /// under `identity.kind = "jwt"`, `identity.jwt.header_name` too.
     #[serde(default = "default_probe_headers")]
     pub forward_headers: Vec<RequiredHeader>,
     /// Longest wait for the probe's answer; a probe that fails or times out

@@ -1,7 +1,7 @@
 //! Identity from a JSON Web Token (phase: identify), as
 //! djangorestframework-simplejwt issues them: read from
-//! `Authorization: Bearer …`, or from a configured cookie when there is no
-//! bearer token.
+//! `Authorization: Bearer …` (or the header `header_name` names, simplejwt's
+//! `AUTH_HEADER_NAME`), and from a configured cookie.
 //!
 //! Keys: an HMAC secret (simplejwt signs with Django's `SECRET_KEY` by
 //! default), a PEM public key, or a local JWK set chosen by `kid`. The

@@ -18,7 +18,7 @@ pub(crate) use super::state::QuotaState;
 use super::state::{Dependencies, Policy, RequestLimits, Routing};
 use super::uninspected::UninspectedReports;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, RequiredHeader};
+use crate::config::{Config, ConfigError, IdentityKind, RequiredHeader};
 use crate::identity::{IdentityHeaders, IdentitySource};
 use crate::periods::Calendar;
 use crate::quota::routes::{RouteTable, RoutingHeaders};
@@ -49,7 +49,16 @@ impl QuotaLayer {
     /// given; identity defaults to the config's source (`identity.kind`) and the clock
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
-        let routes = RouteTable::new(&config.routes)?;
+        // A probe asks as the user the proxy reads: with the header the
+        // JWT is read from, whatever its `forward_headers` list (on
+        // 77d7260 a token in `X-Access-Token` never reached the probe, whose
+        // answer for an anonymous caller was cached under the token's user,
+        // `tests/it/jwt_fit.rs`).
+        let credentials = match config.identity.kind {
+            IdentityKind::Jwt => vec![config.identity.jwt.header_name.name().clone()],
+            IdentityKind::Header | IdentityKind::ForwardAuth => Vec::new(),
+        };
+        let routes = RouteTable::with_credentials(&config.routes, &credentials)?;
         if let Some(path) = &config.status.path
             && let Some(route) = routes.any_method(path)
         {

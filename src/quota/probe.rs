@@ -105,6 +105,16 @@ impl ProbeSpec {
         })
     }
 
+    /// The probe, also passing on each of `names` it does not already.
+    pub(crate) fn also_forwarding(mut self, names: &[HeaderName]) -> Self {
+        for name in names {
+            if !self.forward_headers.contains(name) {
+                self.forward_headers.push(name.clone());
+            }
+        }
+        self
+    }
+
     /// The probe path for a request with these canonical path parameters,
     /// percent-encoded.
     pub(crate) fn path(&self, params: &[(String, String)]) -> String {

@@ -7,12 +7,20 @@
 //! "forward"` every request went on unchecked while Django logged the user
 //! in and generated: a free user (3 a day) got every image asked for.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::jwt_parity::{flagged_with, jwt_preset, secret_file, signed_token};
 use crate::support::binary::Binary;
 use crate::support::django::Django;
 use crate::support::preset::use_up_the_free_plan;
+use crate::support::raw_http::{self, RawResponse};
+
+const WITHIN: Duration = Duration::from_secs(20);
+/// The first session id of type image_editing in the harness (its
+/// `IMAGE_EDITING_FROM`): it generates whatever the flag says.
+const IMAGE_EDITING: u64 = 1_000_000_000;
 
 /// Flagged requests sent with each token that the config cannot read.
 const TRIES: u64 = 4;
@@ -147,4 +155,97 @@ async fn a_token_in_the_header_the_app_names_is_read_there() {
     use_up_the_free_plan(&mut saved, USER, |session| {
         flagged_with(&proxy, session, header.as_bytes())
     });
+}
+
+/// A message to the send view of session `session` with `generate_image`
+/// set to `generate`, and the header line `header`.
+fn message_with(proxy: &Binary, session: u64, header: &str, generate: bool) -> RawResponse {
+    let body = format!(r#"{{"message": "a cat", "generate_image": {generate}}}"#);
+    let request = format!(
+        "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\
+         {header}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http::send(proxy.proxy, request.as_bytes(), false, WITHIN)
+}
+
+/// The preset's probe (`image-generation-access`, its default
+/// `forward_headers = ["cookie", "authorization"]`) must ask as the user
+/// the proxy read from `header_name`. On 77d7260 it went without the
+/// token: Django answered the probe as for an anonymous caller, and the
+/// answer was cached under the user the proxy had read. Where the app says
+/// `{"has_access": false}` to who is not signed in, an image_editing
+/// session (which generates whatever the flag says) was unflagged and
+/// forwarded unchecked: a free user past 3 a day got a 4th image, and one
+/// more in every new session.
+#[tokio::test]
+async fn the_probe_asks_with_the_token_of_the_header_the_app_names() {
+    const USER: u64 = 920_004;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
+        ("HARNESS_ACCESS_ANONYMOUS", "false"),
+    ]);
+    let secret = secret_file();
+    let header = format!(
+        "X-Access-Token: Bearer {}",
+        signed_token(json!({ "user_id": USER }))
+    );
+    let config = preset_with_jwt(
+        &django,
+        &secret,
+        &[("header_name", "X-Access-Token".into())],
+    );
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+    let mut statuses = Vec::new();
+    for session in IMAGE_EDITING..IMAGE_EDITING + 2 {
+        statuses.push(message_with(&proxy, session, &header, false).status);
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert_eq!(
+        (images, statuses.clone()),
+        (3, vec![403, 403]),
+        "Django saved {images} images of a free user (3 a day); unflagged messages to \
+         image_editing sessions answered {statuses:?}: the probe went without the token"
+    );
+}
+
+/// The same probe, where the app sends an anonymous caller to the login
+/// page (the harness's default): on 77d7260 every probe failed (a 302),
+/// so every message on the route was counted as asking for an image, and a
+/// user past their limit could not even send text.
+#[tokio::test]
+async fn a_text_message_past_the_limit_goes_on_with_a_token_of_the_header_the_app_names() {
+    const USER: u64 = 920_005;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
+    ]);
+    let secret = secret_file();
+    let header = format!(
+        "X-Access-Token: Bearer {}",
+        signed_token(json!({ "user_id": USER }))
+    );
+    let config = preset_with_jwt(
+        &django,
+        &secret,
+        &[("header_name", "X-Access-Token".into())],
+    );
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+    let text = message_with(&proxy, 50, &header, false);
+    assert_eq!(
+        (text.status, saved.by_user(&USER.to_string())),
+        (200, 3),
+        "a text message past the limit: {}",
+        text.text()
+    );
 }

@@ -23,7 +23,7 @@ mod syntax;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 
 pub use self::headers::{
     RoutingHeaders, host_of, join_cookie_crumbs, strip_underscore_names, trim_field_values,
@@ -89,6 +89,16 @@ impl RouteTable {
     /// Builds the table; a pattern that does not parse, or that another
     /// route of the same method already has, names its `routes[i].path`.
     pub fn new(routes: &[RouteConfig]) -> Result<Self, ConfigError> {
+        Self::with_credentials(routes, &[])
+    }
+
+    /// [`Self::new`], each probe also passing on `credentials`: the
+    /// headers the identity source reads the user from, so that the probe
+    /// asks as the user its answer is cached under.
+    pub fn with_credentials(
+        routes: &[RouteConfig],
+        credentials: &[HeaderName],
+    ) -> Result<Self, ConfigError> {
         let mut by_method: HashMap<Method, Vec<Arc<Route>>> = HashMap::new();
         for (i, config) in routes.iter().enumerate() {
             let field = format!("routes[{i}].path");
@@ -105,7 +115,8 @@ impl RouteTable {
                 .as_ref()
                 .map(|p| ProbeSpec::new(p, &pattern))
                 .transpose()
-                .map_err(|reason| ConfigError::invalid(format!("routes[{i}].probe"), reason))?;
+                .map_err(|reason| ConfigError::invalid(format!("routes[{i}].probe"), reason))?
+                .map(|probe| probe.also_forwarding(credentials));
             let same_method = by_method.entry(config.method.0.clone()).or_default();
             if let Some(earlier) = same_method.iter().find(|r| r.pattern.same_as(&pattern)) {
                 return Err(ConfigError::invalid(

@@ -102,8 +102,16 @@ def send_message(request, session_id):
     return response
 
 
+# HARNESS_ACCESS_ANONYMOUS=false: the access view answers an anonymous
+# caller `{"has_access": false}` (an app that says "no access" to whoever is
+# not signed in) instead of sending them to the login page.
+ACCESS_ANONYMOUS = os.environ.get("HARNESS_ACCESS_ANONYMOUS", "")
+
+
 def image_generation_access(request, session_id):
     if request.quota_user is None:
+        if ACCESS_ANONYMOUS == "false":
+            return JsonResponse({"has_access": False})
         return login_redirect(request)
     return JsonResponse({"has_access": session_id >= IMAGE_EDITING_FROM})
 
