@@ -70,7 +70,8 @@ pub struct ProbeConfig {
     #[serde(default = "default_probe_ttl", with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// Request headers passed on to the probe (the client's credentials);
-    /// under `identity.kind = "jwt"`, `identity.jwt.header_name` too.
+    /// `identity.jwt.header_name` or `identity.forward_auth.forward_headers`
+    /// too, as `identity.kind` says.
     #[serde(default = "default_probe_headers")]
     pub forward_headers: Vec<RequiredHeader>,
     /// Longest wait for the probe's answer; a probe that fails or times out

@@ -50,13 +50,16 @@ impl QuotaLayer {
     /// to the system clock.
     pub fn builder(config: &Config) -> Result<QuotaLayerBuilder, ConfigError> {
         // A probe asks as the user the proxy reads: with the header the
-        // JWT is read from, whatever its `forward_headers` list (on
-        // 77d7260 a token in `X-Access-Token` never reached the probe, whose
-        // answer for an anonymous caller was cached under the token's user,
-        // `tests/it/jwt_fit.rs`).
+        // JWT is read from, or those the identity call is sent, whatever
+        // its own `forward_headers` (a token in `X-Access-Token` never
+        // reached the probe, whose answer for an anonymous caller was
+        // cached under the token's user, `tests/it/jwt_fit.rs`).
         let credentials = match config.identity.kind {
             IdentityKind::Jwt => vec![config.identity.jwt.header_name.name().clone()],
-            IdentityKind::Header | IdentityKind::ForwardAuth => Vec::new(),
+            IdentityKind::ForwardAuth => (config.identity.forward_auth.forward_headers.iter())
+                .map(|name| name.name().clone())
+                .collect(),
+            IdentityKind::Header => Vec::new(),
         };
         let routes = RouteTable::with_credentials(&config.routes, &credentials)?;
         if let Some(path) = &config.status.path

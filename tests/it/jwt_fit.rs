@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::jwt_parity::{flagged_with, jwt_preset, secret_file, signed_token};
 use crate::support::binary::Binary;
 use crate::support::django::Django;
-use crate::support::preset::use_up_the_free_plan;
+use crate::support::preset::{preset_with, use_up_the_free_plan};
 use crate::support::raw_http::{self, RawResponse};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -247,5 +247,50 @@ async fn a_text_message_past_the_limit_goes_on_with_a_token_of_the_header_the_ap
         (200, 3),
         "a text message past the limit: {}",
         text.text()
+    );
+}
+
+/// The same probe under `identity.kind = "forward_auth"` whose
+/// `forward_headers` name the header the app reads its tokens from
+/// (`X-Access-Token`): the probe must pass it on too. Before, the preset's
+/// probe (cookie, authorization) went without it, was answered as for an
+/// anonymous caller (`{"has_access": false}`) and cached under the user the
+/// identity call had named: image_editing sessions went on unchecked.
+#[tokio::test]
+async fn the_probe_asks_with_the_credentials_the_identity_call_is_sent() {
+    const USER: u64 = 920_006;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
+        ("HARNESS_ACCESS_ANONYMOUS", "false"),
+    ]);
+    let header = format!(
+        "X-Access-Token: Bearer {}",
+        signed_token(json!({ "user_id": USER }))
+    );
+    let config = preset_with(&django.url(), |table| {
+        let forward_auth = table
+            .get_mut("identity")
+            .and_then(|identity| identity.get_mut("forward_auth"))
+            .and_then(toml::Value::as_table_mut)
+            .expect("[identity.forward_auth]");
+        let headers = toml::Value::Array(vec!["Cookie".into(), "X-Access-Token".into()]);
+        forward_auth.insert("forward_headers".into(), headers);
+    });
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+    let mut statuses = Vec::new();
+    for session in IMAGE_EDITING..IMAGE_EDITING + 2 {
+        statuses.push(message_with(&proxy, session, &header, false).status);
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert_eq!(
+        (images, statuses.clone()),
+        (3, vec![403, 403]),
+        "Django saved {images} images of a free user (3 a day); unflagged messages to \
+         image_editing sessions answered {statuses:?}: the probe went without the token"
     );
 }
