@@ -30,6 +30,7 @@ use super::body::QuotaBody;
 use super::request_id::{self, X_REQUEST_ID};
 use super::service::local;
 use super::state::QuotaState;
+use crate::identity::IdentityError;
 use crate::periods::Period;
 use crate::response::{json_error, json_response};
 use crate::store::PeriodUsage;
@@ -78,7 +79,13 @@ async fn status(state: &QuotaState, headers: &HeaderMap) -> Response<Full<Bytes>
             return json_error(StatusCode::UNAUTHORIZED, "sign in to see your image quota");
         }
         Err(e) => {
-            tracing::warn!(error = %e, request_id, "quota status: cannot identify the user");
+            if matches!(e, IdentityError::Unreadable(_)) {
+                // The operators' to fix, as on a flagged request (`admit.rs`).
+                tracing::error!(error = %e, request_id,
+                    "quota status: a genuine credential the identity config cannot read (fix [identity])");
+            } else {
+                tracing::warn!(error = %e, request_id, "quota status: cannot identify the user");
+            }
             return refused_identity(&e).unwrap_or_else(|| {
                 unavailable("the user cannot be identified right now; try again shortly")
             });

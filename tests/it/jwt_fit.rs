@@ -294,3 +294,40 @@ async fn the_probe_asks_with_the_credentials_the_identity_call_is_sent() {
          image_editing sessions answered {statuses:?}: the probe went without the token"
     );
 }
+
+/// The status path refuses a genuine token the config cannot read (a
+/// scheme `header_types` does not list) with 500 and an error log, as
+/// docs/shadow-and-status.md says and a flagged request does; on f7d020b
+/// it logged a warning only.
+#[tokio::test]
+async fn the_status_path_logs_an_error_for_a_token_the_config_cannot_read() {
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_TYPE", "JWT"),
+    ]);
+    let secret = secret_file();
+    let proxy = Binary::start(&preset_with_jwt(&django, &secret, &[]), &[]).await;
+    let request = format!(
+        "GET /quota-status/ HTTP/1.1\r\nHost: chat.example\r\nConnection: close\r\n\
+         Authorization: JWT {}\r\n\r\n",
+        signed_token(json!({ "user_id": 920_007 }))
+    );
+    let answer = raw_http::send(proxy.proxy, request.as_bytes(), false, WITHIN);
+    assert_eq!(answer.status, 500, "{}", answer.text());
+    let status_line = |l: &serde_json::Value| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("quota status"))
+    };
+    proxy.wait_for_logs(1, WITHIN, status_line).await;
+    let levels: Vec<_> = (proxy.json_logs().iter())
+        .filter(|l| status_line(l))
+        .map(|l| l["level"].clone())
+        .collect();
+    assert_eq!(
+        levels,
+        [json!("ERROR")],
+        "{}",
+        proxy.log_lines(&["quota status"], 5)
+    );
+}
