@@ -163,8 +163,9 @@ pub struct JwtConfig {
     /// (`HTTP_AUTHORIZATION` there: `Authorization`, the default, here).
     pub header_name: RequiredHeader,
     /// Schemes of `header_name` whose token is the app's, as simplejwt's
-    /// `AUTH_HEADER_TYPES` (default `["Bearer"]`; matched without case). A
-    /// valid token under another scheme is refused, not anonymous.
+    /// `AUTH_HEADER_TYPES` (default `["Bearer"]`; matched exactly, as
+    /// simplejwt does: `bearer` is another scheme). A valid token under
+    /// another scheme is refused, not anonymous.
     pub header_types: Vec<String>,
     /// Cookie read for the token when there is no `Authorization: Bearer`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -198,11 +198,13 @@ impl IdentitySource for JwtIdentity {
             Some((scheme, token)) => (Some(scheme), Some(token)),
             None => (None, None),
         };
-        let listed = scheme.as_deref().is_some_and(|scheme| {
-            self.header_types
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(scheme))
-        });
+        // Exactly, as simplejwt does (`parts[0] not in
+        // AUTH_HEADER_TYPE_BYTES`): `bearer` is no credential to the app,
+        // and read as its user here, the probe's answer for an anonymous
+        // caller was kept for them (`tests/it/jwt_fit.rs`).
+        let listed = scheme
+            .as_deref()
+            .is_some_and(|scheme| self.header_types.iter().any(|t| t == scheme));
         let cookie = self
             .cookie
             .as_deref()

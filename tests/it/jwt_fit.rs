@@ -331,3 +331,41 @@ async fn the_status_path_logs_an_error_for_a_token_the_config_cannot_read() {
         proxy.log_lines(&["quota status"], 5)
     );
 }
+
+/// simplejwt matches the scheme exactly (`parts[0] not in
+/// AUTH_HEADER_TYPE_BYTES`): `bearer <token>` is no credential to the app.
+/// On f7d020b the proxy matched it without case and read the user, while
+/// the probe, sent the same header, was answered as for an anonymous caller
+/// (`{"has_access": false}` where the app says so) and cached under that
+/// user: the next message to the session, with `Bearer`, went on unchecked
+/// and Django generated past the limit, once per new image_editing session.
+#[tokio::test]
+async fn a_scheme_in_another_case_does_not_poison_the_probe() {
+    const USER: u64 = 920_008;
+    let django = Django::start_with(&[
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_ACCESS_ANONYMOUS", "false"),
+    ]);
+    let secret = secret_file();
+    let token = signed_token(json!({ "user_id": USER }));
+    let header = format!("Authorization: Bearer {token}");
+    let lower = format!("Authorization: bearer {token}");
+    let proxy = Binary::start(&preset_with_jwt(&django, &secret, &[]), &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, USER, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+    let mut statuses = Vec::new();
+    for session in IMAGE_EDITING + 10..IMAGE_EDITING + 12 {
+        let first = message_with(&proxy, session, &lower, false).status;
+        let then = message_with(&proxy, session, &header, false).status;
+        statuses.push((first, then));
+    }
+    let images = saved.by_user(&USER.to_string());
+    assert_eq!(
+        (images, statuses.iter().map(|s| s.1).collect::<Vec<_>>()),
+        (3, vec![403, 403]),
+        "Django saved {images} images of a free user (3 a day); (bearer, Bearer) answered \
+         {statuses:?}: the probe's answer for `bearer` was kept for the user"
+    );
+}
