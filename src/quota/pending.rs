@@ -6,7 +6,7 @@
 //! answer (a body whose client left, read on for its report): what has
 //! already arrived is read, no more can come, and the answer settles as one
 //! cut by its upstream does, a flagged request charged one image (fail
-//! closed) unless its report and end had arrived. Otherwise a generation
+//! closed) unless its report had arrived. Otherwise a generation
 //! still running at a restart of the proxy alone would save its image and
 //! never be counted (`tests/it/store_lifecycle.rs`).
 
