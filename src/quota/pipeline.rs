@@ -204,16 +204,24 @@ where
             == Some(true);
     }
     if !flagged && let (Some(probe), Ok(Some(who))) = (&route.probe, &identity) {
+        // A session that forces images does so for the user whatever their
+        // credentials (and learned sessions are kept so); one that does
+        // not is believed only for the credentials the probe was sent: a
+        // request the app reads as someone else (or no one) would make the
+        // probe's `false` stand for the user.
+        let cache = &state.deps.probe_cache;
         let key = ProbeCache::key(session, &who.user_id);
-        flagged = match state.deps.probe_cache.get(&key) {
-            Some(forced) => forced,
-            None => match spans::probe(probe.ask(inner.clone(), session, headers)).await {
+        let asked_as = ProbeCache::key(session, &probe.asked_as(&who.user_id, headers));
+        flagged = match (cache.get(&key), cache.get(&asked_as)) {
+            (Some(true), _) => true,
+            (_, Some(forced)) => forced,
+            _ => match spans::probe(probe.ask(inner.clone(), session, headers)).await {
                 ProbeAnswer::Forced => {
-                    state.deps.probe_cache.put(key, true, probe.cache_ttl());
+                    cache.put(key, true, probe.cache_ttl());
                     true
                 }
                 ProbeAnswer::NotForced => {
-                    state.deps.probe_cache.put(key, false, probe.cache_ttl());
+                    cache.put(asked_as, false, probe.cache_ttl());
                     false
                 }
                 ProbeAnswer::Failed => true,

@@ -15,7 +15,10 @@
 //! saved. So a failing or confused probe can neither hand out uncounted
 //! images nor block a user who has quota left.
 //!
-//! Answers are cached per canonical probe path and user for `cache_ttl`. A
+//! Answers are cached for `cache_ttl`: a `true` per canonical probe path and
+//! user, a `false` per probe path, user and the headers the probe was sent
+//! ([`ProbeSpec::asked_as`]), so an answer the app gave another caller (or
+//! no one) never lets the user's messages go on unchecked. A
 //! response that reports saved images for a request the proxy did not flag
 //! marks that session (probe path, or canonical request path on a route
 //! without a probe) as image-generating for that user for the same time
@@ -119,6 +122,32 @@ impl ProbeSpec {
     /// percent-encoded.
     pub(crate) fn path(&self, params: &[(String, String)]) -> String {
         self.template.render(params)
+    }
+
+    /// Who a probe of a request with `headers` asks as, for the cache key
+    /// of a `false` answer: `user` and a digest of every header the probe
+    /// sends. The app answers the probe from those headers alone, so a
+    /// request whose credentials it would read as another caller (or as no
+    /// one) never reuses the answer (`tests/it/jwt_fit.rs`).
+    pub(crate) fn asked_as(&self, user: &str, headers: &HeaderMap) -> String {
+        let mut hasher = Sha256::new();
+        for name in SITE_HEADERS.iter().chain(&self.forward_headers) {
+            for value in headers.get_all(name) {
+                // Length-prefixed: names and values cannot run together.
+                for part in [name.as_str().as_bytes(), value.as_bytes()] {
+                    hasher.update((part.len() as u64).to_be_bytes());
+                    hasher.update(part);
+                }
+            }
+        }
+        let mut asked_as = String::with_capacity(user.len() + 17);
+        asked_as.push_str(user);
+        asked_as.push('\u{0}');
+        for b in &hasher.finalize()[..8] {
+            asked_as.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            asked_as.push(char::from(b"0123456789abcdef"[usize::from(b & 0xF)]));
+        }
+        asked_as
     }
 
     /// Asks the upstream, through `inner`, about a request with `headers`.

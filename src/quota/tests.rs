@@ -487,3 +487,73 @@ async fn a_report_waiting_when_the_grace_ends_is_counted() {
         );
     }
 }
+
+/// A probe's `false` stands only for the credentials it was sent: a second
+/// request of the same user with other credentials (which the app may read
+/// as another caller, or as no one) is probed again, not waved through on
+/// the first answer. A `true` stands for the user whatever they send.
+/// Before, both were kept per user: any way for the proxy and the app to
+/// disagree about who asks let the app's "no access" for someone else be
+/// reused for the user, and their messages to an image session went on
+/// unchecked (`tests/it/jwt_fit.rs` has three such ways).
+#[tokio::test]
+async fn a_probe_answer_of_no_stands_only_for_the_credentials_it_was_sent() {
+    let config = Config::from_toml(
+        r#"
+upstream = "http://127.0.0.1:9"
+[identity]
+default_plan = "free"
+[plans]
+free = { daily = 2, weekly = 10, monthly = 30 }
+[[routes]]
+method = "POST"
+path = "/chat/<int:id>/send/"
+probe = { path = "/chat/<int:id>/access/", json_field = "has_access", forward_headers = ["Cookie"] }
+"#,
+    )
+    .expect("test config");
+    let harness = Harness::new(&config, MemoryStore::new(100));
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&probes);
+    // The app's access view answers "no" to every caller, and says who it
+    // was asked as by nothing else than the cookie it got.
+    let inner = tower::service_fn(move |request: Request<RequestBody<Full<Bytes>>>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let body = if request.uri().path().ends_with("/access/") {
+                seen.fetch_add(1, Ordering::SeqCst);
+                r#"{"has_access": false}"#
+            } else {
+                "done"
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
+    });
+    let mut service = tower::ServiceBuilder::new()
+        .layer(harness.layer.clone())
+        .service(inner);
+    let message = |cookie: &str| {
+        Request::post("/chat/17/send/")
+            .header("content-type", "application/json")
+            .header("x-user-id", "7")
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::from(r#"{"generate_image": false}"#)))
+            .unwrap()
+    };
+    for (cookie, probed) in [("sessionid=a", 1), ("sessionid=a", 1), ("sessionid=b", 2)] {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(message(cookie))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            probed,
+            "after a message with {cookie}"
+        );
+    }
+}
