@@ -143,10 +143,7 @@ impl ProbeSpec {
         let mut asked_as = String::with_capacity(user.len() + 17);
         asked_as.push_str(user);
         asked_as.push('\u{0}');
-        for b in &hasher.finalize()[..8] {
-            asked_as.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            asked_as.push(char::from(b"0123456789abcdef"[usize::from(b & 0xF)]));
-        }
+        push_hex(&mut asked_as, &hasher.finalize()[..8]);
         asked_as
     }
 
@@ -285,10 +282,7 @@ impl ProbeCache {
         let digest = hasher.finalize();
         let mut key = String::with_capacity(71);
         key.push_str("sha256:");
-        for b in digest {
-            key.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            key.push(char::from(b"0123456789abcdef"[usize::from(b & 0xF)]));
-        }
+        push_hex(&mut key, &digest);
         key
     }
 
@@ -360,6 +354,14 @@ impl Lru {
             self.order.remove(&slot.stamp);
             self.bytes = self.bytes.saturating_sub(entry_cost(key));
         }
+    }
+}
+
+/// Appends `bytes` to `text` in lower-case hex.
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        text.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        text.push(char::from(b"0123456789abcdef"[usize::from(b & 0xF)]));
     }
 }
 
