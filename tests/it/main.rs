@@ -51,6 +51,7 @@ mod routes;
 mod shadow_status;
 mod store;
 mod store_lifecycle;
+mod store_redis;
 mod streaming;
 mod traces;
 mod transparency;
