@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::jwt_parity::{flagged_with, jwt_preset, secret_file, signed_token};
 use crate::support::binary::Binary;
-use crate::support::django::Django;
+use crate::support::django::{Django, SavedImages};
 use crate::support::preset::{preset_with, use_up_the_free_plan};
 use crate::support::raw_http::{self, RawResponse};
 
@@ -141,10 +141,7 @@ async fn a_token_in_the_header_the_app_names_is_read_there() {
         ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
     ]);
     let secret = secret_file();
-    let header = format!(
-        "X-Access-Token: Bearer {}",
-        signed_token(json!({ "user_id": USER }))
-    );
+    let header = access_token_header(USER);
     let config = preset_with_jwt(
         &django,
         &secret,
@@ -170,6 +167,30 @@ fn message_with(proxy: &Binary, session: u64, header: &str, generate: bool) -> R
     raw_http::send(proxy.proxy, request.as_bytes(), false, WITHIN)
 }
 
+/// The header line `X-Access-Token: Bearer <a token of user>`.
+fn access_token_header(user: u64) -> String {
+    format!(
+        "X-Access-Token: Bearer {}",
+        signed_token(json!({ "user_id": user }))
+    )
+}
+
+/// Asserts that `user`, at their limit, gets no image from unflagged
+/// messages with `header` to two new image_editing sessions: each is
+/// counted as asking for one and refused (403).
+fn assert_image_sessions_held(proxy: &Binary, saved: &mut SavedImages, user: u64, header: &str) {
+    let statuses: Vec<u16> = (IMAGE_EDITING..IMAGE_EDITING + 2)
+        .map(|session| message_with(proxy, session, header, false).status)
+        .collect();
+    let images = saved.by_user(&user.to_string());
+    assert_eq!(
+        (images, statuses.clone()),
+        (3, vec![403, 403]),
+        "Django saved {images} images of a free user (3 a day); unflagged messages to \
+         image_editing sessions answered {statuses:?}: the probe went without the token"
+    );
+}
+
 /// The preset's probe (`image-generation-access`, its default
 /// `forward_headers = ["cookie", "authorization"]`) must ask as the user
 /// the proxy read from `header_name`. On 77d7260 it went without the
@@ -188,10 +209,7 @@ async fn the_probe_asks_with_the_token_of_the_header_the_app_names() {
         ("HARNESS_ACCESS_ANONYMOUS", "false"),
     ]);
     let secret = secret_file();
-    let header = format!(
-        "X-Access-Token: Bearer {}",
-        signed_token(json!({ "user_id": USER }))
-    );
+    let header = access_token_header(USER);
     let config = preset_with_jwt(
         &django,
         &secret,
@@ -202,17 +220,7 @@ async fn the_probe_asks_with_the_token_of_the_header_the_app_names() {
     use_up_the_free_plan(&mut saved, USER, |session| {
         flagged_with(&proxy, session, header.as_bytes())
     });
-    let mut statuses = Vec::new();
-    for session in IMAGE_EDITING..IMAGE_EDITING + 2 {
-        statuses.push(message_with(&proxy, session, &header, false).status);
-    }
-    let images = saved.by_user(&USER.to_string());
-    assert_eq!(
-        (images, statuses.clone()),
-        (3, vec![403, 403]),
-        "Django saved {images} images of a free user (3 a day); unflagged messages to \
-         image_editing sessions answered {statuses:?}: the probe went without the token"
-    );
+    assert_image_sessions_held(&proxy, &mut saved, USER, &header);
 }
 
 /// The same probe, where the app sends an anonymous caller to the login
@@ -227,10 +235,7 @@ async fn a_text_message_past_the_limit_goes_on_with_a_token_of_the_header_the_ap
         ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
     ]);
     let secret = secret_file();
-    let header = format!(
-        "X-Access-Token: Bearer {}",
-        signed_token(json!({ "user_id": USER }))
-    );
+    let header = access_token_header(USER);
     let config = preset_with_jwt(
         &django,
         &secret,
@@ -264,10 +269,7 @@ async fn the_probe_asks_with_the_credentials_the_identity_call_is_sent() {
         ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
         ("HARNESS_ACCESS_ANONYMOUS", "false"),
     ]);
-    let header = format!(
-        "X-Access-Token: Bearer {}",
-        signed_token(json!({ "user_id": USER }))
-    );
+    let header = access_token_header(USER);
     let config = preset_with(&django.url(), |table| {
         let forward_auth = table
             .get_mut("identity")
@@ -282,17 +284,7 @@ async fn the_probe_asks_with_the_credentials_the_identity_call_is_sent() {
     use_up_the_free_plan(&mut saved, USER, |session| {
         flagged_with(&proxy, session, header.as_bytes())
     });
-    let mut statuses = Vec::new();
-    for session in IMAGE_EDITING..IMAGE_EDITING + 2 {
-        statuses.push(message_with(&proxy, session, &header, false).status);
-    }
-    let images = saved.by_user(&USER.to_string());
-    assert_eq!(
-        (images, statuses.clone()),
-        (3, vec![403, 403]),
-        "Django saved {images} images of a free user (3 a day); unflagged messages to \
-         image_editing sessions answered {statuses:?}: the probe went without the token"
-    );
+    assert_image_sessions_held(&proxy, &mut saved, USER, &header);
 }
 
 /// The status path refuses a genuine token the config cannot read (a
