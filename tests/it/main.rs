@@ -28,6 +28,7 @@ mod faults_dec06;
 mod flag_rules;
 mod http2_limits;
 mod identity;
+mod identity_jwt;
 mod jwt_fit;
 mod jwt_parity;
 mod levels;
