@@ -136,22 +136,7 @@ async fn a_genuine_token_whose_claims_the_config_does_not_fit_is_refused() {
 #[tokio::test]
 async fn a_token_in_the_header_the_app_names_is_read_there() {
     const USER: u64 = 920_003;
-    let django = Django::start_with(&[
-        ("HARNESS_JWT_BEARER", "1"),
-        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
-    ]);
-    let secret = secret_file();
-    let header = access_token_header(USER);
-    let config = preset_with_jwt(
-        &django,
-        &secret,
-        &[("header_name", "X-Access-Token".into())],
-    );
-    let proxy = Binary::start(&config, &[]).await;
-    let mut saved = django.saved();
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, header.as_bytes())
-    });
+    at_the_limit_with_an_access_token(USER, &[]).await;
 }
 
 /// A message to the send view of session `session` with `generate_image`
@@ -165,6 +150,46 @@ fn message_with(proxy: &Binary, session: u64, header: &str, generate: bool) -> R
         body.len()
     );
     raw_http::send(proxy.proxy, request.as_bytes(), false, WITHIN)
+}
+
+/// A free user at their limit (three images, then 403) through a proxy
+/// reading tokens from `X-Access-Token`, as the app does (simplejwt's
+/// `AUTH_HEADER_NAME`); `env` is more of the harness's settings.
+struct AtTheLimit {
+    proxy: Binary,
+    saved: SavedImages,
+    /// The user's token line.
+    header: String,
+    _django: Django,
+    _secret: tempfile::NamedTempFile,
+}
+
+async fn at_the_limit_with_an_access_token(user: u64, env: &[(&str, &str)]) -> AtTheLimit {
+    let mut settings = vec![
+        ("HARNESS_JWT_BEARER", "1"),
+        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
+    ];
+    settings.extend_from_slice(env);
+    let django = Django::start_with(&settings);
+    let secret = secret_file();
+    let header = access_token_header(user);
+    let config = preset_with_jwt(
+        &django,
+        &secret,
+        &[("header_name", "X-Access-Token".into())],
+    );
+    let proxy = Binary::start(&config, &[]).await;
+    let mut saved = django.saved();
+    use_up_the_free_plan(&mut saved, user, |session| {
+        flagged_with(&proxy, session, header.as_bytes())
+    });
+    AtTheLimit {
+        proxy,
+        saved,
+        header,
+        _django: django,
+        _secret: secret,
+    }
 }
 
 /// The header line `X-Access-Token: Bearer <a token of user>`.
@@ -203,24 +228,9 @@ fn assert_image_sessions_held(proxy: &Binary, saved: &mut SavedImages, user: u64
 #[tokio::test]
 async fn the_probe_asks_with_the_token_of_the_header_the_app_names() {
     const USER: u64 = 920_004;
-    let django = Django::start_with(&[
-        ("HARNESS_JWT_BEARER", "1"),
-        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
-        ("HARNESS_ACCESS_ANONYMOUS", "false"),
-    ]);
-    let secret = secret_file();
-    let header = access_token_header(USER);
-    let config = preset_with_jwt(
-        &django,
-        &secret,
-        &[("header_name", "X-Access-Token".into())],
-    );
-    let proxy = Binary::start(&config, &[]).await;
-    let mut saved = django.saved();
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, header.as_bytes())
-    });
-    assert_image_sessions_held(&proxy, &mut saved, USER, &header);
+    let mut at =
+        at_the_limit_with_an_access_token(USER, &[("HARNESS_ACCESS_ANONYMOUS", "false")]).await;
+    assert_image_sessions_held(&at.proxy, &mut at.saved, USER, &at.header);
 }
 
 /// The same probe, where the app sends an anonymous caller to the login
@@ -230,25 +240,10 @@ async fn the_probe_asks_with_the_token_of_the_header_the_app_names() {
 #[tokio::test]
 async fn a_text_message_past_the_limit_goes_on_with_a_token_of_the_header_the_app_names() {
     const USER: u64 = 920_005;
-    let django = Django::start_with(&[
-        ("HARNESS_JWT_BEARER", "1"),
-        ("HARNESS_JWT_HEADER_NAME", "HTTP_X_ACCESS_TOKEN"),
-    ]);
-    let secret = secret_file();
-    let header = access_token_header(USER);
-    let config = preset_with_jwt(
-        &django,
-        &secret,
-        &[("header_name", "X-Access-Token".into())],
-    );
-    let proxy = Binary::start(&config, &[]).await;
-    let mut saved = django.saved();
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, header.as_bytes())
-    });
-    let text = message_with(&proxy, 50, &header, false);
+    let mut at = at_the_limit_with_an_access_token(USER, &[]).await;
+    let text = message_with(&at.proxy, 50, &at.header, false);
     assert_eq!(
-        (text.status, saved.by_user(&USER.to_string())),
+        (text.status, at.saved.by_user(&USER.to_string())),
         (200, 3),
         "a text message past the limit: {}",
         text.text()
