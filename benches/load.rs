@@ -566,7 +566,7 @@ fn cluster_section(
     let rows = runner::run_matrix(runtime, &subjects, &matrix, progress)?;
     println!("{}", runner::render_rows(&rows));
     for (row, (cluster, _)) in rows.iter().zip(&held) {
-        if let Some(redis) = row.redis {
+        if let Some(redis) = &row.redis {
             let busy = redis.cpu_per_10k * row.stats.rps() / 10_000.0;
             let cap = cores * cluster.masters() as f64;
             println!(

@@ -51,7 +51,7 @@ async fn reserve(store: &RedisStore, user: &str) -> Reservation {
 /// beyond.
 fn reads(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "stats"]);
-    loadbench::procs::read_calls(&stats).round_trips - 2
+    loadbench::redis_info::read_calls(&stats).round_trips - 2
 }
 
 async fn used_today(store: &RedisStore, user: &str) -> (u64, u64) {

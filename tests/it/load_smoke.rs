@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use load::loadgen::{self, Limits};
 use load::procs::{self, ProxyProcess};
+use load::redis_info;
 use load::runner::{self, Matrix, Subject};
 use load::scenarios::{self, Shape, StoreSpec, Target, UploadKind};
 use load::upstream::Upstream;
@@ -233,13 +234,24 @@ fn redis_command_count_reads_commandstats() {
     std::io::Write::write_all(&mut stream, script).expect("write");
     let mut answer = [0u8; 7];
     std::io::Read::read_exact(&mut stream, &mut answer).expect("$1 1");
-    let calls = redis.calls().expect("INFO commandstats").since(before);
+    let calls = redis.calls().expect("INFO commandstats").since(&before);
     // Two EXISTS written at once are one round trip (one read), the EVAL
     // another; SET and GET ran inside it.
     assert_eq!((calls.commands, calls.round_trips), (5, 2));
     // Their time is the round trips' alone: the EVAL's holds the SET's and
     // GET's (a 1 µs clock may read 0 for an EXISTS, never for all three).
     assert!(calls.usec > 0, "{calls:?}");
+    // Each command's own share, the `INFO`s left out.
+    let by_command: Vec<(&str, u64)> = calls
+        .by_command
+        .iter()
+        .map(|(name, time)| (name.as_str(), time.calls))
+        .collect();
+    assert_eq!(
+        by_command,
+        [("eval", 1), ("exists", 2), ("get", 1), ("set", 1)],
+        "{calls:?}"
+    );
 }
 
 /// The bench's Redis figures: plain commands (the store's reserve and
@@ -252,12 +264,18 @@ fn redis_time_counts_plain_commands_whole_and_scripts_once() {
         cmdstat_info:calls=2,usec=100,usec_per_call=50.00\r\n\
         cmdstat_mget:calls=2,usec=4,usec_per_call=2.00\r\n\
         cmdstat_ping:calls=3,usec=3,usec_per_call=1.00\r\n";
-    let calls = procs::read_calls(plain);
+    let calls = redis_info::read_calls(plain);
     // The health check's `PING`s: neither commands nor round trips.
     assert_eq!((calls.commands, calls.round_trips, calls.usec), (8, 9, 34));
+    // Command by command, as the headline shows them (per request, here
+    // 2 requests), the largest share first.
+    assert_eq!(
+        load::headline::by_command(&runner::CommandShare::of(&calls, 2)),
+        "`zadd` 3.00 × 5.00 µs = 15.00 µs, `mget` 1.00 × 2.00 µs = 2.00 µs"
+    );
     let scripted = "total_reads_processed:3\r\n\
         cmdstat_evalsha:calls=2,usec=50,usec_per_call=25.00\r\n\
         cmdstat_zadd:calls=6,usec=30,usec_per_call=5.00\r\n";
-    let calls = procs::read_calls(scripted);
+    let calls = redis_info::read_calls(scripted);
     assert_eq!((calls.commands, calls.round_trips, calls.usec), (8, 3, 50));
 }

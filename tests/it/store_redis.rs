@@ -359,7 +359,7 @@ async fn reads(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(raw)
         .await
         .expect("INFO stats");
-    loadbench::procs::read_calls(&info).round_trips
+    loadbench::redis_info::read_calls(&info).round_trips
 }
 
 /// The commands clients sent while `call` ran, oldest first, from the slow

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::procs::{self, RedisCalls, RedisProcess, find_program};
+use super::procs::{self, RedisProcess, find_program};
+use super::redis_info::RedisCalls;
 
 /// Cluster slots, split evenly over the masters.
 const SLOTS: usize = 16_384;
@@ -125,13 +126,8 @@ impl ClusterProcess {
         self.nodes
             .iter()
             .fold((RedisCalls::default(), 0.0), |(calls, cpu), node| {
-                let more = node.calls().unwrap_or_default();
                 (
-                    RedisCalls {
-                        commands: calls.commands + more.commands,
-                        round_trips: calls.round_trips + more.round_trips,
-                        usec: calls.usec + more.usec,
-                    },
+                    calls.plus(node.calls().unwrap_or_default()),
                     cpu + procs::cpu_seconds(node.pid()).unwrap_or(f64::NAN),
                 )
             })

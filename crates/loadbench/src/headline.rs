@@ -5,14 +5,14 @@
 //! and on Redis. Four ratios, each paired round by round
 //! ([`runner::paired`]), two p99 ratios, and Redis's own time per flagged
 //! request, rendered as the Markdown table BENCHMARKS.md opens with, a
-//! verdict on each target.
+//! verdict on each target, then that Redis time command by command.
 //!
 //! This module only reads the rows [`runner::run_matrix`] measured over
 //! [`SHAPES`]; `benches/load.rs` starts the servers and runs them.
 
 use std::fmt::Write as _;
 
-use super::runner::{self, Bound, Comparison, Figure, Row, show};
+use super::runner::{self, Bound, CommandShare, Comparison, Figure, Row, show};
 use super::scenarios::{Shape, Target};
 
 /// The shapes the headline runs on each server.
@@ -119,7 +119,7 @@ pub fn render(rows: &[Row], setup: Setup) -> String {
         );
     }
     let flagged = runner::find(rows, Shape::Allowed, Target::Redis, setup.conns);
-    match flagged.and_then(|row| Some((row, row.redis?))) {
+    match flagged.and_then(|row| Some((row, row.redis.as_ref()?))) {
         Some((row, redis)) => {
             let _ = writeln!(
                 out,
@@ -143,7 +143,35 @@ pub fn render(rows: &[Row], setup: Setup) -> String {
             );
         }
     }
+    if let Some(redis) = flagged.and_then(|row| row.redis.as_ref()) {
+        let _ = writeln!(
+            out,
+            "\nWhere Redis's time per flagged request went (the same run): {}.",
+            by_command(&redis.by_command)
+        );
+    }
     out
+}
+
+/// Each command's share of a request's Redis time, largest first: `` `zadd`
+/// 2.00 × 2.04 µs = 4.08 µs`` (calls per request × µs per call).
+pub fn by_command(shares: &[CommandShare]) -> String {
+    let per_request = |share: &CommandShare| share.calls * share.usec_per_call;
+    let mut shares: Vec<&CommandShare> = shares.iter().collect();
+    shares.sort_by(|a, b| per_request(b).total_cmp(&per_request(a)));
+    let parts: Vec<String> = shares
+        .into_iter()
+        .map(|share| {
+            format!(
+                "`{}` {:.2} × {:.2} µs = {:.2} µs",
+                share.name,
+                share.calls,
+                share.usec_per_call,
+                per_request(share)
+            )
+        })
+        .collect();
+    parts.join(", ")
 }
 
 fn verdict(holds: bool) -> &'static str {

@@ -8,6 +8,7 @@ pub mod headline;
 pub mod loadgen;
 pub mod options;
 pub mod procs;
+pub mod redis_info;
 pub mod runner;
 pub mod scenarios;
 pub mod servers;

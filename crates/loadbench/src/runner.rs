@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 use super::loadgen::{self, Conn, Limits, RunStats};
-use super::procs::{self, RedisCalls};
+use super::procs;
+use super::redis_info::RedisCalls;
 use super::scenarios::{self, DENIED_USERS, Shape, Target};
 
 /// One server under load: where it listens, and how to read its CPU time
@@ -64,7 +65,7 @@ pub struct Row {
 
 /// What Redis did per request of a run, from `INFO stats`, `INFO
 /// commandstats` and `/proc` before and after it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisPerRequest {
     /// Commands, all of them (those inside Lua scripts too).
     pub commands: f64,
@@ -76,6 +77,34 @@ pub struct RedisPerRequest {
     pub usec: f64,
     /// redis-server's CPU seconds per 10 000 requests.
     pub cpu_per_10k: f64,
+    /// Each command's share, in name order.
+    pub by_command: Vec<CommandShare>,
+}
+
+/// One command's share of [`RedisPerRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandShare {
+    /// Its lowercase name, as `INFO commandstats` gives it.
+    pub name: String,
+    /// How often it ran per request.
+    pub calls: f64,
+    /// Microseconds per call.
+    pub usec_per_call: f64,
+}
+
+impl CommandShare {
+    /// Each command of `calls`, per one of `requests`, in name order.
+    pub fn of(calls: &RedisCalls, requests: u64) -> Vec<CommandShare> {
+        calls
+            .by_command
+            .iter()
+            .map(|(name, time)| CommandShare {
+                name: name.clone(),
+                calls: time.calls as f64 / requests.max(1) as f64,
+                usec_per_call: time.usec as f64 / time.calls.max(1) as f64,
+            })
+            .collect()
+    }
 }
 
 /// What one round's run of a cell gives the ratios.
@@ -191,7 +220,7 @@ fn run_one(
             .zip(redis_before)
             .map(|(f, (calls, cpu))| {
                 let (now, cpu_now) = f();
-                (now.since(calls), cpu_now - cpu)
+                (now.since(&calls), cpu_now - cpu)
             });
         drop(open);
         Ok::<_, io::Error>((stats, cpu, redis))
@@ -208,6 +237,7 @@ fn run_one(
             round_trips: per_request(calls.round_trips as f64),
             usec: per_request(calls.usec as f64),
             cpu_per_10k: per_request(cpu) * 10_000.0,
+            by_command: CommandShare::of(&calls, stats.requests),
         }),
         stats,
     })
@@ -483,6 +513,7 @@ pub fn render_rows(rows: &[Row]) -> String {
             show(row.stats.latency_at(0.999)),
             row.cpu_per_10k,
             row.redis
+                .as_ref()
                 .map(|r| format!(
                     "{:.2}, {:.1}, {:.2}",
                     r.round_trips, r.commands, r.cpu_per_10k

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::procs::{self, NginxProcess, ProxyProcess, RedisProcess};
+use super::redis_info;
 use super::runner::Subject;
 use super::scenarios::{self, StoreSpec, Target};
 
@@ -105,7 +106,7 @@ impl Proxies {
             subjects.push(Subject {
                 redis_calls: Some(Box::new(move || {
                     (
-                        procs::redis_calls(port).unwrap_or_default(),
+                        redis_info::redis_calls(port).unwrap_or_default(),
                         procs::cpu_seconds(redis_pid).unwrap_or(f64::NAN),
                     )
                 })),

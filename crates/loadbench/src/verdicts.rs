@@ -74,7 +74,7 @@ pub fn flagged_ceiling(rows: &[Row], pass: Shape, conns: usize) -> Option<String
         ceiling,
     );
     let redis_cpu = row(Shape::Allowed, Target::Redis)
-        .and_then(|row| row.redis)
+        .and_then(|row| row.redis.as_ref())
         .map(|redis| redis.cpu_per_10k / 10_000.0);
     if let (Some(redis_pass), Some(redis_cpu), None) = (
         row(pass, Target::Redis),
@@ -177,7 +177,7 @@ pub fn targets(
     let redis_rows = |shape, all: bool| {
         rows.iter()
             .filter(move |r| r.shape == shape && r.target == Target::Redis)
-            .filter_map(|r| r.redis)
+            .filter_map(|r| r.redis.as_ref())
             .map(|redis| {
                 if all {
                     redis.commands
