@@ -59,4 +59,5 @@ mod store_redis;
 mod streaming;
 mod traces;
 mod transparency;
+mod transparency_connections;
 mod upload;
