@@ -39,6 +39,7 @@ mod limits;
 mod load_smoke;
 mod no_spoofing;
 mod ops;
+mod ops_signals;
 mod outage;
 mod parking;
 mod parking_clients;
