@@ -45,6 +45,7 @@ mod parking;
 mod parking_clients;
 mod persian_calendar;
 mod quota;
+mod redis_cluster_sentinel;
 mod redis_faults;
 mod redis_refusals;
 mod redis_scale;
