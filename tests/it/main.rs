@@ -51,6 +51,7 @@ mod redis_refusals;
 mod redis_scale;
 mod redis_upgrade;
 mod reports;
+mod reports_json;
 mod review2_dec06;
 mod review_dec06;
 mod routes;
