@@ -36,6 +36,7 @@ mod jwt_fit;
 mod jwt_parity;
 mod levels;
 mod limits;
+mod limits_connections;
 mod load_smoke;
 mod no_spoofing;
 mod ops;
