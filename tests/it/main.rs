@@ -46,6 +46,8 @@ mod parking;
 mod parking_clients;
 mod persian_calendar;
 mod quota;
+mod quota_bodies;
+mod quota_identity;
 mod redis_cluster_sentinel;
 mod redis_faults;
 mod redis_refusals;
