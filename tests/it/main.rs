@@ -62,6 +62,7 @@ mod shadow_status;
 mod store;
 mod store_lifecycle;
 mod store_redis;
+mod store_redis_connections;
 mod streaming;
 mod traces;
 mod transparency;
