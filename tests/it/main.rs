@@ -63,6 +63,7 @@ mod store;
 mod store_lifecycle;
 mod store_redis;
 mod store_redis_connections;
+mod store_settle;
 mod streaming;
 mod traces;
 mod transparency;
