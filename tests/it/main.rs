@@ -69,3 +69,4 @@ mod traces;
 mod transparency;
 mod transparency_connections;
 mod upload;
+mod upload_memory;
