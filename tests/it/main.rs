@@ -65,6 +65,7 @@ mod store_redis;
 mod store_redis_connections;
 mod store_settle;
 mod streaming;
+mod streaming_reports;
 mod traces;
 mod transparency;
 mod transparency_connections;
