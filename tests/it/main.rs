@@ -7,7 +7,7 @@
 mod support;
 
 mod attack2_dec06;
-mod attack3_dec06;
+mod attack_client_leaving;
 mod attack_cut;
 mod attack_dec06;
 mod attack_findings;
