@@ -27,7 +27,7 @@ use crate::support::raw_http;
 /// while gunicorn 21 gave Django `multipart/form-data; boundary=…`, which
 /// read `generate_image == "true"` and generated. On 0b7f19c a free user at
 /// the limit got an image per request this way, each counted only after it
-/// was made (the HTTP/2 spaces of `attack_dec06.rs`, over HTTP/1.1, with
+/// was made (the HTTP/2 spaces of `attack_content_type.rs`, over HTTP/1.1, with
 /// the bytes the app's own server trims).
 ///
 /// Now every field value of an inspected request loses what any of these

@@ -1,13 +1,15 @@
 //! Stopping and reloading the real binary: SIGTERM drains the requests in
 //! flight and records their usage, a second signal or SIGINT stops at
-//! once, and a reload (SIGHUP or the admin API) swaps plans and messages
-//! and keeps the running config on errors. Shares `ops.rs`'s helpers.
+//! once, a stalled log stream does not hang the exit, and a reload (SIGHUP
+//! or the admin API) swaps plans and messages and keeps the running config
+//! on errors. Shares `ops.rs`'s helpers.
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::support::binary::Binary;
 use crate::support::proxy::TestClient;
+use crate::support::raw_http::status_on_new_connection;
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
@@ -284,4 +286,95 @@ async fn reload_swaps_plans_and_messages_and_keeps_the_config_on_errors() {
         2.0
     );
     assert!(!binary.logs().join("\n").contains(token));
+}
+
+/// Slack for a busy 2-core machine on top of what is measured.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Flaw: at exit the log writer's guard (tracing-appender's `WorkerGuard`)
+/// is dropped to write the queued lines; when the queue is full it waits
+/// 100 ms, then `println!`s "Failed to send shutdown signal to logging
+/// worker" to stdout, and stdout blocks. A systemd service's stdout and
+/// stderr are one stream to journald by default (the shipped unit sets
+/// neither): with journald stalled (the fault the non-blocking writer was
+/// made for), the drained proxy hung at its very last step until
+/// `TimeoutStopSec` (55 s) sent SIGKILL, and a restart of the app waited
+/// that long with nothing listening. Here stdout and stderr are one
+/// unread pipe, the queue is full (lines counted dropped), and the proxy
+/// is told to stop: it must exit.
+#[tokio::test]
+async fn a_stalled_log_stream_does_not_hang_the_exit() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let config = format!(
+        r#"
+upstream = "http://{}"
+threads = 1
+shutdown_grace = "1s"
+
+[plans.free]
+daily = 100000
+
+[identity]
+default_plan = "free"
+
+[[routes]]
+method = "POST"
+path = "/chat/{{id}}/send/"
+"#,
+        upstream.addr()
+    );
+    // Every inspected request logs lines, more at trace: the queue fills.
+    let mut binary = Binary::start_with_stdout_on_stderr(&config, &[("RUST_LOG", "trace")]).await;
+    let admin = crate::support::proxy::TestClient::new(binary.admin);
+    binary.stop_reading_logs();
+    let mut dropped = 0;
+    // One line per image request: the pipe (about 200 lines) and the
+    // 4,096-line queue are full after some 4,300.
+    for _ in 0..20 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let proxy = binary.proxy;
+            batch.spawn(async move {
+                for _ in 0..125 {
+                    let answer = image_request(proxy).await;
+                    assert_eq!(answer, Ok(200), "an image request with the log unread");
+                }
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            done.expect("client task");
+        }
+        let metrics = admin
+            .send(http::Method::GET, "/metrics", &[], "")
+            .await
+            .text();
+        dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("quota_proxy_log_lines_dropped_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped > 0 {
+            break;
+        }
+    }
+    assert!(
+        dropped > 0,
+        "the log queue never filled; {} lines read",
+        binary.logs().len()
+    );
+    binary.signal("TERM");
+    let status = binary.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+/// An image request to the inspected route on a new connection, closed
+/// after its answer: its status, or why there is none.
+async fn image_request(proxy: SocketAddr) -> Result<u16, String> {
+    let body = r#"{"generate_image": true}"#;
+    let request = format!(
+        "POST /chat/1/send/ HTTP/1.1\r\nhost: app\r\nx-user-id: u1\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    status_on_new_connection(proxy, request.as_bytes(), ANSWER_WITHIN).await
 }

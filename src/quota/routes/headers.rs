@@ -117,7 +117,7 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 /// " multipart/form-data; …"` failed `MultiPartParser`'s raw
 /// `startswith("multipart/")` here (a body Django refuses, forwarded
 /// unreserved) while Django read the upload and generated
-/// (`tests/it/attack_dec06.rs`). No allocation unless a value has them.
+/// (`tests/it/attack_content_type.rs`). No allocation unless a value has them.
 pub fn trim_field_values(headers: &mut HeaderMap) {
     trim_values(headers, |b| matches!(b, b' ' | b'\t'));
 }

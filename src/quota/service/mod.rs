@@ -116,7 +116,7 @@ where
         // too: without one, the proxy writes it from the target's authority
         // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
         // identity call without it failed `ALLOWED_HOSTS` at the client's
-        // will (`tests/it/attack_dec06.rs`).
+        // will (`tests/it/attack_identity.rs`).
         // The same `host[:port]` the forwarding writes (`routes::host_of`).
         if !request.headers().contains_key(http::header::HOST)
             && let Some(host) = request.uri().authority().and_then(host_of)
