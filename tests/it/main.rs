@@ -6,7 +6,7 @@
 
 mod support;
 
-mod attack2_dec06;
+mod attack_app_stack;
 mod attack_client_leaving;
 mod attack_content_type;
 mod attack_cut;
@@ -57,7 +57,6 @@ mod redis_scale;
 mod redis_upgrade;
 mod reports;
 mod reports_json;
-mod review2_dec06;
 mod routes;
 mod shadow_status;
 mod store;

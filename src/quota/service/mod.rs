@@ -147,7 +147,7 @@ where
         // 21 (the chat app's) lets `POSt` through as `POST` (`METH_RE.match`
         // checks three characters): such a request is the route's, judged as
         // its method and forwarded as sent, for the server to take or refuse
-        // (`tests/it/attack2_dec06.rs`).
+        // (`tests/it/attack_app_stack.rs`).
         let found = state
             .routing
             .routes
