@@ -1,12 +1,13 @@
 //! Ways a request's identity was misread, so that a user at the limit went
-//! on anonymous or unchecked, each a test on the real binary; where
-//! Django's reading matters, in front of real Django (gunicorn,
-//! `tests/django/`), counting the images Django saved: a JWT spelled as
-//! PyJWT reads it (signature or cookie), an absolute-form target without
-//! `Host`, an identity error the client makes itself, and a redirect of the
-//! identity view under a prefix. Found by the attack session of 6 December
-//! (branch `attack/dec06`, on 6f0a5b8) and a review session of that day's
-//! fixes; each test's doc says what the flaw was.
+//! on anonymous or unchecked: a JWT spelled as PyJWT reads it (signature or
+//! cookie), an absolute-form target without `Host`, and an identity error
+//! the client makes itself, each a test on the real binary in front of
+//! real Django (gunicorn, `tests/django/`), counting the images Django
+//! saved; and a redirect of the identity view under a prefix, on the
+//! forward-auth source against a stand-in identity server. Found by the
+//! attack session of 6 December (branch `attack/dec06`, on 6f0a5b8) and a
+//! review session of that day's fixes; each test's doc says what the flaw
+//! was.
 
 use crate::support::binary::Binary;
 use crate::support::django::Django;
