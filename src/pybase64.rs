@@ -6,8 +6,8 @@
 //! the unused bits of a last character are dropped, and the input fails
 //! (Python raises) when it ends inside a quad. The proxy must read what
 //! Python reads: a strict decoder made tokens and file parts the app
-//! accepts unreadable here (`tests/it/attack_dec06.rs`,
-//! `tests/it/review2_dec06.rs`).
+//! accepts unreadable here (`tests/it/attack_identity.rs`,
+//! `tests/it/attack_app_stack.rs`).
 
 /// The decoder, fed piece by piece.
 #[derive(Debug, Default)]

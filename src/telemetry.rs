@@ -14,7 +14,7 @@
 //! `blocking` log mode, a busy journald) would otherwise block the thread
 //! writing the next line, and every other on stderr's lock: every request
 //! of the app stopped while the probes still answered 200
-//! (`tests/it/faults_dec06.rs`). While the queue is full, lines are dropped
+//! (`tests/it/log_stalls.rs`). While the queue is full, lines are dropped
 //! and counted ([`dropped_log_lines`], exported as
 //! `quota_proxy_log_lines_dropped_total`). [`flush_logs`] writes what is
 //! queued before the process exits.
@@ -215,7 +215,7 @@ pub fn dropped_log_lines() -> u64 {
 /// not stop the writer, and stdout blocks where it shares the stalled
 /// stream with stderr (a systemd service's default: one stream to
 /// journald), which hung the exit until SIGKILL
-/// (`tests/it/review_dec06.rs`).
+/// (`tests/it/ops_signals.rs`).
 pub fn flush_logs() {
     let Some(logs) = LOGS.get() else { return };
     let Some(guard) = logs

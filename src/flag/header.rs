@@ -196,7 +196,7 @@ fn unquote(s: &str) -> String {
 /// ends, and decodes an RFC 2231 `name*=` in its place, where 5.2 appends
 /// it after the plain parameters. Which of the two the backend runs is not
 /// known here: a header they tell apart is one the proxy cannot read
-/// (`tests/it/attack2_dec06.rs`).
+/// (`tests/it/attack_app_stack.rs`).
 pub(super) fn read_otherwise_by_django_5_1(
     line: &str,
     parsed: &HeaderValue,

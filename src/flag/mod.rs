@@ -442,7 +442,7 @@ fn plan<'a>(
             // No length limit on the type: DRF 3.16 and Django 5.2 read a
             // type of any length gunicorn lets through (a 1,000-character
             // one generated where a 415 was assumed from 257 characters on;
-            // `tests/it/attack_dec06.rs`).
+            // `tests/it/attack_content_type.rs`).
             let (main, sub) = key.split_once('/').unwrap_or((key, ""));
             let matches = |m: &str, s: &str| (sub == "*" || sub == s) && (main == "*" || main == m);
             if !charset_ok {

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName};
 /// `<jwt tail>==` on two lines log the user in: the lines are joined here
 /// too, each byte above 0x7E read as `!` (junk of the same length for
 /// `pyjwt::pyjwt_signature`), where the first line alone, or a header `to_str`
-/// refused, made the request anonymous (`tests/it/attack_dec06.rs`).
+/// refused, made the request anonymous (`tests/it/attack_identity.rs`).
 pub(super) fn authorization_token<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,

@@ -82,7 +82,7 @@ pub enum IdentityError {
     /// bad token beside a good session, two tokens naming two users). The
     /// client chose this, so it is refused whatever `on_identity_error`
     /// says: `"allow"` is for a source that cannot answer, and would send
-    /// such a request on uncounted at will (`tests/it/attack_dec06.rs`).
+    /// such a request on uncounted at will (`tests/it/attack_identity.rs`).
     #[error("identity ambiguous: {0}")]
     Ambiguous(String),
     /// The request carries a genuine credential (its signature verified)

@@ -19,7 +19,7 @@ use crate::pybase64::A2bBase64;
 /// padding and drops the unsigned bits of a last character. So `<jwt>=`
 /// (PyJWT 2.15), `<jwt>!!` or another last character (PyJWT 2.8) verify in
 /// Django; read strictly here they were no identity, and a request with one
-/// went on anonymous and unchecked (`tests/it/attack_dec06.rs`). The signed
+/// went on anonymous and unchecked (`tests/it/attack_identity.rs`). The signed
 /// header and payload are left as they are. `token` itself when its
 /// signature is canonical already, or is one PyJWT cannot read either.
 pub(super) fn pyjwt_signature(token: &str) -> Cow<'_, str> {

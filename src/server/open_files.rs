@@ -63,7 +63,7 @@ pub fn open_files_limit() -> Option<u64> {
 /// of it is kept to spare instead: the process itself holds about 12
 /// descriptors and 5 per serving thread, and a full [`SPARE`] left one
 /// connection under 260 (a third request at once cut the first;
-/// `tests/it/review_dec06.rs`).
+/// `tests/it/open_files.rs`).
 pub fn connections_that_fit(max_connections: u32, limit: u64) -> u32 {
     let spare = SPARE.min(limit / 2);
     let fits = |n: u32| connection_files(n) + spare <= limit;

@@ -280,7 +280,7 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
     identity.login("s0", 6, None);
     // First without logging out (the control: counted), then with; last
     // a body the proxy judges the backend refuses, should that judgement
-    // ever be wrong (it was twice: tests/it/attack_dec06.rs): asked on
+    // ever be wrong (it was twice: tests/it/attack_content_type.rs): asked on
     // arrival too, or the same logout dodged the count (found by the
     // third attack session of December 6th). Each in its own chat session
     // (one not yet learned by the proxy).

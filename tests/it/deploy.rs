@@ -1,23 +1,19 @@
-//! deploy/ agrees with the code. The Kubernetes bundle is rendered as it
-//! would be applied (`kubectl kustomize` when kubectl is installed, else
-//! every listed file parsed and the ConfigMap generators rebuilt), and its
-//! shipped config read from the rendered ConfigMap, then checked: ports,
-//! probe paths, grace against the drain, the chat app's rules with an
-//! identity clients cannot choose, every path the proxy writes on a
-//! writable volume, secrets from Secrets, the admin port closed but to
-//! monitoring, and every metric the dashboard and the alerts query exported
-//! by src/counters.rs and src/metrics.rs. The Dockerfile and the systemd unit are checked too.
+//! deploy/kubernetes agrees with the code. The Kubernetes bundle is
+//! rendered as it would be applied (`kubectl kustomize` when kubectl is
+//! installed, else every listed file parsed and the ConfigMap generators
+//! rebuilt), and its shipped config read from the rendered ConfigMap, then
+//! checked: ports, probe paths, grace against the drain, the chat app's
+//! rules with an identity clients cannot choose, every path the proxy
+//! writes on a writable volume, secrets from Secrets, and the Redis it
+//! points to. The helpers here are shared by `deploy_monitoring.rs` (the
+//! admin port, scraping, the dashboard and the alerts),
+//! `deploy_shipped_run.rs` (the shipped config on the real binary) and
+//! `deploy_docker_systemd.rs` (the Dockerfile and the systemd unit).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::binary::Binary;
-use crate::support::proxy::TestClient;
-use crate::support::redis::RedisServer;
-use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use http::{Method, StatusCode};
 use quota_proxy::app::SETTLE_FLUSH_MIN;
 use quota_proxy::config::{Config, IdentityKind};
 use serde_norway::Value;
@@ -25,17 +21,17 @@ use serde_norway::Value;
 /// What a stop budget (the pod's grace, the unit's `TimeoutStopSec`) keeps
 /// beyond the drain's own steps, so the SIGKILL does not race the store
 /// flush's deadline.
-const STOP_SPARE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_SPARE: Duration = Duration::from_secs(5);
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn deploy(path: &str) -> PathBuf {
+pub(crate) fn deploy(path: &str) -> PathBuf {
     repo("deploy").join(path)
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -51,7 +47,7 @@ fn documents(text: &str, what: &str) -> Vec<Value> {
 }
 
 /// The bundle as `kubectl apply -k deploy/kubernetes` would send it.
-fn bundle() -> Vec<Value> {
+pub(crate) fn bundle() -> Vec<Value> {
     let dir = deploy("kubernetes");
     if let Ok(output) = Command::new("kubectl").arg("kustomize").arg(&dir).output() {
         assert!(
@@ -92,7 +88,7 @@ fn bundle() -> Vec<Value> {
 
 /// The one document of `kind` whose name is `name` or, for generated
 /// ConfigMaps, `name-<hash>`.
-fn find<'a>(bundle: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(bundle: &'a [Value], kind: &str, name: &str) -> &'a Value {
     let found: Vec<&Value> = bundle
         .iter()
         .filter(|d| d["kind"] == kind)
@@ -111,19 +107,19 @@ fn find<'a>(bundle: &'a [Value], kind: &str, name: &str) -> &'a Value {
     found[0]
 }
 
-fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+pub(crate) fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
     value
         .as_str()
         .unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
 }
 
-fn u64_of(value: &Value, what: &str) -> u64 {
+pub(crate) fn u64_of(value: &Value, what: &str) -> u64 {
     value
         .as_u64()
         .unwrap_or_else(|| panic!("{what} is not a number: {value:?}"))
 }
 
-fn seq<'a>(value: &'a Value, what: &str) -> &'a [Value] {
+pub(crate) fn seq<'a>(value: &'a Value, what: &str) -> &'a [Value] {
     value
         .as_sequence()
         .map(Vec::as_slice)
@@ -141,12 +137,12 @@ fn pod(bundle: &[Value]) -> &Value {
     &find(bundle, "Deployment", "chat-app")["spec"]["template"]["spec"]
 }
 
-fn proxy_container(bundle: &[Value]) -> &Value {
+pub(crate) fn proxy_container(bundle: &[Value]) -> &Value {
     named(&pod(bundle)["containers"], "quota-proxy", "container")
 }
 
 /// The config text the bundle ships (its generated ConfigMap).
-fn shipped_text(bundle: &[Value]) -> String {
+pub(crate) fn shipped_text(bundle: &[Value]) -> String {
     let map = find(bundle, "ConfigMap", "quota-proxy-config");
     str_of(&map["data"]["quota-proxy.toml"], "quota-proxy.toml").to_owned()
 }
@@ -158,7 +154,7 @@ fn shipped(bundle: &[Value]) -> Config {
 }
 
 /// The port a probe names, resolved through the container's named ports.
-fn container_port(container: &Value, port: &Value) -> u64 {
+pub(crate) fn container_port(container: &Value, port: &Value) -> u64 {
     match port {
         Value::String(name) => u64_of(
             &named(&container["ports"], name, "container port")["containerPort"],
@@ -497,382 +493,4 @@ fn redis_is_where_the_config_points_and_fit_for_production() {
         image.contains("@sha256:") || tag.matches('.').count() == 2,
         "pin redis to a full version (and its digest at deploy): {image}"
     );
-}
-
-#[test]
-fn admin_port_is_admitted_only_from_monitoring() {
-    let bundle = bundle();
-    let proxy = proxy_container(&bundle);
-    let policy = find(&bundle, "NetworkPolicy", "chat-app");
-    let selector = &policy["spec"]["podSelector"]["matchLabels"];
-    let labels = &find(&bundle, "Deployment", "chat-app")["spec"]["template"]["metadata"]["labels"];
-    for (key, value) in selector.as_mapping().expect("matchLabels") {
-        assert_eq!(&labels[key], value, "the policy selects the app's pods");
-    }
-    let admin_port = container_port(proxy, &Value::String("admin".to_owned()));
-    let http_port = container_port(proxy, &Value::String("http".to_owned()));
-    let mut http_open = false;
-    for rule in seq(&policy["spec"]["ingress"], "ingress") {
-        let ports: Vec<u64> = seq(&rule["ports"], "a rule without ports admits every port")
-            .iter()
-            .map(|p| container_port(proxy, &p["port"]))
-            .collect();
-        if ports.contains(&http_port) {
-            http_open = true;
-        }
-        if ports.contains(&admin_port) {
-            let from = seq(&rule["from"], "the admin rule must say from where");
-            assert!(!from.is_empty());
-            for peer in from {
-                assert_eq!(
-                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-                    "monitoring",
-                    "admin port admitted from {peer:?}"
-                );
-                assert!(peer["podSelector"].is_null() && peer["ipBlock"].is_null());
-            }
-        }
-    }
-    assert!(http_open, "clients reach the proxy port");
-}
-
-#[test]
-fn metrics_are_scraped_and_disruptions_budgeted() {
-    let bundle = bundle();
-    let deployment = find(&bundle, "Deployment", "chat-app");
-    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
-    let selects = |selector: &Value| {
-        selector
-            .as_mapping()
-            .expect("matchLabels")
-            .iter()
-            .all(|(k, v)| &labels[k] == v)
-    };
-
-    let admin = find(&bundle, "Service", "chat-app-admin");
-    assert!(selects(&admin["spec"]["selector"]));
-    let port = &seq(&admin["spec"]["ports"], "ports")[0];
-    assert_eq!(port["targetPort"], "admin");
-    let monitor = find(&bundle, "ServiceMonitor", "quota-proxy");
-    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
-        .as_mapping()
-        .expect("matchLabels")
-    {
-        assert_eq!(
-            &admin["metadata"]["labels"][k], v,
-            "the ServiceMonitor selects the admin Service"
-        );
-    }
-    let endpoint = &seq(&monitor["spec"]["endpoints"], "endpoints")[0];
-    assert_eq!(endpoint["port"], port["name"]);
-    assert_eq!(endpoint["path"], "/metrics");
-
-    let budget = find(&bundle, "PodDisruptionBudget", "chat-app");
-    assert!(selects(&budget["spec"]["selector"]["matchLabels"]));
-    let replicas = u64_of(&deployment["spec"]["replicas"], "replicas");
-    let unavailable = u64_of(&budget["spec"]["maxUnavailable"], "maxUnavailable");
-    assert!(
-        unavailable >= 1 && unavailable < replicas,
-        "drains go one pod at a time"
-    );
-}
-
-/// The metric names the code exports (`pub const … = "quota_proxy_…"` in
-/// src/counters.rs and src/metrics.rs).
-fn exported_metrics() -> BTreeSet<String> {
-    let names: BTreeSet<String> = ["src/counters.rs", "src/metrics.rs"]
-        .iter()
-        .flat_map(|file| {
-            read(&repo(file))
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .filter(|l| l.starts_with("pub const "))
-        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
-        .filter(|n| n.starts_with("quota_proxy_"))
-        .collect();
-    assert!(names.contains("quota_proxy_requests_total"), "{names:?}");
-    names
-}
-
-/// Every `quota_proxy_…` name in `query`, histogram suffixes removed.
-fn queried(query: &str, exported: &BTreeSet<String>) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = query;
-    while let Some(at) = rest.find("quota_proxy_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
-            .unwrap_or(name);
-        names.push(base.to_owned());
-        rest = &tail[end..];
-    }
-    names
-}
-
-#[test]
-fn dashboard_and_alerts_query_only_metrics_the_code_exports() {
-    let bundle = bundle();
-    let exported = exported_metrics();
-
-    let rule = find(&bundle, "PrometheusRule", "quota-proxy");
-    let mut alerted = BTreeSet::new();
-    for group in seq(&rule["spec"]["groups"], "groups") {
-        for rule in seq(&group["rules"], "rules") {
-            let expr = str_of(&rule["expr"], "expr");
-            for name in queried(expr, &exported) {
-                assert!(
-                    exported.contains(&name),
-                    "alert {:?} queries unknown {name}",
-                    rule["alert"]
-                );
-                alerted.insert(name);
-            }
-        }
-    }
-    for needed in [
-        "quota_proxy_fail_open_total",
-        "quota_proxy_settlements_dropped_total",
-        "quota_proxy_store_call_duration_seconds",
-        "quota_proxy_upstream_responses_total",
-    ] {
-        assert!(alerted.contains(needed), "no alert on {needed}");
-    }
-
-    let map = find(&bundle, "ConfigMap", "quota-proxy-dashboard");
-    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
-    let json = str_of(&map["data"]["quota-proxy-dashboard.json"], "dashboard");
-    let dashboard: serde_json::Value = serde_json::from_str(json).expect("dashboard JSON");
-    let mut charted = BTreeSet::new();
-    let panels = dashboard["panels"].as_array().expect("panels");
-    for panel in panels {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            for name in queried(expr, &exported) {
-                assert!(
-                    exported.contains(&name),
-                    "panel {} queries unknown {name}",
-                    panel["title"]
-                );
-                charted.insert(name);
-            }
-        }
-    }
-    for needed in [
-        "quota_proxy_requests_total",
-        "quota_proxy_denials_total",
-        "quota_proxy_store_call_duration_seconds",
-        "quota_proxy_settlements_pending",
-        "quota_proxy_fail_open_total",
-    ] {
-        assert!(charted.contains(needed), "no panel charts {needed}");
-    }
-    assert!(json.contains("retry_queue"), "the retry queue has a panel");
-}
-
-#[test]
-fn dockerfile_builds_in_stages_runs_unprivileged_and_links_docs_that_exist() {
-    let defaults = Config::default();
-    let text = read(&deploy("Dockerfile"));
-    for (at, _) in text.match_indices("docs/") {
-        let link = text[at..]
-            .split(|c: char| !(c.is_ascii_alphanumeric() || "/._-".contains(c)))
-            .next()
-            .unwrap_or("")
-            .trim_end_matches('.');
-        assert!(
-            repo(link).is_file(),
-            "the Dockerfile points to {link}, which does not exist"
-        );
-    }
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
-    let stages = lines.iter().filter(|l| l.starts_with("FROM ")).count();
-    assert!(stages >= 2, "a multi-stage build");
-    let last_stage = lines
-        .iter()
-        .rposition(|l| l.starts_with("FROM "))
-        .expect("FROM");
-    let runtime = &lines[last_stage..];
-    let value = |instruction: &str| {
-        runtime
-            .iter()
-            .find_map(|l| l.strip_prefix(instruction))
-            .unwrap_or_else(|| panic!("the runtime stage has no {instruction}"))
-            .trim()
-    };
-    let user = value("USER ");
-    assert!(
-        !matches!(user.split(':').next(), Some("root" | "0")),
-        "USER {user}"
-    );
-    let exposed: Vec<u16> = value("EXPOSE ")
-        .split_whitespace()
-        .map(|p| p.parse().expect("port"))
-        .collect();
-    assert!(exposed.contains(&defaults.listen.port()));
-    assert!(exposed.contains(&defaults.admin.listen.port()));
-    assert_eq!(value("STOPSIGNAL "), "SIGTERM");
-    assert!(value("ENTRYPOINT ").contains("quota-proxy"));
-}
-
-#[test]
-fn systemd_unit_reloads_with_sighup_and_waits_for_the_drain() {
-    let defaults = Config::default();
-    let text = read(&deploy("systemd/quota-proxy.service"));
-    let setting = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key}= in the unit"))
-    };
-    assert!(setting("ExecStart").ends_with(" serve"));
-    assert!(setting("ExecReload").contains("-HUP $MAINPID"));
-    assert_eq!(setting("KillSignal"), "SIGTERM");
-    assert_eq!(setting("DynamicUser"), "yes");
-    assert_eq!(setting("RestartPreventExitStatus"), "2");
-    let stop = Duration::from_secs(setting("TimeoutStopSec").parse().expect("seconds"));
-    assert!(
-        stop >= defaults.shutdown_grace.get()
-            + 2 * SETTLE_FLUSH_MIN
-            + defaults.store.flush_timeout
-            + STOP_SPARE,
-        "TimeoutStopSec {stop:?} is shorter than the drain"
-    );
-    let credential = setting("LoadCredential");
-    let (name, _) = credential.split_once(':').expect("name:path");
-    assert!(
-        text.contains(&format!("/run/credentials/quota-proxy.service/{name}")),
-        "the unit's comment shows token_file pointing at the credential"
-    );
-}
-
-/// The shipped config, run by the real binary against a stand-in for the
-/// app: Redis with a password read from a file, forward-auth identity, the
-/// spool on a directory of its own (the emptyDir). A 50 MB upload goes
-/// through whole and counts; the limit then holds.
-#[tokio::test]
-async fn shipped_config_serves_a_50_mb_upload_through_forward_auth() {
-    let redis = RedisServer::start();
-    assert_eq!(
-        redis.cli(&["CONFIG", "SET", "requirepass", "pod-secret"]),
-        "OK"
-    );
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = std::sync::Arc::clone(&received);
-    let app = TestUpstream::start(move |request: RecordedRequest| {
-        let seen = std::sync::Arc::clone(&seen);
-        async move {
-            let path = request.uri.path().to_owned();
-            if path == "/api/quota/identity/" {
-                return match request.header("cookie") {
-                    Some(c) if c.contains("sessionid=s1") => {
-                        Reply::ok().json(serde_json::json!({"user_id": "42", "plan": "free"}))
-                    }
-                    _ => Reply::status(401).json(serde_json::json!({"detail": "no"})),
-                };
-            }
-            if path.ends_with("/image-generation-access/") {
-                return Reply::ok().json(serde_json::json!({"has_access": false}));
-            }
-            seen.lock().expect("lock").push(request.body.len());
-            // The app echoes the request's report token (docs/security.md).
-            let token = request.header("x-quota-report-token").unwrap_or("");
-            let marker = format!(
-                "[IMAGES_SAVED]{}[IMAGES_SAVED_END]",
-                serde_json::json!({"count": 1, "token": token})
-            );
-            Reply::ok().header("content-type", "text/plain").stream([
-                (String::from("here is your image "), Duration::ZERO),
-                (marker, Duration::ZERO),
-            ])
-        }
-    })
-    .await;
-    let dir = tempfile::tempdir().expect("dir");
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).expect("spool");
-    let password = dir.path().join("password");
-    std::fs::write(&password, "pod-secret\n").expect("password");
-    let token = dir.path().join("admin-token");
-    std::fs::write(&token, "t0ken\n").expect("token");
-
-    let mut config: toml::Table = toml::from_str(&shipped_text(&bundle())).expect("toml");
-    let path = |p: &Path| toml::Value::from(p.display().to_string());
-    config.insert(
-        "upstream".into(),
-        format!("http://{}", app.authority()).into(),
-    );
-    config.insert("spool_dir".into(), path(&spool));
-    let store = config["store"].as_table().cloned().expect("[store]");
-    let mut store = store;
-    store.insert("url".into(), redis.url().into());
-    store.insert("password_file".into(), path(&password));
-    config.insert("store".into(), store.into());
-    let mut admin = config["admin"].as_table().cloned().expect("[admin]");
-    admin.insert("token_file".into(), path(&token));
-    config.insert("admin".into(), admin.into());
-    let binary = Binary::start(&toml::to_string(&config).expect("render"), &[]).await;
-    let proxy = TestClient::new(binary.proxy);
-
-    const BOUNDARY: &str = "XyZ";
-    let form = |file: usize| {
-        let mut body = Vec::with_capacity(file + 512);
-        for (name, value) in [("message", "a cat"), ("generate_image", "true")] {
-            body.extend_from_slice(
-                format!(
-                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-                )
-                .as_bytes(),
-            );
-        }
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; \
-                 filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.resize(body.len() + file, b'x');
-        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-        body
-    };
-    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
-    let headers = [
-        ("cookie", "sessionid=s1"),
-        ("content-type", content_type.as_str()),
-    ];
-    let send = "/chat/session/7/send/";
-
-    let upload = form(50_000_000);
-    let length = upload.len();
-    let answer = proxy.send(Method::POST, send, &headers, upload).await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    assert_eq!(answer.text(), "here is your image ", "the marker is cut");
-    assert_eq!(received.lock().expect("lock").as_slice(), [length]);
-    // free: 3 a day. The upload counted, in Redis behind its password.
-    for _ in 0..2 {
-        let small = proxy.send(Method::POST, send, &headers, form(10)).await;
-        assert_eq!(small.status, StatusCode::OK);
-    }
-    let denied = proxy.send(Method::POST, send, &headers, form(10)).await;
-    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
-    assert_eq!(received.lock().expect("lock").len(), 3);
-    // A client naming its own user changes nothing: forward-auth decides.
-    let spoofed = [
-        ("cookie", "sessionid=s1"),
-        ("x-user-id", "someone-else"),
-        ("content-type", content_type.as_str()),
-    ];
-    let again = proxy.send(Method::POST, send, &spoofed, form(10)).await;
-    assert_eq!(again.status, StatusCode::FORBIDDEN);
-    assert!(!binary.logs().join("\n").contains("pod-secret"));
 }

@@ -1,7 +1,9 @@
 //! Hostile and slow clients against the real binary (docs/limits.md): the
 //! client-body deadline, the body budget, `request_buffering = "all"`, and
 //! the bounded identity cache. Each test says what it measures; each is
-//! bounded in time (a wait that runs out fails the test).
+//! bounded in time (a wait that runs out fails the test). The connection
+//! limits (per IP, silent and idle connections, a reload's timeouts) are in
+//! `limits_connections.rs`, which shares the helpers here.
 //!
 //! Clients here speak raw HTTP/1.1 over TCP, so that they can declare one
 //! length and send another, stall mid-body, and see exactly when the proxy
@@ -12,8 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -23,15 +23,15 @@ use crate::support::identity_server::IdentityServer;
 use crate::support::upstream::{Reply, TestUpstream};
 
 /// The client-body deadline the tests configure.
-const CLIENT_BODY: Duration = Duration::from_secs(1);
+pub(crate) const CLIENT_BODY: Duration = Duration::from_secs(1);
 
 /// Slack on top of a deadline for a busy 2-core machine.
-const SLACK: Duration = Duration::from_secs(4);
+pub(crate) const SLACK: Duration = Duration::from_secs(4);
 
 /// A config with one inspected route (`POST /chat/{id}/send/`), header
 /// identity, and `extra` top-level TOML (`max_body_bytes` of the Django
 /// preset unless `extra` sets it).
-fn config(upstream: SocketAddr, extra: &str) -> String {
+pub(crate) fn config(upstream: SocketAddr, extra: &str) -> String {
     let max = if extra.contains("max_body_bytes") {
         ""
     } else {
@@ -63,9 +63,9 @@ path = "/chat/{{id}}/send/"
 
 /// What a raw client saw.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     /// The status of the response, if one came.
-    status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// The response head, lowercased.
     head: String,
     /// Whether the proxy closed the connection (EOF or reset) after it.
@@ -77,7 +77,7 @@ struct Seen {
 /// Sends `head` and `body` (in two pieces, 50 ms apart, so that the proxy
 /// sees more than one chunk), then reads until the proxy closes the
 /// connection or `within` passes.
-async fn stall(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> Seen {
+pub(crate) async fn stall(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> Seen {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("send head");
@@ -116,7 +116,7 @@ async fn read_until_closed(stream: &mut TcpStream, started: Instant, within: Dur
     }
 }
 
-fn post_head(path: &str, content_type: &str, length: u64) -> String {
+pub(crate) fn post_head(path: &str, content_type: &str, length: u64) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nhost: test\r\nx-user-id: 7\r\ncontent-type: {content_type}\r\n\
          content-length: {length}\r\n\r\n"
@@ -537,176 +537,4 @@ async fn the_identity_cache_stays_bounded_under_10000_distinct_sessions() {
         "identity cache holds {held} bytes"
     );
     assert!(rss_grown < 100, "resident memory grew {rss_grown} MiB");
-}
-
-/// Sends one keep-alive `GET /healthz` on `stream` and returns the status,
-/// or `None` when the connection closes first.
-async fn get_on(stream: &mut TcpStream) -> Option<u16> {
-    crate::parking::answer_on(stream, b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").await
-}
-
-/// Measures: with `max_connections_per_ip = 2` (and two serving threads,
-/// which share the count), a third connection from the same address is
-/// closed unanswered while two are open, and accepted again once one of
-/// them closes.
-#[tokio::test]
-async fn connections_past_max_connections_per_ip_are_closed() {
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let extra = "max_connections_per_ip = 2\nthreads = 2";
-    let binary = Binary::start(&config(upstream.addr(), extra), &[]).await;
-    let mut first = TcpStream::connect(binary.proxy).await.expect("connect");
-    let mut second = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(get_on(&mut first).await, Some(200));
-    assert_eq!(get_on(&mut second).await, Some(200));
-    let mut third = TcpStream::connect(binary.proxy).await.expect("connect");
-    assert_eq!(
-        get_on(&mut third).await,
-        None,
-        "a third connection was served"
-    );
-    drop(first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut again = TcpStream::connect(binary.proxy).await.expect("connect");
-        if get_on(&mut again).await == Some(200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed slot never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(get_on(&mut second).await, Some(200));
-}
-
-/// A connection that sends nothing, or only the start of the HTTP/2
-/// preface, or the whole preface and then nothing, is closed once it has not
-/// started a request within the head deadline (`server::HEADER_READ_TIMEOUT`,
-/// 30 s). hyper's own head timer starts only once hyper-util's `auto`
-/// builder has decided the version, which needs bytes, and HTTP/2 has none:
-/// before, each such connection held a file descriptor for as long as the
-/// client liked, and one client opening `ulimit -n` of them made `accept`
-/// fail with EMFILE so nobody else was served (found by an attack session:
-/// 19,985 silent connections, then a GET through the proxy timed out).
-#[tokio::test]
-async fn a_silent_connection_is_closed_like_a_slow_head() {
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let starts: [(&str, &[u8]); 4] = [
-        ("nothing", b""),
-        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
-        (
-            "the HTTP/2 preface and SETTINGS, then nothing",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
-        ),
-        (
-            "part of an HTTP/1.1 head (closed: the control)",
-            b"GET / HTTP/1.1\r\nHost: x\r\n",
-        ),
-    ];
-    let mut streams = Vec::new();
-    for (what, bytes) in starts {
-        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-        stream.write_all(bytes).await.expect("write");
-        streams.push((what, stream));
-    }
-    // The head deadline is 30 s; give it slack.
-    tokio::time::sleep(Duration::from_secs(30) + SLACK + SLACK).await;
-    let mut open = Vec::new();
-    for (what, mut stream) in streams {
-        let mut buf = vec![0u8; 65536];
-        let closed = loop {
-            match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
-                Ok(Ok(0) | Err(_)) => break true,
-                Ok(Ok(_)) => continue,
-                Err(_) => break false,
-            }
-        };
-        if !closed {
-            open.push(what);
-        }
-    }
-    assert!(
-        open.is_empty(),
-        "still open after {:?}: {open:?}",
-        Duration::from_secs(30) + SLACK + SLACK
-    );
-}
-
-/// One GET over an HTTP/2 connection of its own, through `sender`; panics
-/// unless it answers 200 within 10 s.
-async fn h2_get(sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>) {
-    let request = http::Request::get("http://app.example/page")
-        .version(http::Version::HTTP_2)
-        .body(Empty::new())
-        .expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .expect("answer within 10 s")
-        .expect("response");
-    assert_eq!(response.status(), http::StatusCode::OK);
-    let _ = response.into_body().collect().await;
-}
-
-/// An HTTP/2 connection that made a request and then starts none for a
-/// whole `HEADER_READ_TIMEOUT` (30 s) is sent a GOAWAY and closed, as an
-/// idle HTTP/1.1 keep-alive connection is; before, it stayed open for as
-/// long as the client liked (hyper has no HTTP/2 idle timeout). One that
-/// keeps making requests stays open.
-#[tokio::test]
-async fn an_idle_http2_connection_is_closed() {
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    let connect = || async {
-        let stream = TcpStream::connect(binary.proxy).await.expect("connect");
-        let (sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        (sender, tokio::spawn(connection))
-    };
-    let (mut idle, idle_connection) = connect().await;
-    let (mut busy, busy_connection) = connect().await;
-    h2_get(&mut idle).await;
-    // Closed between one and two timeouts after its request; the busy one
-    // makes a request every 20 s meanwhile.
-    let until = Instant::now() + Duration::from_secs(60) + SLACK + SLACK;
-    while Instant::now() < until {
-        h2_get(&mut busy).await;
-        tokio::time::sleep(Duration::from_secs(20).min(until - Instant::now())).await;
-    }
-    assert!(
-        idle_connection.is_finished(),
-        "an HTTP/2 connection idle for over 60 s is still open"
-    );
-    assert!(!busy_connection.is_finished(), "a busy one was closed");
-    h2_get(&mut busy).await;
-}
-
-/// `[timeouts]` needs a restart: a reload that changes it says so
-/// (`restart_required`) and keeps the running values everywhere. The quota
-/// layer took the new `client_body` (and `idle`) at once before, while the
-/// proxy kept the old ones and the reload said they were kept (found by an
-/// attack session).
-#[tokio::test]
-async fn a_reload_keeps_the_running_timeouts_as_it_says() {
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
-    binary.write_config(
-        &config(upstream.addr(), "").replace("client_body = \"1s\"", "client_body = \"30s\""),
-    );
-    binary.signal("HUP");
-    let reloaded = |l: &serde_json::Value| l["message"] == "config reloaded";
-    binary
-        .wait_for_logs(1, Duration::from_secs(15), reloaded)
-        .await;
-    let line = binary.find_log(reloaded).expect("the reload's line");
-    assert!(line.to_string().contains("timeouts"), "{line}");
-    let head = post_head("/chat/1/send/", "application/json", 100_000);
-    let seen = stall(binary.proxy, &head, &[b'-'; 1000], CLIENT_BODY + SLACK).await;
-    assert_eq!(
-        seen.status,
-        Some(408),
-        "a stalled inspected body was not cut after the running client_body (1 s): {seen:?}"
-    );
 }

@@ -1,7 +1,9 @@
 //! The quota, end to end: the real proxy (accept loop, quota layer,
 //! forwarding service) between a client and a recording upstream on
 //! loopback, on the memory store and on a real `redis-server` started for
-//! the test. Time comes from a manual clock.
+//! the test. Time comes from a manual clock. The config and helpers here
+//! are shared by `quota_identity.rs` (anonymous requests, identity errors)
+//! and `quota_bodies.rs` (bodies and settles on their way through).
 
 use std::time::Duration;
 
@@ -13,11 +15,11 @@ use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 
 /// A Wednesday, 13:30 in Tehran.
-const NOW: &str = "2031-05-14T10:00:00Z";
-const SEND: &str = "/chat/session/17/send/";
-const API: &str = "/api/chatbot/sessions/17/validate_message/";
+pub(crate) const NOW: &str = "2031-05-14T10:00:00Z";
+pub(crate) const SEND: &str = "/chat/session/17/send/";
+pub(crate) const API: &str = "/api/chatbot/sessions/17/validate_message/";
 
-const CONFIG: &str = r#"
+pub(crate) const CONFIG: &str = r#"
 max_body_bytes = 4096
 [timeouts]
 response_head = "500ms"
@@ -42,7 +44,7 @@ deny_status = 429
 
 const DAILY_3: &str = "شما به حد مجاز تولید تصویر روزانه (3 عدد) رسیده‌اید";
 
-fn at(s: &str) -> DateTime<Utc> {
+pub(crate) fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("test instant")
         .with_timezone(&Utc)
@@ -50,7 +52,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 /// An upstream like the Django views once they report usage: a request
 /// asking for an image "saves" one and says so in `X-Images-Saved`.
-async fn saving_upstream() -> TestUpstream {
+pub(crate) async fn saving_upstream() -> TestUpstream {
     TestUpstream::start(|request: RecordedRequest| async move {
         let asked = String::from_utf8_lossy(&request.body).contains("\"generate_image\": true");
         Reply::ok()
@@ -354,105 +356,6 @@ on_both_stores! {
 }
 
 #[tokio::test]
-async fn oversized_chunked_body_is_refused_without_content_length() {
-    use http_body_util::{BodyExt, StreamBody};
-    let upstream = saving_upstream().await;
-    let proxy = Proxy::memory(CONFIG, &upstream, at(NOW)).await;
-    let chunks = (0..10).map(|_| {
-        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(vec![
-            b'x';
-            1000
-        ])))
-    });
-    let body = StreamBody::new(futures_util::stream::iter(chunks));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let request = http::Request::post(format!("http://{}{SEND}", proxy.addr))
-        .header("x-user-id", "c")
-        .body(body)
-        .expect("request");
-    let response = client.request(request).await.expect("answer");
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("error"));
-    assert_eq!(upstream.count(), 0);
-}
-
-#[tokio::test]
-async fn inspected_bodies_are_forwarded_byte_for_byte() {
-    let upstream = saving_upstream().await;
-    let proxy = Proxy::memory(CONFIG, &upstream, at(NOW)).await;
-    let client = TestClient::new(proxy.addr);
-    let mut multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nhi\r\n--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
-    multipart.extend((0..=255u8).cycle().take(1500));
-    multipart.extend_from_slice(b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"generate_image\"\r\n\r\ntrue\r\n--XyZ--\r\n");
-    let bodies: [(&str, Vec<u8>); 3] = [
-        (
-            "application/json",
-            b"{ \"generate_image\" :true ,\n\"message\":\"\\u00e9\" }".to_vec(),
-        ),
-        (
-            "application/x-www-form-urlencoded",
-            b"message=a%20b&generate_image=on&x=1".to_vec(),
-        ),
-        ("multipart/form-data; boundary=XyZ", multipart),
-    ];
-    for (i, (content_type, body)) in bodies.into_iter().enumerate() {
-        let answer = client
-            .send(
-                Method::POST,
-                &format!("/chat/session/{i}/send/?a=1&b=%20"),
-                &[
-                    ("x-user-id", "bytes"),
-                    ("x-subscription-type", "unlimited"),
-                    ("content-type", content_type),
-                ],
-                body.clone(),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::OK);
-        let seen = upstream.last_request();
-        assert_eq!(&seen.body[..], &body[..], "{content_type}");
-        assert_eq!(
-            seen.header("content-length"),
-            Some(body.len().to_string().as_str())
-        );
-        assert_eq!(seen.uri.query(), Some("a=1&b=%20"));
-    }
-    // All three asked for an image: each reserved and settled one.
-    assert_eq!(proxy.wait_settled("bytes", 0).await[0].used, 0);
-}
-
-#[tokio::test]
-async fn anonymous_requests_follow_the_policy() {
-    let upstream = saving_upstream().await;
-    let authority = upstream.authority();
-    let body = r#"{"generate_image": true}"#;
-    let json = [("content-type", "application/json")];
-
-    let forward = Proxy::start(CONFIG, &authority, &StoreChoice::Memory, at(NOW)).await;
-    let answer = TestClient::new(forward.addr)
-        .send(Method::POST, SEND, &json, body)
-        .await;
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(upstream.count(), 1);
-
-    let config = CONFIG.replace("[identity]\n", "[identity]\nanonymous = \"deny\"\n");
-    let deny = Proxy::start(&config, &authority, &StoreChoice::Memory, at(NOW)).await;
-    let answer = TestClient::new(deny.addr)
-        .send(Method::POST, SEND, &json, body)
-        .await;
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert!(answer.json()["error"].is_string());
-    assert_eq!(upstream.count(), 1);
-}
-
-#[tokio::test]
 async fn redis_down_follows_on_store_error() {
     let upstream = saving_upstream().await;
     let authority = upstream.authority();
@@ -506,254 +409,4 @@ async fn two_replicas_on_one_redis_let_exactly_the_limit_through() {
     let usage = a.wait_settled("shared", 5).await;
     assert_eq!((usage[0].used, usage[0].reserved), (5, 0));
     assert_eq!(b.usage("shared").await[0].used, 5);
-}
-
-/// `CONFIG` with identities from Django's identity view
-/// (`/api/quota/identity/` on the upstream) and `on_identity_error = policy`.
-fn forward_auth_config(policy: &str) -> String {
-    CONFIG.replace(
-        "[identity]\n",
-        &format!("[identity]\nkind = \"forward_auth\"\non_identity_error = \"{policy}\"\n"),
-    )
-}
-
-/// An upstream whose identity view fails (500) and whose other views save
-/// an image for every request and say so.
-async fn identity_failing_upstream() -> TestUpstream {
-    TestUpstream::start(|request: RecordedRequest| async move {
-        if request.uri.path() == "/api/quota/identity/" {
-            Reply::status(500).body("identity view broken")
-        } else {
-            Reply::ok().header("x-images-saved", "1").body("generated")
-        }
-    })
-    .await
-}
-
-/// A flagged message from a logged-in user (a session cookie).
-async fn cookie_generate(proxy: &Proxy) -> crate::support::proxy::Answer {
-    TestClient::new(proxy.addr)
-        .send(
-            Method::POST,
-            SEND,
-            &[
-                ("cookie", "sessionid=abc"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"generate_image": true}"#,
-        )
-        .await
-}
-
-fn sends(upstream: &TestUpstream) -> usize {
-    upstream
-        .requests()
-        .iter()
-        .filter(|r| r.uri.path() == SEND)
-        .count()
-}
-
-#[tokio::test]
-async fn identity_error_denied_is_503_and_never_forwarded() {
-    let upstream = identity_failing_upstream().await;
-    let config = forward_auth_config("deny");
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
-    let answer = cookie_generate(&proxy).await;
-    assert_eq!(
-        answer.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        answer.text()
-    );
-    assert!(answer.headers.contains_key("retry-after"));
-    assert!(answer.json()["error"].is_string());
-    assert_eq!(upstream.count(), 1, "only the identity view was asked");
-    assert_eq!(sends(&upstream), 0);
-    assert_eq!(proxy.store.calls(), 0);
-}
-
-#[tokio::test]
-async fn identity_error_allowed_is_forwarded_uncounted() {
-    let upstream = identity_failing_upstream().await;
-    let config = forward_auth_config("allow");
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
-    for _ in 0..4 {
-        let answer = cookie_generate(&proxy).await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        assert_eq!(answer.text(), "generated");
-    }
-    assert_eq!(sends(&upstream), 4, "forwarded past the daily 3");
-    let seen = upstream.last_request();
-    assert_eq!(seen.header("x-user-id"), None, "no identity is made up");
-    // No reserve, and the saved image is not counted against anyone.
-    assert_eq!(proxy.store.calls(), 0);
-}
-
-/// A request on a route that is not inspected streams its body: the
-/// upstream sees the first bytes while the client still holds the last.
-/// A proxy that read the body first would never forward the first part.
-#[tokio::test]
-async fn a_passthrough_body_is_streamed_not_read() {
-    use bytes::Bytes;
-    use http_body::Frame;
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::convert::Infallible;
-    use tokio::sync::{mpsc, oneshot};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let authority = listener
-        .local_addr()
-        .expect("addr")
-        .to_string()
-        .parse()
-        .expect("authority");
-    let (first_tx, first_rx) = oneshot::channel::<Bytes>();
-    let first_tx = std::sync::Mutex::new(Some(first_tx));
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("the proxy connects");
-        let service =
-            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let first_tx = first_tx.lock().expect("lock").take();
-                async move {
-                    let mut body = request.into_body();
-                    let mut total = 0;
-                    let mut first_tx = first_tx;
-                    while let Some(frame) = body.frame().await {
-                        if let Ok(data) = frame?.into_data() {
-                            total += data.len();
-                            if let Some(tx) = first_tx.take() {
-                                let _ = tx.send(data);
-                            }
-                        }
-                    }
-                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                        Bytes::from(total.to_string()),
-                    )))
-                }
-            });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-    });
-    let proxy = Proxy::start(CONFIG, &authority, &StoreChoice::Memory, at(NOW)).await;
-
-    let (chunks, mut rx) = mpsc::channel::<Bytes>(1);
-    let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok::<_, Infallible>(Frame::data(c))))
-    });
-    let request = http::Request::post(format!("http://{}/uploads/", proxy.addr))
-        .header("x-user-id", "streamer")
-        .header("content-type", "application/json")
-        .body(StreamBody::new(body))
-        .expect("request");
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let answer = tokio::spawn(async move {
-        let response = client.request(request).await.expect("proxy answers");
-        response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-    });
-    chunks
-        .send(Bytes::from_static(
-            b"{\"generate_image\": true, \"message\": \"",
-        ))
-        .await
-        .expect("send the first part");
-    let first = tokio::time::timeout(Duration::from_secs(10), first_rx)
-        .await
-        .expect("the upstream saw the first bytes before the client sent the last")
-        .expect("first bytes");
-    assert!(first.starts_with(b"{\"generate_image\""));
-    chunks
-        .send(Bytes::from_static(b"the rest\"}"))
-        .await
-        .expect("send the rest");
-    drop(chunks);
-    let total = answer.await.expect("client task");
-    assert_eq!(&total[..], b"47", "the whole body arrived");
-    assert_eq!(proxy.store.calls(), 0, "no store call on a passthrough");
-}
-
-/// The client gets its whole answer while the settle still waits on a
-/// Redis that does not answer (SIGSTOP); the settle lands once Redis goes
-/// on. A proxy that settled before answering would hold the client until
-/// the store answered (`command_timeout` is 30 s here).
-#[tokio::test]
-async fn the_client_is_not_delayed_by_a_slow_settle() {
-    let server = RedisServer::start();
-    let arrived = std::sync::Arc::new(tokio::sync::Notify::new());
-    let go = std::sync::Arc::new(tokio::sync::Notify::new());
-    let upstream = {
-        let (arrived, go) = (arrived.clone(), go.clone());
-        TestUpstream::start(move |_| {
-            let (arrived, go) = (arrived.clone(), go.clone());
-            async move {
-                arrived.notify_one();
-                go.notified().await;
-                Reply::ok().header("x-images-saved", "1").body("generated")
-            }
-        })
-        .await
-    };
-    let config = CONFIG.replace("command_timeout = \"500ms\"", "command_timeout = \"30s\"");
-    let store = StoreChoice::Redis(server.url());
-    let proxy = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
-    let client = TestClient::new(proxy.addr);
-    let answer = tokio::spawn(async move { client.generate(SEND, "patient", "free").await });
-    // Reserved (Redis answered), and the request is at the upstream.
-    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
-        .await
-        .expect("the request reached the upstream");
-    server.pause();
-    go.notify_one();
-    let answer = tokio::time::timeout(Duration::from_secs(10), answer).await;
-    // Redis may go on whatever happened.
-    server.resume();
-    let answer = answer
-        .expect("the client got its answer while Redis was paused")
-        .expect("client task");
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.text(), "generated");
-    let usage = proxy.wait_settled("patient", 1).await;
-    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
-}
-
-/// A JSON report in a body typed with a `+json` suffix
-/// (`application/vnd.api+json`, as some renderers answer) is read like
-/// `application/json`.
-#[tokio::test]
-async fn a_json_report_in_a_plus_json_body_is_counted() {
-    let upstream = TestUpstream::always(
-        Reply::ok()
-            .header("content-type", "application/vnd.api+json; charset=utf-8")
-            .body(r#"{"images_saved": 1}"#),
-    )
-    .await;
-    let proxy = Proxy::start(CONFIG, &upstream.authority(), &StoreChoice::Memory, at(NOW)).await;
-    let answer = TestClient::new(proxy.addr)
-        .generate(API, "suffix", "free")
-        .await;
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.text(), r#"{"images_saved": 1}"#, "body intact");
-    let usage = proxy.wait_settled("suffix", 1).await;
-    assert_eq!((usage[0].used, usage[0].reserved), (1, 0));
 }

@@ -4,11 +4,21 @@
 //! a 3-master Redis Cluster and a master with a replica behind Sentinel (one
 //! set-up each, shared by the suite's tests, each test under its own key
 //! prefix). Time is always passed in, years from today, so no test sleeps
-//! across a period boundary.
+//! across a period boundary. The suite's steps on a reservation's life
+//! after admission (settle, release, expiry, extend) are in
+//! `store_settle.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+// The steps of the suite that follow a reservation's life after admission.
+use crate::store_settle::{
+    expired_reservation_stops_counting, extend_keeps_reservation_past_its_deadline,
+    extend_of_gone_reservation_does_nothing, release_frees_the_unit,
+    settle_adds_to_all_three_windows, settle_after_expiry_counts_once,
+    settle_counts_in_the_windows_reserved_in, settle_of_unreserved_id_counts_once,
+    settle_twice_counts_once,
+};
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use chrono::{DateTime, TimeDelta, Utc, Weekday};
 use quota_proxy::config::Limits;
@@ -67,8 +77,8 @@ pub(crate) fn exceeded(period: Period, counts: [u64; 3]) -> Admission {
 }
 
 /// A store under test, and the servers behind it kept alive as long as it.
-struct Subject {
-    store: Arc<dyn QuotaStore>,
+pub(crate) struct Subject {
+    pub(crate) store: Arc<dyn QuotaStore>,
     _servers: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -128,7 +138,12 @@ fn sentinel_topology(set_up: &RedisSentinel) -> Topology {
 }
 
 impl Subject {
-    async fn reserve(&self, user: &str, limits: Limits, now: DateTime<Utc>) -> Admission {
+    pub(crate) async fn reserve(
+        &self,
+        user: &str,
+        limits: Limits,
+        now: DateTime<Utc>,
+    ) -> Admission {
         self.store
             .reserve(&request(user, limits, now, TTL))
             .await
@@ -136,14 +151,14 @@ impl Subject {
     }
 
     /// Reserves one unit, which must be admitted.
-    async fn hold(&self, user: &str, limits: Limits, now: DateTime<Utc>) -> Reservation {
+    pub(crate) async fn hold(&self, user: &str, limits: Limits, now: DateTime<Utc>) -> Reservation {
         match self.reserve(user, limits, now).await {
             Admission::Reserved { reservation, .. } => reservation,
             other => panic!("expected a reservation at {now}, got {other:?}"),
         }
     }
 
-    async fn settle(&self, reservation: &Reservation, amount: u64, now: DateTime<Utc>) {
+    pub(crate) async fn settle(&self, reservation: &Reservation, amount: u64, now: DateTime<Utc>) {
         self.store
             .settle(reservation, amount, now)
             .await
@@ -151,18 +166,18 @@ impl Subject {
     }
 
     /// Uses `n` units, one admitted request at a time.
-    async fn spend(&self, user: &str, limits: Limits, now: DateTime<Utc>, n: usize) {
+    pub(crate) async fn spend(&self, user: &str, limits: Limits, now: DateTime<Utc>, n: usize) {
         for _ in 0..n {
             let r = self.hold(user, limits, now).await;
             self.settle(&r, 1, now).await;
         }
     }
 
-    async fn usage(&self, user: &str, now: DateTime<Utc>) -> [PeriodUsage; 3] {
+    pub(crate) async fn usage(&self, user: &str, now: DateTime<Utc>) -> [PeriodUsage; 3] {
         self.usage_in(user, &windows(now), now).await
     }
 
-    async fn usage_in(
+    pub(crate) async fn usage_in(
         &self,
         user: &str,
         windows: &PeriodWindows,
@@ -171,11 +186,11 @@ impl Subject {
         self.store.usage(user, windows, now).await.expect("usage")
     }
 
-    async fn used(&self, user: &str, now: DateTime<Utc>) -> [u64; 3] {
+    pub(crate) async fn used(&self, user: &str, now: DateTime<Utc>) -> [u64; 3] {
         self.usage(user, now).await.map(|u| u.used)
     }
 
-    async fn reserved(&self, user: &str, now: DateTime<Utc>) -> [u64; 3] {
+    pub(crate) async fn reserved(&self, user: &str, now: DateTime<Utc>) -> [u64; 3] {
         self.usage(user, now).await.map(|u| u.reserved)
     }
 }
@@ -376,19 +391,6 @@ async fn parallel_reserves_admit_exactly_the_room_left(s: Subject) {
     assert_eq!(s.reserved("alice", now).await, [3, 3, 3]);
 }
 
-async fn settle_adds_to_all_three_windows(s: Subject) {
-    let now = at(NOW);
-    let r = s.hold("alice", limits(5, 5, 5), now).await;
-    s.settle(&r, 3, now).await;
-    assert_eq!(
-        s.usage("alice", now).await,
-        [PeriodUsage {
-            used: 3,
-            reserved: 0
-        }; 3]
-    );
-}
-
 /// `usage` (the quota-status endpoint's one store call, and the usage API's)
 /// only reads: reading again answers the same, frees no room, holds none,
 /// and a user it reads is not created.
@@ -447,102 +449,6 @@ async fn odd_user_ids_keep_their_keys_together(s: Subject) {
     }
 }
 
-async fn release_frees_the_unit(s: Subject) {
-    let now = at(NOW);
-    let l = limits(1, 1, 1);
-    let r = s.hold("alice", l, now).await;
-    s.settle(&r, 0, now).await;
-    assert_eq!(s.usage("alice", now).await, [PeriodUsage::default(); 3]);
-    s.hold("alice", l, now).await;
-}
-
-async fn settle_twice_counts_once(s: Subject) {
-    let now = at(NOW);
-    let r = s.hold("alice", limits(0, 0, 0), now).await;
-    s.settle(&r, 2, now).await;
-    s.settle(&r, 2, now + TimeDelta::seconds(5)).await;
-    assert_eq!(s.used("alice", now).await, [2, 2, 2]);
-
-    // A release sent twice releases once, and holds nothing.
-    let released = s.hold("alice", limits(0, 0, 0), now).await;
-    s.settle(&released, 0, now).await;
-    s.settle(&released, 0, now).await;
-    assert_eq!(s.used("alice", now).await, [2, 2, 2]);
-    assert_eq!(s.reserved("alice", now).await, [0, 0, 0]);
-    // So does a settle of one unit.
-    let one = s.hold("alice", limits(0, 0, 0), now).await;
-    s.settle(&one, 1, now).await;
-    s.settle(&one, 1, now).await;
-    assert_eq!(s.used("alice", now).await, [3, 3, 3]);
-}
-
-async fn settle_of_unreserved_id_counts_once(s: Subject) {
-    // How usage reported for an unflagged request is recorded.
-    let now = at(NOW);
-    let unflagged = Reservation {
-        id: Reservation::new_id(),
-        user: "alice".to_owned(),
-        windows: windows(now),
-        expires_at: now,
-        keys_expire: false,
-    };
-    s.settle(&unflagged, 1, now).await;
-    s.settle(&unflagged, 1, now).await;
-    assert_eq!(
-        s.usage("alice", now).await,
-        [PeriodUsage {
-            used: 1,
-            reserved: 0
-        }; 3]
-    );
-}
-
-async fn expired_reservation_stops_counting(s: Subject) {
-    let now = at(NOW);
-    let l = limits(1, 0, 0);
-    s.hold("alice", l, now).await;
-    let just_before = now + TimeDelta::milliseconds(59_999);
-    assert_eq!(s.reserved("alice", just_before).await, [1, 1, 1]);
-    assert_eq!(
-        s.reserve("alice", l, just_before).await,
-        exceeded(Period::Daily, [1, 1, 1])
-    );
-    // The deadline itself is past.
-    let deadline = now + TimeDelta::seconds(60);
-    assert_eq!(s.reserved("alice", deadline).await, [0, 0, 0]);
-    s.hold("alice", l, deadline).await;
-}
-
-async fn settle_after_expiry_counts_once(s: Subject) {
-    let now = at(NOW);
-    let r = s.hold("alice", limits(0, 0, 0), now).await;
-    let late = now + TimeDelta::minutes(5);
-    s.settle(&r, 1, late).await;
-    s.settle(&r, 1, late).await;
-    assert_eq!(
-        s.usage("alice", late).await,
-        [PeriodUsage {
-            used: 1,
-            reserved: 0
-        }; 3]
-    );
-}
-
-async fn settle_counts_in_the_windows_reserved_in(s: Subject) {
-    let before_midnight = at("2031-05-31T23:59:30Z");
-    let after_midnight = at("2031-06-01T00:00:30Z");
-    let r = s.hold("alice", limits(0, 0, 0), before_midnight).await;
-    s.settle(&r, 2, after_midnight).await;
-    assert_eq!(
-        s.usage_in("alice", &windows(before_midnight), after_midnight)
-            .await
-            .map(|u| u.used),
-        [2, 2, 2]
-    );
-    // June has nothing; the week (Monday 05-26 to 06-02) is the same one.
-    assert_eq!(s.used("alice", after_midnight).await, [0, 2, 0]);
-}
-
 async fn next_day_starts_from_zero_while_week_and_month_count(s: Subject) {
     let l = limits(2, 10, 10);
     s.spend("alice", l, at("2031-05-14T23:00:00Z"), 2).await;
@@ -567,47 +473,6 @@ async fn new_year_is_a_new_month(s: Subject) {
         Admission::Reserved { counts, .. } => assert_eq!(counts, PeriodCounts([1, 3, 1])),
         other => panic!("expected a reservation, got {other:?}"),
     }
-}
-
-async fn extend_keeps_reservation_past_its_deadline(s: Subject) {
-    let now = at(NOW);
-    let l = limits(1, 0, 0);
-    let r = s.hold("alice", l, now).await;
-    s.store
-        .extend(
-            &r,
-            now + TimeDelta::minutes(5),
-            now + TimeDelta::seconds(30),
-        )
-        .await
-        .expect("extend");
-    let past_ttl = now + TimeDelta::minutes(2);
-    assert_eq!(s.reserved("alice", past_ttl).await, [1, 1, 1]);
-    assert_eq!(
-        s.reserve("alice", l, past_ttl).await,
-        exceeded(Period::Daily, [1, 1, 1])
-    );
-    let past_extension = now + TimeDelta::minutes(5);
-    assert_eq!(s.reserved("alice", past_extension).await, [0, 0, 0]);
-}
-
-async fn extend_of_gone_reservation_does_nothing(s: Subject) {
-    let now = at(NOW);
-    let r = s.hold("alice", limits(0, 0, 0), now).await;
-    let expired = now + TimeDelta::minutes(2);
-    s.store
-        .extend(&r, expired + TimeDelta::hours(1), expired)
-        .await
-        .expect("extend");
-    assert_eq!(s.reserved("alice", expired).await, [0, 0, 0]);
-
-    let settled = s.hold("bob", limits(0, 0, 0), now).await;
-    s.settle(&settled, 1, now).await;
-    s.store
-        .extend(&settled, now + TimeDelta::hours(1), now)
-        .await
-        .expect("extend");
-    assert_eq!(s.reserved("bob", now).await, [0, 0, 0]);
 }
 
 async fn adjust_floors_at_zero(s: Subject) {

@@ -218,7 +218,7 @@ where
                         return Err(invalid("Could not decode base64 data."));
                     }
                     // Refused by 5.2, read by 5.1: `QQ==A` decodes to `A`
-                    // (tests/it/review2_dec06.rs).
+                    // (tests/it/attack_app_stack.rs).
                     return Err(MultipartError::Unsure(
                         "a base64 file Django 5.2 refuses and Django 5.1 reads".to_owned(),
                     ));

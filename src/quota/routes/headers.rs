@@ -117,7 +117,7 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 /// " multipart/form-data; …"` failed `MultiPartParser`'s raw
 /// `startswith("multipart/")` here (a body Django refuses, forwarded
 /// unreserved) while Django read the upload and generated
-/// (`tests/it/attack_dec06.rs`). No allocation unless a value has them.
+/// (`tests/it/attack_content_type.rs`). No allocation unless a value has them.
 pub fn trim_field_values(headers: &mut HeaderMap) {
     trim_values(headers, |b| matches!(b, b' ' | b'\t'));
 }
@@ -130,7 +130,7 @@ pub fn trim_field_values(headers: &mut HeaderMap) {
 /// `rstrip()`, which take NBSP (0xA0) and NEL (0x85) too, bytes hyper and
 /// h2 keep (obs-text): judged untrimmed, `Content-Type: <0xA0>multipart/
 /// form-data; …` was a body Django refuses, forwarded unreserved, while
-/// Django read the upload and generated (`tests/it/attack2_dec06.rs`).
+/// Django read the upload and generated (`tests/it/attack_app_stack.rs`).
 /// gunicorn 22+ trims only spaces and tabs, and gets the value already
 /// trimmed. No allocation unless a value has them.
 pub fn trim_wsgi_field_values(headers: &mut HeaderMap) {

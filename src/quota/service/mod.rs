@@ -116,7 +116,7 @@ where
         // too: without one, the proxy writes it from the target's authority
         // (HTTP/2's `:authority`, an HTTP/1 absolute-form target), and an
         // identity call without it failed `ALLOWED_HOSTS` at the client's
-        // will (`tests/it/attack_dec06.rs`).
+        // will (`tests/it/attack_identity.rs`).
         // The same `host[:port]` the forwarding writes (`routes::host_of`).
         if !request.headers().contains_key(http::header::HOST)
             && let Some(host) = request.uri().authority().and_then(host_of)
@@ -147,7 +147,7 @@ where
         // 21 (the chat app's) lets `POSt` through as `POST` (`METH_RE.match`
         // checks three characters): such a request is the route's, judged as
         // its method and forwarded as sent, for the server to take or refuse
-        // (`tests/it/attack2_dec06.rs`).
+        // (`tests/it/attack_app_stack.rs`).
         let found = state
             .routing
             .routes

@@ -526,7 +526,7 @@ async fn drf_rules_have_no_bypass() {
 /// The corpus again on the chat app's own pins (Django 5.1.2, gunicorn
 /// 21.2.0: `tests/django/requirements-mobixai.txt`), for the views it
 /// serves: the two Djangos and gunicorns read some requests differently
-/// (`tests/it/attack2_dec06.rs`), and the proxy must hold on the stack the
+/// (`tests/it/attack_app_stack.rs`), and the proxy must hold on the stack the
 /// app runs as well as on the current one.
 #[tokio::test]
 async fn the_apps_own_stack_has_no_bypass() {

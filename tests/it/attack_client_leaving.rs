@@ -1,6 +1,9 @@
-//! The third attack session of 6 December (branch `attack3`), on the
-//! report → settle side of a request's life, in front of real Django
-//! (gunicorn, `tests/django/`), counting the images Django saved.
+//! A client that leaves at any moment of its request (reset at once, gone
+//! while the view generates, half-closed, pipelined; over HTTP/1.1 and
+//! HTTP/2) is counted exactly, in front of real Django (gunicorn,
+//! `tests/django/`), counting the images Django saved. From the third
+//! attack session of 6 December (branch `attack3`), on the report → settle
+//! side of a request's life.
 //!
 //! Nothing here failed on the commit it was written against (693b4db): each
 //! test pins down an attack that held, as an exact count (every image

@@ -1,0 +1,127 @@
+//! The quota's identity, end to end on the real proxy with `quota.rs`'s
+//! config: anonymous requests follow the configured policy, and an identity
+//! view that fails is a 503 never forwarded under `on_identity_error =
+//! "deny"` or forwarded uncounted under `"allow"`.
+
+use crate::support::proxy::{Proxy, StoreChoice, TestClient};
+use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
+use http::{Method, StatusCode};
+
+use crate::quota::{CONFIG, NOW, SEND, at, saving_upstream};
+
+#[tokio::test]
+async fn anonymous_requests_follow_the_policy() {
+    let upstream = saving_upstream().await;
+    let authority = upstream.authority();
+    let body = r#"{"generate_image": true}"#;
+    let json = [("content-type", "application/json")];
+
+    let forward = Proxy::start(CONFIG, &authority, &StoreChoice::Memory, at(NOW)).await;
+    let answer = TestClient::new(forward.addr)
+        .send(Method::POST, SEND, &json, body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.count(), 1);
+
+    let config = CONFIG.replace("[identity]\n", "[identity]\nanonymous = \"deny\"\n");
+    let deny = Proxy::start(&config, &authority, &StoreChoice::Memory, at(NOW)).await;
+    let answer = TestClient::new(deny.addr)
+        .send(Method::POST, SEND, &json, body)
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(answer.json()["error"].is_string());
+    assert_eq!(upstream.count(), 1);
+}
+
+/// `CONFIG` with identities from Django's identity view
+/// (`/api/quota/identity/` on the upstream) and `on_identity_error = policy`.
+fn forward_auth_config(policy: &str) -> String {
+    CONFIG.replace(
+        "[identity]\n",
+        &format!("[identity]\nkind = \"forward_auth\"\non_identity_error = \"{policy}\"\n"),
+    )
+}
+
+/// An upstream whose identity view fails (500) and whose other views save
+/// an image for every request and say so.
+async fn identity_failing_upstream() -> TestUpstream {
+    TestUpstream::start(|request: RecordedRequest| async move {
+        if request.uri.path() == "/api/quota/identity/" {
+            Reply::status(500).body("identity view broken")
+        } else {
+            Reply::ok().header("x-images-saved", "1").body("generated")
+        }
+    })
+    .await
+}
+
+/// A flagged message from a logged-in user (a session cookie).
+async fn cookie_generate(proxy: &Proxy) -> crate::support::proxy::Answer {
+    TestClient::new(proxy.addr)
+        .send(
+            Method::POST,
+            SEND,
+            &[
+                ("cookie", "sessionid=abc"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"generate_image": true}"#,
+        )
+        .await
+}
+
+fn sends(upstream: &TestUpstream) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path() == SEND)
+        .count()
+}
+
+#[tokio::test]
+async fn identity_error_denied_is_503_and_never_forwarded() {
+    let upstream = identity_failing_upstream().await;
+    let config = forward_auth_config("deny");
+    let proxy = Proxy::start(
+        &config,
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    let answer = cookie_generate(&proxy).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert!(answer.headers.contains_key("retry-after"));
+    assert!(answer.json()["error"].is_string());
+    assert_eq!(upstream.count(), 1, "only the identity view was asked");
+    assert_eq!(sends(&upstream), 0);
+    assert_eq!(proxy.store.calls(), 0);
+}
+
+#[tokio::test]
+async fn identity_error_allowed_is_forwarded_uncounted() {
+    let upstream = identity_failing_upstream().await;
+    let config = forward_auth_config("allow");
+    let proxy = Proxy::start(
+        &config,
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    for _ in 0..4 {
+        let answer = cookie_generate(&proxy).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.text(), "generated");
+    }
+    assert_eq!(sends(&upstream), 4, "forwarded past the daily 3");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header("x-user-id"), None, "no identity is made up");
+    // No reserve, and the saved image is not counted against anyone.
+    assert_eq!(proxy.store.calls(), 0);
+}
