@@ -58,7 +58,9 @@ pub(super) fn form_bodies(cases: &mut Vec<Case>) {
             cases.push(with_type(case, ct).body(b"generate_image=true"));
         }
         let case = Case::new(
-            "form/charset",
+            // A fail-closed class as soon as a mutation makes the body
+            // other than ASCII (docs/flag-rules.md).
+            "form/charset+charset/not-utf8",
             "charset=utf-16 on an ASCII body",
             view,
             view.path("{S}"),

@@ -49,13 +49,13 @@ pub(super) fn multipart_bodies(cases: &mut Vec<Case>) {
                 other.clone(),
             ),
             (
-                "multipart/boundary",
+                "multipart/boundary+rfc2231/parameter",
                 "boundary*= (RFC 2231)",
                 format!("multipart/form-data; boundary*=utf-8''{B}"),
                 plain.clone(),
             ),
             (
-                "multipart/boundary",
+                "multipart/boundary+rfc2231/parameter",
                 "boundary and boundary*=",
                 format!("multipart/form-data; boundary=OTHER; boundary*=utf-8''{B}"),
                 plain.clone(),
@@ -103,7 +103,7 @@ pub(super) fn multipart_bodies(cases: &mut Vec<Case>) {
                 ),
             ),
             (
-                "multipart/name",
+                "multipart/name+rfc2231/parameter",
                 "name*= (RFC 2231)",
                 ct.clone(),
                 flag(
