@@ -33,26 +33,31 @@ async fn anonymous_requests_follow_the_policy() {
     assert_eq!(upstream.count(), 1);
 }
 
-/// `CONFIG` with identities from Django's identity view
-/// (`/api/quota/identity/` on the upstream) and `on_identity_error = policy`.
-fn forward_auth_config(policy: &str) -> String {
-    CONFIG.replace(
-        "[identity]\n",
-        &format!("[identity]\nkind = \"forward_auth\"\non_identity_error = \"{policy}\"\n"),
-    )
-}
-
-/// An upstream whose identity view fails (500) and whose other views save
-/// an image for every request and say so.
-async fn identity_failing_upstream() -> TestUpstream {
-    TestUpstream::start(|request: RecordedRequest| async move {
+/// A proxy on `CONFIG` with identities from Django's identity view
+/// (`/api/quota/identity/` on the upstream) and `on_identity_error =
+/// policy`, in front of an upstream whose identity view fails (500) and
+/// whose other views save an image for every request and say so.
+async fn failing_identity(policy: &str) -> (TestUpstream, Proxy) {
+    let upstream = TestUpstream::start(|request: RecordedRequest| async move {
         if request.uri.path() == "/api/quota/identity/" {
             Reply::status(500).body("identity view broken")
         } else {
             Reply::ok().header("x-images-saved", "1").body("generated")
         }
     })
-    .await
+    .await;
+    let config = CONFIG.replace(
+        "[identity]\n",
+        &format!("[identity]\nkind = \"forward_auth\"\non_identity_error = \"{policy}\"\n"),
+    );
+    let proxy = Proxy::start(
+        &config,
+        &upstream.authority(),
+        &StoreChoice::Memory,
+        at(NOW),
+    )
+    .await;
+    (upstream, proxy)
 }
 
 /// A flagged message from a logged-in user (a session cookie).
@@ -80,15 +85,7 @@ fn sends(upstream: &TestUpstream) -> usize {
 
 #[tokio::test]
 async fn identity_error_denied_is_503_and_never_forwarded() {
-    let upstream = identity_failing_upstream().await;
-    let config = forward_auth_config("deny");
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let (upstream, proxy) = failing_identity("deny").await;
     let answer = cookie_generate(&proxy).await;
     assert_eq!(
         answer.status,
@@ -105,15 +102,7 @@ async fn identity_error_denied_is_503_and_never_forwarded() {
 
 #[tokio::test]
 async fn identity_error_allowed_is_forwarded_uncounted() {
-    let upstream = identity_failing_upstream().await;
-    let config = forward_auth_config("allow");
-    let proxy = Proxy::start(
-        &config,
-        &upstream.authority(),
-        &StoreChoice::Memory,
-        at(NOW),
-    )
-    .await;
+    let (upstream, proxy) = failing_identity("allow").await;
     for _ in 0..4 {
         let answer = cookie_generate(&proxy).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
