@@ -28,7 +28,9 @@ pub struct RedisCalls {
     /// under-counted: the quota store's reserve and settle send no script.)
     pub usec: u64,
     /// Each command counted in `commands`, by its lowercase name
-    /// (`commandstats`' own, `client|setinfo` for a subcommand).
+    /// (`commandstats`' own, `client|setinfo` for a subcommand). When a
+    /// script ran, the commands it ran are here too, their time inside the
+    /// script's: these add up to more than `usec`.
     pub by_command: BTreeMap<String, CommandTime>,
 }
 
