@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER, wait_for};
+use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, wait_for};
 use quota_proxy::store::{
     OutagePolicy, QuotaStore, RedisStore, ResilientStore, StoreError, Topology,
 };
@@ -223,17 +223,6 @@ async fn cluster_master_stop_local_policy_bounds_and_hands_over() {
     assert_eq!(store.dropped_settles(), 0);
 }
 
-fn sentinel_topology(set_up: &RedisSentinel) -> Topology {
-    Topology::Sentinel {
-        master: SENTINEL_MASTER.to_owned(),
-        nodes: vec![set_up.sentinel_url()],
-        db: 0,
-        username: None,
-        password: None,
-        tls: false,
-    }
-}
-
 /// Reserves and settles one unit per round for `rounds` rounds; returns
 /// (settles issued, reserves refused by an outage).
 async fn churn(store: &ResilientStore, user: &str, rounds: usize) -> (u64, u64) {
@@ -276,7 +265,7 @@ fn wait_replicated(set_up: &RedisSentinel) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_the_store_follows_the_new_master() {
     let set_up = Arc::new(RedisSentinel::start());
-    let store = Arc::new(resilient(sentinel_topology(&set_up), OutagePolicy::Fail).await);
+    let store = Arc::new(resilient(set_up.topology(), OutagePolicy::Fail).await);
     let (before, _) = churn(&store, "alice", 20).await;
     assert_eq!(before, 20);
     wait_replicated(&set_up);
@@ -327,7 +316,7 @@ async fn sentinel_failover_the_store_follows_the_new_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_master_killed_mid_run_settles_land_once_on_the_new_master() {
     let set_up = Arc::new(std::sync::Mutex::new(RedisSentinel::start()));
-    let topology = sentinel_topology(&set_up.lock().expect("set-up"));
+    let topology = set_up.lock().expect("set-up").topology();
     let store = Arc::new(resilient(topology, OutagePolicy::Fail).await);
     let churning = {
         let store = Arc::clone(&store);

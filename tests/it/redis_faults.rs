@@ -56,17 +56,6 @@ fn single(server: &RedisServer) -> Topology {
     Topology::Single { url: server.url() }
 }
 
-fn sentinel(set_up: &RedisSentinel) -> Topology {
-    Topology::Sentinel {
-        master: SENTINEL_MASTER.to_owned(),
-        nodes: vec![set_up.sentinel_url()],
-        db: 0,
-        username: None,
-        password: None,
-        tls: false,
-    }
-}
-
 /// Reserves one unit for `user` (limit `daily`) and settles it as 1 image:
 /// every call must succeed, the first one too.
 async fn one_image(store: &dyn QuotaStore, user: &str, daily: u64) {
@@ -206,7 +195,7 @@ async fn counts_survive_a_restart_with_aof_and_the_first_call_after_succeeds() {
 #[tokio::test]
 async fn sentinel_failover_and_client_kill() {
     let set_up = RedisSentinel::start();
-    let store = open(sentinel(&set_up)).await;
+    let store = open(set_up.topology()).await;
     for _ in 0..3 {
         one_image(&store, "s", 0).await;
     }
@@ -445,7 +434,7 @@ async fn hundred_flagged_requests_across_kill_restart_and_failover_count_once() 
     send_flagged(&binary, "bob", 15).await;
     // Asynchronous replication: only what reached the replica survives a
     // failover; the bound is in docs/operations.md.
-    wait_usage(sentinel(&set_up), "bob", 35).await;
+    wait_usage(set_up.topology(), "bob", 35).await;
     assert_eq!(set_up.master().cli(&["WAIT", "1", "5000"]), "1");
     let old = set_up.master_port();
     set_up.failover();
@@ -457,7 +446,7 @@ async fn hundred_flagged_requests_across_kill_restart_and_failover_count_once() 
         crate::support::redis::cli(old, &["ROLE"]).starts_with("slave")
     });
     send_flagged(&binary, "bob", 15).await;
-    wait_usage(sentinel(&set_up), "bob", 50).await;
+    wait_usage(set_up.topology(), "bob", 50).await;
     assert_nothing_failed_open(&metrics(&binary).await, 50.0);
     assert_eq!(upstream.requests().len(), 100);
 }

@@ -19,7 +19,7 @@ use crate::store_settle::{
     settle_counts_in_the_windows_reserved_in, settle_of_unreserved_id_counts_once,
     settle_twice_counts_once,
 };
-use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
+use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer};
 use chrono::{DateTime, TimeDelta, Utc, Weekday};
 use quota_proxy::config::Limits;
 use quota_proxy::periods::{Calendar, Period, PeriodWindows};
@@ -126,17 +126,6 @@ fn cluster_topology(cluster: &RedisCluster) -> Topology {
     }
 }
 
-fn sentinel_topology(set_up: &RedisSentinel) -> Topology {
-    Topology::Sentinel {
-        master: SENTINEL_MASTER.to_owned(),
-        nodes: vec![set_up.sentinel_url()],
-        db: 0,
-        username: None,
-        password: None,
-        tls: false,
-    }
-}
-
 impl Subject {
     pub(crate) async fn reserve(
         &self,
@@ -233,7 +222,7 @@ macro_rules! contract {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn redis_sentinel_passes_the_contract() {
             let set_up = RedisSentinel::start();
-            let topology = sentinel_topology(&set_up);
+            let topology = set_up.topology();
             let servers: Arc<dyn std::any::Any + Send + Sync> = Arc::new(set_up);
             $(
                 eprintln!("sentinel: {}", stringify!($test));

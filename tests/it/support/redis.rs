@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use quota_proxy::store::Topology;
 use tempfile::TempDir;
 
 /// How long a started server may take to answer PING.
@@ -391,6 +392,18 @@ impl RedisSentinel {
     /// `redis://127.0.0.1:<port>` of the Sentinel.
     pub fn sentinel_url(&self) -> String {
         self.sentinel.node_url()
+    }
+
+    /// The store topology that finds the master through this Sentinel.
+    pub fn topology(&self) -> Topology {
+        Topology::Sentinel {
+            master: SENTINEL_MASTER.to_owned(),
+            nodes: vec![self.sentinel_url()],
+            db: 0,
+            username: None,
+            password: None,
+            tls: false,
+        }
     }
 
     /// The port of the master Sentinel names now.
