@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::instant::at;
 use crate::support::proxy::{Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use chrono::{DateTime, Utc};
@@ -15,12 +16,6 @@ use http::{Method, StatusCode};
 use quota_proxy::store::{PeriodUsage, QuotaStore};
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// `user`'s usage in the periods of instant `when`.
 async fn usage_at(proxy: &Proxy, user: &str, when: DateTime<Utc>) -> [PeriodUsage; 3] {

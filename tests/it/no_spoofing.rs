@@ -4,18 +4,13 @@
 //! carry the verified identity instead.
 
 use crate::support::identity_server::{IdentityServer, Plan};
+use crate::support::instant::at;
 use crate::support::proxy::{Proxy, TestClient};
 use crate::support::upstream::{Reply, TestUpstream};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http::{Method, StatusCode};
 
 const NOW: &str = "2031-05-14T10:00:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 const ROUTES: &str = r#"
 [plans]

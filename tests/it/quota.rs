@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
+use crate::support::instant::at;
 use crate::support::on_both_stores;
 use crate::support::proxy::{Proxy, StoreChoice, TestClient};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 
 /// A Wednesday, 13:30 in Tehran.
@@ -43,12 +43,6 @@ deny_status = 429
 "#;
 
 const DAILY_3: &str = "شما به حد مجاز تولید تصویر روزانه (3 عدد) رسیده‌اید";
-
-pub(crate) fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// An upstream like the Django views once they report usage: a request
 /// asking for an image "saves" one and says so in `X-Images-Saved`.

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::instant::at;
 use crate::support::proxy::{Answer, Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,12 +54,6 @@ path = "chat/session/<int:session_id>/send/"
 deny_status = 403
 probe = { path = "/chat/session/<int:session_id>/image-generation-access/", json_field = "has_access", timeout = "2s" }
 "#;
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// What the probe endpoint of the stand-in answers.
 #[derive(Clone, Copy)]
