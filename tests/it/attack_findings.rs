@@ -240,12 +240,7 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
     use crate::support::identity_server::{IdentityServer, Mode, Plan};
 
     let identity = IdentityServer::start().await;
-    let free = Plan {
-        name: "free",
-        daily: Some(3),
-        weekly: Some(10),
-        monthly: Some(30),
-    };
+    let free = Plan::free();
     identity.login("s1", 7, Some(free.clone()));
     identity.login("s2", 8, Some(free));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -358,12 +353,7 @@ async fn a_user_id_format_that_does_not_fit_the_app_does_not_turn_enforcement_of
     use crate::support::identity_server::{IdentityServer, Plan};
 
     let identity = IdentityServer::start().await;
-    let free = Plan {
-        name: "free",
-        daily: Some(3),
-        weekly: Some(10),
-        monthly: Some(30),
-    };
+    let free = Plan::free();
     identity.login("s1", 42, Some(free));
     let upstream =
         TestUpstream::always(Reply::ok().header("x-images-saved", "1").body("generated")).await;

@@ -52,22 +52,13 @@ fn forward_auth(server: &IdentityServer, extra: &str) -> Arc<dyn IdentitySource>
     ))
 }
 
-fn pro() -> Plan {
-    Plan {
-        name: "pro",
-        daily: Some(5),
-        weekly: Some(0),
-        monthly: Some(100),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // forward_auth
 
 #[tokio::test]
 async fn answer_limits_override_the_plan_table() {
     let server = IdentityServer::start().await;
-    server.login("s-pro", 42, Some(pro()));
+    server.login("s-pro", 42, Some(Plan::pro()));
     let id = forward_auth(&server, "")
         .identify(&session("s-pro"))
         .await
@@ -174,7 +165,7 @@ async fn no_credentials_is_anonymous_without_a_call() {
 #[tokio::test]
 async fn cache_hit_makes_no_call_and_expiry_asks_again() {
     let server = IdentityServer::start().await;
-    server.login("s1", 1, Some(pro()));
+    server.login("s1", 1, Some(Plan::pro()));
     let source = forward_auth(&server, "cache_ttl = \"30s\"");
     let first = source.identify(&session("s1")).await.expect("answer");
     assert_eq!(server.calls(), 1);
@@ -234,7 +225,7 @@ async fn forbidden_and_login_redirect_are_anonymous() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_for_a_hundred_concurrent_requests() {
     let server = IdentityServer::start().await;
-    server.login("s1", 1, Some(pro()));
+    server.login("s1", 1, Some(Plan::pro()));
     server.set_mode(Mode::Slow(Duration::from_millis(200)));
     let source = forward_auth(&server, "");
     let tasks: Vec<_> = (0..100)

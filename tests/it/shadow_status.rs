@@ -378,13 +378,7 @@ async fn status_answers_503_when_the_store_fails() {
 #[tokio::test]
 async fn status_for_a_session_via_forward_auth_in_persian_months() {
     let identity = IdentityServer::start().await;
-    let pro = Plan {
-        name: "pro",
-        daily: Some(5),
-        weekly: Some(0),
-        monthly: Some(100),
-    };
-    identity.login("s1", 1, Some(pro));
+    identity.login("s1", 1, Some(Plan::pro()));
     let config = format!(
         "{CONFIG}\n[periods]\ncalendar = \"persian\"\n\
          [identity.forward_auth]\nurl = \"{}{PATH}\"\n",
