@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::instant::at;
-use crate::support::proxy::{Proxy, TestClient};
+use crate::support::proxy::{Answer, Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
@@ -24,6 +24,35 @@ async fn usage_at(proxy: &Proxy, user: &str, when: DateTime<Utc>) -> [PeriodUsag
         .usage(user, &proxy.calendar().windows(when), when)
         .await
         .expect("usage")
+}
+
+/// Sends `body` to `path` with `headers` on a task of its own, and waits
+/// (bounded by `WITHIN`) until `upstream` has one more request; `never`
+/// is the failure's message. The answer is the task's.
+async fn send_until_forwarded(
+    client: &TestClient,
+    upstream: &TestUpstream,
+    path: &'static str,
+    headers: [(&'static str, String); 2],
+    body: &'static str,
+    never: &str,
+) -> tokio::task::JoinHandle<Answer> {
+    let seen = upstream.count();
+    let sent = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let headers = headers
+                .each_ref()
+                .map(|(name, value)| (*name, value.as_str()));
+            client.send(Method::POST, path, &headers, body).await
+        })
+    };
+    let deadline = Instant::now() + WITHIN;
+    while upstream.count() == seen {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sent
 }
 
 // ---------------------------------------------------------------------------
@@ -79,28 +108,18 @@ async fn an_unflagged_report_after_midnight_counts_in_its_admission_day() {
         ("unflagged", r#"{"message": "edit it"}"#, false),
     ] {
         proxy.clock.set(before);
-        let sent = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send(
-                        Method::POST,
-                        "/chat/session/7/send/",
-                        &[("x-user-id", user), ("content-type", "application/json")],
-                        body,
-                    )
-                    .await
-            })
-        };
-        let seen = upstream.count();
-        let deadline = Instant::now() + WITHIN;
-        while upstream.count() == seen {
-            assert!(
-                Instant::now() < deadline,
-                "the request never reached the upstream"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let sent = send_until_forwarded(
+            &client,
+            &upstream,
+            "/chat/session/7/send/",
+            [
+                ("x-user-id", user.to_owned()),
+                ("content-type", "application/json".to_owned()),
+            ],
+            body,
+            "the request never reached the upstream",
+        )
+        .await;
         // Admitted (and forwarded) before midnight; answered after it.
         proxy.clock.set(after);
         gate.add_permits(1);
@@ -288,26 +307,18 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
         ("s2", "8", true, "/chat/session/1000000003/send/", refused),
     ] {
         identity.set_mode(Mode::Django);
-        let cookie = format!("sessionid={session}");
-        let sent = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send(
-                        Method::POST,
-                        chat,
-                        &[("cookie", &cookie), ("content-type", "application/json")],
-                        body,
-                    )
-                    .await
-            })
-        };
-        let seen = upstream.count();
-        let deadline = Instant::now() + WITHIN;
-        while upstream.count() == seen {
-            assert!(Instant::now() < deadline, "never forwarded");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let sent = send_until_forwarded(
+            &client,
+            &upstream,
+            chat,
+            [
+                ("cookie", format!("sessionid={session}")),
+                ("content-type", "application/json".to_owned()),
+            ],
+            body,
+            "never forwarded",
+        )
+        .await;
         if log_out {
             // The user logs out in another tab while the image is generated.
             identity.set_mode(Mode::Status(StatusCode::UNAUTHORIZED));
