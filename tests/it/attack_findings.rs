@@ -26,6 +26,23 @@ async fn usage_at(proxy: &Proxy, user: &str, when: DateTime<Utc>) -> [PeriodUsag
         .expect("usage")
 }
 
+/// An upstream that answers each request only once `gate` gives it a
+/// permit: 200 with `body`, reporting one image saved.
+async fn gated_saving_upstream(
+    gate: &Arc<tokio::sync::Semaphore>,
+    body: &'static str,
+) -> TestUpstream {
+    let gate = Arc::clone(gate);
+    TestUpstream::start(move |_: RecordedRequest| {
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.acquire().await.expect("gate").forget();
+            Reply::ok().header("x-images-saved", "1").body(body)
+        }
+    })
+    .await
+}
+
 /// Sends `body` to `path` with `headers` on a task of its own, and waits
 /// (bounded by `WITHIN`) until `upstream` has one more request; `never`
 /// is the failure's message. The answer is the task's.
@@ -85,17 +102,7 @@ path = "/chat/session/{session_id}/send/"
 async fn an_unflagged_report_after_midnight_counts_in_its_admission_day() {
     // The upstream answers only when the test lets it.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |_: RecordedRequest| {
-            let gate = Arc::clone(&gate);
-            async move {
-                gate.acquire().await.expect("gate").forget();
-                Reply::ok().header("x-images-saved", "1").body("saved")
-            }
-        })
-        .await
-    };
+    let upstream = gated_saving_upstream(&gate, "saved").await;
     // 23:59 in Tehran on Wednesday 2031-05-14; 00:01 on Thursday.
     let before = at("2031-05-14T20:29:00Z");
     let after = at("2031-05-14T20:31:00Z");
@@ -262,20 +269,10 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
     let free = Plan::free();
     identity.login("s1", 7, Some(free.clone()));
     identity.login("s2", 8, Some(free));
+    // An image_editing session: the app generates whatever the flag says,
+    // and reports the image it saved.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |_: RecordedRequest| {
-            let gate = Arc::clone(&gate);
-            async move {
-                // An image_editing session: the app generates whatever the
-                // flag says, and reports the image it saved.
-                gate.acquire().await.expect("gate").forget();
-                Reply::ok().header("x-images-saved", "1").body("edited")
-            }
-        })
-        .await
-    };
+    let upstream = gated_saving_upstream(&gate, "edited").await;
     // A route without a probe (optional; the report is the safety net).
     // DRF's flag rules: a flag DRF refuses (`"maybe"`) is a body the
     // backend answers 400 before any view code runs.
