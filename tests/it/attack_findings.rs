@@ -8,19 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::proxy::{Proxy, TestClient};
+use crate::support::instant::at;
+use crate::support::proxy::{Answer, Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 use quota_proxy::store::{PeriodUsage, QuotaStore};
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// `user`'s usage in the periods of instant `when`.
 async fn usage_at(proxy: &Proxy, user: &str, when: DateTime<Utc>) -> [PeriodUsage; 3] {
@@ -29,6 +24,52 @@ async fn usage_at(proxy: &Proxy, user: &str, when: DateTime<Utc>) -> [PeriodUsag
         .usage(user, &proxy.calendar().windows(when), when)
         .await
         .expect("usage")
+}
+
+/// An upstream that answers each request only once `gate` gives it a
+/// permit: 200 with `body`, reporting one image saved.
+async fn gated_saving_upstream(
+    gate: &Arc<tokio::sync::Semaphore>,
+    body: &'static str,
+) -> TestUpstream {
+    let gate = Arc::clone(gate);
+    TestUpstream::start(move |_: RecordedRequest| {
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.acquire().await.expect("gate").forget();
+            Reply::ok().header("x-images-saved", "1").body(body)
+        }
+    })
+    .await
+}
+
+/// Sends `body` to `path` with `headers` on a task of its own, and waits
+/// (bounded by `WITHIN`) until `upstream` has one more request; `never`
+/// is the failure's message. The answer is the task's.
+async fn send_until_forwarded(
+    client: &TestClient,
+    upstream: &TestUpstream,
+    path: &'static str,
+    headers: [(&'static str, String); 2],
+    body: &'static str,
+    never: &str,
+) -> tokio::task::JoinHandle<Answer> {
+    let seen = upstream.count();
+    let sent = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let headers = headers
+                .each_ref()
+                .map(|(name, value)| (*name, value.as_str()));
+            client.send(Method::POST, path, &headers, body).await
+        })
+    };
+    let deadline = Instant::now() + WITHIN;
+    while upstream.count() == seen {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sent
 }
 
 // ---------------------------------------------------------------------------
@@ -61,17 +102,7 @@ path = "/chat/session/{session_id}/send/"
 async fn an_unflagged_report_after_midnight_counts_in_its_admission_day() {
     // The upstream answers only when the test lets it.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |_: RecordedRequest| {
-            let gate = Arc::clone(&gate);
-            async move {
-                gate.acquire().await.expect("gate").forget();
-                Reply::ok().header("x-images-saved", "1").body("saved")
-            }
-        })
-        .await
-    };
+    let upstream = gated_saving_upstream(&gate, "saved").await;
     // 23:59 in Tehran on Wednesday 2031-05-14; 00:01 on Thursday.
     let before = at("2031-05-14T20:29:00Z");
     let after = at("2031-05-14T20:31:00Z");
@@ -84,28 +115,18 @@ async fn an_unflagged_report_after_midnight_counts_in_its_admission_day() {
         ("unflagged", r#"{"message": "edit it"}"#, false),
     ] {
         proxy.clock.set(before);
-        let sent = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send(
-                        Method::POST,
-                        "/chat/session/7/send/",
-                        &[("x-user-id", user), ("content-type", "application/json")],
-                        body,
-                    )
-                    .await
-            })
-        };
-        let seen = upstream.count();
-        let deadline = Instant::now() + WITHIN;
-        while upstream.count() == seen {
-            assert!(
-                Instant::now() < deadline,
-                "the request never reached the upstream"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let sent = send_until_forwarded(
+            &client,
+            &upstream,
+            "/chat/session/7/send/",
+            [
+                ("x-user-id", user.to_owned()),
+                ("content-type", "application/json".to_owned()),
+            ],
+            body,
+            "the request never reached the upstream",
+        )
+        .await;
         // Admitted (and forwarded) before midnight; answered after it.
         proxy.clock.set(after);
         gate.add_permits(1);
@@ -245,28 +266,13 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
     use crate::support::identity_server::{IdentityServer, Mode, Plan};
 
     let identity = IdentityServer::start().await;
-    let free = Plan {
-        name: "free",
-        daily: Some(3),
-        weekly: Some(10),
-        monthly: Some(30),
-    };
+    let free = Plan::free();
     identity.login("s1", 7, Some(free.clone()));
     identity.login("s2", 8, Some(free));
+    // An image_editing session: the app generates whatever the flag says,
+    // and reports the image it saved.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = {
-        let gate = Arc::clone(&gate);
-        TestUpstream::start(move |_: RecordedRequest| {
-            let gate = Arc::clone(&gate);
-            async move {
-                // An image_editing session: the app generates whatever the
-                // flag says, and reports the image it saved.
-                gate.acquire().await.expect("gate").forget();
-                Reply::ok().header("x-images-saved", "1").body("edited")
-            }
-        })
-        .await
-    };
+    let upstream = gated_saving_upstream(&gate, "edited").await;
     // A route without a probe (optional; the report is the safety net).
     // DRF's flag rules: a flag DRF refuses (`"maybe"`) is a body the
     // backend answers 400 before any view code runs.
@@ -298,26 +304,18 @@ async fn logging_out_during_an_unflagged_generation_does_not_dodge_the_count() {
         ("s2", "8", true, "/chat/session/1000000003/send/", refused),
     ] {
         identity.set_mode(Mode::Django);
-        let cookie = format!("sessionid={session}");
-        let sent = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .send(
-                        Method::POST,
-                        chat,
-                        &[("cookie", &cookie), ("content-type", "application/json")],
-                        body,
-                    )
-                    .await
-            })
-        };
-        let seen = upstream.count();
-        let deadline = Instant::now() + WITHIN;
-        while upstream.count() == seen {
-            assert!(Instant::now() < deadline, "never forwarded");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let sent = send_until_forwarded(
+            &client,
+            &upstream,
+            chat,
+            [
+                ("cookie", format!("sessionid={session}")),
+                ("content-type", "application/json".to_owned()),
+            ],
+            body,
+            "never forwarded",
+        )
+        .await;
         if log_out {
             // The user logs out in another tab while the image is generated.
             identity.set_mode(Mode::Status(StatusCode::UNAUTHORIZED));
@@ -363,12 +361,7 @@ async fn a_user_id_format_that_does_not_fit_the_app_does_not_turn_enforcement_of
     use crate::support::identity_server::{IdentityServer, Plan};
 
     let identity = IdentityServer::start().await;
-    let free = Plan {
-        name: "free",
-        daily: Some(3),
-        weekly: Some(10),
-        monthly: Some(30),
-    };
+    let free = Plan::free();
     identity.login("s1", 42, Some(free));
     let upstream =
         TestUpstream::always(Reply::ok().header("x-images-saved", "1").body("generated")).await;

@@ -9,13 +9,24 @@
 //! review session of that day's fixes; each test's doc says what the flaw
 //! was.
 
+use crate::jwt_parity::{flagged_with, jwt_user_at_the_limit};
 use crate::support::binary::Binary;
 use crate::support::django::Django;
 use crate::support::preset::{
     ANSWER_WITHIN as WITHIN, answer_line, assert_held_at_the_limit, preset_with,
-    use_up_the_free_plan,
 };
 use crate::support::raw_http;
+
+/// Each of `headers` (what, header lines) on a flagged message (sessions
+/// 10, 11, …), one [`answer_line`] per answer.
+fn send_headers(proxy: &Binary, headers: &[(&str, String)]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for (n, (what, header)) in headers.iter().enumerate() {
+        let answer = flagged_with(proxy, 10 + n as u64, header.as_bytes());
+        seen.push(answer_line(what, &answer));
+    }
+    seen
+}
 
 /// **A JWT whose signature PyJWT reads leniently was no identity to the
 /// proxy.**
@@ -39,17 +50,9 @@ use crate::support::raw_http;
 /// Now the signature is read as PyJWT reads it before it is verified.
 #[tokio::test]
 async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
-    use crate::jwt_parity::{access_token, flagged_with, jwt_preset, secret_file};
     const USER: u64 = 720_301;
-    let django = Django::start_with(&[("HARNESS_JWT_BEARER", "1")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let proxy = Binary::start(&jwt_preset(&django, &secret, None), &[]).await;
-    let token = access_token(USER);
-    let plain = format!("Authorization: Bearer {token}");
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, plain.as_bytes())
-    });
+    let mut at = jwt_user_at_the_limit(USER, false).await;
+    let token = &at.token;
 
     // The signature's last character with its two unsigned bits changed.
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -70,14 +73,11 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
             format!("{}{other}", &token[..token.len() - 1]),
         ),
     ];
-    let mut seen = Vec::new();
-    for (n, (what, spelled)) in spellings.iter().enumerate() {
-        let header = format!("Authorization: Bearer {spelled}");
-        let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
-        seen.push(answer_line(what, &answer));
-    }
+    let headers =
+        spellings.map(|(what, spelled)| (what, format!("Authorization: Bearer {spelled}")));
+    let seen = send_headers(&at.proxy, &headers);
     assert_held_at_the_limit(
-        &mut saved,
+        &mut at.saved,
         USER,
         &seen,
         "their own token with its signature  spelled otherwise",
@@ -92,18 +92,9 @@ async fn a_jwt_signature_spelled_as_pyjwt_reads_it_still_identifies() {
 /// unchecked.
 #[tokio::test]
 async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
-    use crate::jwt_parity::{access_token, flagged_with, jwt_preset, secret_file};
     const USER: u64 = 720_401;
-    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let config = jwt_preset(&django, &secret, Some("access_token"));
-    let proxy = Binary::start(&config, &[]).await;
-    let token = access_token(USER);
-    let plain = format!("Cookie: access_token={token}");
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, plain.as_bytes())
-    });
+    let mut at = jwt_user_at_the_limit(USER, true).await;
+    let token = &at.token;
     let cut = token.len() - 10;
     let spellings = [
         ("padded", format!("Cookie: access_token={token}=")),
@@ -116,13 +107,9 @@ async fn a_jwt_cookie_spelled_as_pyjwt_reads_it_still_identifies() {
             ),
         ),
     ];
-    let mut seen = Vec::new();
-    for (n, (what, header)) in spellings.iter().enumerate() {
-        let answer = flagged_with(&proxy, 10 + n as u64, header.as_bytes());
-        seen.push(answer_line(what, &answer));
-    }
+    let seen = send_headers(&at.proxy, &spellings);
     assert_held_at_the_limit(
-        &mut saved,
+        &mut at.saved,
         USER,
         &seen,
         "their own token cookie spelled otherwise",
@@ -142,6 +129,22 @@ fn flagged_to(proxy: &Binary, user: u64, target: &str, extra: &str) -> raw_http:
     .into_bytes();
     request.extend_from_slice(body);
     raw_http::send(proxy.proxy, &request, false, WITHIN)
+}
+
+/// `user`'s three images of the free plan sent with the header lines
+/// `host` (sessions 1 to 3, each answered 200), then a fourth denied 403.
+fn fill_the_free_plan(proxy: &Binary, user: u64, host: &str) {
+    for session in 1..=3 {
+        let answer = flagged_to(proxy, user, &format!("/chat/session/{session}/send/"), host);
+        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
+    }
+    let denied = flagged_to(proxy, user, "/chat/session/4/send/", host);
+    assert_eq!(
+        denied.status,
+        403,
+        "the fourth is denied: {}",
+        denied.text()
+    );
 }
 
 /// **An absolute-form target without `Host` made every identity call
@@ -174,23 +177,7 @@ async fn an_absolute_form_target_without_host_is_identified() {
             .insert("on_identity_error".into(), "allow".into());
     });
     let proxy = Binary::start(&config, &[]).await;
-    let host = format!("Host: {HOST}\r\n");
-    for session in 1..=3 {
-        let answer = flagged_to(
-            &proxy,
-            USER,
-            &format!("/chat/session/{session}/send/"),
-            &host,
-        );
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    let denied = flagged_to(&proxy, USER, "/chat/session/4/send/", &host);
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth is denied: {}",
-        denied.text()
-    );
+    fill_the_free_plan(&proxy, USER, &format!("Host: {HOST}\r\n"));
     let mut seen = Vec::new();
     for session in 10..13 {
         let target = format!("http://{HOST}/chat/session/{session}/send/");
@@ -240,23 +227,7 @@ async fn a_client_made_identity_error_is_never_allowed_through() {
             );
     });
     let proxy = Binary::start(&config, &[]).await;
-    let host = "Host: chat.example\r\n";
-    for session in 1..=3 {
-        let answer = flagged_to(
-            &proxy,
-            USER,
-            &format!("/chat/session/{session}/send/"),
-            host,
-        );
-        assert_eq!(answer.status, 200, "image {session}: {}", answer.text());
-    }
-    let denied = flagged_to(&proxy, USER, "/chat/session/4/send/", host);
-    assert_eq!(
-        denied.status,
-        403,
-        "the fourth is denied: {}",
-        denied.text()
-    );
+    fill_the_free_plan(&proxy, USER, "Host: chat.example\r\n");
     let mut seen = Vec::new();
     for session in 10..13 {
         let answer = flagged_to(

@@ -6,6 +6,7 @@
 //! generation admitted locally during a Redis outage and still running
 //! when it ends.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use http::{Method, StatusCode};
 use tokio::sync::Notify;
 
 use crate::support::binary::Binary;
+use crate::support::gen_route::{BREAKER_NEVER_OPENS, daily_config, redis_store};
 use crate::support::proxy::{Answer, TestClient};
 use crate::support::raw_http;
 use crate::support::redis::{RedisServer, used_today};
@@ -20,9 +22,11 @@ use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
-async fn generate(binary: &Binary, user: &str, hold: bool) -> Answer {
+/// A flagged request of `user` to `/gen/` through the proxy at `proxy`;
+/// `hold` asks the upstream to hold its answer (`x-hold: 1`).
+async fn generate(proxy: SocketAddr, user: &str, hold: bool) -> Answer {
     let hold = if hold { "1" } else { "0" };
-    TestClient::new(binary.proxy)
+    TestClient::new(proxy)
         .send(
             Method::POST,
             "/gen/",
@@ -97,28 +101,7 @@ token_env = "QUOTA_PROXY_ADMIN_TOKEN"
 /// `user`'s settled daily usage in the binary's store (the admin usage
 /// API), once nothing of theirs is in flight.
 async fn settled(binary: &Binary, user: &str) -> u64 {
-    let deadline = Instant::now() + WITHIN;
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    loop {
-        let answer = TestClient::new(binary.admin)
-            .send(
-                Method::GET,
-                &format!("/v1/users/{user}/usage"),
-                &[("authorization", &auth)],
-                "",
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        let daily = &answer.json()["periods"]["daily"];
-        if daily["reserved"] == 0 {
-            return daily["used"].as_u64().expect("used is a number");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user} still has a reservation in flight after {WITHIN:?}: {daily}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    binary.settled_daily(user, ADMIN_TOKEN, WITHIN).await
 }
 
 /// docs/security.md: "The reports of one response are summed with
@@ -135,7 +118,7 @@ async fn settled(binary: &Binary, user: &str) -> u64 {
 async fn a_report_header_hides_the_marker_of_the_same_answer() {
     let upstream = header_zero_then_marker(Duration::from_millis(20)).await;
     let binary = marker_binary(&upstream, |_| {}).await;
-    let answer = generate(&binary, "h", false).await;
+    let answer = generate(binary.proxy, "h", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let used = settled(&binary, "h").await;
     assert_eq!(
@@ -173,48 +156,16 @@ async fn a_slow_json_body_lets_its_reservation_expire() {
         }
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-reservation_ttl = "1s"
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 1, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-[admin]
-token_env = "QUOTA_PROXY_ADMIN_TOKEN"
-"#,
-        upstream = upstream.authority(),
-    );
+    let config = daily_config(&upstream, 1, r#"reservation_ttl = "1s""#)
+        + "[admin]\ntoken_env = \"QUOTA_PROXY_ADMIN_TOKEN\"\n";
     let binary = Binary::start(&config, &[("QUOTA_PROXY_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
-    let first = {
-        let proxy = binary.proxy;
-        tokio::spawn(async move {
-            TestClient::new(proxy)
-                .send(
-                    Method::POST,
-                    "/gen/",
-                    &[
-                        ("x-user-id", "j"),
-                        ("x-hold", "1"),
-                        ("content-type", "application/json"),
-                    ],
-                    r#"{"generate_image": true}"#,
-                )
-                .await
-        })
-    };
+    let first = tokio::spawn(generate(binary.proxy, "j", true));
     tokio::time::timeout(WITHIN, upstream.wait_for_requests(1))
         .await
         .expect("the first generation reaches the upstream");
     // The head is out; its body (and report) is on its way.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let second = generate(&binary, "j", false).await;
+    let second = generate(binary.proxy, "j", false).await;
     let first = first.await.expect("first");
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     let used = settled(&binary, "j").await;
@@ -283,28 +234,6 @@ async fn a_report_payload_over_256_bytes_is_not_counted() {
     );
 }
 
-async fn healthz(binary: &Binary) -> serde_json::Value {
-    TestClient::new(binary.admin)
-        .send(Method::GET, "/healthz", &[], "")
-        .await
-        .json()
-}
-
-async fn wait_health(binary: &Binary, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let health = healthz(binary).await;
-        if check(&health["store"]) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {WITHIN:?} for {what}; /healthz says {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Under `on_store_error = "local"` a reservation made in this replica's
 /// memory during an outage is not known to Redis. When Redis answers again,
 /// the first reserve Redis answers ends the outage and drops the local
@@ -333,69 +262,41 @@ async fn a_generation_admitted_locally_is_forgotten_when_redis_returns() {
         })
         .await
     };
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-kind = "redis"
-url = "{url}"
-command_timeout = "300ms"
-on_store_error = "local"
-breaker = {{ failures = 1000000, open_for = "100ms" }}
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 1, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-        url = redis.url(),
+    let config = daily_config(
+        &upstream,
+        1,
+        &redis_store(&redis, "local", BREAKER_NEVER_OPENS),
     );
     let binary = Binary::start(&config, &[]).await;
 
     // Redis goes away (a restart); the user's first image starts, admitted
     // from this replica's memory.
     redis.kill();
-    let first = {
-        let proxy = binary.proxy;
-        tokio::spawn(async move {
-            TestClient::new(proxy)
-                .send(
-                    Method::POST,
-                    "/gen/",
-                    &[
-                        ("x-user-id", "u"),
-                        ("x-hold", "1"),
-                        ("content-type", "application/json"),
-                    ],
-                    r#"{"generate_image": true}"#,
-                )
-                .await
-        })
-    };
+    let first = tokio::spawn(generate(binary.proxy, "u", true));
     tokio::time::timeout(WITHIN, upstream.wait_for_requests(1))
         .await
         .expect("the first generation reaches the upstream");
-    wait_health(&binary, "the local count to be in force", |s| {
-        s["local"] == true
-    })
-    .await;
+    binary
+        .wait_store_health("the local count to be in force", WITHIN, |s| {
+            s["local"] == true
+        })
+        .await;
 
     // Redis is back (empty: the user never settled anything there) while
     // the first generation still runs. The user asks again.
     redis.restart();
-    wait_health(&binary, "redis to answer", |s| s["up"] == true).await;
-    let second = generate(&binary, "u", false).await;
+    binary
+        .wait_store_health("redis to answer", WITHIN, |s| s["up"] == true)
+        .await;
+    let second = generate(binary.proxy, "u", false).await;
     release.notify_one();
     let first = first.await.expect("first request");
     assert_eq!(first.status, StatusCode::OK);
-    wait_health(&binary, "the settle queue to drain", |s| {
-        s["pending_settles"] == 0 && s["local"] == false
-    })
-    .await;
+    binary
+        .wait_store_health("the settle queue to drain", WITHIN, |s| {
+            s["pending_settles"] == 0 && s["local"] == false
+        })
+        .await;
     let saved = upstream
         .requests()
         .iter()

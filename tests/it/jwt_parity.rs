@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::support::binary::Binary;
-use crate::support::django::Django;
+use crate::support::django::{Django, SavedImages};
 use crate::support::preset::{preset_with, use_up_the_free_plan};
 use crate::support::raw_http;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -104,6 +104,69 @@ pub(crate) fn jwt_preset(
     })
 }
 
+/// A free user at the limit (three images saved, a fourth denied) behind
+/// [`jwt_preset`], as [`jwt_user_at_the_limit`] makes one.
+pub(crate) struct JwtUserAtTheLimit {
+    pub(crate) proxy: Binary,
+    pub(crate) saved: SavedImages,
+    /// The user's valid access token.
+    pub(crate) token: String,
+    _secret: tempfile::NamedTempFile,
+    _django: Django,
+}
+
+/// Django and the proxy reading the JWT from cookie `access_token`
+/// (`cookie`) or else from `Authorization: Bearer`, and `user`'s free plan
+/// used up with a valid token sent that way.
+pub(crate) async fn jwt_user_at_the_limit(user: u64, cookie: bool) -> JwtUserAtTheLimit {
+    let django = if cookie {
+        Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")])
+    } else {
+        Django::start_with(&[("HARNESS_JWT_BEARER", "1")])
+    };
+    let mut saved = django.saved();
+    let secret = secret_file();
+    let config = jwt_preset(&django, &secret, cookie.then_some("access_token"));
+    let proxy = Binary::start(&config, &[]).await;
+    let token = access_token(user);
+    let plain = if cookie {
+        format!("Cookie: access_token={token}")
+    } else {
+        format!("Authorization: Bearer {token}")
+    };
+    use_up_the_free_plan(&mut saved, user, |session| {
+        flagged_with(&proxy, session, plain.as_bytes())
+    });
+    JwtUserAtTheLimit {
+        proxy,
+        saved,
+        token,
+        _secret: secret,
+        _django: django,
+    }
+}
+
+/// Each of `spellings` (what, cookie) as the cookie of a flagged message
+/// (sessions 10, 11, …), one line per answer with the images `user` has
+/// saved so far.
+fn send_cookies(
+    proxy: &Binary,
+    saved: &mut SavedImages,
+    user: u64,
+    spellings: &[(&str, Vec<u8>)],
+) -> Vec<String> {
+    let mut got = Vec::new();
+    for (n, (what, cookie)) in spellings.iter().enumerate() {
+        let answer = flagged(proxy, 10 + n as u64, cookie);
+        got.push(format!(
+            "{what}: {} ({} images saved so far)",
+            answer.status,
+            saved.by_user(&user.to_string())
+        ));
+    }
+    got
+}
+
 /// `identity.kind = "jwt"` with `cookie = "access_token"` reads the token
 /// from the `Cookie` header with its own parser (`jwt.rs` `cookie_value`),
 /// which is not Django's `parse_cookie`, the one an app's cookie-JWT
@@ -125,18 +188,10 @@ pub(crate) fn jwt_preset(
 #[tokio::test]
 async fn a_jwt_cookie_is_read_as_django_reads_it() {
     const USER: u64 = 910_001;
-    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let config = jwt_preset(&django, &secret, Some("access_token"));
-    let proxy = Binary::start(&config, &[]).await;
-    let token = access_token(USER);
-    let plain = format!("access_token={token}");
-
     // The free plan's three images, then a denial: the user is at the limit.
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged(&proxy, session, plain.as_bytes())
-    });
+    let mut at = jwt_user_at_the_limit(USER, true).await;
+    let (proxy, saved, token) = (&at.proxy, &mut at.saved, &at.token);
+    let plain = format!("access_token={token}");
     assert_eq!(saved.by_user(&USER.to_string()), 3);
 
     // The same token, in cookies the proxy reads otherwise than Django.
@@ -152,15 +207,7 @@ async fn a_jwt_cookie_is_read_as_django_reads_it() {
         ),
         ("an escaped quoted value", escaped.into_bytes()),
     ];
-    let mut got = Vec::new();
-    for (n, (what, cookie)) in spellings.iter().enumerate() {
-        let answer = flagged(&proxy, 10 + n as u64, cookie);
-        got.push(format!(
-            "{what}: {} ({} images saved so far)",
-            answer.status,
-            saved.by_user(&USER.to_string())
-        ));
-    }
+    let got = send_cookies(proxy, saved, USER, &spellings);
     let total = saved.by_user(&USER.to_string());
     assert_eq!(
         total,
@@ -185,19 +232,11 @@ async fn a_jwt_cookie_is_read_as_django_reads_it() {
 #[tokio::test]
 async fn a_bearer_token_is_split_as_simplejwt_splits_it() {
     const USER: u64 = 910_002;
-    let django = Django::start_with(&[("HARNESS_JWT_BEARER", "1")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let proxy = Binary::start(&jwt_preset(&django, &secret, None), &[]).await;
-    let token = access_token(USER);
-    let plain = format!("Authorization: Bearer {token}");
-
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged_with(&proxy, session, plain.as_bytes())
-    });
+    let mut at = jwt_user_at_the_limit(USER, false).await;
+    let (proxy, saved, token) = (&at.proxy, &mut at.saved, &at.token);
 
     let tab = format!("Authorization: Bearer\t{token}");
-    let answer = flagged_with(&proxy, 5, tab.as_bytes());
+    let answer = flagged_with(proxy, 5, tab.as_bytes());
     let total = saved.by_user(&USER.to_string());
     assert_eq!(
         total, 3,
@@ -224,17 +263,9 @@ async fn a_bearer_token_is_split_as_simplejwt_splits_it() {
 #[tokio::test]
 async fn a_jwt_cookie_next_to_a_unicode_space_is_read_by_django_not_by_the_proxy() {
     const USER: u64 = 920_001;
-    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let config = jwt_preset(&django, &secret, Some("access_token"));
-    let proxy = Binary::start(&config, &[]).await;
-    let token = access_token(USER);
+    let mut at = jwt_user_at_the_limit(USER, true).await;
+    let (proxy, saved, token) = (&at.proxy, &mut at.saved, &at.token);
     let plain = format!("access_token={token}");
-
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged(&proxy, session, plain.as_bytes())
-    });
 
     let spellings: [(&str, Vec<u8>); 3] = [
         (
@@ -250,15 +281,7 @@ async fn a_jwt_cookie_next_to_a_unicode_space_is_read_by_django_not_by_the_proxy
             format!("access_token\u{2003}={token}").into_bytes(),
         ),
     ];
-    let mut got = Vec::new();
-    for (n, (what, cookie)) in spellings.iter().enumerate() {
-        let answer = flagged(&proxy, 10 + n as u64, cookie);
-        got.push(format!(
-            "{what}: {} ({} images saved so far)",
-            answer.status,
-            saved.by_user(&USER.to_string())
-        ));
-    }
+    let got = send_cookies(proxy, saved, USER, &spellings);
     let total = saved.by_user(&USER.to_string());
     assert_eq!(
         total,
@@ -286,20 +309,12 @@ async fn a_jwt_cookie_next_to_a_unicode_space_is_read_by_django_not_by_the_proxy
 #[tokio::test]
 async fn a_garbage_bearer_token_hides_a_valid_jwt_cookie() {
     const USER: u64 = 920_002;
-    let django = Django::start_with(&[("HARNESS_JWT_COOKIE", "access_token")]);
-    let mut saved = django.saved();
-    let secret = secret_file();
-    let config = jwt_preset(&django, &secret, Some("access_token"));
-    let proxy = Binary::start(&config, &[]).await;
-    let token = access_token(USER);
+    let mut at = jwt_user_at_the_limit(USER, true).await;
+    let (proxy, saved, token) = (&at.proxy, &mut at.saved, &at.token);
     let plain = format!("access_token={token}");
 
-    use_up_the_free_plan(&mut saved, USER, |session| {
-        flagged(&proxy, session, plain.as_bytes())
-    });
-
     let both = format!("Authorization: Bearer x\r\nCookie: {plain}");
-    let answer = flagged_with(&proxy, 5, both.as_bytes());
+    let answer = flagged_with(proxy, 5, both.as_bytes());
     let total = saved.by_user(&USER.to_string());
     assert_eq!(
         total, 3,

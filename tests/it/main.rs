@@ -31,6 +31,7 @@ mod exact_counts;
 mod flag_rules;
 mod http2_limits;
 mod identity;
+mod identity_config;
 mod identity_jwt;
 mod jwt_fit;
 mod jwt_parity;

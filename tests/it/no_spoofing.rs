@@ -4,18 +4,13 @@
 //! carry the verified identity instead.
 
 use crate::support::identity_server::{IdentityServer, Plan};
-use crate::support::proxy::{Proxy, TestClient};
+use crate::support::instant::at;
+use crate::support::proxy::{Answer, Proxy, TestClient};
 use crate::support::upstream::{Reply, TestUpstream};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http::{Method, StatusCode};
 
 const NOW: &str = "2031-05-14T10:00:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 const ROUTES: &str = r#"
 [plans]
@@ -31,6 +26,18 @@ const SPOOF: [(&str, &str); 3] = [
     ("x-subscription-type", "unlimited"),
     ("content-type", "application/json"),
 ];
+
+/// A flagged message to the send view of session 1 with `headers`.
+async fn send_flagged(client: &TestClient, headers: &[(&str, &str)]) -> Answer {
+    client
+        .send(
+            Method::POST,
+            "/chat/session/1/send/",
+            headers,
+            r#"{"generate_image": true}"#,
+        )
+        .await
+}
 
 #[tokio::test]
 async fn forward_auth_replaces_spoofed_identity_headers() {
@@ -55,14 +62,7 @@ async fn forward_auth_replaces_spoofed_identity_headers() {
     let mut headers = SPOOF.to_vec();
     headers.push(("cookie", "sessionid=s3cret"));
 
-    let answer = client
-        .send(
-            Method::POST,
-            "/chat/session/1/send/",
-            &headers,
-            r#"{"generate_image": true}"#,
-        )
-        .await;
+    let answer = send_flagged(&client, &headers).await;
     assert_eq!(answer.status, StatusCode::OK);
     let seen = upstream.last_request();
     assert_eq!(seen.header("x-user-id"), Some("42"));
@@ -71,14 +71,7 @@ async fn forward_auth_replaces_spoofed_identity_headers() {
 
     // Django's limit (1 a day) applies to the verified user, not "admin".
     proxy.wait_settled("42", 1).await;
-    let denied = client
-        .send(
-            Method::POST,
-            "/chat/session/1/send/",
-            &headers,
-            r#"{"generate_image": true}"#,
-        )
-        .await;
+    let denied = send_flagged(&client, &headers).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(proxy.usage("admin").await[0].used, 0);
 
@@ -113,14 +106,7 @@ async fn jwt_replaces_spoofed_identity_headers() {
     let bearer = format!("Bearer {token}");
     let mut headers = SPOOF.to_vec();
     headers.push(("authorization", &bearer));
-    client
-        .send(
-            Method::POST,
-            "/chat/session/1/send/",
-            &headers,
-            r#"{"generate_image": true}"#,
-        )
-        .await;
+    send_flagged(&client, &headers).await;
     assert_eq!(upstream.last_request().header("x-user-id"), Some("7"));
 
     // A forged token is anonymous: nothing identifies the request, and the
@@ -136,14 +122,7 @@ async fn jwt_replaces_spoofed_identity_headers() {
     let forged = format!("Bearer {}{other}{}", &token[..=dot], &token[dot + 2..]);
     let mut headers = SPOOF.to_vec();
     headers.push(("authorization", &forged));
-    client
-        .send(
-            Method::POST,
-            "/chat/session/1/send/",
-            &headers,
-            r#"{"generate_image": true}"#,
-        )
-        .await;
+    send_flagged(&client, &headers).await;
     let seen = upstream.last_request();
     assert_eq!(seen.header("x-user-id"), None);
     assert_eq!(seen.header("x-subscription-type"), None);

@@ -19,12 +19,13 @@
 use std::time::{Duration, Instant};
 
 use crate::support::binary::Binary;
-use crate::support::proxy::{Answer, TestClient};
+use crate::support::gen_route::{
+    BREAKER_NEVER_OPENS, daily_config, flagged_answer, redis_store, saving_upstream,
+};
+use crate::support::proxy::TestClient;
 use crate::support::redis::{RedisServer, used_today, wait_used_today};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
-
-const GEN: &str = "/gen/";
 
 /// Every bounded wait of this file: the binary exports the retry queue's
 /// counters every 5 s.
@@ -37,52 +38,28 @@ const ROUTE: &str = r#"route="POST /gen/""#;
 /// command timeout, a breaker that opens after 2 failures and stays open
 /// a minute (no half-open probe during a test), and `extra` in `[store]`.
 fn config(upstream: &TestUpstream, redis: &RedisServer, policy: &str, extra: &str) -> String {
-    format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-kind = "redis"
-url = "{url}"
-command_timeout = "300ms"
-on_store_error = "{policy}"
-breaker = {{ failures = 2, open_for = "60s" }}
-{extra}
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-        url = redis.url(),
+    let breaker = r#"breaker = { failures = 2, open_for = "60s" }"#;
+    daily_config(
+        upstream,
+        2,
+        &redis_store(redis, policy, &format!("{breaker}\n{extra}")),
     )
 }
 
-/// An upstream that saves one image per flagged request to `/gen/`, and
-/// says so; nothing for anything else.
-async fn saving_upstream() -> TestUpstream {
-    TestUpstream::start(|request: RecordedRequest| async move {
-        let asked = request.uri.path() == GEN
-            && String::from_utf8_lossy(&request.body).contains("\"generate_image\": true");
-        Reply::ok()
-            .header("x-images-saved", if asked { "1" } else { "0" })
-            .body("generated")
-    })
-    .await
-}
-
-async fn generate(binary: &Binary, user: &str) -> Answer {
-    TestClient::new(binary.proxy)
-        .send(
-            Method::POST,
-            GEN,
-            &[("x-user-id", user), ("content-type", "application/json")],
-            r#"{"generate_image": true}"#,
-        )
-        .await
+/// The saving upstream and the binary under `policy` (and `extra`, see
+/// [`config`]) in front of `redis`, once `user`'s first image is counted in
+/// Redis.
+async fn serving(
+    redis: &RedisServer,
+    policy: &str,
+    extra: &str,
+    user: &str,
+) -> (TestUpstream, Binary) {
+    let upstream = saving_upstream().await;
+    let binary = Binary::start(&config(&upstream, redis, policy, extra), &[]).await;
+    assert_eq!(flagged_answer(&binary, user).await.status, StatusCode::OK);
+    wait_used_today(&redis.url(), user, 1, WITHIN).await;
+    (upstream, binary)
 }
 
 /// The value of one series in `/metrics`, 0 when it was never set.
@@ -126,14 +103,11 @@ fn decisions(binary: &Binary, decision: &str, cause: &str) -> usize {
 #[tokio::test]
 async fn deny_answers_503_and_the_breaker_stops_waiting_on_a_hung_redis() {
     let redis = RedisServer::start();
-    let upstream = saving_upstream().await;
-    let binary = Binary::start(&config(&upstream, &redis, "deny", ""), &[]).await;
-    assert_eq!(generate(&binary, "d").await.status, StatusCode::OK);
-    wait_used_today(&redis.url(), "d", 1, WITHIN).await;
+    let (upstream, binary) = serving(&redis, "deny", "", "d").await;
 
     redis.pause();
     for i in 0..5 {
-        let answer = generate(&binary, "d").await;
+        let answer = flagged_answer(&binary, "d").await;
         assert_eq!(
             answer.status,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,15 +147,12 @@ async fn deny_answers_503_and_the_breaker_stops_waiting_on_a_hung_redis() {
 #[tokio::test]
 async fn allow_forwards_unchecked_queues_the_usage_and_counts_what_is_lost() {
     let mut redis = RedisServer::start();
-    let upstream = saving_upstream().await;
-    let binary = Binary::start(&config(&upstream, &redis, "allow", "settle_queue = 1"), &[]).await;
-    assert_eq!(generate(&binary, "a").await.status, StatusCode::OK);
-    wait_used_today(&redis.url(), "a", 1, WITHIN).await;
+    let (upstream, binary) = serving(&redis, "allow", "settle_queue = 1", "a").await;
 
     redis.kill();
     // Unchecked: the user gets past the daily 2.
     for i in 0..3 {
-        let answer = generate(&binary, "a").await;
+        let answer = flagged_answer(&binary, "a").await;
         assert_eq!(
             answer.status,
             StatusCode::OK,
@@ -235,16 +206,13 @@ async fn allow_forwards_unchecked_queues_the_usage_and_counts_what_is_lost() {
 #[tokio::test]
 async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
     let mut redis = RedisServer::start_persistent();
-    let upstream = saving_upstream().await;
-    let binary = Binary::start(&config(&upstream, &redis, "local", ""), &[]).await;
     // Redis tells the proxy "l" has used 1 of 2 today.
-    assert_eq!(generate(&binary, "l").await.status, StatusCode::OK);
-    wait_used_today(&redis.url(), "l", 1, WITHIN).await;
+    let (upstream, binary) = serving(&redis, "local", "", "l").await;
 
     redis.kill();
-    let answer = generate(&binary, "l").await;
+    let answer = flagged_answer(&binary, "l").await;
     assert_eq!(answer.status, StatusCode::OK, "1 left, counted locally");
-    let denied = generate(&binary, "l").await;
+    let denied = flagged_answer(&binary, "l").await;
     assert_eq!(
         denied.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -254,10 +222,10 @@ async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
     assert_eq!(upstream.count(), 2, "the denied request was not forwarded");
     // A user Redis never spoke of starts from zero: 2 more.
     for _ in 0..2 {
-        assert_eq!(generate(&binary, "new").await.status, StatusCode::OK);
+        assert_eq!(flagged_answer(&binary, "new").await.status, StatusCode::OK);
     }
     assert_eq!(
-        generate(&binary, "new").await.status,
+        flagged_answer(&binary, "new").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
@@ -280,29 +248,6 @@ async fn local_counts_in_memory_from_what_redis_said_and_hands_over() {
     );
 }
 
-async fn healthz(binary: &Binary) -> serde_json::Value {
-    TestClient::new(binary.admin)
-        .send(Method::GET, "/healthz", &[], "")
-        .await
-        .json()
-}
-
-/// Polls `/healthz` until `check` holds for its `store` object.
-async fn wait_health(binary: &Binary, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let health = healthz(binary).await;
-        if check(&health["store"]) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {WITHIN:?} for {what}; /healthz says {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Under `on_store_error = "local"` the docs promise (docs/redis.md, the
 /// `ResilientStore` module docs): "One replica admits a user at most
 /// (limit − last known count) more per period and outage", each user
@@ -321,32 +266,16 @@ async fn a_second_outage_under_local_forgets_what_redis_said() {
     let upstream = saving_upstream().await;
     // Daily 2. A breaker that never opens: every reserve asks Redis first,
     // so the first answer after a pause ends the outage at once.
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-kind = "redis"
-url = "{url}"
-command_timeout = "300ms"
-on_store_error = "local"
-breaker = {{ failures = 1000000, open_for = "100ms" }}
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-        url = redis.url(),
+    let config = daily_config(
+        &upstream,
+        2,
+        &redis_store(&redis, "local", BREAKER_NEVER_OPENS),
     );
     let binary = Binary::start(&config, &[]).await;
 
     // "x" uses the day's two images; Redis says so.
     for i in 0..2 {
-        let answer = generate(&binary, "x").await;
+        let answer = flagged_answer(&binary, "x").await;
         assert_eq!(
             answer.status,
             StatusCode::OK,
@@ -356,18 +285,19 @@ deny_status = 429
     }
     wait_used_today(&redis.url(), "x", 2, WITHIN).await;
     assert_eq!(
-        generate(&binary, "x").await.status,
+        flagged_answer(&binary, "x").await.status,
         StatusCode::TOO_MANY_REQUESTS,
         "Redis denies the third"
     );
 
     // First outage: "x" tries again and is denied from Redis's last answer.
     redis.pause();
-    let first = generate(&binary, "x").await;
-    wait_health(&binary, "the local count to be in force", |s| {
-        s["local"] == true
-    })
-    .await;
+    let first = flagged_answer(&binary, "x").await;
+    binary
+        .wait_store_health("the local count to be in force", WITHIN, |s| {
+            s["local"] == true
+        })
+        .await;
     assert_eq!(
         first.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -377,18 +307,19 @@ deny_status = 429
 
     // Redis answers again (another user's request), which ends the outage.
     redis.resume();
-    assert_eq!(generate(&binary, "y").await.status, StatusCode::OK);
-    wait_health(&binary, "the outage to end", |s| {
-        s["local"] == false && s["pending_settles"] == 0
-    })
-    .await;
+    assert_eq!(flagged_answer(&binary, "y").await.status, StatusCode::OK);
+    binary
+        .wait_store_health("the outage to end", WITHIN, |s| {
+            s["local"] == false && s["pending_settles"] == 0
+        })
+        .await;
     wait_used_today(&redis.url(), "y", 1, WITHIN).await;
 
     // Second outage: Redis last told this replica that "x" is at 2 of 2.
     redis.pause();
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        statuses.push(generate(&binary, "x").await.status);
+        statuses.push(flagged_answer(&binary, "x").await.status);
     }
     redis.resume();
     let forwarded = upstream
@@ -397,10 +328,11 @@ deny_status = 429
         .filter(|r| r.header("x-user-id") == Some("x"))
         .count();
     // What reached Redis once the local settles were handed over.
-    wait_health(&binary, "the settle queue to drain", |s| {
-        s["pending_settles"] == 0
-    })
-    .await;
+    binary
+        .wait_store_health("the settle queue to drain", WITHIN, |s| {
+            s["pending_settles"] == 0
+        })
+        .await;
     let (used, _) = used_today(&redis.url(), "x").await;
     assert!(
         statuses.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
@@ -437,29 +369,16 @@ async fn releases_fill_the_outage_queue_and_push_out_other_users_images() {
         Reply::ok().header("x-images-saved", "1").body("generated")
     })
     .await;
-    let config = format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-kind = "redis"
-url = "{url}"
-command_timeout = "300ms"
-on_store_error = "local"
-settle_queue = 20
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-        url = redis.url(),
+    let config = daily_config(
+        &upstream,
+        2,
+        &redis_store(&redis, "local", "settle_queue = 20"),
     );
     let binary = Binary::start(&config, &[]).await;
-    assert_eq!(generate(&binary, "warmup").await.status, StatusCode::OK);
+    assert_eq!(
+        flagged_answer(&binary, "warmup").await.status,
+        StatusCode::OK
+    );
     wait_used_today(&redis.url(), "warmup", 1, WITHIN).await;
 
     redis.kill();
@@ -467,22 +386,23 @@ deny_status = 429
     // released; the local limit (2) never stops them.
     let mut attacker = Vec::new();
     for _ in 0..25 {
-        attacker.push(generate(&binary, "attacker").await.status);
+        attacker.push(flagged_answer(&binary, "attacker").await.status);
     }
     assert!(
         attacker.iter().all(|s| *s == StatusCode::NOT_FOUND),
         "the attacker's requests reach the app: {attacker:?}"
     );
     // A victim's real image during the same outage.
-    let victim = generate(&binary, "victim").await;
+    let victim = flagged_answer(&binary, "victim").await;
     assert_eq!(victim.status, StatusCode::OK, "{}", victim.text());
-    let health = healthz(&binary).await;
+    let health = binary.healthz().await;
 
     redis.restart();
-    wait_health(&binary, "the retry queue to drain", |s| {
-        s["up"] == true && s["pending_settles"] == 0
-    })
-    .await;
+    binary
+        .wait_store_health("the retry queue to drain", WITHIN, |s| {
+            s["up"] == true && s["pending_settles"] == 0
+        })
+        .await;
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut used = used_today(&redis.url(), "victim").await;
     while used.0 == 0 && Instant::now() < deadline {

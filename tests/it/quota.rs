@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
+use crate::support::instant::at;
 use crate::support::on_both_stores;
 use crate::support::proxy::{Proxy, StoreChoice, TestClient};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 
 /// A Wednesday, 13:30 in Tehran.
@@ -44,12 +44,6 @@ deny_status = 429
 
 const DAILY_3: &str = "شما به حد مجاز تولید تصویر روزانه (3 عدد) رسیده‌اید";
 
-pub(crate) fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
-
 /// An upstream like the Django views once they report usage: a request
 /// asking for an image "saves" one and says so in `X-Images-Saved`.
 pub(crate) async fn saving_upstream() -> TestUpstream {
@@ -60,6 +54,31 @@ pub(crate) async fn saving_upstream() -> TestUpstream {
             .body("generated")
     })
     .await
+}
+
+/// `n` flagged requests of `user` on `plan` at once, spread over
+/// `clients` in turn: how many were let through (200); anything but 200 or
+/// 403 fails the test.
+async fn allowed_in_parallel(
+    clients: &[TestClient],
+    n: usize,
+    user: &'static str,
+    plan: &'static str,
+) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = clients[i % clients.len()].clone();
+        tasks.spawn(async move { client.generate(SEND, user, plan).await.status });
+    }
+    let mut allowed = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.expect("task") {
+            StatusCode::OK => allowed += 1,
+            StatusCode::FORBIDDEN => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    allowed
 }
 
 on_both_stores! {
@@ -150,19 +169,7 @@ on_both_stores! {
         let upstream = saving_upstream().await;
         let proxy = Proxy::start(CONFIG, &upstream.authority(), &store, at(NOW)).await;
         let client = TestClient::new(proxy.addr);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let client = client.clone();
-            tasks.spawn(async move { client.generate(SEND, "racer", "free").await.status });
-        }
-        let mut allowed = 0;
-        while let Some(status) = tasks.join_next().await {
-            match status.expect("task") {
-                StatusCode::OK => allowed += 1,
-                StatusCode::FORBIDDEN => {}
-                other => panic!("unexpected {other}"),
-            }
-        }
+        let allowed = allowed_in_parallel(&[client], 50, "racer", "free").await;
         assert_eq!(allowed, 3);
         assert_eq!(upstream.count(), 3);
         let usage = proxy.wait_settled("racer", 3).await;
@@ -391,19 +398,7 @@ async fn two_replicas_on_one_redis_let_exactly_the_limit_through() {
     let a = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
     let b = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
     let clients = [TestClient::new(a.addr), TestClient::new(b.addr)];
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..200 {
-        let client = clients[i % 2].clone();
-        tasks.spawn(async move { client.generate(SEND, "shared", "five").await.status });
-    }
-    let mut allowed = 0;
-    while let Some(status) = tasks.join_next().await {
-        match status.expect("task") {
-            StatusCode::OK => allowed += 1,
-            StatusCode::FORBIDDEN => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let allowed = allowed_in_parallel(&clients, 200, "shared", "five").await;
     assert_eq!(allowed, 5);
     assert_eq!(upstream.count(), 5);
     let usage = a.wait_settled("shared", 5).await;

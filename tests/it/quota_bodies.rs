@@ -11,7 +11,8 @@ use crate::support::redis::RedisServer;
 use crate::support::upstream::{Reply, TestUpstream};
 use http::{Method, StatusCode};
 
-use crate::quota::{API, CONFIG, NOW, SEND, at, saving_upstream};
+use crate::quota::{API, CONFIG, NOW, SEND, saving_upstream};
+use crate::support::instant::at;
 
 #[tokio::test]
 async fn oversized_chunked_body_is_refused_without_content_length() {

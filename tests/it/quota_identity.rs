@@ -7,7 +7,8 @@ use crate::support::proxy::{Proxy, StoreChoice, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
 
-use crate::quota::{CONFIG, NOW, SEND, at, saving_upstream};
+use crate::quota::{CONFIG, NOW, SEND, saving_upstream};
+use crate::support::instant::at;
 
 #[tokio::test]
 async fn anonymous_requests_follow_the_policy() {

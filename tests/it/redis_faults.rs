@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use crate::support::binary::Binary;
 use crate::support::gen_route;
+use crate::support::instant::at;
 use crate::support::proxy::TestClient;
 use crate::support::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use crate::support::reserve::{daily_request, utc_windows};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use chrono::{DateTime, Utc, Weekday};
+use chrono::{Utc, Weekday};
 use http::{Method, StatusCode};
 use quota_proxy::periods::Calendar;
 use quota_proxy::store::{
@@ -30,12 +31,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const PREFIX: &str = "quota:";
 /// A Wednesday; its week started Monday 2031-05-12.
 const NOW: &str = "2031-05-14T10:00:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 fn request(user: &str, daily: u64) -> ReserveRequest {
     daily_request(user, daily, at(NOW), TTL)

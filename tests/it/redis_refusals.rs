@@ -6,28 +6,14 @@
 
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::support::binary::Binary;
-use crate::support::proxy::{Answer, TestClient};
+use crate::support::gen_route::{GEN, daily_config, flagged_answer, saving_upstream};
 use crate::support::redis::{RedisServer, units_key, used_today, wait_used_today};
-use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
+use crate::support::upstream::TestUpstream;
 
-const GEN: &str = "/gen/";
 const WITHIN: Duration = Duration::from_secs(15);
-
-/// An upstream that saves one image per flagged request to `/gen/` and
-/// says so, and counts what it saved per user (`x-user-id`).
-async fn saving_upstream() -> TestUpstream {
-    TestUpstream::start(|request: RecordedRequest| async move {
-        let asked = request.uri.path() == GEN
-            && String::from_utf8_lossy(&request.body).contains("\"generate_image\": true");
-        Reply::ok()
-            .header("x-images-saved", if asked { "1" } else { "0" })
-            .body("generated")
-    })
-    .await
-}
 
 /// Images the upstream saved for `user`.
 fn saved_for(upstream: &TestUpstream, user: &str) -> usize {
@@ -42,43 +28,23 @@ fn saved_for(upstream: &TestUpstream, user: &str) -> usize {
         .count()
 }
 
-async fn generate(binary: &Binary, user: &str) -> Answer {
-    TestClient::new(binary.proxy)
-        .send(
-            Method::POST,
-            GEN,
-            &[("x-user-id", user), ("content-type", "application/json")],
-            r#"{"generate_image": true}"#,
-        )
-        .await
-}
-
 fn redis_config(
     upstream: &TestUpstream,
     redis: &RedisServer,
     policy: &str,
     failures: u32,
 ) -> String {
-    format!(
-        r#"
-upstream = "http://{upstream}"
-[store]
-kind = "redis"
+    daily_config(
+        upstream,
+        2,
+        &format!(
+            r#"kind = "redis"
 url = "{url}"
 command_timeout = "500ms"
 on_store_error = "{policy}"
-breaker = {{ failures = {failures}, open_for = "60s" }}
-[identity]
-default_plan = "free"
-[plans]
-free = {{ daily = 2, weekly = 10, monthly = 30 }}
-[[routes]]
-method = "POST"
-path = "/gen/"
-deny_status = 429
-"#,
-        upstream = upstream.authority(),
-        url = redis.url(),
+breaker = {{ failures = {failures}, open_for = "60s" }}"#,
+            url = redis.url(),
+        ),
     )
 }
 
@@ -108,25 +74,28 @@ async fn one_users_wrong_type_key_opens_the_breaker_for_everyone() {
 
     // Alice uses her daily 2, and is at the limit.
     for _ in 0..2 {
-        assert_eq!(generate(&binary, "alice").await.status, StatusCode::OK);
+        assert_eq!(
+            flagged_answer(&binary, "alice").await.status,
+            StatusCode::OK
+        );
     }
     wait_used_today(&redis.url(), "alice", 2, WITHIN).await;
     assert_eq!(
-        generate(&binary, "alice").await.status,
+        flagged_answer(&binary, "alice").await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
 
     // Someone else's key of the wrong type for mallory's units.
     redis.cli(&["SET", &units_key("mallory"), "not a zset"]);
     for _ in 0..3 {
-        generate(&binary, "mallory").await;
+        flagged_answer(&binary, "mallory").await;
     }
 
     // Redis is up and answers every call; alice is still at her limit.
     assert_eq!(redis.cli(&["PING"]).trim(), "PONG");
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(generate(&binary, "alice").await.status);
+        statuses.push(flagged_answer(&binary, "alice").await.status);
     }
     let saved = saved_for(&upstream, "alice");
     let (used, _) = used_today(&redis.url(), "alice").await;
@@ -140,14 +109,7 @@ async fn one_users_wrong_type_key_opens_the_breaker_for_everyone() {
 
 /// `/healthz`'s `store.pending_settles`.
 async fn pending_settles(binary: &Binary) -> u64 {
-    let health: serde_json::Value = serde_json::from_str(
-        &TestClient::new(binary.admin)
-            .send(Method::GET, "/healthz", &[], "")
-            .await
-            .text(),
-    )
-    .expect("healthz JSON");
-    health["store"]["pending_settles"]
+    binary.healthz().await["store"]["pending_settles"]
         .as_u64()
         .expect("pending_settles")
 }
@@ -168,7 +130,10 @@ async fn a_settle_refused_midway_is_marked_settled_and_its_usage_lost() {
     let broken = units_key("mallory");
     redis.cli(&["SET", &broken, "not a zset"]);
     for _ in 0..3 {
-        assert_eq!(generate(&binary, "mallory").await.status, StatusCode::OK);
+        assert_eq!(
+            flagged_answer(&binary, "mallory").await.status,
+            StatusCode::OK
+        );
     }
     assert_eq!(saved_for(&upstream, "mallory"), 3);
 
@@ -218,7 +183,10 @@ async fn refused_settles_at_the_front_of_the_queue_starve_everyone_behind_them()
 
     redis.cli(&["SET", &units_key("mallory"), "not a zset"]);
     for _ in 0..70 {
-        assert_eq!(generate(&binary, "mallory").await.status, StatusCode::OK);
+        assert_eq!(
+            flagged_answer(&binary, "mallory").await.status,
+            StatusCode::OK
+        );
     }
     let deadline = std::time::Instant::now() + WITHIN;
     while pending_settles(&binary).await < 70 {
@@ -234,7 +202,10 @@ async fn refused_settles_at_the_front_of_the_queue_starve_everyone_behind_them()
     // settles queued, behind mallory's.
     redis.kill();
     for _ in 0..2 {
-        assert_eq!(generate(&binary, "alice").await.status, StatusCode::OK);
+        assert_eq!(
+            flagged_answer(&binary, "alice").await.status,
+            StatusCode::OK
+        );
     }
     let deadline = std::time::Instant::now() + WITHIN;
     while pending_settles(&binary).await < 72 {
@@ -258,7 +229,7 @@ async fn refused_settles_at_the_front_of_the_queue_starve_everyone_behind_them()
     // Alice (daily 2) asks for two more.
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        statuses.push(generate(&binary, "alice").await.status);
+        statuses.push(flagged_answer(&binary, "alice").await.status);
     }
     let saved = saved_for(&upstream, "alice");
     assert!(

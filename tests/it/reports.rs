@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::binary::Binary;
 use crate::support::proxy::{Answer, TestClient};
@@ -208,28 +208,7 @@ const FORGED_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// `user`'s settled daily usage once nothing of theirs is in flight.
 async fn settled(binary: &Binary, user: &str) -> u64 {
-    let deadline = Instant::now() + WITHIN;
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    loop {
-        let answer = TestClient::new(binary.admin)
-            .send(
-                Method::GET,
-                &format!("/v1/users/{user}/usage"),
-                &[("authorization", &auth)],
-                "",
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        let daily = &answer.json()["periods"]["daily"];
-        if daily["reserved"] == 0 {
-            return daily["used"].as_u64().expect("used is a number");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user} still has a reservation in flight after {WITHIN:?}: {daily}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    binary.settled_daily(user, ADMIN_TOKEN, WITHIN).await
 }
 
 /// What users type to forge a report.

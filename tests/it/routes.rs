@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::instant::at;
 use crate::support::proxy::{Answer, Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,12 +54,6 @@ path = "chat/session/<int:session_id>/send/"
 deny_status = 403
 probe = { path = "/chat/session/<int:session_id>/image-generation-access/", json_field = "has_access", timeout = "2s" }
 "#;
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// What the probe endpoint of the stand-in answers.
 #[derive(Clone, Copy)]
@@ -140,9 +134,15 @@ impl Django {
     }
 }
 
-/// A proxy for `config` in front of `django`, with `USER` already at the
-/// daily limit (three images, through the plain path).
-async fn at_the_limit(config: &str, django: &Django) -> (Proxy, TestClient) {
+/// A stand-in Django (`probe`, `image_editing`) and a proxy for `config`
+/// in front of it, with `USER` already at the daily limit (three images,
+/// through the plain path); the last is the send view's runs so far.
+async fn at_the_limit(
+    config: &str,
+    probe: ProbeReply,
+    image_editing: bool,
+) -> (Django, Proxy, TestClient, usize) {
+    let django = Django::start(probe, image_editing).await;
     let proxy = Proxy::memory(config, &django.upstream, at(NOW)).await;
     let client = TestClient::new(proxy.addr);
     for _ in 0..3 {
@@ -151,7 +151,8 @@ async fn at_the_limit(config: &str, django: &Django) -> (Proxy, TestClient) {
     }
     let usage = proxy.wait_settled(USER, 3).await;
     assert_eq!(usage[0].used, 3, "the user is at the limit");
-    (proxy, client)
+    let views = django.views();
+    (django, proxy, client, views)
 }
 
 fn headers() -> Vec<(&'static str, &'static str)> {
@@ -175,9 +176,8 @@ fn assert_denied(answer: &Answer, django: &Django, views_before: usize, what: &s
 
 #[tokio::test]
 async fn encoded_paths_are_the_route_django_runs() {
-    let django = Django::start(ProbeReply::Access(false), false).await;
-    let (_proxy, client) = at_the_limit(CONFIG, &django).await;
-    let views = django.views();
+    let (django, _proxy, client, views) =
+        at_the_limit(CONFIG, ProbeReply::Access(false), false).await;
     let padded = format!("/chat/session/{}17/send/", "0".repeat(4000));
     for target in [
         "/chat/session/17/s%65nd/",
@@ -193,9 +193,8 @@ async fn encoded_paths_are_the_route_django_runs() {
 
 #[tokio::test]
 async fn script_name_headers_never_reach_the_upstream() {
-    let django = Django::start(ProbeReply::Access(false), false).await;
-    let (_proxy, client) = at_the_limit(CONFIG, &django).await;
-    let views = django.views();
+    let (django, _proxy, client, views) =
+        at_the_limit(CONFIG, ProbeReply::Access(false), false).await;
     for name in [
         "SCRIPT_NAME",
         "script-name",
@@ -231,9 +230,8 @@ async fn script_name_headers_never_reach_the_upstream() {
 /// `POST http://host/chat/…` (absolute form), written by hand on the wire.
 #[tokio::test]
 async fn absolute_form_targets_are_matched_on_their_path() {
-    let django = Django::start(ProbeReply::Access(false), false).await;
-    let (proxy, _client) = at_the_limit(CONFIG, &django).await;
-    let views = django.views();
+    let (django, proxy, _client, views) =
+        at_the_limit(CONFIG, ProbeReply::Access(false), false).await;
     let status = raw_request(
         proxy.addr,
         &format!(
@@ -252,9 +250,8 @@ async fn absolute_form_targets_are_matched_on_their_path() {
 /// HTTP/2 with prior knowledge (h2c): the `:path` is matched the same way.
 #[tokio::test]
 async fn http2_paths_are_matched_as_django_resolves_them() {
-    let django = Django::start(ProbeReply::Access(false), false).await;
-    let (proxy, _client) = at_the_limit(CONFIG, &django).await;
-    let views = django.views();
+    let (django, proxy, _client, views) =
+        at_the_limit(CONFIG, ProbeReply::Access(false), false).await;
     let stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -290,9 +287,7 @@ async fn a_probe_that_cannot_answer_counts_the_request() {
     ] {
         // An image-editing session: the view saves an image whatever the
         // flag says.
-        let django = Django::start(probe, true).await;
-        let (_proxy, client) = at_the_limit(PROBED, &django).await;
-        let views = django.views();
+        let (django, _proxy, client, views) = at_the_limit(PROBED, probe, true).await;
         let answer = client.send(Method::POST, SEND, &headers(), UNFLAGGED).await;
         assert_denied(&answer, &django, views, what);
     }
@@ -300,9 +295,8 @@ async fn a_probe_that_cannot_answer_counts_the_request() {
 
 #[tokio::test]
 async fn the_probe_asks_about_the_canonical_session() {
-    let django = Django::start(ProbeReply::Access(true), true).await;
-    let (_proxy, client) = at_the_limit(PROBED, &django).await;
-    let views = django.views();
+    let (django, _proxy, client, views) =
+        at_the_limit(PROBED, ProbeReply::Access(true), true).await;
     let padded = format!("/chat/session/{}17/send/", "0".repeat(4000));
     let answer = client
         .send(Method::POST, &padded, &headers(), UNFLAGGED)
@@ -318,9 +312,8 @@ async fn the_probe_asks_about_the_canonical_session() {
 #[tokio::test]
 async fn a_probe_saying_no_lets_an_unflagged_request_through() {
     // The control: a believed "no" is not a denial.
-    let django = Django::start(ProbeReply::Access(false), false).await;
-    let (_proxy, client) = at_the_limit(PROBED, &django).await;
-    let views = django.views();
+    let (django, _proxy, client, views) =
+        at_the_limit(PROBED, ProbeReply::Access(false), false).await;
     let answer = client.send(Method::POST, SEND, &headers(), UNFLAGGED).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(django.views(), views + 1);
@@ -358,13 +351,12 @@ async fn a_learned_session_is_learned_in_every_spelling() {
 
 #[tokio::test]
 async fn integer_user_ids_are_one_user_in_any_spelling() {
-    let django = Django::start(ProbeReply::Access(false), false).await;
     let config = CONFIG.replace(
         "default_plan = \"free\"",
         "default_plan = \"free\"\nuser_id_format = \"integer\"",
     );
-    let (_proxy, client) = at_the_limit(&config, &django).await;
-    let views = django.views();
+    let (django, _proxy, client, views) =
+        at_the_limit(&config, ProbeReply::Access(false), false).await;
     for id in ["0042", "+42", "4_2", " 42"] {
         let mut spelled = headers();
         spelled[0] = ("x-user-id", id);

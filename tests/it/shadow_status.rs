@@ -9,10 +9,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::binary::Binary;
+use crate::support::instant::at;
 use crate::support::proxy::{Answer, Proxy, StoreChoice, TestClient};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
-use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -26,12 +26,6 @@ const SHADOW: &str = "x-quota-shadow-denied";
 const STATUS: &str = "/quota-status/";
 /// A Wednesday, 13:30 in Tehran.
 const NOW: &str = "2031-05-14T10:00:00Z";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// An upstream that saves an image for every request but the status path
 /// (which it must never see) and says so in `X-Images-Saved`.
@@ -384,13 +378,7 @@ async fn status_answers_503_when_the_store_fails() {
 #[tokio::test]
 async fn status_for_a_session_via_forward_auth_in_persian_months() {
     let identity = IdentityServer::start().await;
-    let pro = Plan {
-        name: "pro",
-        daily: Some(5),
-        weekly: Some(0),
-        monthly: Some(100),
-    };
-    identity.login("s1", 1, Some(pro));
+    identity.login("s1", 1, Some(Plan::pro()));
     let config = format!(
         "{CONFIG}\n[periods]\ncalendar = \"persian\"\n\
          [identity.forward_auth]\nurl = \"{}{PATH}\"\n",

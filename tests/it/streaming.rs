@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::instant::at;
 use crate::support::proxy::{Proxy, TestClient};
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http::{Method, StatusCode};
 
 /// A Wednesday, 13:30 in Tehran.
@@ -25,12 +25,6 @@ const GENERIC: &str =
 const IMAGE_EDITING_SESSION: &str = "5";
 /// The app's access view fails (500) for session 9.
 const BROKEN_PROBE_SESSION: &str = "9";
-
-pub(crate) fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 pub(crate) fn preset() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/django-mobixai.toml");

@@ -13,7 +13,8 @@ use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::streaming::{NOW, app, at, identity_view, open_stream, preset, send};
+use crate::streaming::{NOW, app, identity_view, open_stream, preset, send};
+use crate::support::instant::at;
 
 #[tokio::test]
 async fn first_byte_arrives_before_the_stream_ends() {

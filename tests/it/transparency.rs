@@ -47,6 +47,24 @@ pub(crate) fn timeouts() -> Timeouts {
     }
 }
 
+/// [`timeouts`] with `idle` cut to `ms` milliseconds.
+fn idle_of(ms: u64) -> Timeouts {
+    Timeouts {
+        idle: NonZeroDuration::from_millis(ms),
+        ..timeouts()
+    }
+}
+
+/// The first data frame of a response body.
+async fn first_data(body: &mut Incoming) -> Bytes {
+    within("first frame", body.frame())
+        .await
+        .expect("a frame")
+        .expect("data")
+        .into_data()
+        .expect("data")
+}
+
 pub(crate) fn ms(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
@@ -445,14 +463,7 @@ async fn steady_stream_longer_than_idle_completes() {
     let chunks = (0..10).map(|i| (format!("chunk {i};"), ms(100)));
     let upstream = TestUpstream::always(Reply::ok().stream(chunks)).await;
     // Each gap (100 ms) is well below `idle`; the whole stream (1 s) is not.
-    let proxy = Proxy::start(
-        upstream.authority(),
-        Timeouts {
-            idle: NonZeroDuration::from_millis(500),
-            ..timeouts()
-        },
-    )
-    .await;
+    let proxy = Proxy::start(upstream.authority(), idle_of(500)).await;
 
     let response = send(proxy.addr, get("/stream")).await;
     let expected: String = (0..10).map(|i| format!("chunk {i};")).collect();
@@ -467,23 +478,12 @@ async fn stream_silent_longer_than_idle_is_cut() {
         ("never seen", Duration::from_secs(5)),
     ]))
     .await;
-    let proxy = Proxy::start(
-        upstream.authority(),
-        Timeouts {
-            idle: NonZeroDuration::from_millis(300),
-            ..timeouts()
-        },
-    )
-    .await;
+    let proxy = Proxy::start(upstream.authority(), idle_of(300)).await;
 
     let response = send(proxy.addr, get("/stream")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let first = within("first frame", body.frame())
-        .await
-        .expect("a frame")
-        .expect("data");
-    assert_eq!(first.into_data().expect("data"), "first");
+    assert_eq!(first_data(&mut body).await, "first");
     let cut = within("the cut", body.frame()).await;
     assert!(
         matches!(cut, Some(Err(_))),
@@ -505,11 +505,7 @@ async fn first_chunk_of_a_slow_stream_arrives_before_the_stream_ends() {
 
     let response = send(proxy.addr, get("/stream")).await;
     let mut body = response.into_body();
-    let first = within("first frame", body.frame())
-        .await
-        .expect("a frame")
-        .expect("data");
-    assert_eq!(first.into_data().expect("data"), "first");
+    assert_eq!(first_data(&mut body).await, "first");
     assert_eq!(
         upstream.bodies_completed(),
         0,

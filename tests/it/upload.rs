@@ -378,33 +378,36 @@ async fn unflagged_upload_is_forwarded_exactly_and_not_counted() {
     wait_open_in(&spool, 0).await;
 }
 
-#[tokio::test]
-async fn a_later_flag_field_overrides_an_earlier_one() {
-    let _shared = EXCLUSIVE.read().await;
-    let (_dir, spool) = spool_dir();
+/// A chat upload whose `generate_image` field says `first` before two
+/// 3 MB files and `last` after them.
+fn flag_around_two_files(first: &'static str, last: &'static str) -> Upload {
     let file = |seed| Part::File {
         len: 3_000_000,
         seed,
     };
-    let upload = |first, last| {
-        Upload(vec![
-            Part::Field("message", "a cat"),
-            Part::Field("generate_image", first),
-            file(7),
-            file(8),
-            Part::Field("generate_image", last),
-        ])
-    };
+    Upload(vec![
+        Part::Field("message", "a cat"),
+        Part::Field("generate_image", first),
+        file(7),
+        file(8),
+        Part::Field("generate_image", last),
+    ])
+}
+
+#[tokio::test]
+async fn a_later_flag_field_overrides_an_earlier_one() {
+    let _shared = EXCLUSIVE.read().await;
+    let (_dir, spool) = spool_dir();
 
     let upstream = flag_reading_upstream().await;
     let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
-    let true_then_false = upload("true", "false");
+    let true_then_false = flag_around_two_files("true", "false");
     let answer = send(proxy.addr, "carol", &true_then_false, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_forwarded(&upstream, &true_then_false);
     assert_eq!(proxy.store.calls(), 0, "the last field says false");
 
-    let false_then_true = upload("false", "true");
+    let false_then_true = flag_around_two_files("false", "true");
     let answer = send(proxy.addr, "carol", &false_then_true, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_forwarded(&upstream, &false_then_true);
@@ -425,33 +428,20 @@ async fn a_later_flag_field_overrides_an_earlier_one() {
 async fn a_late_flag_after_a_spooled_file_is_denied_at_the_limit() {
     let _shared = EXCLUSIVE.read().await;
     let (_dir, spool) = spool_dir();
-    let file = |seed| Part::File {
-        len: 3_000_000,
-        seed,
-    };
-    let upload = |first, last| {
-        Upload(vec![
-            Part::Field("message", "a cat"),
-            Part::Field("generate_image", first),
-            file(7),
-            file(8),
-            Part::Field("generate_image", last),
-        ])
-    };
     let upstream = flag_reading_upstream().await;
     let proxy = Proxy::memory(&config(&spool), &upstream, now()).await;
     proxy.fill("full", 3).await;
     let calls = proxy.store.calls();
 
     // The client waits mid-upload until the proxy spools to a file.
-    let late_true = upload("false", "true");
+    let late_true = flag_around_two_files("false", "true");
     let denied = send(proxy.addr, "full", &late_true, Some(spool.clone())).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
     assert_eq!(upstream.count(), 0, "denied before the upstream");
     assert_eq!(proxy.store.calls(), calls + 1, "one reserve, refused");
     wait_open_in(&spool, 0).await;
 
-    let late_false = upload("true", "false");
+    let late_false = flag_around_two_files("true", "false");
     let answer = send(proxy.addr, "full", &late_false, None).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_forwarded(&upstream, &late_false);

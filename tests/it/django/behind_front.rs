@@ -18,6 +18,27 @@ use crate::support::binary::Binary;
 use crate::support::django::Django;
 use crate::support::raw_http;
 
+/// A JSON `body` to the send view of `session` over HTTP/1.1, with the
+/// header lines `head` (raw, each ending in CRLF) before `Connection:
+/// close` and the body's own: its status.
+fn post_send(proxy: &Binary, session: u64, head: &str, body: &str) -> u16 {
+    let request = format!(
+        "POST /chat/session/{session}/send/ HTTP/1.1\r\n{head}Connection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN).status
+}
+
+/// The preset in front of `django`'s send view with `edit` applied to its
+/// TOML table.
+fn edited_preset(django: &Django, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut table: toml::Table =
+        toml::from_str(&preset_config(&django.url(), View::Send)).expect("the preset is TOML");
+    edit(&mut table);
+    toml::to_string(&table).expect("config renders")
+}
+
 /// One HTTP/2 request (h2c, prior knowledge) whose `:authority` is
 /// `authority` and which has no `host` field, as browsers and HTTP/2
 /// clients send them; its status, or 0 and why not.
@@ -132,16 +153,11 @@ pub(super) async fn ssl_redirect_makes_everyone_anonymous() {
     let mut statuses = Vec::new();
     for n in 0..6u64 {
         // As the TLS front sends it on.
-        let request = format!(
-            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
-             X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.9\r\n\
-             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            74_300 + n,
-            body.len()
+        let head = format!(
+            "Host: chat.example\r\nX-Forwarded-Proto: https\r\n\
+             X-Forwarded-For: 203.0.113.9\r\nCookie: sessionid=u{USER}\r\n"
         );
-        let response = raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN);
-        statuses.push(response.status);
+        statuses.push(post_send(&proxy, 74_300 + n, &head, &body));
     }
     std::thread::sleep(Duration::from_millis(500));
     let images = saved.by_user(USER);
@@ -171,27 +187,20 @@ pub(super) async fn ssl_redirect_fails_every_probe() {
     const USER: &str = "740401";
     let django = Django::start_with(&[("HARNESS_SSL_REDIRECT", "1")]);
     let mut saved = django.saved();
-    let mut table: toml::Table =
-        toml::from_str(&preset_config(&django.url(), View::Send)).expect("the preset is TOML");
-    let identity = table
-        .get_mut("identity")
-        .and_then(toml::Value::as_table_mut)
-        .expect("the preset has [identity]");
-    identity.insert("kind".into(), "header".into());
-    identity.remove("forward_auth");
-    let config = toml::to_string(&table).expect("config renders");
+    let config = edited_preset(&django, |table| {
+        let identity = table
+            .get_mut("identity")
+            .and_then(toml::Value::as_table_mut)
+            .expect("the preset has [identity]");
+        identity.insert("kind".into(), "header".into());
+        identity.remove("forward_auth");
+    });
     let proxy = Binary::start(&config, &[]).await;
-    let send = |session: u64, flag: &str| {
-        let body = json_flag(Some(flag));
-        let request = format!(
-            "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
-             X-Forwarded-Proto: https\r\nX-User-Id: {USER}\r\n\
-             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN).status
-    };
+    let head = format!(
+        "Host: chat.example\r\nX-Forwarded-Proto: https\r\nX-User-Id: {USER}\r\n\
+         Cookie: sessionid=u{USER}\r\n"
+    );
+    let send = |session: u64, flag: &str| post_send(&proxy, session, &head, &json_flag(Some(flag)));
     // The day's three images, then a plain message in an ordinary session.
     let mut statuses: Vec<u16> = (0..3).map(|n| send(74_400 + n, "true")).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -228,16 +237,11 @@ pub(super) async fn identity_call_drops_x_forwarded_host() {
     let mut statuses = Vec::new();
     for n in 0..5u64 {
         // As nginx's plain `proxy_pass http://127.0.0.1:8080` sends it on.
-        let request = format!(
-            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
-             X-Forwarded-Host: {HOST}\r\nX-Forwarded-Proto: https\r\n\
-             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            74_500 + n,
-            body.len()
+        let head = format!(
+            "Host: 127.0.0.1:8080\r\nX-Forwarded-Host: {HOST}\r\n\
+             X-Forwarded-Proto: https\r\nCookie: sessionid=u{USER}\r\n"
         );
-        let response = raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN);
-        statuses.push(response.status);
+        statuses.push(post_send(&proxy, 74_500 + n, &head, &body));
     }
     std::thread::sleep(Duration::from_millis(500));
     let images = saved.by_user(USER);
@@ -265,32 +269,24 @@ pub(super) async fn a_bad_token_beside_the_session_is_anonymous() {
     const USER: &str = "740601";
     let django = Django::start_with(&[("HARNESS_IDENTITY_DRF", "1")]);
     let mut saved = django.saved();
-    let mut table: toml::Table =
-        toml::from_str(&preset_config(&django.url(), View::Send)).expect("the preset is TOML");
-    let forward_auth = table
-        .get_mut("identity")
-        .and_then(toml::Value::as_table_mut)
-        .and_then(|t| t.get_mut("forward_auth"))
-        .and_then(toml::Value::as_table_mut)
-        .expect("the preset has [identity.forward_auth]");
-    forward_auth.insert(
-        "forward_headers".into(),
-        toml::Value::Array(vec!["Cookie".into(), "Authorization".into()]),
-    );
-    let config = toml::to_string(&table).expect("config renders");
+    let config = edited_preset(&django, |table| {
+        let forward_auth = table
+            .get_mut("identity")
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|t| t.get_mut("forward_auth"))
+            .and_then(toml::Value::as_table_mut)
+            .expect("the preset has [identity.forward_auth]");
+        forward_auth.insert(
+            "forward_headers".into(),
+            toml::Value::Array(vec!["Cookie".into(), "Authorization".into()]),
+        );
+    });
     let proxy = Binary::start(&config, &[]).await;
     let body = json_flag(Some("true"));
     let mut statuses = Vec::new();
+    let head = format!("Host: t\r\nCookie: sessionid=u{USER}\r\nAuthorization: Bearer x\r\n");
     for n in 0..6u64 {
-        let request = format!(
-            "POST /chat/session/{}/send/ HTTP/1.1\r\nHost: t\r\n\
-             Cookie: sessionid=u{USER}\r\nAuthorization: Bearer x\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            74_600 + n,
-            body.len()
-        );
-        let response = raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN);
-        statuses.push(response.status);
+        statuses.push(post_send(&proxy, 74_600 + n, &head, &body));
     }
     std::thread::sleep(Duration::from_millis(500));
     let images = saved.by_user(USER);
@@ -327,14 +323,11 @@ pub(super) async fn plain_http_poisons_the_identity_cache() {
     let body = json_flag(Some("true"));
     let send = |session: u64, proto: &str| {
         // As the front sends it on: the scheme the client connected with.
-        let request = format!(
-            "POST /chat/session/{session}/send/ HTTP/1.1\r\nHost: chat.example\r\n\
-             X-Forwarded-Proto: {proto}\r\nX-Forwarded-For: 203.0.113.9\r\n\
-             Cookie: sessionid=u{USER}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let head = format!(
+            "Host: chat.example\r\nX-Forwarded-Proto: {proto}\r\n\
+             X-Forwarded-For: 203.0.113.9\r\nCookie: sessionid=u{USER}\r\n"
         );
-        raw_http::send(proxy.proxy, request.as_bytes(), false, ANSWER_WITHIN).status
+        post_send(&proxy, session, &head, &body)
     };
     let mut statuses = Vec::new();
     for n in 0..6u64 {

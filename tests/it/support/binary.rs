@@ -317,6 +317,64 @@ impl Binary {
         }
     }
 
+    /// The admin listener's `/healthz` answer, as JSON.
+    pub async fn healthz(&self) -> serde_json::Value {
+        super::proxy::TestClient::new(self.admin)
+            .send(http::Method::GET, "/healthz", &[], "")
+            .await
+            .json()
+    }
+
+    /// Polls `/healthz` (bounded by `within`) until `check` holds for its
+    /// `store` object; fails naming `what` and the last answer.
+    pub async fn wait_store_health(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let health = self.healthz().await;
+            if check(&health["store"]) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {within:?} for {what}; /healthz says {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `user`'s settled daily usage from the admin usage API (bearer
+    /// `admin_token`), once nothing of theirs is in flight (bounded by
+    /// `within`).
+    pub async fn settled_daily(&self, user: &str, admin_token: &str, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        let auth = format!("Bearer {admin_token}");
+        loop {
+            let answer = super::proxy::TestClient::new(self.admin)
+                .send(
+                    http::Method::GET,
+                    &format!("/v1/users/{user}/usage"),
+                    &[("authorization", &auth)],
+                    "",
+                )
+                .await;
+            assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.text());
+            let daily = &answer.json()["periods"]["daily"];
+            if daily["reserved"] == 0 {
+                return daily["used"].as_u64().expect("used is a number");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user} still has a reservation in flight after {within:?}: {daily}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends `signal` (e.g. "TERM", "HUP") to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id();

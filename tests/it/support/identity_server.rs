@@ -48,6 +48,28 @@ pub(crate) struct Plan {
     pub(crate) monthly: Option<u64>,
 }
 
+impl Plan {
+    /// `free`: 3 a day, 10 a week, 30 a month.
+    pub(crate) fn free() -> Self {
+        Self {
+            name: "free",
+            daily: Some(3),
+            weekly: Some(10),
+            monthly: Some(30),
+        }
+    }
+
+    /// `pro`: 5 a day, no weekly limit (0), 100 a month.
+    pub(crate) fn pro() -> Self {
+        Self {
+            name: "pro",
+            daily: Some(5),
+            weekly: Some(0),
+            monthly: Some(100),
+        }
+    }
+}
+
 /// How the server answers.
 #[derive(Debug, Clone)]
 pub(crate) enum Mode {

@@ -8,6 +8,7 @@ pub mod collector;
 pub mod django;
 pub mod gen_route;
 pub mod identity_server;
+pub mod instant;
 pub mod preset;
 pub mod proxy;
 pub mod raw_http;
