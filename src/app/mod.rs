@@ -151,7 +151,8 @@ pub async fn serve(
 fn connection_limits(config: &Config) -> ConnectionLimits {
     let configured = config.max_connections;
     let Some(limit) = crate::server::open_files_limit() else {
-        return ConnectionLimits::new(configured, config.max_connections_per_ip);
+        return ConnectionLimits::new(configured, config.max_connections_per_ip)
+            .with_head_timeout(config.timeouts.client_head.get());
     };
     let fit = crate::server::connections_that_fit(configured.get(), limit);
     if fit < configured.get() {
@@ -174,6 +175,7 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
     );
     ConnectionLimits::new(max, config.max_connections_per_ip)
         .with_stream_budget(StreamBudget::new(streams))
+        .with_head_timeout(config.timeouts.client_head.get())
 }
 
 /// [`serve`] with the connection counts `limits`, shared with the other

@@ -329,18 +329,20 @@ fn store_errors_name_the_field() {
 fn body_limits_parse_and_name_the_field_to_fix() {
     let c = Config::from_toml("").expect("defaults");
     assert_eq!(c.timeouts.client_body.get(), Duration::from_secs(30));
+    assert_eq!(c.timeouts.client_head.get(), Duration::from_secs(30));
     assert_eq!(c.body_budget_bytes.get(), 256 * 1024 * 1024);
     assert_eq!(c.request_buffering, RequestBuffering::Inspected);
     assert_eq!(c.max_connections_per_ip, None);
     assert_eq!(c.max_connections.get(), 10_000);
     let c = Config::from_toml(
-        "request_buffering = \"all\"\nmax_connections = 64\nmax_connections_per_ip = 8\n[timeouts]\nclient_body = \"5s\"",
+        "request_buffering = \"all\"\nmax_connections = 64\nmax_connections_per_ip = 8\n[timeouts]\nclient_body = \"5s\"\nclient_head = \"2s\"",
     )
     .expect("valid");
     assert_eq!(c.max_connections.get(), 64);
     assert_eq!(c.request_buffering, RequestBuffering::All);
     assert_eq!(c.max_connections_per_ip.map(|n| n.get()), Some(8));
     assert_eq!(c.timeouts.client_body.get(), Duration::from_secs(5));
+    assert_eq!(c.timeouts.client_head.get(), Duration::from_secs(2));
     let small = Config::from_toml("max_body_bytes = 1000\nbody_budget_bytes = 999")
         .expect_err("budget below one body");
     assert!(
@@ -350,6 +352,11 @@ fn body_limits_parse_and_name_the_field_to_fix() {
     let zero = Config::from_toml("[timeouts]\nclient_body = \"0s\"").expect_err("zero");
     assert!(
         zero.to_string().starts_with("timeouts.client_body:"),
+        "{zero}"
+    );
+    let zero = Config::from_toml("[timeouts]\nclient_head = \"0s\"").expect_err("zero");
+    assert!(
+        zero.to_string().starts_with("timeouts.client_head:"),
         "{zero}"
     );
     assert!(Config::from_toml("max_connections_per_ip = 0").is_err());

@@ -3,7 +3,8 @@
 //! the proxy stops.
 //!
 //! No hyper connection is built before the client's first bytes: a
-//! connection that sends none within [`HEADER_READ_TIMEOUT`] of accept is
+//! connection that sends none within the head deadline
+//! ([`Protocols::head_timeout`], `timeouts.client_head`) of accept is
 //! dropped (`quota_proxy_connections_closed_silent_total`). The first bytes
 //! (peeked, not read) tell the version: HTTP/1 is served by `park.rs`,
 //! which hands an idle connection's buffers back; the HTTP/2 preface by
@@ -11,7 +12,7 @@
 //! tell) by hyper-util's `auto` builder, which reads on until it knows.
 //!
 //! hyper closes an HTTP/1.1 connection that sends no request head within
-//! [`HEADER_READ_TIMEOUT`], between requests too. HTTP/2 has no such timer
+//! the head deadline, between requests too. HTTP/2 has no such timer
 //! at all, so [`watch`] adds it, with one timer per connection: a
 //! connection that has started no request within the timeout is dropped
 //! (`quota_proxy_connections_closed_silent_total`), and an HTTP/2
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::Version;
 use hyper::server::conn::{http1, http2};
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::park::{self, Waited};
 use super::streams::{ConnectionStreams, StreamBudget};
 use super::tracked::TrackedService;
-use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
+use super::{ServedBody, ServedService};
 
 /// How a connection is told to end: `shutdown` gracefully (the proxy stops,
 /// or it was evicted: `limits.rs`), `cut` at once (evicted, and too many
@@ -104,16 +106,17 @@ impl Activity {
 }
 
 /// Drives `connection` from `peer` to its end, closing it when silent or
-/// idle (see the module), shutting it down gracefully once `signals.shutdown`
-/// is cancelled and dropping it once `signals.cut` is. `begin_shutdown`
-/// starts a graceful shutdown (hyper's `graceful_shutdown`), after which
-/// the connection is polled to its end.
+/// idle for `head_timeout` (see the module), shutting it down gracefully
+/// once `signals.shutdown` is cancelled and dropping it once `signals.cut`
+/// is. `begin_shutdown` starts a graceful shutdown (hyper's
+/// `graceful_shutdown`), after which the connection is polled to its end.
 async fn watch<C, T, E>(
     connection: C,
     begin_shutdown: impl Fn(Pin<&mut C>),
     activity: Arc<Activity>,
     signals: EndSignals,
     peer: SocketAddr,
+    head_timeout: Duration,
 ) where
     C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
@@ -133,19 +136,19 @@ async fn watch<C, T, E>(
                 tracing::debug!(%peer, "evicted connection still busy; cut");
                 return;
             }
-            () = tokio::time::sleep(HEADER_READ_TIMEOUT), if !closing => {
+            () = tokio::time::sleep(head_timeout), if !closing => {
                 let seen = activity.take();
                 if seen & STARTED != 0 {
                     started_any = true;
                     http2 = seen & HTTP2 != 0;
                 } else if !started_any {
-                    tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
+                    tracing::debug!(%peer, timeout = ?head_timeout,
                         "no request started in time; closing the connection");
                     metrics::counter!("quota_proxy_connections_closed_silent_total").increment(1);
                     // Dropping the connection closes it.
                     return;
                 } else if http2 {
-                    tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
+                    tracing::debug!(%peer, timeout = ?head_timeout,
                         "HTTP/2 connection idle; sending GOAWAY");
                     metrics::counter!("quota_proxy_connections_closed_idle_total").increment(1);
                     begin_shutdown(connection.as_mut());
@@ -165,6 +168,9 @@ pub(super) struct Protocols {
     pub(super) http2: http2::Builder<TokioExecutor>,
     /// For a connection whose first bytes are too few to tell the version.
     pub(super) auto: auto::Builder<TokioExecutor>,
+    /// How long a connection may take to start a request, and sit idle
+    /// between requests (`timeouts.client_head`).
+    pub(super) head_timeout: Duration,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -188,14 +194,14 @@ pub(super) async fn serve<S, B>(
     // state, and a parked connection should hold little (`park.rs`).
     match Box::pin(park::wait_for_bytes(
         &stream,
-        HEADER_READ_TIMEOUT,
+        protocols.head_timeout,
         &signals.shutdown,
     ))
     .await
     {
         Waited::Bytes => {}
         Waited::TimedOut => {
-            tracing::debug!(%peer, timeout = ?HEADER_READ_TIMEOUT,
+            tracing::debug!(%peer, timeout = ?protocols.head_timeout,
                 "nothing sent in time; closing the connection");
             metrics::counter!("quota_proxy_connections_closed_silent_total").increment(1);
             return;
@@ -213,7 +219,7 @@ pub(super) async fn serve<S, B>(
     if http1 {
         Box::pin(park::serve_http1(
             stream,
-            &protocols.http1,
+            protocols,
             service,
             Arc::clone(&activity),
             &signals,
@@ -225,13 +231,31 @@ pub(super) async fn serve<S, B>(
             .http2
             .serve_connection(TokioIo::new(stream), service);
         let shutdown = http2::Connection::graceful_shutdown;
-        Box::pin(watch(connection, shutdown, activity, signals, peer)).await;
+        let head_timeout = protocols.head_timeout;
+        Box::pin(watch(
+            connection,
+            shutdown,
+            activity,
+            signals,
+            peer,
+            head_timeout,
+        ))
+        .await;
     } else {
         let connection = protocols
             .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let shutdown = auto::UpgradeableConnection::graceful_shutdown;
-        Box::pin(watch(connection, shutdown, activity, signals, peer)).await;
+        let head_timeout = protocols.head_timeout;
+        Box::pin(watch(
+            connection,
+            shutdown,
+            activity,
+            signals,
+            peer,
+            head_timeout,
+        ))
+        .await;
     }
 }

@@ -34,6 +34,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +51,9 @@ pub struct ConnectionLimits {
     next_id: Arc<AtomicU64>,
     per_ip: Option<PerIp>,
     streams: StreamBudget,
+    /// How long a connection may take to start a request (see
+    /// [`super::HEADER_READ_TIMEOUT`]).
+    head_timeout: Duration,
 }
 
 /// The connections open by age: those serving, and those evicted and
@@ -111,6 +115,7 @@ impl ConnectionLimits {
                 open: Arc::default(),
             }),
             streams: StreamBudget::unlimited(),
+            head_timeout: super::HEADER_READ_TIMEOUT,
         }
     }
 
@@ -123,6 +128,21 @@ impl ConnectionLimits {
     /// The budget of HTTP/2 requests beyond each connection's first.
     pub fn streams(&self) -> &StreamBudget {
         &self.streams
+    }
+
+    /// These limits, with `timeout` as the head deadline in place of
+    /// [`super::HEADER_READ_TIMEOUT`] (`timeouts.client_head`).
+    pub fn with_head_timeout(self, timeout: Duration) -> Self {
+        Self {
+            head_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// How long a connection may take to start a request, and sit idle
+    /// between requests.
+    pub fn head_timeout(&self) -> Duration {
+        self.head_timeout
     }
 
     /// No limit (as many as the process's file descriptors allow).

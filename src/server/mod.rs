@@ -48,11 +48,13 @@ use self::connection::{EndSignals, Protocols};
 
 use crate::BoxError;
 
-/// Longest time a client may take to send a request head, and longest time
-/// a connection may sit idle between requests. Stops slowloris clients
-/// from holding connections open. A new connection of either version must
-/// also start its first request within it, and an HTTP/2 connection that
-/// starts none for a whole timeout is sent a GOAWAY (`connection.rs`).
+/// The head deadline unless [`ConnectionLimits::with_head_timeout`] sets
+/// another (`timeouts.client_head`): the longest time a client may take to
+/// send a request head, and a connection may sit idle between requests.
+/// Stops slowloris clients from holding connections open. A new connection
+/// of either version must also start its first request within it, and an
+/// HTTP/2 connection that starts none for a whole one is sent a GOAWAY
+/// (`connection.rs`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes an HTTP/1 connection reads ahead (hyper's default grows to
@@ -166,7 +168,7 @@ where
     S: ServedService<B>,
     B: ServedBody,
 {
-    let protocols = Arc::new(protocols());
+    let protocols = Arc::new(protocols(limits.head_timeout()));
 
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
@@ -252,15 +254,15 @@ where
 }
 
 /// hyper's servers as every connection is served: timers, the head
-/// deadline and the bounds on what one connection may hold. The `auto`
-/// builder's own HTTP/1 and HTTP/2 builders get the same settings (one
-/// macro, as their types differ).
-fn protocols() -> Protocols {
+/// deadline `head_timeout` and the bounds on what one connection may hold.
+/// The `auto` builder's own HTTP/1 and HTTP/2 builders get the same
+/// settings (one macro, as their types differ).
+fn protocols(head_timeout: Duration) -> Protocols {
     macro_rules! http1_settings {
         ($builder:expr) => {
             $builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(head_timeout)
                 .max_buf_size(H1_READ_BUFFER)
         };
     }
@@ -279,7 +281,12 @@ fn protocols() -> Protocols {
     let mut auto = auto::Builder::new(TokioExecutor::new());
     http1_settings!(auto.http1());
     http2_settings!(auto.http2());
-    Protocols { http1, http2, auto }
+    Protocols {
+        http1,
+        http2,
+        auto,
+        head_timeout,
+    }
 }
 
 /// Errors that concern one incoming connection only (it was reset before
@@ -310,7 +317,7 @@ mod tests {
         let service = tower::service_fn(|_: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
         });
-        let protocols = protocols();
+        let protocols = protocols(HEADER_READ_TIMEOUT);
         let signals = EndSignals {
             shutdown: CancellationToken::new(),
             cut: CancellationToken::new(),

@@ -28,8 +28,8 @@
 //!
 //! Bound: a connection is parked between one and two [`PARK_AFTER`]s after
 //! its last answer ended; parked, it holds its socket and this task (a few
-//! KB), and is closed after [`HEADER_READ_TIMEOUT`] without bytes, as hyper
-//! closes an idle one. Cost: one `recv(MSG_PEEK)` and a new hyper
+//! KB), and is closed after the head deadline (`timeouts.client_head`)
+//! without bytes, as hyper closes an idle one. Cost: one `recv(MSG_PEEK)` and a new hyper
 //! connection for the first request after a park.
 
 use std::io;
@@ -46,9 +46,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{Activity, EndSignals, STARTED};
+use super::connection::{Activity, EndSignals, Protocols, STARTED};
 use super::tracked::TrackedService;
-use super::{HEADER_READ_TIMEOUT, ServedBody, ServedService};
+use super::{ServedBody, ServedService};
 
 /// How often an HTTP/1 connection's watch looks whether it can be parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -87,7 +87,7 @@ pub(super) async fn wait_for_bytes(
 /// (see the module). `activity` is the one `service` counts its requests in.
 pub(super) async fn serve_http1<S, B>(
     stream: TcpStream,
-    http1: &http1::Builder,
+    protocols: &Protocols,
     mut service: TrackedService<S>,
     activity: Arc<Activity>,
     signals: &EndSignals,
@@ -101,7 +101,7 @@ pub(super) async fn serve_http1<S, B>(
     let mut may_park = false;
     loop {
         // Boxed: freed while parked.
-        let mut connection = Box::new(http1.serve_connection(TokioIo::new(io), service));
+        let mut connection = Box::new(protocols.http1.serve_connection(TokioIo::new(io), service));
         let ending = Box::pin(drive(&mut connection, &activity, signals, &mut may_park)).await;
         let parts = match ending {
             Ok(Ending::Cut) => {
@@ -133,7 +133,7 @@ pub(super) async fn serve_http1<S, B>(
         drop(parts.read_buf);
         match Box::pin(wait_for_bytes(
             &io.stream,
-            HEADER_READ_TIMEOUT,
+            protocols.head_timeout,
             &signals.shutdown,
         ))
         .await
@@ -359,10 +359,9 @@ mod tests {
                 shutdown: CancellationToken::new(),
                 cut: CancellationToken::new(),
             };
-            let mut http1 = http1::Builder::new();
-            http1.timer(hyper_util::rt::TokioTimer::new());
+            let protocols = crate::server::protocols(crate::server::HEADER_READ_TIMEOUT);
             let served = tokio::spawn(async move {
-                serve_http1(stream, &http1, service, activity, &signals, peer).await;
+                serve_http1(stream, &protocols, service, activity, &signals, peer).await;
             });
             let mut received = Vec::new();
             let mut buf = [0u8; 1024];

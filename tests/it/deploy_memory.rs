@@ -276,7 +276,7 @@ async fn held_uploads_fill_the_budget_and_no_more() {
 
 /// `max_connections` (3d361f7, `src/server/limits.rs`) refuses the
 /// newcomer when the cap is reached, and a connection that never sends a
-/// byte keeps its place for `HEADER_READ_TIMEOUT` (30 s). With
+/// byte keeps its place for the head deadline (`timeouts.client_head`, 30 s). With
 /// `max_connections_per_ip` off (the default, and the shipped
 /// deployment's `deploy/kubernetes/quota-proxy.toml`, 4,096), one client
 /// that opens `max_connections` silent TCP connections, and opens them

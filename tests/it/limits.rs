@@ -28,6 +28,21 @@ pub(crate) const CLIENT_BODY: Duration = Duration::from_secs(1);
 /// Slack on top of a deadline for a busy 2-core machine.
 pub(crate) const SLACK: Duration = Duration::from_secs(4);
 
+/// The head deadline (`timeouts.client_head`) of the tests that wait for a
+/// silent or idle connection to close: seconds, not the default's 30.
+pub(crate) const CLIENT_HEAD: Duration = Duration::from_secs(3);
+
+/// `config`, whose `[timeouts]` gains `client_head` = [`CLIENT_HEAD`].
+pub(crate) fn with_client_head(config: &str) -> String {
+    let with = config.replacen(
+        "[timeouts]\n",
+        &format!("[timeouts]\nclient_head = \"{}s\"\n", CLIENT_HEAD.as_secs()),
+        1,
+    );
+    assert_ne!(with, config, "the config has no [timeouts] table");
+    with
+}
+
 /// A config with one inspected route (`POST /chat/{id}/send/`), header
 /// identity, and `extra` top-level TOML (`max_body_bytes` of the Django
 /// preset unless `extra` sets it).

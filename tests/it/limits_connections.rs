@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::limits::{CLIENT_BODY, SLACK, config, post_head, stall};
+use crate::limits::{CLIENT_BODY, CLIENT_HEAD, SLACK, config, post_head, stall, with_client_head};
 
 /// Sends one keep-alive `GET /healthz` on `stream` and returns the status,
 /// or `None` when the connection closes first.
@@ -55,8 +55,8 @@ async fn connections_past_max_connections_per_ip_are_closed() {
 
 /// A connection that sends nothing, or only the start of the HTTP/2
 /// preface, or the whole preface and then nothing, is closed once it has not
-/// started a request within the head deadline (`server::HEADER_READ_TIMEOUT`,
-/// 30 s). hyper's own head timer starts only once hyper-util's `auto`
+/// started a request within the head deadline (`timeouts.client_head`, here
+/// [`CLIENT_HEAD`]). hyper's own head timer starts only once hyper-util's `auto`
 /// builder has decided the version, which needs bytes, and HTTP/2 has none:
 /// before, each such connection held a file descriptor for as long as the
 /// client liked, and one client opening `ulimit -n` of them made `accept`
@@ -65,7 +65,7 @@ async fn connections_past_max_connections_per_ip_are_closed() {
 #[tokio::test]
 async fn a_silent_connection_is_closed_like_a_slow_head() {
     let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    let binary = Binary::start(&with_client_head(&config(upstream.addr(), "")), &[]).await;
     let starts: [(&str, &[u8]); 4] = [
         ("nothing", b""),
         ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
@@ -84,8 +84,8 @@ async fn a_silent_connection_is_closed_like_a_slow_head() {
         stream.write_all(bytes).await.expect("write");
         streams.push((what, stream));
     }
-    // The head deadline is 30 s; give it slack.
-    tokio::time::sleep(Duration::from_secs(30) + SLACK + SLACK).await;
+    // Give the head deadline slack.
+    tokio::time::sleep(CLIENT_HEAD + SLACK + SLACK).await;
     let mut open = Vec::new();
     for (what, mut stream) in streams {
         let mut buf = vec![0u8; 65536];
@@ -103,7 +103,7 @@ async fn a_silent_connection_is_closed_like_a_slow_head() {
     assert!(
         open.is_empty(),
         "still open after {:?}: {open:?}",
-        Duration::from_secs(30) + SLACK + SLACK
+        CLIENT_HEAD + SLACK + SLACK
     );
 }
 
@@ -123,14 +123,14 @@ async fn h2_get(sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes
 }
 
 /// An HTTP/2 connection that made a request and then starts none for a
-/// whole `HEADER_READ_TIMEOUT` (30 s) is sent a GOAWAY and closed, as an
+/// whole head deadline (`timeouts.client_head`) is sent a GOAWAY and closed, as an
 /// idle HTTP/1.1 keep-alive connection is; before, it stayed open for as
 /// long as the client liked (hyper has no HTTP/2 idle timeout). One that
 /// keeps making requests stays open.
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(&config(upstream.addr(), ""), &[]).await;
+    let binary = Binary::start(&with_client_head(&config(upstream.addr(), "")), &[]).await;
     let connect = || async {
         let stream = TcpStream::connect(binary.proxy).await.expect("connect");
         let (sender, connection) = hyper::client::conn::http2::handshake(
@@ -144,16 +144,17 @@ async fn an_idle_http2_connection_is_closed() {
     let (mut idle, idle_connection) = connect().await;
     let (mut busy, busy_connection) = connect().await;
     h2_get(&mut idle).await;
-    // Closed between one and two timeouts after its request; the busy one
-    // makes a request every 20 s meanwhile.
-    let until = Instant::now() + Duration::from_secs(60) + SLACK + SLACK;
+    // Closed between one and two deadlines after its request; the busy
+    // one makes a request every half deadline meanwhile.
+    let idle_for = CLIENT_HEAD * 2 + SLACK + SLACK;
+    let until = Instant::now() + idle_for;
     while Instant::now() < until {
         h2_get(&mut busy).await;
-        tokio::time::sleep(Duration::from_secs(20).min(until - Instant::now())).await;
+        tokio::time::sleep((CLIENT_HEAD / 2).min(until - Instant::now())).await;
     }
     assert!(
         idle_connection.is_finished(),
-        "an HTTP/2 connection idle for over 60 s is still open"
+        "an HTTP/2 connection idle for {idle_for:?} is still open"
     );
     assert!(!busy_connection.is_finished(), "a busy one was closed");
     h2_get(&mut busy).await;

@@ -44,6 +44,7 @@ pub(crate) fn timeouts() -> Timeouts {
         response_head: NonZeroDuration::from_secs(5),
         idle: NonZeroDuration::from_secs(5),
         client_body: NonZeroDuration::from_secs(5),
+        ..Timeouts::default()
     }
 }
 
