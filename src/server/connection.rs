@@ -105,22 +105,32 @@ impl Activity {
     }
 }
 
-/// Drives `connection` from `peer` to its end, closing it when silent or
-/// idle for `head_timeout` (see the module), shutting it down gracefully
-/// once `signals.shutdown` is cancelled and dropping it once `signals.cut`
-/// is. `begin_shutdown` starts a graceful shutdown (hyper's
-/// `graceful_shutdown`), after which the connection is polled to its end.
-async fn watch<C, T, E>(
-    connection: C,
-    begin_shutdown: impl Fn(Pin<&mut C>),
+/// A connection as [`watch`] sees it beside hyper's state: what its
+/// requests record, how it is told to end, its peer, and how long it may go
+/// without starting a request.
+struct Watched {
     activity: Arc<Activity>,
     signals: EndSignals,
     peer: SocketAddr,
     head_timeout: Duration,
-) where
+}
+
+/// Drives `connection` to its end, closing it when silent or idle for
+/// `head_timeout` (see the module), shutting it down gracefully once
+/// `signals.shutdown` is cancelled and dropping it once `signals.cut` is.
+/// `begin_shutdown` starts a graceful shutdown (hyper's
+/// `graceful_shutdown`), after which the connection is polled to its end.
+async fn watch<C, T, E>(connection: C, begin_shutdown: impl Fn(Pin<&mut C>), watched: Watched)
+where
     C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
+    let Watched {
+        activity,
+        signals,
+        peer,
+        head_timeout,
+    } = watched;
     let mut connection = pin!(connection);
     let mut started_any = false;
     let mut http2 = false;
@@ -216,13 +226,19 @@ pub(super) async fn serve<S, B>(
     let http1 = first[..peeked] != HTTP2_PREFACE[..peeked];
     let streams = (!http1).then(|| ConnectionStreams::new(budget));
     let service = TrackedService::new(service, Arc::clone(&activity), peer, streams);
+    let watched = Watched {
+        activity,
+        signals,
+        peer,
+        head_timeout: protocols.head_timeout,
+    };
     if http1 {
         Box::pin(park::serve_http1(
             stream,
             protocols,
             service,
-            Arc::clone(&activity),
-            &signals,
+            Arc::clone(&watched.activity),
+            &watched.signals,
             peer,
         ))
         .await;
@@ -231,31 +247,13 @@ pub(super) async fn serve<S, B>(
             .http2
             .serve_connection(TokioIo::new(stream), service);
         let shutdown = http2::Connection::graceful_shutdown;
-        let head_timeout = protocols.head_timeout;
-        Box::pin(watch(
-            connection,
-            shutdown,
-            activity,
-            signals,
-            peer,
-            head_timeout,
-        ))
-        .await;
+        Box::pin(watch(connection, shutdown, watched)).await;
     } else {
         let connection = protocols
             .auto
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let shutdown = auto::UpgradeableConnection::graceful_shutdown;
-        let head_timeout = protocols.head_timeout;
-        Box::pin(watch(
-            connection,
-            shutdown,
-            activity,
-            signals,
-            peer,
-            head_timeout,
-        ))
-        .await;
+        Box::pin(watch(connection, shutdown, watched)).await;
     }
 }
