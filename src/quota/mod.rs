@@ -40,6 +40,7 @@ mod uninspected;
 mod usage_body;
 
 pub use self::body::{QuotaBody, RequestBody};
+pub use self::budget::BodyShare;
 pub use self::deadline::{ClientBody, ClientBodyTimeout};
 pub use self::future::ResponseFuture;
 pub use self::layer::{QuotaLayer, QuotaLayerBuilder};

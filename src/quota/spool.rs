@@ -44,7 +44,9 @@ use tokio::fs::File;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::budget::{BodyBudget, BudgetFull, Held};
+#[cfg(test)]
+use super::budget::BodyBudget;
+use super::budget::{BudgetFull, Held};
 use super::deadline::ClientBodyTimeout;
 use crate::BoxError;
 
@@ -113,8 +115,8 @@ pub(crate) enum SpoolError {
     Truncated(u64),
 }
 
-/// Reads `body` (at most `max` bytes) into a spool, its bytes taken from
-/// `budget`, while `judge` parses the same chunks from the [`Feed`] it is
+/// Reads `body` (at most `max` bytes) into a spool, its bytes taken into
+/// `held` (from the budget), while `judge` parses the same chunks from the [`Feed`] it is
 /// given; returns the body to forward and `judge`'s output, once both have
 /// seen the whole body.
 ///
@@ -124,7 +126,7 @@ pub(crate) async fn read<B, F, Fut>(
     body: B,
     max: u64,
     settings: &SpoolSettings,
-    budget: &BodyBudget,
+    held: Held,
     judge: F,
 ) -> Result<(SpooledBody, Fut::Output), ReadError>
 where
@@ -137,7 +139,7 @@ where
     let judged = judge(Feed { rx });
     let spooled = async move {
         let mut parser = Some(tx);
-        let mut spool = Spool::new(settings, budget.hold());
+        let mut spool = Spool::new(settings, held);
         let mut body = pin!(body);
         let mut total: u64 = 0;
         loop {
@@ -370,8 +372,8 @@ mod tests {
         }
     }
 
-    fn unbounded() -> BodyBudget {
-        BodyBudget::new(u64::MAX)
+    fn unbounded() -> Held {
+        BodyBudget::new(u64::MAX).hold(None, u64::MAX)
     }
 
     /// `len` bytes that differ from chunk to chunk.
@@ -394,7 +396,7 @@ mod tests {
             frames(bytes, size),
             u64::MAX,
             &settings(limit),
-            &unbounded(),
+            unbounded(),
             |feed| feed.fold(0, |n, chunk| async move { n + chunk.len() }),
         )
         .await
@@ -467,7 +469,7 @@ mod tests {
             frames(&bytes, 1000),
             u64::MAX,
             &settings(0),
-            &unbounded(),
+            unbounded(),
             |mut feed| async move { feed.next().await.map(|c| c.len()) },
         )
         .await
@@ -483,7 +485,7 @@ mod tests {
             frames(&bytes, 1000),
             9_999,
             &settings(0),
-            &unbounded(),
+            unbounded(),
             |feed| feed.count(),
         )
         .await;
@@ -492,7 +494,7 @@ mod tests {
             frames(&bytes, 1000),
             10_000,
             &settings(0),
-            &unbounded(),
+            unbounded(),
             |feed| feed.count(),
         )
         .await;
@@ -506,7 +508,7 @@ mod tests {
             dir: PathBuf::from("/nonexistent/quota-proxy-spool"),
         };
         let body = Full::new(pattern(100));
-        let result = read(body, u64::MAX, &settings, &unbounded(), |feed| feed.count()).await;
+        let result = read(body, u64::MAX, &settings, unbounded(), |feed| feed.count()).await;
         let err = result.expect_err("no file can be made");
         assert!(
             err.to_string()
@@ -523,7 +525,7 @@ mod tests {
             frames(&bytes, 1000),
             u64::MAX,
             &settings(100_000),
-            &budget,
+            budget.hold(None, u64::MAX),
             |feed| feed.count(),
         )
         .await
@@ -543,7 +545,7 @@ mod tests {
             frames(&bytes, 1000),
             u64::MAX,
             &settings(10_000),
-            &budget,
+            budget.hold(None, u64::MAX),
             |feed| feed.count(),
         )
         .await;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::budget::BodyBudget;
+use super::budget::{BodyBudget, BodyShare, Held};
 use super::pending::PendingSettlements;
 use super::probe::ProbeCache;
 use super::shadow::ShadowPolicy;
@@ -86,6 +86,15 @@ pub(crate) struct RequestLimits {
     pub(crate) reservation_ttl: Duration,
     /// `timeouts.idle`: longest wait for the upstream's next body frame.
     pub(crate) idle_timeout: Duration,
+}
+
+impl RequestLimits {
+    /// A holding of the body budget for the request with these `parts`:
+    /// within its connection's [`BodyShare`] too, when it carries one.
+    pub(crate) fn hold_body(&self, parts: &http::request::Parts) -> Held {
+        self.budget
+            .hold(parts.extensions.get::<BodyShare>(), self.max_body_bytes)
+    }
 }
 
 /// The parts the phases call: identity, store, time, and what is kept

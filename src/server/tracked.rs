@@ -3,7 +3,8 @@
 //! the connection's [`Activity`] from its start to the end of its answer's
 //! body, so the connection's watch knows when no request is open and an
 //! HTTP/1 connection may be parked (`park.rs`). An HTTP/2 request first
-//! takes a place among its connection's (`streams.rs`), held as long.
+//! takes a place among its connection's (`streams.rs`), held as long, and
+//! carries its connection's [`BodyShare`] of the body budget.
 //!
 //! The service's future is boxed, one allocation per request: hyper gives
 //! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
@@ -26,6 +27,7 @@ use tower::ServiceExt;
 use super::ClientAddr;
 use super::connection::Activity;
 use super::streams::{ConnectionStreams, StreamPlace};
+use crate::quota::BodyShare;
 
 /// `service` as hyper calls it: cloned for each request, which is tagged
 /// with `peer` and counted in `activity` until its answer's body ends;
@@ -37,6 +39,9 @@ pub(super) struct TrackedService<S> {
     peer: SocketAddr,
     /// None on a connection that speaks HTTP/1 (one request at a time).
     streams: Option<Arc<ConnectionStreams>>,
+    /// What the bodies of an HTTP/2 connection's requests may hold of the
+    /// body budget together; None with HTTP/1 (one body at a time).
+    bodies: Option<BodyShare>,
 }
 
 impl<S> TrackedService<S> {
@@ -50,6 +55,7 @@ impl<S> TrackedService<S> {
             service: Box::new(service),
             activity,
             peer,
+            bodies: streams.is_some().then(BodyShare::new),
             streams: streams.map(Arc::new),
         }
     }
@@ -81,6 +87,9 @@ where
             _ => None,
         };
         request.extensions_mut().insert(ClientAddr(self.peer));
+        if let Some(bodies) = &self.bodies {
+            request.extensions_mut().insert(bodies.clone());
+        }
         // Lazy: the service is called when first polled, after the place.
         let answer = S::clone(&self.service).oneshot(request);
         Box::pin(async move {

@@ -232,3 +232,131 @@ async fn h2_status(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> u16 {
         Err(_) => 0,
     }
 }
+
+/// A request body that sends `sent` bytes, then nothing more, and stays
+/// open (a client that stalls its upload).
+fn stalled_body(
+    sent: usize,
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
+    + Send
+    + 'static,
+> {
+    use futures_util::StreamExt;
+    let chunks =
+        (0..sent / 16_384).map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'a'; 16_384]))));
+    http_body_util::StreamBody::new(
+        futures_util::stream::iter(chunks).chain(futures_util::stream::pending()),
+    )
+}
+
+/// A counter's value on the proxy's `/metrics`; 0 when it was never
+/// incremented.
+async fn counter(binary: &Binary, name: &str) -> u64 {
+    let metrics = crate::limits::metrics(binary).await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().expect("a counter's value"))
+}
+
+/// Flaw (found by an attack session): the body budget is first come,
+/// first served, and `max_connections_per_ip` bounds what one client holds
+/// of it only for HTTP/1, whose connection holds one body at a time. One
+/// HTTP/2 connection carries up to 100 uploads at once: it filled the
+/// budget by itself, and every other client's POST waited and got 503. Now
+/// an HTTP/2 connection's bodies hold at most twice `max_body_bytes`
+/// together (`quota::BodyShare`): here 512 KiB of a 2 MiB budget. Twelve
+/// uploads of 200 KiB that stall on one connection (3 MiB, enough for the
+/// whole budget) hold two uploads' worth; the connection's other uploads
+/// are answered 503 by its share, and another client's upload is
+/// forwarded while the two still hold theirs.
+#[tokio::test]
+async fn one_http2_connection_cannot_hold_the_whole_body_budget() {
+    const UPLOADS: usize = 12;
+    const SENT: usize = 200 * 1024;
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let config = format!(
+        "upstream = \"http://{}\"\nrequest_buffering = \"all\"\n\
+         max_body_bytes = 262144\nbody_budget_bytes = 2097152\n\
+         [timeouts]\nclient_body = \"60s\"\n",
+        upstream.addr()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let sender = h2_client(binary.proxy).await;
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut uploads = Vec::new();
+    for n in 0..UPLOADS {
+        let mut sender = sender.clone();
+        let refused = refused_tx.clone();
+        uploads.push(tokio::spawn(async move {
+            let request = http::Request::post(format!("http://app/upload/{n}"))
+                .header("content-length", "262144")
+                .body(stalled_body(SENT))
+                .expect("request");
+            if let Ok(answer) = sender.send_request(request).await {
+                let _ = refused.send(answer.status().as_u16());
+            }
+        }));
+    }
+    drop(refused_tx);
+    // Two uploads fit the connection's share; every other one is refused.
+    let mut statuses = Vec::new();
+    while statuses.len() < UPLOADS - 2 {
+        let status = tokio::time::timeout(ANSWER_WITHIN, refused_rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of the connection's {UPLOADS} stalled uploads were answered ({statuses:?}), \
+                     not {}",
+                    statuses.len(),
+                    UPLOADS - 2
+                )
+            })
+            .expect("answers come while the uploads run");
+        statuses.push(status);
+    }
+    assert!(
+        statuses.iter().all(|&s| s == 503),
+        "uploads past the connection's share: {statuses:?}"
+    );
+    assert_eq!(
+        counter(&binary, "quota_proxy_body_share_refused_total").await,
+        (UPLOADS - 2) as u64,
+        "each refusal was the connection's share's"
+    );
+    // Another client's upload, while two of the stalled ones still hold.
+    let body = vec![b'b'; 100 * 1024];
+    let mut head = format!(
+        "POST /upload/other HTTP/1.1\r\nhost: app\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&body);
+    let other = tokio::task::spawn_blocking(move || {
+        raw_http::send(binary.proxy, &head, false, ANSWER_WITHIN)
+    });
+    let other = other.await.expect("the other client");
+    assert_eq!(
+        other.status, 200,
+        "another client's upload: {:?}",
+        other.error
+    );
+    assert_eq!(
+        upstream.count(),
+        1,
+        "only the other client's upload was forwarded"
+    );
+    assert_eq!(
+        counter(&binary, "quota_proxy_body_budget_refused_total").await,
+        0
+    );
+    assert!(
+        uploads.iter().filter(|u| !u.is_finished()).count() >= 2,
+        "the two uploads within the share still hold theirs"
+    );
+    for upload in uploads {
+        upload.abort();
+    }
+}

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 
 use self::buffer::BodyBuffer;
 use super::body::RequestBody;
-use super::budget::{BUDGET_RETRY_AFTER, BodyBudget, Held, HeldBytes};
+use super::budget::{BUDGET_RETRY_AFTER, Held, HeldBytes};
 use super::deadline::ClientBody;
 use super::spool::{self, ReadError};
 use super::state::QuotaState;
@@ -21,7 +21,7 @@ use crate::quota::routes::Route;
 use crate::response::json_error;
 
 /// Reads a whole body of at most `max` bytes into one buffer, its bytes
-/// taken from `budget` as they come: a body that comes in one piece is kept
+/// taken into `held` (from the budget) as they come: a body that comes in one piece is kept
 /// as it is; a longer one is copied piece by piece into one buffer, each
 /// piece dropped once copied, so the body is held about once, never as
 /// pieces plus a copy of them.
@@ -34,14 +34,13 @@ pub(super) async fn read_whole<B>(
     body: B,
     max: u64,
     declared: Option<u64>,
-    budget: &BodyBudget,
+    mut held: Held,
 ) -> Result<Bytes, ReadError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
-    let mut held = budget.hold();
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BodyBuffer> = None;
     let mut total: u64 = 0;
@@ -154,14 +153,14 @@ where
             body,
             max,
             &state.limits.spool,
-            &state.limits.budget,
+            state.limits.hold_body(parts),
             |feed| flag::detect_stream(content_type, feed, query, &route.flag, &route.flag_rules),
         ))
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
         async {
-            let bytes = read_whole(body, max, declared, &state.limits.budget).await?;
+            let bytes = read_whole(body, max, declared, state.limits.hold_body(parts)).await?;
             let verdict = flag::detect(
                 content_type,
                 bytes.clone(),

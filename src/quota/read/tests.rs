@@ -7,6 +7,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 
 use super::*;
+use crate::quota::budget::BodyBudget;
 
 fn frames(chunks: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = Infallible> {
     let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
@@ -20,7 +21,7 @@ fn frames(chunks: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = Infallibl
 async fn a_false_content_length_sizes_nothing() {
     let budget = BodyBudget::new(1 << 30);
     let body = frames(&[&[1; 100], &[2; 100], &[3; 100]]);
-    let bytes = read_whole(body, 1 << 30, Some(50_000_000), &budget)
+    let bytes = read_whole(body, 1 << 30, Some(50_000_000), budget.hold(None, u64::MAX))
         .await
         .expect("read");
     assert_eq!(bytes.len(), 300);
@@ -35,9 +36,14 @@ async fn a_false_content_length_sizes_nothing() {
 async fn an_honest_content_length_gets_a_buffer_of_its_size() {
     let budget = BodyBudget::new(1 << 30);
     let chunks: Vec<&'static [u8]> = vec![&[7; 1000]; 9];
-    let bytes = read_whole(frames(&chunks), 1 << 30, Some(9000), &budget)
-        .await
-        .expect("read");
+    let bytes = read_whole(
+        frames(&chunks),
+        1 << 30,
+        Some(9000),
+        budget.hold(None, u64::MAX),
+    )
+    .await
+    .expect("read");
     assert_eq!(bytes.len(), 9000);
     assert_eq!((1 << 30) - budget.available(), 9000);
 }
@@ -45,7 +51,7 @@ async fn an_honest_content_length_gets_a_buffer_of_its_size() {
 #[tokio::test]
 async fn one_piece_is_kept_as_it_is() {
     let budget = BodyBudget::new(1000);
-    let bytes = read_whole(frames(&[b"hello"]), 1000, None, &budget)
+    let bytes = read_whole(frames(&[b"hello"]), 1000, None, budget.hold(None, u64::MAX))
         .await
         .expect("read");
     assert_eq!(bytes, "hello");

@@ -230,7 +230,7 @@ where
             body,
             max,
             &state.limits.spool,
-            &state.limits.budget,
+            state.limits.hold_body(&parts),
             |feed| async move {
                 // Nothing to judge: the feed is dropped and only the spool reads.
                 drop(feed);
