@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 #[cfg(test)]
 use super::budget::BodyBudget;
-use super::budget::{BudgetFull, Held};
+use super::budget::{BodyCut, BudgetFull, Held};
 use super::deadline::ClientBodyTimeout;
 use crate::BoxError;
 
@@ -83,6 +83,9 @@ pub(crate) enum ReadError {
     /// The body budget had no room for it (`body_budget_bytes`).
     #[error(transparent)]
     Busy(#[from] BudgetFull),
+    /// It stalled while the body budget was full, and was cut for room.
+    #[error(transparent)]
+    Cut(#[from] BodyCut),
     /// The temporary file could not be made or written.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -145,7 +148,11 @@ where
         loop {
             // Converted at once: the client's error type need not be `Send`,
             // and nothing of it may live across the awaits below.
-            let next = body.frame().await.map(|frame| frame.map_err(|e| e.into()));
+            let next = spool
+                .held
+                .until_cut(body.frame())
+                .await?
+                .map(|frame| frame.map_err(|e| e.into()));
             let Some(frame) = next else {
                 break;
             };
@@ -157,6 +164,7 @@ where
             if total > max {
                 return Err(ReadError::TooLarge(max));
             }
+            spool.held.arrived(data.len());
             spool.write(&data).await?;
             if let Some(tx) = &parser
                 && tx.send(data).await.is_err()
@@ -167,6 +175,7 @@ where
         }
         // Dropping the sender ends the feed: the parser reads to the end.
         drop(parser);
+        spool.held.read_whole();
         Ok(spool.finish().await?)
     };
     let (spooled, judged) = tokio::join!(spooled, judged);

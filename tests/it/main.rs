@@ -37,6 +37,7 @@ mod jwt_fit;
 mod jwt_parity;
 mod levels;
 mod limits;
+mod limits_budget;
 mod limits_connections;
 mod load_smoke;
 mod log_stalls;

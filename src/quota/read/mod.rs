@@ -45,7 +45,7 @@ where
     let mut joined: Option<BodyBuffer> = None;
     let mut total: u64 = 0;
     let ceiling = usize::try_from(declared.unwrap_or(max).min(max)).unwrap_or(usize::MAX);
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = held.until_cut(body.frame()).await? {
         let Ok(data) = frame.map_err(|e| ReadError::client(e.into()))?.into_data() else {
             continue; // trailers: not part of the bytes forwarded
         };
@@ -53,6 +53,7 @@ where
         if total > max {
             return Err(ReadError::TooLarge(max));
         }
+        held.arrived(data.len());
         match (&mut joined, first.take()) {
             (Some(buffer), _) => {
                 grow(buffer, data.len(), ceiling, &mut held).await?;
@@ -72,6 +73,7 @@ where
             }
         }
     }
+    held.read_whole();
     Ok(match (joined, first) {
         (Some(buffer), _) => Bytes::from_owner(HeldBytes {
             bytes: buffer,
@@ -208,6 +210,13 @@ pub(super) fn read_error_answer(error: ReadError, route: &str) -> Response<Full<
             closing(json_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time",
+            ))
+        }
+        ReadError::Cut(cut) => {
+            tracing::info!(%route, error = %cut, "request body cut; closing the connection");
+            closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body arrived too slowly while the proxy was short of room",
             ))
         }
         ReadError::Busy(full) => {

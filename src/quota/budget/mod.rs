@@ -1,0 +1,307 @@
+//! The body budget (phase: read): one count, for the whole process, of the
+//! request-body bytes the proxy holds in memory and in spool files
+//! (`body_budget_bytes`).
+//!
+//! Problem: each stalled or slow upload held its memory part and its spool
+//! file, with no cap on how many; 200 concurrent uploads could take
+//! gigabytes of memory and disk. Mechanism: every buffer of a request body
+//! takes its bytes from the budget as it grows (never what a
+//! `Content-Length` promises: only what arrived), and gives them back when
+//! the body is dropped (forwarded, denied, or failed). Bound: the bodies
+//! held never take more than `body_budget_bytes` together, plus one chunk
+//! and one write buffer per request in flight.
+//!
+//! When the budget is spent, a request waits up to [`BUDGET_WAIT`] for
+//! room, then gets 503 with `Retry-After` ([`BudgetFull`]): never an
+//! abort, and a full budget cannot deadlock, since every waiter gives up
+//! in time and releases what it held.
+//!
+//! While it waits, it cuts bodies that stalled (`stalled.rs`); and the
+//! bodies of one HTTP/2 connection hold at most its share (`share.rs`).
+
+mod share;
+mod stalled;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+pub use self::share::BodyShare;
+use self::share::ShareBytes;
+pub(crate) use self::stalled::BodyCut;
+use self::stalled::{FRESH_BYTES, Reader, Readers, WATCHED_FROM};
+
+/// Longest wait for room in the budget before the request is answered 503.
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a body waiting for room looks again for stalled bodies to cut.
+const CUT_LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// The `Retry-After` (seconds) of a request refused for lack of budget.
+pub(crate) const BUDGET_RETRY_AFTER: u32 = 2;
+
+/// The budget, or the connection's share of it, had no room within
+/// [`BUDGET_WAIT`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub(crate) enum BudgetFull {
+    /// The process's budget: `body_budget_bytes`.
+    #[error(
+        "the proxy holds its whole body budget ({0} bytes, body_budget_bytes) in other requests' bodies"
+    )]
+    Process(u64),
+    /// One HTTP/2 connection's share: twice `max_body_bytes`.
+    #[error(
+        "this connection's other requests hold its whole share of the body budget ({0} bytes, twice max_body_bytes)"
+    )]
+    Connection(u64),
+}
+
+/// The process's budget for held request bodies; clones share it.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    capacity: u64,
+    /// The bodies being read that a body finding no room may cut.
+    readers: Arc<Readers>,
+}
+
+impl BodyBudget {
+    /// A budget of `capacity` bytes (at most [`Semaphore::MAX_PERMITS`]).
+    pub(crate) fn new(capacity: u64) -> Self {
+        let capacity = capacity.min(Semaphore::MAX_PERMITS as u64);
+        Self {
+            bytes: Arc::new(Semaphore::new(
+                usize::try_from(capacity).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            capacity,
+            readers: Arc::new(Readers::new()),
+        }
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes free now.
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> u64 {
+        self.bytes.available_permits() as u64
+    }
+
+    /// A holding of nothing yet, to grow as a body arrives: from this
+    /// budget and, when the request carries one, its connection's `share`
+    /// (sized for a `max_body_bytes` of `max_body`).
+    pub(crate) fn hold(&self, share: Option<&BodyShare>, max_body: u64) -> Held {
+        Held {
+            budget: self.clone(),
+            share: share.map(|share| share.sized(max_body)),
+            bytes: 0,
+            reader: None,
+            since_fresh: 0,
+            read: false,
+        }
+    }
+}
+
+/// Bytes taken from a [`BodyBudget`] (and from a connection's
+/// [`BodyShare`], if any); given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    budget: BodyBudget,
+    /// The connection's share, which holds the same bytes.
+    share: Option<Arc<ShareBytes>>,
+    bytes: u64,
+    /// Its place among the budget's watched readers, from [`WATCHED_FROM`]
+    /// bytes until the body is read whole.
+    reader: Option<Arc<Reader>>,
+    /// Bytes arrived since it was last fresh.
+    since_fresh: u64,
+    /// Whether the body was read whole ([`Held::read_whole`]).
+    read: bool,
+}
+
+impl Held {
+    /// Takes `more` bytes, from the connection's share, then from the
+    /// budget, waiting up to [`BUDGET_WAIT`] in all for room.
+    pub(crate) async fn grow(&mut self, more: usize) -> Result<(), BudgetFull> {
+        let full = BudgetFull::Process(self.budget.capacity);
+        let Ok(more32) = u32::try_from(more) else {
+            return Err(full);
+        };
+        if more32 == 0 {
+            return Ok(());
+        }
+        if u64::from(more32) > self.budget.capacity {
+            return Err(full);
+        }
+        let mut deadline = None;
+        let from_share = match &self.share {
+            Some(share) => {
+                let full = BudgetFull::Connection(share.size);
+                let taken = take(&share.free, more32, full, &mut deadline).await;
+                if taken.is_err() {
+                    metrics::counter!("quota_proxy_body_share_refused_total").increment(1);
+                }
+                Some(taken?)
+            }
+            None => None,
+        };
+        let Ok(permit) = self.take_from_budget(more32, &mut deadline).await else {
+            metrics::counter!("quota_proxy_body_budget_refused_total").increment(1);
+            return Err(full);
+        };
+        permit.forget();
+        if let Some(permit) = from_share {
+            permit.forget();
+        }
+        self.bytes += u64::from(more32);
+        match &self.reader {
+            Some(reader) => reader.holds(self.bytes),
+            None if self.bytes >= WATCHED_FROM && !self.read => {
+                self.reader = Some(self.budget.readers.watch(self.bytes));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// `bytes` of the budget, waiting until `deadline` (set to
+    /// [`BUDGET_WAIT`] from now by the first wait of a grow) and cutting
+    /// stalled bodies while it waits.
+    async fn take_from_budget(
+        &self,
+        bytes: u32,
+        deadline: &mut Option<Instant>,
+    ) -> Result<SemaphorePermit<'_>, ()> {
+        let semaphore = &self.budget.bytes;
+        loop {
+            if let Ok(permit) = semaphore.try_acquire_many(bytes) {
+                return Ok(permit);
+            }
+            let lacking = u64::from(bytes).saturating_sub(semaphore.available_permits() as u64);
+            let asking = self.reader.as_ref().map(|reader| reader.id());
+            self.budget.readers.cut_stalled(lacking, asking);
+            let until = *deadline.get_or_insert_with(|| Instant::now() + BUDGET_WAIT);
+            let look_again = (Instant::now() + CUT_LOOK_EVERY).min(until);
+            match tokio::time::timeout_at(look_again, semaphore.acquire_many(bytes)).await {
+                Ok(Ok(permit)) => return Ok(permit),
+                // Closed, which it never is.
+                Ok(Err(_)) => return Err(()),
+                Err(_) if Instant::now() >= until => return Err(()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Records `bytes` of the body arrived: a watched body is fresh again
+    /// once [`FRESH_BYTES`] have.
+    pub(crate) fn arrived(&mut self, bytes: usize) {
+        let Some(reader) = &self.reader else {
+            return;
+        };
+        self.since_fresh = self.since_fresh.saturating_add(bytes as u64);
+        if self.since_fresh >= FRESH_BYTES {
+            self.since_fresh = 0;
+            reader.fresh(self.budget.readers.now_ms());
+        }
+    }
+
+    /// `next` (the body's next frame), or [`BodyCut`] if the body is cut
+    /// to make room first.
+    pub(crate) async fn until_cut<F: Future>(&self, next: F) -> Result<F::Output, BodyCut> {
+        let Some(reader) = &self.reader else {
+            return Ok(next.await);
+        };
+        tokio::select! {
+            biased;
+            () = reader.cut() => Err(BodyCut),
+            output = next => Ok(output),
+        }
+    }
+
+    /// The body was read whole: what it holds now waits for the upstream,
+    /// and is no longer cut for stalling.
+    pub(crate) fn read_whole(&mut self) {
+        self.read = true;
+        if let Some(reader) = self.reader.take() {
+            self.budget.readers.unwatch(&reader);
+        }
+    }
+
+    /// Gives back `fewer` of the bytes held (at most all of them).
+    pub(crate) fn release(&mut self, fewer: usize) {
+        let fewer = (fewer as u64).min(self.bytes);
+        self.bytes -= fewer;
+        if let Some(reader) = &self.reader {
+            reader.holds(self.bytes);
+        }
+        self.give_back(fewer);
+    }
+
+    /// Returns `bytes` to the budget and the share.
+    fn give_back(&self, bytes: u64) {
+        let permits = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.budget.bytes.add_permits(permits);
+        if let Some(share) = &self.share {
+            share.free.add_permits(permits);
+        }
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.budget.readers.unwatch(&reader);
+        }
+        if self.bytes > 0 {
+            self.give_back(self.bytes);
+        }
+    }
+}
+
+/// `bytes` permits of `semaphore`, waiting for them until `deadline` (set
+/// to [`BUDGET_WAIT`] from now by the first wait of a grow); `full` when
+/// they did not come.
+async fn take<'a>(
+    semaphore: &'a Semaphore,
+    bytes: u32,
+    full: BudgetFull,
+    deadline: &mut Option<Instant>,
+) -> Result<SemaphorePermit<'a>, BudgetFull> {
+    if let Ok(permit) = semaphore.try_acquire_many(bytes) {
+        return Ok(permit);
+    }
+    let until = *deadline.get_or_insert_with(|| Instant::now() + BUDGET_WAIT);
+    match tokio::time::timeout_at(until, semaphore.acquire_many(bytes)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        // Timed out (or closed, which it never is).
+        _ => Err(full),
+    }
+}
+
+/// Bytes that give their budget back when the last handle to them is
+/// dropped: the owner of a [`bytes::Bytes`] made with `Bytes::from_owner`.
+pub(crate) struct HeldBytes<T> {
+    pub(crate) bytes: T,
+    /// Given back when the bytes are dropped.
+    pub(crate) _held: Held,
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for HeldBytes<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests;

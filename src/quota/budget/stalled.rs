@@ -1,0 +1,168 @@
+//! Stalled bodies cut when the budget is full (phase: read).
+//!
+//! Problem: the budget was first come, first served, and a body that
+//! stayed silent held its bytes for up to `timeouts.client_body` (30 s,
+//! restarted by each byte). A client with enough connections whose uploads
+//! sent a byte now and then held the whole budget, and every other body
+//! (under `request_buffering = "all"`, every POST of the app) waited and
+//! got 503 (an attack session). Mechanism: each body being read that holds
+//! at least [`WATCHED_FROM`] bytes is watched ([`Readers`]); it is *fresh*
+//! while [`FRESH_BYTES`] of it arrived within the last [`STALLED_AFTER`].
+//! A body that finds no room cuts the stalled ones, longest stalled first,
+//! until what they hold covers what it lacks; each cut one's reader stops
+//! at once ([`BodyCut`]: 408, connection closed). A body read whole (waiting
+//! for the upstream) is not watched: it is no longer the client's to stall.
+//! Bound: while the budget is full, a body keeps its place only while it
+//! arrives at about 16 KiB a second or faster, so holding the budget costs
+//! a client that bandwidth for every body it holds, each for as long as
+//! its `max_body_bytes` lasts at that rate. Price: while the budget is
+//! full, an upload slower than that is cut; while it is not, nothing is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a watched body may go without [`FRESH_BYTES`] arriving before
+/// a body that finds no room may cut it.
+pub(super) const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// The bytes that make a watched body fresh again.
+pub(super) const FRESH_BYTES: u64 = 16 * 1024;
+
+/// Bodies holding fewer bytes are not watched: cutting them frees little,
+/// and the small bodies of most requests never touch the watch's lock.
+pub(super) const WATCHED_FROM: u64 = 64 * 1024;
+
+/// The body was cut while it stalled, to make room in a full budget.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the request body stalled (under 16 KiB in the last second) while the body budget \
+     (body_budget_bytes) was full; it was cut to make room"
+)]
+pub(crate) struct BodyCut;
+
+/// The bodies being read that hold at least [`WATCHED_FROM`] bytes, shared
+/// by every serving thread.
+#[derive(Debug)]
+pub(super) struct Readers {
+    /// Where the readers' times count from.
+    epoch: Instant,
+    next_id: AtomicU64,
+    watched: Mutex<HashMap<u64, Arc<Reader>>>,
+}
+
+/// One watched body, as its [`super::Held`] and a cutting body share it.
+#[derive(Debug)]
+pub(super) struct Reader {
+    id: u64,
+    /// Bytes it holds (its `Held`'s, copied on each change).
+    held: AtomicU64,
+    /// When it was last fresh, in ms since the [`Readers`]' epoch.
+    fresh_at_ms: AtomicU64,
+    /// Set once, by the body that cuts it.
+    was_cut: AtomicBool,
+    /// Wakes its reader when it is cut.
+    cut: Notify,
+}
+
+impl Readers {
+    pub(super) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            watched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Milliseconds since the epoch.
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Watches a body that holds `held` bytes, fresh now.
+    pub(super) fn watch(&self, held: u64) -> Arc<Reader> {
+        let reader = Arc::new(Reader {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            held: AtomicU64::new(held),
+            fresh_at_ms: AtomicU64::new(self.now_ms()),
+            was_cut: AtomicBool::new(false),
+            cut: Notify::new(),
+        });
+        self.lock().insert(reader.id, Arc::clone(&reader));
+        reader
+    }
+
+    /// Stops watching `reader` (read whole, or dropped).
+    pub(super) fn unwatch(&self, reader: &Reader) {
+        self.lock().remove(&reader.id);
+    }
+
+    /// Cuts stalled bodies, longest stalled first, until they hold
+    /// `lacking` bytes beyond those of bodies cut before and not yet gone;
+    /// never `except` (the body asking). Returns how many it cut.
+    pub(super) fn cut_stalled(&self, lacking: u64, except: Option<u64>) -> usize {
+        let now = self.now_ms();
+        let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let watched = self.lock();
+        let going: u64 = watched
+            .values()
+            .filter(|r| r.was_cut.load(Ordering::Relaxed))
+            .map(|r| r.held.load(Ordering::Relaxed))
+            .sum();
+        let mut lacking = lacking.saturating_sub(going);
+        if lacking == 0 {
+            return 0;
+        }
+        let mut stalled: Vec<&Arc<Reader>> = watched
+            .values()
+            .filter(|r| Some(r.id) != except && !r.was_cut.load(Ordering::Relaxed))
+            .filter(|r| now.saturating_sub(r.fresh_at_ms.load(Ordering::Relaxed)) >= stalled_ms)
+            .collect();
+        stalled.sort_unstable_by_key(|r| r.fresh_at_ms.load(Ordering::Relaxed));
+        let mut cut = 0;
+        for reader in stalled {
+            if lacking == 0 {
+                break;
+            }
+            reader.was_cut.store(true, Ordering::Relaxed);
+            reader.cut.notify_one();
+            lacking = lacking.saturating_sub(reader.held.load(Ordering::Relaxed));
+            cut += 1;
+        }
+        if cut > 0 {
+            metrics::counter!("quota_proxy_body_budget_cut_total").increment(cut as u64);
+        }
+        cut
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Reader>>> {
+        // The map is whole between statements: a panic elsewhere leaves it usable.
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Reader {
+    /// Its id among the [`Readers`].
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records that it holds `bytes`.
+    pub(super) fn holds(&self, bytes: u64) {
+        self.held.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Marks it fresh at `now_ms`.
+    pub(super) fn fresh(&self, now_ms: u64) {
+        self.fresh_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Completes when it is cut.
+    pub(super) async fn cut(&self) {
+        self.cut.notified().await;
+    }
+}

@@ -1,0 +1,229 @@
+//! Tests of the body budget: holding, waiting, refusing, one connection's
+//! share, and cutting stalled bodies.
+
+use super::stalled::STALLED_AFTER;
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn bytes_come_back_when_dropped() {
+    let budget = BodyBudget::new(1000);
+    let mut a = budget.hold(None, u64::MAX);
+    a.grow(600).await.expect("room");
+    assert_eq!(budget.available(), 400);
+    let mut b = budget.hold(None, u64::MAX);
+    b.grow(400).await.expect("room");
+    assert_eq!(budget.available(), 0);
+    drop(a);
+    assert_eq!(budget.available(), 600);
+    drop(b);
+    assert_eq!(budget.available(), 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_budget_refuses_after_the_wait_and_keeps_nothing() {
+    let budget = BodyBudget::new(1000);
+    let mut a = budget.hold(None, u64::MAX);
+    a.grow(900).await.expect("room");
+    let started = tokio::time::Instant::now();
+    let mut b = budget.hold(None, u64::MAX);
+    b.grow(50).await.expect("room");
+    let refused = b.grow(100).await.expect_err("no room");
+    assert!(matches!(refused, BudgetFull::Process(1000)), "{refused:?}");
+    assert_eq!(started.elapsed(), BUDGET_WAIT);
+    assert_eq!(b.bytes(), 50);
+    drop(b);
+    assert_eq!(budget.available(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gets_room_freed_during_its_wait() {
+    let budget = BodyBudget::new(1000);
+    let mut a = budget.hold(None, u64::MAX);
+    a.grow(1000).await.expect("room");
+    let waiter = tokio::spawn({
+        let budget = budget.clone();
+        async move {
+            let mut b = budget.hold(None, u64::MAX);
+            b.grow(500).await.map(|()| b.bytes())
+        }
+    });
+    tokio::time::sleep(BUDGET_WAIT / 2).await;
+    drop(a);
+    assert_eq!(waiter.await.expect("joined").expect("room came"), 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_connection_holds_its_share_and_no_more() {
+    let budget = BodyBudget::new(1_000_000);
+    let share = BodyShare::new();
+    // max_body_bytes 100: the connection's bodies hold 200 at most.
+    let mut first = budget.hold(Some(&share), 100);
+    first.grow(150).await.expect("within the share");
+    let mut second = budget.hold(Some(&share), 100);
+    second.grow(50).await.expect("the rest of the share");
+    let started = tokio::time::Instant::now();
+    let mut third = budget.hold(Some(&share), 100);
+    let refused = third.grow(1).await.expect_err("the share is held");
+    assert!(
+        matches!(refused, BudgetFull::Connection(200)),
+        "{refused:?}"
+    );
+    assert_eq!(started.elapsed(), BUDGET_WAIT);
+    assert_eq!(
+        budget.available(),
+        1_000_000 - 200,
+        "a refusal takes nothing"
+    );
+    // Another connection, and a request with no share, are not touched.
+    let other = BodyShare::new();
+    budget
+        .hold(Some(&other), 100)
+        .grow(200)
+        .await
+        .expect("its own share");
+    budget.hold(None, 100).grow(5000).await.expect("no share");
+    // What a body gives back, its connection may take again.
+    drop(first);
+    third.grow(150).await.expect("room again");
+    drop((second, third));
+    assert_eq!(budget.available(), 1_000_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_alone_never_waits_for_its_share() {
+    let budget = BodyBudget::new(1_000_000);
+    let share = BodyShare::new();
+    let mut alone = budget.hold(Some(&share), 1000);
+    // As a buffer doubling past the body's length takes it.
+    alone.grow(1024).await.expect("room");
+    alone.grow(976).await.expect("room");
+    assert_eq!(alone.bytes(), BodyShare::bytes(1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_share_and_the_budget_wait_one_deadline_together() {
+    let budget = BodyBudget::new(1000);
+    let share = BodyShare::new();
+    let mut held = budget.hold(Some(&share), 500);
+    held.grow(1000).await.expect("room");
+    // The share frees room after half the wait; the budget never does.
+    let waiter = tokio::spawn({
+        let budget = budget.clone();
+        let share = share.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            let refused = budget.hold(Some(&share), 500).grow(100).await;
+            (refused, started.elapsed())
+        }
+    });
+    tokio::time::sleep(BUDGET_WAIT / 2).await;
+    held.release(100);
+    let mut other = budget.hold(None, 500);
+    other
+        .grow(100)
+        .await
+        .expect("the budget's room, taken at once");
+    let (refused, waited) = waiter.await.expect("joined");
+    assert!(
+        matches!(refused, Err(BudgetFull::Process(1000))),
+        "{refused:?}"
+    );
+    assert_eq!(waited, BUDGET_WAIT, "one wait in all, not one for each");
+}
+
+#[tokio::test]
+async fn more_than_the_whole_budget_is_refused_at_once() {
+    let budget = BodyBudget::new(10);
+    assert!(budget.hold(None, u64::MAX).grow(11).await.is_err());
+}
+
+/// A body holding `bytes` whose client then sends nothing: its reader
+/// waits for the next frame until the body is cut, then drops what it held.
+async fn stalled_reader(budget: &BodyBudget, bytes: usize) -> tokio::task::JoinHandle<BodyCut> {
+    let mut held = budget.hold(None, u64::MAX);
+    held.grow(bytes).await.expect("room");
+    tokio::spawn(async move {
+        held.until_cut(std::future::pending::<()>())
+            .await
+            .expect_err("only a cut ends a stalled body")
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_body_is_cut_for_a_body_that_finds_no_room() {
+    let budget = BodyBudget::new(200 * 1024);
+    let stalled = stalled_reader(&budget, 128 * 1024).await;
+    tokio::time::sleep(STALLED_AFTER).await;
+    let started = tokio::time::Instant::now();
+    let mut newcomer = budget.hold(None, u64::MAX);
+    newcomer
+        .grow(100 * 1024)
+        .await
+        .expect("room made by the cut");
+    assert!(started.elapsed() < BUDGET_WAIT, "{:?}", started.elapsed());
+    assert!(stalled.is_finished(), "the stalled reader was stopped");
+    stalled
+        .await
+        .expect("the stalled reader ended with its cut");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_keeps_arriving_is_not_cut() {
+    let budget = BodyBudget::new(200 * 1024);
+    let mut arriving = budget.hold(None, u64::MAX);
+    arriving.grow(128 * 1024).await.expect("room");
+    let newcomer = tokio::spawn({
+        let budget = budget.clone();
+        async move { budget.hold(None, u64::MAX).grow(100 * 1024).await }
+    });
+    // 16 KiB every half second: fresh all along.
+    for _ in 0..4 {
+        tokio::time::sleep(STALLED_AFTER / 2).await;
+        arriving.arrived(FRESH_BYTES as usize);
+        let next = arriving.until_cut(std::future::ready(())).await;
+        assert!(next.is_ok(), "an arriving body was cut");
+    }
+    let refused = newcomer.await.expect("joined");
+    assert!(
+        matches!(refused, Err(BudgetFull::Process(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_read_whole_or_a_small_one_is_never_cut() {
+    let budget = BodyBudget::new(200 * 1024);
+    let mut whole = budget.hold(None, u64::MAX);
+    whole.grow(128 * 1024).await.expect("room");
+    whole.read_whole();
+    let small = stalled_reader(&budget, (WATCHED_FROM - 1) as usize).await;
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    let refused = budget.hold(None, u64::MAX).grow(100 * 1024).await;
+    assert!(
+        matches!(refused, Err(BudgetFull::Process(_))),
+        "{refused:?}"
+    );
+    assert!(!small.is_finished(), "a body under WATCHED_FROM was cut");
+    assert_eq!(whole.bytes(), 128 * 1024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_as_many_as_lack_are_cut_the_longest_stalled_first() {
+    let budget = BodyBudget::new(300 * 1024);
+    let oldest = stalled_reader(&budget, 100 * 1024).await;
+    tokio::time::sleep(STALLED_AFTER / 4).await;
+    let middle = stalled_reader(&budget, 100 * 1024).await;
+    let newest = stalled_reader(&budget, 100 * 1024).await;
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    let mut newcomer = budget.hold(None, u64::MAX);
+    newcomer
+        .grow(80 * 1024)
+        .await
+        .expect("room made by one cut");
+    tokio::task::yield_now().await;
+    assert!(oldest.is_finished(), "the longest stalled body was cut");
+    assert!(
+        !middle.is_finished() && !newest.is_finished(),
+        "one cut was enough"
+    );
+}

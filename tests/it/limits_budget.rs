@@ -1,0 +1,129 @@
+//! The body budget under clients that stall (docs/limits.md, *Stalled
+//! bodies*): the real binary, raw HTTP/1.1 clients over TCP that send part
+//! of a body and then nothing, a real upstream on loopback. The budget's
+//! other tests (200 uploads against a small budget) are in `limits.rs`,
+//! one HTTP/2 connection's share in `http2_limits.rs`.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::limits::{SLACK, config, metrics, post_head};
+use crate::support::binary::Binary;
+use crate::support::upstream::{Reply, TestUpstream};
+
+/// A counter's value on `/metrics`; 0 when it was never incremented.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().expect("a counter's value"))
+}
+
+/// What a stalled client read before `within` passed: its text, and
+/// whether the proxy closed the connection.
+async fn answer_of(mut stream: TcpStream, within: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&received).to_lowercase(), closed)
+}
+
+/// Flaw (found by an attack session): the budget was first come, first
+/// served, and a body that went silent kept its bytes for as long as
+/// `timeouts.client_body` (here 60 s) allowed. Four connections whose
+/// uploads sent 450 KiB and then nothing held a 2 MiB budget, and every
+/// other client's upload waited 1 s and got 503. Now a body that finds no
+/// room cuts the stalled ones (no 16 KiB in the last second), longest
+/// stalled first and no more than it lacks: the newcomer's upload is
+/// forwarded, one stalled client gets 408 and its connection is closed,
+/// and the others keep their place. Two of the stalled uploads are on an
+/// inspected route (read into memory), two are forwarded ones received
+/// whole (`request_buffering = "all"`, the spool).
+#[tokio::test]
+async fn stalled_uploads_are_cut_for_a_newcomer_when_the_budget_is_full() {
+    const STALLERS: usize = 4;
+    // What each stalled upload holds: its declared length on the inspected
+    // route, body_buffer_bytes for one received whole. Four hold 1.8 MiB of
+    // the 2 MiB, too little left for the newcomer's 300 KiB.
+    const HELD: usize = 460 * 1024;
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let extra = "request_buffering = \"all\"\nbody_budget_bytes = 2097152\nmax_body_bytes = 1048576\nbody_buffer_bytes = 471040";
+    let config =
+        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"60s\"");
+    let binary = Binary::start(&config, &[]).await;
+    let mut stalled = Vec::new();
+    for n in 0..STALLERS {
+        let path = if n % 2 == 0 {
+            format!("/chat/{n}/send/")
+        } else {
+            format!("/upload/{n}")
+        };
+        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
+        let head = post_head(&path, "application/octet-stream", HELD as u64);
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream
+            .write_all(&[b'a'; 450 * 1024])
+            .await
+            .expect("part of the body");
+        stalled.push(stream);
+    }
+    // Past the stall (a second without 16 KiB), and the bytes are in.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let body = vec![b'b'; 300 * 1024];
+    let mut newcomer = TcpStream::connect(binary.proxy).await.expect("connect");
+    let head = post_head(
+        "/chat/9/send/",
+        "application/octet-stream",
+        body.len() as u64,
+    );
+    newcomer.write_all(head.as_bytes()).await.expect("head");
+    newcomer.write_all(&body).await.expect("body");
+    let (answer, _) = answer_of(newcomer, Duration::from_secs(1) + SLACK).await;
+    assert!(
+        answer.starts_with("http/1.1 200"),
+        "the newcomer's upload, with {STALLERS} stalled ones holding the budget: {answer:?}"
+    );
+    let seen = metrics(&binary).await;
+    assert_eq!(
+        counter(&seen, "quota_proxy_body_budget_cut_total"),
+        1,
+        "cut"
+    );
+    assert_eq!(counter(&seen, "quota_proxy_body_budget_refused_total"), 0);
+
+    let mut cut = 0;
+    for stream in stalled {
+        let (answer, closed) = answer_of(stream, Duration::from_millis(300)).await;
+        if answer.is_empty() {
+            assert!(
+                !closed,
+                "a stalled client kept its place but lost its connection"
+            );
+            continue;
+        }
+        assert!(
+            answer.starts_with("http/1.1 408") && answer.contains("connection: close") && closed,
+            "a cut upload's answer: {answer:?} (closed: {closed})"
+        );
+        cut += 1;
+    }
+    assert_eq!(
+        cut, 1,
+        "one stalled upload cut, the others kept their place"
+    );
+    assert_eq!(
+        upstream.count(),
+        1,
+        "only the newcomer's upload was forwarded"
+    );
+}
