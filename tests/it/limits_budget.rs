@@ -127,3 +127,65 @@ async fn stalled_uploads_are_cut_for_a_newcomer_when_the_budget_is_full() {
         "only the newcomer's upload was forwarded"
     );
 }
+
+/// The same with bodies too small to look worth cutting: twenty uploads
+/// stalled at 40 KiB hold 800 KiB of a 1 MiB budget (a client with enough
+/// connections needs no large body to hold a budget). A newcomer's 300 KiB
+/// upload cuts as many as it lacks room for (two, three with the bytes
+/// the readers' buffers round up to), longest stalled first, and is
+/// forwarded.
+#[tokio::test]
+async fn small_stalled_uploads_are_cut_too() {
+    const STALLERS: usize = 20;
+    const HELD: usize = 40 * 1024;
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let extra = "body_budget_bytes = 1048576\nmax_body_bytes = 524288";
+    let config =
+        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"60s\"");
+    let binary = Binary::start(&config, &[]).await;
+    let mut stalled = Vec::new();
+    for n in 0..STALLERS {
+        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
+        let head = post_head(
+            &format!("/chat/{n}/send/"),
+            "application/octet-stream",
+            HELD as u64 + 1,
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream
+            .write_all(&[b'a'; HELD])
+            .await
+            .expect("all but a byte of the body");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let body = vec![b'b'; 300 * 1024];
+    let mut newcomer = TcpStream::connect(binary.proxy).await.expect("connect");
+    let head = post_head(
+        "/chat/99/send/",
+        "application/octet-stream",
+        body.len() as u64,
+    );
+    newcomer.write_all(head.as_bytes()).await.expect("head");
+    newcomer.write_all(&body).await.expect("body");
+    let (answer, _) = answer_of(newcomer, Duration::from_secs(1) + SLACK).await;
+    assert!(
+        answer.starts_with("http/1.1 200"),
+        "the newcomer's upload, with {STALLERS} small stalled ones holding the budget: {answer:?}"
+    );
+    let seen = metrics(&binary).await;
+    let counted = counter(&seen, "quota_proxy_body_budget_cut_total");
+    assert!((2..=3).contains(&counted), "{counted} cut");
+    assert_eq!(counter(&seen, "quota_proxy_body_budget_refused_total"), 0);
+    let mut cut = 0;
+    for stream in stalled {
+        let (answer, _) = answer_of(stream, Duration::from_millis(100)).await;
+        if answer.starts_with("http/1.1 408") {
+            cut += 1;
+        } else {
+            assert!(answer.is_empty(), "a stalled upload's answer: {answer:?}");
+        }
+    }
+    assert_eq!(cut, counted, "each cut upload was answered 408");
+}

@@ -24,6 +24,7 @@ mod stalled;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 pub use self::share::BodyShare;
 use self::share::ShareBytes;
 pub(crate) use self::stalled::BodyCut;
-use self::stalled::{FRESH_BYTES, Reader, Readers, WATCHED_FROM};
+use self::stalled::{FRESH_BYTES, Reader, Readers};
 
 /// Longest wait for room in the budget before the request is answered 503.
 pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(1);
@@ -115,8 +116,9 @@ pub(crate) struct Held {
     /// The connection's share, which holds the same bytes.
     share: Option<Arc<ShareBytes>>,
     bytes: u64,
-    /// Its place among the budget's watched readers, from [`WATCHED_FROM`]
-    /// bytes until the body is read whole.
+    /// Its place among the budget's watched readers: from the first time
+    /// its reader waits for the client while it holds bytes, until the body
+    /// is read whole.
     reader: Option<Arc<Reader>>,
     /// Bytes arrived since it was last fresh.
     since_fresh: u64,
@@ -159,12 +161,8 @@ impl Held {
             permit.forget();
         }
         self.bytes += u64::from(more32);
-        match &self.reader {
-            Some(reader) => reader.holds(self.bytes),
-            None if self.bytes >= WATCHED_FROM && !self.read => {
-                self.reader = Some(self.budget.readers.watch(self.bytes));
-            }
-            None => {}
+        if let Some(reader) = &self.reader {
+            reader.holds(self.bytes);
         }
         Ok(())
     }
@@ -211,8 +209,22 @@ impl Held {
     }
 
     /// `next` (the body's next frame), or [`BodyCut`] if the body is cut
-    /// to make room first.
-    pub(crate) async fn until_cut<F: Future>(&self, next: F) -> Result<F::Output, BodyCut> {
+    /// to make room first. A body is watched from the first time its
+    /// reader waits here while it holds bytes: one whose bytes come with no
+    /// wait (most small bodies, all at once with their head) never takes
+    /// the watch's lock.
+    pub(crate) async fn until_cut<F: Future>(&mut self, next: F) -> Result<F::Output, BodyCut> {
+        let mut next = std::pin::pin!(next);
+        if self.reader.is_none() {
+            let ready = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
+            if let Poll::Ready(output) = ready {
+                return Ok(output);
+            }
+            if self.bytes == 0 || self.read {
+                return Ok(next.await);
+            }
+            self.reader = Some(self.budget.readers.watch(self.bytes));
+        }
         let Some(reader) = &self.reader else {
             return Ok(next.await);
         };

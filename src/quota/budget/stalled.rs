@@ -5,9 +5,10 @@
 //! restarted by each byte). A client with enough connections whose uploads
 //! sent a byte now and then held the whole budget, and every other body
 //! (under `request_buffering = "all"`, every POST of the app) waited and
-//! got 503 (an attack session). Mechanism: each body being read that holds
-//! at least [`WATCHED_FROM`] bytes is watched ([`Readers`]); it is *fresh*
-//! while [`FRESH_BYTES`] of it arrived within the last [`STALLED_AFTER`].
+//! got 503 (an attack session). Mechanism: a body being read is watched
+//! ([`Readers`]) from the first time its reader waits for the client while
+//! it holds bytes; it is *fresh* while [`FRESH_BYTES`] of it arrived within
+//! the last [`STALLED_AFTER`].
 //! A body that finds no room cuts the stalled ones, longest stalled first,
 //! until what they hold covers what it lacks; each cut one's reader stops
 //! at once ([`BodyCut`]: 408, connection closed). A body read whole (waiting
@@ -33,10 +34,6 @@ pub(super) const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// The bytes that make a watched body fresh again.
 pub(super) const FRESH_BYTES: u64 = 16 * 1024;
 
-/// Bodies holding fewer bytes are not watched: cutting them frees little,
-/// and the small bodies of most requests never touch the watch's lock.
-pub(super) const WATCHED_FROM: u64 = 64 * 1024;
-
 /// The body was cut while it stalled, to make room in a full budget.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error(
@@ -45,8 +42,8 @@ pub(super) const WATCHED_FROM: u64 = 64 * 1024;
 )]
 pub(crate) struct BodyCut;
 
-/// The bodies being read that hold at least [`WATCHED_FROM`] bytes, shared
-/// by every serving thread.
+/// The bodies being read that waited for their client while holding
+/// bytes, shared by every serving thread.
 #[derive(Debug)]
 pub(super) struct Readers {
     /// Where the readers' times count from.

@@ -1,6 +1,8 @@
 //! Tests of the body budget: holding, waiting, refusing, one connection's
 //! share, and cutting stalled bodies.
 
+use futures_util::FutureExt;
+
 use super::stalled::STALLED_AFTER;
 use super::*;
 
@@ -172,12 +174,23 @@ async fn a_body_that_keeps_arriving_is_not_cut() {
     let budget = BodyBudget::new(200 * 1024);
     let mut arriving = budget.hold(None, u64::MAX);
     arriving.grow(128 * 1024).await.expect("room");
+    // Its reader waited once for the client: it is watched.
+    assert!(
+        arriving
+            .until_cut(std::future::pending::<()>())
+            .now_or_never()
+            .is_none()
+    );
+    // It comes once the arriving body has been watched for two seconds.
     let newcomer = tokio::spawn({
         let budget = budget.clone();
-        async move { budget.hold(None, u64::MAX).grow(100 * 1024).await }
+        async move {
+            tokio::time::sleep(STALLED_AFTER * 2).await;
+            budget.hold(None, u64::MAX).grow(100 * 1024).await
+        }
     });
-    // 16 KiB every half second: fresh all along.
-    for _ in 0..4 {
+    // 16 KiB every half second, for four seconds: fresh all along.
+    for _ in 0..8 {
         tokio::time::sleep(STALLED_AFTER / 2).await;
         arriving.arrived(FRESH_BYTES as usize);
         let next = arriving.until_cut(std::future::ready(())).await;
@@ -191,20 +204,31 @@ async fn a_body_that_keeps_arriving_is_not_cut() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_read_whole_or_a_small_one_is_never_cut() {
+async fn a_body_read_whole_or_never_waited_for_is_never_cut() {
     let budget = BodyBudget::new(200 * 1024);
     let mut whole = budget.hold(None, u64::MAX);
-    whole.grow(128 * 1024).await.expect("room");
+    whole.grow(64 * 1024).await.expect("room");
+    whole.until_cut(std::future::pending::<()>()).now_or_never();
     whole.read_whole();
-    let small = stalled_reader(&budget, (WATCHED_FROM - 1) as usize).await;
+    let mut at_once = budget.hold(None, u64::MAX);
+    at_once.grow(64 * 1024).await.expect("room");
+    let next = at_once.until_cut(std::future::ready(())).await;
+    assert!(next.is_ok());
+    let small = stalled_reader(&budget, 1).await;
     tokio::time::sleep(STALLED_AFTER * 2).await;
-    let refused = budget.hold(None, u64::MAX).grow(100 * 1024).await;
+    let mut newcomer = budget.hold(None, u64::MAX);
+    let refused = newcomer.grow(100 * 1024).await;
     assert!(
         matches!(refused, Err(BudgetFull::Process(_))),
         "{refused:?}"
     );
-    assert!(!small.is_finished(), "a body under WATCHED_FROM was cut");
-    assert_eq!(whole.bytes(), 128 * 1024);
+    // Only the one-byte body that waited for its client was cut.
+    assert!(
+        small.is_finished(),
+        "a stalled body is cut whatever its size"
+    );
+    assert_eq!((whole.bytes(), at_once.bytes()), (64 * 1024, 64 * 1024));
+    assert!(at_once.until_cut(std::future::ready(())).await.is_ok());
 }
 
 #[tokio::test(start_paused = true)]
