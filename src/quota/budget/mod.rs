@@ -140,11 +140,34 @@ impl Held {
         if u64::from(more32) > self.budget.capacity {
             return Err(full);
         }
+        // A body waiting here waits for the proxy, not for its client: it is
+        // not cut meanwhile, and the wait does not count as its silence.
+        if let Some(reader) = &self.reader {
+            reader.waits_for_room(true);
+        }
         let mut deadline = None;
+        let taken = self.take(more32, &mut deadline).await;
+        if let Some(reader) = &self.reader {
+            if deadline.is_some() {
+                reader.fresh(self.budget.readers.now_ms());
+            }
+            reader.waits_for_room(false);
+        }
+        taken?;
+        self.bytes += u64::from(more32);
+        if let Some(reader) = &self.reader {
+            reader.holds(self.bytes);
+        }
+        Ok(())
+    }
+
+    /// `bytes` from the connection's share, then from the budget, waiting
+    /// until `deadline` for both.
+    async fn take(&self, bytes: u32, deadline: &mut Option<Instant>) -> Result<(), BudgetFull> {
         let from_share = match &self.share {
             Some(share) => {
                 let full = BudgetFull::Connection(share.size);
-                let taken = take(&share.free, more32, full, &mut deadline).await;
+                let taken = take(&share.free, bytes, full, deadline).await;
                 if taken.is_err() {
                     metrics::counter!("quota_proxy_body_share_refused_total").increment(1);
                 }
@@ -152,17 +175,13 @@ impl Held {
             }
             None => None,
         };
-        let Ok(permit) = self.take_from_budget(more32, &mut deadline).await else {
+        let Ok(permit) = self.take_from_budget(bytes, deadline).await else {
             metrics::counter!("quota_proxy_body_budget_refused_total").increment(1);
-            return Err(full);
+            return Err(BudgetFull::Process(self.budget.capacity));
         };
         permit.forget();
         if let Some(permit) = from_share {
             permit.forget();
-        }
-        self.bytes += u64::from(more32);
-        if let Some(reader) = &self.reader {
-            reader.holds(self.bytes);
         }
         Ok(())
     }

@@ -12,7 +12,9 @@
 //! A body that finds no room cuts the stalled ones, longest stalled first,
 //! until what they hold covers what it lacks; each cut one's reader stops
 //! at once ([`BodyCut`]: 408, connection closed). A body read whole (waiting
-//! for the upstream) is not watched: it is no longer the client's to stall.
+//! for the upstream) is not watched, and one waiting for room is not cut
+//! (its wait is not its silence): what holds them up is the proxy, not the
+//! client.
 //! Bound: while the budget is full, a body keeps its place only while it
 //! arrives at about 16 KiB a second or faster, so holding the budget costs
 //! a client that bandwidth for every body it holds, each for as long as
@@ -62,6 +64,9 @@ pub(super) struct Reader {
     fresh_at_ms: AtomicU64,
     /// Set once, by the body that cuts it.
     was_cut: AtomicBool,
+    /// Set while its reader waits for room in the budget: then the proxy,
+    /// not the client, is what it waits for, and it is not cut.
+    waiting_for_room: AtomicBool,
     /// Wakes its reader when it is cut.
     cut: Notify,
 }
@@ -87,6 +92,7 @@ impl Readers {
             held: AtomicU64::new(held),
             fresh_at_ms: AtomicU64::new(self.now_ms()),
             was_cut: AtomicBool::new(false),
+            waiting_for_room: AtomicBool::new(false),
             cut: Notify::new(),
         });
         self.lock().insert(reader.id, Arc::clone(&reader));
@@ -117,6 +123,7 @@ impl Readers {
         let mut stalled: Vec<&Arc<Reader>> = watched
             .values()
             .filter(|r| Some(r.id) != except && !r.was_cut.load(Ordering::Relaxed))
+            .filter(|r| !r.waiting_for_room.load(Ordering::Relaxed))
             .filter(|r| now.saturating_sub(r.fresh_at_ms.load(Ordering::Relaxed)) >= stalled_ms)
             .collect();
         stalled.sort_unstable_by_key(|r| r.fresh_at_ms.load(Ordering::Relaxed));
@@ -156,6 +163,11 @@ impl Reader {
     /// Marks it fresh at `now_ms`.
     pub(super) fn fresh(&self, now_ms: u64) {
         self.fresh_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Marks whether its reader waits for room in the budget.
+    pub(super) fn waits_for_room(&self, waiting: bool) {
+        self.waiting_for_room.store(waiting, Ordering::Relaxed);
     }
 
     /// Completes when it is cut.

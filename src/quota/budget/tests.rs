@@ -251,3 +251,36 @@ async fn only_as_many_as_lack_are_cut_the_longest_stalled_first() {
         "one cut was enough"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_waiting_for_room_is_not_cut() {
+    let budget = BodyBudget::new(200 * 1024);
+    let mut waiting = budget.hold(None, u64::MAX);
+    waiting.grow(100 * 1024).await.expect("room");
+    assert!(
+        waiting
+            .until_cut(std::future::pending::<()>())
+            .now_or_never()
+            .is_none()
+    );
+    let mut other = budget.hold(None, u64::MAX);
+    other.grow(100 * 1024).await.expect("room");
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    // Stalled for two seconds, it now waits for room: for the proxy.
+    let waiter = tokio::spawn(async move {
+        let refused = waiting.grow(50 * 1024).await;
+        (refused, waiting)
+    });
+    tokio::task::yield_now().await;
+    let refused = budget.hold(None, u64::MAX).grow(50 * 1024).await;
+    assert!(
+        matches!(refused, Err(BudgetFull::Process(_))),
+        "{refused:?}"
+    );
+    let (refused, mut waiting) = waiter.await.expect("joined");
+    assert!(refused.is_err());
+    assert!(
+        waiting.until_cut(std::future::ready(())).await.is_ok(),
+        "a body waiting for room was cut"
+    );
+}
