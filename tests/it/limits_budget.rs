@@ -37,6 +37,49 @@ async fn answer_of(mut stream: TcpStream, within: Duration) -> (String, bool) {
     (String::from_utf8_lossy(&received).to_lowercase(), closed)
 }
 
+/// The binary in front of an upstream that answers 200, with `extra`
+/// top-level TOML and a client-body deadline (60 s) that cuts nothing here.
+async fn start(extra: &str) -> (TestUpstream, Binary) {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let config =
+        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"60s\"");
+    let binary = Binary::start(&config, &[]).await;
+    (upstream, binary)
+}
+
+/// One connection per path, each declaring `declared` body bytes and
+/// sending `sent` of them, then nothing; once they are past the stall (a
+/// second without 16 KiB).
+async fn stalled_uploads(
+    binary: &Binary,
+    paths: &[String],
+    declared: usize,
+    sent: usize,
+) -> Vec<TcpStream> {
+    let mut stalled = Vec::new();
+    for path in paths {
+        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
+        let head = post_head(path, "application/octet-stream", declared as u64);
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream
+            .write_all(&vec![b'a'; sent])
+            .await
+            .expect("part of the body");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stalled
+}
+
+/// A newcomer's whole upload of `len` bytes to `path`: its answer.
+async fn upload(binary: &Binary, path: &str, len: usize) -> String {
+    let mut newcomer = TcpStream::connect(binary.proxy).await.expect("connect");
+    let head = post_head(path, "application/octet-stream", len as u64);
+    newcomer.write_all(head.as_bytes()).await.expect("head");
+    newcomer.write_all(&vec![b'b'; len]).await.expect("body");
+    answer_of(newcomer, Duration::from_secs(1) + SLACK).await.0
+}
+
 /// Flaw (found by an attack session): the budget was first come, first
 /// served, and a body that went silent kept its bytes for as long as
 /// `timeouts.client_body` (here 60 s) allowed. Four connections whose
@@ -55,40 +98,20 @@ async fn stalled_uploads_are_cut_for_a_newcomer_when_the_budget_is_full() {
     // route, body_buffer_bytes for one received whole. Four hold 1.8 MiB of
     // the 2 MiB, too little left for the newcomer's 300 KiB.
     const HELD: usize = 460 * 1024;
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let extra = "request_buffering = \"all\"\nbody_budget_bytes = 2097152\nmax_body_bytes = 1048576\nbody_buffer_bytes = 471040";
-    let config =
-        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"60s\"");
-    let binary = Binary::start(&config, &[]).await;
-    let mut stalled = Vec::new();
-    for n in 0..STALLERS {
-        let path = if n % 2 == 0 {
-            format!("/chat/{n}/send/")
-        } else {
-            format!("/upload/{n}")
-        };
-        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-        let head = post_head(&path, "application/octet-stream", HELD as u64);
-        stream.write_all(head.as_bytes()).await.expect("head");
-        stream
-            .write_all(&[b'a'; 450 * 1024])
-            .await
-            .expect("part of the body");
-        stalled.push(stream);
-    }
-    // Past the stall (a second without 16 KiB), and the bytes are in.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let body = vec![b'b'; 300 * 1024];
-    let mut newcomer = TcpStream::connect(binary.proxy).await.expect("connect");
-    let head = post_head(
-        "/chat/9/send/",
-        "application/octet-stream",
-        body.len() as u64,
-    );
-    newcomer.write_all(head.as_bytes()).await.expect("head");
-    newcomer.write_all(&body).await.expect("body");
-    let (answer, _) = answer_of(newcomer, Duration::from_secs(1) + SLACK).await;
+    let extra = "request_buffering = \"all\"\nbody_budget_bytes = 2097152\n\
+                 max_body_bytes = 1048576\nbody_buffer_bytes = 471040";
+    let (upstream, binary) = start(extra).await;
+    let paths: Vec<String> = (0..STALLERS)
+        .map(|n| {
+            if n % 2 == 0 {
+                format!("/chat/{n}/send/")
+            } else {
+                format!("/upload/{n}")
+            }
+        })
+        .collect();
+    let stalled = stalled_uploads(&binary, &paths, HELD, 450 * 1024).await;
+    let answer = upload(&binary, "/chat/9/send/", 300 * 1024).await;
     assert!(
         answer.starts_with("http/1.1 200"),
         "the newcomer's upload, with {STALLERS} stalled ones holding the budget: {answer:?}"
@@ -138,38 +161,11 @@ async fn stalled_uploads_are_cut_for_a_newcomer_when_the_budget_is_full() {
 async fn small_stalled_uploads_are_cut_too() {
     const STALLERS: usize = 20;
     const HELD: usize = 40 * 1024;
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let extra = "body_budget_bytes = 1048576\nmax_body_bytes = 524288";
-    let config =
-        config(upstream.addr(), extra).replace("client_body = \"1s\"", "client_body = \"60s\"");
-    let binary = Binary::start(&config, &[]).await;
-    let mut stalled = Vec::new();
-    for n in 0..STALLERS {
-        let mut stream = TcpStream::connect(binary.proxy).await.expect("connect");
-        let head = post_head(
-            &format!("/chat/{n}/send/"),
-            "application/octet-stream",
-            HELD as u64 + 1,
-        );
-        stream.write_all(head.as_bytes()).await.expect("head");
-        stream
-            .write_all(&[b'a'; HELD])
-            .await
-            .expect("all but a byte of the body");
-        stalled.push(stream);
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let body = vec![b'b'; 300 * 1024];
-    let mut newcomer = TcpStream::connect(binary.proxy).await.expect("connect");
-    let head = post_head(
-        "/chat/99/send/",
-        "application/octet-stream",
-        body.len() as u64,
-    );
-    newcomer.write_all(head.as_bytes()).await.expect("head");
-    newcomer.write_all(&body).await.expect("body");
-    let (answer, _) = answer_of(newcomer, Duration::from_secs(1) + SLACK).await;
+    let (_upstream, binary) = start("body_budget_bytes = 1048576\nmax_body_bytes = 524288").await;
+    let paths: Vec<String> = (0..STALLERS).map(|n| format!("/chat/{n}/send/")).collect();
+    // All but a byte of each body.
+    let stalled = stalled_uploads(&binary, &paths, HELD + 1, HELD).await;
+    let answer = upload(&binary, "/chat/99/send/", 300 * 1024).await;
     assert!(
         answer.starts_with("http/1.1 200"),
         "the newcomer's upload, with {STALLERS} small stalled ones holding the budget: {answer:?}"

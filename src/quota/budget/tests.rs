@@ -139,6 +139,16 @@ async fn more_than_the_whole_budget_is_refused_at_once() {
     assert!(budget.hold(None, u64::MAX).grow(11).await.is_err());
 }
 
+/// A body holding `bytes` whose reader has waited once for its client (so
+/// it is watched) and goes on.
+async fn watched(budget: &BodyBudget, bytes: usize) -> Held {
+    let mut held = budget.hold(None, u64::MAX);
+    held.grow(bytes).await.expect("room");
+    let next = held.until_cut(std::future::pending::<()>()).now_or_never();
+    assert!(next.is_none(), "a pending frame");
+    held
+}
+
 /// A body holding `bytes` whose client then sends nothing: its reader
 /// waits for the next frame until the body is cut, then drops what it held.
 async fn stalled_reader(budget: &BodyBudget, bytes: usize) -> tokio::task::JoinHandle<BodyCut> {
@@ -172,15 +182,7 @@ async fn a_stalled_body_is_cut_for_a_body_that_finds_no_room() {
 #[tokio::test(start_paused = true)]
 async fn a_body_that_keeps_arriving_is_not_cut() {
     let budget = BodyBudget::new(200 * 1024);
-    let mut arriving = budget.hold(None, u64::MAX);
-    arriving.grow(128 * 1024).await.expect("room");
-    // Its reader waited once for the client: it is watched.
-    assert!(
-        arriving
-            .until_cut(std::future::pending::<()>())
-            .now_or_never()
-            .is_none()
-    );
+    let mut arriving = watched(&budget, 128 * 1024).await;
     // It comes once the arriving body has been watched for two seconds.
     let newcomer = tokio::spawn({
         let budget = budget.clone();
@@ -206,9 +208,7 @@ async fn a_body_that_keeps_arriving_is_not_cut() {
 #[tokio::test(start_paused = true)]
 async fn a_body_read_whole_or_never_waited_for_is_never_cut() {
     let budget = BodyBudget::new(200 * 1024);
-    let mut whole = budget.hold(None, u64::MAX);
-    whole.grow(64 * 1024).await.expect("room");
-    whole.until_cut(std::future::pending::<()>()).now_or_never();
+    let mut whole = watched(&budget, 64 * 1024).await;
     whole.read_whole();
     let mut at_once = budget.hold(None, u64::MAX);
     at_once.grow(64 * 1024).await.expect("room");
@@ -255,14 +255,7 @@ async fn only_as_many_as_lack_are_cut_the_longest_stalled_first() {
 #[tokio::test(start_paused = true)]
 async fn a_body_waiting_for_room_is_not_cut() {
     let budget = BodyBudget::new(200 * 1024);
-    let mut waiting = budget.hold(None, u64::MAX);
-    waiting.grow(100 * 1024).await.expect("room");
-    assert!(
-        waiting
-            .until_cut(std::future::pending::<()>())
-            .now_or_never()
-            .is_none()
-    );
+    let mut waiting = watched(&budget, 100 * 1024).await;
     let mut other = budget.hold(None, u64::MAX);
     other.grow(100 * 1024).await.expect("room");
     tokio::time::sleep(STALLED_AFTER * 2).await;
