@@ -27,6 +27,13 @@ pub const UNINSPECTED_REPORTS: &str = "quota_proxy_uninspected_reports_total";
 pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
 /// Plan names not in `[plans]` (the default plan applied).
 pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
+/// Request bodies refused 503: no room in `body_budget_bytes` within 1 s.
+pub const BODY_BUDGET_REFUSED: &str = "quota_proxy_body_budget_refused_total";
+/// Request bodies cut (408) for stalling while the body budget was full.
+pub const BODY_BUDGET_CUT: &str = "quota_proxy_body_budget_cut_total";
+/// Request bodies refused 503: their HTTP/2 connection's share of the body
+/// budget was held within 1 s.
+pub const BODY_SHARE_REFUSED: &str = "quota_proxy_body_share_refused_total";
 
 /// One route's counters: requests by [`Decision`] (a
 /// [`Decision::Passthrough`] counts under route `-`, with every other

@@ -50,8 +50,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::counters::{
-    DENIALS, FAIL_OPEN, IDENTITY_CACHE, REQUESTS, SETTLEMENTS_DROPPED, SETTLEMENTS_PENDING,
-    UNINSPECTED_REPORTS, UNKNOWN_PLAN,
+    BODY_BUDGET_CUT, BODY_BUDGET_REFUSED, BODY_SHARE_REFUSED, DENIALS, FAIL_OPEN, IDENTITY_CACHE,
+    REQUESTS, SETTLEMENTS_DROPPED, SETTLEMENTS_PENDING, UNINSPECTED_REPORTS, UNKNOWN_PLAN,
 };
 use crate::periods::{PeriodWindow, PeriodWindows};
 use crate::store::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
@@ -155,6 +155,24 @@ fn describe() {
         UNINSPECTED_REPORTS,
         "Reports of saved images on routes that are not inspected; not counted."
     );
+    for (name, what) in [
+        (
+            BODY_BUDGET_REFUSED,
+            "Request bodies refused 503: no room in body_budget_bytes within 1 s.",
+        ),
+        (
+            BODY_BUDGET_CUT,
+            "Request bodies cut (408) for stalling while the body budget was full.",
+        ),
+        (
+            BODY_SHARE_REFUSED,
+            "Request bodies refused 503: their HTTP/2 connection's share of the body budget was held.",
+        ),
+    ] {
+        describe_counter!(name, what);
+        // At 0 from the start, so that an alert adding them sees each.
+        metrics::counter!(name).increment(0);
+    }
     describe_counter!(
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr did not take them in time."

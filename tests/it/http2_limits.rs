@@ -250,15 +250,9 @@ fn stalled_body(
     )
 }
 
-/// A counter's value on the proxy's `/metrics`; 0 when it was never
-/// incremented.
+/// A counter's value on the proxy's `/metrics`.
 async fn counter(binary: &Binary, name: &str) -> u64 {
-    let metrics = crate::limits::metrics(binary).await;
-    metrics
-        .lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse().expect("a counter's value"))
+    crate::limits::gauge(&crate::limits::metrics(binary).await, name) as u64
 }
 
 /// Flaw (found by an attack session): the body budget is first come,

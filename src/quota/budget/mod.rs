@@ -34,6 +34,7 @@ pub use self::share::BodyShare;
 use self::share::ShareBytes;
 pub(crate) use self::stalled::BodyCut;
 use self::stalled::{FRESH_BYTES, Reader, Readers};
+use crate::counters::{BODY_BUDGET_REFUSED, BODY_SHARE_REFUSED};
 
 /// Longest wait for room in the budget before the request is answered 503.
 pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(1);
@@ -169,14 +170,14 @@ impl Held {
                 let full = BudgetFull::Connection(share.size);
                 let taken = take(&share.free, bytes, full, deadline).await;
                 if taken.is_err() {
-                    metrics::counter!("quota_proxy_body_share_refused_total").increment(1);
+                    metrics::counter!(BODY_SHARE_REFUSED).increment(1);
                 }
                 Some(taken?)
             }
             None => None,
         };
         let Ok(permit) = self.take_from_budget(bytes, deadline).await else {
-            metrics::counter!("quota_proxy_body_budget_refused_total").increment(1);
+            metrics::counter!(BODY_BUDGET_REFUSED).increment(1);
             return Err(BudgetFull::Process(self.budget.capacity));
         };
         permit.forget();

@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::counters::BODY_BUDGET_CUT;
+
 /// How long a watched body may go without [`FRESH_BYTES`] arriving before
 /// a body that finds no room may cut it.
 pub(super) const STALLED_AFTER: Duration = Duration::from_secs(1);
@@ -138,7 +140,7 @@ impl Readers {
             cut += 1;
         }
         if cut > 0 {
-            metrics::counter!("quota_proxy_body_budget_cut_total").increment(cut as u64);
+            metrics::counter!(BODY_BUDGET_CUT).increment(cut as u64);
         }
         cut
     }
