@@ -56,6 +56,8 @@ pub(super) struct Readers {
 #[derive(Debug)]
 pub(super) struct Reader {
     id: u64,
+    /// Its connection's share ([`super::share::ShareBytes::id`]), if any.
+    share: Option<usize>,
     /// Bytes it holds (its `Held`'s, copied on each change).
     held: AtomicU64,
     /// When it was last fresh, in ms since the [`Readers`]' epoch.
@@ -80,10 +82,12 @@ impl Readers {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Watches a body that holds `held` bytes, fresh now.
-    pub(super) fn watch(&self, held: u64) -> Arc<Reader> {
+    /// Watches a body that holds `held` bytes (of the connection's
+    /// `share`, if any), fresh now.
+    pub(super) fn watch(&self, held: u64, share: Option<usize>) -> Arc<Reader> {
         let reader = Arc::new(Reader {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            share,
             held: AtomicU64::new(held),
             fresh_at_ms: AtomicU64::new(self.now_ms()),
             was_cut: AtomicBool::new(false),
@@ -100,13 +104,21 @@ impl Readers {
 
     /// Cuts stalled bodies, longest stalled first, until they hold
     /// `lacking` bytes beyond those of bodies cut before and not yet gone;
-    /// never `except` (the body asking). Returns how many it cut.
-    pub(super) fn cut_stalled(&self, lacking: u64, except: Option<u64>) -> usize {
+    /// never `except` (the body asking), and with `within` only the bodies
+    /// of that connection's share. Returns how many it cut.
+    pub(super) fn cut_stalled(
+        &self,
+        lacking: u64,
+        except: Option<u64>,
+        within: Option<usize>,
+    ) -> usize {
         let now = self.now_ms();
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
         let watched = self.lock();
+        let among = |r: &&Arc<Reader>| within.is_none() || r.share == within;
         let going: u64 = watched
             .values()
+            .filter(among)
             .filter(|r| r.was_cut.load(Ordering::Relaxed))
             .map(|r| r.held.load(Ordering::Relaxed))
             .sum();
@@ -116,6 +128,7 @@ impl Readers {
         }
         let mut stalled: Vec<&Arc<Reader>> = watched
             .values()
+            .filter(among)
             .filter(|r| Some(r.id) != except && !r.was_cut.load(Ordering::Relaxed))
             .filter(|r| now.saturating_sub(r.fresh_at_ms.load(Ordering::Relaxed)) >= stalled_ms)
             .collect();
