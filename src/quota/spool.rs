@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 #[cfg(test)]
 use super::budget::BodyBudget;
-use super::budget::{BodyCut, BudgetFull, Held};
+use super::budget::{BodyCut, BudgetFull, Held, NoRoom};
 use super::deadline::ClientBodyTimeout;
 use crate::BoxError;
 
@@ -89,6 +89,15 @@ pub(crate) enum ReadError {
     /// The temporary file could not be made or written.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+impl From<NoRoom> for ReadError {
+    fn from(no_room: NoRoom) -> Self {
+        match no_room {
+            NoRoom::Full(full) => Self::Busy(full),
+            NoRoom::Cut(cut) => Self::Cut(cut),
+        }
+    }
 }
 
 impl ReadError {

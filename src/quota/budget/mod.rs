@@ -61,6 +61,16 @@ pub(crate) enum BudgetFull {
     Connection(u64),
 }
 
+/// Why a body could not grow: no room came within [`BUDGET_WAIT`], or it
+/// was cut (it had stalled) while it waited for room.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub(crate) enum NoRoom {
+    #[error(transparent)]
+    Full(#[from] BudgetFull),
+    #[error(transparent)]
+    Cut(#[from] BodyCut),
+}
+
 /// The process's budget for held request bodies; clones share it.
 #[derive(Debug, Clone)]
 pub(crate) struct BodyBudget {
@@ -129,32 +139,50 @@ pub(crate) struct Held {
 
 impl Held {
     /// Takes `more` bytes, from the connection's share, then from the
-    /// budget, waiting up to [`BUDGET_WAIT`] in all for room.
-    pub(crate) async fn grow(&mut self, more: usize) -> Result<(), BudgetFull> {
+    /// budget, waiting up to [`BUDGET_WAIT`] in all for room; stops at once
+    /// if the body is cut meanwhile.
+    pub(crate) async fn grow(&mut self, more: usize) -> Result<(), NoRoom> {
         let full = BudgetFull::Process(self.budget.capacity);
         let Ok(more32) = u32::try_from(more) else {
-            return Err(full);
+            return Err(full.into());
         };
         if more32 == 0 {
             return Ok(());
         }
         if u64::from(more32) > self.budget.capacity {
-            return Err(full);
-        }
-        // A body waiting here waits for the proxy, not for its client: it is
-        // not cut meanwhile, and the wait does not count as its silence.
-        if let Some(reader) = &self.reader {
-            reader.waits_for_room(true);
+            return Err(full.into());
         }
         let mut deadline = None;
-        let taken = self.take(more32, &mut deadline).await;
-        if let Some(reader) = &self.reader {
-            if deadline.is_some() {
-                reader.fresh(self.budget.readers.now_ms());
+        let from_share = match &self.share {
+            Some(share) => {
+                let within = Some(share.id());
+                match self
+                    .take_cutting(&share.free, more32, within, &mut deadline)
+                    .await
+                {
+                    Ok(permit) => Some(permit),
+                    Err(Some(cut)) => return Err(cut.into()),
+                    Err(None) => {
+                        metrics::counter!(BODY_SHARE_REFUSED).increment(1);
+                        return Err(BudgetFull::Connection(share.size).into());
+                    }
+                }
             }
-            reader.waits_for_room(false);
+            None => None,
+        };
+        let budget = &self.budget.bytes;
+        let permit = match self.take_cutting(budget, more32, None, &mut deadline).await {
+            Ok(permit) => permit,
+            Err(Some(cut)) => return Err(cut.into()),
+            Err(None) => {
+                metrics::counter!(BODY_BUDGET_REFUSED).increment(1);
+                return Err(full.into());
+            }
+        };
+        permit.forget();
+        if let Some(permit) = from_share {
+            permit.forget();
         }
-        taken?;
         self.bytes += u64::from(more32);
         if let Some(reader) = &self.reader {
             reader.holds(self.bytes);
@@ -162,55 +190,50 @@ impl Held {
         Ok(())
     }
 
-    /// `bytes` from the connection's share, then from the budget, waiting
-    /// until `deadline` for both.
-    async fn take(&self, bytes: u32, deadline: &mut Option<Instant>) -> Result<(), BudgetFull> {
-        let from_share = match &self.share {
-            Some(share) => {
-                let full = BudgetFull::Connection(share.size);
-                let taken = take(&share.free, bytes, full, deadline).await;
-                if taken.is_err() {
-                    metrics::counter!(BODY_SHARE_REFUSED).increment(1);
-                }
-                Some(taken?)
-            }
-            None => None,
-        };
-        let Ok(permit) = self.take_from_budget(bytes, deadline).await else {
-            metrics::counter!(BODY_BUDGET_REFUSED).increment(1);
-            return Err(BudgetFull::Process(self.budget.capacity));
-        };
-        permit.forget();
-        if let Some(permit) = from_share {
-            permit.forget();
-        }
-        Ok(())
-    }
-
-    /// `bytes` of the budget, waiting until `deadline` (set to
+    /// `bytes` of `semaphore` (the budget's, or with `within` its
+    /// connection's share's), waiting until `deadline` (set to
     /// [`BUDGET_WAIT`] from now by the first wait of a grow) and cutting
-    /// stalled bodies while it waits.
-    async fn take_from_budget(
+    /// stalled bodies while it waits: any, for the budget; only the
+    /// connection's own, for its share (so that one client's stalled
+    /// uploads cannot lock the others out of a connection that carries
+    /// many clients, an ingress's). `Err(None)` when no room came;
+    /// `Err(Some(_))` when this body is cut while it waits (at once: a cut
+    /// body gives its bytes back now, not at the end of its own wait, and
+    /// its client gets the cut's 408).
+    async fn take_cutting<'a>(
         &self,
+        semaphore: &'a Semaphore,
         bytes: u32,
+        within: Option<usize>,
         deadline: &mut Option<Instant>,
-    ) -> Result<SemaphorePermit<'_>, ()> {
-        let semaphore = &self.budget.bytes;
+    ) -> Result<SemaphorePermit<'a>, Option<BodyCut>> {
         loop {
             if let Ok(permit) = semaphore.try_acquire_many(bytes) {
                 return Ok(permit);
             }
             let lacking = u64::from(bytes).saturating_sub(semaphore.available_permits() as u64);
             let asking = self.reader.as_ref().map(|reader| reader.id());
-            self.budget.readers.cut_stalled(lacking, asking);
+            self.budget.readers.cut_stalled(lacking, asking, within);
             let until = *deadline.get_or_insert_with(|| Instant::now() + BUDGET_WAIT);
             let look_again = (Instant::now() + CUT_LOOK_EVERY).min(until);
-            match tokio::time::timeout_at(look_again, semaphore.acquire_many(bytes)).await {
-                Ok(Ok(permit)) => return Ok(permit),
-                // Closed, which it never is.
-                Ok(Err(_)) => return Err(()),
-                Err(_) if Instant::now() >= until => return Err(()),
-                Err(_) => {}
+            let cut = async {
+                match &self.reader {
+                    Some(reader) => reader.cut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cut => return Err(Some(BodyCut)),
+                waited = tokio::time::timeout_at(look_again, semaphore.acquire_many(bytes)) => {
+                    match waited {
+                        Ok(Ok(permit)) => return Ok(permit),
+                        // Closed, which it never is.
+                        Ok(Err(_)) => return Err(None),
+                        Err(_) if Instant::now() >= until => return Err(None),
+                        Err(_) => {}
+                    }
+                }
             }
         }
     }
@@ -243,7 +266,8 @@ impl Held {
             if self.bytes == 0 || self.read {
                 return Ok(next.await);
             }
-            self.reader = Some(self.budget.readers.watch(self.bytes));
+            let share = self.share.as_ref().map(|share| share.id());
+            self.reader = Some(self.budget.readers.watch(self.bytes, share));
         }
         let Some(reader) = &self.reader else {
             return Ok(next.await);
@@ -298,26 +322,6 @@ impl Drop for Held {
         if self.bytes > 0 {
             self.give_back(self.bytes);
         }
-    }
-}
-
-/// `bytes` permits of `semaphore`, waiting for them until `deadline` (set
-/// to [`BUDGET_WAIT`] from now by the first wait of a grow); `full` when
-/// they did not come.
-async fn take<'a>(
-    semaphore: &'a Semaphore,
-    bytes: u32,
-    full: BudgetFull,
-    deadline: &mut Option<Instant>,
-) -> Result<SemaphorePermit<'a>, BudgetFull> {
-    if let Ok(permit) = semaphore.try_acquire_many(bytes) {
-        return Ok(permit);
-    }
-    let until = *deadline.get_or_insert_with(|| Instant::now() + BUDGET_WAIT);
-    match tokio::time::timeout_at(until, semaphore.acquire_many(bytes)).await {
-        Ok(Ok(permit)) => Ok(permit),
-        // Timed out (or closed, which it never is).
-        _ => Err(full),
     }
 }
 

@@ -2,18 +2,18 @@
 //!
 //! Problem: an HTTP/1 connection holds one body at a time, so
 //! `max_connections_per_ip` (or an ingress's per-client limit) bounds what
-//! one client holds; an HTTP/2 connection
-//! carries up to 100 requests at once, each with its body, and one such
-//! connection filled a 2 MB budget under `max_connections_per_ip = 1` (an
-//! attack session), after which every other body waited and got 503.
-//! Mechanism: the server puts one [`BodyShare`] in the extensions of every
-//! request of an HTTP/2 connection; its bodies take their bytes from the
-//! share as well as from the budget. Bound: one connection's bodies hold
-//! at most [`BodyShare::bytes`] (twice `max_body_bytes`, what one body can
-//! hold while its buffer grows by doubling), as an HTTP/1 connection's one
-//! body does. Price: a connection whose bodies hold its share has its
-//! next body wait up to `BUDGET_WAIT`, then answered 503, while other
-//! clients' bodies are not touched.
+//! one client holds; an HTTP/2 connection carries up to 100 requests at
+//! once, each with its body, and one such connection filled a 2 MB budget
+//! under `max_connections_per_ip = 1` (an attack session), after which
+//! every other body waited and got 503. Mechanism: the server puts one
+//! [`BodyShare`] in the extensions of every request of an HTTP/2
+//! connection; its bodies take their bytes from the share as well as from
+//! the budget. Bound: one connection's bodies hold at most
+//! [`BodyShare::bytes`] (twice `max_body_bytes`: one body at its largest
+//! and its buffer's slack), about two HTTP/1 connections' worth. Price: a
+//! connection whose bodies hold its share has its next body wait up to
+//! `BUDGET_WAIT` (cutting that connection's stalled bodies), then answered
+//! 503, while other clients' bodies are not touched.
 
 use std::sync::{Arc, OnceLock};
 
@@ -38,6 +38,13 @@ pub(super) struct ShareBytes {
     pub(super) size: u64,
 }
 
+impl ShareBytes {
+    /// What tells this share from the others, while it lives.
+    pub(super) fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+}
+
 impl BodyShare {
     /// A share with nothing held yet.
     pub fn new() -> Self {
@@ -45,9 +52,10 @@ impl BodyShare {
     }
 
     /// The most one connection's bodies hold together, for a
-    /// `max_body_bytes` of `max_body`: twice that, what a single body can
-    /// hold at most (memory grows by doubling), so one body alone never
-    /// waits for its share.
+    /// `max_body_bytes` of `max_body`: twice that, more than a single body
+    /// holds at its largest (its bytes, plus a buffer grown past them or
+    /// its first piece while it is copied), so one body alone never waits
+    /// for its share.
     pub fn bytes(max_body: u64) -> u64 {
         max_body
             .saturating_mul(2)

@@ -11,10 +11,10 @@
 //! the last [`STALLED_AFTER`].
 //! A body that finds no room cuts the stalled ones, longest stalled first,
 //! until what they hold covers what it lacks; each cut one's reader stops
-//! at once ([`BodyCut`]: 408, connection closed). A body read whole (waiting
-//! for the upstream) is not watched, and one waiting for room is not cut
-//! (its wait is not its silence): what holds them up is the proxy, not the
-//! client.
+//! at once ([`BodyCut`]: 408, connection closed), even while it waits for
+//! room itself. A body read whole (waiting for the upstream) is not
+//! watched: it is no longer the client's to stall. A body waiting for its
+//! HTTP/2 connection's share cuts that connection's stalled bodies only.
 //! Bound: while the budget is full, a body keeps its place only while it
 //! arrives at about 16 KiB a second or faster, so holding the budget costs
 //! a client that bandwidth for every body it holds, each for as long as
@@ -60,15 +60,14 @@ pub(super) struct Readers {
 #[derive(Debug)]
 pub(super) struct Reader {
     id: u64,
+    /// Its connection's share ([`super::share::ShareBytes::id`]), if any.
+    share: Option<usize>,
     /// Bytes it holds (its `Held`'s, copied on each change).
     held: AtomicU64,
     /// When it was last fresh, in ms since the [`Readers`]' epoch.
     fresh_at_ms: AtomicU64,
     /// Set once, by the body that cuts it.
     was_cut: AtomicBool,
-    /// Set while its reader waits for room in the budget: then the proxy,
-    /// not the client, is what it waits for, and it is not cut.
-    waiting_for_room: AtomicBool,
     /// Wakes its reader when it is cut.
     cut: Notify,
 }
@@ -87,14 +86,15 @@ impl Readers {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Watches a body that holds `held` bytes, fresh now.
-    pub(super) fn watch(&self, held: u64) -> Arc<Reader> {
+    /// Watches a body that holds `held` bytes (of the connection's
+    /// `share`, if any), fresh now.
+    pub(super) fn watch(&self, held: u64, share: Option<usize>) -> Arc<Reader> {
         let reader = Arc::new(Reader {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            share,
             held: AtomicU64::new(held),
             fresh_at_ms: AtomicU64::new(self.now_ms()),
             was_cut: AtomicBool::new(false),
-            waiting_for_room: AtomicBool::new(false),
             cut: Notify::new(),
         });
         self.lock().insert(reader.id, Arc::clone(&reader));
@@ -108,13 +108,21 @@ impl Readers {
 
     /// Cuts stalled bodies, longest stalled first, until they hold
     /// `lacking` bytes beyond those of bodies cut before and not yet gone;
-    /// never `except` (the body asking). Returns how many it cut.
-    pub(super) fn cut_stalled(&self, lacking: u64, except: Option<u64>) -> usize {
+    /// never `except` (the body asking), and with `within` only the bodies
+    /// of that connection's share. Returns how many it cut.
+    pub(super) fn cut_stalled(
+        &self,
+        lacking: u64,
+        except: Option<u64>,
+        within: Option<usize>,
+    ) -> usize {
         let now = self.now_ms();
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
         let watched = self.lock();
+        let among = |r: &&Arc<Reader>| within.is_none() || r.share == within;
         let going: u64 = watched
             .values()
+            .filter(among)
             .filter(|r| r.was_cut.load(Ordering::Relaxed))
             .map(|r| r.held.load(Ordering::Relaxed))
             .sum();
@@ -124,8 +132,8 @@ impl Readers {
         }
         let mut stalled: Vec<&Arc<Reader>> = watched
             .values()
+            .filter(among)
             .filter(|r| Some(r.id) != except && !r.was_cut.load(Ordering::Relaxed))
-            .filter(|r| !r.waiting_for_room.load(Ordering::Relaxed))
             .filter(|r| now.saturating_sub(r.fresh_at_ms.load(Ordering::Relaxed)) >= stalled_ms)
             .collect();
         stalled.sort_unstable_by_key(|r| r.fresh_at_ms.load(Ordering::Relaxed));
@@ -165,11 +173,6 @@ impl Reader {
     /// Marks it fresh at `now_ms`.
     pub(super) fn fresh(&self, now_ms: u64) {
         self.fresh_at_ms.store(now_ms, Ordering::Relaxed);
-    }
-
-    /// Marks whether its reader waits for room in the budget.
-    pub(super) fn waits_for_room(&self, waiting: bool) {
-        self.waiting_for_room.store(waiting, Ordering::Relaxed);
     }
 
     /// Completes when it is cut.

@@ -30,7 +30,10 @@ async fn a_full_budget_refuses_after_the_wait_and_keeps_nothing() {
     let mut b = budget.hold(None, u64::MAX);
     b.grow(50).await.expect("room");
     let refused = b.grow(100).await.expect_err("no room");
-    assert!(matches!(refused, BudgetFull::Process(1000)), "{refused:?}");
+    assert!(
+        matches!(refused, NoRoom::Full(BudgetFull::Process(1000))),
+        "{refused:?}"
+    );
     assert_eq!(started.elapsed(), BUDGET_WAIT);
     assert_eq!(b.bytes(), 50);
     drop(b);
@@ -67,7 +70,7 @@ async fn one_connection_holds_its_share_and_no_more() {
     let mut third = budget.hold(Some(&share), 100);
     let refused = third.grow(1).await.expect_err("the share is held");
     assert!(
-        matches!(refused, BudgetFull::Connection(200)),
+        matches!(refused, NoRoom::Full(BudgetFull::Connection(200))),
         "{refused:?}"
     );
     assert_eq!(started.elapsed(), BUDGET_WAIT);
@@ -127,7 +130,7 @@ async fn the_share_and_the_budget_wait_one_deadline_together() {
         .expect("the budget's room, taken at once");
     let (refused, waited) = waiter.await.expect("joined");
     assert!(
-        matches!(refused, Err(BudgetFull::Process(1000))),
+        matches!(refused, Err(NoRoom::Full(BudgetFull::Process(1000)))),
         "{refused:?}"
     );
     assert_eq!(waited, BUDGET_WAIT, "one wait in all, not one for each");
@@ -200,7 +203,7 @@ async fn a_body_that_keeps_arriving_is_not_cut() {
     }
     let refused = newcomer.await.expect("joined");
     assert!(
-        matches!(refused, Err(BudgetFull::Process(_))),
+        matches!(refused, Err(NoRoom::Full(BudgetFull::Process(_)))),
         "{refused:?}"
     );
 }
@@ -219,7 +222,7 @@ async fn a_body_read_whole_or_never_waited_for_is_never_cut() {
     let mut newcomer = budget.hold(None, u64::MAX);
     let refused = newcomer.grow(100 * 1024).await;
     assert!(
-        matches!(refused, Err(BudgetFull::Process(_))),
+        matches!(refused, Err(NoRoom::Full(BudgetFull::Process(_)))),
         "{refused:?}"
     );
     // Only the one-byte body that waited for its client was cut.
@@ -252,28 +255,71 @@ async fn only_as_many_as_lack_are_cut_the_longest_stalled_first() {
     );
 }
 
+/// A body of `share`'s connection holding 100 bytes whose client then
+/// sends nothing, as [`stalled_reader`].
+async fn stalled_on(budget: &BodyBudget, share: &BodyShare) -> tokio::task::JoinHandle<BodyCut> {
+    let mut held = budget.hold(Some(share), 100);
+    held.grow(100).await.expect("room");
+    tokio::spawn(async move {
+        held.until_cut(std::future::pending::<()>())
+            .await
+            .expect_err("only a cut ends a stalled body")
+    })
+}
+
+/// A connection that carries many clients (an ingress's): one client's
+/// stalled bodies hold the share, and a sibling whose body arrives cuts
+/// them, though the budget has room; a stalled body of another connection
+/// is not touched for the share.
 #[tokio::test(start_paused = true)]
-async fn a_body_waiting_for_room_is_not_cut() {
-    let budget = BodyBudget::new(200 * 1024);
-    let mut waiting = watched(&budget, 100 * 1024).await;
-    let mut other = budget.hold(None, u64::MAX);
-    other.grow(100 * 1024).await.expect("room");
-    tokio::time::sleep(STALLED_AFTER * 2).await;
-    // Stalled for two seconds, it now waits for room: for the proxy.
-    let waiter = tokio::spawn(async move {
-        let refused = waiting.grow(50 * 1024).await;
-        (refused, waiting)
-    });
+async fn a_body_waiting_for_its_share_cuts_its_connections_stalled_bodies_only() {
+    let budget = BodyBudget::new(1_000_000);
+    let share = BodyShare::new();
+    let first = stalled_on(&budget, &share).await;
+    let second = stalled_on(&budget, &share).await;
+    let elsewhere = stalled_on(&budget, &BodyShare::new()).await;
+    tokio::time::sleep(STALLED_AFTER).await;
+    let started = tokio::time::Instant::now();
+    let mut sibling = budget.hold(Some(&share), 100);
+    sibling.grow(50).await.expect("room made by a cut");
+    assert!(started.elapsed() < BUDGET_WAIT, "{:?}", started.elapsed());
     tokio::task::yield_now().await;
-    let refused = budget.hold(None, u64::MAX).grow(50 * 1024).await;
-    assert!(
-        matches!(refused, Err(BudgetFull::Process(_))),
-        "{refused:?}"
+    assert_eq!(
+        usize::from(first.is_finished()) + usize::from(second.is_finished()),
+        1,
+        "one stalled sibling cut, as many as lacked"
     );
-    let (refused, mut waiting) = waiter.await.expect("joined");
-    assert!(refused.is_err());
+    assert!(!elsewhere.is_finished(), "another connection's is not cut");
+    elsewhere.abort();
+}
+
+/// A stalled body cut while it waits for room itself stops at once (its
+/// client gets the cut's 408, not a 503 at the end of its wait) and gives
+/// its bytes back then: the body that cut it does not wait out the other's
+/// wait, nor time out first.
+#[tokio::test(start_paused = true)]
+async fn a_body_cut_while_it_waits_for_room_stops_at_once() {
+    let budget = BodyBudget::new(1000);
+    let mut stalled = budget.hold(None, u64::MAX);
+    stalled.grow(600).await.expect("room");
+    // Its reader waits for its client once: it is watched from then.
+    stalled
+        .until_cut(tokio::time::sleep(std::time::Duration::from_millis(10)))
+        .await
+        .expect("not cut");
+    let mut other = budget.hold(None, u64::MAX);
+    other.grow(400).await.expect("the rest of the budget");
+    tokio::time::sleep(STALLED_AFTER).await;
+    let waiting = tokio::spawn(async move { stalled.grow(100).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let mut newcomer = budget.hold(None, u64::MAX);
+    newcomer.grow(500).await.expect("room made by the cut");
     assert!(
-        waiting.until_cut(std::future::ready(())).await.is_ok(),
-        "a body waiting for room was cut"
+        started.elapsed() < CUT_LOOK_EVERY,
+        "{:?}",
+        started.elapsed()
     );
+    let stopped = waiting.await.expect("joined");
+    assert!(matches!(stopped, Err(NoRoom::Cut(_))), "{stopped:?}");
 }
