@@ -29,7 +29,8 @@ pub const IDENTITY_CACHE: &str = "quota_proxy_identity_cache_total";
 pub const UNKNOWN_PLAN: &str = "quota_proxy_unknown_plan_total";
 /// Request bodies refused 503: no room in `body_budget_bytes` within 1 s.
 pub const BODY_BUDGET_REFUSED: &str = "quota_proxy_body_budget_refused_total";
-/// Request bodies cut (408) for stalling while the body budget was full.
+/// Request bodies cut (408) for stalling while the body budget, or their
+/// HTTP/2 connection's share of it, was short of room.
 pub const BODY_BUDGET_CUT: &str = "quota_proxy_body_budget_cut_total";
 /// Request bodies refused 503: their HTTP/2 connection's share of the body
 /// budget was held within 1 s.

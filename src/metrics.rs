@@ -162,7 +162,7 @@ fn describe() {
         ),
         (
             BODY_BUDGET_CUT,
-            "Request bodies cut (408) for stalling while the body budget was full.",
+            "Request bodies cut (408) for stalling while the body budget, or a connection's share, was short.",
         ),
         (
             BODY_SHARE_REFUSED,

@@ -236,10 +236,17 @@ impl<'a> Spool<'a> {
             if needed > self.memory.capacity() {
                 // Doubling, but never past the limit: the limit is the
                 // memory the spool may take, not half of it.
-                let target = needed
+                let doubled = needed
                     .max(self.memory.capacity().saturating_mul(2))
                     .min(limit);
-                self.held.grow(target - self.memory.capacity()).await?;
+                // The slack only if it is free now (as `read::grow`).
+                let capacity = self.memory.capacity();
+                let target = if self.held.try_grow(doubled - capacity) {
+                    doubled
+                } else {
+                    self.held.grow(needed - capacity).await?;
+                    needed
+                };
                 self.memory.reserve_exact(target - self.memory.len());
             }
             self.memory.extend_from_slice(chunk);

@@ -42,6 +42,7 @@ use super::park::{self, Waited};
 use super::streams::{ConnectionStreams, StreamBudget};
 use super::tracked::TrackedService;
 use super::{ServedBody, ServedService};
+use crate::quota::BodyShare;
 
 /// How a connection is told to end: `shutdown` gracefully (the proxy stops,
 /// or it was evicted: `limits.rs`), `cut` at once (evicted, and too many
@@ -181,6 +182,12 @@ pub(super) struct Protocols {
     /// How long a connection may take to start a request, and sit idle
     /// between requests (`timeouts.client_head`).
     pub(super) head_timeout: Duration,
+    /// Whether each HTTP/2 connection's request bodies share one
+    /// [`BodyShare`] of the body budget: with `max_connections_per_ip`,
+    /// where a connection is one client's. Without it (behind a load
+    /// balancer, whose HTTP/2 connections carry many clients) a bound per
+    /// connection would bound the balancer's clients together.
+    pub(super) share_bodies: bool,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -225,7 +232,8 @@ pub(super) async fn serve<S, B>(
     let activity = Arc::new(Activity::default());
     let http1 = first[..peeked] != HTTP2_PREFACE[..peeked];
     let streams = (!http1).then(|| ConnectionStreams::new(budget));
-    let service = TrackedService::new(service, Arc::clone(&activity), peer, streams);
+    let bodies = (!http1 && protocols.share_bodies).then(BodyShare::new);
+    let service = TrackedService::new(service, Arc::clone(&activity), peer, streams, bodies);
     let watched = Watched {
         activity,
         signals,

@@ -125,6 +125,12 @@ impl ConnectionLimits {
         Self { streams, ..self }
     }
 
+    /// Whether a connection is one client's: `max_connections_per_ip` is
+    /// set, so clients reach the proxy directly.
+    pub(super) fn per_client(&self) -> bool {
+        self.per_ip.is_some()
+    }
+
     /// The budget of HTTP/2 requests beyond each connection's first.
     pub fn streams(&self) -> &StreamBudget {
         &self.streams

@@ -168,7 +168,10 @@ where
     S: ServedService<B>,
     B: ServedBody,
 {
-    let protocols = Arc::new(protocols(limits.head_timeout()));
+    let protocols = Arc::new(Protocols {
+        share_bodies: limits.per_client(),
+        ..protocols(limits.head_timeout())
+    });
 
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
@@ -286,6 +289,7 @@ fn protocols(head_timeout: Duration) -> Protocols {
         http2,
         auto,
         head_timeout,
+        share_bodies: false,
     }
 }
 

@@ -354,7 +354,7 @@ mod tests {
                     Ok::<_, std::convert::Infallible>(answer)
                 });
             let activity = Arc::new(Activity::default());
-            let service = TrackedService::new(answer_late, Arc::clone(&activity), peer, None);
+            let service = TrackedService::new(answer_late, Arc::clone(&activity), peer, None, None);
             let signals = EndSignals {
                 shutdown: CancellationToken::new(),
                 cut: CancellationToken::new(),

@@ -40,7 +40,8 @@ pub(super) struct TrackedService<S> {
     /// None on a connection that speaks HTTP/1 (one request at a time).
     streams: Option<Arc<ConnectionStreams>>,
     /// What the bodies of an HTTP/2 connection's requests may hold of the
-    /// body budget together; None with HTTP/1 (one body at a time).
+    /// body budget together; None with HTTP/1 (one body at a time), and
+    /// without `max_connections_per_ip` (`connection::Protocols`).
     bodies: Option<BodyShare>,
 }
 
@@ -50,12 +51,13 @@ impl<S> TrackedService<S> {
         activity: Arc<Activity>,
         peer: SocketAddr,
         streams: Option<ConnectionStreams>,
+        bodies: Option<BodyShare>,
     ) -> Self {
         Self {
             service: Box::new(service),
             activity,
             peer,
-            bodies: streams.is_some().then(BodyShare::new),
+            bodies,
             streams: streams.map(Arc::new),
         }
     }

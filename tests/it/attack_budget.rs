@@ -63,24 +63,24 @@ async fn h2_post(
 }
 
 /// Flaw (found by an attack session): the bodies of one HTTP/2
-/// connection hold at most its share (twice `max_body_bytes`), and a body
-/// that found the share held only waited, then got 503: nothing was cut
-/// while the process's budget had room. A connection that carries many
-/// clients (an ingress that speaks HTTP/2 to the proxy) was locked by one
-/// of them: two uploads that sent 500 KiB of 512 KiB and then nothing held
-/// the share, and every other client's upload on that connection got 503
-/// after 1 s, for as long as they stayed open (three in a row, with 7 of the
-/// 8 MiB budget free). Now a body waiting for its share cuts the
-/// connection's own stalled bodies (no 16 KiB in the last second), longest
-/// stalled first and no more than it lacks: the other client's upload is
-/// forwarded, one stalled upload gets 408.
+/// connection hold at most its share (twice `max_body_bytes`, with
+/// `max_connections_per_ip` set), and a body that found the share held only
+/// waited, then got 503: nothing was cut while the process's budget had
+/// room. Two uploads that sent 500 KiB of 512 KiB and then nothing held the
+/// share, and every later upload on that connection got 503 after 1 s, for
+/// as long as they stayed open (three in a row, with 7 of the 8 MiB budget
+/// free; then the share applied to every HTTP/2 connection, so an ingress's
+/// connection, carrying many clients, was locked by one of them). Now a
+/// body waiting for its share cuts the connection's own stalled bodies (no
+/// 16 KiB in the last second), longest stalled first and no more than it
+/// lacks: the later upload is forwarded, one stalled upload gets 408.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_uploads_do_not_lock_their_connections_other_uploads_out_of_its_share() {
     const MAX: usize = 512 * 1024;
     let upstream = TestUpstream::always(Reply::ok()).await;
     let config = h2_config(
         upstream.addr(),
-        &format!("max_body_bytes = {MAX}\nbody_budget_bytes = 8388608"),
+        &format!("max_body_bytes = {MAX}\nbody_budget_bytes = 8388608\nmax_connections_per_ip = 4"),
     );
     let binary = Binary::start(&config, &[]).await;
     let sender = h2_client::<H2Body>(binary.proxy).await;

@@ -243,9 +243,10 @@ pub(crate) async fn counter(binary: &Binary, name: &str) -> u64 {
 /// first served, and `max_connections_per_ip` bounds what one client holds
 /// of it only for HTTP/1, whose connection holds one body at a time. One
 /// HTTP/2 connection carries up to 100 uploads at once: it filled the
-/// budget by itself, and every other client's POST waited and got 503. Now
-/// an HTTP/2 connection's bodies hold at most twice `max_body_bytes`
-/// together (`quota::BodyShare`): here 512 KiB of a 2 MiB budget. Twelve
+/// budget by itself, and every other client's POST waited and got 503. Now,
+/// with `max_connections_per_ip` set, an HTTP/2 connection's bodies hold at
+/// most twice `max_body_bytes` together (`quota::BodyShare`): here 512 KiB
+/// of a 2 MiB budget. Twelve
 /// uploads of 200 KiB that stall on one connection (3 MiB, enough for the
 /// whole budget) hold two uploads' worth; the connection's other uploads
 /// are answered 503 by its share (or cut a holder that stalled, 408), and
@@ -257,7 +258,7 @@ async fn one_http2_connection_cannot_hold_the_whole_body_budget() {
     let upstream = TestUpstream::always(Reply::ok()).await;
     let config = format!(
         "upstream = \"http://{}\"\nrequest_buffering = \"all\"\n\
-         max_body_bytes = 262144\nbody_budget_bytes = 2097152\n\
+         max_body_bytes = 262144\nbody_budget_bytes = 2097152\nmax_connections_per_ip = 4\n\
          [timeouts]\nclient_body = \"60s\"\n",
         upstream.addr()
     );
@@ -342,6 +343,51 @@ async fn one_http2_connection_cannot_hold_the_whole_body_budget() {
     assert!(
         uploads.iter().filter(|u| !u.is_finished()).count() >= 2,
         "the two uploads within the share still hold theirs"
+    );
+    for upload in uploads {
+        upload.abort();
+    }
+}
+
+/// Without `max_connections_per_ip` (behind a load balancer, whose HTTP/2
+/// connections each carry many clients) there is no share: a bound per
+/// connection would bound all of the balancer's clients on it together.
+/// Six uploads of 200 KiB held on one connection (1.2 MiB, more than the
+/// 512 KiB a share would allow) are all kept, none refused or cut.
+#[tokio::test]
+async fn without_max_connections_per_ip_an_http2_connection_has_no_share() {
+    const UPLOADS: usize = 6;
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let config = format!(
+        "upstream = \"http://{}\"\nrequest_buffering = \"all\"\n\
+         max_body_bytes = 262144\nbody_budget_bytes = 4194304\n\
+         [timeouts]\nclient_body = \"60s\"\n",
+        upstream.addr()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let sender = h2_client(binary.proxy).await;
+    let mut uploads = Vec::new();
+    for n in 0..UPLOADS {
+        let mut sender = sender.clone();
+        uploads.push(tokio::spawn(async move {
+            let request = http::Request::post(format!("http://app/upload/{n}"))
+                .header("content-length", "262144")
+                .body(stalled_body(200 * 1024))
+                .expect("request");
+            sender.send_request(request).await.map(|a| a.status())
+        }));
+    }
+    // Longer than a share's wait (1 s) and its stall (1 s) together.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let answered = uploads.iter().filter(|u| u.is_finished()).count();
+    assert_eq!(answered, 0, "uploads answered while they were held");
+    assert_eq!(
+        counter(&binary, "quota_proxy_body_share_refused_total").await,
+        0
+    );
+    assert_eq!(
+        counter(&binary, "quota_proxy_body_budget_cut_total").await,
+        0
     );
     for upload in uploads {
         upload.abort();

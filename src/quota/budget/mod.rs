@@ -33,7 +33,7 @@ use tokio::time::Instant;
 pub use self::share::BodyShare;
 use self::share::ShareBytes;
 pub(crate) use self::stalled::BodyCut;
-use self::stalled::{FRESH_BYTES, Reader, Readers};
+use self::stalled::{FRESH_BYTES, Reader, Readers, Wanted};
 use crate::counters::{BODY_BUDGET_REFUSED, BODY_SHARE_REFUSED};
 
 /// Longest wait for room in the budget before the request is answered 503.
@@ -154,6 +154,12 @@ impl Held {
         }
         let mut deadline = None;
         let from_share = match &self.share {
+            // More than the whole share (its size fixed before a reload
+            // raised max_body_bytes): no wait and no cut can make room.
+            Some(share) if u64::from(more32) > share.size => {
+                metrics::counter!(BODY_SHARE_REFUSED).increment(1);
+                return Err(BudgetFull::Connection(share.size).into());
+            }
             Some(share) => {
                 let within = Some(share.id());
                 match self
@@ -190,6 +196,34 @@ impl Held {
         Ok(())
     }
 
+    /// Takes `more` bytes if the share and the budget have them now, with
+    /// no wait and no cut: for the slack a buffer doubles into, which is
+    /// worth no one's wait.
+    pub(crate) fn try_grow(&mut self, more: usize) -> bool {
+        let Ok(more32) = u32::try_from(more) else {
+            return false;
+        };
+        let from_share = match &self.share {
+            Some(share) => match share.free.try_acquire_many(more32) {
+                Ok(permit) => Some(permit),
+                Err(_) => return false,
+            },
+            None => None,
+        };
+        let Ok(permit) = self.budget.bytes.try_acquire_many(more32) else {
+            return false;
+        };
+        permit.forget();
+        if let Some(permit) = from_share {
+            permit.forget();
+        }
+        self.bytes += u64::from(more32);
+        if let Some(reader) = &self.reader {
+            reader.holds(self.bytes);
+        }
+        true
+    }
+
     /// `bytes` of `semaphore` (the budget's, or with `within` its
     /// connection's share's), waiting until `deadline` (set to
     /// [`BUDGET_WAIT`] from now by the first wait of a grow) and cutting
@@ -211,9 +245,18 @@ impl Held {
             if let Ok(permit) = semaphore.try_acquire_many(bytes) {
                 return Ok(permit);
             }
-            let lacking = u64::from(bytes).saturating_sub(semaphore.available_permits() as u64);
+            // A body cut already stops before it cuts others for room it
+            // will not take.
+            if self.reader.as_ref().is_some_and(|reader| reader.was_cut()) {
+                return Err(Some(BodyCut));
+            }
             let asking = self.reader.as_ref().map(|reader| reader.id());
-            self.budget.readers.cut_stalled(lacking, asking, within);
+            let wanted = Wanted {
+                bytes: u64::from(bytes),
+                from: semaphore,
+                within,
+            };
+            self.budget.readers.cut_stalled(&wanted, asking);
             let until = *deadline.get_or_insert_with(|| Instant::now() + BUDGET_WAIT);
             let look_again = (Instant::now() + CUT_LOOK_EVERY).min(until);
             let cut = async {
@@ -227,7 +270,14 @@ impl Held {
                 () = cut => return Err(Some(BodyCut)),
                 waited = tokio::time::timeout_at(look_again, semaphore.acquire_many(bytes)) => {
                     match waited {
-                        Ok(Ok(permit)) => return Ok(permit),
+                        Ok(Ok(permit)) => {
+                            // Its wait for room was the proxy's, not its
+                            // client's silence.
+                            if let Some(reader) = &self.reader {
+                                reader.fresh(self.budget.readers.now_ms());
+                            }
+                            return Ok(permit);
+                        }
                         // Closed, which it never is.
                         Ok(Err(_)) => return Err(None),
                         Err(_) if Instant::now() >= until => return Err(None),
@@ -316,11 +366,13 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            self.budget.readers.unwatch(&reader);
-        }
+        // Bytes first: a body cutting for room counts a cut body's bytes
+        // as leaving while it is watched, and as free once it is not.
         if self.bytes > 0 {
             self.give_back(self.bytes);
+        }
+        if let Some(reader) = self.reader.take() {
+            self.budget.readers.unwatch(&reader);
         }
     }
 }

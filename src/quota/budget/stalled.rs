@@ -1,4 +1,4 @@
-//! Stalled bodies cut when the budget is full (phase: read).
+//! Stalled bodies cut when room is short (phase: read).
 //!
 //! Problem: the budget was first come, first served, and a body that
 //! stayed silent held its bytes for up to `timeouts.client_body` (30 s,
@@ -7,26 +7,26 @@
 //! (under `request_buffering = "all"`, every POST of the app) waited and
 //! got 503 (an attack session). Mechanism: a body being read is watched
 //! ([`Readers`]) from the first time its reader waits for the client while
-//! it holds bytes; it is *fresh* while [`FRESH_BYTES`] of it arrived within
-//! the last [`STALLED_AFTER`].
-//! A body that finds no room cuts the stalled ones, longest stalled first,
-//! until what they hold covers what it lacks; each cut one's reader stops
-//! at once ([`BodyCut`]: 408, connection closed), even while it waits for
-//! room itself. A body read whole (waiting for the upstream) is not
-//! watched: it is no longer the client's to stall. A body waiting for its
-//! HTTP/2 connection's share cuts that connection's stalled bodies only.
-//! Bound: while the budget is full, a body keeps its place only while it
+//! it holds bytes; it is stalled once [`STALLED_AFTER`] passed since its
+//! last [`FRESH_BYTES`] arrived. A body that finds no room (in the budget,
+//! or in its HTTP/2 connection's share: then among that connection's
+//! bodies only) cuts stalled ones, longest stalled first, until what they
+//! hold covers what it lacks, and none if all of them would not; each cut
+//! one's reader stops at once ([`BodyCut`]: 408, connection closed), even
+//! while it waits for room itself. A body read whole (waiting for the
+//! upstream) is not watched: it is no longer the client's to stall.
+//! Bound: while room is short, a body keeps its place only while it
 //! arrives at about 16 KiB a second or faster, so holding the budget costs
 //! a client that bandwidth for every body it holds, each for as long as
-//! its `max_body_bytes` lasts at that rate. Price: while the budget is
-//! full, an upload slower than that is cut; while it is not, nothing is.
+//! its `max_body_bytes` lasts at that rate. Price: while room is short, an
+//! upload slower than that is cut; while there is room, nothing is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::counters::BODY_BUDGET_CUT;
@@ -41,10 +41,19 @@ pub(super) const FRESH_BYTES: u64 = 16 * 1024;
 /// The body was cut while it stalled, to make room in a full budget.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error(
-    "the request body stalled (under 16 KiB in the last second) while the body budget \
-     (body_budget_bytes) was full; it was cut to make room"
+    "the request body stalled (no 16 KiB in the last second) while the body budget \
+     (body_budget_bytes), or its connection's share of it, was short of room; it was cut \
+     to make room"
 )]
 pub(crate) struct BodyCut;
+
+/// What a body waiting for room wants: `bytes` of the semaphore `from`
+/// (the budget's, or its connection's share's, whose id is `within`).
+pub(super) struct Wanted<'a> {
+    pub(super) bytes: u64,
+    pub(super) from: &'a Semaphore,
+    pub(super) within: Option<usize>,
+}
 
 /// The bodies being read that waited for their client while holding
 /// bytes, shared by every serving thread.
@@ -106,19 +115,22 @@ impl Readers {
         self.lock().remove(&reader.id);
     }
 
-    /// Cuts stalled bodies, longest stalled first, until they hold
-    /// `lacking` bytes beyond those of bodies cut before and not yet gone;
-    /// never `except` (the body asking), and with `within` only the bodies
-    /// of that connection's share. Returns how many it cut.
-    pub(super) fn cut_stalled(
-        &self,
-        lacking: u64,
-        except: Option<u64>,
-        within: Option<usize>,
-    ) -> usize {
+    /// Cuts stalled bodies, longest stalled first, until they hold what
+    /// `wanted` lacks beyond the bytes of bodies cut before and not yet
+    /// gone; none if all of them would not cover it (a cut that frees too
+    /// little only costs its client); never `except` (the body asking),
+    /// and with `wanted.within` only the bodies of that connection's share.
+    /// Returns how many it cut.
+    pub(super) fn cut_stalled(&self, wanted: &Wanted<'_>, except: Option<u64>) -> usize {
         let now = self.now_ms();
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let within = wanted.within;
         let watched = self.lock();
+        // Read under the lock: a cut body gives its bytes back before it
+        // leaves the map, so its bytes are counted once, as leaving or as free.
+        let lacking = wanted
+            .bytes
+            .saturating_sub(wanted.from.available_permits() as u64);
         let among = |r: &&Arc<Reader>| within.is_none() || r.share == within;
         let going: u64 = watched
             .values()
@@ -136,6 +148,10 @@ impl Readers {
             .filter(|r| Some(r.id) != except && !r.was_cut.load(Ordering::Relaxed))
             .filter(|r| now.saturating_sub(r.fresh_at_ms.load(Ordering::Relaxed)) >= stalled_ms)
             .collect();
+        let could_free: u64 = stalled.iter().map(|r| r.held.load(Ordering::Relaxed)).sum();
+        if could_free < lacking {
+            return 0;
+        }
         stalled.sort_unstable_by_key(|r| r.fresh_at_ms.load(Ordering::Relaxed));
         let mut cut = 0;
         for reader in stalled {
@@ -173,6 +189,11 @@ impl Reader {
     /// Marks it fresh at `now_ms`.
     pub(super) fn fresh(&self, now_ms: u64) {
         self.fresh_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether it was cut.
+    pub(super) fn was_cut(&self) -> bool {
+        self.was_cut.load(Ordering::Relaxed)
     }
 
     /// Completes when it is cut.

@@ -219,12 +219,12 @@ async fn a_body_read_whole_or_never_waited_for_is_never_cut() {
     assert!(next.is_ok());
     let small = stalled_reader(&budget, 1).await;
     tokio::time::sleep(STALLED_AFTER * 2).await;
+    // The newcomer lacks one byte: the one-byte stalled body covers it.
     let mut newcomer = budget.hold(None, u64::MAX);
-    let refused = newcomer.grow(100 * 1024).await;
-    assert!(
-        matches!(refused, Err(NoRoom::Full(BudgetFull::Process(_)))),
-        "{refused:?}"
-    );
+    newcomer
+        .grow(72 * 1024)
+        .await
+        .expect("room made by one small cut");
     // Only the one-byte body that waited for its client was cut.
     assert!(
         small.is_finished(),
@@ -322,4 +322,81 @@ async fn a_body_cut_while_it_waits_for_room_stops_at_once() {
     );
     let stopped = waiting.await.expect("joined");
     assert!(matches!(stopped, Err(NoRoom::Cut(_))), "{stopped:?}");
+}
+
+/// A buffer doubling asks for slack it may never use: when the slack is
+/// not free it takes only what the bytes need, and cuts nothing for it.
+#[tokio::test(start_paused = true)]
+async fn slack_is_taken_only_when_free() {
+    let budget = BodyBudget::new(1000);
+    let stalled = stalled_reader(&budget, 300).await;
+    let mut other = budget.hold(None, u64::MAX);
+    other.grow(500).await.expect("room");
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    let mut doubling = budget.hold(None, u64::MAX);
+    assert!(!doubling.try_grow(400), "no slack while 200 are free");
+    assert_eq!(budget.available(), 200, "a failed try takes nothing");
+    assert!(doubling.try_grow(150));
+    assert_eq!(doubling.bytes(), 150);
+    assert!(!stalled.is_finished(), "no cut for slack");
+    stalled.abort();
+}
+
+/// A body cut already stops at its next look for room instead of cutting
+/// others for room it will not take.
+#[tokio::test(start_paused = true)]
+async fn a_body_cut_already_cuts_no_one() {
+    let budget = BodyBudget::new(1000);
+    let mut condemned = watched(&budget, 100).await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let bystander = stalled_reader(&budget, 800).await;
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    // A newcomer needing 150 cuts the longest stalled that covers it: the
+    // condemned body (watched first).
+    let mut newcomer = budget.hold(None, u64::MAX);
+    let taken = tokio::spawn(async move { newcomer.grow(150).await.map(|()| newcomer) });
+    tokio::task::yield_now().await;
+    let stopped = condemned.grow(500).await;
+    assert!(matches!(stopped, Err(NoRoom::Cut(_))), "{stopped:?}");
+    drop(condemned);
+    taken.await.expect("joined").expect("room made");
+    assert!(!bystander.is_finished(), "the condemned body cut another");
+    bystander.abort();
+}
+
+/// Stalled bodies that could not free enough together are not cut: the
+/// asker would get 503 all the same, and they would lose their uploads
+/// for nothing.
+#[tokio::test(start_paused = true)]
+async fn no_cut_when_all_the_stalled_would_not_be_enough() {
+    let budget = BodyBudget::new(1000);
+    let mut whole = budget.hold(None, u64::MAX);
+    whole.grow(900).await.expect("room");
+    whole.read_whole();
+    let stalled = stalled_reader(&budget, 50).await;
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    let refused = budget.hold(None, u64::MAX).grow(200).await;
+    assert!(matches!(refused, Err(NoRoom::Full(_))), "{refused:?}");
+    assert!(!stalled.is_finished(), "cut for nothing");
+    stalled.abort();
+}
+
+/// A grow past the whole share (its size fixed before a reload raised
+/// `max_body_bytes`) is refused at once: no wait and no cut can make room.
+#[tokio::test(start_paused = true)]
+async fn more_than_the_whole_share_is_refused_at_once() {
+    let budget = BodyBudget::new(1_000_000);
+    let share = BodyShare::new();
+    let sibling = stalled_on(&budget, &share).await;
+    tokio::time::sleep(STALLED_AFTER * 2).await;
+    let started = tokio::time::Instant::now();
+    let mut big = budget.hold(Some(&share), 100);
+    let refused = big.grow(201).await;
+    assert!(
+        matches!(refused, Err(NoRoom::Full(BudgetFull::Connection(200)))),
+        "{refused:?}"
+    );
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    assert!(!sibling.is_finished(), "cut for nothing");
+    sibling.abort();
 }

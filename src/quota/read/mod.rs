@@ -99,10 +99,17 @@ async fn grow(
     if needed <= buffer.capacity() {
         return Ok(());
     }
-    let target = needed
+    let doubled = needed
         .max(buffer.capacity().saturating_mul(2))
         .min(ceiling.max(needed));
-    held.grow(target - buffer.capacity()).await?;
+    // The slack past what is needed only if it is free now: waiting (and
+    // cutting stalled bodies) is for the bytes themselves.
+    let target = if held.try_grow(doubled - buffer.capacity()) {
+        doubled
+    } else {
+        held.grow(needed - buffer.capacity()).await?;
+        needed
+    };
     buffer.reserve_exact(target - buffer.len());
     Ok(())
 }

@@ -57,3 +57,21 @@ async fn one_piece_is_kept_as_it_is() {
     assert_eq!(bytes, "hello");
     assert_eq!(budget.available(), 995);
 }
+
+/// A buffer doubling takes its slack only when it is free: with room for
+/// the bytes but not for the doubled buffer, the body is read at once
+/// (it used to wait the budget's 1 s for the slack, then fail).
+#[tokio::test(start_paused = true)]
+async fn a_doubling_without_room_for_its_slack_takes_what_it_needs() {
+    let budget = BodyBudget::new(1000);
+    let mut elsewhere = budget.hold(None, u64::MAX);
+    elsewhere.grow(700).await.expect("room");
+    let started = tokio::time::Instant::now();
+    let body = frames(&[&[1; 100], &[2; 100], &[3; 100]]);
+    let bytes = read_whole(body, 1000, None, budget.hold(None, u64::MAX))
+        .await
+        .expect("read with the room there is");
+    assert_eq!(bytes.len(), 300);
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(budget.available(), 0);
+}
