@@ -185,14 +185,8 @@ impl Held {
                 return Err(full.into());
             }
         };
-        permit.forget();
-        if let Some(permit) = from_share {
-            permit.forget();
-        }
-        self.bytes += u64::from(more32);
-        if let Some(reader) = &self.reader {
-            reader.holds(self.bytes);
-        }
+        forget(permit, from_share);
+        self.kept(more32);
         Ok(())
     }
 
@@ -213,15 +207,17 @@ impl Held {
         let Ok(permit) = self.budget.bytes.try_acquire_many(more32) else {
             return false;
         };
-        permit.forget();
-        if let Some(permit) = from_share {
-            permit.forget();
-        }
-        self.bytes += u64::from(more32);
+        forget(permit, from_share);
+        self.kept(more32);
+        true
+    }
+
+    /// Counts `bytes` just taken (their permits forgotten) as held.
+    fn kept(&mut self, bytes: u32) {
+        self.bytes += u64::from(bytes);
         if let Some(reader) = &self.reader {
             reader.holds(self.bytes);
         }
-        true
     }
 
     /// `bytes` of `semaphore` (the budget's, or with `within` its
@@ -374,6 +370,15 @@ impl Drop for Held {
         if let Some(reader) = self.reader.take() {
             self.budget.readers.unwatch(&reader);
         }
+    }
+}
+
+/// Forgets the permits of bytes taken from the budget and the share: they
+/// stay taken until [`Held::give_back`] returns them.
+fn forget(budget: SemaphorePermit<'_>, share: Option<SemaphorePermit<'_>>) {
+    budget.forget();
+    if let Some(share) = share {
+        share.forget();
     }
 }
 
