@@ -65,8 +65,10 @@ pub(crate) enum BudgetFull {
 /// was cut (it had stalled) while it waited for room.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub(crate) enum NoRoom {
+    /// No room came in time: 503.
     #[error(transparent)]
     Full(#[from] BudgetFull),
+    /// The body was cut meanwhile: 408.
     #[error(transparent)]
     Cut(#[from] BodyCut),
 }
@@ -239,6 +241,11 @@ impl Held {
     ) -> Result<SemaphorePermit<'a>, Option<BodyCut>> {
         loop {
             if let Ok(permit) = semaphore.try_acquire_many(bytes) {
+                // After a wait for room: the wait was the proxy's, not its
+                // client's silence.
+                if let (Some(reader), Some(_)) = (&self.reader, &deadline) {
+                    reader.fresh(self.budget.readers.now_ms());
+                }
                 return Ok(permit);
             }
             // A body cut already stops before it cuts others for room it
@@ -362,13 +369,14 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        // Bytes first: a body cutting for room counts a cut body's bytes
-        // as leaving while it is watched, and as free once it is not.
-        if self.bytes > 0 {
-            self.give_back(self.bytes);
-        }
-        if let Some(reader) = self.reader.take() {
-            self.budget.readers.unwatch(&reader);
+        let bytes = self.bytes;
+        match self.reader.take() {
+            Some(reader) => {
+                let readers = &self.budget.readers;
+                readers.unwatch_giving_back(&reader, || self.give_back(bytes));
+            }
+            None if bytes > 0 => self.give_back(bytes),
+            None => {}
         }
     }
 }

@@ -115,6 +115,16 @@ impl Readers {
         self.lock().remove(&reader.id);
     }
 
+    /// Stops watching `reader` and runs `give_back` (its bytes returned)
+    /// under the same lock: a body cutting for room, which reads the free
+    /// bytes and the watched ones under that lock, counts them once, as
+    /// leaving or as free.
+    pub(super) fn unwatch_giving_back(&self, reader: &Reader, give_back: impl FnOnce()) {
+        let mut watched = self.lock();
+        give_back();
+        watched.remove(&reader.id);
+    }
+
     /// Cuts stalled bodies, longest stalled first, until they hold what
     /// `wanted` lacks beyond the bytes of bodies cut before and not yet
     /// gone; none if all of them would not cover it (a cut that frees too
@@ -126,8 +136,9 @@ impl Readers {
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
         let within = wanted.within;
         let watched = self.lock();
-        // Read under the lock: a cut body gives its bytes back before it
-        // leaves the map, so its bytes are counted once, as leaving or as free.
+        // Read under the lock: a dropped body gives its bytes back and
+        // leaves the map under it too (`unwatch_giving_back`), so its bytes
+        // are counted once, as leaving or as free.
         let lacking = wanted
             .bytes
             .saturating_sub(wanted.from.available_permits() as u64);
