@@ -155,7 +155,11 @@ async fn watched(budget: &BodyBudget, bytes: usize) -> Held {
 /// A body holding `bytes` whose client then sends nothing: its reader
 /// waits for the next frame until the body is cut, then drops what it held.
 async fn stalled_reader(budget: &BodyBudget, bytes: usize) -> tokio::task::JoinHandle<BodyCut> {
-    let mut held = budget.hold(None, u64::MAX);
+    stalled_in(budget.hold(None, u64::MAX), bytes).await
+}
+
+/// `held` grown to `bytes`, then stalled as [`stalled_reader`]'s.
+async fn stalled_in(mut held: Held, bytes: usize) -> tokio::task::JoinHandle<BodyCut> {
     held.grow(bytes).await.expect("room");
     tokio::spawn(async move {
         held.until_cut(std::future::pending::<()>())
@@ -258,13 +262,7 @@ async fn only_as_many_as_lack_are_cut_the_longest_stalled_first() {
 /// A body of `share`'s connection holding 100 bytes whose client then
 /// sends nothing, as [`stalled_reader`].
 async fn stalled_on(budget: &BodyBudget, share: &BodyShare) -> tokio::task::JoinHandle<BodyCut> {
-    let mut held = budget.hold(Some(share), 100);
-    held.grow(100).await.expect("room");
-    tokio::spawn(async move {
-        held.until_cut(std::future::pending::<()>())
-            .await
-            .expect_err("only a cut ends a stalled body")
-    })
+    stalled_in(budget.hold(Some(share), 100), 100).await
 }
 
 /// A connection that carries many clients (an ingress's): one client's
