@@ -259,10 +259,26 @@ impl TimedStore {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
+        self.record(op, &result, started);
+        result
+    }
+
+    /// Times a call the inner store answers in place, if it does.
+    fn timed_now<T>(
+        &self,
+        op: StoreOp,
+        call: impl FnOnce() -> Option<Result<T, StoreError>>,
+    ) -> Option<Result<T, StoreError>> {
+        let started = Instant::now();
+        let result = call()?;
+        self.record(op, &result, started);
+        Some(result)
+    }
+
+    fn record<T>(&self, op: StoreOp, result: &Result<T, StoreError>, started: Instant) {
         let [ok, error] = &self.timers[op as usize];
         let timer = if result.is_ok() { ok } else { error };
         timer.record(started.elapsed().as_secs_f64());
-        result
     }
 }
 
@@ -316,6 +332,21 @@ impl QuotaStore for TimedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed(StoreOp::Ping, self.inner.ping()).await
+    }
+
+    fn reserve_now(&self, request: &ReserveRequest) -> Option<Result<Admission, StoreError>> {
+        self.timed_now(StoreOp::Reserve, || self.inner.reserve_now(request))
+    }
+
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), StoreError>> {
+        self.timed_now(StoreOp::Settle, || {
+            self.inner.settle_now(reservation, amount, now)
+        })
     }
 }
 

@@ -141,8 +141,18 @@ async fn decide(
         now,
         ttl: state.limits.reservation_ttl,
     };
-    let reserve = state.deps.store.reserve(&request);
-    match reserve.instrument(spans::store_reserve()).await {
+    // The memory store answers in place: no boxed future to wait on.
+    let store = &state.deps.store;
+    let answer = match spans::store_reserve().in_scope(|| store.reserve_now(&request)) {
+        Some(answer) => answer,
+        None => {
+            store
+                .reserve(&request)
+                .instrument(spans::store_reserve())
+                .await
+        }
+    };
+    match answer {
         Ok(Admission::Reserved {
             reservation,
             counts,

@@ -105,23 +105,28 @@ where
             let flagged = !matches!(settlement.ticket, Ticket::Unflagged { .. });
             tracing::warn!(route = %settlement.route.name, flagged,
                 "shutdown's grace ended before the upstream answered; settling as cut");
-            settlement
-                .settle(flagged.then_some(UsageReport::images(1)))
-                .await;
+            if let Some(rest) = settlement.settle(flagged.then_some(UsageReport::images(1))) {
+                rest.await;
+            }
             return;
         };
         spans::answered(upstream, &answer);
         let (result, settle) = match answer {
             Ok(response) => {
-                let (response, settle) = account(settlement, response, token).await;
+                let (response, settle) = match account(settlement, response, token) {
+                    Accounted::Now(response, settle) => (response, settle),
+                    Accounted::ReadJson(settlement, parts, body) => {
+                        read_json(settlement, parts, body).await
+                    }
+                };
                 (Ok(response), settle)
             }
             Err(e) => (Err(e), Some((settlement, None))),
         };
         // The client may be gone; the accounting goes on either way.
         let _ = answer_tx.send(result);
-        if let Some((settlement, images)) = settle {
-            settlement.settle(images).await;
+        if let Some(rest) = settle.and_then(|(settlement, images)| settlement.settle(images)) {
+            rest.await;
         }
     });
     let answer = std::future::poll_fn(|cx| {
@@ -184,15 +189,23 @@ impl Drop for Accounting {
 /// images reported. `None` when a streamed body settles at its end.
 type SettleNext = Option<(Settlement, Option<UsageReport>)>;
 
+/// What [`account`] made of an answer: the answer to hand on, or a small
+/// JSON body to read first ([`read_json`]).
+enum Accounted<B> {
+    Now(Response<QuotaBody<B>>, SettleNext),
+    ReadJson(Settlement, http::response::Parts, B),
+}
+
 /// Reads the upstream's report from a response: from its head (header), its
-/// small JSON body, or nothing that could report — settled by the caller
-/// once the answer is out — or when the streamed body ends (in-band
-/// markers, SSE events, trailers).
-async fn account<B>(
+/// small JSON body (read by the caller), or nothing that could report —
+/// settled by the caller once the answer is out — or when the streamed body
+/// ends (in-band markers, SSE events, trailers). Synchronous, so the
+/// common answers cost the accounting no future of their own.
+fn account<B>(
     mut settlement: Settlement,
     response: Response<B>,
     token: Option<ReportToken>,
-) -> (Response<QuotaBody<B>>, SettleNext)
+) -> Accounted<B>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -234,7 +247,11 @@ where
             .then(|| reports.stream_report(&parts.headers, token))
             .flatten();
         return match watched {
-            Some(report) => watch(parts, body, report.with_header(images), settlement, &state),
+            Some(report) => {
+                let (response, settle) =
+                    watch(parts, body, report.with_header(images), settlement, &state);
+                Accounted::Now(response, settle)
+            }
             None => {
                 // A header of 0 sent with the head does not vouch for data
                 // that may report at its end and cannot be read (compressed
@@ -248,7 +265,7 @@ where
                     Some(images)
                 };
                 let response = Response::from_parts(parts, QuotaBody::inner(body));
-                (response, Some((settlement, report)))
+                Accounted::Now(response, Some((settlement, report)))
             }
         };
     }
@@ -259,34 +276,10 @@ where
             "compressed answer on an inspected route; disable the upstream's compression there");
         let report = settlement.unreadable(None, "its body is compressed");
         let response = Response::from_parts(parts, QuotaBody::inner(body));
-        return (response, Some((settlement, report)));
+        return Accounted::Now(response, Some((settlement, report)));
     }
     match state.policy.reports.json_body(&parts.headers) {
-        JsonBody::Read => {
-            let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
-            // A JSON body slower than the reservation's TTL keeps it.
-            let collected = hold_while(&settlement, Limited::new(body, limit).collect()).await;
-            return match collected {
-                Ok(collected) => {
-                    let bytes = collected.to_bytes();
-                    let images = state.policy.reports.read_json(&bytes);
-                    let response = Response::from_parts(parts, QuotaBody::local(bytes));
-                    (response, Some((settlement, images)))
-                }
-                Err(e) => {
-                    tracing::warn!(route = %settlement.route.name, error = %e,
-                        "upstream JSON response failed");
-                    // The view ran to its end before its answer was sent:
-                    // charged by the upstream's status, not the client's 502.
-                    let report = settlement.unreadable(None, "its JSON body failed mid-read");
-                    let response = local(json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream response failed",
-                    ));
-                    (response, Some((settlement, report)))
-                }
-            };
-        }
+        JsonBody::Read => return Accounted::ReadJson(settlement, parts, body),
         JsonBody::Unread => {
             // Streamed on unread (over `usage.max_json_bytes`, or no declared
             // length); a report field in it would go unseen, and an app
@@ -296,16 +289,54 @@ where
                 "its JSON body is over usage.max_json_bytes or declares no length",
             );
             let response = Response::from_parts(parts, QuotaBody::inner(body));
-            return (response, Some((settlement, report)));
+            return Accounted::Now(response, Some((settlement, report)));
         }
         JsonBody::None => {}
     }
-    match state.policy.reports.stream_report(&parts.headers, token) {
+    let (response, settle) = match state.policy.reports.stream_report(&parts.headers, token) {
         Some(report) => watch(parts, body, report, settlement, &state),
         None => (
             Response::from_parts(parts, QuotaBody::inner(body)),
             Some((settlement, None)),
         ),
+    };
+    Accounted::Now(response, settle)
+}
+
+/// Reads an answer's small JSON body for its report (`usage.max_json_bytes`
+/// at most) and hands the body on as read.
+async fn read_json<B>(
+    settlement: Settlement,
+    parts: http::response::Parts,
+    body: B,
+) -> (Response<QuotaBody<B>>, SettleNext)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let state = &settlement.state;
+    let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
+    // A JSON body slower than the reservation's TTL keeps it.
+    let collected = hold_while(&settlement, Limited::new(body, limit).collect()).await;
+    match collected {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            let images = state.policy.reports.read_json(&bytes);
+            let response = Response::from_parts(parts, QuotaBody::local(bytes));
+            (response, Some((settlement, images)))
+        }
+        Err(e) => {
+            tracing::warn!(route = %settlement.route.name, error = %e,
+                "upstream JSON response failed");
+            // The view ran to its end before its answer was sent:
+            // charged by the upstream's status, not the client's 502.
+            let report = settlement.unreadable(None, "its JSON body failed mid-read");
+            let response = local(json_error(
+                StatusCode::BAD_GATEWAY,
+                "the upstream response failed",
+            ));
+            (response, Some((settlement, report)))
+        }
     }
 }
 

@@ -150,16 +150,22 @@ impl Settlement {
     /// or 0 images releases it) and writes the request's log line. A
     /// malformed report is charged as one image when the response otherwise
     /// succeeded (fail closed), logged and counted. Runs in a `settle` span
-    /// below the request's.
+    /// below the request's. Done in place when the store answers at once
+    /// (the memory store); otherwise returns the rest, to be awaited or
+    /// spawned: the store's settle (Redis), or first identifying who asked.
     pub(crate) fn settle(
         self,
         report: Option<UsageReport>,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let span = spans::settle(&self.span, self.ticket.decision().as_str());
-        self.record(report).instrument(span)
+        let rest = span.in_scope(|| self.record(report))?;
+        Some(rest.instrument(span))
     }
 
-    async fn record(self, report: Option<UsageReport>) {
+    fn record(
+        self,
+        report: Option<UsageReport>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let Settlement {
             state,
             route,
@@ -183,7 +189,6 @@ impl Settlement {
             .amount(report.map_or(0, |r| r.charged(succeeded)));
         tracing::Span::current().record("quota.images", amount);
         let now = state.deps.clock.now();
-        let decision = ticket.decision();
         let (plan, standing) = match &ticket {
             Ticket::Reserved {
                 identity, counts, ..
@@ -206,12 +211,30 @@ impl Settlement {
             } => (identity.plan.clone(), Standing::UNKNOWN),
             _ => (None, Standing::UNKNOWN),
         };
-        let (user, reservation) = match ticket {
+        let mut outcome = Outcome {
+            state,
+            route,
+            decision: ticket.decision(),
+            plan,
+            standing,
+            status,
+            started,
+            request_id,
+            pending,
+            amount,
+            now,
+            admitted,
+            user: None,
+        };
+        let reservation = match ticket {
             Ticket::Reserved {
                 reservation,
                 identity,
                 ..
-            } => (Some(identity.user_id), Some(reservation)),
+            } => {
+                outcome.user = Some(identity.user_id);
+                Some(reservation)
+            }
             // Never reserved: what the upstream saved is counted once, in
             // the periods it was admitted in, like an unflagged report.
             Ticket::ShadowDenied {
@@ -224,74 +247,170 @@ impl Settlement {
                     expires_at: now,
                     keys_expire: false,
                 });
-                (Some(identity.user_id), reservation)
+                outcome.user = Some(identity.user_id);
+                reservation
             }
-            Ticket::Unreserved { identity, .. } => (identity.map(|i| i.user_id), None),
+            Ticket::Unreserved { identity, .. } => {
+                outcome.user = identity.map(|i| i.user_id);
+                outcome.unreserved_usage()
+            }
             Ticket::Unflagged {
                 headers,
                 session,
                 identity,
             } if amount > 0 => {
-                let ttl = route
+                let ttl = outcome
+                    .route
                     .probe
                     .as_ref()
                     .map_or(LEARNED_SESSION_TTL, |p| p.cache_ttl());
-                tracing::info!(route = %route.name, session = %session,
+                tracing::info!(route = %outcome.route.name, session = %session,
                     "saved images reported for an unflagged request; counting it, and its session from now on");
                 // Who asked, as identify knew them on arrival: asked only
                 // now, a session logged out meanwhile would read as
                 // anonymous and the images go uncounted.
-                let identity = match identity {
-                    Some(who) => Ok(Some(who)),
-                    None => state.deps.identity.identify(&headers).await,
+                let Some(who) = identity else {
+                    return Some(outcome.later(Wait::Identity {
+                        headers,
+                        session,
+                        ttl,
+                    }));
                 };
-                match identity {
-                    Ok(identity) => {
-                        if let Some(who) = &identity {
-                            // The user's own key, and a hint that someone
-                            // here is learned (read before identifying).
-                            let cache = &state.deps.probe_cache;
-                            cache.put(ProbeCache::key(&session, &who.user_id), true, ttl);
-                            cache.put(ProbeCache::key(&session, ""), true, ttl);
-                        }
-                        (identity.map(|i| i.user_id), None)
-                    }
-                    Err(e) => {
-                        tracing::error!(route = %route.name, amount, error = %e,
-                            "saved images reported but the user cannot be identified; not counted");
-                        (None, None)
-                    }
-                }
+                learn(&outcome.state, &session, &who.user_id, ttl);
+                outcome.user = Some(who.user_id);
+                outcome.unreserved_usage()
             }
-            Ticket::Unflagged { .. } => (None, None),
+            Ticket::Unflagged { .. } => None,
         };
-        let reservation = match (reservation, &user) {
-            (Some(reservation), _) => Some(reservation),
-            // Usage without a reservation (unflagged, or forwarded on a
-            // store error) is a settle of a reservation never made: the
-            // store counts it once.
-            (None, Some(user)) if amount > 0 => Some(Reservation {
-                id: Reservation::new_id(),
-                user: user.clone(),
-                windows: state.deps.calendar.windows(admitted.unwrap_or(now)),
-                expires_at: now,
-                keys_expire: false,
-            }),
-            (None, None) if amount > 0 => {
-                tracing::warn!(route = %route.name, amount,
-                    "saved images reported for an anonymous request; not counted");
+        let Some(reservation) = reservation else {
+            outcome.finish(None);
+            return None;
+        };
+        let store = &outcome.state.deps.store;
+        let answer = spans::store_settle().in_scope(|| store.settle_now(&reservation, amount, now));
+        match answer {
+            Some(answer) => {
+                outcome.finish(Some((&reservation, answer)));
                 None
             }
-            _ => None,
+            None => Some(outcome.later(Wait::Store(reservation))),
+        }
+    }
+}
+
+/// What a settlement still needs from a store, or an identity source, that
+/// must be waited on.
+enum Wait {
+    /// Who asked an unflagged request that reported saved images, to be
+    /// identified from its `headers` before it is counted; its `session` is
+    /// then learned as image-generating for `ttl`.
+    Identity {
+        headers: http::HeaderMap,
+        session: String,
+        ttl: std::time::Duration,
+    },
+    /// The store's settle of this reservation.
+    Store(Reservation),
+}
+
+/// A settlement turned into usage: what is counted, against whom, and what
+/// the request's log line says. Counted as pending until it is finished.
+struct Outcome {
+    state: Arc<QuotaState>,
+    route: Arc<Route>,
+    decision: Decision,
+    plan: Option<Arc<str>>,
+    standing: Standing,
+    status: Option<StatusCode>,
+    started: Instant,
+    request_id: Option<http::HeaderValue>,
+    pending: TaskTrackerToken,
+    /// Images to count.
+    amount: u64,
+    /// When the settlement was made.
+    now: DateTime<Utc>,
+    /// When a ticket without periods of its own was admitted.
+    admitted: Option<DateTime<Utc>>,
+    /// Who the images count against, when known.
+    user: Option<String>,
+}
+
+impl Outcome {
+    /// Usage without a reservation (unflagged, or forwarded on a store
+    /// error) is a settle of a reservation never made, in the periods of
+    /// the admission: the store counts it once.
+    fn unreserved_usage(&self) -> Option<Reservation> {
+        if self.amount == 0 {
+            return None;
+        }
+        let Some(user) = &self.user else {
+            tracing::warn!(route = %self.route.name, amount = self.amount,
+                "saved images reported for an anonymous request; not counted");
+            return None;
         };
-        let user = user.as_deref().unwrap_or("-");
-        if let Some(reservation) = reservation
-            && let Err(e) = (state.deps.store.settle(&reservation, amount, now))
-                .instrument(spans::store_settle())
-                .await
+        Some(Reservation {
+            id: Reservation::new_id(),
+            user: user.clone(),
+            windows: self
+                .state
+                .deps
+                .calendar
+                .windows(self.admitted.unwrap_or(self.now)),
+            expires_at: self.now,
+            keys_expire: false,
+        })
+    }
+
+    /// The rest of a settlement that waits: who asked, then the store.
+    async fn later(mut self, wait: Wait) {
+        let reservation = match wait {
+            Wait::Store(reservation) => Some(reservation),
+            Wait::Identity {
+                headers,
+                session,
+                ttl,
+            } => match self.state.deps.identity.identify(&headers).await {
+                Ok(identity) => {
+                    if let Some(who) = &identity {
+                        learn(&self.state, &session, &who.user_id, ttl);
+                    }
+                    self.user = identity.map(|i| i.user_id);
+                    self.unreserved_usage()
+                }
+                Err(e) => {
+                    tracing::error!(route = %self.route.name, amount = self.amount, error = %e,
+                        "saved images reported but the user cannot be identified; not counted");
+                    None
+                }
+            },
+        };
+        let Some(reservation) = reservation else {
+            self.finish(None);
+            return;
+        };
+        let store = &self.state.deps.store;
+        let answer = match spans::store_settle()
+            .in_scope(|| store.settle_now(&reservation, self.amount, self.now))
         {
+            Some(answer) => answer,
+            None => {
+                store
+                    .settle(&reservation, self.amount, self.now)
+                    .instrument(spans::store_settle())
+                    .await
+            }
+        };
+        self.finish(Some((&reservation, answer)));
+    }
+
+    /// Records a failed store settle and writes the request's log line;
+    /// the settlement is no longer pending.
+    fn finish(self, stored: Option<(&Reservation, Result<(), crate::store::StoreError>)>) {
+        let user = self.user.as_deref().unwrap_or("-");
+        if let Some((reservation, Err(e))) = stored {
             tracing::error!(
-                route = %route.name, user, amount, reservation = %reservation.id, error = %e,
+                route = %self.route.name, user, amount = self.amount,
+                reservation = %reservation.id, error = %e,
                 "usage could not be recorded"
             );
             // A settle the store dropped itself is counted there
@@ -301,23 +420,32 @@ impl Settlement {
             }
         }
         // Recorded (or given up on): no longer pending.
-        drop(pending);
+        drop(self.pending);
         tracing::info!(
-            route = %route.name,
+            route = %self.route.name,
             user,
-            plan = plan.as_deref().unwrap_or("-"),
-            decision = decision.as_str(),
-            period = standing.period,
-            remaining_daily = standing.daily,
-            remaining_weekly = standing.weekly,
-            remaining_monthly = standing.monthly,
-            request_id = request_id.as_ref().map_or("-", request_id::as_str),
-            status = status.map(|s| s.as_u16()),
-            images = amount,
-            latency_ms = started.elapsed().as_millis() as u64,
+            plan = self.plan.as_deref().unwrap_or("-"),
+            decision = self.decision.as_str(),
+            period = self.standing.period,
+            remaining_daily = self.standing.daily,
+            remaining_weekly = self.standing.weekly,
+            remaining_monthly = self.standing.monthly,
+            request_id = self.request_id.as_ref().map_or("-", request_id::as_str),
+            status = self.status.map(|s| s.as_u16()),
+            images = self.amount,
+            latency_ms = self.started.elapsed().as_millis() as u64,
             "inspected request"
         );
     }
+}
+
+/// Remembers that `session` saved images for `user` unflagged: the user's
+/// own key, and a hint that someone here is learned (read before
+/// identifying).
+fn learn(state: &QuotaState, session: &str, user: &str, ttl: std::time::Duration) {
+    let cache = &state.deps.probe_cache;
+    cache.put(ProbeCache::key(session, user), true, ttl);
+    cache.put(ProbeCache::key(session, ""), true, ttl);
 }
 
 /// Keeps a reservation alive while its response streams, so a generation

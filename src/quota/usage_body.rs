@@ -50,8 +50,9 @@ enum End {
 }
 
 impl Watch {
-    /// Settles what the body reported, failing closed when it was cut.
-    fn settle(self, end: End) -> impl Future<Output = ()> + Send + 'static {
+    /// Settles what the body reported, failing closed when it was cut; the
+    /// rest to wait for, if the store does not answer at once.
+    fn settle(self, end: End) -> Option<impl Future<Output = ()> + Send + 'static> {
         let report = match end {
             End::Whole => self.report.report(),
             End::Cut => self
@@ -85,8 +86,11 @@ where
     }
 
     fn settle(&mut self, end: End) {
-        if let Some(watch) = self.watch.take() {
-            tokio::spawn(watch.settle(end));
+        // With the memory store the settle is done here, with no task.
+        if let Some(watch) = self.watch.take()
+            && let Some(rest) = watch.settle(end)
+        {
+            tokio::spawn(rest);
         }
     }
 }
@@ -212,7 +216,9 @@ where
             Ok(Some(Err(_))) | Err(_) => break End::Cut,
         }
     };
-    watch.settle(end).await;
+    if let Some(rest) = watch.settle(end) {
+        rest.await;
+    }
 }
 
 /// Reads a frame of a body no client reads any more for its report.

@@ -211,6 +211,25 @@ pub trait QuotaStore: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// What [`reserve`](Self::reserve) would answer, when the store can
+    /// answer without waiting (the memory store: a lock, no I/O), so the
+    /// caller skips its boxed future; `None` when it must wait, and the
+    /// caller calls `reserve`.
+    fn reserve_now(&self, _request: &ReserveRequest) -> Option<Result<Admission, StoreError>> {
+        None
+    }
+
+    /// What [`settle`](Self::settle) would answer, when the store can
+    /// answer without waiting (see [`reserve_now`](Self::reserve_now)).
+    fn settle_now(
+        &self,
+        _reservation: &Reservation,
+        _amount: u64,
+        _now: DateTime<Utc>,
+    ) -> Option<Result<(), StoreError>> {
+        None
+    }
 }
 
 #[cfg(test)]

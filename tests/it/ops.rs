@@ -186,6 +186,14 @@ async fn probes_metrics_and_request_logs() {
         ),
         0.0
     );
+    // The memory store answers in place (no future to wait on) and is
+    // timed all the same: a reserve for each flagged request (allowed,
+    // denied), a settle for the allowed one.
+    for (op, calls) in [("reserve", 2.0), ("settle", 1.0)] {
+        let series =
+            format!(r#"quota_proxy_store_call_duration_seconds_count{{op="{op}",outcome="ok"}}"#);
+        assert_eq!(metric_value(&text, &series), calls, "{series}");
+    }
     for series in [
         r#"quota_proxy_store_call_duration_seconds_bucket{op="reserve",outcome="ok",le="#,
         r#"quota_proxy_store_call_duration_seconds_bucket{op="settle",outcome="ok",le="#,

@@ -1,9 +1,16 @@
 //! The quota's identity, end to end on the real proxy with `quota.rs`'s
 //! config: anonymous requests follow the configured policy, and an identity
 //! view that fails is a 503 never forwarded under `on_identity_error =
-//! "deny"` or forwarded uncounted under `"allow"`.
+//! "deny"` or forwarded uncounted under `"allow"`; images saved for an
+//! unflagged request whose identity failed on arrival count against who
+//! asked once the identity view answers again.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::support::on_both_stores;
 use crate::support::proxy::{Proxy, StoreChoice, TestClient};
+use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
 
@@ -114,4 +121,41 @@ async fn identity_error_allowed_is_forwarded_uncounted() {
     assert_eq!(seen.header("x-user-id"), None, "no identity is made up");
     // No reserve, and the saved image is not counted against anyone.
     assert_eq!(proxy.store.calls(), 0);
+}
+
+on_both_stores! {
+    saved_images_of_a_request_not_identified_on_arrival_count_once_it_is(store) {
+        // The identity view fails while the request arrives (an unflagged
+        // request goes on), then answers before its answer is settled: the
+        // settle waits to identify who asked and counts the saved image
+        // against them.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let identity_calls = Arc::clone(&calls);
+        let upstream = TestUpstream::start(move |request: RecordedRequest| {
+            let calls = Arc::clone(&identity_calls);
+            async move {
+                if request.uri.path() != "/api/quota/identity/" {
+                    return Reply::ok().header("x-images-saved", "1").body("generated");
+                }
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Reply::status(500).body("identity view broken"),
+                    _ => Reply::ok().json(serde_json::json!({"user_id": "42"})),
+                }
+            }
+        })
+        .await;
+        let config = CONFIG.replace("[identity]\n", "[identity]\nkind = \"forward_auth\"\n");
+        let proxy = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
+        let answer = TestClient::new(proxy.addr)
+            .send(
+                Method::POST,
+                SEND,
+                &[("cookie", "sessionid=abc"), ("content-type", "application/json")],
+                r#"{"message": "a cat, please"}"#,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(proxy.wait_settled("42", 1).await[0].used, 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "asked on arrival and at the settle");
+    }
 }

@@ -350,9 +350,9 @@ pub(super) fn deadline(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-#[async_trait]
-impl QuotaStore for MemoryStore {
-    async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
+impl MemoryStore {
+    /// [`QuotaStore::reserve`], answered in place.
+    fn reserve_at_once(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
         let now = request.now;
         let expires_at = deadline(now, request.ttl);
         self.with_user(&request.user, now, true, |state| {
@@ -385,7 +385,8 @@ impl QuotaStore for MemoryStore {
         })
     }
 
-    async fn settle(
+    /// [`QuotaStore::settle`], answered in place.
+    fn settle_at_once(
         &self,
         reservation: &Reservation,
         amount: u64,
@@ -404,6 +405,35 @@ impl QuotaStore for MemoryStore {
             }
             state.remember_settled(reservation.id, now);
         })
+    }
+}
+
+#[async_trait]
+impl QuotaStore for MemoryStore {
+    async fn reserve(&self, request: &ReserveRequest) -> Result<Admission, StoreError> {
+        self.reserve_at_once(request)
+    }
+
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.settle_at_once(reservation, amount, now)
+    }
+
+    fn reserve_now(&self, request: &ReserveRequest) -> Option<Result<Admission, StoreError>> {
+        Some(self.reserve_at_once(request))
+    }
+
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), StoreError>> {
+        Some(self.settle_at_once(reservation, amount, now))
     }
 
     async fn extend(
