@@ -121,7 +121,8 @@ struct UserState {
     counters: Vec<Counter>,
     /// Live reservation id → deadline.
     reservations: HashMap<ReservationId, DateTime<Utc>>,
-    /// Settled ids, for idempotency, and the same ids oldest first.
+    /// Settled ids, for idempotency, and the same ids oldest first with
+    /// when each is forgotten.
     settled: HashSet<ReservationId>,
     settled_order: VecDeque<(DateTime<Utc>, ReservationId)>,
 }
@@ -274,8 +275,8 @@ impl UserState {
     fn expire(&mut self, now: DateTime<Utc>) {
         self.counters.retain(|c| c.expires_at > now);
         self.reservations.retain(|_, deadline| *deadline > now);
-        while let Some((at, _)) = self.settled_order.front() {
-            if *at + SETTLED_MEMORY > now {
+        while let Some((forgotten_at, _)) = self.settled_order.front() {
+            if *forgotten_at > now {
                 break;
             }
             if let Some((_, id)) = self.settled_order.pop_front() {
@@ -306,7 +307,7 @@ impl UserState {
     /// The counter of `window`, created at 0 if missing, with its expiry
     /// pushed to `max(window end, now) + COUNTER_GRACE`.
     fn counter(&mut self, window: &PeriodWindow, now: DateTime<Utc>) -> &mut Counter {
-        let expires_at = window.end.max(now) + COUNTER_GRACE;
+        let expires_at = || window.end.max(now) + COUNTER_GRACE;
         let index = match self.counters.iter().position(|c| c.label == window.label) {
             Some(index) => index,
             None => {
@@ -314,19 +315,24 @@ impl UserState {
                     label: window.label,
                     period_end: window.end,
                     value: 0,
-                    expires_at,
+                    expires_at: expires_at(),
                 });
                 self.counters.len() - 1
             }
         };
         let counter = &mut self.counters[index];
-        counter.expires_at = counter.expires_at.max(expires_at);
+        // Made with at least `period_end + COUNTER_GRACE`: only a later
+        // end (a write after it, or a window reloaded longer) can push it
+        // further, so the date arithmetic is skipped on every other write.
+        if window.end.max(now) > counter.period_end {
+            counter.expires_at = counter.expires_at.max(expires_at());
+        }
         counter
     }
 
     fn remember_settled(&mut self, id: ReservationId, now: DateTime<Utc>) {
         self.settled.insert(id);
-        self.settled_order.push_back((now, id));
+        self.settled_order.push_back((now + SETTLED_MEMORY, id));
         while self.settled_order.len() > SETTLED_MAX {
             if let Some((_, old)) = self.settled_order.pop_front() {
                 self.settled.remove(&old);

@@ -188,3 +188,32 @@ async fn long_user_ids_are_kept_as_digests() {
     assert!(store.shard(&key).users.contains_key(&*key));
     assert_eq!(user_key("42"), "42");
 }
+
+#[tokio::test]
+async fn a_counter_written_with_a_later_end_lives_past_that_end() {
+    // The same period written again with a later end (a reload that moved
+    // the time zone) must keep its counter until that end and its grace,
+    // not only the first end's: a write skips the expiry's arithmetic only
+    // when it could not push it further.
+    let store = MemoryStore::new(10);
+    let now = at("2031-05-14T10:00:00Z");
+    let first = windows(now);
+    let r = reserve(&store, "a", now).await;
+    store.settle(&r, 1, now).await.expect("settle");
+    let mut moved = first;
+    for window in moved.0.iter_mut() {
+        window.end += TimeDelta::hours(5);
+    }
+    let unreserved = Reservation {
+        id: Reservation::new_id(),
+        user: "a".to_owned(),
+        windows: moved,
+        expires_at: now,
+        keys_expire: false,
+    };
+    store.settle(&unreserved, 1, now).await.expect("settle");
+    // Past the first day's end and grace, within the moved one's.
+    let check = first.0[0].end + COUNTER_GRACE + TimeDelta::hours(2);
+    let usage = store.usage("a", &moved, check).await.expect("usage");
+    assert_eq!(usage[0].used, 2);
+}
