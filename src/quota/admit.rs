@@ -141,16 +141,13 @@ async fn decide(
         now,
         ttl: state.limits.reservation_ttl,
     };
-    // The memory store answers in place: no boxed future to wait on.
+    // The memory store answers in place: no boxed future to wait on. One
+    // `store.reserve` span either way.
     let store = &state.deps.store;
-    let answer = match spans::store_reserve().in_scope(|| store.reserve_now(&request)) {
+    let span = spans::store_reserve();
+    let answer = match span.in_scope(|| store.reserve_now(&request)) {
         Some(answer) => answer,
-        None => {
-            store
-                .reserve(&request)
-                .instrument(spans::store_reserve())
-                .await
-        }
+        None => store.reserve(&request).instrument(span).await,
     };
     match answer {
         Ok(Admission::Reserved {

@@ -153,6 +153,7 @@ impl Settlement {
     /// below the request's. Done in place when the store answers at once
     /// (the memory store); otherwise returns the rest, to be awaited or
     /// spawned: the store's settle (Redis), or first identifying who asked.
+    #[must_use = "what is returned is the rest of the settle: await or spawn it, or the usage is lost"]
     pub(crate) fn settle(
         self,
         report: Option<UsageReport>,
@@ -287,13 +288,13 @@ impl Settlement {
             return None;
         };
         let store = &outcome.state.deps.store;
-        let answer = spans::store_settle().in_scope(|| store.settle_now(&reservation, amount, now));
-        match answer {
+        let span = spans::store_settle();
+        match span.in_scope(|| store.settle_now(&reservation, amount, now)) {
             Some(answer) => {
                 outcome.finish(Some((&reservation, answer)));
                 None
             }
-            None => Some(outcome.later(Wait::Store(reservation))),
+            None => Some(outcome.later(Wait::Store { reservation, span })),
         }
     }
 }
@@ -309,8 +310,11 @@ enum Wait {
         session: String,
         ttl: std::time::Duration,
     },
-    /// The store's settle of this reservation.
-    Store(Reservation),
+    /// The store's settle of this reservation, in its `store.settle` span.
+    Store {
+        reservation: Reservation,
+        span: tracing::Span,
+    },
 }
 
 /// A settlement turned into usage: what is counted, against whom, and what
@@ -363,41 +367,50 @@ impl Outcome {
 
     /// The rest of a settlement that waits: who asked, then the store.
     async fn later(mut self, wait: Wait) {
-        let reservation = match wait {
-            Wait::Store(reservation) => Some(reservation),
+        let (reservation, answer) = match wait {
+            Wait::Store { reservation, span } => {
+                let answer = (self.state.deps.store)
+                    .settle(&reservation, self.amount, self.now)
+                    .instrument(span)
+                    .await;
+                (reservation, answer)
+            }
             Wait::Identity {
                 headers,
                 session,
                 ttl,
-            } => match self.state.deps.identity.identify(&headers).await {
-                Ok(identity) => {
-                    if let Some(who) = &identity {
-                        learn(&self.state, &session, &who.user_id, ttl);
+            } => {
+                let reservation = match self.state.deps.identity.identify(&headers).await {
+                    Ok(identity) => {
+                        if let Some(who) = &identity {
+                            learn(&self.state, &session, &who.user_id, ttl);
+                        }
+                        self.user = identity.map(|i| i.user_id);
+                        self.unreserved_usage()
                     }
-                    self.user = identity.map(|i| i.user_id);
-                    self.unreserved_usage()
-                }
-                Err(e) => {
-                    tracing::error!(route = %self.route.name, amount = self.amount, error = %e,
-                        "saved images reported but the user cannot be identified; not counted");
-                    None
-                }
-            },
-        };
-        let Some(reservation) = reservation else {
-            self.finish(None);
-            return;
-        };
-        let store = &self.state.deps.store;
-        let answer = match spans::store_settle()
-            .in_scope(|| store.settle_now(&reservation, self.amount, self.now))
-        {
-            Some(answer) => answer,
-            None => {
-                store
-                    .settle(&reservation, self.amount, self.now)
-                    .instrument(spans::store_settle())
-                    .await
+                    Err(e) => {
+                        tracing::error!(route = %self.route.name, amount = self.amount, error = %e,
+                            "saved images reported but the user cannot be identified; not counted");
+                        None
+                    }
+                };
+                let Some(reservation) = reservation else {
+                    self.finish(None);
+                    return;
+                };
+                let store = &self.state.deps.store;
+                let span = spans::store_settle();
+                let answer =
+                    match span.in_scope(|| store.settle_now(&reservation, self.amount, self.now)) {
+                        Some(answer) => answer,
+                        None => {
+                            store
+                                .settle(&reservation, self.amount, self.now)
+                                .instrument(span)
+                                .await
+                        }
+                    };
+                (reservation, answer)
             }
         };
         self.finish(Some((&reservation, answer)));

@@ -52,6 +52,7 @@ enum End {
 impl Watch {
     /// Settles what the body reported, failing closed when it was cut; the
     /// rest to wait for, if the store does not answer at once.
+    #[must_use = "what is returned is the rest of the settle: await or spawn it"]
     fn settle(self, end: End) -> Option<impl Future<Output = ()> + Send + 'static> {
         let report = match end {
             End::Whole => self.report.report(),

@@ -146,16 +146,25 @@ on_both_stores! {
         .await;
         let config = CONFIG.replace("[identity]\n", "[identity]\nkind = \"forward_auth\"\n");
         let proxy = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
-        let answer = TestClient::new(proxy.addr)
-            .send(
-                Method::POST,
-                SEND,
-                &[("cookie", "sessionid=abc"), ("content-type", "application/json")],
-                r#"{"message": "a cat, please"}"#,
-            )
-            .await;
+        let client = TestClient::new(proxy.addr);
+        let headers = [("cookie", "sessionid=abc"), ("content-type", "application/json")];
+        let unflagged = r#"{"message": "a cat, please"}"#;
+        let answer = client.send(Method::POST, SEND, &headers, unflagged).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         assert_eq!(proxy.wait_settled("42", 1).await[0].used, 1);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "asked on arrival and at the settle");
+        // The session is learned as image-generating for that user: with
+        // the free plan's 3 a day used, the next unflagged message there
+        // is denied before it reaches the app.
+        let flagged = r#"{"message": "a cat", "generate_image": true}"#;
+        for _ in 0..2 {
+            let answer = client.send(Method::POST, SEND, &headers, flagged).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        }
+        proxy.wait_settled("42", 3).await;
+        let sent = sends(&upstream);
+        let answer = client.send(Method::POST, SEND, &headers, unflagged).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.text());
+        assert_eq!(sends(&upstream), sent, "denied before the app");
     }
 }

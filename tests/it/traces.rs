@@ -6,6 +6,7 @@
 //! `traceparent` of its call; the request id is an attribute. The client's
 //! trace context is only a correlation id: it changes no decision. Without
 //! `[tracing]`, the client's `traceparent` and `tracestate` pass untouched.
+//! On Redis too, each store call is one span.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::support::binary::Binary;
 use crate::support::collector::{Collector, ReceivedSpan};
 use crate::support::proxy::{Answer, TestClient};
+use crate::support::redis::RedisServer;
 use crate::support::upstream::{RecordedRequest, Reply, TestUpstream};
 use http::{Method, StatusCode};
 
@@ -265,6 +267,30 @@ async fn a_flagged_request_is_one_trace_of_its_phases() {
         trace["admit"].attribute("quota.decision").as_deref(),
         Some("allowed")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_each_store_call_is_one_span() {
+    // Redis answers no call in place: asking it for an in-place answer
+    // first (as the memory store gives) makes no `store.*` span of its own.
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let upstream = upstream().await;
+    let config = format!(
+        "{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+        config(&upstream, 10, &traced(&collector)),
+        redis.url()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let proxy = TestClient::new(binary.proxy);
+    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let answer = generate(&proxy, &[("traceparent", &traceparent)]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    stop(binary).await;
+    // `by_name` refuses a name seen twice in the trace.
+    let trace = by_name(&collector.spans(), TRACE);
+    assert_eq!(trace["store.reserve"].parent_id(), trace["admit"].span_id());
+    assert_eq!(trace["store.settle"].parent_id(), trace["settle"].span_id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,6 +269,23 @@ impl QuotaStore for CountingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    // The store's in-place answers are passed on (and counted when given),
+    // so these tests take the memory store's production path.
+    fn reserve_now(&self, request: &ReserveRequest) -> Option<Result<Admission, StoreError>> {
+        let answer = self.inner.reserve_now(request)?;
+        self.count();
+        Some(answer)
+    }
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        amount: u64,
+        now: DateTime<Utc>,
+    ) -> Option<Result<(), StoreError>> {
+        let answer = self.inner.settle_now(reservation, amount, now)?;
+        self.count();
+        Some(answer)
+    }
 }
 
 /// A response as the client saw it.
