@@ -192,7 +192,9 @@ type SettleNext = Option<(Settlement, Option<UsageReport>)>;
 /// What [`account`] made of an answer: the answer to hand on, or a small
 /// JSON body to read first ([`read_json`]).
 enum Accounted<B> {
+    /// The answer to hand on, and what is left to settle once it is out.
     Now(Response<QuotaBody<B>>, SettleNext),
+    /// An answer whose small JSON body carries the report: its head and body.
     ReadJson(Settlement, http::response::Parts, B),
 }
 
