@@ -98,12 +98,16 @@ fn reset(stream: TcpStream) {
 }
 
 /// Sends `request` and reads until `until` has been seen `times` times
-/// (or the answer stops for 5 s); returns the open stream.
-fn read_until(proxy: SocketAddr, request: &[u8], until: &[u8], times: usize) -> TcpStream {
+/// (or the answer stops for `ANSWER_WITHIN`: Django's two sync workers
+/// serve this test's twelve stalled requests in turn, and on a loaded
+/// machine a pipelined answer waited over 5 s for its worker, its client
+/// then leaving before the third was sent); returns the open stream and
+/// whether `until` was seen so often.
+fn read_until(proxy: SocketAddr, request: &[u8], until: &[u8], times: usize) -> (TcpStream, bool) {
     let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
     stream.write_all(request).expect("send the request");
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(ANSWER_WITHIN))
         .expect("read timeout");
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
@@ -113,7 +117,8 @@ fn read_until(proxy: SocketAddr, request: &[u8], until: &[u8], times: usize) -> 
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    stream
+    let whole = seen.windows(until.len()).filter(|w| *w == until).count() >= times;
+    (stream, whole)
 }
 
 /// How an HTTP/1.1 client leaves, one user each.
@@ -149,10 +154,10 @@ fn leave_h1(proxy: SocketAddr, user: u64, how: Leave) -> Option<RawResponse> {
             reset(stream);
         }
         Leave::CloseDuringGeneration => {
-            let stream = read_until(proxy, &one, b"You said", 1);
+            let (stream, _) = read_until(proxy, &one, b"You said", 1);
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Leave::ResetDuringGeneration => reset(read_until(proxy, &one, b"You said", 1)),
+        Leave::ResetDuringGeneration => reset(read_until(proxy, &one, b"You said", 1).0),
         Leave::HalfClose => drop(raw_http::send(proxy, &one, true, ANSWER_WITHIN)),
         Leave::ReadWhole => {
             let mut request = one;
@@ -164,9 +169,15 @@ fn leave_h1(proxy: SocketAddr, user: u64, how: Leave) -> Option<RawResponse> {
             request.splice(at..at, b"Connection: close\r\n".iter().copied());
             return Some(raw_http::send(proxy, &request, false, ANSWER_WITHIN));
         }
-        Leave::PipelinedThenReset => reset(read_until(proxy, &three, b"\r\n\r\n", 1)),
+        Leave::PipelinedThenReset => reset(read_until(proxy, &three, b"\r\n\r\n", 1).0),
         // Every answer's last chunk.
-        Leave::PipelinedRead => drop(read_until(proxy, &three, b"\r\n0\r\n\r\n", 3)),
+        Leave::PipelinedRead => {
+            let (_, whole) = read_until(proxy, &three, b"\r\n0\r\n\r\n", 3);
+            assert!(
+                whole,
+                "the three pipelined answers, each within {ANSWER_WITHIN:?}"
+            );
+        }
     }
     None
 }
