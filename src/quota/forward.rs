@@ -30,7 +30,7 @@ use tracing::Instrument;
 use super::body::{QuotaBody, RequestBody};
 use super::ratelimit;
 use super::service::local;
-use super::settle::{Settlement, Ticket, hold_while};
+use super::settle::{Settlement, Ticket};
 use super::spans;
 use super::state::QuotaState;
 use super::usage_body::UsageBody;
@@ -89,9 +89,9 @@ where
     // Made before the accounting starts, so shutdown sees it pending.
     let settlement = Settlement::new(state, route, ticket, request_id, span);
     let mut accounting = Accounting::new(async move {
-        // The reservation must outlive a generation slower than its TTL
-        // before the first byte (`response_head` may be longer).
-        let answering = hold_while(&settlement, future.instrument(upstream.clone()));
+        // The settlement holds its reservation (`hold.rs`) until settled:
+        // a generation slower than the reservation's TTL keeps it.
+        let answering = future.instrument(upstream.clone());
         let answer = tokio::select! {
             biased;
             answer = answering => Some(answer),
@@ -318,8 +318,9 @@ where
 {
     let state = &settlement.state;
     let limit = usize::try_from(state.limits.max_json_bytes).unwrap_or(usize::MAX);
-    // A JSON body slower than the reservation's TTL keeps it.
-    let collected = hold_while(&settlement, Limited::new(body, limit).collect()).await;
+    // A JSON body slower than the reservation's TTL keeps it: the
+    // settlement holds it.
+    let collected = Limited::new(body, limit).collect().await;
     match collected {
         Ok(collected) => {
             let bytes = collected.to_bytes();

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tower::Layer;
 
 use super::budget::BodyBudget;
+use super::hold::Holds;
 use super::pending::PendingSettlements;
 use super::probe::ProbeCache;
 use super::service::Quota;
@@ -41,7 +42,7 @@ use crate::store::QuotaStore;
 /// ```
 #[derive(Clone)]
 pub struct QuotaLayer {
-    current: Arc<ArcSwap<QuotaState>>,
+    pub(super) current: Arc<ArcSwap<QuotaState>>,
 }
 
 impl QuotaLayer {
@@ -235,6 +236,7 @@ impl QuotaLayerBuilder {
                     settlements: self.settlements,
                     passthrough: crate::counters::passthrough_counter(),
                     uninspected_reports: UninspectedReports::new(),
+                    holds: Holds::default(),
                 },
             })),
         }

@@ -20,6 +20,7 @@ mod deadline;
 mod denial;
 mod forward;
 mod future;
+mod hold;
 mod layer;
 mod pending;
 mod pipeline;

@@ -9,6 +9,7 @@ use http::StatusCode;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
+use super::hold::{Hold, Holds};
 use super::probe::ProbeCache;
 use super::request_id;
 use super::spans;
@@ -91,6 +92,8 @@ pub(crate) struct Settlement {
     span: tracing::Span,
     /// Counts this settlement as pending until it is dropped.
     pending: TaskTrackerToken,
+    /// Keeps the reservation (if any) alive until the store has its usage.
+    hold: Option<Hold>,
 }
 
 impl Settlement {
@@ -108,6 +111,10 @@ impl Settlement {
             Ticket::Reserved { .. } | Ticket::ShadowDenied { .. } => None,
             Ticket::Unreserved { .. } | Ticket::Unflagged { .. } => Some(state.deps.clock.now()),
         };
+        let hold = match &ticket {
+            Ticket::Reserved { reservation, .. } => Some(Holds::hold(&state, reservation)),
+            _ => None,
+        };
         Settlement {
             state,
             route,
@@ -118,14 +125,7 @@ impl Settlement {
             request_id,
             span,
             pending,
-        }
-    }
-
-    /// The reservation held, if any.
-    pub(crate) fn reservation(&self) -> Option<&Reservation> {
-        match &self.ticket {
-            Ticket::Reserved { reservation, .. } => Some(reservation),
-            _ => None,
+            hold,
         }
     }
 
@@ -177,6 +177,7 @@ impl Settlement {
             request_id,
             span: _,
             pending,
+            hold,
         } = self;
         let succeeded = status.is_some_and(|s| s.is_success());
         if report.is_some_and(|r| r.malformed) {
@@ -222,6 +223,7 @@ impl Settlement {
             started,
             request_id,
             pending,
+            _hold: hold,
             amount,
             now,
             admitted,
@@ -329,6 +331,8 @@ struct Outcome {
     started: Instant,
     request_id: Option<http::HeaderValue>,
     pending: TaskTrackerToken,
+    /// The reservation's hold, let go once the store has the usage.
+    _hold: Option<Hold>,
     /// Images to count.
     amount: u64,
     /// When the settlement was made.
@@ -459,65 +463,4 @@ fn learn(state: &QuotaState, session: &str, user: &str, ttl: std::time::Duration
     let cache = &state.deps.probe_cache;
     cache.put(ProbeCache::key(session, user), true, ttl);
     cache.put(ProbeCache::key(session, ""), true, ttl);
-}
-
-/// Keeps a reservation alive while its response streams, so a generation
-/// that runs longer than `store.reservation_ttl` still holds its unit and a
-/// parallel request cannot slip past the limit. Stops when dropped. (Until
-/// the response head arrives, `forward.rs` does the same in the request's
-/// own future, [`hold_while`].)
-pub(crate) struct KeepAlive(tokio::task::AbortHandle);
-
-impl KeepAlive {
-    pub(crate) fn start(state: &Arc<QuotaState>, reservation: &Reservation) -> Self {
-        let state = Arc::clone(state);
-        let reservation = reservation.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(extend_every(&state)).await;
-                extend(&state, &reservation).await;
-            }
-        });
-        KeepAlive(task.abort_handle())
-    }
-}
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs `work` to its end, extending the settlement's reservation (if it
-/// holds one) as [`KeepAlive`] does, in this future: no task.
-pub(crate) async fn hold_while<F: Future>(settlement: &Settlement, work: F) -> F::Output {
-    let Some(reservation) = settlement.reservation() else {
-        return work.await;
-    };
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            () = tokio::time::sleep(extend_every(&settlement.state)) => {
-                extend(&settlement.state, reservation).await;
-            }
-        }
-    }
-}
-
-/// How often a live reservation is extended: three times per TTL.
-fn extend_every(state: &QuotaState) -> std::time::Duration {
-    (state.limits.reservation_ttl / 3).max(std::time::Duration::from_millis(100))
-}
-
-/// Extends `reservation` to a full TTL from now.
-async fn extend(state: &QuotaState, reservation: &Reservation) {
-    let now = state.deps.clock.now();
-    let ttl = state.limits.reservation_ttl;
-    let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    if let Err(e) = state.deps.store.extend(reservation, until, now).await {
-        tracing::warn!(user = %reservation.user, error = %e,
-            "could not extend a streaming request's reservation");
-    }
 }

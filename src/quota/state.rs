@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::budget::{BodyBudget, BodyShare, Held};
+use super::hold::Holds;
 use super::pending::PendingSettlements;
 use super::probe::ProbeCache;
 use super::shadow::ShadowPolicy;
@@ -119,4 +120,7 @@ pub(crate) struct Dependencies {
     /// Counts reports on routes that are not inspected, and throttles the
     /// warning about them.
     pub(crate) uninspected_reports: UninspectedReports,
+    /// The reservations held by requests not yet settled, kept alive
+    /// together.
+    pub(crate) holds: Holds,
 }

@@ -451,6 +451,30 @@ async fn a_streamed_answer_settles_when_its_body_ends() {
     );
 }
 
+/// A streamed answer slower than `store.reservation_ttl` keeps its unit
+/// reserved (the config's extending task, `hold.rs`), so a parallel
+/// request cannot slip past the limit; once settled nothing is held.
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_holds_its_unit_past_the_reservation_ttl() {
+    let top = format!("{MARKERS}[store]\nreservation_ttl = \"3s\"\n");
+    let harness = Harness::new(&config(&top, ""), MemoryStore::new(100));
+    let (body, sender, token) = streamed(&harness).await;
+    let mut body = std::pin::pin!(body);
+    // Twice the TTL, with the store's clock and the timers moving together.
+    for _ in 0..12 {
+        harness.clock.advance(chrono::Duration::milliseconds(500));
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert_eq!(harness.usage("7").await[0].reserved, 1, "unit let go");
+    }
+    assert_eq!(harness.layer.current.load().deps.holds.len(), 1);
+    sender.send(report(1, &token)).await.unwrap();
+    drop(sender);
+    while body.frame().await.is_some() {}
+    harness.wait_used("7", 1).await;
+    assert_eq!(harness.usage("7").await[0].reserved, 0);
+    assert_eq!(harness.layer.current.load().deps.holds.len(), 0);
+}
+
 /// Shutdown's grace ends while the report and the end of an answer whose
 /// client left have arrived but wait to be read by its drain: they are
 /// read, not replaced by the cut's one image. Before, the drain chose at random

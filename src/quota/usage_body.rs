@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::settle::{KeepAlive, Settlement};
+use super::settle::Settlement;
 use crate::report::StreamReport;
 
 /// A streamed response body under watch for usage reports.
@@ -35,7 +35,6 @@ pub struct UsageBody<B> {
 pub(crate) struct Watch {
     report: StreamReport,
     settlement: Settlement,
-    _keep_alive: Option<KeepAlive>,
 }
 
 /// How the upstream's body ended.
@@ -69,17 +68,10 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     pub(crate) fn new(body: B, report: StreamReport, settlement: Settlement) -> Self {
-        let keep_alive = settlement
-            .reservation()
-            .map(|r| KeepAlive::start(&settlement.state, r));
         let idle = settlement.state.limits.idle_timeout;
         Self {
             body: Some(Box::pin(body)),
-            watch: Some(Watch {
-                report,
-                settlement,
-                _keep_alive: keep_alive,
-            }),
+            watch: Some(Watch { report, settlement }),
             pending_trailers: None,
             idle,
             drain: drain_in_background::<B>,

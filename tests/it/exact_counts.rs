@@ -130,15 +130,14 @@ async fn a_report_header_hides_the_marker_of_the_same_answer() {
     );
 }
 
-/// A reservation is kept alive while the answer's head is awaited
-/// (`hold_while`) and while a streamed body is watched (`KeepAlive` in
-/// `UsageBody`), but not while a JSON answer's body is read for its
-/// `images_saved` field: `account` in src/quota/forward.rs collects it
-/// (`Limited::new(body, limit).collect()`) outside `hold_while`, bounded
-/// only by `timeouts.idle`. A JSON answer whose body takes longer than
-/// what is left of `store.reservation_ttl` lets the reservation expire
-/// while the generation it holds for is still being answered, and a
-/// parallel request of the same user at the limit is admitted. Scaled
+/// A reservation was kept alive while the answer's head was awaited and
+/// while a streamed body was watched, but not while a JSON answer's body
+/// was read for its `images_saved` field (bounded only by
+/// `timeouts.idle`). A JSON answer whose body takes longer than
+/// what is left of `store.reservation_ttl` let the reservation expire
+/// while the generation it holds for was still being answered, and a
+/// parallel request of the same user at the limit was admitted. Now the
+/// settlement holds it from admit to settle (`src/quota/hold.rs`). Scaled
 /// down: `reservation_ttl = "1s"`, the body arrives 2.5 s after the head.
 #[tokio::test]
 async fn a_slow_json_body_lets_its_reservation_expire() {

@@ -48,7 +48,8 @@ fn flagged_in_background(proxy: &Binary, user: &str, case: usize) -> std::thread
 /// only once the head had arrived, so a user with one image left could
 /// send a request whose head took longer than the TTL, wait for its
 /// reservation to expire, and send another: admitted, both generated. Now
-/// it is kept alive while the head is awaited too (`settle::hold_while`).
+/// it is held from admit to settle, the head's wait included
+/// (`src/quota/hold.rs`).
 /// Scaled down here: TTL 2 s, Django answers after 5 s.
 pub async fn reservation_expires_while_the_head_is_awaited() {
     const USER: &str = "710001";
