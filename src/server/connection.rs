@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::Version;
@@ -39,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::park::{self, Waited};
+use super::side_wake::SideWake;
 use super::streams::{ConnectionStreams, StreamBudget};
 use super::tracked::TrackedService;
 use super::{ServedBody, ServedService};
@@ -136,18 +138,50 @@ where
     let mut started_any = false;
     let mut http2 = false;
     let mut closing = false;
+    let mut side = SideWake::new();
+    let mut shutdown = pin!(signals.shutdown.cancelled());
+    let mut cut = pin!(signals.cut.cancelled());
+    let mut timer = pin!(tokio::time::sleep(head_timeout));
     let ended = loop {
-        tokio::select! {
-            ended = &mut connection => break ended,
-            () = signals.shutdown.cancelled(), if !closing => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                return Poll::Ready(WatchEvent::Ended(ended));
+            }
+            let Some(mut side_cx) = side.due(cx) else {
+                return Poll::Pending;
+            };
+            if closing {
+                if cut.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(WatchEvent::Cut);
+                }
+            } else {
+                if shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(WatchEvent::Shutdown);
+                }
+                if timer.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(WatchEvent::Timer);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // What is polled next (a reset timer, the cut once closing) must
+        // be polled once to be woken.
+        side.refresh();
+        match event {
+            WatchEvent::Ended(ended) => break ended,
+            WatchEvent::Shutdown => {
                 begin_shutdown(connection.as_mut());
                 closing = true;
             }
-            () = signals.cut.cancelled(), if closing => {
+            WatchEvent::Cut => {
                 tracing::debug!(%peer, "evicted connection still busy; cut");
                 return;
             }
-            () = tokio::time::sleep(head_timeout), if !closing => {
+            WatchEvent::Timer => {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + head_timeout);
                 let seen = activity.take();
                 if seen & STARTED != 0 {
                     started_any = true;
@@ -171,6 +205,18 @@ where
     if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
+}
+
+/// What ended a wait of [`watch`].
+enum WatchEvent<T> {
+    /// The connection ended, with this.
+    Ended(T),
+    /// The proxy stops, or the connection was evicted.
+    Shutdown,
+    /// The connection must end now.
+    Cut,
+    /// `head_timeout` passed.
+    Timer,
 }
 
 /// hyper's servers, configured once for every connection of a loop.
@@ -263,5 +309,49 @@ pub(super) async fn serve<S, B>(
             .into_owned();
         let shutdown = auto::UpgradeableConnection::graceful_shutdown;
         Box::pin(watch(connection, shutdown, watched)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that never ends, told to shut down and then cut: the
+    /// watch asks it to shut down, waits, and drops it once cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_is_dropped_once_cut() {
+        let signals = EndSignals {
+            shutdown: CancellationToken::new(),
+            cut: CancellationToken::new(),
+        };
+        let activity = Arc::new(Activity::default());
+        activity.request(Version::HTTP_11);
+        let watched = Watched {
+            activity,
+            signals: signals.clone(),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            head_timeout: Duration::from_secs(30),
+        };
+        let asked = Arc::new(AtomicBool::new(false));
+        let asked_in_watch = Arc::clone(&asked);
+        let connection = std::future::pending::<Result<(), String>>();
+        let mut watching = tokio::spawn(watch(
+            connection,
+            move |_| asked_in_watch.store(true, Ordering::Relaxed),
+            watched,
+        ));
+        // Heads time out meanwhile: a connection that started a request
+        // stays open.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(!watching.is_finished());
+        signals.shutdown.cancel();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert!(asked.load(Ordering::Relaxed), "not asked to shut down");
+        assert!(!watching.is_finished(), "dropped before the cut");
+        signals.cut.cancel();
+        tokio::time::timeout(Duration::from_secs(1), &mut watching)
+            .await
+            .expect("dropped once cut")
+            .expect("watch");
     }
 }

@@ -13,6 +13,7 @@ mod connection;
 mod limits;
 mod open_files;
 mod park;
+mod side_wake;
 mod streams;
 mod tracked;
 

@@ -47,6 +47,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{Activity, EndSignals, Protocols, STARTED};
+use super::side_wake::SideWake;
 use super::tracked::TrackedService;
 use super::{ServedBody, ServedService};
 
@@ -173,21 +174,51 @@ where
     B: ServedBody,
 {
     let mut ending = None;
+    // Looked at on wakes of their own only (`side_wake.rs`).
+    let mut side = SideWake::new();
+    let mut shutdown = std::pin::pin!(signals.shutdown.cancelled());
+    let mut cut = std::pin::pin!(signals.cut.cancelled());
+    let mut tick = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
     loop {
-        tokio::select! {
-            ended = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
-                return ended.map(|()| ending.unwrap_or(Ending::ByItself));
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ended) = connection.poll_without_shutdown(cx) {
+                return Poll::Ready(Driven::Ended(ended));
             }
-            () = signals.shutdown.cancelled(), if ending.is_none() => {
+            let Some(mut side_cx) = side.due(cx) else {
+                return Poll::Pending;
+            };
+            if ending.is_some() {
+                if cut.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(Driven::Cut);
+                }
+            } else {
+                if shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(Driven::Shutdown);
+                }
+                if tick.as_mut().poll(&mut side_cx).is_ready() {
+                    return Poll::Ready(Driven::Tick);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // What is polled next (the reset tick, the cut once ending) must be
+        // polled once to be woken.
+        side.refresh();
+        match event {
+            Driven::Ended(ended) => return ended.map(|()| ending.unwrap_or(Ending::ByItself)),
+            Driven::Shutdown => {
                 Pin::new(&mut *connection).graceful_shutdown();
                 ending = Some(Ending::ShutDown);
             }
-            () = signals.cut.cancelled(), if ending.is_some() => return Ok(Ending::Cut),
-            () = tokio::time::sleep(PARK_AFTER), if ending.is_none() => {
+            Driven::Cut => return Ok(Ending::Cut),
+            Driven::Tick => {
+                tick.as_mut()
+                    .reset(tokio::time::Instant::now() + PARK_AFTER);
                 if activity.take() & STARTED != 0 {
                     *may_park = true;
                 } else if *may_park && !activity.open() && !activity.write_blocked() {
-                    // The select may have found this tick ready after the
+                    // The tick may have been found ready after the
                     // connection's poll that ended an answer: hyper learns
                     // on its next poll that the request body was dropped,
                     // and one that will not keep the connection alive (a
@@ -217,6 +248,18 @@ where
             }
         }
     }
+}
+
+/// What ended a wait of [`drive`].
+enum Driven {
+    /// The connection ended, with this.
+    Ended(hyper::Result<()>),
+    /// The proxy stops, or the connection was evicted.
+    Shutdown,
+    /// The connection must end now.
+    Cut,
+    /// [`PARK_AFTER`] passed: time to look whether it can be parked.
+    Tick,
 }
 
 /// Polls `connection` once, whatever it answers.

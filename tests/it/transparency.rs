@@ -157,7 +157,7 @@ pub(crate) async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequ
 }
 
 /// An HTTP/2 connection (h2c, prior knowledge) to `addr`.
-async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ClientBody> {
+pub(crate) async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<ClientBody> {
     crate::support::proxy::h2_client(addr).await
 }
 

@@ -19,7 +19,7 @@ use quota_proxy::server;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::transparency::{
-    Proxy, body_bytes, body_json, full, get, h1, let_idle_time_pass, ms, send, timeouts, within,
+    Proxy, body_bytes, body_json, full, get, h1, h2, let_idle_time_pass, ms, send, timeouts, within,
 };
 
 #[tokio::test]
@@ -155,7 +155,10 @@ async fn graceful_shutdown_finishes_in_flight_request_then_refuses() {
         }
     })
     .await;
-    let mut proxy = Proxy::start(upstream.authority(), timeouts()).await;
+    // A grace (and a head timeout, 30 s) longer than `within` allows: the
+    // idle connection below is closed by the shutdown, not outwaited.
+    let mut proxy =
+        Proxy::start_with_grace(upstream.authority(), timeouts(), Duration::from_secs(60)).await;
 
     // An idle keep-alive connection must not hold up the shutdown.
     let mut idle = h1(proxy.addr).await;
@@ -184,6 +187,27 @@ async fn graceful_shutdown_finishes_in_flight_request_then_refuses() {
         TcpStream::connect(proxy.addr).await.is_err(),
         "listener still accepts"
     );
+}
+
+/// An idle HTTP/2 connection is sent its GOAWAY when the proxy stops, and
+/// closes: the shutdown does not wait out the grace (60 s) or the head
+/// timeout (30 s) for it.
+#[tokio::test]
+async fn graceful_shutdown_closes_an_idle_http2_connection() {
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let mut proxy =
+        Proxy::start_with_grace(upstream.authority(), timeouts(), Duration::from_secs(60)).await;
+    let mut idle = h2(proxy.addr).await;
+    let response = within("warm-up", idle.send_request(get("/warm/")))
+        .await
+        .expect("response");
+    body_bytes(response).await;
+    proxy.signal_shutdown();
+    within("serve returns", &mut proxy.task)
+        .await
+        .expect("task")
+        .expect("serve");
+    assert!(idle.is_closed(), "the HTTP/2 connection is still open");
 }
 
 #[tokio::test]
