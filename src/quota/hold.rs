@@ -146,14 +146,25 @@ async fn extend_held(state: Weak<QuotaState>) {
         let extends = due.iter().map(|reservation| {
             let state = &state;
             async move {
-                if let Err(e) = state.deps.store.extend(reservation, until, now).await {
-                    tracing::warn!(user = %reservation.user, error = %e,
-                        "could not extend a held reservation");
+                let extended = state.deps.store.extend(reservation, until, now).await;
+                if extended.is_err() {
+                    // Due again at the next look.
                     state.deps.holds.expires(reservation, now);
                 }
+                extended
             }
         });
-        futures_util::future::join_all(extends).await;
+        let failed: Vec<_> = futures_util::future::join_all(extends)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        // One line a look, not one per reservation: in a store outage
+        // every held reservation fails alike.
+        if let Some(e) = failed.first() {
+            tracing::warn!(failed = failed.len(), due = due.len(), error = %e,
+                "could not extend held reservations; trying again at the next look");
+        }
     }
 }
 
