@@ -417,3 +417,64 @@ async fn releases_fill_the_outage_queue_and_push_out_other_users_images() {
          during the outage: {health}"
     );
 }
+
+/// Redis killed while two generations are awaited, their reservations
+/// held (`store.reservation_ttl` 1 s: looked at every 333 ms): the
+/// extensions that fail are one warning a look, with how many failed, not
+/// one line per reservation, and are tried again at the next look.
+#[tokio::test]
+async fn failed_extensions_are_one_warning_a_look() {
+    let mut redis = RedisServer::start();
+    let upstream = TestUpstream::start(|_: RecordedRequest| async move {
+        Reply::ok()
+            .header("x-images-saved", "1")
+            .body("generated")
+            .delay_head(Duration::from_secs(3))
+    })
+    .await;
+    let binary = Binary::start(
+        &config(&upstream, &redis, "deny", "reservation_ttl = \"1s\""),
+        &[],
+    )
+    .await;
+    let first = tokio::spawn(flagged(binary.proxy, "e1"));
+    let second = tokio::spawn(flagged(binary.proxy, "e2"));
+    tokio::time::timeout(WITHIN, upstream.wait_for_requests(2))
+        .await
+        .expect("both generations reach the upstream");
+    redis.kill();
+    let warned = |l: &serde_json::Value| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not extend held reservations"))
+    };
+    let deadline = Instant::now() + WITHIN;
+    while binary.count_logs(|l| warned(l) && l["failed"] == 2) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no two looks warned of both reservations: {}",
+            binary.log_lines(&["extend"], 10)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        binary.count_logs(|l| warned(l) && l["failed"] != 1 && l["failed"] != 2),
+        0,
+        "{}",
+        binary.log_lines(&["extend"], 10)
+    );
+    let _ = (first.await, second.await);
+}
+
+/// One flagged request from `user` to the proxy at `proxy`.
+async fn flagged(proxy: std::net::SocketAddr, user: &'static str) -> StatusCode {
+    TestClient::new(proxy)
+        .send(
+            Method::POST,
+            "/gen/",
+            &[("x-user-id", user), ("content-type", "application/json")],
+            r#"{"generate_image": true}"#,
+        )
+        .await
+        .status
+}
