@@ -26,6 +26,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -40,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::park::{self, Waited};
-use super::side_wake::SideWake;
+use super::side_wake::{ConnectionSignals, Signal};
 use super::streams::{ConnectionStreams, StreamBudget};
 use super::tracked::TrackedService;
 use super::{ServedBody, ServedService};
@@ -138,50 +139,24 @@ where
     let mut started_any = false;
     let mut http2 = false;
     let mut closing = false;
-    let mut side = SideWake::new();
-    let mut shutdown = pin!(signals.shutdown.cancelled());
-    let mut cut = pin!(signals.cut.cancelled());
-    let mut timer = pin!(tokio::time::sleep(head_timeout));
+    let mut own = ConnectionSignals::new(&signals.shutdown, &signals.cut, head_timeout);
     let ended = loop {
-        let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
-                return Poll::Ready(WatchEvent::Ended(ended));
-            }
-            let Some(mut side_cx) = side.due(cx) else {
-                return Poll::Pending;
-            };
-            if closing {
-                if cut.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(WatchEvent::Cut);
-                }
-            } else {
-                if shutdown.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(WatchEvent::Shutdown);
-                }
-                if timer.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(WatchEvent::Timer);
-                }
-            }
-            Poll::Pending
+        let event = std::future::poll_fn(|cx| match connection.as_mut().poll(cx) {
+            Poll::Ready(ended) => Poll::Ready(ControlFlow::Break(ended)),
+            Poll::Pending => own.poll(cx, closing).map(ControlFlow::Continue),
         })
         .await;
-        // What is polled next (a reset timer, the cut once closing) must
-        // be polled once to be woken.
-        side.refresh();
         match event {
-            WatchEvent::Ended(ended) => break ended,
-            WatchEvent::Shutdown => {
+            ControlFlow::Break(ended) => break ended,
+            ControlFlow::Continue(Signal::Shutdown) => {
                 begin_shutdown(connection.as_mut());
                 closing = true;
             }
-            WatchEvent::Cut => {
+            ControlFlow::Continue(Signal::Cut) => {
                 tracing::debug!(%peer, "evicted connection still busy; cut");
                 return;
             }
-            WatchEvent::Timer => {
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + head_timeout);
+            ControlFlow::Continue(Signal::Tick) => {
                 let seen = activity.take();
                 if seen & STARTED != 0 {
                     started_any = true;
@@ -205,18 +180,6 @@ where
     if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
-}
-
-/// What ended a wait of [`watch`].
-enum WatchEvent<T> {
-    /// The connection ended, with this.
-    Ended(T),
-    /// The proxy stops, or the connection was evicted.
-    Shutdown,
-    /// The connection must end now.
-    Cut,
-    /// `head_timeout` passed.
-    Timer,
 }
 
 /// hyper's servers, configured once for every connection of a loop.

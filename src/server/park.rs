@@ -34,6 +34,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{Activity, EndSignals, Protocols, STARTED};
-use super::side_wake::SideWake;
+use super::side_wake::{ConnectionSignals, Signal};
 use super::tracked::TrackedService;
 use super::{ServedBody, ServedService};
 
@@ -175,46 +176,23 @@ where
 {
     let mut ending = None;
     // Looked at on wakes of their own only (`side_wake.rs`).
-    let mut side = SideWake::new();
-    let mut shutdown = std::pin::pin!(signals.shutdown.cancelled());
-    let mut cut = std::pin::pin!(signals.cut.cancelled());
-    let mut tick = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
+    let mut own = ConnectionSignals::new(&signals.shutdown, &signals.cut, PARK_AFTER);
     loop {
-        let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(ended) = connection.poll_without_shutdown(cx) {
-                return Poll::Ready(Driven::Ended(ended));
-            }
-            let Some(mut side_cx) = side.due(cx) else {
-                return Poll::Pending;
-            };
-            if ending.is_some() {
-                if cut.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(Driven::Cut);
-                }
-            } else {
-                if shutdown.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(Driven::Shutdown);
-                }
-                if tick.as_mut().poll(&mut side_cx).is_ready() {
-                    return Poll::Ready(Driven::Tick);
-                }
-            }
-            Poll::Pending
+        let event = std::future::poll_fn(|cx| match connection.poll_without_shutdown(cx) {
+            Poll::Ready(ended) => Poll::Ready(ControlFlow::Break(ended)),
+            Poll::Pending => own.poll(cx, ending.is_some()).map(ControlFlow::Continue),
         })
         .await;
-        // What is polled next (the reset tick, the cut once ending) must be
-        // polled once to be woken.
-        side.refresh();
         match event {
-            Driven::Ended(ended) => return ended.map(|()| ending.unwrap_or(Ending::ByItself)),
-            Driven::Shutdown => {
+            ControlFlow::Break(ended) => {
+                return ended.map(|()| ending.unwrap_or(Ending::ByItself));
+            }
+            ControlFlow::Continue(Signal::Shutdown) => {
                 Pin::new(&mut *connection).graceful_shutdown();
                 ending = Some(Ending::ShutDown);
             }
-            Driven::Cut => return Ok(Ending::Cut),
-            Driven::Tick => {
-                tick.as_mut()
-                    .reset(tokio::time::Instant::now() + PARK_AFTER);
+            ControlFlow::Continue(Signal::Cut) => return Ok(Ending::Cut),
+            ControlFlow::Continue(Signal::Tick) => {
                 if activity.take() & STARTED != 0 {
                     *may_park = true;
                 } else if *may_park && !activity.open() && !activity.write_blocked() {
@@ -248,18 +226,6 @@ where
             }
         }
     }
-}
-
-/// What ended a wait of [`drive`].
-enum Driven {
-    /// The connection ended, with this.
-    Ended(hyper::Result<()>),
-    /// The proxy stops, or the connection was evicted.
-    Shutdown,
-    /// The connection must end now.
-    Cut,
-    /// [`PARK_AFTER`] passed: time to look whether it can be parked.
-    Tick,
 }
 
 /// Polls `connection` once, whatever it answers.
