@@ -4,12 +4,17 @@
 //! cannot slip past the limit.
 //!
 //! One task per config (started by the first hold, ended once its
-//! [`QuotaState`] is gone) looks at every held reservation each third of the
-//! TTL and extends the ones with two thirds or less left, together. Holding
-//! one costs a lock and a slot: no timer and no task per request. A
-//! generation shorter than a third of the TTL is never extended, and a
-//! reservation is extended with at least a third of the TTL left.
+//! [`QuotaState`] is gone, started again by the next hold if its runtime
+//! dropped it) looks at every held reservation each third of the TTL and
+//! extends, together, the ones with five sixths of the TTL or less left:
+//! a reservation is extended with at least a third of the TTL left when
+//! the looks are up to a sixth of the TTL late, so a failed extension is
+//! tried again before it expires. A generation shorter than a sixth of the
+//! TTL is never extended. Each extension is given a look's time; one that
+//! takes longer counts as failed, so a hung store delays no look. Holding
+//! one costs a lock and a slot: no timer and no task per request.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -17,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::state::QuotaState;
-use crate::store::Reservation;
+use crate::store::{Reservation, ReservationId, StoreError};
 
 /// The reservations held now, in one config (`deps.holds`).
 #[derive(Default)]
@@ -46,7 +51,7 @@ impl Holds {
     pub(crate) fn hold(state: &Arc<QuotaState>, reservation: &Reservation) -> Hold {
         let holds = &state.deps.holds;
         if !holds.ticking.load(Ordering::Relaxed) && !holds.ticking.swap(true, Ordering::Relaxed) {
-            tokio::spawn(extend_held(Arc::downgrade(state)));
+            tokio::spawn(extend_held(Restart(Arc::downgrade(state))));
         }
         let entry = Some((reservation.clone(), reservation.expires_at));
         let mut slots = holds.lock();
@@ -87,12 +92,14 @@ impl Holds {
             .collect()
     }
 
-    /// Marks `reservation`, if still held, as expiring at `expires` (its
-    /// extension failed: it is due again at the next look).
-    fn expires(&self, reservation: &Reservation, expires: DateTime<Utc>) {
+    /// Marks the reservations `failed`, those still held, as expiring at
+    /// `expires` (their extension failed: they are due again at the next
+    /// look). One pass, whatever the number that failed (in an outage,
+    /// all of them).
+    fn expire(&self, failed: &HashSet<ReservationId>, expires: DateTime<Utc>) {
         let mut slots = self.lock();
         for (held, at) in slots.held.iter_mut().flatten() {
-            if held.id == reservation.id {
+            if failed.contains(&held.id) {
                 *at = expires;
             }
         }
@@ -123,10 +130,13 @@ fn look_every(ttl: Duration) -> Duration {
 }
 
 /// The extending task of one config: every [`look_every`], extends to a
-/// full TTL from now each held reservation with two looks or less left.
-/// Ends once the config's state is gone (replaced by a reload, and its
-/// requests done).
-async fn extend_held(state: Weak<QuotaState>) {
+/// full TTL from now each held reservation with five sixths of the TTL or
+/// less left (see the module). Ends once the config's state is gone
+/// (replaced by a reload, and its requests done); if it ends otherwise
+/// (its runtime dropped it), the next hold starts another.
+async fn extend_held(restart: Restart) {
+    // Held by the task's future from its spawn, polled or not.
+    let state = &restart.0;
     loop {
         let Some(every) = state
             .upgrade()
@@ -141,29 +151,42 @@ async fn extend_held(state: Weak<QuotaState>) {
         let now = state.deps.clock.now();
         let ttl = state.limits.reservation_ttl;
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let by = now + chrono::Duration::from_std(every * 2).unwrap_or(chrono::Duration::MAX);
+        let by = now + chrono::Duration::from_std(every * 5 / 2).unwrap_or(chrono::Duration::MAX);
         let due = state.deps.holds.due(by, until);
         let extends = due.iter().map(|reservation| {
-            let state = &state;
+            let store = &state.deps.store;
             async move {
-                let extended = state.deps.store.extend(reservation, until, now).await;
-                if extended.is_err() {
-                    // Due again at the next look.
-                    state.deps.holds.expires(reservation, now);
+                match tokio::time::timeout(every, store.extend(reservation, until, now)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((reservation.id, e)),
+                    Err(_) => Some((reservation.id, StoreError::Timeout(every))),
                 }
-                extended
             }
         });
         let failed: Vec<_> = futures_util::future::join_all(extends)
             .await
             .into_iter()
-            .filter_map(Result::err)
+            .flatten()
             .collect();
         // One line a look, not one per reservation: in a store outage
         // every held reservation fails alike.
-        if let Some(e) = failed.first() {
+        if let Some((_, e)) = failed.first() {
+            let ids = failed.iter().map(|(id, _)| *id).collect();
+            state.deps.holds.expire(&ids, now);
             tracing::warn!(failed = failed.len(), due = due.len(), error = %e,
                 "could not extend held reservations; trying again at the next look");
+        }
+    }
+}
+
+/// Lets the next hold start another extending task once this one ends,
+/// however it ends (a task its runtime drops only drops its future).
+struct Restart(Weak<QuotaState>);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.upgrade() {
+            state.deps.holds.ticking.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -197,14 +220,14 @@ mod tests {
             None,
             Some((later.clone(), later.expires_at)),
         ];
-        // Looked at every 60 s: due with 120 s or less left.
-        let due = holds.due(now + secs(120), now + secs(180));
+        // Looked at every 60 s: due with 150 s or less left.
+        let due = holds.due(now + secs(150), now + secs(180));
         assert_eq!(due, std::slice::from_ref(&soon));
-        // At the next look, both have 120 s or less left.
-        let due = holds.due(now + secs(60 + 120), now + secs(60 + 180));
+        // At the next look, both have 150 s or less left.
+        let due = holds.due(now + secs(60 + 150), now + secs(60 + 180));
         assert_eq!(due, [soon.clone(), later]);
-        assert_eq!(holds.due(now + secs(120), now + secs(180)), []);
-        holds.expires(&soon, now);
+        assert_eq!(holds.due(now + secs(150), now + secs(180)), []);
+        holds.expire(&HashSet::from([soon.id]), now);
         assert_eq!(holds.due(now + secs(1), now + secs(181)), [soon]);
     }
 }

@@ -456,11 +456,42 @@ async fn a_streamed_answer_settles_when_its_body_ends() {
 /// request cannot slip past the limit; once settled nothing is held.
 #[tokio::test(start_paused = true)]
 async fn a_streamed_answer_holds_its_unit_past_the_reservation_ttl() {
-    let top = format!("{MARKERS}[store]\nreservation_ttl = \"3s\"\n");
-    let harness = Harness::new(&config(&top, ""), MemoryStore::new(100));
-    let (body, sender, token) = streamed(&harness).await;
+    let harness = Harness::new(&config(HELD_3S, ""), MemoryStore::new(100));
+    holds_its_unit_past_the_ttl(&harness).await;
+}
+
+/// A layer that outlives the runtime its extending task ran on (kept
+/// across runtimes, as a library may): the next hold starts another task,
+/// and a streamed answer still keeps its unit past the TTL.
+#[test]
+fn a_layer_outliving_the_runtime_of_its_extending_task_still_extends() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let harness = Harness::new(&config(HELD_3S, ""), MemoryStore::new(100));
+    let first = runtime();
+    let (status, _) = first.block_on(harness.send(&App::saving(), generate(Some("8"), true)));
+    assert_eq!(status, StatusCode::OK);
+    // Its extending task goes with it.
+    drop(first);
+    runtime().block_on(holds_its_unit_past_the_ttl(&harness));
+}
+
+/// `[usage]` markers and a reservation TTL of 3 s.
+const HELD_3S: &str = "[usage]\nreport_header = \"\"\n\
+    report_marker = { start = \"[IMAGES_SAVED]\", end = \"[IMAGES_SAVED_END]\" }\n\
+    [store]\nreservation_ttl = \"3s\"\n";
+
+/// A streamed answer to user 7, held open twice the TTL (the store's clock
+/// and the timers moving together): its unit stays reserved; settled,
+/// nothing is held.
+async fn holds_its_unit_past_the_ttl(harness: &Harness) {
+    let (body, sender, token) = streamed(harness).await;
     let mut body = std::pin::pin!(body);
-    // Twice the TTL, with the store's clock and the timers moving together.
     for _ in 0..12 {
         harness.clock.advance(chrono::Duration::milliseconds(500));
         tokio::time::advance(std::time::Duration::from_millis(500)).await;
