@@ -8,9 +8,10 @@
 //! dropped it) looks at every held reservation each third of the TTL and
 //! extends, together, the ones with five sixths of the TTL or less left:
 //! a reservation is extended with at least a third of the TTL left when
-//! the looks are up to a sixth of the TTL late, so a failed extension is
-//! tried again before it expires. A generation shorter than a sixth of the
-//! TTL is never extended. Each extension is given a look's time; one that
+//! the looks are up to a sixth of the TTL late, and with looks on time
+//! with at least half of it, so that a failed extension is tried once more
+//! before it expires. A generation shorter than a sixth of the TTL is
+//! never extended. Each extension is given a look's time; one that
 //! takes longer counts as failed, so a hung store delays no look. Holding
 //! one costs a lock and a slot: no timer and no task per request.
 
