@@ -63,9 +63,6 @@ struct Kind<'a> {
 }
 
 fn bench_detect(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a current-thread runtime");
     let rules = FlagRules::default();
     let multipart_type = format!("multipart/form-data; boundary={BOUNDARY}");
     let kinds = [
@@ -94,8 +91,7 @@ fn bench_detect(c: &mut Criterion) {
         for (label, size) in SIZES {
             let body = (kind.body)(size);
             // A benchmark of the wrong verdict measures nothing.
-            let verdict =
-                runtime.block_on(detect(Some(content_type), body.clone(), None, FLAG, &rules));
+            let verdict = detect(Some(content_type), body.clone(), None, FLAG, &rules);
             assert_eq!(
                 verdict,
                 FlagVerdict::Flagged(source),
@@ -108,13 +104,13 @@ fn bench_detect(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(body.len() as u64));
             group.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
                 b.iter(|| {
-                    runtime.block_on(detect(
+                    detect(
                         black_box(Some(content_type)),
                         body.clone(),
                         None,
                         FLAG,
                         &rules,
-                    ))
+                    )
                 });
             });
         }

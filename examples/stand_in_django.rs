@@ -77,8 +77,7 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         parts.uri.query(),
         "generate_image",
         &FlagRules::default(),
-    )
-    .await;
+    );
     let generate = matches!(verdict, FlagVerdict::Flagged(_));
     println!(
         "stand-in Django: {} {path} (user {user}) generate_image={generate}{}",

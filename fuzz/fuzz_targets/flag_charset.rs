@@ -9,7 +9,6 @@
 mod common;
 
 use bytes::Bytes;
-use futures_executor::block_on;
 use libfuzzer_sys::fuzz_target;
 use quota_proxy::flag::{self, FlagVerdict};
 
@@ -31,14 +30,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let content_type = format!("{kind}; {params}");
     let rules = common::rules(options);
-    let verdict = block_on(flag::detect(
+    let verdict = flag::detect(
         Some(&content_type),
         Bytes::copy_from_slice(body),
         None,
         "generate_image",
         &rules,
-    ));
-    let _ = flag::is_multipart(Some(&content_type));
+    );
+    let _ = flag::is_multipart(Some(&content_type), &rules);
     // A charset the parsers cannot vouch for never lets a body through
     // unread. Only a plain `charset=` with a simple value is judged here.
     let lowered = params.to_ascii_lowercase();

@@ -20,13 +20,13 @@ fuzz_target!(|data: &[u8]| {
     let query = (options & 2 == 2).then(|| String::from_utf8_lossy(input).into_owned());
     let body = Bytes::copy_from_slice(input);
     let content_type = Some("application/x-www-form-urlencoded");
-    let whole = block_on(flag::detect(
+    let whole = flag::detect(
         content_type,
         body.clone(),
         query.as_deref(),
         "generate_image",
         &rules,
-    ));
+    );
     let streamed = block_on(flag::detect_stream(
         content_type,
         futures_util::stream::iter(common::cut(&body, sizes)),

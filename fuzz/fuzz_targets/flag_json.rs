@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let query = (options & 8 == 8).then_some("generate_image=1");
     let body = Bytes::copy_from_slice(body);
-    let whole = block_on(flag::detect(content_type, body.clone(), query, "generate_image", &rules));
+    let whole = flag::detect(content_type, body.clone(), query, "generate_image", &rules);
     let chunks = common::cut(&body, sizes);
     let streamed = block_on(flag::detect_stream(
         content_type,

@@ -55,7 +55,7 @@ mod tests;
 use std::future::ready;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 
 use crate::config::{FlagRule, FlagRuleName, FlagRules, FlagTable};
 use form::FieldValue;
@@ -100,15 +100,34 @@ impl FlagVerdict {
 }
 
 /// Judges a request from its whole body (and, for table rules with
-/// `query = true`, its raw query string without `?`).
-pub async fn detect(
+/// `query = true`, its raw query string without `?`). Read in place,
+/// without waiting: the buffered body of every inspected request that is
+/// not an upload comes here.
+pub fn detect(
     content_type: Option<&str>,
     body: Bytes,
     query: Option<&str>,
     flag: &str,
     rules: &FlagRules,
 ) -> FlagVerdict {
-    detect_stream(content_type, stream::once(ready(body)), query, flag, rules).await
+    let plan = match plan(content_type, body.is_empty(), rules) {
+        Ok(plan) => plan,
+        Err(verdict) => return verdict,
+    };
+    let said = match plan {
+        // The multipart parser reads a stream: a whole body is a stream of
+        // one ready chunk, read to its end in one poll. Were it ever to
+        // wait, the request counts (fail closed).
+        Plan::Multipart { .. } => {
+            return detect_stream(content_type, stream::once(ready(body)), query, flag, rules)
+                .now_or_never()
+                .unwrap_or_else(|| {
+                    FlagVerdict::Unreadable("a whole multipart body read as waiting".to_owned())
+                });
+        }
+        plan => whole_said(plan, &body, flag, rules),
+    };
+    verdict(said, query, flag, rules)
 }
 
 /// [`detect`] for a body given as a stream of chunks: the same verdict for
@@ -139,7 +158,6 @@ where
         Err(verdict) => return verdict,
     };
     let said = match plan {
-        Plan::Nothing => Said::Missing,
         Plan::Multipart { separator, rule } => {
             let cap = truth::value_cap(rule);
             match multipart::last_value(Box::pin(body), &separator, flag, cap).await {
@@ -153,14 +171,21 @@ where
                 Err(e) => Said::Stop(multipart_error(e, rules)),
             }
         }
+        plan => whole_said(plan, &collect(body).await, flag, rules),
+    };
+    verdict(said, query, flag, rules)
+}
+
+/// What a whole body read under `plan` (not multipart) says.
+fn whole_said(plan: Plan<'_>, whole: &[u8], flag: &str, rules: &FlagRules) -> Said {
+    match plan {
+        Plan::Nothing => Said::Missing,
         Plan::Form { rule } => {
-            let whole = collect(body).await;
-            let value = form::last_value(&whole, flag, truth::value_cap(rule));
+            let value = form::last_value(whole, flag, truth::value_cap(rule));
             field(value, rule, FlagSource::Form, rules)
         }
         Plan::Json { decoding, rule } => {
-            let whole = collect(body).await;
-            match json::parse(&whole, decoding, flag, truth::value_cap(rule)) {
+            match json::parse(whole, decoding, flag, truth::value_cap(rule)) {
                 Ok(TopLevel::Object(None)) => Said::Missing,
                 Ok(TopLevel::Object(Some(value))) => Said::from_truth(
                     truth::judge(rule, value.as_value()),
@@ -176,7 +201,15 @@ where
                 Err(JsonError::Unsure(reason)) => Said::Stop(FlagVerdict::Unreadable(reason)),
             }
         }
-    };
+        Plan::Multipart { .. } => Said::Stop(FlagVerdict::Unreadable(
+            "a multipart body read whole".to_owned(),
+        )),
+    }
+}
+
+/// The verdict on what the body said, the query string read when the body
+/// says nothing for sure.
+fn verdict(said: Said, query: Option<&str>, flag: &str, rules: &FlagRules) -> FlagVerdict {
     match said {
         Said::Stop(verdict) => verdict,
         Said::True(source) => FlagVerdict::Flagged(source),

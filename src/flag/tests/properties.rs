@@ -47,7 +47,7 @@ proptest! {
     fn streamed_multipart_equals_whole(body in multipartish(), cuts in proptest::collection::vec(1usize..100_000, 1..12)) {
         let body = Bytes::from(body);
         for rules in presets() {
-            let whole = block_on(detect(Some(MULTIPART), body.clone(), None, FLAG, &rules));
+            let whole = detect(Some(MULTIPART), body.clone(), None, FLAG, &rules);
             let streamed = block_on(detect_stream(Some(MULTIPART), Trickle::cut(&body, cuts.clone()), None, FLAG, &rules));
             prop_assert_eq!(streamed, whole);
         }
@@ -59,7 +59,7 @@ proptest! {
         let types = [Some(JSON), Some(FORM), Some(MULTIPART), Some("text/plain"), None, Some("*/*")];
         let body = Bytes::from(body);
         for rules in presets() {
-            let _ = block_on(detect(types[ct], body.clone(), Some("generate_image=1"), FLAG, &rules));
+            let _ = detect(types[ct], body.clone(), Some("generate_image=1"), FLAG, &rules);
         }
     }
 
@@ -67,7 +67,7 @@ proptest! {
     #[test]
     fn no_panic_on_jsonish(body in "[\\[\\]{}\":,0-9eE.+\\-a-zNIT\\\\u \t\r\n\u{e9}\u{d7ff}]{0,80}") {
         for rules in presets() {
-            let _ = block_on(detect(Some(JSON), Bytes::from(body.clone()), None, FLAG, &rules));
+            let _ = detect(Some(JSON), Bytes::from(body.clone()), None, FLAG, &rules);
         }
     }
 }

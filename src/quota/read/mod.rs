@@ -168,19 +168,18 @@ where
         .await
         .map(|(body, verdict)| (RequestBody::spooled(body), verdict))
     } else {
-        async {
-            let bytes = read_whole(body, max, declared, state.limits.hold_body(parts)).await?;
-            let verdict = flag::detect(
-                content_type,
-                bytes.clone(),
-                query,
-                &route.flag,
-                &route.flag_rules,
-            )
-            .await;
-            Ok((RequestBody::buffered(bytes), verdict))
-        }
-        .await
+        read_whole(body, max, declared, state.limits.hold_body(parts))
+            .await
+            .map(|bytes| {
+                let verdict = flag::detect(
+                    content_type,
+                    bytes.clone(),
+                    query,
+                    &route.flag,
+                    &route.flag_rules,
+                );
+                (RequestBody::buffered(bytes), verdict)
+            })
     };
     let read = read.map(|(body, verdict)| match verdict {
         verdict if several && !matches!(verdict, FlagVerdict::Flagged(_)) => (
