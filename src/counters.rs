@@ -18,6 +18,12 @@ pub const FAIL_OPEN: &str = "quota_proxy_fail_open_total";
 pub const SETTLEMENTS_PENDING: &str = "quota_proxy_settlements_pending";
 /// Settlements given up on, by reason.
 pub const SETTLEMENTS_DROPPED: &str = "quota_proxy_settlements_dropped_total";
+/// `reason` of [`SETTLEMENTS_DROPPED`]: a settle the store answered with an
+/// error.
+pub const DROPPED_STORE_ERROR: &str = "store_error";
+/// `reason` of [`SETTLEMENTS_DROPPED`]: a settle a Redis store's retry
+/// queue dropped.
+pub const DROPPED_RETRY_QUEUE: &str = "retry_queue";
 /// Malformed usage reports by route.
 pub const MALFORMED_REPORTS: &str = "quota_proxy_malformed_reports_total";
 /// Reports of saved images on routes that are not inspected (not counted

@@ -50,8 +50,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::counters::{
-    BODY_BUDGET_CUT, BODY_BUDGET_REFUSED, BODY_SHARE_REFUSED, DENIALS, FAIL_OPEN, IDENTITY_CACHE,
-    REQUESTS, SETTLEMENTS_DROPPED, SETTLEMENTS_PENDING, UNINSPECTED_REPORTS, UNKNOWN_PLAN,
+    BODY_BUDGET_CUT, BODY_BUDGET_REFUSED, BODY_SHARE_REFUSED, DENIALS, DROPPED_RETRY_QUEUE,
+    DROPPED_STORE_ERROR, FAIL_OPEN, IDENTITY_CACHE, REQUESTS, SETTLEMENTS_DROPPED,
+    SETTLEMENTS_PENDING, UNINSPECTED_REPORTS, UNKNOWN_PLAN,
 };
 use crate::periods::{PeriodWindow, PeriodWindows};
 use crate::store::{Admission, PeriodUsage, QuotaStore, Reservation, ReserveRequest, StoreError};
@@ -173,6 +174,15 @@ fn describe() {
         // At 0 from the start, so that an alert adding them sees each.
         metrics::counter!(name).increment(0);
     }
+    // At 0 from the start too: an alert on their increase would miss the
+    // first event of a series that appears with it.
+    for reason in [DROPPED_STORE_ERROR, DROPPED_RETRY_QUEUE] {
+        metrics::counter!(SETTLEMENTS_DROPPED, "reason" => reason).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(RELOADS, "result" => result).increment(0);
+    }
+    metrics::counter!(UNINSPECTED_REPORTS).increment(0);
     describe_counter!(
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr did not take them in time."

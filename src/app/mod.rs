@@ -271,7 +271,7 @@ pub async fn run(
                     crate::counters::settlements_pending("retry_queue", state.pending_settles());
                     let dropped = state.dropped_settles();
                     crate::counters::settlements_dropped(
-                        "retry_queue",
+                        crate::counters::DROPPED_RETRY_QUEUE,
                         dropped.saturating_sub(dropped_seen),
                     );
                     dropped_seen = dropped;

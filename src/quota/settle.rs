@@ -433,7 +433,7 @@ impl Outcome {
             // A settle the store dropped itself is counted there
             // (`retry_queue`), not twice.
             if !matches!(e, crate::store::StoreError::SettleDropped(_)) {
-                crate::counters::settlements_dropped("store_error", 1);
+                crate::counters::settlements_dropped(crate::counters::DROPPED_STORE_ERROR, 1);
             }
         }
         // Recorded (or given up on): no longer pending.

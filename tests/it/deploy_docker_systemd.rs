@@ -1,12 +1,13 @@
 //! The deployments outside Kubernetes agree with the code: the Dockerfile
 //! (multi-stage, unprivileged, the ports and the stop signal, links to
 //! docs that exist) and the systemd unit (SIGHUP reload, a stop timeout
-//! longer than the drain, credentials).
+//! longer than the drain, credentials, and a config to install whose
+//! identity a client cannot choose).
 
 use std::time::Duration;
 
 use quota_proxy::app::SETTLE_FLUSH_MIN;
-use quota_proxy::config::Config;
+use quota_proxy::config::{Config, IdentityKind};
 
 use crate::deploy::{STOP_SPARE, deploy, read, repo};
 
@@ -87,4 +88,35 @@ fn systemd_unit_reloads_with_sighup_and_waits_for_the_drain() {
         text.contains(&format!("/run/credentials/quota-proxy.service/{name}")),
         "the unit's comment shows token_file pointing at the credential"
     );
+}
+
+/// The config the unit's comment installs is the chat app's preset: an
+/// identity the client cannot choose (the default config's header identity
+/// is whatever a client behind nginx sends), on the addresses the comment
+/// puts nginx and gunicorn at.
+#[test]
+fn systemd_unit_installs_a_config_whose_identity_clients_cannot_choose() {
+    let text = read(&deploy("systemd/quota-proxy.service"));
+    let install = text
+        .lines()
+        .find(|l| l.contains("install ") && l.ends_with(" /etc/quota-proxy/quota-proxy.toml"))
+        .expect("the comment installs /etc/quota-proxy/quota-proxy.toml");
+    let source = install
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .expect("install SOURCE DEST");
+    let config = Config::from_toml(&read(&repo(source)))
+        .unwrap_or_else(|e| panic!("{source} does not load: {e}"));
+    assert_ne!(
+        config.identity.kind,
+        IdentityKind::Header,
+        "{source}: behind nginx, identity headers are the client's choice"
+    );
+    assert!(
+        config.usage.report_marker.is_some(),
+        "{source}: the app's streamed replies report in band"
+    );
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080", "{source}");
+    assert_eq!(config.upstream.authority, "127.0.0.1:8000", "{source}");
 }

@@ -2,15 +2,20 @@
 //! is closed but to monitoring, the metrics are scraped (and disruptions
 //! budgeted), and every metric the Grafana dashboard and the
 //! PrometheusRule alerts query is exported by src/counters.rs and
-//! src/metrics.rs. The bundle is rendered by `deploy.rs`'s helpers.
+//! src/metrics.rs, a counter an alert adds up from the start. The bundle is
+//! rendered by `deploy.rs`'s helpers.
 
 use std::collections::BTreeSet;
 
+use http::Method;
 use serde_norway::Value;
 
 use crate::deploy::{
     bundle, container_port, find, proxy_container, read, repo, seq, str_of, u64_of,
 };
+use crate::support::binary::Binary;
+use crate::support::proxy::TestClient;
+use crate::support::upstream::{Reply, TestUpstream};
 
 #[test]
 fn admin_port_is_admitted_only_from_monitoring() {
@@ -187,4 +192,78 @@ fn dashboard_and_alerts_query_only_metrics_the_code_exports() {
         assert!(charted.contains(needed), "no panel charts {needed}");
     }
     assert!(json.contains("retry_queue"), "the retry queue has a panel");
+}
+
+/// Every `increase(NAME{SELECTOR}[…])` of `expr`: the counter's name and
+/// its selector's `key="value"` pairs.
+fn increased(expr: &str) -> Vec<(String, Vec<String>)> {
+    expr.split("increase(")
+        .skip(1)
+        .map(|call| {
+            let call = &call[..call.find('[').expect("increase(…[range])")];
+            let (name, selector) = call.split_once('{').unwrap_or((call, ""));
+            let pairs = selector
+                .trim_end_matches('}')
+                .split(',')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (name.trim().to_owned(), pairs)
+        })
+        .collect()
+}
+
+/// A counter an alert takes the `increase` of is on `/metrics` from the
+/// start, at 0, in every series the alert sums: a series that appears with
+/// its first event shows no increase for it, so each pod's first failed
+/// reload, or first settlement dropped for a store error, went unalerted.
+#[tokio::test]
+async fn every_counter_an_alert_adds_up_is_there_from_the_start() {
+    let bundle = bundle();
+    let rule = find(&bundle, "PrometheusRule", "quota-proxy");
+    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
+    for group in seq(&rule["spec"]["groups"], "groups") {
+        for rule in seq(&group["rules"], "rules") {
+            wanted.extend(increased(str_of(&rule["expr"], "expr")));
+        }
+    }
+    // The alert on dropped settlements sums by reason: each reason the code
+    // drops for (src/quota/settle.rs, src/app/mod.rs) is a series of its own.
+    for reason in ["store_error", "retry_queue"] {
+        wanted.push((
+            "quota_proxy_settlements_dropped_total".to_owned(),
+            vec![format!("reason=\"{reason}\"")],
+        ));
+    }
+    assert!(
+        wanted
+            .iter()
+            .any(|(name, _)| name == "quota_proxy_config_reloads_total"),
+        "{wanted:?}"
+    );
+
+    let upstream = TestUpstream::always(Reply::ok()).await;
+    let binary = Binary::start(
+        &format!(
+            "upstream = \"http://{}\"\n[[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
+            upstream.authority()
+        ),
+        &[],
+    )
+    .await;
+    let metrics = TestClient::new(binary.admin)
+        .send(Method::GET, "/metrics", &[], "")
+        .await;
+    let text = String::from_utf8(metrics.body.to_vec()).expect("metrics are text");
+    for (name, pairs) in &wanted {
+        assert!(
+            text.lines().any(|line| {
+                line.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+                    && pairs.iter().all(|pair| line.contains(pair.as_str()))
+            }),
+            "{name} {pairs:?} is not on /metrics at start:\n{text}"
+        );
+    }
 }
