@@ -27,9 +27,9 @@ pub fn cut(data: &[u8], sizes: &[u8]) -> Vec<Bytes> {
 /// The chat app's rules or DRF's, by one bit.
 pub fn rules(pick: u8) -> FlagRules {
     if pick & 1 == 0 {
-        FlagRules::django_send_message()
+        FlagRules::DjangoSendMessage
     } else {
-        FlagRules::default()
+        FlagRules::Drf
     }
 }
 
