@@ -32,7 +32,7 @@
 //! # Levels
 //!
 //! Every module sits on one level and imports only from its own level or
-//! lower ones, never round a circle (`tests/levels.rs` fails otherwise):
+//! lower ones, never round a circle (`tests/it/levels.rs` fails otherwise):
 //!
 //! | level | modules |
 //! |---|---|

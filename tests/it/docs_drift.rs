@@ -3,7 +3,8 @@
 //! code exports), every decision label the binary renders is in the table of
 //! decisions, every config field is in the reference config
 //! `config/quota-proxy.toml`, and every command the README shows still parses
-//! (its subcommand and flags, its example, bench and config file).
+//! (its subcommand and flags, its example, bench and config file), and every
+//! repository path the README and docs/ name exists.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -268,4 +269,118 @@ fn every_command_in_the_readme_still_parses() {
         checked >= 4,
         "found only {checked} commands in README.md's code blocks"
     );
+}
+
+/// The repository paths `text` names: words that start with one of
+/// `tests/`, `src/`, `benches/`, `deploy/`, `config/` (not inside a longer
+/// path such as `crates/loadbench/src/…` or `/etc/…`), up to the first
+/// character a path here never holds (so `:line`, `#anchor`, a closing
+/// backtick or parenthesis end it), without a sentence's final `.` or `,`.
+/// Each comes with the text that follows it.
+fn repository_paths(text: &str) -> Vec<(&str, &str)> {
+    const PREFIXES: [&str; 5] = ["tests/", "src/", "benches/", "deploy/", "config/"];
+    let in_path = |c: char| c.is_ascii_alphanumeric() || "_-./*".contains(c);
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        let starts_word = text[..at].chars().next_back().is_none_or(|c| !in_path(c));
+        if !starts_word || !PREFIXES.iter().any(|p| rest.starts_with(p)) {
+            at += rest.chars().next().map_or(1, char::len_utf8);
+            continue;
+        }
+        let end = rest.find(|c: char| !in_path(c)).unwrap_or(rest.len());
+        let path = rest[..end].trim_end_matches(['.', ',']);
+        found.push((path, &rest[path.len()..]));
+        at += end;
+    }
+    found
+}
+
+/// Whether `path` (a file, a folder, or a folder and a name with one `*`)
+/// names something in the repository.
+fn exists_in_repository(path: &str) -> bool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some((dir, pattern)) = path.rsplit_once('/').filter(|(_, name)| name.contains('*')) else {
+        return root.join(path).exists();
+    };
+    let (before, after) = pattern.split_once('*').expect("a glob");
+    std::fs::read_dir(root.join(dir)).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(before) && name.ends_with(after) && name.len() >= pattern.len() - 1
+        })
+    })
+}
+
+#[test]
+fn every_repository_path_the_docs_name_exists() {
+    let mut pages = vec!["README.md".to_owned()];
+    for entry in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")).expect("read docs/")
+    {
+        let name = entry.expect("directory entry").file_name();
+        let name = name.to_string_lossy();
+        // The benchmark history names the files of each change as they
+        // were then; some have moved since.
+        if name.ends_with(".md") && name != "benchmark-history.md" {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for page in &pages {
+        let text = read(page);
+        for (number, line) in text.lines().enumerate() {
+            for (path, after) in repository_paths(line) {
+                // `kubectl … deploy/NAME` names a Deployment, not a file.
+                if line.contains("kubectl") && path.matches('/').count() == 1 && !path.contains('.')
+                {
+                    continue;
+                }
+                // A record of what was done names a file as it was then,
+                // followed by where that code is today.
+                if after.starts_with("` (today `") {
+                    continue;
+                }
+                checked += 1;
+                if !exists_in_repository(path) {
+                    missing.push(format!("{page}:{}: {path}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "found only {checked} paths: is the scan broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "paths named in the docs that are not in the repository:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn repository_paths_are_read_up_to_a_line_an_anchor_or_a_sentence_end() {
+    let paths = |text| -> Vec<&str> {
+        repository_paths(text)
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    };
+    assert_eq!(
+        paths("see `src/report/marker.rs:29`, src/lib.rs#levels and tests/it/."),
+        ["src/report/marker.rs", "src/lib.rs", "tests/it/"]
+    );
+    assert_eq!(
+        paths("crates/loadbench/src/floor.rs, /etc/quota-proxy/config/x.toml, ../src/a.rs"),
+        Vec::<&str>::new()
+    );
+    assert_eq!(
+        paths("`src/store/*.rs` and config/a.toml,"),
+        ["src/store/*.rs", "config/a.toml"]
+    );
+    assert!(exists_in_repository("src/store/*.rs"));
+    assert!(!exists_in_repository("src/store/*.lua"));
 }

@@ -179,17 +179,15 @@ async fn a_slow_json_body_lets_its_reservation_expire() {
 }
 
 /// The in-band report's payload is read only up to 256 bytes
-/// (`MAX_PAYLOAD`, src/report/marker.rs:29); a longer one "is not a
-/// report and passes through as ordinary text": no count, not even the
-/// one image charged for a malformed report. The bound is documented
-/// nowhere an app developer reads (README, docs/configuration.md), and the
-/// payload is a JSON object whose other fields are accepted. An app whose
-/// report names what it saved (here the prompt, as the image's caption)
-/// lets the user choose the payload's length: a prompt of 300 characters
-/// and the saved image is never counted (and the marker, token included,
-/// reaches the browser).
+/// (`MAX_PAYLOAD`, src/report/marker.rs:29); a longer one is not a report
+/// that can be read. An app whose report names what it saved (here the
+/// prompt, as the image's caption) lets the user choose the payload's
+/// length, so a prompt of 300 characters once left the saved image
+/// uncounted. The request's token seen in the stream without a readable
+/// report is the backend's report all the same: it is charged as a
+/// malformed report, 1 image.
 #[tokio::test]
-async fn a_report_payload_over_256_bytes_is_not_counted() {
+async fn a_report_payload_over_256_bytes_counts_as_malformed() {
     let upstream = TestUpstream::start(|request: RecordedRequest| async move {
         let token = request
             .header("x-quota-report-token")
