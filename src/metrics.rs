@@ -19,7 +19,7 @@
 //! | `quota_proxy_fail_open_total` | counter | `route` | flagged requests forwarded uncounted because the store failed (`on_store_error = "allow"`) |
 //! | `quota_proxy_store_call_duration_seconds` | histogram | `op`, `outcome` | store calls (`reserve`, `settle`, `extend`, `usage`, `adjust`, `ping`), `ok` or `error` |
 //! | `quota_proxy_upstream_duration_seconds` | histogram | | time from forwarding a request to the upstream's response head |
-//! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`2xx` … `5xx`; the proxy's own 502/504 count as `5xx`) |
+//! | `quota_proxy_upstream_responses_total` | counter | `class` | upstream answers by status class (`1xx` … `5xx`; the proxy's own 502/504 count as `5xx`), and `error`: calls that ended in an error, not an answer (never in the binary, whose proxy always answers) |
 //! | `quota_proxy_settlements_pending` | gauge | `stage` | admitted requests whose usage is not recorded yet (`in_flight`: still streaming or being written) |
 //! | `quota_proxy_settlements_dropped_total` | counter | `reason` | usage that could not be recorded: `store_error` (the store refused a settle), `retry_queue` (the Redis settle queue overflowed or was not flushed at shutdown) |
 //! | `quota_proxy_store_up` | gauge | | 1 while the store answered its last call (the memory store: always), 0 while Redis does not answer |
