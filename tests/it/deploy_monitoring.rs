@@ -7,15 +7,12 @@
 
 use std::collections::BTreeSet;
 
-use http::Method;
 use serde_norway::Value;
 
 use crate::deploy::{
     bundle, container_port, find, proxy_container, read, repo, seq, str_of, u64_of,
 };
-use crate::support::binary::Binary;
-use crate::support::proxy::TestClient;
-use crate::support::upstream::{Reply, TestUpstream};
+use crate::support::binary::metrics_at_start;
 
 #[test]
 fn admin_port_is_admitted_only_from_monitoring() {
@@ -243,19 +240,7 @@ async fn every_counter_an_alert_adds_up_is_there_from_the_start() {
         "{wanted:?}"
     );
 
-    let upstream = TestUpstream::always(Reply::ok()).await;
-    let binary = Binary::start(
-        &format!(
-            "upstream = \"http://{}\"\n[[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
-            upstream.authority()
-        ),
-        &[],
-    )
-    .await;
-    let metrics = TestClient::new(binary.admin)
-        .send(Method::GET, "/metrics", &[], "")
-        .await;
-    let text = String::from_utf8(metrics.body.to_vec()).expect("metrics are text");
+    let text = metrics_at_start().await;
     for (name, pairs) in &wanted {
         assert!(
             text.lines().any(|line| {

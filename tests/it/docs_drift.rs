@@ -9,11 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::support::binary::Binary;
-use crate::support::proxy::TestClient;
-use crate::support::upstream::{Reply, TestUpstream};
+use crate::support::binary::metrics_at_start;
 use clap::Parser;
-use http::Method;
 use quota_proxy::cli::Cli;
 use quota_proxy::config::Config;
 
@@ -100,19 +97,7 @@ fn every_exported_metric_is_in_the_metrics_table_and_no_other() {
 
 #[tokio::test]
 async fn every_decision_label_the_binary_renders_is_in_the_decisions_table() {
-    let upstream = TestUpstream::start(|_| async { Reply::ok().body("ok") }).await;
-    let binary = Binary::start(
-        &format!(
-            "upstream = \"http://{}\"\n[[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
-            upstream.authority()
-        ),
-        &[],
-    )
-    .await;
-    let metrics = TestClient::new(binary.admin)
-        .send(Method::GET, "/metrics", &[], "")
-        .await;
-    let text = String::from_utf8(metrics.body.to_vec()).expect("metrics are text");
+    let text = metrics_at_start().await;
     // Every series of an inspected route exists at 0 from the start.
     let rendered: BTreeSet<String> = words_with_prefix(&text, "decision=\"")
         .into_iter()

@@ -443,3 +443,23 @@ pub fn run_cli(config: Option<&Path>, args: &[&str]) -> Output {
     }
     child.wait_with_output().expect("output")
 }
+
+/// The `/metrics` text of a binary just started, with one inspected route
+/// (`POST /gen/`) in front of an upstream answering 200: every series that
+/// exists before any request.
+pub async fn metrics_at_start() -> String {
+    let upstream =
+        crate::support::upstream::TestUpstream::always(crate::support::upstream::Reply::ok()).await;
+    let binary = Binary::start(
+        &format!(
+            "upstream = \"http://{}\"\n[[routes]]\nmethod = \"POST\"\npath = \"/gen/\"\n",
+            upstream.authority()
+        ),
+        &[],
+    )
+    .await;
+    crate::support::proxy::TestClient::new(binary.admin)
+        .send(http::Method::GET, "/metrics", &[], "")
+        .await
+        .text()
+}
