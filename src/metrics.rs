@@ -182,7 +182,6 @@ fn describe() {
     for result in ["ok", "error"] {
         metrics::counter!(RELOADS, "result" => result).increment(0);
     }
-    metrics::counter!(UNINSPECTED_REPORTS).increment(0);
     describe_counter!(
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr did not take them in time."
