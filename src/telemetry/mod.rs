@@ -26,6 +26,8 @@
 //! sends what is left. The logs never show those spans. Unset, no
 //! subscriber enables them, so none is made.
 
+mod json_line;
+
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -139,7 +141,11 @@ fn subscriber(
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let lines = match format {
         LogFormat::Pretty => lines.boxed(),
-        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .event_format(json_line::JsonLine::new())
+            .boxed(),
     };
     let logs = Registry::default().with(lines.with_filter(filter));
     match provider {
