@@ -10,7 +10,7 @@
 //!
 //! The spans carry the target [`SPANS`]. Nothing makes or reads them
 //! unless a subscriber enables that target: the binary does so only for
-//! its OpenTelemetry layer (`[tracing] otlp_endpoint`, `telemetry.rs`), and
+//! its OpenTelemetry layer (`[tracing] otlp_endpoint`, `telemetry/mod.rs`), and
 //! keeps them out of its logs. Without it each span is a disabled
 //! `Span::none()`, no header is read or written, and a client's
 //! `traceparent` and `tracestate` reach the upstream untouched. A request
