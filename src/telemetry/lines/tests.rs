@@ -1,5 +1,6 @@
-//! Every line [`JsonLine`] writes is the one tracing-subscriber's
-//! `json().flatten_event(true)` writes, timestamps aside.
+//! Every line [`JsonLine`] and [`TextLine`] write is the one
+//! tracing-subscriber's `json().flatten_event(true)` and default formatters
+//! write, timestamps aside.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -38,38 +39,74 @@ impl<'a> MakeWriter<'a> for Captured {
     }
 }
 
-/// What `emit` logs, as this module's formatter writes it (`fast`) or as
-/// tracing-subscriber's does, with each timestamp replaced by `T`.
-fn lines(fast: bool, emit: &dyn Fn()) -> String {
+/// The two ways a line is written.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Json,
+    Text,
+}
+
+/// What `emit` logs as `kind`, by this module's formatter (`fast`) or by
+/// tracing-subscriber's, with each timestamp replaced by `T`.
+fn lines(kind: Kind, fast: bool, emit: &dyn Fn()) -> String {
     let out = Captured::default();
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(out.clone())
-        .json()
-        .flatten_event(true);
-    let dispatch = if fast {
-        Dispatch::new(Registry::default().with(layer.event_format(JsonLine::new())))
-    } else {
-        Dispatch::new(Registry::default().with(layer))
+        .with_ansi(false);
+    let dispatch = match (kind, fast) {
+        (Kind::Json, true) => Dispatch::new(
+            Registry::default().with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .event_format(JsonLine::new()),
+            ),
+        ),
+        (Kind::Json, false) => {
+            Dispatch::new(Registry::default().with(layer.json().flatten_event(true)))
+        }
+        (Kind::Text, true) => {
+            Dispatch::new(Registry::default().with(layer.event_format(TextLine::new())))
+        }
+        (Kind::Text, false) => Dispatch::new(Registry::default().with(layer)),
     };
     tracing::dispatcher::with_default(&dispatch, emit);
     let text = String::from_utf8(out.0.lock().expect("not poisoned").clone()).expect("UTF-8");
-    let mut rest = text.as_str();
-    let mut without = String::new();
-    while let Some(at) = rest.find("\"timestamp\":\"") {
-        let value = at + "\"timestamp\":\"".len();
-        without.push_str(&rest[..value]);
-        without.push('T');
-        rest = &rest[value..];
-        rest = &rest[rest.find('"').expect("the timestamp ends")..];
+    without_timestamps(&text)
+}
+
+/// `text` with each timestamp (`2026-12-07T14:45:18.227330Z`) replaced by
+/// `T`.
+fn without_timestamps(text: &str) -> String {
+    const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    let is_timestamp = |at: &[u8]| {
+        at.len() >= SHAPE.len()
+            && SHAPE.iter().zip(at).all(|(&shape, &byte)| match shape {
+                b'd' => byte.is_ascii_digit(),
+                _ => byte == shape,
+            })
+    };
+    let bytes = text.as_bytes();
+    let mut without = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if is_timestamp(&bytes[at..]) {
+            without.push(b'T');
+            at += SHAPE.len();
+        } else {
+            without.push(bytes[at]);
+            at += 1;
+        }
     }
-    without.push_str(rest);
-    without
+    String::from_utf8(without).expect("UTF-8")
 }
 
 fn assert_alike(emit: &dyn Fn()) {
-    let (fast, full) = (lines(true, emit), lines(false, emit));
-    assert!(!full.is_empty(), "nothing logged");
-    assert_eq!(fast, full);
+    for kind in [Kind::Json, Kind::Text] {
+        let (fast, full) = (lines(kind, true, emit), lines(kind, false, emit));
+        assert!(!full.is_empty(), "nothing logged");
+        assert_eq!(fast, full, "{kind:?}");
+    }
 }
 
 #[test]
@@ -135,7 +172,10 @@ proptest! {
         let ascii = String::from_utf8(bytes).expect("ASCII");
         let emit = || {
             tracing::info!(text = text.as_str(), ascii = ascii.as_str(), shown = %ascii, "{}", text);
+            tracing::warn!(ascii = ascii.as_str(), "{}", ascii);
         };
-        prop_assert_eq!(lines(true, &emit), lines(false, &emit));
+        for kind in [Kind::Json, Kind::Text] {
+            prop_assert_eq!(lines(kind, true, &emit), lines(kind, false, &emit), "{:?}", kind);
+        }
     }
 }
