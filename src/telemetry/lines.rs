@@ -73,6 +73,8 @@ where
 
 /// Builds a line in the thread's buffer with `build` and writes it whole;
 /// false (nothing written) when `build` leaves it to the full formatter.
+/// Never entered twice at once: an event logged while a line is built (a
+/// field's `Debug` that logs) is not dispatched at all, tracing's own guard.
 fn built(
     writer: &mut Writer<'_>,
     build: impl FnOnce(&mut String) -> bool,
