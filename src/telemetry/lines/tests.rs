@@ -166,6 +166,19 @@ fn an_event_in_a_span_is_written_alike() {
 }
 
 proptest! {
+    /// A timestamp is the instant's RFC 3339 text to the microsecond, as
+    /// tracing-subscriber's `SystemTime` writes it, however the seconds
+    /// follow each other (the text of a second is kept).
+    #[test]
+    fn a_timestamp_is_the_instants_to_the_microsecond(instants in proptest::collection::vec((0i64..4_102_444_800, 0u32..1_000_000), 1..6)) {
+        for (seconds, micros) in instants {
+            let mut line = String::new();
+            push_timestamp_at(&mut line, seconds, micros);
+            let at = chrono::DateTime::from_timestamp(seconds, micros * 1000).expect("in range");
+            prop_assert_eq!(line, at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        }
+    }
+
     /// Any text in a value, a message or a target is escaped alike.
     #[test]
     fn any_text_is_written_alike(text in any::<String>(), bytes in proptest::collection::vec(0u8..0x80, 0..40)) {
