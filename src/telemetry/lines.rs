@@ -24,32 +24,28 @@ use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Formats an event as one JSON object per line (see the module doc).
-pub(super) struct JsonLine {
-    /// tracing-subscriber's formatter, for the lines this one leaves to it.
-    full: Format<Json, SystemTime>,
+/// Formats an event as one line, built in place by `build` or, for what
+/// only tracing-subscriber writes (see the module doc), by its `full`
+/// formatter.
+pub(super) struct InPlace<F> {
+    full: F,
+    /// Writes the line of an event; false when it leaves it to `full`.
+    build: fn(&mut String, &Event<'_>) -> bool,
 }
 
-impl JsonLine {
-    pub(super) fn new() -> Self {
-        Self {
-            full: tracing_subscriber::fmt::format().json().flatten_event(true),
-        }
+/// One JSON object per line: `json().flatten_event(true)`'s line.
+pub(super) fn json() -> InPlace<Format<Json, SystemTime>> {
+    InPlace {
+        full: tracing_subscriber::fmt::format().json().flatten_event(true),
+        build: json_line,
     }
 }
 
-/// Formats an event as one line of text, tracing-subscriber's default
-/// (see the module doc).
-pub(super) struct TextLine {
-    /// tracing-subscriber's formatter, for the lines this one leaves to it.
-    full: Format<Full, SystemTime>,
-}
-
-impl TextLine {
-    pub(super) fn new() -> Self {
-        Self {
-            full: tracing_subscriber::fmt::format(),
-        }
+/// One line of text: tracing-subscriber's default line.
+pub(super) fn text() -> InPlace<Format<Full, SystemTime>> {
+    InPlace {
+        full: tracing_subscriber::fmt::format(),
+        build: text_line,
     }
 }
 
@@ -136,10 +132,11 @@ fn push_timestamp_at(line: &mut String, seconds: i64, micros: u32) {
     line.push('Z');
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLine
+impl<S, N, F> FormatEvent<S, N> for InPlace<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'w> FormatFields<'w> + 'static,
+    F: FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -147,67 +144,54 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if left_to_full(ctx, event) {
-            return self.full.format_event(ctx, writer, event);
-        }
-        let meta = event.metadata();
-        built(&mut writer, |line| {
-            line.push_str("{\"timestamp\":\"");
-            push_timestamp(line);
-            line.push_str("\",\"level\":\"");
-            line.push_str(meta.level().as_str());
-            line.push('"');
-            event.record(&mut JsonFields(line));
-            line.push_str(",\"target\":");
-            push_json_str(line, meta.target());
-            line.push_str("}\n");
-            true
-        })
-        .map(drop)
-    }
-}
-
-impl<S, N> FormatEvent<S, N> for TextLine
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'w> FormatFields<'w> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+        // Colours (a person at a terminal) are the full formatter's too.
         if writer.has_ansi_escapes() || left_to_full(ctx, event) {
             return self.full.format_event(ctx, writer, event);
         }
-        let meta = event.metadata();
-        let whole = built(&mut writer, |line| {
-            push_timestamp(line);
-            line.push(' ');
-            line.push_str(match *meta.level() {
-                tracing::Level::INFO => " INFO",
-                tracing::Level::WARN => " WARN",
-                level => level.as_str(),
-            });
-            line.push(' ');
-            line.push_str(meta.target());
-            line.push_str(": ");
-            let mut fields = TextFields {
-                line,
-                first: true,
-                whole: true,
-            };
-            event.record(&mut fields);
-            fields.line.push('\n');
-            fields.whole
-        })?;
-        if whole {
+        if built(&mut writer, |line| (self.build)(line, event))? {
             Ok(())
         } else {
             self.full.format_event(ctx, writer, event)
         }
     }
+}
+
+/// The JSON line of `event`.
+fn json_line(line: &mut String, event: &Event<'_>) -> bool {
+    let meta = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line);
+    line.push_str("\",\"level\":\"");
+    line.push_str(meta.level().as_str());
+    line.push('"');
+    event.record(&mut JsonFields(line));
+    line.push_str(",\"target\":");
+    push_json_str(line, meta.target());
+    line.push_str("}\n");
+    true
+}
+
+/// The text line of `event`; false on what only tracing-subscriber writes.
+fn text_line(line: &mut String, event: &Event<'_>) -> bool {
+    let meta = event.metadata();
+    push_timestamp(line);
+    line.push(' ');
+    line.push_str(match *meta.level() {
+        tracing::Level::INFO => " INFO",
+        tracing::Level::WARN => " WARN",
+        level => level.as_str(),
+    });
+    line.push(' ');
+    line.push_str(meta.target());
+    line.push_str(": ");
+    let mut fields = TextFields {
+        line,
+        first: true,
+        whole: true,
+    };
+    event.record(&mut fields);
+    fields.line.push('\n');
+    fields.whole
 }
 
 /// Appends each field as `,"name":value`.

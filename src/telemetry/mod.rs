@@ -140,11 +140,11 @@ fn subscriber(
         // Colours only for a person at a terminal, never into log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let lines = match format {
-        LogFormat::Pretty => lines.event_format(lines::TextLine::new()).boxed(),
+        LogFormat::Pretty => lines.event_format(lines::text()).boxed(),
         LogFormat::Json => lines
             .json()
             .flatten_event(true)
-            .event_format(lines::JsonLine::new())
+            .event_format(lines::json())
             .boxed(),
     };
     let logs = Registry::default().with(lines.with_filter(filter));

@@ -1,4 +1,4 @@
-//! Every line [`JsonLine`] and [`TextLine`] write is the one
+//! Every line [`json()`] and [`text()`] write is the one
 //! tracing-subscriber's `json().flatten_event(true)` and default formatters
 //! write, timestamps aside.
 
@@ -55,19 +55,12 @@ fn lines(kind: Kind, fast: bool, emit: &dyn Fn()) -> String {
         .with_ansi(false);
     let dispatch = match (kind, fast) {
         (Kind::Json, true) => Dispatch::new(
-            Registry::default().with(
-                layer
-                    .json()
-                    .flatten_event(true)
-                    .event_format(JsonLine::new()),
-            ),
+            Registry::default().with(layer.json().flatten_event(true).event_format(json())),
         ),
         (Kind::Json, false) => {
             Dispatch::new(Registry::default().with(layer.json().flatten_event(true)))
         }
-        (Kind::Text, true) => {
-            Dispatch::new(Registry::default().with(layer.event_format(TextLine::new())))
-        }
+        (Kind::Text, true) => Dispatch::new(Registry::default().with(layer.event_format(text()))),
         (Kind::Text, false) => Dispatch::new(Registry::default().with(layer)),
     };
     tracing::dispatcher::with_default(&dispatch, emit);
