@@ -30,6 +30,7 @@ mod django;
 mod docs_drift;
 mod exact_counts;
 mod flag_rules;
+mod fuzz_seeds;
 mod http2_limits;
 mod identity;
 mod identity_config;
