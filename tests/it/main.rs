@@ -14,6 +14,7 @@ mod attack_cut;
 mod attack_findings;
 mod attack_identity;
 mod attack_lifecycle;
+mod attack_review;
 mod attack_units;
 
 mod batches;

@@ -19,9 +19,9 @@
 //! (default 96), `QP_DJANGO_SEED` = their seed (fixed by default).
 
 mod behind_front;
-mod corpus;
+pub(crate) mod corpus;
 mod found;
-mod mutations;
+pub(crate) mod mutations;
 mod tricks;
 
 use std::collections::BTreeMap;
@@ -103,12 +103,12 @@ fn stripped(name: &str) -> bool {
 }
 
 /// The longest wait for one answer.
-const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
 /// The shipped preset with `upstream` (Django); for the DRF and form views,
 /// its route moved to that view's path with that view's `flag_rules` (and
 /// no probe: those views have none).
-fn preset_config(upstream: &str, view: View) -> String {
+pub(crate) fn preset_config(upstream: &str, view: View) -> String {
     let mut table: toml::Table = toml::from_str(&preset_text()).expect("the preset is TOML");
     table.insert("upstream".into(), upstream.into());
     // The store counts on the real clock: keep the run far from midnight
