@@ -5,7 +5,7 @@
 //! test's doc says what was tried and why it mattered.
 
 use crate::django::corpus::{self, Case, View};
-use crate::django::mutations::{Mutation, apply};
+use crate::django::mutations::{CONTENT_TYPE_PARAMS, Mutation, apply};
 use crate::django::{ANSWER_WITHIN, preset_config};
 use crate::support::binary::Binary;
 use crate::support::django::{APP_REQUIREMENTS, Django, SavedImages};
@@ -116,17 +116,7 @@ async fn body_mutations_on_image_editing_sessions_save_nothing_past_the_limit() 
     use_up(&proxy, &mut saved, USER);
     let mut mutations: Vec<Mutation> = (0..10).map(Mutation::FlipContentTypeCase).collect();
     mutations.extend((0..4).map(|n| Mutation::FlipBodyCase(n * 7)));
-    mutations.extend(
-        [
-            "; charset=utf-8",
-            "; charset=UTF-16",
-            "; boundary=OTHER",
-            "; boundary*=utf-8''XyZ-b0undary",
-            ";",
-            " ; x=\"y;z\"",
-        ]
-        .map(Mutation::ContentTypeParam),
-    );
+    mutations.extend(CONTENT_TYPE_PARAMS.map(Mutation::ContentTypeParam));
     mutations.push(Mutation::PrependBom);
     mutations.extend([1, 2, 5, 9].map(Mutation::CutBody));
     let bodies: Vec<Case> = corpus::corpus()

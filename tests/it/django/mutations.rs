@@ -20,6 +20,17 @@ use super::corpus::{self, Case, Framing, View};
 use super::{Differential, Verdict};
 use crate::support::django::Django;
 
+/// Parameters appended to a request's `Content-Type` (a charset Django
+/// refuses or reads, a second boundary, RFC 2231, empty and quoted ones).
+pub(crate) const CONTENT_TYPE_PARAMS: [&str; 6] = [
+    "; charset=utf-8",
+    "; charset=UTF-16",
+    "; boundary=OTHER",
+    "; boundary*=utf-8''XyZ-b0undary",
+    ";",
+    " ; x=\"y;z\"",
+];
+
 /// One change to a request.
 #[derive(Debug, Clone)]
 pub enum Mutation {
@@ -104,15 +115,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             ("X-Original-URL", "/chat/session/{S}/send/"),
         ])
         .prop_map(|(n, v)| Mutation::AddHeader(n, v)),
-        prop::sample::select(vec![
-            "; charset=utf-8",
-            "; charset=UTF-16",
-            "; boundary=OTHER",
-            "; boundary*=utf-8''XyZ-b0undary",
-            ";",
-            " ; x=\"y;z\"",
-        ])
-        .prop_map(Mutation::ContentTypeParam),
+        prop::sample::select(CONTENT_TYPE_PARAMS.to_vec()).prop_map(Mutation::ContentTypeParam),
         (1usize..16).prop_map(Mutation::Chunked),
         Just(Mutation::PrependBom),
         (1usize..12).prop_map(Mutation::CutBody),
