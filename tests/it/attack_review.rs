@@ -22,8 +22,8 @@ fn use_up(proxy: &Binary, saved: &mut SavedImages, user: &str) {
     assert_eq!(saved.by_user(user), 3, "the free plan used up");
 }
 
-/// Sends `cases` (rendered for `user`, ids from `first_id`) and names each
-/// one after which Django saved an image for `user`.
+/// Sends `cases` (each rendered for `user` with its id) and names each one
+/// after which Django saved an image for `user`.
 fn images_past_the_limit(
     proxy: &Binary,
     saved: &mut SavedImages,
