@@ -388,13 +388,19 @@ async fn redis_down_follows_on_store_error() {
 
 /// Two proxies (two replicas) sharing one Redis: 200 parallel flagged
 /// requests for a user with 5 left let exactly 5 through, whichever replica
-/// they hit.
+/// they hit. `CONFIG`'s 500 ms timeouts are for the tests that wait for
+/// them; 200 requests at once on a loaded machine can take that long to
+/// reach the upstream or Redis (a 504 seen with 6 test threads on 2 cores),
+/// so here they are 10 s.
 #[tokio::test]
 async fn two_replicas_on_one_redis_let_exactly_the_limit_through() {
     let upstream = saving_upstream().await;
     let server = RedisServer::start();
     let store = StoreChoice::Redis(server.url());
-    let config = format!("{CONFIG}\n[plans.five]\ndaily = 5\n");
+    let config = format!(
+        "{}\n[plans.five]\ndaily = 5\n",
+        CONFIG.replace("\"500ms\"", "\"10s\"")
+    );
     let a = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
     let b = Proxy::start(&config, &upstream.authority(), &store, at(NOW)).await;
     let clients = [TestClient::new(a.addr), TestClient::new(b.addr)];

@@ -365,11 +365,20 @@ impl RedisSentinel {
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
         });
+        // Sentinel takes a master that has not answered for
+        // `down-after-milliseconds` as failed and promotes the replica on
+        // its own. With 500 ms, on a machine loaded with 6 test threads on
+        // 2 cores beside a build, a test once found the writes it had waited
+        // for (`WAIT`) gone after its forced failover; the likely cause is a
+        // second failover nobody asked for (a server stalled past 500 ms),
+        // promoting a replica still loading its resync. Not reproduced in
+        // 10 runs of that test alone. 2 s is still well inside the tests'
+        // 20 s wait for a failover after a kill.
         let sentinel = RedisServer::start_as(true, |port, dir| {
             let conf = format!(
                 "port {port}\nbind 127.0.0.1\n\
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 2000\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
                  sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
             );
