@@ -26,6 +26,7 @@ mod usage;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,16 @@ pub use self::usage::{PeriodChoice, PeriodReport, Periods, UsageError, UsageOps,
 /// the proxy has drained).
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
+/// Most connections the admin listener keeps open at once: probes,
+/// scrapes and an operator's calls need a handful. Past it the oldest is
+/// evicted to let the newcomer in, as on the proxy port (`server::limits`),
+/// so at most this and an eighth more are open. Its connections share the
+/// process's open files with the proxy port, within the descriptors kept
+/// to spare (`server::open_files`): unbounded, a client holding admin
+/// connections took every descriptor, and the proxy port could accept no
+/// one (`tests/it/attack_availability.rs`).
+pub const ADMIN_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(32).expect("not zero");
+
 /// Serves the admin API on `listener` until `shutdown` completes.
 pub async fn serve(
     state: Arc<AppState>,
@@ -50,12 +61,13 @@ pub async fn serve(
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(api::handle(state, request).await) }
     });
-    crate::server::serve(
+    crate::server::serve_limited(
         listener,
         service,
         shutdown,
         ADMIN_GRACE,
         crate::server::AcceptBalance::alone(),
+        crate::server::ConnectionLimits::new(ADMIN_MAX_CONNECTIONS, None),
     )
     .instrument(tracing::info_span!("admin"))
     .await

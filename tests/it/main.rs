@@ -7,6 +7,7 @@
 mod support;
 
 mod attack_app_stack;
+mod attack_availability;
 mod attack_budget;
 mod attack_client_leaving;
 mod attack_content_type;
