@@ -69,6 +69,19 @@ const H1_READ_BUFFER: usize = 64 * 1024;
 /// recommends at least 100).
 const H2_MAX_STREAMS: u32 = 100;
 
+/// The HTTP/2 flow-control windows the proxy advertises, per connection
+/// and per stream: the most request-body bytes a client may send on one
+/// connection before the proxy reads them, which h2 keeps in memory
+/// meanwhile, outside `body_budget_bytes`. hyper's default is 1 MiB for
+/// both: while the proxy was not reading (an upstream slow to take a body,
+/// a wait for room in the budget or for a place among the HTTP/2
+/// requests), each connection held up to 1 MiB, 150 connections 191 MiB
+/// (`tests/it/attack_availability.rs`). The same as an HTTP/1
+/// connection's read buffer ([`H1_READ_BUFFER`]). The price: one
+/// connection's uploads move at most this much per round trip (640 KB/s
+/// at 100 ms).
+const H2_WINDOW: u32 = H1_READ_BUFFER as u32;
+
 /// Answer bytes buffered per HTTP/2 stream for a client that does not read
 /// them (hyper's default is 400 KiB): one connection that stops reading
 /// holds at most `H2_MAX_STREAMS` × this (3.2 MiB), then the upstream
@@ -276,6 +289,8 @@ fn protocols(head_timeout: Duration) -> Protocols {
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
                 .max_send_buf_size(H2_SEND_BUFFER)
+                .initial_connection_window_size(H2_WINDOW)
+                .initial_stream_window_size(H2_WINDOW)
         };
     }
     let mut http1 = http1::Builder::new();

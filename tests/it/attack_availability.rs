@@ -3,7 +3,7 @@
 //! says what the fault was; each wait is bounded and fails the test when
 //! it runs out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -70,4 +70,83 @@ async fn an_admin_connection_flood_does_not_take_the_proxys_open_files() {
     );
     assert_eq!(probe, Ok(200), "a probe behind {FLOOD} admin connections");
     drop(flood);
+}
+
+/// Fault: hyper's HTTP/2 server advertises flow-control windows of 1 MiB
+/// per connection and per stream, so a client may send 1 MiB of each
+/// connection's request bodies before the proxy reads any of it, and h2
+/// keeps what the proxy has not read yet in memory: outside
+/// `body_budget_bytes`, and outside the bound docs/limits.md gives
+/// (`max_connections` × 22 KB + 1.5 × the budget). The proxy does not read
+/// a body while it waits for the upstream to take it (an app whose workers
+/// are busy), for room in the budget, or for a place among the HTTP/2
+/// requests. Here the upstream does not accept (its backlog is full, as a
+/// busy app's), `max_connections = 200` and the budget is 1 MiB (a bound of
+/// about 46 MB); 150 HTTP/2 connections each send one 1 MB pass-through
+/// upload (the HTTP/1 counterpart holds `H1_READ_BUFFER`, 64 KiB, each).
+/// Before: the proxy's resident memory grew by 191 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_bodies_the_proxy_has_not_read_stay_within_the_memory_bound() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    const CONNECTIONS: usize = 150;
+    // An upstream whose accept queue is full: a connection to it waits
+    // for `timeouts.connect`, and nothing reads the request's body.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let upstream = listener.local_addr().expect("address");
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let connecting = TcpStream::connect(upstream);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connecting).await {
+            queued.push(stream);
+        }
+    }
+    let config = format!(
+        "upstream = \"http://{upstream}\"\nbody_budget_bytes = 1048576\n\
+         max_body_bytes = 1048576\nmax_connections = 200\n\
+         [identity]\ndefault_plan = \"free\"\n[plans.free]\ndaily = 3\n\
+         [[routes]]\nmethod = \"POST\"\npath = \"/chat/{{id}}/send/\"\n"
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let before = binary.memory("VmRSS");
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake::<_, http_body_util::Full<bytes::Bytes>>(TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
+        clients.push(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let proxy = binary.proxy;
+        clients.push(tokio::spawn(async move {
+            let upload = http::Request::post(format!("http://{proxy}/upload"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                    b'x';
+                    1_000_000
+                ])))
+                .expect("request");
+            let _ = sender.send_request(upload).await;
+        }));
+    }
+    // The uploads wait for the upstream's connect timeout (2 s): the peak.
+    let mut grown = 0;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        grown = grown.max(binary.memory("VmRSS").saturating_sub(before));
+    }
+    for client in clients {
+        client.abort();
+    }
+    drop((listener, queued));
+    assert!(
+        grown < 64 << 20,
+        "{CONNECTIONS} HTTP/2 uploads the proxy had not read grew its memory by {} MiB",
+        grown >> 20
+    );
 }
