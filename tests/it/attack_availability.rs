@@ -150,3 +150,79 @@ async fn http2_bodies_the_proxy_has_not_read_stay_within_the_memory_bound() {
         grown >> 20
     );
 }
+
+/// A loopback listener that accepts connections and never answers (a hung
+/// Redis, an address black-holed on the way): its address, and the task
+/// holding what it accepted.
+async fn silent_listener() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, held)
+}
+
+/// A Redis that accepts connections and never answers, from the start:
+/// `outage.rs` covers a Redis that hangs once the proxy is serving; here
+/// the proxy starts against one, and is then reloaded to another. The
+/// binary must start, answer pages at once, refuse flagged requests under
+/// `deny` without forwarding them, keep answering pages while a reload to
+/// a second silent Redis is tried and refused (the running config kept),
+/// and exit on SIGTERM within its flush bound. Two bounds hold it: the
+/// client's connection timeout (`store/topology.rs`, the handshake) and
+/// the store's preparation, three command timeouts (`RedisStore::prepare`).
+/// With both removed the binary did not start within 15 s. (An attack
+/// session found this defended; no test covered it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_never_answers_stops_no_page_at_start_reload_or_exit() {
+    use crate::support::gen_route::{daily_config, flagged_answer, saving_upstream};
+    let (first, _first) = silent_listener().await;
+    let (second, _second) = silent_listener().await;
+    let store = |redis: std::net::SocketAddr| {
+        format!(
+            "kind = \"redis\"\nurl = \"redis://{redis}\"\ncommand_timeout = \"300ms\"\n\
+             on_store_error = \"deny\"\n"
+        )
+    };
+    let upstream = saving_upstream().await;
+    let mut binary = Binary::start(&daily_config(&upstream, 2, &store(first)), &[]).await;
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page"
+    );
+    let flagged = tokio::time::timeout(ANSWER_WITHIN, flagged_answer(&binary, "u"))
+        .await
+        .expect("a flagged request answered in time");
+    assert_eq!(flagged.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.count(), 1, "only the page was forwarded");
+
+    binary.write_config(&daily_config(&upstream, 3, &store(second)));
+    binary.signal("HUP");
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page while the reload waits on the second silent Redis"
+    );
+    binary
+        .wait_for_logs(1, Duration::from_secs(20), |line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("config reload failed"))
+        })
+        .await;
+    assert_eq!(
+        get_page(binary.proxy, ANSWER_WITHIN).await,
+        Ok(200),
+        "a page after"
+    );
+
+    binary.signal("TERM");
+    binary.wait_exit(Duration::from_secs(20)).await;
+}
