@@ -40,6 +40,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::Slot;
 use super::park::{self, Waited};
 use super::side_wake::{ConnectionSignals, Signal};
 use super::streams::{ConnectionStreams, StreamBudget};
@@ -202,20 +203,25 @@ pub(super) struct Protocols {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves `stream`, accepted from `peer`, until it ends or `signals` end
-/// it (see the module); its HTTP/2 requests beyond the first take places
-/// in `budget` (`streams.rs`).
+/// Serves `stream`, accepted from `peer`, until it ends or the signals of
+/// its `slot` end it (see the module); its HTTP/2 requests beyond the first
+/// take places in `budget`, and those still at the app when it ends keep
+/// `slot` (`streams.rs`).
 pub(super) async fn serve<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     protocols: &Protocols,
     service: S,
-    signals: EndSignals,
+    slot: &Arc<Slot>,
     budget: &StreamBudget,
 ) where
     S: ServedService<B>,
     B: ServedBody,
 {
+    let signals = EndSignals {
+        shutdown: slot.shutdown.clone(),
+        cut: slot.cut.clone(),
+    };
     // Boxed, as each way below: this task is as large as its largest
     // state, and a parked connection should hold little (`park.rs`).
     match Box::pin(park::wait_for_bytes(
@@ -240,7 +246,7 @@ pub(super) async fn serve<S, B>(
     };
     let activity = Arc::new(Activity::default());
     let http1 = first[..peeked] != HTTP2_PREFACE[..peeked];
-    let streams = (!http1).then(|| ConnectionStreams::new(budget));
+    let streams = (!http1).then(|| ConnectionStreams::new(budget, Arc::clone(slot)));
     let bodies = (!http1 && protocols.share_bodies).then(BodyShare::new);
     let service = TrackedService::new(service, Arc::clone(&activity), peer, streams, bodies);
     let watched = Watched {

@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::connection::{EndSignals, Protocols};
+use self::connection::Protocols;
 
 use crate::BoxError;
 
@@ -233,18 +233,14 @@ where
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
-        // Cancelled when the proxy stops or to make room for a newer one,
-        // and when, evicted, it must close at once.
-        let signals = EndSignals {
-            shutdown: slot.shutdown.clone(),
-            cut: slot.cut.clone(),
-        };
+        let slot = Arc::new(slot);
         let protocols = Arc::clone(&protocols);
         let service = service.clone();
         let budget = limits.streams().clone();
         connections.spawn(async move {
-            connection::serve(stream, peer, &protocols, service, signals, &budget).await;
-            // The connection's place is free again once it ends.
+            connection::serve(stream, peer, &protocols, service, &slot, &budget).await;
+            // The connection's place is free again once it ends and none
+            // of its requests is still at the app (`streams.rs`).
             drop(slot);
         });
         balance.set_open(connections.len());
@@ -338,12 +334,13 @@ mod tests {
             Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
         });
         let protocols = protocols(HEADER_READ_TIMEOUT);
-        let signals = EndSignals {
-            shutdown: CancellationToken::new(),
-            cut: CancellationToken::new(),
-        };
-        let budget = StreamBudget::unlimited();
-        let task = connection::serve(stream, peer, &protocols, service, signals, &budget);
+        let limits = ConnectionLimits::unlimited();
+        let slot = Arc::new(
+            limits
+                .open(peer.ip(), &CancellationToken::new())
+                .expect("no limit per address"),
+        );
+        let task = connection::serve(stream, peer, &protocols, service, &slot, limits.streams());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "a connection's task takes {size} bytes");
     }

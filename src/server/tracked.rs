@@ -4,7 +4,9 @@
 //! body, so the connection's watch knows when no request is open and an
 //! HTTP/1 connection may be parked (`park.rs`). An HTTP/2 request first
 //! takes a place among its connection's (`streams.rs`), held as long, and
-//! carries its connection's [`BodyShare`] of the body budget.
+//! carries its connection's [`BodyShare`] of the body budget. One its
+//! client resets before the answer's head runs on in a task of its own,
+//! holding its place, until that head comes ([`ToTheAnswer`]).
 //!
 //! The service's future is boxed, one allocation per request: hyper gives
 //! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
@@ -95,17 +97,90 @@ where
         // Lazy: the service is called when first polled, after the place.
         let answer = S::clone(&self.service).oneshot(request);
         Box::pin(async move {
-            let place = match streams {
-                Some(streams) => Some(streams.place().await),
-                None => None,
+            let (response, place) = match streams {
+                Some(streams) => {
+                    let (response, place) = ToTheAnswer::new(answer, streams.place().await).await;
+                    (response?, Some(place))
+                }
+                None => (answer.await?, None),
             };
-            let response = answer.await?;
             Ok(response.map(|body| TrackedBody {
                 body,
                 _open: open,
                 _place: place,
             }))
         })
+    }
+}
+
+/// An HTTP/2 request's answer, awaited with its place. Dropped before the
+/// answer's head (the client reset the request), the rest runs in a task
+/// of its own, still holding the place, until the head comes or the
+/// connection is cut: the app does not stop work on a request its client
+/// gave up, so the request keeps counting against its connection
+/// (`streams.rs`). The answer then is dropped, which closes its upstream
+/// connection; a flagged request's accounting goes on as when a client
+/// goes away.
+struct ToTheAnswer<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    /// None once answered.
+    waiting: Option<(Pin<Box<F>>, StreamPlace)>,
+}
+
+impl<F> ToTheAnswer<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn new(answer: F, place: StreamPlace) -> Self {
+        Self {
+            waiting: Some((Box::pin(answer), place)),
+        }
+    }
+}
+
+impl<F> Future for ToTheAnswer<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = (F::Output, StreamPlace);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some((answer, _)) = &mut self.waiting else {
+            panic!("ToTheAnswer polled after its answer");
+        };
+        let answer = std::task::ready!(answer.as_mut().poll(cx));
+        let (_, place) = self.waiting.take().expect("waiting until answered");
+        Poll::Ready((answer, place))
+    }
+}
+
+impl<F> Drop for ToTheAnswer<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let Some((answer, place)) = self.waiting.take() else {
+            return;
+        };
+        // No runtime: it is going away, with every task.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        metrics::counter!("quota_proxy_http2_requests_reset_at_app_total").increment(1);
+        runtime.spawn(async move {
+            let cut = place.cut().clone();
+            tokio::select! {
+                _answer = answer => {}
+                () = cut.cancelled() => {}
+            }
+            drop(place);
+        });
     }
 }
 

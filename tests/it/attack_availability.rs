@@ -226,3 +226,89 @@ async fn a_redis_that_never_answers_stops_no_page_at_start_reload_or_exit() {
     binary.signal("TERM");
     binary.wait_exit(Duration::from_secs(20)).await;
 }
+
+/// Fault: an HTTP/2 request its client reset (`RST_STREAM`) after the proxy
+/// forwarded it gave back its place among the connection's at once, and
+/// its upstream connection was closed, but the app's worker went on with
+/// it (a gunicorn sync worker does not notice): one connection that reset
+/// each request about 60 ms after sending it put 3,281 requests into the
+/// app in 2 s, whatever `max_connections_per_ip` was. Here the app takes
+/// 5 s to answer, and one connection keeps 50 requests going for 1.5 s,
+/// each reset after 100 ms: the app must see at most the connection's 100
+/// (`H2_MAX_STREAMS`) however many were sent. Closing the connection then
+/// must not free its address's place (`max_connections_per_ip = 1`) while
+/// its requests are at the app, and must once the app has answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    const AT_APP: usize = 100;
+    const ANSWERED_AFTER: Duration = Duration::from_secs(5);
+    const PAGE: &[u8] = b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n";
+    let upstream = TestUpstream::always(Reply::ok().delay_head(ANSWERED_AFTER)).await;
+    let binary = Binary::start(&config(upstream.addr(), "max_connections_per_ip = 1"), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                let page = http::Request::get(format!("http://{proxy}/page"))
+                    .body(http_body_util::Empty::new())
+                    .expect("request");
+                // Dropping the request's future resets its stream.
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(page)).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    let at_app = upstream.count();
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        at_app <= AT_APP,
+        "{sent} requests reset after 100 ms put {at_app} into the app at once"
+    );
+    connection.abort();
+    drop(sender);
+    let held = status_on_new_connection(binary.proxy, PAGE, ANSWER_WITHIN).await;
+    assert!(
+        started.elapsed() < ANSWERED_AFTER,
+        "too slow to tell: the app may have answered"
+    );
+    assert_eq!(
+        held,
+        Err("closed before an answer".to_owned()),
+        "the address's place, held by requests at the app"
+    );
+    // Once the app has answered them, the address's place comes back.
+    let deadline = Instant::now() + ANSWERED_AFTER + ANSWER_WITHIN;
+    loop {
+        let page =
+            status_on_new_connection(binary.proxy, PAGE, ANSWERED_AFTER + ANSWER_WITHIN).await;
+        if page == Ok(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's place never came back: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
