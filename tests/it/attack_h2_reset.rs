@@ -1,0 +1,170 @@
+//! HTTP/2 requests their clients give up while the app works on them (an
+//! attack session on commit 92ca005, December 7th): a reset request keeps
+//! its places until the app answers (`src/server/streams.rs`,
+//! `src/server/tracked.rs`). The real binary; the app stands in for
+//! gunicorn sync workers, which start a view once its head has come and
+//! do not notice a client gone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::attack_budget::{H2Body, stalled_body};
+use crate::open_files::{ANSWER_WITHIN, config};
+use crate::support::binary::Binary;
+use crate::support::raw_http::status_on_new_connection;
+
+/// An app whose workers start on a request once its head has come (a view
+/// that does not read the body) and answer `work` later, whatever became
+/// of the connection meanwhile; one request per connection.
+struct SyncWorkers {
+    addr: SocketAddr,
+    /// Requests whose work started.
+    started: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl SyncWorkers {
+    async fn start(work: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&started);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(work_on(stream, work, Arc::clone(&count)));
+            }
+        });
+        Self {
+            addr,
+            started,
+            task,
+        }
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SyncWorkers {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn work_on(mut stream: TcpStream, work: Duration, started: Arc<AtomicUsize>) {
+    let mut head = Vec::new();
+    let mut buf = [0; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    started.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(work).await;
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let _ = stream.write_all(answer).await;
+}
+
+/// Tried and held: a request reset while its body is still coming (here
+/// 16 KiB of it sent, then nothing) keeps its places until the app
+/// answers, as one reset once its body was sent does: one connection
+/// keeping 50 such requests going for 1.5 s, each reset 100 ms after its
+/// head, put 100 (`H2_MAX_STREAMS`) into the app, the 650 others reset
+/// while waiting for a place. Closing the connection then does not free its
+/// address's place (`max_connections_per_ip = 1`) until the app has
+/// answered them.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers() {
+    const AT_APP: usize = 100;
+    const WORK: Duration = Duration::from_secs(6);
+    const PAGE: &[u8] = b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n";
+    let app = SyncWorkers::start(WORK).await;
+    let binary = Binary::start(&config(app.addr, "max_connections_per_ip = 1"), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, H2Body>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                let page = http::Request::get(format!("http://{proxy}/page"))
+                    .body(stalled_body(16_384))
+                    .expect("request");
+                // Dropping the request's future resets its stream, its
+                // body not ended.
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(page)).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    let at_app = app.started();
+    eprintln!("sent {sent}, at app {at_app}");
+    eprintln!(
+        "resets {}",
+        crate::http2_limits::counter(&binary, "quota_proxy_http2_requests_reset_at_app_total")
+            .await
+    );
+    for l in binary.logs().iter().rev().take(5) {
+        eprintln!("LOG {l}");
+    }
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        at_app <= AT_APP,
+        "{sent} requests reset mid-body after 100 ms put {at_app} into the app"
+    );
+    connection.abort();
+    drop(sender);
+    let held = status_on_new_connection(binary.proxy, PAGE, ANSWER_WITHIN).await;
+    assert!(
+        started.elapsed() < WORK,
+        "too slow to tell: the app may have answered"
+    );
+    // Refused at accept, its request unread: closed, or reset by the
+    // kernel for the unread bytes, either way no answer.
+    assert!(
+        held.as_ref().is_err_and(
+            |e| e == "closed before an answer" || e.contains("Connection reset by peer")
+        ),
+        "the address's place, held by requests at the app: {held:?}"
+    );
+    // Once the app has answered them, the address's place comes back.
+    let within = WORK + ANSWER_WITHIN;
+    let deadline = Instant::now() + WORK + within;
+    loop {
+        let page = status_on_new_connection(binary.proxy, PAGE, within).await;
+        if page == Ok(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's place never came back: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
