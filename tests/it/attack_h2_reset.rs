@@ -1,15 +1,18 @@
 //! HTTP/2 requests their clients give up while the app works on them (an
 //! attack session on commit 92ca005, December 7th): a reset request keeps
 //! its places until the app answers (`src/server/streams.rs`,
-//! `src/server/tracked.rs`). The real binary; the app stands in for
-//! gunicorn sync workers, which start a view once its head has come and
-//! do not notice a client gone.
+//! `src/server/tracked.rs`), and an answer read on for a usage report
+//! until the app has written it (`src/proxy/body.rs`). The real binary;
+//! the apps stand in for gunicorn sync workers, which start a view once
+//! its head has come and do not notice a client gone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +22,7 @@ use crate::attack_budget::{H2Body, stalled_body};
 use crate::open_files::{ANSWER_WITHIN, config};
 use crate::support::binary::Binary;
 use crate::support::raw_http::status_on_new_connection;
+use crate::support::upstream::{Reply, TestUpstream};
 
 /// An app whose workers start on a request once its head has come (a view
 /// that does not read the body) and answer `work` later, whatever became
@@ -167,4 +171,97 @@ async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Fault: a request on an inspected route whose answer streams (a chat
+/// answer, words as the app writes them) gave its places back once the
+/// answer's head came; reset then, its body is read on to its end for a
+/// usage report (`quota::usage_body`), so the app's worker goes on writing
+/// the whole answer (5 s here). One connection keeping 50 requests going
+/// for 1.5 s, each reset once its head came (or after 100 ms), left 1,374
+/// to 1,565 answers streaming at the app 1 s later: it must see at most the
+/// connection's 100, whose places come back once they are written.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_after_a_streamed_head_keep_their_places_until_it_ends() {
+    const AT_APP: usize = 100;
+    const ANSWERED_AFTER: Duration = Duration::from_secs(5);
+    let app = TestUpstream::start(|_| async {
+        let words = (0..10).map(|i| (Bytes::from(format!("word{i} ")), Duration::from_millis(500)));
+        Reply::ok()
+            .header("content-type", "text/plain; charset=utf-8")
+            .stream(words.collect::<Vec<_>>())
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 1 }}
+[[routes]]
+method = "POST"
+path = "/chat/{{id}}/send/"
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+"#,
+        app.addr()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                // Dropping the answer, once its head came or after 100 ms,
+                // resets its stream.
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(chat(proxy))).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    // An answer whose upstream connection was closed is seen dropped at
+    // its next word, within 500 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streaming = app.count() - app.bodies_completed() - app.bodies_dropped();
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        streaming <= AT_APP,
+        "{sent} requests reset once their heads came left {streaming} answers streaming at the app"
+    );
+    // Once the app has written those answers, the places come back.
+    let answer = tokio::time::timeout(
+        ANSWERED_AFTER + ANSWER_WITHIN,
+        sender.send_request(chat(proxy)),
+    )
+    .await;
+    assert!(matches!(answer, Ok(Ok(_))), "a place came back: {answer:?}");
+}
+
+/// A chat message, no image asked for, over HTTP/2.
+fn chat(proxy: SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{proxy}/chat/7/send/"))
+        .header("x-user-id", "chatter")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"message": "hi"}"#)))
+        .expect("request")
 }
