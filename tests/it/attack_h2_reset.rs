@@ -21,7 +21,10 @@ use tokio::task::JoinHandle;
 use crate::attack_budget::{H2Body, stalled_body};
 use crate::open_files::{ANSWER_WITHIN, config};
 use crate::support::binary::Binary;
+use crate::support::on_both_stores;
+use crate::support::proxy::{Proxy, StoreChoice};
 use crate::support::raw_http::status_on_new_connection;
+use crate::support::redis::RedisServer;
 use crate::support::upstream::{Reply, TestUpstream};
 
 /// An app whose workers start on a request once its head has come (a view
@@ -264,4 +267,102 @@ fn chat(proxy: SocketAddr) -> http::Request<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(br#"{"message": "hi"}"#)))
         .expect("request")
+}
+
+/// Tried and held: an image request reset before the app's answer head
+/// (100 ms after it was sent, the head 1 s later) and one reset once its
+/// head came, the app reporting each image in `X-Images-Saved`: each image
+/// is counted once, nothing left reserved, and no more a second later.
+async fn reset_image_requests_are_counted_once(store: StoreChoice) {
+    const CONFIG: &str = r#"
+[identity]
+default_plan = "free"
+[plans]
+free = { daily = 5 }
+[[routes]]
+method = "POST"
+path = "/chat/{id}/send/"
+"#;
+    let app = TestUpstream::always(
+        Reply::ok()
+            .header("x-images-saved", "1")
+            .json(serde_json::json!({"ok": true}))
+            .delay_head(Duration::from_secs(1)),
+    )
+    .await;
+    let now = chrono::DateTime::parse_from_rfc3339("2031-05-14T10:00:00Z")
+        .expect("instant")
+        .with_timezone(&chrono::Utc);
+    let proxy = Proxy::start(CONFIG, &app.authority(), &store, now).await;
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let image = |user: &str| {
+        http::Request::post(format!("http://{}/chat/7/send/", proxy.addr))
+            .header("x-user-id", user)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"message": "a cat", "generate_image": true}"#,
+            )))
+            .expect("request")
+    };
+    let before_head = sender.send_request(image("before-head"));
+    let reset = tokio::time::timeout(Duration::from_millis(100), before_head).await;
+    assert!(reset.is_err(), "precondition: reset before the head");
+    let after_head = sender.send_request(image("after-head")).await;
+    drop(after_head.expect("the answer's head"));
+    assert_eq!(app.count(), 2, "both requests reached the app");
+    for user in ["before-head", "after-head"] {
+        proxy.wait_settled(user, 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for user in ["before-head", "after-head"] {
+        let usage = proxy.usage(user).await;
+        assert_eq!((usage[0].used, usage[0].reserved), (1, 0), "{user}");
+    }
+}
+
+/// Tried and held: requests reset at the app hold their places in tasks
+/// of their own, which the accept loop does not wait for, and an inspected
+/// one's accounting waits for the app; an app that answers none within a
+/// minute must not hold a SIGTERM past `shutdown_grace` (2 s here), or the
+/// 5 s the inspected ones' settlements get at least (`SETTLE_FLUSH_MIN`):
+/// the process exited 5.0 s after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_requests_at_a_silent_app_do_not_hold_shutdown_past_its_grace() {
+    let app = SyncWorkers::start(Duration::from_secs(60)).await;
+    let mut binary = Binary::start(&config(app.addr, r#"shutdown_grace = "2s""#), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    for _ in 0..20 {
+        let page = http::Request::get(format!("http://{}/page", binary.proxy))
+            .body(Full::default())
+            .expect("request");
+        for request in [page, chat(binary.proxy)] {
+            let reset = Duration::from_millis(100);
+            let _ = tokio::time::timeout(reset, sender.send_request(request)).await;
+        }
+    }
+    assert_eq!(app.started(), 40, "precondition: every request at the app");
+    binary.signal("TERM");
+    let exited = Instant::now();
+    binary.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exited.elapsed() < Duration::from_secs(7),
+        "exited {:?} after SIGTERM, past its 2 s grace and the 5 s floor",
+        exited.elapsed()
+    );
+}
+
+on_both_stores! {
+    reset_image_requests_count_once(store) {
+        reset_image_requests_are_counted_once(store).await;
+    }
 }
