@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::pool::Lease;
 use crate::BoxError;
+use crate::server::SharedPlace;
 
 /// Why a response body stopped before its end. The client connection is
 /// then aborted, so the client sees a truncated response, never a short one
@@ -37,12 +38,14 @@ pin_project! {
     /// An upstream body holds its connection's lease: read to its end, the
     /// connection goes back to the pool (also when it is dropped after its
     /// last frame, as hyper does); dropped early or failed, the connection
-    /// is closed.
+    /// is closed. It also keeps its HTTP/2 request's place (`server`), so
+    /// an answer read on after its client left counts as at the app.
     #[derive(Debug)]
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
         lease: Option<Lease>,
+        _place: Option<SharedPlace>,
     }
 
     impl PinnedDrop for ProxyBody {
@@ -69,13 +72,19 @@ pin_project! {
 
 impl ProxyBody {
     /// The upstream's body, cut when it goes silent for longer than `idle`;
-    /// `lease` is its connection's.
-    pub(crate) fn upstream(body: Incoming, idle: Duration, lease: Lease) -> Self {
+    /// `lease` is its connection's, `place` its request's.
+    pub(crate) fn upstream(
+        body: Incoming,
+        idle: Duration,
+        lease: Lease,
+        place: Option<SharedPlace>,
+    ) -> Self {
         Self {
             kind: Kind::Upstream {
                 body: IdleTimeout::new(body, idle),
             },
             lease: Some(lease),
+            _place: place,
         }
     }
 }
@@ -87,6 +96,7 @@ impl From<Full<Bytes>> for ProxyBody {
         Self {
             kind: Kind::Local { body },
             lease: None,
+            _place: None,
         }
     }
 }

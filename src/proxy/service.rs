@@ -26,7 +26,7 @@ use crate::proxy::error::{ForwardError, chain};
 use crate::proxy::headers;
 use crate::proxy::pool::Pool;
 use crate::quota::routes::host_of;
-use crate::server::ClientAddr;
+use crate::server::{ClientAddr, SharedPlace};
 
 /// The request body as the upstream connection takes it: any body, boxed
 /// once.
@@ -139,11 +139,15 @@ impl Inner {
         }
     }
 
-    async fn try_forward<B>(&self, request: Request<B>) -> Result<Response<ProxyBody>, ForwardError>
+    async fn try_forward<B>(
+        &self,
+        mut request: Request<B>,
+    ) -> Result<Response<ProxyBody>, ForwardError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let place = request.extensions_mut().remove::<SharedPlace>();
         let request = self.upstream_request(request)?;
         let (response, lease) =
             match tokio::time::timeout(self.response_head, self.pool.send(request)).await {
@@ -161,7 +165,7 @@ impl Inner {
         hop_by_hop::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.idle, lease),
+            ProxyBody::upstream(body, self.idle, lease, place),
         ))
     }
 

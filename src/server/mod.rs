@@ -24,6 +24,7 @@ pub use open_files::{
     raise_open_files_limit,
 };
 pub use park::PARK_AFTER;
+pub(crate) use streams::SharedPlace;
 pub use streams::StreamBudget;
 
 use std::convert::Infallible;

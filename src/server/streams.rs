@@ -21,9 +21,10 @@
 //! waits, before anything of it is judged, for a place or for its
 //! connection's own (`quota_proxy_http2_requests_waited_total`). A request
 //! its client resets keeps its places, and its connection's [`Slot`], until
-//! the app's answer head comes (`tracked.rs`), and a connection has at
-//! most `H2_MAX_STREAMS` requests at the app, open or reset: past that, a
-//! new one waits too.
+//! the app's answer head comes (`tracked.rs`), or until the answer's end
+//! when the quota layer reads it on for a report ([`SharedPlace`]), and a
+//! connection has at most `H2_MAX_STREAMS` requests at the app, open or
+//! reset: past that, a new one waits too.
 //! Bound: requests open at once ≤ connections open + the budget; requests
 //! at the app ≤ `H2_MAX_STREAMS` per connection, the connection counted
 //! open (`max_connections`, `max_connections_per_ip`) while any is.
@@ -84,6 +85,25 @@ pub(super) struct StreamPlace {
     _at_app: OwnedSemaphorePermit,
     _permit: OwnedSemaphorePermit,
     slot: Arc<Slot>,
+}
+
+/// A request's place as its extensions carry it to the forwarding service,
+/// which keeps it with the upstream's answer body
+/// (`proxy::ProxyBody`): an answer the quota layer reads on for its report
+/// once the client reset the request (`quota::usage_body`) keeps the place
+/// while the app writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedPlace {
+    _place: Arc<StreamPlace>,
+}
+
+impl SharedPlace {
+    /// Another holder of `place`.
+    pub(super) fn new(place: &Arc<StreamPlace>) -> Self {
+        Self {
+            _place: Arc::clone(place),
+        }
+    }
 }
 
 impl StreamPlace {

@@ -6,7 +6,8 @@
 //! takes a place among its connection's (`streams.rs`), held as long, and
 //! carries its connection's [`BodyShare`] of the body budget. One its
 //! client resets before the answer's head runs on in a task of its own,
-//! holding its place, until that head comes ([`ToTheAnswer`]).
+//! holding its place, until that head comes ([`ToTheAnswer`]); the
+//! upstream's answer body holds the place too ([`SharedPlace`]).
 //!
 //! The service's future is boxed, one allocation per request: hyper gives
 //! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
@@ -28,7 +29,7 @@ use tower::ServiceExt;
 
 use super::ClientAddr;
 use super::connection::Activity;
-use super::streams::{ConnectionStreams, StreamPlace};
+use super::streams::{ConnectionStreams, SharedPlace, StreamPlace};
 use crate::quota::BodyShare;
 
 /// `service` as hyper calls it: cloned for each request, which is tagged
@@ -94,15 +95,20 @@ where
         if let Some(bodies) = &self.bodies {
             request.extensions_mut().insert(bodies.clone());
         }
-        // Lazy: the service is called when first polled, after the place.
-        let answer = S::clone(&self.service).oneshot(request);
+        let service = S::clone(&self.service);
+        // The service is called after the place is taken.
         Box::pin(async move {
             let (response, place) = match streams {
                 Some(streams) => {
-                    let (response, place) = ToTheAnswer::new(answer, streams.place().await).await;
+                    let place = Arc::new(streams.place().await);
+                    // The upstream's answer body keeps it too: read on for
+                    // a report once the client reset the request.
+                    request.extensions_mut().insert(SharedPlace::new(&place));
+                    let answer = service.oneshot(request);
+                    let (response, place) = ToTheAnswer::new(answer, place).await;
                     (response?, Some(place))
                 }
-                None => (answer.await?, None),
+                None => (service.oneshot(request).await?, None),
             };
             Ok(response.map(|body| TrackedBody {
                 body,
@@ -127,7 +133,7 @@ where
     F::Output: Send,
 {
     /// None once answered.
-    waiting: Option<(Pin<Box<F>>, StreamPlace)>,
+    waiting: Option<(Pin<Box<F>>, Arc<StreamPlace>)>,
 }
 
 impl<F> ToTheAnswer<F>
@@ -135,7 +141,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send,
 {
-    fn new(answer: F, place: StreamPlace) -> Self {
+    fn new(answer: F, place: Arc<StreamPlace>) -> Self {
         Self {
             waiting: Some((Box::pin(answer), place)),
         }
@@ -147,7 +153,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send,
 {
-    type Output = (F::Output, StreamPlace);
+    type Output = (F::Output, Arc<StreamPlace>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some((answer, _)) = &mut self.waiting else {
@@ -208,7 +214,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         _open: OpenRequest,
-        _place: Option<StreamPlace>,
+        _place: Option<Arc<StreamPlace>>,
     }
 }
 

@@ -292,10 +292,13 @@ async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
         started.elapsed() < ANSWERED_AFTER,
         "too slow to tell: the app may have answered"
     );
-    assert_eq!(
-        held,
-        Err("closed before an answer".to_owned()),
-        "the address's place, held by requests at the app"
+    // Refused at accept, its request unread: closed, or reset by the
+    // kernel for the unread bytes, either way no answer.
+    assert!(
+        held.as_ref().is_err_and(
+            |e| e == "closed before an answer" || e.contains("Connection reset by peer")
+        ),
+        "the address's place, held by requests at the app: {held:?}"
     );
     // Once the app has answered them, the address's place comes back.
     let deadline = Instant::now() + ANSWERED_AFTER + ANSWER_WITHIN;

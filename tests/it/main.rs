@@ -13,6 +13,7 @@ mod attack_client_leaving;
 mod attack_content_type;
 mod attack_cut;
 mod attack_findings;
+mod attack_h2_reset;
 mod attack_identity;
 mod attack_lifecycle;
 mod attack_review;

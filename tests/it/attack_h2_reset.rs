@@ -1,0 +1,368 @@
+//! HTTP/2 requests their clients give up while the app works on them (an
+//! attack session on commit 92ca005, December 7th): a reset request keeps
+//! its places until the app answers (`src/server/streams.rs`,
+//! `src/server/tracked.rs`), and an answer read on for a usage report
+//! until the app has written it (`src/proxy/body.rs`). The real binary;
+//! the apps stand in for gunicorn sync workers, which start a view once
+//! its head has come and do not notice a client gone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::attack_budget::{H2Body, stalled_body};
+use crate::open_files::{ANSWER_WITHIN, config};
+use crate::support::binary::Binary;
+use crate::support::on_both_stores;
+use crate::support::proxy::{Proxy, StoreChoice};
+use crate::support::raw_http::status_on_new_connection;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::{Reply, TestUpstream};
+
+/// An app whose workers start on a request once its head has come (a view
+/// that does not read the body) and answer `work` later, whatever became
+/// of the connection meanwhile; one request per connection.
+struct SyncWorkers {
+    addr: SocketAddr,
+    /// Requests whose work started.
+    started: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl SyncWorkers {
+    async fn start(work: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&started);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(work_on(stream, work, Arc::clone(&count)));
+            }
+        });
+        Self {
+            addr,
+            started,
+            task,
+        }
+    }
+
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SyncWorkers {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn work_on(mut stream: TcpStream, work: Duration, started: Arc<AtomicUsize>) {
+    let mut head = Vec::new();
+    let mut buf = [0; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    started.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(work).await;
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let _ = stream.write_all(answer).await;
+}
+
+/// Tried and held: a request reset while its body is still coming (here
+/// 16 KiB of it sent, then nothing) keeps its places until the app
+/// answers, as one reset once its body was sent does: one connection
+/// keeping 50 such requests going for 1.5 s, each reset 100 ms after its
+/// head, put 100 (`H2_MAX_STREAMS`) into the app, the 650 others reset
+/// while waiting for a place. Closing the connection then does not free its
+/// address's place (`max_connections_per_ip = 1`) until the app has
+/// answered them.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers() {
+    const AT_APP: usize = 100;
+    const WORK: Duration = Duration::from_secs(6);
+    const PAGE: &[u8] = b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n";
+    let app = SyncWorkers::start(WORK).await;
+    let binary = Binary::start(&config(app.addr, "max_connections_per_ip = 1"), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, H2Body>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                let page = http::Request::get(format!("http://{proxy}/page"))
+                    .body(stalled_body(16_384))
+                    .expect("request");
+                // Dropping the request's future resets its stream, its
+                // body not ended.
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(page)).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    let at_app = app.started();
+    eprintln!("sent {sent}, at app {at_app}");
+    eprintln!(
+        "resets {}",
+        crate::http2_limits::counter(&binary, "quota_proxy_http2_requests_reset_at_app_total")
+            .await
+    );
+    for l in binary.logs().iter().rev().take(5) {
+        eprintln!("LOG {l}");
+    }
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        at_app <= AT_APP,
+        "{sent} requests reset mid-body after 100 ms put {at_app} into the app"
+    );
+    connection.abort();
+    drop(sender);
+    let held = status_on_new_connection(binary.proxy, PAGE, ANSWER_WITHIN).await;
+    assert!(
+        started.elapsed() < WORK,
+        "too slow to tell: the app may have answered"
+    );
+    // Refused at accept, its request unread: closed, or reset by the
+    // kernel for the unread bytes, either way no answer.
+    assert!(
+        held.as_ref().is_err_and(
+            |e| e == "closed before an answer" || e.contains("Connection reset by peer")
+        ),
+        "the address's place, held by requests at the app: {held:?}"
+    );
+    // Once the app has answered them, the address's place comes back.
+    let within = WORK + ANSWER_WITHIN;
+    let deadline = Instant::now() + WORK + within;
+    loop {
+        let page = status_on_new_connection(binary.proxy, PAGE, within).await;
+        if page == Ok(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's place never came back: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fault: a request on an inspected route whose answer streams (a chat
+/// answer, words as the app writes them) gave its places back once the
+/// answer's head came; reset then, its body is read on to its end for a
+/// usage report (`quota::usage_body`), so the app's worker goes on writing
+/// the whole answer (5 s here). One connection keeping 50 requests going
+/// for 1.5 s, each reset once its head came (or after 100 ms), left 1,374
+/// to 1,565 answers streaming at the app 1 s later: it must see at most the
+/// connection's 100, whose places come back once they are written.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_after_a_streamed_head_keep_their_places_until_it_ends() {
+    const AT_APP: usize = 100;
+    const ANSWERED_AFTER: Duration = Duration::from_secs(5);
+    let app = TestUpstream::start(|_| async {
+        let words = (0..10).map(|i| (Bytes::from(format!("word{i} ")), Duration::from_millis(500)));
+        Reply::ok()
+            .header("content-type", "text/plain; charset=utf-8")
+            .stream(words.collect::<Vec<_>>())
+    })
+    .await;
+    let config = format!(
+        r#"
+upstream = "http://{}"
+[identity]
+default_plan = "free"
+[plans]
+free = {{ daily = 1 }}
+[[routes]]
+method = "POST"
+path = "/chat/{{id}}/send/"
+[usage]
+report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
+"#,
+        app.addr()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                // Dropping the answer, once its head came or after 100 ms,
+                // resets its stream.
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(chat(proxy))).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    // An answer whose upstream connection was closed is seen dropped at
+    // its next word, within 500 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let streaming = app.count() - app.bodies_completed() - app.bodies_dropped();
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        streaming <= AT_APP,
+        "{sent} requests reset once their heads came left {streaming} answers streaming at the app"
+    );
+    // Once the app has written those answers, the places come back.
+    let answer = tokio::time::timeout(
+        ANSWERED_AFTER + ANSWER_WITHIN,
+        sender.send_request(chat(proxy)),
+    )
+    .await;
+    assert!(matches!(answer, Ok(Ok(_))), "a place came back: {answer:?}");
+}
+
+/// A chat message, no image asked for, over HTTP/2.
+fn chat(proxy: SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{proxy}/chat/7/send/"))
+        .header("x-user-id", "chatter")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"message": "hi"}"#)))
+        .expect("request")
+}
+
+/// Tried and held: an image request reset before the app's answer head
+/// (100 ms after it was sent, the head 1 s later) and one reset once its
+/// head came, the app reporting each image in `X-Images-Saved`: each image
+/// is counted once, nothing left reserved, and no more a second later.
+async fn reset_image_requests_are_counted_once(store: StoreChoice) {
+    const CONFIG: &str = r#"
+[identity]
+default_plan = "free"
+[plans]
+free = { daily = 5 }
+[[routes]]
+method = "POST"
+path = "/chat/{id}/send/"
+"#;
+    let app = TestUpstream::always(
+        Reply::ok()
+            .header("x-images-saved", "1")
+            .json(serde_json::json!({"ok": true}))
+            .delay_head(Duration::from_secs(1)),
+    )
+    .await;
+    let now = chrono::DateTime::parse_from_rfc3339("2031-05-14T10:00:00Z")
+        .expect("instant")
+        .with_timezone(&chrono::Utc);
+    let proxy = Proxy::start(CONFIG, &app.authority(), &store, now).await;
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let image = |user: &str| {
+        http::Request::post(format!("http://{}/chat/7/send/", proxy.addr))
+            .header("x-user-id", user)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"message": "a cat", "generate_image": true}"#,
+            )))
+            .expect("request")
+    };
+    let before_head = sender.send_request(image("before-head"));
+    let reset = tokio::time::timeout(Duration::from_millis(100), before_head).await;
+    assert!(reset.is_err(), "precondition: reset before the head");
+    let after_head = sender.send_request(image("after-head")).await;
+    drop(after_head.expect("the answer's head"));
+    assert_eq!(app.count(), 2, "both requests reached the app");
+    for user in ["before-head", "after-head"] {
+        proxy.wait_settled(user, 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for user in ["before-head", "after-head"] {
+        let usage = proxy.usage(user).await;
+        assert_eq!((usage[0].used, usage[0].reserved), (1, 0), "{user}");
+    }
+}
+
+/// Tried and held: requests reset at the app hold their places in tasks
+/// of their own, which the accept loop does not wait for, and an inspected
+/// one's accounting waits for the app; an app that answers none within a
+/// minute must not hold a SIGTERM past `shutdown_grace` (2 s here), or the
+/// 5 s the inspected ones' settlements get at least (`SETTLE_FLUSH_MIN`):
+/// the process exited 5.0 s after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_requests_at_a_silent_app_do_not_hold_shutdown_past_its_grace() {
+    let app = SyncWorkers::start(Duration::from_secs(60)).await;
+    let mut binary = Binary::start(&config(app.addr, r#"shutdown_grace = "2s""#), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    for _ in 0..20 {
+        let page = http::Request::get(format!("http://{}/page", binary.proxy))
+            .body(Full::default())
+            .expect("request");
+        for request in [page, chat(binary.proxy)] {
+            let reset = Duration::from_millis(100);
+            let _ = tokio::time::timeout(reset, sender.send_request(request)).await;
+        }
+    }
+    assert_eq!(app.started(), 40, "precondition: every request at the app");
+    binary.signal("TERM");
+    let exited = Instant::now();
+    binary.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exited.elapsed() < Duration::from_secs(7),
+        "exited {:?} after SIGTERM, past its 2 s grace and the 5 s floor",
+        exited.elapsed()
+    );
+}
+
+on_both_stores! {
+    reset_image_requests_count_once(store) {
+        reset_image_requests_are_counted_once(store).await;
+    }
+}
