@@ -149,6 +149,9 @@ impl Inner {
     {
         let place = request.extensions_mut().remove::<SharedPlace>();
         let request = self.upstream_request(request)?;
+        if let Some(place) = &place {
+            place.forwarding();
+        }
         let (response, lease) =
             match tokio::time::timeout(self.response_head, self.pool.send(request)).await {
                 Ok(sent) => sent?,

@@ -33,6 +33,7 @@
 //! time, none refused; HTTP/1 connections are not touched.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,8 @@ pub(super) struct StreamPlace {
     _at_app: OwnedSemaphorePermit,
     _permit: OwnedSemaphorePermit,
     slot: Arc<Slot>,
+    /// Whether the forwarding service has started sending the request.
+    forwarded: AtomicBool,
 }
 
 /// A request's place as its extensions carry it to the forwarding service,
@@ -94,19 +97,31 @@ pub(super) struct StreamPlace {
 /// while the app writes it.
 #[derive(Debug, Clone)]
 pub(crate) struct SharedPlace {
-    _place: Arc<StreamPlace>,
+    place: Arc<StreamPlace>,
 }
 
 impl SharedPlace {
     /// Another holder of `place`.
     pub(super) fn new(place: &Arc<StreamPlace>) -> Self {
         Self {
-            _place: Arc::clone(place),
+            place: Arc::clone(place),
         }
+    }
+
+    /// Notes that the request is being sent to the app: from here, a reset
+    /// no longer cancels it (`tracked.rs`).
+    pub(crate) fn forwarding(&self) {
+        self.place.forwarded.store(true, Ordering::Relaxed);
     }
 }
 
 impl StreamPlace {
+    /// Whether the request was sent to the app, or began to be: a request
+    /// reset before is dropped, and never reaches it.
+    pub(super) fn forwarded(&self) -> bool {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
     /// Cancelled when the request's connection must close at once
     /// (evicted, `limits.rs`): a reset request still at the app then lets
     /// go of it.
@@ -162,6 +177,7 @@ impl ConnectionStreams {
             _at_app: at_app,
             _permit: permit,
             slot: Arc::clone(&self.slot),
+            forwarded: AtomicBool::new(false),
         }
     }
 }

@@ -5,9 +5,10 @@
 //! HTTP/1 connection may be parked (`park.rs`). An HTTP/2 request first
 //! takes a place among its connection's (`streams.rs`), held as long, and
 //! carries its connection's [`BodyShare`] of the body budget. One its
-//! client resets before the answer's head runs on in a task of its own,
-//! holding its place, until that head comes ([`ToTheAnswer`]); the
-//! upstream's answer body holds the place too ([`SharedPlace`]).
+//! client resets once it was forwarded, before the answer's head, runs on
+//! in a task of its own, holding its place, until that head comes
+//! ([`ToTheAnswer`]); the upstream's answer body holds the place too
+//! ([`SharedPlace`]). One reset before it was forwarded is dropped.
 //!
 //! The service's future is boxed, one allocation per request: hyper gives
 //! an HTTP/1 connection back (`poll_without_shutdown`, needed to park it)
@@ -119,14 +120,15 @@ where
     }
 }
 
-/// An HTTP/2 request's answer, awaited with its place. Dropped before the
-/// answer's head (the client reset the request), the rest runs in a task
-/// of its own, still holding the place, until the head comes or the
-/// connection is cut: the app does not stop work on a request its client
-/// gave up, so the request keeps counting against its connection
-/// (`streams.rs`). The answer then is dropped, which closes its upstream
-/// connection; a flagged request's accounting goes on as when a client
-/// goes away.
+/// An HTTP/2 request's answer, awaited with its place. Dropped once the
+/// request was forwarded and before the answer's head (the client reset
+/// the request), the rest runs in a task of its own, still holding the
+/// place, until the head comes or the connection is cut: the app does not
+/// stop work on a request its client gave up, so the request keeps
+/// counting against its connection (`streams.rs`). The answer then is
+/// dropped, which closes its upstream connection; a flagged request's
+/// accounting goes on as when a client goes away. Dropped before it was
+/// forwarded, the request is dropped with it: it never reaches the app.
 struct ToTheAnswer<F>
 where
     F: Future + Send + 'static,
@@ -171,7 +173,9 @@ where
     F::Output: Send,
 {
     fn drop(&mut self) {
-        let Some((answer, place)) = self.waiting.take() else {
+        // Reset before it was forwarded: dropped, as the client wants.
+        let Some((answer, place)) = self.waiting.take().filter(|(_, place)| place.forwarded())
+        else {
             return;
         };
         // No runtime: it is going away, with every task.

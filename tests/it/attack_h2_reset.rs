@@ -366,3 +366,64 @@ on_both_stores! {
         reset_image_requests_are_counted_once(store).await;
     }
 }
+
+/// Fault (noticed by the attack session on 92ca005): a request its client
+/// reset before it was forwarded (here while the proxy asked who it is,
+/// `forward_auth`, 1 s) ran on in its own task and was forwarded once the
+/// answer came: the app made an image for a client gone, charged to the
+/// user. Before 92ca005 such a request was dropped, and must be again:
+/// never forwarded, nothing counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_request_reset_before_it_is_forwarded_never_reaches_the_app() {
+    use crate::support::identity_server::{IdentityServer, Mode, Plan};
+    let identity = IdentityServer::start().await;
+    identity.login("s-reset", 7, Some(Plan::free()));
+    identity.set_mode(Mode::Slow(Duration::from_secs(1)));
+    let app = TestUpstream::always(Reply::ok().header("x-images-saved", "1")).await;
+    let config = config(app.addr(), "").replace(
+        "default_plan = \"free\"",
+        "default_plan = \"free\"\nkind = \"forward_auth\"",
+    ) + &format!(
+        "[identity.forward_auth]\nurl = \"{}/api/quota/identity/\"\n",
+        identity.base()
+    );
+    let binary = Binary::start(&config, &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let image = || {
+        http::Request::post(format!("http://{}/chat/7/send/", binary.proxy))
+            .header("cookie", "sessionid=s-reset")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"message": "a cat", "generate_image": true}"#,
+            )))
+            .expect("request")
+    };
+    let reset =
+        tokio::time::timeout(Duration::from_millis(300), sender.send_request(image())).await;
+    assert!(reset.is_err(), "precondition: reset before any answer");
+    assert_eq!(
+        identity.calls(),
+        1,
+        "precondition: reset while the proxy asked who it is"
+    );
+    // The identity answers 1 s after it was asked; forwarding would follow.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.count(),
+        0,
+        "a request reset before it was forwarded reached the app"
+    );
+    // The same request, not reset, is forwarded: the route and identity work.
+    identity.set_mode(Mode::Django);
+    let answer = tokio::time::timeout(ANSWER_WITHIN, sender.send_request(image()))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(app.count(), 1);
+}
