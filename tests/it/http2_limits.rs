@@ -136,8 +136,10 @@ async fn a_connection_that_stops_reading_holds_little() {
     for stream in streams {
         stream.abort();
     }
+    // Measured growth: 22-26 MB on an idle 2-core machine, 33 MB once in
+    // a clean-clone CI run beside other tests; hyper's defaults: 90 MB.
     assert!(
-        grown < 32 << 20,
+        grown < 48 << 20,
         "one HTTP/2 connection that stopped reading made the proxy hold {} MB more (VmRSS); \
          upstream answered {} requests",
         grown >> 20,
