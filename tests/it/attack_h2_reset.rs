@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::attack_budget::{H2Body, stalled_body};
+use crate::http2_limits::counter;
 use crate::open_files::{ANSWER_WITHIN, config};
 use crate::support::binary::Binary;
 use crate::support::on_both_stores;
@@ -81,6 +83,124 @@ async fn work_on(mut stream: TcpStream, work: Duration, started: Arc<AtomicUsize
     let _ = stream.write_all(answer).await;
 }
 
+/// 50 clients on `sender` keep requests made by `request` going until
+/// 1.5 s after `started`, each dropped after 100 ms or once its head came
+/// (which resets its stream); how many were sent.
+async fn reset_flood<B>(
+    sender: &SendRequest<B>,
+    started: Instant,
+    request: impl Fn() -> http::Request<B> + Clone + Send + 'static,
+) -> usize
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let flood_for = Duration::from_millis(1500);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (mut sender, request) = (sender.clone(), request.clone());
+        clients.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < flood_for {
+                let reset = Duration::from_millis(100);
+                let _ = tokio::time::timeout(reset, sender.send_request(request())).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(client) = clients.join_next().await {
+        sent += client.expect("client");
+    }
+    sent
+}
+
+/// Under `max_connections_per_ip = 1`, the flooding connection closed: a
+/// new connection from the same address is refused while its reset
+/// requests are at the app (which answers them `work` after `started` at
+/// the earliest), and let in once the app has answered them.
+async fn assert_address_held_until_answered(binary: &Binary, started: Instant, work: Duration) {
+    const PAGE: &[u8] = b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n";
+    let held = status_on_new_connection(binary.proxy, PAGE, ANSWER_WITHIN).await;
+    assert!(
+        started.elapsed() < work,
+        "too slow to tell: the app may have answered"
+    );
+    // Refused at accept, its request unread: closed, or reset by the
+    // kernel for the unread bytes, either way no answer.
+    assert!(
+        held.as_ref().is_err_and(
+            |e| e == "closed before an answer" || e.contains("Connection reset by peer")
+        ),
+        "the address's place, held by requests at the app: {held:?}"
+    );
+    let within = work + ANSWER_WITHIN;
+    let deadline = Instant::now() + work + within;
+    loop {
+        let page = status_on_new_connection(binary.proxy, PAGE, within).await;
+        if page == Ok(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's place never came back: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fault: an HTTP/2 request its client reset (`RST_STREAM`) after the proxy
+/// forwarded it gave back its place among the connection's at once, and
+/// its upstream connection was closed, but the app's worker went on with
+/// it (a gunicorn sync worker does not notice): one connection that reset
+/// each request about 60 ms after sending it put 3,281 requests into the
+/// app in 2 s, whatever `max_connections_per_ip` was (750 here before the
+/// fix). Here the app takes 5 s to answer, and one connection keeps 50
+/// requests going for 1.5 s, each reset after 100 ms: the app must see at
+/// most the connection's 100 (`H2_MAX_STREAMS`) however many were sent.
+/// Closing the connection then must not free its address's place while its
+/// requests are at the app, and must once the app has answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
+    const AT_APP: usize = 100;
+    const ANSWERED_AFTER: Duration = Duration::from_secs(5);
+    let upstream = TestUpstream::always(Reply::ok().delay_head(ANSWERED_AFTER)).await;
+    let binary = Binary::start(&config(upstream.addr(), "max_connections_per_ip = 1"), &[]).await;
+    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let proxy = binary.proxy;
+    let started = Instant::now();
+    let sent = reset_flood(&sender, started, move || {
+        http::Request::get(format!("http://{proxy}/page"))
+            .body(http_body_util::Empty::new())
+            .expect("request")
+    })
+    .await;
+    let at_app = upstream.count();
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+    assert!(
+        at_app <= AT_APP,
+        "{sent} requests reset after 100 ms put {at_app} into the app at once"
+    );
+    let resets = counter(&binary, "quota_proxy_http2_requests_reset_at_app_total").await;
+    assert!(
+        (1..=AT_APP as u64).contains(&resets),
+        "{resets} requests counted as reset at the app"
+    );
+    connection.abort();
+    drop(sender);
+    assert_address_held_until_answered(&binary, started, ANSWERED_AFTER).await;
+}
+
 /// Tried and held: a request reset while its body is still coming (here
 /// 16 KiB of it sent, then nothing) keeps its places until the app
 /// answers, as one reset once its body was sent does: one connection
@@ -93,7 +213,6 @@ async fn work_on(mut stream: TcpStream, work: Duration, started: Arc<AtomicUsize
 async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers() {
     const AT_APP: usize = 100;
     const WORK: Duration = Duration::from_secs(6);
-    const PAGE: &[u8] = b"GET /page HTTP/1.1\r\nhost: app\r\n\r\n";
     let app = SyncWorkers::start(WORK).await;
     let binary = Binary::start(&config(app.addr, "max_connections_per_ip = 1"), &[]).await;
     let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
@@ -104,39 +223,14 @@ async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers()
     let connection = tokio::spawn(connection);
     let proxy = binary.proxy;
     let started = Instant::now();
-    let flood_for = Duration::from_millis(1500);
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let mut sender = sender.clone();
-        clients.spawn(async move {
-            let mut sent = 0;
-            while started.elapsed() < flood_for {
-                let page = http::Request::get(format!("http://{proxy}/page"))
-                    .body(stalled_body(16_384))
-                    .expect("request");
-                // Dropping the request's future resets its stream, its
-                // body not ended.
-                let reset = Duration::from_millis(100);
-                let _ = tokio::time::timeout(reset, sender.send_request(page)).await;
-                sent += 1;
-            }
-            sent
-        });
-    }
-    let mut sent = 0;
-    while let Some(client) = clients.join_next().await {
-        sent += client.expect("client");
-    }
+    // Each body left unended: reset mid-body.
+    let sent = reset_flood(&sender, started, move || {
+        http::Request::get(format!("http://{proxy}/page"))
+            .body(stalled_body(16_384))
+            .expect("request")
+    })
+    .await;
     let at_app = app.started();
-    eprintln!("sent {sent}, at app {at_app}");
-    eprintln!(
-        "resets {}",
-        crate::http2_limits::counter(&binary, "quota_proxy_http2_requests_reset_at_app_total")
-            .await
-    );
-    for l in binary.logs().iter().rev().take(5) {
-        eprintln!("LOG {l}");
-    }
     assert!(
         sent >= 3 * AT_APP,
         "the client sent {sent} requests, too few to tell"
@@ -147,33 +241,7 @@ async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers()
     );
     connection.abort();
     drop(sender);
-    let held = status_on_new_connection(binary.proxy, PAGE, ANSWER_WITHIN).await;
-    assert!(
-        started.elapsed() < WORK,
-        "too slow to tell: the app may have answered"
-    );
-    // Refused at accept, its request unread: closed, or reset by the
-    // kernel for the unread bytes, either way no answer.
-    assert!(
-        held.as_ref().is_err_and(
-            |e| e == "closed before an answer" || e.contains("Connection reset by peer")
-        ),
-        "the address's place, held by requests at the app: {held:?}"
-    );
-    // Once the app has answered them, the address's place comes back.
-    let within = WORK + ANSWER_WITHIN;
-    let deadline = Instant::now() + WORK + within;
-    loop {
-        let page = status_on_new_connection(binary.proxy, PAGE, within).await;
-        if page == Ok(200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the address's place never came back: {page:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_address_held_until_answered(&binary, started, WORK).await;
 }
 
 /// Fault: a request on an inspected route whose answer streams (a chat
@@ -218,27 +286,8 @@ report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
         .expect("h2 handshake");
     tokio::spawn(connection);
     let proxy = binary.proxy;
-    let started = Instant::now();
-    let flood_for = Duration::from_millis(1500);
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let mut sender = sender.clone();
-        clients.spawn(async move {
-            let mut sent = 0;
-            while started.elapsed() < flood_for {
-                // Dropping the answer, once its head came or after 100 ms,
-                // resets its stream.
-                let reset = Duration::from_millis(100);
-                let _ = tokio::time::timeout(reset, sender.send_request(chat(proxy))).await;
-                sent += 1;
-            }
-            sent
-        });
-    }
-    let mut sent = 0;
-    while let Some(client) = clients.join_next().await {
-        sent += client.expect("client");
-    }
+    // Dropping an answer once its head came resets its stream too.
+    let sent = reset_flood(&sender, Instant::now(), move || chat(proxy)).await;
     // An answer whose upstream connection was closed is seen dropped at
     // its next word, within 500 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
