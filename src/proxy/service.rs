@@ -147,7 +147,11 @@ impl Inner {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let place = request.extensions_mut().remove::<SharedPlace>();
+        // Only an HTTP/2 request has a place (`server`): no lookup for the others.
+        let place = match request.version() {
+            Version::HTTP_2 => request.extensions_mut().remove::<SharedPlace>(),
+            _ => None,
+        };
         let request = self.upstream_request(request)?;
         if let Some(place) = &place {
             place.forwarding();

@@ -97,24 +97,29 @@ where
             request.extensions_mut().insert(bodies.clone());
         }
         let service = S::clone(&self.service);
+        let Some(streams) = streams else {
+            // HTTP/1: the answer alone, no place to take.
+            let answer = service.oneshot(request);
+            return Box::pin(async move {
+                Ok(answer.await?.map(|body| TrackedBody {
+                    body,
+                    _open: open,
+                    _place: None,
+                }))
+            });
+        };
         // The service is called after the place is taken.
         Box::pin(async move {
-            let (response, place) = match streams {
-                Some(streams) => {
-                    let place = Arc::new(streams.place().await);
-                    // The upstream's answer body keeps it too: read on for
-                    // a report once the client reset the request.
-                    request.extensions_mut().insert(SharedPlace::new(&place));
-                    let answer = service.oneshot(request);
-                    let (response, place) = ToTheAnswer::new(answer, place).await;
-                    (response?, Some(place))
-                }
-                None => (service.oneshot(request).await?, None),
-            };
-            Ok(response.map(|body| TrackedBody {
+            let place = Arc::new(streams.place().await);
+            // The upstream's answer body keeps it too: read on for a report
+            // once the client reset the request.
+            request.extensions_mut().insert(SharedPlace::new(&place));
+            let answer = service.oneshot(request);
+            let (response, place) = ToTheAnswer::new(answer, place).await;
+            Ok(response?.map(|body| TrackedBody {
                 body,
                 _open: open,
-                _place: place,
+                _place: Some(place),
             }))
         })
     }
