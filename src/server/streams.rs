@@ -13,7 +13,7 @@
 //! app works on (a gunicorn sync worker does not notice), but the stream
 //! no longer counts against `H2_MAX_STREAMS`, so one connection that
 //! reset each request 60 ms after sending it put 3,281 requests into the
-//! app in 2 s (`tests/it/attack_availability.rs`).
+//! app in 2 s (`tests/it/attack_h2_reset.rs`).
 //! Mechanism: each connection may have one request open on its own
 //! ([`ConnectionStreams`]); each more at once takes a place in the
 //! process's [`StreamBudget`], sized from the open-files limit
