@@ -83,6 +83,35 @@ async fn work_on(mut stream: TcpStream, work: Duration, started: Arc<AtomicUsize
     let _ = stream.write_all(answer).await;
 }
 
+/// The requests one HTTP/2 connection may have at the app at once
+/// (`H2_MAX_STREAMS`).
+const AT_APP: usize = 100;
+
+/// An HTTP/2 connection to `addr`, driven by a task of its own (aborted
+/// with the handle).
+async fn h2_client<B>(addr: SocketAddr) -> (SendRequest<B>, JoinHandle<Result<(), hyper::Error>>)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, B>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
+/// Fails unless a flood sent enough requests to tell a bound of
+/// [`AT_APP`] from none.
+fn assert_flooded(sent: usize) {
+    assert!(
+        sent >= 3 * AT_APP,
+        "the client sent {sent} requests, too few to tell"
+    );
+}
+
 /// 50 clients on `sender` keep requests made by `request` going until
 /// 1.5 s after `started`, each dropped after 100 ms or once its head came
 /// (which resets its stream); how many were sent.
@@ -164,16 +193,10 @@ async fn assert_address_held_until_answered(binary: &Binary, started: Instant, w
 /// requests are at the app, and must once the app has answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
-    const AT_APP: usize = 100;
     const ANSWERED_AFTER: Duration = Duration::from_secs(5);
     let upstream = TestUpstream::always(Reply::ok().delay_head(ANSWERED_AFTER)).await;
     let binary = Binary::start(&config(upstream.addr(), "max_connections_per_ip = 1"), &[]).await;
-    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (sender, connection) = h2_client::<http_body_util::Empty<Bytes>>(binary.proxy).await;
     let proxy = binary.proxy;
     let started = Instant::now();
     let sent = reset_flood(&sender, started, move || {
@@ -183,10 +206,7 @@ async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
     })
     .await;
     let at_app = upstream.count();
-    assert!(
-        sent >= 3 * AT_APP,
-        "the client sent {sent} requests, too few to tell"
-    );
+    assert_flooded(sent);
     assert!(
         at_app <= AT_APP,
         "{sent} requests reset after 100 ms put {at_app} into the app at once"
@@ -211,16 +231,10 @@ async fn http2_requests_reset_at_the_app_keep_their_places_until_it_answers() {
 /// answered them.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers() {
-    const AT_APP: usize = 100;
     const WORK: Duration = Duration::from_secs(6);
     let app = SyncWorkers::start(WORK).await;
     let binary = Binary::start(&config(app.addr, "max_connections_per_ip = 1"), &[]).await;
-    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, H2Body>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (sender, connection) = h2_client::<H2Body>(binary.proxy).await;
     let proxy = binary.proxy;
     let started = Instant::now();
     // Each body left unended: reset mid-body.
@@ -231,10 +245,7 @@ async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers()
     })
     .await;
     let at_app = app.started();
-    assert!(
-        sent >= 3 * AT_APP,
-        "the client sent {sent} requests, too few to tell"
-    );
+    assert_flooded(sent);
     assert!(
         at_app <= AT_APP,
         "{sent} requests reset mid-body after 100 ms put {at_app} into the app"
@@ -254,7 +265,6 @@ async fn http2_requests_reset_mid_body_keep_their_places_until_the_app_answers()
 /// connection's 100, whose places come back once they are written.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_requests_reset_after_a_streamed_head_keep_their_places_until_it_ends() {
-    const AT_APP: usize = 100;
     const ANSWERED_AFTER: Duration = Duration::from_secs(5);
     let app = TestUpstream::start(|_| async {
         let words = (0..10).map(|i| (Bytes::from(format!("word{i} ")), Duration::from_millis(500)));
@@ -279,12 +289,7 @@ report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
         app.addr()
     );
     let binary = Binary::start(&config, &[]).await;
-    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client::<Full<Bytes>>(binary.proxy).await;
     let proxy = binary.proxy;
     // Dropping an answer once its head came resets its stream too.
     let sent = reset_flood(&sender, Instant::now(), move || chat(proxy)).await;
@@ -292,10 +297,7 @@ report_marker = {{ start = "[IMAGES_SAVED]", end = "[IMAGES_SAVED_END]" }}
     // its next word, within 500 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let streaming = app.count() - app.bodies_completed() - app.bodies_dropped();
-    assert!(
-        sent >= 3 * AT_APP,
-        "the client sent {sent} requests, too few to tell"
-    );
+    assert_flooded(sent);
     assert!(
         streaming <= AT_APP,
         "{sent} requests reset once their heads came left {streaming} answers streaming at the app"
@@ -343,12 +345,7 @@ path = "/chat/{id}/send/"
         .expect("instant")
         .with_timezone(&chrono::Utc);
     let proxy = Proxy::start(CONFIG, &app.authority(), &store, now).await;
-    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client::<Full<Bytes>>(proxy.addr).await;
     let image = |user: &str| {
         http::Request::post(format!("http://{}/chat/7/send/", proxy.addr))
             .header("x-user-id", user)
@@ -384,12 +381,7 @@ path = "/chat/{id}/send/"
 async fn reset_requests_at_a_silent_app_do_not_hold_shutdown_past_its_grace() {
     let app = SyncWorkers::start(Duration::from_secs(60)).await;
     let mut binary = Binary::start(&config(app.addr, r#"shutdown_grace = "2s""#), &[]).await;
-    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client::<Full<Bytes>>(binary.proxy).await;
     for _ in 0..20 {
         let page = http::Request::get(format!("http://{}/page", binary.proxy))
             .body(Full::default())
@@ -437,12 +429,7 @@ async fn an_http2_request_reset_before_it_is_forwarded_never_reaches_the_app() {
         identity.base()
     );
     let binary = Binary::start(&config, &[]).await;
-    let tcp = TcpStream::connect(binary.proxy).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_client::<Full<Bytes>>(binary.proxy).await;
     let image = || {
         http::Request::post(format!("http://{}/chat/7/send/", binary.proxy))
             .header("cookie", "sessionid=s-reset")
